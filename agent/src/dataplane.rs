@@ -1,0 +1,3 @@
+//! Dataplane writers.
+
+pub mod ebpf;

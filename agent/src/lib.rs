@@ -1,0 +1,13 @@
+//! The weft agent: everything behind the `weft` binary.
+//!
+//! The flow is one-way: inputs (CLI, `subnet.env`, kernel link events) feed
+//! the desired state, which the dataplane writers apply.
+
+pub mod bpffs;
+pub mod cli;
+pub mod commands;
+pub mod dataplane;
+pub mod endpoints;
+pub mod net;
+pub mod stats;
+pub mod subnet_env;

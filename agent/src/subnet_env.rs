@@ -1,0 +1,208 @@
+//! flannel's `subnet.env`: what the CNI flannel plugin reads to wire pods.
+//!
+//! ```text
+//! FLANNEL_NETWORK=10.244.0.0/16
+//! FLANNEL_SUBNET=10.244.3.1/24
+//! FLANNEL_MTU=1450
+//! FLANNEL_IPMASQ=false
+//! ```
+//!
+//! `FLANNEL_SUBNET` is the node's pod subnet written with its first host
+//! address (the cni0 gateway), exactly as flanneld writes it.
+
+use std::{
+    fmt,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use ipnet::Ipv4Net;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubnetEnv {
+    /// The whole cluster pod network.
+    pub network: Ipv4Net,
+    /// This node's pod subnet, addressed by its gateway (first host address).
+    pub subnet: Ipv4Net,
+    pub mtu: u32,
+    pub ipmasq: bool,
+}
+
+impl SubnetEnv {
+    /// The gateway (cni0) address of this node's pod subnet.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.subnet.addr()
+    }
+}
+
+impl fmt::Display for SubnetEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "FLANNEL_NETWORK={}", self.network)?;
+        writeln!(f, "FLANNEL_SUBNET={}", self.subnet)?;
+        writeln!(f, "FLANNEL_MTU={}", self.mtu)?;
+        writeln!(f, "FLANNEL_IPMASQ={}", self.ipmasq)
+    }
+}
+
+/// Parses the text of a subnet.env; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<SubnetEnv> {
+    let mut network = None;
+    let mut subnet = None;
+    let mut mtu = None;
+    let mut ipmasq = None;
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = || format!("{origin}:{}", index + 1);
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{}: expected KEY=VALUE, found {line:?}", at()))?;
+        match key {
+            "FLANNEL_NETWORK" => network = Some(parse_cidr(key, value).with_context(at)?),
+            "FLANNEL_SUBNET" => subnet = Some(parse_cidr(key, value).with_context(at)?),
+            "FLANNEL_MTU" => {
+                let parsed: u32 = value
+                    .parse()
+                    .ok()
+                    .filter(|mtu| (68..=65535).contains(mtu))
+                    .ok_or_else(|| {
+                        anyhow!("{}: FLANNEL_MTU={value:?} is not an MTU (68..65535)", at())
+                    })?;
+                mtu = Some(parsed);
+            }
+            "FLANNEL_IPMASQ" => {
+                let parsed = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => bail!("{}: FLANNEL_IPMASQ={value:?} is not true or false", at()),
+                };
+                ipmasq = Some(parsed);
+            }
+            // flanneld also writes IPv6 keys; weft's IPv4 datapath ignores
+            // them, and unknown keys must not stop a node.
+            _ => {}
+        }
+    }
+    let missing = |key: &str| anyhow!("{origin}: {key} is missing");
+    let network = network.ok_or_else(|| missing("FLANNEL_NETWORK"))?;
+    let subnet = subnet.ok_or_else(|| missing("FLANNEL_SUBNET"))?;
+    if !network.contains(&subnet) {
+        bail!("{origin}: FLANNEL_SUBNET={subnet} is not inside FLANNEL_NETWORK={network}");
+    }
+    Ok(SubnetEnv {
+        network,
+        subnet,
+        mtu: mtu.ok_or_else(|| missing("FLANNEL_MTU"))?,
+        ipmasq: ipmasq.ok_or_else(|| missing("FLANNEL_IPMASQ"))?,
+    })
+}
+
+fn parse_cidr(key: &str, value: &str) -> Result<Ipv4Net> {
+    value
+        .parse()
+        .map_err(|_| anyhow!("{key}={value:?} is not an IPv4 CIDR like 10.244.0.0/16"))
+}
+
+/// Reads `path`; `Ok(None)` when there is no such file.
+pub fn read_if_present(path: &Path) -> Result<Option<SubnetEnv>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &path.display().to_string()).map(Some),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes `env` to `path` atomically: readers (the CNI plugin) see the old
+/// file or the new one, never half of one.
+pub fn write_atomic(path: &Path, env: &SubnetEnv) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut temp = PathBuf::from(path);
+    temp.as_mut_os_string()
+        .push(format!(".tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(env.to_string().as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    };
+    write().map_err(|error| {
+        let _ = std::fs::remove_file(&temp);
+        anyhow!("cannot write {}: {error}", path.display())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+
+    #[test]
+    fn parses_what_flanneld_writes() {
+        let env = parse(GOOD, "subnet.env").unwrap();
+        assert_eq!(env.network, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(env.subnet.to_string(), "10.244.3.1/24");
+        assert_eq!(env.gateway().to_string(), "10.244.3.1");
+        assert_eq!(env.mtu, 1450);
+        assert!(env.ipmasq);
+    }
+
+    #[test]
+    fn round_trips_through_display() {
+        let env = parse(GOOD, "subnet.env").unwrap();
+        assert_eq!(env.to_string(), GOOD);
+    }
+
+    #[test]
+    fn ignores_ipv6_keys_comments_and_blank_lines() {
+        let text = format!("# written by flanneld\n\n{GOOD}FLANNEL_IPV6_NETWORK=fd00::/48\n");
+        assert!(parse(&text, "x").is_ok());
+    }
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", parse(text, "/run/flannel/subnet.env").unwrap_err())
+    }
+
+    #[test]
+    fn bad_values_name_the_file_line_and_key() {
+        let bad_subnet = GOOD.replace("10.244.3.1/24", "10.244.3.300/24");
+        assert_eq!(
+            error_of(&bad_subnet),
+            "/run/flannel/subnet.env:2: FLANNEL_SUBNET=\"10.244.3.300/24\" is not an IPv4 CIDR like 10.244.0.0/16"
+        );
+        let bad_mtu = GOOD.replace("1450", "9x");
+        assert!(
+            error_of(&bad_mtu).contains(":3: FLANNEL_MTU=\"9x\""),
+            "{}",
+            error_of(&bad_mtu)
+        );
+        let bad_masq = GOOD.replace("true", "yes");
+        assert!(error_of(&bad_masq).contains(":4: FLANNEL_IPMASQ=\"yes\""));
+        assert!(error_of("garbage\n").contains(":1: expected KEY=VALUE, found \"garbage\""));
+    }
+
+    #[test]
+    fn missing_keys_and_foreign_subnets_are_errors() {
+        let no_mtu = GOOD.replace("FLANNEL_MTU=1450\n", "");
+        assert!(error_of(&no_mtu).ends_with("FLANNEL_MTU is missing"));
+        let outside = GOOD.replace("10.244.3.1/24", "10.9.3.1/24");
+        assert!(error_of(&outside).contains("is not inside FLANNEL_NETWORK"));
+    }
+
+    #[test]
+    fn write_atomic_replaces_the_file_and_leaves_no_temp() {
+        let dir = std::env::temp_dir().join(format!("weft-subnet-env-{}", std::process::id()));
+        let path = dir.join("subnet.env");
+        let env = parse(GOOD, "x").unwrap();
+        write_atomic(&path, &env).unwrap();
+        write_atomic(&path, &env).unwrap();
+        assert_eq!(read_if_present(&path).unwrap(), Some(env));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(read_if_present(&path).unwrap(), None);
+    }
+}

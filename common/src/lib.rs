@@ -1,0 +1,25 @@
+//! Types shared by the eBPF programs (kernel side) and the agent (user side).
+//!
+//! Everything here crosses the kernel/user boundary through BPF maps, so every
+//! type is `#[repr(C)]`, made of integers and byte arrays only, with explicit
+//! padding, and its size and alignment are asserted at compile time and in
+//! tests: a silent layout change would make the agent and the programs
+//! disagree on every map entry.
+#![no_std]
+
+pub mod stats;
+
+pub use stats::{COUNTERS, CounterId, PacketCounter, STATS_MAX_ENTRIES};
+
+/// Names of the maps the programs declare, as pinned under `--bpf-pin-dir`.
+pub mod map_names {
+    pub const STATS: &str = "STATS";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// XDP on the node's uplink (physical NIC).
+    pub const XDP_UPLINK: &str = "xdp_uplink";
+    /// TC ingress on the host side of every pod veth (traffic leaving a pod).
+    pub const TC_POD_EGRESS: &str = "tc_pod_egress";
+}
