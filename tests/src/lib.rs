@@ -1,1 +1,15 @@
+//! The weft cluster lab: one machine, several "nodes", each a network
+//! namespace, with the real etcd server and the real CNI plugins, as
+//! DESIGN.md's lab contract describes; and the helpers the integration tests
+//! share.
 
+pub mod cni;
+pub mod etcd;
+pub mod host;
+pub mod lab;
+pub mod netns;
+pub mod privileged;
+pub mod process;
+
+pub use lab::{Backend, Dataplane, Lab, LabSpec};
+pub use privileged::privileged_test;

@@ -1,1 +1,83 @@
-fn main() {}
+//! `cargo xtask`: build, set up, test, run the lab and the demo.
+//!
+//! xtask itself depends only on clap and anyhow, so `cargo xtask setup` builds
+//! on a fresh machine before anything the eBPF build needs is installed.
+
+mod build;
+mod prereqs;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "weft's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing (apt packages, nightly rust-src, bpf-linker), idempotently.
+    Setup,
+    /// Build the eBPF object and print its path.
+    BuildEbpf {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test: unit, program and privileged lab tests (set up first).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The cluster lab: `up`, `status`, `down` (see `cargo xtask lab --help`).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The demo: a 2-node lab with agents, pod-to-pod traffic, the counters, teardown.
+    Demo {
+        #[arg(long, default_value = "weft-demo")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Setup => prereqs::setup(),
+        Command::BuildEbpf { release } => {
+            prereqs::check()?;
+            let object = build::ebpf_object(release)?;
+            println!("{}", object.display());
+            Ok(())
+        }
+        Command::Test { args } => {
+            prereqs::setup()?;
+            build::user_space()?;
+            build::run_tests(&args)
+        }
+        Command::Lab { args } => {
+            prereqs::check()?;
+            build::user_space()?;
+            build::run_lab(&args)
+        }
+        Command::Demo { name } => {
+            prereqs::setup()?;
+            build::user_space()?;
+            build::run_lab(&["demo".to_owned(), "--name".to_owned(), name])
+        }
+    }
+}

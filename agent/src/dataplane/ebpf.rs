@@ -144,10 +144,10 @@ impl EbpfDataplane {
                 detached += usize::from(program.detach(link).is_ok());
             }
         }
-        if let Some(link) = self.uplink.take() {
-            if let Ok(program) = program_mut::<Xdp>(&mut self.ebpf, program_names::XDP_UPLINK) {
-                detached += usize::from(program.detach(link).is_ok());
-            }
+        if let Some(link) = self.uplink.take()
+            && let Ok(program) = program_mut::<Xdp>(&mut self.ebpf, program_names::XDP_UPLINK)
+        {
+            detached += usize::from(program.detach(link).is_ok());
         }
         detached
     }

@@ -1,0 +1,118 @@
+//! Pods wired by the real CNI plugins (`bridge` + `host-local` from Debian's
+//! containernetworking-plugins), with the network config that flannel's CNI
+//! plugin derives from `subnet.env`.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::{Value, json};
+use weft_agent::subnet_env::SubnetEnv;
+
+use crate::netns;
+
+pub const PLUGIN_DIR: &str = "/usr/lib/cni";
+
+/// The delegate config flannel's CNI plugin hands to the bridge plugin:
+/// bridge `cni0`, gateway = first address of the node subnet, MTU =
+/// FLANNEL_MTU, a route to the whole pod network. `ipMasq` is set to false
+/// explicitly (a delegate override flannel honours) because the lab has no
+/// iptables and masquerade is the agent's job. host-local keeps its state in
+/// the lab's run directory because all lab nodes share one filesystem.
+pub fn flannel_bridge_config(env: &SubnetEnv, ipam_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "bridge",
+        "bridge": "cni0",
+        "mtu": env.mtu,
+        "isGateway": true,
+        "isDefaultGateway": true,
+        "hairpinMode": true,
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{ "subnet": env.subnet.trunc().to_string() }]],
+            "routes": [{ "dst": env.network.to_string() }],
+            "dataDir": ipam_dir.display().to_string(),
+        },
+    })
+}
+
+/// What CNI ADD reported for one pod.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodNetwork {
+    /// The pod's address with prefix, e.g. `10.244.1.2/24`.
+    pub address: String,
+    /// The host-side veth in the node namespace.
+    pub host_veth: String,
+    pub mac: String,
+}
+
+impl PodNetwork {
+    pub fn ip(&self) -> &str {
+        self.address.split('/').next().unwrap_or(&self.address)
+    }
+}
+
+/// Runs CNI ADD for pod namespace `pod_ns` from inside `node_ns`.
+pub fn add_pod(node_ns: &str, pod_ns: &str, config: &Value) -> Result<PodNetwork> {
+    let netns_path = netns::path(pod_ns).display().to_string();
+    let mut command = netns::command(node_ns, &format!("{PLUGIN_DIR}/bridge"))?;
+    command
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", pod_ns)
+        .env("CNI_NETNS", &netns_path)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", PLUGIN_DIR)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command
+        .spawn()
+        .context("cannot run the CNI bridge plugin")?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        stdin.write_all(config.to_string().as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "CNI ADD for {pod_ns} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let result: Value =
+        serde_json::from_slice(&output.stdout).context("CNI ADD printed no JSON result")?;
+    parse_result(&result, &netns_path)
+        .with_context(|| format!("unexpected CNI result for {pod_ns}: {result}"))
+}
+
+fn parse_result(result: &Value, netns_path: &str) -> Result<PodNetwork> {
+    let interfaces = result["interfaces"]
+        .as_array()
+        .ok_or_else(|| anyhow!("no interfaces"))?;
+    let ip = &result["ips"][0];
+    let address = ip["address"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no address"))?
+        .to_owned();
+    let pod_if = &interfaces[ip["interface"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no interface index"))? as usize];
+    let host_veth = interfaces
+        .iter()
+        .find(|interface| interface["sandbox"].is_null() && interface["name"] != "cni0")
+        .and_then(|interface| interface["name"].as_str())
+        .ok_or_else(|| anyhow!("no host-side veth"))?
+        .to_owned();
+    if pod_if["sandbox"] != netns_path {
+        bail!("the address is not on the pod's interface");
+    }
+    Ok(PodNetwork {
+        address,
+        host_veth,
+        mac: pod_if["mac"].as_str().unwrap_or_default().to_owned(),
+    })
+}

@@ -1,0 +1,73 @@
+//! The real etcd server (Debian's etcd-server), run inside the underlay
+//! namespace with its data in the lab's run directory.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{netns, process};
+
+pub const CLIENT_PORT: u16 = 2379;
+
+/// Starts etcd in `ns`, listening for clients on `ip:2379`, and waits until
+/// it reports healthy.
+pub fn start(ns: &str, ip: &str, run_dir: &Path) -> Result<u32> {
+    let client_url = format!("http://{ip}:{CLIENT_PORT}");
+    let mut command = netns::command(ns, "etcd")?;
+    command.args([
+        "--name",
+        ns,
+        "--data-dir",
+        &run_dir.join("etcd.data").display().to_string(),
+        "--listen-client-urls",
+        &client_url,
+        "--advertise-client-urls",
+        &client_url,
+        // Peers never join: keep the peer port on loopback inside the namespace.
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        &format!("{ns}=http://127.0.0.1:2380"),
+    ]);
+    let log = run_dir.join("etcd.log");
+    let pid_file = run_dir.join("etcd.pid");
+    let pid = process::spawn_daemon(command, &log, &pid_file)?;
+    let address: SocketAddr = format!("{ip}:{CLIENT_PORT}").parse()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if netns::in_netns(ns, || healthy(address)).unwrap_or(false) {
+            return Ok(pid);
+        }
+        if process::running_pid(&pid_file).is_none() {
+            bail!(
+                "etcd exited during start-up:\n{}",
+                process::log_tail(&log, 20)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "etcd did not become healthy within 30 s:\n{}",
+                process::log_tail(&log, 20)
+            );
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET /health on the client URL; etcd answers `{"health":"true"}`.
+fn healthy(address: SocketAddr) -> Result<bool> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET /health HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response.contains("\"health\":\"true\""))
+}

@@ -1,0 +1,735 @@
+//! The cluster lab, as DESIGN.md's lab contract describes it:
+//!
+//! - underlay namespace `L-ul` with bridge `ul0` at 192.168.77.254/24 and the
+//!   real etcd server (client URL http://192.168.77.254:2379);
+//! - node namespaces `L-n1`, `L-n2`, ... whose `eth0` is a veth into `ul0`
+//!   (192.168.77.N/24), behaving like a wire: TSO/GSO off, GRO on;
+//! - pod namespaces `L-nN-pM` wired by the real CNI bridge + host-local
+//!   plugins from the node's flannel-style `subnet.env`;
+//! - one agent per node with its own pin dir `/sys/fs/bpf/L-nN`.
+//!
+//! Until the agent acquires leases itself, the lab writes each node's
+//! `subnet.env` from fixed subnets (node N gets 10.244.N.0/24) and routes pod
+//! subnets across nodes with plain routes via the node addresses.
+//!
+//! Everything a lab creates is named after it, so `down(name)` can remove it
+//! all (also from another process, after a crash, or on Ctrl-C).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::{Mutex, Once},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use weft_agent::subnet_env::{self, SubnetEnv};
+
+use crate::{
+    cni::{self, PodNetwork},
+    etcd,
+    host::BPFFS,
+    netns, process,
+};
+
+pub const RUN_ROOT: &str = "/run/weft-lab";
+pub const UNDERLAY_BRIDGE: &str = "ul0";
+pub const UNDERLAY_GATEWAY: &str = "192.168.77.254";
+pub const UNDERLAY_PREFIX: u8 = 24;
+pub const POD_NETWORK: &str = "10.244.0.0/16";
+pub const UPLINK: &str = "eth0";
+const MAX_NODES: usize = 200;
+const MAX_NAME_LEN: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    Vxlan,
+    HostGw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataplane {
+    /// The weft agent with its eBPF programs on every node.
+    Ebpf,
+    /// No fast path: the kernel forwards by routes alone.
+    Kernel,
+}
+
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    pub name: String,
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    pub backend: Backend,
+    pub dataplane: Dataplane,
+    /// The `weft` binary the nodes run.
+    pub weft_bin: PathBuf,
+}
+
+impl LabSpec {
+    pub fn new(name: &str, nodes: usize, pods_per_node: usize) -> Self {
+        Self {
+            name: name.to_owned(),
+            nodes,
+            pods_per_node,
+            backend: Backend::HostGw,
+            dataplane: Dataplane::Ebpf,
+            weft_bin: default_weft_bin(),
+        }
+    }
+}
+
+/// `$WEFT_BIN`, else the workspace's debug build.
+pub fn default_weft_bin() -> PathBuf {
+    std::env::var_os("WEFT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/weft"))
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub backend: Backend,
+    pub dataplane: Dataplane,
+    pub weft_bin: PathBuf,
+    pub run_dir: PathBuf,
+    pub underlay_ns: String,
+    pub etcd_endpoint: String,
+    pub nodes: Vec<NodeState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeState {
+    /// 1-based, as in the namespace name.
+    pub index: usize,
+    pub ns: String,
+    pub ip: String,
+    pub subnet: String,
+    pub subnet_file: PathBuf,
+    pub pin_dir: PathBuf,
+    pub agent_log: Option<PathBuf>,
+    pub pods: Vec<PodState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodState {
+    pub ns: String,
+    pub network: PodNetwork,
+}
+
+impl PodState {
+    pub fn ip(&self) -> &str {
+        self.network.ip()
+    }
+}
+
+impl NodeState {
+    pub fn agent_pid_file(&self, run_dir: &Path) -> PathBuf {
+        run_dir.join(format!("{}.agent.pid", self.ns))
+    }
+}
+
+/// A running lab. Dropping it tears everything down unless [`Lab::keep`] was
+/// called (the CLI's `lab up` leaves the lab for `lab down`).
+pub struct Lab {
+    pub state: LabState,
+    keep: bool,
+}
+
+impl Lab {
+    /// Brings a lab up; on any error everything created so far is removed.
+    pub fn up(spec: &LabSpec) -> Result<Lab> {
+        validate(spec)?;
+        install_interrupt_teardown();
+        let run_dir = run_dir(&spec.name);
+        if run_dir.exists() || netns::list()?.contains(&format!("{}-ul", spec.name)) {
+            bail!(
+                "a lab named {} already exists; remove it with `cargo xtask lab down --name {}`",
+                spec.name,
+                spec.name
+            );
+        }
+        register(&spec.name);
+        let mut lab = Lab {
+            state: LabState {
+                name: spec.name.clone(),
+                backend: spec.backend,
+                dataplane: spec.dataplane,
+                weft_bin: spec.weft_bin.clone(),
+                run_dir: run_dir.clone(),
+                underlay_ns: format!("{}-ul", spec.name),
+                etcd_endpoint: format!("http://{UNDERLAY_GATEWAY}:{}", etcd::CLIENT_PORT),
+                nodes: Vec::new(),
+            },
+            keep: false,
+        };
+        // On error `lab` is dropped here, which tears down what exists.
+        lab.build(spec)
+            .with_context(|| format!("cannot bring lab {} up", spec.name))?;
+        Ok(lab)
+    }
+
+    fn build(&mut self, spec: &LabSpec) -> Result<()> {
+        fs::create_dir_all(&self.state.run_dir)?;
+        self.save()?;
+        self.build_underlay()?;
+        etcd::start(
+            &self.state.underlay_ns,
+            UNDERLAY_GATEWAY,
+            &self.state.run_dir,
+        )?;
+        for index in 1..=spec.nodes {
+            let node = self.build_node(index)?;
+            self.state.nodes.push(node);
+            self.save()?;
+        }
+        self.route_pod_subnets()?;
+        if spec.dataplane == Dataplane::Ebpf {
+            for node in 0..spec.nodes {
+                self.start_agent(node)?;
+            }
+        }
+        for node in 0..spec.nodes {
+            for pod in 1..=spec.pods_per_node {
+                self.add_pod(node, pod)?;
+            }
+        }
+        if spec.dataplane == Dataplane::Ebpf {
+            for node in 0..spec.nodes {
+                self.wait_pods_attached(node)?;
+            }
+        }
+        self.save()
+    }
+
+    fn build_underlay(&self) -> Result<()> {
+        let ul = &self.state.underlay_ns;
+        netns::add(ul)?;
+        netns::run_host(&[
+            "ip",
+            "-n",
+            ul,
+            "link",
+            "add",
+            UNDERLAY_BRIDGE,
+            "type",
+            "bridge",
+        ])?;
+        netns::run_host(&[
+            "ip",
+            "-n",
+            ul,
+            "addr",
+            "add",
+            &format!("{UNDERLAY_GATEWAY}/{UNDERLAY_PREFIX}"),
+            "dev",
+            UNDERLAY_BRIDGE,
+        ])?;
+        netns::run_host(&["ip", "-n", ul, "link", "set", UNDERLAY_BRIDGE, "up"])?;
+        Ok(())
+    }
+
+    fn build_node(&self, index: usize) -> Result<NodeState> {
+        let ns = format!("{}-n{index}", self.state.name);
+        let ul = &self.state.underlay_ns;
+        let ul_port = format!("n{index}");
+        let ip = format!("192.168.77.{index}");
+        netns::add(&ns)?;
+        // Both ends are created directly in their namespaces: nothing ever
+        // appears in the host namespace, so labs cannot collide there.
+        netns::run_host(&[
+            "ip", "link", "add", "name", UPLINK, "netns", &ns, "type", "veth", "peer", "name",
+            &ul_port, "netns", ul,
+        ])?;
+        netns::run_host(&[
+            "ip",
+            "-n",
+            ul,
+            "link",
+            "set",
+            &ul_port,
+            "master",
+            UNDERLAY_BRIDGE,
+            "up",
+        ])?;
+        netns::run_host(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/{UNDERLAY_PREFIX}"),
+            "dev",
+            UPLINK,
+        ])?;
+        netns::run_host(&["ip", "-n", &ns, "link", "set", UPLINK, "up"])?;
+        // A wire carries MTU-sized frames: no veth super-frames; GRO on, as a
+        // NIC driver does.
+        netns::run(
+            &ns,
+            &[
+                "ethtool", "-K", UPLINK, "tso", "off", "gso", "off", "gro", "on",
+            ],
+        )?;
+        netns::run(
+            ul,
+            &[
+                "ethtool", "-K", &ul_port, "tso", "off", "gso", "off", "gro", "on",
+            ],
+        )?;
+        netns::sysctl(&ns, "net/ipv4/ip_forward", "1")?;
+
+        let node_dir = self.state.run_dir.join(&ns);
+        fs::create_dir_all(&node_dir)?;
+        let env = SubnetEnv {
+            network: POD_NETWORK.parse()?,
+            subnet: format!("10.244.{index}.1/24").parse()?,
+            mtu: 1500,
+            ipmasq: false,
+        };
+        let subnet_file = node_dir.join("subnet.env");
+        subnet_env::write_atomic(&subnet_file, &env)?;
+        Ok(NodeState {
+            index,
+            ns: ns.clone(),
+            ip,
+            subnet: env.subnet.trunc().to_string(),
+            subnet_file,
+            pin_dir: Path::new(BPFFS).join(&ns),
+            agent_log: None,
+            pods: Vec::new(),
+        })
+    }
+
+    /// Plain routes: every node reaches every other node's pod subnet via
+    /// that node's underlay address.
+    fn route_pod_subnets(&self) -> Result<()> {
+        for node in &self.state.nodes {
+            for peer in self
+                .state
+                .nodes
+                .iter()
+                .filter(|peer| peer.index != node.index)
+            {
+                netns::run_host(&[
+                    "ip",
+                    "-n",
+                    &node.ns,
+                    "route",
+                    "replace",
+                    &peer.subnet,
+                    "via",
+                    &peer.ip,
+                    "dev",
+                    UPLINK,
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the agent on node `node` (0-based) and waits until XDP is on
+    /// its uplink.
+    pub fn start_agent(&mut self, node: usize) -> Result<u32> {
+        let weft = self.state.weft_bin.display().to_string();
+        ensure!(
+            self.state.weft_bin.exists(),
+            "{weft} does not exist; build it with `cargo build -p weft-agent` (cargo xtask test and lab do)"
+        );
+        let run_dir = self.state.run_dir.clone();
+        let state = &mut self.state.nodes[node];
+        let mut command = netns::command(&state.ns, &weft)?;
+        command
+            .args(["agent", "--iface", UPLINK, "--bpf-pin-dir"])
+            .arg(&state.pin_dir)
+            .arg("--subnet-file")
+            .arg(&state.subnet_file)
+            .env("RUST_LOG", "info");
+        let log = run_dir.join(&state.ns).join("agent.log");
+        let pid_file = state.agent_pid_file(&run_dir);
+        let pid = process::spawn_daemon(command, &log, &pid_file)?;
+        state.agent_log = Some(log.clone());
+        let ns = state.ns.clone();
+        let stats = state.pin_dir.join(weft_common::map_names::STATS);
+        wait_for(
+            &format!("the agent on {ns} to attach XDP"),
+            Duration::from_secs(20),
+            || {
+                if process::running_pid(&pid_file).is_none() {
+                    bail!("the agent on {ns} exited:\n{}", process::log_tail(&log, 20));
+                }
+                Ok(xdp_attached(&ns, UPLINK)? && stats.exists())
+            },
+        )?;
+        self.save()?;
+        Ok(pid)
+    }
+
+    /// Stops node `node`'s agent with `signal` and waits for it to exit.
+    pub fn stop_agent(&self, node: usize, signal: Signal) -> Result<()> {
+        let state = &self.state.nodes[node];
+        let pid_file = state.agent_pid_file(&self.state.run_dir);
+        let pid = process::running_pid(&pid_file)
+            .ok_or_else(|| anyhow!("no agent runs on {}", state.ns))?;
+        let program = self.state.weft_bin.display().to_string();
+        process::signal_and_wait(pid, &program, signal, Duration::from_secs(10));
+        ensure!(
+            !process::is_running(pid, &program),
+            "the agent on {} survived {signal}",
+            state.ns
+        );
+        let _ = fs::remove_file(pid_file);
+        Ok(())
+    }
+
+    fn add_pod(&mut self, node: usize, pod: usize) -> Result<()> {
+        let state = &self.state.nodes[node];
+        let pod_ns = format!("{}-p{pod}", state.ns);
+        netns::add(&pod_ns)?;
+        let env = subnet_env::read_if_present(&state.subnet_file)?
+            .ok_or_else(|| anyhow!("{} has no subnet.env", state.ns))?;
+        let config =
+            cni::flannel_bridge_config(&env, &self.state.run_dir.join(&state.ns).join("ipam"));
+        let network = cni::add_pod(&state.ns, &pod_ns, &config)?;
+        self.state.nodes[node].pods.push(PodState {
+            ns: pod_ns,
+            network,
+        });
+        self.save()
+    }
+
+    /// Waits until the agent on `node` has TC on every pod veth.
+    pub fn wait_pods_attached(&self, node: usize) -> Result<()> {
+        let state = &self.state.nodes[node];
+        for pod in &state.pods {
+            let veth = pod.network.host_veth.clone();
+            wait_for(
+                &format!("TC on {} in {}", veth, state.ns),
+                Duration::from_secs(10),
+                || tc_attached(&state.ns, &veth, weft_common::program_names::TC_POD_EGRESS),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, index: usize) -> &NodeState {
+        &self.state.nodes[index - 1]
+    }
+
+    /// Every pod with the index of its node (1-based).
+    pub fn pods(&self) -> impl Iterator<Item = &PodState> {
+        self.state.nodes.iter().flat_map(|node| node.pods.iter())
+    }
+
+    /// Pings `to` from inside pod namespace `from`; returns ping's output.
+    pub fn ping(&self, from: &PodState, to: &str, count: u32) -> Result<String> {
+        netns::run(
+            &from.ns,
+            &[
+                "ping",
+                "-q",
+                "-n",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.01",
+                "-W",
+                "2",
+                to,
+            ],
+        )
+        .with_context(|| format!("{} ({}) cannot reach {to}", from.ns, from.ip()))
+    }
+
+    /// Leaves the lab running when this handle is dropped.
+    pub fn keep(mut self) -> LabState {
+        self.keep = true;
+        unregister(&self.state.name);
+        self.state.clone()
+    }
+
+    fn save(&self) -> Result<()> {
+        let path = self.state.run_dir.join("state.json");
+        fs::write(&path, serde_json::to_string_pretty(&self.state)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(error) = down(&self.state.name)
+        {
+            eprintln!("lab {}: teardown incomplete: {error:#}", self.state.name);
+        }
+    }
+}
+
+fn validate(spec: &LabSpec) -> Result<()> {
+    let name = &spec.name;
+    ensure!(
+        !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && name.starts_with(|c: char| c.is_ascii_lowercase()),
+        "lab name {name:?}: use 1-{MAX_NAME_LEN} characters a-z, 0-9 and '-', starting with a letter"
+    );
+    ensure!(
+        (1..=MAX_NODES).contains(&spec.nodes),
+        "--nodes {}: must be 1..={MAX_NODES}",
+        spec.nodes
+    );
+    ensure!(
+        spec.pods_per_node <= 250,
+        "--pods-per-node {}: must be at most 250",
+        spec.pods_per_node
+    );
+    ensure!(
+        spec.backend == Backend::HostGw,
+        "--backend vxlan needs the agent's control plane and kernel dataplane (not built yet); use --backend host-gw"
+    );
+    Ok(())
+}
+
+pub fn run_dir(name: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join(name)
+}
+
+/// Reads a running lab's recorded state.
+pub fn load(name: &str) -> Result<LabState> {
+    let path = run_dir(name).join("state.json");
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("no lab named {name} (no {})", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a lab state file", path.display()))
+}
+
+/// Removes everything lab `name` created: agents and etcd (SIGTERM, then
+/// SIGKILL), pod, node and underlay namespaces, pin dirs, the run directory.
+/// Works from any process and after a partial `up`; keeps going past errors
+/// and reports them together.
+pub fn down(name: &str) -> Result<()> {
+    let mut errors = Vec::new();
+    let dir = run_dir(name);
+    if let Ok(entries) = fs::read_dir(&dir) {
+        let mut pid_files: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "pid"))
+            .collect();
+        // Agents first, etcd last: agents detach cleanly while etcd is up.
+        pid_files.sort_by_key(|path| path.ends_with("etcd.pid"));
+        for pid_file in pid_files {
+            if let Err(error) = process::stop(&pid_file, Duration::from_secs(10)) {
+                errors.push(format!("{error:#}"));
+            }
+        }
+    }
+    let mut namespaces: Vec<String> = netns::list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ns| belongs_to(name, ns))
+        .collect();
+    // Pods before nodes before the underlay.
+    namespaces.sort_by_key(|ns| std::cmp::Reverse(ns.len()));
+    for ns in namespaces {
+        if let Err(error) = netns::delete(&ns) {
+            errors.push(format!("{error:#}"));
+        }
+    }
+    if let Ok(entries) = fs::read_dir(BPFFS) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if belongs_to(name, &file_name)
+                && let Err(error) = fs::remove_dir_all(entry.path())
+            {
+                errors.push(format!("cannot remove {}: {error}", entry.path().display()));
+            }
+        }
+    }
+    if dir.exists()
+        && let Err(error) = fs::remove_dir_all(&dir)
+    {
+        errors.push(format!("cannot remove {}: {error}", dir.display()));
+    }
+    unregister(name);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!(errors.join("; ")))
+    }
+}
+
+/// Whether `item` (a namespace or pin dir name) is one of lab `name`'s:
+/// `name-ul`, `name-nN` or `name-nN-pM`, and nothing else (`name-x` or
+/// another lab `name2-...` never matches).
+pub fn belongs_to(name: &str, item: &str) -> bool {
+    let Some(rest) = item
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix('-'))
+    else {
+        return false;
+    };
+    if rest == "ul" {
+        return true;
+    }
+    let numbered = |part: &str, tag: char| {
+        part.strip_prefix(tag)
+            .is_some_and(|digits| !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()))
+    };
+    match rest.split_once('-') {
+        None => numbered(rest, 'n'),
+        Some((node, pod)) => numbered(node, 'n') && numbered(pod, 'p'),
+    }
+}
+
+/// Human-readable status of lab `name`.
+pub fn status(name: &str) -> Result<String> {
+    let state = load(name)?;
+    let alive = |pid_file: &Path| match process::running_pid(pid_file) {
+        Some(pid) => format!("running (pid {pid})"),
+        None => "not running".to_owned(),
+    };
+    let mut out = format!(
+        "lab {}  backend {:?}  dataplane {:?}\n  {}  {UNDERLAY_BRIDGE} {UNDERLAY_GATEWAY}/{UNDERLAY_PREFIX}  etcd {} {}\n",
+        state.name,
+        state.backend,
+        state.dataplane,
+        state.underlay_ns,
+        state.etcd_endpoint,
+        alive(&state.run_dir.join("etcd.pid")),
+    );
+    for node in &state.nodes {
+        let agent = match state.dataplane {
+            Dataplane::Ebpf => format!("agent {}", alive(&node.agent_pid_file(&state.run_dir))),
+            Dataplane::Kernel => "no agent".to_owned(),
+        };
+        out += &format!(
+            "  {}  {UPLINK} {}/{UNDERLAY_PREFIX}  subnet {}  pins {}  {agent}\n",
+            node.ns,
+            node.ip,
+            node.subnet,
+            node.pin_dir.display()
+        );
+        for pod in &node.pods {
+            out += &format!(
+                "    {}  eth0 {}  host veth {}\n",
+                pod.ns, pod.network.address, pod.network.host_veth
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an XDP program is attached to `iface` in `ns`.
+pub fn xdp_attached(ns: &str, iface: &str) -> Result<bool> {
+    let out = netns::run_host(&["ip", "-j", "-n", ns, "link", "show", "dev", iface])?;
+    let links: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(!links[0]["xdp"].is_null())
+}
+
+/// Whether program `program` is attached by TCX at ingress of `iface` in `ns`.
+pub fn tc_attached(ns: &str, iface: &str, program: &str) -> Result<bool> {
+    netns::in_netns(ns, || {
+        let (_, programs) =
+            aya::programs::SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Ingress)
+                .with_context(|| format!("cannot query TCX on {iface}"))?;
+        Ok(programs
+            .iter()
+            .any(|info| info.name_as_str() == Some(program)))
+    })
+}
+
+/// Polls `check` until it is true; errors (naming `what`) on timeout or when
+/// `check` fails.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+// Ctrl-C / SIGTERM: tear down every lab this process is bringing up or
+// holding, then exit. A lab left running on purpose (`lab up`) leaves this
+// list through `Lab::keep`.
+static LIVE_LABS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn register(name: &str) {
+    LIVE_LABS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .push(name.to_owned());
+}
+
+fn unregister(name: &str) {
+    LIVE_LABS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .retain(|live| live != name);
+}
+
+fn install_interrupt_teardown() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let installed = ctrlc::set_handler(|| {
+            let names = LIVE_LABS
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .clone();
+            for name in names {
+                eprintln!("interrupted: tearing down lab {name}");
+                if let Err(error) = down(&name) {
+                    eprintln!("lab {name}: teardown incomplete: {error:#}");
+                }
+            }
+            std::process::exit(130);
+        });
+        if let Err(error) = installed {
+            // Another handler (e.g. the test harness's) owns the signal; Drop
+            // still tears labs down on panic and normal exit.
+            eprintln!("weft lab: cannot install the Ctrl-C teardown handler: {error}");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::belongs_to;
+
+    #[test]
+    fn only_the_labs_own_names_belong_to_it() {
+        for own in ["weft-ul", "weft-n1", "weft-n12", "weft-n3-p2"] {
+            assert!(belongs_to("weft", own), "{own}");
+        }
+        for foreign in [
+            "weft",
+            "weft-",
+            "weft-x",
+            "weft2-n1",
+            "weftn1",
+            "weft-n",
+            "weft-n1-p",
+            "weft-n1-q1",
+            "weft-ul0",
+            "other-n1",
+        ] {
+            assert!(!belongs_to("weft", foreign), "{foreign}");
+        }
+    }
+}

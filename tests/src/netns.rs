@@ -1,0 +1,114 @@
+//! Network namespaces: create, delete, and run code or programs inside one.
+//!
+//! Programs are started with `setns(CLONE_NEWNET)` only, not `ip netns exec`:
+//! the latter also remounts /sys, which hides the bpffs at /sys/fs/bpf that
+//! the agent pins its maps in.
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::sched::{CloneFlags, setns};
+
+/// Where iproute2 keeps named namespaces.
+pub fn path(ns: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(ns)
+}
+
+pub fn add(ns: &str) -> Result<()> {
+    run_host(&["ip", "netns", "add", ns])?;
+    run_host(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+pub fn delete(ns: &str) -> Result<()> {
+    run_host(&["ip", "netns", "del", ns]).map(drop)
+}
+
+/// Names of every named network namespace on the host.
+pub fn list() -> Result<Vec<String>> {
+    let out = run_host(&["ip", "netns", "list"])?;
+    Ok(out
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// A command that will run inside `ns` (network namespace only).
+pub fn command(ns: &str, program: &str) -> Result<Command> {
+    let file =
+        File::open(path(ns)).with_context(|| format!("network namespace {ns} does not exist"))?;
+    let mut command = Command::new(program);
+    // SAFETY: setns is async-signal-safe; the closure only makes that call.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(command)
+}
+
+/// Runs `args` inside `ns`, returning stdout; a non-zero exit is an error
+/// carrying the command and its stderr.
+pub fn run(ns: &str, args: &[&str]) -> Result<String> {
+    let (program, rest) = args.split_first().ok_or_else(|| anyhow!("empty command"))?;
+    let mut command = command(ns, program)?;
+    command.args(rest);
+    output_of(command, &format!("[{ns}] {}", args.join(" ")))
+}
+
+/// Runs `args` on the host, returning stdout.
+pub fn run_host(args: &[&str]) -> Result<String> {
+    let (program, rest) = args.split_first().ok_or_else(|| anyhow!("empty command"))?;
+    let mut command = Command::new(program);
+    command.args(rest);
+    output_of(command, &args.join(" "))
+}
+
+fn output_of(mut command: Command, shown: &str) -> Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run `{shown}`"))?;
+    if !output.status.success() {
+        bail!(
+            "`{shown}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `work` on a thread that has entered `ns`, for code (sockets, /proc/sys
+/// writes, aya queries) that must act inside the namespace.
+pub fn in_netns<T: Send>(ns: &str, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let file =
+        File::open(path(ns)).with_context(|| format!("network namespace {ns} does not exist"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                setns(&file, CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("cannot enter network namespace {ns}"))?;
+                work()
+            })
+            .join()
+            .map_err(|_| anyhow!("work inside {ns} panicked"))?
+    })
+}
+
+/// Sets a sysctl inside `ns` (e.g. `net/ipv4/ip_forward`).
+pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    in_netns(ns, || {
+        let path = format!("/proc/sys/{key}");
+        std::fs::write(&path, value)
+            .with_context(|| format!("cannot write {value} to {path} in {ns}"))
+    })
+}

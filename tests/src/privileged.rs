@@ -1,0 +1,73 @@
+//! Privileged integration tests: they need root (namespaces, BPF). Where the
+//! runner is not root they skip loudly; CI sets `WEFT_REQUIRE_PRIVILEGED=1`,
+//! which turns such a skip into a failure.
+//!
+//! Lab tests also take a host-wide lock: they assert on host-wide state
+//! (`ip netns list`, `/sys/fs/bpf`, loaded programs) that another lab coming
+//! up at the same time would change.
+
+use std::{fs::File, os::fd::AsRawFd as _, path::Path};
+
+use crate::host::BPFFS;
+
+pub const REQUIRE_PRIVILEGED: &str = "WEFT_REQUIRE_PRIVILEGED";
+const LOCK_FILE: &str = "/run/weft-lab.lock";
+
+/// Held for the whole test; dropping it releases the host-wide lock.
+pub struct PrivilegedGuard {
+    _lock: File,
+}
+
+/// Returns a guard if this test can run, `None` (after saying so loudly) if
+/// it must be skipped; panics where skipping is not allowed or a tool the
+/// lab needs is missing.
+pub fn privileged_test(test: &str) -> Option<PrivilegedGuard> {
+    if !nix::unistd::geteuid().is_root() {
+        let required = std::env::var(REQUIRE_PRIVILEGED).is_ok_and(|value| value == "1");
+        assert!(
+            !required,
+            "{test} needs root and this runner is not root; {REQUIRE_PRIVILEGED}=1 forbids skipping it"
+        );
+        eprintln!(
+            "\n*** SKIPPED {test}: needs root (namespaces, BPF). Run as root, or set {REQUIRE_PRIVILEGED}=1 to make this a failure. ***\n"
+        );
+        return None;
+    }
+    let missing: Vec<&str> = [
+        "/usr/bin/etcd",
+        "/usr/lib/cni/bridge",
+        "/usr/lib/cni/host-local",
+        "/usr/sbin/bpftool",
+        "/usr/bin/ping",
+    ]
+    .into_iter()
+    .filter(|tool| !Path::new(tool).exists())
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "{test}: missing {missing:?}; run `cargo xtask setup`"
+    );
+    ensure_bpffs();
+    let lock = File::create(LOCK_FILE)
+        .unwrap_or_else(|error| panic!("cannot create {LOCK_FILE}: {error}"));
+    // SAFETY: plain flock on a descriptor we own.
+    let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "cannot lock {LOCK_FILE}");
+    Some(PrivilegedGuard { _lock: lock })
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
+pub fn ensure_bpffs() {
+    let mounted = nix::sys::statfs::statfs(BPFFS)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+    if !mounted {
+        nix::mount::mount(
+            Some("bpf"),
+            BPFFS,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap_or_else(|error| panic!("cannot mount bpffs at {BPFFS}: {error}"));
+    }
+}

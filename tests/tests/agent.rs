@@ -1,0 +1,138 @@
+//! The agent on the lab: it loads and attaches the programs on every node,
+//! counts real pod-to-pod traffic in STATS, exposes the pinned maps to
+//! bpftool with field names, and leaves nothing attached after SIGTERM.
+
+use std::collections::BTreeMap;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use weft_common::program_names::{TC_POD_EGRESS, XDP_UPLINK};
+use weft_tests::{Lab, LabSpec, lab, netns, privileged_test};
+
+/// `weft maps stats --json` for a pin dir: counter name -> packets.
+fn packets(lab: &Lab, node: usize) -> BTreeMap<String, u64> {
+    let weft = lab.state.weft_bin.display().to_string();
+    let pin_dir = lab.node(node).pin_dir.display().to_string();
+    let out =
+        netns::run_host(&[&weft, "maps", "stats", "--json", "--bpf-pin-dir", &pin_dir]).unwrap();
+    let counters: Value = serde_json::from_str(&out).unwrap();
+    counters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|counter| {
+            (
+                counter["name"].as_str().unwrap().to_owned(),
+                counter["packets"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn loaded_weft_programs() -> Vec<String> {
+    let out = netns::run_host(&["bpftool", "prog", "show", "--json"]).unwrap();
+    let programs: Value = serde_json::from_str(&out).unwrap();
+    programs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|program| program["name"].as_str())
+        .filter(|name| [XDP_UPLINK, TC_POD_EGRESS].contains(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm() {
+    let Some(_guard) =
+        privileged_test("agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm")
+    else {
+        return;
+    };
+    assert!(
+        loaded_weft_programs().is_empty(),
+        "weft programs loaded before the test: {:?}",
+        loaded_weft_programs()
+    );
+    let lab = Lab::up(&LabSpec::new("t-agent", 2, 2)).unwrap();
+
+    // Attached where the contract says: XDP on each uplink, TC on each pod veth.
+    for node in &lab.state.nodes {
+        assert!(
+            lab::xdp_attached(&node.ns, "eth0").unwrap(),
+            "no XDP on {} eth0",
+            node.ns
+        );
+        for pod in &node.pods {
+            assert!(lab::tc_attached(&node.ns, &pod.network.host_veth, TC_POD_EGRESS).unwrap());
+        }
+    }
+
+    // Real traffic: n1-p1 -> n2-p2 and back; every request leaves a pod on
+    // n1 and arrives on n2's uplink, every reply the other way round.
+    const COUNT: u64 = 50;
+    let before = [packets(&lab, 1), packets(&lab, 2)];
+    let from = &lab.node(1).pods[0];
+    let to = &lab.node(2).pods[1];
+    let out = lab.ping(from, to.ip(), COUNT as u32).unwrap();
+    assert!(out.contains(&format!("{COUNT} received")), "{out}");
+    let after = [packets(&lab, 1), packets(&lab, 2)];
+    for (node, counter) in [
+        (0, "pod_egress"),
+        (0, "uplink_rx"),
+        (1, "pod_egress"),
+        (1, "uplink_rx"),
+    ] {
+        let delta = after[node][counter] - before[node][counter];
+        assert!(
+            delta >= COUNT,
+            "node {} {counter} rose by {delta}, expected at least {COUNT}",
+            node + 1
+        );
+    }
+
+    // bpftool reads the pinned map with BTF field names.
+    let stats_pin = lab.node(1).pin_dir.join("STATS").display().to_string();
+    let dump: Value = serde_json::from_str(
+        &netns::run_host(&["bpftool", "map", "dump", "pinned", &stats_pin, "--json"]).unwrap(),
+    )
+    .unwrap();
+    let slot = &dump[0]["formatted"]["values"][0]["value"];
+    let slot = if slot.is_null() {
+        &dump[0]["values"][0]["value"]
+    } else {
+        slot
+    };
+    assert!(
+        slot["packets"].is_u64() && slot["bytes"].is_u64(),
+        "no named fields in bpftool's dump: {dump}"
+    );
+
+    // SIGTERM: every attachment goes, the programs are unloaded, the maps stay.
+    for node in 0..lab.state.nodes.len() {
+        lab.stop_agent(node, Signal::SIGTERM).unwrap();
+    }
+    for node in &lab.state.nodes {
+        assert!(
+            !lab::xdp_attached(&node.ns, "eth0").unwrap(),
+            "XDP still on {} eth0",
+            node.ns
+        );
+        for pod in &node.pods {
+            assert!(!lab::tc_attached(&node.ns, &pod.network.host_veth, TC_POD_EGRESS).unwrap());
+        }
+        assert!(
+            node.pin_dir.join("STATS").exists(),
+            "STATS pin went with the agent"
+        );
+        let log = std::fs::read_to_string(node.agent_log.as_ref().unwrap()).unwrap();
+        assert!(log.contains("SIGTERM: detaching"), "{log}");
+    }
+    assert!(
+        loaded_weft_programs().is_empty(),
+        "programs still loaded: {:?}",
+        loaded_weft_programs()
+    );
+    // Pods keep working without the agent: the kernel path carries them.
+    assert!(lab.ping(from, to.ip(), 3).unwrap().contains("3 received"));
+}

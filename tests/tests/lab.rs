@@ -1,0 +1,118 @@
+//! The lab itself: pods wired by the real CNI plugins reach each other across
+//! nodes, and teardown leaves the host exactly as it found it, also when
+//! bringing a lab up fails half-way.
+
+use weft_tests::{Dataplane, Lab, LabSpec, host::HostSnapshot, lab, netns, privileged_test};
+
+#[test]
+fn two_nodes_two_pods_all_pairs_ping_and_down_leaves_nothing() {
+    let Some(_guard) = privileged_test("two_nodes_two_pods_all_pairs_ping_and_down_leaves_nothing")
+    else {
+        return;
+    };
+    let before = HostSnapshot::take().unwrap();
+    let mut spec = LabSpec::new("t-lab-pairs", 2, 2);
+    spec.dataplane = Dataplane::Kernel;
+    let lab = Lab::up(&spec).unwrap();
+
+    // The contract's names and addresses.
+    let namespaces = netns::list().unwrap();
+    for ns in [
+        "t-lab-pairs-ul",
+        "t-lab-pairs-n1",
+        "t-lab-pairs-n2",
+        "t-lab-pairs-n1-p1",
+        "t-lab-pairs-n2-p2",
+    ] {
+        assert!(
+            namespaces.contains(&ns.to_owned()),
+            "{ns} missing from {namespaces:?}"
+        );
+    }
+    let eth0 =
+        netns::run_host(&["ip", "-n", "t-lab-pairs-n2", "-br", "addr", "show", "eth0"]).unwrap();
+    assert!(eth0.contains("192.168.77.2/24"), "{eth0}");
+    for node in &lab.state.nodes {
+        let cni0 = netns::run_host(&["ip", "-n", &node.ns, "-br", "addr", "show", "cni0"]).unwrap();
+        assert!(
+            cni0.contains(&format!("10.244.{}.1/24", node.index)),
+            "{cni0}"
+        );
+        for pod in &node.pods {
+            assert!(
+                pod.network
+                    .address
+                    .starts_with(&format!("10.244.{}.", node.index))
+            );
+        }
+    }
+    let pods: Vec<_> = lab.pods().cloned().collect();
+    assert_eq!(pods.len(), 4);
+    for from in &pods {
+        for to in pods.iter().filter(|to| to.ns != from.ns) {
+            let out = lab.ping(from, to.ip(), 3).unwrap();
+            assert!(
+                out.contains("3 received"),
+                "{} -> {}: {out}",
+                from.ns,
+                to.ip()
+            );
+        }
+    }
+
+    drop(lab);
+    assert_eq!(
+        HostSnapshot::take().unwrap(),
+        before,
+        "lab down left something behind"
+    );
+    assert!(!lab::run_dir("t-lab-pairs").exists());
+}
+
+#[test]
+fn a_failed_up_removes_what_it_created() {
+    let Some(_guard) = privileged_test("a_failed_up_removes_what_it_created") else {
+        return;
+    };
+    let before = HostSnapshot::take().unwrap();
+    let mut spec = LabSpec::new("t-lab-fail", 2, 1);
+    spec.weft_bin = "/nonexistent/weft".into();
+    let error = format!(
+        "{:#}",
+        Lab::up(&spec)
+            .err()
+            .expect("up must fail without an agent binary")
+    );
+    assert!(
+        error.contains("/nonexistent/weft does not exist"),
+        "{error}"
+    );
+    assert_eq!(
+        HostSnapshot::take().unwrap(),
+        before,
+        "a failed up left something behind"
+    );
+}
+
+#[test]
+fn a_second_lab_with_the_same_name_is_refused() {
+    let Some(_guard) = privileged_test("a_second_lab_with_the_same_name_is_refused") else {
+        return;
+    };
+    let mut spec = LabSpec::new("t-lab-dup", 1, 0);
+    spec.dataplane = Dataplane::Kernel;
+    let first = Lab::up(&spec).unwrap();
+    let error = format!(
+        "{:#}",
+        Lab::up(&spec)
+            .err()
+            .expect("a duplicate lab must be refused")
+    );
+    assert!(
+        error.contains("a lab named t-lab-dup already exists"),
+        "{error}"
+    );
+    // The refused duplicate must not have torn the first one down.
+    assert!(netns::list().unwrap().contains(&"t-lab-dup-n1".to_owned()));
+    drop(first);
+}

@@ -1,0 +1,109 @@
+//! Builds and runs: the eBPF object, the user-space binaries, the tests.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The flags aya-build passes when the agent's build script builds the
+/// object: keep debug info so bpf-linker can emit BTF.
+const EBPF_RUSTFLAGS: &[&str] = &[
+    "--cfg=bpf_target_arch=\"x86_64\"",
+    "-Cdebuginfo=2",
+    "-Clink-arg=--btf",
+];
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds the eBPF object with nightly and returns its path.
+pub fn ebpf_object(release: bool) -> Result<PathBuf> {
+    let mut command = Command::new("rustup");
+    command
+        .current_dir(workspace_root())
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--package",
+            "weft-ebpf",
+            "--bins",
+            "--target",
+            EBPF_TARGET,
+        ])
+        .args(["-Z", "build-std=core"])
+        .env("CARGO_ENCODED_RUSTFLAGS", EBPF_RUSTFLAGS.join("\x1f"))
+        // Set by the stable cargo running xtask; they would pin the build to it.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    if release {
+        command.arg("--release");
+    }
+    run(command, "building the eBPF object")?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(target_dir().join(EBPF_TARGET).join(profile).join("weft"))
+}
+
+/// Builds the `weft` agent (which embeds the object) and the lab CLI.
+pub fn user_space() -> Result<()> {
+    let mut command = cargo();
+    command.args([
+        "build",
+        "--package",
+        "weft-agent",
+        "--package",
+        "weft-tests",
+        "--bins",
+    ]);
+    run(command, "building weft and weft-lab")
+}
+
+/// `cargo test` over every host crate, with the freshly built agent.
+pub fn run_tests(args: &[String]) -> Result<()> {
+    let mut command = cargo();
+    command
+        .args(["test", "--workspace", "--exclude", "weft-ebpf"])
+        .args(args)
+        .env("WEFT_BIN", target_dir().join("debug/weft"));
+    run(command, "the tests")
+}
+
+pub fn run_lab(args: &[String]) -> Result<()> {
+    let mut command = Command::new(target_dir().join("debug/weft-lab"));
+    command
+        .args(args)
+        .env("WEFT_BIN", target_dir().join("debug/weft"));
+    run(command, "weft-lab")
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+fn run(mut command: Command, what: &str) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
