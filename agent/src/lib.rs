@@ -6,8 +6,10 @@
 pub mod bpffs;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod dataplane;
 pub mod endpoints;
+pub mod lease;
 pub mod net;
 pub mod stats;
 pub mod subnet_env;

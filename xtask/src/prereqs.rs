@@ -5,8 +5,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages: the eBPF toolchain (LLVM 22 for bpf-linker), the lab's
-/// real parts, and the tools the tests and benchmarks drive.
+/// Debian packages: the eBPF toolchain (LLVM 22 for bpf-linker), protoc (for
+/// etcd-client's gRPC code), the lab's real parts, and the tools the tests
+/// and benchmarks drive.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
@@ -19,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "tcpdump",
     "iputils-ping",
+    "protobuf-compiler",
+    "nftables",
 ];
 
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";
