@@ -1,3 +1,4 @@
 //! Dataplane writers.
 
 pub mod ebpf;
+pub mod kernel;

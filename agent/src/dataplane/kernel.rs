@@ -1,0 +1,436 @@
+//! The kernel datapath: exactly what flanneld programs. It is the whole
+//! datapath with `--dataplane kernel`, and the slow path under the eBPF fast
+//! path: whatever the fast path does not handle still forwards.
+//!
+//! VXLAN: device `flannel.<VNI>` (vxlan id VNI, local = node IP, dev =
+//! uplink, dstport, nolearning, MTU = uplink - 50, address `<subnet>/32`, a
+//! stable VTEP MAC), and per remote lease, in flanneld's order:
+//! `ip neigh replace <peer net> lladdr <VtepMAC> dev flannel.1 nud permanent`,
+//! `bridge fdb replace <VtepMAC> dev flannel.1 dst <PublicIP> self permanent`,
+//! `ip route replace <peer subnet> via <peer net> dev flannel.1 onlink`.
+//! host-gw (and DirectRouting for on-link peers):
+//! `ip route replace <peer subnet> via <PublicIP> dev <uplink>`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures::TryStreamExt as _;
+use ipnet::Ipv4Net;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol},
+    AddressFamily,
+};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use tracing::{info, warn};
+
+use crate::{
+    config::{BackendConfig, NetworkConfig},
+    lease::{LeaseAttrs, MacAddr},
+};
+
+/// How one remote subnet is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerRoute {
+    /// Through flannel.<VNI>: neighbour + fdb + onlink route.
+    Vxlan { subnet: Ipv4Net, vtep_mac: MacAddr, public_ip: Ipv4Addr },
+    /// Plain route via the peer's node address on the uplink.
+    Direct { subnet: Ipv4Net, public_ip: Ipv4Addr },
+}
+
+impl PeerRoute {
+    pub fn subnet(&self) -> Ipv4Net {
+        match self {
+            PeerRoute::Vxlan { subnet, .. } | PeerRoute::Direct { subnet, .. } => *subnet,
+        }
+    }
+}
+
+pub struct KernelDataplane {
+    handle: Handle,
+    config: NetworkConfig,
+    uplink_index: u32,
+    public_ip: Ipv4Addr,
+    /// The uplink's own prefixes: a peer inside one is on-link.
+    uplink_prefixes: Vec<Ipv4Net>,
+    vxlan: Option<VxlanDevice>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct VxlanDevice {
+    pub index: u32,
+    pub mac: MacAddr,
+}
+
+impl KernelDataplane {
+    pub async fn new(handle: Handle, config: NetworkConfig, uplink_index: u32, public_ip: Ipv4Addr) -> Result<Self> {
+        let uplink_prefixes = ipv4_prefixes(&handle, uplink_index).await?;
+        Ok(Self { handle, config, uplink_index, public_ip, uplink_prefixes, vxlan: None })
+    }
+
+    pub fn vxlan_name(vni: u32) -> String {
+        format!("flannel.{vni}")
+    }
+
+    /// Creates (or adopts) `flannel.<VNI>` with flanneld's settings and
+    /// returns its VTEP MAC. An existing device with other settings is
+    /// recreated; its MAC is kept, so leases stay valid across restarts.
+    pub async fn ensure_vxlan_device(&mut self, uplink_mtu: u32) -> Result<Option<VxlanDevice>> {
+        let BackendConfig::Vxlan { vni, port, mtu, .. } = self.config.backend else {
+            return Ok(None);
+        };
+        let name = Self::vxlan_name(vni);
+        let mtu = mtu.unwrap_or(uplink_mtu - 50);
+        let existing = link_by_name(&self.handle, &name).await?;
+        let mut keep_mac = None;
+        if let Some(link) = &existing {
+            keep_mac = mac_of(link);
+            if vxlan_settings_match(link, vni, port, self.public_ip, self.uplink_index) {
+                info!(device = %name, "adopting existing VXLAN device");
+            } else {
+                warn!(device = %name, "existing VXLAN device has other settings; recreating it");
+                self.handle.link().del(link.header.index).execute().await.with_context(|| format!("cannot delete {name}"))?;
+            }
+        }
+        let adopt = existing.is_some() && keep_mac.is_some() && link_by_name(&self.handle, &name).await?.is_some();
+        if !adopt {
+            let mac = keep_mac.unwrap_or_else(|| stable_vtep_mac(self.public_ip, vni));
+            let message = LinkVxlan::new(&name, vni)
+                .dev(self.uplink_index)
+                .local(self.public_ip)
+                .port(port)
+                .learning(false)
+                .mtu(mtu)
+                .address(mac.0.to_vec())
+                .build();
+            self.handle.link().add(message).execute().await.with_context(|| format!("cannot create {name}"))?;
+        }
+        let link = link_by_name(&self.handle, &name).await?.ok_or_else(|| anyhow!("{name} vanished"))?;
+        let index = link.header.index;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("cannot set {name} up with MTU {mtu}"))?;
+        let mac = mac_of(&link).ok_or_else(|| anyhow!("{name} has no MAC address"))?;
+        let device = VxlanDevice { index, mac };
+        self.vxlan = Some(device);
+        Ok(Some(device))
+    }
+
+    /// Gives flannel.<VNI> the address `<subnet network>/32`, dropping any
+    /// other address (a subnet from an earlier lease).
+    pub async fn set_vxlan_address(&self, subnet: &Ipv4Net) -> Result<()> {
+        let Some(device) = self.vxlan else { return Ok(()) };
+        let wanted = subnet.network();
+        let mut addresses = self.handle.address().get().set_link_index_filter(device.index).execute();
+        let mut present = false;
+        while let Some(message) = addresses.try_next().await? {
+            let address = message.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V4(address)) => Some(*address),
+                _ => None,
+            });
+            match address {
+                Some(address) if address == wanted && message.header.prefix_len == 32 => present = true,
+                Some(_) => self.handle.address().del(message).execute().await.context("cannot remove a stale VXLAN address")?,
+                None => {}
+            }
+        }
+        if !present {
+            self.handle
+                .address()
+                .add(device.index, IpAddr::V4(wanted), 32)
+                .execute()
+                .await
+                .with_context(|| format!("cannot add {wanted}/32 to the VXLAN device"))?;
+        }
+        Ok(())
+    }
+
+    /// How a peer's lease is reached, or why it cannot be.
+    pub fn plan(&self, subnet: Ipv4Net, attrs: &LeaseAttrs) -> Result<PeerRoute> {
+        let on_link = self.uplink_prefixes.iter().any(|prefix| prefix.contains(&attrs.public_ip));
+        match &self.config.backend {
+            BackendConfig::HostGw => {
+                if !on_link {
+                    bail!("host-gw peer {} for {subnet} is not on-link on the uplink", attrs.public_ip);
+                }
+                Ok(PeerRoute::Direct { subnet, public_ip: attrs.public_ip })
+            }
+            BackendConfig::Vxlan { direct_routing, vni, .. } => {
+                if *direct_routing && on_link {
+                    return Ok(PeerRoute::Direct { subnet, public_ip: attrs.public_ip });
+                }
+                let data = attrs
+                    .backend_data
+                    .as_ref()
+                    .filter(|_| attrs.backend_type == "vxlan")
+                    .ok_or_else(|| anyhow!("peer {subnet} is a {} lease in a vxlan network", attrs.backend_type))?;
+                if data.vni != *vni {
+                    bail!("peer {subnet} uses VNI {}, this network VNI {vni}", data.vni);
+                }
+                Ok(PeerRoute::Vxlan { subnet, vtep_mac: data.vtep_mac, public_ip: attrs.public_ip })
+            }
+        }
+    }
+
+    /// Programs one peer (idempotent: every write is a replace).
+    pub async fn add_peer(&self, peer: &PeerRoute) -> Result<()> {
+        match peer {
+            PeerRoute::Vxlan { subnet, vtep_mac, public_ip } => {
+                let device = self.vxlan.ok_or_else(|| anyhow!("no VXLAN device"))?;
+                let gateway = subnet.network();
+                self.handle
+                    .neighbours()
+                    .add(device.index, IpAddr::V4(gateway))
+                    .link_layer_address(&vtep_mac.0)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+                    .with_context(|| format!("cannot add neighbour {gateway} -> {vtep_mac}"))?;
+                let mut fdb = self
+                    .handle
+                    .neighbours()
+                    .add_bridge(device.index, &vtep_mac.0)
+                    .flags(NeighbourFlags::Own)
+                    .state(NeighbourState::Permanent)
+                    .replace();
+                fdb.message_mut().attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*public_ip)));
+                fdb.execute().await.with_context(|| format!("cannot add fdb {vtep_mac} -> {public_ip}"))?;
+                let route = route_message(*subnet, gateway, device.index, true);
+                self.handle.route().add(route).replace().execute().await.with_context(|| format!("cannot route {subnet}"))?;
+            }
+            PeerRoute::Direct { subnet, public_ip } => {
+                let route = route_message(*subnet, *public_ip, self.uplink_index, false);
+                self.handle.route().add(route).replace().execute().await.with_context(|| format!("cannot route {subnet}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes one peer's route, neighbour and fdb entry (what exists of them).
+    pub async fn remove_peer(&self, peer: &PeerRoute) -> Result<()> {
+        let subnet = peer.subnet();
+        for route in self.routes().await? {
+            if route_destination(&route) == Some(subnet) {
+                self.handle.route().del(route).execute().await.with_context(|| format!("cannot remove the route to {subnet}"))?;
+            }
+        }
+        if let (PeerRoute::Vxlan { vtep_mac, .. }, Some(device)) = (peer, self.vxlan) {
+            for neighbour in self.neighbours(device.index, AddressFamily::Inet).await? {
+                if neighbour_ip(&neighbour) == Some(subnet.network()) {
+                    self.handle.neighbours().del(neighbour).execute().await.context("cannot remove a neighbour")?;
+                }
+            }
+            for entry in self.neighbours(device.index, AddressFamily::Bridge).await? {
+                if neighbour_mac(&entry) == Some(*vtep_mac) {
+                    self.handle.neighbours().del(entry).execute().await.context("cannot remove an fdb entry")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the kernel hold exactly `peers`: removes routes into the pod
+    /// network via flannel.<VNI> or the uplink, neighbours and fdb entries
+    /// on flannel.<VNI> that no current lease explains (peers that vanished
+    /// while the agent was down), then (re)programs every peer.
+    pub async fn reconcile(&self, peers: &BTreeMap<Ipv4Net, PeerRoute>) -> Result<()> {
+        let vxlan_index = self.vxlan.map(|device| device.index);
+        for route in self.routes().await? {
+            let Some(destination) = route_destination(&route) else { continue };
+            let oif = route.attributes.iter().find_map(|attr| match attr {
+                RouteAttribute::Oif(index) => Some(*index),
+                _ => None,
+            });
+            // Routes through the VXLAN device, or via a gateway on the uplink
+            // (host-gw / DirectRouting), are the ones flanneld would own.
+            let ours = (oif.is_some() && oif == vxlan_index) || (oif == Some(self.uplink_index) && has_gateway(&route));
+            if ours && self.config.network.contains(&destination) && !peers.contains_key(&destination) {
+                info!(%destination, "removing a route no lease explains");
+                self.handle.route().del(route).execute().await.context("cannot remove a stale route")?;
+            }
+        }
+        if let Some(device) = self.vxlan {
+            let gateways: BTreeSet<Ipv4Addr> = peers
+                .values()
+                .filter_map(|peer| matches!(peer, PeerRoute::Vxlan { .. }).then(|| peer.subnet().network()))
+                .collect();
+            let macs: BTreeSet<MacAddr> = peers
+                .values()
+                .filter_map(|peer| match peer {
+                    PeerRoute::Vxlan { vtep_mac, .. } => Some(*vtep_mac),
+                    PeerRoute::Direct { .. } => None,
+                })
+                .collect();
+            for neighbour in self.neighbours(device.index, AddressFamily::Inet).await? {
+                if neighbour_ip(&neighbour).is_some_and(|ip| !gateways.contains(&ip)) {
+                    self.handle.neighbours().del(neighbour).execute().await.context("cannot remove a stale neighbour")?;
+                }
+            }
+            for entry in self.neighbours(device.index, AddressFamily::Bridge).await? {
+                if neighbour_mac(&entry).is_some_and(|mac| !macs.contains(&mac)) {
+                    self.handle.neighbours().del(entry).execute().await.context("cannot remove a stale fdb entry")?;
+                }
+            }
+        }
+        for peer in peers.values() {
+            self.add_peer(peer).await?;
+        }
+        Ok(())
+    }
+
+    async fn routes(&self) -> Result<Vec<RouteMessage>> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes: Vec<RouteMessage> = self.handle.route().get(query).execute().try_collect().await.context("cannot list routes")?;
+        Ok(routes.into_iter().filter(|route| route.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN).collect())
+    }
+
+    async fn neighbours(&self, index: u32, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
+        let neighbours: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute()
+            .try_collect()
+            .await
+            .context("cannot list neighbours")?;
+        Ok(neighbours.into_iter().filter(|neighbour| neighbour.header.ifindex == index).collect())
+    }
+}
+
+fn route_message(subnet: Ipv4Net, gateway: Ipv4Addr, oif: u32, onlink: bool) -> RouteMessage {
+    let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(subnet.network(), subnet.prefix_len())
+        .gateway(gateway)
+        .output_interface(oif)
+        // What `ip route replace` writes.
+        .protocol(RouteProtocol::Boot);
+    if onlink {
+        builder = builder.onlink();
+    }
+    let mut message = builder.build();
+    if onlink {
+        message.header.flags |= RouteFlags::Onlink;
+    }
+    message
+}
+
+fn route_destination(route: &RouteMessage) -> Option<Ipv4Net> {
+    route.attributes.iter().find_map(|attr| match attr {
+        RouteAttribute::Destination(RouteAddress::Inet(address)) => Ipv4Net::new(*address, route.header.destination_prefix_length).ok(),
+        _ => None,
+    })
+}
+
+fn has_gateway(route: &RouteMessage) -> bool {
+    route.attributes.iter().any(|attr| matches!(attr, RouteAttribute::Gateway(_)))
+}
+
+fn neighbour_ip(neighbour: &NeighbourMessage) -> Option<Ipv4Addr> {
+    neighbour.attributes.iter().find_map(|attr| match attr {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => Some(*address),
+        _ => None,
+    })
+}
+
+fn neighbour_mac(neighbour: &NeighbourMessage) -> Option<MacAddr> {
+    neighbour.attributes.iter().find_map(|attr| match attr {
+        NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
+        _ => None,
+    })
+}
+
+pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {
+    let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await.context("cannot list links")?;
+    Ok(links.into_iter().find(|link| {
+        link.attributes.iter().any(|attr| matches!(attr, LinkAttribute::IfName(link_name) if link_name == name))
+    }))
+}
+
+pub fn mac_of(link: &LinkMessage) -> Option<MacAddr> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
+        _ => None,
+    })
+}
+
+pub fn mtu_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::Mtu(mtu) => Some(*mtu),
+        _ => None,
+    })
+}
+
+pub fn is_up(link: &LinkMessage) -> bool {
+    link.header.flags.contains(LinkFlags::Up)
+}
+
+fn vxlan_settings_match(link: &LinkMessage, vni: u32, port: u16, local: Ipv4Addr, uplink: u32) -> bool {
+    let Some(infos) = link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => Some(infos),
+        _ => None,
+    }) else {
+        return false;
+    };
+    let is_vxlan = infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Vxlan)));
+    let Some(data) = infos.iter().find_map(|info| match info {
+        LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
+        _ => None,
+    }) else {
+        return false;
+    };
+    let has = |wanted: &InfoVxlan| data.iter().any(|attr| attr == wanted);
+    is_vxlan
+        && has(&InfoVxlan::Id(vni))
+        && has(&InfoVxlan::Port(port))
+        && has(&InfoVxlan::Local(local))
+        && has(&InfoVxlan::Link(uplink))
+        && has(&InfoVxlan::Learning(false))
+}
+
+/// A locally administered unicast MAC made of the VNI's low byte and the
+/// node address: the same node gets the same VTEP MAC even when the device is
+/// recreated (after a reboot), so its lease stays valid for every peer, and
+/// the MAC says whose it is.
+pub fn stable_vtep_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
+    let [a, b, c, d] = public_ip.octets();
+    MacAddr([0x0e, vni as u8, a, b, c, d])
+}
+
+async fn ipv4_prefixes(handle: &Handle, index: u32) -> Result<Vec<Ipv4Net>> {
+    let mut addresses = handle.address().get().set_link_index_filter(index).execute();
+    let mut prefixes = Vec::new();
+    while let Some(message) = addresses.try_next().await.context("cannot list uplink addresses")? {
+        for attr in &message.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(address)) = attr {
+                prefixes.push(Ipv4Net::new(*address, message.header.prefix_len)?.trunc());
+            }
+        }
+    }
+    Ok(prefixes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vtep_macs_are_stable_unicast_and_local() {
+        let ip = Ipv4Addr::new(192, 168, 77, 1);
+        let mac = stable_vtep_mac(ip, 1);
+        assert_eq!(mac, stable_vtep_mac(ip, 1));
+        assert_eq!(mac.to_string(), "0e:01:c0:a8:4d:01");
+        assert_ne!(mac, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 2), 1));
+        assert_eq!(mac.0[0] & 0x01, 0, "multicast bit set");
+        assert_eq!(mac.0[0] & 0x02, 0x02, "not locally administered");
+    }
+}
