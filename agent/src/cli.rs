@@ -1,7 +1,8 @@
 //! Command-line interface. Flags keep flanneld's names where they mean the
-//! same thing; each can also come from a `WEFT_*` environment variable.
+//! same thing; each can also come from a `WEFT_*` environment variable, or
+//! from flanneld's `FLANNELD_*` name so an existing node config carries over.
 
-use std::path::PathBuf;
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -18,38 +19,91 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the node agent: load and attach the eBPF programs, follow pod veths.
-    Agent(AgentArgs),
+    /// Run the node agent: lease a subnet, program the datapath, follow peers.
+    Agent(Box<AgentArgs>),
     /// Print the pinned maps of a running (or stopped) agent.
     Maps(MapsArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// The node's uplink (physical NIC) that carries overlay traffic.
-    #[arg(long, env = "WEFT_IFACE")]
-    pub iface: String,
+    /// etcd client URLs, comma-separated.
+    #[arg(
+        long,
+        env = "WEFT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of the network config and leases.
+    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/coreos.com/network")]
+    pub etcd_prefix: String,
+    /// TLS client key for etcd.
+    #[arg(long, env = "WEFT_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// TLS client certificate for etcd.
+    #[arg(long, env = "WEFT_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// CA bundle that signs etcd's certificate.
+    #[arg(long, env = "WEFT_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    #[arg(long, env = "WEFT_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    #[arg(long, env = "WEFT_ETCD_PASSWORD")]
+    pub etcd_password: Option<String>,
 
-    /// bpffs directory where the agent pins its maps.
-    #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weft")]
-    pub bpf_pin_dir: PathBuf,
+    /// Uplink interface (repeatable: the first that exists is used). Default:
+    /// the interface of the default route.
+    #[arg(long, env = "WEFT_IFACE", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// Regex; the first interface whose name matches is the uplink.
+    #[arg(long, env = "WEFT_IFACE_REGEX")]
+    pub iface_regex: Option<String>,
+    /// Address other nodes reach this node at. Default: the uplink's first IPv4 address.
+    #[arg(long, env = "WEFT_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
 
-    /// flannel's subnet.env for this node.
+    /// flannel's subnet.env for this node (read at start, written once the lease is held).
     #[arg(
         long,
         env = "WEFT_SUBNET_FILE",
         default_value = "/run/flannel/subnet.env"
     )]
     pub subnet_file: PathBuf,
+    /// Renew the lease this many minutes before it expires.
+    #[arg(long, env = "WEFT_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
+    pub subnet_lease_renew_margin: u64,
+    /// Masquerade traffic from pods to outside the pod network.
+    #[arg(long, env = "WEFT_IP_MASQ", default_value_t = false)]
+    pub ip_masq: bool,
 
+    /// Address of /healthz and /readyz.
+    #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: Ipv4Addr,
+    /// Port of /healthz and /readyz; 0 turns the endpoint off.
+    #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+
+    /// `kernel`: program only what flanneld programs. `ebpf`: that, plus the
+    /// eBPF programs on the uplink and pod veths.
+    #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value_t = DataplaneArg::Ebpf)]
+    pub dataplane: DataplaneArg,
+    /// bpffs directory where the agent pins its maps.
+    #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weft")]
+    pub bpf_pin_dir: PathBuf,
     /// The bridge the CNI bridge plugin plugs pod veths into.
     #[arg(long, env = "WEFT_BRIDGE", default_value = "cni0")]
     pub bridge: String,
-
     /// How to attach XDP to the uplink: `native` (driver), `generic` (skb),
     /// or `auto` (native where the driver has it, else generic).
     #[arg(long, env = "WEFT_XDP_MODE", value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DataplaneArg {
+    Kernel,
+    Ebpf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,4 +136,37 @@ pub struct MapsArgs {
 pub enum MapName {
     /// Fast-path counters, summed over CPUs.
     Stats,
+}
+
+/// flanneld's environment names for the flags both share.
+const FLANNELD_ALIASES: &[&str] = &[
+    "ETCD_ENDPOINTS",
+    "ETCD_PREFIX",
+    "ETCD_KEYFILE",
+    "ETCD_CERTFILE",
+    "ETCD_CAFILE",
+    "ETCD_USERNAME",
+    "ETCD_PASSWORD",
+    "IFACE",
+    "IFACE_REGEX",
+    "PUBLIC_IP",
+    "SUBNET_FILE",
+    "SUBNET_LEASE_RENEW_MARGIN",
+    "IP_MASQ",
+    "HEALTHZ_IP",
+    "HEALTHZ_PORT",
+];
+
+/// For each flag flanneld also has, a `FLANNELD_X` variable stands in for an
+/// unset `WEFT_X`. Call before parsing, while the process is single-threaded.
+pub fn apply_flanneld_env_aliases() {
+    for name in FLANNELD_ALIASES {
+        let weft = format!("WEFT_{name}");
+        if std::env::var_os(&weft).is_none() {
+            if let Some(value) = std::env::var_os(format!("FLANNELD_{name}")) {
+                // SAFETY: called at the top of main, before any thread exists.
+                unsafe { std::env::set_var(&weft, value) };
+            }
+        }
+    }
 }

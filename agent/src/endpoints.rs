@@ -14,6 +14,8 @@ use netlink_sys::{AsyncSocket as _, SocketAddr};
 use rtnetlink::{Handle, constants::RTMGRP_LINK};
 use tokio::sync::mpsc;
 
+use crate::dataplane::kernel::name_of;
+
 /// The bridge's ports: ifindex -> interface name.
 pub type BridgePorts = BTreeMap<u32, String>;
 
@@ -75,11 +77,4 @@ pub async fn bridge_ports(handle: &Handle, bridge: &str) -> Result<BridgePorts> 
         })
         .filter_map(|link| Some((link.header.index, name_of(link)?.to_owned())))
         .collect())
-}
-
-fn name_of(link: &LinkMessage) -> Option<&str> {
-    link.attributes.iter().find_map(|attr| match attr {
-        LinkAttribute::IfName(name) => Some(name.as_str()),
-        _ => None,
-    })
 }

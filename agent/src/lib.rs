@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod dataplane;
 pub mod endpoints;
+pub mod http;
 pub mod lease;
 pub mod net;
 pub mod stats;

@@ -4,6 +4,7 @@ use clap::Parser as _;
 use weft_agent::{cli::Cli, commands};
 
 fn main() -> ExitCode {
+    weft_agent::cli::apply_flanneld_env_aliases();
     let cli = Cli::parse();
     init_logging();
     match commands::run(cli) {

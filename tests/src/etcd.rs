@@ -71,3 +71,84 @@ fn healthy(address: SocketAddr) -> Result<bool> {
     stream.read_to_string(&mut response)?;
     Ok(response.contains("\"health\":\"true\""))
 }
+
+/// A short-lived etcd client that works from the host: each call runs on a
+/// thread inside the underlay namespace (etcd is reachable only there).
+#[derive(Clone, Debug)]
+pub struct LabEtcd {
+    pub ns: String,
+    pub endpoint: String,
+}
+
+impl LabEtcd {
+    fn call<T: Send>(
+        &self,
+        work: impl AsyncFnOnce(&mut etcd_client::Client) -> Result<T, etcd_client::Error> + Send,
+    ) -> Result<T> {
+        netns::in_netns(&self.ns, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let options = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(3))
+                    .with_timeout(Duration::from_secs(5));
+                let mut client =
+                    etcd_client::Client::connect([&self.endpoint], Some(options)).await?;
+                Ok(work(&mut client).await?)
+            })
+        })
+    }
+
+    pub fn put(&self, key: &str, value: &str) -> Result<()> {
+        self.call(async |client| client.put(key, value, None).await.map(drop))
+    }
+
+    /// Every key and value under `prefix`, in key order.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        self.call(async |client| {
+            let response = client
+                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await?;
+            Ok(response
+                .kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        String::from_utf8_lossy(kv.value()).into_owned(),
+                    )
+                })
+                .collect())
+        })
+    }
+
+    pub fn delete(&self, key: &str) -> Result<()> {
+        self.call(async |client| client.delete(key, None).await.map(drop))
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> Result<i64> {
+        self.call(async |client| {
+            let response = client.get("/", None).await?;
+            Ok(response
+                .header()
+                .map(|header| header.revision())
+                .unwrap_or_default())
+        })
+    }
+
+    /// Compacts history up to `revision` (physically, so watchers behind it
+    /// are told so).
+    pub fn compact(&self, revision: i64) -> Result<()> {
+        self.call(async |client| {
+            client
+                .compact(
+                    revision,
+                    Some(etcd_client::CompactionOptions::new().with_physical()),
+                )
+                .await
+                .map(drop)
+        })
+    }
+}

@@ -8,9 +8,9 @@
 //!   plugins from the node's flannel-style `subnet.env`;
 //! - one agent per node with its own pin dir `/sys/fs/bpf/L-nN`.
 //!
-//! Until the agent acquires leases itself, the lab writes each node's
-//! `subnet.env` from fixed subnets (node N gets 10.244.N.0/24) and routes pod
-//! subnets across nodes with plain routes via the node addresses.
+//! The lab writes the network config to etcd; each node's agent leases a
+//! subnet, programs its datapath and writes the `subnet.env` the node's pods
+//! are then wired from.
 //!
 //! Everything a lab creates is named after it, so `down(name)` can remove it
 //! all (also from another process, after a crash, or on Ctrl-C).
@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use weft_agent::subnet_env::{self, SubnetEnv};
+use weft_agent::subnet_env;
 
 use crate::{
     cni::{self, PodNetwork},
@@ -41,6 +41,10 @@ pub const UNDERLAY_GATEWAY: &str = "192.168.77.254";
 pub const UNDERLAY_PREFIX: u8 = 24;
 pub const POD_NETWORK: &str = "10.244.0.0/16";
 pub const UPLINK: &str = "eth0";
+pub const ETCD_PREFIX: &str = "/coreos.com/network";
+/// Where each node's agent serves /healthz and /readyz (inside the node
+/// namespace, so every node can use the same port).
+pub const HEALTHZ_PORT: u16 = 10256;
 const MAX_NODES: usize = 200;
 const MAX_NAME_LEN: usize = 16;
 
@@ -54,10 +58,30 @@ pub enum Backend {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Dataplane {
-    /// The weft agent with its eBPF programs on every node.
+    /// `weft agent --dataplane ebpf`: the kernel path plus the eBPF programs.
     Ebpf,
-    /// No fast path: the kernel forwards by routes alone.
+    /// `weft agent --dataplane kernel`: exactly what flanneld programs.
     Kernel,
+}
+
+impl Dataplane {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Dataplane::Ebpf => "ebpf",
+            Dataplane::Kernel => "kernel",
+        }
+    }
+}
+
+impl Backend {
+    /// The network config the lab writes to `<prefix>/config`.
+    pub fn network_config(self) -> String {
+        let backend = match self {
+            Backend::Vxlan => "vxlan",
+            Backend::HostGw => "host-gw",
+        };
+        format!(r#"{{"Network":"{POD_NETWORK}","Backend":{{"Type":"{backend}"}}}}"#)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -66,19 +90,30 @@ pub struct LabSpec {
     pub nodes: usize,
     pub pods_per_node: usize,
     pub backend: Backend,
+    /// Every node's dataplane, unless `node_dataplanes` says otherwise.
     pub dataplane: Dataplane,
+    /// Per-node overrides (index 0 = node 1), for mixed labs.
+    pub node_dataplanes: Vec<Dataplane>,
     /// The `weft` binary the nodes run.
     pub weft_bin: PathBuf,
 }
 
 impl LabSpec {
+    pub fn dataplane_of(&self, node: usize) -> Dataplane {
+        self.node_dataplanes
+            .get(node)
+            .copied()
+            .unwrap_or(self.dataplane)
+    }
+
     pub fn new(name: &str, nodes: usize, pods_per_node: usize) -> Self {
         Self {
             name: name.to_owned(),
             nodes,
             pods_per_node,
-            backend: Backend::HostGw,
+            backend: Backend::Vxlan,
             dataplane: Dataplane::Ebpf,
+            node_dataplanes: Vec::new(),
             weft_bin: default_weft_bin(),
         }
     }
@@ -109,6 +144,8 @@ pub struct NodeState {
     pub index: usize,
     pub ns: String,
     pub ip: String,
+    pub dataplane: Dataplane,
+    /// The node's pod subnet, from the subnet.env its agent wrote.
     pub subnet: String,
     pub subnet_file: PathBuf,
     pub pin_dir: PathBuf,
@@ -178,33 +215,58 @@ impl Lab {
         fs::create_dir_all(&self.state.run_dir)?;
         self.save()?;
         self.build_underlay()?;
-        etcd::start(
-            &self.state.underlay_ns,
-            UNDERLAY_GATEWAY,
-            &self.state.run_dir,
+        self.start_etcd()?;
+        self.etcd().put(
+            &format!("{ETCD_PREFIX}/config"),
+            &spec.backend.network_config(),
         )?;
         for index in 1..=spec.nodes {
-            let node = self.build_node(index)?;
+            let node = self.build_node(index, spec.dataplane_of(index - 1))?;
             self.state.nodes.push(node);
             self.save()?;
         }
-        self.route_pod_subnets()?;
-        if spec.dataplane == Dataplane::Ebpf {
-            for node in 0..spec.nodes {
-                self.start_agent(node)?;
-            }
+        // Agents first: each leases a subnet and writes the subnet.env the
+        // CNI config is derived from.
+        for node in 0..spec.nodes {
+            self.start_agent(node)?;
         }
         for node in 0..spec.nodes {
             for pod in 1..=spec.pods_per_node {
                 self.add_pod(node, pod)?;
             }
         }
-        if spec.dataplane == Dataplane::Ebpf {
-            for node in 0..spec.nodes {
+        for node in 0..spec.nodes {
+            if self.state.nodes[node].dataplane == Dataplane::Ebpf {
                 self.wait_pods_attached(node)?;
             }
         }
         self.save()
+    }
+
+    /// A client for the lab's etcd.
+    pub fn etcd(&self) -> etcd::LabEtcd {
+        etcd::LabEtcd {
+            ns: self.state.underlay_ns.clone(),
+            endpoint: self.state.etcd_endpoint.clone(),
+        }
+    }
+
+    /// Starts (or restarts, keeping its data) the lab's etcd.
+    pub fn start_etcd(&self) -> Result<()> {
+        etcd::start(
+            &self.state.underlay_ns,
+            UNDERLAY_GATEWAY,
+            &self.state.run_dir,
+        )
+        .map(drop)
+    }
+
+    /// Stops the lab's etcd (SIGTERM); its data stays for `start_etcd`.
+    pub fn stop_etcd(&self) -> Result<()> {
+        process::stop(
+            &self.state.run_dir.join("etcd.pid"),
+            Duration::from_secs(10),
+        )
     }
 
     fn build_underlay(&self) -> Result<()> {
@@ -234,7 +296,7 @@ impl Lab {
         Ok(())
     }
 
-    fn build_node(&self, index: usize) -> Result<NodeState> {
+    fn build_node(&self, index: usize, dataplane: Dataplane) -> Result<NodeState> {
         let ns = format!("{}-n{index}", self.state.name);
         let ul = &self.state.underlay_ns;
         let ul_port = format!("n{index}");
@@ -286,55 +348,22 @@ impl Lab {
 
         let node_dir = self.state.run_dir.join(&ns);
         fs::create_dir_all(&node_dir)?;
-        let env = SubnetEnv {
-            network: POD_NETWORK.parse()?,
-            subnet: format!("10.244.{index}.1/24").parse()?,
-            mtu: 1500,
-            ipmasq: false,
-        };
-        let subnet_file = node_dir.join("subnet.env");
-        subnet_env::write_atomic(&subnet_file, &env)?;
         Ok(NodeState {
             index,
             ns: ns.clone(),
             ip,
-            subnet: env.subnet.trunc().to_string(),
-            subnet_file,
+            dataplane,
+            subnet: String::new(),
+            subnet_file: node_dir.join("subnet.env"),
             pin_dir: Path::new(BPFFS).join(&ns),
             agent_log: None,
             pods: Vec::new(),
         })
     }
 
-    /// Plain routes: every node reaches every other node's pod subnet via
-    /// that node's underlay address.
-    fn route_pod_subnets(&self) -> Result<()> {
-        for node in &self.state.nodes {
-            for peer in self
-                .state
-                .nodes
-                .iter()
-                .filter(|peer| peer.index != node.index)
-            {
-                netns::run_host(&[
-                    "ip",
-                    "-n",
-                    &node.ns,
-                    "route",
-                    "replace",
-                    &peer.subnet,
-                    "via",
-                    &peer.ip,
-                    "dev",
-                    UPLINK,
-                ])?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts the agent on node `node` (0-based) and waits until XDP is on
-    /// its uplink.
+    /// Starts the agent on node `node` (0-based) and waits until it is ready
+    /// (lease held, datapath programmed, subnet.env written) and, with the
+    /// eBPF dataplane, XDP is on its uplink.
     pub fn start_agent(&mut self, node: usize) -> Result<u32> {
         let weft = self.state.weft_bin.display().to_string();
         ensure!(
@@ -342,10 +371,24 @@ impl Lab {
             "{weft} does not exist; build it with `cargo build -p weft-agent` (cargo xtask test and lab do)"
         );
         let run_dir = self.state.run_dir.clone();
+        let etcd_endpoint = self.state.etcd_endpoint.clone();
         let state = &mut self.state.nodes[node];
         let mut command = netns::command(&state.ns, &weft)?;
         command
-            .args(["agent", "--iface", UPLINK, "--bpf-pin-dir"])
+            .args([
+                "agent",
+                "--iface",
+                UPLINK,
+                "--etcd-endpoints",
+                &etcd_endpoint,
+            ])
+            .args([
+                "--healthz-ip",
+                "127.0.0.1",
+                "--healthz-port",
+                &HEALTHZ_PORT.to_string(),
+            ])
+            .args(["--dataplane", state.dataplane.flag(), "--bpf-pin-dir"])
             .arg(&state.pin_dir)
             .arg("--subnet-file")
             .arg(&state.subnet_file)
@@ -355,17 +398,24 @@ impl Lab {
         let pid = process::spawn_daemon(command, &log, &pid_file)?;
         state.agent_log = Some(log.clone());
         let ns = state.ns.clone();
-        let stats = state.pin_dir.join(weft_common::map_names::STATS);
+        let ebpf = state.dataplane == Dataplane::Ebpf;
         wait_for(
-            &format!("the agent on {ns} to attach XDP"),
-            Duration::from_secs(20),
+            &format!("the agent on {ns} to be ready"),
+            Duration::from_secs(30),
             || {
                 if process::running_pid(&pid_file).is_none() {
                     bail!("the agent on {ns} exited:\n{}", process::log_tail(&log, 20));
                 }
-                Ok(xdp_attached(&ns, UPLINK)? && stats.exists())
+                Ok(agent_ready(&ns)? && (!ebpf || xdp_attached(&ns, UPLINK)?))
             },
         )?;
+        let env = subnet_env::read_if_present(&state.subnet_file)?.ok_or_else(|| {
+            anyhow!(
+                "the agent on {ns} is ready but wrote no {}",
+                state.subnet_file.display()
+            )
+        })?;
+        state.subnet = env.subnet.trunc().to_string();
         self.save()?;
         Ok(pid)
     }
@@ -491,10 +541,6 @@ fn validate(spec: &LabSpec) -> Result<()> {
         "--pods-per-node {}: must be at most 250",
         spec.pods_per_node
     );
-    ensure!(
-        spec.backend == Backend::HostGw,
-        "--backend vxlan needs the agent's control plane and kernel dataplane (not built yet); use --backend host-gw"
-    );
     Ok(())
 }
 
@@ -606,10 +652,11 @@ pub fn status(name: &str) -> Result<String> {
         alive(&state.run_dir.join("etcd.pid")),
     );
     for node in &state.nodes {
-        let agent = match state.dataplane {
-            Dataplane::Ebpf => format!("agent {}", alive(&node.agent_pid_file(&state.run_dir))),
-            Dataplane::Kernel => "no agent".to_owned(),
-        };
+        let agent = format!(
+            "agent ({}) {}",
+            node.dataplane.flag(),
+            alive(&node.agent_pid_file(&state.run_dir))
+        );
         out += &format!(
             "  {}  {UPLINK} {}/{UNDERLAY_PREFIX}  subnet {}  pins {}  {agent}\n",
             node.ns,
@@ -625,6 +672,21 @@ pub fn status(name: &str) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// Whether the agent in `ns` answers 200 on /readyz.
+pub fn agent_ready(ns: &str) -> Result<bool> {
+    netns::in_netns(ns, || {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", HEALTHZ_PORT)) else {
+            return Ok(false);
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        Ok(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"))
+    })
 }
 
 /// Whether an XDP program is attached to `iface` in `ns`.

@@ -1,63 +1,376 @@
-//! `weft agent`: validate inputs, load the fast path, follow pod veths until
-//! SIGTERM/SIGINT, then detach everything.
+//! `weft agent`: validate inputs, take a subnet lease, program the datapath,
+//! follow the other nodes' leases until SIGTERM/SIGINT.
+//!
+//! The flow is one-way: lease events -> the peer table (desired state) -> the
+//! kernel datapath (and the eBPF dataplane, which follows pod veths).
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
+use ipnet::Ipv4Net;
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     sync::mpsc,
+    time::Instant,
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     bpffs,
-    cli::AgentArgs,
-    dataplane::ebpf::EbpfDataplane,
+    cli::{AgentArgs, DataplaneArg},
+    config::{BackendConfig, NetworkConfig},
+    dataplane::{
+        ebpf::EbpfDataplane,
+        kernel::{KernelDataplane, PeerRoute},
+    },
     endpoints::{self, BridgePorts},
-    net, subnet_env,
+    http::{self, Readiness},
+    lease::{
+        self, LeaseAttrs, VxlanBackendData,
+        acquire::{LEASE_TTL, acquire},
+        peers::{PeerChange, PeerTable},
+        registry::{EtcdOptions, Registry},
+        watch::{LeaseEvent, LeaseFollower},
+    },
+    net,
+    subnet_env::{self, SubnetEnv},
 };
 
-pub async fn run(args: AgentArgs) -> Result<()> {
-    // Check every input before touching the kernel, so a bad flag or file
-    // fails with one clear line and leaves nothing half-attached.
-    let uplink_index = net::ifindex(&args.iface).context("--iface")?;
-    match subnet_env::read_if_present(&args.subnet_file)? {
-        Some(env) => {
-            info!(file = %args.subnet_file.display(), subnet = %env.subnet, network = %env.network, mtu = env.mtu, "subnet.env")
-        }
-        None => info!(file = %args.subnet_file.display(), "no subnet.env yet"),
+/// A failed renewal is retried this often, as flanneld does.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// How often start-up steps that wait on etcd try again.
+const STARTUP_RETRY: Duration = Duration::from_secs(2);
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
     }
-    bpffs::ensure_pin_dir(&args.bpf_pin_dir)?;
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-
-    let mut dataplane = EbpfDataplane::load(&args.bpf_pin_dir)?;
-    let mode = dataplane.attach_uplink(&args.iface, uplink_index, args.xdp_mode)?;
-    info!(iface = %args.iface, ifindex = uplink_index, ?mode, "XDP attached to the uplink");
-
-    let (ports_tx, mut ports_rx) = mpsc::channel::<BridgePorts>(8);
-    let watcher = tokio::spawn(endpoints::watch_bridge_ports(args.bridge.clone(), ports_tx));
-
-    info!(bridge = %args.bridge, pin_dir = %args.bpf_pin_dir.display(), "agent running");
-    let outcome = loop {
+    async fn recv(&mut self) -> &'static str {
         tokio::select! {
-            ports = ports_rx.recv() => match ports {
-                Some(ports) => dataplane.reconcile_pod_ports(&ports),
-                None => break watcher.await.context("bridge watcher panicked")?
-                    .context("lost the kernel link event stream"),
-            },
-            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break Ok(()) }
-            _ = sigint.recv() => { info!("SIGINT: detaching"); break Ok(()) }
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+pub async fn run(args: Box<AgentArgs>) -> Result<()> {
+    // Check every local input before touching etcd or the kernel, so a bad
+    // flag or file fails with one clear line and leaves nothing behind.
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+    tokio::spawn(connection);
+    let uplink = net::select_uplink(
+        &handle,
+        &args.iface,
+        args.iface_regex.as_deref(),
+        args.public_ip,
+    )
+    .await?;
+    let previous = subnet_env::read_if_present(&args.subnet_file)?;
+    let ebpf_enabled = args.dataplane == DataplaneArg::Ebpf;
+    if ebpf_enabled {
+        bpffs::ensure_pin_dir(&args.bpf_pin_dir)?;
+    }
+    info!(uplink = %uplink.name, public_ip = %uplink.public_ip, mtu = uplink.mtu, "uplink");
+
+    let readiness = Readiness::default();
+    if args.healthz_port != 0 {
+        http::serve(
+            SocketAddr::from((args.healthz_ip, args.healthz_port)),
+            readiness.clone(),
+        )
+        .await?;
+    }
+    let mut signals = Signals::new()?;
+
+    let options = EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: args.etcd_prefix.clone(),
+        keyfile: args.etcd_keyfile.clone(),
+        certfile: args.etcd_certfile.clone(),
+        cafile: args.etcd_cafile.clone(),
+        username: args.etcd_username.clone(),
+        password: args.etcd_password.clone(),
+    };
+    let (mut registry, config) = tokio::select! {
+        ready = connect_and_read_config(&options) => ready,
+        signal = signals.recv() => { info!("{signal} before start-up finished"); return Ok(()) }
+    };
+    info!(network = %config.network, subnet_len = config.subnet_len, backend = config.backend.type_name(), "network config");
+
+    let mut kernel = KernelDataplane::new(
+        handle.clone(),
+        config.clone(),
+        uplink.index,
+        uplink.public_ip,
+    )
+    .await?;
+    let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
+    let attrs = LeaseAttrs {
+        public_ip: uplink.public_ip,
+        public_ipv6: None,
+        backend_type: config.backend.type_name().to_owned(),
+        backend_data: match (&config.backend, vxlan) {
+            (BackendConfig::Vxlan { vni, .. }, Some(device)) => Some(VxlanBackendData {
+                vni: *vni,
+                vtep_mac: device.mac,
+            }),
+            _ => None,
+        },
+    };
+    let mtu = match &config.backend {
+        BackendConfig::Vxlan { mtu, .. } => mtu.unwrap_or(uplink.mtu - 50),
+        BackendConfig::HostGw => uplink.mtu,
+    };
+
+    let mut ebpf = None;
+    let (ports_tx, mut ports_rx) = mpsc::channel::<BridgePorts>(8);
+    if ebpf_enabled {
+        let mut dataplane = EbpfDataplane::load(&args.bpf_pin_dir)?;
+        let mode = dataplane.attach_uplink(&uplink.name, uplink.index, args.xdp_mode)?;
+        info!(iface = %uplink.name, ?mode, "XDP attached to the uplink");
+        tokio::spawn(endpoints::watch_bridge_ports(args.bridge.clone(), ports_tx));
+        ebpf = Some(dataplane);
+    }
+
+    let previous_subnet = previous.as_ref().map(|env| env.subnet.trunc());
+    let mut own = tokio::select! {
+        subnet = acquire_until_done(&mut registry, &config, &attrs, previous_subnet) => subnet,
+        signal = signals.recv() => { info!("{signal} before a lease was acquired"); return Ok(()) }
+    };
+    take_subnet(&kernel, &args, &config, own, mtu).await?;
+    let renew_margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
+    let renew_every = LEASE_TTL
+        .saturating_sub(renew_margin)
+        .max(Duration::from_secs(60));
+    let mut renew_at = Instant::now() + renew_every;
+
+    let mut follower = LeaseFollower::new(registry.clone());
+    let mut peers = PeerTable::default();
+    let mut programmed: BTreeMap<Ipv4Net, PeerRoute> = BTreeMap::new();
+    let stop = loop {
+        tokio::select! {
+            events = follower.next() => {
+                let own_key = lease::key(registry.prefix(), &own);
+                let mut reacquire = false;
+                for event in events {
+                    match event {
+                        LeaseEvent::Listing(leases) => {
+                            if !leases.iter().any(|lease| lease.key == own_key) {
+                                warn!(key = %own_key, "our lease is gone from etcd");
+                                reacquire = true;
+                            }
+                            peers.resync(&leases, Some(own));
+                            programmed = plan_all(&kernel, peers.peers());
+                            if let Err(error) = kernel.reconcile(&programmed).await {
+                                warn!("cannot reconcile the kernel datapath: {error:#}");
+                            }
+                            if !readiness.get() {
+                                info!(peers = programmed.len(), "datapath programmed; ready");
+                                readiness.set(true);
+                            }
+                        }
+                        LeaseEvent::Put { key, value } if key == own_key => {
+                            if LeaseAttrs::from_json(&value).ok().as_ref() != Some(&attrs) {
+                                warn!(%key, "our lease was overwritten by someone else");
+                                reacquire = true;
+                            }
+                        }
+                        LeaseEvent::Delete { key } if key == own_key => {
+                            warn!(%key, "our lease was deleted");
+                            reacquire = true;
+                        }
+                        LeaseEvent::Put { key, value } => {
+                            if let Some(change) = peers.put(&key, &value, Some(own)) {
+                                apply(&kernel, &mut programmed, change).await;
+                            }
+                        }
+                        LeaseEvent::Delete { key } => {
+                            if let Some(change) = peers.delete(&key) {
+                                apply(&kernel, &mut programmed, change).await;
+                            }
+                        }
+                    }
+                }
+                if reacquire {
+                    let subnet = acquire_until_done(&mut registry, &config, &attrs, Some(own)).await;
+                    if subnet != own {
+                        warn!(old = %own, new = %subnet, "re-acquired a different subnet; pods on the old one need restarting");
+                        own = subnet;
+                        take_subnet(&kernel, &args, &config, own, mtu).await?;
+                    } else {
+                        info!(%subnet, "re-acquired our subnet");
+                    }
+                    renew_at = Instant::now() + renew_every;
+                }
+            }
+            () = tokio::time::sleep_until(renew_at) => {
+                match registry.renew(&own, &attrs, LEASE_TTL).await {
+                    Ok(()) => {
+                        info!(subnet = %own, "lease renewed");
+                        renew_at = Instant::now() + renew_every;
+                    }
+                    Err(error) => {
+                        warn!("{error:#}; retrying in a minute");
+                        renew_at = Instant::now() + RENEW_RETRY;
+                    }
+                }
+            }
+            Some(ports) = ports_rx.recv() => {
+                if let Some(dataplane) = ebpf.as_mut() {
+                    dataplane.reconcile_pod_ports(&ports);
+                }
+            }
+            signal = signals.recv() => break signal,
         }
     };
-    let detached = dataplane.detach_all();
-    info!(
-        interfaces = detached,
-        "detached; maps stay pinned in {}",
-        args.bpf_pin_dir.display()
-    );
-    if outcome.is_err() {
-        warn!("agent stopped on an error");
+    info!("{stop}: detaching");
+    readiness.set(false);
+    if let Some(mut dataplane) = ebpf {
+        let detached = dataplane.detach_all();
+        info!(
+            interfaces = detached,
+            "detached; maps stay pinned in {}",
+            args.bpf_pin_dir.display()
+        );
     }
-    outcome
+    // The kernel datapath stays programmed, as flanneld leaves it: pods keep
+    // talking while the agent restarts.
+    Ok(())
+}
+
+/// Connects to etcd and reads a valid network config, retrying (and saying
+/// why) until both work.
+async fn connect_and_read_config(options: &EtcdOptions) -> (Registry, NetworkConfig) {
+    let mut last_error = String::new();
+    loop {
+        let attempt = async {
+            let mut registry = Registry::connect(options).await?;
+            let key = registry.config_key();
+            let text = registry
+                .config()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{key}: no network config yet"))?;
+            let config = NetworkConfig::parse(&text).with_context(|| key.clone())?;
+            anyhow::Ok((registry, config))
+        };
+        match attempt.await {
+            Ok(ready) => return ready,
+            Err(error) => {
+                let message = format!("{error:#}");
+                if message != last_error {
+                    error!("{message}; retrying");
+                    last_error = message;
+                }
+                tokio::time::sleep(STARTUP_RETRY).await;
+            }
+        }
+    }
+}
+
+async fn acquire_until_done(
+    registry: &mut Registry,
+    config: &NetworkConfig,
+    attrs: &LeaseAttrs,
+    previous: Option<Ipv4Net>,
+) -> Ipv4Net {
+    loop {
+        match acquire(registry, config, attrs, previous).await {
+            Ok((subnet, reason)) => {
+                info!(%subnet, ?reason, "lease acquired");
+                return subnet;
+            }
+            Err(error) => {
+                error!("cannot acquire a subnet lease: {error:#}; retrying");
+                tokio::time::sleep(STARTUP_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Makes `subnet` this node's: the VXLAN device address and subnet.env.
+async fn take_subnet(
+    kernel: &KernelDataplane,
+    args: &AgentArgs,
+    config: &NetworkConfig,
+    subnet: Ipv4Net,
+    mtu: u32,
+) -> Result<()> {
+    kernel.set_vxlan_address(&subnet).await?;
+    let gateway = Ipv4Net::new(
+        subnet.hosts().next().unwrap_or(subnet.network()),
+        subnet.prefix_len(),
+    )?;
+    let env = SubnetEnv {
+        network: config.network,
+        subnet: gateway,
+        mtu,
+        ipmasq: args.ip_masq,
+    };
+    subnet_env::write_atomic(&args.subnet_file, &env)?;
+    info!(file = %args.subnet_file.display(), subnet = %gateway, "subnet.env written");
+    Ok(())
+}
+
+fn plan_all(
+    kernel: &KernelDataplane,
+    peers: &BTreeMap<Ipv4Net, LeaseAttrs>,
+) -> BTreeMap<Ipv4Net, PeerRoute> {
+    peers
+        .iter()
+        .filter_map(|(subnet, attrs)| match kernel.plan(*subnet, attrs) {
+            Ok(route) => Some((*subnet, route)),
+            Err(error) => {
+                warn!("{error:#}; not programming it");
+                None
+            }
+        })
+        .collect()
+}
+
+async fn apply(
+    kernel: &KernelDataplane,
+    programmed: &mut BTreeMap<Ipv4Net, PeerRoute>,
+    change: PeerChange,
+) {
+    match change {
+        PeerChange::Upsert { subnet, attrs } => {
+            let route = match kernel.plan(subnet, &attrs) {
+                Ok(route) => route,
+                Err(error) => {
+                    warn!("{error:#}; not programming it");
+                    return;
+                }
+            };
+            if let Some(old) = programmed.get(&subnet).filter(|old| **old != route) {
+                if let Err(error) = kernel.remove_peer(old).await {
+                    warn!(%subnet, "{error:#}");
+                }
+            }
+            match kernel.add_peer(&route).await {
+                Ok(()) => {
+                    info!(%subnet, public_ip = %attrs.public_ip, "peer programmed");
+                    programmed.insert(subnet, route);
+                }
+                Err(error) => warn!(%subnet, "{error:#}"),
+            }
+        }
+        PeerChange::Remove { subnet, .. } => {
+            if let Some(old) = programmed.remove(&subnet) {
+                match kernel.remove_peer(&old).await {
+                    Ok(()) => info!(%subnet, "peer removed"),
+                    Err(error) => warn!(%subnet, "{error:#}"),
+                }
+            }
+        }
+    }
 }

@@ -20,11 +20,13 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use netlink_packet_route::{
+    AddressFamily,
     address::AddressAttribute,
     link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
     route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol},
-    AddressFamily,
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use tracing::{info, warn};
@@ -38,9 +40,16 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerRoute {
     /// Through flannel.<VNI>: neighbour + fdb + onlink route.
-    Vxlan { subnet: Ipv4Net, vtep_mac: MacAddr, public_ip: Ipv4Addr },
+    Vxlan {
+        subnet: Ipv4Net,
+        vtep_mac: MacAddr,
+        public_ip: Ipv4Addr,
+    },
     /// Plain route via the peer's node address on the uplink.
-    Direct { subnet: Ipv4Net, public_ip: Ipv4Addr },
+    Direct {
+        subnet: Ipv4Net,
+        public_ip: Ipv4Addr,
+    },
 }
 
 impl PeerRoute {
@@ -68,9 +77,21 @@ pub struct VxlanDevice {
 }
 
 impl KernelDataplane {
-    pub async fn new(handle: Handle, config: NetworkConfig, uplink_index: u32, public_ip: Ipv4Addr) -> Result<Self> {
+    pub async fn new(
+        handle: Handle,
+        config: NetworkConfig,
+        uplink_index: u32,
+        public_ip: Ipv4Addr,
+    ) -> Result<Self> {
         let uplink_prefixes = ipv4_prefixes(&handle, uplink_index).await?;
-        Ok(Self { handle, config, uplink_index, public_ip, uplink_prefixes, vxlan: None })
+        Ok(Self {
+            handle,
+            config,
+            uplink_index,
+            public_ip,
+            uplink_prefixes,
+            vxlan: None,
+        })
     }
 
     pub fn vxlan_name(vni: u32) -> String {
@@ -94,10 +115,17 @@ impl KernelDataplane {
                 info!(device = %name, "adopting existing VXLAN device");
             } else {
                 warn!(device = %name, "existing VXLAN device has other settings; recreating it");
-                self.handle.link().del(link.header.index).execute().await.with_context(|| format!("cannot delete {name}"))?;
+                self.handle
+                    .link()
+                    .del(link.header.index)
+                    .execute()
+                    .await
+                    .with_context(|| format!("cannot delete {name}"))?;
             }
         }
-        let adopt = existing.is_some() && keep_mac.is_some() && link_by_name(&self.handle, &name).await?.is_some();
+        let adopt = existing.is_some()
+            && keep_mac.is_some()
+            && link_by_name(&self.handle, &name).await?.is_some();
         if !adopt {
             let mac = keep_mac.unwrap_or_else(|| stable_vtep_mac(self.public_ip, vni));
             let message = LinkVxlan::new(&name, vni)
@@ -108,9 +136,16 @@ impl KernelDataplane {
                 .mtu(mtu)
                 .address(mac.0.to_vec())
                 .build();
-            self.handle.link().add(message).execute().await.with_context(|| format!("cannot create {name}"))?;
+            self.handle
+                .link()
+                .add(message)
+                .execute()
+                .await
+                .with_context(|| format!("cannot create {name}"))?;
         }
-        let link = link_by_name(&self.handle, &name).await?.ok_or_else(|| anyhow!("{name} vanished"))?;
+        let link = link_by_name(&self.handle, &name)
+            .await?
+            .ok_or_else(|| anyhow!("{name} vanished"))?;
         let index = link.header.index;
         self.handle
             .link()
@@ -127,9 +162,16 @@ impl KernelDataplane {
     /// Gives flannel.<VNI> the address `<subnet network>/32`, dropping any
     /// other address (a subnet from an earlier lease).
     pub async fn set_vxlan_address(&self, subnet: &Ipv4Net) -> Result<()> {
-        let Some(device) = self.vxlan else { return Ok(()) };
+        let Some(device) = self.vxlan else {
+            return Ok(());
+        };
         let wanted = subnet.network();
-        let mut addresses = self.handle.address().get().set_link_index_filter(device.index).execute();
+        let mut addresses = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(device.index)
+            .execute();
         let mut present = false;
         while let Some(message) = addresses.try_next().await? {
             let address = message.attributes.iter().find_map(|attr| match attr {
@@ -137,8 +179,16 @@ impl KernelDataplane {
                 _ => None,
             });
             match address {
-                Some(address) if address == wanted && message.header.prefix_len == 32 => present = true,
-                Some(_) => self.handle.address().del(message).execute().await.context("cannot remove a stale VXLAN address")?,
+                Some(address) if address == wanted && message.header.prefix_len == 32 => {
+                    present = true
+                }
+                Some(_) => self
+                    .handle
+                    .address()
+                    .del(message)
+                    .execute()
+                    .await
+                    .context("cannot remove a stale VXLAN address")?,
                 None => {}
             }
         }
@@ -155,27 +205,55 @@ impl KernelDataplane {
 
     /// How a peer's lease is reached, or why it cannot be.
     pub fn plan(&self, subnet: Ipv4Net, attrs: &LeaseAttrs) -> Result<PeerRoute> {
-        let on_link = self.uplink_prefixes.iter().any(|prefix| prefix.contains(&attrs.public_ip));
+        let on_link = self
+            .uplink_prefixes
+            .iter()
+            .any(|prefix| prefix.contains(&attrs.public_ip));
         match &self.config.backend {
             BackendConfig::HostGw => {
                 if !on_link {
-                    bail!("host-gw peer {} for {subnet} is not on-link on the uplink", attrs.public_ip);
+                    bail!(
+                        "host-gw peer {} for {subnet} is not on-link on the uplink",
+                        attrs.public_ip
+                    );
                 }
-                Ok(PeerRoute::Direct { subnet, public_ip: attrs.public_ip })
+                Ok(PeerRoute::Direct {
+                    subnet,
+                    public_ip: attrs.public_ip,
+                })
             }
-            BackendConfig::Vxlan { direct_routing, vni, .. } => {
+            BackendConfig::Vxlan {
+                direct_routing,
+                vni,
+                ..
+            } => {
                 if *direct_routing && on_link {
-                    return Ok(PeerRoute::Direct { subnet, public_ip: attrs.public_ip });
+                    return Ok(PeerRoute::Direct {
+                        subnet,
+                        public_ip: attrs.public_ip,
+                    });
                 }
                 let data = attrs
                     .backend_data
                     .as_ref()
                     .filter(|_| attrs.backend_type == "vxlan")
-                    .ok_or_else(|| anyhow!("peer {subnet} is a {} lease in a vxlan network", attrs.backend_type))?;
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "peer {subnet} is a {} lease in a vxlan network",
+                            attrs.backend_type
+                        )
+                    })?;
                 if data.vni != *vni {
-                    bail!("peer {subnet} uses VNI {}, this network VNI {vni}", data.vni);
+                    bail!(
+                        "peer {subnet} uses VNI {}, this network VNI {vni}",
+                        data.vni
+                    );
                 }
-                Ok(PeerRoute::Vxlan { subnet, vtep_mac: data.vtep_mac, public_ip: attrs.public_ip })
+                Ok(PeerRoute::Vxlan {
+                    subnet,
+                    vtep_mac: data.vtep_mac,
+                    public_ip: attrs.public_ip,
+                })
             }
         }
     }
@@ -183,7 +261,11 @@ impl KernelDataplane {
     /// Programs one peer (idempotent: every write is a replace).
     pub async fn add_peer(&self, peer: &PeerRoute) -> Result<()> {
         match peer {
-            PeerRoute::Vxlan { subnet, vtep_mac, public_ip } => {
+            PeerRoute::Vxlan {
+                subnet,
+                vtep_mac,
+                public_ip,
+            } => {
                 let device = self.vxlan.ok_or_else(|| anyhow!("no VXLAN device"))?;
                 let gateway = subnet.network();
                 self.handle
@@ -202,14 +284,32 @@ impl KernelDataplane {
                     .flags(NeighbourFlags::Own)
                     .state(NeighbourState::Permanent)
                     .replace();
-                fdb.message_mut().attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(*public_ip)));
-                fdb.execute().await.with_context(|| format!("cannot add fdb {vtep_mac} -> {public_ip}"))?;
+                fdb.message_mut()
+                    .attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                        *public_ip,
+                    )));
+                fdb.execute()
+                    .await
+                    .with_context(|| format!("cannot add fdb {vtep_mac} -> {public_ip}"))?;
                 let route = route_message(*subnet, gateway, device.index, true);
-                self.handle.route().add(route).replace().execute().await.with_context(|| format!("cannot route {subnet}"))?;
+                self.handle
+                    .route()
+                    .add(route)
+                    .replace()
+                    .execute()
+                    .await
+                    .with_context(|| format!("cannot route {subnet}"))?;
             }
             PeerRoute::Direct { subnet, public_ip } => {
                 let route = route_message(*subnet, *public_ip, self.uplink_index, false);
-                self.handle.route().add(route).replace().execute().await.with_context(|| format!("cannot route {subnet}"))?;
+                self.handle
+                    .route()
+                    .add(route)
+                    .replace()
+                    .execute()
+                    .await
+                    .with_context(|| format!("cannot route {subnet}"))?;
             }
         }
         Ok(())
@@ -220,18 +320,33 @@ impl KernelDataplane {
         let subnet = peer.subnet();
         for route in self.routes().await? {
             if route_destination(&route) == Some(subnet) {
-                self.handle.route().del(route).execute().await.with_context(|| format!("cannot remove the route to {subnet}"))?;
+                self.handle
+                    .route()
+                    .del(route)
+                    .execute()
+                    .await
+                    .with_context(|| format!("cannot remove the route to {subnet}"))?;
             }
         }
         if let (PeerRoute::Vxlan { vtep_mac, .. }, Some(device)) = (peer, self.vxlan) {
             for neighbour in self.neighbours(device.index, AddressFamily::Inet).await? {
                 if neighbour_ip(&neighbour) == Some(subnet.network()) {
-                    self.handle.neighbours().del(neighbour).execute().await.context("cannot remove a neighbour")?;
+                    self.handle
+                        .neighbours()
+                        .del(neighbour)
+                        .execute()
+                        .await
+                        .context("cannot remove a neighbour")?;
                 }
             }
             for entry in self.neighbours(device.index, AddressFamily::Bridge).await? {
                 if neighbour_mac(&entry) == Some(*vtep_mac) {
-                    self.handle.neighbours().del(entry).execute().await.context("cannot remove an fdb entry")?;
+                    self.handle
+                        .neighbours()
+                        .del(entry)
+                        .execute()
+                        .await
+                        .context("cannot remove an fdb entry")?;
                 }
             }
         }
@@ -245,23 +360,36 @@ impl KernelDataplane {
     pub async fn reconcile(&self, peers: &BTreeMap<Ipv4Net, PeerRoute>) -> Result<()> {
         let vxlan_index = self.vxlan.map(|device| device.index);
         for route in self.routes().await? {
-            let Some(destination) = route_destination(&route) else { continue };
+            let Some(destination) = route_destination(&route) else {
+                continue;
+            };
             let oif = route.attributes.iter().find_map(|attr| match attr {
                 RouteAttribute::Oif(index) => Some(*index),
                 _ => None,
             });
             // Routes through the VXLAN device, or via a gateway on the uplink
             // (host-gw / DirectRouting), are the ones flanneld would own.
-            let ours = (oif.is_some() && oif == vxlan_index) || (oif == Some(self.uplink_index) && has_gateway(&route));
-            if ours && self.config.network.contains(&destination) && !peers.contains_key(&destination) {
+            let ours = (oif.is_some() && oif == vxlan_index)
+                || (oif == Some(self.uplink_index) && has_gateway(&route));
+            if ours
+                && self.config.network.contains(&destination)
+                && !peers.contains_key(&destination)
+            {
                 info!(%destination, "removing a route no lease explains");
-                self.handle.route().del(route).execute().await.context("cannot remove a stale route")?;
+                self.handle
+                    .route()
+                    .del(route)
+                    .execute()
+                    .await
+                    .context("cannot remove a stale route")?;
             }
         }
         if let Some(device) = self.vxlan {
             let gateways: BTreeSet<Ipv4Addr> = peers
                 .values()
-                .filter_map(|peer| matches!(peer, PeerRoute::Vxlan { .. }).then(|| peer.subnet().network()))
+                .filter_map(|peer| {
+                    matches!(peer, PeerRoute::Vxlan { .. }).then(|| peer.subnet().network())
+                })
                 .collect();
             let macs: BTreeSet<MacAddr> = peers
                 .values()
@@ -272,25 +400,50 @@ impl KernelDataplane {
                 .collect();
             for neighbour in self.neighbours(device.index, AddressFamily::Inet).await? {
                 if neighbour_ip(&neighbour).is_some_and(|ip| !gateways.contains(&ip)) {
-                    self.handle.neighbours().del(neighbour).execute().await.context("cannot remove a stale neighbour")?;
+                    self.handle
+                        .neighbours()
+                        .del(neighbour)
+                        .execute()
+                        .await
+                        .context("cannot remove a stale neighbour")?;
                 }
             }
             for entry in self.neighbours(device.index, AddressFamily::Bridge).await? {
                 if neighbour_mac(&entry).is_some_and(|mac| !macs.contains(&mac)) {
-                    self.handle.neighbours().del(entry).execute().await.context("cannot remove a stale fdb entry")?;
+                    self.handle
+                        .neighbours()
+                        .del(entry)
+                        .execute()
+                        .await
+                        .context("cannot remove a stale fdb entry")?;
                 }
             }
         }
         for peer in peers.values() {
-            self.add_peer(peer).await?;
+            // One peer that cannot be programmed must not hold up the others.
+            if let Err(error) = self.add_peer(peer).await {
+                warn!(subnet = %peer.subnet(), "{error:#}");
+            }
         }
         Ok(())
     }
 
     async fn routes(&self) -> Result<Vec<RouteMessage>> {
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let routes: Vec<RouteMessage> = self.handle.route().get(query).execute().try_collect().await.context("cannot list routes")?;
-        Ok(routes.into_iter().filter(|route| route.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN).collect())
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .context("cannot list routes")?;
+        Ok(routes
+            .into_iter()
+            .filter(|route| {
+                route.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN
+            })
+            .collect())
     }
 
     async fn neighbours(&self, index: u32, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
@@ -303,7 +456,10 @@ impl KernelDataplane {
             .try_collect()
             .await
             .context("cannot list neighbours")?;
-        Ok(neighbours.into_iter().filter(|neighbour| neighbour.header.ifindex == index).collect())
+        Ok(neighbours
+            .into_iter()
+            .filter(|neighbour| neighbour.header.ifindex == index)
+            .collect())
     }
 }
 
@@ -326,13 +482,18 @@ fn route_message(subnet: Ipv4Net, gateway: Ipv4Addr, oif: u32, onlink: bool) -> 
 
 fn route_destination(route: &RouteMessage) -> Option<Ipv4Net> {
     route.attributes.iter().find_map(|attr| match attr {
-        RouteAttribute::Destination(RouteAddress::Inet(address)) => Ipv4Net::new(*address, route.header.destination_prefix_length).ok(),
+        RouteAttribute::Destination(RouteAddress::Inet(address)) => {
+            Ipv4Net::new(*address, route.header.destination_prefix_length).ok()
+        }
         _ => None,
     })
 }
 
 fn has_gateway(route: &RouteMessage) -> bool {
-    route.attributes.iter().any(|attr| matches!(attr, RouteAttribute::Gateway(_)))
+    route
+        .attributes
+        .iter()
+        .any(|attr| matches!(attr, RouteAttribute::Gateway(_)))
 }
 
 fn neighbour_ip(neighbour: &NeighbourMessage) -> Option<Ipv4Addr> {
@@ -344,16 +505,29 @@ fn neighbour_ip(neighbour: &NeighbourMessage) -> Option<Ipv4Addr> {
 
 fn neighbour_mac(neighbour: &NeighbourMessage) -> Option<MacAddr> {
     neighbour.attributes.iter().find_map(|attr| match attr {
-        NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
+        NeighbourAttribute::LinkLayerAddress(bytes) => {
+            <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
+        }
         _ => None,
     })
 }
 
 pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {
-    let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await.context("cannot list links")?;
-    Ok(links.into_iter().find(|link| {
-        link.attributes.iter().any(|attr| matches!(attr, LinkAttribute::IfName(link_name) if link_name == name))
-    }))
+    let links: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("cannot list links")?;
+    Ok(links.into_iter().find(|link| name_of(link) == Some(name)))
+}
+
+pub fn name_of(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::IfName(name) => Some(name.as_str()),
+        _ => None,
+    })
 }
 
 pub fn mac_of(link: &LinkMessage) -> Option<MacAddr> {
@@ -374,14 +548,22 @@ pub fn is_up(link: &LinkMessage) -> bool {
     link.header.flags.contains(LinkFlags::Up)
 }
 
-fn vxlan_settings_match(link: &LinkMessage, vni: u32, port: u16, local: Ipv4Addr, uplink: u32) -> bool {
+fn vxlan_settings_match(
+    link: &LinkMessage,
+    vni: u32,
+    port: u16,
+    local: Ipv4Addr,
+    uplink: u32,
+) -> bool {
     let Some(infos) = link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::LinkInfo(infos) => Some(infos),
         _ => None,
     }) else {
         return false;
     };
-    let is_vxlan = infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Vxlan)));
+    let is_vxlan = infos
+        .iter()
+        .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Vxlan)));
     let Some(data) = infos.iter().find_map(|info| match info {
         LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
         _ => None,
@@ -407,9 +589,17 @@ pub fn stable_vtep_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
 }
 
 async fn ipv4_prefixes(handle: &Handle, index: u32) -> Result<Vec<Ipv4Net>> {
-    let mut addresses = handle.address().get().set_link_index_filter(index).execute();
+    let mut addresses = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
     let mut prefixes = Vec::new();
-    while let Some(message) = addresses.try_next().await.context("cannot list uplink addresses")? {
+    while let Some(message) = addresses
+        .try_next()
+        .await
+        .context("cannot list uplink addresses")?
+    {
         for attr in &message.attributes {
             if let AddressAttribute::Address(IpAddr::V4(address)) = attr {
                 prefixes.push(Ipv4Net::new(*address, message.header.prefix_len)?.trunc());

@@ -4,6 +4,11 @@
 //! `{"PublicIP":"192.168.77.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}`.
 //! Field names and order match flanneld's so values are byte-compatible.
 
+pub mod acquire;
+pub mod peers;
+pub mod registry;
+pub mod watch;
+
 use std::net::Ipv4Addr;
 
 use anyhow::{Result, anyhow, bail};
@@ -193,4 +198,3 @@ mod tests {
         );
     }
 }
-pub mod registry;

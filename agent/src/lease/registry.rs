@@ -5,8 +5,8 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use ipnet::Ipv4Net;
 
@@ -50,12 +50,15 @@ impl Registry {
         if options.cafile.is_some() || options.certfile.is_some() {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &options.cafile {
-                let pem = std::fs::read(ca).with_context(|| format!("--etcd-cafile {}", ca.display()))?;
+                let pem =
+                    std::fs::read(ca).with_context(|| format!("--etcd-cafile {}", ca.display()))?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
             if let (Some(cert), Some(key)) = (&options.certfile, &options.keyfile) {
-                let cert = std::fs::read(cert).with_context(|| format!("--etcd-certfile {}", cert.display()))?;
-                let key = std::fs::read(key).with_context(|| format!("--etcd-keyfile {}", key.display()))?;
+                let cert = std::fs::read(cert)
+                    .with_context(|| format!("--etcd-certfile {}", cert.display()))?;
+                let key = std::fs::read(key)
+                    .with_context(|| format!("--etcd-keyfile {}", key.display()))?;
                 tls = tls.identity(Identity::from_pem(cert, key));
             }
             connect = connect.with_tls(tls);
@@ -63,7 +66,10 @@ impl Registry {
         let client = Client::connect(&options.endpoints, Some(connect))
             .await
             .with_context(|| format!("cannot reach etcd at {}", options.endpoints.join(",")))?;
-        Ok(Self { client, prefix: options.prefix.trim_end_matches('/').to_owned() })
+        Ok(Self {
+            client,
+            prefix: options.prefix.trim_end_matches('/').to_owned(),
+        })
     }
 
     pub fn prefix(&self) -> &str {
@@ -77,8 +83,15 @@ impl Registry {
     /// The raw network config, `None` while nobody has written it.
     pub async fn config(&mut self) -> Result<Option<String>> {
         let key = self.config_key();
-        let response = self.client.get(key.as_str(), None).await.with_context(|| format!("cannot read {key}"))?;
-        Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        let response = self
+            .client
+            .get(key.as_str(), None)
+            .await
+            .with_context(|| format!("cannot read {key}"))?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// Every lease key and value, with the revision they were read at.
@@ -89,24 +102,43 @@ impl Registry {
             .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await
             .with_context(|| format!("cannot list {prefix}"))?;
-        let revision = response.header().map(|header| header.revision()).ok_or_else(|| anyhow!("etcd sent no revision"))?;
+        let revision = response
+            .header()
+            .map(|header| header.revision())
+            .ok_or_else(|| anyhow!("etcd sent no revision"))?;
         let leases = response
             .kvs()
             .iter()
-            .map(|kv| RawLease { key: String::from_utf8_lossy(kv.key()).into_owned(), value: kv.value().to_vec() })
+            .map(|kv| RawLease {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: kv.value().to_vec(),
+            })
             .collect();
         Ok((leases, revision))
     }
 
     /// Creates the lease for `subnet` only if nobody holds it: a transaction
     /// `If(Version(key) == 0) Then(Put)`. Returns false when another node won.
-    pub async fn create(&mut self, subnet: &Ipv4Net, attrs: &LeaseAttrs, ttl: Duration) -> Result<bool> {
+    pub async fn create(
+        &mut self,
+        subnet: &Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<bool> {
         let key = key(&self.prefix, subnet);
         let lease = self.grant(ttl).await?;
         let txn = Txn::new()
             .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), attrs.to_json(), Some(PutOptions::new().with_lease(lease)))]);
-        let response = self.client.txn(txn).await.with_context(|| format!("cannot create {key}"))?;
+            .and_then([TxnOp::put(
+                key.as_str(),
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let response = self
+            .client
+            .txn(txn)
+            .await
+            .with_context(|| format!("cannot create {key}"))?;
         if !response.succeeded() {
             // Nothing is attached to the grant; let it go rather than wait 24 h.
             let _ = self.client.lease_revoke(lease).await;
@@ -116,18 +148,31 @@ impl Registry {
 
     /// Writes our lease again under a fresh TTL (renewal, or taking back our
     /// own lease with updated attributes).
-    pub async fn renew(&mut self, subnet: &Ipv4Net, attrs: &LeaseAttrs, ttl: Duration) -> Result<()> {
+    pub async fn renew(
+        &mut self,
+        subnet: &Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<()> {
         let key = key(&self.prefix, subnet);
         let lease = self.grant(ttl).await?;
         self.client
-            .put(key.as_str(), attrs.to_json(), Some(PutOptions::new().with_lease(lease)))
+            .put(
+                key.as_str(),
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
             .await
             .with_context(|| format!("cannot renew {key}"))?;
         Ok(())
     }
 
     async fn grant(&mut self, ttl: Duration) -> Result<i64> {
-        let response = self.client.lease_grant(ttl.as_secs() as i64, None).await.context("cannot grant an etcd lease")?;
+        let response = self
+            .client
+            .lease_grant(ttl.as_secs() as i64, None)
+            .await
+            .context("cannot grant an etcd lease")?;
         Ok(response.id())
     }
 
@@ -135,7 +180,15 @@ impl Registry {
     pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
         let prefix = format!("{}/", subnets_prefix(&self.prefix));
         self.client
-            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix().with_start_revision(revision).with_prev_key()))
+            .watch(
+                prefix.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision)
+                        .with_prev_key(),
+                ),
+            )
             .await
             .with_context(|| format!("cannot watch {prefix}"))
     }

@@ -48,7 +48,7 @@ struct UpArgs {
     nodes: usize,
     #[arg(long, default_value_t = 2)]
     pods_per_node: usize,
-    #[arg(long, value_enum, default_value_t = BackendArg::HostGw)]
+    #[arg(long, value_enum, default_value_t = BackendArg::Vxlan)]
     backend: BackendArg,
     #[arg(long, value_enum, default_value_t = DataplaneArg::Ebpf)]
     dataplane: DataplaneArg,
@@ -99,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
                     DataplaneArg::Ebpf => Dataplane::Ebpf,
                     DataplaneArg::Kernel => Dataplane::Kernel,
                 },
+                node_dataplanes: Vec::new(),
                 weft_bin: args.weft_bin.unwrap_or_else(default_weft_bin),
             };
             let state = Lab::up(&spec)?.keep();
