@@ -96,6 +96,9 @@ pub struct LabSpec {
     pub node_dataplanes: Vec<Dataplane>,
     /// The `weft` binary the nodes run.
     pub weft_bin: PathBuf,
+    /// A `FLANNEL_SUBNET` to leave in every node's subnet.env before its
+    /// agent first starts, as an earlier run would have.
+    pub preset_subnet_env: Option<String>,
 }
 
 impl LabSpec {
@@ -115,6 +118,7 @@ impl LabSpec {
             dataplane: Dataplane::Ebpf,
             node_dataplanes: Vec::new(),
             weft_bin: default_weft_bin(),
+            preset_subnet_env: None,
         }
     }
 }
@@ -225,10 +229,24 @@ impl Lab {
             self.state.nodes.push(node);
             self.save()?;
         }
-        // Agents first: each leases a subnet and writes the subnet.env the
-        // CNI config is derived from.
+        if let Some(subnet) = &spec.preset_subnet_env {
+            for node in &self.state.nodes {
+                let env = subnet_env::SubnetEnv {
+                    network: POD_NETWORK.parse()?,
+                    subnet: subnet.parse()?,
+                    mtu: 1450,
+                    ipmasq: false,
+                };
+                subnet_env::write_atomic(&node.subnet_file, &env)?;
+            }
+        }
+        // Agents first, all at once: each leases a subnet and writes the
+        // subnet.env the CNI config is derived from.
         for node in 0..spec.nodes {
-            self.start_agent(node)?;
+            self.spawn_agent(node)?;
+        }
+        for node in 0..spec.nodes {
+            self.wait_agent_ready(node)?;
         }
         for node in 0..spec.nodes {
             for pod in 1..=spec.pods_per_node {
@@ -365,6 +383,12 @@ impl Lab {
     /// (lease held, datapath programmed, subnet.env written) and, with the
     /// eBPF dataplane, XDP is on its uplink.
     pub fn start_agent(&mut self, node: usize) -> Result<u32> {
+        let pid = self.spawn_agent(node)?;
+        self.wait_agent_ready(node)?;
+        Ok(pid)
+    }
+
+    fn spawn_agent(&mut self, node: usize) -> Result<u32> {
         let weft = self.state.weft_bin.display().to_string();
         ensure!(
             self.state.weft_bin.exists(),
@@ -396,7 +420,16 @@ impl Lab {
         let log = run_dir.join(&state.ns).join("agent.log");
         let pid_file = state.agent_pid_file(&run_dir);
         let pid = process::spawn_daemon(command, &log, &pid_file)?;
-        state.agent_log = Some(log.clone());
+        state.agent_log = Some(log);
+        self.save()?;
+        Ok(pid)
+    }
+
+    fn wait_agent_ready(&mut self, node: usize) -> Result<()> {
+        let run_dir = self.state.run_dir.clone();
+        let state = &mut self.state.nodes[node];
+        let pid_file = state.agent_pid_file(&run_dir);
+        let log = state.agent_log.clone().unwrap_or_default();
         let ns = state.ns.clone();
         let ebpf = state.dataplane == Dataplane::Ebpf;
         wait_for(
@@ -416,8 +449,12 @@ impl Lab {
             )
         })?;
         state.subnet = env.subnet.trunc().to_string();
-        self.save()?;
-        Ok(pid)
+        self.save()
+    }
+
+    /// The pid of node `node`'s running agent.
+    pub fn agent_pid(&self, node: usize) -> Option<u32> {
+        process::running_pid(&self.state.nodes[node].agent_pid_file(&self.state.run_dir))
     }
 
     /// Stops node `node`'s agent with `signal` and waits for it to exit.

@@ -5,7 +5,9 @@
 
 pub mod cni;
 pub mod etcd;
+pub mod flannel;
 pub mod host;
+pub mod inspect;
 pub mod lab;
 pub mod netns;
 pub mod privileged;

@@ -101,6 +101,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 node_dataplanes: Vec::new(),
                 weft_bin: args.weft_bin.unwrap_or_else(default_weft_bin),
+                preset_subnet_env: None,
             };
             let state = Lab::up(&spec)?.keep();
             print!("{}", lab::status(&state.name)?);

@@ -1,0 +1,67 @@
+//! Reading a node's kernel state the way a user checks it: `ip -j` and
+//! `bridge -j` inside the node's namespace.
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use crate::netns;
+
+fn json(args: &[&str]) -> Result<Vec<Value>> {
+    let out = netns::run_host(args)?;
+    if out.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let value: Value = serde_json::from_str(&out)
+        .with_context(|| format!("`{}` printed no JSON", args.join(" ")))?;
+    Ok(value.as_array().cloned().unwrap_or_default())
+}
+
+/// `ip -j route show` (main table) in `ns`.
+pub fn routes(ns: &str) -> Result<Vec<Value>> {
+    json(&["ip", "-j", "-n", ns, "route", "show"])
+}
+
+/// The routes in `ns` whose destination is `dst` (e.g. `10.244.3.0/24`).
+pub fn routes_to(ns: &str, dst: &str) -> Result<Vec<Value>> {
+    Ok(routes(ns)?
+        .into_iter()
+        .filter(|route| route["dst"] == dst)
+        .collect())
+}
+
+/// `ip -j neigh show dev <dev>` in `ns`.
+pub fn neighbours(ns: &str, dev: &str) -> Result<Vec<Value>> {
+    json(&["ip", "-j", "-n", ns, "neigh", "show", "dev", dev])
+}
+
+/// `bridge -j fdb show dev <dev>` in `ns`.
+pub fn fdb(ns: &str, dev: &str) -> Result<Vec<Value>> {
+    json(&["bridge", "-j", "-n", ns, "fdb", "show", "dev", dev])
+}
+
+/// `ip -j -d link show <dev>` in `ns`, if the device exists.
+pub fn link(ns: &str, dev: &str) -> Result<Option<Value>> {
+    if netns::run_host(&["ip", "-n", ns, "link", "show", dev]).is_err() {
+        return Ok(None);
+    }
+    Ok(json(&["ip", "-j", "-d", "-n", ns, "link", "show", dev])?
+        .into_iter()
+        .next())
+}
+
+/// `ip -j addr show <dev>` addresses as `a.b.c.d/len`.
+pub fn addresses(ns: &str, dev: &str) -> Result<Vec<String>> {
+    let links = json(&["ip", "-j", "-n", ns, "addr", "show", dev])?;
+    Ok(links
+        .iter()
+        .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter(|addr| addr["family"] == "inet")
+        .map(|addr| {
+            format!(
+                "{}/{}",
+                addr["local"].as_str().unwrap_or_default(),
+                addr["prefixlen"]
+            )
+        })
+        .collect())
+}
