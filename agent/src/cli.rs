@@ -162,11 +162,11 @@ const FLANNELD_ALIASES: &[&str] = &[
 pub fn apply_flanneld_env_aliases() {
     for name in FLANNELD_ALIASES {
         let weft = format!("WEFT_{name}");
-        if std::env::var_os(&weft).is_none() {
-            if let Some(value) = std::env::var_os(format!("FLANNELD_{name}")) {
-                // SAFETY: called at the top of main, before any thread exists.
-                unsafe { std::env::set_var(&weft, value) };
-            }
+        if std::env::var_os(&weft).is_none()
+            && let Some(value) = std::env::var_os(format!("FLANNELD_{name}"))
+        {
+            // SAFETY: called at the top of main, before any thread exists.
+            unsafe { std::env::set_var(&weft, value) };
         }
     }
 }

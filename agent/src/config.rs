@@ -52,10 +52,10 @@ impl NetworkConfig {
         let root = value
             .as_object()
             .ok_or_else(|| anyhow!("network config must be a JSON object"))?;
-        if let Some(enable_ipv4) = field(root, "EnableIPv4") {
-            if enable_ipv4.as_bool() == Some(false) {
-                bail!("network config: EnableIPv4 is false; weft's datapath is IPv4-only");
-            }
+        if let Some(enable_ipv4) = field(root, "EnableIPv4")
+            && enable_ipv4.as_bool() == Some(false)
+        {
+            bail!("network config: EnableIPv4 is false; weft's datapath is IPv4-only");
         }
         if field(root, "EnableIPv6").and_then(Value::as_bool) == Some(true) {
             bail!("network config: EnableIPv6 is true; weft does not support IPv6 yet");

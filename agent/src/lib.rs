@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod endpoints;
 pub mod http;
 pub mod lease;
+pub mod masq;
 pub mod net;
 pub mod stats;
 pub mod subnet_env;

@@ -99,6 +99,8 @@ pub struct LabSpec {
     /// A `FLANNEL_SUBNET` to leave in every node's subnet.env before its
     /// agent first starts, as an earlier run would have.
     pub preset_subnet_env: Option<String>,
+    /// Run the agents with `--ip-masq`.
+    pub ip_masq: bool,
 }
 
 impl LabSpec {
@@ -119,6 +121,7 @@ impl LabSpec {
             node_dataplanes: Vec::new(),
             weft_bin: default_weft_bin(),
             preset_subnet_env: None,
+            ip_masq: false,
         }
     }
 }
@@ -139,6 +142,7 @@ pub struct LabState {
     pub run_dir: PathBuf,
     pub underlay_ns: String,
     pub etcd_endpoint: String,
+    pub ip_masq: bool,
     pub nodes: Vec<NodeState>,
 }
 
@@ -205,6 +209,7 @@ impl Lab {
                 run_dir: run_dir.clone(),
                 underlay_ns: format!("{}-ul", spec.name),
                 etcd_endpoint: format!("http://{UNDERLAY_GATEWAY}:{}", etcd::CLIENT_PORT),
+                ip_masq: spec.ip_masq,
                 nodes: Vec::new(),
             },
             keep: false,
@@ -396,6 +401,7 @@ impl Lab {
         );
         let run_dir = self.state.run_dir.clone();
         let etcd_endpoint = self.state.etcd_endpoint.clone();
+        let ip_masq = self.state.ip_masq;
         let state = &mut self.state.nodes[node];
         let mut command = netns::command(&state.ns, &weft)?;
         command
@@ -417,6 +423,9 @@ impl Lab {
             .arg("--subnet-file")
             .arg(&state.subnet_file)
             .env("RUST_LOG", "info");
+        if ip_masq {
+            command.arg("--ip-masq");
+        }
         let log = run_dir.join(&state.ns).join("agent.log");
         let pid_file = state.agent_pid_file(&run_dir);
         let pid = process::spawn_daemon(command, &log, &pid_file)?;

@@ -120,3 +120,19 @@ fn reading_maps_without_an_agent_is_named() {
     let outcome = weft(&["maps", "stats", "--bpf-pin-dir", "/nonexistent/pins"]);
     assert_one_clear_error(&outcome, "cannot open pinned map /nonexistent/pins/STATS");
 }
+
+#[test]
+fn flanneld_environment_names_are_honoured() {
+    let bin = default_weft_bin();
+    let output = Command::new(&bin)
+        .args(["agent", "--subnet-file", "/nonexistent/subnet.env"])
+        .env("FLANNELD_IFACE", "fromflanneld0")
+        .env_remove("WEFT_IFACE")
+        .output()
+        .unwrap();
+    let outcome = Outcome {
+        code: output.status.code(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert_one_clear_error(&outcome, "interface \"fromflanneld0\" not found");
+}

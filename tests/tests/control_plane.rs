@@ -368,3 +368,126 @@ fn two_agents_racing_for_one_subnet_end_with_distinct_subnets() {
     flannel::check(&lab).unwrap();
     all_pairs_ping(&lab);
 }
+
+#[test]
+fn a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down() {
+    let Some(_guard) = privileged_test(
+        "a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down",
+    ) else {
+        return;
+    };
+    let mut lab = Lab::up(&three_nodes("t-cp-stale", Backend::Vxlan)).unwrap();
+    let gone = lab.node(3).clone();
+    let mac = flannel::vtep_mac(&gone).unwrap();
+    lab.stop_agent(0, Signal::SIGKILL).unwrap();
+    lab.stop_agent(2, Signal::SIGTERM).unwrap();
+    lab.etcd()
+        .delete(&format!(
+            "{ETCD_PREFIX}/subnets/{}",
+            gone.subnet.replace('/', "-")
+        ))
+        .unwrap();
+    // Node 1 still has node 3's entries: nobody was there to remove them.
+    assert_eq!(
+        inspect::routes_to(&lab.node(1).ns, &gone.subnet)
+            .unwrap()
+            .len(),
+        1
+    );
+    lab.start_agent(0).unwrap();
+    let ns = &lab.node(1).ns;
+    assert!(
+        inspect::routes_to(ns, &gone.subnet).unwrap().is_empty(),
+        "stale route survived the restart"
+    );
+    assert!(
+        !inspect::fdb(ns, "flannel.1")
+            .unwrap()
+            .iter()
+            .any(|entry| entry["mac"] == mac.as_str()),
+        "stale fdb entry"
+    );
+    let gateway = gone.subnet.split('/').next().unwrap();
+    assert!(
+        !inspect::neighbours(ns, "flannel.1")
+            .unwrap()
+            .iter()
+            .any(|n| n["dst"] == gateway),
+        "stale neighbour"
+    );
+    // And what is still leased is intact.
+    let from = lab.node(1).pods[0].clone();
+    let to = lab.node(2).pods[1].clone();
+    assert!(lab.ping(&from, to.ip(), 3).unwrap().contains("3 received"));
+}
+
+#[test]
+fn ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules() {
+    let Some(_guard) =
+        privileged_test("ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules")
+    else {
+        return;
+    };
+    // The underlay has no route back to the pod network: a pod reaches
+    // 192.168.77.254 only if its node masquerades.
+    let mut plain = LabSpec::new("t-cp-nomasq", 1, 1);
+    plain.dataplane = Dataplane::Kernel;
+    let lab = Lab::up(&plain).unwrap();
+    let pod = lab.node(1).pods[0].clone();
+    assert!(
+        lab.ping(&pod, "192.168.77.254", 1).is_err(),
+        "reached the underlay without masquerade"
+    );
+    drop(lab);
+
+    let mut spec = LabSpec::new("t-cp-masq", 2, 1);
+    spec.dataplane = Dataplane::Kernel;
+    spec.ip_masq = true;
+    let lab = Lab::up(&spec).unwrap();
+    let ns = lab.node(1).ns.clone();
+    let rules =
+        weft_tests::netns::run(&ns, &["nft", "list", "table", "ip", "flannel-ipv4"]).unwrap();
+    let network = "10.244.0.0/16";
+    for rule in [
+        "meta mark 0x00004000 return".to_owned(),
+        format!("ip saddr {network} ip daddr {network} return"),
+        format!(
+            "ip saddr != {network} ip daddr {} return",
+            lab.node(1).subnet
+        ),
+        format!("ip saddr {network} ip daddr != 224.0.0.0/4 masquerade fully-random"),
+        format!("ip saddr != {network} ip daddr {network} masquerade fully-random"),
+        format!("ip saddr {network} accept"),
+        format!("ip daddr {network} accept"),
+    ] {
+        assert!(rules.contains(&rule), "missing `{rule}` in\n{rules}");
+    }
+    let env = std::fs::read_to_string(&lab.node(1).subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+    let pod = lab.node(1).pods[0].clone();
+    assert!(
+        lab.ping(&pod, "192.168.77.254", 3)
+            .unwrap()
+            .contains("3 received")
+    );
+    // Pod-to-pod traffic is not masqueraded: it still works across nodes.
+    all_pairs_ping(&lab);
+    // Someone flushes the table: the agent puts it back.
+    weft_tests::netns::run(&ns, &["nft", "delete", "table", "ip", "flannel-ipv4"]).unwrap();
+    wait_for(
+        "the masquerade rules to come back",
+        Duration::from_secs(15),
+        || {
+            Ok(
+                weft_tests::netns::run(&ns, &["nft", "list", "table", "ip", "flannel-ipv4"])
+                    .is_ok_and(|rules| rules.contains("masquerade fully-random")),
+            )
+        },
+    )
+    .unwrap();
+    assert!(
+        lab.ping(&pod, "192.168.77.254", 3)
+            .unwrap()
+            .contains("3 received")
+    );
+}

@@ -32,12 +32,14 @@ use crate::{
         registry::{EtcdOptions, Registry},
         watch::{LeaseEvent, LeaseFollower},
     },
-    net,
+    masq, net,
     subnet_env::{self, SubnetEnv},
 };
 
 /// A failed renewal is retried this often, as flanneld does.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// How often the --ip-masq rules are checked (and restored if changed).
+const MASQ_RECHECK: Duration = Duration::from_secs(5);
 /// How often start-up steps that wait on etcd try again.
 const STARTUP_RETRY: Duration = Duration::from_secs(2);
 
@@ -154,6 +156,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         .max(Duration::from_secs(60));
     let mut renew_at = Instant::now() + renew_every;
 
+    let mut masq_check = tokio::time::interval(MASQ_RECHECK);
     let mut follower = LeaseFollower::new(registry.clone());
     let mut peers = PeerTable::default();
     let mut programmed: BTreeMap<Ipv4Net, PeerRoute> = BTreeMap::new();
@@ -223,6 +226,17 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                         warn!("{error:#}; retrying in a minute");
                         renew_at = Instant::now() + RENEW_RETRY;
                     }
+                }
+            }
+            _ = masq_check.tick(), if args.ip_masq => {
+                let own_subnet = own;
+                match masq::is_current(&config.network, &own_subnet) {
+                    Ok(true) => {}
+                    Ok(false) => match masq::apply(&config.network, &own_subnet) {
+                        Ok(()) => info!(table = masq::TABLE, "masquerade rules (re)applied"),
+                        Err(error) => warn!("{error:#}"),
+                    },
+                    Err(error) => warn!("{error:#}"),
                 }
             }
             Some(ports) = ports_rx.recv() => {
@@ -316,6 +330,10 @@ async fn take_subnet(
         mtu,
         ipmasq: args.ip_masq,
     };
+    if args.ip_masq {
+        masq::apply(&config.network, &subnet)?;
+        info!(table = masq::TABLE, "masquerade rules applied");
+    }
     subnet_env::write_atomic(&args.subnet_file, &env)?;
     info!(file = %args.subnet_file.display(), subnet = %gateway, "subnet.env written");
     Ok(())
@@ -351,10 +369,10 @@ async fn apply(
                     return;
                 }
             };
-            if let Some(old) = programmed.get(&subnet).filter(|old| **old != route) {
-                if let Err(error) = kernel.remove_peer(old).await {
-                    warn!(%subnet, "{error:#}");
-                }
+            if let Some(old) = programmed.get(&subnet).filter(|old| **old != route)
+                && let Err(error) = kernel.remove_peer(old).await
+            {
+                warn!(%subnet, "{error:#}");
             }
             match kernel.add_peer(&route).await {
                 Ok(()) => {

@@ -387,9 +387,8 @@ impl KernelDataplane {
         if let Some(device) = self.vxlan {
             let gateways: BTreeSet<Ipv4Addr> = peers
                 .values()
-                .filter_map(|peer| {
-                    matches!(peer, PeerRoute::Vxlan { .. }).then(|| peer.subnet().network())
-                })
+                .filter(|&peer| matches!(peer, PeerRoute::Vxlan { .. }))
+                .map(|peer| peer.subnet().network())
                 .collect();
             let macs: BTreeSet<MacAddr> = peers
                 .values()

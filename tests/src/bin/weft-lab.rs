@@ -52,6 +52,9 @@ struct UpArgs {
     backend: BackendArg,
     #[arg(long, value_enum, default_value_t = DataplaneArg::Ebpf)]
     dataplane: DataplaneArg,
+    /// Run the agents with --ip-masq (pods reach the underlay masqueraded).
+    #[arg(long)]
+    ip_masq: bool,
     /// The weft binary the nodes run (default: $WEFT_BIN or target/debug/weft).
     #[arg(long)]
     weft_bin: Option<PathBuf>,
@@ -102,6 +105,7 @@ fn run(cli: Cli) -> Result<()> {
                 node_dataplanes: Vec::new(),
                 weft_bin: args.weft_bin.unwrap_or_else(default_weft_bin),
                 preset_subnet_env: None,
+                ip_masq: args.ip_masq,
             };
             let state = Lab::up(&spec)?.keep();
             print!("{}", lab::status(&state.name)?);
