@@ -158,7 +158,7 @@ mod tests {
     fn malformed_values_are_skipped_and_the_last_good_value_kept() {
         let mut table = PeerTable::default();
         let good = lease("10.244.2.0-24", "192.168.77.2");
-        table.resync(&[good.clone()], None);
+        table.resync(std::slice::from_ref(&good), None);
         assert_eq!(table.put(&good.key, b"not json", None), None);
         assert_eq!(
             table.peers()[&net("10.244.2.0/24")].public_ip.to_string(),
