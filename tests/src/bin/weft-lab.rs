@@ -131,9 +131,25 @@ fn run(cli: Cli) -> Result<()> {
 fn demo(name: &str) -> Result<()> {
     let spec = LabSpec::new(name, 2, 2);
     let host_before = HostSnapshot::take()?;
-    println!("== bringing up lab {name}: 2 nodes x 2 pods, weft agent on each node");
+    println!(
+        "== bringing up lab {name}: etcd, 2 nodes x 2 pods, weft agent (vxlan, ebpf) on each node"
+    );
     let lab = Lab::up(&spec)?;
     print!("{}", lab::status(name)?);
+
+    println!("\n== the leases the agents wrote to etcd (flanneld's keys and format)");
+    for (key, value) in lab
+        .etcd()
+        .get_prefix(&format!("{}/subnets/", lab::ETCD_PREFIX))?
+    {
+        println!("  {key}\n    {value}");
+    }
+    println!("\n== {}: subnet.env and routes", lab.node(1).ns);
+    print!("{}", std::fs::read_to_string(&lab.node(1).subnet_file)?);
+    print!(
+        "{}",
+        netns::run_host(&["ip", "-n", &lab.node(1).ns, "route", "show"])?
+    );
 
     println!("\n== pod-to-pod traffic: 20 pings between every pair of pods");
     let pods: Vec<_> = lab.pods().cloned().collect();
