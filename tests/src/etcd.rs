@@ -152,3 +152,19 @@ impl LabEtcd {
         })
     }
 }
+
+impl LabEtcd {
+    /// The etcd lease behind `key`: (lease id, granted TTL, remaining TTL) in seconds.
+    pub fn lease_of(&self, key: &str) -> Result<(i64, i64, i64)> {
+        self.call(async |client| {
+            let response = client.get(key, None).await?;
+            let id = response
+                .kvs()
+                .first()
+                .map(|kv| kv.lease())
+                .unwrap_or_default();
+            let ttl = client.lease_time_to_live(id, None).await?;
+            Ok((id, ttl.granted_ttl(), ttl.ttl()))
+        })
+    }
+}

@@ -101,6 +101,8 @@ pub struct LabSpec {
     pub preset_subnet_env: Option<String>,
     /// Run the agents with `--ip-masq`.
     pub ip_masq: bool,
+    /// More flags for every agent.
+    pub agent_args: Vec<String>,
 }
 
 impl LabSpec {
@@ -122,6 +124,7 @@ impl LabSpec {
             weft_bin: default_weft_bin(),
             preset_subnet_env: None,
             ip_masq: false,
+            agent_args: Vec::new(),
         }
     }
 }
@@ -143,6 +146,7 @@ pub struct LabState {
     pub underlay_ns: String,
     pub etcd_endpoint: String,
     pub ip_masq: bool,
+    pub agent_args: Vec<String>,
     pub nodes: Vec<NodeState>,
 }
 
@@ -210,6 +214,7 @@ impl Lab {
                 underlay_ns: format!("{}-ul", spec.name),
                 etcd_endpoint: format!("http://{UNDERLAY_GATEWAY}:{}", etcd::CLIENT_PORT),
                 ip_masq: spec.ip_masq,
+                agent_args: spec.agent_args.clone(),
                 nodes: Vec::new(),
             },
             keep: false,
@@ -402,6 +407,7 @@ impl Lab {
         let run_dir = self.state.run_dir.clone();
         let etcd_endpoint = self.state.etcd_endpoint.clone();
         let ip_masq = self.state.ip_masq;
+        let agent_args = self.state.agent_args.clone();
         let state = &mut self.state.nodes[node];
         let mut command = netns::command(&state.ns, &weft)?;
         command
@@ -426,6 +432,7 @@ impl Lab {
         if ip_masq {
             command.arg("--ip-masq");
         }
+        command.args(&agent_args);
         let log = run_dir.join(&state.ns).join("agent.log");
         let pid_file = state.agent_pid_file(&run_dir);
         let pid = process::spawn_daemon(command, &log, &pid_file)?;

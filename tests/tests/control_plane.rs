@@ -491,3 +491,41 @@ fn ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules() {
             .contains("3 received")
     );
 }
+
+#[test]
+fn leases_live_24_hours_and_are_renewed_before_the_margin() {
+    let Some(_guard) = privileged_test("leases_live_24_hours_and_are_renewed_before_the_margin")
+    else {
+        return;
+    };
+    // A margin of 23 h 59 min makes the agent renew one minute after taking
+    // the lease, instead of after 23 h.
+    let mut spec = LabSpec::new("t-cp-renew", 1, 0);
+    spec.dataplane = Dataplane::Kernel;
+    spec.agent_args = vec!["--subnet-lease-renew-margin".into(), "1439".into()];
+    let lab = Lab::up(&spec).unwrap();
+    let key = format!(
+        "{ETCD_PREFIX}/subnets/{}",
+        lab.node(1).subnet.replace('/', "-")
+    );
+    let etcd = lab.etcd();
+    let (first_id, granted, remaining) = etcd.lease_of(&key).unwrap();
+    assert_eq!(granted, 24 * 3600, "lease TTL");
+    assert!(remaining > 24 * 3600 - 60, "remaining TTL {remaining}");
+    wait_for("the lease to be renewed", Duration::from_secs(90), || {
+        Ok(etcd.lease_of(&key)?.0 != first_id)
+    })
+    .unwrap();
+    let (_, granted, remaining) = etcd.lease_of(&key).unwrap();
+    assert_eq!(granted, 24 * 3600);
+    assert!(
+        remaining > 24 * 3600 - 60,
+        "renewed lease has {remaining} s left"
+    );
+    let value = etcd.get_prefix(&key).unwrap();
+    assert_eq!(value.len(), 1);
+    assert!(
+        value[0].1.contains(r#""PublicIP":"192.168.77.1""#),
+        "{value:?}"
+    );
+}

@@ -32,18 +32,16 @@ fn two_nodes_two_pods_all_pairs_ping_and_down_leaves_nothing() {
     let eth0 =
         netns::run_host(&["ip", "-n", "t-lab-pairs-n2", "-br", "addr", "show", "eth0"]).unwrap();
     assert!(eth0.contains("192.168.77.2/24"), "{eth0}");
+    // Pods are wired from the subnet.env each node's agent wrote: cni0 is
+    // the subnet's gateway and every pod address lies inside the subnet.
     for node in &lab.state.nodes {
+        let subnet: ipnet::Ipv4Net = node.subnet.parse().unwrap();
+        let gateway = format!("{}/{}", subnet.hosts().next().unwrap(), subnet.prefix_len());
         let cni0 = netns::run_host(&["ip", "-n", &node.ns, "-br", "addr", "show", "cni0"]).unwrap();
-        assert!(
-            cni0.contains(&format!("10.244.{}.1/24", node.index)),
-            "{cni0}"
-        );
+        assert!(cni0.contains(&gateway), "{cni0} lacks {gateway}");
         for pod in &node.pods {
-            assert!(
-                pod.network
-                    .address
-                    .starts_with(&format!("10.244.{}.", node.index))
-            );
+            let ip: std::net::Ipv4Addr = pod.ip().parse().unwrap();
+            assert!(subnet.contains(&ip), "{ip} outside {subnet}");
         }
     }
     let pods: Vec<_> = lab.pods().cloned().collect();

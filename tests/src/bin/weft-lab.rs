@@ -106,6 +106,7 @@ fn run(cli: Cli) -> Result<()> {
                 weft_bin: args.weft_bin.unwrap_or_else(default_weft_bin),
                 preset_subnet_env: None,
                 ip_masq: args.ip_masq,
+                agent_args: Vec::new(),
             };
             let state = Lab::up(&spec)?.keep();
             print!("{}", lab::status(&state.name)?);
