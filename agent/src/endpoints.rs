@@ -8,13 +8,13 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use futures::{StreamExt as _, TryStreamExt as _};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use futures::StreamExt as _;
+use netlink_packet_route::link::LinkAttribute;
 use netlink_sys::{AsyncSocket as _, SocketAddr};
 use rtnetlink::{Handle, constants::RTMGRP_LINK};
 use tokio::sync::mpsc;
 
-use crate::dataplane::kernel::name_of;
+use crate::net::{self, name_of};
 
 /// The bridge's ports: ifindex -> interface name.
 pub type BridgePorts = BTreeMap<u32, String>;
@@ -54,13 +54,7 @@ pub async fn watch_bridge_ports(bridge: String, ports: mpsc::Sender<BridgePorts>
 
 /// The current ports of `bridge` (empty while the bridge does not exist).
 pub async fn bridge_ports(handle: &Handle, bridge: &str) -> Result<BridgePorts> {
-    let links: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .context("cannot list links")?;
+    let links = net::links(handle).await?;
     let Some(bridge_index) = links
         .iter()
         .find(|link| name_of(link) == Some(bridge))

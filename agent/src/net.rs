@@ -8,12 +8,12 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::LinkMessage,
+    link::{LinkAttribute, LinkMessage},
     route::{RouteAttribute, RouteMessage},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use crate::dataplane::kernel::{mtu_of, name_of};
+use crate::lease::MacAddr;
 
 #[derive(Clone, Debug)]
 pub struct Uplink {
@@ -29,13 +29,7 @@ pub async fn select_uplink(
     iface_regex: Option<&str>,
     public_ip: Option<Ipv4Addr>,
 ) -> Result<Uplink> {
-    let links: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .context("cannot list links")?;
+    let links = links(handle).await?;
     let by_name = |wanted: &str| links.iter().find(|link| name_of(link) == Some(wanted));
     let link = if !ifaces.is_empty() {
         match ifaces.iter().find_map(|name| by_name(name)) {
@@ -128,4 +122,43 @@ async fn default_route_interface(handle: &Handle) -> Result<Option<u32>> {
                 _ => None,
             })
         }))
+}
+
+/// Every link in this network namespace.
+pub async fn links(handle: &Handle) -> Result<Vec<LinkMessage>> {
+    handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("cannot list links")
+}
+
+pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {
+    Ok(links(handle)
+        .await?
+        .into_iter()
+        .find(|link| name_of(link) == Some(name)))
+}
+
+pub fn name_of(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::IfName(name) => Some(name.as_str()),
+        _ => None,
+    })
+}
+
+pub fn mac_of(link: &LinkMessage) -> Option<MacAddr> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
+        _ => None,
+    })
+}
+
+pub fn mtu_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::Mtu(mtu) => Some(*mtu),
+        _ => None,
+    })
 }

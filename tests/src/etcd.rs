@@ -19,28 +19,150 @@ pub const CLIENT_PORT: u16 = 2379;
 /// it reports healthy.
 pub fn start(ns: &str, ip: &str, run_dir: &Path) -> Result<u32> {
     let client_url = format!("http://{ip}:{CLIENT_PORT}");
-    let mut command = netns::command(ns, "etcd")?;
-    command.args([
-        "--name",
-        ns,
-        "--data-dir",
-        &run_dir.join("etcd.data").display().to_string(),
-        "--listen-client-urls",
-        &client_url,
-        "--advertise-client-urls",
-        &client_url,
-        // Peers never join: keep the peer port on loopback inside the namespace.
-        "--listen-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-cluster",
-        &format!("{ns}=http://127.0.0.1:2380"),
-    ]);
-    let log = run_dir.join("etcd.log");
-    let pid_file = run_dir.join("etcd.pid");
-    let pid = process::spawn_daemon(command, &log, &pid_file)?;
     let address: SocketAddr = format!("{ip}:{CLIENT_PORT}").parse()?;
+    start_instance(ns, run_dir, "etcd", &client_url, 2380, &[], address)
+}
+
+/// Where [`start_secure`] serves clients: TLS with client certificates here,
+/// and plain HTTP on the namespace's loopback for the test's own admin calls.
+pub const SECURE_PORT: u16 = 2381;
+pub const SECURE_ADMIN: &str = "http://127.0.0.1:2382";
+
+/// Starts a second etcd in `ns` that requires TLS client certificates on
+/// `https://ip:2381` (certificates from [`make_certificates`] in `tls_dir`).
+pub fn start_secure(ns: &str, ip: &str, run_dir: &Path, tls_dir: &Path) -> Result<u32> {
+    let urls = format!("https://{ip}:{SECURE_PORT},{SECURE_ADMIN}");
+    let file = |name: &str| tls_dir.join(name).display().to_string();
+    let tls = [
+        "--cert-file".to_owned(),
+        file("server.crt"),
+        "--key-file".to_owned(),
+        file("server.key"),
+        "--trusted-ca-file".to_owned(),
+        file("ca.crt"),
+        "--client-cert-auth".to_owned(),
+    ];
+    start_instance(
+        ns,
+        run_dir,
+        "etcd-secure",
+        &urls,
+        2390,
+        &tls,
+        "127.0.0.1:2382".parse()?,
+    )
+}
+
+/// A CA, a server certificate for `ip` and a client certificate, made with
+/// openssl in `dir`.
+pub fn make_certificates(dir: &Path, ip: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let run = |args: &[&str]| -> Result<()> {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=weft-lab-ca",
+        "-days",
+        "2",
+    ])?;
+    for (name, ext) in [
+        (
+            "server",
+            format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth"),
+        ),
+        ("client", "extendedKeyUsage=clientAuth".to_owned()),
+    ] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN=weft-{name}"),
+        ])?;
+        std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ])?;
+    }
+    Ok(())
+}
+
+fn start_instance(
+    ns: &str,
+    run_dir: &Path,
+    name: &str,
+    client_urls: &str,
+    peer_port: u16,
+    extra: &[String],
+    health: SocketAddr,
+) -> Result<u32> {
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut command = netns::command(ns, "etcd")?;
+    command
+        .args([
+            "--name",
+            name,
+            "--data-dir",
+            &run_dir.join(format!("{name}.data")).display().to_string(),
+        ])
+        .args([
+            "--listen-client-urls",
+            client_urls,
+            "--advertise-client-urls",
+            client_urls,
+        ])
+        // Peers never join: keep the peer port on loopback inside the namespace.
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("{name}={peer_url}")])
+        .args(extra);
+    let log = run_dir.join(format!("{name}.log"));
+    let pid_file = run_dir.join(format!("{name}.pid"));
+    let pid = process::spawn_daemon(command, &log, &pid_file)?;
+    let address = health;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if netns::in_netns(ns, || healthy(address)).unwrap_or(false) {
@@ -78,6 +200,8 @@ fn healthy(address: SocketAddr) -> Result<bool> {
 pub struct LabEtcd {
     pub ns: String,
     pub endpoint: String,
+    /// User and password, once auth is enabled.
+    pub credentials: Option<(String, String)>,
 }
 
 impl LabEtcd {
@@ -90,9 +214,12 @@ impl LabEtcd {
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let options = etcd_client::ConnectOptions::new()
+                let mut options = etcd_client::ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(3))
                     .with_timeout(Duration::from_secs(5));
+                if let Some((user, password)) = &self.credentials {
+                    options = options.with_user(user, password);
+                }
                 let mut client =
                     etcd_client::Client::connect([&self.endpoint], Some(options)).await?;
                 Ok(work(&mut client).await?)
@@ -165,6 +292,17 @@ impl LabEtcd {
                 .unwrap_or_default();
             let ttl = client.lease_time_to_live(id, None).await?;
             Ok((id, ttl.granted_ttl(), ttl.ttl()))
+        })
+    }
+}
+
+impl LabEtcd {
+    /// Creates user `user` with the root role and turns authentication on.
+    pub fn enable_auth(&self, user: &str, password: &str) -> Result<()> {
+        self.call(async |client| {
+            client.user_add(user, password, None).await?;
+            client.user_grant_role(user, "root").await?;
+            client.auth_enable().await.map(drop)
         })
     }
 }

@@ -103,6 +103,8 @@ pub struct LabSpec {
     pub ip_masq: bool,
     /// More flags for every agent.
     pub agent_args: Vec<String>,
+    /// A network config to write instead of the backend's default one.
+    pub network_config: Option<String>,
 }
 
 impl LabSpec {
@@ -125,6 +127,7 @@ impl LabSpec {
             preset_subnet_env: None,
             ip_masq: false,
             agent_args: Vec::new(),
+            network_config: None,
         }
     }
 }
@@ -230,10 +233,11 @@ impl Lab {
         self.save()?;
         self.build_underlay()?;
         self.start_etcd()?;
-        self.etcd().put(
-            &format!("{ETCD_PREFIX}/config"),
-            &spec.backend.network_config(),
-        )?;
+        let config = spec
+            .network_config
+            .clone()
+            .unwrap_or_else(|| spec.backend.network_config());
+        self.etcd().put(&format!("{ETCD_PREFIX}/config"), &config)?;
         for index in 1..=spec.nodes {
             let node = self.build_node(index, spec.dataplane_of(index - 1))?;
             self.state.nodes.push(node);
@@ -276,6 +280,7 @@ impl Lab {
         etcd::LabEtcd {
             ns: self.state.underlay_ns.clone(),
             endpoint: self.state.etcd_endpoint.clone(),
+            credentials: None,
         }
     }
 
@@ -729,13 +734,23 @@ pub fn status(name: &str) -> Result<String> {
 
 /// Whether the agent in `ns` answers 200 on /readyz.
 pub fn agent_ready(ns: &str) -> Result<bool> {
+    agent_ready_on(ns, HEALTHZ_PORT)
+}
+
+/// Whether the agent in `ns` with `--healthz-port port` answers 200 on /readyz.
+pub fn agent_ready_on(ns: &str, port: u16) -> Result<bool> {
+    http_ok(ns, port, "/readyz")
+}
+
+/// Whether `GET path` on 127.0.0.1:`port` inside `ns` answers 200.
+pub fn http_ok(ns: &str, port: u16, path: &str) -> Result<bool> {
     netns::in_netns(ns, || {
         use std::io::{Read as _, Write as _};
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", HEALTHZ_PORT)) else {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
             return Ok(false);
         };
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
         Ok(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"))

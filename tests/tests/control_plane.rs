@@ -529,3 +529,179 @@ fn leases_live_24_hours_and_are_renewed_before_the_margin() {
         "{value:?}"
     );
 }
+
+#[test]
+fn the_agent_speaks_to_etcd_over_tls_with_client_certificates_and_a_password() {
+    let Some(_guard) = privileged_test(
+        "the_agent_speaks_to_etcd_over_tls_with_client_certificates_and_a_password",
+    ) else {
+        return;
+    };
+    let mut spec = LabSpec::new("t-cp-tls", 1, 0);
+    spec.dataplane = Dataplane::Kernel;
+    let mut lab = Lab::up(&spec).unwrap();
+    lab.stop_agent(0, Signal::SIGTERM).unwrap();
+    let run_dir = lab.state.run_dir.clone();
+    let tls = run_dir.join("tls");
+    weft_tests::etcd::make_certificates(&tls, "192.168.77.254").unwrap();
+    weft_tests::etcd::start_secure(&lab.state.underlay_ns, "192.168.77.254", &run_dir, &tls)
+        .unwrap();
+    let admin = weft_tests::etcd::LabEtcd {
+        ns: lab.state.underlay_ns.clone(),
+        endpoint: weft_tests::etcd::SECURE_ADMIN.to_owned(),
+        credentials: None,
+    };
+    admin
+        .put("/secure/config", &Backend::Vxlan.network_config())
+        .unwrap();
+    admin.enable_auth("root", "s3cret").unwrap();
+    let admin = weft_tests::etcd::LabEtcd {
+        credentials: Some(("root".into(), "s3cret".into())),
+        ..admin
+    };
+
+    let node = lab.node(1).clone();
+    let start = |password: &str, port: u16, env_file: &str, tag: &str| {
+        let mut command =
+            weft_tests::netns::command(&node.ns, &lab.state.weft_bin.display().to_string())
+                .unwrap();
+        let file = |name: &str| tls.join(name).display().to_string();
+        command
+            .args([
+                "agent",
+                "--iface",
+                "eth0",
+                "--dataplane",
+                "kernel",
+                "--etcd-prefix",
+                "/secure",
+            ])
+            .args([
+                "--etcd-endpoints",
+                &format!("https://192.168.77.254:{}", weft_tests::etcd::SECURE_PORT),
+            ])
+            .args([
+                "--etcd-cafile",
+                &file("ca.crt"),
+                "--etcd-certfile",
+                &file("client.crt"),
+                "--etcd-keyfile",
+                &file("client.key"),
+            ])
+            .args(["--etcd-username", "root", "--etcd-password", password])
+            .args([
+                "--healthz-ip",
+                "127.0.0.1",
+                "--healthz-port",
+                &port.to_string(),
+            ])
+            .args([
+                "--subnet-file",
+                &run_dir.join(env_file).display().to_string(),
+            ]);
+        let log = run_dir.join(format!("{tag}.log"));
+        weft_tests::process::spawn_daemon(command, &log, &run_dir.join(format!("{tag}.pid")))
+            .unwrap();
+        log
+    };
+    // A wrong password: the agent says so and never becomes ready.
+    let refused_log = start("wrong", 10258, "refused.env", "agent-refused");
+    wait_for("the authentication error", Duration::from_secs(15), || {
+        Ok(std::fs::read_to_string(&refused_log)?
+            .to_lowercase()
+            .contains("authentication failed"))
+    })
+    .unwrap();
+    // Alive (healthz 200) but not ready (readyz 503).
+    assert!(weft_tests::lab::http_ok(&node.ns, 10258, "/healthz").unwrap());
+    assert!(!weft_tests::lab::agent_ready_on(&node.ns, 10258).unwrap());
+    weft_tests::process::stop(&run_dir.join("agent-refused.pid"), Duration::from_secs(5)).unwrap();
+
+    // The right one: a lease in the TLS etcd, subnet.env written, ready.
+    let log = start("s3cret", 10257, "secure.env", "agent-secure");
+    wait_for("the TLS agent to be ready", Duration::from_secs(20), || {
+        weft_tests::lab::agent_ready_on(&node.ns, 10257)
+    })
+    .unwrap_or_else(|error| {
+        panic!(
+            "{error:#}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let leases = admin.get_prefix("/secure/subnets/").unwrap();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert!(
+        leases[0]
+            .1
+            .starts_with(r#"{"PublicIP":"192.168.77.1","PublicIPv6":null,"BackendType":"vxlan""#),
+        "{leases:?}"
+    );
+    let env = std::fs::read_to_string(run_dir.join("secure.env")).unwrap();
+    let subnet = leases[0].0.rsplit('/').next().unwrap().replace('-', "/");
+    let first_host = subnet
+        .parse::<ipnet::Ipv4Net>()
+        .unwrap()
+        .hosts()
+        .next()
+        .unwrap();
+    assert!(
+        env.contains(&format!("FLANNEL_SUBNET={first_host}/24")),
+        "{env}"
+    );
+    // Without the password the same etcd refuses plain reads: auth is really on.
+    let anonymous = weft_tests::etcd::LabEtcd {
+        credentials: None,
+        ..admin
+    };
+    assert!(anonymous.get_prefix("/secure/subnets/").is_err());
+    let _ = &mut lab;
+}
+
+#[test]
+fn direct_routing_routes_on_link_peers_without_encapsulation() {
+    let Some(_guard) = privileged_test("direct_routing_routes_on_link_peers_without_encapsulation")
+    else {
+        return;
+    };
+    let mut spec = three_nodes("t-cp-direct", Backend::Vxlan);
+    spec.network_config = Some(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#.to_owned(),
+    );
+    let lab = Lab::up(&spec).unwrap();
+    // Leases stay vxlan leases (peers off the segment would still need the
+    // VTEP), but every peer here is on-link, so each is routed like host-gw.
+    for (key, value) in lab
+        .etcd()
+        .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+        .unwrap()
+    {
+        assert!(
+            value.contains(r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":""#),
+            "{key}: {value}"
+        );
+    }
+    for node in &lab.state.nodes {
+        for peer in lab
+            .state
+            .nodes
+            .iter()
+            .filter(|peer| peer.index != node.index)
+        {
+            let route = inspect::routes_to(&node.ns, &peer.subnet).unwrap();
+            assert!(
+                route.len() == 1
+                    && route[0]["gateway"] == peer.ip.as_str()
+                    && route[0]["dev"] == "eth0",
+                "{}: {route:?}",
+                node.ns
+            );
+        }
+        assert!(
+            inspect::neighbours(&node.ns, "flannel.1")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(inspect::fdb(&node.ns, "flannel.1").unwrap().is_empty());
+    }
+    all_pairs_ping(&lab);
+}

@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "protobuf-compiler",
     "nftables",
+    "openssl",
 ];
 
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";

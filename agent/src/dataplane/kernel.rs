@@ -22,7 +22,7 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::{
     AddressFamily,
     address::AddressAttribute,
-    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
@@ -34,6 +34,7 @@ use tracing::{info, warn};
 use crate::{
     config::{BackendConfig, NetworkConfig},
     lease::{LeaseAttrs, MacAddr},
+    net::{link_by_name, mac_of},
 };
 
 /// How one remote subnet is reached.
@@ -318,37 +319,11 @@ impl KernelDataplane {
     /// Removes one peer's route, neighbour and fdb entry (what exists of them).
     pub async fn remove_peer(&self, peer: &PeerRoute) -> Result<()> {
         let subnet = peer.subnet();
-        for route in self.routes().await? {
-            if route_destination(&route) == Some(subnet) {
-                self.handle
-                    .route()
-                    .del(route)
-                    .execute()
-                    .await
-                    .with_context(|| format!("cannot remove the route to {subnet}"))?;
-            }
-        }
-        if let (PeerRoute::Vxlan { vtep_mac, .. }, Some(device)) = (peer, self.vxlan) {
-            for neighbour in self.neighbours(device.index, AddressFamily::Inet).await? {
-                if neighbour_ip(&neighbour) == Some(subnet.network()) {
-                    self.handle
-                        .neighbours()
-                        .del(neighbour)
-                        .execute()
-                        .await
-                        .context("cannot remove a neighbour")?;
-                }
-            }
-            for entry in self.neighbours(device.index, AddressFamily::Bridge).await? {
-                if neighbour_mac(&entry) == Some(*vtep_mac) {
-                    self.handle
-                        .neighbours()
-                        .del(entry)
-                        .execute()
-                        .await
-                        .context("cannot remove an fdb entry")?;
-                }
-            }
+        self.delete_routes(|route| route_destination(route) == Some(subnet))
+            .await?;
+        if let PeerRoute::Vxlan { vtep_mac, .. } = peer {
+            self.delete_vxlan_entries(|ip| ip == subnet.network(), |mac| mac == *vtep_mac)
+                .await?;
         }
         Ok(())
     }
@@ -359,9 +334,9 @@ impl KernelDataplane {
     /// while the agent was down), then (re)programs every peer.
     pub async fn reconcile(&self, peers: &BTreeMap<Ipv4Net, PeerRoute>) -> Result<()> {
         let vxlan_index = self.vxlan.map(|device| device.index);
-        for route in self.routes().await? {
-            let Some(destination) = route_destination(&route) else {
-                continue;
+        self.delete_routes(|route| {
+            let Some(destination) = route_destination(route) else {
+                return false;
             };
             let oif = route.attributes.iter().find_map(|attr| match attr {
                 RouteAttribute::Oif(index) => Some(*index),
@@ -370,59 +345,78 @@ impl KernelDataplane {
             // Routes through the VXLAN device, or via a gateway on the uplink
             // (host-gw / DirectRouting), are the ones flanneld would own.
             let ours = (oif.is_some() && oif == vxlan_index)
-                || (oif == Some(self.uplink_index) && has_gateway(&route));
-            if ours
-                && self.config.network.contains(&destination)
-                && !peers.contains_key(&destination)
+                || (oif == Some(self.uplink_index) && has_gateway(route));
+            ours && self.config.network.contains(&destination) && !peers.contains_key(&destination)
+        })
+        .await?;
+        let mut gateways = BTreeSet::new();
+        let mut macs = BTreeSet::new();
+        for peer in peers.values() {
+            if let PeerRoute::Vxlan {
+                subnet, vtep_mac, ..
+            } = peer
             {
-                info!(%destination, "removing a route no lease explains");
-                self.handle
-                    .route()
-                    .del(route)
-                    .execute()
-                    .await
-                    .context("cannot remove a stale route")?;
+                gateways.insert(subnet.network());
+                macs.insert(*vtep_mac);
             }
         }
-        if let Some(device) = self.vxlan {
-            let gateways: BTreeSet<Ipv4Addr> = peers
-                .values()
-                .filter(|&peer| matches!(peer, PeerRoute::Vxlan { .. }))
-                .map(|peer| peer.subnet().network())
-                .collect();
-            let macs: BTreeSet<MacAddr> = peers
-                .values()
-                .filter_map(|peer| match peer {
-                    PeerRoute::Vxlan { vtep_mac, .. } => Some(*vtep_mac),
-                    PeerRoute::Direct { .. } => None,
-                })
-                .collect();
-            for neighbour in self.neighbours(device.index, AddressFamily::Inet).await? {
-                if neighbour_ip(&neighbour).is_some_and(|ip| !gateways.contains(&ip)) {
-                    self.handle
-                        .neighbours()
-                        .del(neighbour)
-                        .execute()
-                        .await
-                        .context("cannot remove a stale neighbour")?;
-                }
-            }
-            for entry in self.neighbours(device.index, AddressFamily::Bridge).await? {
-                if neighbour_mac(&entry).is_some_and(|mac| !macs.contains(&mac)) {
-                    self.handle
-                        .neighbours()
-                        .del(entry)
-                        .execute()
-                        .await
-                        .context("cannot remove a stale fdb entry")?;
-                }
-            }
-        }
+        self.delete_vxlan_entries(|ip| !gateways.contains(&ip), |mac| !macs.contains(&mac))
+            .await?;
         for peer in peers.values() {
             // One peer that cannot be programmed must not hold up the others.
             if let Err(error) = self.add_peer(peer).await {
                 warn!(subnet = %peer.subnet(), "{error:#}");
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes the main-table IPv4 routes `doomed` picks.
+    async fn delete_routes(&self, doomed: impl Fn(&RouteMessage) -> bool) -> Result<()> {
+        for route in self
+            .routes()
+            .await?
+            .into_iter()
+            .filter(|route| doomed(route))
+        {
+            let destination = route_destination(&route);
+            info!(?destination, "removing route");
+            self.handle
+                .route()
+                .del(route)
+                .execute()
+                .await
+                .context("cannot remove a route")?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the neighbours (by IP) and fdb entries (by MAC) on the VXLAN
+    /// device that `doomed_ip` and `doomed_mac` pick.
+    async fn delete_vxlan_entries(
+        &self,
+        doomed_ip: impl Fn(Ipv4Addr) -> bool,
+        doomed_mac: impl Fn(MacAddr) -> bool,
+    ) -> Result<()> {
+        let Some(device) = self.vxlan else {
+            return Ok(());
+        };
+        let neighbours = self.neighbours(device.index, AddressFamily::Inet).await?;
+        let fdb = self.neighbours(device.index, AddressFamily::Bridge).await?;
+        let doomed = neighbours
+            .into_iter()
+            .filter(|entry| neighbour_ip(entry).is_some_and(&doomed_ip))
+            .chain(
+                fdb.into_iter()
+                    .filter(|entry| neighbour_mac(entry).is_some_and(&doomed_mac)),
+            );
+        for entry in doomed {
+            self.handle
+                .neighbours()
+                .del(entry)
+                .execute()
+                .await
+                .context("cannot remove a neighbour or fdb entry")?;
         }
         Ok(())
     }
@@ -509,42 +503,6 @@ fn neighbour_mac(neighbour: &NeighbourMessage) -> Option<MacAddr> {
         }
         _ => None,
     })
-}
-
-pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {
-    let links: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .context("cannot list links")?;
-    Ok(links.into_iter().find(|link| name_of(link) == Some(name)))
-}
-
-pub fn name_of(link: &LinkMessage) -> Option<&str> {
-    link.attributes.iter().find_map(|attr| match attr {
-        LinkAttribute::IfName(name) => Some(name.as_str()),
-        _ => None,
-    })
-}
-
-pub fn mac_of(link: &LinkMessage) -> Option<MacAddr> {
-    link.attributes.iter().find_map(|attr| match attr {
-        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
-        _ => None,
-    })
-}
-
-pub fn mtu_of(link: &LinkMessage) -> Option<u32> {
-    link.attributes.iter().find_map(|attr| match attr {
-        LinkAttribute::Mtu(mtu) => Some(*mtu),
-        _ => None,
-    })
-}
-
-pub fn is_up(link: &LinkMessage) -> bool {
-    link.header.flags.contains(LinkFlags::Up)
 }
 
 fn vxlan_settings_match(

@@ -107,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
                 preset_subnet_env: None,
                 ip_masq: args.ip_masq,
                 agent_args: Vec::new(),
+                network_config: None,
             };
             let state = Lab::up(&spec)?.keep();
             print!("{}", lab::status(&state.name)?);
