@@ -91,6 +91,10 @@ pub struct AgentArgs {
     /// bpffs directory where the agent pins its maps.
     #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weft")]
     pub bpf_pin_dir: PathBuf,
+    /// Drop VXLAN from underlay addresses that hold no lease (else hand it to
+    /// the kernel path). Counted either way.
+    #[arg(long, env = "WEFT_STRICT_VTEPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_vteps: bool,
     /// The bridge the CNI bridge plugin plugs pod veths into.
     #[arg(long, env = "WEFT_BRIDGE", default_value = "cni0")]
     pub bridge: String,

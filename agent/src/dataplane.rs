@@ -1,4 +1,5 @@
 //! Dataplane writers.
 
 pub mod ebpf;
+pub mod fastpath;
 pub mod kernel;

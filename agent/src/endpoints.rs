@@ -1,74 +1,179 @@
-//! Local pod discovery: the host-side veths plugged into the CNI bridge.
-//!
-//! The CNI bridge plugin creates `cni0` with the first pod and plugs every
-//! pod's host-side veth into it. Nothing about the CNI setup changes for
-//! weft: the agent follows the kernel's link events and re-reads the bridge's
-//! ports whenever a link changes.
+//! Local discovery from the kernel, with no change to the CNI setup: the
+//! pod veths plugged into the CNI bridge, the pods behind them (IP and MAC,
+//! from cni0's neighbour table and the bridge's forwarding database), and
+//! the uplink's neighbours (the underlay next hops the fast path writes into
+//! outer headers). Re-read on every link or neighbour event.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use futures::StreamExt as _;
-use netlink_packet_route::link::LinkAttribute;
+use futures::{StreamExt as _, TryStreamExt as _};
+use netlink_packet_route::{
+    AddressFamily,
+    link::LinkAttribute,
+    neighbour::{NeighbourMessage, NeighbourState},
+};
 use netlink_sys::{AsyncSocket as _, SocketAddr};
-use rtnetlink::{Handle, constants::RTMGRP_LINK};
+use rtnetlink::{
+    Handle,
+    constants::{RTMGRP_LINK, RTMGRP_NEIGH},
+};
 use tokio::sync::mpsc;
 
-use crate::net::{self, name_of};
+use crate::{
+    lease::MacAddr,
+    net::{self, mac_of, name_of, neighbour_ip, neighbour_mac},
+};
 
-/// The bridge's ports: ifindex -> interface name.
-pub type BridgePorts = BTreeMap<u32, String>;
+/// A port of the bridge: the host side of a pod's veth.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodPort {
+    pub name: String,
+    /// Where the pod-side end lives: its namespace's nsid (as seen from
+    /// here) and its ifindex there.
+    pub peer_netnsid: Option<i32>,
+    pub peer_index: Option<u32>,
+}
 
-/// Sends the bridge's port set on `ports` at start and whenever it changes.
-/// Returns only on error (or when the receiver is gone).
-pub async fn watch_bridge_ports(bridge: String, ports: mpsc::Sender<BridgePorts>) -> Result<()> {
+/// The bridge's ports by ifindex.
+pub type BridgePorts = BTreeMap<u32, PodPort>;
+
+/// A local pod as the fast path needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalPod {
+    /// The host-side veth (a port of the bridge).
+    pub port: u32,
+    pub mac: MacAddr,
+}
+
+/// What the kernel says about this node's pods and uplink.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalView {
+    pub ports: BridgePorts,
+    /// The bridge's MAC: the pods' gateway.
+    pub gateway_mac: Option<MacAddr>,
+    pub pods: BTreeMap<Ipv4Addr, LocalPod>,
+    /// Resolved neighbours on the uplink: IPv4 -> MAC.
+    pub uplink_neighbours: BTreeMap<Ipv4Addr, MacAddr>,
+}
+
+/// Sends the view at start and whenever it changes. Returns only on error
+/// (or when the receiver is gone).
+pub async fn watch(bridge: String, uplink: u32, views: mpsc::Sender<LocalView>) -> Result<()> {
     let (mut connection, handle, mut events) =
         rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     // Subscribe before the first dump so no change between the two is missed.
     connection
         .socket_mut()
         .socket_mut()
-        .bind(&SocketAddr::new(0, RTMGRP_LINK))
-        .context("cannot subscribe to link events")?;
+        .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_NEIGH))
+        .context("cannot subscribe to link and neighbour events")?;
     tokio::spawn(connection);
 
-    let mut last_sent: Option<BridgePorts> = None;
+    let mut last_sent: Option<LocalView> = None;
     loop {
-        let current = bridge_ports(&handle, &bridge).await?;
+        let current = read_view(&handle, &bridge, uplink).await?;
         if last_sent.as_ref() != Some(&current) {
-            if ports.send(current.clone()).await.is_err() {
+            if views.send(current.clone()).await.is_err() {
                 return Ok(());
             }
             last_sent = Some(current);
         }
         if events.next().await.is_none() {
-            bail!("the kernel link event stream closed");
+            bail!("the kernel link/neighbour event stream closed");
         }
-        // A pod coming up is a burst of link events; read the bridge once
-        // the burst is over rather than once per event.
+        // A pod coming up is a burst of events; read the kernel once the
+        // burst is over rather than once per event.
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), events.next()).await
         {
         }
     }
 }
 
-/// The current ports of `bridge` (empty while the bridge does not exist).
-pub async fn bridge_ports(handle: &Handle, bridge: &str) -> Result<BridgePorts> {
+/// The current view (empty pods and ports while the bridge does not exist).
+pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<LocalView> {
     let links = net::links(handle).await?;
-    let Some(bridge_index) = links
-        .iter()
-        .find(|link| name_of(link) == Some(bridge))
-        .map(|link| link.header.index)
-    else {
-        return Ok(BridgePorts::new());
+    let neighbours: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("cannot list neighbours")?;
+    let fdb: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute()
+        .try_collect()
+        .await
+        .context("cannot list the bridge forwarding database")?;
+    let mut view = LocalView {
+        uplink_neighbours: neighbours
+            .iter()
+            .filter(|entry| entry.header.ifindex == uplink && usable(entry))
+            .filter_map(|entry| Some((neighbour_ip(entry)?, neighbour_mac(entry)?)))
+            .collect(),
+        ..LocalView::default()
     };
-    Ok(links
+    let Some(bridge_link) = links.iter().find(|link| name_of(link) == Some(bridge)) else {
+        return Ok(view);
+    };
+    let bridge_index = bridge_link.header.index;
+    view.gateway_mac = mac_of(bridge_link);
+    view.ports = links
         .iter()
         .filter(|link| {
             link.attributes.iter().any(
                 |attr| matches!(attr, LinkAttribute::Controller(index) if *index == bridge_index),
             )
         })
-        .filter_map(|link| Some((link.header.index, name_of(link)?.to_owned())))
-        .collect())
+        .filter_map(|link| {
+            let port = PodPort {
+                name: name_of(link)?.to_owned(),
+                peer_netnsid: link.attributes.iter().find_map(|attr| match attr {
+                    LinkAttribute::LinkNetNsId(id) => Some(*id),
+                    _ => None,
+                }),
+                peer_index: link.attributes.iter().find_map(|attr| match attr {
+                    LinkAttribute::Link(index) => Some(*index),
+                    _ => None,
+                }),
+            };
+            Some((link.header.index, port))
+        })
+        .collect();
+    // Which port each learned MAC sits behind (local entries are the ports'
+    // own MACs, not pods).
+    let port_of_mac: BTreeMap<MacAddr, u32> = fdb
+        .iter()
+        .filter(|entry| {
+            view.ports.contains_key(&entry.header.ifindex)
+                && entry.header.state != NeighbourState::Permanent
+        })
+        .filter_map(|entry| Some((neighbour_mac(entry)?, entry.header.ifindex)))
+        .collect();
+    view.pods = neighbours
+        .iter()
+        .filter(|entry| entry.header.ifindex == bridge_index && usable(entry))
+        .filter_map(|entry| {
+            let mac = neighbour_mac(entry)?;
+            Some((
+                neighbour_ip(entry)?,
+                LocalPod {
+                    port: *port_of_mac.get(&mac)?,
+                    mac,
+                },
+            ))
+        })
+        .collect();
+    Ok(view)
+}
+
+/// A neighbour entry whose MAC can be used (not failed or unresolved).
+fn usable(entry: &NeighbourMessage) -> bool {
+    !matches!(
+        entry.header.state,
+        NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::None
+    )
 }

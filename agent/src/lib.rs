@@ -13,5 +13,6 @@ pub mod http;
 pub mod lease;
 pub mod masq;
 pub mod net;
+pub mod pod_veth;
 pub mod stats;
 pub mod subnet_env;

@@ -9,6 +9,7 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::AddressAttribute,
     link::{LinkAttribute, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
     route::{RouteAttribute, RouteMessage},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
@@ -20,6 +21,7 @@ pub struct Uplink {
     pub name: String,
     pub index: u32,
     pub mtu: u32,
+    pub mac: MacAddr,
     pub public_ip: Ipv4Addr,
 }
 
@@ -80,6 +82,7 @@ pub async fn select_uplink(
     Ok(Uplink {
         index: link.header.index,
         mtu: mtu_of(link).unwrap_or(1500),
+        mac: mac_of(link).unwrap_or(MacAddr([0; 6])),
         public_ip,
         name,
     })
@@ -159,6 +162,22 @@ pub fn mac_of(link: &LinkMessage) -> Option<MacAddr> {
 pub fn mtu_of(link: &LinkMessage) -> Option<u32> {
     link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::Mtu(mtu) => Some(*mtu),
+        _ => None,
+    })
+}
+
+pub fn neighbour_ip(neighbour: &NeighbourMessage) -> Option<Ipv4Addr> {
+    neighbour.attributes.iter().find_map(|attr| match attr {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => Some(*address),
+        _ => None,
+    })
+}
+
+pub fn neighbour_mac(neighbour: &NeighbourMessage) -> Option<MacAddr> {
+    neighbour.attributes.iter().find_map(|attr| match attr {
+        NeighbourAttribute::LinkLayerAddress(bytes) => {
+            <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
+        }
         _ => None,
     })
 }

@@ -7,14 +7,26 @@
 //! disagree on every map entry.
 #![no_std]
 
+pub mod maps;
 pub mod stats;
 
+pub use maps::*;
 pub use stats::{COUNTERS, CounterId, PacketCounter, STATS_MAX_ENTRIES};
 
 /// Names of the maps the programs declare, as pinned under `--bpf-pin-dir`.
 pub mod map_names {
     pub const STATS: &str = "STATS";
+    pub const PEERS: &str = "PEERS";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const VTEPS: &str = "VTEPS";
+    pub const CONFIG: &str = "CONFIG";
+    /// Every map, in the order `weft maps` lists them.
+    pub const ALL: [&str; 5] = [CONFIG, PEERS, ENDPOINTS, VTEPS, STATS];
 }
+
+/// Capacities: the largest cluster and node weft is sized for.
+pub const MAX_PEERS: u32 = 16_384;
+pub const MAX_ENDPOINTS: u32 = 4_096;
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {

@@ -16,7 +16,9 @@ pub struct PacketCounter {
 const _: () = assert!(core::mem::size_of::<PacketCounter>() == 16);
 const _: () = assert!(core::mem::align_of::<PacketCounter>() == 8);
 
-/// Index of a counter in `STATS`.
+/// Index of a counter in `STATS`. `Xdp*` counters belong to the uplink
+/// program, `Tc*` ones to the pod veth program; `Pass*` means "handed to the
+/// kernel path", with the reason.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CounterId {
@@ -24,12 +26,67 @@ pub enum CounterId {
     UplinkRx = 0,
     /// Every packet the TC program saw leave a pod (ingress on the host-side veth).
     PodEgress = 1,
+    /// VXLAN decapsulated and redirected straight into a pod.
+    XdpDecap = 2,
+    XdpPassNoConfig = 3,
+    XdpPassTruncated = 4,
+    XdpPassVlan = 5,
+    XdpPassNotIpv4 = 6,
+    XdpPassIpOptions = 7,
+    XdpPassFragment = 8,
+    XdpPassNotForNode = 9,
+    XdpPassNotVxlan = 10,
+    XdpPassWrongVni = 11,
+    XdpDropUnknownVtep = 12,
+    XdpPassUnknownVtep = 13,
+    XdpPassInnerNotIpv4 = 14,
+    XdpPassNoEndpoint = 15,
+    XdpPassTtlExpired = 16,
+    /// Encapsulated and redirected to the uplink.
+    TcEncap = 17,
+    /// Redirected straight into another local pod.
+    TcLocalRedirect = 18,
+    TcPassNoConfig = 19,
+    TcPassTruncated = 20,
+    TcPassNotIpv4 = 21,
+    TcPassNoRoute = 22,
+    TcPassNoNeighbour = 23,
+    TcPassTooBig = 24,
+    TcPassTtlExpired = 25,
+    TcPassEncapFailed = 26,
+    TcPassHostGw = 27,
 }
 
 /// Every counter with its stable, user-facing name, in id order.
 pub const COUNTERS: &[(CounterId, &str)] = &[
     (CounterId::UplinkRx, "uplink_rx"),
     (CounterId::PodEgress, "pod_egress"),
+    (CounterId::XdpDecap, "xdp_decap"),
+    (CounterId::XdpPassNoConfig, "xdp_pass_no_config"),
+    (CounterId::XdpPassTruncated, "xdp_pass_truncated"),
+    (CounterId::XdpPassVlan, "xdp_pass_vlan"),
+    (CounterId::XdpPassNotIpv4, "xdp_pass_not_ipv4"),
+    (CounterId::XdpPassIpOptions, "xdp_pass_ip_options"),
+    (CounterId::XdpPassFragment, "xdp_pass_fragment"),
+    (CounterId::XdpPassNotForNode, "xdp_pass_not_for_node"),
+    (CounterId::XdpPassNotVxlan, "xdp_pass_not_vxlan"),
+    (CounterId::XdpPassWrongVni, "xdp_pass_wrong_vni"),
+    (CounterId::XdpDropUnknownVtep, "xdp_drop_unknown_vtep"),
+    (CounterId::XdpPassUnknownVtep, "xdp_pass_unknown_vtep"),
+    (CounterId::XdpPassInnerNotIpv4, "xdp_pass_inner_not_ipv4"),
+    (CounterId::XdpPassNoEndpoint, "xdp_pass_no_endpoint"),
+    (CounterId::XdpPassTtlExpired, "xdp_pass_ttl_expired"),
+    (CounterId::TcEncap, "tc_encap"),
+    (CounterId::TcLocalRedirect, "tc_local_redirect"),
+    (CounterId::TcPassNoConfig, "tc_pass_no_config"),
+    (CounterId::TcPassTruncated, "tc_pass_truncated"),
+    (CounterId::TcPassNotIpv4, "tc_pass_not_ipv4"),
+    (CounterId::TcPassNoRoute, "tc_pass_no_route"),
+    (CounterId::TcPassNoNeighbour, "tc_pass_no_neighbour"),
+    (CounterId::TcPassTooBig, "tc_pass_too_big"),
+    (CounterId::TcPassTtlExpired, "tc_pass_ttl_expired"),
+    (CounterId::TcPassEncapFailed, "tc_pass_encap_failed"),
+    (CounterId::TcPassHostGw, "tc_pass_host_gw"),
 ];
 
 /// Slots reserved in `STATS`: room to add counters without re-creating the

@@ -1,33 +1,31 @@
 //! weft's eBPF programs.
 //!
-//! - `xdp_uplink`: XDP on the node's uplink.
-//! - `tc_pod_egress`: TC (TCX) ingress on the host side of every pod veth,
-//!   i.e. traffic leaving a pod.
-//!
-//! Both count what they see into `STATS` and hand every packet on to the
-//! kernel; forwarding decisions come with the fast-path work.
+//! - `xdp_uplink` (decap.rs): XDP on the node's uplink.
+//! - `tc_pod_egress` (encap.rs): TC (TCX) ingress on the host side of every
+//!   pod veth, i.e. traffic leaving a pod.
 #![no_std]
 #![no_main]
 
 mod counters;
+mod csum;
+mod decap;
+mod encap;
+mod maps;
+mod parse;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use weft_common::CounterId;
 
 #[xdp]
 pub fn xdp_uplink(ctx: XdpContext) -> u32 {
-    counters::count(CounterId::UplinkRx, (ctx.data_end() - ctx.data()) as u64);
-    xdp_action::XDP_PASS
+    decap::xdp_uplink(&ctx)
 }
 
 #[classifier]
-pub fn tc_pod_egress(ctx: TcContext) -> i32 {
-    counters::count(CounterId::PodEgress, u64::from(ctx.len()));
-    TC_ACT_OK
+pub fn tc_pod_egress(mut ctx: TcContext) -> i32 {
+    encap::tc_pod_egress(&mut ctx)
 }
 
 #[cfg(not(test))]

@@ -368,13 +368,13 @@ impl Lab {
         netns::run(
             &ns,
             &[
-                "ethtool", "-K", UPLINK, "tso", "off", "gso", "off", "gro", "on",
+                "ethtool", "-K", UPLINK, "tso", "off", "gso", "off", "gro", "on", "tx", "off",
             ],
         )?;
         netns::run(
             ul,
             &[
-                "ethtool", "-K", &ul_port, "tso", "off", "gso", "off", "gro", "on",
+                "ethtool", "-K", &ul_port, "tso", "off", "gso", "off", "gro", "on", "tx", "off",
             ],
         )?;
         netns::sysctl(&ns, "net/ipv4/ip_forward", "1")?;

@@ -10,6 +10,7 @@ pub mod host;
 pub mod inspect;
 pub mod lab;
 pub mod netns;
+pub mod packets;
 pub mod privileged;
 pub mod process;
 

@@ -14,6 +14,7 @@ use tokio::{
     time::Instant,
 };
 use tracing::{error, info, warn};
+use weft_common::{CONFIG_STRICT_VTEPS, NodeConfig};
 
 use crate::{
     bpffs,
@@ -21,18 +22,20 @@ use crate::{
     config::{BackendConfig, NetworkConfig},
     dataplane::{
         ebpf::EbpfDataplane,
+        fastpath::{FastPath, FastPathMaps},
         kernel::{KernelDataplane, PeerRoute},
     },
-    endpoints::{self, BridgePorts},
+    endpoints::{self, LocalView},
     http::{self, Readiness},
     lease::{
-        self, LeaseAttrs, VxlanBackendData,
+        self, LeaseAttrs, MacAddr, VxlanBackendData,
         acquire::{LEASE_TTL, acquire},
         peers::{PeerChange, PeerTable},
         registry::{EtcdOptions, Registry},
         watch::{LeaseEvent, LeaseFollower},
     },
-    masq, net,
+    masq,
+    net::{self, Uplink},
     subnet_env::{self, SubnetEnv},
 };
 
@@ -134,14 +137,25 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         BackendConfig::HostGw => uplink.mtu,
     };
 
-    let mut ebpf = None;
-    let (ports_tx, mut ports_rx) = mpsc::channel::<BridgePorts>(8);
+    let mut fast_path = None;
+    let (views_tx, mut views_rx) = mpsc::channel::<LocalView>(8);
     if ebpf_enabled {
-        let mut dataplane = EbpfDataplane::load(&args.bpf_pin_dir)?;
-        let mode = dataplane.attach_uplink(&uplink.name, uplink.index, args.xdp_mode)?;
+        let mut programs = EbpfDataplane::load(&args.bpf_pin_dir)?;
+        let mut maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
+        maps.set_config(node_config(
+            &uplink,
+            &config,
+            vxlan.map(|device| device.mac),
+            args.strict_vteps,
+        ))?;
+        let mode = programs.attach_uplink(&uplink.name, uplink.index, args.xdp_mode)?;
         info!(iface = %uplink.name, ?mode, "XDP attached to the uplink");
-        tokio::spawn(endpoints::watch_bridge_ports(args.bridge.clone(), ports_tx));
-        ebpf = Some(dataplane);
+        tokio::spawn(endpoints::watch(
+            args.bridge.clone(),
+            uplink.index,
+            views_tx,
+        ));
+        fast_path = Some(FastPath::new(programs, maps, handle.clone()));
     }
 
     let previous_subnet = previous.as_ref().map(|env| env.subnet.trunc());
@@ -177,6 +191,9 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                             if let Err(error) = kernel.reconcile(&programmed).await {
                                 warn!("cannot reconcile the kernel datapath: {error:#}");
                             }
+                            if let Some(fast_path) = fast_path.as_mut() {
+                                fast_path.on_routes(&programmed);
+                            }
                             if !readiness.get() {
                                 info!(peers = programmed.len(), "datapath programmed; ready");
                                 readiness.set(true);
@@ -195,11 +212,17 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                         LeaseEvent::Put { key, value } => {
                             if let Some(change) = peers.put(&key, &value, Some(own)) {
                                 apply(&kernel, &mut programmed, change).await;
+                                if let Some(fast_path) = fast_path.as_mut() {
+                                    fast_path.on_routes(&programmed);
+                                }
                             }
                         }
                         LeaseEvent::Delete { key } => {
                             if let Some(change) = peers.delete(&key) {
                                 apply(&kernel, &mut programmed, change).await;
+                                if let Some(fast_path) = fast_path.as_mut() {
+                                    fast_path.on_routes(&programmed);
+                                }
                             }
                         }
                     }
@@ -239,9 +262,9 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                     Err(error) => warn!("{error:#}"),
                 }
             }
-            Some(ports) = ports_rx.recv() => {
-                if let Some(dataplane) = ebpf.as_mut() {
-                    dataplane.reconcile_pod_ports(&ports);
+            Some(view) = views_rx.recv() => {
+                if let Some(fast_path) = fast_path.as_mut() {
+                    fast_path.on_view(view).await;
                 }
             }
             signal = signals.recv() => break signal,
@@ -249,8 +272,8 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     };
     info!("{stop}: detaching");
     readiness.set(false);
-    if let Some(mut dataplane) = ebpf {
-        let detached = dataplane.detach_all();
+    if let Some(mut fast_path) = fast_path {
+        let detached = fast_path.programs.detach_all();
         info!(
             interfaces = detached,
             "detached; maps stay pinned in {}",
@@ -390,5 +413,29 @@ async fn apply(
                 }
             }
         }
+    }
+}
+
+/// CONFIG[0] for this node; the gateway MAC follows once cni0 exists.
+fn node_config(
+    uplink: &Uplink,
+    config: &NetworkConfig,
+    vtep_mac: Option<MacAddr>,
+    strict_vteps: bool,
+) -> NodeConfig {
+    let (vni, port) = match config.backend {
+        BackendConfig::Vxlan { vni, port, .. } => (vni, port),
+        BackendConfig::HostGw => (0, 0),
+    };
+    NodeConfig {
+        node_ip: uplink.public_ip.octets(),
+        uplink_ifindex: uplink.index,
+        vni,
+        vxlan_port_be: port.to_be(),
+        uplink_mac: uplink.mac.0,
+        vtep_mac: vtep_mac.map(|mac| mac.0).unwrap_or_default(),
+        gateway_mac: [0; 6],
+        uplink_mtu: uplink.mtu,
+        flags: if strict_vteps { CONFIG_STRICT_VTEPS } else { 0 },
     }
 }

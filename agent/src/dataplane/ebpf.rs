@@ -16,10 +16,10 @@ use weft_common::{map_names, program_names};
 use crate::{cli::XdpModeArg, endpoints::BridgePorts};
 
 /// The eBPF object built by build.rs (see `cargo xtask build-ebpf`).
-static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft"));
+pub static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft"));
 
 /// Every map the object declares, pinned under the pin dir by name.
-const PINNED_MAPS: &[&str] = &[map_names::STATS];
+const PINNED_MAPS: [&str; 5] = map_names::ALL;
 
 /// How XDP ended up attached to the uplink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl EbpfDataplane {
     /// already pinned in `pin_dir`, so counters survive an agent restart.
     pub fn load(pin_dir: &Path) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        for name in PINNED_MAPS {
+        for name in &PINNED_MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
         }
         let mut ebpf = loader.load(OBJECT).with_context(|| {
@@ -99,7 +99,7 @@ impl EbpfDataplane {
         let stale: Vec<u32> = self
             .pods
             .iter()
-            .filter(|(index, (name, _))| ports.get(index) != Some(name))
+            .filter(|(index, (name, _))| ports.get(index).map(|port| &port.name) != Some(name))
             .map(|(index, _)| *index)
             .collect();
         for index in stale {
@@ -110,10 +110,11 @@ impl EbpfDataplane {
                 info!(veth = %name, ifindex = index, "pod veth gone");
             }
         }
-        for (index, name) in ports {
+        for (index, port) in ports {
             if self.pods.contains_key(index) {
                 continue;
             }
+            let name = &port.name;
             match self.attach_pod(name) {
                 Ok(link) => {
                     info!(veth = %name, ifindex = index, "TC attached to pod veth");

@@ -34,7 +34,7 @@ use tracing::{info, warn};
 use crate::{
     config::{BackendConfig, NetworkConfig},
     lease::{LeaseAttrs, MacAddr},
-    net::{link_by_name, mac_of},
+    net::{link_by_name, mac_of, neighbour_ip, neighbour_mac},
 };
 
 /// How one remote subnet is reached.
@@ -487,22 +487,6 @@ fn has_gateway(route: &RouteMessage) -> bool {
         .attributes
         .iter()
         .any(|attr| matches!(attr, RouteAttribute::Gateway(_)))
-}
-
-fn neighbour_ip(neighbour: &NeighbourMessage) -> Option<Ipv4Addr> {
-    neighbour.attributes.iter().find_map(|attr| match attr {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => Some(*address),
-        _ => None,
-    })
-}
-
-fn neighbour_mac(neighbour: &NeighbourMessage) -> Option<MacAddr> {
-    neighbour.attributes.iter().find_map(|attr| match attr {
-        NeighbourAttribute::LinkLayerAddress(bytes) => {
-            <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
-        }
-        _ => None,
-    })
 }
 
 fn vxlan_settings_match(

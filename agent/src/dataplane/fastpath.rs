@@ -1,0 +1,387 @@
+//! The fast path's forwarding maps (PEERS, ENDPOINTS, VTEPS, CONFIG): typed
+//! handles, what should be in them, and writers that change only what
+//! differs. A cache of each map's contents (read from the pinned map at
+//! start, so a restarted agent adopts what it left) keeps a sync to
+//! in-memory work plus one syscall per changed entry.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
+use ipnet::Ipv4Net;
+use tracing::warn;
+use weft_common::{
+    Endpoint, EndpointKey, NodeConfig, Peer, PeerAddr, PeerMode, VtepKey, map_names,
+};
+
+use super::kernel::PeerRoute;
+use crate::{endpoints::LocalPod, lease::MacAddr};
+
+pub struct FastPathMaps {
+    peers: LpmTrie<MapData, PeerAddr, Peer>,
+    endpoints: HashMap<MapData, EndpointKey, Endpoint>,
+    vteps: HashMap<MapData, VtepKey, u8>,
+    config: Array<MapData, NodeConfig>,
+    cached_peers: BTreeMap<(u32, PeerAddr), Peer>,
+    cached_endpoints: BTreeMap<[u8; 4], Endpoint>,
+    cached_vteps: BTreeSet<[u8; 4]>,
+    cached_config: NodeConfig,
+}
+
+impl FastPathMaps {
+    /// Opens the maps pinned in `pin_dir`.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
+        let open = |name: &str| -> Result<MapData> {
+            let path = pin_dir.join(name);
+            MapData::from_pin(&path).with_context(|| {
+                format!(
+                    "cannot open pinned map {} (is an agent using this --bpf-pin-dir?)",
+                    path.display()
+                )
+            })
+        };
+        let wrong = |name: &'static str| {
+            move |error| anyhow!("{name} in {} is not weft's: {error}", pin_dir.display())
+        };
+        let peers = LpmTrie::try_from(Map::LpmTrie(open(map_names::PEERS)?))
+            .map_err(wrong(map_names::PEERS))?;
+        let endpoints = HashMap::try_from(Map::HashMap(open(map_names::ENDPOINTS)?))
+            .map_err(wrong(map_names::ENDPOINTS))?;
+        let vteps = HashMap::try_from(Map::HashMap(open(map_names::VTEPS)?))
+            .map_err(wrong(map_names::VTEPS))?;
+        let config = Array::try_from(Map::Array(open(map_names::CONFIG)?))
+            .map_err(wrong(map_names::CONFIG))?;
+        let mut maps = Self {
+            peers,
+            endpoints,
+            vteps,
+            config,
+            cached_peers: BTreeMap::new(),
+            cached_endpoints: BTreeMap::new(),
+            cached_vteps: BTreeSet::new(),
+            cached_config: NodeConfig::default(),
+        };
+        maps.reload()?;
+        Ok(maps)
+    }
+
+    /// Re-reads every map into the caches.
+    fn reload(&mut self) -> Result<()> {
+        self.cached_peers = self
+            .peers()?
+            .into_iter()
+            .map(|(key, peer)| ((key.prefix_len(), key.data()), peer))
+            .collect();
+        self.cached_endpoints = self
+            .endpoints()?
+            .into_iter()
+            .map(|(key, endpoint)| (key.addr, endpoint))
+            .collect();
+        self.cached_vteps = self.vteps()?.into_iter().map(|key| key.addr).collect();
+        self.cached_config = self.config()?;
+        Ok(())
+    }
+
+    pub fn peers(&self) -> Result<Vec<(Key<PeerAddr>, Peer)>> {
+        self.peers
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("cannot read PEERS")
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<(EndpointKey, Endpoint)>> {
+        self.endpoints
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("cannot read ENDPOINTS")
+    }
+
+    pub fn vteps(&self) -> Result<Vec<VtepKey>> {
+        self.vteps
+            .keys()
+            .collect::<Result<_, _>>()
+            .context("cannot read VTEPS")
+    }
+
+    pub fn config(&self) -> Result<NodeConfig> {
+        self.config.get(&0, 0).context("cannot read CONFIG")
+    }
+
+    pub fn set_config(&mut self, config: NodeConfig) -> Result<()> {
+        if config != self.cached_config {
+            self.config
+                .set(0, config, 0)
+                .context("cannot write CONFIG")?;
+            self.cached_config = config;
+        }
+        Ok(())
+    }
+
+    pub fn cached_config(&self) -> NodeConfig {
+        self.cached_config
+    }
+
+    /// Makes PEERS and VTEPS hold exactly `desired` (and its VXLAN sources).
+    pub fn sync_peers(&mut self, desired: &BTreeMap<Ipv4Net, Peer>) -> Result<()> {
+        let wanted: BTreeMap<(u32, PeerAddr), Peer> = desired
+            .iter()
+            .map(|(subnet, peer)| {
+                (
+                    (u32::from(subnet.prefix_len()), subnet.network().octets()),
+                    *peer,
+                )
+            })
+            .collect();
+        let stale: Vec<(u32, PeerAddr)> = self
+            .cached_peers
+            .keys()
+            .filter(|key| !wanted.contains_key(*key))
+            .copied()
+            .collect();
+        for (prefix_len, addr) in stale {
+            self.peers
+                .remove(&Key::new(prefix_len, addr))
+                .context("cannot remove from PEERS")?;
+            self.cached_peers.remove(&(prefix_len, addr));
+        }
+        for (&(prefix_len, addr), peer) in &wanted {
+            if self.cached_peers.get(&(prefix_len, addr)) != Some(peer) {
+                self.peers
+                    .insert(&Key::new(prefix_len, addr), peer, 0)
+                    .context("cannot write PEERS")?;
+                self.cached_peers.insert((prefix_len, addr), *peer);
+            }
+        }
+        let sources: BTreeSet<[u8; 4]> = desired
+            .values()
+            .filter(|peer| peer.mode == PeerMode::Vxlan as u8)
+            .map(|peer| peer.public_ip)
+            .collect();
+        for addr in self
+            .cached_vteps
+            .difference(&sources)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            self.vteps
+                .remove(&VtepKey { addr })
+                .context("cannot remove from VTEPS")?;
+            self.cached_vteps.remove(&addr);
+        }
+        for addr in sources.difference(&self.cached_vteps.clone()) {
+            self.vteps
+                .insert(VtepKey { addr: *addr }, 1, 0)
+                .context("cannot write VTEPS")?;
+            self.cached_vteps.insert(*addr);
+        }
+        Ok(())
+    }
+
+    /// Makes ENDPOINTS hold exactly `pods`.
+    pub fn sync_endpoints(&mut self, pods: &BTreeMap<Ipv4Addr, LocalPod>) -> Result<()> {
+        let wanted: BTreeMap<[u8; 4], Endpoint> = pods
+            .iter()
+            .map(|(ip, pod)| {
+                (
+                    ip.octets(),
+                    Endpoint {
+                        ifindex: pod.port,
+                        mac: pod.mac.0,
+                        _pad: [0; 2],
+                    },
+                )
+            })
+            .collect();
+        for addr in self
+            .cached_endpoints
+            .keys()
+            .filter(|addr| !wanted.contains_key(*addr))
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            self.endpoints
+                .remove(&EndpointKey { addr })
+                .context("cannot remove from ENDPOINTS")?;
+            self.cached_endpoints.remove(&addr);
+        }
+        for (addr, endpoint) in wanted {
+            if self.cached_endpoints.get(&addr) != Some(&endpoint) {
+                if let Err(error) = self.endpoints.insert(EndpointKey { addr }, endpoint, 0) {
+                    warn!(pod = %Ipv4Addr::from(addr), "cannot write ENDPOINTS: {error}");
+                    continue;
+                }
+                self.cached_endpoints.insert(addr, endpoint);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The PEERS entries for the programmed kernel routes: the same decision
+/// (VXLAN or direct) the kernel path made, plus the underlay next hop's MAC
+/// (zero while unresolved: the programs leave those packets to the kernel).
+pub fn desired_peers(
+    routes: &BTreeMap<Ipv4Net, PeerRoute>,
+    vni: u32,
+    neighbours: &BTreeMap<Ipv4Addr, MacAddr>,
+) -> BTreeMap<Ipv4Net, Peer> {
+    routes
+        .iter()
+        .map(|(subnet, route)| {
+            let (public_ip, vtep_mac, mode) = match route {
+                PeerRoute::Vxlan {
+                    vtep_mac,
+                    public_ip,
+                    ..
+                } => (*public_ip, vtep_mac.0, PeerMode::Vxlan),
+                PeerRoute::Direct { public_ip, .. } => (*public_ip, [0; 6], PeerMode::HostGw),
+            };
+            let nexthop_mac = neighbours
+                .get(&public_ip)
+                .map(|mac| mac.0)
+                .unwrap_or_default();
+            let peer = Peer {
+                public_ip: public_ip.octets(),
+                vni,
+                vtep_mac,
+                nexthop_mac,
+                mode: mode as u8,
+                _pad: [0; 3],
+            };
+            (*subnet, peer)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desired_peers_carry_mode_vtep_and_resolved_next_hop() {
+        let vxlan_subnet: Ipv4Net = "10.244.2.0/24".parse().unwrap();
+        let direct_subnet: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let routes = BTreeMap::from([
+            (
+                vxlan_subnet,
+                PeerRoute::Vxlan {
+                    subnet: vxlan_subnet,
+                    vtep_mac: MacAddr([0x0e, 1, 2, 3, 4, 5]),
+                    public_ip: Ipv4Addr::new(192, 168, 77, 2),
+                },
+            ),
+            (
+                direct_subnet,
+                PeerRoute::Direct {
+                    subnet: direct_subnet,
+                    public_ip: Ipv4Addr::new(192, 168, 77, 3),
+                },
+            ),
+        ]);
+        let neighbours = BTreeMap::from([(Ipv4Addr::new(192, 168, 77, 2), MacAddr([0xaa; 6]))]);
+        let peers = desired_peers(&routes, 1, &neighbours);
+        let vxlan = peers[&vxlan_subnet];
+        assert_eq!(
+            (vxlan.mode, vxlan.vni, vxlan.vtep_mac, vxlan.nexthop_mac),
+            (PeerMode::Vxlan as u8, 1, [0x0e, 1, 2, 3, 4, 5], [0xaa; 6])
+        );
+        assert_eq!(vxlan.public_ip, [192, 168, 77, 2]);
+        let direct = peers[&direct_subnet];
+        assert_eq!(
+            (direct.mode, direct.nexthop_mac),
+            (PeerMode::HostGw as u8, [0; 6]),
+            "unresolved next hop must stay zero"
+        );
+    }
+}
+
+/// The eBPF dataplane: the attached programs plus the maps they read, kept
+/// in line with the kernel routes (peers) and the local view (pods, next
+/// hops, pod veths).
+pub struct FastPath {
+    pub programs: super::ebpf::EbpfDataplane,
+    pub maps: FastPathMaps,
+    handle: rtnetlink::Handle,
+    view: crate::endpoints::LocalView,
+    routes: BTreeMap<Ipv4Net, PeerRoute>,
+}
+
+impl FastPath {
+    pub fn new(
+        programs: super::ebpf::EbpfDataplane,
+        maps: FastPathMaps,
+        handle: rtnetlink::Handle,
+    ) -> Self {
+        Self {
+            programs,
+            maps,
+            handle,
+            view: Default::default(),
+            routes: BTreeMap::new(),
+        }
+    }
+
+    /// The kernel path's peers changed.
+    pub fn on_routes(&mut self, routes: &BTreeMap<Ipv4Net, PeerRoute>) {
+        self.routes.clone_from(routes);
+        self.sync_peers();
+    }
+
+    /// The kernel's view of pods, ports and neighbours changed.
+    pub async fn on_view(&mut self, view: crate::endpoints::LocalView) {
+        for (index, port) in view
+            .ports
+            .iter()
+            .filter(|(index, _)| !self.view.ports.contains_key(index))
+        {
+            if let Err(error) = self.prepare_pod_side(port).await {
+                warn!(veth = %port.name, ifindex = index, "fast delivery into this pod may fail: {error:#}");
+            }
+        }
+        self.programs.reconcile_pod_ports(&view.ports);
+        if let Err(error) = self.maps.sync_endpoints(&view.pods) {
+            warn!("{error:#}");
+        }
+        let mut config = self.maps.cached_config();
+        config.gateway_mac = view.gateway_mac.map(|mac| mac.0).unwrap_or_default();
+        if let Err(error) = self.maps.set_config(config) {
+            warn!("{error:#}");
+        }
+        let neighbours_changed = view.uplink_neighbours != self.view.uplink_neighbours;
+        self.view = view;
+        if neighbours_changed {
+            self.sync_peers();
+        }
+    }
+
+    /// Gives the pod's end of a new veth what XDP delivery needs (GRO on).
+    async fn prepare_pod_side(&self, port: &crate::endpoints::PodPort) -> anyhow::Result<()> {
+        let (Some(nsid), Some(peer)) = (port.peer_netnsid, port.peer_index) else {
+            anyhow::bail!("its peer's namespace is unknown");
+        };
+        let netns = crate::pod_veth::netns_by_id(&self.handle, nsid)
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "its namespace (nsid {nsid}) is not in {}",
+                    crate::pod_veth::NETNS_DIR
+                )
+            })?;
+        if crate::pod_veth::enable_gro(&netns, peer)? {
+            tracing::info!(veth = %port.name, %netns, "GRO turned on at the pod's end for XDP delivery");
+        }
+        Ok(())
+    }
+
+    fn sync_peers(&mut self) {
+        let vni = self.maps.cached_config().vni;
+        let desired = desired_peers(&self.routes, vni, &self.view.uplink_neighbours);
+        if let Err(error) = self.maps.sync_peers(&desired) {
+            warn!("{error:#}");
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Keys and values of the forwarding maps. Addresses are stored as bytes in
+//! network order, exactly as they sit in packets, so the datapath compares
+//! them without byte swapping.
+
+/// `PEERS` key data: the remote subnet's network address. The LPM trie
+/// key is `{ prefix_len: u32, data: [u8; 4] }` (aya's `lpm_trie::Key`).
+pub type PeerAddr = [u8; 4];
+
+/// How a peer's pods are reached.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerMode {
+    /// VXLAN-encapsulated to `public_ip`.
+    Vxlan = 1,
+    /// Plain, routed to `public_ip` on the shared segment (host-gw, DirectRouting).
+    HostGw = 2,
+}
+
+/// `PEERS` value: everything the encapsulating side needs to build the outer
+/// headers without a route or neighbour lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer node's underlay address (outer destination).
+    pub public_ip: [u8; 4],
+    pub vni: u32,
+    /// The peer's VTEP MAC (inner destination MAC).
+    pub vtep_mac: [u8; 6],
+    /// The underlay next hop's MAC (outer destination MAC); all zero while
+    /// the agent has not resolved it (the kernel path is used meanwhile).
+    pub nexthop_mac: [u8; 6],
+    /// A [`PeerMode`].
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `ENDPOINTS` key: a local pod's IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub addr: [u8; 4],
+}
+
+/// `ENDPOINTS` value: where a local pod is plugged in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The host-side veth.
+    pub ifindex: u32,
+    /// The pod's own MAC (eth0 inside the pod).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// `VTEPS` key: an accepted outer source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VtepKey {
+    pub addr: [u8; 4],
+}
+
+/// `CONFIG` flag: drop VXLAN from sources not in `VTEPS` (else pass it to
+/// the kernel path).
+pub const CONFIG_STRICT_VTEPS: u32 = 1 << 0;
+
+/// `CONFIG[0]`: this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub node_ip: [u8; 4],
+    pub uplink_ifindex: u32,
+    pub vni: u32,
+    /// VXLAN UDP port, network byte order.
+    pub vxlan_port_be: u16,
+    pub uplink_mac: [u8; 6],
+    /// This node's VTEP MAC (inner source MAC of what it encapsulates).
+    pub vtep_mac: [u8; 6],
+    /// The pods' gateway MAC (cni0): inner source MAC of what it delivers.
+    pub gateway_mac: [u8; 6],
+    pub uplink_mtu: u32,
+    /// `CONFIG_*` flags.
+    pub flags: u32,
+}
+
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<Peer>() == 24 && align_of::<Peer>() == 4);
+    assert!(size_of::<EndpointKey>() == 4);
+    assert!(size_of::<Endpoint>() == 12 && align_of::<Endpoint>() == 4);
+    assert!(size_of::<VtepKey>() == 4);
+    assert!(size_of::<NodeConfig>() == 40 && align_of::<NodeConfig>() == 4);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::Peer {}
+    unsafe impl aya::Pod for super::EndpointKey {}
+    unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::VtepKey {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn layouts_are_fixed() {
+        assert_eq!((size_of::<Peer>(), align_of::<Peer>()), (24, 4));
+        assert_eq!(
+            [
+                offset_of!(Peer, vni),
+                offset_of!(Peer, vtep_mac),
+                offset_of!(Peer, nexthop_mac),
+                offset_of!(Peer, mode)
+            ],
+            [4, 8, 14, 20]
+        );
+        assert_eq!((size_of::<Endpoint>(), align_of::<Endpoint>()), (12, 4));
+        assert_eq!(offset_of!(Endpoint, mac), 4);
+        assert_eq!((size_of::<NodeConfig>(), align_of::<NodeConfig>()), (40, 4));
+        assert_eq!(
+            [
+                offset_of!(NodeConfig, uplink_ifindex),
+                offset_of!(NodeConfig, vni),
+                offset_of!(NodeConfig, vxlan_port_be),
+                offset_of!(NodeConfig, uplink_mac),
+                offset_of!(NodeConfig, vtep_mac),
+                offset_of!(NodeConfig, gateway_mac),
+                offset_of!(NodeConfig, uplink_mtu),
+                offset_of!(NodeConfig, flags),
+            ],
+            [4, 8, 12, 14, 20, 26, 32, 36]
+        );
+        assert_eq!(size_of::<VtepKey>(), 4);
+        assert_eq!(size_of::<EndpointKey>(), 4);
+    }
+}

@@ -1,0 +1,28 @@
+//! IPv4 header checksums.
+
+use network_types::ip::Ipv4Hdr;
+
+/// Decrements the TTL and patches the header checksum incrementally (RFC
+/// 1624), as the kernel's ip_decrease_ttl does: the TTL/protocol word drops
+/// by 0x0100, so the one's-complement checksum rises by 0x0100.
+#[inline(always)]
+pub fn decrement_ttl(ip: &mut Ipv4Hdr) {
+    let mut check = u32::from(u16::from_be_bytes(ip.check)) + 0x0100;
+    check += u32::from(check >= 0xffff);
+    ip.check = (check as u16).to_be_bytes();
+    ip.ttl -= 1;
+}
+
+/// The checksum of a 20-byte IPv4 header (its `check` field must be zero).
+#[inline(always)]
+pub fn ipv4_header_checksum(ip: &Ipv4Hdr) -> [u8; 2] {
+    // SAFETY: Ipv4Hdr is 20 bytes of plain data; read it as 10 words.
+    let words: &[[u8; 2]; 10] = unsafe { &*(ip as *const Ipv4Hdr).cast() };
+    let mut sum = 0u32;
+    for word in words {
+        sum += u32::from(u16::from_be_bytes(*word));
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}

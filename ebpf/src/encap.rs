@@ -1,0 +1,205 @@
+//! TC ingress on the host side of every pod veth (traffic leaving a pod):
+//! to a local pod -> straight into its veth (`bpf_redirect_peer`); to a
+//! VXLAN peer -> encapsulated and redirected to the uplink; anything else ->
+//! the kernel path (`TC_ACT_OK`), counted by reason.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
+    helpers::{bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_peer},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use weft_common::{CounterId, EndpointKey, NodeConfig, Peer, PeerMode};
+
+use crate::{
+    counters::count,
+    csum::{decrement_ttl, ipv4_header_checksum},
+    maps::{ENDPOINTS, PEERS, node_config},
+    parse::{
+        ENCAP_LEN, ETH_LEN, ETH_P_IPV4_BE, IPPROTO_UDP, IPV4_LEN, UDP_LEN, VXLAN_FLAG_I,
+        VXLAN_OVERHEAD, ptr_at,
+    },
+};
+
+/// What `bpf_skb_adjust_room` must know to make GSO packets segment as
+/// VXLAN: an IPv4/UDP tunnel whose inner packet starts with a 14-byte
+/// Ethernet header. FIXED_GSO keeps the pod's segment size: the pod MTU
+/// already leaves room for the 50 bytes.
+const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO
+    | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+    | ((ETH_LEN as u64) << 56);
+
+/// The kernel's default ephemeral range, which vxlan's udp_flow_src_port
+/// maps flow hashes into.
+const SPORT_MIN: u32 = 32768;
+const SPORT_MAX: u32 = 60999;
+const OUTER_TTL: u8 = 64;
+
+struct Verdict(i32, CounterId);
+
+const fn pass(why: CounterId) -> Verdict {
+    Verdict(TC_ACT_OK, why)
+}
+
+#[inline(always)]
+pub fn tc_pod_egress(ctx: &mut TcContext) -> i32 {
+    let len = u64::from(ctx.len());
+    count(CounterId::PodEgress, len);
+    let Verdict(action, why) = decide(ctx);
+    count(why, len);
+    action
+}
+
+#[inline(always)]
+fn decide(ctx: &mut TcContext) -> Verdict {
+    let Some(config) = node_config() else {
+        return pass(CounterId::TcPassNoConfig);
+    };
+    // The headers may sit in a non-linear part of the skb; pull them in.
+    let _ = ctx.pull_data((ETH_LEN + IPV4_LEN) as u32);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
+        return pass(CounterId::TcPassTruncated);
+    };
+    // SAFETY: every pointer comes from ptr_at, inside the packet.
+    if unsafe { (*eth).ether_type } != ETH_P_IPV4_BE {
+        return pass(CounterId::TcPassNotIpv4);
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, ETH_LEN) else {
+        return pass(CounterId::TcPassTruncated);
+    };
+    let ip = unsafe { &mut *ip };
+    if ip.vihl >> 4 != 4 {
+        return pass(CounterId::TcPassNotIpv4);
+    }
+    let destination = ip.dst_addr;
+
+    if let Some(endpoint) = ENDPOINTS.get_ptr(EndpointKey { addr: destination }) {
+        let endpoint = unsafe { *endpoint };
+        if ip.ttl <= 1 {
+            return pass(CounterId::TcPassTtlExpired);
+        }
+        decrement_ttl(ip);
+        unsafe {
+            (*eth).dst_addr = endpoint.mac;
+            (*eth).src_addr = config.gateway_mac;
+        }
+        // Into the peer pod's namespace directly: no bridge, no backlog.
+        let action = unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } as i32;
+        return Verdict(action, CounterId::TcLocalRedirect);
+    }
+
+    let Some(peer) = PEERS.get(&Key::new(32, destination)).copied() else {
+        return pass(CounterId::TcPassNoRoute);
+    };
+    if peer.mode != PeerMode::Vxlan as u8 {
+        return pass(CounterId::TcPassHostGw);
+    }
+    if peer.nexthop_mac == [0; 6] {
+        // The agent has not resolved the underlay neighbour yet; the kernel
+        // path resolves it meanwhile.
+        return pass(CounterId::TcPassNoNeighbour);
+    }
+    if ip.ttl <= 1 {
+        return pass(CounterId::TcPassTtlExpired);
+    }
+    if !fits_after_encap(ctx, config) {
+        // The kernel path fragments it or answers ICMP "fragmentation needed".
+        return pass(CounterId::TcPassTooBig);
+    }
+    let inner_tos = ip.tos;
+    decrement_ttl(ip);
+    let inner_len = ctx.len() as usize - ETH_LEN;
+    if ctx
+        .adjust_room(ENCAP_LEN as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .is_err()
+    {
+        return pass(CounterId::TcPassEncapFailed);
+    }
+    if write_outer_headers(ctx, config, &peer, inner_len, inner_tos).is_none() {
+        return pass(CounterId::TcPassEncapFailed);
+    }
+    let action = unsafe { bpf_redirect(config.uplink_ifindex, 0) } as i32;
+    Verdict(action, CounterId::TcEncap)
+}
+
+/// Whether the packet (or each GSO segment) still fits the uplink MTU with
+/// 50 more bytes in front of it.
+#[inline(always)]
+fn fits_after_encap(ctx: &TcContext, config: &NodeConfig) -> bool {
+    let room = config.uplink_mtu as usize - ENCAP_LEN;
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size } as usize;
+    if gso_size == 0 {
+        return ctx.len() as usize - ETH_LEN <= room;
+    }
+    // Each segment carries gso_size payload plus the inner IPv4 and TCP
+    // headers; count the largest TCP header to be safe.
+    gso_size + IPV4_LEN + 60 <= room
+}
+
+/// Writes outer Ethernet/IPv4/UDP/VXLAN and the inner Ethernet header into
+/// the 50 bytes `adjust_room` opened after the original Ethernet header.
+#[inline(always)]
+fn write_outer_headers(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    peer: &Peer,
+    inner_len: usize,
+    inner_tos: u8,
+) -> Option<()> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let outer_eth = ptr_at::<EthHdr>(data, end, 0)?;
+    let outer_ip = ptr_at::<Ipv4Hdr>(data, end, ETH_LEN)?;
+    let udp = ptr_at::<UdpHdr>(data, end, ETH_LEN + IPV4_LEN)?;
+    let vxlan = ptr_at::<VxlanHdr>(data, end, ETH_LEN + IPV4_LEN + UDP_LEN)?;
+    let inner_eth = ptr_at::<EthHdr>(data, end, VXLAN_OVERHEAD)?;
+    // The outer IPv4 length: everything after the outer Ethernet header.
+    let outer_len = (inner_len + ENCAP_LEN) as u16;
+    // Spread flows over the underlay's ECMP paths as the kernel's vxlan does.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let sport =
+        (((u64::from(hash) * u64::from(SPORT_MAX - SPORT_MIN)) >> 32) as u32 + SPORT_MIN) as u16;
+    unsafe {
+        *inner_eth = EthHdr {
+            dst_addr: peer.vtep_mac,
+            src_addr: config.vtep_mac,
+            ether_type: ETH_P_IPV4_BE,
+        };
+        *vxlan = VxlanHdr::new(config.vni);
+        (*vxlan).flags = VXLAN_FLAG_I;
+        *udp = UdpHdr {
+            src: sport.to_be_bytes(),
+            dst: config.vxlan_port_be.to_ne_bytes(),
+            len: (outer_len - IPV4_LEN as u16).to_be_bytes(),
+            // Zero: no UDP checksum over IPv4, as flannel's vxlan sends.
+            check: [0, 0],
+        };
+        let mut header = Ipv4Hdr {
+            vihl: 0x45,
+            // The kernel's vxlan (tos 0) copies only the ECN bits.
+            tos: inner_tos & 0x03,
+            tot_len: outer_len.to_be_bytes(),
+            id: (bpf_get_prandom_u32() as u16).to_be_bytes(),
+            // flannel's vxlan device leaves df unset: the outer DF is clear.
+            frags: [0, 0],
+            ttl: OUTER_TTL,
+            proto: IPPROTO_UDP,
+            check: [0, 0],
+            src_addr: config.node_ip,
+            dst_addr: peer.public_ip,
+        };
+        header.check = ipv4_header_checksum(&header);
+        *outer_ip = header;
+        (*outer_eth).dst_addr = peer.nexthop_mac;
+        (*outer_eth).src_addr = config.uplink_mac;
+        (*outer_eth).ether_type = ETH_P_IPV4_BE;
+    }
+    Some(())
+}

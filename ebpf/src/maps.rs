@@ -1,0 +1,32 @@
+//! The forwarding maps, written by the agent, read per packet. BTF-typed so
+//! `bpftool map dump` prints field names.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LpmTrie},
+    macros::btf_map,
+};
+use weft_common::{
+    Endpoint, EndpointKey, MAX_ENDPOINTS, MAX_PEERS, NodeConfig, Peer, PeerAddr, VtepKey,
+};
+
+/// Remote pod subnet -> how to reach it.
+#[btf_map]
+pub static PEERS: LpmTrie<PeerAddr, Peer, { MAX_PEERS as usize }> = LpmTrie::new();
+
+/// Local pod IPv4 -> its veth and MAC.
+#[btf_map]
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+/// Accepted outer source addresses (every peer's PublicIP).
+#[btf_map]
+pub static VTEPS: HashMap<VtepKey, u8, { MAX_PEERS as usize }> = HashMap::new();
+
+/// `CONFIG[0]`: this node; all zero until the agent has written it.
+#[btf_map]
+pub static CONFIG: Array<NodeConfig, 1> = Array::new();
+
+/// This node's config, once the agent has written it.
+#[inline(always)]
+pub fn node_config() -> Option<&'static NodeConfig> {
+    CONFIG.get(0).filter(|config| config.uplink_ifindex != 0)
+}
