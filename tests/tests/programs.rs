@@ -1,0 +1,596 @@
+//! The eBPF programs on crafted frames, through BPF_PROG_TEST_RUN: the
+//! verdict, the exact bytes that come out, and the counter that explains it.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use weft_common::{
+    CONFIG_STRICT_VTEPS, COUNTERS, Endpoint, EndpointKey, NodeConfig, PacketCounter, Peer,
+    PeerMode, VtepKey,
+    program_names::{TC_POD_EGRESS, XDP_UPLINK},
+};
+use weft_tests::{
+    packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4, ipv4_checksum_ok, udp, vxlan},
+    privileged_test,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const NODE_IP: [u8; 4] = [192, 168, 77, 1];
+const PEER_IP: [u8; 4] = [192, 168, 77, 2];
+const STRANGER_IP: [u8; 4] = [192, 168, 77, 66];
+const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const NEXTHOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const VTEP_MAC: [u8; 6] = [0x0e, 1, 192, 168, 77, 1];
+const PEER_VTEP_MAC: [u8; 6] = [0x0e, 1, 192, 168, 77, 2];
+const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xcc, 0x01];
+const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xbb, 0x02];
+const LOCAL_POD: [u8; 4] = [10, 244, 1, 2];
+const OTHER_LOCAL_POD: [u8; 4] = [10, 244, 1, 3];
+const REMOTE_POD: [u8; 4] = [10, 244, 2, 7];
+const POD_IFINDEX: u32 = 42;
+const UPLINK_IFINDEX: u32 = 2;
+const VNI: u32 = 1;
+const PORT: u16 = 8472;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_UDP: u8 = 17;
+
+struct Programs {
+    ebpf: Ebpf,
+}
+
+impl Programs {
+    fn load(strict: bool) -> Self {
+        let mut ebpf = EbpfLoader::new()
+            .load(weft_agent::dataplane::ebpf::OBJECT)
+            .unwrap();
+        let xdp: &mut Xdp = ebpf.program_mut(XDP_UPLINK).unwrap().try_into().unwrap();
+        xdp.load().unwrap();
+        let tc: &mut SchedClassifier = ebpf.program_mut(TC_POD_EGRESS).unwrap().try_into().unwrap();
+        tc.load().unwrap();
+        let mut programs = Self { ebpf };
+        let config = NodeConfig {
+            node_ip: NODE_IP,
+            uplink_ifindex: UPLINK_IFINDEX,
+            vni: VNI,
+            vxlan_port_be: PORT.to_be(),
+            uplink_mac: UPLINK_MAC,
+            vtep_mac: VTEP_MAC,
+            gateway_mac: GATEWAY_MAC,
+            uplink_mtu: 1500,
+            flags: if strict { CONFIG_STRICT_VTEPS } else { 0 },
+        };
+        let mut config_map: Array<_, NodeConfig> =
+            Array::try_from(programs.ebpf.map_mut("CONFIG").unwrap()).unwrap();
+        config_map.set(0, config, 0).unwrap();
+        let mut endpoints: HashMap<_, EndpointKey, Endpoint> =
+            HashMap::try_from(programs.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap();
+        for (ip, index) in [(LOCAL_POD, POD_IFINDEX), (OTHER_LOCAL_POD, POD_IFINDEX + 1)] {
+            endpoints
+                .insert(
+                    EndpointKey { addr: ip },
+                    Endpoint {
+                        ifindex: index,
+                        mac: POD_MAC,
+                        _pad: [0; 2],
+                    },
+                    0,
+                )
+                .unwrap();
+        }
+        let mut vteps: HashMap<_, VtepKey, u8> =
+            HashMap::try_from(programs.ebpf.map_mut("VTEPS").unwrap()).unwrap();
+        vteps.insert(VtepKey { addr: PEER_IP }, 1, 0).unwrap();
+        programs.set_peer(NEXTHOP_MAC);
+        programs
+    }
+
+    fn set_peer(&mut self, nexthop_mac: [u8; 6]) {
+        let mut peers: LpmTrie<_, [u8; 4], Peer> =
+            LpmTrie::try_from(self.ebpf.map_mut("PEERS").unwrap()).unwrap();
+        let peer = Peer {
+            public_ip: PEER_IP,
+            vni: VNI,
+            vtep_mac: PEER_VTEP_MAC,
+            nexthop_mac,
+            mode: PeerMode::Vxlan as u8,
+            _pad: [0; 3],
+        };
+        peers
+            .insert(&Key::new(24, [10, 244, 2, 0]), peer, 0)
+            .unwrap();
+    }
+
+    fn xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &Xdp = self.ebpf.program(XDP_UPLINK).unwrap().try_into().unwrap();
+        run(program, frame)
+    }
+
+    fn tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(TC_POD_EGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        run(program, frame)
+    }
+
+    /// Packets per counter name, summed over CPUs.
+    fn counters(&self) -> BTreeMap<&'static str, u64> {
+        let stats: PerCpuArray<_, PacketCounter> =
+            PerCpuArray::try_from(self.ebpf.map("STATS").unwrap()).unwrap();
+        COUNTERS
+            .iter()
+            .map(|(id, name)| {
+                (
+                    *name,
+                    stats
+                        .get(&(*id as u32), 0)
+                        .unwrap()
+                        .iter()
+                        .map(|slot| slot.packets)
+                        .sum(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Runs `program` once on `frame`: (return value, the frame it left).
+fn run<P>(program: &P, frame: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    // Room for what encapsulation adds.
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// A pod's frame: ICMP echo from `src` to `dst`.
+fn pod_frame(src: [u8; 4], dst: [u8; 4], opts: Ipv4Options) -> Vec<u8> {
+    eth(
+        GATEWAY_MAC,
+        POD_MAC,
+        ETH_P_IPV4,
+        &ipv4(src, dst, IPPROTO_ICMP, &icmp_echo(56), opts),
+    )
+}
+
+/// The inner frame a peer node's VTEP sends for `dst`.
+fn inner_frame(dst: [u8; 4], opts: Ipv4Options) -> Vec<u8> {
+    eth(
+        VTEP_MAC,
+        PEER_VTEP_MAC,
+        ETH_P_IPV4,
+        &ipv4(REMOTE_POD, dst, IPPROTO_ICMP, &icmp_echo(56), opts),
+    )
+}
+
+/// A full VXLAN frame on the uplink.
+fn vxlan_frame(
+    outer_src: [u8; 4],
+    outer_dst: [u8; 4],
+    port: u16,
+    vni: u32,
+    inner: &[u8],
+    outer: Ipv4Options,
+) -> Vec<u8> {
+    let datagram = udp(40000, port, &vxlan(vni, inner));
+    eth(
+        UPLINK_MAC,
+        NEXTHOP_MAC,
+        ETH_P_IPV4,
+        &ipv4(outer_src, outer_dst, IPPROTO_UDP, &datagram, outer),
+    )
+}
+
+fn good_vxlan() -> Vec<u8> {
+    vxlan_frame(
+        PEER_IP,
+        NODE_IP,
+        PORT,
+        VNI,
+        &inner_frame(LOCAL_POD, Ipv4Options::default()),
+        Ipv4Options {
+            frag: 0,
+            ..Default::default()
+        },
+    )
+}
+
+/// Asserts that exactly `counter` rose by one.
+fn assert_counted(before: &BTreeMap<&str, u64>, after: &BTreeMap<&str, u64>, counter: &str) {
+    for (name, value) in after {
+        let expected = before[name]
+            + u64::from(*name == counter || *name == "uplink_rx" || *name == "pod_egress");
+        if *name == "uplink_rx" || *name == "pod_egress" {
+            continue;
+        }
+        assert_eq!(
+            *value, expected,
+            "counter {name} (expected only {counter} to rise)"
+        );
+    }
+}
+
+#[test]
+fn xdp_decapsulates_valid_vxlan_for_a_local_pod_into_the_exact_inner_frame() {
+    let Some(_guard) =
+        privileged_test("xdp_decapsulates_valid_vxlan_for_a_local_pod_into_the_exact_inner_frame")
+    else {
+        return;
+    };
+    let programs = Programs::load(true);
+    let before = programs.counters();
+    let frame = good_vxlan();
+    let (verdict, out) = programs.xdp(&frame);
+    assert_eq!(verdict, XDP_REDIRECT);
+    // The exact inner frame, rewritten for the pod: its MAC, from the
+    // gateway, TTL one lower and the header checksum patched to match.
+    let mut expected = inner_frame(
+        LOCAL_POD,
+        Ipv4Options {
+            ttl: 63,
+            ..Default::default()
+        },
+    );
+    expected[0..6].copy_from_slice(&POD_MAC);
+    expected[6..12].copy_from_slice(&GATEWAY_MAC);
+    assert_eq!(out, expected);
+    assert!(ipv4_checksum_ok(&out, 14));
+    assert_counted(&before, &programs.counters(), "xdp_decap");
+
+    // An inner fragment is delivered too: the pod reassembles, as it would
+    // behind the kernel path.
+    let fragment = inner_frame(
+        LOCAL_POD,
+        Ipv4Options {
+            frag: 0x2000,
+            ..Default::default()
+        },
+    );
+    let frame = vxlan_frame(
+        PEER_IP,
+        NODE_IP,
+        PORT,
+        VNI,
+        &fragment,
+        Ipv4Options {
+            frag: 0,
+            ..Default::default()
+        },
+    );
+    let (verdict, out) = programs.xdp(&frame);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(&out[20..22], &[0x20, 0x00], "fragment bits kept");
+    assert!(ipv4_checksum_ok(&out, 14));
+}
+
+#[test]
+fn xdp_passes_what_is_not_its_to_the_kernel_and_says_why() {
+    let Some(_guard) = privileged_test("xdp_passes_what_is_not_its_to_the_kernel_and_says_why")
+    else {
+        return;
+    };
+    let programs = Programs::load(true);
+    let inner = inner_frame(LOCAL_POD, Ipv4Options::default());
+    let plain = Ipv4Options {
+        frag: 0,
+        ..Default::default()
+    };
+    let mut vlan = good_vxlan();
+    vlan.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+    let mut arp = good_vxlan();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "wrong VNI",
+            vxlan_frame(PEER_IP, NODE_IP, PORT, 7, &inner, plain),
+            "xdp_pass_wrong_vni",
+        ),
+        (
+            "wrong port",
+            vxlan_frame(PEER_IP, NODE_IP, 4789, VNI, &inner, plain),
+            "xdp_pass_not_vxlan",
+        ),
+        (
+            "not for our address",
+            vxlan_frame(PEER_IP, [192, 168, 77, 9], PORT, VNI, &inner, plain),
+            "xdp_pass_not_for_node",
+        ),
+        (
+            "IPv4 options",
+            vxlan_frame(
+                PEER_IP,
+                NODE_IP,
+                PORT,
+                VNI,
+                &inner,
+                Ipv4Options {
+                    frag: 0,
+                    options: &[1, 1, 1, 0],
+                    ..Default::default()
+                },
+            ),
+            "xdp_pass_ip_options",
+        ),
+        (
+            "outer fragment (MF)",
+            vxlan_frame(
+                PEER_IP,
+                NODE_IP,
+                PORT,
+                VNI,
+                &inner,
+                Ipv4Options {
+                    frag: 0x2000,
+                    ..Default::default()
+                },
+            ),
+            "xdp_pass_fragment",
+        ),
+        (
+            "outer fragment (offset)",
+            vxlan_frame(
+                PEER_IP,
+                NODE_IP,
+                PORT,
+                VNI,
+                &inner,
+                Ipv4Options {
+                    frag: 0x0010,
+                    ..Default::default()
+                },
+            ),
+            "xdp_pass_fragment",
+        ),
+        ("non-IPv4", arp, "xdp_pass_not_ipv4"),
+        ("VLAN-tagged", vlan, "xdp_pass_vlan"),
+        (
+            "inner destination not a local pod",
+            vxlan_frame(
+                PEER_IP,
+                NODE_IP,
+                PORT,
+                VNI,
+                &inner_frame([10, 244, 1, 99], Ipv4Options::default()),
+                plain,
+            ),
+            "xdp_pass_no_endpoint",
+        ),
+        (
+            "inner TTL 1",
+            vxlan_frame(
+                PEER_IP,
+                NODE_IP,
+                PORT,
+                VNI,
+                &inner_frame(
+                    LOCAL_POD,
+                    Ipv4Options {
+                        ttl: 1,
+                        ..Default::default()
+                    },
+                ),
+                plain,
+            ),
+            "xdp_pass_ttl_expired",
+        ),
+    ];
+    for (what, frame, counter) in cases {
+        let before = programs.counters();
+        let (verdict, out) = programs.xdp(&frame);
+        assert_eq!(verdict, XDP_PASS, "{what}");
+        assert_eq!(out, frame, "{what}: a passed frame must be untouched");
+        assert_counted(&before, &programs.counters(), counter);
+    }
+}
+
+#[test]
+fn xdp_passes_every_truncation_untouched() {
+    let Some(_guard) = privileged_test("xdp_passes_every_truncation_untouched") else {
+        return;
+    };
+    let programs = Programs::load(true);
+    let frame = good_vxlan();
+    // Cut at every header boundary and one byte short of each. (A frame
+    // shorter than an Ethernet header never reaches XDP: drivers drop runts,
+    // and BPF_PROG_TEST_RUN refuses them.)
+    for cut in [14, 33, 34, 41, 42, 49, 50, 63, 64, 83] {
+        let short = &frame[..cut];
+        let before = programs.counters();
+        let (verdict, out) = programs.xdp(short);
+        assert_eq!(verdict, XDP_PASS, "cut at {cut}");
+        assert_eq!(out, short, "cut at {cut}");
+        let after = programs.counters();
+        assert_eq!(
+            after["xdp_decap"], before["xdp_decap"],
+            "cut at {cut} was decapsulated"
+        );
+    }
+}
+
+#[test]
+fn xdp_drops_vxlan_from_unknown_sources_in_strict_mode_and_passes_it_otherwise() {
+    let Some(_guard) = privileged_test(
+        "xdp_drops_vxlan_from_unknown_sources_in_strict_mode_and_passes_it_otherwise",
+    ) else {
+        return;
+    };
+    let spoofed = vxlan_frame(
+        STRANGER_IP,
+        NODE_IP,
+        PORT,
+        VNI,
+        &inner_frame(LOCAL_POD, Ipv4Options::default()),
+        Ipv4Options {
+            frag: 0,
+            ..Default::default()
+        },
+    );
+    let strict = Programs::load(true);
+    let before = strict.counters();
+    assert_eq!(strict.xdp(&spoofed).0, XDP_DROP);
+    assert_counted(&before, &strict.counters(), "xdp_drop_unknown_vtep");
+    let lenient = Programs::load(false);
+    let before = lenient.counters();
+    let (verdict, out) = lenient.xdp(&spoofed);
+    assert_eq!((verdict, out), (XDP_PASS, spoofed));
+    assert_counted(&before, &lenient.counters(), "xdp_pass_unknown_vtep");
+}
+
+#[test]
+fn tc_encapsulates_for_a_vxlan_peer_with_exact_outer_headers() {
+    let Some(_guard) = privileged_test("tc_encapsulates_for_a_vxlan_peer_with_exact_outer_headers")
+    else {
+        return;
+    };
+    let programs = Programs::load(true);
+    let before = programs.counters();
+    let frame = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());
+    let (verdict, out) = programs.tc(&frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_counted(&before, &programs.counters(), "tc_encap");
+    let inner_ip_len = frame.len() - 14;
+    assert_eq!(out.len(), frame.len() + 50);
+    // Outer Ethernet: to the underlay next hop, from the uplink.
+    assert_eq!(&out[0..6], &NEXTHOP_MAC);
+    assert_eq!(&out[6..12], &UPLINK_MAC);
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    // Outer IPv4: 20 bytes, ECN of the inner TOS, length, DF clear, TTL 64,
+    // UDP, node -> peer, a checksum that verifies.
+    let ip = &out[14..34];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(ip[1], 0);
+    assert_eq!(
+        u16::from_be_bytes([ip[2], ip[3]]) as usize,
+        20 + 8 + 8 + 14 + inner_ip_len
+    );
+    assert_eq!(&ip[6..8], &[0, 0], "flags/fragment offset");
+    assert_eq!((ip[8], ip[9]), (64, IPPROTO_UDP));
+    assert_eq!(&ip[12..16], &NODE_IP);
+    assert_eq!(&ip[16..20], &PEER_IP);
+    assert!(ipv4_checksum_ok(&out, 14), "outer IPv4 checksum");
+    // UDP: a source port in the kernel's ephemeral range, 8472, length, no checksum.
+    let udp = &out[34..42];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    assert!((32768..=60999).contains(&sport), "source port {sport}");
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), PORT);
+    assert_eq!(
+        u16::from_be_bytes([udp[4], udp[5]]) as usize,
+        8 + 8 + 14 + inner_ip_len
+    );
+    assert_eq!(&udp[6..8], &[0, 0]);
+    // VXLAN: I flag, VNI 1.
+    assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
+    // Inner Ethernet: peer VTEP <- our VTEP; then the pod's packet, TTL one lower.
+    assert_eq!(&out[50..56], &PEER_VTEP_MAC);
+    assert_eq!(&out[56..62], &VTEP_MAC);
+    assert_eq!(&out[62..64], &[0x08, 0x00]);
+    let expected_inner = ipv4(
+        LOCAL_POD,
+        REMOTE_POD,
+        IPPROTO_ICMP,
+        &icmp_echo(56),
+        Ipv4Options {
+            ttl: 63,
+            ..Default::default()
+        },
+    );
+    assert_eq!(&out[64..], &expected_inner[..]);
+    assert!(
+        ipv4_checksum_ok(&out, 64),
+        "inner IPv4 checksum after the TTL change"
+    );
+    // The same flow always gets the same source port.
+    let (_, again) = programs.tc(&frame);
+    assert_eq!(&again[34..36], &udp[0..2]);
+}
+
+#[test]
+fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
+    let Some(_guard) =
+        privileged_test("tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel")
+    else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    // Same node: straight into the other pod, rewritten for it.
+    let before = programs.counters();
+    let frame = pod_frame(LOCAL_POD, OTHER_LOCAL_POD, Ipv4Options::default());
+    let (verdict, out) = programs.tc(&frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let mut expected = pod_frame(
+        LOCAL_POD,
+        OTHER_LOCAL_POD,
+        Ipv4Options {
+            ttl: 63,
+            ..Default::default()
+        },
+    );
+    expected[0..6].copy_from_slice(&POD_MAC);
+    expected[6..12].copy_from_slice(&GATEWAY_MAC);
+    assert_eq!(out, expected);
+    assert!(ipv4_checksum_ok(&out, 14));
+    assert_counted(&before, &programs.counters(), "tc_local_redirect");
+
+    let outside = pod_frame(LOCAL_POD, [8, 8, 8, 8], Ipv4Options::default());
+    // One byte over the 1450 bytes an inner packet may have on a 1500 uplink.
+    let payload = icmp_echo(1500 - 50 - 20 - 8 + 1);
+    let too_big = eth(
+        GATEWAY_MAC,
+        POD_MAC,
+        ETH_P_IPV4,
+        &ipv4(
+            LOCAL_POD,
+            REMOTE_POD,
+            IPPROTO_ICMP,
+            &payload,
+            Ipv4Options::default(),
+        ),
+    );
+    let ttl_one = pod_frame(
+        LOCAL_POD,
+        REMOTE_POD,
+        Ipv4Options {
+            ttl: 1,
+            ..Default::default()
+        },
+    );
+    let arp = eth(GATEWAY_MAC, POD_MAC, 0x0806, &[0; 28]);
+    for (what, frame, counter) in [
+        ("no route", outside, "tc_pass_no_route"),
+        ("too big after encapsulation", too_big, "tc_pass_too_big"),
+        ("TTL 1", ttl_one, "tc_pass_ttl_expired"),
+        ("non-IPv4", arp, "tc_pass_not_ipv4"),
+    ] {
+        let before = programs.counters();
+        let (verdict, out) = programs.tc(&frame);
+        assert_eq!(verdict, TC_ACT_OK, "{what}");
+        assert_eq!(out, frame, "{what}: a passed packet must be untouched");
+        assert_counted(&before, &programs.counters(), counter);
+    }
+    // An unresolved underlay neighbour: the kernel path resolves it.
+    programs.set_peer([0; 6]);
+    let before = programs.counters();
+    let frame = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());
+    assert_eq!(programs.tc(&frame), (TC_ACT_OK, frame));
+    assert_counted(&before, &programs.counters(), "tc_pass_no_neighbour");
+}
