@@ -23,6 +23,28 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Print the pinned maps of a running (or stopped) agent.
     Maps(MapsArgs),
+    /// Lease, peers, endpoints, attached programs and counters of this node.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// bpffs directory where the agent pinned its maps.
+    #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weft")]
+    pub bpf_pin_dir: PathBuf,
+    /// flannel's subnet.env the agent wrote.
+    #[arg(
+        long,
+        env = "WEFT_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    pub subnet_file: PathBuf,
+    /// The CNI bridge.
+    #[arg(long, env = "WEFT_BRIDGE", default_value = "cni0")]
+    pub bridge: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +162,14 @@ pub struct MapsArgs {
 pub enum MapName {
     /// Fast-path counters, summed over CPUs.
     Stats,
+    /// Remote pod subnets: mode, node address, VTEP and next-hop MACs.
+    Peers,
+    /// Local pods: veth and MAC.
+    Endpoints,
+    /// Underlay addresses VXLAN is accepted from.
+    Vteps,
+    /// This node's fast-path settings.
+    Config,
 }
 
 /// flanneld's environment names for the flags both share.

@@ -34,10 +34,10 @@ pub async fn netns_by_id(handle: &Handle, nsid: i32) -> Result<Option<String>> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Ok(Some(id)) = handle.link().get_netns_id(name.clone()).execute().await {
-            if id == nsid {
-                return Ok(Some(name));
-            }
+        if let Ok(Some(id)) = handle.link().get_netns_id(name.clone()).execute().await
+            && id == nsid
+        {
+            return Ok(Some(name));
         }
     }
     Ok(None)

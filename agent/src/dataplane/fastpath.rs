@@ -257,48 +257,6 @@ pub fn desired_peers(
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn desired_peers_carry_mode_vtep_and_resolved_next_hop() {
-        let vxlan_subnet: Ipv4Net = "10.244.2.0/24".parse().unwrap();
-        let direct_subnet: Ipv4Net = "10.244.3.0/24".parse().unwrap();
-        let routes = BTreeMap::from([
-            (
-                vxlan_subnet,
-                PeerRoute::Vxlan {
-                    subnet: vxlan_subnet,
-                    vtep_mac: MacAddr([0x0e, 1, 2, 3, 4, 5]),
-                    public_ip: Ipv4Addr::new(192, 168, 77, 2),
-                },
-            ),
-            (
-                direct_subnet,
-                PeerRoute::Direct {
-                    subnet: direct_subnet,
-                    public_ip: Ipv4Addr::new(192, 168, 77, 3),
-                },
-            ),
-        ]);
-        let neighbours = BTreeMap::from([(Ipv4Addr::new(192, 168, 77, 2), MacAddr([0xaa; 6]))]);
-        let peers = desired_peers(&routes, 1, &neighbours);
-        let vxlan = peers[&vxlan_subnet];
-        assert_eq!(
-            (vxlan.mode, vxlan.vni, vxlan.vtep_mac, vxlan.nexthop_mac),
-            (PeerMode::Vxlan as u8, 1, [0x0e, 1, 2, 3, 4, 5], [0xaa; 6])
-        );
-        assert_eq!(vxlan.public_ip, [192, 168, 77, 2]);
-        let direct = peers[&direct_subnet];
-        assert_eq!(
-            (direct.mode, direct.nexthop_mac),
-            (PeerMode::HostGw as u8, [0; 6]),
-            "unresolved next hop must stay zero"
-        );
-    }
-}
-
 /// The eBPF dataplane: the attached programs plus the maps they read, kept
 /// in line with the kernel routes (peers) and the local view (pods, next
 /// hops, pod veths).
@@ -383,5 +341,47 @@ impl FastPath {
         if let Err(error) = self.maps.sync_peers(&desired) {
             warn!("{error:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desired_peers_carry_mode_vtep_and_resolved_next_hop() {
+        let vxlan_subnet: Ipv4Net = "10.244.2.0/24".parse().unwrap();
+        let direct_subnet: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let routes = BTreeMap::from([
+            (
+                vxlan_subnet,
+                PeerRoute::Vxlan {
+                    subnet: vxlan_subnet,
+                    vtep_mac: MacAddr([0x0e, 1, 2, 3, 4, 5]),
+                    public_ip: Ipv4Addr::new(192, 168, 77, 2),
+                },
+            ),
+            (
+                direct_subnet,
+                PeerRoute::Direct {
+                    subnet: direct_subnet,
+                    public_ip: Ipv4Addr::new(192, 168, 77, 3),
+                },
+            ),
+        ]);
+        let neighbours = BTreeMap::from([(Ipv4Addr::new(192, 168, 77, 2), MacAddr([0xaa; 6]))]);
+        let peers = desired_peers(&routes, 1, &neighbours);
+        let vxlan = peers[&vxlan_subnet];
+        assert_eq!(
+            (vxlan.mode, vxlan.vni, vxlan.vtep_mac, vxlan.nexthop_mac),
+            (PeerMode::Vxlan as u8, 1, [0x0e, 1, 2, 3, 4, 5], [0xaa; 6])
+        );
+        assert_eq!(vxlan.public_ip, [192, 168, 77, 2]);
+        let direct = peers[&direct_subnet];
+        assert_eq!(
+            (direct.mode, direct.nexthop_mac),
+            (PeerMode::HostGw as u8, [0; 6]),
+            "unresolved next hop must stay zero"
+        );
     }
 }

@@ -1,0 +1,333 @@
+//! `weft maps` and `weft status`: what a running (or stopped) agent left in
+//! its pinned maps and in the kernel, for people (tables) and scripts (--json).
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result};
+use aya::programs::{SchedClassifier, TcAttachType};
+use serde::Serialize;
+use weft_common::{CONFIG_STRICT_VTEPS, PeerMode, program_names};
+
+use crate::{
+    cli::{MapName, MapsArgs, StatusArgs},
+    dataplane::fastpath::FastPathMaps,
+    endpoints,
+    lease::MacAddr,
+    stats::{self, CounterValue},
+    subnet_env,
+};
+
+#[derive(Serialize)]
+pub struct PeerRow {
+    pub subnet: String,
+    pub mode: &'static str,
+    pub public_ip: Ipv4Addr,
+    pub vni: u32,
+    pub vtep_mac: String,
+    /// None while the agent has not resolved the underlay neighbour.
+    pub nexthop_mac: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct EndpointRow {
+    pub ip: Ipv4Addr,
+    pub ifindex: u32,
+    pub interface: Option<String>,
+    pub mac: String,
+}
+
+#[derive(Serialize)]
+pub struct ConfigRow {
+    pub node_ip: Ipv4Addr,
+    pub uplink_ifindex: u32,
+    pub uplink_mac: String,
+    pub uplink_mtu: u32,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub vtep_mac: String,
+    pub gateway_mac: String,
+    pub strict_vteps: bool,
+}
+
+fn mac(bytes: [u8; 6]) -> String {
+    MacAddr(bytes).to_string()
+}
+
+fn mode_name(mode: u8) -> &'static str {
+    match mode {
+        m if m == PeerMode::Vxlan as u8 => "vxlan",
+        m if m == PeerMode::HostGw as u8 => "host-gw",
+        _ => "unknown",
+    }
+}
+
+pub fn peers(maps: &FastPathMaps) -> Result<Vec<PeerRow>> {
+    let mut rows: Vec<PeerRow> = maps
+        .peers()?
+        .into_iter()
+        .map(|(key, peer)| PeerRow {
+            subnet: format!("{}/{}", Ipv4Addr::from(key.data()), key.prefix_len()),
+            mode: mode_name(peer.mode),
+            public_ip: Ipv4Addr::from(peer.public_ip),
+            vni: peer.vni,
+            vtep_mac: mac(peer.vtep_mac),
+            nexthop_mac: (peer.nexthop_mac != [0; 6]).then(|| mac(peer.nexthop_mac)),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.subnet.cmp(&b.subnet));
+    Ok(rows)
+}
+
+pub fn endpoint_rows(maps: &FastPathMaps) -> Result<Vec<EndpointRow>> {
+    let mut rows: Vec<EndpointRow> = maps
+        .endpoints()?
+        .into_iter()
+        .map(|(key, endpoint)| EndpointRow {
+            ip: Ipv4Addr::from(key.addr),
+            ifindex: endpoint.ifindex,
+            interface: nix::net::if_::if_indextoname(endpoint.ifindex)
+                .ok()
+                .map(|name| name.to_string_lossy().into_owned()),
+            mac: mac(endpoint.mac),
+        })
+        .collect();
+    rows.sort_by_key(|row| row.ip);
+    Ok(rows)
+}
+
+pub fn config_row(maps: &FastPathMaps) -> Result<ConfigRow> {
+    let config = maps.config()?;
+    Ok(ConfigRow {
+        node_ip: Ipv4Addr::from(config.node_ip),
+        uplink_ifindex: config.uplink_ifindex,
+        uplink_mac: mac(config.uplink_mac),
+        uplink_mtu: config.uplink_mtu,
+        vni: config.vni,
+        vxlan_port: u16::from_be(config.vxlan_port_be),
+        vtep_mac: mac(config.vtep_mac),
+        gateway_mac: mac(config.gateway_mac),
+        strict_vteps: config.flags & CONFIG_STRICT_VTEPS != 0,
+    })
+}
+
+pub fn maps(args: &MapsArgs) -> Result<()> {
+    let dir = &args.bpf_pin_dir;
+    let print = |value: serde_json::Value, table: String| {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).expect("rows serialize")
+            );
+        } else {
+            print!("{table}");
+        }
+    };
+    match args.map {
+        MapName::Stats => {
+            let stats = stats::read_pinned(dir)?;
+            print(serde_json::to_value(&stats)?, stats::render_table(&stats));
+        }
+        MapName::Peers => {
+            let rows = peers(&FastPathMaps::open_pinned(dir)?)?;
+            let mut table = format!(
+                "{:<20} {:<8} {:<16} {:>4} {:<18} {:<18}\n",
+                "SUBNET", "MODE", "PUBLIC IP", "VNI", "VTEP MAC", "NEXT-HOP MAC"
+            );
+            for row in &rows {
+                let nexthop = row
+                    .nexthop_mac
+                    .clone()
+                    .unwrap_or_else(|| "(unresolved)".into());
+                table += &format!(
+                    "{:<20} {:<8} {:<16} {:>4} {:<18} {:<18}\n",
+                    row.subnet, row.mode, row.public_ip, row.vni, row.vtep_mac, nexthop
+                );
+            }
+            print(serde_json::to_value(&rows)?, table);
+        }
+        MapName::Endpoints => {
+            let rows = endpoint_rows(&FastPathMaps::open_pinned(dir)?)?;
+            let mut table = format!(
+                "{:<16} {:>8} {:<16} {:<18}\n",
+                "POD IP", "IFINDEX", "INTERFACE", "MAC"
+            );
+            for row in &rows {
+                table += &format!(
+                    "{:<16} {:>8} {:<16} {:<18}\n",
+                    row.ip,
+                    row.ifindex,
+                    row.interface.as_deref().unwrap_or("-"),
+                    row.mac
+                );
+            }
+            print(serde_json::to_value(&rows)?, table);
+        }
+        MapName::Vteps => {
+            let mut rows: Vec<Ipv4Addr> = FastPathMaps::open_pinned(dir)?
+                .vteps()?
+                .into_iter()
+                .map(|key| Ipv4Addr::from(key.addr))
+                .collect();
+            rows.sort();
+            let table = std::iter::once("ACCEPTED VXLAN SOURCE\n".to_owned())
+                .chain(rows.iter().map(|ip| format!("{ip}\n")))
+                .collect();
+            print(serde_json::to_value(&rows)?, table);
+        }
+        MapName::Config => {
+            let row = config_row(&FastPathMaps::open_pinned(dir)?)?;
+            let value = serde_json::to_value(&row)?;
+            let table = value
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(key, value)| format!("{key:<16} {}\n", value.to_string().trim_matches('"')))
+                .collect();
+            print(value, table);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Status {
+    subnet_file: String,
+    subnet: Option<String>,
+    network: Option<String>,
+    config: ConfigRow,
+    uplink: Option<String>,
+    xdp_attached: bool,
+    pod_veths: Vec<PodVeth>,
+    peers: Vec<PeerRow>,
+    endpoints: Vec<EndpointRow>,
+    counters: Vec<CounterValue>,
+}
+
+#[derive(Serialize)]
+struct PodVeth {
+    name: String,
+    tc_attached: bool,
+}
+
+pub async fn status(args: &StatusArgs) -> Result<()> {
+    let maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
+    let env = subnet_env::read_if_present(&args.subnet_file)?;
+    let config = config_row(&maps)?;
+    let uplink = nix::net::if_::if_indextoname(config.uplink_ifindex)
+        .ok()
+        .map(|name| name.to_string_lossy().into_owned());
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+    tokio::spawn(connection);
+    let view = endpoints::read_view(&handle, &args.bridge, config.uplink_ifindex).await?;
+    let xdp_attached = match &uplink {
+        Some(name) => xdp_on(name)?,
+        None => false,
+    };
+    let pod_veths = view
+        .ports
+        .values()
+        .map(|port| PodVeth {
+            name: port.name.clone(),
+            tc_attached: tc_on(&port.name),
+        })
+        .collect();
+    let status = Status {
+        subnet_file: args.subnet_file.display().to_string(),
+        subnet: env.as_ref().map(|env| env.subnet.to_string()),
+        network: env.as_ref().map(|env| env.network.to_string()),
+        config,
+        uplink,
+        xdp_attached,
+        pod_veths,
+        peers: peers(&maps)?,
+        endpoints: endpoint_rows(&maps)?,
+        counters: stats::read_pinned(&args.bpf_pin_dir)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "lease       {} in {} ({})",
+        status.subnet.as_deref().unwrap_or("none"),
+        status.network.as_deref().unwrap_or("?"),
+        status.subnet_file
+    );
+    println!(
+        "node        {}  VNI {}  port {}  VTEP {}  strict VTEPs {}",
+        status.config.node_ip,
+        status.config.vni,
+        status.config.vxlan_port,
+        status.config.vtep_mac,
+        status.config.strict_vteps
+    );
+    println!(
+        "uplink      {} (ifindex {})  XDP {}: {}",
+        status.uplink.as_deref().unwrap_or("?"),
+        status.config.uplink_ifindex,
+        program_names::XDP_UPLINK,
+        if status.xdp_attached {
+            "attached"
+        } else {
+            "NOT attached"
+        }
+    );
+    for veth in &status.pod_veths {
+        println!(
+            "pod veth    {}  TC {}: {}",
+            veth.name,
+            program_names::TC_POD_EGRESS,
+            if veth.tc_attached {
+                "attached"
+            } else {
+                "NOT attached"
+            }
+        );
+    }
+    println!("peers       {}", status.peers.len());
+    for peer in &status.peers {
+        println!(
+            "  {:<20} {:<8} via {:<16} next hop {}",
+            peer.subnet,
+            peer.mode,
+            peer.public_ip,
+            peer.nexthop_mac.as_deref().unwrap_or("(unresolved)")
+        );
+    }
+    println!("endpoints   {}", status.endpoints.len());
+    for endpoint in &status.endpoints {
+        println!(
+            "  {:<16} {} ({})",
+            endpoint.ip,
+            endpoint.interface.as_deref().unwrap_or("-"),
+            endpoint.mac
+        );
+    }
+    println!("counters");
+    for counter in status.counters.iter().filter(|counter| counter.packets > 0) {
+        println!(
+            "  {:<24} {:>12} packets {:>14} bytes",
+            counter.name, counter.packets, counter.bytes
+        );
+    }
+    Ok(())
+}
+
+fn xdp_on(interface: &str) -> Result<bool> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "link", "show", "dev", interface])
+        .output();
+    Ok(out
+        .ok()
+        .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+        .is_some_and(|links| !links[0]["xdp"].is_null()))
+}
+
+fn tc_on(interface: &str) -> bool {
+    SchedClassifier::query_tcx(interface, TcAttachType::Ingress).is_ok_and(|(_, programs)| {
+        programs
+            .iter()
+            .any(|info| info.name_as_str() == Some(program_names::TC_POD_EGRESS))
+    })
+}
