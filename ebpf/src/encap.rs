@@ -82,13 +82,18 @@ fn decide(ctx: &mut TcContext) -> Verdict {
 
     if let Some(endpoint) = ENDPOINTS.get_ptr(EndpointKey { addr: destination }) {
         let endpoint = unsafe { *endpoint };
-        if ip.ttl <= 1 {
-            return pass(CounterId::TcPassTtlExpired);
-        }
-        decrement_ttl(ip);
-        unsafe {
-            (*eth).dst_addr = endpoint.mac;
-            (*eth).src_addr = config.gateway_mac;
+        // Sent to the gateway, the kernel would route it (TTL - 1, from the
+        // gateway's MAC); sent to the pod's own MAC, the bridge would switch
+        // it untouched. Do the same.
+        if unsafe { (*eth).dst_addr } == config.gateway_mac {
+            if ip.ttl <= 1 {
+                return pass(CounterId::TcPassTtlExpired);
+            }
+            decrement_ttl(ip);
+            unsafe {
+                (*eth).dst_addr = endpoint.mac;
+                (*eth).src_addr = config.gateway_mac;
+            }
         }
         // Into the peer pod's namespace directly: no bridge, no backlog.
         let action = unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } as i32;
@@ -109,7 +114,9 @@ fn decide(ctx: &mut TcContext) -> Verdict {
     if ip.ttl <= 1 {
         return pass(CounterId::TcPassTtlExpired);
     }
-    if !fits_after_encap(ctx, config) {
+    let header_len = usize::from(ip.vihl & 0x0f) * 4;
+    let protocol = ip.proto;
+    if !fits_after_encap(ctx, config, header_len, protocol) {
         // The kernel path fragments it or answers ICMP "fragmentation needed".
         return pass(CounterId::TcPassTooBig);
     }
@@ -132,16 +139,31 @@ fn decide(ctx: &mut TcContext) -> Verdict {
 /// Whether the packet (or each GSO segment) still fits the uplink MTU with
 /// 50 more bytes in front of it.
 #[inline(always)]
-fn fits_after_encap(ctx: &TcContext, config: &NodeConfig) -> bool {
+fn fits_after_encap(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    ip_header_len: usize,
+    protocol: u8,
+) -> bool {
     let room = config.uplink_mtu as usize - ENCAP_LEN;
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size } as usize;
     if gso_size == 0 {
         return ctx.len() as usize - ETH_LEN <= room;
     }
-    // Each segment carries gso_size payload plus the inner IPv4 and TCP
-    // headers; count the largest TCP header to be safe.
-    gso_size + IPV4_LEN + 60 <= room
+    // Each segment carries gso_size bytes of payload behind the IPv4 and
+    // transport headers.
+    let transport_len = match protocol {
+        IPPROTO_TCP => {
+            let Ok(offset_byte) = ctx.load::<u8>(ETH_LEN + ip_header_len + 12) else {
+                return false;
+            };
+            usize::from(offset_byte >> 4) * 4
+        }
+        IPPROTO_UDP => UDP_LEN,
+        _ => return false,
+    };
+    gso_size + ip_header_len + transport_len <= room
 }
 
 /// Writes outer Ethernet/IPv4/UDP/VXLAN and the inner Ethernet header into

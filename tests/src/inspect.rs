@@ -65,3 +65,13 @@ pub fn addresses(ns: &str, dev: &str) -> Result<Vec<String>> {
         })
         .collect())
 }
+
+/// (rx packets, tx packets) of `dev` in `ns`.
+pub fn packet_counts(ns: &str, dev: &str) -> Result<(u64, u64)> {
+    let links = json(&["ip", "-j", "-s", "-n", ns, "link", "show", "dev", dev])?;
+    let stats = &links.first().context("no such link")?["stats64"];
+    Ok((
+        stats["rx"]["packets"].as_u64().unwrap_or_default(),
+        stats["tx"]["packets"].as_u64().unwrap_or_default(),
+    ))
+}

@@ -554,6 +554,52 @@ impl Lab {
         .with_context(|| format!("{} ({}) cannot reach {to}", from.ns, from.ip()))
     }
 
+    /// `weft maps stats --json` on node `node` (1-based): name -> (packets, bytes).
+    pub fn counters(&self, node: usize) -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
+        let weft = self.state.weft_bin.display().to_string();
+        let pin_dir = self.node(node).pin_dir.display().to_string();
+        let out = netns::run_host(&[&weft, "maps", "stats", "--json", "--bpf-pin-dir", &pin_dir])?;
+        let counters: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(counters
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|counter| {
+                let name = counter["name"].as_str().unwrap_or_default().to_owned();
+                (
+                    name,
+                    (
+                        counter["packets"].as_u64().unwrap_or_default(),
+                        counter["bytes"].as_u64().unwrap_or_default(),
+                    ),
+                )
+            })
+            .collect())
+    }
+
+    /// Every pod pings every other once, so nodes learn their pods and
+    /// underlay neighbours (the fast path's inputs) the way traffic teaches them.
+    pub fn warm_up(&self) -> Result<()> {
+        let pods: Vec<PodState> = self.pods().cloned().collect();
+        for node in &self.state.nodes {
+            let gateway = subnet_env::read_if_present(&node.subnet_file)?
+                .ok_or_else(|| anyhow!("{} has no subnet.env", node.ns))?
+                .gateway()
+                .to_string();
+            for pod in &node.pods {
+                self.ping(pod, &gateway, 1)?;
+            }
+        }
+        for from in &pods {
+            for to in pods.iter().filter(|to| to.ns != from.ns) {
+                self.ping(from, to.ip(), 1)?;
+            }
+        }
+        // Give the agents a moment to turn what the kernel learned into map entries.
+        sleep(Duration::from_millis(300));
+        Ok(())
+    }
+
     /// Leaves the lab running when this handle is dropped.
     pub fn keep(mut self) -> LabState {
         self.keep = true;

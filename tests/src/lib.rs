@@ -13,6 +13,7 @@ pub mod netns;
 pub mod packets;
 pub mod privileged;
 pub mod process;
+pub mod traffic;
 
 pub use lab::{Backend, Dataplane, Lab, LabSpec};
 pub use privileged::privileged_test;

@@ -550,6 +550,12 @@ fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
     assert_eq!(out, expected);
     assert!(ipv4_checksum_ok(&out, 14));
     assert_counted(&before, &programs.counters(), "tc_local_redirect");
+    // Sent straight to the pod's MAC (same subnet), the bridge would switch
+    // it untouched: so does the redirect.
+    let mut switched = pod_frame(LOCAL_POD, OTHER_LOCAL_POD, Ipv4Options::default());
+    switched[0..6].copy_from_slice(&POD_MAC);
+    let (verdict, out) = programs.tc(&switched);
+    assert_eq!((verdict, out), (TC_ACT_REDIRECT, switched));
 
     let outside = pod_frame(LOCAL_POD, [8, 8, 8, 8], Ipv4Options::default());
     // One byte over the 1450 bytes an inner packet may have on a 1500 uplink.

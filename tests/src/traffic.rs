@@ -1,0 +1,122 @@
+//! Real traffic between pods, checked end to end: a TCP transfer of a
+//! deterministic pseudo-random stream whose digest both ends compute.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::netns;
+
+const CHUNK_WORDS: usize = 8192;
+
+/// xorshift64*: a cheap deterministic stream, so a dropped, duplicated or
+/// corrupted byte anywhere changes the digest.
+struct Stream(u64);
+
+impl Stream {
+    fn next_word(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// FNV-1a over 64-bit words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest(u64);
+
+impl Digest {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+}
+
+/// What a transfer moved and the digests of both ends.
+#[derive(Debug)]
+pub struct Transfer {
+    pub bytes: u64,
+    pub sent: Digest,
+    pub received: Digest,
+}
+
+/// Sends `bytes` (a multiple of 64 KiB) over TCP from pod namespace
+/// `client_ns` to `server_ip:port` in `server_ns`.
+pub fn tcp_transfer(
+    server_ns: &str,
+    server_ip: &str,
+    port: u16,
+    client_ns: &str,
+    bytes: u64,
+) -> Result<Transfer> {
+    let chunk_bytes = (CHUNK_WORDS * 8) as u64;
+    ensure!(
+        bytes % chunk_bytes == 0,
+        "transfer size must be a multiple of {chunk_bytes}"
+    );
+    let address: SocketAddr = format!("{server_ip}:{port}").parse()?;
+    let listener = netns::in_netns(server_ns, || Ok(TcpListener::bind(address)?))?;
+    std::thread::scope(|scope| {
+        let server = scope.spawn(move || -> Result<(u64, Digest)> {
+            let (mut socket, _) = listener.accept()?;
+            socket.set_read_timeout(Some(Duration::from_secs(60)))?;
+            let mut digest = Digest::new();
+            let mut buffer = vec![0u8; CHUNK_WORDS * 8];
+            let mut pending = Vec::with_capacity(8);
+            let mut total = 0u64;
+            loop {
+                let read = socket.read(&mut buffer)?;
+                if read == 0 {
+                    break;
+                }
+                total += read as u64;
+                for byte in &buffer[..read] {
+                    pending.push(*byte);
+                    if pending.len() == 8 {
+                        digest.add(u64::from_le_bytes(pending[..].try_into().expect("8 bytes")));
+                        pending.clear();
+                    }
+                }
+            }
+            Ok((total, digest))
+        });
+        let sent = netns::in_netns(client_ns, || {
+            let mut socket =
+                TcpStream::connect_timeout(&address, Duration::from_secs(5)).context("connect")?;
+            socket.set_write_timeout(Some(Duration::from_secs(60)))?;
+            let mut stream = Stream(0x9e37_79b9_7f4a_7c15);
+            let mut digest = Digest::new();
+            let mut buffer = vec![0u8; CHUNK_WORDS * 8];
+            for _ in 0..bytes / chunk_bytes {
+                for slot in buffer.chunks_exact_mut(8) {
+                    let word = stream.next_word();
+                    digest.add(word);
+                    slot.copy_from_slice(&word.to_le_bytes());
+                }
+                socket.write_all(&buffer)?;
+            }
+            socket.shutdown(std::net::Shutdown::Write)?;
+            Ok(digest)
+        })?;
+        let (received_bytes, received) = server
+            .join()
+            .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        ensure!(
+            received_bytes == bytes,
+            "received {received_bytes} of {bytes} bytes"
+        );
+        Ok(Transfer {
+            bytes,
+            sent,
+            received,
+        })
+    })
+}
