@@ -20,8 +20,8 @@ use crate::{
     csum::{decrement_ttl, ipv4_header_checksum},
     maps::{ENDPOINTS, PEERS, node_config},
     parse::{
-        ENCAP_LEN, ETH_LEN, ETH_P_IPV4_BE, IPPROTO_UDP, IPV4_LEN, UDP_LEN, VXLAN_FLAG_I,
-        VXLAN_OVERHEAD, ptr_at,
+        ENCAP_LEN, ETH_LEN, ETH_P_IPV4_BE, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, UDP_LEN,
+        VXLAN_FLAG_I, VXLAN_OVERHEAD, ptr_at,
     },
 };
 

@@ -59,7 +59,7 @@ pub fn tcp_transfer(
 ) -> Result<Transfer> {
     let chunk_bytes = (CHUNK_WORDS * 8) as u64;
     ensure!(
-        bytes % chunk_bytes == 0,
+        bytes.is_multiple_of(chunk_bytes),
         "transfer size must be a multiple of {chunk_bytes}"
     );
     let address: SocketAddr = format!("{server_ip}:{port}").parse()?;
