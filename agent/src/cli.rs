@@ -107,8 +107,9 @@ pub struct AgentArgs {
     pub healthz_port: u16,
 
     /// `kernel`: program only what flanneld programs. `ebpf`: that, plus the
-    /// eBPF programs on the uplink and pod veths.
-    #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value_t = DataplaneArg::Ebpf)]
+    /// eBPF fast path (an error if it cannot start). `auto`: `ebpf` where
+    /// the kernel supports it, else `kernel` with a warning.
+    #[arg(long, env = "WEFT_DATAPLANE", value_enum, default_value_t = DataplaneArg::Auto)]
     pub dataplane: DataplaneArg,
     /// bpffs directory where the agent pins its maps.
     #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weft")]
@@ -128,6 +129,7 @@ pub struct AgentArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DataplaneArg {
+    Auto,
     Kernel,
     Ebpf,
 }

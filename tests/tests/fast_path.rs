@@ -57,6 +57,62 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     lab.warm_up().unwrap();
     all_pairs_ping(&lab);
 
+    // What `weft maps` and `weft status` show a user on node 1.
+    let weft = lab.state.weft_bin.display().to_string();
+    let node = lab.node(1);
+    let pin_dir = node.pin_dir.display().to_string();
+    let peers: serde_json::Value = serde_json::from_str(
+        &netns::run_host(&[&weft, "maps", "peers", "--json", "--bpf-pin-dir", &pin_dir]).unwrap(),
+    )
+    .unwrap();
+    let peers = peers.as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    for peer in lab.state.nodes.iter().filter(|peer| peer.index != 1) {
+        let row = peers
+            .iter()
+            .find(|row| row["subnet"] == peer.subnet.as_str())
+            .unwrap_or_else(|| panic!("{} missing: {peers:?}", peer.subnet));
+        assert_eq!(row["mode"], "vxlan");
+        assert_eq!(row["public_ip"], peer.ip.as_str());
+        assert!(
+            row["nexthop_mac"].is_string(),
+            "next hop unresolved after warm-up: {row}"
+        );
+    }
+    let status: serde_json::Value = serde_json::from_str(
+        &netns::run(
+            &node.ns,
+            &[
+                &weft,
+                "status",
+                "--json",
+                "--bpf-pin-dir",
+                &pin_dir,
+                "--subnet-file",
+                &node.subnet_file.display().to_string(),
+            ],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["xdp_attached"], true, "{status}");
+    let subnet: ipnet::Ipv4Net = node.subnet.parse().unwrap();
+    assert_eq!(
+        status["subnet"],
+        format!("{}/{}", subnet.hosts().next().unwrap(), subnet.prefix_len()).as_str()
+    );
+    let veths = status["pod_veths"].as_array().unwrap();
+    assert_eq!(veths.len(), 2);
+    assert!(
+        veths.iter().all(|veth| veth["tc_attached"] == true),
+        "{status}"
+    );
+    assert_eq!(
+        status["endpoints"].as_array().unwrap().len(),
+        2,
+        "both local pods learned: {status}"
+    );
+
     // 50 pings n1-p1 -> n2-p1: every request is encapsulated by TC on n1
     // and decapsulated by XDP on n2, every reply the other way round.
     let (from, to) = (lab.node(1).pods[0].clone(), lab.node(2).pods[0].clone());

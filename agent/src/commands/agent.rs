@@ -81,7 +81,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     )
     .await?;
     let previous = subnet_env::read_if_present(&args.subnet_file)?;
-    let ebpf_enabled = args.dataplane == DataplaneArg::Ebpf;
+    let ebpf_enabled = args.dataplane != DataplaneArg::Kernel;
     if ebpf_enabled {
         bpffs::ensure_pin_dir(&args.bpf_pin_dir)?;
     }
@@ -140,22 +140,21 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     let mut fast_path = None;
     let (views_tx, mut views_rx) = mpsc::channel::<LocalView>(8);
     if ebpf_enabled {
-        let mut programs = EbpfDataplane::load(&args.bpf_pin_dir)?;
-        let mut maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
-        maps.set_config(node_config(
+        let node = node_config(
             &uplink,
             &config,
             vxlan.map(|device| device.mac),
             args.strict_vteps,
-        ))?;
-        let mode = programs.attach_uplink(&uplink.name, uplink.index, args.xdp_mode)?;
-        info!(iface = %uplink.name, ?mode, "XDP attached to the uplink");
-        tokio::spawn(endpoints::watch(
-            args.bridge.clone(),
-            uplink.index,
-            views_tx,
-        ));
-        fast_path = Some(FastPath::new(programs, maps, handle.clone()));
+        );
+        match start_fast_path(&args, &uplink, node, handle.clone(), views_tx) {
+            Ok(started) => fast_path = Some(started),
+            Err(error) if args.dataplane == DataplaneArg::Auto => {
+                warn!(
+                    "the eBPF fast path cannot start: {error:#}; running the kernel datapath only"
+                );
+            }
+            Err(error) => return Err(error),
+        }
     }
 
     let previous_subnet = previous.as_ref().map(|env| env.subnet.trunc());
@@ -438,4 +437,22 @@ fn node_config(
         uplink_mtu: uplink.mtu,
         flags: if strict_vteps { CONFIG_STRICT_VTEPS } else { 0 },
     }
+}
+
+/// Loads and attaches the programs, writes CONFIG, and starts following the
+/// node's pods and neighbours.
+fn start_fast_path(
+    args: &AgentArgs,
+    uplink: &Uplink,
+    node: NodeConfig,
+    handle: rtnetlink::Handle,
+    views: mpsc::Sender<LocalView>,
+) -> Result<FastPath> {
+    let mut programs = EbpfDataplane::load(&args.bpf_pin_dir)?;
+    let mut maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
+    maps.set_config(node)?;
+    let mode = programs.attach_uplink(&uplink.name, uplink.index, args.xdp_mode)?;
+    info!(iface = %uplink.name, ?mode, "XDP attached to the uplink");
+    tokio::spawn(endpoints::watch(args.bridge.clone(), uplink.index, views));
+    Ok(FastPath::new(programs, maps, handle))
 }
