@@ -7,9 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use weft_tests::{
     Backend, Dataplane, Lab, LabSpec,
     host::HostSnapshot,
+    inspect,
     lab::{self, default_weft_bin},
     netns,
     privileged::ensure_bpffs,
+    traffic,
 };
 
 #[derive(Parser)]
@@ -153,6 +155,19 @@ fn demo(name: &str) -> Result<()> {
         netns::run_host(&["ip", "-n", &lab.node(1).ns, "route", "show"])?
     );
 
+    println!("\n== warm-up: each pod pings its gateway and every other pod once");
+    println!(
+        "   (the first packet to a pod or node the agent has not seen yet takes the kernel path;"
+    );
+    println!("    the agent learns pods and underlay neighbours from the kernel as traffic flows)");
+    lab.warm_up()?;
+    let flannel_before: Vec<(u64, u64)> = lab
+        .state
+        .nodes
+        .iter()
+        .map(|node| inspect::packet_counts(&node.ns, "flannel.1"))
+        .collect::<Result<_>>()?;
+
     println!("\n== pod-to-pod traffic: 20 pings between every pair of pods");
     let pods: Vec<_> = lab.pods().cloned().collect();
     for from in &pods {
@@ -162,24 +177,66 @@ fn demo(name: &str) -> Result<()> {
                 .lines()
                 .find(|line| line.contains("packets transmitted"))
                 .unwrap_or_default();
-            println!("  {:<14} -> {:<12} {summary}", from.ns, to.ip());
+            println!("  {:<16} -> {:<13} {summary}", from.ns, to.ip());
         }
     }
+    let server = lab.node(2).pods[0].clone();
+    let client = lab.node(1).pods[0].clone();
+    println!(
+        "\n== 64 MB of TCP {} -> {}, checked end to end",
+        client.ns, server.ns
+    );
+    let started = std::time::Instant::now();
+    let transfer =
+        traffic::tcp_transfer(&server.ns, server.ip(), 5001, &client.ns, 64 * 1024 * 1024)?;
+    anyhow::ensure!(
+        transfer.sent == transfer.received,
+        "the received bytes differ from the sent ones"
+    );
+    println!(
+        "  {} bytes in {:.2?}, digests match",
+        transfer.bytes,
+        started.elapsed()
+    );
 
     let weft = spec.weft_bin.display().to_string();
-    for node in &lab.state.nodes {
+    for (node, before) in lab.state.nodes.iter().zip(&flannel_before) {
         let pin_dir = node.pin_dir.display().to_string();
-        println!("\n== {}: weft maps stats --bpf-pin-dir {pin_dir}", node.ns);
+        let subnet_file = node.subnet_file.display().to_string();
+        println!("\n== {}: weft status", node.ns);
         print!(
             "{}",
-            netns::run_host(&[&weft, "maps", "stats", "--bpf-pin-dir", &pin_dir])?
+            netns::run(
+                &node.ns,
+                &[
+                    &weft,
+                    "status",
+                    "--bpf-pin-dir",
+                    &pin_dir,
+                    "--subnet-file",
+                    &subnet_file
+                ]
+            )?
+        );
+        let after = inspect::packet_counts(&node.ns, "flannel.1")?;
+        println!(
+            "  flannel.1 (the kernel path) since the warm-up: {} packets in, {} out",
+            after.0 - before.0,
+            after.1 - before.1
         );
     }
-    let first = lab.node(1).pin_dir.join("STATS").display().to_string();
-    println!("\n== bpftool map dump pinned {first}   (BTF: named fields)");
-    let dump = netns::run_host(&["bpftool", "map", "dump", "pinned", &first]).context("bpftool")?;
-    print!("{}", dump.lines().take(24).collect::<Vec<_>>().join("\n"));
-    println!("\n  ...");
+    let pin_dir = lab.node(1).pin_dir.display().to_string();
+    println!("\n== weft maps peers --bpf-pin-dir {pin_dir}");
+    print!(
+        "{}",
+        netns::run_host(&[&weft, "maps", "peers", "--bpf-pin-dir", &pin_dir])?
+    );
+    let peers = lab.node(1).pin_dir.join("PEERS").display().to_string();
+    println!("\n== bpftool map dump pinned {peers}   (BTF: named fields)");
+    print!(
+        "{}",
+        netns::run_host(&["bpftool", "map", "dump", "pinned", &peers]).context("bpftool")?
+    );
 
     println!("\n== tearing down lab {name}");
     drop(lab);
