@@ -54,7 +54,12 @@ pub enum CounterId {
     TcPassTooBig = 24,
     TcPassTtlExpired = 25,
     TcPassEncapFailed = 26,
-    TcPassHostGw = 27,
+    /// Forwarded plain (host-gw / DirectRouting) to a peer node on the uplink.
+    TcHostGw = 27,
+    /// A plain packet for a local pod from a host-gw peer, delivered straight into the pod.
+    XdpHostGw = 28,
+    /// A plain packet for a local pod whose source is not the peer node that owns it.
+    XdpPassUnknownSource = 29,
 }
 
 /// Every counter with its stable, user-facing name, in id order.
@@ -86,7 +91,9 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     (CounterId::TcPassTooBig, "tc_pass_too_big"),
     (CounterId::TcPassTtlExpired, "tc_pass_ttl_expired"),
     (CounterId::TcPassEncapFailed, "tc_pass_encap_failed"),
-    (CounterId::TcPassHostGw, "tc_pass_host_gw"),
+    (CounterId::TcHostGw, "tc_host_gw"),
+    (CounterId::XdpHostGw, "xdp_host_gw"),
+    (CounterId::XdpPassUnknownSource, "xdp_pass_unknown_source"),
 ];
 
 /// Slots reserved in `STATS`: room to add counters without re-creating the

@@ -2,14 +2,16 @@
 //! straight into the pod's veth; everything else goes to the kernel path
 //! (`XDP_PASS`), counted by reason.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
-use weft_common::{CONFIG_STRICT_VTEPS, CounterId, EndpointKey, VtepKey};
+use weft_common::{CONFIG_STRICT_VTEPS, CounterId, EndpointKey, NodeConfig, PeerMode, VtepKey};
 
 use crate::{
     counters::count,
     csum::decrement_ttl,
-    maps::{ENDPOINTS, VTEPS, node_config},
+    maps::{ENDPOINTS, PEERS, VTEPS, node_config},
     parse::{
         ETH_LEN, ETH_P_8021AD_BE, ETH_P_8021Q_BE, ETH_P_IPV4_BE, IP_MF_OFFSET_MASK, IPPROTO_UDP,
         IPV4_LEN, UDP_LEN, VXLAN_FLAG_I, VXLAN_OVERHEAD, ptr_at,
@@ -41,8 +43,10 @@ fn decide(ctx: &XdpContext) -> Verdict {
     let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
         return pass(CounterId::XdpPassTruncated);
     };
-    // SAFETY: every pointer below comes from ptr_at, inside the packet.
-    let ether_type = unsafe { (*eth).ether_type };
+    // SAFETY: every pointer below comes from ptr_at, inside the packet, and
+    // no two references to the same header are alive at once.
+    let eth = unsafe { &mut *eth };
+    let ether_type = eth.ether_type;
     if ether_type == ETH_P_8021Q_BE || ether_type == ETH_P_8021AD_BE {
         return pass(CounterId::XdpPassVlan);
     }
@@ -52,7 +56,7 @@ fn decide(ctx: &XdpContext) -> Verdict {
     let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, ETH_LEN) else {
         return pass(CounterId::XdpPassTruncated);
     };
-    let ip = unsafe { &*ip };
+    let ip = unsafe { &mut *ip };
     if ip.vihl >> 4 != 4 {
         return pass(CounterId::XdpPassNotIpv4);
     }
@@ -63,7 +67,8 @@ fn decide(ctx: &XdpContext) -> Verdict {
         return pass(CounterId::XdpPassFragment);
     }
     if ip.dst_addr != config.node_ip {
-        return pass(CounterId::XdpPassNotForNode);
+        // Not for this node: maybe a plain (host-gw) packet for one of its pods.
+        return deliver_plain(eth, ip, config);
     }
     if ip.proto != IPPROTO_UDP {
         return pass(CounterId::XdpPassNotVxlan);
@@ -122,4 +127,32 @@ fn decide(ctx: &XdpContext) -> Verdict {
     }
     let action = unsafe { aya_ebpf::helpers::bpf_redirect(endpoint.ifindex, 0) } as u32;
     Verdict(action, CounterId::XdpDecap)
+}
+
+/// host-gw (and DirectRouting) delivery: a plain IPv4 packet routed to this
+/// node for one of its pods goes straight into the pod, as the kernel would
+/// route it (TTL - 1, from the gateway's MAC), but only when it comes from
+/// the peer node that owns its source subnet: the frame's source MAC must be
+/// that node's, as the agent resolved it. Anything else is the kernel's.
+#[inline(always)]
+fn deliver_plain(eth: &mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig) -> Verdict {
+    let Some(endpoint) = ENDPOINTS.get_ptr(EndpointKey { addr: ip.dst_addr }) else {
+        return pass(CounterId::XdpPassNotForNode);
+    };
+    // SAFETY: a map value pointer from a successful lookup.
+    let endpoint = unsafe { *endpoint };
+    let Some(peer) = PEERS.get(&Key::new(32, ip.src_addr)) else {
+        return pass(CounterId::XdpPassUnknownSource);
+    };
+    if peer.mode != PeerMode::HostGw as u8 || peer.nexthop_mac != eth.src_addr {
+        return pass(CounterId::XdpPassUnknownSource);
+    }
+    if ip.ttl <= 1 {
+        return pass(CounterId::XdpPassTtlExpired);
+    }
+    decrement_ttl(ip);
+    eth.dst_addr = endpoint.mac;
+    eth.src_addr = config.gateway_mac;
+    let action = unsafe { aya_ebpf::helpers::bpf_redirect(endpoint.ifindex, 0) } as u32;
+    Verdict(action, CounterId::XdpHostGw)
 }

@@ -103,9 +103,6 @@ fn decide(ctx: &mut TcContext) -> Verdict {
     let Some(peer) = PEERS.get(&Key::new(32, destination)).copied() else {
         return pass(CounterId::TcPassNoRoute);
     };
-    if peer.mode != PeerMode::Vxlan as u8 {
-        return pass(CounterId::TcPassHostGw);
-    }
     if peer.nexthop_mac == [0; 6] {
         // The agent has not resolved the underlay neighbour yet; the kernel
         // path resolves it meanwhile.
@@ -116,7 +113,20 @@ fn decide(ctx: &mut TcContext) -> Verdict {
     }
     let header_len = usize::from(ip.vihl & 0x0f) * 4;
     let protocol = ip.proto;
-    if !fits_after_encap(ctx, config, header_len, protocol) {
+    if peer.mode == PeerMode::HostGw as u8 {
+        // host-gw / DirectRouting: routed as is, to the peer node's MAC.
+        if !fits(ctx, config, 0, header_len, protocol) {
+            return pass(CounterId::TcPassTooBig);
+        }
+        decrement_ttl(ip);
+        unsafe {
+            (*eth).dst_addr = peer.nexthop_mac;
+            (*eth).src_addr = config.uplink_mac;
+        }
+        let action = unsafe { bpf_redirect(config.uplink_ifindex, 0) } as i32;
+        return Verdict(action, CounterId::TcHostGw);
+    }
+    if !fits(ctx, config, ENCAP_LEN, header_len, protocol) {
         // The kernel path fragments it or answers ICMP "fragmentation needed".
         return pass(CounterId::TcPassTooBig);
     }
@@ -136,16 +146,17 @@ fn decide(ctx: &mut TcContext) -> Verdict {
     Verdict(action, CounterId::TcEncap)
 }
 
-/// Whether the packet (or each GSO segment) still fits the uplink MTU with
-/// 50 more bytes in front of it.
+/// Whether the packet (or each GSO segment) fits the uplink MTU with
+/// `overhead` more bytes in front of it.
 #[inline(always)]
-fn fits_after_encap(
+fn fits(
     ctx: &TcContext,
     config: &NodeConfig,
+    overhead: usize,
     ip_header_len: usize,
     protocol: u8,
 ) -> bool {
-    let room = config.uplink_mtu as usize - ENCAP_LEN;
+    let room = config.uplink_mtu as usize - overhead;
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size } as usize;
     if gso_size == 0 {

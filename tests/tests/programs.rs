@@ -37,6 +37,10 @@ const LOCAL_POD: [u8; 4] = [10, 244, 1, 2];
 const OTHER_LOCAL_POD: [u8; 4] = [10, 244, 1, 3];
 const REMOTE_POD: [u8; 4] = [10, 244, 2, 7];
 const POD_IFINDEX: u32 = 42;
+/// A host-gw peer node: its pods' subnet, address and uplink MAC.
+const HOSTGW_POD: [u8; 4] = [10, 244, 3, 5];
+const HOSTGW_NODE_IP: [u8; 4] = [192, 168, 77, 3];
+const HOSTGW_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const UPLINK_IFINDEX: u32 = 2;
 const VNI: u32 = 1;
 const PORT: u16 = 8472;
@@ -90,7 +94,24 @@ impl Programs {
             HashMap::try_from(programs.ebpf.map_mut("VTEPS").unwrap()).unwrap();
         vteps.insert(VtepKey { addr: PEER_IP }, 1, 0).unwrap();
         programs.set_peer(NEXTHOP_MAC);
+        programs.set_host_gw_peer(HOSTGW_NODE_MAC);
         programs
+    }
+
+    fn set_host_gw_peer(&mut self, nexthop_mac: [u8; 6]) {
+        let mut peers: LpmTrie<_, [u8; 4], Peer> =
+            LpmTrie::try_from(self.ebpf.map_mut("PEERS").unwrap()).unwrap();
+        let peer = Peer {
+            public_ip: HOSTGW_NODE_IP,
+            vni: 0,
+            vtep_mac: [0; 6],
+            nexthop_mac,
+            mode: PeerMode::HostGw as u8,
+            _pad: [0; 3],
+        };
+        peers
+            .insert(&Key::new(24, [10, 244, 3, 0]), peer, 0)
+            .unwrap();
     }
 
     fn set_peer(&mut self, nexthop_mac: [u8; 6]) {
@@ -597,6 +618,217 @@ fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
     programs.set_peer([0; 6]);
     let before = programs.counters();
     let frame = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());
+    assert_eq!(programs.tc(&frame), (TC_ACT_OK, frame));
+    assert_counted(&before, &programs.counters(), "tc_pass_no_neighbour");
+}
+
+/// A plain frame from the host-gw peer node's uplink, for `dst`.
+fn host_gw_frame(src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], opts: Ipv4Options) -> Vec<u8> {
+    eth(
+        UPLINK_MAC,
+        src_mac,
+        ETH_P_IPV4,
+        &ipv4(src, dst, IPPROTO_ICMP, &icmp_echo(56), opts),
+    )
+}
+
+#[test]
+fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
+    let Some(_guard) = privileged_test("xdp_delivers_host_gw_packets_from_the_owning_peer_only")
+    else {
+        return;
+    };
+    let programs = Programs::load(true);
+    let before = programs.counters();
+    let frame = host_gw_frame(
+        HOSTGW_NODE_MAC,
+        HOSTGW_POD,
+        LOCAL_POD,
+        Ipv4Options::default(),
+    );
+    let (verdict, out) = programs.xdp(&frame);
+    assert_eq!(verdict, XDP_REDIRECT);
+    let mut expected = host_gw_frame(
+        HOSTGW_NODE_MAC,
+        HOSTGW_POD,
+        LOCAL_POD,
+        Ipv4Options {
+            ttl: 63,
+            ..Default::default()
+        },
+    );
+    expected[0..6].copy_from_slice(&POD_MAC);
+    expected[6..12].copy_from_slice(&GATEWAY_MAC);
+    assert_eq!(out, expected);
+    assert!(ipv4_checksum_ok(&out, 14));
+    assert_counted(&before, &programs.counters(), "xdp_host_gw");
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "TTL 1",
+            host_gw_frame(
+                HOSTGW_NODE_MAC,
+                HOSTGW_POD,
+                LOCAL_POD,
+                Ipv4Options {
+                    ttl: 1,
+                    ..Default::default()
+                },
+            ),
+            "xdp_pass_ttl_expired",
+        ),
+        (
+            "TTL 0",
+            host_gw_frame(
+                HOSTGW_NODE_MAC,
+                HOSTGW_POD,
+                LOCAL_POD,
+                Ipv4Options {
+                    ttl: 0,
+                    ..Default::default()
+                },
+            ),
+            "xdp_pass_ttl_expired",
+        ),
+        (
+            "IPv4 options",
+            host_gw_frame(
+                HOSTGW_NODE_MAC,
+                HOSTGW_POD,
+                LOCAL_POD,
+                Ipv4Options {
+                    options: &[1, 1, 1, 0],
+                    ..Default::default()
+                },
+            ),
+            "xdp_pass_ip_options",
+        ),
+        (
+            "fragment",
+            host_gw_frame(
+                HOSTGW_NODE_MAC,
+                HOSTGW_POD,
+                LOCAL_POD,
+                Ipv4Options {
+                    frag: 0x2000,
+                    ..Default::default()
+                },
+            ),
+            "xdp_pass_fragment",
+        ),
+        (
+            "from another MAC",
+            host_gw_frame(
+                [0x02, 0, 0, 0, 0, 0x66],
+                HOSTGW_POD,
+                LOCAL_POD,
+                Ipv4Options::default(),
+            ),
+            "xdp_pass_unknown_source",
+        ),
+        (
+            "from outside every peer subnet",
+            host_gw_frame(
+                HOSTGW_NODE_MAC,
+                [10, 9, 9, 9],
+                LOCAL_POD,
+                Ipv4Options::default(),
+            ),
+            "xdp_pass_unknown_source",
+        ),
+        (
+            "claiming a VXLAN peer's pod",
+            host_gw_frame(NEXTHOP_MAC, REMOTE_POD, LOCAL_POD, Ipv4Options::default()),
+            "xdp_pass_unknown_source",
+        ),
+        (
+            "not for a local pod",
+            host_gw_frame(
+                HOSTGW_NODE_MAC,
+                HOSTGW_POD,
+                [10, 244, 1, 99],
+                Ipv4Options::default(),
+            ),
+            "xdp_pass_not_for_node",
+        ),
+    ];
+    for (what, frame, counter) in cases {
+        let before = programs.counters();
+        let (verdict, out) = programs.xdp(&frame);
+        assert_eq!(verdict, XDP_PASS, "{what}");
+        assert_eq!(out, frame, "{what}: a passed frame must be untouched");
+        assert_counted(&before, &programs.counters(), counter);
+    }
+}
+
+#[test]
+fn the_ttl_decrement_keeps_the_header_checksum_valid_for_every_header() {
+    let Some(_guard) =
+        privileged_test("the_ttl_decrement_keeps_the_header_checksum_valid_for_every_header")
+    else {
+        return;
+    };
+    let programs = Programs::load(true);
+    // Every TTL, with ids chosen to walk the checksum through its carries
+    // (including the 0xffff/0x0000 corner).
+    for ttl in 2..=255u8 {
+        for id in [
+            0u16,
+            1,
+            0x00ff,
+            0x7fff,
+            0xfeff,
+            0xffff,
+            u16::from(ttl) * 257,
+        ] {
+            let frame = host_gw_frame(
+                HOSTGW_NODE_MAC,
+                HOSTGW_POD,
+                LOCAL_POD,
+                Ipv4Options {
+                    ttl,
+                    id,
+                    ..Default::default()
+                },
+            );
+            let (verdict, out) = programs.xdp(&frame);
+            assert_eq!(verdict, XDP_REDIRECT);
+            assert_eq!(out[22], ttl - 1);
+            assert!(
+                ipv4_checksum_ok(&out, 14),
+                "bad checksum after TTL {ttl} -> {}, id {id:#x}",
+                ttl - 1
+            );
+        }
+    }
+}
+
+#[test]
+fn tc_forwards_to_host_gw_peers_by_their_node_mac() {
+    let Some(_guard) = privileged_test("tc_forwards_to_host_gw_peers_by_their_node_mac") else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    let before = programs.counters();
+    let frame = pod_frame(LOCAL_POD, [10, 244, 3, 9], Ipv4Options::default());
+    let (verdict, out) = programs.tc(&frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let mut expected = pod_frame(
+        LOCAL_POD,
+        [10, 244, 3, 9],
+        Ipv4Options {
+            ttl: 63,
+            ..Default::default()
+        },
+    );
+    expected[0..6].copy_from_slice(&HOSTGW_NODE_MAC);
+    expected[6..12].copy_from_slice(&UPLINK_MAC);
+    assert_eq!(out, expected);
+    assert!(ipv4_checksum_ok(&out, 14));
+    assert_counted(&before, &programs.counters(), "tc_host_gw");
+    // Unknown neighbour: the kernel resolves it, the agent fills it in later.
+    programs.set_host_gw_peer([0; 6]);
+    let before = programs.counters();
     assert_eq!(programs.tc(&frame), (TC_ACT_OK, frame));
     assert_counted(&before, &programs.counters(), "tc_pass_no_neighbour");
 }
