@@ -8,15 +8,17 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
+use ipnet::Ipv4Net;
 use netlink_packet_route::{
     AddressFamily,
     link::LinkAttribute,
     neighbour::{NeighbourMessage, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
 };
 use netlink_sys::{AsyncSocket as _, SocketAddr};
 use rtnetlink::{
-    Handle,
-    constants::{RTMGRP_LINK, RTMGRP_NEIGH},
+    Handle, RouteMessageBuilder,
+    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
 };
 use tokio::sync::mpsc;
 
@@ -55,6 +57,25 @@ pub struct LocalView {
     pub pods: BTreeMap<Ipv4Addr, LocalPod>,
     /// Resolved neighbours on the uplink: IPv4 -> MAC.
     pub uplink_neighbours: BTreeMap<Ipv4Addr, MacAddr>,
+    /// Main-table routes out of the uplink: destination -> gateway (None:
+    /// on-link), to find the underlay next hop of a peer node.
+    pub uplink_routes: BTreeMap<Ipv4Net, Option<Ipv4Addr>>,
+}
+
+impl LocalView {
+    /// The underlay MAC that frames for `address` go to: the address's own
+    /// if it is on-link, else its gateway's, by longest prefix match over
+    /// the uplink's routes; None while unrouted or unresolved.
+    pub fn next_hop_mac(&self, address: Ipv4Addr) -> Option<MacAddr> {
+        let (_, gateway) = self
+            .uplink_routes
+            .iter()
+            .filter(|(destination, _)| destination.contains(&address))
+            .max_by_key(|(destination, _)| destination.prefix_len())?;
+        self.uplink_neighbours
+            .get(&gateway.unwrap_or(address))
+            .copied()
+    }
 }
 
 /// Sends the view at start and whenever it changes. Returns only on error
@@ -66,8 +87,11 @@ pub async fn watch(bridge: String, uplink: u32, views: mpsc::Sender<LocalView>) 
     connection
         .socket_mut()
         .socket_mut()
-        .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_NEIGH))
-        .context("cannot subscribe to link and neighbour events")?;
+        .bind(&SocketAddr::new(
+            0,
+            RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE,
+        ))
+        .context("cannot subscribe to link, neighbour and route events")?;
     tokio::spawn(connection);
 
     let mut last_sent: Option<LocalView> = None;
@@ -108,7 +132,42 @@ pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<Loc
         .try_collect()
         .await
         .context("cannot list the bridge forwarding database")?;
+    let routes: Vec<RouteMessage> = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .context("cannot list routes")?;
     let mut view = LocalView {
+        uplink_routes: routes
+            .iter()
+            .filter(|route| route.header.table == RouteHeader::RT_TABLE_MAIN)
+            .filter(|route| {
+                route
+                    .attributes
+                    .iter()
+                    .any(|attr| matches!(attr, RouteAttribute::Oif(index) if *index == uplink))
+            })
+            .filter_map(|route| {
+                let destination = route
+                    .attributes
+                    .iter()
+                    .find_map(|attr| match attr {
+                        RouteAttribute::Destination(RouteAddress::Inet(address)) => Some(*address),
+                        _ => None,
+                    })
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                let gateway = route.attributes.iter().find_map(|attr| match attr {
+                    RouteAttribute::Gateway(RouteAddress::Inet(address)) => Some(*address),
+                    _ => None,
+                });
+                Some((
+                    Ipv4Net::new(destination, route.header.destination_prefix_length).ok()?,
+                    gateway,
+                ))
+            })
+            .collect(),
         uplink_neighbours: neighbours
             .iter()
             .filter(|entry| entry.header.ifindex == uplink && usable(entry))

@@ -75,3 +75,24 @@ pub fn packet_counts(ns: &str, dev: &str) -> Result<(u64, u64)> {
         stats["tx"]["packets"].as_u64().unwrap_or_default(),
     ))
 }
+
+/// How many packets the IPv4 stack of `ns` forwarded (routed) so far:
+/// `ForwDatagrams` from /proc/net/snmp, read by a process inside `ns`.
+pub fn forwarded_datagrams(ns: &str) -> Result<u64> {
+    let snmp = netns::run(ns, &["cat", "/proc/net/snmp"])?;
+    let mut ip_lines = snmp.lines().filter(|line| line.starts_with("Ip:"));
+    let (names, values) = (
+        ip_lines.next().context("no Ip: header")?,
+        ip_lines.next().context("no Ip: values")?,
+    );
+    let column = names
+        .split_whitespace()
+        .position(|name| name == "ForwDatagrams")
+        .context("no ForwDatagrams")?;
+    values
+        .split_whitespace()
+        .nth(column)
+        .context("short Ip: line")?
+        .parse()
+        .context("ForwDatagrams is not a number")
+}

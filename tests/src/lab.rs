@@ -37,6 +37,10 @@ use crate::{
 
 pub const RUN_ROOT: &str = "/run/weft-lab";
 pub const UNDERLAY_BRIDGE: &str = "ul0";
+/// The second underlay segment's bridge (labs with `second_segment_from`),
+/// at 192.168.78.254/24; the underlay namespace routes between the two.
+pub const SECOND_BRIDGE: &str = "ul1";
+pub const SECOND_GATEWAY: &str = "192.168.78.254";
 pub const UNDERLAY_GATEWAY: &str = "192.168.77.254";
 pub const UNDERLAY_PREFIX: u8 = 24;
 pub const POD_NETWORK: &str = "10.244.0.0/16";
@@ -105,6 +109,9 @@ pub struct LabSpec {
     pub agent_args: Vec<String>,
     /// A network config to write instead of the backend's default one.
     pub network_config: Option<String>,
+    /// Nodes from this index (1-based) on sit on a second underlay segment,
+    /// 192.168.78.0/24, one routed hop away from the first.
+    pub second_segment_from: Option<usize>,
 }
 
 impl LabSpec {
@@ -128,6 +135,7 @@ impl LabSpec {
             ip_masq: false,
             agent_args: Vec::new(),
             network_config: None,
+            second_segment_from: None,
         }
     }
 }
@@ -150,6 +158,7 @@ pub struct LabState {
     pub etcd_endpoint: String,
     pub ip_masq: bool,
     pub agent_args: Vec<String>,
+    pub second_segment_from: Option<usize>,
     pub nodes: Vec<NodeState>,
 }
 
@@ -218,6 +227,7 @@ impl Lab {
                 etcd_endpoint: format!("http://{UNDERLAY_GATEWAY}:{}", etcd::CLIENT_PORT),
                 ip_masq: spec.ip_masq,
                 agent_args: spec.agent_args.clone(),
+                second_segment_from: spec.second_segment_from,
                 nodes: Vec::new(),
             },
             keep: false,
@@ -326,6 +336,31 @@ impl Lab {
             UNDERLAY_BRIDGE,
         ])?;
         netns::run_host(&["ip", "-n", ul, "link", "set", UNDERLAY_BRIDGE, "up"])?;
+        if self.state.second_segment_from.is_some() {
+            netns::run_host(&[
+                "ip",
+                "-n",
+                ul,
+                "link",
+                "add",
+                SECOND_BRIDGE,
+                "type",
+                "bridge",
+            ])?;
+            netns::run_host(&[
+                "ip",
+                "-n",
+                ul,
+                "addr",
+                "add",
+                &format!("{SECOND_GATEWAY}/{UNDERLAY_PREFIX}"),
+                "dev",
+                SECOND_BRIDGE,
+            ])?;
+            netns::run_host(&["ip", "-n", ul, "link", "set", SECOND_BRIDGE, "up"])?;
+            // The underlay namespace is the router between the segments.
+            netns::sysctl(ul, "net/ipv4/ip_forward", "1")?;
+        }
         Ok(())
     }
 
@@ -333,7 +368,19 @@ impl Lab {
         let ns = format!("{}-n{index}", self.state.name);
         let ul = &self.state.underlay_ns;
         let ul_port = format!("n{index}");
-        let ip = format!("192.168.77.{index}");
+        let second = self
+            .state
+            .second_segment_from
+            .is_some_and(|first| index >= first);
+        let (bridge, gateway, ip) = if second {
+            (SECOND_BRIDGE, SECOND_GATEWAY, format!("192.168.78.{index}"))
+        } else {
+            (
+                UNDERLAY_BRIDGE,
+                UNDERLAY_GATEWAY,
+                format!("192.168.77.{index}"),
+            )
+        };
         netns::add(&ns)?;
         // Both ends are created directly in their namespaces: nothing ever
         // appears in the host namespace, so labs cannot collide there.
@@ -342,15 +389,7 @@ impl Lab {
             &ul_port, "netns", ul,
         ])?;
         netns::run_host(&[
-            "ip",
-            "-n",
-            ul,
-            "link",
-            "set",
-            &ul_port,
-            "master",
-            UNDERLAY_BRIDGE,
-            "up",
+            "ip", "-n", ul, "link", "set", &ul_port, "master", bridge, "up",
         ])?;
         netns::run_host(&[
             "ip",
@@ -363,6 +402,11 @@ impl Lab {
             UPLINK,
         ])?;
         netns::run_host(&["ip", "-n", &ns, "link", "set", UPLINK, "up"])?;
+        // Everything off the segment (etcd on the other one, for a start)
+        // goes through the segment's gateway.
+        netns::run_host(&[
+            "ip", "-n", &ns, "route", "add", "default", "via", gateway, "dev", UPLINK,
+        ])?;
         // A wire carries MTU-sized frames: no veth super-frames; GRO on, as a
         // NIC driver does.
         netns::run(

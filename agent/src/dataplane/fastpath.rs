@@ -19,7 +19,7 @@ use weft_common::{
 };
 
 use super::kernel::PeerRoute;
-use crate::{endpoints::LocalPod, lease::MacAddr};
+use crate::endpoints::{LocalPod, LocalView};
 
 pub struct FastPathMaps {
     peers: LpmTrie<MapData, PeerAddr, Peer>,
@@ -227,7 +227,7 @@ impl FastPathMaps {
 pub fn desired_peers(
     routes: &BTreeMap<Ipv4Net, PeerRoute>,
     vni: u32,
-    neighbours: &BTreeMap<Ipv4Addr, MacAddr>,
+    view: &LocalView,
 ) -> BTreeMap<Ipv4Net, Peer> {
     routes
         .iter()
@@ -240,8 +240,8 @@ pub fn desired_peers(
                 } => (*public_ip, vtep_mac.0, PeerMode::Vxlan),
                 PeerRoute::Direct { public_ip, .. } => (*public_ip, [0; 6], PeerMode::HostGw),
             };
-            let nexthop_mac = neighbours
-                .get(&public_ip)
+            let nexthop_mac = view
+                .next_hop_mac(public_ip)
                 .map(|mac| mac.0)
                 .unwrap_or_default();
             let peer = Peer {
@@ -264,7 +264,7 @@ pub struct FastPath {
     pub programs: super::ebpf::EbpfDataplane,
     pub maps: FastPathMaps,
     handle: rtnetlink::Handle,
-    view: crate::endpoints::LocalView,
+    view: LocalView,
     routes: BTreeMap<Ipv4Net, PeerRoute>,
 }
 
@@ -290,7 +290,7 @@ impl FastPath {
     }
 
     /// The kernel's view of pods, ports and neighbours changed.
-    pub async fn on_view(&mut self, view: crate::endpoints::LocalView) {
+    pub async fn on_view(&mut self, view: LocalView) {
         for (index, port) in view
             .ports
             .iter()
@@ -309,7 +309,8 @@ impl FastPath {
         if let Err(error) = self.maps.set_config(config) {
             warn!("{error:#}");
         }
-        let neighbours_changed = view.uplink_neighbours != self.view.uplink_neighbours;
+        let neighbours_changed = view.uplink_neighbours != self.view.uplink_neighbours
+            || view.uplink_routes != self.view.uplink_routes;
         self.view = view;
         if neighbours_changed {
             self.sync_peers();
@@ -337,7 +338,7 @@ impl FastPath {
 
     fn sync_peers(&mut self) {
         let vni = self.maps.cached_config().vni;
-        let desired = desired_peers(&self.routes, vni, &self.view.uplink_neighbours);
+        let desired = desired_peers(&self.routes, vni, &self.view);
         if let Err(error) = self.maps.sync_peers(&desired) {
             warn!("{error:#}");
         }
@@ -347,6 +348,7 @@ impl FastPath {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::MacAddr;
 
     #[test]
     fn desired_peers_carry_mode_vtep_and_resolved_next_hop() {
@@ -369,8 +371,15 @@ mod tests {
                 },
             ),
         ]);
-        let neighbours = BTreeMap::from([(Ipv4Addr::new(192, 168, 77, 2), MacAddr([0xaa; 6]))]);
-        let peers = desired_peers(&routes, 1, &neighbours);
+        let view = LocalView {
+            uplink_neighbours: BTreeMap::from([(
+                Ipv4Addr::new(192, 168, 77, 2),
+                MacAddr([0xaa; 6]),
+            )]),
+            uplink_routes: BTreeMap::from([("192.168.77.0/24".parse().unwrap(), None)]),
+            ..LocalView::default()
+        };
+        let peers = desired_peers(&routes, 1, &view);
         let vxlan = peers[&vxlan_subnet];
         assert_eq!(
             (vxlan.mode, vxlan.vni, vxlan.vtep_mac, vxlan.nexthop_mac),
@@ -382,6 +391,47 @@ mod tests {
             (direct.mode, direct.nexthop_mac),
             (PeerMode::HostGw as u8, [0; 6]),
             "unresolved next hop must stay zero"
+        );
+    }
+}
+
+#[cfg(test)]
+mod next_hop_tests {
+    use std::net::Ipv4Addr;
+
+    use super::LocalView;
+    use crate::lease::MacAddr;
+
+    #[test]
+    fn off_link_peers_are_reached_through_their_gateways_mac() {
+        let router = Ipv4Addr::new(192, 168, 77, 254);
+        let view = LocalView {
+            uplink_routes: [
+                ("192.168.77.0/24".parse().unwrap(), None),
+                ("0.0.0.0/0".parse().unwrap(), Some(router)),
+            ]
+            .into(),
+            uplink_neighbours: [
+                (router, MacAddr([0xee; 6])),
+                (Ipv4Addr::new(192, 168, 77, 2), MacAddr([0x22; 6])),
+            ]
+            .into(),
+            ..LocalView::default()
+        };
+        assert_eq!(
+            view.next_hop_mac(Ipv4Addr::new(192, 168, 77, 2)),
+            Some(MacAddr([0x22; 6])),
+            "on-link: its own MAC"
+        );
+        assert_eq!(
+            view.next_hop_mac(Ipv4Addr::new(192, 168, 78, 3)),
+            Some(MacAddr([0xee; 6])),
+            "off-link: the router's"
+        );
+        assert_eq!(
+            view.next_hop_mac(Ipv4Addr::new(192, 168, 77, 9)),
+            None,
+            "unresolved"
         );
     }
 }

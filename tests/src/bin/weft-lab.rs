@@ -110,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
                 ip_masq: args.ip_masq,
                 agent_args: Vec::new(),
                 network_config: None,
+                second_segment_from: None,
             };
             let state = Lab::up(&spec)?.keep();
             print!("{}", lab::status(&state.name)?);

@@ -1,0 +1,210 @@
+//! The eBPF fast path with host-gw and DirectRouting: plain packets between
+//! nodes on one segment skip the routing table on both ends, a stock kernel
+//! node interoperates, and DirectRouting picks host-gw or VXLAN per peer.
+
+use std::collections::BTreeMap;
+
+use weft_tests::{
+    Backend, Dataplane, Lab, LabSpec, inspect, lab::PodState, netns, privileged_test,
+    traffic::tcp_transfer,
+};
+
+fn delta(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    name: &str,
+) -> (u64, u64) {
+    (
+        after[name].0 - before[name].0,
+        after[name].1 - before[name].1,
+    )
+}
+
+fn all_pairs_ping(lab: &Lab) {
+    let pods: Vec<PodState> = lab.pods().cloned().collect();
+    for from in &pods {
+        for to in pods.iter().filter(|to| to.ns != from.ns) {
+            let out = lab.ping(from, to.ip(), 2).unwrap();
+            assert!(
+                out.contains("2 received"),
+                "{} -> {}: {out}",
+                from.ns,
+                to.ip()
+            );
+        }
+    }
+}
+
+fn host_gw(name: &str) -> LabSpec {
+    let mut spec = LabSpec::new(name, 3, 2);
+    spec.backend = Backend::HostGw;
+    spec
+}
+
+#[test]
+fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
+    let Some(_guard) = privileged_test("host_gw_traffic_skips_the_routing_table_on_both_nodes")
+    else {
+        return;
+    };
+    let lab = Lab::up(&host_gw("t-hg-fast")).unwrap();
+    lab.warm_up().unwrap();
+    all_pairs_ping(&lab);
+    let (client, server) = (lab.node(1).pods[0].clone(), lab.node(3).pods[1].clone());
+    let before = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
+    let forwarded = [
+        inspect::forwarded_datagrams(&lab.node(1).ns).unwrap(),
+        inspect::forwarded_datagrams(&lab.node(3).ns).unwrap(),
+    ];
+    let transfer =
+        tcp_transfer(&server.ns, server.ip(), 5003, &client.ns, 200 * 1024 * 1024).unwrap();
+    assert_eq!(
+        transfer.sent, transfer.received,
+        "the received bytes differ from the sent ones"
+    );
+    let after = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
+    let (_, sent) = delta(&before[0], &after[0], "tc_host_gw");
+    let (_, delivered) = delta(&before[1], &after[1], "xdp_host_gw");
+    assert!(
+        sent >= transfer.bytes,
+        "TC forwarded {sent} bytes of a {} byte transfer",
+        transfer.bytes
+    );
+    assert!(
+        delivered >= transfer.bytes,
+        "XDP delivered {delivered} bytes of a {} byte transfer",
+        transfer.bytes
+    );
+    // The kernel routed (almost) nothing: only what is not the pods' (ARP
+    // is not routed, so strictly nothing of the transfer).
+    let forwarded_after = [
+        inspect::forwarded_datagrams(&lab.node(1).ns).unwrap(),
+        inspect::forwarded_datagrams(&lab.node(3).ns).unwrap(),
+    ];
+    for (node, (was, is)) in [
+        (1, (forwarded[0], forwarded_after[0])),
+        (3, (forwarded[1], forwarded_after[1])),
+    ] {
+        assert!(
+            is - was < 10,
+            "node {node}'s routing table forwarded {} datagrams of the transfer",
+            is - was
+        );
+    }
+}
+
+#[test]
+fn a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other() {
+    let Some(_guard) =
+        privileged_test("a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other")
+    else {
+        return;
+    };
+    let mut spec = host_gw("t-hg-mixed");
+    spec.node_dataplanes = vec![Dataplane::Kernel, Dataplane::Ebpf, Dataplane::Ebpf];
+    let lab = Lab::up(&spec).unwrap();
+    lab.warm_up().unwrap();
+    let stock = inspect::forwarded_datagrams(&lab.node(1).ns).unwrap();
+    let fast = lab.counters(2).unwrap();
+    all_pairs_ping(&lab);
+    assert!(
+        inspect::forwarded_datagrams(&lab.node(1).ns).unwrap() > stock,
+        "the stock node routed nothing"
+    );
+    let fast_after = lab.counters(2).unwrap();
+    assert!(
+        delta(&fast, &fast_after, "tc_host_gw").0 > 0
+            && delta(&fast, &fast_after, "xdp_host_gw").0 > 0
+    );
+}
+
+#[test]
+fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
+    let Some(_guard) =
+        privileged_test("direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router")
+    else {
+        return;
+    };
+    // Nodes 1 and 2 share 192.168.77.0/24; node 3 sits on 192.168.78.0/24,
+    // behind the underlay namespace acting as a router.
+    let mut spec = LabSpec::new("t-hg-direct", 3, 1);
+    spec.network_config = Some(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#.to_owned(),
+    );
+    spec.second_segment_from = Some(3);
+    let lab = Lab::up(&spec).unwrap();
+    assert_eq!(lab.node(3).ip, "192.168.78.3");
+    lab.warm_up().unwrap();
+    all_pairs_ping(&lab);
+
+    // The kernel path decided per peer as flanneld does...
+    let (n1, n2, n3) = (lab.node(1), lab.node(2), lab.node(3));
+    let to_n2 = inspect::routes_to(&n1.ns, &n2.subnet).unwrap();
+    assert!(
+        to_n2.len() == 1 && to_n2[0]["gateway"] == n2.ip.as_str() && to_n2[0]["dev"] == "eth0",
+        "{to_n2:?}"
+    );
+    let to_n3 = inspect::routes_to(&n1.ns, &n3.subnet).unwrap();
+    assert!(
+        to_n3.len() == 1 && to_n3[0]["dev"] == "flannel.1",
+        "{to_n3:?}"
+    );
+    // ...and so did the fast path, with the router's MAC as next hop for node 3.
+    let weft = lab.state.weft_bin.display().to_string();
+    let peers: serde_json::Value = serde_json::from_str(
+        &netns::run_host(&[
+            &weft,
+            "maps",
+            "peers",
+            "--json",
+            "--bpf-pin-dir",
+            &n1.pin_dir.display().to_string(),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    let row = |subnet: &str| {
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["subnet"] == subnet)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row(&n2.subnet)["mode"], "host-gw");
+    assert_eq!(row(&n3.subnet)["mode"], "vxlan");
+    let router_mac = inspect::link(&lab.state.underlay_ns, "ul0")
+        .unwrap()
+        .unwrap()["address"]
+        .clone();
+    assert_eq!(
+        row(&n3.subnet)["nexthop_mac"],
+        router_mac,
+        "node 3 is reached through the router"
+    );
+
+    let (p1, p2, p3) = (n1.pods[0].clone(), n2.pods[0].clone(), n3.pods[0].clone());
+    let before = [
+        lab.counters(1).unwrap(),
+        lab.counters(2).unwrap(),
+        lab.counters(3).unwrap(),
+    ];
+    assert!(lab.ping(&p1, p2.ip(), 50).unwrap().contains("50 received"));
+    assert!(lab.ping(&p1, p3.ip(), 50).unwrap().contains("50 received"));
+    let after = [
+        lab.counters(1).unwrap(),
+        lab.counters(2).unwrap(),
+        lab.counters(3).unwrap(),
+    ];
+    assert!(
+        delta(&before[0], &after[0], "tc_host_gw").0 >= 50,
+        "node 1 -> 2 did not go host-gw"
+    );
+    assert!(delta(&before[1], &after[1], "xdp_host_gw").0 >= 50);
+    assert!(
+        delta(&before[0], &after[0], "tc_encap").0 >= 50,
+        "node 1 -> 3 did not go VXLAN"
+    );
+    assert!(delta(&before[2], &after[2], "xdp_decap").0 >= 50);
+}
