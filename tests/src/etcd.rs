@@ -306,3 +306,19 @@ impl LabEtcd {
         })
     }
 }
+
+impl LabEtcd {
+    /// Writes every key/value, 100 to a transaction (etcd allows 128).
+    pub fn put_many(&self, entries: &[(String, String)]) -> Result<()> {
+        self.call(async |client| {
+            for batch in entries.chunks(100) {
+                let ops: Vec<etcd_client::TxnOp> = batch
+                    .iter()
+                    .map(|(key, value)| etcd_client::TxnOp::put(key.as_str(), value.as_str(), None))
+                    .collect();
+                client.txn(etcd_client::Txn::new().and_then(ops)).await?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -66,12 +66,17 @@ pub enum Dataplane {
     Ebpf,
     /// `weft agent --dataplane kernel`: exactly what flanneld programs.
     Kernel,
+    /// No overlay and no agent: the lab writes each node's subnet.env (node N
+    /// owns 10.244.N.0/24) and plain routes between nodes. The benchmark's
+    /// floor.
+    Floor,
 }
 
 impl Dataplane {
     pub fn flag(self) -> &'static str {
         match self {
             Dataplane::Ebpf => "ebpf",
+            Dataplane::Floor => "floor",
             Dataplane::Kernel => "kernel",
         }
     }
@@ -264,13 +269,21 @@ impl Lab {
                 subnet_env::write_atomic(&node.subnet_file, &env)?;
             }
         }
-        // Agents first, all at once: each leases a subnet and writes the
-        // subnet.env the CNI config is derived from.
-        for node in 0..spec.nodes {
-            self.spawn_agent(node)?;
-        }
-        for node in 0..spec.nodes {
-            self.wait_agent_ready(node)?;
+        if spec.dataplane == Dataplane::Floor {
+            ensure!(
+                spec.node_dataplanes.is_empty(),
+                "a floor lab runs no agent on any node"
+            );
+            self.route_without_overlay()?;
+        } else {
+            // Agents first, all at once: each leases a subnet and writes the
+            // subnet.env the CNI config is derived from.
+            for node in 0..spec.nodes {
+                self.spawn_agent(node)?;
+            }
+            for node in 0..spec.nodes {
+                self.wait_agent_ready(node)?;
+            }
         }
         for node in 0..spec.nodes {
             for pod in 1..=spec.pods_per_node {
@@ -283,6 +296,43 @@ impl Lab {
             }
         }
         self.save()
+    }
+
+    /// The floor: node N owns 10.244.N.0/24 and every node routes the others'
+    /// subnets via their addresses, with no agent and no encapsulation.
+    fn route_without_overlay(&mut self) -> Result<()> {
+        for node in &mut self.state.nodes {
+            let env = subnet_env::SubnetEnv {
+                network: POD_NETWORK.parse()?,
+                subnet: format!("10.244.{}.1/24", node.index).parse()?,
+                mtu: 1500,
+                ipmasq: false,
+            };
+            subnet_env::write_atomic(&node.subnet_file, &env)?;
+            node.subnet = env.subnet.trunc().to_string();
+        }
+        for node in &self.state.nodes {
+            for peer in self
+                .state
+                .nodes
+                .iter()
+                .filter(|peer| peer.index != node.index)
+            {
+                netns::run_host(&[
+                    "ip",
+                    "-n",
+                    &node.ns,
+                    "route",
+                    "replace",
+                    &peer.subnet,
+                    "via",
+                    &peer.ip,
+                    "dev",
+                    UPLINK,
+                ])?;
+            }
+        }
+        Ok(())
     }
 
     /// A client for the lab's etcd.

@@ -3,6 +3,7 @@
 //! DESIGN.md's lab contract describes; and the helpers the integration tests
 //! share.
 
+pub mod bench;
 pub mod cni;
 pub mod etcd;
 pub mod flannel;
@@ -13,6 +14,7 @@ pub mod netns;
 pub mod packets;
 pub mod privileged;
 pub mod process;
+pub mod programs;
 pub mod traffic;
 
 pub use lab::{Backend, Dataplane, Lab, LabSpec};

@@ -120,3 +120,69 @@ pub fn tcp_transfer(
         })
     })
 }
+
+/// Many-flow TCP request/response rate: `flows` connections from
+/// `client_ns`, each sending one byte and waiting for the one-byte answer,
+/// for `duration`; returns transactions per second.
+pub fn tcp_rr_rate(
+    server_ns: &str,
+    server_ip: &str,
+    port: u16,
+    client_ns: &str,
+    flows: usize,
+    duration: Duration,
+) -> Result<f64> {
+    let address: SocketAddr = format!("{server_ip}:{port}").parse()?;
+    let listener = netns::in_netns(server_ns, || Ok(TcpListener::bind(address)?))?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let listener = &listener;
+        let servers: Vec<_> = (0..flows)
+            .map(|_| {
+                scope.spawn(move || -> Result<()> {
+                    let (mut socket, _) = listener.accept()?;
+                    socket.set_nodelay(true)?;
+                    let mut byte = [0u8; 1];
+                    while socket.read(&mut byte)? == 1 {
+                        socket.write_all(&byte)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let clients: Vec<_> = (0..flows)
+            .map(|_| {
+                let done = &done;
+                scope.spawn(move || -> Result<u64> {
+                    netns::in_netns(client_ns, || {
+                        let mut socket =
+                            TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+                        socket.set_nodelay(true)?;
+                        let mut byte = [7u8; 1];
+                        let mut transactions = 0u64;
+                        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                            socket.write_all(&byte)?;
+                            socket.read_exact(&mut byte)?;
+                            transactions += 1;
+                        }
+                        Ok(transactions)
+                    })
+                })
+            })
+            .collect();
+        std::thread::sleep(duration);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        for client in clients {
+            total += client
+                .join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        }
+        for server in servers {
+            server
+                .join()
+                .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        }
+        Ok(total as f64 / duration.as_secs_f64())
+    })
+}

@@ -84,6 +84,37 @@ pub fn run_tests(args: &[String]) -> Result<()> {
     run(command, "the tests")
 }
 
+/// Release builds of the agent and the lab CLI, for benchmarks: the
+/// control plane is measured as users run it.
+pub fn release() -> Result<()> {
+    let mut command = cargo();
+    command.args([
+        "build",
+        "--release",
+        "--package",
+        "weft-agent",
+        "--package",
+        "weft-tests",
+        "--bins",
+    ]);
+    run(command, "building weft and weft-lab (release)")
+}
+
+pub fn run_bench(args: &[String]) -> Result<()> {
+    let mut command = Command::new(target_dir().join("release/weft-lab"));
+    command.arg("bench");
+    if !args
+        .iter()
+        .any(|arg| arg == "--out" || arg.starts_with("--out="))
+    {
+        command.args(["--out", &target_dir().join("bench").display().to_string()]);
+    }
+    command
+        .args(args)
+        .env("WEFT_BIN", target_dir().join("release/weft"));
+    run(command, "weft-lab bench")
+}
+
 pub fn run_lab(args: &[String]) -> Result<()> {
     let mut command = Command::new(target_dir().join("debug/weft-lab"));
     command

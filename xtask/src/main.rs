@@ -38,6 +38,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks: floor, stock flannel paths and weft's fast path, in one run.
+    Bench {
+        /// Arguments for the bench (`--quick`, `--out DIR`, `--config NAME`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The demo: a 2-node lab with agents, pod-to-pod traffic, the counters, teardown.
     Demo {
         #[arg(long, default_value = "weft-demo")]
@@ -73,6 +79,11 @@ fn run(cli: Cli) -> Result<()> {
             prereqs::check()?;
             build::user_space()?;
             build::run_lab(&args)
+        }
+        Command::Bench { args } => {
+            prereqs::check()?;
+            build::release()?;
+            build::run_bench(&args)
         }
         Command::Demo { name } => {
             prereqs::setup()?;

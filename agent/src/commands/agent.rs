@@ -178,6 +178,9 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             events = follower.next() => {
                 let own_key = lease::key(registry.prefix(), &own);
                 let mut reacquire = false;
+                // The fast path follows once per batch, not once per event:
+                // a listing of thousands of leases arrives as one batch.
+                let mut routes_changed = false;
                 for event in events {
                     match event {
                         LeaseEvent::Listing(leases) => {
@@ -190,9 +193,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                             if let Err(error) = kernel.reconcile(&programmed).await {
                                 warn!("cannot reconcile the kernel datapath: {error:#}");
                             }
-                            if let Some(fast_path) = fast_path.as_mut() {
-                                fast_path.on_routes(&programmed);
-                            }
+                            routes_changed = true;
                             if !readiness.get() {
                                 info!(peers = programmed.len(), "datapath programmed; ready");
                                 readiness.set(true);
@@ -211,20 +212,19 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                         LeaseEvent::Put { key, value } => {
                             if let Some(change) = peers.put(&key, &value, Some(own)) {
                                 apply(&kernel, &mut programmed, change).await;
-                                if let Some(fast_path) = fast_path.as_mut() {
-                                    fast_path.on_routes(&programmed);
-                                }
+                                routes_changed = true;
                             }
                         }
                         LeaseEvent::Delete { key } => {
                             if let Some(change) = peers.delete(&key) {
                                 apply(&kernel, &mut programmed, change).await;
-                                if let Some(fast_path) = fast_path.as_mut() {
-                                    fast_path.on_routes(&programmed);
-                                }
+                                routes_changed = true;
                             }
                         }
                     }
+                }
+                if routes_changed && let Some(fast_path) = fast_path.as_mut() {
+                    fast_path.on_routes(&programmed);
                 }
                 if reacquire {
                     let subnet = acquire_until_done(&mut registry, &config, &attrs, Some(own)).await;

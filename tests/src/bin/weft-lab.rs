@@ -34,6 +34,30 @@ enum Command {
     Down(NameArg),
     /// 2 nodes x 2 pods with agents, pod-to-pod traffic, the counters, teardown.
     Demo(NameArg),
+    /// floor, kernel-vxlan, ebpf-vxlan, kernel-host-gw, ebpf-host-gw in turn.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// One repetition, shorter runs, 1,000 leases only.
+    #[arg(long)]
+    quick: bool,
+    /// Where results.json, details.json and results.svg go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Only these configurations (repeatable).
+    #[arg(long = "config")]
+    configs: Vec<String>,
+    /// Seconds per throughput / request-response run.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Skip the per-packet program cost and the control-plane scale runs.
+    #[arg(long)]
+    no_extras: bool,
+    /// The weft binary the nodes run (default: $WEFT_BIN or target/debug/weft).
+    #[arg(long)]
+    weft_bin: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -72,6 +96,8 @@ enum BackendArg {
 enum DataplaneArg {
     Ebpf,
     Kernel,
+    /// No overlay, no agent: plain routes between nodes.
+    Floor,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +129,7 @@ fn run(cli: Cli) -> Result<()> {
                 dataplane: match args.dataplane {
                     DataplaneArg::Ebpf => Dataplane::Ebpf,
                     DataplaneArg::Kernel => Dataplane::Kernel,
+                    DataplaneArg::Floor => Dataplane::Floor,
                 },
                 node_dataplanes: Vec::new(),
                 weft_bin: args.weft_bin.unwrap_or_else(default_weft_bin),
@@ -130,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(NameArg { name }) => demo(&name),
+        Command::Bench(args) => bench(args),
     }
 }
 
@@ -247,5 +275,54 @@ fn demo(name: &str) -> Result<()> {
         "teardown left something behind: before {host_before:?}, after {host_after:?}"
     );
     println!("done: namespaces, links and bpffs pins are exactly as before the demo");
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let mut options = weft_tests::bench::BenchOptions::new(
+        args.quick,
+        args.out,
+        args.weft_bin.unwrap_or_else(default_weft_bin),
+    );
+    for config in &args.configs {
+        anyhow::ensure!(
+            weft_tests::bench::CONFIGURATIONS
+                .iter()
+                .any(|(name, _, _)| name == config),
+            "--config {config}: not one of floor, kernel-vxlan, ebpf-vxlan, kernel-host-gw, ebpf-host-gw"
+        );
+    }
+    options.only = args.configs;
+    if let Some(seconds) = args.seconds {
+        options.seconds = seconds;
+        options.pings = options.pings.min(50 + (seconds * 100.0) as usize);
+    }
+    options.extras = !args.no_extras;
+    let started = std::time::Instant::now();
+    let (results, details) = weft_tests::bench::run(&options, &mut |step| {
+        eprintln!("[{:>6.1}s] {step}", started.elapsed().as_secs_f64());
+    })?;
+    println!("\n{}", weft_tests::bench::table(&results));
+    println!("machine: {}", details.machine);
+    if let Some(programs) = &details.programs {
+        println!(
+            "program cost (BPF_PROG_TEST_RUN, {} runs): XDP decap {:.1} ns/packet, TC encap {:.1} ns/packet",
+            programs.repeat, programs.xdp_decap_ns, programs.tc_encap_ns
+        );
+    }
+    for scale in &details.control_plane {
+        println!(
+            "control plane: {} leases in PEERS after {:.3} s, in the kernel after {:.3} s; agent peak RSS {:.1} MiB",
+            scale.leases,
+            scale.peers_converged_s,
+            scale.kernel_converged_s,
+            scale.agent_peak_rss_mib
+        );
+    }
+    println!(
+        "wrote {}/results.json, details.json, results.svg in {:.0} s",
+        options.out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -1,0 +1,251 @@
+//! The eBPF programs loaded unpinned for BPF_PROG_TEST_RUN, with maps
+//! describing a small node, and the frames that exercise them: shared by the
+//! program tests and the benchmark's per-packet cost.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use weft_common::{
+    CONFIG_STRICT_VTEPS, COUNTERS, Endpoint, EndpointKey, NodeConfig, PacketCounter, Peer,
+    PeerMode, VtepKey,
+    program_names::{TC_POD_EGRESS, XDP_UPLINK},
+};
+
+use crate::packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4, udp, vxlan};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+pub const NODE_IP: [u8; 4] = [192, 168, 77, 1];
+pub const PEER_IP: [u8; 4] = [192, 168, 77, 2];
+pub const STRANGER_IP: [u8; 4] = [192, 168, 77, 66];
+pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const NEXTHOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const VTEP_MAC: [u8; 6] = [0x0e, 1, 192, 168, 77, 1];
+pub const PEER_VTEP_MAC: [u8; 6] = [0x0e, 1, 192, 168, 77, 2];
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xcc, 0x01];
+pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xbb, 0x02];
+pub const LOCAL_POD: [u8; 4] = [10, 244, 1, 2];
+pub const OTHER_LOCAL_POD: [u8; 4] = [10, 244, 1, 3];
+pub const REMOTE_POD: [u8; 4] = [10, 244, 2, 7];
+pub const POD_IFINDEX: u32 = 42;
+/// A host-gw peer node: its pods' subnet, address and uplink MAC.
+pub const HOSTGW_POD: [u8; 4] = [10, 244, 3, 5];
+pub const HOSTGW_NODE_IP: [u8; 4] = [192, 168, 77, 3];
+pub const HOSTGW_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+pub const UPLINK_IFINDEX: u32 = 2;
+pub const VNI: u32 = 1;
+pub const PORT: u16 = 8472;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_UDP: u8 = 17;
+
+pub struct Programs {
+    pub ebpf: Ebpf,
+}
+
+impl Programs {
+    pub fn load(strict: bool) -> Self {
+        let mut ebpf = EbpfLoader::new()
+            .load(weft_agent::dataplane::ebpf::OBJECT)
+            .unwrap();
+        let xdp: &mut Xdp = ebpf.program_mut(XDP_UPLINK).unwrap().try_into().unwrap();
+        xdp.load().unwrap();
+        let tc: &mut SchedClassifier = ebpf.program_mut(TC_POD_EGRESS).unwrap().try_into().unwrap();
+        tc.load().unwrap();
+        let mut programs = Self { ebpf };
+        let config = NodeConfig {
+            node_ip: NODE_IP,
+            uplink_ifindex: UPLINK_IFINDEX,
+            vni: VNI,
+            vxlan_port_be: PORT.to_be(),
+            uplink_mac: UPLINK_MAC,
+            vtep_mac: VTEP_MAC,
+            gateway_mac: GATEWAY_MAC,
+            uplink_mtu: 1500,
+            flags: if strict { CONFIG_STRICT_VTEPS } else { 0 },
+        };
+        let mut config_map: Array<_, NodeConfig> =
+            Array::try_from(programs.ebpf.map_mut("CONFIG").unwrap()).unwrap();
+        config_map.set(0, config, 0).unwrap();
+        let mut endpoints: HashMap<_, EndpointKey, Endpoint> =
+            HashMap::try_from(programs.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap();
+        for (ip, index) in [(LOCAL_POD, POD_IFINDEX), (OTHER_LOCAL_POD, POD_IFINDEX + 1)] {
+            endpoints
+                .insert(
+                    EndpointKey { addr: ip },
+                    Endpoint {
+                        ifindex: index,
+                        mac: POD_MAC,
+                        _pad: [0; 2],
+                    },
+                    0,
+                )
+                .unwrap();
+        }
+        let mut vteps: HashMap<_, VtepKey, u8> =
+            HashMap::try_from(programs.ebpf.map_mut("VTEPS").unwrap()).unwrap();
+        vteps.insert(VtepKey { addr: PEER_IP }, 1, 0).unwrap();
+        programs.set_peer(NEXTHOP_MAC);
+        programs.set_host_gw_peer(HOSTGW_NODE_MAC);
+        programs
+    }
+
+    pub fn set_host_gw_peer(&mut self, nexthop_mac: [u8; 6]) {
+        let mut peers: LpmTrie<_, [u8; 4], Peer> =
+            LpmTrie::try_from(self.ebpf.map_mut("PEERS").unwrap()).unwrap();
+        let peer = Peer {
+            public_ip: HOSTGW_NODE_IP,
+            vni: 0,
+            vtep_mac: [0; 6],
+            nexthop_mac,
+            mode: PeerMode::HostGw as u8,
+            _pad: [0; 3],
+        };
+        peers
+            .insert(&Key::new(24, [10, 244, 3, 0]), peer, 0)
+            .unwrap();
+    }
+
+    pub fn set_peer(&mut self, nexthop_mac: [u8; 6]) {
+        let mut peers: LpmTrie<_, [u8; 4], Peer> =
+            LpmTrie::try_from(self.ebpf.map_mut("PEERS").unwrap()).unwrap();
+        let peer = Peer {
+            public_ip: PEER_IP,
+            vni: VNI,
+            vtep_mac: PEER_VTEP_MAC,
+            nexthop_mac,
+            mode: PeerMode::Vxlan as u8,
+            _pad: [0; 3],
+        };
+        peers
+            .insert(&Key::new(24, [10, 244, 2, 0]), peer, 0)
+            .unwrap();
+    }
+
+    pub fn xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &Xdp = self.ebpf.program(XDP_UPLINK).unwrap().try_into().unwrap();
+        run(program, frame)
+    }
+
+    pub fn tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(TC_POD_EGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        run(program, frame)
+    }
+
+    /// Packets per counter name, summed over CPUs.
+    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
+        let stats: PerCpuArray<_, PacketCounter> =
+            PerCpuArray::try_from(self.ebpf.map("STATS").unwrap()).unwrap();
+        COUNTERS
+            .iter()
+            .map(|(id, name)| {
+                (
+                    *name,
+                    stats
+                        .get(&(*id as u32), 0)
+                        .unwrap()
+                        .iter()
+                        .map(|slot| slot.packets)
+                        .sum(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Runs `program` once on `frame`: (return value, the frame it left).
+pub fn run<P>(program: &P, frame: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    // Room for what encapsulation adds.
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// A pod's frame: ICMP echo from `src` to `dst`.
+pub fn pod_frame(src: [u8; 4], dst: [u8; 4], opts: Ipv4Options) -> Vec<u8> {
+    eth(
+        GATEWAY_MAC,
+        POD_MAC,
+        ETH_P_IPV4,
+        &ipv4(src, dst, IPPROTO_ICMP, &icmp_echo(56), opts),
+    )
+}
+
+/// The inner frame a peer node's VTEP sends for `dst`.
+pub fn inner_frame(dst: [u8; 4], opts: Ipv4Options) -> Vec<u8> {
+    eth(
+        VTEP_MAC,
+        PEER_VTEP_MAC,
+        ETH_P_IPV4,
+        &ipv4(REMOTE_POD, dst, IPPROTO_ICMP, &icmp_echo(56), opts),
+    )
+}
+
+/// A full VXLAN frame on the uplink.
+pub fn vxlan_frame(
+    outer_src: [u8; 4],
+    outer_dst: [u8; 4],
+    port: u16,
+    vni: u32,
+    inner: &[u8],
+    outer: Ipv4Options,
+) -> Vec<u8> {
+    let datagram = udp(40000, port, &vxlan(vni, inner));
+    eth(
+        UPLINK_MAC,
+        NEXTHOP_MAC,
+        ETH_P_IPV4,
+        &ipv4(outer_src, outer_dst, IPPROTO_UDP, &datagram, outer),
+    )
+}
+
+pub fn good_vxlan() -> Vec<u8> {
+    vxlan_frame(
+        PEER_IP,
+        NODE_IP,
+        PORT,
+        VNI,
+        &inner_frame(LOCAL_POD, Ipv4Options::default()),
+        Ipv4Options {
+            frag: 0,
+            ..Default::default()
+        },
+    )
+}
+
+/// Asserts that exactly `counter` rose by one.
+pub fn assert_counted(before: &BTreeMap<&str, u64>, after: &BTreeMap<&str, u64>, counter: &str) {
+    for (name, value) in after {
+        let expected = before[name]
+            + u64::from(*name == counter || *name == "uplink_rx" || *name == "pod_egress");
+        if *name == "uplink_rx" || *name == "pod_egress" {
+            continue;
+        }
+        assert_eq!(
+            *value, expected,
+            "counter {name} (expected only {counter} to rise)"
+        );
+    }
+}
