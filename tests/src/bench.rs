@@ -222,6 +222,11 @@ fn measure(lab: &Lab, options: &BenchOptions, progress: &mut dyn FnMut(&str)) ->
     })
 }
 
+/// Tools that take whole seconds get at least one.
+fn whole_seconds(seconds: f64) -> u64 {
+    seconds.ceil().max(1.0) as u64
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -320,9 +325,12 @@ fn sockperf(client: &PodState, server: &PodState, tcp: bool, seconds: f64) -> Re
     }
     let _server = background(&server.ns, &server_args)?;
     std::thread::sleep(Duration::from_millis(300));
-    let time = format!("{}", seconds.ceil().max(1.0) as u64);
+    let time = format!("{}", whole_seconds(seconds));
     client_args.extend(["-t", &time]);
-    let out = netns::run(&client.ns, &client_args)?;
+    let limit = format!("{}", whole_seconds(seconds) + 30);
+    let mut bounded = vec!["timeout", limit.as_str()];
+    bounded.extend(client_args);
+    let out = netns::run(&client.ns, &bounded)?;
     let value = |p: &str| -> Result<f64> {
         out.lines()
             .find(|line| line.contains(&format!("percentile {p} =")))
@@ -341,8 +349,21 @@ fn iperf_json(
 ) -> Result<serde_json::Value> {
     let _server = background(&server.ns, &["iperf3", "-s", "-1", "-p", port])?;
     std::thread::sleep(Duration::from_millis(300));
-    let time = format!("{seconds}");
-    let mut args = vec!["iperf3", "-c", server.ip(), "-p", port, "-t", &time, "-J"];
+    // iperf3 reads -t as a whole number (and 0 as "forever").
+    let time = format!("{}", whole_seconds(seconds));
+    let limit = format!("{}", whole_seconds(seconds) + 30);
+    let mut args = vec![
+        "timeout",
+        &limit,
+        "iperf3",
+        "-c",
+        server.ip(),
+        "-p",
+        port,
+        "-t",
+        &time,
+        "-J",
+    ];
     args.extend_from_slice(extra);
     let out = netns::run(&client.ns, &args)?;
     serde_json::from_str(&out).context("iperf3 printed no JSON")
@@ -447,10 +468,11 @@ fn check_path(name: &str, dataplane: Dataplane, backend: Backend, runs: &[Run]) 
                         dataplane.flag()
                     ));
                 }
-                if run.kernel_packets < run.tcp_packets / 2 {
+                // The kernel counts GRO-merged packets, so only "none at all"
+                // proves a wrong path here.
+                if run.kernel_packets == 0 {
                     return Some(format!(
-                        "{name}: the kernel path ({backend:?}) carried only {} packets",
-                        run.kernel_packets
+                        "{name}: the kernel path ({backend:?}) carried nothing"
                     ));
                 }
             }
