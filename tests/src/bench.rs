@@ -637,6 +637,9 @@ fn machine() -> String {
     format!("{cpus} vCPU {cpu}, kernel {}", kernel.trim())
 }
 
+/// How a metric is read off a result.
+type Metric = fn(&ConfigResult) -> f64;
+
 /// The printed table: each metric with its ratios to floor and to the
 /// matching kernel path.
 pub fn table(results: &[ConfigResult]) -> String {
@@ -645,42 +648,41 @@ pub fn table(results: &[ConfigResult]) -> String {
         .map(|result| (result.name.as_str(), result))
         .collect();
     let mut out = String::new();
-    let metrics: [(&str, fn(&ConfigResult) -> f64, bool); 11] = [
-        ("ICMP RTT p50 (us)", |r| r.icmp_rtt_us_p50, false),
-        ("ICMP RTT p99 (us)", |r| r.icmp_rtt_us_p99, false),
-        ("TCP RR p50 (us)", |r| r.tcp_rr_us_p50, false),
-        ("TCP RR p99 (us)", |r| r.tcp_rr_us_p99, false),
-        ("UDP RR p50 (us)", |r| r.udp_rr_us_p50, false),
-        ("UDP RR p99 (us)", |r| r.udp_rr_us_p99, false),
-        ("TCP RR rate (tx/s)", |r| r.tcp_rr_tps, true),
-        ("UDP 64 B rate (pps)", |r| r.udp_pps, true),
-        ("TCP throughput (Gbit/s)", |r| r.tcp_gbps, true),
-        ("CPU s per GB", |r| r.cpu_s_per_gb, false),
-        ("fast-path packets", |r| r.fastpath_packets as f64, true),
+    let metrics: [(&str, Metric); 11] = [
+        ("ICMP RTT p50 (us)", |r| r.icmp_rtt_us_p50),
+        ("ICMP RTT p99 (us)", |r| r.icmp_rtt_us_p99),
+        ("TCP RR p50 (us)", |r| r.tcp_rr_us_p50),
+        ("TCP RR p99 (us)", |r| r.tcp_rr_us_p99),
+        ("UDP RR p50 (us)", |r| r.udp_rr_us_p50),
+        ("UDP RR p99 (us)", |r| r.udp_rr_us_p99),
+        ("TCP RR rate (tx/s)", |r| r.tcp_rr_tps),
+        ("UDP 64 B rate (pps)", |r| r.udp_pps),
+        ("TCP throughput (Gbit/s)", |r| r.tcp_gbps),
+        ("CPU s per GB", |r| r.cpu_s_per_gb),
+        ("fast-path packets", |r| r.fastpath_packets as f64),
     ];
     let _ = write!(out, "{:<26}", "metric");
     for result in results {
         let _ = write!(out, "{:>24}", result.name);
     }
     out.push('\n');
-    for (label, pick, _) in metrics {
+    for (label, pick) in metrics {
         let _ = write!(out, "{label:<26}");
         for result in results {
             let value = pick(result);
             let mut cell = format!("{value:.2}");
-            if result.name != "floor" {
-                if let Some(floor) = by_name.get("floor").filter(|floor| pick(floor) > 0.0) {
-                    let _ = write!(cell, " {:.2}xF", value / pick(floor));
-                }
+            if result.name != "floor"
+                && let Some(floor) = by_name.get("floor").filter(|floor| pick(floor) > 0.0)
+            {
+                let _ = write!(cell, " {:.2}xF", value / pick(floor));
             }
             if let Some(kernel) = result
                 .name
                 .strip_prefix("ebpf-")
                 .and_then(|rest| by_name.get(format!("kernel-{rest}").as_str()))
+                .filter(|kernel| pick(kernel) > 0.0)
             {
-                if pick(kernel) > 0.0 {
-                    let _ = write!(cell, " {:.2}xK", value / pick(kernel));
-                }
+                let _ = write!(cell, " {:.2}xK", value / pick(kernel));
             }
             let _ = write!(out, "{cell:>24}");
         }
@@ -700,7 +702,7 @@ pub fn table(results: &[ConfigResult]) -> String {
 
 /// A grouped bar chart of every metric relative to floor (1.0 = floor).
 pub fn svg(results: &[ConfigResult]) -> String {
-    let metrics: [(&str, fn(&ConfigResult) -> f64); 7] = [
+    let metrics: [(&str, Metric); 7] = [
         ("ICMP p50", |r| r.icmp_rtt_us_p50),
         ("TCP RR p50", |r| r.tcp_rr_us_p50),
         ("UDP RR p50", |r| r.udp_rr_us_p50),
