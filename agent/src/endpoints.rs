@@ -13,11 +13,11 @@ use netlink_packet_route::{
     AddressFamily,
     link::LinkAttribute,
     neighbour::{NeighbourMessage, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
+    route::{RouteAddress, RouteAttribute},
 };
 use netlink_sys::{AsyncSocket as _, SocketAddr};
 use rtnetlink::{
-    Handle, RouteMessageBuilder,
+    Handle,
     constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
 };
 use tokio::sync::mpsc;
@@ -132,17 +132,10 @@ pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<Loc
         .try_collect()
         .await
         .context("cannot list the bridge forwarding database")?;
-    let routes: Vec<RouteMessage> = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .context("cannot list routes")?;
+    let routes = net::main_routes(handle).await?;
     let mut view = LocalView {
         uplink_routes: routes
             .iter()
-            .filter(|route| route.header.table == RouteHeader::RT_TABLE_MAIN)
             .filter(|route| {
                 route
                     .attributes

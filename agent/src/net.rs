@@ -10,7 +10,7 @@ use netlink_packet_route::{
     address::AddressAttribute,
     link::{LinkAttribute, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
-    route::{RouteAttribute, RouteMessage},
+    route::{RouteAttribute, RouteHeader, RouteMessage},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -108,7 +108,8 @@ async fn first_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>> {
     Ok(None)
 }
 
-async fn default_route_interface(handle: &Handle) -> Result<Option<u32>> {
+/// The IPv4 routes of the main table.
+pub async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>> {
     let routes: Vec<RouteMessage> = handle
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -116,6 +117,14 @@ async fn default_route_interface(handle: &Handle) -> Result<Option<u32>> {
         .try_collect()
         .await
         .context("cannot list routes")?;
+    Ok(routes
+        .into_iter()
+        .filter(|route| route.header.table == RouteHeader::RT_TABLE_MAIN)
+        .collect())
+}
+
+async fn default_route_interface(handle: &Handle) -> Result<Option<u32>> {
+    let routes = main_routes(handle).await?;
     Ok(routes
         .iter()
         .filter(|route| route.header.destination_prefix_length == 0)

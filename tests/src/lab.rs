@@ -671,6 +671,25 @@ impl Lab {
             .collect())
     }
 
+    /// Every pod pings every other pod `count` times; panics naming the pair
+    /// that does not get every answer.
+    pub fn assert_all_pairs_ping(&self, count: u32) {
+        let pods: Vec<PodState> = self.pods().cloned().collect();
+        for from in &pods {
+            for to in pods.iter().filter(|to| to.ns != from.ns) {
+                let out = self
+                    .ping(from, to.ip(), count)
+                    .unwrap_or_else(|error| panic!("{error:#}"));
+                assert!(
+                    out.contains(&format!("{count} received")),
+                    "{} -> {}: {out}",
+                    from.ns,
+                    to.ip()
+                );
+            }
+        }
+    }
+
     /// Every pod pings every other once, so nodes learn their pods and
     /// underlay neighbours (the fast path's inputs) the way traffic teaches them.
     pub fn warm_up(&self) -> Result<()> {
@@ -976,6 +995,17 @@ fn install_interrupt_teardown() {
             eprintln!("weft lab: cannot install the Ctrl-C teardown handler: {error}");
         }
     });
+}
+
+/// Counters as [`Lab::counters`] returns them: name -> (packets, bytes).
+pub type Counters = std::collections::BTreeMap<String, (u64, u64)>;
+
+/// How much counter `name` rose between two readings: (packets, bytes).
+pub fn counter_delta(before: &Counters, after: &Counters, name: &str) -> (u64, u64) {
+    (
+        after[name].0 - before[name].0,
+        after[name].1 - before[name].1,
+    )
 }
 
 #[cfg(test)]

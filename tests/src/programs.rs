@@ -144,6 +144,30 @@ impl Programs {
         run(program, frame)
     }
 
+    /// Each (what, frame, counter): XDP hands the frame to the kernel
+    /// untouched and counts it under `counter` alone.
+    pub fn assert_xdp_passes(&self, cases: &[(&str, Vec<u8>, &str)]) {
+        for (what, frame, counter) in cases {
+            let before = self.counters();
+            let (verdict, out) = self.xdp(frame);
+            assert_eq!(verdict, XDP_PASS, "{what}");
+            assert_eq!(&out, frame, "{what}: a passed frame must be untouched");
+            assert_counted(&before, &self.counters(), counter);
+        }
+    }
+
+    /// Each (what, frame, counter): TC hands the packet to the kernel
+    /// untouched and counts it under `counter` alone.
+    pub fn assert_tc_passes(&self, cases: &[(&str, Vec<u8>, &str)]) {
+        for (what, frame, counter) in cases {
+            let before = self.counters();
+            let (verdict, out) = self.tc(frame);
+            assert_eq!(verdict, TC_ACT_OK, "{what}");
+            assert_eq!(&out, frame, "{what}: a passed packet must be untouched");
+            assert_counted(&before, &self.counters(), counter);
+        }
+    }
+
     /// Packets per counter name, summed over CPUs.
     pub fn counters(&self) -> BTreeMap<&'static str, u64> {
         let stats: PerCpuArray<_, PacketCounter> =

@@ -15,21 +15,6 @@ use weft_tests::{
     privileged_test,
 };
 
-fn all_pairs_ping(lab: &Lab) {
-    let pods: Vec<_> = lab.pods().cloned().collect();
-    for from in &pods {
-        for to in pods.iter().filter(|to| to.ns != from.ns) {
-            let out = lab.ping(from, to.ip(), 2).unwrap();
-            assert!(
-                out.contains("2 received"),
-                "{} -> {}: {out}",
-                from.ns,
-                to.ip()
-            );
-        }
-    }
-}
-
 fn three_nodes(name: &str, backend: Backend) -> LabSpec {
     let mut spec = LabSpec::new(name, 3, 2);
     spec.backend = backend;
@@ -45,7 +30,7 @@ fn vxlan_lab_matches_flannel_and_every_pod_reaches_every_pod() {
     };
     let lab = Lab::up(&three_nodes("t-cp-vxlan", Backend::Vxlan)).unwrap();
     flannel::check(&lab).unwrap();
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
 }
 
 #[test]
@@ -57,7 +42,7 @@ fn host_gw_lab_matches_flannel_and_every_pod_reaches_every_pod() {
     };
     let lab = Lab::up(&three_nodes("t-cp-hostgw", Backend::HostGw)).unwrap();
     flannel::check(&lab).unwrap();
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
 }
 
 #[test]
@@ -88,7 +73,7 @@ fn restarted_agents_keep_subnet_and_vtep_mac_without_duplicates() {
             "VTEP MAC changed across a {signal} restart"
         );
         flannel::check(&lab).unwrap();
-        all_pairs_ping(&lab);
+        lab.assert_all_pairs_ping(2);
     }
 }
 
@@ -146,7 +131,7 @@ fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
         Ok(flannel::check(&lab).is_ok())
     })
     .unwrap();
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
 }
 
 #[test]
@@ -308,7 +293,7 @@ fn hostile_values_are_logged_by_key_and_the_rest_keeps_working() {
             );
         }
     }
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
     // An invalid config: a starting agent names the key and the rule, keeps
     // waiting, and comes up once the config is fixed.
     etcd.put(
@@ -335,7 +320,7 @@ fn hostile_values_are_logged_by_key_and_the_rest_keeps_working() {
     };
     lab.start_agent(0).unwrap();
     restart.join().unwrap();
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
 }
 
 #[test]
@@ -366,7 +351,7 @@ fn two_agents_racing_for_one_subnet_end_with_distinct_subnets() {
         2
     );
     flannel::check(&lab).unwrap();
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
 }
 
 #[test]
@@ -471,7 +456,7 @@ fn ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules() {
             .contains("3 received")
     );
     // Pod-to-pod traffic is not masqueraded: it still works across nodes.
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
     // Someone flushes the table: the agent puts it back.
     weft_tests::netns::run(&ns, &["nft", "delete", "table", "ip", "flannel-ipv4"]).unwrap();
     wait_for(
@@ -703,5 +688,5 @@ fn direct_routing_routes_on_link_peers_without_encapsulation() {
         );
         assert!(inspect::fdb(&node.ns, "flannel.1").unwrap().is_empty());
     }
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
 }

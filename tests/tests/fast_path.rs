@@ -13,38 +13,12 @@ use nix::sys::signal::Signal;
 use weft_common::program_names::TC_POD_EGRESS;
 use weft_tests::{
     Dataplane, Lab, LabSpec, inspect,
-    lab::{self, PodState},
+    lab::{self, PodState, counter_delta},
     netns,
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4, udp, vxlan},
     privileged_test,
     traffic::tcp_transfer,
 };
-
-fn delta(
-    before: &std::collections::BTreeMap<String, (u64, u64)>,
-    after: &std::collections::BTreeMap<String, (u64, u64)>,
-    name: &str,
-) -> (u64, u64) {
-    (
-        after[name].0 - before[name].0,
-        after[name].1 - before[name].1,
-    )
-}
-
-fn all_pairs_ping(lab: &Lab) {
-    let pods: Vec<PodState> = lab.pods().cloned().collect();
-    for from in &pods {
-        for to in pods.iter().filter(|to| to.ns != from.ns) {
-            let out = lab.ping(from, to.ip(), 2).unwrap();
-            assert!(
-                out.contains("2 received"),
-                "{} -> {}: {out}",
-                from.ns,
-                to.ip()
-            );
-        }
-    }
-}
 
 #[test]
 fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
@@ -55,7 +29,7 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     };
     let lab = Lab::up(&LabSpec::new("t-fp-vxlan", 3, 2)).unwrap();
     lab.warm_up().unwrap();
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
 
     // What `weft maps` and `weft status` show a user on node 1.
     let weft = lab.state.weft_bin.display().to_string();
@@ -129,7 +103,7 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     let after = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
     for node in 0..2 {
         for counter in ["tc_encap", "xdp_decap"] {
-            let (packets, _) = delta(&before[node], &after[node], counter);
+            let (packets, _) = counter_delta(&before[node], &after[node], counter);
             assert!(
                 packets >= 50,
                 "node {} {counter} rose by {packets}, not by the 50 packets sent",
@@ -160,8 +134,8 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
         "the received bytes differ from the sent ones"
     );
     let after = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
-    let (_, encap_bytes) = delta(&before[0], &after[0], "tc_encap");
-    let (_, decap_bytes) = delta(&before[1], &after[1], "xdp_decap");
+    let (_, encap_bytes) = counter_delta(&before[0], &after[0], "tc_encap");
+    let (_, decap_bytes) = counter_delta(&before[1], &after[1], "xdp_decap");
     assert!(
         encap_bytes >= transfer.bytes,
         "TC encapsulated {encap_bytes} bytes of a {} byte transfer",
@@ -206,7 +180,7 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     )
     .unwrap();
     assert!(full.contains("3 received"), "{full}");
-    assert!(delta(&before, &lab.counters(1).unwrap(), "tc_encap").0 >= 3);
+    assert!(counter_delta(&before, &lab.counters(1).unwrap(), "tc_encap").0 >= 3);
     let over = netns::run(
         &from.ns,
         &[
@@ -266,7 +240,7 @@ fn same_node_pods_talk_without_the_bridge() {
         inspect::packet_counts(&node.ns, &b.network.host_veth).unwrap(),
     ];
     assert!(lab.ping(&a, b.ip(), 50).unwrap().contains("50 received"));
-    let (redirected, _) = delta(&before, &lab.counters(1).unwrap(), "tc_local_redirect");
+    let (redirected, _) = counter_delta(&before, &lab.counters(1).unwrap(), "tc_local_redirect");
     assert!(
         redirected >= 100,
         "only {redirected} of 100 packets were redirected pod to pod"
@@ -303,7 +277,7 @@ fn a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways() {
     lab.warm_up().unwrap();
     let stock_before = inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap();
     let fast_before = lab.counters(2).unwrap();
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
     // The stock node's flannel.1 decapsulated what weft encapsulated and
     // encapsulated what weft's XDP decapsulated.
     let stock_after = inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap();
@@ -313,8 +287,8 @@ fn a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways() {
         "the stock node's flannel.1 saw no traffic"
     );
     assert!(
-        delta(&fast_before, &fast_after, "tc_encap").0 > 0
-            && delta(&fast_before, &fast_after, "xdp_decap").0 > 0
+        counter_delta(&fast_before, &fast_after, "tc_encap").0 > 0
+            && counter_delta(&fast_before, &fast_after, "xdp_decap").0 > 0
     );
 }
 
@@ -385,7 +359,7 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
         received.map(|(len, _)| String::from_utf8_lossy(&buffer[..len]).into_owned())
     );
     assert_eq!(
-        delta(&before, &lab.counters(1).unwrap(), "xdp_drop_unknown_vtep").0,
+        counter_delta(&before, &lab.counters(1).unwrap(), "xdp_drop_unknown_vtep").0,
         1
     );
     // The same packet from a node that holds a lease is delivered: the
@@ -454,5 +428,5 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
         );
     }
     assert!(lab.counters(2).unwrap()["uplink_rx"].0 >= counters_before["uplink_rx"].0);
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
 }

@@ -2,38 +2,10 @@
 //! nodes on one segment skip the routing table on both ends, a stock kernel
 //! node interoperates, and DirectRouting picks host-gw or VXLAN per peer.
 
-use std::collections::BTreeMap;
-
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec, inspect, lab::PodState, netns, privileged_test,
+    Backend, Dataplane, Lab, LabSpec, inspect, lab::counter_delta, netns, privileged_test,
     traffic::tcp_transfer,
 };
-
-fn delta(
-    before: &BTreeMap<String, (u64, u64)>,
-    after: &BTreeMap<String, (u64, u64)>,
-    name: &str,
-) -> (u64, u64) {
-    (
-        after[name].0 - before[name].0,
-        after[name].1 - before[name].1,
-    )
-}
-
-fn all_pairs_ping(lab: &Lab) {
-    let pods: Vec<PodState> = lab.pods().cloned().collect();
-    for from in &pods {
-        for to in pods.iter().filter(|to| to.ns != from.ns) {
-            let out = lab.ping(from, to.ip(), 2).unwrap();
-            assert!(
-                out.contains("2 received"),
-                "{} -> {}: {out}",
-                from.ns,
-                to.ip()
-            );
-        }
-    }
-}
 
 fn host_gw(name: &str) -> LabSpec {
     let mut spec = LabSpec::new(name, 3, 2);
@@ -49,7 +21,7 @@ fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
     };
     let lab = Lab::up(&host_gw("t-hg-fast")).unwrap();
     lab.warm_up().unwrap();
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
     let (client, server) = (lab.node(1).pods[0].clone(), lab.node(3).pods[1].clone());
     let before = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
     let forwarded = [
@@ -63,8 +35,8 @@ fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
         "the received bytes differ from the sent ones"
     );
     let after = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
-    let (_, sent) = delta(&before[0], &after[0], "tc_host_gw");
-    let (_, delivered) = delta(&before[1], &after[1], "xdp_host_gw");
+    let (_, sent) = counter_delta(&before[0], &after[0], "tc_host_gw");
+    let (_, delivered) = counter_delta(&before[1], &after[1], "xdp_host_gw");
     assert!(
         sent >= transfer.bytes,
         "TC forwarded {sent} bytes of a {} byte transfer",
@@ -106,15 +78,15 @@ fn a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other() {
     lab.warm_up().unwrap();
     let stock = inspect::forwarded_datagrams(&lab.node(1).ns).unwrap();
     let fast = lab.counters(2).unwrap();
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
     assert!(
         inspect::forwarded_datagrams(&lab.node(1).ns).unwrap() > stock,
         "the stock node routed nothing"
     );
     let fast_after = lab.counters(2).unwrap();
     assert!(
-        delta(&fast, &fast_after, "tc_host_gw").0 > 0
-            && delta(&fast, &fast_after, "xdp_host_gw").0 > 0
+        counter_delta(&fast, &fast_after, "tc_host_gw").0 > 0
+            && counter_delta(&fast, &fast_after, "xdp_host_gw").0 > 0
     );
 }
 
@@ -135,7 +107,7 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
     let lab = Lab::up(&spec).unwrap();
     assert_eq!(lab.node(3).ip, "192.168.78.3");
     lab.warm_up().unwrap();
-    all_pairs_ping(&lab);
+    lab.assert_all_pairs_ping(2);
 
     // The kernel path decided per peer as flanneld does...
     let (n1, n2, n3) = (lab.node(1), lab.node(2), lab.node(3));
@@ -198,13 +170,13 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
         lab.counters(3).unwrap(),
     ];
     assert!(
-        delta(&before[0], &after[0], "tc_host_gw").0 >= 50,
+        counter_delta(&before[0], &after[0], "tc_host_gw").0 >= 50,
         "node 1 -> 2 did not go host-gw"
     );
-    assert!(delta(&before[1], &after[1], "xdp_host_gw").0 >= 50);
+    assert!(counter_delta(&before[1], &after[1], "xdp_host_gw").0 >= 50);
     assert!(
-        delta(&before[0], &after[0], "tc_encap").0 >= 50,
+        counter_delta(&before[0], &after[0], "tc_encap").0 >= 50,
         "node 1 -> 3 did not go VXLAN"
     );
-    assert!(delta(&before[2], &after[2], "xdp_decap").0 >= 50);
+    assert!(counter_delta(&before[2], &after[2], "xdp_decap").0 >= 50);
 }

@@ -44,19 +44,8 @@ fn two_nodes_two_pods_all_pairs_ping_and_down_leaves_nothing() {
             assert!(subnet.contains(&ip), "{ip} outside {subnet}");
         }
     }
-    let pods: Vec<_> = lab.pods().cloned().collect();
-    assert_eq!(pods.len(), 4);
-    for from in &pods {
-        for to in pods.iter().filter(|to| to.ns != from.ns) {
-            let out = lab.ping(from, to.ip(), 3).unwrap();
-            assert!(
-                out.contains("3 received"),
-                "{} -> {}: {out}",
-                from.ns,
-                to.ip()
-            );
-        }
-    }
+    assert_eq!(lab.pods().count(), 4);
+    lab.assert_all_pairs_ping(3);
 
     drop(lab);
     assert_eq!(

@@ -171,13 +171,7 @@ fn xdp_passes_what_is_not_its_to_the_kernel_and_says_why() {
             "xdp_pass_ttl_expired",
         ),
     ];
-    for (what, frame, counter) in cases {
-        let before = programs.counters();
-        let (verdict, out) = programs.xdp(&frame);
-        assert_eq!(verdict, XDP_PASS, "{what}");
-        assert_eq!(out, frame, "{what}: a passed frame must be untouched");
-        assert_counted(&before, &programs.counters(), counter);
-    }
+    programs.assert_xdp_passes(&cases);
 }
 
 #[test]
@@ -358,18 +352,12 @@ fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
         },
     );
     let arp = eth(GATEWAY_MAC, POD_MAC, 0x0806, &[0; 28]);
-    for (what, frame, counter) in [
+    programs.assert_tc_passes(&[
         ("no route", outside, "tc_pass_no_route"),
         ("too big after encapsulation", too_big, "tc_pass_too_big"),
         ("TTL 1", ttl_one, "tc_pass_ttl_expired"),
         ("non-IPv4", arp, "tc_pass_not_ipv4"),
-    ] {
-        let before = programs.counters();
-        let (verdict, out) = programs.tc(&frame);
-        assert_eq!(verdict, TC_ACT_OK, "{what}");
-        assert_eq!(out, frame, "{what}: a passed packet must be untouched");
-        assert_counted(&before, &programs.counters(), counter);
-    }
+    ]);
     // An unresolved underlay neighbour: the kernel path resolves it.
     programs.set_peer([0; 6]);
     let before = programs.counters();
@@ -508,13 +496,7 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
             "xdp_pass_not_for_node",
         ),
     ];
-    for (what, frame, counter) in cases {
-        let before = programs.counters();
-        let (verdict, out) = programs.xdp(&frame);
-        assert_eq!(verdict, XDP_PASS, "{what}");
-        assert_eq!(out, frame, "{what}: a passed frame must be untouched");
-        assert_counted(&before, &programs.counters(), counter);
-    }
+    programs.assert_xdp_passes(&cases);
 }
 
 #[test]

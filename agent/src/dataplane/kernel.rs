@@ -422,21 +422,7 @@ impl KernelDataplane {
     }
 
     async fn routes(&self) -> Result<Vec<RouteMessage>> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let routes: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .context("cannot list routes")?;
-        Ok(routes
-            .into_iter()
-            .filter(|route| {
-                route.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN
-            })
-            .collect())
+        crate::net::main_routes(&self.handle).await
     }
 
     async fn neighbours(&self, index: u32, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
