@@ -869,11 +869,14 @@ pub fn status(name: &str) -> Result<String> {
         alive(&state.run_dir.join("etcd.pid")),
     );
     for node in &state.nodes {
-        let agent = format!(
-            "agent ({}) {}",
-            node.dataplane.flag(),
-            alive(&node.agent_pid_file(&state.run_dir))
-        );
+        let agent = match node.dataplane {
+            Dataplane::Floor => "no agent (floor: plain routes)".to_owned(),
+            dataplane => format!(
+                "agent ({}) {}",
+                dataplane.flag(),
+                alive(&node.agent_pid_file(&state.run_dir))
+            ),
+        };
         out += &format!(
             "  {}  {UPLINK} {}/{UNDERLAY_PREFIX}  subnet {}  pins {}  {agent}\n",
             node.ns,
