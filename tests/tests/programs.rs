@@ -28,8 +28,7 @@ fn xdp_decapsulates_valid_vxlan_for_a_local_pod_into_the_exact_inner_frame() {
             ..Default::default()
         },
     );
-    expected[0..6].copy_from_slice(&POD_MAC);
-    expected[6..12].copy_from_slice(&GATEWAY_MAC);
+    addressed_to_pod(&mut expected);
     assert_eq!(out, expected);
     assert!(ipv4_checksum_ok(&out, 14));
     assert_counted(&before, &programs.counters(), "xdp_decap");
@@ -316,8 +315,7 @@ fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
             ..Default::default()
         },
     );
-    expected[0..6].copy_from_slice(&POD_MAC);
-    expected[6..12].copy_from_slice(&GATEWAY_MAC);
+    addressed_to_pod(&mut expected);
     assert_eq!(out, expected);
     assert!(ipv4_checksum_ok(&out, 14));
     assert_counted(&before, &programs.counters(), "tc_local_redirect");
@@ -401,8 +399,7 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
             ..Default::default()
         },
     );
-    expected[0..6].copy_from_slice(&POD_MAC);
-    expected[6..12].copy_from_slice(&GATEWAY_MAC);
+    addressed_to_pod(&mut expected);
     assert_eq!(out, expected);
     assert!(ipv4_checksum_ok(&out, 14));
     assert_counted(&before, &programs.counters(), "xdp_host_gw");
@@ -569,4 +566,11 @@ fn tc_forwards_to_host_gw_peers_by_their_node_mac() {
     let before = programs.counters();
     assert_eq!(programs.tc(&frame), (TC_ACT_OK, frame));
     assert_counted(&before, &programs.counters(), "tc_pass_no_neighbour");
+}
+
+/// What a frame looks like once delivered to the local pod: to its MAC,
+/// from the gateway's.
+fn addressed_to_pod(frame: &mut [u8]) {
+    frame[0..6].copy_from_slice(&POD_MAC);
+    frame[6..12].copy_from_slice(&GATEWAY_MAC);
 }
