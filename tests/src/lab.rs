@@ -630,22 +630,34 @@ impl Lab {
 
     /// Pings `to` from inside pod namespace `from`; returns ping's output.
     pub fn ping(&self, from: &PodState, to: &str, count: u32) -> Result<String> {
-        netns::run(
-            &from.ns,
-            &[
-                "ping",
-                "-q",
-                "-n",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.01",
-                "-W",
-                "2",
-                to,
-            ],
+        self.ping_with(from, to, count, &[])
+    }
+
+    /// Pings `size`-byte payloads with the DF bit set (`df`) or not.
+    pub fn ping_sized(
+        &self,
+        from: &PodState,
+        to: &str,
+        count: u32,
+        size: usize,
+        df: bool,
+    ) -> Result<String> {
+        let size = size.to_string();
+        self.ping_with(
+            from,
+            to,
+            count,
+            &["-M", if df { "do" } else { "dont" }, "-s", &size],
         )
-        .with_context(|| format!("{} ({}) cannot reach {to}", from.ns, from.ip()))
+    }
+
+    fn ping_with(&self, from: &PodState, to: &str, count: u32, extra: &[&str]) -> Result<String> {
+        let count = count.to_string();
+        let mut args = vec!["ping", "-q", "-n", "-c", &count, "-i", "0.01", "-W", "2"];
+        args.extend_from_slice(extra);
+        args.push(to);
+        netns::run(&from.ns, &args)
+            .with_context(|| format!("{} ({}) cannot reach {to}", from.ns, from.ip()))
     }
 
     /// `weft maps stats --json` on node `node` (1-based): name -> (packets, bytes).

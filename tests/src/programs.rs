@@ -245,18 +245,25 @@ pub fn vxlan_frame(
     )
 }
 
-pub fn good_vxlan() -> Vec<u8> {
+/// Valid VXLAN for the local pod, from `outer_src`.
+pub fn vxlan_from(outer_src: [u8; 4]) -> Vec<u8> {
+    let inner = inner_frame(LOCAL_POD, Ipv4Options::default());
     vxlan_frame(
-        PEER_IP,
+        outer_src,
         NODE_IP,
         PORT,
         VNI,
-        &inner_frame(LOCAL_POD, Ipv4Options::default()),
+        &inner,
         Ipv4Options {
             frag: 0,
             ..Default::default()
         },
     )
+}
+
+/// Valid VXLAN for the local pod, from the known peer.
+pub fn good_vxlan() -> Vec<u8> {
+    vxlan_from(PEER_IP)
 }
 
 /// Asserts that exactly `counter` rose by one.

@@ -159,69 +159,15 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     // with DF is refused by the pod itself (its MTU is the overlay's), and
     // without DF it is fragmented and still arrives.
     let before = lab.counters(1).unwrap();
-    let full = netns::run(
-        &from.ns,
-        &[
-            "ping",
-            "-q",
-            "-n",
-            "-c",
-            "3",
-            "-i",
-            "0.05",
-            "-W",
-            "2",
-            "-M",
-            "do",
-            "-s",
-            "1422",
-            to.ip(),
-        ],
-    )
-    .unwrap();
+    let full = lab.ping_sized(&from, to.ip(), 3, 1422, true).unwrap();
     assert!(full.contains("3 received"), "{full}");
     assert!(counter_delta(&before, &lab.counters(1).unwrap(), "tc_encap").0 >= 3);
-    let over = netns::run(
-        &from.ns,
-        &[
-            "ping",
-            "-q",
-            "-n",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            "-M",
-            "do",
-            "-s",
-            "1423",
-            to.ip(),
-        ],
-    );
+    let over = lab.ping_sized(&from, to.ip(), 1, 1423, true);
     assert!(
         over.is_err(),
         "a 1451-byte DF packet left a 1450-MTU pod: {over:?}"
     );
-    let fragmented = netns::run(
-        &from.ns,
-        &[
-            "ping",
-            "-q",
-            "-n",
-            "-c",
-            "3",
-            "-i",
-            "0.05",
-            "-W",
-            "2",
-            "-M",
-            "dont",
-            "-s",
-            "1423",
-            to.ip(),
-        ],
-    )
-    .unwrap();
+    let fragmented = lab.ping_sized(&from, to.ip(), 3, 1423, false).unwrap();
     assert!(fragmented.contains("3 received"), "{fragmented}");
 }
 

@@ -204,17 +204,7 @@ fn xdp_drops_vxlan_from_unknown_sources_in_strict_mode_and_passes_it_otherwise()
     ) else {
         return;
     };
-    let spoofed = vxlan_frame(
-        STRANGER_IP,
-        NODE_IP,
-        PORT,
-        VNI,
-        &inner_frame(LOCAL_POD, Ipv4Options::default()),
-        Ipv4Options {
-            frag: 0,
-            ..Default::default()
-        },
-    );
+    let spoofed = vxlan_from(STRANGER_IP);
     let strict = Programs::load(true);
     let before = strict.counters();
     assert_eq!(strict.xdp(&spoofed).0, XDP_DROP);
