@@ -21,6 +21,7 @@ use rtnetlink::{
     constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
 };
 use tokio::sync::mpsc;
+use tracing::warn;
 
 use crate::{
     lease::MacAddr,
@@ -78,9 +79,28 @@ impl LocalView {
     }
 }
 
-/// Sends the view at start and whenever it changes. Returns only on error
-/// (or when the receiver is gone).
-pub async fn watch(bridge: String, uplink: u32, views: mpsc::Sender<LocalView>) -> Result<()> {
+/// How often the view is re-read even without events: multicast netlink
+/// events can be lost (socket buffer overruns), and a missed new veth would
+/// otherwise stay off the fast path.
+const RESYNC: Duration = Duration::from_secs(5);
+
+/// Sends the view at start and whenever it changes, until the receiver is
+/// gone. A failed dump or a closed event socket is logged and the watch
+/// starts over: it must outlive any one netlink hiccup.
+pub async fn watch(bridge: String, uplink: u32, views: mpsc::Sender<LocalView>) {
+    loop {
+        match follow(&bridge, uplink, &views).await {
+            Ok(()) => return,
+            Err(error) => {
+                warn!("following pods and neighbours: {error:#}; starting over");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// One watch session; Ok when the receiver is gone.
+async fn follow(bridge: &str, uplink: u32, views: &mpsc::Sender<LocalView>) -> Result<()> {
     let (mut connection, handle, mut events) =
         rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     // Subscribe before the first dump so no change between the two is missed.
@@ -96,14 +116,14 @@ pub async fn watch(bridge: String, uplink: u32, views: mpsc::Sender<LocalView>) 
 
     let mut last_sent: Option<LocalView> = None;
     loop {
-        let current = read_view(&handle, &bridge, uplink).await?;
+        let current = read_view(&handle, bridge, uplink).await?;
         if last_sent.as_ref() != Some(&current) {
             if views.send(current.clone()).await.is_err() {
                 return Ok(());
             }
             last_sent = Some(current);
         }
-        if events.next().await.is_none() {
+        if let Ok(None) = tokio::time::timeout(RESYNC, events.next()).await {
             bail!("the kernel link/neighbour event stream closed");
         }
         // A pod coming up is a burst of events; read the kernel once the
