@@ -2,7 +2,7 @@
 //! pod veths plugged into the CNI bridge, the pods behind them (IP and MAC,
 //! from cni0's neighbour table and the bridge's forwarding database), and
 //! the uplink's neighbours (the underlay next hops the fast path writes into
-//! outer headers). Re-read on every link or neighbour event.
+//! outer headers). Re-read on every link, neighbour or route event, and every 5 s.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
