@@ -118,11 +118,18 @@ pub struct AgentArgs {
     /// the kernel path). Counted either way.
     #[arg(long, env = "WEFT_STRICT_VTEPS", default_value_t = true, action = clap::ArgAction::Set)]
     pub strict_vteps: bool,
+    /// Leave full-size TCP segments for local pods to the uplink's GRO and
+    /// deliver the coalesced packets from TC ingress (one trip per ~64 KB);
+    /// `false` delivers every frame from XDP.
+    #[arg(long, env = "WEFT_BULK_TCP_VIA_GRO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub bulk_tcp_via_gro: bool,
     /// The bridge the CNI bridge plugin plugs pod veths into.
     #[arg(long, env = "WEFT_BRIDGE", default_value = "cni0")]
     pub bridge: String,
     /// How to attach XDP to the uplink: `native` (driver), `generic` (skb),
-    /// or `auto` (native where the driver has it, else generic).
+    /// `off` (TC ingress alone delivers, after GRO), or `auto`: `off` on a
+    /// veth uplink (veth's native XDP copies nearly every frame, so TC alone
+    /// is faster there), else native where the driver has it, else generic.
     #[arg(long, env = "WEFT_XDP_MODE", value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
 }
@@ -139,6 +146,7 @@ pub enum XdpModeArg {
     Auto,
     Native,
     Generic,
+    Off,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{LinkAttribute, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
     route::{RouteAttribute, RouteHeader, RouteMessage},
 };
@@ -23,6 +23,8 @@ pub struct Uplink {
     pub mtu: u32,
     pub mac: MacAddr,
     pub public_ip: Ipv4Addr,
+    /// A veth (containers-in-containers, the lab), not a NIC.
+    pub is_veth: bool,
 }
 
 pub async fn select_uplink(
@@ -84,6 +86,7 @@ pub async fn select_uplink(
         mtu: mtu_of(link).unwrap_or(1500),
         mac: mac_of(link).unwrap_or(MacAddr([0; 6])),
         public_ip,
+        is_veth: is_veth(link),
         name,
     })
 }
@@ -152,6 +155,15 @@ pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMess
         .await?
         .into_iter()
         .find(|link| name_of(link) == Some(name)))
+}
+
+pub fn is_veth(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Veth))),
+        _ => false,
+    })
 }
 
 pub fn name_of(link: &LinkMessage) -> Option<&str> {

@@ -34,4 +34,11 @@ pub mod program_names {
     pub const XDP_UPLINK: &str = "xdp_uplink";
     /// TC ingress on the host side of every pod veth (traffic leaving a pod).
     pub const TC_POD_EGRESS: &str = "tc_pod_egress";
+    /// TC ingress on the uplink: what XDP left for GRO, after GRO.
+    pub const TC_UPLINK: &str = "tc_uplink";
+
+    // The kernel keeps 15 bytes of a program's name; tools that look a
+    // program up by name (TCX queries, `weft status`) see only those.
+    const _: () = assert!(XDP_UPLINK.len() <= 15 && TC_POD_EGRESS.len() <= 15);
+    const _: () = assert!(TC_UPLINK.len() <= 15);
 }

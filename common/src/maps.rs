@@ -62,6 +62,12 @@ pub struct VtepKey {
 /// `CONFIG` flag: drop VXLAN from sources not in `VTEPS` (else pass it to
 /// the kernel path).
 pub const CONFIG_STRICT_VTEPS: u32 = 1 << 0;
+/// `CONFIG` flag: XDP leaves full-size TCP segments for local pods to the
+/// uplink's GRO; TC ingress on the uplink delivers the coalesced packets.
+pub const CONFIG_BULK_TCP_VIA_GRO: u32 = 1 << 1;
+/// `CONFIG` flag: XDP is attached to the uplink and counts every frame
+/// there; without it, TC ingress on the uplink counts them.
+pub const CONFIG_UPLINK_XDP: u32 = 1 << 2;
 
 /// `CONFIG[0]`: this node.
 #[repr(C)]

@@ -16,8 +16,9 @@ pub struct PacketCounter {
 const _: () = assert!(core::mem::size_of::<PacketCounter>() == 16);
 const _: () = assert!(core::mem::align_of::<PacketCounter>() == 8);
 
-/// Index of a counter in `STATS`. `Xdp*` counters belong to the uplink
-/// program, `Tc*` ones to the pod veth program; `Pass*` means "handed to the
+/// Index of a counter in `STATS`. `Xdp*` counters belong to the uplink's
+/// XDP program, `TcUplink*` ones to the uplink's TC program, other `Tc*`
+/// ones to the pod veth program; `Pass*` means "handed to the
 /// kernel path", with the reason.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +61,15 @@ pub enum CounterId {
     XdpHostGw = 28,
     /// A plain packet for a local pod whose source is not the peer node that owns it.
     XdpPassUnknownSource = 29,
+    /// A full-size TCP segment for a local pod, left for the uplink's GRO;
+    /// `tc_uplink` delivers it after GRO.
+    XdpPassBulkTcp = 30,
+    /// After GRO: VXLAN decapsulated by TC on the uplink, redirected into a pod.
+    TcUplinkDecap = 31,
+    /// After GRO: a plain host-gw packet delivered by TC on the uplink.
+    TcUplinkHostGw = 32,
+    /// After GRO: the VXLAN headers could not be stripped; the kernel path took it.
+    TcUplinkPassDecapFailed = 33,
 }
 
 /// Every counter with its stable, user-facing name, in id order.
@@ -94,6 +104,13 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     (CounterId::TcHostGw, "tc_host_gw"),
     (CounterId::XdpHostGw, "xdp_host_gw"),
     (CounterId::XdpPassUnknownSource, "xdp_pass_unknown_source"),
+    (CounterId::XdpPassBulkTcp, "xdp_pass_bulk_tcp"),
+    (CounterId::TcUplinkDecap, "tc_uplink_decap"),
+    (CounterId::TcUplinkHostGw, "tc_uplink_host_gw"),
+    (
+        CounterId::TcUplinkPassDecapFailed,
+        "tc_uplink_pass_decap_failed",
+    ),
 ];
 
 /// Slots reserved in `STATS`: room to add counters without re-creating the

@@ -1,6 +1,8 @@
 //! weft's eBPF programs.
 //!
-//! - `xdp_uplink` (decap.rs): XDP on the node's uplink.
+//! - `xdp_uplink` (decap.rs): XDP on the node's uplink, every frame.
+//! - `tc_uplink` (gro_decap.rs): TC (TCX) ingress on the uplink,
+//!   the bulk TCP that XDP left for GRO.
 //! - `tc_pod_egress` (encap.rs): TC (TCX) ingress on the host side of every
 //!   pod veth, i.e. traffic leaving a pod.
 #![no_std]
@@ -13,8 +15,10 @@ mod counters;
 mod csum;
 mod decap;
 mod encap;
+mod gro_decap;
 mod maps;
 mod parse;
+mod uplink;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
@@ -24,6 +28,11 @@ use aya_ebpf::{
 #[xdp]
 pub fn xdp_uplink(ctx: XdpContext) -> u32 {
     decap::xdp_uplink(&ctx)
+}
+
+#[classifier]
+pub fn tc_uplink(mut ctx: TcContext) -> i32 {
+    gro_decap::tc_uplink(&mut ctx)
 }
 
 #[classifier]

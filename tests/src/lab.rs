@@ -554,7 +554,11 @@ impl Lab {
                 if process::running_pid(&pid_file).is_none() {
                     bail!("the agent on {ns} exited:\n{}", process::log_tail(&log, 20));
                 }
-                Ok(agent_ready(&ns)? && (!ebpf || xdp_attached(&ns, UPLINK)?))
+                // TC ingress on the uplink is attached last-but-one, before
+                // CONFIG is written: with it, the fast path is complete
+                // (XDP is optional: `--xdp-mode`).
+                Ok(agent_ready(&ns)?
+                    && (!ebpf || tc_attached(&ns, UPLINK, weft_common::program_names::TC_UPLINK)?))
             },
         )?;
         let env = subnet_env::read_if_present(&state.subnet_file)?.ok_or_else(|| {
@@ -1022,6 +1026,23 @@ pub fn counter_delta(before: &Counters, after: &Counters, name: &str) -> (u64, u
         after[name].1 - before[name].1,
     )
 }
+
+/// How much the counters in `names` rose together: (packets, bytes).
+pub fn counters_delta(before: &Counters, after: &Counters, names: &[&str]) -> (u64, u64) {
+    names.iter().fold((0, 0), |(packets, bytes), name| {
+        let (p, b) = counter_delta(before, after, name);
+        (packets + p, bytes + b)
+    })
+}
+
+/// Counters of VXLAN delivered into local pods: by XDP, or after GRO by TC.
+pub const DECAP_COUNTERS: [&str; 2] = ["xdp_decap", "tc_uplink_decap"];
+/// Counters of host-gw packets delivered into local pods: XDP, or TC after GRO.
+pub const HOST_GW_DELIVERY_COUNTERS: [&str; 2] = ["xdp_host_gw", "tc_uplink_host_gw"];
+
+/// The agent argument that puts XDP on the lab's (veth) uplinks, which
+/// `--xdp-mode auto` leaves to TC alone.
+pub const XDP_NATIVE: &str = "--xdp-mode=native";
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use aya::{
 use weft_common::{
     CONFIG_STRICT_VTEPS, COUNTERS, Endpoint, EndpointKey, NodeConfig, PacketCounter, Peer,
     PeerMode, VtepKey,
-    program_names::{TC_POD_EGRESS, XDP_UPLINK},
+    program_names::{TC_POD_EGRESS, TC_UPLINK, XDP_UPLINK},
 };
 
 use crate::packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4, udp, vxlan};
@@ -21,6 +21,7 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_REDIRECT: u32 = 4;
 pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
 pub const NODE_IP: [u8; 4] = [192, 168, 77, 1];
@@ -44,6 +45,7 @@ pub const UPLINK_IFINDEX: u32 = 2;
 pub const VNI: u32 = 1;
 pub const PORT: u16 = 8472;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
 pub struct Programs {
@@ -57,8 +59,10 @@ impl Programs {
             .unwrap();
         let xdp: &mut Xdp = ebpf.program_mut(XDP_UPLINK).unwrap().try_into().unwrap();
         xdp.load().unwrap();
-        let tc: &mut SchedClassifier = ebpf.program_mut(TC_POD_EGRESS).unwrap().try_into().unwrap();
-        tc.load().unwrap();
+        for name in [TC_POD_EGRESS, TC_UPLINK] {
+            let tc: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            tc.load().unwrap();
+        }
         let mut programs = Self { ebpf };
         let config = NodeConfig {
             node_ip: NODE_IP,
@@ -95,6 +99,15 @@ impl Programs {
         programs.set_peer(NEXTHOP_MAC);
         programs.set_host_gw_peer(HOSTGW_NODE_MAC);
         programs
+    }
+
+    /// Replaces CONFIG's flags (`CONFIG_*`).
+    pub fn set_flags(&mut self, flags: u32) {
+        let mut config_map: Array<_, NodeConfig> =
+            Array::try_from(self.ebpf.map_mut("CONFIG").unwrap()).unwrap();
+        let mut config = config_map.get(&0, 0).unwrap();
+        config.flags = flags;
+        config_map.set(0, config, 0).unwrap();
     }
 
     pub fn set_host_gw_peer(&mut self, nexthop_mac: [u8; 6]) {
@@ -141,6 +154,12 @@ impl Programs {
             .unwrap()
             .try_into()
             .unwrap();
+        run(program, frame)
+    }
+
+    /// TC ingress on the uplink (`tc_uplink`).
+    pub fn uplink_tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &SchedClassifier = self.ebpf.program(TC_UPLINK).unwrap().try_into().unwrap();
         run(program, frame)
     }
 
@@ -261,12 +280,52 @@ pub fn vxlan_from(outer_src: [u8; 4]) -> Vec<u8> {
     )
 }
 
+/// The inner frame of a TCP segment of `ip_len` bytes (IPv4 length) from
+/// a remote pod to `dst`; the programs read no further than the IPv4 header.
+pub fn inner_tcp_frame(dst: [u8; 4], ip_len: usize, opts: Ipv4Options) -> Vec<u8> {
+    let mut segment = vec![0u8; ip_len - 20];
+    segment[12] = 5 << 4; // data offset: a bare 20-byte TCP header
+    eth(
+        VTEP_MAC,
+        PEER_VTEP_MAC,
+        ETH_P_IPV4,
+        &ipv4(REMOTE_POD, dst, IPPROTO_TCP, &segment, opts),
+    )
+}
+
+/// Valid VXLAN carrying `inner`, from the known peer.
+pub fn vxlan_carrying(inner: &[u8]) -> Vec<u8> {
+    vxlan_frame(
+        PEER_IP,
+        NODE_IP,
+        PORT,
+        VNI,
+        inner,
+        Ipv4Options {
+            frag: 0,
+            ..Default::default()
+        },
+    )
+}
+
 /// Valid VXLAN for the local pod, from the known peer.
 pub fn good_vxlan() -> Vec<u8> {
     vxlan_from(PEER_IP)
 }
 
-/// Asserts that exactly `counter` rose by one.
+/// Asserts that exactly the counters in `rose` rose, each by one.
+pub fn assert_only(before: &BTreeMap<&str, u64>, after: &BTreeMap<&str, u64>, rose: &[&str]) {
+    for (name, value) in after {
+        let expected = before[name] + u64::from(rose.contains(name));
+        assert_eq!(
+            *value, expected,
+            "counter {name} (expected only {rose:?} to rise)"
+        );
+    }
+}
+
+/// Asserts that exactly `counter` rose by one (besides `uplink_rx` and
+/// `pod_egress`, which count every frame a program sees).
 pub fn assert_counted(before: &BTreeMap<&str, u64>, after: &BTreeMap<&str, u64>, counter: &str) {
     for (name, value) in after {
         let expected = before[name]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use weft_common::program_names::{TC_POD_EGRESS, XDP_UPLINK};
+use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK, XDP_UPLINK};
 use weft_tests::{Lab, LabSpec, lab, netns, privileged_test};
 
 /// `weft maps stats --json` for a pin dir: counter name -> packets.
@@ -37,7 +37,7 @@ fn loaded_weft_programs() -> Vec<String> {
         .unwrap()
         .iter()
         .filter_map(|program| program["name"].as_str())
-        .filter(|name| [XDP_UPLINK, TC_POD_EGRESS].contains(name))
+        .filter(|name| [XDP_UPLINK, TC_POD_EGRESS, TC_UPLINK].contains(name))
         .map(str::to_owned)
         .collect()
 }
@@ -54,13 +54,22 @@ fn agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm() {
         "weft programs loaded before the test: {:?}",
         loaded_weft_programs()
     );
-    let lab = Lab::up(&LabSpec::new("t-agent", 2, 2)).unwrap();
+    // XDP forced onto the lab's veth uplinks, so every attachment is covered.
+    let mut spec = LabSpec::new("t-agent", 2, 2);
+    spec.agent_args.push(lab::XDP_NATIVE.to_owned());
+    let lab = Lab::up(&spec).unwrap();
 
-    // Attached where the contract says: XDP on each uplink, TC on each pod veth.
+    // Attached where the contract says: XDP and TC on each uplink, TC on
+    // each pod veth.
     for node in &lab.state.nodes {
         assert!(
             lab::xdp_attached(&node.ns, "eth0").unwrap(),
             "no XDP on {} eth0",
+            node.ns
+        );
+        assert!(
+            lab::tc_attached(&node.ns, "eth0", TC_UPLINK).unwrap(),
+            "no TC on {} eth0",
             node.ns
         );
         for pod in &node.pods {
@@ -116,6 +125,11 @@ fn agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm() {
         assert!(
             !lab::xdp_attached(&node.ns, "eth0").unwrap(),
             "XDP still on {} eth0",
+            node.ns
+        );
+        assert!(
+            !lab::tc_attached(&node.ns, "eth0", TC_UPLINK).unwrap(),
+            "TC still on {} eth0",
             node.ns
         );
         for pod in &node.pods {

@@ -1,6 +1,6 @@
 //! The eBPF VXLAN fast path on the lab: pod traffic across nodes is
-//! encapsulated by TC and decapsulated by XDP (the kernel's flannel.1 stays
-//! idle), same-node traffic skips the bridge, big and fragmented packets get
+//! encapsulated by TC and decapsulated on the uplink, by TC alone or by XDP
+//! with bulk TCP left to GRO and TC (the kernel's flannel.1 stays idle), same-node traffic skips the bridge, big and fragmented packets get
 //! through, a stock kernel node interoperates both ways, spoofed VXLAN never
 //! reaches a pod, and an agent killed under load loses nothing.
 
@@ -10,10 +10,10 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use weft_common::program_names::TC_POD_EGRESS;
+use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK};
 use weft_tests::{
     Dataplane, Lab, LabSpec, inspect,
-    lab::{self, PodState, counter_delta},
+    lab::{self, DECAP_COUNTERS, PodState, XDP_NATIVE, counter_delta, counters_delta},
     netns,
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4, udp, vxlan},
     privileged_test,
@@ -27,7 +27,30 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     else {
         return;
     };
+    // The lab's uplinks are veths: TC alone decapsulates (`--xdp-mode auto`).
     let lab = Lab::up(&LabSpec::new("t-fp-vxlan", 3, 2)).unwrap();
+    carries_cross_node_traffic(&lab, false);
+    let counters = lab.counters(3).unwrap();
+    assert_eq!(counters["xdp_decap"].0, 0, "XDP decapsulated without XDP");
+}
+
+#[test]
+fn with_xdp_small_packets_take_xdp_and_bulk_tcp_takes_gro_then_tc() {
+    let Some(_guard) =
+        privileged_test("with_xdp_small_packets_take_xdp_and_bulk_tcp_takes_gro_then_tc")
+    else {
+        return;
+    };
+    let mut spec = LabSpec::new("t-fp-xdp", 3, 2);
+    spec.agent_args.push(XDP_NATIVE.to_owned());
+    let lab = Lab::up(&spec).unwrap();
+    carries_cross_node_traffic(&lab, true);
+}
+
+/// What a user checks on a VXLAN fast-path lab: the maps and status, pings
+/// and a 200 MB transfer carried by the programs and not by flannel.1, and
+/// full-MTU and fragmented packets. `xdp`: XDP is on the uplinks.
+fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     lab.warm_up().unwrap();
     lab.assert_all_pairs_ping(2);
 
@@ -69,7 +92,9 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(status["xdp_attached"], true, "{status}");
+    assert_eq!(status["xdp_attached"], xdp, "{status}");
+    assert_eq!(status["uplink_tc_attached"], true, "{status}");
+    assert_eq!(status["config"]["bulk_tcp_via_gro"], true, "{status}");
     let subnet: ipnet::Ipv4Net = node.subnet.parse().unwrap();
     assert_eq!(
         status["subnet"],
@@ -88,7 +113,8 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     );
 
     // 50 pings n1-p1 -> n2-p1: every request is encapsulated by TC on n1
-    // and decapsulated by XDP on n2, every reply the other way round.
+    // and decapsulated on n2's uplink (by XDP if attached: pings are small),
+    // every reply the other way round.
     let (from, to) = (lab.node(1).pods[0].clone(), lab.node(2).pods[0].clone());
     let before = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
     let flannel_before = [
@@ -102,7 +128,8 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     );
     let after = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
     for node in 0..2 {
-        for counter in ["tc_encap", "xdp_decap"] {
+        let decap = if xdp { "xdp_decap" } else { "tc_uplink_decap" };
+        for counter in ["tc_encap", decap] {
             let (packets, _) = counter_delta(&before[node], &after[node], counter);
             assert!(
                 packets >= 50,
@@ -135,7 +162,7 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     );
     let after = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
     let (_, encap_bytes) = counter_delta(&before[0], &after[0], "tc_encap");
-    let (_, decap_bytes) = counter_delta(&before[1], &after[1], "xdp_decap");
+    let (_, decap_bytes) = counters_delta(&before[1], &after[1], &DECAP_COUNTERS);
     assert!(
         encap_bytes >= transfer.bytes,
         "TC encapsulated {encap_bytes} bytes of a {} byte transfer",
@@ -143,9 +170,19 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     );
     assert!(
         decap_bytes >= transfer.bytes,
-        "XDP decapsulated {decap_bytes} bytes of a {} byte transfer",
+        "the fast path decapsulated {decap_bytes} bytes of a {} byte transfer",
         transfer.bytes
     );
+    if xdp {
+        // Full-size segments were left to GRO, and TC delivered them
+        // coalesced: fewer packets than XDP passed it.
+        let (passed, _) = counter_delta(&before[1], &after[1], "xdp_pass_bulk_tcp");
+        let (coalesced, _) = counter_delta(&before[1], &after[1], "tc_uplink_decap");
+        assert!(
+            passed > 0 && coalesced > 0 && coalesced < passed,
+            "XDP left {passed} segments to GRO, TC delivered {coalesced} packets"
+        );
+    }
     let flannel_after = [
         inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap(),
         inspect::packet_counts(&lab.node(3).ns, "flannel.1").unwrap(),
@@ -234,7 +271,7 @@ fn a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways() {
     );
     assert!(
         counter_delta(&fast_before, &fast_after, "tc_encap").0 > 0
-            && counter_delta(&fast_before, &fast_after, "xdp_decap").0 > 0
+            && counters_delta(&fast_before, &fast_after, &DECAP_COUNTERS).0 > 0
     );
 }
 
@@ -354,7 +391,7 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
     // Adopted, not duplicated: one XDP program on the uplink, one TC program
     // per pod veth, and the pinned counters carried on from before the kill.
     let node = lab.node(2);
-    assert!(lab::xdp_attached(&node.ns, "eth0").unwrap());
+    assert!(lab::tc_attached(&node.ns, "eth0", TC_UPLINK).unwrap());
     for pod in &node.pods {
         let count = netns::in_netns(&node.ns, || {
             let (_, programs) = aya::programs::SchedClassifier::query_tcx(

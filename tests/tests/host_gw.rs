@@ -3,7 +3,9 @@
 //! node interoperates, and DirectRouting picks host-gw or VXLAN per peer.
 
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec, inspect, lab::counter_delta, netns, privileged_test,
+    Backend, Dataplane, Lab, LabSpec, inspect,
+    lab::{DECAP_COUNTERS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE, counter_delta, counters_delta},
+    netns, privileged_test,
     traffic::tcp_transfer,
 };
 
@@ -19,7 +21,38 @@ fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
     else {
         return;
     };
+    // The lab's uplinks are veths: TC alone delivers (`--xdp-mode auto`).
     let lab = Lab::up(&host_gw("t-hg-fast")).unwrap();
+    skips_the_routing_table(&lab);
+    let counters = lab.counters(3).unwrap();
+    assert_eq!(counters["xdp_host_gw"].0, 0, "XDP delivered without XDP");
+}
+
+#[test]
+fn host_gw_with_xdp_delivers_small_packets_from_xdp_and_bulk_tcp_after_gro() {
+    let Some(_guard) =
+        privileged_test("host_gw_with_xdp_delivers_small_packets_from_xdp_and_bulk_tcp_after_gro")
+    else {
+        return;
+    };
+    let mut spec = host_gw("t-hg-xdp");
+    spec.agent_args.push(XDP_NATIVE.to_owned());
+    let lab = Lab::up(&spec).unwrap();
+    let before = lab.counters(3).unwrap();
+    skips_the_routing_table(&lab);
+    let after = lab.counters(3).unwrap();
+    // Pings are small: XDP; the transfer's full-size segments: GRO, then TC.
+    for counter in ["xdp_host_gw", "xdp_pass_bulk_tcp", "tc_uplink_host_gw"] {
+        assert!(
+            counter_delta(&before, &after, counter).0 > 0,
+            "{counter} did not rise"
+        );
+    }
+}
+
+/// Pings every pair, then moves 200 MB n1-p1 -> n3-p2 and checks that the
+/// fast path carried all of it and the routing tables none of it.
+fn skips_the_routing_table(lab: &Lab) {
     lab.warm_up().unwrap();
     lab.assert_all_pairs_ping(2);
     let (client, server) = (lab.node(1).pods[0].clone(), lab.node(3).pods[1].clone());
@@ -36,7 +69,7 @@ fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
     );
     let after = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
     let (_, sent) = counter_delta(&before[0], &after[0], "tc_host_gw");
-    let (_, delivered) = counter_delta(&before[1], &after[1], "xdp_host_gw");
+    let (_, delivered) = counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS);
     assert!(
         sent >= transfer.bytes,
         "TC forwarded {sent} bytes of a {} byte transfer",
@@ -44,7 +77,7 @@ fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
     );
     assert!(
         delivered >= transfer.bytes,
-        "XDP delivered {delivered} bytes of a {} byte transfer",
+        "the fast path delivered {delivered} bytes of a {} byte transfer",
         transfer.bytes
     );
     // The kernel routed (almost) nothing: only what is not the pods' (ARP
@@ -86,7 +119,7 @@ fn a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other() {
     let fast_after = lab.counters(2).unwrap();
     assert!(
         counter_delta(&fast, &fast_after, "tc_host_gw").0 > 0
-            && counter_delta(&fast, &fast_after, "xdp_host_gw").0 > 0
+            && counters_delta(&fast, &fast_after, &HOST_GW_DELIVERY_COUNTERS).0 > 0
     );
 }
 
@@ -173,10 +206,10 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
         counter_delta(&before[0], &after[0], "tc_host_gw").0 >= 50,
         "node 1 -> 2 did not go host-gw"
     );
-    assert!(counter_delta(&before[1], &after[1], "xdp_host_gw").0 >= 50);
+    assert!(counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS).0 >= 50);
     assert!(
         counter_delta(&before[0], &after[0], "tc_encap").0 >= 50,
         "node 1 -> 3 did not go VXLAN"
     );
-    assert!(counter_delta(&before[2], &after[2], "xdp_decap").0 >= 50);
+    assert!(counters_delta(&before[2], &after[2], &DECAP_COUNTERS).0 >= 50);
 }

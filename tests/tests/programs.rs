@@ -1,6 +1,7 @@
 //! The eBPF programs on crafted frames, through BPF_PROG_TEST_RUN: the
 //! verdict, the exact bytes that come out, and the counter that explains it.
 
+use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP};
 use weft_tests::{
     packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4, ipv4_checksum_ok},
     privileged_test,
@@ -563,4 +564,240 @@ fn tc_forwards_to_host_gw_peers_by_their_node_mac() {
 fn addressed_to_pod(frame: &mut [u8]) {
     frame[0..6].copy_from_slice(&POD_MAC);
     frame[6..12].copy_from_slice(&GATEWAY_MAC);
+}
+
+#[test]
+fn xdp_leaves_full_size_tcp_for_local_pods_to_gro_when_configured() {
+    let Some(_guard) =
+        privileged_test("xdp_leaves_full_size_tcp_for_local_pods_to_gro_when_configured")
+    else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    programs.set_flags(CONFIG_STRICT_VTEPS | CONFIG_BULK_TCP_VIA_GRO);
+    let bulk = vxlan_carrying(&inner_tcp_frame(LOCAL_POD, 1400, Ipv4Options::default()));
+    let bulk_host_gw = host_gw_tcp_frame(1400);
+    programs.assert_xdp_passes(&[
+        (
+            "full-size TCP over VXLAN",
+            bulk.clone(),
+            "xdp_pass_bulk_tcp",
+        ),
+        (
+            "full-size TCP over host-gw",
+            bulk_host_gw.clone(),
+            "xdp_pass_bulk_tcp",
+        ),
+    ]);
+    // Below the bulk size (ACKs, request/response), and not TCP: XDP delivers.
+    for (what, frame, counter) in [
+        (
+            "a 1023-byte TCP segment",
+            vxlan_carrying(&inner_tcp_frame(LOCAL_POD, 1023, Ipv4Options::default())),
+            "xdp_decap",
+        ),
+        (
+            "a bare ACK",
+            vxlan_carrying(&inner_tcp_frame(LOCAL_POD, 40, Ipv4Options::default())),
+            "xdp_decap",
+        ),
+        (
+            "a small host-gw segment",
+            host_gw_tcp_frame(60),
+            "xdp_host_gw",
+        ),
+    ] {
+        let before = programs.counters();
+        assert_eq!(programs.xdp(&frame).0, XDP_REDIRECT, "{what}");
+        assert_counted(&before, &programs.counters(), counter);
+    }
+    // Whatever GRO could coalesce is still checked first: a spoofed
+    // full-size segment is dropped, one for no local pod is the kernel's.
+    let mut spoofed = bulk.clone();
+    spoofed[26..30].copy_from_slice(&STRANGER_IP);
+    fix_outer_checksum(&mut spoofed);
+    let before = programs.counters();
+    assert_eq!(programs.xdp(&spoofed).0, XDP_DROP);
+    assert_counted(&before, &programs.counters(), "xdp_drop_unknown_vtep");
+    programs.assert_xdp_passes(&[(
+        "full-size TCP for no local pod",
+        vxlan_carrying(&inner_tcp_frame(
+            [10, 244, 1, 99],
+            1400,
+            Ipv4Options::default(),
+        )),
+        "xdp_pass_no_endpoint",
+    )]);
+
+    // Off: XDP delivers everything itself.
+    programs.set_flags(CONFIG_STRICT_VTEPS);
+    for (frame, counter) in [(bulk, "xdp_decap"), (bulk_host_gw, "xdp_host_gw")] {
+        let before = programs.counters();
+        assert_eq!(programs.xdp(&frame).0, XDP_REDIRECT);
+        assert_counted(&before, &programs.counters(), counter);
+    }
+}
+
+#[test]
+fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
+    let Some(_guard) = privileged_test("tc_on_the_uplink_delivers_the_exact_frame_xdp_would")
+    else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    for xdp_attached in [true, false] {
+        let flags = CONFIG_STRICT_VTEPS | if xdp_attached { CONFIG_UPLINK_XDP } else { 0 };
+        programs.set_flags(flags);
+        // Without XDP, TC counts every frame it sees, as XDP would.
+        let also = if xdp_attached {
+            vec![]
+        } else {
+            vec!["uplink_rx"]
+        };
+        let with = |counter: &'static str| [also.clone(), vec![counter]].concat();
+
+        for (what, inner) in [
+            ("ICMP", inner_frame(LOCAL_POD, Ipv4Options::default())),
+            (
+                "full-size TCP",
+                inner_tcp_frame(LOCAL_POD, 1400, Ipv4Options::default()),
+            ),
+        ] {
+            let before = programs.counters();
+            let (verdict, out) = programs.uplink_tc(&vxlan_carrying(&inner));
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{what}");
+            // The inner frame for the pod: its MAC, from the gateway, TTL
+            // one lower with the checksum patched; same bytes as XDP's.
+            let mut expected = inner.clone();
+            expected[22] -= 1;
+            expected[24..26].copy_from_slice(&[0, 0]);
+            let checksum = ipv4_header_checksum(&expected[14..34]);
+            expected[24..26].copy_from_slice(&checksum);
+            addressed_to_pod(&mut expected);
+            assert_eq!(out, expected, "{what}");
+            assert_eq!(
+                programs.xdp(&vxlan_carrying(&inner)).1,
+                expected,
+                "{what}: XDP differs"
+            );
+            let after = programs.counters();
+            let mut tc_only = after.clone();
+            // The XDP run above counted too; compare TC's counting alone.
+            for name in ["uplink_rx", "xdp_decap", "xdp_pass_bulk_tcp"] {
+                tc_only.insert(name, before[name] + u64::from(also.contains(&name)));
+            }
+            assert_only(&before, &tc_only, &with("tc_uplink_decap"));
+        }
+
+        let frame = host_gw_frame(
+            HOSTGW_NODE_MAC,
+            HOSTGW_POD,
+            LOCAL_POD,
+            Ipv4Options::default(),
+        );
+        let before = programs.counters();
+        let (verdict, out) = programs.uplink_tc(&frame);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let mut expected = host_gw_frame(
+            HOSTGW_NODE_MAC,
+            HOSTGW_POD,
+            LOCAL_POD,
+            Ipv4Options {
+                ttl: 63,
+                ..Default::default()
+            },
+        );
+        addressed_to_pod(&mut expected);
+        assert_eq!(out, expected);
+        assert_only(&before, &programs.counters(), &with("tc_uplink_host_gw"));
+
+        // Refused as XDP refuses: spoofed VXLAN is dropped (counted, since
+        // it is a drop), the rest is the kernel's, untouched, and counted
+        // only when no XDP counted it already.
+        let before = programs.counters();
+        let spoofed = vxlan_from(STRANGER_IP);
+        assert_eq!(programs.uplink_tc(&spoofed).0, TC_ACT_SHOT);
+        assert_only(
+            &before,
+            &programs.counters(),
+            &with("xdp_drop_unknown_vtep"),
+        );
+        for (what, frame, counter) in [
+            (
+                "wrong VNI",
+                vxlan_frame(
+                    PEER_IP,
+                    NODE_IP,
+                    PORT,
+                    2,
+                    &inner_frame(LOCAL_POD, Ipv4Options::default()),
+                    Ipv4Options {
+                        frag: 0,
+                        ..Default::default()
+                    },
+                ),
+                "xdp_pass_wrong_vni",
+            ),
+            (
+                "no local pod",
+                vxlan_carrying(&inner_frame([10, 244, 1, 99], Ipv4Options::default())),
+                "xdp_pass_no_endpoint",
+            ),
+            (
+                "TTL 1",
+                vxlan_carrying(&inner_frame(
+                    LOCAL_POD,
+                    Ipv4Options {
+                        ttl: 1,
+                        ..Default::default()
+                    },
+                )),
+                "xdp_pass_ttl_expired",
+            ),
+            (
+                "host-gw from the wrong MAC",
+                host_gw_frame(NEXTHOP_MAC, HOSTGW_POD, LOCAL_POD, Ipv4Options::default()),
+                "xdp_pass_unknown_source",
+            ),
+        ] {
+            let before = programs.counters();
+            let (verdict, out) = programs.uplink_tc(&frame);
+            assert_eq!(verdict, TC_ACT_OK, "{what}");
+            assert_eq!(out, frame, "{what}: a passed frame must be untouched");
+            let rose = if xdp_attached { vec![] } else { with(counter) };
+            assert_only(&before, &programs.counters(), &rose);
+        }
+    }
+}
+
+/// A host-gw TCP segment of `ip_len` bytes from the host-gw peer's pod.
+fn host_gw_tcp_frame(ip_len: usize) -> Vec<u8> {
+    let mut frame = inner_tcp_frame(LOCAL_POD, ip_len, Ipv4Options::default());
+    frame[0..6].copy_from_slice(&UPLINK_MAC);
+    frame[6..12].copy_from_slice(&HOSTGW_NODE_MAC);
+    frame[26..30].copy_from_slice(&HOSTGW_POD);
+    fix_checksum_at(&mut frame, 14);
+    frame
+}
+
+fn fix_outer_checksum(frame: &mut [u8]) {
+    fix_checksum_at(frame, 14);
+}
+
+fn fix_checksum_at(frame: &mut [u8], at: usize) {
+    frame[at + 10..at + 12].copy_from_slice(&[0, 0]);
+    let checksum = ipv4_header_checksum(&frame[at..at + 20]);
+    frame[at + 10..at + 12].copy_from_slice(&checksum);
+}
+
+/// The IPv4 header checksum of `header` (its checksum field zero).
+fn ipv4_header_checksum(header: &[u8]) -> [u8; 2] {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|word| u32::from(u16::from_be_bytes([word[0], word[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (!(sum as u16)).to_be_bytes()
 }

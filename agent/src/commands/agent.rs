@@ -14,14 +14,14 @@ use tokio::{
     time::Instant,
 };
 use tracing::{error, info, warn};
-use weft_common::{CONFIG_STRICT_VTEPS, NodeConfig};
+use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, NodeConfig};
 
 use crate::{
     bpffs,
     cli::{AgentArgs, DataplaneArg},
     config::{BackendConfig, NetworkConfig},
     dataplane::{
-        ebpf::EbpfDataplane,
+        ebpf::{AttachedXdpMode, EbpfDataplane},
         fastpath::{FastPath, FastPathMaps},
         kernel::{KernelDataplane, PeerRoute},
     },
@@ -145,6 +145,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             &config,
             vxlan.map(|device| device.mac),
             args.strict_vteps,
+            args.bulk_tcp_via_gro,
         );
         match start_fast_path(&args, &uplink, node, handle.clone(), views_tx) {
             Ok(started) => fast_path = Some(started),
@@ -274,7 +275,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     if let Some(mut fast_path) = fast_path {
         let detached = fast_path.programs.detach_all();
         info!(
-            interfaces = detached,
+            attachments = detached,
             "detached; maps stay pinned in {}",
             args.bpf_pin_dir.display()
         );
@@ -421,6 +422,7 @@ fn node_config(
     config: &NetworkConfig,
     vtep_mac: Option<MacAddr>,
     strict_vteps: bool,
+    bulk_tcp_via_gro: bool,
 ) -> NodeConfig {
     let (vni, port) = match config.backend {
         BackendConfig::Vxlan { vni, port, .. } => (vni, port),
@@ -435,7 +437,12 @@ fn node_config(
         vtep_mac: vtep_mac.map(|mac| mac.0).unwrap_or_default(),
         gateway_mac: [0; 6],
         uplink_mtu: uplink.mtu,
-        flags: if strict_vteps { CONFIG_STRICT_VTEPS } else { 0 },
+        flags: (if strict_vteps { CONFIG_STRICT_VTEPS } else { 0 })
+            | (if bulk_tcp_via_gro {
+                CONFIG_BULK_TCP_VIA_GRO
+            } else {
+                0
+            }),
     }
 }
 
@@ -450,9 +457,14 @@ fn start_fast_path(
 ) -> Result<FastPath> {
     let mut programs = EbpfDataplane::load(&args.bpf_pin_dir)?;
     let mut maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
+    let mode = programs.attach_uplink(uplink, args.xdp_mode)?;
+    info!(iface = %uplink.name, xdp = ?mode, veth = uplink.is_veth, "uplink programs attached");
+    // TC on the uplink counts what XDP would have counted when XDP is off.
+    let mut node = node;
+    if mode != AttachedXdpMode::Off {
+        node.flags |= CONFIG_UPLINK_XDP;
+    }
     maps.set_config(node)?;
-    let mode = programs.attach_uplink(&uplink.name, uplink.index, args.xdp_mode)?;
-    info!(iface = %uplink.name, ?mode, "XDP attached to the uplink");
     tokio::spawn(endpoints::watch(args.bridge.clone(), uplink.index, views));
     Ok(FastPath::new(programs, maps, handle))
 }

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context as _, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
 use serde::Serialize;
-use weft_common::{CONFIG_STRICT_VTEPS, PeerMode, program_names};
+use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, PeerMode, program_names};
 
 use crate::{
     cli::{MapName, MapsArgs, StatusArgs},
@@ -47,6 +47,7 @@ pub struct ConfigRow {
     pub vtep_mac: String,
     pub gateway_mac: String,
     pub strict_vteps: bool,
+    pub bulk_tcp_via_gro: bool,
 }
 
 fn mac(bytes: [u8; 6]) -> String {
@@ -107,6 +108,7 @@ pub fn config_row(maps: &FastPathMaps) -> Result<ConfigRow> {
         vtep_mac: mac(config.vtep_mac),
         gateway_mac: mac(config.gateway_mac),
         strict_vteps: config.flags & CONFIG_STRICT_VTEPS != 0,
+        bulk_tcp_via_gro: config.flags & CONFIG_BULK_TCP_VIA_GRO != 0,
     })
 }
 
@@ -197,6 +199,7 @@ struct Status {
     config: ConfigRow,
     uplink: Option<String>,
     xdp_attached: bool,
+    uplink_tc_attached: bool,
     pod_veths: Vec<PodVeth>,
     peers: Vec<PeerRow>,
     endpoints: Vec<EndpointRow>,
@@ -220,6 +223,9 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     tokio::spawn(connection);
     let view = endpoints::read_view(&handle, &args.bridge, config.uplink_ifindex).await?;
+    let uplink_tc_attached = uplink
+        .as_deref()
+        .is_some_and(|name| tc_on(name, program_names::TC_UPLINK));
     let xdp_attached = match &uplink {
         Some(name) => xdp_on(name)?,
         None => false,
@@ -229,7 +235,7 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         .values()
         .map(|port| PodVeth {
             name: port.name.clone(),
-            tc_attached: tc_on(&port.name),
+            tc_attached: tc_on(&port.name, program_names::TC_POD_EGRESS),
         })
         .collect();
     let status = Status {
@@ -239,6 +245,7 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         config,
         uplink,
         xdp_attached,
+        uplink_tc_attached,
         pod_veths,
         peers: peers(&maps)?,
         endpoints: endpoint_rows(&maps)?,
@@ -263,26 +270,26 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         status.config.strict_vteps
     );
     println!(
-        "uplink      {} (ifindex {})  XDP {}: {}",
+        "uplink      {} (ifindex {})  TC {}: {}  XDP {}: {}  bulk TCP via GRO {}",
         status.uplink.as_deref().unwrap_or("?"),
         status.config.uplink_ifindex,
+        program_names::TC_UPLINK,
+        attached(status.uplink_tc_attached),
         program_names::XDP_UPLINK,
+        // --xdp-mode off (and auto on a veth uplink) leaves XDP out.
         if status.xdp_attached {
             "attached"
         } else {
-            "NOT attached"
-        }
+            "not attached (TC delivers everything)"
+        },
+        status.config.bulk_tcp_via_gro
     );
     for veth in &status.pod_veths {
         println!(
             "pod veth    {}  TC {}: {}",
             veth.name,
             program_names::TC_POD_EGRESS,
-            if veth.tc_attached {
-                "attached"
-            } else {
-                "NOT attached"
-            }
+            attached(veth.tc_attached)
         );
     }
     println!("peers       {}", status.peers.len());
@@ -324,10 +331,14 @@ fn xdp_on(interface: &str) -> Result<bool> {
         .is_some_and(|links| !links[0]["xdp"].is_null()))
 }
 
-fn tc_on(interface: &str) -> bool {
+fn attached(yes: bool) -> &'static str {
+    if yes { "attached" } else { "NOT attached" }
+}
+
+fn tc_on(interface: &str, program: &str) -> bool {
     SchedClassifier::query_tcx(interface, TcAttachType::Ingress).is_ok_and(|(_, programs)| {
         programs
             .iter()
-            .any(|info| info.name_as_str() == Some(program_names::TC_POD_EGRESS))
+            .any(|info| info.name_as_str() == Some(program))
     })
 }

@@ -1,5 +1,5 @@
-//! The eBPF dataplane: load the embedded object, pin its maps, attach XDP to
-//! the uplink and TC (TCX) to every pod veth.
+//! The eBPF dataplane: load the embedded object, pin its maps, attach XDP and
+//! TC (TCX) ingress to the uplink and TC (TCX) ingress to every pod veth.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -13,7 +13,7 @@ use aya::{
 use tracing::{info, warn};
 use weft_common::{map_names, program_names};
 
-use crate::{cli::XdpModeArg, endpoints::BridgePorts};
+use crate::{cli::XdpModeArg, endpoints::BridgePorts, net::Uplink};
 
 /// The eBPF object built by build.rs (see `cargo xtask build-ebpf`).
 pub static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft"));
@@ -26,11 +26,15 @@ const PINNED_MAPS: [&str; 5] = map_names::ALL;
 pub enum AttachedXdpMode {
     Native,
     Generic,
+    /// Not attached: TC ingress alone delivers, after GRO.
+    Off,
 }
 
 pub struct EbpfDataplane {
     ebpf: Ebpf,
     uplink: Option<XdpLinkId>,
+    /// TC ingress on the uplink: delivery of what XDP left for GRO.
+    uplink_tc: Option<SchedClassifierLinkId>,
     /// Attached pod veths: ifindex -> (name, link).
     pods: BTreeMap<u32, (String, SchedClassifierLinkId)>,
 }
@@ -52,26 +56,37 @@ impl EbpfDataplane {
         program_mut::<Xdp>(&mut ebpf, program_names::XDP_UPLINK)?
             .load()
             .with_context(|| format!("the kernel rejected {}", program_names::XDP_UPLINK))?;
-        program_mut::<SchedClassifier>(&mut ebpf, program_names::TC_POD_EGRESS)?
-            .load()
-            .with_context(|| format!("the kernel rejected {}", program_names::TC_POD_EGRESS))?;
+        for name in [program_names::TC_POD_EGRESS, program_names::TC_UPLINK] {
+            program_mut::<SchedClassifier>(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("the kernel rejected {name}"))?;
+        }
         Ok(Self {
             ebpf,
             uplink: None,
+            uplink_tc: None,
             pods: BTreeMap::new(),
         })
     }
 
-    /// Attaches XDP to the uplink; `auto` prefers native (driver) mode and
-    /// falls back to generic where the driver has no XDP support.
-    pub fn attach_uplink(
-        &mut self,
-        iface: &str,
-        ifindex: u32,
-        mode: XdpModeArg,
-    ) -> Result<AttachedXdpMode> {
-        if self.uplink.is_some() {
-            bail!("XDP is already attached to the uplink");
+    /// Attaches TC ingress to the uplink, which delivers what XDP leaves for
+    /// GRO (or everything, without XDP), then XDP: `auto` skips it on a veth
+    /// uplink and otherwise prefers native (driver) mode, falling back to
+    /// generic where the driver has no XDP support.
+    pub fn attach_uplink(&mut self, uplink: &Uplink, mode: XdpModeArg) -> Result<AttachedXdpMode> {
+        let (iface, ifindex) = (uplink.name.as_str(), uplink.index);
+        if self.uplink.is_some() || self.uplink_tc.is_some() {
+            bail!("the uplink programs are already attached");
+        }
+        let tc = program_mut::<SchedClassifier>(&mut self.ebpf, program_names::TC_UPLINK)?
+            .attach(iface, TcAttachType::Ingress)
+            .with_context(|| format!("cannot attach TC ingress to {iface}"))?;
+        self.uplink_tc = Some(tc);
+        // veth's native XDP copies every frame that arrives without 256 bytes
+        // of headroom or in fragments, which is nearly all of them (see the
+        // README's Performance section): on a veth, TC alone is faster.
+        if mode == XdpModeArg::Off || (mode == XdpModeArg::Auto && uplink.is_veth) {
+            return Ok(AttachedXdpMode::Off);
         }
         let program = program_mut::<Xdp>(&mut self.ebpf, program_names::XDP_UPLINK)?;
         let attach = |program: &mut Xdp, xdp_mode| {
@@ -82,6 +97,7 @@ impl EbpfDataplane {
         let (link, attached) = match mode {
             XdpModeArg::Native => (attach(program, XdpMode::Driver)?, AttachedXdpMode::Native),
             XdpModeArg::Generic => (attach(program, XdpMode::Skb)?, AttachedXdpMode::Generic),
+            XdpModeArg::Off => unreachable!("handled above"),
             XdpModeArg::Auto => match attach(program, XdpMode::Driver) {
                 Ok(link) => (link, AttachedXdpMode::Native),
                 Err(error) => {
@@ -136,7 +152,7 @@ impl EbpfDataplane {
         program_mut(&mut self.ebpf, program_names::TC_POD_EGRESS)
     }
 
-    /// Detaches every program; returns how many interfaces it left.
+    /// Detaches every program; returns how many attachments it removed.
     pub fn detach_all(&mut self) -> usize {
         let mut detached = 0;
         let pods = std::mem::take(&mut self.pods);
@@ -144,6 +160,13 @@ impl EbpfDataplane {
             for (_, (_, link)) in pods {
                 detached += usize::from(program.detach(link).is_ok());
             }
+        }
+        // TC first: without XDP passing it bulk TCP, it has nothing to do.
+        if let Some(link) = self.uplink_tc.take()
+            && let Ok(program) =
+                program_mut::<SchedClassifier>(&mut self.ebpf, program_names::TC_UPLINK)
+        {
+            detached += usize::from(program.detach(link).is_ok());
         }
         if let Some(link) = self.uplink.take()
             && let Ok(program) = program_mut::<Xdp>(&mut self.ebpf, program_names::XDP_UPLINK)

@@ -306,8 +306,13 @@ fn bench(args: BenchArgs) -> Result<()> {
     println!("machine: {}", details.machine);
     if let Some(programs) = &details.programs {
         println!(
-            "program cost (BPF_PROG_TEST_RUN, {} runs): XDP decap {:.1} ns/packet, TC encap {:.1} ns/packet",
-            programs.repeat, programs.xdp_decap_ns, programs.tc_encap_ns
+            "program cost (BPF_PROG_TEST_RUN, {} runs, kernel run-time stats): XDP decap {:.1} ns/packet, \
+             XDP bulk TCP to GRO {:.1}, TC uplink decap {:.1} ns/coalesced packet, TC encap {:.1} ns/packet",
+            programs.runs,
+            programs.xdp_decap_ns,
+            programs.xdp_pass_bulk_tcp_ns,
+            programs.tc_uplink_decap_ns,
+            programs.tc_encap_ns
         );
     }
     for scale in &details.control_plane {
