@@ -94,6 +94,12 @@ pub struct ProgramCost {
     pub tc_uplink_decap_ns: f64,
     /// TC on a pod veth: a packet encapsulated for a VXLAN peer.
     pub tc_encap_ns: f64,
+    /// Calibration, on a frame XDP passes unchanged (so repetitions are
+    /// alike): one run per call, as above...
+    pub xdp_pass_one_per_call_ns: f64,
+    /// ... and `runs` repetitions in one call, warm, as the kernel times
+    /// them. The difference is the cold start each figure above carries.
+    pub xdp_pass_repeated_ns: f64,
     /// Runs per program (one per BPF_PROG_TEST_RUN call).
     pub runs: u32,
 }
@@ -591,7 +597,25 @@ pub fn program_cost(runs: u32) -> Result<ProgramCost> {
         1400,
         crate::packets::Ipv4Options::default(),
     ));
+    let not_vxlan = crate::programs::vxlan_frame(
+        crate::programs::PEER_IP,
+        crate::programs::NODE_IP,
+        4789,
+        1,
+        &[0u8; 64],
+        Default::default(),
+    );
+    let mut out = vec![0u8; not_vxlan.len() + 256];
+    let repeated = xdp.test_run(TestRunOptions {
+        data_in: Some(&not_vxlan),
+        data_out: Some(&mut out),
+        repeat: runs,
+        ..TestRunOptions::new()
+    })?;
     Ok(ProgramCost {
+        xdp_pass_one_per_call_ns: ns_per_run(xdp, &not_vxlan, runs)?,
+        // The kernel reports the mean per repetition.
+        xdp_pass_repeated_ns: repeated.duration.as_nanos() as f64,
         xdp_decap_ns: ns_per_run(xdp, &good_vxlan(), runs)?,
         xdp_pass_bulk_tcp_ns: ns_per_run(xdp, &bulk, runs)?,
         tc_uplink_decap_ns: ns_per_run(uplink_tc, &bulk, runs)?,
