@@ -161,7 +161,8 @@ impl EbpfDataplane {
                 detached += usize::from(program.detach(link).is_ok());
             }
         }
-        // TC first: without XDP passing it bulk TCP, it has nothing to do.
+        // TC before XDP: what XDP still leaves for GRO meanwhile goes to
+        // the kernel path.
         if let Some(link) = self.uplink_tc.take()
             && let Ok(program) =
                 program_mut::<SchedClassifier>(&mut self.ebpf, program_names::TC_UPLINK)
