@@ -264,22 +264,6 @@ pub fn vxlan_frame(
     )
 }
 
-/// Valid VXLAN for the local pod, from `outer_src`.
-pub fn vxlan_from(outer_src: [u8; 4]) -> Vec<u8> {
-    let inner = inner_frame(LOCAL_POD, Ipv4Options::default());
-    vxlan_frame(
-        outer_src,
-        NODE_IP,
-        PORT,
-        VNI,
-        &inner,
-        Ipv4Options {
-            frag: 0,
-            ..Default::default()
-        },
-    )
-}
-
 /// The inner frame of a TCP segment of `ip_len` bytes (IPv4 length) from
 /// a remote pod to `dst`; the programs read no further than the IPv4 header.
 pub fn inner_tcp_frame(dst: [u8; 4], ip_len: usize, opts: Ipv4Options) -> Vec<u8> {
@@ -295,8 +279,17 @@ pub fn inner_tcp_frame(dst: [u8; 4], ip_len: usize, opts: Ipv4Options) -> Vec<u8
 
 /// Valid VXLAN carrying `inner`, from the known peer.
 pub fn vxlan_carrying(inner: &[u8]) -> Vec<u8> {
+    vxlan_from_carrying(PEER_IP, inner)
+}
+
+/// Valid VXLAN for the local pod, from `outer_src`.
+pub fn vxlan_from(outer_src: [u8; 4]) -> Vec<u8> {
+    vxlan_from_carrying(outer_src, &inner_frame(LOCAL_POD, Ipv4Options::default()))
+}
+
+fn vxlan_from_carrying(outer_src: [u8; 4], inner: &[u8]) -> Vec<u8> {
     vxlan_frame(
-        PEER_IP,
+        outer_src,
         NODE_IP,
         PORT,
         VNI,

@@ -3,7 +3,7 @@
 
 use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP};
 use weft_tests::{
-    packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4, ipv4_checksum_ok},
+    packets::{ETH_P_IPV4, Ipv4Options, checksum, eth, icmp_echo, ipv4, ipv4_checksum_ok},
     privileged_test,
     programs::*,
 };
@@ -381,17 +381,7 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
     );
     let (verdict, out) = programs.xdp(&frame);
     assert_eq!(verdict, XDP_REDIRECT);
-    let mut expected = host_gw_frame(
-        HOSTGW_NODE_MAC,
-        HOSTGW_POD,
-        LOCAL_POD,
-        Ipv4Options {
-            ttl: 63,
-            ..Default::default()
-        },
-    );
-    addressed_to_pod(&mut expected);
-    assert_eq!(out, expected);
+    assert_eq!(out, host_gw_frame_delivered());
     assert!(ipv4_checksum_ok(&out, 14));
     assert_counted(&before, &programs.counters(), "xdp_host_gw");
 
@@ -671,7 +661,7 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
             let mut expected = inner.clone();
             expected[22] -= 1;
             expected[24..26].copy_from_slice(&[0, 0]);
-            let checksum = ipv4_header_checksum(&expected[14..34]);
+            let checksum = checksum(&expected[14..34]).to_be_bytes();
             expected[24..26].copy_from_slice(&checksum);
             addressed_to_pod(&mut expected);
             assert_eq!(out, expected, "{what}");
@@ -698,17 +688,7 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
         let before = programs.counters();
         let (verdict, out) = programs.uplink_tc(&frame);
         assert_eq!(verdict, TC_ACT_REDIRECT);
-        let mut expected = host_gw_frame(
-            HOSTGW_NODE_MAC,
-            HOSTGW_POD,
-            LOCAL_POD,
-            Ipv4Options {
-                ttl: 63,
-                ..Default::default()
-            },
-        );
-        addressed_to_pod(&mut expected);
-        assert_eq!(out, expected);
+        assert_eq!(out, host_gw_frame_delivered());
         assert_only(&before, &programs.counters(), &with("tc_uplink_host_gw"));
 
         // Refused as XDP refuses: spoofed VXLAN is dropped (counted, since
@@ -770,6 +750,22 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
     }
 }
 
+/// What `host_gw_frame` from the owning peer looks like delivered into the
+/// local pod: TTL one lower, to the pod's MAC from the gateway's.
+fn host_gw_frame_delivered() -> Vec<u8> {
+    let mut expected = host_gw_frame(
+        HOSTGW_NODE_MAC,
+        HOSTGW_POD,
+        LOCAL_POD,
+        Ipv4Options {
+            ttl: 63,
+            ..Default::default()
+        },
+    );
+    addressed_to_pod(&mut expected);
+    expected
+}
+
 /// A host-gw TCP segment of `ip_len` bytes from the host-gw peer's pod.
 fn host_gw_tcp_frame(ip_len: usize) -> Vec<u8> {
     let mut frame = inner_tcp_frame(LOCAL_POD, ip_len, Ipv4Options::default());
@@ -786,18 +782,6 @@ fn fix_outer_checksum(frame: &mut [u8]) {
 
 fn fix_checksum_at(frame: &mut [u8], at: usize) {
     frame[at + 10..at + 12].copy_from_slice(&[0, 0]);
-    let checksum = ipv4_header_checksum(&frame[at..at + 20]);
+    let checksum = checksum(&frame[at..at + 20]).to_be_bytes();
     frame[at + 10..at + 12].copy_from_slice(&checksum);
-}
-
-/// The IPv4 header checksum of `header` (its checksum field zero).
-fn ipv4_header_checksum(header: &[u8]) -> [u8; 2] {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|word| u32::from(u16::from_be_bytes([word[0], word[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    (!(sum as u16)).to_be_bytes()
 }
