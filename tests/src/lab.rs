@@ -554,9 +554,8 @@ impl Lab {
                 if process::running_pid(&pid_file).is_none() {
                     bail!("the agent on {ns} exited:\n{}", process::log_tail(&log, 20));
                 }
-                // TC ingress on the uplink is attached last-but-one, before
-                // CONFIG is written: with it, the fast path is complete
-                // (XDP is optional: `--xdp-mode`).
+                // The agent attaches the uplink programs (TC in every
+                // `--xdp-mode`, then XDP if any) before it turns ready.
                 Ok(agent_ready(&ns)?
                     && (!ebpf || tc_attached(&ns, UPLINK, weft_common::program_names::TC_UPLINK)?))
             },
