@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "iputils-ping",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "nftables",
     "openssl",
 ];
