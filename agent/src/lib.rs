@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod endpoints;
 pub mod http;
 pub mod lease;
+pub mod logging;
 pub mod masq;
 pub mod net;
 pub mod pod_veth;

@@ -1,3 +1,5 @@
+// The binary sees every dependency of its package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -6,7 +8,7 @@ use weft_agent::{cli::Cli, commands};
 fn main() -> ExitCode {
     weft_agent::cli::apply_flanneld_env_aliases();
     let cli = Cli::parse();
-    init_logging();
+    weft_agent::logging::init();
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -15,14 +17,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }

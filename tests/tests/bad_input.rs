@@ -2,6 +2,10 @@
 //! exit, never a panic. None of these need root: the agent checks its inputs
 //! before it touches the kernel.
 
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::process::Command;
 
 use weft_tests::lab::default_weft_bin;
@@ -135,4 +139,52 @@ fn flanneld_environment_names_are_honoured() {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     };
     assert_one_clear_error(&outcome, "interface \"fromflanneld0\" not found");
+}
+
+/// TLS files and credentials are checked once, before connecting: a retry
+/// cannot fix a missing file, so the agent must not wait on etcd for it.
+#[test]
+fn etcd_tls_files_and_credentials_are_checked_before_connecting() {
+    let dir = temp_dir("tls");
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let missing = dir.join("missing-ca.pem");
+    let base = [
+        "agent",
+        "--iface",
+        "lo",
+        "--subnet-file",
+        "/nonexistent/subnet.env",
+        "--dataplane",
+        "kernel",
+        // Nothing listens here: an agent that tried to connect would retry
+        // forever instead of exiting.
+        "--etcd-endpoints",
+        "http://127.0.0.1:1",
+    ];
+    let cases: [(&[&str], String); 4] = [
+        (
+            &["--etcd-cafile", missing.to_str().unwrap()],
+            format!("--etcd-cafile {}: cannot read it", missing.display()),
+        ),
+        (
+            &["--etcd-cafile", not_pem.to_str().unwrap()],
+            format!("--etcd-cafile {}: not a PEM file", not_pem.display()),
+        ),
+        (
+            &["--etcd-certfile", not_pem.to_str().unwrap()],
+            "--etcd-certfile is set but --etcd-keyfile is not".to_owned(),
+        ),
+        (
+            &["--etcd-username", "root"],
+            "--etcd-username is set but --etcd-password is not".to_owned(),
+        ),
+    ];
+    for (extra, expected) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let outcome = weft(&args);
+        assert_one_clear_error(&outcome, &expected);
+        assert_eq!(outcome.code, Some(1), "{extra:?}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -2,6 +2,10 @@
 //! durations, no timing assertions; results.json must parse with every field
 //! present and positive, and the chart must be written.
 
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
 use weft_tests::{bench, lab::default_weft_bin, privileged_test};
 
 #[test]

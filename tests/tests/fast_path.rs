@@ -4,6 +4,10 @@
 //! through, a stock kernel node interoperates both ways, spoofed VXLAN never
 //! reaches a pod, and an agent killed under load loses nothing.
 
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::{
     net::UdpSocket,
     time::{Duration, Instant},

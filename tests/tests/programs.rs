@@ -1,6 +1,10 @@
 //! The eBPF programs on crafted frames, through BPF_PROG_TEST_RUN: the
 //! verdict, the exact bytes that come out, and the counter that explains it.
 
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
 use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP};
 use weft_tests::{
     packets::{ETH_P_IPV4, Ipv4Options, checksum, eth, icmp_echo, ipv4, ipv4_checksum_ok},

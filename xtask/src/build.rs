@@ -7,15 +7,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// The flags aya-build passes when the agent's build script builds the
-/// object: keep debug info so bpf-linker can emit BTF.
-const EBPF_RUSTFLAGS: &[&str] = &[
-    "--cfg=bpf_target_arch=\"x86_64\"",
-    "-Cdebuginfo=2",
-    "-Clink-arg=--btf",
-];
-const EBPF_TARGET: &str = "bpfel-unknown-none";
-
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -29,35 +20,51 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Builds the eBPF object with nightly and returns its path.
+/// Builds the eBPF object with nightly and returns its path. The build is
+/// the agent's own recipe (weft-ebpf-build), so this object is the one
+/// `weft` embeds.
 pub fn ebpf_object(release: bool) -> Result<PathBuf> {
-    let mut command = Command::new("rustup");
-    command
-        .current_dir(workspace_root())
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "build",
-            "--package",
-            "weft-ebpf",
-            "--bins",
-            "--target",
-            EBPF_TARGET,
-        ])
-        .args(["-Z", "build-std=core"])
-        .env("CARGO_ENCODED_RUSTFLAGS", EBPF_RUSTFLAGS.join("\x1f"))
-        // Set by the stable cargo running xtask; they would pin the build to it.
+    Ok(weft_ebpf_build::build(
+        &workspace_root(),
+        &target_dir(),
+        release,
+    )?)
+}
+
+/// The quality gate: formatting, then clippy with warnings as errors on the
+/// user-space crates (stable) and on the eBPF crate (nightly, its own
+/// target: it cannot go through `--workspace`, whose host build would pull
+/// in a second panic handler).
+pub fn lint() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt, "cargo fmt --check (run `cargo fmt --all` to fix)")?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--quiet",
+        "--workspace",
+        "--exclude",
+        weft_ebpf_build::PACKAGE,
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(clippy, "clippy on the user-space crates")?;
+    let mut ebpf = Command::new("rustup");
+    ebpf.current_dir(workspace_root())
+        .args(["run", "nightly", "cargo", "clippy", "--quiet"])
+        .args(["--package", weft_ebpf_build::PACKAGE, "--bins"])
+        .args(["--target", weft_ebpf_build::TARGET, "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
         .env_remove("RUSTC")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO");
-    if release {
-        command.arg("--release");
-    }
-    run(command, "building the eBPF object")?;
-    let profile = if release { "release" } else { "debug" };
-    Ok(target_dir().join(EBPF_TARGET).join(profile).join("weft"))
+    run(ebpf, "clippy on the eBPF crate")?;
+    println!("lint: rustfmt and clippy clean");
+    Ok(())
 }
 
 /// Builds the `weft` agent (which embeds the object) and the lab CLI.

@@ -27,7 +27,11 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Run every test: unit, program and privileged lab tests (set up first).
+    /// The quality gate: rustfmt, clippy -D warnings on the user-space crates
+    /// and, separately, on the eBPF crate.
+    Lint,
+    /// Run the quality gate, then every test: unit, program and privileged
+    /// lab tests (set up first).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -70,8 +74,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", object.display());
             Ok(())
         }
+        Command::Lint => {
+            prereqs::check()?;
+            build::lint()
+        }
         Command::Test { args } => {
             prereqs::setup()?;
+            build::lint()?;
             build::user_space()?;
             build::run_tests(&args)
         }

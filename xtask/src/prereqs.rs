@@ -1,70 +1,184 @@
-//! What weft needs on a Debian 12 machine, how to tell whether it is there,
+//! What weft's build, tests and lab need on a Debian 12 machine, how to tell
+//! whether each thing works (not merely whether a package is installed),
 //! and how to install it.
 
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages: the eBPF toolchain (LLVM 22 for bpf-linker), protoc (for
-/// etcd-client's gRPC code), the lab's real parts, and the tools the tests
-/// and benchmarks drive.
-const APT_PACKAGES: &[&str] = &[
+/// Every Debian package setup installs, in one place:
+/// - the eBPF toolchain: LLVM 22 and zstd to build bpf-linker;
+/// - protoc and its well-known protos, which etcd-client's build compiles;
+/// - the lab's real parts: etcd, the CNI plugins, iproute2, nftables and
+///   iptables (iptables-nft) with conntrack, as a Kubernetes node has them;
+/// - what the tests and the bench drive: bpftool, iperf3, sockperf, ethtool,
+///   tcpdump, ping, openssl (test certificates for etcd TLS).
+pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
+    "protobuf-compiler",
+    "libprotobuf-dev",
     "etcd-server",
     "containernetworking-plugins",
+    "iproute2",
+    "nftables",
+    "iptables",
+    "conntrack",
     "bpftool",
     "iperf3",
     "sockperf",
-    "iproute2",
     "ethtool",
     "tcpdump",
     "iputils-ping",
-    "protobuf-compiler",
-    "libprotobuf-dev",
-    "nftables",
     "openssl",
 ];
 
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";
+const CNI_DIR: &str = "/usr/lib/cni";
 
-/// One missing prerequisite and the command that fixes it.
-struct Missing {
-    what: String,
-    fix: String,
+/// One thing the build or the lab uses, how to check that it works, and
+/// how to get it.
+struct Requirement {
+    what: &'static str,
+    works: fn() -> bool,
+    fix: Fix,
 }
 
-fn missing() -> Vec<Missing> {
-    let mut missing = Vec::new();
-    let packages = missing_packages();
-    if !packages.is_empty() {
-        missing.push(Missing {
-            what: format!("apt packages {}", packages.join(" ")),
-            fix: format!(
-                "apt-get update && apt-get install -y {}",
-                packages.join(" ")
-            ),
-        });
+enum Fix {
+    Apt(&'static str),
+    NightlyComponent(&'static str),
+    BpfLinker,
+    MountBpffs,
+}
+
+impl Fix {
+    fn command(&self) -> String {
+        match self {
+            Fix::Apt(package) => format!("apt-get update && apt-get install -y {package}"),
+            Fix::NightlyComponent(component) => {
+                format!("rustup component add {component} --toolchain nightly")
+            }
+            Fix::BpfLinker => BPF_LINKER_INSTALL.into(),
+            Fix::MountBpffs => "mount -t bpf bpf /sys/fs/bpf".into(),
+        }
     }
-    if !nightly_has_rust_src() {
-        missing.push(Missing {
-            what: "the nightly toolchain's rust-src component".into(),
-            fix: "rustup component add rust-src --toolchain nightly".into(),
-        });
-    }
-    if !succeeds("bpf-linker", &["--version"]) {
-        missing.push(Missing {
-            what: "bpf-linker".into(),
-            fix: BPF_LINKER_INSTALL.into(),
-        });
-    }
-    if !bpffs_mounted() {
-        missing.push(Missing {
-            what: "bpffs at /sys/fs/bpf".into(),
-            fix: "mount -t bpf bpf /sys/fs/bpf".into(),
-        });
-    }
-    missing
+}
+
+const REQUIREMENTS: &[Requirement] = &[
+    Requirement {
+        what: "protoc (etcd-client's build compiles its .proto files)",
+        works: || succeeds("protoc", &["--version"]),
+        fix: Fix::Apt("protobuf-compiler"),
+    },
+    Requirement {
+        what: "protoc's well-known protos (google/protobuf/descriptor.proto)",
+        works: protoc_finds_well_known_protos,
+        fix: Fix::Apt("libprotobuf-dev"),
+    },
+    Requirement {
+        what: "the nightly toolchain's rust-src (-Z build-std=core for the eBPF crate)",
+        works: || nightly_has("rust-src"),
+        fix: Fix::NightlyComponent("rust-src"),
+    },
+    Requirement {
+        what: "the nightly toolchain's clippy (the eBPF crate's lint gate)",
+        works: || nightly_has("clippy"),
+        fix: Fix::NightlyComponent("clippy"),
+    },
+    Requirement {
+        what: "LLVM 22 (bpf-linker links against it)",
+        works: || Path::new("/usr/lib/llvm-22/lib").is_dir(),
+        fix: Fix::Apt("llvm-22-dev"),
+    },
+    Requirement {
+        what: "bpf-linker",
+        works: || succeeds("bpf-linker", &["--version"]),
+        fix: Fix::BpfLinker,
+    },
+    Requirement {
+        what: "etcd (the lab's and the tests' etcd)",
+        works: || succeeds("etcd", &["--version"]),
+        fix: Fix::Apt("etcd-server"),
+    },
+    Requirement {
+        what: "the CNI plugins bridge, host-local and portmap in /usr/lib/cni",
+        works: || {
+            ["bridge", "host-local", "portmap"]
+                .iter()
+                .all(|plugin| Path::new(CNI_DIR).join(plugin).is_file())
+        },
+        fix: Fix::Apt("containernetworking-plugins"),
+    },
+    Requirement {
+        what: "ip (iproute2)",
+        works: || succeeds("ip", &["-V"]),
+        fix: Fix::Apt("iproute2"),
+    },
+    Requirement {
+        what: "nft",
+        works: || succeeds("nft", &["--version"]),
+        fix: Fix::Apt("nftables"),
+    },
+    Requirement {
+        what: "iptables",
+        works: || succeeds("iptables", &["--version"]),
+        fix: Fix::Apt("iptables"),
+    },
+    Requirement {
+        what: "conntrack",
+        works: || succeeds("conntrack", &["--version"]),
+        fix: Fix::Apt("conntrack"),
+    },
+    Requirement {
+        what: "bpftool",
+        works: || succeeds("bpftool", &["version"]),
+        fix: Fix::Apt("bpftool"),
+    },
+    Requirement {
+        what: "iperf3",
+        works: || succeeds("iperf3", &["--version"]),
+        fix: Fix::Apt("iperf3"),
+    },
+    Requirement {
+        what: "sockperf",
+        works: || succeeds("sockperf", &["--version"]),
+        fix: Fix::Apt("sockperf"),
+    },
+    Requirement {
+        what: "ethtool",
+        works: || succeeds("ethtool", &["--version"]),
+        fix: Fix::Apt("ethtool"),
+    },
+    Requirement {
+        what: "tcpdump",
+        works: || succeeds("tcpdump", &["--version"]),
+        fix: Fix::Apt("tcpdump"),
+    },
+    Requirement {
+        what: "ping",
+        works: || succeeds("ping", &["-V"]),
+        fix: Fix::Apt("iputils-ping"),
+    },
+    Requirement {
+        what: "openssl",
+        works: || succeeds("openssl", &["version"]),
+        fix: Fix::Apt("openssl"),
+    },
+    Requirement {
+        what: "bpffs at /sys/fs/bpf",
+        works: bpffs_mounted,
+        fix: Fix::MountBpffs,
+    },
+];
+
+fn missing() -> Vec<&'static Requirement> {
+    REQUIREMENTS
+        .iter()
+        .filter(|requirement| !(requirement.works)())
+        .collect()
 }
 
 /// Fails naming exactly what is missing and the command that fixes each.
@@ -75,7 +189,7 @@ pub fn check() -> Result<()> {
     }
     let list: Vec<String> = missing
         .iter()
-        .map(|m| format!("  missing {}: fix with `{}`", m.what, m.fix))
+        .map(|m| format!("  missing {}: fix with `{}`", m.what, m.fix.command()))
         .collect();
     bail!(
         "prerequisites missing (or run `cargo xtask setup` for all of them):\n{}",
@@ -83,7 +197,8 @@ pub fn check() -> Result<()> {
     )
 }
 
-/// Installs whatever is missing, in dependency order, saying what it did.
+/// Installs whatever is missing, in dependency order (apt packages first:
+/// bpf-linker needs LLVM), saying what it does, then checks everything.
 pub fn setup() -> Result<()> {
     let packages = missing_packages();
     if packages.is_empty() {
@@ -95,39 +210,40 @@ pub fn setup() -> Result<()> {
         args.extend(packages.iter().map(String::as_str));
         run("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])?;
     }
-    if nightly_has_rust_src() {
-        println!("setup: nightly rust-src present");
-    } else {
-        println!("setup: adding rust-src to the nightly toolchain");
-        run(
-            "rustup",
-            &["component", "add", "rust-src", "--toolchain", "nightly"],
-            &[],
-        )?;
+    for requirement in missing() {
+        match requirement.fix {
+            Fix::Apt(_) => {} // installed above; checked again below
+            Fix::NightlyComponent(component) => {
+                println!("setup: adding {component} to the nightly toolchain");
+                run(
+                    "rustup",
+                    &["component", "add", component, "--toolchain", "nightly"],
+                    &[],
+                )?;
+            }
+            Fix::BpfLinker => {
+                println!("setup: installing bpf-linker (about a minute)");
+                run(
+                    "cargo",
+                    &[
+                        "install",
+                        "bpf-linker",
+                        "--no-default-features",
+                        "--features",
+                        "llvm-22",
+                    ],
+                    &[("LLVM_PREFIX", "/usr/lib/llvm-22")],
+                )?;
+            }
+            Fix::MountBpffs => {
+                println!("setup: mounting bpffs at /sys/fs/bpf");
+                run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])?;
+            }
+        }
     }
-    if succeeds("bpf-linker", &["--version"]) {
-        println!("setup: bpf-linker present");
-    } else {
-        println!("setup: installing bpf-linker (about a minute)");
-        run(
-            "cargo",
-            &[
-                "install",
-                "bpf-linker",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ],
-            &[("LLVM_PREFIX", "/usr/lib/llvm-22")],
-        )?;
-    }
-    if bpffs_mounted() {
-        println!("setup: bpffs mounted at /sys/fs/bpf");
-    } else {
-        println!("setup: mounting bpffs at /sys/fs/bpf");
-        run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])?;
-    }
-    check()
+    check()?;
+    println!("setup: everything weft builds and tests with is present");
+    Ok(())
 }
 
 fn missing_packages() -> Vec<String> {
@@ -144,7 +260,32 @@ fn missing_packages() -> Vec<String> {
         .collect()
 }
 
-fn nightly_has_rust_src() -> bool {
+/// Compiles a proto that imports descriptor.proto, as etcd-client's build
+/// does: protoc alone is not enough without the well-known protos.
+fn protoc_finds_well_known_protos() -> bool {
+    let dir = std::env::temp_dir().join(format!("weft-protoc-check-{}", std::process::id()));
+    let works = (|| -> Result<bool> {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("check.proto"),
+            "syntax = \"proto3\";\nimport \"google/protobuf/descriptor.proto\";\n",
+        )?;
+        let status = Command::new("protoc")
+            .arg("--descriptor_set_out=/dev/null")
+            .arg(format!("--proto_path={}", dir.display()))
+            .arg("check.proto")
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        Ok(status.success())
+    })()
+    .unwrap_or(false);
+    let _ = std::fs::remove_dir_all(&dir);
+    works
+}
+
+fn nightly_has(component: &str) -> bool {
     Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .stderr(Stdio::null())
@@ -152,7 +293,7 @@ fn nightly_has_rust_src() -> bool {
         .is_ok_and(|out| {
             String::from_utf8_lossy(&out.stdout)
                 .lines()
-                .any(|line| line.starts_with("rust-src"))
+                .any(|line| line.starts_with(component))
         })
 }
 

@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
+use etcd_client::ConnectOptions;
 use ipnet::Ipv4Net;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
@@ -85,6 +86,16 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     if ebpf_enabled {
         bpffs::ensure_pin_dir(&args.bpf_pin_dir)?;
     }
+    let options = EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        prefix: args.etcd_prefix.clone(),
+        keyfile: args.etcd_keyfile.clone(),
+        certfile: args.etcd_certfile.clone(),
+        cafile: args.etcd_cafile.clone(),
+        username: args.etcd_username.clone(),
+        password: args.etcd_password.clone(),
+    };
+    let connect = options.connect_options()?;
     info!(uplink = %uplink.name, public_ip = %uplink.public_ip, mtu = uplink.mtu, "uplink");
 
     let readiness = Readiness::default();
@@ -97,17 +108,8 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     }
     let mut signals = Signals::new()?;
 
-    let options = EtcdOptions {
-        endpoints: args.etcd_endpoints.clone(),
-        prefix: args.etcd_prefix.clone(),
-        keyfile: args.etcd_keyfile.clone(),
-        certfile: args.etcd_certfile.clone(),
-        cafile: args.etcd_cafile.clone(),
-        username: args.etcd_username.clone(),
-        password: args.etcd_password.clone(),
-    };
     let (mut registry, config) = tokio::select! {
-        ready = connect_and_read_config(&options) => ready,
+        ready = connect_and_read_config(&options, &connect) => ready,
         signal = signals.recv() => { info!("{signal} before start-up finished"); return Ok(()) }
     };
     info!(network = %config.network, subnet_len = config.subnet_len, backend = config.backend.type_name(), "network config");
@@ -287,11 +289,14 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
 
 /// Connects to etcd and reads a valid network config, retrying (and saying
 /// why) until both work.
-async fn connect_and_read_config(options: &EtcdOptions) -> (Registry, NetworkConfig) {
+async fn connect_and_read_config(
+    options: &EtcdOptions,
+    connect: &ConnectOptions,
+) -> (Registry, NetworkConfig) {
     let mut last_error = String::new();
     loop {
         let attempt = async {
-            let mut registry = Registry::connect(options).await?;
+            let mut registry = Registry::connect(options, connect).await?;
             let key = registry.config_key();
             let text = registry
                 .config()

@@ -1,9 +1,12 @@
 //! The etcd side of the control plane: flanneld's keys, read and written
 //! with etcd v3 transactions and leases.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
     TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
@@ -38,32 +41,66 @@ pub struct Registry {
     prefix: String,
 }
 
-impl Registry {
-    pub async fn connect(options: &EtcdOptions) -> Result<Self> {
+impl EtcdOptions {
+    /// Reads and checks the TLS files and credentials, once, before any
+    /// connection attempt: a missing or unreadable file is a bad input that
+    /// no retry can fix, so it fails the agent with one line naming it.
+    pub fn connect_options(&self) -> Result<ConnectOptions> {
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if let (Some(user), Some(password)) = (&options.username, &options.password) {
-            connect = connect.with_user(user, password);
+        match (&self.username, &self.password) {
+            (Some(user), Some(password)) => connect = connect.with_user(user, password),
+            (Some(_), None) => bail!("--etcd-username is set but --etcd-password is not"),
+            (None, Some(_)) => bail!("--etcd-password is set but --etcd-username is not"),
+            (None, None) => {}
         }
-        if options.cafile.is_some() || options.certfile.is_some() {
+        let identity = match (&self.certfile, &self.keyfile) {
+            (Some(cert), Some(key)) => Some(Identity::from_pem(
+                read_pem("--etcd-certfile", cert)?,
+                read_pem("--etcd-keyfile", key)?,
+            )),
+            (Some(_), None) => bail!("--etcd-certfile is set but --etcd-keyfile is not"),
+            (None, Some(_)) => bail!("--etcd-keyfile is set but --etcd-certfile is not"),
+            (None, None) => None,
+        };
+        let ca = match &self.cafile {
+            Some(ca) => Some(Certificate::from_pem(read_pem("--etcd-cafile", ca)?)),
+            None => None,
+        };
+        if identity.is_some() || ca.is_some() {
             let mut tls = TlsOptions::new();
-            if let Some(ca) = &options.cafile {
-                let pem =
-                    std::fs::read(ca).with_context(|| format!("--etcd-cafile {}", ca.display()))?;
-                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            if let Some(ca) = ca {
+                tls = tls.ca_certificate(ca);
             }
-            if let (Some(cert), Some(key)) = (&options.certfile, &options.keyfile) {
-                let cert = std::fs::read(cert)
-                    .with_context(|| format!("--etcd-certfile {}", cert.display()))?;
-                let key = std::fs::read(key)
-                    .with_context(|| format!("--etcd-keyfile {}", key.display()))?;
-                tls = tls.identity(Identity::from_pem(cert, key));
+            if let Some(identity) = identity {
+                tls = tls.identity(identity);
             }
             connect = connect.with_tls(tls);
         }
-        let client = Client::connect(&options.endpoints, Some(connect))
+        Ok(connect)
+    }
+}
+
+/// A PEM file's bytes, or an error naming the flag, the path and what is
+/// wrong with it.
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
+    if !bytes.windows(11).any(|window| window == b"-----BEGIN ") {
+        bail!(
+            "{flag} {}: not a PEM file (no -----BEGIN line)",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+impl Registry {
+    /// Connects with options checked by [`EtcdOptions::connect_options`].
+    pub async fn connect(options: &EtcdOptions, connect: &ConnectOptions) -> Result<Self> {
+        let client = Client::connect(&options.endpoints, Some(connect.clone()))
             .await
             .with_context(|| format!("cannot reach etcd at {}", options.endpoints.join(",")))?;
         Ok(Self {

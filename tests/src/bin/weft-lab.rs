@@ -1,5 +1,8 @@
 //! `weft-lab`: the lab CLI behind `cargo xtask lab` and `cargo xtask demo`.
 
+// The binary sees every dependency of its package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result};
