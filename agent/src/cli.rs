@@ -132,6 +132,27 @@ pub struct AgentArgs {
     /// is faster there), else native where the driver has it, else generic.
     #[arg(long, env = "WEFT_XDP_MODE", value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+    /// The packet mark bit weft's nftables rule (table `inet weft`) sets on
+    /// forwarded packets of established flows without NAT; the fast path
+    /// takes only flows netfilter marked. One bit, not kube-proxy's.
+    #[arg(long, env = "WEFT_ACCEPT_MARK", default_value = "0x100000", value_parser = parse_mark)]
+    pub accept_mark: u32,
+    /// Milliseconds a flow rides the fast path before its next packet goes
+    /// through netfilter again (which refreshes conntrack and re-checks
+    /// rules that no change notification announces, e.g. iptables-legacy).
+    #[arg(long, env = "WEFT_VERDICT_TTL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub verdict_ttl_ms: u64,
+}
+
+/// A mark in hex (`0x100000`) or decimal.
+fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    let mark = parsed.map_err(|_| format!("{text:?} is not a number (e.g. 0x100000)"))?;
+    crate::verdicts::check_mark(mark).map_err(|error| format!("{error:#}"))?;
+    Ok(mark)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -14,6 +14,8 @@ pub mod lease;
 pub mod logging;
 pub mod masq;
 pub mod net;
+pub mod nft;
 pub mod pod_veth;
 pub mod stats;
 pub mod subnet_env;
+pub mod verdicts;

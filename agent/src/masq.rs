@@ -7,12 +7,9 @@
 //! accepted. Applied atomically with `nft -f -` (the way flannel's knftables
 //! does) and re-checked periodically, so a flushed ruleset comes back.
 
-use std::{
-    io::Write as _,
-    process::{Command, Stdio},
-};
+use std::process::Command;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use ipnet::Ipv4Net;
 
 pub const TABLE: &str = "flannel-ipv4";
@@ -48,26 +45,7 @@ pub fn apply(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<()> {
         "add table ip {TABLE}\ndelete table ip {TABLE}\n{}",
         ruleset(network, subnet)
     );
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("--ip-masq needs nft (Debian package nftables)")?;
-    child
-        .stdin
-        .take()
-        .context("nft has no stdin")?
-        .write_all(script.as_bytes())?;
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        bail!(
-            "nft rejected the {TABLE} rules: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::nft::apply(&script, &format!("{TABLE} rules"))
 }
 
 /// Whether the table holds what `apply` wrote (compared as `nft list`

@@ -20,13 +20,18 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const VTEPS: &str = "VTEPS";
     pub const CONFIG: &str = "CONFIG";
+    pub const FLOWS: &str = "FLOWS";
     /// Every map, in the order `weft maps` lists them.
-    pub const ALL: [&str; 5] = [CONFIG, PEERS, ENDPOINTS, VTEPS, STATS];
+    pub const ALL: [&str; 6] = [CONFIG, PEERS, ENDPOINTS, VTEPS, FLOWS, STATS];
 }
 
 /// Capacities: the largest cluster and node weft is sized for.
 pub const MAX_PEERS: u32 = 16_384;
 pub const MAX_ENDPOINTS: u32 = 4_096;
+/// Flow directions with a learned netfilter verdict. An LRU map: when it is
+/// full the least recently used verdict goes, and that flow's next packet
+/// takes the kernel path and is learned again.
+pub const MAX_FLOWS: u32 = 65_536;
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
@@ -36,9 +41,12 @@ pub mod program_names {
     pub const TC_POD_EGRESS: &str = "tc_pod_egress";
     /// TC ingress on the uplink: what XDP left for GRO, after GRO.
     pub const TC_UPLINK: &str = "tc_uplink";
+    /// TC egress after netfilter (pod veths, flannel.<VNI>, the uplink):
+    /// records the flows netfilter passed unchanged.
+    pub const TC_VERDICT: &str = "tc_verdict";
 
     // The kernel keeps 15 bytes of a program's name; tools that look a
     // program up by name (TCX queries, `weft status`) see only those.
     const _: () = assert!(XDP_UPLINK.len() <= 15 && TC_POD_EGRESS.len() <= 15);
-    const _: () = assert!(TC_UPLINK.len() <= 15);
+    const _: () = assert!(TC_UPLINK.len() <= 15 && TC_VERDICT.len() <= 15);
 }

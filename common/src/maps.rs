@@ -69,6 +69,34 @@ pub const CONFIG_BULK_TCP_VIA_GRO: u32 = 1 << 1;
 /// there; without it, TC ingress on the uplink counts them.
 pub const CONFIG_UPLINK_XDP: u32 = 1 << 2;
 
+/// `FLOWS` key: one direction of a flow, as netfilter saw it leave this
+/// node's forwarding path. Ports are as on the wire (big endian); for ICMP
+/// echo, `sport` holds the echo identifier and `dport` is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `FLOWS` value: when this node's netfilter last let a packet of the flow
+/// through unchanged (established, no NAT, no helper), and under which
+/// ruleset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowVerdict {
+    /// `bpf_ktime_get_ns()` when the verdict was last seen.
+    pub seen_ns: u64,
+    /// `NodeConfig::ruleset_generation` then; a different one means the
+    /// ruleset changed since and the verdict no longer counts.
+    pub generation: u32,
+    pub _pad: u32,
+}
+
 /// `CONFIG[0]`: this node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,6 +114,16 @@ pub struct NodeConfig {
     pub uplink_mtu: u32,
     /// `CONFIG_*` flags.
     pub flags: u32,
+    /// The packet mark bit the agent's nftables rule sets on forwarded
+    /// packets of established, un-NATed flows; the learning program reads
+    /// and clears it.
+    pub accept_mark: u32,
+    /// Bumped by the agent whenever the node's nftables ruleset changes:
+    /// verdicts learned under another generation are void.
+    pub ruleset_generation: u32,
+    /// How long a learned verdict stands before the next packet of the
+    /// flow goes through netfilter again (and so refreshes conntrack).
+    pub verdict_ttl_ns: u64,
 }
 
 const _: () = {
@@ -94,7 +132,9 @@ const _: () = {
     assert!(size_of::<EndpointKey>() == 4);
     assert!(size_of::<Endpoint>() == 12 && align_of::<Endpoint>() == 4);
     assert!(size_of::<VtepKey>() == 4);
-    assert!(size_of::<NodeConfig>() == 40 && align_of::<NodeConfig>() == 4);
+    assert!(size_of::<NodeConfig>() == 56 && align_of::<NodeConfig>() == 8);
+    assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 1);
+    assert!(size_of::<FlowVerdict>() == 16 && align_of::<FlowVerdict>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -104,6 +144,8 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::VtepKey {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowVerdict {}
 }
 
 #[cfg(test)]
@@ -126,7 +168,7 @@ mod tests {
         );
         assert_eq!((size_of::<Endpoint>(), align_of::<Endpoint>()), (12, 4));
         assert_eq!(offset_of!(Endpoint, mac), 4);
-        assert_eq!((size_of::<NodeConfig>(), align_of::<NodeConfig>()), (40, 4));
+        assert_eq!((size_of::<NodeConfig>(), align_of::<NodeConfig>()), (56, 8));
         assert_eq!(
             [
                 offset_of!(NodeConfig, uplink_ifindex),
@@ -137,9 +179,22 @@ mod tests {
                 offset_of!(NodeConfig, gateway_mac),
                 offset_of!(NodeConfig, uplink_mtu),
                 offset_of!(NodeConfig, flags),
+                offset_of!(NodeConfig, accept_mark),
+                offset_of!(NodeConfig, ruleset_generation),
+                offset_of!(NodeConfig, verdict_ttl_ns),
             ],
-            [4, 8, 12, 14, 20, 26, 32, 36]
+            [4, 8, 12, 14, 20, 26, 32, 36, 40, 44, 48]
         );
+        assert_eq!(
+            [
+                offset_of!(FlowKey, daddr),
+                offset_of!(FlowKey, sport),
+                offset_of!(FlowKey, dport),
+                offset_of!(FlowKey, proto),
+            ],
+            [4, 8, 10, 12]
+        );
+        assert_eq!(offset_of!(FlowVerdict, generation), 8);
         assert_eq!(size_of::<VtepKey>(), 4);
         assert_eq!(size_of::<EndpointKey>(), 4);
     }

@@ -70,6 +70,36 @@ pub enum CounterId {
     TcUplinkHostGw = 32,
     /// After GRO: the VXLAN headers could not be stripped; the kernel path took it.
     TcUplinkPassDecapFailed = 33,
+    /// Receiving: netfilter has not passed this flow unchanged yet (a new
+    /// flow, one with NAT or a helper, or one netfilter drops).
+    XdpPassNoVerdict = 34,
+    /// Receiving: the verdict predates the last ruleset change.
+    XdpPassRulesetChanged = 35,
+    /// Receiving: the verdict is older than the re-check interval; this
+    /// packet goes through netfilter (and conntrack) again.
+    XdpPassRecheck = 36,
+    /// Receiving: TCP SYN, FIN or RST, which conntrack must see.
+    XdpPassTcpControl = 37,
+    /// Receiving: not TCP, UDP or ICMP echo, or an inner packet with IPv4
+    /// options or fragmented: no flow to look up.
+    XdpPassNotAFlow = 38,
+    /// Sending: as `XdpPassNoVerdict`, for a packet leaving a pod.
+    TcPassNoVerdict = 39,
+    TcPassRulesetChanged = 40,
+    TcPassRecheck = 41,
+    TcPassTcpControl = 42,
+    TcPassNotAFlow = 43,
+    /// After netfilter: a forwarded packet carried the accept mark and its
+    /// flow's verdict was recorded.
+    VerdictLearned = 44,
+    /// After netfilter: the accept mark was set but the packet could not be
+    /// parsed into a flow (cleared, nothing recorded).
+    VerdictUnparsed = 45,
+    /// After netfilter: FLOWS refused the update.
+    VerdictUpdateFailed = 46,
+    /// After netfilter: a marked TCP SYN, FIN or RST; nothing recorded
+    /// (a FIN or RST ends the direction's verdict).
+    VerdictTcpControl = 47,
 }
 
 /// Every counter with its stable, user-facing name, in id order.
@@ -111,6 +141,20 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         CounterId::TcUplinkPassDecapFailed,
         "tc_uplink_pass_decap_failed",
     ),
+    (CounterId::XdpPassNoVerdict, "xdp_pass_no_verdict"),
+    (CounterId::XdpPassRulesetChanged, "xdp_pass_ruleset_changed"),
+    (CounterId::XdpPassRecheck, "xdp_pass_recheck"),
+    (CounterId::XdpPassTcpControl, "xdp_pass_tcp_control"),
+    (CounterId::XdpPassNotAFlow, "xdp_pass_not_a_flow"),
+    (CounterId::TcPassNoVerdict, "tc_pass_no_verdict"),
+    (CounterId::TcPassRulesetChanged, "tc_pass_ruleset_changed"),
+    (CounterId::TcPassRecheck, "tc_pass_recheck"),
+    (CounterId::TcPassTcpControl, "tc_pass_tcp_control"),
+    (CounterId::TcPassNotAFlow, "tc_pass_not_a_flow"),
+    (CounterId::VerdictLearned, "verdict_learned"),
+    (CounterId::VerdictUnparsed, "verdict_unparsed"),
+    (CounterId::VerdictUpdateFailed, "verdict_update_failed"),
+    (CounterId::VerdictTcpControl, "verdict_tcp_control"),
 ];
 
 /// Slots reserved in `STATS`: room to add counters without re-creating the

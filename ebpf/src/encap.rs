@@ -12,12 +12,13 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr, vxlan::VxlanHdr};
 use weft_common::{CounterId, EndpointKey, NodeConfig, Peer, PeerMode};
 
 use crate::{
     counters::count,
     csum::{decrement_ttl, ipv4_header_checksum},
+    flow::{Unverified, netfilter_passed},
     maps::{ENDPOINTS, PEERS, node_config},
     parse::{
         ENCAP_LEN, ETH_LEN, ETH_P_IPV4_BE, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, UDP_LEN,
@@ -61,8 +62,9 @@ fn decide(ctx: &mut TcContext) -> Verdict {
     let Some(config) = node_config() else {
         return pass(CounterId::TcPassNoConfig);
     };
-    // The headers may sit in a non-linear part of the skb; pull them in.
-    let _ = ctx.pull_data((ETH_LEN + IPV4_LEN) as u32);
+    // The headers may sit in a non-linear part of the skb; pull them in
+    // (with the transport header: the flow's ports and TCP flags).
+    let _ = ctx.pull_data((ETH_LEN + IPV4_LEN + TcpHdr::LEN) as u32);
     let (data, end) = (ctx.data(), ctx.data_end());
     let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
         return pass(CounterId::TcPassTruncated);
@@ -82,6 +84,11 @@ fn decide(ctx: &mut TcContext) -> Verdict {
 
     if let Some(endpoint) = ENDPOINTS.get_ptr(EndpointKey { addr: destination }) {
         let endpoint = unsafe { *endpoint };
+        // Same node: the bridge's netfilter (br_netfilter) or the forward
+        // path decides, as for any other flow.
+        if let Err(why) = netfilter_passed(ip, end, config) {
+            return pass(unverified(why));
+        }
         // Sent to the gateway, the kernel would route it (TTL - 1, from the
         // gateway's MAC); sent to the pod's own MAC, the bridge would switch
         // it untouched. Do the same.
@@ -110,6 +117,9 @@ fn decide(ctx: &mut TcContext) -> Verdict {
     }
     if ip.ttl <= 1 {
         return pass(CounterId::TcPassTtlExpired);
+    }
+    if let Err(why) = netfilter_passed(ip, end, config) {
+        return pass(unverified(why));
     }
     let header_len = usize::from(ip.vihl & 0x0f) * 4;
     let protocol = ip.proto;
@@ -144,6 +154,18 @@ fn decide(ctx: &mut TcContext) -> Verdict {
     }
     let action = unsafe { bpf_redirect(config.uplink_ifindex, 0) } as i32;
     Verdict(action, CounterId::TcEncap)
+}
+
+/// The send-side counter for a packet netfilter has not passed yet.
+#[inline(always)]
+fn unverified(why: Unverified) -> CounterId {
+    match why {
+        Unverified::NoVerdict => CounterId::TcPassNoVerdict,
+        Unverified::RulesetChanged => CounterId::TcPassRulesetChanged,
+        Unverified::Recheck => CounterId::TcPassRecheck,
+        Unverified::TcpControl => CounterId::TcPassTcpControl,
+        Unverified::NotAFlow => CounterId::TcPassNotAFlow,
+    }
 }
 
 /// Whether the packet (or each GSO segment) fits the uplink MTU with

@@ -5,6 +5,9 @@
 //!   the bulk TCP that XDP left for GRO.
 //! - `tc_pod_egress` (encap.rs): TC (TCX) ingress on the host side of every
 //!   pod veth, i.e. traffic leaving a pod.
+//! - `tc_verdict` (verdict.rs): TC (TCX) egress after netfilter (pod veths,
+//!   flannel.<VNI>, the uplink): records the flows netfilter passed
+//!   unchanged; the three programs above fast-path only those (flow.rs).
 #![no_std]
 #![no_main]
 // A typo in a match pattern silently becomes a catch-all binding; in code
@@ -15,10 +18,12 @@ mod counters;
 mod csum;
 mod decap;
 mod encap;
+mod flow;
 mod gro_decap;
 mod maps;
 mod parse;
 mod uplink;
+mod verdict;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
@@ -38,6 +43,11 @@ pub fn tc_uplink(mut ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_pod_egress(mut ctx: TcContext) -> i32 {
     encap::tc_pod_egress(&mut ctx)
+}
+
+#[classifier]
+pub fn tc_verdict(mut ctx: TcContext) -> i32 {
+    verdict::tc_verdict(&mut ctx)
 }
 
 #[cfg(not(test))]

@@ -2,11 +2,12 @@
 //! `bpftool map dump` prints field names.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
     macros::btf_map,
 };
 use weft_common::{
-    Endpoint, EndpointKey, MAX_ENDPOINTS, MAX_PEERS, NodeConfig, Peer, PeerAddr, VtepKey,
+    Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS, MAX_PEERS, NodeConfig,
+    Peer, PeerAddr, VtepKey,
 };
 
 /// Remote pod subnet -> how to reach it.
@@ -20,6 +21,11 @@ pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { MAX_ENDPOINTS as usize }>
 /// Accepted outer source addresses (every peer's PublicIP).
 #[btf_map]
 pub static VTEPS: HashMap<VtepKey, u8, { MAX_PEERS as usize }> = HashMap::new();
+
+/// Flow directions this node's netfilter passed unchanged, written by
+/// `tc_verdict`, read by every program that forwards or delivers.
+#[btf_map]
+pub static FLOWS: LruHashMap<FlowKey, FlowVerdict, { MAX_FLOWS as usize }> = LruHashMap::new();
 
 /// `CONFIG[0]`: this node; all zero until the agent has written it.
 #[btf_map]

@@ -3,12 +3,13 @@
 //! ingress program (what XDP left for GRO), so both apply the same checks.
 
 use aya_ebpf::maps::lpm_trie::Key;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr, vxlan::VxlanHdr};
 use weft_common::{
     CONFIG_STRICT_VTEPS, CounterId, Endpoint, EndpointKey, NodeConfig, PeerMode, VtepKey,
 };
 
 use crate::{
+    flow::{Unverified, netfilter_passed},
     maps::{ENDPOINTS, PEERS, VTEPS},
     parse::{
         ETH_LEN, ETH_P_8021AD_BE, ETH_P_8021Q_BE, ETH_P_IPV4_BE, IP_MF_OFFSET_MASK, IPPROTO_TCP,
@@ -17,8 +18,9 @@ use crate::{
 };
 
 /// Headers the classifier reads: outer Ethernet/IPv4/UDP/VXLAN, inner
-/// Ethernet/IPv4. TC pulls this much into the skb's linear part.
-pub const HEADERS_LEN: usize = VXLAN_OVERHEAD + ETH_LEN + IPV4_LEN;
+/// Ethernet/IPv4 and the inner transport header (ports, TCP flags). TC
+/// pulls this much into the skb's linear part.
+pub const HEADERS_LEN: usize = VXLAN_OVERHEAD + ETH_LEN + IPV4_LEN + TcpHdr::LEN;
 
 /// Inner IPv4 packets at least this long and carrying TCP are bulk
 /// transfer: senders fill the MTU (1,400+ bytes on a 1,450 pod MTU). They
@@ -88,7 +90,7 @@ pub fn classify(data: usize, end: usize, config: &NodeConfig) -> Result<Delivery
     }
     if outer.dst_addr != config.node_ip {
         // Not for this node: maybe a plain (host-gw) packet for one of its pods.
-        return classify_plain(eth, ip);
+        return classify_plain(eth, ip, end, config);
     }
     if outer.proto != IPPROTO_UDP {
         return Err(Pass(CounterId::XdpPassNotVxlan));
@@ -135,6 +137,7 @@ pub fn classify(data: usize, end: usize, config: &NodeConfig) -> Result<Delivery
     if inner.ttl <= 1 {
         return Err(Pass(CounterId::XdpPassTtlExpired));
     }
+    netfilter_passed(inner_ip, end, config).map_err(unverified)?;
     Ok(Delivery {
         // SAFETY: a map value pointer from a successful lookup.
         endpoint: unsafe { *endpoint },
@@ -149,7 +152,12 @@ pub fn classify(data: usize, end: usize, config: &NodeConfig) -> Result<Delivery
 /// subnet: the frame's source MAC must be that node's, as the agent
 /// resolved it. Anything else is the kernel's.
 #[inline(always)]
-fn classify_plain(eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<Delivery, Refusal> {
+fn classify_plain(
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    end: usize,
+    config: &NodeConfig,
+) -> Result<Delivery, Refusal> {
     // SAFETY: both pointers were bounds-checked by the caller.
     let header = unsafe { &*ip };
     let endpoint = ENDPOINTS
@@ -166,11 +174,24 @@ fn classify_plain(eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<Delivery, Refusa
     if header.ttl <= 1 {
         return Err(Pass(CounterId::XdpPassTtlExpired));
     }
+    netfilter_passed(ip, end, config).map_err(unverified)?;
     Ok(Delivery {
         // SAFETY: a map value pointer from a successful lookup.
         endpoint: unsafe { *endpoint },
         strip: 0,
         eth,
         ip,
+    })
+}
+
+/// The receive-side counter for a packet netfilter has not passed yet.
+#[inline(always)]
+fn unverified(why: Unverified) -> Refusal {
+    Pass(match why {
+        Unverified::NoVerdict => CounterId::XdpPassNoVerdict,
+        Unverified::RulesetChanged => CounterId::XdpPassRulesetChanged,
+        Unverified::Recheck => CounterId::XdpPassRecheck,
+        Unverified::TcpControl => CounterId::XdpPassTcpControl,
+        Unverified::NotAFlow => CounterId::XdpPassNotAFlow,
     })
 }

@@ -1019,6 +1019,11 @@ fn install_interrupt_teardown() {
 pub type Counters = std::collections::BTreeMap<String, (u64, u64)>;
 
 /// How much counter `name` rose between two readings: (packets, bytes).
+/// A flow's first packets take the kernel path until netfilter has passed
+/// it both ways: the first request (new to conntrack), then the first reply
+/// and the second request, which are recorded as they leave netfilter.
+pub const FLOW_SETUP_PACKETS: u64 = 3;
+
 pub fn counter_delta(before: &Counters, after: &Counters, name: &str) -> (u64, u64) {
     (
         after[name].0 - before[name].0,

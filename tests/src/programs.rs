@@ -10,9 +10,9 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use weft_common::{
-    CONFIG_STRICT_VTEPS, COUNTERS, Endpoint, EndpointKey, NodeConfig, PacketCounter, Peer,
-    PeerMode, VtepKey,
-    program_names::{TC_POD_EGRESS, TC_UPLINK, XDP_UPLINK},
+    CONFIG_STRICT_VTEPS, COUNTERS, Endpoint, EndpointKey, FlowKey, FlowVerdict, NodeConfig,
+    PacketCounter, Peer, PeerMode, VtepKey,
+    program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK},
 };
 
 use crate::packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4, udp, vxlan};
@@ -47,6 +47,12 @@ pub const PORT: u16 = 8472;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// The accept mark the fixture's CONFIG names.
+pub const ACCEPT_MARK: u32 = 0x0010_0000;
+/// The fixture's ruleset generation.
+pub const GENERATION: u32 = 7;
+/// The ICMP echo identifier of `packets::icmp_echo`.
+pub const ECHO_ID: [u8; 2] = [0x12, 0x34];
 
 pub struct Programs {
     pub ebpf: Ebpf,
@@ -59,7 +65,7 @@ impl Programs {
             .unwrap();
         let xdp: &mut Xdp = ebpf.program_mut(XDP_UPLINK).unwrap().try_into().unwrap();
         xdp.load().unwrap();
-        for name in [TC_POD_EGRESS, TC_UPLINK] {
+        for name in [TC_POD_EGRESS, TC_UPLINK, TC_VERDICT] {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             tc.load().unwrap();
         }
@@ -74,6 +80,11 @@ impl Programs {
             gateway_mac: GATEWAY_MAC,
             uplink_mtu: 1500,
             flags: if strict { CONFIG_STRICT_VTEPS } else { 0 },
+            accept_mark: ACCEPT_MARK,
+            ruleset_generation: GENERATION,
+            // Long enough that no test depends on the clock; the re-check
+            // test shortens it.
+            verdict_ttl_ns: 3_600 * 1_000_000_000,
         };
         let mut config_map: Array<_, NodeConfig> =
             Array::try_from(programs.ebpf.map_mut("CONFIG").unwrap()).unwrap();
@@ -98,7 +109,85 @@ impl Programs {
         vteps.insert(VtepKey { addr: PEER_IP }, 1, 0).unwrap();
         programs.set_peer(NEXTHOP_MAC);
         programs.set_host_gw_peer(HOSTGW_NODE_MAC);
+        programs.accept_fixture_flows();
         programs
+    }
+
+    /// Records netfilter's verdict for every flow the fixture frames use
+    /// (ICMP echo and port-0 TCP between the fixture's pods, each way), as
+    /// `tc_verdict` would after netfilter passed them: the tests of
+    /// forwarding and delivery start from flows netfilter accepted.
+    pub fn accept_fixture_flows(&mut self) {
+        let pods = [LOCAL_POD, OTHER_LOCAL_POD, REMOTE_POD, HOSTGW_POD];
+        for src in pods {
+            for dst in pods.into_iter().filter(|dst| *dst != src) {
+                self.set_verdict(flow(src, dst, IPPROTO_ICMP, ECHO_ID, [0, 0]), GENERATION);
+                self.set_verdict(flow(src, dst, IPPROTO_TCP, [0, 0], [0, 0]), GENERATION);
+            }
+        }
+    }
+
+    /// Writes a verdict for `key` seen now under `generation`.
+    pub fn set_verdict(&mut self, key: FlowKey, generation: u32) {
+        let mut flows: HashMap<_, FlowKey, FlowVerdict> =
+            HashMap::try_from(self.ebpf.map_mut("FLOWS").unwrap()).unwrap();
+        let verdict = FlowVerdict {
+            seen_ns: monotonic_ns(),
+            generation,
+            _pad: 0,
+        };
+        flows.insert(key, verdict, 0).unwrap();
+    }
+
+    /// The verdict recorded for `key`, if any.
+    pub fn verdict(&self, key: &FlowKey) -> Option<FlowVerdict> {
+        let flows: HashMap<_, FlowKey, FlowVerdict> =
+            HashMap::try_from(self.ebpf.map("FLOWS").unwrap()).unwrap();
+        flows.get(key, 0).ok()
+    }
+
+    /// Forgets every recorded verdict.
+    pub fn clear_verdicts(&mut self) {
+        let mut flows: HashMap<_, FlowKey, FlowVerdict> =
+            HashMap::try_from(self.ebpf.map_mut("FLOWS").unwrap()).unwrap();
+        let keys: Vec<FlowKey> = flows.keys().map(Result::unwrap).collect();
+        for key in keys {
+            flows.remove(&key).unwrap();
+        }
+    }
+
+    /// Changes CONFIG with `change`.
+    pub fn update_config(&mut self, change: impl FnOnce(&mut NodeConfig)) {
+        let mut config_map: Array<_, NodeConfig> =
+            Array::try_from(self.ebpf.map_mut("CONFIG").unwrap()).unwrap();
+        let mut config = config_map.get(&0, 0).unwrap();
+        change(&mut config);
+        config_map.set(0, config, 0).unwrap();
+    }
+
+    /// Runs `tc_verdict` on `frame` carrying packet mark `mark`: (verdict,
+    /// the frame it left, the mark it left).
+    pub fn tc_verdict(&self, frame: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+        let program: &SchedClassifier = self.ebpf.program(TC_VERDICT).unwrap().try_into().unwrap();
+        // struct __sk_buff up to and including `mark` (offset 8); the
+        // kernel requires the fields before it to be zero.
+        let mut ctx_in = [0u8; 12];
+        ctx_in[8..12].copy_from_slice(&mark.to_ne_bytes());
+        // The kernel writes back the whole struct (192 bytes on 6.x).
+        let mut ctx_out = [0u8; 256];
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::new()
+            })
+            .unwrap();
+        out.truncate(result.data_size_out as usize);
+        let mark_out = u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap());
+        (result.return_value, out, mark_out)
     }
 
     /// Replaces CONFIG's flags (`CONFIG_*`).
@@ -206,6 +295,32 @@ impl Programs {
             })
             .collect()
     }
+}
+
+/// A flow direction as FLOWS keys it.
+pub fn flow(src: [u8; 4], dst: [u8; 4], proto: u8, sport: [u8; 2], dport: [u8; 2]) -> FlowKey {
+    FlowKey {
+        saddr: src,
+        daddr: dst,
+        sport,
+        dport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out pointer.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// Runs `program` once on `frame`: (return value, the frame it left).

@@ -8,7 +8,10 @@
 
 use weft_tests::{
     Backend, Dataplane, Lab, LabSpec, inspect,
-    lab::{DECAP_COUNTERS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE, counter_delta, counters_delta},
+    lab::{
+        DECAP_COUNTERS, FLOW_SETUP_PACKETS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE, counter_delta,
+        counters_delta,
+    },
     netns, privileged_test,
     traffic::tcp_transfer,
 };
@@ -84,8 +87,11 @@ fn skips_the_routing_table(lab: &Lab) {
         "the fast path delivered {delivered} bytes of a {} byte transfer",
         transfer.bytes
     );
-    // The kernel routed (almost) nothing: only what is not the pods' (ARP
-    // is not routed, so strictly nothing of the transfer).
+    // The kernel routed (almost) nothing: the connection's set-up and close,
+    // and one packet each way per re-check interval (netfilter's periodic
+    // look at the flow).
+    let fast_packets = counter_delta(&before[0], &after[0], "tc_host_gw").0
+        + counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS).0;
     let forwarded_after = [
         inspect::forwarded_datagrams(&lab.node(1).ns).unwrap(),
         inspect::forwarded_datagrams(&lab.node(3).ns).unwrap(),
@@ -95,8 +101,8 @@ fn skips_the_routing_table(lab: &Lab) {
         (3, (forwarded[1], forwarded_after[1])),
     ] {
         assert!(
-            is - was < 10,
-            "node {node}'s routing table forwarded {} datagrams of the transfer",
+            (is - was) * 100 < fast_packets,
+            "node {node}'s routing table forwarded {} datagrams of the transfer, the fast path {fast_packets}",
             is - was
         );
     }
@@ -207,13 +213,16 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
         lab.counters(3).unwrap(),
     ];
     assert!(
-        counter_delta(&before[0], &after[0], "tc_host_gw").0 >= 50,
+        counter_delta(&before[0], &after[0], "tc_host_gw").0 >= 50 - FLOW_SETUP_PACKETS,
         "node 1 -> 2 did not go host-gw"
     );
-    assert!(counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS).0 >= 50);
     assert!(
-        counter_delta(&before[0], &after[0], "tc_encap").0 >= 50,
+        counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS).0
+            >= 50 - FLOW_SETUP_PACKETS
+    );
+    assert!(
+        counter_delta(&before[0], &after[0], "tc_encap").0 >= 50 - FLOW_SETUP_PACKETS,
         "node 1 -> 3 did not go VXLAN"
     );
-    assert!(counters_delta(&before[2], &after[2], &DECAP_COUNTERS).0 >= 50);
+    assert!(counters_delta(&before[2], &after[2], &DECAP_COUNTERS).0 >= 50 - FLOW_SETUP_PACKETS);
 }

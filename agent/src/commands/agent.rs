@@ -4,14 +4,14 @@
 //! The flow is one-way: lease events -> the peer table (desired state) -> the
 //! kernel datapath (and the eBPF dataplane, which follows pod veths).
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use etcd_client::ConnectOptions;
 use ipnet::Ipv4Net;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    sync::mpsc,
+    sync::{Notify, mpsc},
     time::Instant,
 };
 use tracing::{error, info, warn};
@@ -38,6 +38,7 @@ use crate::{
     masq,
     net::{self, Uplink},
     subnet_env::{self, SubnetEnv},
+    verdicts,
 };
 
 /// A failed renewal is retried this often, as flanneld does.
@@ -141,15 +142,22 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
 
     let mut fast_path = None;
     let (views_tx, mut views_rx) = mpsc::channel::<LocalView>(8);
+    let ruleset_changed = Arc::new(Notify::new());
     if ebpf_enabled {
-        let node = node_config(
+        let node = node_config(&uplink, &config, vxlan.map(|device| device.mac), &args);
+        let vxlan_name = match config.backend {
+            BackendConfig::Vxlan { vni, .. } => Some(KernelDataplane::vxlan_name(vni)),
+            BackendConfig::HostGw => None,
+        };
+        match start_fast_path(
+            &args,
             &uplink,
-            &config,
-            vxlan.map(|device| device.mac),
-            args.strict_vteps,
-            args.bulk_tcp_via_gro,
-        );
-        match start_fast_path(&args, &uplink, node, handle.clone(), views_tx) {
+            vxlan_name.as_deref(),
+            node,
+            handle.clone(),
+            views_tx,
+            ruleset_changed.clone(),
+        ) {
             Ok(started) => fast_path = Some(started),
             Err(error) if args.dataplane == DataplaneArg::Auto => {
                 warn!(
@@ -269,6 +277,11 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                     fast_path.on_view(view).await;
                 }
             }
+            () = ruleset_changed.notified(), if fast_path.is_some() => {
+                if let Some(fast_path) = fast_path.as_mut() {
+                    fast_path.on_ruleset_changed();
+                }
+            }
             signal = signals.recv() => break signal,
         }
     };
@@ -281,6 +294,10 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             "detached; maps stay pinned in {}",
             args.bpf_pin_dir.display()
         );
+        // Nothing clears the accept mark without tc_verdict.
+        if let Err(error) = verdicts::remove() {
+            warn!("{error:#}");
+        }
     }
     // The kernel datapath stays programmed, as flanneld leaves it: pods keep
     // talking while the agent restarts.
@@ -426,8 +443,7 @@ fn node_config(
     uplink: &Uplink,
     config: &NetworkConfig,
     vtep_mac: Option<MacAddr>,
-    strict_vteps: bool,
-    bulk_tcp_via_gro: bool,
+    args: &AgentArgs,
 ) -> NodeConfig {
     let (vni, port) = match config.backend {
         BackendConfig::Vxlan { vni, port, .. } => (vni, port),
@@ -442,34 +458,65 @@ fn node_config(
         vtep_mac: vtep_mac.map(|mac| mac.0).unwrap_or_default(),
         gateway_mac: [0; 6],
         uplink_mtu: uplink.mtu,
-        flags: (if strict_vteps { CONFIG_STRICT_VTEPS } else { 0 })
-            | (if bulk_tcp_via_gro {
-                CONFIG_BULK_TCP_VIA_GRO
-            } else {
-                0
-            }),
+        flags: (if args.strict_vteps {
+            CONFIG_STRICT_VTEPS
+        } else {
+            0
+        }) | (if args.bulk_tcp_via_gro {
+            CONFIG_BULK_TCP_VIA_GRO
+        } else {
+            0
+        }),
+        accept_mark: args.accept_mark,
+        // Set from the pinned CONFIG when the fast path starts.
+        ruleset_generation: 0,
+        verdict_ttl_ns: args.verdict_ttl_ms * 1_000_000,
     }
 }
 
-/// Loads and attaches the programs, writes CONFIG, and starts following the
-/// node's pods and neighbours.
+/// Loads and attaches the programs, writes CONFIG, installs the nftables
+/// rule that tells the fast path what netfilter passed, and starts following
+/// the node's pods, neighbours and ruleset.
 fn start_fast_path(
     args: &AgentArgs,
     uplink: &Uplink,
+    vxlan_device: Option<&str>,
     node: NodeConfig,
     handle: rtnetlink::Handle,
     views: mpsc::Sender<LocalView>,
+    ruleset_changed: Arc<Notify>,
 ) -> Result<FastPath> {
     let mut programs = EbpfDataplane::load(&args.bpf_pin_dir)?;
     let mut maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
+    // Verdicts recorded before this start (pinned FLOWS) were not followed
+    // by this agent's ruleset watch: a new generation voids them.
+    let mut node = node;
+    node.ruleset_generation = maps.cached_config().ruleset_generation.wrapping_add(1);
+    // Record verdicts before anything is fast-pathed: where kernel-path
+    // packets leave the node's netfilter (pod veths follow as they appear).
+    programs.attach_verdicts(&uplink.name)?;
+    if let Some(device) = vxlan_device {
+        programs.attach_verdicts(device)?;
+    }
     let mode = programs.attach_uplink(uplink, args.xdp_mode)?;
     info!(iface = %uplink.name, xdp = ?mode, veth = uplink.is_veth, "uplink programs attached");
     // TC on the uplink counts what XDP would have counted when XDP is off.
-    let mut node = node;
     if mode != AttachedXdpMode::Off {
         node.flags |= CONFIG_UPLINK_XDP;
     }
     maps.set_config(node)?;
+    verdicts::watch_ruleset(ruleset_changed)?;
+    verdicts::install(args.accept_mark)?;
+    if verdicts::make_tcp_tracking_liberal()? {
+        info!(
+            "net.netfilter.nf_conntrack_tcp_be_liberal set to 1: conntrack does not see fast-pathed TCP segments"
+        );
+    }
+    info!(
+        table = verdicts::TABLE,
+        mark = format_args!("{:#x}", args.accept_mark),
+        "netfilter verdict rule installed; the fast path takes only flows it marks"
+    );
     tokio::spawn(endpoints::watch(args.bridge.clone(), uplink.index, views));
     Ok(FastPath::new(programs, maps, handle))
 }

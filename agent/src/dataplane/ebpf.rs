@@ -1,25 +1,85 @@
 //! The eBPF dataplane: load the embedded object, pin its maps, attach XDP and
-//! TC (TCX) ingress to the uplink and TC (TCX) ingress to every pod veth.
+//! TC (TCX) ingress to the uplink, TC (TCX) ingress to every pod veth, and
+//! `tc_verdict` (TCX egress) wherever forwarded packets leave netfilter:
+//! pod veths, flannel.<VNI> and the uplink.
 
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
+    maps::MapInfo,
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
     },
 };
 use tracing::{info, warn};
-use weft_common::{map_names, program_names};
+use weft_common::{
+    Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS, MAX_PEERS, NodeConfig,
+    PacketCounter, Peer, STATS_MAX_ENTRIES, VtepKey, map_names, program_names,
+};
 
 use crate::{cli::XdpModeArg, endpoints::BridgePorts, net::Uplink};
 
 /// The eBPF object built by build.rs (see `cargo xtask build-ebpf`).
 pub static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft"));
 
-/// Every map the object declares, pinned under the pin dir by name.
-const PINNED_MAPS: [&str; 5] = map_names::ALL;
+/// Every map the object declares, pinned under the pin dir by name, with
+/// the (key size, value size, max entries) this build's programs expect.
+const PINNED_MAPS: [(&str, u32, u32, u32); 6] = [
+    (map_names::CONFIG, 4, size::<NodeConfig>(), 1),
+    // LPM trie keys: a u32 prefix length, then the address.
+    (map_names::PEERS, 8, size::<Peer>(), MAX_PEERS),
+    (
+        map_names::ENDPOINTS,
+        size::<EndpointKey>(),
+        size::<Endpoint>(),
+        MAX_ENDPOINTS,
+    ),
+    (map_names::VTEPS, size::<VtepKey>(), 1, MAX_PEERS),
+    (
+        map_names::FLOWS,
+        size::<FlowKey>(),
+        size::<FlowVerdict>(),
+        MAX_FLOWS,
+    ),
+    (
+        map_names::STATS,
+        4,
+        size::<PacketCounter>(),
+        STATS_MAX_ENTRIES,
+    ),
+];
+
+const fn size<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
+}
+
+/// Unpins maps a different build left behind with another layout: reused,
+/// they would fail the verifier or, worse, be read with the wrong layout.
+/// Counters and verdicts in them are lost; the agent rewrites the rest.
+fn replace_stale_pins(pin_dir: &Path) -> Result<()> {
+    for (name, key_size, value_size, max_entries) in PINNED_MAPS {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let layout = MapInfo::from_pin(&path)
+            .map(|info| (info.key_size(), info.value_size(), info.max_entries()));
+        let expected = (key_size, value_size, max_entries);
+        if layout.as_ref().ok() != Some(&expected) {
+            warn!(
+                map = name,
+                found = ?layout.map_err(|error| error.to_string()),
+                ?expected,
+                "pinned map has another layout (key, value, entries); replacing it"
+            );
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot unpin stale map {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
 
 /// How XDP ended up attached to the uplink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,21 +90,33 @@ pub enum AttachedXdpMode {
     Off,
 }
 
+/// A pod veth's two attachments.
+struct PodLinks {
+    name: String,
+    /// `tc_pod_egress`, ingress on the host side: what the pod sends.
+    sending: SchedClassifierLinkId,
+    /// `tc_verdict`, egress on the host side: what netfilter let in.
+    verdicts: SchedClassifierLinkId,
+}
+
 pub struct EbpfDataplane {
     ebpf: Ebpf,
     uplink: Option<XdpLinkId>,
     /// TC ingress on the uplink: delivery of what XDP left for GRO.
     uplink_tc: Option<SchedClassifierLinkId>,
-    /// Attached pod veths: ifindex -> (name, link).
-    pods: BTreeMap<u32, (String, SchedClassifierLinkId)>,
+    /// `tc_verdict` on the uplink and flannel.<VNI> (egress).
+    verdict_links: Vec<(String, SchedClassifierLinkId)>,
+    /// Attached pod veths by ifindex.
+    pods: BTreeMap<u32, PodLinks>,
 }
 
 impl EbpfDataplane {
     /// Loads and verifies the programs; maps are created, or reused when
     /// already pinned in `pin_dir`, so counters survive an agent restart.
     pub fn load(pin_dir: &Path) -> Result<Self> {
+        replace_stale_pins(pin_dir)?;
         let mut loader = EbpfLoader::new();
-        for name in &PINNED_MAPS {
+        for (name, ..) in PINNED_MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
         }
         let mut ebpf = loader.load(OBJECT).with_context(|| {
@@ -56,7 +128,11 @@ impl EbpfDataplane {
         program_mut::<Xdp>(&mut ebpf, program_names::XDP_UPLINK)?
             .load()
             .with_context(|| format!("the kernel rejected {}", program_names::XDP_UPLINK))?;
-        for name in [program_names::TC_POD_EGRESS, program_names::TC_UPLINK] {
+        for name in [
+            program_names::TC_POD_EGRESS,
+            program_names::TC_UPLINK,
+            program_names::TC_VERDICT,
+        ] {
             program_mut::<SchedClassifier>(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("the kernel rejected {name}"))?;
@@ -65,8 +141,19 @@ impl EbpfDataplane {
             ebpf,
             uplink: None,
             uplink_tc: None,
+            verdict_links: Vec::new(),
             pods: BTreeMap::new(),
         })
+    }
+
+    /// Attaches `tc_verdict` to `iface`'s egress: forwarded packets leaving
+    /// through it have passed netfilter.
+    pub fn attach_verdicts(&mut self, iface: &str) -> Result<()> {
+        let link = verdict_program(&mut self.ebpf)?
+            .attach(iface, TcAttachType::Egress)
+            .with_context(|| format!("cannot attach {} to {iface}", program_names::TC_VERDICT))?;
+        self.verdict_links.push((iface.to_owned(), link));
+        Ok(())
     }
 
     /// Attaches TC ingress to the uplink, which delivers what XDP leaves for
@@ -115,15 +202,16 @@ impl EbpfDataplane {
         let stale: Vec<u32> = self
             .pods
             .iter()
-            .filter(|(index, (name, _))| ports.get(index).map(|port| &port.name) != Some(name))
+            .filter(|(index, pod)| ports.get(index).map(|port| &port.name) != Some(&pod.name))
             .map(|(index, _)| *index)
             .collect();
         for index in stale {
-            if let Some((name, link)) = self.pods.remove(&index) {
+            if let Some(pod) = self.pods.remove(&index) {
                 // The kernel drops a TCX link with its device; detaching a
                 // link whose veth is gone can fail, and that is fine.
-                let _ = self.tc_program().map(|program| program.detach(link));
-                info!(veth = %name, ifindex = index, "pod veth gone");
+                let _ = self.tc_program().map(|program| program.detach(pod.sending));
+                let _ = verdict_program(&mut self.ebpf).map(|program| program.detach(pod.verdicts));
+                info!(veth = %pod.name, ifindex = index, "pod veth gone");
             }
         }
         for (index, port) in ports {
@@ -132,20 +220,36 @@ impl EbpfDataplane {
             }
             let name = &port.name;
             match self.attach_pod(name) {
-                Ok(link) => {
+                Ok(links) => {
                     info!(veth = %name, ifindex = index, "TC attached to pod veth");
-                    self.pods.insert(*index, (name.clone(), link));
+                    self.pods.insert(*index, links);
                 }
                 Err(error) => warn!(veth = %name, "{error:#}"),
             }
         }
     }
 
-    fn attach_pod(&mut self, veth: &str) -> Result<SchedClassifierLinkId> {
+    /// Both programs or neither: a pod whose verdicts are not recorded
+    /// would never be fast-pathed into, one without `tc_pod_egress` never
+    /// out of, and half an attachment would be retried as new.
+    fn attach_pod(&mut self, veth: &str) -> Result<PodLinks> {
+        // Egress on the host side of the veth is what enters the pod.
+        let verdicts = verdict_program(&mut self.ebpf)?
+            .attach(veth, TcAttachType::Egress)
+            .with_context(|| format!("cannot attach TC egress to pod veth {veth}"))?;
         // Ingress on the host side of the veth is egress from the pod.
-        self.tc_program()?
-            .attach(veth, TcAttachType::Ingress)
-            .with_context(|| format!("cannot attach TC to pod veth {veth}"))
+        let sending = match self.tc_program()?.attach(veth, TcAttachType::Ingress) {
+            Ok(link) => link,
+            Err(error) => {
+                let _ = verdict_program(&mut self.ebpf).map(|program| program.detach(verdicts));
+                return Err(error).with_context(|| format!("cannot attach TC to pod veth {veth}"));
+            }
+        };
+        Ok(PodLinks {
+            name: veth.to_owned(),
+            sending,
+            verdicts,
+        })
     }
 
     fn tc_program(&mut self) -> Result<&mut SchedClassifier> {
@@ -156,8 +260,16 @@ impl EbpfDataplane {
     pub fn detach_all(&mut self) -> usize {
         let mut detached = 0;
         let pods = std::mem::take(&mut self.pods);
+        let mut verdict_links: Vec<SchedClassifierLinkId> =
+            self.verdict_links.drain(..).map(|(_, link)| link).collect();
         if let Ok(program) = self.tc_program() {
-            for (_, (_, link)) in pods {
+            for pod in pods.into_values() {
+                detached += usize::from(program.detach(pod.sending).is_ok());
+                verdict_links.push(pod.verdicts);
+            }
+        }
+        if let Ok(program) = verdict_program(&mut self.ebpf) {
+            for link in verdict_links {
                 detached += usize::from(program.detach(link).is_ok());
             }
         }
@@ -176,6 +288,10 @@ impl EbpfDataplane {
         }
         detached
     }
+}
+
+fn verdict_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    program_mut(ebpf, program_names::TC_VERDICT)
 }
 
 fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use ipnet::Ipv4Net;
-use tracing::warn;
+use tracing::{debug, warn};
 use weft_common::{
     Endpoint, EndpointKey, NodeConfig, Peer, PeerAddr, PeerMode, VtepKey, map_names,
 };
@@ -334,6 +334,20 @@ impl FastPath {
             tracing::info!(veth = %port.name, %netns, "GRO turned on at the pod's end for XDP delivery");
         }
         Ok(())
+    }
+
+    /// The node's nftables ruleset changed: every verdict recorded so far
+    /// is void until netfilter passes the flow again under the new rules.
+    pub fn on_ruleset_changed(&mut self) {
+        let mut config = self.maps.cached_config();
+        config.ruleset_generation = config.ruleset_generation.wrapping_add(1);
+        match self.maps.set_config(config) {
+            Ok(()) => debug!(
+                generation = config.ruleset_generation,
+                "nftables ruleset changed; fast-path verdicts voided"
+            ),
+            Err(error) => warn!("{error:#}"),
+        }
     }
 
     fn sync_peers(&mut self) {

@@ -1,0 +1,79 @@
+//! `tc_verdict`, TC (TCX) egress where forwarded packets leave the node's
+//! netfilter: the host side of pod veths (into pods), flannel.<VNI> (to
+//! VXLAN peers) and the uplink (to host-gw peers). The agent's nftables
+//! rule (forward hook) marks packets of established flows that have no
+//! NAT and no helper; a packet that got here with that mark passed every
+//! netfilter hook on the way, so its flow direction is recorded in FLOWS
+//! with the time and the ruleset generation. The mark is cleared so it
+//! never leaves the node or reaches a pod. Never changes a verdict: always
+//! `TC_ACT_OK`.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, TC_ACT_OK},
+    helpers::bpf_ktime_get_ns,
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+use weft_common::{CounterId, FlowVerdict};
+
+use crate::{
+    counters::count,
+    flow::flow_of,
+    maps::{FLOWS, node_config},
+    parse::{ETH_LEN, ETH_P_IPV4_BE, IPV4_LEN, ptr_at},
+};
+
+#[inline(always)]
+pub fn tc_verdict(ctx: &mut TcContext) -> i32 {
+    let Some(config) = node_config() else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if config.accept_mark == 0 || mark & config.accept_mark == 0 {
+        return TC_ACT_OK;
+    }
+    ctx.set_mark(mark & !config.accept_mark);
+    let len = u64::from(ctx.len());
+    let why = learn(ctx, config.ruleset_generation);
+    count(why, len);
+    TC_ACT_OK
+}
+
+/// Records the verdict for the packet's flow direction; the counter says
+/// what happened.
+#[inline(always)]
+fn learn(ctx: &mut TcContext, generation: u32) -> CounterId {
+    let _ = ctx.pull_data((ETH_LEN + IPV4_LEN + TcpHdr::LEN) as u32);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
+        return CounterId::VerdictUnparsed;
+    };
+    // SAFETY: pointers from ptr_at are inside the packet.
+    if unsafe { (*eth).ether_type } != ETH_P_IPV4_BE {
+        return CounterId::VerdictUnparsed;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, ETH_LEN) else {
+        return CounterId::VerdictUnparsed;
+    };
+    let flow = match flow_of(ip, end) {
+        Ok(flow) => flow,
+        Err(_) => return CounterId::VerdictUnparsed,
+    };
+    if flow.tcp_control {
+        // SYN, FIN and RST always take the kernel path; a closing
+        // connection's verdict ends with it.
+        let _ = FLOWS.remove(&flow.key);
+        return CounterId::VerdictTcpControl;
+    }
+    let verdict = FlowVerdict {
+        // SAFETY: a helper without arguments.
+        seen_ns: unsafe { bpf_ktime_get_ns() },
+        generation,
+        _pad: 0,
+    };
+    match FLOWS.insert(&flow.key, &verdict, u64::from(BPF_ANY)) {
+        Ok(()) => CounterId::VerdictLearned,
+        Err(_) => CounterId::VerdictUpdateFailed,
+    }
+}

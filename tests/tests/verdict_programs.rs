@@ -1,0 +1,300 @@
+//! Netfilter stays the authority, checked program by program through
+//! BPF_PROG_TEST_RUN: every program that forwards or delivers takes a flow
+//! only with a verdict `tc_verdict` recorded under the current ruleset and
+//! within the re-check interval; everything else goes to the kernel
+//! untouched, counted by cause. `tc_verdict` records exactly the marked
+//! packets, clears the mark, and never changes a packet or a verdict.
+
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
+use weft_tests::{
+    packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4},
+    privileged_test,
+    programs::*,
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// A bare TCP header with `flags`, ports 0 (the fixture's accepted flow).
+fn tcp_segment(flags: u8) -> Vec<u8> {
+    let mut segment = vec![0u8; 20];
+    segment[12] = 5 << 4;
+    segment[13] = flags;
+    segment
+}
+
+/// A TCP packet from a local pod to `dst`, as the pod sends it.
+fn pod_tcp(dst: [u8; 4], flags: u8) -> Vec<u8> {
+    eth(
+        GATEWAY_MAC,
+        POD_MAC,
+        ETH_P_IPV4,
+        &ipv4(
+            LOCAL_POD,
+            dst,
+            IPPROTO_TCP,
+            &tcp_segment(flags),
+            Ipv4Options::default(),
+        ),
+    )
+}
+
+/// VXLAN from the known peer carrying a TCP packet from the remote pod.
+fn vxlan_tcp(flags: u8) -> Vec<u8> {
+    let inner = eth(
+        VTEP_MAC,
+        PEER_VTEP_MAC,
+        ETH_P_IPV4,
+        &ipv4(
+            REMOTE_POD,
+            LOCAL_POD,
+            IPPROTO_TCP,
+            &tcp_segment(flags),
+            Ipv4Options::default(),
+        ),
+    );
+    vxlan_carrying(&inner)
+}
+
+/// A packet on its way into the local pod after the kernel path routed it
+/// (what `tc_verdict` sees on the pod veth's egress).
+fn delivered(src: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    eth(
+        POD_MAC,
+        GATEWAY_MAC,
+        ETH_P_IPV4,
+        &ipv4(src, LOCAL_POD, proto, l4, Ipv4Options::default()),
+    )
+}
+
+#[test]
+fn without_a_verdict_every_program_leaves_the_packet_to_the_kernel() {
+    let Some(_guard) =
+        privileged_test("without_a_verdict_every_program_leaves_the_packet_to_the_kernel")
+    else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    programs.clear_verdicts();
+    programs.assert_xdp_passes(&[
+        ("VXLAN for a pod", good_vxlan(), "xdp_pass_no_verdict"),
+        ("TCP in VXLAN", vxlan_tcp(TCP_ACK), "xdp_pass_no_verdict"),
+    ]);
+    programs.assert_tc_passes(&[
+        (
+            "to a VXLAN peer's pod",
+            pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default()),
+            "tc_pass_no_verdict",
+        ),
+        (
+            "to a pod on this node",
+            pod_frame(LOCAL_POD, OTHER_LOCAL_POD, Ipv4Options::default()),
+            "tc_pass_no_verdict",
+        ),
+        (
+            "to a host-gw peer's pod",
+            pod_frame(LOCAL_POD, HOSTGW_POD, Ipv4Options::default()),
+            "tc_pass_no_verdict",
+        ),
+    ]);
+    // TC on the uplink, as without XDP: it counts what it refuses.
+    let before = programs.counters();
+    let frame = good_vxlan();
+    let (verdict, out) = programs.uplink_tc(&frame);
+    assert_eq!((verdict, &out), (TC_ACT_OK, &frame));
+    assert_counted(&before, &programs.counters(), "xdp_pass_no_verdict");
+}
+
+#[test]
+fn a_verdict_from_another_ruleset_or_too_old_does_not_count() {
+    let Some(_guard) = privileged_test("a_verdict_from_another_ruleset_or_too_old_does_not_count")
+    else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    programs.update_config(|config| config.ruleset_generation = GENERATION + 1);
+    programs.assert_xdp_passes(&[("VXLAN for a pod", good_vxlan(), "xdp_pass_ruleset_changed")]);
+    programs.assert_tc_passes(&[(
+        "to a VXLAN peer's pod",
+        pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default()),
+        "tc_pass_ruleset_changed",
+    )]);
+
+    programs.update_config(|config| {
+        config.ruleset_generation = GENERATION;
+        config.verdict_ttl_ns = 1_000_000;
+    });
+    programs.accept_fixture_flows();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    programs.assert_xdp_passes(&[("VXLAN for a pod", good_vxlan(), "xdp_pass_recheck")]);
+    programs.assert_tc_passes(&[(
+        "to a pod on this node",
+        pod_frame(LOCAL_POD, OTHER_LOCAL_POD, Ipv4Options::default()),
+        "tc_pass_recheck",
+    )]);
+
+    // Fresh again: forwarded.
+    programs.accept_fixture_flows();
+    let (verdict, _) = programs.xdp(&good_vxlan());
+    assert_eq!(verdict, XDP_REDIRECT);
+}
+
+#[test]
+fn syn_fin_and_rst_go_to_conntrack_and_end_the_verdict() {
+    let Some(_guard) = privileged_test("syn_fin_and_rst_go_to_conntrack_and_end_the_verdict")
+    else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    let outgoing = flow(LOCAL_POD, REMOTE_POD, IPPROTO_TCP, [0, 0], [0, 0]);
+    let incoming = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
+
+    // Plain ACK segments of an accepted flow ride the fast path.
+    let (verdict, _) = programs.tc(&pod_tcp(REMOTE_POD, TCP_ACK));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (verdict, _) = programs.xdp(&vxlan_tcp(TCP_ACK));
+    assert_eq!(verdict, XDP_REDIRECT);
+
+    for flags in [TCP_SYN, TCP_FIN | TCP_ACK, 0x04] {
+        programs.accept_fixture_flows();
+        programs.assert_tc_passes(&[(
+            "a control segment out",
+            pod_tcp(REMOTE_POD, flags),
+            "tc_pass_tcp_control",
+        )]);
+        programs.assert_xdp_passes(&[(
+            "a control segment in",
+            vxlan_tcp(flags),
+            "xdp_pass_tcp_control",
+        )]);
+        assert_eq!(
+            programs.verdict(&outgoing),
+            None,
+            "flags {flags:#x}: outgoing verdict kept"
+        );
+        assert_eq!(
+            programs.verdict(&incoming),
+            None,
+            "flags {flags:#x}: incoming verdict kept"
+        );
+        // The next plain segment is netfilter's again.
+        programs.assert_tc_passes(&[(
+            "after the control segment",
+            pod_tcp(REMOTE_POD, TCP_ACK),
+            "tc_pass_no_verdict",
+        )]);
+    }
+}
+
+#[test]
+fn what_is_not_a_tracked_flow_is_the_kernels() {
+    let Some(_guard) = privileged_test("what_is_not_a_tracked_flow_is_the_kernels") else {
+        return;
+    };
+    let programs = Programs::load(true);
+    let gre = eth(
+        GATEWAY_MAC,
+        POD_MAC,
+        ETH_P_IPV4,
+        &ipv4(
+            LOCAL_POD,
+            REMOTE_POD,
+            47,
+            &[0u8; 16],
+            Ipv4Options::default(),
+        ),
+    );
+    let mut unreachable = vec![3, 1, 0, 0, 0, 0, 0, 0];
+    unreachable.extend_from_slice(&[0u8; 28]);
+    let icmp_error = eth(
+        GATEWAY_MAC,
+        POD_MAC,
+        ETH_P_IPV4,
+        &ipv4(
+            LOCAL_POD,
+            REMOTE_POD,
+            IPPROTO_ICMP,
+            &unreachable,
+            Ipv4Options::default(),
+        ),
+    );
+    programs.assert_tc_passes(&[
+        ("GRE", gre, "tc_pass_not_a_flow"),
+        (
+            "an ICMP error (RELATED, NAT rewrites it)",
+            icmp_error,
+            "tc_pass_not_a_flow",
+        ),
+    ]);
+}
+
+#[test]
+fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
+    let Some(_guard) =
+        privileged_test("tc_verdict_records_marked_packets_only_and_clears_the_mark")
+    else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    programs.clear_verdicts();
+    let packet = delivered(REMOTE_POD, IPPROTO_TCP, &tcp_segment(TCP_ACK));
+    let key = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
+
+    // No mark: netfilter did not say this flow is unchanged.
+    let before = programs.counters();
+    let (verdict, out, mark) = programs.tc_verdict(&packet, 0x4000);
+    assert_eq!((verdict, &out, mark), (TC_ACT_OK, &packet, 0x4000));
+    assert_eq!(programs.verdict(&key), None);
+    assert_only(&before, &programs.counters(), &[]);
+
+    // Marked: recorded under the current generation, the mark bit cleared
+    // and every other bit kept, the packet untouched.
+    let before = programs.counters();
+    let started = monotonic_ns();
+    let (verdict, out, mark) = programs.tc_verdict(&packet, ACCEPT_MARK | 0x4000);
+    assert_eq!((verdict, &out, mark), (TC_ACT_OK, &packet, 0x4000));
+    let recorded = programs.verdict(&key).expect("verdict recorded");
+    assert_eq!(recorded.generation, GENERATION);
+    assert!(recorded.seen_ns >= started && recorded.seen_ns <= monotonic_ns());
+    assert_only(&before, &programs.counters(), &["verdict_learned"]);
+
+    // The fast path now takes that direction, and only that one.
+    let (verdict, _) = programs.xdp(&vxlan_tcp(TCP_ACK));
+    assert_eq!(verdict, XDP_REDIRECT);
+    programs.assert_tc_passes(&[(
+        "the other direction",
+        pod_tcp(REMOTE_POD, TCP_ACK),
+        "tc_pass_no_verdict",
+    )]);
+
+    // A marked FIN ends the verdict; a marked ICMP echo is a flow; a marked
+    // ICMP error is not.
+    let before = programs.counters();
+    let fin = delivered(REMOTE_POD, IPPROTO_TCP, &tcp_segment(TCP_FIN | TCP_ACK));
+    let (_, _, mark) = programs.tc_verdict(&fin, ACCEPT_MARK);
+    assert_eq!(mark, 0);
+    assert_eq!(programs.verdict(&key), None, "FIN must end the verdict");
+    assert_only(&before, &programs.counters(), &["verdict_tcp_control"]);
+
+    let echo = delivered(REMOTE_POD, IPPROTO_ICMP, &weft_tests::packets::icmp_echo(8));
+    programs.tc_verdict(&echo, ACCEPT_MARK);
+    assert!(
+        programs
+            .verdict(&flow(REMOTE_POD, LOCAL_POD, IPPROTO_ICMP, ECHO_ID, [0, 0]))
+            .is_some()
+    );
+
+    let before = programs.counters();
+    let mut unreachable = vec![3, 1, 0, 0, 0, 0, 0, 0];
+    unreachable.extend_from_slice(&[0u8; 28]);
+    let (_, _, mark) = programs.tc_verdict(
+        &delivered(REMOTE_POD, IPPROTO_ICMP, &unreachable),
+        ACCEPT_MARK,
+    );
+    assert_eq!(mark, 0, "the mark never leaves the node");
+    assert_only(&before, &programs.counters(), &["verdict_unparsed"]);
+}
