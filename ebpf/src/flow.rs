@@ -110,11 +110,11 @@ pub fn netfilter_passed(
     if flow.tcp_control {
         // A closing connection's verdict ends here: a later segment with
         // the same ports belongs to a new connection netfilter must see.
-        let _ = FLOWS.remove(&key);
+        let _ = FLOWS.remove(key);
         return Err(Unverified::TcpControl);
     }
     // SAFETY: a plain lookup; the value is copied out at once.
-    let verdict = unsafe { FLOWS.get(&key) }
+    let verdict = unsafe { FLOWS.get(key) }
         .copied()
         .ok_or(Unverified::NoVerdict)?;
     if verdict.generation != config.ruleset_generation {

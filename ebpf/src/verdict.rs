@@ -63,7 +63,7 @@ fn learn(ctx: &mut TcContext, generation: u32) -> CounterId {
     if flow.tcp_control {
         // SYN, FIN and RST always take the kernel path; a closing
         // connection's verdict ends with it.
-        let _ = FLOWS.remove(&flow.key);
+        let _ = FLOWS.remove(flow.key);
         return CounterId::VerdictTcpControl;
     }
     let verdict = FlowVerdict {
@@ -72,7 +72,7 @@ fn learn(ctx: &mut TcContext, generation: u32) -> CounterId {
         generation,
         _pad: 0,
     };
-    match FLOWS.insert(&flow.key, &verdict, u64::from(BPF_ANY)) {
+    match FLOWS.insert(flow.key, verdict, u64::from(BPF_ANY)) {
         Ok(()) => CounterId::VerdictLearned,
         Err(_) => CounterId::VerdictUpdateFailed,
     }
