@@ -201,6 +201,8 @@ pub enum MapName {
     Vteps,
     /// This node's fast-path settings.
     Config,
+    /// Flow directions netfilter passed unchanged (what the fast path may take).
+    Flows,
 }
 
 /// flanneld's environment names for the flags both share.

@@ -9,10 +9,12 @@ use clap as _;
 
 pub mod bench;
 pub mod cni;
+pub mod echo;
 pub mod etcd;
 pub mod flannel;
 pub mod host;
 pub mod inspect;
+pub mod kube_proxy;
 pub mod lab;
 pub mod netns;
 pub mod packets;

@@ -65,6 +65,36 @@ pub fn run(ns: &str, args: &[&str]) -> Result<String> {
     output_of(command, &format!("[{ns}] {}", args.join(" ")))
 }
 
+/// Runs `args` inside `ns` with `input` on its standard input (e.g.
+/// `iptables-restore`, `nft -f -`), returning stdout.
+pub fn run_with_input(ns: &str, args: &[&str], input: &str) -> Result<String> {
+    use std::io::Write as _;
+    let (program, rest) = args.split_first().ok_or_else(|| anyhow!("empty command"))?;
+    let mut command = command(ns, program)?;
+    command
+        .args(rest)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("[{ns}] cannot run {}", args.join(" ")))?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("no stdin"))?
+        .write_all(input.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "[{ns}] {} failed: {}\n{input}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Runs `args` on the host, returning stdout.
 pub fn run_host(args: &[&str]) -> Result<String> {
     let (program, rest) = args.split_first().ok_or_else(|| anyhow!("empty command"))?;

@@ -48,6 +48,11 @@ pub struct ConfigRow {
     pub gateway_mac: String,
     pub strict_vteps: bool,
     pub bulk_tcp_via_gro: bool,
+    /// The mark bit weft's nftables rule sets on what netfilter passes unchanged.
+    pub accept_mark: String,
+    /// Bumped on every nftables ruleset change; older verdicts are void.
+    pub ruleset_generation: u32,
+    pub verdict_ttl_ms: u64,
 }
 
 fn mac(bytes: [u8; 6]) -> String {
@@ -96,6 +101,59 @@ pub fn endpoint_rows(maps: &FastPathMaps) -> Result<Vec<EndpointRow>> {
     Ok(rows)
 }
 
+/// A flow direction netfilter passed unchanged, as FLOWS holds it.
+#[derive(Serialize)]
+pub struct FlowRow {
+    pub protocol: String,
+    pub source: String,
+    pub destination: String,
+    /// Since netfilter last passed a packet of it.
+    pub age_ms: u64,
+    /// Whether the fast path takes it now: same ruleset, younger than the TTL.
+    pub current: bool,
+}
+
+pub fn flow_rows(dir: &std::path::Path, config: &weft_common::NodeConfig) -> Result<Vec<FlowRow>> {
+    use aya::maps::{HashMap, Map, MapData};
+    use weft_common::{FlowKey, FlowVerdict, map_names};
+    let path = dir.join(map_names::FLOWS);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("cannot open pinned map {}", path.display()))?;
+    let flows: HashMap<_, FlowKey, FlowVerdict> = HashMap::try_from(Map::LruHashMap(data))
+        .map_err(|error| anyhow::anyhow!("{} is not weft's: {error}", path.display()))?;
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+    let mut rows = Vec::new();
+    for entry in flows.iter() {
+        let (key, verdict) = entry.context("cannot read FLOWS")?;
+        let age_ns = now_ns.saturating_sub(verdict.seen_ns);
+        let protocol = match key.proto {
+            1 => "icmp".to_owned(),
+            6 => "tcp".to_owned(),
+            17 => "udp".to_owned(),
+            other => other.to_string(),
+        };
+        rows.push(FlowRow {
+            protocol,
+            source: format!(
+                "{}:{}",
+                Ipv4Addr::from(key.saddr),
+                u16::from_be_bytes(key.sport)
+            ),
+            destination: format!(
+                "{}:{}",
+                Ipv4Addr::from(key.daddr),
+                u16::from_be_bytes(key.dport)
+            ),
+            age_ms: age_ns / 1_000_000,
+            current: verdict.generation == config.ruleset_generation
+                && age_ns <= config.verdict_ttl_ns,
+        });
+    }
+    rows.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
+    Ok(rows)
+}
+
 pub fn config_row(maps: &FastPathMaps) -> Result<ConfigRow> {
     let config = maps.config()?;
     Ok(ConfigRow {
@@ -109,6 +167,9 @@ pub fn config_row(maps: &FastPathMaps) -> Result<ConfigRow> {
         gateway_mac: mac(config.gateway_mac),
         strict_vteps: config.flags & CONFIG_STRICT_VTEPS != 0,
         bulk_tcp_via_gro: config.flags & CONFIG_BULK_TCP_VIA_GRO != 0,
+        accept_mark: format!("{:#x}", config.accept_mark),
+        ruleset_generation: config.ruleset_generation,
+        verdict_ttl_ms: config.verdict_ttl_ns / 1_000_000,
     })
 }
 
@@ -174,6 +235,21 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
             let table = std::iter::once("ACCEPTED VXLAN SOURCE\n".to_owned())
                 .chain(rows.iter().map(|ip| format!("{ip}\n")))
                 .collect();
+            print(serde_json::to_value(&rows)?, table);
+        }
+        MapName::Flows => {
+            let rows = flow_rows(dir, &FastPathMaps::open_pinned(dir)?.config()?)?;
+            let table = std::iter::once(format!(
+                "{:<5} {:<21} {:<21} {:>8}  CURRENT\n",
+                "PROTO", "SOURCE", "DESTINATION", "AGE MS"
+            ))
+            .chain(rows.iter().map(|row| {
+                format!(
+                    "{:<5} {:<21} {:<21} {:>8}  {}\n",
+                    row.protocol, row.source, row.destination, row.age_ms, row.current
+                )
+            }))
+            .collect();
             print(serde_json::to_value(&rows)?, table);
         }
         MapName::Config => {
