@@ -12,9 +12,8 @@ fn main() {
         .parent()
         .expect("the agent lives in the workspace");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
-    // The build-dependency on weft-ebpf reruns this script when the crate's
-    // library changes; the programs live in its binary target, so watch the
-    // sources too, and the crate that defines their map types.
+    // Rebuild the object whenever the programs or the map types they share
+    // with the agent change (cargo scans these directories recursively).
     for dir in ["ebpf", "common"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }

@@ -23,7 +23,8 @@ const _: () = assert!(core::mem::align_of::<PacketCounter>() == 8);
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CounterId {
-    /// Every frame the XDP program saw arrive on the uplink.
+    /// Every frame that arrived on the uplink (counted by XDP, or by
+    /// `tc_uplink` when XDP is off).
     UplinkRx = 0,
     /// Every packet the TC program saw leave a pod (ingress on the host-side veth).
     PodEgress = 1,

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: weft against the stock flannel path and a no-overlay
-//! floor, on the same lab, in one run (DESIGN.md, "Benchmark protocol").
+//! floor, on the same lab, in one run (README, "Performance").
 //!
 //! Every configuration gets a fresh 2-node lab with one pod per node; the
 //! client pod is on node 1, the server pod on node 2. Latencies are

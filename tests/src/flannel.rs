@@ -1,6 +1,6 @@
 //! What flanneld would have in etcd, in subnet.env and in the kernel for a
 //! lab, checked against what the agents actually wrote: the compatibility
-//! contract of DESIGN.md, as one assertion tests share.
+//! contract (docs/architecture.md), as one assertion tests share.
 
 use anyhow::{Result, anyhow, ensure};
 use ipnet::Ipv4Net;

@@ -1,4 +1,4 @@
-//! The cluster lab, as DESIGN.md's lab contract describes it:
+//! The cluster lab, as docs/architecture.md (The lab) describes it:
 //!
 //! - underlay namespace `L-ul` with bridge `ul0` at 192.168.77.254/24 and the
 //!   real etcd server (client URL http://192.168.77.254:2379);

@@ -1,6 +1,6 @@
 //! The weft cluster lab: one machine, several "nodes", each a network
 //! namespace, with the real etcd server and the real CNI plugins, as
-//! DESIGN.md's lab contract describes; and the helpers the integration tests
+//! docs/architecture.md (The lab) describes; and the helpers the integration tests
 //! share.
 
 // The weft-lab binary's argument parser; cargo cannot scope a dependency to
