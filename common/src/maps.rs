@@ -49,8 +49,16 @@ pub struct Endpoint {
     pub ifindex: u32,
     /// The pod's own MAC (eth0 inside the pod).
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `ENDPOINT_*` flags.
+    pub flags: u8,
+    pub _pad: u8,
 }
+
+/// `Endpoint` flag: GRO is confirmed on at the pod's end of the veth, so
+/// XDP may redirect into it (XDP_REDIRECT into a veth needs the peer's
+/// NAPI, which a veth has only with GRO on). Without it, XDP leaves the
+/// pod's packets to TC on the uplink or the kernel path.
+pub const ENDPOINT_XDP_READY: u8 = 1 << 0;
 
 /// `VTEPS` key: an accepted outer source address.
 #[repr(C)]

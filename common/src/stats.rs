@@ -101,6 +101,18 @@ pub enum CounterId {
     /// After netfilter: a marked TCP SYN, FIN or RST; nothing recorded
     /// (a FIN or RST ends the direction's verdict).
     VerdictTcpControl = 47,
+    /// Receiving VXLAN: the inner source is not in the subnet of the peer
+    /// whose PublicIP sent it.
+    XdpPassForeignInnerSource = 48,
+    /// Receiving VXLAN: the inner destination MAC is not this node's VTEP.
+    XdpPassNotOurVtep = 49,
+    /// Receiving VXLAN: the outer IPv4 or UDP length disagrees with the frame.
+    XdpPassBadLength = 50,
+    /// XDP only: the pod's veth cannot take an XDP redirect yet (GRO not
+    /// confirmed at its end); TC on the uplink or the kernel delivers.
+    XdpPassPodNotReady = 51,
+    /// Sending: the source address or MAC is not the sending pod's own.
+    TcPassForeignSource = 52,
 }
 
 /// Every counter with its stable, user-facing name, in id order.
@@ -156,6 +168,14 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     (CounterId::VerdictUnparsed, "verdict_unparsed"),
     (CounterId::VerdictUpdateFailed, "verdict_update_failed"),
     (CounterId::VerdictTcpControl, "verdict_tcp_control"),
+    (
+        CounterId::XdpPassForeignInnerSource,
+        "xdp_pass_foreign_inner_source",
+    ),
+    (CounterId::XdpPassNotOurVtep, "xdp_pass_not_our_vtep"),
+    (CounterId::XdpPassBadLength, "xdp_pass_bad_length"),
+    (CounterId::XdpPassPodNotReady, "xdp_pass_pod_not_ready"),
+    (CounterId::TcPassForeignSource, "tc_pass_foreign_source"),
 ];
 
 /// Slots reserved in `STATS`: room to add counters without re-creating the

@@ -5,7 +5,7 @@
 //! `tc_uplink` delivers the result (see gro_decap.rs).
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CounterId};
+use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CounterId, ENDPOINT_XDP_READY};
 
 use crate::{
     counters::count,
@@ -30,13 +30,17 @@ fn decide(ctx: &XdpContext) -> (u32, CounterId) {
     let Some(config) = node_config() else {
         return (PASS, CounterId::XdpPassNoConfig);
     };
-    let delivery = match classify(ctx.data(), ctx.data_end(), config) {
+    let frame_len = ctx.data_end() - ctx.data();
+    let delivery = match classify(ctx.data(), ctx.data_end(), frame_len, config) {
         Ok(delivery) => delivery,
         Err(Refusal::Pass(why)) => return (PASS, why),
         Err(Refusal::Drop(why)) => return (xdp_action::XDP_DROP, why),
     };
     if config.flags & CONFIG_BULK_TCP_VIA_GRO != 0 && delivery.is_bulk_tcp() {
         return (PASS, CounterId::XdpPassBulkTcp);
+    }
+    if delivery.endpoint.flags & ENDPOINT_XDP_READY == 0 {
+        return (PASS, CounterId::XdpPassPodNotReady);
     }
     // SAFETY: classify bounds-checked both headers; nothing else holds them.
     unsafe {

@@ -81,6 +81,17 @@ fn decide(ctx: &mut TcContext) -> Verdict {
         return pass(CounterId::TcPassNotIpv4);
     }
     let destination = ip.dst_addr;
+    // Only what the pod sends as itself: its own address from its own veth
+    // and MAC. Anything else is the kernel's (rp_filter, netfilter).
+    match ENDPOINTS.get_ptr(EndpointKey { addr: ip.src_addr }) {
+        // SAFETY: a map value pointer from a successful lookup; ctx.skb.skb
+        // is the __sk_buff the kernel handed us.
+        Some(sender)
+            if unsafe {
+                (*sender).ifindex == (*ctx.skb.skb).ifindex && (*sender).mac == (*eth).src_addr
+            } => {}
+        _ => return pass(CounterId::TcPassForeignSource),
+    }
 
     if let Some(endpoint) = ENDPOINTS.get_ptr(EndpointKey { addr: destination }) {
         let endpoint = unsafe { *endpoint };

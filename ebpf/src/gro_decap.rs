@@ -63,7 +63,7 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig) -> (i32, CounterId) {
     if ctx.data() + HEADERS_LEN > ctx.data_end() && ctx.len() as usize >= HEADERS_LEN {
         let _ = ctx.pull_data(HEADERS_LEN as u32);
     }
-    let delivery = match classify(ctx.data(), ctx.data_end(), config) {
+    let delivery = match classify(ctx.data(), ctx.data_end(), ctx.len() as usize, config) {
         Ok(delivery) => delivery,
         Err(Refusal::Pass(why)) => return (TC_ACT_OK, why),
         // Only without XDP: with it, XDP dropped these already.

@@ -64,10 +64,16 @@ pub enum Refusal {
 
 use Refusal::Pass;
 
-/// Checks a frame that starts at `data` (Ethernet) against this node's
-/// config and maps. Reads only; the caller rewrites what it delivers.
+/// Checks a frame of `frame_len` bytes that starts at `data` (Ethernet)
+/// against this node's config and maps. Reads only; the caller rewrites
+/// what it delivers.
 #[inline(always)]
-pub fn classify(data: usize, end: usize, config: &NodeConfig) -> Result<Delivery, Refusal> {
+pub fn classify(
+    data: usize,
+    end: usize,
+    frame_len: usize,
+    config: &NodeConfig,
+) -> Result<Delivery, Refusal> {
     let eth = ptr_at::<EthHdr>(data, end, 0).ok_or(Pass(CounterId::XdpPassTruncated))?;
     // SAFETY: every pointer below comes from ptr_at, inside the packet.
     let ether_type = unsafe { (*eth).ether_type };
@@ -100,6 +106,14 @@ pub fn classify(data: usize, end: usize, config: &NodeConfig) -> Result<Delivery
     if unsafe { (*udp).dst } != config.vxlan_port_be.to_ne_bytes() {
         return Err(Pass(CounterId::XdpPassNotVxlan));
     }
+    // Lengths that lie about the frame are the kernel's to judge (a VXLAN
+    // frame is never short enough for Ethernet padding).
+    let ip_len = usize::from(u16::from_be_bytes(outer.tot_len));
+    if ip_len + ETH_LEN != frame_len
+        || usize::from(u16::from_be_bytes(unsafe { (*udp).len })) + IPV4_LEN != ip_len
+    {
+        return Err(Pass(CounterId::XdpPassBadLength));
+    }
     let vxlan = ptr_at::<VxlanHdr>(data, end, ETH_LEN + IPV4_LEN + UDP_LEN)
         .ok_or(Pass(CounterId::XdpPassTruncated))?;
     let vxlan = unsafe { &*vxlan };
@@ -124,9 +138,19 @@ pub fn classify(data: usize, end: usize, config: &NodeConfig) -> Result<Delivery
     if unsafe { (*inner_eth).ether_type } != ETH_P_IPV4_BE {
         return Err(Pass(CounterId::XdpPassInnerNotIpv4));
     }
+    // flannel.<VNI> takes only frames for its own MAC; so does the fast path.
+    if unsafe { (*inner_eth).dst_addr } != config.vtep_mac {
+        return Err(Pass(CounterId::XdpPassNotOurVtep));
+    }
     let inner_ip = ptr_at::<Ipv4Hdr>(data, end, VXLAN_OVERHEAD + ETH_LEN)
         .ok_or(Pass(CounterId::XdpPassTruncated))?;
     let inner = unsafe { &*inner_ip };
+    // A peer speaks only for its own pods: the inner source must lie in the
+    // subnet of the peer whose PublicIP sent the frame.
+    match PEERS.get(&Key::new(32, inner.src_addr)) {
+        Some(peer) if peer.public_ip == outer.src_addr => {}
+        _ => return Err(Pass(CounterId::XdpPassForeignInnerSource)),
+    }
     let endpoint = ENDPOINTS
         .get_ptr(EndpointKey {
             addr: inner.dst_addr,

@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use serde::Serialize;
+use weft_common::CounterId;
 
 use crate::{
     Backend, Dataplane, Lab, LabSpec, inspect,
@@ -78,6 +79,9 @@ pub struct ConfigResult {
     pub tcp_gbps: f64,
     pub cpu_s_per_gb: f64,
     pub fastpath_packets: u64,
+    /// Packets the fast path handed to netfilter during the TCP run (a
+    /// flow's set-up, TCP control, re-checks, ruleset changes).
+    pub netfilter_refusals: u64,
     /// Why the numbers do not describe the configuration, if they do not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invalid: Option<String>,
@@ -199,6 +203,7 @@ struct Run {
     /// counters plus the IPv4 forwarding counter, on both nodes.
     kernel_packets: u64,
     tcp_packets: u64,
+    netfilter_refusals: u64,
 }
 
 fn measure(lab: &Lab, options: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Run> {
@@ -223,6 +228,7 @@ fn measure(lab: &Lab, options: &BenchOptions, progress: &mut dyn FnMut(&str)) ->
     let udp_pps = iperf_udp_pps(&client, &server, seconds)?;
     progress("  TCP throughput, CPU per GB, and which path carried it");
     let counters_before = fast_path_counts(lab)?;
+    let refusals_before = netfilter_refusals(lab)?;
     let kernel_before = kernel_path_packets(lab)?;
     let cpu_before = busy_cpu_seconds()?;
     let (bytes, gbps, packets) = iperf_tcp(&client, &server, seconds)?;
@@ -241,6 +247,7 @@ fn measure(lab: &Lab, options: &BenchOptions, progress: &mut dyn FnMut(&str)) ->
         tcp_bytes: bytes,
         kernel_packets: kernel_path_packets(lab)? - kernel_before,
         tcp_packets: packets,
+        netfilter_refusals: netfilter_refusals(lab)? - refusals_before,
     })
 }
 
@@ -448,6 +455,35 @@ fn fast_path_counts(lab: &Lab) -> Result<(u64, u64)> {
     Ok(total)
 }
 
+/// Why the fast path hands a packet to netfilter: a few packets per flow
+/// (set-up, SYN/FIN, one per re-check interval), never a share of a
+/// transfer.
+const NETFILTER_REFUSALS: [CounterId; 8] = [
+    CounterId::XdpPassNoVerdict,
+    CounterId::XdpPassRulesetChanged,
+    CounterId::XdpPassRecheck,
+    CounterId::XdpPassTcpControl,
+    CounterId::TcPassNoVerdict,
+    CounterId::TcPassRulesetChanged,
+    CounterId::TcPassRecheck,
+    CounterId::TcPassTcpControl,
+];
+
+fn netfilter_refusals(lab: &Lab) -> Result<u64> {
+    let mut total = 0;
+    for node in [1, 2] {
+        if lab.node(node).dataplane != Dataplane::Ebpf {
+            continue;
+        }
+        let counters = lab.counters(node)?;
+        total += NETFILTER_REFUSALS
+            .iter()
+            .map(|id| counters.get(id.name()).map_or(0, |(packets, _)| *packets))
+            .sum::<u64>();
+    }
+    Ok(total)
+}
+
 fn kernel_path_packets(lab: &Lab) -> Result<u64> {
     let mut total = 0;
     for node in [1, 2] {
@@ -490,6 +526,12 @@ fn check_path(name: &str, dataplane: Dataplane, backend: Backend, runs: &[Run]) 
                         "{name}: the fast path carried {} bytes of a {} byte transfer \
                          (sent and delivered: expected twice that)",
                         run.fastpath_bytes, run.tcp_bytes
+                    ));
+                }
+                if run.netfilter_refusals > run.tcp_packets / 100 {
+                    return Some(format!(
+                        "{name}: the fast path handed {} packets of ~{} to netfilter",
+                        run.netfilter_refusals, run.tcp_packets
                     ));
                 }
                 if run.kernel_packets > run.tcp_packets / 20 {
@@ -539,6 +581,7 @@ fn median(name: &str, runs: &[Run]) -> ConfigResult {
         tcp_gbps: m(&|run| run.tcp_gbps),
         cpu_s_per_gb: m(&|run| run.cpu_s_per_gb),
         fastpath_packets: m(&|run| run.fastpath_packets as f64) as u64,
+        netfilter_refusals: m(&|run| run.netfilter_refusals as f64) as u64,
         invalid: None,
     }
 }
@@ -749,7 +792,7 @@ pub fn table(results: &[ConfigResult]) -> String {
         .map(|result| (result.name.as_str(), result))
         .collect();
     let mut out = String::new();
-    let metrics: [(&str, Metric); 11] = [
+    let metrics: [(&str, Metric); 12] = [
         ("ICMP RTT p50 (us)", |r| r.icmp_rtt_us_p50),
         ("ICMP RTT p99 (us)", |r| r.icmp_rtt_us_p99),
         ("TCP RR p50 (us)", |r| r.tcp_rr_us_p50),
@@ -761,6 +804,7 @@ pub fn table(results: &[ConfigResult]) -> String {
         ("TCP throughput (Gbit/s)", |r| r.tcp_gbps),
         ("CPU s per GB", |r| r.cpu_s_per_gb),
         ("fast-path packets", |r| r.fastpath_packets as f64),
+        ("handed to netfilter", |r| r.netfilter_refusals as f64),
     ];
     let _ = write!(out, "{:<26}", "metric");
     for result in results {

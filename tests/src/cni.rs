@@ -116,3 +116,62 @@ fn parse_result(result: &Value, netns_path: &str) -> Result<PodNetwork> {
         mac: pod_if["mac"].as_str().unwrap_or_default().to_owned(),
     })
 }
+
+/// Runs the real `portmap` plugin's ADD for a pod, as a container runtime
+/// does for a pod with `hostPort`s: each (protocol, host port, container
+/// port) is DNATed from the node's addresses to the pod.
+pub fn add_port_mappings(
+    node_ns: &str,
+    pod_ns: &str,
+    pod: &PodNetwork,
+    mappings: &[(&str, u16, u16)],
+) -> Result<()> {
+    let netns_path = netns::path(pod_ns).display().to_string();
+    let port_mappings: Vec<Value> = mappings
+        .iter()
+        .map(|(protocol, host_port, container_port)| {
+            json!({ "hostPort": host_port, "containerPort": container_port, "protocol": protocol })
+        })
+        .collect();
+    let config = json!({
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "portmap",
+        "capabilities": { "portMappings": true },
+        "runtimeConfig": { "portMappings": port_mappings },
+        // What the bridge plugin reported for the pod: portmap reads the
+        // pod's address from it.
+        "prevResult": {
+            "cniVersion": "1.0.0",
+            "interfaces": [{ "name": "eth0", "mac": pod.mac, "sandbox": netns_path }],
+            "ips": [{ "address": pod.address, "interface": 0 }],
+        },
+    });
+    let mut command = netns::command(node_ns, &format!("{PLUGIN_DIR}/portmap"))?;
+    command
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", pod_ns)
+        .env("CNI_NETNS", &netns_path)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", PLUGIN_DIR)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command
+        .spawn()
+        .context("cannot run the CNI portmap plugin")?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        stdin.write_all(config.to_string().as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "portmap ADD for {pod_ns} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}

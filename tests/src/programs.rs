@@ -10,8 +10,8 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use weft_common::{
-    CONFIG_STRICT_VTEPS, COUNTERS, Endpoint, EndpointKey, FlowKey, FlowVerdict, NodeConfig,
-    PacketCounter, Peer, PeerMode, VtepKey,
+    CONFIG_STRICT_VTEPS, COUNTERS, ENDPOINT_XDP_READY, Endpoint, EndpointKey, FlowKey, FlowVerdict,
+    NodeConfig, PacketCounter, Peer, PeerMode, VtepKey,
     program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK},
 };
 
@@ -36,7 +36,10 @@ pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xbb, 0x02];
 pub const LOCAL_POD: [u8; 4] = [10, 244, 1, 2];
 pub const OTHER_LOCAL_POD: [u8; 4] = [10, 244, 1, 3];
 pub const REMOTE_POD: [u8; 4] = [10, 244, 2, 7];
-pub const POD_IFINDEX: u32 = 42;
+/// The local pod's host-side veth. BPF_PROG_TEST_RUN runs TC programs on
+/// `lo` (ifindex 1), so the fixture's sending pod is plugged in there: its
+/// packets pass the check that a pod sends from its own veth.
+pub const POD_IFINDEX: u32 = 1;
 /// A host-gw peer node: its pods' subnet, address and uplink MAC.
 pub const HOSTGW_POD: [u8; 4] = [10, 244, 3, 5];
 pub const HOSTGW_NODE_IP: [u8; 4] = [192, 168, 77, 3];
@@ -98,7 +101,8 @@ impl Programs {
                     Endpoint {
                         ifindex: index,
                         mac: POD_MAC,
-                        _pad: [0; 2],
+                        flags: ENDPOINT_XDP_READY,
+                        _pad: 0,
                     },
                     0,
                 )
@@ -125,6 +129,21 @@ impl Programs {
                 self.set_verdict(flow(src, dst, IPPROTO_TCP, [0, 0], [0, 0]), GENERATION);
             }
         }
+    }
+
+    /// (Re)writes the ENDPOINTS entry of a local pod.
+    pub fn set_endpoint(&mut self, ip: [u8; 4], ifindex: u32, flags: u8) {
+        let mut endpoints: HashMap<_, EndpointKey, Endpoint> =
+            HashMap::try_from(self.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap();
+        let endpoint = Endpoint {
+            ifindex,
+            mac: POD_MAC,
+            flags,
+            _pad: 0,
+        };
+        endpoints
+            .insert(EndpointKey { addr: ip }, endpoint, 0)
+            .unwrap();
     }
 
     /// Writes a verdict for `key` seen now under `generation`.

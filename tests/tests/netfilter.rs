@@ -13,7 +13,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use weft_tests::{
-    Backend, Lab, LabSpec,
+    Backend, Lab, LabSpec, cni,
     echo::{EchoServer, TcpSession, tcp_echo, udp_echo},
     kube_proxy::{self, Service},
     lab::{
@@ -119,6 +119,27 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
         TIMEOUT,
     )
     .expect("the NodePort did not answer from the underlay");
+
+    // A hostPort (the real portmap plugin, as a runtime runs it) on node 2
+    // for pod B, reached from a pod on node 1 and from the underlay.
+    let host_port = 8081;
+    cni::add_port_mappings(
+        &lab.node(2).ns,
+        &b.ns,
+        &b.network,
+        &[("tcp", host_port, ECHO_PORT), ("udp", host_port, ECHO_PORT)],
+    )
+    .unwrap();
+    let node2 = at(&lab.node(2).ip, host_port);
+    for client in [a.ns.as_str(), lab.state.underlay_ns.as_str()] {
+        tcp_echo(client, node2, 50, TIMEOUT)
+            .unwrap_or_else(|error| panic!("hostPort over TCP from {client}: {error:#}"));
+        let answered = udp_echo(client, node2, 50, Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            answered, 50,
+            "hostPort over UDP from {client}: {answered} of 50"
+        );
+    }
 
     // The fast path still carries what netfilter passes unchanged, with
     // KUBE-FORWARD dropping conntrack INVALID on both nodes.

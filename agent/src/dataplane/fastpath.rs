@@ -15,7 +15,8 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use tracing::{debug, warn};
 use weft_common::{
-    Endpoint, EndpointKey, NodeConfig, Peer, PeerAddr, PeerMode, VtepKey, map_names,
+    ENDPOINT_XDP_READY, Endpoint, EndpointKey, NodeConfig, Peer, PeerAddr, PeerMode, VtepKey,
+    map_names,
 };
 
 use super::kernel::PeerRoute;
@@ -191,7 +192,8 @@ impl FastPathMaps {
                     Endpoint {
                         ifindex: pod.port,
                         mac: pod.mac.0,
-                        _pad: [0; 2],
+                        flags: ENDPOINT_XDP_READY,
+                        _pad: 0,
                     },
                 )
             })

@@ -1,0 +1,153 @@
+//! The programs believe only what they can check, through
+//! BPF_PROG_TEST_RUN: VXLAN whose inner source is not the sending peer's,
+//! whose inner destination MAC is not this node's VTEP, or whose lengths
+//! lie; a pod sending as someone else; XDP into a veth not ready for it.
+//! Each goes to the kernel untouched, counted by cause.
+
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
+use weft_common::ENDPOINT_XDP_READY;
+use weft_tests::{
+    packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4},
+    privileged_test,
+    programs::*,
+};
+
+/// An inner frame for the local pod from `src`, to `dst_mac`.
+fn inner_from(src: [u8; 4], dst_mac: [u8; 6]) -> Vec<u8> {
+    eth(
+        dst_mac,
+        PEER_VTEP_MAC,
+        ETH_P_IPV4,
+        &ipv4(
+            src,
+            LOCAL_POD,
+            IPPROTO_ICMP,
+            &icmp_echo(56),
+            Ipv4Options::default(),
+        ),
+    )
+}
+
+#[test]
+fn vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths() {
+    let Some(_guard) =
+        privileged_test("vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths")
+    else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    // The fixture's verdicts cover these flows, so only the checks below
+    // can refuse them.
+    for src in [[10, 244, 9, 9], [10, 96, 0, 10]] {
+        programs.set_verdict(
+            flow(src, LOCAL_POD, IPPROTO_ICMP, ECHO_ID, [0, 0]),
+            GENERATION,
+        );
+    }
+    let mut long = good_vxlan();
+    long[17] += 1; // outer IPv4 total length one more than the frame
+    let mut short = good_vxlan();
+    short[17] -= 1;
+    let mut udp_lies = good_vxlan();
+    udp_lies[14 + 20 + 5] -= 8; // UDP length
+    programs.assert_xdp_passes(&[
+        (
+            "inner source in the host-gw peer's subnet",
+            vxlan_carrying(&inner_from(HOSTGW_POD, VTEP_MAC)),
+            "xdp_pass_foreign_inner_source",
+        ),
+        (
+            "inner source in no peer's subnet",
+            vxlan_carrying(&inner_from([10, 244, 9, 9], VTEP_MAC)),
+            "xdp_pass_foreign_inner_source",
+        ),
+        (
+            "inner source a ClusterIP",
+            vxlan_carrying(&inner_from([10, 96, 0, 10], VTEP_MAC)),
+            "xdp_pass_foreign_inner_source",
+        ),
+        (
+            "inner destination MAC not our VTEP",
+            vxlan_carrying(&inner_from(REMOTE_POD, POD_MAC)),
+            "xdp_pass_not_our_vtep",
+        ),
+        ("outer IPv4 length too long", long, "xdp_pass_bad_length"),
+        ("outer IPv4 length too short", short, "xdp_pass_bad_length"),
+        ("UDP length lies", udp_lies, "xdp_pass_bad_length"),
+    ]);
+    // The same checks in tc_uplink (without XDP it counts them).
+    let before = programs.counters();
+    let frame = vxlan_carrying(&inner_from(HOSTGW_POD, VTEP_MAC));
+    let (verdict, out) = programs.uplink_tc(&frame);
+    assert_eq!((verdict, &out), (TC_ACT_OK, &frame));
+    assert_counted(
+        &before,
+        &programs.counters(),
+        "xdp_pass_foreign_inner_source",
+    );
+    // And the honest frame still goes through: the checks could pass.
+    let (verdict, _) = programs.xdp(&good_vxlan());
+    assert_eq!(verdict, XDP_REDIRECT);
+}
+
+#[test]
+fn a_pod_sends_only_as_itself() {
+    let Some(_guard) = privileged_test("a_pod_sends_only_as_itself") else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    for src in [[10, 96, 0, 10], OTHER_LOCAL_POD] {
+        programs.set_verdict(
+            flow(src, REMOTE_POD, IPPROTO_ICMP, ECHO_ID, [0, 0]),
+            GENERATION,
+        );
+    }
+    let mut wrong_mac = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());
+    wrong_mac[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0xee, 0xee]);
+    programs.assert_tc_passes(&[
+        (
+            "a ClusterIP as source",
+            pod_frame([10, 96, 0, 10], REMOTE_POD, Ipv4Options::default()),
+            "tc_pass_foreign_source",
+        ),
+        (
+            "another local pod's address, from this veth",
+            pod_frame(OTHER_LOCAL_POD, REMOTE_POD, Ipv4Options::default()),
+            "tc_pass_foreign_source",
+        ),
+        (
+            "its own address with another MAC",
+            wrong_mac,
+            "tc_pass_foreign_source",
+        ),
+        (
+            "to a local pod as someone else",
+            pod_frame([10, 96, 0, 10], OTHER_LOCAL_POD, Ipv4Options::default()),
+            "tc_pass_foreign_source",
+        ),
+    ]);
+    let (verdict, _) = programs.tc(&pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default()));
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "the pod's own packet must still go"
+    );
+}
+
+#[test]
+fn xdp_redirects_only_into_veths_ready_for_it() {
+    let Some(_guard) = privileged_test("xdp_redirects_only_into_veths_ready_for_it") else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    programs.set_endpoint(LOCAL_POD, POD_IFINDEX, 0);
+    programs.assert_xdp_passes(&[("GRO not confirmed", good_vxlan(), "xdp_pass_pod_not_ready")]);
+    // TC on the uplink needs no NAPI at the pod's end: it still delivers.
+    let (verdict, _) = programs.uplink_tc(&good_vxlan());
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    programs.set_endpoint(LOCAL_POD, POD_IFINDEX, ENDPOINT_XDP_READY);
+    let (verdict, _) = programs.xdp(&good_vxlan());
+    assert_eq!(verdict, XDP_REDIRECT);
+}
