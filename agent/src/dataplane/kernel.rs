@@ -513,7 +513,21 @@ fn is_installed_neighbour(entry: &NeighbourMessage, gateway: Ipv4Addr, vtep_mac:
 /// the VTEP MAC towards the peer's PublicIP (two leases may carry the same
 /// MAC; removing one must not take the other's entry).
 fn is_installed_fdb(entry: &NeighbourMessage, vtep_mac: MacAddr, public_ip: Ipv4Addr) -> bool {
-    neighbour_mac(entry) == Some(vtep_mac) && neighbour_ip(entry) == Some(public_ip)
+    neighbour_mac(entry) == Some(vtep_mac) && fdb_destination(entry) == Some(public_ip)
+}
+
+/// The remote IPv4 address of a VXLAN fdb entry. Entries are listed in the
+/// bridge family, whose `NDA_DST` netlink-packet-route leaves as raw bytes.
+fn fdb_destination(entry: &NeighbourMessage) -> Option<Ipv4Addr> {
+    entry.attributes.iter().find_map(|attr| match attr {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => Some(*address),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+            <[u8; 4]>::try_from(bytes.as_slice())
+                .ok()
+                .map(Ipv4Addr::from)
+        }
+        _ => None,
+    })
 }
 
 fn has_gateway(route: &RouteMessage) -> bool {
@@ -662,6 +676,16 @@ mod tests {
         message
     }
 
+    /// An fdb entry as the kernel lists it: bridge family, raw `NDA_DST`.
+    fn fdb_entry(ip: Ipv4Addr, mac: MacAddr) -> NeighbourMessage {
+        let mut message = NeighbourMessage::default();
+        message.attributes = vec![
+            NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()),
+            NeighbourAttribute::Destination(NeighbourAddress::Other(ip.octets().to_vec())),
+        ];
+        message
+    }
+
     #[test]
     fn removal_matches_neighbours_and_fdb_entries_by_address_and_mac() {
         let PeerRoute::Vxlan {
@@ -690,18 +714,23 @@ mod tests {
             vtep_mac
         ));
         assert!(is_installed_fdb(
+            &fdb_entry(public_ip, vtep_mac),
+            vtep_mac,
+            public_ip
+        ));
+        assert!(is_installed_fdb(
             &entry(public_ip, vtep_mac),
             vtep_mac,
             public_ip
         ));
         // Another lease with the same VTEP MAC towards another node.
         assert!(!is_installed_fdb(
-            &entry(Ipv4Addr::new(192, 168, 77, 3), vtep_mac),
+            &fdb_entry(Ipv4Addr::new(192, 168, 77, 3), vtep_mac),
             vtep_mac,
             public_ip
         ));
         assert!(!is_installed_fdb(
-            &entry(public_ip, other_mac),
+            &fdb_entry(public_ip, other_mac),
             vtep_mac,
             public_ip
         ));
