@@ -173,7 +173,11 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
 
     let mut masq_check = tokio::time::interval(MASQ_RECHECK);
     let mut follower = LeaseFollower::new(registry.clone());
-    let mut peers = PeerTable::new(LeasePolicy::new(&config, uplink.public_ip));
+    let mut peers = PeerTable::new(LeasePolicy::new(
+        &config,
+        uplink.public_ip,
+        vxlan.map(|device| device.mac),
+    ));
     let mut programmed: BTreeMap<Ipv4Net, PeerRoute> = BTreeMap::new();
     let stop = loop {
         tokio::select! {

@@ -15,11 +15,12 @@ use ipnet::Ipv4Net;
 use tracing::warn;
 
 use super::{
-    LeaseAttrs,
+    LeaseAttrs, MacAddr,
     registry::RawLease,
     subnet_of_key,
     validate::{
         Candidate, LeasePolicy, MAX_VALUE_LEN, Rejection, Rule, overlapping, resolve_overlaps,
+        vtep_mac,
     },
 };
 
@@ -35,6 +36,8 @@ pub struct PeerTable {
     /// Leases that pass the per-lease rules, by subnet (a key names exactly
     /// one subnet).
     candidates: BTreeMap<Ipv4Net, Candidate>,
+    /// How many candidates carry each VTEP MAC (more than one: a clash).
+    macs: BTreeMap<MacAddr, usize>,
     /// The leases in use: the candidates that overlap no older one.
     peers: BTreeMap<Ipv4Net, LeaseAttrs>,
     /// Rejections already logged: key -> (value fingerprint, rule).
@@ -60,6 +63,7 @@ impl PeerTable {
         Self {
             policy,
             candidates: BTreeMap::new(),
+            macs: BTreeMap::new(),
             peers: BTreeMap::new(),
             reported: BTreeMap::new(),
             rejections: BTreeMap::new(),
@@ -96,6 +100,12 @@ impl PeerTable {
         let present: BTreeSet<&str> = leases.iter().map(|lease| lease.key.as_str()).collect();
         self.reported
             .retain(|key, _| present.contains(key.as_str()));
+        self.macs.clear();
+        for candidate in candidates.values() {
+            if let Some(mac) = vtep_mac(&candidate.attrs) {
+                *self.macs.entry(mac).or_default() += 1;
+            }
+        }
         self.candidates = candidates;
         self.settle_all()
     }
@@ -111,7 +121,7 @@ impl PeerTable {
         match self.judge(key, value, create_revision, own) {
             Verdict::Own => Vec::new(),
             Verdict::Usable(subnet, candidate) => {
-                self.candidates.insert(subnet, candidate);
+                self.set_candidate(subnet, Some(candidate));
                 self.settle(subnet)
             }
             Verdict::Rejected {
@@ -122,7 +132,7 @@ impl PeerTable {
                 self.report(key, subnet, fingerprint, &rejection);
                 match subnet {
                     Some(subnet) => {
-                        self.candidates.remove(&subnet);
+                        self.set_candidate(subnet, None);
                         self.settle(subnet)
                     }
                     None => Vec::new(),
@@ -137,10 +147,33 @@ impl PeerTable {
         let Ok(subnet) = subnet_of_key(key) else {
             return Vec::new();
         };
-        if self.candidates.remove(&subnet).is_none() {
+        if !self.candidates.contains_key(&subnet) {
             return Vec::new();
         }
+        self.set_candidate(subnet, None);
         self.settle(subnet)
+    }
+
+    /// Replaces (or, with `None`, removes) the candidate for `subnet`,
+    /// keeping the MAC counts in step.
+    fn set_candidate(&mut self, subnet: Ipv4Net, candidate: Option<Candidate>) {
+        let old = match candidate {
+            Some(candidate) => {
+                if let Some(mac) = vtep_mac(&candidate.attrs) {
+                    *self.macs.entry(mac).or_default() += 1;
+                }
+                self.candidates.insert(subnet, candidate)
+            }
+            None => self.candidates.remove(&subnet),
+        };
+        if let Some(mac) = old.as_ref().and_then(|old| vtep_mac(&old.attrs))
+            && let Some(count) = self.macs.get_mut(&mac)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.macs.remove(&mac);
+            }
+        }
     }
 
     fn judge(
@@ -233,14 +266,19 @@ impl PeerTable {
     }
 
     /// Brings `peers` in line with `candidates` after `touched` changed.
-    /// Without overlaps (always, unless the rules are bypassed) only
-    /// `touched` can change; otherwise every overlap is decided again.
+    /// Without clashes (overlapping subnets, shared VTEP MACs) only
+    /// `touched` can change; otherwise every clash is decided again.
     fn settle(&mut self, touched: Ipv4Net) -> Vec<PeerChange> {
         let others_in_candidates =
             self.candidates.len() - self.candidates.contains_key(&touched) as usize;
         let others_in_peers = self.peers.len() - self.peers.contains_key(&touched) as usize;
         let nothing_shadowed = others_in_candidates == others_in_peers;
-        if !nothing_shadowed || !overlapping(&self.candidates, touched).is_empty() {
+        let mac_shared = self
+            .candidates
+            .get(&touched)
+            .and_then(|candidate| vtep_mac(&candidate.attrs))
+            .is_some_and(|mac| self.macs.get(&mac).is_some_and(|count| *count > 1));
+        if !nothing_shadowed || mac_shared || !overlapping(&self.candidates, touched).is_empty() {
             return self.settle_all();
         }
         match self.candidates.get(&touched) {
@@ -318,7 +356,11 @@ mod tests {
         let config =
             NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
                 .unwrap();
-        PeerTable::new(LeasePolicy::new(&config, Ipv4Addr::new(192, 168, 77, 1)))
+        PeerTable::new(LeasePolicy::new(
+            &config,
+            Ipv4Addr::new(192, 168, 77, 1),
+            None,
+        ))
     }
 
     fn lease(subnet: &str, ip: &str) -> RawLease {
@@ -451,6 +493,64 @@ mod tests {
         assert!(table.delete(&peer.key).is_empty());
     }
 
+    fn vxlan_table() -> PeerTable {
+        let config =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#)
+                .unwrap();
+        PeerTable::new(LeasePolicy::new(
+            &config,
+            Ipv4Addr::new(192, 168, 77, 1),
+            None,
+        ))
+    }
+
+    fn vxlan_value(ip: &str, mac: &str) -> Vec<u8> {
+        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn a_lease_reusing_another_nodes_vtep_mac_is_refused_until_the_owner_goes() {
+        let mut table = vxlan_table();
+        let owner = "/coreos.com/network/subnets/10.244.2.0-24";
+        let thief = "/coreos.com/network/subnets/10.244.3.0-24";
+        let mac = "0e:01:c0:a8:4d:02";
+        assert_eq!(
+            table
+                .put(owner, &vxlan_value("192.168.77.2", mac), 5, None)
+                .len(),
+            1
+        );
+        assert!(
+            table
+                .put(thief, &vxlan_value("192.168.77.66", mac), 9, None)
+                .is_empty()
+        );
+        assert_eq!(table.rejections()[&Rule::VtepMacInUse], 1);
+        assert_eq!(table.peers().len(), 1);
+        // The same clash from a listing.
+        let listing = [
+            RawLease {
+                key: owner.into(),
+                value: vxlan_value("192.168.77.2", mac),
+                create_revision: 5,
+            },
+            RawLease {
+                key: thief.into(),
+                value: vxlan_value("192.168.77.66", mac),
+                create_revision: 9,
+            },
+        ];
+        assert!(table.resync(&listing, None).is_empty());
+        assert_eq!(table.rejections()[&Rule::VtepMacInUse], 1, "logged once");
+        // The owner leaves: the MAC is free and the other lease is used.
+        let changes = table.delete(owner);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(
+            table.peers().keys().copied().collect::<Vec<_>>(),
+            [net("10.244.3.0/24")]
+        );
+    }
+
     #[test]
     fn events_keep_the_older_of_overlapping_leases() {
         // The prefix rule makes overlaps impossible with a real config; a
@@ -460,14 +560,14 @@ mod tests {
         let young = lease("10.244.2.0-24", "192.168.77.2");
         assert_eq!(table.put(&young.key, &young.value, 10, None).len(), 1);
         let wide = net("10.244.2.0/23");
-        table.candidates.insert(
+        table.set_candidate(
             wide,
-            Candidate {
+            Some(Candidate {
                 key: "/coreos.com/network/subnets/10.244.2.0-23".into(),
                 create_revision: 5,
                 attrs: table.peers()[&net("10.244.2.0/24")].clone(),
                 fingerprint: 7,
-            },
+            }),
         );
         let changes = table.settle(wide);
         assert!(

@@ -35,10 +35,11 @@ pub enum Rule {
     BackendTypeMismatch,
     VniMismatch,
     VtepMacNotUnicast,
+    VtepMacInUse,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 14] = [
+    pub const ALL: [Rule; 15] = [
         Rule::MalformedKey,
         Rule::ValueTooLarge,
         Rule::MalformedValue,
@@ -53,6 +54,7 @@ impl Rule {
         Rule::BackendTypeMismatch,
         Rule::VniMismatch,
         Rule::VtepMacNotUnicast,
+        Rule::VtepMacInUse,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +73,7 @@ impl Rule {
             Rule::BackendTypeMismatch => "backend_type_mismatch",
             Rule::VniMismatch => "vni_mismatch",
             Rule::VtepMacNotUnicast => "vtep_mac_not_unicast",
+            Rule::VtepMacInUse => "vtep_mac_in_use",
         }
     }
 }
@@ -108,10 +111,17 @@ pub struct LeasePolicy {
     /// The VNI vxlan leases must carry; `None` for host-gw.
     vni: Option<u32>,
     our_public_ip: Ipv4Addr,
+    /// Our VTEP MAC: the kernel's fdb holds one destination per MAC, so a
+    /// peer lease with it would take our own entry over.
+    our_vtep_mac: Option<MacAddr>,
 }
 
 impl LeasePolicy {
-    pub fn new(config: &NetworkConfig, our_public_ip: Ipv4Addr) -> Self {
+    pub fn new(
+        config: &NetworkConfig,
+        our_public_ip: Ipv4Addr,
+        our_vtep_mac: Option<MacAddr>,
+    ) -> Self {
         Self {
             network: config.network,
             subnet_len: config.subnet_len,
@@ -123,6 +133,7 @@ impl LeasePolicy {
                 BackendConfig::HostGw => None,
             },
             our_public_ip,
+            our_vtep_mac,
         }
     }
 
@@ -218,6 +229,12 @@ impl LeasePolicy {
                 format!("VtepMAC {} is not a unicast MAC", data.vtep_mac),
             ));
         }
+        if Some(data.vtep_mac) == self.our_vtep_mac {
+            return Err(Rejection::new(
+                Rule::VtepMacInUse,
+                format!("VtepMAC {} is this node's own VTEP MAC", data.vtep_mac),
+            ));
+        }
         Ok(())
     }
 }
@@ -267,11 +284,14 @@ pub struct Candidate {
     pub fingerprint: u64,
 }
 
-/// Splits `candidates` into the leases to use and the ones that overlap an
-/// older one (by create revision; the key breaks a tie). With the prefix rule
-/// in force two passing leases can only overlap by being the same subnet,
-/// i.e. the same key, so this is a second line of defence: it keeps the
-/// peer set free of overlaps whatever the rules above become.
+/// Splits `candidates` into the leases to use and the ones that clash with
+/// an older one (by create revision; the key breaks a tie): a subnet that
+/// overlaps, or a VtepMAC already in use. The fdb holds one destination per
+/// MAC, so a second lease with a node's VTEP MAC would redirect that node's
+/// traffic to its own PublicIP. With the prefix rule in force two passing
+/// leases can only overlap by being the same subnet, i.e. the same key, so
+/// the overlap half is a second line of defence: it keeps the peer set free
+/// of overlaps whatever the rules above become.
 pub fn resolve_overlaps(
     candidates: &BTreeMap<Ipv4Net, Candidate>,
 ) -> (BTreeMap<Ipv4Net, LeaseAttrs>, Vec<(Ipv4Net, Rejection)>) {
@@ -279,10 +299,12 @@ pub fn resolve_overlaps(
     by_age.sort_by(|(_, a), (_, b)| (a.create_revision, &a.key).cmp(&(b.create_revision, &b.key)));
     let mut accepted: BTreeMap<Ipv4Net, LeaseAttrs> = BTreeMap::new();
     let mut winners: BTreeMap<Ipv4Net, &str> = BTreeMap::new();
+    let mut mac_holders: BTreeMap<MacAddr, &str> = BTreeMap::new();
     let mut losers = Vec::new();
     for (subnet, candidate) in by_age {
-        match overlapping(&winners, *subnet).first() {
-            Some(older) => losers.push((
+        let mac = vtep_mac(&candidate.attrs);
+        if let Some(older) = overlapping(&winners, *subnet).first() {
+            losers.push((
                 *subnet,
                 Rejection::new(
                     Rule::SubnetOverlapsPeer,
@@ -291,14 +313,32 @@ pub fn resolve_overlaps(
                         winners[older]
                     ),
                 ),
-            )),
-            None => {
-                winners.insert(*subnet, &candidate.key);
-                accepted.insert(*subnet, candidate.attrs.clone());
+            ));
+        } else if let Some(holder) = mac.and_then(|mac| mac_holders.get(&mac)) {
+            losers.push((
+                *subnet,
+                Rejection::new(
+                    Rule::VtepMacInUse,
+                    format!(
+                        "VtepMAC {} is already used by {holder}, which is older",
+                        mac.expect("checked")
+                    ),
+                ),
+            ));
+        } else {
+            winners.insert(*subnet, &candidate.key);
+            if let Some(mac) = mac {
+                mac_holders.insert(mac, &candidate.key);
             }
+            accepted.insert(*subnet, candidate.attrs.clone());
         }
     }
     (accepted, losers)
+}
+
+/// The VTEP MAC of a vxlan lease.
+pub fn vtep_mac(attrs: &LeaseAttrs) -> Option<MacAddr> {
+    attrs.backend_data.as_ref().map(|data| data.vtep_mac)
 }
 
 /// The subnets in `map` that overlap `subnet` (itself excluded), found with
@@ -336,7 +376,11 @@ mod tests {
     }
 
     fn policy() -> LeasePolicy {
-        LeasePolicy::new(&vxlan_config(), Ipv4Addr::new(192, 168, 77, 1))
+        LeasePolicy::new(
+            &vxlan_config(),
+            Ipv4Addr::new(192, 168, 77, 1),
+            Some(MacAddr([0x0e, 1, 192, 168, 77, 1])),
+        )
     }
 
     fn attrs(ip: &str) -> LeaseAttrs {
@@ -449,11 +493,14 @@ mod tests {
                 MacAddr(mac)
             );
         }
+        let mut ours = attrs("192.168.77.2");
+        ours.backend_data.as_mut().unwrap().vtep_mac = MacAddr([0x0e, 1, 192, 168, 77, 1]);
+        assert_eq!(rule_of("10.244.2.0/24", &ours), Some(Rule::VtepMacInUse));
         // A host-gw network takes host-gw leases and refuses vxlan ones.
         let config =
             NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
                 .unwrap();
-        let host_gw_policy = LeasePolicy::new(&config, Ipv4Addr::new(192, 168, 77, 1));
+        let host_gw_policy = LeasePolicy::new(&config, Ipv4Addr::new(192, 168, 77, 1), None);
         assert!(
             host_gw_policy
                 .check(net("10.244.2.0/24"), &host_gw, None)
@@ -468,13 +515,40 @@ mod tests {
         );
     }
 
+    /// A candidate with a VTEP MAC of its own (the last byte from the key's
+    /// length and revision).
     fn candidate(key: &str, create_revision: i64) -> Candidate {
+        let mut attrs = attrs("192.168.77.2");
+        attrs.backend_data.as_mut().unwrap().vtep_mac =
+            MacAddr([0x0e, 1, 0, 0, key.len() as u8, create_revision as u8]);
         Candidate {
             key: key.into(),
             create_revision,
-            attrs: attrs("192.168.77.2"),
+            attrs,
             fingerprint: 0,
         }
+    }
+
+    #[test]
+    fn a_vtep_mac_belongs_to_the_older_lease() {
+        let mut young = candidate("/p/subnets/10.244.3.0-24", 8);
+        let old = candidate("/p/subnets/10.244.2.0-24", 4);
+        young.attrs.backend_data = old.attrs.backend_data.clone();
+        let candidates =
+            BTreeMap::from([(net("10.244.3.0/24"), young), (net("10.244.2.0/24"), old)]);
+        let (accepted, losers) = resolve_overlaps(&candidates);
+        assert_eq!(
+            accepted.keys().copied().collect::<Vec<_>>(),
+            [net("10.244.2.0/24")]
+        );
+        assert_eq!(losers.len(), 1);
+        assert_eq!(losers[0].0, net("10.244.3.0/24"));
+        assert_eq!(losers[0].1.rule, Rule::VtepMacInUse);
+        assert!(
+            losers[0].1.reason.contains("/p/subnets/10.244.2.0-24"),
+            "{:?}",
+            losers[0]
+        );
     }
 
     #[test]
