@@ -33,6 +33,7 @@ use crate::{
         acquire::{LEASE_TTL, acquire},
         peers::{PeerChange, PeerTable},
         registry::{EtcdOptions, Registry},
+        validate::LeasePolicy,
         watch::{LeaseEvent, LeaseFollower},
     },
     masq,
@@ -182,7 +183,11 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
 
     let mut masq_check = tokio::time::interval(MASQ_RECHECK);
     let mut follower = LeaseFollower::new(registry.clone());
-    let mut peers = PeerTable::default();
+    let mut peers = PeerTable::new(LeasePolicy::new(
+        &config,
+        uplink.public_ip,
+        vxlan.map(|device| device.mac),
+    ));
     let mut programmed: BTreeMap<Ipv4Net, PeerRoute> = BTreeMap::new();
     let stop = loop {
         tokio::select! {
@@ -206,11 +211,15 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                             }
                             routes_changed = true;
                             if !readiness.get() {
-                                info!(peers = programmed.len(), "datapath programmed; ready");
+                                info!(
+                                    peers = programmed.len(),
+                                    rejected = %rejection_summary(&peers),
+                                    "datapath programmed; ready"
+                                );
                                 readiness.set(true);
                             }
                         }
-                        LeaseEvent::Put { key, value } if key == own_key => {
+                        LeaseEvent::Put { key, value, .. } if key == own_key => {
                             if LeaseAttrs::from_json(&value).ok().as_ref() != Some(&attrs) {
                                 warn!(%key, "our lease was overwritten by someone else");
                                 reacquire = true;
@@ -220,14 +229,14 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                             warn!(%key, "our lease was deleted");
                             reacquire = true;
                         }
-                        LeaseEvent::Put { key, value } => {
-                            if let Some(change) = peers.put(&key, &value, Some(own)) {
+                        LeaseEvent::Put { key, value, create_revision } => {
+                            for change in peers.put(&key, &value, create_revision, Some(own)) {
                                 apply(&kernel, &mut programmed, change).await;
                                 routes_changed = true;
                             }
                         }
                         LeaseEvent::Delete { key } => {
-                            if let Some(change) = peers.delete(&key) {
+                            for change in peers.delete(&key) {
                                 apply(&kernel, &mut programmed, change).await;
                                 routes_changed = true;
                             }
@@ -382,6 +391,20 @@ async fn take_subnet(
     subnet_env::write_atomic(&args.subnet_file, &env)?;
     info!(file = %args.subnet_file.display(), subnet = %gateway, "subnet.env written");
     Ok(())
+}
+
+/// `rule=count` for every rule that rejected a lease, for the log.
+fn rejection_summary(peers: &PeerTable) -> String {
+    let counts: Vec<String> = peers
+        .rejections()
+        .iter()
+        .map(|(rule, count)| format!("{rule}={count}"))
+        .collect();
+    if counts.is_empty() {
+        "none".to_owned()
+    } else {
+        counts.join(",")
+    }
 }
 
 fn plan_all(

@@ -2,7 +2,10 @@
 //! handles, what should be in them, and writers that change only what
 //! differs. A cache of each map's contents (read from the pinned map at
 //! start, so a restarted agent adopts what it left) keeps a sync to
-//! in-memory work plus one syscall per changed entry.
+//! in-memory work plus one syscall per changed entry. Every entry is written
+//! on its own: one that fails is logged and counted, the others still go in,
+//! and the cache keeps saying what the map really holds, so the next sync
+//! tries the failed entry again.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,12 +14,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use ipnet::Ipv4Net;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use weft_common::{
-    ENDPOINT_XDP_READY, Endpoint, EndpointKey, NodeConfig, Peer, PeerAddr, PeerMode, VtepKey,
-    map_names,
+    CONFIG_STRICT_VTEPS, ENDPOINT_XDP_READY, Endpoint, EndpointKey, MAX_ENDPOINTS, MAX_PEERS,
+    NodeConfig, Peer, PeerAddr, PeerMode, VtepKey, map_names,
 };
 
 use super::kernel::PeerRoute;
@@ -31,6 +34,78 @@ pub struct FastPathMaps {
     cached_endpoints: BTreeMap<[u8; 4], Endpoint>,
     cached_vteps: BTreeSet<[u8; 4]>,
     cached_config: NodeConfig,
+    writes: WriteLog,
+}
+
+/// Failed map writes: logged with the entry and counted per map; a full map
+/// is said once (until an entry leaves it) instead of once per entry.
+#[derive(Debug, Default)]
+pub struct WriteLog {
+    failures: BTreeMap<&'static str, u64>,
+    full: BTreeSet<&'static str>,
+}
+
+impl WriteLog {
+    /// Whether the insert of `entry` into `map` (which holds `capacity`
+    /// entries) went through.
+    fn inserted(
+        &mut self,
+        map: &'static str,
+        capacity: u32,
+        entry: &dyn std::fmt::Display,
+        result: Result<(), MapError>,
+    ) -> bool {
+        let Err(error) = result else {
+            return true;
+        };
+        *self.failures.entry(map).or_default() += 1;
+        if errno(&error).is_some_and(|errno| errno == libc::E2BIG || errno == libc::ENOSPC) {
+            if self.full.insert(map) {
+                warn!(
+                    map,
+                    "{map} is full ({capacity} entries): {entry} and what follows stay on the kernel path"
+                );
+            }
+        } else {
+            warn!(map, "cannot write {entry} to {map}: {error:#}");
+        }
+        false
+    }
+
+    /// Whether `entry` is no longer in `map` (it was not there: also fine).
+    fn removed(
+        &mut self,
+        map: &'static str,
+        entry: &dyn std::fmt::Display,
+        result: Result<(), MapError>,
+    ) -> bool {
+        match result {
+            Ok(()) => {
+                if self.full.remove(map) {
+                    info!(map, "{map} has room again");
+                }
+                true
+            }
+            Err(error) if errno(&error) == Some(libc::ENOENT) => true,
+            Err(error) => {
+                *self.failures.entry(map).or_default() += 1;
+                warn!(map, "cannot remove {entry} from {map}: {error:#}");
+                false
+            }
+        }
+    }
+
+    /// Failed writes per map since start.
+    pub fn failures(&self) -> &BTreeMap<&'static str, u64> {
+        &self.failures
+    }
+}
+
+fn errno(error: &MapError) -> Option<i32> {
+    match error {
+        MapError::SyscallError(error) => error.io_error.raw_os_error(),
+        _ => None,
+    }
 }
 
 impl FastPathMaps {
@@ -65,6 +140,7 @@ impl FastPathMaps {
             cached_endpoints: BTreeMap::new(),
             cached_vteps: BTreeSet::new(),
             cached_config: NodeConfig::default(),
+            writes: WriteLog::default(),
         };
         maps.reload()?;
         Ok(maps)
@@ -126,8 +202,15 @@ impl FastPathMaps {
         self.cached_config
     }
 
-    /// Makes PEERS and VTEPS hold exactly `desired` (and its VXLAN sources).
-    pub fn sync_peers(&mut self, desired: &BTreeMap<Ipv4Net, Peer>) -> Result<()> {
+    /// Failed map writes so far.
+    pub fn write_failures(&self) -> &BTreeMap<&'static str, u64> {
+        self.writes.failures()
+    }
+
+    /// Makes PEERS and VTEPS hold `desired` (and its VXLAN sources), entry
+    /// by entry: what fails is logged and left for the next sync. Returns
+    /// whether VTEPS holds every VXLAN source.
+    pub fn sync_peers(&mut self, desired: &BTreeMap<Ipv4Net, Peer>) -> bool {
         let wanted: BTreeMap<(u32, PeerAddr), Peer> = desired
             .iter()
             .map(|(subnet, peer)| {
@@ -143,18 +226,24 @@ impl FastPathMaps {
             .filter(|key| !wanted.contains_key(*key))
             .copied()
             .collect();
+        // Removals first: they make room for the additions.
         for (prefix_len, addr) in stale {
-            self.peers
-                .remove(&Key::new(prefix_len, addr))
-                .context("cannot remove from PEERS")?;
-            self.cached_peers.remove(&(prefix_len, addr));
+            let result = self.peers.remove(&Key::new(prefix_len, addr));
+            let entry = PeerEntry(prefix_len, addr);
+            if self.writes.removed(map_names::PEERS, &entry, result) {
+                self.cached_peers.remove(&(prefix_len, addr));
+            }
         }
         for (&(prefix_len, addr), peer) in &wanted {
             if self.cached_peers.get(&(prefix_len, addr)) != Some(peer) {
-                self.peers
-                    .insert(&Key::new(prefix_len, addr), peer, 0)
-                    .context("cannot write PEERS")?;
-                self.cached_peers.insert((prefix_len, addr), *peer);
+                let result = self.peers.insert(&Key::new(prefix_len, addr), peer, 0);
+                let entry = PeerEntry(prefix_len, addr);
+                if self
+                    .writes
+                    .inserted(map_names::PEERS, MAX_PEERS, &entry, result)
+                {
+                    self.cached_peers.insert((prefix_len, addr), *peer);
+                }
             }
         }
         let sources: BTreeSet<[u8; 4]> = desired
@@ -162,28 +251,30 @@ impl FastPathMaps {
             .filter(|peer| peer.mode == PeerMode::Vxlan as u8)
             .map(|peer| peer.public_ip)
             .collect();
-        for addr in self
-            .cached_vteps
-            .difference(&sources)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            self.vteps
-                .remove(&VtepKey { addr })
-                .context("cannot remove from VTEPS")?;
-            self.cached_vteps.remove(&addr);
+        let stale: Vec<[u8; 4]> = self.cached_vteps.difference(&sources).copied().collect();
+        for addr in stale {
+            let result = self.vteps.remove(&VtepKey { addr });
+            let entry = Ipv4Addr::from(addr);
+            if self.writes.removed(map_names::VTEPS, &entry, result) {
+                self.cached_vteps.remove(&addr);
+            }
         }
-        for addr in sources.difference(&self.cached_vteps.clone()) {
-            self.vteps
-                .insert(VtepKey { addr: *addr }, 1, 0)
-                .context("cannot write VTEPS")?;
-            self.cached_vteps.insert(*addr);
+        let missing: Vec<[u8; 4]> = sources.difference(&self.cached_vteps).copied().collect();
+        for addr in missing {
+            let result = self.vteps.insert(VtepKey { addr }, 1, 0);
+            let entry = Ipv4Addr::from(addr);
+            if self
+                .writes
+                .inserted(map_names::VTEPS, MAX_PEERS, &entry, result)
+            {
+                self.cached_vteps.insert(addr);
+            }
         }
-        Ok(())
+        self.cached_vteps.is_superset(&sources)
     }
 
-    /// Makes ENDPOINTS hold exactly `pods`.
-    pub fn sync_endpoints(&mut self, pods: &BTreeMap<Ipv4Addr, LocalPod>) -> Result<()> {
+    /// Makes ENDPOINTS hold `pods`, entry by entry, as `sync_peers` does.
+    pub fn sync_endpoints(&mut self, pods: &BTreeMap<Ipv4Addr, LocalPod>) {
         let wanted: BTreeMap<[u8; 4], Endpoint> = pods
             .iter()
             .map(|(ip, pod)| {
@@ -198,28 +289,40 @@ impl FastPathMaps {
                 )
             })
             .collect();
-        for addr in self
+        let stale: Vec<[u8; 4]> = self
             .cached_endpoints
             .keys()
             .filter(|addr| !wanted.contains_key(*addr))
             .copied()
-            .collect::<Vec<_>>()
-        {
-            self.endpoints
-                .remove(&EndpointKey { addr })
-                .context("cannot remove from ENDPOINTS")?;
-            self.cached_endpoints.remove(&addr);
+            .collect();
+        for addr in stale {
+            let result = self.endpoints.remove(&EndpointKey { addr });
+            let entry = Ipv4Addr::from(addr);
+            if self.writes.removed(map_names::ENDPOINTS, &entry, result) {
+                self.cached_endpoints.remove(&addr);
+            }
         }
         for (addr, endpoint) in wanted {
             if self.cached_endpoints.get(&addr) != Some(&endpoint) {
-                if let Err(error) = self.endpoints.insert(EndpointKey { addr }, endpoint, 0) {
-                    warn!(pod = %Ipv4Addr::from(addr), "cannot write ENDPOINTS: {error}");
-                    continue;
+                let result = self.endpoints.insert(EndpointKey { addr }, endpoint, 0);
+                let entry = Ipv4Addr::from(addr);
+                if self
+                    .writes
+                    .inserted(map_names::ENDPOINTS, MAX_ENDPOINTS, &entry, result)
+                {
+                    self.cached_endpoints.insert(addr, endpoint);
                 }
-                self.cached_endpoints.insert(addr, endpoint);
             }
         }
-        Ok(())
+    }
+}
+
+/// A PEERS key as a subnet, for log lines.
+struct PeerEntry(u32, PeerAddr);
+
+impl std::fmt::Display for PeerEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.1), self.0)
     }
 }
 
@@ -268,6 +371,9 @@ pub struct FastPath {
     handle: rtnetlink::Handle,
     view: LocalView,
     routes: BTreeMap<Ipv4Net, PeerRoute>,
+    /// `--strict-vteps` as asked for; CONFIG's flag follows it only while
+    /// VTEPS holds every VXLAN peer.
+    strict_vteps: bool,
 }
 
 impl FastPath {
@@ -276,12 +382,14 @@ impl FastPath {
         maps: FastPathMaps,
         handle: rtnetlink::Handle,
     ) -> Self {
+        let strict_vteps = maps.cached_config().flags & CONFIG_STRICT_VTEPS != 0;
         Self {
             programs,
             maps,
             handle,
             view: Default::default(),
             routes: BTreeMap::new(),
+            strict_vteps,
         }
     }
 
@@ -303,9 +411,7 @@ impl FastPath {
             }
         }
         self.programs.reconcile_pod_ports(&view.ports);
-        if let Err(error) = self.maps.sync_endpoints(&view.pods) {
-            warn!("{error:#}");
-        }
+        self.maps.sync_endpoints(&view.pods);
         let mut config = self.maps.cached_config();
         config.gateway_mac = view.gateway_mac.map(|mac| mac.0).unwrap_or_default();
         if let Err(error) = self.maps.set_config(config) {
@@ -355,8 +461,24 @@ impl FastPath {
     fn sync_peers(&mut self) {
         let vni = self.maps.cached_config().vni;
         let desired = desired_peers(&self.routes, vni, &self.view);
-        if let Err(error) = self.maps.sync_peers(&desired) {
-            warn!("{error:#}");
+        let vteps_complete = self.maps.sync_peers(&desired);
+        // A VTEPS that cannot hold every VXLAN peer would make the strict
+        // check drop real peers' traffic; the kernel's vxlan device (all
+        // flanneld has) accepts any source, so the check is suspended
+        // until every peer fits again.
+        let strict = self.strict_vteps && vteps_complete;
+        let mut config = self.maps.cached_config();
+        if (config.flags & CONFIG_STRICT_VTEPS != 0) != strict {
+            config.flags ^= CONFIG_STRICT_VTEPS;
+            match self.maps.set_config(config) {
+                Ok(()) if strict => {
+                    info!("every VXLAN peer is in VTEPS: strict VTEP check on again")
+                }
+                Ok(()) => warn!(
+                    "VTEPS cannot hold every VXLAN peer: strict VTEP check suspended, VXLAN from any source goes to the kernel path"
+                ),
+                Err(error) => warn!("{error:#}"),
+            }
         }
     }
 }
@@ -407,6 +529,48 @@ mod tests {
             (direct.mode, direct.nexthop_mac),
             (PeerMode::HostGw as u8, [0; 6]),
             "unresolved next hop must stay zero"
+        );
+    }
+}
+
+#[cfg(test)]
+mod write_log_tests {
+    use aya::{maps::MapError, sys::SyscallError};
+
+    use super::WriteLog;
+
+    fn failed(errno: i32) -> Result<(), MapError> {
+        Err(MapError::SyscallError(SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        }))
+    }
+
+    #[test]
+    fn a_missing_entry_is_already_removed_and_other_failures_are_counted() {
+        let mut log = WriteLog::default();
+        assert!(log.removed("PEERS", &"10.244.2.0/24", Ok(())));
+        assert!(log.removed("PEERS", &"10.244.2.0/24", failed(libc::ENOENT)));
+        assert!(log.failures().is_empty());
+        assert!(!log.removed("PEERS", &"10.244.2.0/24", failed(libc::EPERM)));
+        assert!(!log.inserted("VTEPS", 16_384, &"192.168.77.2", failed(libc::EINVAL)));
+        assert!(log.inserted("VTEPS", 16_384, &"192.168.77.3", Ok(())));
+        assert_eq!(log.failures()["PEERS"], 1);
+        assert_eq!(log.failures()["VTEPS"], 1);
+    }
+
+    #[test]
+    fn a_full_map_is_noted_once_until_an_entry_leaves() {
+        let mut log = WriteLog::default();
+        for errno in [libc::ENOSPC, libc::E2BIG, libc::ENOSPC] {
+            assert!(!log.inserted("PEERS", 16_384, &"10.1.0.0/24", failed(errno)));
+        }
+        assert!(log.full.contains("PEERS"));
+        assert_eq!(log.failures()["PEERS"], 3);
+        assert!(log.removed("PEERS", &"10.1.0.0/24", Ok(())));
+        assert!(
+            !log.full.contains("PEERS"),
+            "room again: the next full is news"
         );
     }
 }

@@ -316,14 +316,25 @@ impl KernelDataplane {
         Ok(())
     }
 
-    /// Removes one peer's route, neighbour and fdb entry (what exists of them).
+    /// Removes one peer's route, neighbour and fdb entry (what exists of
+    /// them), and only entries exactly as `add_peer` wrote them: a route to
+    /// the same destination on another device or via another gateway (the
+    /// node's connected underlay route, an operator's route) stays.
     pub async fn remove_peer(&self, peer: &PeerRoute) -> Result<()> {
-        let subnet = peer.subnet();
-        self.delete_routes(|route| route_destination(route) == Some(subnet))
+        let vxlan_index = self.vxlan.map(|device| device.index);
+        self.delete_routes(|route| is_installed_route(route, peer, vxlan_index, self.uplink_index))
             .await?;
-        if let PeerRoute::Vxlan { vtep_mac, .. } = peer {
-            self.delete_vxlan_entries(|ip| ip == subnet.network(), |mac| mac == *vtep_mac)
-                .await?;
+        if let PeerRoute::Vxlan {
+            subnet,
+            vtep_mac,
+            public_ip,
+        } = peer
+        {
+            self.delete_vxlan_entries(
+                |entry| is_installed_neighbour(entry, subnet.network(), *vtep_mac),
+                |entry| is_installed_fdb(entry, *vtep_mac, *public_ip),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -343,9 +354,11 @@ impl KernelDataplane {
                 _ => None,
             });
             // Routes through the VXLAN device, or via a gateway on the uplink
-            // (host-gw / DirectRouting), are the ones flanneld would own.
-            let ours = (oif.is_some() && oif == vxlan_index)
-                || (oif == Some(self.uplink_index) && has_gateway(route));
+            // (host-gw / DirectRouting), with the protocol add_peer writes,
+            // are the ones flanneld would own.
+            let ours = route.header.protocol == RouteProtocol::Boot
+                && ((oif.is_some() && oif == vxlan_index)
+                    || (oif == Some(self.uplink_index) && has_gateway(route)));
             ours && self.config.network.contains(&destination) && !peers.contains_key(&destination)
         })
         .await?;
@@ -360,8 +373,11 @@ impl KernelDataplane {
                 macs.insert(*vtep_mac);
             }
         }
-        self.delete_vxlan_entries(|ip| !gateways.contains(&ip), |mac| !macs.contains(&mac))
-            .await?;
+        self.delete_vxlan_entries(
+            |entry| neighbour_ip(entry).is_some_and(|ip| !gateways.contains(&ip)),
+            |entry| neighbour_mac(entry).is_some_and(|mac| !macs.contains(&mac)),
+        )
+        .await?;
         for peer in peers.values() {
             // One peer that cannot be programmed must not hold up the others.
             if let Err(error) = self.add_peer(peer).await {
@@ -391,12 +407,12 @@ impl KernelDataplane {
         Ok(())
     }
 
-    /// Deletes the neighbours (by IP) and fdb entries (by MAC) on the VXLAN
-    /// device that `doomed_ip` and `doomed_mac` pick.
+    /// Deletes the neighbours and fdb entries on the VXLAN device that
+    /// `doomed_neighbour` and `doomed_fdb` pick.
     async fn delete_vxlan_entries(
         &self,
-        doomed_ip: impl Fn(Ipv4Addr) -> bool,
-        doomed_mac: impl Fn(MacAddr) -> bool,
+        doomed_neighbour: impl Fn(&NeighbourMessage) -> bool,
+        doomed_fdb: impl Fn(&NeighbourMessage) -> bool,
     ) -> Result<()> {
         let Some(device) = self.vxlan else {
             return Ok(());
@@ -405,11 +421,8 @@ impl KernelDataplane {
         let fdb = self.neighbours(device.index, AddressFamily::Bridge).await?;
         let doomed = neighbours
             .into_iter()
-            .filter(|entry| neighbour_ip(entry).is_some_and(&doomed_ip))
-            .chain(
-                fdb.into_iter()
-                    .filter(|entry| neighbour_mac(entry).is_some_and(&doomed_mac)),
-            );
+            .filter(|entry| doomed_neighbour(entry))
+            .chain(fdb.into_iter().filter(|entry| doomed_fdb(entry)));
         for entry in doomed {
             self.handle
                 .neighbours()
@@ -463,6 +476,55 @@ fn route_destination(route: &RouteMessage) -> Option<Ipv4Net> {
     route.attributes.iter().find_map(|attr| match attr {
         RouteAttribute::Destination(RouteAddress::Inet(address)) => {
             Ipv4Net::new(*address, route.header.destination_prefix_length).ok()
+        }
+        _ => None,
+    })
+}
+
+/// Whether `route` is exactly the route `add_peer` writes for `peer`:
+/// destination, output device, gateway and protocol all match.
+fn is_installed_route(
+    route: &RouteMessage,
+    peer: &PeerRoute,
+    vxlan_index: Option<u32>,
+    uplink_index: u32,
+) -> bool {
+    let (oif, gateway) = match peer {
+        PeerRoute::Vxlan { subnet, .. } => match vxlan_index {
+            Some(index) => (index, subnet.network()),
+            None => return false,
+        },
+        PeerRoute::Direct { public_ip, .. } => (uplink_index, *public_ip),
+    };
+    let has = |wanted: &RouteAttribute| route.attributes.iter().any(|attr| attr == wanted);
+    route_destination(route) == Some(peer.subnet())
+        && route.header.protocol == RouteProtocol::Boot
+        && has(&RouteAttribute::Oif(oif))
+        && has(&RouteAttribute::Gateway(RouteAddress::Inet(gateway)))
+}
+
+/// Whether a neighbour on the VXLAN device is the one `add_peer` writes for
+/// a peer: its subnet's network address at its VTEP MAC.
+fn is_installed_neighbour(entry: &NeighbourMessage, gateway: Ipv4Addr, vtep_mac: MacAddr) -> bool {
+    neighbour_ip(entry) == Some(gateway) && neighbour_mac(entry) == Some(vtep_mac)
+}
+
+/// Whether an fdb entry on the VXLAN device is the one `add_peer` writes:
+/// the VTEP MAC towards the peer's PublicIP (two leases may carry the same
+/// MAC; removing one must not take the other's entry).
+fn is_installed_fdb(entry: &NeighbourMessage, vtep_mac: MacAddr, public_ip: Ipv4Addr) -> bool {
+    neighbour_mac(entry) == Some(vtep_mac) && fdb_destination(entry) == Some(public_ip)
+}
+
+/// The remote IPv4 address of a VXLAN fdb entry. Entries are listed in the
+/// bridge family, whose `NDA_DST` netlink-packet-route leaves as raw bytes.
+fn fdb_destination(entry: &NeighbourMessage) -> Option<Ipv4Addr> {
+    entry.attributes.iter().find_map(|attr| match attr {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => Some(*address),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+            <[u8; 4]>::try_from(bytes.as_slice())
+                .ok()
+                .map(Ipv4Addr::from)
         }
         _ => None,
     })
@@ -539,6 +601,140 @@ async fn ipv4_prefixes(handle: &Handle, index: u32) -> Result<Vec<Ipv4Net>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vxlan_peer() -> PeerRoute {
+        PeerRoute::Vxlan {
+            subnet: "10.244.2.0/24".parse().unwrap(),
+            vtep_mac: MacAddr([0x0e, 1, 192, 168, 77, 2]),
+            public_ip: Ipv4Addr::new(192, 168, 77, 2),
+        }
+    }
+
+    #[test]
+    fn removal_matches_routes_by_device_gateway_and_protocol_not_destination_alone() {
+        const VXLAN: u32 = 7;
+        const UPLINK: u32 = 2;
+        let peer = vxlan_peer();
+        let subnet = peer.subnet();
+        let installed = route_message(subnet, subnet.network(), VXLAN, true);
+        assert!(is_installed_route(&installed, &peer, Some(VXLAN), UPLINK));
+        // Same destination, anything else different: not ours.
+        let on_uplink = route_message(subnet, subnet.network(), UPLINK, true);
+        let other_gateway = route_message(subnet, Ipv4Addr::new(10, 244, 2, 9), VXLAN, true);
+        let mut connected = route_message(subnet, subnet.network(), VXLAN, true);
+        connected.header.protocol = RouteProtocol::Kernel;
+        let mut no_gateway = installed.clone();
+        no_gateway
+            .attributes
+            .retain(|attr| !matches!(attr, RouteAttribute::Gateway(_)));
+        for other in [on_uplink, other_gateway, connected, no_gateway] {
+            assert!(
+                !is_installed_route(&other, &peer, Some(VXLAN), UPLINK),
+                "{other:?}"
+            );
+        }
+        assert!(!is_installed_route(&installed, &peer, None, UPLINK));
+        let direct = PeerRoute::Direct {
+            subnet,
+            public_ip: Ipv4Addr::new(192, 168, 77, 2),
+        };
+        let host_gw = route_message(subnet, Ipv4Addr::new(192, 168, 77, 2), UPLINK, false);
+        assert!(is_installed_route(&host_gw, &direct, Some(VXLAN), UPLINK));
+        assert!(!is_installed_route(
+            &installed,
+            &direct,
+            Some(VXLAN),
+            UPLINK
+        ));
+        // The attack the lease rules stop: a lease for the underlay's own
+        // subnet must never take the connected route with it.
+        let underlay: Ipv4Net = "192.168.77.0/24".parse().unwrap();
+        let mut kernel_route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(underlay.network(), 24)
+            .output_interface(UPLINK)
+            .build();
+        kernel_route.header.protocol = RouteProtocol::Kernel;
+        let hostile = PeerRoute::Vxlan {
+            subnet: underlay,
+            vtep_mac: MacAddr([0x0e; 6]),
+            public_ip: Ipv4Addr::new(192, 168, 77, 9),
+        };
+        assert!(!is_installed_route(
+            &kernel_route,
+            &hostile,
+            Some(VXLAN),
+            UPLINK
+        ));
+    }
+
+    fn entry(ip: Ipv4Addr, mac: MacAddr) -> NeighbourMessage {
+        let mut message = NeighbourMessage::default();
+        message.attributes = vec![
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)),
+            NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()),
+        ];
+        message
+    }
+
+    /// An fdb entry as the kernel lists it: bridge family, raw `NDA_DST`.
+    fn fdb_entry(ip: Ipv4Addr, mac: MacAddr) -> NeighbourMessage {
+        let mut message = NeighbourMessage::default();
+        message.attributes = vec![
+            NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()),
+            NeighbourAttribute::Destination(NeighbourAddress::Other(ip.octets().to_vec())),
+        ];
+        message
+    }
+
+    #[test]
+    fn removal_matches_neighbours_and_fdb_entries_by_address_and_mac() {
+        let PeerRoute::Vxlan {
+            subnet,
+            vtep_mac,
+            public_ip,
+        } = vxlan_peer()
+        else {
+            unreachable!()
+        };
+        let gateway = subnet.network();
+        let other_mac = MacAddr([0x0e, 1, 0, 0, 0, 9]);
+        assert!(is_installed_neighbour(
+            &entry(gateway, vtep_mac),
+            gateway,
+            vtep_mac
+        ));
+        assert!(!is_installed_neighbour(
+            &entry(gateway, other_mac),
+            gateway,
+            vtep_mac
+        ));
+        assert!(!is_installed_neighbour(
+            &entry(Ipv4Addr::new(10, 244, 3, 0), vtep_mac),
+            gateway,
+            vtep_mac
+        ));
+        assert!(is_installed_fdb(
+            &fdb_entry(public_ip, vtep_mac),
+            vtep_mac,
+            public_ip
+        ));
+        assert!(is_installed_fdb(
+            &entry(public_ip, vtep_mac),
+            vtep_mac,
+            public_ip
+        ));
+        // Another lease with the same VTEP MAC towards another node.
+        assert!(!is_installed_fdb(
+            &fdb_entry(Ipv4Addr::new(192, 168, 77, 3), vtep_mac),
+            vtep_mac,
+            public_ip
+        ));
+        assert!(!is_installed_fdb(
+            &fdb_entry(public_ip, other_mac),
+            vtep_mac,
+            public_ip
+        ));
+    }
 
     #[test]
     fn vtep_macs_are_stable_unicast_and_local() {

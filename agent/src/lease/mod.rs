@@ -7,6 +7,7 @@
 pub mod acquire;
 pub mod peers;
 pub mod registry;
+pub mod validate;
 pub mod watch;
 
 use std::net::Ipv4Addr;

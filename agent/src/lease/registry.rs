@@ -8,8 +8,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchClient, WatchOptions, WatchStream,
 };
 use ipnet::Ipv4Net;
 
@@ -27,17 +27,32 @@ pub struct EtcdOptions {
     pub password: Option<String>,
 }
 
-/// One key under `<prefix>/subnets`, raw: parsing happens in the caller so a
-/// malformed value is skipped, never fatal.
+/// One key under `<prefix>/subnets`, raw: parsing and validation happen in
+/// the caller so a bad value is skipped, never fatal.
 #[derive(Clone, Debug)]
 pub struct RawLease {
     pub key: String,
     pub value: Vec<u8>,
+    /// etcd's revision of the key's creation: the older of two overlapping
+    /// leases wins.
+    pub create_revision: i64,
 }
+
+/// Keys per listing request. A page of flanneld-sized values is about
+/// 200 KB; pages keep each response far below the decoding limit.
+const LISTING_PAGE: i64 = 1000;
+/// The largest etcd response the client decodes (etcd-client's default is
+/// 4 MiB). etcd accepts values up to 1.5 MiB by default, so a page of
+/// hostile values can still be large: a page that does not fit is fetched
+/// again in halves.
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 #[derive(Clone)]
 pub struct Registry {
     client: Client,
+    /// The client's KV and watch services with the raised decoding limit.
+    kv: KvClient,
+    watcher: WatchClient,
     prefix: String,
 }
 
@@ -103,8 +118,16 @@ impl Registry {
         let client = Client::connect(&options.endpoints, Some(connect.clone()))
             .await
             .with_context(|| format!("cannot reach etcd at {}", options.endpoints.join(",")))?;
+        let kv = client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let watcher = client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         Ok(Self {
             client,
+            kv,
+            watcher,
             prefix: options.prefix.trim_end_matches('/').to_owned(),
         })
     }
@@ -131,26 +154,50 @@ impl Registry {
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
-    /// Every lease key and value, with the revision they were read at.
+    /// Every lease key and value, with the revision they were read at: one
+    /// consistent snapshot, read in pages (all at the first page's revision).
     pub async fn leases(&mut self) -> Result<(Vec<RawLease>, i64)> {
         let prefix = format!("{}/", subnets_prefix(&self.prefix));
-        let response = self
-            .client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .with_context(|| format!("cannot list {prefix}"))?;
-        let revision = response
-            .header()
-            .map(|header| header.revision())
-            .ok_or_else(|| anyhow!("etcd sent no revision"))?;
-        let leases = response
-            .kvs()
-            .iter()
-            .map(|kv| RawLease {
+        let end = prefix_end(prefix.as_bytes());
+        let mut leases = Vec::new();
+        let mut from = prefix.clone().into_bytes();
+        let mut revision = None;
+        let mut page = LISTING_PAGE;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+            if let Some(revision) = revision {
+                options = options.with_revision(revision);
+            }
+            let response = match self.kv.get(from.clone(), Some(options)).await {
+                Ok(response) => response,
+                Err(error) if page > 1 && is_too_large(&error) => {
+                    page = (page / 2).max(1);
+                    continue;
+                }
+                Err(error) => {
+                    return Err(anyhow!(error)).with_context(|| format!("cannot list {prefix}"));
+                }
+            };
+            let read_at = response
+                .header()
+                .map(|header| header.revision())
+                .ok_or_else(|| anyhow!("etcd sent no revision"))?;
+            revision.get_or_insert(read_at);
+            leases.extend(response.kvs().iter().map(|kv| RawLease {
                 key: String::from_utf8_lossy(kv.key()).into_owned(),
                 value: kv.value().to_vec(),
-            })
-            .collect();
+                create_revision: kv.create_revision(),
+            }));
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    // The next page starts right after the last key.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        let revision = revision.expect("at least one page was read");
         Ok((leases, revision))
     }
 
@@ -216,7 +263,7 @@ impl Registry {
     /// Watches every lease key from `revision` on.
     pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
         let prefix = format!("{}/", subnets_prefix(&self.prefix));
-        self.client
+        self.watcher
             .watch(
                 prefix.as_str(),
                 Some(
@@ -228,5 +275,39 @@ impl Registry {
             )
             .await
             .with_context(|| format!("cannot watch {prefix}"))
+    }
+}
+
+/// The end of the key range holding every key that starts with `prefix`
+/// (etcd's prefix end: the last byte below 0xff, plus one).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Whether etcd's answer was refused for exceeding the decoding limit.
+fn is_too_large(error: &etcd_client::Error) -> bool {
+    // gRPC codes RESOURCE_EXHAUSTED (8) and OUT_OF_RANGE (11, what tonic
+    // answers for "decoded message length too large"); etcd-client does not
+    // re-export tonic's `Code`.
+    matches!(error, etcd_client::Error::GRpcStatus(status)
+        if matches!(i32::from(status.code()), 8 | 11))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"/p/subnets/"), b"/p/subnets0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
     }
 }

@@ -21,6 +21,7 @@ pub enum LeaseEvent {
     Put {
         key: String,
         value: Vec<u8>,
+        create_revision: i64,
     },
     Delete {
         key: String,
@@ -85,6 +86,7 @@ impl LeaseFollower {
                                 EventType::Put => LeaseEvent::Put {
                                     key,
                                     value: kv.value().to_vec(),
+                                    create_revision: kv.create_revision(),
                                 },
                                 EventType::Delete => LeaseEvent::Delete { key },
                             })
