@@ -3,3 +3,4 @@
 pub mod ebpf;
 pub mod fastpath;
 pub mod kernel;
+pub mod pods;

@@ -1,8 +1,8 @@
 //! Local discovery from the kernel, with no change to the CNI setup: the
-//! pod veths plugged into the CNI bridge, the pods behind them (IP and MAC,
-//! from cni0's neighbour table and the bridge's forwarding database), and
-//! the uplink's neighbours (the underlay next hops the fast path writes into
-//! outer headers). Re-read on every link, neighbour or route event, and every 5 s.
+//! pod veths plugged into the CNI bridge (the pods behind them are read
+//! from their own namespaces: dataplane/pods.rs), and the uplink's
+//! neighbours (the underlay next hops the fast path writes into outer
+//! headers). Re-read on every link, neighbour or route event, and every 5 s.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
@@ -10,7 +10,6 @@ use anyhow::{Context as _, Result, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
 use ipnet::Ipv4Net;
 use netlink_packet_route::{
-    AddressFamily,
     link::LinkAttribute,
     neighbour::{NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute},
@@ -41,21 +40,12 @@ pub struct PodPort {
 /// The bridge's ports by ifindex.
 pub type BridgePorts = BTreeMap<u32, PodPort>;
 
-/// A local pod as the fast path needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LocalPod {
-    /// The host-side veth (a port of the bridge).
-    pub port: u32,
-    pub mac: MacAddr,
-}
-
 /// What the kernel says about this node's pods and uplink.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LocalView {
     pub ports: BridgePorts,
     /// The bridge's MAC: the pods' gateway.
     pub gateway_mac: Option<MacAddr>,
-    pub pods: BTreeMap<Ipv4Addr, LocalPod>,
     /// Resolved neighbours on the uplink: IPv4 -> MAC.
     pub uplink_neighbours: BTreeMap<Ipv4Addr, MacAddr>,
     /// Main-table routes out of the uplink: destination -> gateway (None:
@@ -144,14 +134,6 @@ pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<Loc
         .try_collect()
         .await
         .context("cannot list neighbours")?;
-    let fdb: Vec<NeighbourMessage> = handle
-        .neighbours()
-        .get()
-        .set_address_family(AddressFamily::Bridge)
-        .execute()
-        .try_collect()
-        .await
-        .context("cannot list the bridge forwarding database")?;
     let routes = net::main_routes(handle).await?;
     let mut view = LocalView {
         uplink_routes: routes
@@ -213,30 +195,6 @@ pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<Loc
                 }),
             };
             Some((link.header.index, port))
-        })
-        .collect();
-    // Which port each learned MAC sits behind (local entries are the ports'
-    // own MACs, not pods).
-    let port_of_mac: BTreeMap<MacAddr, u32> = fdb
-        .iter()
-        .filter(|entry| {
-            view.ports.contains_key(&entry.header.ifindex)
-                && entry.header.state != NeighbourState::Permanent
-        })
-        .filter_map(|entry| Some((neighbour_mac(entry)?, entry.header.ifindex)))
-        .collect();
-    view.pods = neighbours
-        .iter()
-        .filter(|entry| entry.header.ifindex == bridge_index && usable(entry))
-        .filter_map(|entry| {
-            let mac = neighbour_mac(entry)?;
-            Some((
-                neighbour_ip(entry)?,
-                LocalPod {
-                    port: *port_of_mac.get(&mac)?,
-                    mac,
-                },
-            ))
         })
         .collect();
     Ok(view)

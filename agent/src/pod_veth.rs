@@ -1,4 +1,5 @@
-//! What a pod's own veth end needs for the fast path to deliver into it.
+//! What a pod's own veth end needs for the fast path to deliver into it,
+//! and what the pod's namespace says the pod is (its addresses and MAC).
 //!
 //! XDP_REDIRECT into a veth hands the frame to the peer (pod-side) end's
 //! NAPI instance; a veth has one only while GRO is on (or an XDP program is
@@ -8,11 +9,13 @@
 //! iproute2, containerd and CRI-O keep them) by the nsid the host-side veth
 //! reports for its peer.
 
-use std::{ffi::CString, fs::File, path::Path};
+use std::{ffi::CString, fs::File, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::Handle;
+
+use crate::lease::MacAddr;
 
 pub const NETNS_DIR: &str = "/run/netns";
 
@@ -43,9 +46,22 @@ pub async fn netns_by_id(handle: &Handle, nsid: i32) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// A pod's end of its veth, as read inside the pod's namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSide {
+    pub mac: MacAddr,
+    /// IPv4 addresses configured on the interface (by the CNI plugin).
+    pub addresses: Vec<Ipv4Addr>,
+    /// GRO is on, read back after turning it on: XDP may redirect into it.
+    pub gro_on: bool,
+    /// Whether this call turned GRO on.
+    pub gro_turned_on: bool,
+}
+
 /// Turns GRO on for interface `ifindex` inside namespace `netns` (a name in
-/// /run/netns); returns whether it had to.
-pub fn enable_gro(netns: &str, ifindex: u32) -> Result<bool> {
+/// /run/netns), confirms it, and reads the interface's MAC and IPv4
+/// addresses.
+pub fn prepare(netns: &str, ifindex: u32) -> Result<PodSide> {
     let path = Path::new(NETNS_DIR).join(netns);
     let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     // A thread of its own: setns changes only the calling thread, and this
@@ -57,15 +73,46 @@ pub fn enable_gro(netns: &str, ifindex: u32) -> Result<bool> {
                     .with_context(|| format!("cannot enter {}", path.display()))?;
                 let name = nix::net::if_::if_indextoname(ifindex)
                     .map_err(|error| anyhow!("no interface {ifindex} in {netns}: {error}"))?;
-                let on = ethtool_value(&name, ETHTOOL_GGRO, 0)? != 0;
-                if !on {
+                let was_on = ethtool_value(&name, ETHTOOL_GGRO, 0)? != 0;
+                if !was_on {
                     ethtool_value(&name, ETHTOOL_SGRO, 1)?;
                 }
-                Ok(!on)
+                let gro_on = ethtool_value(&name, ETHTOOL_GGRO, 0)? != 0;
+                let (mac, addresses) = mac_and_addresses(&name.to_string_lossy())?;
+                Ok(PodSide {
+                    mac: mac.ok_or_else(|| anyhow!("{name:?} in {netns} has no MAC"))?,
+                    addresses,
+                    gro_on,
+                    gro_turned_on: !was_on && gro_on,
+                })
             })
             .join()
             .map_err(|_| anyhow!("the thread inside {netns} panicked"))?
     })
+}
+
+/// The MAC and IPv4 addresses of interface `name` in this thread's
+/// namespace.
+fn mac_and_addresses(name: &str) -> Result<(Option<MacAddr>, Vec<Ipv4Addr>)> {
+    let mut mac = None;
+    let mut addresses = Vec::new();
+    for entry in nix::ifaddrs::getifaddrs().context("cannot list interface addresses")? {
+        if entry.interface_name != name {
+            continue;
+        }
+        let Some(address) = entry.address else {
+            continue;
+        };
+        if let Some(inet) = address.as_sockaddr_in() {
+            addresses.push(inet.ip());
+        } else if let Some(link) = address.as_link_addr()
+            && let Some(bytes) = link.addr()
+        {
+            mac = Some(MacAddr(bytes));
+        }
+    }
+    addresses.sort();
+    Ok((mac, addresses))
 }
 
 fn ethtool_value(interface: &CString, cmd: u32, data: u32) -> Result<u32> {

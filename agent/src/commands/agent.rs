@@ -46,6 +46,9 @@ use crate::{
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How often the --ip-masq rules are checked (and restored if changed).
 const MASQ_RECHECK: Duration = Duration::from_secs(5);
+/// How often pods whose side could not be read (or whose GRO is not
+/// confirmed) are tried again.
+const POD_RETRY: Duration = Duration::from_secs(2);
 /// How often start-up steps that wait on etcd try again.
 const STARTUP_RETRY: Duration = Duration::from_secs(2);
 
@@ -175,6 +178,9 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         signal = signals.recv() => { info!("{signal} before a lease was acquired"); return Ok(()) }
     };
     take_subnet(&kernel, &args, &config, own, mtu).await?;
+    if let Some(fast_path) = fast_path.as_mut() {
+        fast_path.set_own_subnet(own);
+    }
     let renew_margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
     let renew_every = LEASE_TTL
         .saturating_sub(renew_margin)
@@ -182,6 +188,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     let mut renew_at = Instant::now() + renew_every;
 
     let mut masq_check = tokio::time::interval(MASQ_RECHECK);
+    let mut pod_retry = tokio::time::interval(POD_RETRY);
     let mut follower = LeaseFollower::new(registry.clone());
     let mut peers = PeerTable::new(LeasePolicy::new(
         &config,
@@ -252,6 +259,9 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                         warn!(old = %own, new = %subnet, "re-acquired a different subnet; pods on the old one need restarting");
                         own = subnet;
                         take_subnet(&kernel, &args, &config, own, mtu).await?;
+                        if let Some(fast_path) = fast_path.as_mut() {
+                            fast_path.set_own_subnet(own);
+                        }
                     } else {
                         info!(%subnet, "re-acquired our subnet");
                     }
@@ -284,6 +294,11 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             Some(view) = views_rx.recv() => {
                 if let Some(fast_path) = fast_path.as_mut() {
                     fast_path.on_view(view).await;
+                }
+            }
+            _ = pod_retry.tick(), if fast_path.is_some() => {
+                if let Some(fast_path) = fast_path.as_mut() {
+                    fast_path.retry_pods().await;
                 }
             }
             () = ruleset_changed.notified(), if fast_path.is_some() => {

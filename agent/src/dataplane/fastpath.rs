@@ -23,7 +23,8 @@ use weft_common::{
 };
 
 use super::kernel::PeerRoute;
-use crate::endpoints::{LocalPod, LocalView};
+use super::pods::{LocalPod, LocalPods};
+use crate::endpoints::LocalView;
 
 pub struct FastPathMaps {
     peers: LpmTrie<MapData, PeerAddr, Peer>,
@@ -283,7 +284,7 @@ impl FastPathMaps {
                     Endpoint {
                         ifindex: pod.port,
                         mac: pod.mac.0,
-                        flags: ENDPOINT_XDP_READY,
+                        flags: if pod.xdp_ready { ENDPOINT_XDP_READY } else { 0 },
                         _pad: 0,
                     },
                 )
@@ -368,7 +369,7 @@ pub fn desired_peers(
 pub struct FastPath {
     pub programs: super::ebpf::EbpfDataplane,
     pub maps: FastPathMaps,
-    handle: rtnetlink::Handle,
+    pods: LocalPods,
     view: LocalView,
     routes: BTreeMap<Ipv4Net, PeerRoute>,
     /// `--strict-vteps` as asked for; CONFIG's flag follows it only while
@@ -386,7 +387,7 @@ impl FastPath {
         Self {
             programs,
             maps,
-            handle,
+            pods: LocalPods::new(handle),
             view: Default::default(),
             routes: BTreeMap::new(),
             strict_vteps,
@@ -401,17 +402,9 @@ impl FastPath {
 
     /// The kernel's view of pods, ports and neighbours changed.
     pub async fn on_view(&mut self, view: LocalView) {
-        for (index, port) in view
-            .ports
-            .iter()
-            .filter(|(index, _)| !self.view.ports.contains_key(index))
-        {
-            if let Err(error) = self.prepare_pod_side(port).await {
-                warn!(veth = %port.name, ifindex = index, "fast delivery into this pod may fail: {error:#}");
-            }
-        }
+        self.pods.refresh(&view.ports).await;
         self.programs.reconcile_pod_ports(&view.ports);
-        self.maps.sync_endpoints(&view.pods);
+        self.maps.sync_endpoints(&self.pods.endpoints());
         let mut config = self.maps.cached_config();
         config.gateway_mac = view.gateway_mac.map(|mac| mac.0).unwrap_or_default();
         if let Err(error) = self.maps.set_config(config) {
@@ -425,23 +418,17 @@ impl FastPath {
         }
     }
 
-    /// Gives the pod's end of a new veth what XDP delivery needs (GRO on).
-    async fn prepare_pod_side(&self, port: &crate::endpoints::PodPort) -> anyhow::Result<()> {
-        let (Some(nsid), Some(peer)) = (port.peer_netnsid, port.peer_index) else {
-            anyhow::bail!("its peer's namespace is unknown");
-        };
-        let netns = crate::pod_veth::netns_by_id(&self.handle, nsid)
-            .await?
-            .ok_or_else(|| {
-                anyhow!(
-                    "its namespace (nsid {nsid}) is not in {}",
-                    crate::pod_veth::NETNS_DIR
-                )
-            })?;
-        if crate::pod_veth::enable_gro(&netns, peer)? {
-            tracing::info!(veth = %port.name, %netns, "GRO turned on at the pod's end for XDP delivery");
-        }
-        Ok(())
+    /// Our lease: local pods are the addresses inside it.
+    pub fn set_own_subnet(&mut self, subnet: Ipv4Net) {
+        self.pods.set_own_subnet(subnet);
+        self.maps.sync_endpoints(&self.pods.endpoints());
+    }
+
+    /// Reads again the pods whose side could not be read or whose GRO is
+    /// not confirmed yet (views arrive only when something changed).
+    pub async fn retry_pods(&mut self) {
+        self.pods.refresh(&self.view.ports).await;
+        self.maps.sync_endpoints(&self.pods.endpoints());
     }
 
     /// The node's nftables ruleset changed: every verdict recorded so far
