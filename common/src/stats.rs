@@ -113,6 +113,9 @@ pub enum CounterId {
     XdpPassPodNotReady = 51,
     /// Sending: the source address or MAC is not the sending pod's own.
     TcPassForeignSource = 52,
+    /// Sending: UDP from a pod to a node's VXLAN port, dropped (see the
+    /// README's security model).
+    TcDropVxlanToNode = 53,
 }
 
 /// Every counter with its stable, user-facing name, in id order.
@@ -176,6 +179,7 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     (CounterId::XdpPassBadLength, "xdp_pass_bad_length"),
     (CounterId::XdpPassPodNotReady, "xdp_pass_pod_not_ready"),
     (CounterId::TcPassForeignSource, "tc_pass_foreign_source"),
+    (CounterId::TcDropVxlanToNode, "tc_drop_vxlan_to_node"),
 ];
 
 /// Slots reserved in `STATS`: room to add counters without re-creating the

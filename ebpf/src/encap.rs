@@ -6,23 +6,23 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::{bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_peer},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr, vxlan::VxlanHdr};
-use weft_common::{CounterId, EndpointKey, NodeConfig, Peer, PeerMode};
+use weft_common::{CounterId, EndpointKey, NodeConfig, Peer, PeerMode, VtepKey};
 
 use crate::{
     counters::count,
     csum::{decrement_ttl, ipv4_header_checksum},
     flow::{Unverified, netfilter_passed},
-    maps::{ENDPOINTS, PEERS, node_config},
+    maps::{ENDPOINTS, PEERS, VTEPS, node_config},
     parse::{
-        ENCAP_LEN, ETH_LEN, ETH_P_IPV4_BE, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, UDP_LEN,
-        VXLAN_FLAG_I, VXLAN_OVERHEAD, ptr_at,
+        ENCAP_LEN, ETH_LEN, ETH_P_IPV4_BE, IP_OFFSET_MASK, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN,
+        UDP_LEN, VXLAN_FLAG_I, VXLAN_OVERHEAD, ptr_at,
     },
 };
 
@@ -91,6 +91,9 @@ fn decide(ctx: &mut TcContext) -> Verdict {
                 (*sender).ifindex == (*ctx.skb.skb).ifindex && (*sender).mac == (*eth).src_addr
             } => {}
         _ => return pass(CounterId::TcPassForeignSource),
+    }
+    if is_vxlan_to_a_node(ctx, ip, config) {
+        return Verdict(TC_ACT_SHOT, CounterId::TcDropVxlanToNode);
     }
 
     if let Some(endpoint) = ENDPOINTS.get_ptr(EndpointKey { addr: destination }) {
@@ -165,6 +168,27 @@ fn decide(ctx: &mut TcContext) -> Verdict {
     }
     let action = unsafe { bpf_redirect(config.uplink_ifindex, 0) } as i32;
     Verdict(action, CounterId::TcEncap)
+}
+
+/// A pod's UDP to a node's VXLAN port. Masqueraded (`--ip-masq`), it
+/// would leave with this node's address, a real VTEP, and inject whatever
+/// it carries into the overlay as this node; to this node it would be
+/// decapsulated here. Pods have no business speaking VXLAN to nodes.
+#[inline(always)]
+fn is_vxlan_to_a_node(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> bool {
+    if ip.proto != IPPROTO_UDP || config.vxlan_port_be == 0 {
+        return false;
+    }
+    // A later fragment carries no port; without its first it is nothing.
+    if u16::from_be_bytes(ip.frags) & IP_OFFSET_MASK != 0 {
+        return false;
+    }
+    let header_len = usize::from(ip.vihl & 0x0f) * 4;
+    let Ok(port) = ctx.load::<[u8; 2]>(ETH_LEN + header_len + 2) else {
+        return false;
+    };
+    port == config.vxlan_port_be.to_ne_bytes()
+        && (ip.dst_addr == config.node_ip || VTEPS.get_ptr(VtepKey { addr: ip.dst_addr }).is_some())
 }
 
 /// The send-side counter for a packet netfilter has not passed yet.

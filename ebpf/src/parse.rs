@@ -21,6 +21,9 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// More-fragments flag and fragment offset bits of `frag_off` (big endian bytes).
 pub const IP_MF_OFFSET_MASK: u16 = 0x3fff;
+/// Fragment offset bits of `frag_off`: non-zero on every fragment but the
+/// first.
+pub const IP_OFFSET_MASK: u16 = 0x1fff;
 /// VXLAN flags: the I bit (VNI valid).
 pub const VXLAN_FLAG_I: u8 = 0x08;
 

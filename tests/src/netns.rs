@@ -134,6 +134,42 @@ pub fn in_netns<T: Send>(ns: &str, work: impl FnOnce() -> Result<T> + Send) -> R
     })
 }
 
+/// Sends `frame` (from its Ethernet header on) out of `iface` in `ns`
+/// through a raw packet socket, as a pod with CAP_NET_RAW can.
+pub fn send_frame(ns: &str, iface: &str, frame: &[u8]) -> Result<()> {
+    let iface = std::ffi::CString::new(iface)?;
+    in_netns(ns, || {
+        // SAFETY: plain socket calls with a zeroed sockaddr_ll naming the
+        // interface; the socket is closed before returning.
+        unsafe {
+            let index = libc::if_nametoindex(iface.as_ptr());
+            anyhow::ensure!(index != 0, "no interface {iface:?}");
+            let socket = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            anyhow::ensure!(
+                socket >= 0,
+                "cannot open a packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut address: libc::sockaddr_ll = std::mem::zeroed();
+            address.sll_family = libc::AF_PACKET as u16;
+            address.sll_ifindex = index as i32;
+            address.sll_halen = 6;
+            let sent = libc::sendto(
+                socket,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            let error = std::io::Error::last_os_error();
+            libc::close(socket);
+            anyhow::ensure!(sent == frame.len() as isize, "sendto: {error}");
+        }
+        Ok(())
+    })
+}
+
 /// Sets a sysctl inside `ns` (e.g. `net/ipv4/ip_forward`).
 pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     in_netns(ns, || {

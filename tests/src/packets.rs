@@ -103,3 +103,16 @@ pub fn ipv4_checksum_ok(frame: &[u8], at: usize) -> bool {
     let header_len = usize::from(frame[at] & 0x0f) * 4;
     checksum(&frame[at..at + header_len]) == 0
 }
+
+pub const ETH_P_ARP: u16 = 0x0806;
+
+/// An ARP request as Ethernet payload: "who has `target`? tell `sender_ip`
+/// at `sender_mac`" (what a pod forging a neighbour entry sends).
+pub fn arp_request(sender_mac: [u8; 6], sender_ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut arp = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    arp.extend_from_slice(&sender_mac);
+    arp.extend_from_slice(&sender_ip);
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&target);
+    arp
+}

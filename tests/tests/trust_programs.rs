@@ -151,3 +151,48 @@ fn xdp_redirects_only_into_veths_ready_for_it() {
     let (verdict, _) = programs.xdp(&good_vxlan());
     assert_eq!(verdict, XDP_REDIRECT);
 }
+
+#[test]
+fn a_pod_may_not_speak_vxlan_to_a_node() {
+    let Some(_guard) = privileged_test("a_pod_may_not_speak_vxlan_to_a_node") else {
+        return;
+    };
+    let programs = Programs::load(true);
+    let to = |dst: [u8; 4], port: u16| {
+        eth(
+            GATEWAY_MAC,
+            POD_MAC,
+            ETH_P_IPV4,
+            &ipv4(
+                LOCAL_POD,
+                dst,
+                IPPROTO_UDP,
+                &weft_tests::packets::udp(40000, port, &[0u8; 16]),
+                Ipv4Options::default(),
+            ),
+        )
+    };
+    for (what, frame) in [
+        ("to a peer's VXLAN port", to(PEER_IP, PORT)),
+        ("to this node's VXLAN port", to(NODE_IP, PORT)),
+    ] {
+        let before = programs.counters();
+        let (verdict, _) = programs.tc(&frame);
+        assert_eq!(verdict, TC_ACT_SHOT, "{what}");
+        assert_counted(&before, &programs.counters(), "tc_drop_vxlan_to_node");
+    }
+    // Another port of a node, and the VXLAN port of an address that is no
+    // VTEP, are the kernel's as before.
+    programs.assert_tc_passes(&[
+        (
+            "to another port of a peer",
+            to(PEER_IP, PORT + 1),
+            "tc_pass_no_route",
+        ),
+        (
+            "to a stranger's port 8472",
+            to(STRANGER_IP, PORT),
+            "tc_pass_no_route",
+        ),
+    ]);
+}

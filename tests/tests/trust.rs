@@ -1,0 +1,299 @@
+//! Only what was verified, on the lab: a pod that forges ARP for other
+//! addresses (a ClusterIP, a pod on another node, a pod on its own node,
+//! its node's address) gains no one's traffic; a pod that sends as another
+//! is left to the kernel path (rp_filter, netfilter); VXLAN a pod sends to
+//! a node's VXLAN port is dropped where it leaves the pod.
+
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, UdpSocket},
+    time::Duration,
+};
+
+use weft_tests::{
+    Lab, LabSpec, inspect,
+    lab::{PodState, counter_delta, counters_delta, wait_for},
+    netns,
+    packets::{ETH_P_ARP, ETH_P_IPV4, Ipv4Options, arp_request, eth, ipv4, udp, vxlan},
+    privileged_test,
+};
+
+fn octets(ip: &str) -> [u8; 4] {
+    ip.parse::<Ipv4Addr>().unwrap().octets()
+}
+
+fn mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| u8::from_str_radix(part, 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
+}
+
+/// `weft maps endpoints` on node `node`: address -> host-side veth ifindex.
+fn endpoints(lab: &Lab, node: usize) -> BTreeMap<String, u64> {
+    let weft = lab.state.weft_bin.display().to_string();
+    let pin_dir = lab.node(node).pin_dir.display().to_string();
+    let out = netns::run_host(&[
+        &weft,
+        "maps",
+        "endpoints",
+        "--json",
+        "--bpf-pin-dir",
+        &pin_dir,
+    ])
+    .unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    rows.iter()
+        .map(|row| {
+            (
+                row["ip"].as_str().unwrap().to_owned(),
+                row["ifindex"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Received packets on a pod's eth0.
+fn received(pod: &PodState) -> u64 {
+    inspect::packet_counts(&pod.ns, "eth0").unwrap().0
+}
+
+#[test]
+fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
+    let Some(_guard) =
+        privileged_test("a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another")
+    else {
+        return;
+    };
+    let lab = Lab::up(&LabSpec::new("t-trust-arp", 2, 2)).unwrap();
+    lab.warm_up().unwrap();
+    let (p1, p2) = (lab.node(1).pods[0].clone(), lab.node(1).pods[1].clone());
+    let remote = lab.node(2).pods[0].clone();
+    let expected: BTreeMap<String, u64> = [&p1, &p2]
+        .iter()
+        .map(|pod| {
+            let veth = inspect::link(&lab.node(1).ns, &pod.network.host_veth)
+                .unwrap()
+                .unwrap();
+            (pod.ip().to_owned(), veth["ifindex"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(endpoints(&lab, 1), expected);
+
+    // p2 claims three addresses it does not own, three times each: a
+    // ClusterIP, a pod on another node, its node's address.
+    let gateway = {
+        let subnet: ipnet::Ipv4Net = lab.node(1).subnet.parse().unwrap();
+        subnet.hosts().next().unwrap().octets()
+    };
+    let claim = |address: &str| {
+        let frame = eth(
+            [0xff; 6],
+            mac(&p2.network.mac),
+            ETH_P_ARP,
+            &arp_request(mac(&p2.network.mac), octets(address), gateway),
+        );
+        for _ in 0..3 {
+            netns::send_frame(&p2.ns, "eth0", &frame).unwrap();
+        }
+    };
+    for address in ["10.96.0.10", remote.ip(), lab.node(1).ip.as_str()] {
+        claim(address);
+    }
+    // The forgery reached the kernel: cni0 now believes p2 is 10.96.0.10
+    // (on stock flannel that is all there is to it).
+    wait_for(
+        "cni0 to learn the forged entry",
+        Duration::from_secs(3),
+        || {
+            let neighbours = netns::run(
+                &lab.node(1).ns,
+                &["ip", "neigh", "show", "10.96.0.10", "dev", "cni0"],
+            )?;
+            Ok(neighbours.contains(&p2.network.mac))
+        },
+    )
+    .unwrap();
+    // The agent reads the kernel on every neighbour event: give it the
+    // chance to believe the forgery, then check it did not.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        endpoints(&lab, 1),
+        expected,
+        "the forged ARP changed ENDPOINTS"
+    );
+
+    // p1's pings to the claimed ClusterIP do not reach p2 by the fast path.
+    let before = lab.counters(1).unwrap();
+    let p2_before = received(&p2);
+    let _ = lab.ping(&p1, "10.96.0.10", 5);
+    assert_eq!(
+        counter_delta(&before, &lab.counters(1).unwrap(), "tc_local_redirect").0,
+        0
+    );
+    assert!(
+        received(&p2) - p2_before < 5,
+        "p1's pings to 10.96.0.10 arrived at p2"
+    );
+    // p1's address is still p1's: the remote pod reaches it.
+    assert!(
+        lab.ping(&remote, p1.ip(), 5)
+            .unwrap()
+            .contains("5 received")
+    );
+
+    // p2 sends as p1 through a raw socket (CAP_NET_RAW): the fast path
+    // leaves every such packet to the kernel.
+    let cni0 = inspect::link(&lab.node(1).ns, "cni0").unwrap().unwrap();
+    let as_p1 = eth(
+        mac(cni0["address"].as_str().unwrap()),
+        mac(&p2.network.mac),
+        ETH_P_IPV4,
+        &ipv4(
+            octets(p1.ip()),
+            octets(remote.ip()),
+            17,
+            &udp(4444, 9999, b"as p1"),
+            Ipv4Options::default(),
+        ),
+    );
+    let before = lab.counters(1).unwrap();
+    for _ in 0..20 {
+        netns::send_frame(&p2.ns, "eth0", &as_p1).unwrap();
+    }
+    wait_for(
+        "the forged packets to be counted",
+        Duration::from_secs(3),
+        || Ok(counter_delta(&before, &lab.counters(1)?, "tc_pass_foreign_source").0 >= 20),
+    )
+    .unwrap();
+    assert_eq!(
+        counter_delta(&before, &lab.counters(1).unwrap(), "tc_encap").0,
+        0,
+        "a packet sent as another pod was encapsulated by the fast path"
+    );
+
+    // p2 claims p1's address too. The kernel's neighbour table on cni0
+    // takes that as well (as on stock flannel: the kernel path now sends
+    // p1's traffic to p2's MAC); the fast path does not.
+    claim(p1.ip());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        endpoints(&lab, 1),
+        expected,
+        "the forged ARP for a local pod's address changed ENDPOINTS"
+    );
+}
+
+#[test]
+fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
+    let Some(_guard) =
+        privileged_test("vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod")
+    else {
+        return;
+    };
+    for ip_masq in [false, true] {
+        let mut spec = LabSpec::new("t-trust-vx", 2, 2);
+        spec.ip_masq = ip_masq;
+        let lab = Lab::up(&spec).unwrap();
+        lab.warm_up().unwrap();
+        let (p1, p2) = (lab.node(1).pods[0].clone(), lab.node(1).pods[1].clone());
+        let victim = lab.node(2).pods[0].clone();
+        let listener = netns::in_netns(&victim.ns, || {
+            let socket = UdpSocket::bind(("0.0.0.0", 9999))?;
+            socket.set_read_timeout(Some(Duration::from_millis(1500)))?;
+            Ok(socket)
+        })
+        .unwrap();
+        // As good a forgery as a pod can make: node 2's VTEP MAC, an inner
+        // source in node 1's subnet (p1's address), a fresh flow.
+        let vtep = inspect::link(&lab.node(2).ns, "flannel.1")
+            .unwrap()
+            .unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let inner = eth(
+            mac(&vtep),
+            [0x0e, 0, 0, 0, 0, 1],
+            ETH_P_IPV4,
+            &ipv4(
+                octets(p1.ip()),
+                octets(victim.ip()),
+                17,
+                &udp(4444, 9999, b"forged"),
+                Ipv4Options::default(),
+            ),
+        );
+        let datagram = vxlan(1, &inner);
+        let before = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
+        let flannel_before = inspect::packet_counts(&lab.node(2).ns, "flannel.1").unwrap();
+        let target = format!("{}:8472", lab.node(2).ip);
+        netns::in_netns(&p2.ns, || {
+            let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+            socket.send_to(&datagram, &target)?;
+            Ok(())
+        })
+        .unwrap();
+        let mut buffer = [0u8; 64];
+        let arrived = listener.recv_from(&mut buffer).is_ok();
+        let after = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
+        // Dropped where it left the pod: masqueraded, it would have left
+        // with node 1's address, a real VTEP, and looked like node 1's own.
+        assert_eq!(
+            counter_delta(&before[0], &after[0], "tc_drop_vxlan_to_node").0,
+            1,
+            "ip_masq {ip_masq}"
+        );
+        assert!(
+            !arrived,
+            "ip_masq {ip_masq}: a pod's forged VXLAN reached a pod"
+        );
+        // Node 2 never saw it: no VXLAN verdict of any kind, and nothing
+        // through flannel.1.
+        let vxlan_outcomes = [
+            "xdp_drop_unknown_vtep",
+            "xdp_pass_not_our_vtep",
+            "xdp_pass_foreign_inner_source",
+            "xdp_pass_no_verdict",
+            "xdp_decap",
+            "tc_uplink_decap",
+        ];
+        assert_eq!(
+            counters_delta(&before[1], &after[1], &vxlan_outcomes).0,
+            0,
+            "ip_masq {ip_masq}: the forged VXLAN reached node 2"
+        );
+        assert_eq!(
+            inspect::packet_counts(&lab.node(2).ns, "flannel.1")
+                .unwrap()
+                .0,
+            flannel_before.0,
+            "ip_masq {ip_masq}: node 2's flannel.1 received the forged VXLAN"
+        );
+        // The same datagram to another port of node 2 goes: only the VXLAN
+        // port is refused.
+        let node_listener = netns::in_netns(&lab.node(2).ns, || {
+            let socket = UdpSocket::bind(("0.0.0.0", 8473))?;
+            socket.set_read_timeout(Some(Duration::from_millis(1500)))?;
+            Ok(socket)
+        })
+        .unwrap();
+        let other_port = format!("{}:8473", lab.node(2).ip);
+        netns::in_netns(&p2.ns, || {
+            let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+            socket.send_to(&datagram, &other_port)?;
+            Ok(())
+        })
+        .unwrap();
+        assert!(
+            node_listener.recv_from(&mut buffer).is_ok(),
+            "ip_masq {ip_masq}: UDP to another port of the node did not arrive"
+        );
+    }
+}
