@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK, XDP_UPLINK};
+use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK};
 use weft_tests::{Lab, LabSpec, lab, netns, privileged_test};
 
 /// `weft maps stats --json` for a pin dir: counter name -> packets.
@@ -41,7 +41,7 @@ fn loaded_weft_programs() -> Vec<String> {
         .unwrap()
         .iter()
         .filter_map(|program| program["name"].as_str())
-        .filter(|name| [XDP_UPLINK, TC_POD_EGRESS, TC_UPLINK].contains(name))
+        .filter(|name| [XDP_UPLINK, TC_POD_EGRESS, TC_UPLINK, TC_VERDICT].contains(name))
         .map(str::to_owned)
         .collect()
 }
@@ -153,4 +153,103 @@ fn agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm() {
     );
     // Pods keep working without the agent: the kernel path carries them.
     assert!(lab.ping(from, to.ip(), 3).unwrap().contains("3 received"));
+}
+
+/// `bpftool map ...` on the host (pinned maps live in its bpffs).
+fn bpftool_map(args: &[&str]) -> String {
+    let mut all = vec!["bpftool", "map"];
+    all.extend_from_slice(args);
+    netns::run_host(&all).unwrap()
+}
+
+#[test]
+fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layouts() {
+    let Some(_guard) = privileged_test(
+        "agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layouts",
+    ) else {
+        return;
+    };
+    let mut lab = Lab::up(&LabSpec::new("t-agent-state", 2, 1)).unwrap();
+    lab.warm_up().unwrap();
+    let pin_dir = lab.node(1).pin_dir.clone();
+    let map = |name: &str| pin_dir.join(name).display().to_string();
+
+    // A second agent on the same pin dir says who holds it, and leaves.
+    let first = lab.agent_pid(0).unwrap();
+    let weft = lab.state.weft_bin.display().to_string();
+    let mut second = netns::command(&lab.node(1).ns, &weft).unwrap();
+    second
+        .args(["agent", "--iface", "eth0", "--dataplane", "ebpf"])
+        .args(["--subnet-file", "/nonexistent/subnet.env", "--bpf-pin-dir"])
+        .arg(&pin_dir);
+    let output = second.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("process {first}")) && stderr.contains("one agent per pin dir"),
+        "{stderr}"
+    );
+
+    // A PEERS entry deleted behind the agent's back comes back.
+    let peer_subnet: ipnet::Ipv4Net = lab.node(2).subnet.parse().unwrap();
+    let [a, b, c, d] = peer_subnet.network().octets();
+    let prefix = peer_subnet.prefix_len().to_string();
+    let key = [
+        prefix.as_str(),
+        "0",
+        "0",
+        "0",
+        &a.to_string(),
+        &b.to_string(),
+        &c.to_string(),
+        &d.to_string(),
+    ];
+    let mut delete = vec!["delete", "pinned"];
+    let peers = map("PEERS");
+    delete.push(&peers);
+    delete.push("key");
+    delete.extend_from_slice(&key);
+    bpftool_map(&delete);
+    let listed = |lab: &Lab| {
+        let weft = lab.state.weft_bin.display().to_string();
+        let pins = lab.node(1).pin_dir.display().to_string();
+        let out = netns::run_host(&[&weft, "maps", "peers", "--json", "--bpf-pin-dir", &pins])?;
+        anyhow::Ok(out.contains(&format!("\"{peer_subnet}\"")))
+    };
+    assert!(!listed(&lab).unwrap(), "bpftool did not delete the entry");
+    lab::wait_for(
+        "the agent to restore the deleted PEERS entry",
+        std::time::Duration::from_secs(15),
+        || listed(&lab),
+    )
+    .unwrap();
+
+    // A pinned map of another layout (a CONFIG 40 bytes wide, as an older
+    // build made it) is replaced on start, and the fast path works.
+    lab.stop_agent(0, Signal::SIGTERM).unwrap();
+    let config = map("CONFIG");
+    std::fs::remove_file(&config).unwrap();
+    bpftool_map(&[
+        "create", &config, "type", "array", "key", "4", "value", "40", "entries", "1", "name",
+        "CONFIG",
+    ]);
+    lab.start_agent(0).unwrap();
+    let log = std::fs::read_to_string(lab.node(1).agent_log.as_ref().unwrap()).unwrap();
+    assert!(
+        log.contains("pinned map has another layout"),
+        "no word of the replaced map in the log"
+    );
+    lab.warm_up().unwrap();
+    let before = packets(&lab, 1);
+    let (from, to) = (lab.node(1).pods[0].clone(), lab.node(2).pods[0].clone());
+    assert!(
+        lab.ping(&from, to.ip(), 10)
+            .unwrap()
+            .contains("10 received")
+    );
+    let after = packets(&lab, 1);
+    assert!(
+        after["tc_encap"] > before["tc_encap"],
+        "the fast path did not carry traffic after the layout change"
+    );
 }

@@ -49,6 +49,9 @@ const MASQ_RECHECK: Duration = Duration::from_secs(5);
 /// How often pods whose side could not be read (or whose GRO is not
 /// confirmed) are tried again.
 const POD_RETRY: Duration = Duration::from_secs(2);
+/// How often the maps are read back and repaired where they differ from
+/// what they should hold.
+const MAP_AUDIT: Duration = Duration::from_secs(10);
 /// How often start-up steps that wait on etcd try again.
 const STARTUP_RETRY: Duration = Duration::from_secs(2);
 
@@ -88,9 +91,12 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     .await?;
     let previous = subnet_env::read_if_present(&args.subnet_file)?;
     let ebpf_enabled = args.dataplane != DataplaneArg::Kernel;
-    if ebpf_enabled {
+    let _pin_dir_lock = if ebpf_enabled {
         bpffs::ensure_pin_dir(&args.bpf_pin_dir)?;
-    }
+        Some(bpffs::lock_pin_dir(&args.bpf_pin_dir)?)
+    } else {
+        None
+    };
     let options = EtcdOptions {
         endpoints: args.etcd_endpoints.clone(),
         prefix: args.etcd_prefix.clone(),
@@ -189,6 +195,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
 
     let mut masq_check = tokio::time::interval(MASQ_RECHECK);
     let mut pod_retry = tokio::time::interval(POD_RETRY);
+    let mut map_audit = tokio::time::interval(MAP_AUDIT);
     let mut follower = LeaseFollower::new(registry.clone());
     let mut peers = PeerTable::new(LeasePolicy::new(
         &config,
@@ -299,6 +306,11 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             _ = pod_retry.tick(), if fast_path.is_some() => {
                 if let Some(fast_path) = fast_path.as_mut() {
                     fast_path.retry_pods().await;
+                }
+            }
+            _ = map_audit.tick(), if fast_path.is_some() => {
+                if let Some(fast_path) = fast_path.as_mut() {
+                    fast_path.audit_maps();
                 }
             }
             () = ruleset_changed.notified(), if fast_path.is_some() => {
@@ -530,6 +542,12 @@ fn start_fast_path(
     // by this agent's ruleset watch: a new generation voids them.
     let mut node = node;
     node.ruleset_generation = maps.cached_config().ruleset_generation.wrapping_add(1);
+    // Dormant until the maps hold this run's leases and pods (FastPath
+    // goes live then): a previous run's pinned entries may be stale.
+    maps.set_config(NodeConfig {
+        ruleset_generation: node.ruleset_generation,
+        ..NodeConfig::default()
+    })?;
     // Record verdicts before anything is fast-pathed: where kernel-path
     // packets leave the node's netfilter (pod veths follow as they appear).
     programs.attach_verdicts(&uplink.name)?;
@@ -542,7 +560,6 @@ fn start_fast_path(
     if mode != AttachedXdpMode::Off {
         node.flags |= CONFIG_UPLINK_XDP;
     }
-    maps.set_config(node)?;
     verdicts::watch_ruleset(ruleset_changed)?;
     verdicts::install(args.accept_mark)?;
     if verdicts::make_tcp_tracking_liberal()? {
@@ -556,5 +573,5 @@ fn start_fast_path(
         "netfilter verdict rule installed; the fast path takes only flows it marks"
     );
     tokio::spawn(endpoints::watch(args.bridge.clone(), uplink.index, views));
-    Ok(FastPath::new(programs, maps, handle))
+    Ok(FastPath::new(programs, maps, handle, node))
 }

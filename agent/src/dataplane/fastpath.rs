@@ -148,7 +148,7 @@ impl FastPathMaps {
     }
 
     /// Re-reads every map into the caches.
-    fn reload(&mut self) -> Result<()> {
+    pub fn reload(&mut self) -> Result<()> {
         self.cached_peers = self
             .peers()?
             .into_iter()
@@ -375,22 +375,63 @@ pub struct FastPath {
     /// `--strict-vteps` as asked for; CONFIG's flag follows it only while
     /// VTEPS holds every VXLAN peer.
     strict_vteps: bool,
+    /// CONFIG as the programs should see it once the fast path is live.
+    config: NodeConfig,
+    /// The first lease listing and the first local view have been applied
+    /// to the maps. Until then CONFIG is dormant (no uplink): pinned maps
+    /// may hold a previous run's stale entries, and the programs leave
+    /// every packet to the kernel.
+    synced_routes: bool,
+    synced_view: bool,
 }
 
 impl FastPath {
+    /// Takes over with `config` as what CONFIG will hold once live; writes
+    /// it dormant meanwhile.
     pub fn new(
         programs: super::ebpf::EbpfDataplane,
         maps: FastPathMaps,
         handle: rtnetlink::Handle,
+        config: NodeConfig,
     ) -> Self {
-        let strict_vteps = maps.cached_config().flags & CONFIG_STRICT_VTEPS != 0;
-        Self {
+        let mut fast_path = Self {
             programs,
             maps,
             pods: LocalPods::new(handle),
             view: Default::default(),
             routes: BTreeMap::new(),
-            strict_vteps,
+            strict_vteps: config.flags & CONFIG_STRICT_VTEPS != 0,
+            config,
+            synced_routes: false,
+            synced_view: false,
+        };
+        fast_path.write_config();
+        fast_path
+    }
+
+    fn is_live(&self) -> bool {
+        self.synced_routes && self.synced_view
+    }
+
+    /// Writes CONFIG: as configured once live, else dormant (no uplink, so
+    /// the programs act on nothing) but with the ruleset generation, which
+    /// must never go back.
+    fn write_config(&mut self) {
+        let config = if self.is_live() {
+            self.config
+        } else {
+            NodeConfig {
+                ruleset_generation: self.config.ruleset_generation,
+                ..NodeConfig::default()
+            }
+        };
+        let was_live = self.maps.cached_config().uplink_ifindex != 0;
+        match self.maps.set_config(config) {
+            Ok(()) if !was_live && config.uplink_ifindex != 0 => {
+                info!("maps synced with the leases and the pods: the fast path is live")
+            }
+            Ok(()) => {}
+            Err(error) => warn!("{error:#}"),
         }
     }
 
@@ -398,6 +439,8 @@ impl FastPath {
     pub fn on_routes(&mut self, routes: &BTreeMap<Ipv4Net, PeerRoute>) {
         self.routes.clone_from(routes);
         self.sync_peers();
+        self.synced_routes = true;
+        self.write_config();
     }
 
     /// The kernel's view of pods, ports and neighbours changed.
@@ -405,17 +448,15 @@ impl FastPath {
         self.pods.refresh(&view.ports).await;
         self.programs.reconcile_pod_ports(&view.ports);
         self.maps.sync_endpoints(&self.pods.endpoints());
-        let mut config = self.maps.cached_config();
-        config.gateway_mac = view.gateway_mac.map(|mac| mac.0).unwrap_or_default();
-        if let Err(error) = self.maps.set_config(config) {
-            warn!("{error:#}");
-        }
+        self.config.gateway_mac = view.gateway_mac.map(|mac| mac.0).unwrap_or_default();
         let neighbours_changed = view.uplink_neighbours != self.view.uplink_neighbours
             || view.uplink_routes != self.view.uplink_routes;
         self.view = view;
         if neighbours_changed {
             self.sync_peers();
         }
+        self.synced_view = true;
+        self.write_config();
     }
 
     /// Our lease: local pods are the addresses inside it.
@@ -431,22 +472,32 @@ impl FastPath {
         self.maps.sync_endpoints(&self.pods.endpoints());
     }
 
+    /// Reads the maps back and rewrites whatever differs from what they
+    /// should hold: an entry deleted or changed behind the agent's back
+    /// (by hand with bpftool, say) comes back.
+    pub fn audit_maps(&mut self) {
+        if let Err(error) = self.maps.reload() {
+            warn!("cannot read the maps back: {error:#}");
+            return;
+        }
+        self.sync_peers();
+        self.maps.sync_endpoints(&self.pods.endpoints());
+        self.write_config();
+    }
+
     /// The node's nftables ruleset changed: every verdict recorded so far
     /// is void until netfilter passes the flow again under the new rules.
     pub fn on_ruleset_changed(&mut self) {
-        let mut config = self.maps.cached_config();
-        config.ruleset_generation = config.ruleset_generation.wrapping_add(1);
-        match self.maps.set_config(config) {
-            Ok(()) => debug!(
-                generation = config.ruleset_generation,
-                "nftables ruleset changed; fast-path verdicts voided"
-            ),
-            Err(error) => warn!("{error:#}"),
-        }
+        self.config.ruleset_generation = self.config.ruleset_generation.wrapping_add(1);
+        self.write_config();
+        debug!(
+            generation = self.config.ruleset_generation,
+            "nftables ruleset changed; fast-path verdicts voided"
+        );
     }
 
     fn sync_peers(&mut self) {
-        let vni = self.maps.cached_config().vni;
+        let vni = self.config.vni;
         let desired = desired_peers(&self.routes, vni, &self.view);
         let vteps_complete = self.maps.sync_peers(&desired);
         // A VTEPS that cannot hold every VXLAN peer would make the strict
@@ -454,17 +505,15 @@ impl FastPath {
         // flanneld has) accepts any source, so the check is suspended
         // until every peer fits again.
         let strict = self.strict_vteps && vteps_complete;
-        let mut config = self.maps.cached_config();
-        if (config.flags & CONFIG_STRICT_VTEPS != 0) != strict {
-            config.flags ^= CONFIG_STRICT_VTEPS;
-            match self.maps.set_config(config) {
-                Ok(()) if strict => {
-                    info!("every VXLAN peer is in VTEPS: strict VTEP check on again")
-                }
-                Ok(()) => warn!(
+        if (self.config.flags & CONFIG_STRICT_VTEPS != 0) != strict {
+            self.config.flags ^= CONFIG_STRICT_VTEPS;
+            self.write_config();
+            if strict {
+                info!("every VXLAN peer is in VTEPS: strict VTEP check on again");
+            } else {
+                warn!(
                     "VTEPS cannot hold every VXLAN peer: strict VTEP check suspended, VXLAN from any source goes to the kernel path"
-                ),
-                Err(error) => warn!("{error:#}"),
+                );
             }
         }
     }
