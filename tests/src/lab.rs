@@ -1024,6 +1024,13 @@ pub type Counters = std::collections::BTreeMap<String, (u64, u64)>;
 /// and the second request, which are recorded as they leave netfilter.
 pub const FLOW_SETUP_PACKETS: u64 = 3;
 
+/// Whether the fast path's byte counter (`counted`, headers included) covers
+/// at least 99% of a transfer's `payload` bytes: the rest is the flow's
+/// set-up and one packet per re-check interval, which netfilter sees.
+pub fn carried_nearly_all(counted: u64, payload: u64) -> bool {
+    counted * 100 >= payload * 99
+}
+
 pub fn counter_delta(before: &Counters, after: &Counters, name: &str) -> (u64, u64) {
     (
         after[name].0 - before[name].0,

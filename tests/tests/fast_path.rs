@@ -18,8 +18,8 @@ use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK};
 use weft_tests::{
     Dataplane, Lab, LabSpec, inspect,
     lab::{
-        self, DECAP_COUNTERS, FLOW_SETUP_PACKETS, PodState, XDP_NATIVE, counter_delta,
-        counters_delta,
+        self, DECAP_COUNTERS, FLOW_SETUP_PACKETS, PodState, XDP_NATIVE, carried_nearly_all,
+        counter_delta, counters_delta,
     },
     netns,
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4, udp, vxlan},
@@ -169,12 +169,12 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     let (_, encap_bytes) = counter_delta(&before[0], &after[0], "tc_encap");
     let (_, decap_bytes) = counters_delta(&before[1], &after[1], &DECAP_COUNTERS);
     assert!(
-        encap_bytes >= transfer.bytes,
+        carried_nearly_all(encap_bytes, transfer.bytes),
         "TC encapsulated {encap_bytes} bytes of a {} byte transfer",
         transfer.bytes
     );
     assert!(
-        decap_bytes >= transfer.bytes,
+        carried_nearly_all(decap_bytes, transfer.bytes),
         "the fast path decapsulated {decap_bytes} bytes of a {} byte transfer",
         transfer.bytes
     );

@@ -9,8 +9,8 @@
 use weft_tests::{
     Backend, Dataplane, Lab, LabSpec, inspect,
     lab::{
-        DECAP_COUNTERS, FLOW_SETUP_PACKETS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE, counter_delta,
-        counters_delta,
+        DECAP_COUNTERS, FLOW_SETUP_PACKETS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE,
+        carried_nearly_all, counter_delta, counters_delta,
     },
     netns, privileged_test,
     traffic::tcp_transfer,
@@ -78,12 +78,12 @@ fn skips_the_routing_table(lab: &Lab) {
     let (_, sent) = counter_delta(&before[0], &after[0], "tc_host_gw");
     let (_, delivered) = counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS);
     assert!(
-        sent >= transfer.bytes,
+        carried_nearly_all(sent, transfer.bytes),
         "TC forwarded {sent} bytes of a {} byte transfer",
         transfer.bytes
     );
     assert!(
-        delivered >= transfer.bytes,
+        carried_nearly_all(delivered, transfer.bytes),
         "the fast path delivered {delivered} bytes of a {} byte transfer",
         transfer.bytes
     );
