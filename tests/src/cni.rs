@@ -57,7 +57,18 @@ impl PodNetwork {
 /// Runs CNI ADD for pod namespace `pod_ns` from inside `node_ns`.
 pub fn add_pod(node_ns: &str, pod_ns: &str, config: &Value) -> Result<PodNetwork> {
     let netns_path = netns::path(pod_ns).display().to_string();
-    let mut command = netns::command(node_ns, &format!("{PLUGIN_DIR}/bridge"))?;
+    let output = run_plugin(node_ns, pod_ns, "bridge", config)?;
+    let result: Value =
+        serde_json::from_slice(&output).context("CNI ADD printed no JSON result")?;
+    parse_result(&result, &netns_path)
+        .with_context(|| format!("unexpected CNI result for {pod_ns}: {result}"))
+}
+
+/// Runs `plugin`'s ADD for `pod_ns` from inside `node_ns` with `config`
+/// on its standard input, as a container runtime does; returns its output.
+fn run_plugin(node_ns: &str, pod_ns: &str, plugin: &str, config: &Value) -> Result<Vec<u8>> {
+    let netns_path = netns::path(pod_ns).display().to_string();
+    let mut command = netns::command(node_ns, &format!("{PLUGIN_DIR}/{plugin}"))?;
     command
         .env("CNI_COMMAND", "ADD")
         .env("CNI_CONTAINERID", pod_ns)
@@ -69,7 +80,7 @@ pub fn add_pod(node_ns: &str, pod_ns: &str, config: &Value) -> Result<PodNetwork
         .stderr(std::process::Stdio::piped());
     let mut child = command
         .spawn()
-        .context("cannot run the CNI bridge plugin")?;
+        .with_context(|| format!("cannot run the CNI {plugin} plugin"))?;
     {
         use std::io::Write as _;
         let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
@@ -78,15 +89,12 @@ pub fn add_pod(node_ns: &str, pod_ns: &str, config: &Value) -> Result<PodNetwork
     let output = child.wait_with_output()?;
     if !output.status.success() {
         bail!(
-            "CNI ADD for {pod_ns} failed: {}{}",
+            "CNI {plugin} ADD for {pod_ns} failed: {}{}",
             String::from_utf8_lossy(&output.stdout).trim(),
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let result: Value =
-        serde_json::from_slice(&output.stdout).context("CNI ADD printed no JSON result")?;
-    parse_result(&result, &netns_path)
-        .with_context(|| format!("unexpected CNI result for {pod_ns}: {result}"))
+    Ok(output.stdout)
 }
 
 fn parse_result(result: &Value, netns_path: &str) -> Result<PodNetwork> {
@@ -147,31 +155,6 @@ pub fn add_port_mappings(
             "ips": [{ "address": pod.address, "interface": 0 }],
         },
     });
-    let mut command = netns::command(node_ns, &format!("{PLUGIN_DIR}/portmap"))?;
-    command
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", pod_ns)
-        .env("CNI_NETNS", &netns_path)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", PLUGIN_DIR)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command
-        .spawn()
-        .context("cannot run the CNI portmap plugin")?;
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
-        stdin.write_all(config.to_string().as_bytes())?;
-    }
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        bail!(
-            "portmap ADD for {pod_ns} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout).trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
+    run_plugin(node_ns, pod_ns, "portmap", &config)?;
     Ok(())
 }

@@ -283,6 +283,19 @@ impl Programs {
         }
     }
 
+    /// Each (what, frame, counter): `tc_uplink` (with no XDP attached, so it
+    /// counts what it refuses) hands the frame to the kernel untouched and
+    /// counts it under `counter` alone.
+    pub fn assert_uplink_tc_passes(&self, cases: &[(&str, Vec<u8>, &str)]) {
+        for (what, frame, counter) in cases {
+            let before = self.counters();
+            let (verdict, out) = self.uplink_tc(frame);
+            assert_eq!(verdict, TC_ACT_OK, "{what}");
+            assert_eq!(&out, frame, "{what}: a passed frame must be untouched");
+            assert_counted(&before, &self.counters(), counter);
+        }
+    }
+
     /// Each (what, frame, counter): TC hands the packet to the kernel
     /// untouched and counts it under `counter` alone.
     pub fn assert_tc_passes(&self, cases: &[(&str, Vec<u8>, &str)]) {

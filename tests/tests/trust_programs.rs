@@ -78,16 +78,12 @@ fn vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths() {
         ("outer IPv4 length too short", short, "xdp_pass_bad_length"),
         ("UDP length lies", udp_lies, "xdp_pass_bad_length"),
     ]);
-    // The same checks in tc_uplink (without XDP it counts them).
-    let before = programs.counters();
-    let frame = vxlan_carrying(&inner_from(HOSTGW_POD, VTEP_MAC));
-    let (verdict, out) = programs.uplink_tc(&frame);
-    assert_eq!((verdict, &out), (TC_ACT_OK, &frame));
-    assert_counted(
-        &before,
-        &programs.counters(),
+    // The same checks in tc_uplink.
+    programs.assert_uplink_tc_passes(&[(
+        "inner source in the host-gw peer's subnet",
+        vxlan_carrying(&inner_from(HOSTGW_POD, VTEP_MAC)),
         "xdp_pass_foreign_inner_source",
-    );
+    )]);
     // And the honest frame still goes through: the checks could pass.
     let (verdict, _) = programs.xdp(&good_vxlan());
     assert_eq!(verdict, XDP_REDIRECT);
