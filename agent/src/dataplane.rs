@@ -3,4 +3,5 @@
 pub mod ebpf;
 pub mod fastpath;
 pub mod kernel;
+pub mod maps;
 pub mod pods;

@@ -23,8 +23,9 @@ use crate::{
     config::{BackendConfig, NetworkConfig},
     dataplane::{
         ebpf::{AttachedXdpMode, EbpfDataplane},
-        fastpath::{FastPath, FastPathMaps},
+        fastpath::FastPath,
         kernel::{KernelDataplane, PeerRoute},
+        maps::FastPathMaps,
     },
     endpoints::{self, LocalView},
     http::{self, Readiness},

@@ -10,7 +10,7 @@ use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, PeerMode, progra
 
 use crate::{
     cli::{MapName, MapsArgs, StatusArgs},
-    dataplane::fastpath::FastPathMaps,
+    dataplane::maps::FastPathMaps,
     endpoints,
     lease::MacAddr,
     stats::{self, CounterValue},
