@@ -4,4 +4,5 @@ pub mod ebpf;
 pub mod fastpath;
 pub mod kernel;
 pub mod maps;
+pub mod pod_neighbours;
 pub mod pods;

@@ -44,7 +44,8 @@ pub type BridgePorts = BTreeMap<u32, PodPort>;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LocalView {
     pub ports: BridgePorts,
-    /// The bridge's MAC: the pods' gateway.
+    /// The bridge's ifindex and MAC (the pods' gateway).
+    pub bridge_index: Option<u32>,
     pub gateway_mac: Option<MacAddr>,
     /// Resolved neighbours on the uplink: IPv4 -> MAC.
     pub uplink_neighbours: BTreeMap<Ipv4Addr, MacAddr>,
@@ -174,6 +175,7 @@ pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<Loc
         return Ok(view);
     };
     let bridge_index = bridge_link.header.index;
+    view.bridge_index = Some(bridge_index);
     view.gateway_mac = mac_of(bridge_link);
     view.ports = links
         .iter()

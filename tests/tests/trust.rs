@@ -1,6 +1,7 @@
 //! Only what was verified, on the lab: a pod that forges ARP for other
 //! addresses (a ClusterIP, a pod on another node, a pod on its own node,
-//! its node's address) gains no one's traffic; a pod that sends as another
+//! its node's address) gains no one's traffic, on the fast path or the
+//! kernel path; a pod that sends as another
 //! is left to the kernel path (rp_filter, netfilter); VXLAN a pod sends to
 //! a node's VXLAN port is dropped where it leaves the pod.
 
@@ -178,15 +179,34 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
         "a packet sent as another pod was encapsulated by the fast path"
     );
 
-    // p2 claims p1's address too. The kernel's neighbour table on cni0
-    // takes that as well (as on stock flannel: the kernel path now sends
-    // p1's traffic to p2's MAC); the fast path does not.
+    // p2 claims p1's address too. The agent pinned p1's neighbour entry on
+    // cni0 from p1's own namespace (a permanent entry, which ARP cannot
+    // change), so neither the fast path nor the kernel path sends p1's
+    // traffic to p2.
     claim(p1.ip());
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         endpoints(&lab, 1),
         expected,
         "the forged ARP for a local pod's address changed ENDPOINTS"
+    );
+    let entry = netns::run(
+        &lab.node(1).ns,
+        &["ip", "neigh", "show", p1.ip(), "dev", "cni0"],
+    )
+    .unwrap();
+    assert!(
+        entry.contains(&p1.network.mac) && entry.contains("PERMANENT"),
+        "p1's neighbour entry is not pinned to p1: {entry}"
+    );
+    let p2_before = received(&p2);
+    let answered = lab.ping(&remote, p1.ip(), 5).unwrap();
+    assert!(answered.contains("5 received"), "{answered}");
+    let p1_on_p2 = lab.ping(&p2, p1.ip(), 1).is_ok();
+    assert!(p1_on_p2, "p2 cannot reach p1 (the pinned entry is wrong)");
+    assert!(
+        received(&p2) - p2_before < 5,
+        "the remote pod's pings to p1 arrived at p2"
     );
 }
 

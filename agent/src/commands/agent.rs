@@ -186,7 +186,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     };
     take_subnet(&kernel, &args, &config, own, mtu).await?;
     if let Some(fast_path) = fast_path.as_mut() {
-        fast_path.set_own_subnet(own);
+        fast_path.set_own_subnet(own).await;
     }
     let renew_margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
     let renew_every = LEASE_TTL
@@ -268,7 +268,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                         own = subnet;
                         take_subnet(&kernel, &args, &config, own, mtu).await?;
                         if let Some(fast_path) = fast_path.as_mut() {
-                            fast_path.set_own_subnet(own);
+                            fast_path.set_own_subnet(own).await;
                         }
                     } else {
                         info!(%subnet, "re-acquired our subnet");
@@ -311,7 +311,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             }
             _ = map_audit.tick(), if fast_path.is_some() => {
                 if let Some(fast_path) = fast_path.as_mut() {
-                    fast_path.audit_maps();
+                    fast_path.audit_maps().await;
                 }
             }
             () = ruleset_changed.notified(), if fast_path.is_some() => {

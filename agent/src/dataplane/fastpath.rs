@@ -54,6 +54,7 @@ pub struct FastPath {
     pub programs: super::ebpf::EbpfDataplane,
     pub maps: FastPathMaps,
     pods: LocalPods,
+    handle: rtnetlink::Handle,
     view: LocalView,
     routes: BTreeMap<Ipv4Net, PeerRoute>,
     /// `--strict-vteps` as asked for; CONFIG's flag follows it only while
@@ -81,7 +82,8 @@ impl FastPath {
         let mut fast_path = Self {
             programs,
             maps,
-            pods: LocalPods::new(handle),
+            pods: LocalPods::new(handle.clone()),
+            handle,
             view: Default::default(),
             routes: BTreeMap::new(),
             strict_vteps: config.flags & CONFIG_STRICT_VTEPS != 0,
@@ -131,11 +133,11 @@ impl FastPath {
     pub async fn on_view(&mut self, view: LocalView) {
         self.pods.refresh(&view.ports).await;
         self.programs.reconcile_pod_ports(&view.ports);
-        self.maps.sync_endpoints(&self.pods.endpoints());
         self.config.gateway_mac = view.gateway_mac.map(|mac| mac.0).unwrap_or_default();
         let neighbours_changed = view.uplink_neighbours != self.view.uplink_neighbours
             || view.uplink_routes != self.view.uplink_routes;
         self.view = view;
+        self.sync_local_pods().await;
         if neighbours_changed {
             self.sync_peers();
         }
@@ -143,29 +145,42 @@ impl FastPath {
         self.write_config();
     }
 
+    /// ENDPOINTS, and the pods' pinned neighbour entries on the bridge,
+    /// from the pods' own addresses.
+    async fn sync_local_pods(&mut self) {
+        let pods = self.pods.endpoints();
+        self.maps.sync_endpoints(&pods);
+        if let (Some(bridge), Some(subnet)) = (self.view.bridge_index, self.pods.own_subnet())
+            && let Err(error) =
+                super::pod_neighbours::sync(&self.handle, bridge, &pods, subnet).await
+        {
+            warn!("{error:#}");
+        }
+    }
+
     /// Our lease: local pods are the addresses inside it.
-    pub fn set_own_subnet(&mut self, subnet: Ipv4Net) {
+    pub async fn set_own_subnet(&mut self, subnet: Ipv4Net) {
         self.pods.set_own_subnet(subnet);
-        self.maps.sync_endpoints(&self.pods.endpoints());
+        self.sync_local_pods().await;
     }
 
     /// Reads again the pods whose side could not be read or whose GRO is
     /// not confirmed yet (views arrive only when something changed).
     pub async fn retry_pods(&mut self) {
         self.pods.refresh(&self.view.ports).await;
-        self.maps.sync_endpoints(&self.pods.endpoints());
+        self.sync_local_pods().await;
     }
 
     /// Reads the maps back and rewrites whatever differs from what they
     /// should hold: an entry deleted or changed behind the agent's back
     /// (by hand with bpftool, say) comes back.
-    pub fn audit_maps(&mut self) {
+    pub async fn audit_maps(&mut self) {
         if let Err(error) = self.maps.reload() {
             warn!("cannot read the maps back: {error:#}");
             return;
         }
         self.sync_peers();
-        self.maps.sync_endpoints(&self.pods.endpoints());
+        self.sync_local_pods().await;
         self.write_config();
     }
 

@@ -51,6 +51,10 @@ impl LocalPods {
         }
     }
 
+    pub fn own_subnet(&self) -> Option<Ipv4Net> {
+        self.own_subnet
+    }
+
     /// This node's lease: only addresses inside it are local pods.
     pub fn set_own_subnet(&mut self, subnet: Ipv4Net) {
         self.own_subnet = Some(subnet);

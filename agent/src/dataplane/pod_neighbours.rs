@@ -1,0 +1,142 @@
+//! Pods' neighbour entries on the CNI bridge, pinned from owned state.
+//!
+//! The kernel fills cni0's neighbour table from whatever ARP arrives, and a
+//! pod has CAP_NET_RAW by default: one that claims a neighbour pod's
+//! address receives that pod's kernel-path traffic (on stock flannel as
+//! well). Each local pod's address is pinned here to the MAC of its own
+//! veth end as a permanent entry, which received ARP cannot change. Only
+//! permanent entries inside our lease on the bridge are weft's to touch:
+//! the CNI plugins install none, the kernel's learned ones are never
+//! permanent.
+
+use std::{collections::BTreeMap, net::IpAddr, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result};
+use futures::TryStreamExt as _;
+use ipnet::Ipv4Net;
+use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
+use rtnetlink::Handle;
+
+use super::pods::LocalPod;
+use crate::{
+    lease::MacAddr,
+    net::{neighbour_ip, neighbour_mac},
+};
+
+/// What to change on the bridge: entries to remove (stale or wrong MAC) and
+/// entries to add or replace.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NeighbourPlan {
+    pub remove: Vec<Ipv4Addr>,
+    pub pin: Vec<(Ipv4Addr, MacAddr)>,
+}
+
+/// Compares the bridge's permanent entries inside `own_subnet` with the
+/// pods' own addresses.
+pub fn plan(
+    permanent: &BTreeMap<Ipv4Addr, MacAddr>,
+    pods: &BTreeMap<Ipv4Addr, LocalPod>,
+    own_subnet: Ipv4Net,
+) -> NeighbourPlan {
+    NeighbourPlan {
+        remove: permanent
+            .iter()
+            .filter(|(ip, mac)| {
+                own_subnet.contains(*ip) && pods.get(ip).map(|pod| pod.mac) != Some(**mac)
+            })
+            .map(|(ip, _)| *ip)
+            .collect(),
+        pin: pods
+            .iter()
+            .filter(|(ip, pod)| permanent.get(ip) != Some(&pod.mac))
+            .map(|(ip, pod)| (*ip, pod.mac))
+            .collect(),
+    }
+}
+
+/// Brings the permanent entries on bridge `bridge` in line with `pods`.
+pub async fn sync(
+    handle: &Handle,
+    bridge: u32,
+    pods: &BTreeMap<Ipv4Addr, LocalPod>,
+    own_subnet: Ipv4Net,
+) -> Result<()> {
+    let entries: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("cannot list neighbours")?;
+    let on_bridge_permanent: Vec<&NeighbourMessage> = entries
+        .iter()
+        .filter(|entry| {
+            entry.header.ifindex == bridge && entry.header.state == NeighbourState::Permanent
+        })
+        .collect();
+    let permanent: BTreeMap<Ipv4Addr, MacAddr> = on_bridge_permanent
+        .iter()
+        .filter_map(|entry| Some((neighbour_ip(entry)?, neighbour_mac(entry)?)))
+        .collect();
+    let plan = plan(&permanent, pods, own_subnet);
+    for entry in on_bridge_permanent {
+        if neighbour_ip(entry).is_some_and(|ip| plan.remove.contains(&ip)) {
+            handle
+                .neighbours()
+                .del(entry.clone())
+                .execute()
+                .await
+                .context("cannot remove a pod's neighbour entry")?;
+        }
+    }
+    for (ip, mac) in plan.pin {
+        handle
+            .neighbours()
+            .add(bridge, IpAddr::V4(ip))
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("cannot pin neighbour {ip} -> {mac} on the bridge"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(mac: u8) -> LocalPod {
+        LocalPod {
+            port: 7,
+            mac: MacAddr([2, 0, 0, 0, 0, mac]),
+            xdp_ready: true,
+        }
+    }
+
+    #[test]
+    fn pins_pods_and_removes_only_stale_permanent_entries_inside_the_lease() {
+        let ip = |text: &str| text.parse::<Ipv4Addr>().unwrap();
+        let permanent = BTreeMap::from([
+            (ip("10.244.1.2"), MacAddr([2, 0, 0, 0, 0, 1])), // correct: kept
+            (ip("10.244.1.3"), MacAddr([2, 0, 0, 0, 0, 9])), // wrong MAC
+            (ip("10.244.1.9"), MacAddr([2, 0, 0, 0, 0, 4])), // pod gone
+            (ip("192.168.5.5"), MacAddr([2, 0, 0, 0, 0, 5])), // not ours
+        ]);
+        let pods = BTreeMap::from([
+            (ip("10.244.1.2"), pod(1)),
+            (ip("10.244.1.3"), pod(3)),
+            (ip("10.244.1.4"), pod(4)),
+        ]);
+        let plan = plan(&permanent, &pods, "10.244.1.0/24".parse().unwrap());
+        assert_eq!(plan.remove, [ip("10.244.1.3"), ip("10.244.1.9")]);
+        assert_eq!(
+            plan.pin,
+            [
+                (ip("10.244.1.3"), MacAddr([2, 0, 0, 0, 0, 3])),
+                (ip("10.244.1.4"), MacAddr([2, 0, 0, 0, 0, 4]))
+            ]
+        );
+    }
+}
