@@ -608,7 +608,9 @@ impl Lab {
         self.save()
     }
 
-    /// Waits until the agent on `node` has TC on every pod veth.
+    /// Waits until the agent on `node` has TC on every pod veth and every
+    /// pod in ENDPOINTS (read from the pod's own namespace once its CNI
+    /// plugin has configured its address).
     pub fn wait_pods_attached(&self, node: usize) -> Result<()> {
         let state = &self.state.nodes[node];
         for pod in &state.pods {
@@ -619,7 +621,26 @@ impl Lab {
                 || tc_attached(&state.ns, &veth, weft_common::program_names::TC_POD_EGRESS),
             )?;
         }
-        Ok(())
+        let weft = self.state.weft_bin.display().to_string();
+        let pin_dir = state.pin_dir.display().to_string();
+        wait_for(
+            &format!("every pod of {} in ENDPOINTS", state.ns),
+            Duration::from_secs(10),
+            || {
+                let out = netns::run_host(&[
+                    &weft,
+                    "maps",
+                    "endpoints",
+                    "--json",
+                    "--bpf-pin-dir",
+                    &pin_dir,
+                ])?;
+                Ok(state
+                    .pods
+                    .iter()
+                    .all(|pod| out.contains(&format!("\"{}\"", pod.ip()))))
+            },
+        )
     }
 
     pub fn node(&self, index: usize) -> &NodeState {

@@ -47,9 +47,10 @@ use crate::{
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How often the --ip-masq rules are checked (and restored if changed).
 const MASQ_RECHECK: Duration = Duration::from_secs(5);
-/// How often pods whose side could not be read (or whose GRO is not
-/// confirmed) are tried again.
-const POD_RETRY: Duration = Duration::from_secs(2);
+/// How often pods whose side could not be read, whose GRO is not
+/// confirmed, or that had no address yet are read again (a pod that is
+/// complete costs nothing here).
+const POD_RETRY: Duration = Duration::from_millis(500);
 /// How often the maps are read back and repaired where they differ from
 /// what they should hold.
 const MAP_AUDIT: Duration = Duration::from_secs(10);

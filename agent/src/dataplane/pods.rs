@@ -61,12 +61,21 @@ impl LocalPods {
     }
 
     /// Forgets ports that are gone and reads the pod side of every port not
-    /// read yet, or whose GRO is not confirmed yet.
+    /// read yet, whose GRO is not confirmed yet, or that had no address in
+    /// our lease yet: the CNI plugin plugs the veth into the bridge before
+    /// IPAM configures the pod's address, and the first read can fall in
+    /// between.
     pub async fn refresh(&mut self, ports: &BridgePorts) {
         self.sides.retain(|index, _| ports.contains_key(index));
         self.failing.retain(|index| ports.contains_key(index));
+        let own_subnet = self.own_subnet;
+        let complete = |side: &PodSide| {
+            side.gro_on
+                && own_subnet
+                    .is_some_and(|subnet| side.addresses.iter().any(|ip| subnet.contains(ip)))
+        };
         for (index, port) in ports {
-            if self.sides.get(index).is_some_and(|side| side.gro_on) {
+            if self.sides.get(index).is_some_and(complete) {
                 continue;
             }
             match self.read(port).await {
