@@ -57,6 +57,18 @@ fn host_gw_keeps_every_netfilter_decision() {
     keeps_every_netfilter_decision(spec);
 }
 
+#[test]
+fn host_gw_with_native_xdp_keeps_every_netfilter_decision() {
+    let Some(_guard) = privileged_test("host_gw_with_native_xdp_keeps_every_netfilter_decision")
+    else {
+        return;
+    };
+    let mut spec = LabSpec::new("t-nf-hgxdp", 2, 2);
+    spec.backend = Backend::HostGw;
+    spec.agent_args.push(XDP_NATIVE.to_owned());
+    keeps_every_netfilter_decision(spec);
+}
+
 /// Pods A and C on node 1, B and D on node 2.
 fn keeps_every_netfilter_decision(spec: LabSpec) {
     let host_gw = spec.backend == Backend::HostGw;
