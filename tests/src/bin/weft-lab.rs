@@ -189,9 +189,11 @@ fn demo(name: &str) -> Result<()> {
 
     println!("\n== warm-up: each pod pings its gateway and every other pod once");
     println!(
-        "   (the first packet to a pod or node the agent has not seen yet takes the kernel path;"
+        "   (a flow's first packets take the kernel path, where netfilter decides; the fast path"
     );
-    println!("    the agent learns pods and underlay neighbours from the kernel as traffic flows)");
+    println!(
+        "    then carries only what netfilter passed unchanged: see the *_no_verdict counters)"
+    );
     lab.warm_up()?;
     let flannel_before: Vec<(u64, u64)> = lab
         .state
@@ -252,7 +254,7 @@ fn demo(name: &str) -> Result<()> {
         );
         let after = inspect::packet_counts(&node.ns, "flannel.1")?;
         println!(
-            "  flannel.1 (the kernel path) since the warm-up: {} packets in, {} out",
+            "  flannel.1 (the kernel path: each flow's set-up) since the warm-up: {} packets in, {} out",
             after.0 - before.0,
             after.1 - before.1
         );
