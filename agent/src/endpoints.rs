@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use ipnet::Ipv4Net;
 use netlink_packet_route::{
     link::LinkAttribute,
@@ -128,13 +128,7 @@ async fn follow(bridge: &str, uplink: u32, views: &mpsc::Sender<LocalView>) -> R
 /// The current view (empty pods and ports while the bridge does not exist).
 pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<LocalView> {
     let links = net::links(handle).await?;
-    let neighbours: Vec<NeighbourMessage> = handle
-        .neighbours()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .context("cannot list neighbours")?;
+    let neighbours = net::neighbours(handle).await?;
     let routes = net::main_routes(handle).await?;
     let mut view = LocalView {
         uplink_routes: routes

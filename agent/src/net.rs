@@ -150,6 +150,17 @@ pub async fn links(handle: &Handle) -> Result<Vec<LinkMessage>> {
         .context("cannot list links")
 }
 
+/// Every IPv4 neighbour entry in this namespace.
+pub async fn neighbours(handle: &Handle) -> Result<Vec<NeighbourMessage>> {
+    handle
+        .neighbours()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("cannot list neighbours")
+}
+
 pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {
     Ok(links(handle)
         .await?

@@ -621,24 +621,15 @@ impl Lab {
                 || tc_attached(&state.ns, &veth, weft_common::program_names::TC_POD_EGRESS),
             )?;
         }
-        let weft = self.state.weft_bin.display().to_string();
-        let pin_dir = state.pin_dir.display().to_string();
         wait_for(
             &format!("every pod of {} in ENDPOINTS", state.ns),
             Duration::from_secs(10),
             || {
-                let out = netns::run_host(&[
-                    &weft,
-                    "maps",
-                    "endpoints",
-                    "--json",
-                    "--bpf-pin-dir",
-                    &pin_dir,
-                ])?;
+                let endpoints = self.maps_json(node + 1, "endpoints")?.to_string();
                 Ok(state
                     .pods
                     .iter()
-                    .all(|pod| out.contains(&format!("\"{}\"", pod.ip()))))
+                    .all(|pod| endpoints.contains(&format!("\"{}\"", pod.ip()))))
             },
         )
     }
@@ -684,12 +675,17 @@ impl Lab {
             .with_context(|| format!("{} ({}) cannot reach {to}", from.ns, from.ip()))
     }
 
-    /// `weft maps stats --json` on node `node` (1-based): name -> (packets, bytes).
-    pub fn counters(&self, node: usize) -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
+    /// `weft maps <map> --json` on node `node` (1-based), parsed.
+    pub fn maps_json(&self, node: usize, map: &str) -> Result<serde_json::Value> {
         let weft = self.state.weft_bin.display().to_string();
         let pin_dir = self.node(node).pin_dir.display().to_string();
-        let out = netns::run_host(&[&weft, "maps", "stats", "--json", "--bpf-pin-dir", &pin_dir])?;
-        let counters: serde_json::Value = serde_json::from_str(&out)?;
+        let out = netns::run_host(&[&weft, "maps", map, "--json", "--bpf-pin-dir", &pin_dir])?;
+        serde_json::from_str(&out).with_context(|| format!("weft maps {map} printed no JSON"))
+    }
+
+    /// `weft maps stats --json` on node `node` (1-based): name -> (packets, bytes).
+    pub fn counters(&self, node: usize) -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
+        let counters = self.maps_json(node, "stats")?;
         Ok(counters
             .as_array()
             .into_iter()

@@ -301,12 +301,9 @@ fn assert_services_answer(client_ns: &str, addresses: &[&str], mode: &str) {
 
 /// The ruleset generation in node `node`'s CONFIG (`weft maps config`).
 fn ruleset_generation(lab: &Lab, node: usize) -> u64 {
-    let weft = lab.state.weft_bin.display().to_string();
-    let pin_dir = lab.node(node).pin_dir.display().to_string();
-    let out =
-        netns::run_host(&[&weft, "maps", "config", "--json", "--bpf-pin-dir", &pin_dir]).unwrap();
-    let config: serde_json::Value = serde_json::from_str(&out).unwrap();
-    config["ruleset_generation"].as_u64().unwrap()
+    lab.maps_json(node, "config").unwrap()["ruleset_generation"]
+        .as_u64()
+        .unwrap()
 }
 
 fn pings(lab: &Lab, from: &weft_tests::lab::PodState, to: &str) -> bool {

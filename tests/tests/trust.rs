@@ -37,19 +37,11 @@ fn mac(text: &str) -> [u8; 6] {
 
 /// `weft maps endpoints` on node `node`: address -> host-side veth ifindex.
 fn endpoints(lab: &Lab, node: usize) -> BTreeMap<String, u64> {
-    let weft = lab.state.weft_bin.display().to_string();
-    let pin_dir = lab.node(node).pin_dir.display().to_string();
-    let out = netns::run_host(&[
-        &weft,
-        "maps",
-        "endpoints",
-        "--json",
-        "--bpf-pin-dir",
-        &pin_dir,
-    ])
-    .unwrap();
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-    rows.iter()
+    lab.maps_json(node, "endpoints")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
         .map(|row| {
             (
                 row["ip"].as_str().unwrap().to_owned(),

@@ -12,7 +12,6 @@
 use std::{collections::BTreeMap, net::IpAddr, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
-use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
 use rtnetlink::Handle;
@@ -20,7 +19,7 @@ use rtnetlink::Handle;
 use super::pods::LocalPod;
 use crate::{
     lease::MacAddr,
-    net::{neighbour_ip, neighbour_mac},
+    net::{self, neighbour_ip, neighbour_mac},
 };
 
 /// What to change on the bridge: entries to remove (stale or wrong MAC) and
@@ -61,13 +60,7 @@ pub async fn sync(
     pods: &BTreeMap<Ipv4Addr, LocalPod>,
     own_subnet: Ipv4Net,
 ) -> Result<()> {
-    let entries: Vec<NeighbourMessage> = handle
-        .neighbours()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .context("cannot list neighbours")?;
+    let entries = net::neighbours(handle).await?;
     let on_bridge_permanent: Vec<&NeighbourMessage> = entries
         .iter()
         .filter(|entry| {
