@@ -46,6 +46,28 @@ impl fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
+/// `rustup run nightly cargo <subcommand>` for the eBPF crate's binary on
+/// its target, with `-Z build-std=core` and the flags the object is built
+/// with: `build` makes the object, `clippy` lints exactly that code.
+pub fn nightly_cargo(workspace_root: &Path, subcommand: &str) -> Command {
+    let mut command = Command::new("rustup");
+    command
+        .current_dir(workspace_root)
+        .args(["run", "nightly", "cargo", subcommand, "--quiet"])
+        .args(["--package", PACKAGE, "--bins", "--target", TARGET])
+        .args(["-Z", "build-std=core"])
+        .env("CARGO_ENCODED_RUSTFLAGS", RUSTFLAGS.join("\x1f"))
+        // Set by the stable cargo that runs us; they would pin the nested
+        // cargo to stable (and to the outer build's wrappers).
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("CARGO_TARGET_DIR");
+    command
+}
+
 /// Builds the object from the workspace at `workspace_root` into
 /// `target_dir` and returns its path. `release` picks the cargo profile
 /// (both optimise the eBPF crate: see the workspace Cargo.toml).
@@ -54,23 +76,8 @@ pub fn build(
     target_dir: &Path,
     release: bool,
 ) -> Result<PathBuf, BuildError> {
-    let mut command = Command::new("rustup");
-    command
-        .current_dir(workspace_root)
-        .args(["run", "nightly", "cargo", "build", "--quiet"])
-        .args(["--package", PACKAGE, "--bins", "--target", TARGET])
-        .args(["-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", RUSTFLAGS.join("\x1f"))
-        // Set by the stable cargo that runs us; they would pin the nested
-        // build to stable (and to the outer build's wrappers).
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO")
-        .env_remove("CARGO_TARGET_DIR");
+    let mut command = nightly_cargo(workspace_root, "build");
+    command.arg("--target-dir").arg(target_dir);
     if release {
         command.arg("--release");
     }

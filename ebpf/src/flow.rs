@@ -12,10 +12,9 @@ use weft_common::{FlowKey, NodeConfig};
 
 use crate::{
     maps::FLOWS,
-    parse::{IP_MF_OFFSET_MASK, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, ptr_at},
+    parse::{IP_MF_OFFSET_MASK, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, ptr_at},
 };
 
-const IPPROTO_ICMP: u8 = 1;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 /// SYN, FIN and RST open and close connections: conntrack must see them, or

@@ -17,6 +17,7 @@ pub const ENCAP_LEN: usize = IPV4_LEN + UDP_LEN + VXLAN_LEN + ETH_LEN;
 pub const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 pub const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
 pub const ETH_P_8021AD_BE: u16 = 0x88a8u16.to_be();
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// More-fragments flag and fragment offset bits of `frag_off` (big endian bytes).

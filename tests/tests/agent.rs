@@ -211,10 +211,8 @@ fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layout
     delete.extend_from_slice(&key);
     bpftool_map(&delete);
     let listed = |lab: &Lab| {
-        let weft = lab.state.weft_bin.display().to_string();
-        let pins = lab.node(1).pin_dir.display().to_string();
-        let out = netns::run_host(&[&weft, "maps", "peers", "--json", "--bpf-pin-dir", &pins])?;
-        anyhow::Ok(out.contains(&format!("\"{peer_subnet}\"")))
+        let peers = lab.maps_json(1, "peers")?;
+        anyhow::Ok(peers.to_string().contains(&format!("\"{peer_subnet}\"")))
     };
     assert!(!listed(&lab).unwrap(), "bpftool did not delete the entry");
     lab::wait_for(

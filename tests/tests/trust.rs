@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use weft_agent::lease::MacAddr;
 use weft_tests::{
     Lab, LabSpec, inspect,
     lab::{PodState, counter_delta, counters_delta, wait_for},
@@ -28,11 +29,7 @@ fn octets(ip: &str) -> [u8; 4] {
 }
 
 fn mac(text: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|part| u8::from_str_radix(part, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
+    text.parse::<MacAddr>().unwrap().0
 }
 
 /// `weft maps endpoints` on node `node`: address -> host-side veth ifindex.

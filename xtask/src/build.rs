@@ -52,16 +52,10 @@ pub fn lint() -> Result<()> {
         "warnings",
     ]);
     run(clippy, "clippy on the user-space crates")?;
-    let mut ebpf = Command::new("rustup");
-    ebpf.current_dir(workspace_root())
-        .args(["run", "nightly", "cargo", "clippy", "--quiet"])
-        .args(["--package", weft_ebpf_build::PACKAGE, "--bins"])
-        .args(["--target", weft_ebpf_build::TARGET, "-Z", "build-std=core"])
-        .args(["--", "-D", "warnings"])
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("CARGO");
+    let mut ebpf = weft_ebpf_build::nightly_cargo(&workspace_root(), "clippy");
+    ebpf.arg("--target-dir")
+        .arg(target_dir())
+        .args(["--", "-D", "warnings"]);
     run(ebpf, "clippy on the eBPF crate")?;
     println!("lint: rustfmt and clippy clean");
     Ok(())
