@@ -76,12 +76,13 @@ pub fn user_space() -> Result<()> {
 }
 
 /// `cargo test` over every host crate, with the freshly built agent.
-pub fn run_tests(args: &[String]) -> Result<()> {
+pub fn run_tests(args: &[String], flanneld: Option<&Path>) -> Result<()> {
     let mut command = cargo();
     command
         .args(["test", "--workspace", "--exclude", "weft-ebpf"])
         .args(args)
         .env("WEFT_BIN", target_dir().join("debug/weft"));
+    with_flanneld(&mut command, flanneld);
     run(command, "the tests")
 }
 
@@ -101,7 +102,7 @@ pub fn release() -> Result<()> {
     run(command, "building weft and weft-lab (release)")
 }
 
-pub fn run_bench(args: &[String]) -> Result<()> {
+pub fn run_bench(args: &[String], flanneld: Option<&Path>) -> Result<()> {
     let mut command = Command::new(target_dir().join("release/weft-lab"));
     command.arg("bench");
     if !args
@@ -113,15 +114,24 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     command
         .args(args)
         .env("WEFT_BIN", target_dir().join("release/weft"));
+    with_flanneld(&mut command, flanneld);
     run(command, "weft-lab bench")
 }
 
-pub fn run_lab(args: &[String]) -> Result<()> {
+pub fn run_lab(args: &[String], flanneld: Option<&Path>) -> Result<()> {
     let mut command = Command::new(target_dir().join("debug/weft-lab"));
     command
         .args(args)
         .env("WEFT_BIN", target_dir().join("debug/weft"));
+    with_flanneld(&mut command, flanneld);
     run(command, "weft-lab")
+}
+
+/// The lab, the bench and the tests find the reference flanneld here.
+fn with_flanneld(command: &mut Command, flanneld: Option<&Path>) {
+    if let Some(flanneld) = flanneld {
+        command.env(crate::flanneld::BINARY_ENV, flanneld);
+    }
 }
 
 fn cargo() -> Command {

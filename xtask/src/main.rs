@@ -4,6 +4,7 @@
 //! on a fresh machine before anything the eBPF build needs is installed.
 
 mod build;
+mod flanneld;
 mod prereqs;
 
 use std::process::ExitCode;
@@ -20,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what is missing (apt packages, nightly rust-src, bpf-linker), idempotently.
+    /// Install what is missing (apt packages, nightly rust-src, bpf-linker),
+    /// idempotently, and build the reference flanneld if its source is given.
     Setup,
     /// Build the eBPF object and print its path.
     BuildEbpf {
@@ -67,7 +69,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Setup => prereqs::setup(),
+        Command::Setup => {
+            prereqs::setup()?;
+            reference_flanneld().map(drop)
+        }
         Command::BuildEbpf { release } => {
             prereqs::check()?;
             let object = build::ebpf_object(release)?;
@@ -80,24 +85,40 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Test { args } => {
             prereqs::setup()?;
+            let flanneld = reference_flanneld()?;
             build::lint()?;
             build::user_space()?;
-            build::run_tests(&args)
+            build::run_tests(&args, flanneld.as_deref())
         }
         Command::Lab { args } => {
             prereqs::check()?;
+            let flanneld = flanneld::ensure()?;
             build::user_space()?;
-            build::run_lab(&args)
+            build::run_lab(&args, flanneld.as_deref())
         }
         Command::Bench { args } => {
             prereqs::check()?;
+            let flanneld = reference_flanneld()?;
             build::release()?;
-            build::run_bench(&args)
+            build::run_bench(&args, flanneld.as_deref())
         }
         Command::Demo { name } => {
             prereqs::setup()?;
             build::user_space()?;
-            build::run_lab(&["demo".to_owned(), "--name".to_owned(), name])
+            build::run_lab(&["demo".to_owned(), "--name".to_owned(), name], None)
         }
     }
+}
+
+/// The reference flanneld, built on first use; without one, says once what
+/// is skipped and how to provide it.
+fn reference_flanneld() -> Result<Option<std::path::PathBuf>> {
+    let flanneld = flanneld::ensure()?;
+    if flanneld.is_none() {
+        println!(
+            "setup: no reference flanneld: the stock-flannel bench rows and the mixed-cluster tests skip ({})",
+            flanneld::HOW_TO_PROVIDE
+        );
+    }
+    Ok(flanneld)
 }

@@ -15,7 +15,9 @@ use anyhow::{Context as _, Result, bail};
 /// - the lab's real parts: etcd, the CNI plugins, iproute2, nftables and
 ///   iptables (iptables-nft) with conntrack, as a Kubernetes node has them;
 /// - what the tests and the bench drive: bpftool, iperf3, sockperf, ethtool,
-///   tcpdump, ping, openssl (test certificates for etcd TLS).
+///   tcpdump, ping, openssl (test certificates for etcd TLS);
+/// - Go 1.19, which builds the reference flanneld from flannel's source
+///   (`flanneld.rs`), and Prometheus, which the lab runs to scrape the agents.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
@@ -34,6 +36,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "iputils-ping",
     "openssl",
+    "golang-1.19",
+    "prometheus",
 ];
 
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";
@@ -166,6 +170,16 @@ const REQUIREMENTS: &[Requirement] = &[
         what: "openssl",
         works: || succeeds("openssl", &["version"]),
         fix: Fix::Apt("openssl"),
+    },
+    Requirement {
+        what: "Go 1.19 (builds the reference flanneld)",
+        works: || succeeds("/usr/lib/go-1.19/bin/go", &["version"]),
+        fix: Fix::Apt("golang-1.19"),
+    },
+    Requirement {
+        what: "prometheus (the lab's metrics scraper)",
+        works: || succeeds("prometheus", &["--version"]),
+        fix: Fix::Apt("prometheus"),
     },
     Requirement {
         what: "bpffs at /sys/fs/bpf",
