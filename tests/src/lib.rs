@@ -21,6 +21,7 @@ pub mod packets;
 pub mod privileged;
 pub mod process;
 pub mod programs;
+pub mod prometheus;
 pub mod traffic;
 
 pub use lab::{Backend, Dataplane, Lab, LabSpec};
