@@ -1,50 +1,48 @@
 //! `weft agent`: validate inputs, take a subnet lease, program the datapath,
 //! follow the other nodes' leases until SIGTERM/SIGINT.
 //!
-//! The flow is one-way: lease events -> the peer table (desired state) -> the
-//! kernel datapath (and the eBPF dataplane, which follows pod veths).
+//! The flow is one-way. Every input has one handler on [`Agent`]; the ones
+//! that change what the datapath should hold update their input (the
+//! accepted peers, the local view, the own subnet, the ruleset generation)
+//! and call [`Agent::apply`], which computes [`Desired`] (`desired.rs`) and
+//! hands it to both sinks: the kernel writer and the map writer.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+mod own_lease;
+mod startup;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use etcd_client::ConnectOptions;
-use ipnet::Ipv4Net;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::{Notify, mpsc},
-    time::Instant,
 };
-use tracing::{error, info, warn};
-use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, NodeConfig};
+use tracing::{info, warn};
 
+use self::own_lease::{OwnLease, Renewal};
 use crate::{
     bpffs,
     cli::{AgentArgs, DataplaneArg},
     config::{BackendConfig, NetworkConfig},
     dataplane::{
-        ebpf::{AttachedXdpMode, EbpfDataplane},
         fastpath::FastPath,
-        kernel::{KernelDataplane, PeerRoute},
-        maps::FastPathMaps,
+        kernel::{self, KernelDataplane, KernelReport},
+        maps::MapReport,
     },
-    endpoints::{self, LocalView},
+    desired::{self, Desired, Inputs, NodeFacts},
+    endpoints::LocalView,
     http::{self, Readiness},
     lease::{
-        self, LeaseAttrs, MacAddr, VxlanBackendData,
-        acquire::{LEASE_TTL, acquire},
-        peers::{PeerChange, PeerTable},
-        registry::{EtcdOptions, Registry},
+        peers::PeerTable,
+        registry::EtcdOptions,
         validate::LeasePolicy,
         watch::{LeaseEvent, LeaseFollower},
     },
     masq,
-    net::{self, Uplink},
-    subnet_env::{self, SubnetEnv},
-    verdicts,
+    net::{self},
+    subnet_env, verdicts,
 };
 
-/// A failed renewal is retried this often, as flanneld does.
-const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How often the --ip-masq rules are checked (and restored if changed).
 const MASQ_RECHECK: Duration = Duration::from_secs(5);
 /// How often pods whose side could not be read, whose GRO is not
@@ -74,6 +72,232 @@ impl Signals {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// What one [`Agent::apply`] did: the sinks' reports (the map sink's only
+/// with the fast path running).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub unroutable: usize,
+    pub kernel: Option<KernelReport>,
+    pub maps: Option<MapReport>,
+}
+
+/// What one batch of lease events did.
+#[derive(Debug, Default)]
+pub struct LeaseOutcome {
+    /// Changes to the accepted peer set.
+    pub peer_changes: usize,
+    /// Our own lease was lost and acquired again.
+    pub reacquired: bool,
+    pub applied: Applied,
+}
+
+/// The running agent: its inputs, the desired-state inputs, and the sinks.
+pub struct Agent {
+    args: Box<AgentArgs>,
+    config: NetworkConfig,
+    facts: NodeFacts,
+    mtu: u32,
+    own: OwnLease,
+    peers: PeerTable,
+    kernel: KernelDataplane,
+    fast_path: Option<FastPath>,
+    view: LocalView,
+    ruleset_generation: u32,
+    /// A listing has been applied: until then the kernel sink is left
+    /// alone (its first sync removes what no lease explains).
+    listed: bool,
+    /// A local view has arrived: with a listing, CONFIG may go live.
+    viewed: bool,
+    readiness: Readiness,
+}
+
+impl Agent {
+    /// Computes the desired state from the current inputs and makes both
+    /// sinks hold it. The one update path, for listings and events alike.
+    async fn apply(&mut self) -> Applied {
+        let pods = self
+            .fast_path
+            .as_ref()
+            .map(FastPath::pods)
+            .unwrap_or_default();
+        let desired: Desired = desired::compute(&Inputs {
+            node: &self.facts,
+            peers: self.peers.peers(),
+            view: &self.view,
+            pods: &pods,
+            ruleset_generation: self.ruleset_generation,
+            listed: self.listed,
+            viewed: self.viewed,
+        });
+        for (subnet, why) in &desired.unroutable {
+            warn!(%subnet, "{why}; not programming it");
+        }
+        let mut applied = Applied {
+            unroutable: desired.unroutable.len(),
+            ..Applied::default()
+        };
+        if desired.listed {
+            applied.kernel = Some(self.kernel.sync(&desired).await);
+        }
+        if let Some(fast_path) = self.fast_path.as_mut() {
+            applied.maps = Some(fast_path.sync(&desired).await);
+        }
+        applied
+    }
+
+    /// A batch of lease events (a listing of thousands is one batch, so it
+    /// costs one apply).
+    pub async fn on_lease_events(&mut self, events: Vec<LeaseEvent>) -> Result<LeaseOutcome> {
+        let mut outcome = LeaseOutcome::default();
+        let mut lost = false;
+        let mut listed = false;
+        for event in &events {
+            lost |= self.own.is_lost_by(event);
+            if self.own.is_own(event) {
+                continue;
+            }
+            let own = Some(self.own.subnet);
+            outcome.peer_changes += match event {
+                LeaseEvent::Listing(leases) => {
+                    listed = true;
+                    self.peers.resync(leases, own).len()
+                }
+                LeaseEvent::Put {
+                    key,
+                    value,
+                    create_revision,
+                } => self.peers.put(key, value, *create_revision, own).len(),
+                LeaseEvent::Delete { key } => self.peers.delete(key).len(),
+            };
+        }
+        if listed {
+            // A listing replaces all the agent knew: check the kernel again.
+            self.kernel.reread_next_sync();
+            self.listed = true;
+        }
+        if listed || outcome.peer_changes > 0 {
+            outcome.applied = self.apply().await;
+        }
+        if listed && !self.readiness.get() {
+            info!(
+                peers = self.peers.peers().len() - outcome.applied.unroutable,
+                rejected = %rejection_summary(&self.peers),
+                "datapath programmed; ready"
+            );
+            self.readiness.set(true);
+        }
+        if lost {
+            outcome.reacquired = true;
+            if self.own.reacquire(&self.config).await {
+                self.take_subnet().await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The lease is due for renewal.
+    pub async fn on_renew_due(&mut self) -> Renewal {
+        self.own.renew().await
+    }
+
+    /// Makes the own subnet the node's, and the local pods the ones in it.
+    async fn take_subnet(&mut self) -> Result<()> {
+        self.own
+            .take(&self.kernel, &self.args, &self.config, self.mtu)
+            .await?;
+        if let Some(fast_path) = self.fast_path.as_mut() {
+            fast_path.set_own_subnet(self.own.subnet);
+            self.apply().await;
+        }
+        Ok(())
+    }
+
+    /// `--ip-masq`: checks the rules and restores them if they changed;
+    /// returns whether they were (re)applied.
+    pub fn on_masq_check(&mut self) -> bool {
+        let subnet = self.own.subnet;
+        match masq::is_current(&self.config.network, &subnet) {
+            Ok(true) => false,
+            Ok(false) => match masq::apply(&self.config.network, &subnet) {
+                Ok(()) => {
+                    info!(table = masq::TABLE, "masquerade rules (re)applied");
+                    true
+                }
+                Err(error) => {
+                    warn!("{error:#}");
+                    false
+                }
+            },
+            Err(error) => {
+                warn!("{error:#}");
+                false
+            }
+        }
+    }
+
+    /// The kernel's view of pods, ports, uplink neighbours and routes.
+    pub async fn on_view(&mut self, view: LocalView) -> Applied {
+        if let Some(fast_path) = self.fast_path.as_mut() {
+            fast_path.on_view(&view).await;
+        }
+        self.view = view;
+        self.viewed = true;
+        self.apply().await
+    }
+
+    /// Pods not complete yet are read again; the maps follow if they
+    /// changed, and the pods' pinned neighbours are checked either way.
+    pub async fn on_pod_retry(&mut self) -> Option<Applied> {
+        let fast_path = self.fast_path.as_mut()?;
+        if fast_path.retry_pods(&self.view).await {
+            return Some(self.apply().await);
+        }
+        fast_path.pin_pod_neighbours().await;
+        None
+    }
+
+    /// Reads the maps back and repairs whatever differs.
+    pub async fn on_map_audit(&mut self) -> Option<Applied> {
+        let fast_path = self.fast_path.as_mut()?;
+        if let Err(error) = fast_path.reread_maps() {
+            warn!("cannot read the maps back: {error:#}");
+            return None;
+        }
+        Some(self.apply().await)
+    }
+
+    /// The node's nftables ruleset changed: every verdict recorded so far
+    /// is void until netfilter passes the flow again under the new rules.
+    pub async fn on_ruleset_changed(&mut self) -> Applied {
+        self.ruleset_generation = self.ruleset_generation.wrapping_add(1);
+        tracing::debug!(
+            generation = self.ruleset_generation,
+            "nftables ruleset changed; fast-path verdicts voided"
+        );
+        self.apply().await
+    }
+
+    /// SIGTERM/SIGINT: detach the programs; the kernel datapath stays
+    /// programmed, as flanneld leaves it, so pods keep talking while the
+    /// agent restarts.
+    pub fn on_stop(self, signal: &str) {
+        info!("{signal}: detaching");
+        self.readiness.set(false);
+        if let Some(mut fast_path) = self.fast_path {
+            let detached = fast_path.programs.detach_all();
+            info!(
+                attachments = detached,
+                "detached; maps stay pinned in {}",
+                self.args.bpf_pin_dir.display()
+            );
+            // Nothing clears the accept mark without tc_verdict.
+            if let Err(error) = verdicts::remove() {
+                warn!("{error:#}");
+            }
         }
     }
 }
@@ -121,8 +345,8 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     }
     let mut signals = Signals::new()?;
 
-    let (mut registry, config) = tokio::select! {
-        ready = connect_and_read_config(&options, &connect) => ready,
+    let (registry, config) = tokio::select! {
+        ready = startup::connect_and_read_config(&options, &connect) => ready,
         signal = signals.recv() => { info!("{signal} before start-up finished"); return Ok(()) }
     };
     info!(network = %config.network, subnet_len = config.subnet_len, backend = config.backend.type_name(), "network config");
@@ -132,45 +356,34 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         config.clone(),
         uplink.index,
         uplink.public_ip,
-    )
-    .await?;
+    );
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
-    let attrs = LeaseAttrs {
-        public_ip: uplink.public_ip,
-        public_ipv6: None,
-        backend_type: config.backend.type_name().to_owned(),
-        backend_data: match (&config.backend, vxlan) {
-            (BackendConfig::Vxlan { vni, .. }, Some(device)) => Some(VxlanBackendData {
-                vni: *vni,
-                vtep_mac: device.mac,
-            }),
-            _ => None,
-        },
-    };
-    let mtu = match &config.backend {
-        BackendConfig::Vxlan { mtu, .. } => mtu.unwrap_or(uplink.mtu - 50),
-        BackendConfig::HostGw => uplink.mtu,
-    };
+    let attrs = startup::lease_attrs(&uplink, &config, vxlan);
+    let uplink_prefixes = kernel::ipv4_prefixes(&handle, uplink.index).await?;
+    let mut facts = startup::node_facts(&uplink, &config, uplink_prefixes, vxlan, &args);
 
     let mut fast_path = None;
+    let mut ruleset_generation = 0;
     let (views_tx, mut views_rx) = mpsc::channel::<LocalView>(8);
     let ruleset_changed = Arc::new(Notify::new());
     if ebpf_enabled {
-        let node = node_config(&uplink, &config, vxlan.map(|device| device.mac), &args);
         let vxlan_name = match config.backend {
             BackendConfig::Vxlan { vni, .. } => Some(KernelDataplane::vxlan_name(vni)),
             BackendConfig::HostGw => None,
         };
-        match start_fast_path(
+        match startup::start_fast_path(
             &args,
             &uplink,
             vxlan_name.as_deref(),
-            node,
+            &mut facts,
             handle.clone(),
             views_tx,
             ruleset_changed.clone(),
         ) {
-            Ok(started) => fast_path = Some(started),
+            Ok(started) => {
+                ruleset_generation = started.ruleset_generation;
+                fast_path = Some(started.fast_path);
+            }
             Err(error) if args.dataplane == DataplaneArg::Auto => {
                 warn!(
                     "the eBPF fast path cannot start: {error:#}; running the kernel datapath only"
@@ -181,244 +394,51 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     }
 
     let previous_subnet = previous.as_ref().map(|env| env.subnet.trunc());
-    let mut own = tokio::select! {
-        subnet = acquire_until_done(&mut registry, &config, &attrs, previous_subnet) => subnet,
+    let own = tokio::select! {
+        own = OwnLease::acquire(registry.clone(), &config, attrs, previous_subnet, args.subnet_lease_renew_margin) => own,
         signal = signals.recv() => { info!("{signal} before a lease was acquired"); return Ok(()) }
     };
-    take_subnet(&kernel, &args, &config, own, mtu).await?;
-    if let Some(fast_path) = fast_path.as_mut() {
-        fast_path.set_own_subnet(own).await;
-    }
-    let renew_margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
-    let renew_every = LEASE_TTL
-        .saturating_sub(renew_margin)
-        .max(Duration::from_secs(60));
-    let mut renew_at = Instant::now() + renew_every;
-
-    let mut masq_check = tokio::time::interval(MASQ_RECHECK);
-    let mut pod_retry = tokio::time::interval(POD_RETRY);
-    let mut map_audit = tokio::time::interval(MAP_AUDIT);
-    let mut follower = LeaseFollower::new(registry.clone());
-    let mut peers = PeerTable::new(LeasePolicy::new(
+    let peers = PeerTable::new(LeasePolicy::new(
         &config,
         uplink.public_ip,
         vxlan.map(|device| device.mac),
     ));
-    let mut programmed: BTreeMap<Ipv4Net, PeerRoute> = BTreeMap::new();
+    let mut agent = Agent {
+        mtu: desired::overlay_mtu(&config, uplink.mtu),
+        args,
+        config,
+        facts,
+        own,
+        peers,
+        kernel,
+        fast_path,
+        view: LocalView::default(),
+        ruleset_generation,
+        listed: false,
+        viewed: false,
+        readiness,
+    };
+    agent.take_subnet().await?;
+
+    let mut masq_check = tokio::time::interval(MASQ_RECHECK);
+    let mut pod_retry = tokio::time::interval(POD_RETRY);
+    let mut map_audit = tokio::time::interval(MAP_AUDIT);
+    let mut follower = LeaseFollower::new(registry);
+    let ip_masq = agent.args.ip_masq;
+    let fast = agent.fast_path.is_some();
     let stop = loop {
         tokio::select! {
-            events = follower.next() => {
-                let own_key = lease::key(registry.prefix(), &own);
-                let mut reacquire = false;
-                // The fast path follows once per batch, not once per event:
-                // a listing of thousands of leases arrives as one batch.
-                let mut routes_changed = false;
-                for event in events {
-                    match event {
-                        LeaseEvent::Listing(leases) => {
-                            if !leases.iter().any(|lease| lease.key == own_key) {
-                                warn!(key = %own_key, "our lease is gone from etcd");
-                                reacquire = true;
-                            }
-                            peers.resync(&leases, Some(own));
-                            programmed = plan_all(&kernel, peers.peers());
-                            if let Err(error) = kernel.reconcile(&programmed).await {
-                                warn!("cannot reconcile the kernel datapath: {error:#}");
-                            }
-                            routes_changed = true;
-                            if !readiness.get() {
-                                info!(
-                                    peers = programmed.len(),
-                                    rejected = %rejection_summary(&peers),
-                                    "datapath programmed; ready"
-                                );
-                                readiness.set(true);
-                            }
-                        }
-                        LeaseEvent::Put { key, value, .. } if key == own_key => {
-                            if LeaseAttrs::from_json(&value).ok().as_ref() != Some(&attrs) {
-                                warn!(%key, "our lease was overwritten by someone else");
-                                reacquire = true;
-                            }
-                        }
-                        LeaseEvent::Delete { key } if key == own_key => {
-                            warn!(%key, "our lease was deleted");
-                            reacquire = true;
-                        }
-                        LeaseEvent::Put { key, value, create_revision } => {
-                            for change in peers.put(&key, &value, create_revision, Some(own)) {
-                                apply(&kernel, &mut programmed, change).await;
-                                routes_changed = true;
-                            }
-                        }
-                        LeaseEvent::Delete { key } => {
-                            for change in peers.delete(&key) {
-                                apply(&kernel, &mut programmed, change).await;
-                                routes_changed = true;
-                            }
-                        }
-                    }
-                }
-                if routes_changed && let Some(fast_path) = fast_path.as_mut() {
-                    fast_path.on_routes(&programmed);
-                }
-                if reacquire {
-                    let subnet = acquire_until_done(&mut registry, &config, &attrs, Some(own)).await;
-                    if subnet != own {
-                        warn!(old = %own, new = %subnet, "re-acquired a different subnet; pods on the old one need restarting");
-                        own = subnet;
-                        take_subnet(&kernel, &args, &config, own, mtu).await?;
-                        if let Some(fast_path) = fast_path.as_mut() {
-                            fast_path.set_own_subnet(own).await;
-                        }
-                    } else {
-                        info!(%subnet, "re-acquired our subnet");
-                    }
-                    renew_at = Instant::now() + renew_every;
-                }
-            }
-            () = tokio::time::sleep_until(renew_at) => {
-                match registry.renew(&own, &attrs, LEASE_TTL).await {
-                    Ok(()) => {
-                        info!(subnet = %own, "lease renewed");
-                        renew_at = Instant::now() + renew_every;
-                    }
-                    Err(error) => {
-                        warn!("{error:#}; retrying in a minute");
-                        renew_at = Instant::now() + RENEW_RETRY;
-                    }
-                }
-            }
-            _ = masq_check.tick(), if args.ip_masq => {
-                let own_subnet = own;
-                match masq::is_current(&config.network, &own_subnet) {
-                    Ok(true) => {}
-                    Ok(false) => match masq::apply(&config.network, &own_subnet) {
-                        Ok(()) => info!(table = masq::TABLE, "masquerade rules (re)applied"),
-                        Err(error) => warn!("{error:#}"),
-                    },
-                    Err(error) => warn!("{error:#}"),
-                }
-            }
-            Some(view) = views_rx.recv() => {
-                if let Some(fast_path) = fast_path.as_mut() {
-                    fast_path.on_view(view).await;
-                }
-            }
-            _ = pod_retry.tick(), if fast_path.is_some() => {
-                if let Some(fast_path) = fast_path.as_mut() {
-                    fast_path.retry_pods().await;
-                }
-            }
-            _ = map_audit.tick(), if fast_path.is_some() => {
-                if let Some(fast_path) = fast_path.as_mut() {
-                    fast_path.audit_maps().await;
-                }
-            }
-            () = ruleset_changed.notified(), if fast_path.is_some() => {
-                if let Some(fast_path) = fast_path.as_mut() {
-                    fast_path.on_ruleset_changed();
-                }
-            }
+            events = follower.next() => { agent.on_lease_events(events).await?; }
+            () = tokio::time::sleep_until(agent.own.renew_at) => { agent.on_renew_due().await; }
+            _ = masq_check.tick(), if ip_masq => { agent.on_masq_check(); }
+            Some(view) = views_rx.recv() => { agent.on_view(view).await; }
+            _ = pod_retry.tick(), if fast => { agent.on_pod_retry().await; }
+            _ = map_audit.tick(), if fast => { agent.on_map_audit().await; }
+            () = ruleset_changed.notified(), if fast => { agent.on_ruleset_changed().await; }
             signal = signals.recv() => break signal,
         }
     };
-    info!("{stop}: detaching");
-    readiness.set(false);
-    if let Some(mut fast_path) = fast_path {
-        let detached = fast_path.programs.detach_all();
-        info!(
-            attachments = detached,
-            "detached; maps stay pinned in {}",
-            args.bpf_pin_dir.display()
-        );
-        // Nothing clears the accept mark without tc_verdict.
-        if let Err(error) = verdicts::remove() {
-            warn!("{error:#}");
-        }
-    }
-    // The kernel datapath stays programmed, as flanneld leaves it: pods keep
-    // talking while the agent restarts.
-    Ok(())
-}
-
-/// Connects to etcd and reads a valid network config, retrying (and saying
-/// why) until both work.
-async fn connect_and_read_config(
-    options: &EtcdOptions,
-    connect: &ConnectOptions,
-) -> (Registry, NetworkConfig) {
-    let mut last_error = String::new();
-    loop {
-        let attempt = async {
-            let mut registry = Registry::connect(options, connect).await?;
-            let key = registry.config_key();
-            let text = registry
-                .config()
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("{key}: no network config yet"))?;
-            let config = NetworkConfig::parse(&text).with_context(|| key.clone())?;
-            anyhow::Ok((registry, config))
-        };
-        match attempt.await {
-            Ok(ready) => return ready,
-            Err(error) => {
-                let message = format!("{error:#}");
-                if message != last_error {
-                    error!("{message}; retrying");
-                    last_error = message;
-                }
-                tokio::time::sleep(STARTUP_RETRY).await;
-            }
-        }
-    }
-}
-
-async fn acquire_until_done(
-    registry: &mut Registry,
-    config: &NetworkConfig,
-    attrs: &LeaseAttrs,
-    previous: Option<Ipv4Net>,
-) -> Ipv4Net {
-    loop {
-        match acquire(registry, config, attrs, previous).await {
-            Ok((subnet, reason)) => {
-                info!(%subnet, ?reason, "lease acquired");
-                return subnet;
-            }
-            Err(error) => {
-                error!("cannot acquire a subnet lease: {error:#}; retrying");
-                tokio::time::sleep(STARTUP_RETRY).await;
-            }
-        }
-    }
-}
-
-/// Makes `subnet` this node's: the VXLAN device address and subnet.env.
-async fn take_subnet(
-    kernel: &KernelDataplane,
-    args: &AgentArgs,
-    config: &NetworkConfig,
-    subnet: Ipv4Net,
-    mtu: u32,
-) -> Result<()> {
-    kernel.set_vxlan_address(&subnet).await?;
-    let gateway = Ipv4Net::new(
-        subnet.hosts().next().unwrap_or(subnet.network()),
-        subnet.prefix_len(),
-    )?;
-    let env = SubnetEnv {
-        network: config.network,
-        subnet: gateway,
-        mtu,
-        ipmasq: args.ip_masq,
-    };
-    if args.ip_masq {
-        masq::apply(&config.network, &subnet)?;
-        info!(table = masq::TABLE, "masquerade rules applied");
-    }
-    subnet_env::write_atomic(&args.subnet_file, &env)?;
-    info!(file = %args.subnet_file.display(), subnet = %gateway, "subnet.env written");
+    agent.on_stop(stop);
     Ok(())
 }
 
@@ -434,146 +454,4 @@ fn rejection_summary(peers: &PeerTable) -> String {
     } else {
         counts.join(",")
     }
-}
-
-fn plan_all(
-    kernel: &KernelDataplane,
-    peers: &BTreeMap<Ipv4Net, LeaseAttrs>,
-) -> BTreeMap<Ipv4Net, PeerRoute> {
-    peers
-        .iter()
-        .filter_map(|(subnet, attrs)| match kernel.plan(*subnet, attrs) {
-            Ok(route) => Some((*subnet, route)),
-            Err(error) => {
-                warn!("{error:#}; not programming it");
-                None
-            }
-        })
-        .collect()
-}
-
-async fn apply(
-    kernel: &KernelDataplane,
-    programmed: &mut BTreeMap<Ipv4Net, PeerRoute>,
-    change: PeerChange,
-) {
-    match change {
-        PeerChange::Upsert { subnet, attrs } => {
-            let route = match kernel.plan(subnet, &attrs) {
-                Ok(route) => route,
-                Err(error) => {
-                    warn!("{error:#}; not programming it");
-                    return;
-                }
-            };
-            if let Some(old) = programmed.get(&subnet).filter(|old| **old != route)
-                && let Err(error) = kernel.remove_peer(old).await
-            {
-                warn!(%subnet, "{error:#}");
-            }
-            match kernel.add_peer(&route).await {
-                Ok(()) => {
-                    info!(%subnet, public_ip = %attrs.public_ip, "peer programmed");
-                    programmed.insert(subnet, route);
-                }
-                Err(error) => warn!(%subnet, "{error:#}"),
-            }
-        }
-        PeerChange::Remove { subnet, .. } => {
-            if let Some(old) = programmed.remove(&subnet) {
-                match kernel.remove_peer(&old).await {
-                    Ok(()) => info!(%subnet, "peer removed"),
-                    Err(error) => warn!(%subnet, "{error:#}"),
-                }
-            }
-        }
-    }
-}
-
-/// CONFIG[0] for this node; the gateway MAC follows once cni0 exists.
-fn node_config(
-    uplink: &Uplink,
-    config: &NetworkConfig,
-    vtep_mac: Option<MacAddr>,
-    args: &AgentArgs,
-) -> NodeConfig {
-    let (vni, port) = match config.backend {
-        BackendConfig::Vxlan { vni, port, .. } => (vni, port),
-        BackendConfig::HostGw => (0, 0),
-    };
-    NodeConfig {
-        node_ip: uplink.public_ip.octets(),
-        uplink_ifindex: uplink.index,
-        vni,
-        vxlan_port_be: port.to_be(),
-        uplink_mac: uplink.mac.0,
-        vtep_mac: vtep_mac.map(|mac| mac.0).unwrap_or_default(),
-        gateway_mac: [0; 6],
-        uplink_mtu: uplink.mtu,
-        flags: (if args.strict_vteps {
-            CONFIG_STRICT_VTEPS
-        } else {
-            0
-        }) | (if args.bulk_tcp_via_gro {
-            CONFIG_BULK_TCP_VIA_GRO
-        } else {
-            0
-        }),
-        accept_mark: args.accept_mark,
-        // Set from the pinned CONFIG when the fast path starts.
-        ruleset_generation: 0,
-        verdict_ttl_ns: args.verdict_ttl_ms * 1_000_000,
-    }
-}
-
-/// Loads and attaches the programs, writes CONFIG, installs the nftables
-/// rule that tells the fast path what netfilter passed, and starts following
-/// the node's pods, neighbours and ruleset.
-fn start_fast_path(
-    args: &AgentArgs,
-    uplink: &Uplink,
-    vxlan_device: Option<&str>,
-    node: NodeConfig,
-    handle: rtnetlink::Handle,
-    views: mpsc::Sender<LocalView>,
-    ruleset_changed: Arc<Notify>,
-) -> Result<FastPath> {
-    let mut programs = EbpfDataplane::load(&args.bpf_pin_dir)?;
-    let mut maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
-    // Verdicts recorded before this start (pinned FLOWS) were not followed
-    // by this agent's ruleset watch: a new generation voids them.
-    let mut node = node;
-    node.ruleset_generation = maps.cached_config().ruleset_generation.wrapping_add(1);
-    // Dormant until the maps hold this run's leases and pods (FastPath
-    // goes live then): a previous run's pinned entries may be stale.
-    maps.set_config(NodeConfig {
-        ruleset_generation: node.ruleset_generation,
-        ..NodeConfig::default()
-    })?;
-    // Record verdicts before anything is fast-pathed: where kernel-path
-    // packets leave the node's netfilter (pod veths follow as they appear).
-    programs.attach_verdicts(&uplink.name)?;
-    if let Some(device) = vxlan_device {
-        programs.attach_verdicts(device)?;
-    }
-    let mode = programs.attach_uplink(uplink, args.xdp_mode)?;
-    info!(iface = %uplink.name, xdp = ?mode, veth = uplink.is_veth, "uplink programs attached");
-    // TC on the uplink counts what XDP would have counted when XDP is off.
-    if mode != AttachedXdpMode::Off {
-        node.flags |= CONFIG_UPLINK_XDP;
-    }
-    verdicts::watch_ruleset(ruleset_changed)?;
-    verdicts::install(args.accept_mark)?;
-    if verdicts::make_tcp_tracking_liberal()? {
-        info!(
-            "net.netfilter.nf_conntrack_tcp_be_liberal set to 1: conntrack does not see fast-pathed TCP segments"
-        );
-    }
-    info!(
-        table = verdicts::TABLE,
-        mark = format_args!("{:#x}", args.accept_mark),
-        "netfilter verdict rule installed; the fast path takes only flows it marks"
-    );
-    tokio::spawn(endpoints::watch(args.bridge.clone(), uplink.index, views));
-    Ok(FastPath::new(programs, maps, handle, node))
 }
