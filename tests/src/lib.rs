@@ -7,7 +7,6 @@
 // one target, and the lint checks the library too.
 use clap as _;
 
-pub mod bench;
 pub mod cni;
 pub mod echo;
 pub mod etcd;
@@ -24,5 +23,5 @@ pub mod programs;
 pub mod prometheus;
 pub mod traffic;
 
-pub use lab::{Backend, Dataplane, Lab, LabSpec};
+pub use lab::{Backend, Dataplane, Lab, LabSpec, NodeId};
 pub use privileged::privileged_test;

@@ -86,7 +86,7 @@ pub fn run_tests(args: &[String], flanneld: Option<&Path>) -> Result<()> {
     run(command, "the tests")
 }
 
-/// Release builds of the agent and the lab CLI, for benchmarks: the
+/// Release builds of the agent and the bench CLI, for benchmarks: the
 /// control plane is measured as users run it.
 pub fn release() -> Result<()> {
     let mut command = cargo();
@@ -96,15 +96,14 @@ pub fn release() -> Result<()> {
         "--package",
         "weft-agent",
         "--package",
-        "weft-tests",
+        "weft-bench",
         "--bins",
     ]);
-    run(command, "building weft and weft-lab (release)")
+    run(command, "building weft and weft-bench (release)")
 }
 
 pub fn run_bench(args: &[String], flanneld: Option<&Path>) -> Result<()> {
-    let mut command = Command::new(target_dir().join("release/weft-lab"));
-    command.arg("bench");
+    let mut command = Command::new(target_dir().join("release/weft-bench"));
     if !args
         .iter()
         .any(|arg| arg == "--out" || arg.starts_with("--out="))
@@ -115,7 +114,7 @@ pub fn run_bench(args: &[String], flanneld: Option<&Path>) -> Result<()> {
         .args(args)
         .env("WEFT_BIN", target_dir().join("release/weft"));
     with_flanneld(&mut command, flanneld);
-    run(command, "weft-lab bench")
+    run(command, "weft-bench")
 }
 
 pub fn run_lab(args: &[String], flanneld: Option<&Path>) -> Result<()> {
