@@ -56,6 +56,31 @@ pub fn privileged_test(test: &str) -> Option<PrivilegedGuard> {
     Some(PrivilegedGuard { _lock: lock })
 }
 
+/// The reference flanneld (`$WEFT_FLANNELD`, which `cargo xtask test` sets
+/// to the flanneld it built from flannel's source) for tests that run stock
+/// flanneld; `None` after saying so loudly where there is none, a failure
+/// where `WEFT_REQUIRE_PRIVILEGED=1` (CI) forbids skipping.
+pub fn reference_flanneld(test: &str) -> Option<std::path::PathBuf> {
+    if let Some(flanneld) = crate::lab::reference_flanneld() {
+        assert!(
+            flanneld.is_file(),
+            "{test}: WEFT_FLANNELD={} does not exist",
+            flanneld.display()
+        );
+        return Some(flanneld);
+    }
+    let required = std::env::var(REQUIRE_PRIVILEGED).is_ok_and(|value| value == "1");
+    assert!(
+        !required,
+        "{test} needs the reference flanneld and none was given; set WEFT_FLANNELD, or \
+         WEFT_FLANNEL_SOURCE for `cargo xtask test` to build it ({REQUIRE_PRIVILEGED}=1 forbids skipping)"
+    );
+    eprintln!(
+        "\n*** SKIPPED {test}: no reference flanneld (set WEFT_FLANNELD, or WEFT_FLANNEL_SOURCE for `cargo xtask test`). ***\n"
+    );
+    None
+}
+
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
 pub fn ensure_bpffs() {
     let mounted = nix::sys::statfs::statfs(BPFFS)

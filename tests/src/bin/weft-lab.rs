@@ -8,13 +8,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec, NodeId,
-    host::HostSnapshot,
-    inspect,
-    lab::{self, default_weft_bin},
-    netns,
-    privileged::ensure_bpffs,
-    traffic,
+    Backend, Dataplane, Lab, LabSpec, NodeId, host::HostSnapshot, inspect, lab, netns,
+    privileged::ensure_bpffs, traffic,
 };
 
 #[derive(Parser)]
@@ -63,6 +58,26 @@ struct UpArgs {
     /// The weft binary the nodes run (default: $WEFT_BIN or target/debug/weft).
     #[arg(long)]
     weft_bin: Option<PathBuf>,
+    /// Which agent every node runs: weft (with --dataplane), or stock flanneld.
+    #[arg(long, value_enum, default_value_t = AgentArg::Weft)]
+    agent: AgentArg,
+    /// Nodes (1-based, comma-separated) that run stock flanneld whatever
+    /// --agent says: a mixed cluster.
+    #[arg(long, value_delimiter = ',')]
+    flanneld_nodes: Vec<usize>,
+    /// The flanneld binary (default: $WEFT_FLANNELD, which `cargo xtask`
+    /// sets to the reference flanneld it built).
+    #[arg(long)]
+    flanneld: Option<PathBuf>,
+    /// Run a real Prometheus in the underlay that scrapes every weft agent.
+    #[arg(long)]
+    prometheus: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum AgentArg {
+    Weft,
+    Flanneld,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,27 +112,7 @@ fn run(cli: Cli) -> Result<()> {
     ensure_bpffs();
     match cli.command {
         Command::Up(args) => {
-            let spec = LabSpec {
-                name: args.name,
-                nodes: args.nodes,
-                pods_per_node: args.pods_per_node,
-                backend: match args.backend {
-                    BackendArg::Vxlan => Backend::Vxlan,
-                    BackendArg::HostGw => Backend::HostGw,
-                },
-                dataplane: match args.dataplane {
-                    DataplaneArg::Ebpf => Dataplane::Ebpf,
-                    DataplaneArg::Kernel => Dataplane::Kernel,
-                    DataplaneArg::Floor => Dataplane::Floor,
-                },
-                node_dataplanes: Vec::new(),
-                weft_bin: args.weft_bin.unwrap_or_else(default_weft_bin),
-                preset_subnet_env: None,
-                ip_masq: args.ip_masq,
-                agent_args: Vec::new(),
-                network_config: None,
-                second_segment_from: None,
-            };
+            let spec = up_spec(args)?;
             let state = Lab::up(&spec)?.keep();
             print!("{}", lab::status(&state.name)?);
             println!(
@@ -137,6 +132,48 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(NameArg { name }) => demo(&name),
     }
+}
+
+fn up_spec(args: UpArgs) -> Result<LabSpec> {
+    let weft_dataplane = match args.dataplane {
+        DataplaneArg::Ebpf => Dataplane::Ebpf,
+        DataplaneArg::Kernel => Dataplane::Kernel,
+        DataplaneArg::Floor => Dataplane::Floor,
+    };
+    let dataplane = match args.agent {
+        AgentArg::Weft => weft_dataplane,
+        AgentArg::Flanneld => Dataplane::Flanneld,
+    };
+    let mut node_dataplanes = Vec::new();
+    for &node in &args.flanneld_nodes {
+        anyhow::ensure!(
+            (1..=args.nodes).contains(&node),
+            "--flanneld-nodes {node}: the lab has nodes 1..={}",
+            args.nodes
+        );
+        anyhow::ensure!(
+            dataplane != Dataplane::Floor,
+            "--flanneld-nodes: a floor lab runs no agents"
+        );
+        node_dataplanes.resize(args.nodes, dataplane);
+        node_dataplanes[node - 1] = Dataplane::Flanneld;
+    }
+    let mut spec = LabSpec::new(&args.name, args.nodes, args.pods_per_node);
+    spec.backend = match args.backend {
+        BackendArg::Vxlan => Backend::Vxlan,
+        BackendArg::HostGw => Backend::HostGw,
+    };
+    spec.dataplane = dataplane;
+    spec.node_dataplanes = node_dataplanes;
+    if let Some(weft) = args.weft_bin {
+        spec.weft_bin = weft;
+    }
+    if let Some(flanneld) = args.flanneld {
+        spec.flanneld_bin = Some(flanneld);
+    }
+    spec.ip_masq = args.ip_masq;
+    spec.prometheus = args.prometheus;
+    Ok(spec)
 }
 
 fn demo(name: &str) -> Result<()> {

@@ -1,4 +1,5 @@
-//! Starting, stopping and watching each node's weft agent.
+//! Starting, stopping and watching each node's agent: weft, or stock
+//! flanneld on [`Dataplane::Flanneld`] nodes.
 
 use std::{fs, time::Duration};
 
@@ -9,9 +10,13 @@ use weft_agent::subnet_env;
 use super::{Dataplane, Lab, NodeId, UPLINK, wait_for};
 use crate::{netns, process};
 
-/// Where each node's agent serves /healthz and /readyz (inside the node
-/// namespace, so every node can use the same port).
+/// Where each node's agent serves /healthz, /readyz and /metrics (on every
+/// address of the node namespace, so the lab's Prometheus in the underlay
+/// reaches it; every node can use the same port).
 pub const HEALTHZ_PORT: u16 = 10256;
+
+/// What flanneld logs once its backend runs and it follows peer leases.
+const FLANNELD_RUNNING: &str = "watching for new subnet leases";
 
 /// The agent argument that puts XDP on the lab's (veth) uplinks, which
 /// `--xdp-mode auto` leaves to TC alone.
@@ -28,6 +33,9 @@ impl Lab {
     }
 
     pub(super) fn spawn_agent(&mut self, node: NodeId) -> Result<u32> {
+        if self.node(node).dataplane == Dataplane::Flanneld {
+            return self.spawn_flanneld(node);
+        }
         let weft = self.state.weft_bin.display().to_string();
         ensure!(
             self.state.weft_bin.exists(),
@@ -49,7 +57,7 @@ impl Lab {
             ])
             .args([
                 "--healthz-ip",
-                "127.0.0.1",
+                "0.0.0.0",
                 "--healthz-port",
                 &HEALTHZ_PORT.to_string(),
             ])
@@ -70,13 +78,42 @@ impl Lab {
         Ok(pid)
     }
 
+    /// flanneld with the flags weft gets: etcd, `--iface`, `--subnet-file`,
+    /// `--ip-masq`, its health endpoint on the same port.
+    fn spawn_flanneld(&mut self, node: NodeId) -> Result<u32> {
+        let flanneld = self
+            .state
+            .flanneld_bin
+            .clone()
+            .ok_or_else(|| anyhow!("lab {} has no flanneld binary", self.state.name))?;
+        let run_dir = self.state.run_dir.clone();
+        let etcd_endpoint = self.state.etcd_endpoint.clone();
+        let ip_masq = self.state.ip_masq;
+        let state = self.node_mut(node);
+        let mut command = netns::command(&state.ns, &flanneld.display().to_string())?;
+        command
+            .args(["--iface", UPLINK, "--etcd-endpoints", &etcd_endpoint])
+            .arg(format!("--subnet-file={}", state.subnet_file.display()))
+            .args(["--healthz-ip", "127.0.0.1", "--healthz-port"])
+            .arg(HEALTHZ_PORT.to_string());
+        if ip_masq {
+            command.arg("--ip-masq");
+        }
+        let log = run_dir.join(&state.ns).join("agent.log");
+        let pid_file = state.agent_pid_file(&run_dir);
+        let pid = process::spawn_daemon(command, &log, &pid_file)?;
+        state.agent_log = Some(log);
+        self.save()?;
+        Ok(pid)
+    }
+
     pub(super) fn wait_agent_ready(&mut self, node: NodeId) -> Result<()> {
         let run_dir = self.state.run_dir.clone();
         let state = self.node_mut(node);
         let pid_file = state.agent_pid_file(&run_dir);
         let log = state.agent_log.clone().unwrap_or_default();
         let ns = state.ns.clone();
-        let ebpf = state.dataplane == Dataplane::Ebpf;
+        let dataplane = state.dataplane;
         wait_for(
             &format!("the agent on {ns} to be ready"),
             Duration::from_secs(30),
@@ -84,10 +121,20 @@ impl Lab {
                 if process::running_pid(&pid_file).is_none() {
                     bail!("the agent on {ns} exited:\n{}", process::log_tail(&log, 20));
                 }
-                // The agent attaches the uplink programs (TC in every
-                // `--xdp-mode`, then XDP if any) before it turns ready.
-                Ok(agent_ready(&ns)?
-                    && (!ebpf || tc_attached(&ns, UPLINK, weft_common::program_names::TC_UPLINK)?))
+                Ok(match dataplane {
+                    // flanneld has no /readyz: it is ready once its backend
+                    // follows peer leases (after writing subnet.env).
+                    Dataplane::Flanneld => {
+                        fs::read_to_string(&log).is_ok_and(|text| text.contains(FLANNELD_RUNNING))
+                    }
+                    // weft attaches the uplink programs (TC in every
+                    // `--xdp-mode`, then XDP if any) before it turns ready.
+                    Dataplane::Ebpf => {
+                        agent_ready(&ns)?
+                            && tc_attached(&ns, UPLINK, weft_common::program_names::TC_UPLINK)?
+                    }
+                    _ => agent_ready(&ns)?,
+                })
             },
         )?;
         let env = subnet_env::read_if_present(&state.subnet_file)?.ok_or_else(|| {
@@ -111,7 +158,7 @@ impl Lab {
         let pid_file = state.agent_pid_file(&self.state.run_dir);
         let pid = process::running_pid(&pid_file)
             .ok_or_else(|| anyhow!("no agent runs on {}", state.ns))?;
-        let program = self.state.weft_bin.display().to_string();
+        let program = self.agent_program(node)?;
         process::signal_and_wait(pid, &program, signal, Duration::from_secs(10));
         ensure!(
             !process::is_running(pid, &program),
@@ -119,6 +166,38 @@ impl Lab {
             state.ns
         );
         let _ = fs::remove_file(pid_file);
+        Ok(())
+    }
+
+    /// The binary `node`'s agent runs.
+    fn agent_program(&self, node: NodeId) -> Result<String> {
+        let binary = match self.node(node).dataplane {
+            Dataplane::Flanneld => self
+                .state
+                .flanneld_bin
+                .clone()
+                .ok_or_else(|| anyhow!("lab {} has no flanneld binary", self.state.name))?,
+            _ => self.state.weft_bin.clone(),
+        };
+        Ok(binary.display().to_string())
+    }
+
+    /// Replaces `node`'s agent by `dataplane`'s, as an operator does: stop
+    /// the running one (SIGTERM), start the other with the same flags and
+    /// `subnet.env`, and wait until it is ready (and, with the eBPF
+    /// dataplane, has every pod in its maps). Pods stay as they are.
+    pub fn replace_agent(&mut self, node: NodeId, dataplane: Dataplane) -> Result<()> {
+        ensure!(
+            dataplane != Dataplane::Floor,
+            "a floor node runs no agent to replace"
+        );
+        self.stop_agent(node, Signal::SIGTERM)?;
+        self.node_mut(node).dataplane = dataplane;
+        self.save()?;
+        self.start_agent(node)?;
+        if dataplane == Dataplane::Ebpf {
+            self.wait_pods_attached(node)?;
+        }
         Ok(())
     }
 

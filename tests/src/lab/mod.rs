@@ -17,6 +17,7 @@
 
 mod agents;
 mod counters;
+mod monitoring;
 mod node_id;
 mod probes;
 mod spec;
@@ -35,6 +36,7 @@ use weft_agent::subnet_env;
 
 pub use agents::*;
 pub use counters::*;
+pub use monitoring::prometheus_url;
 pub use node_id::NodeId;
 pub use spec::*;
 pub use state::*;
@@ -72,12 +74,14 @@ impl Lab {
                 backend: spec.backend,
                 dataplane: spec.dataplane,
                 weft_bin: spec.weft_bin.clone(),
+                flanneld_bin: spec.flanneld_bin.clone(),
                 run_dir: run_dir.clone(),
                 underlay_ns: format!("{}-ul", spec.name),
                 etcd_endpoint: format!("http://{UNDERLAY_GATEWAY}:{}", etcd::CLIENT_PORT),
                 ip_masq: spec.ip_masq,
                 agent_args: spec.agent_args.clone(),
                 second_segment_from: spec.second_segment_from,
+                prometheus: None,
                 nodes: Vec::new(),
             },
             keep: false,
@@ -120,6 +124,12 @@ impl Lab {
                 "a floor lab runs no agent on any node"
             );
             self.route_without_overlay()?;
+        } else if spec.runs_flanneld() {
+            // One after another: flanneld v0.20.2's watch can miss a peer
+            // lease created while it is still opening its first watch.
+            for node in self.node_ids() {
+                self.start_agent(node)?;
+            }
         } else {
             // Agents first, all at once: each leases a subnet and writes the
             // subnet.env the CNI config is derived from.
@@ -139,6 +149,9 @@ impl Lab {
             if self.node(node).dataplane == Dataplane::Ebpf {
                 self.wait_pods_attached(node)?;
             }
+        }
+        if spec.prometheus {
+            self.start_prometheus()?;
         }
         self.save()
     }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, anyhow, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::{NodeId, POD_NETWORK};
@@ -28,6 +28,9 @@ pub enum Dataplane {
     /// owns 10.244.N.0/24) and plain routes between nodes. The benchmark's
     /// floor.
     Floor,
+    /// Stock flanneld itself (the reference build, `$WEFT_FLANNELD`) with the
+    /// same etcd, `--iface` and `--subnet-file` weft gets.
+    Flanneld,
 }
 
 impl Dataplane {
@@ -36,7 +39,13 @@ impl Dataplane {
             Dataplane::Ebpf => "ebpf",
             Dataplane::Floor => "floor",
             Dataplane::Kernel => "kernel",
+            Dataplane::Flanneld => "flanneld",
         }
+    }
+
+    /// Whether weft runs on the node (and so has pins, maps and counters).
+    pub fn is_weft(self) -> bool {
+        matches!(self, Dataplane::Ebpf | Dataplane::Kernel)
     }
 }
 
@@ -64,6 +73,10 @@ pub struct LabSpec {
     pub node_dataplanes: Vec<Dataplane>,
     /// The `weft` binary the nodes run.
     pub weft_bin: PathBuf,
+    /// The flanneld binary [`Dataplane::Flanneld`] nodes run.
+    pub flanneld_bin: Option<PathBuf>,
+    /// Run a real Prometheus in the underlay that scrapes every weft agent.
+    pub prometheus: bool,
     /// A `FLANNEL_SUBNET` to leave in every node's subnet.env before its
     /// agent first starts, as an earlier run would have.
     pub preset_subnet_env: Option<String>,
@@ -95,6 +108,8 @@ impl LabSpec {
             dataplane: Dataplane::Ebpf,
             node_dataplanes: Vec::new(),
             weft_bin: default_weft_bin(),
+            flanneld_bin: reference_flanneld(),
+            prometheus: false,
             preset_subnet_env: None,
             ip_masq: false,
             agent_args: Vec::new(),
@@ -109,6 +124,20 @@ pub fn default_weft_bin() -> PathBuf {
     std::env::var_os("WEFT_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/weft"))
+}
+
+/// The reference flanneld `cargo xtask` built or was given (`$WEFT_FLANNELD`).
+pub fn reference_flanneld() -> Option<PathBuf> {
+    std::env::var_os(FLANNELD_ENV).map(PathBuf::from)
+}
+
+pub const FLANNELD_ENV: &str = "WEFT_FLANNELD";
+
+impl LabSpec {
+    /// Whether any node runs stock flanneld.
+    pub fn runs_flanneld(&self) -> bool {
+        NodeId::all(self.nodes).any(|node| self.dataplane_of(node) == Dataplane::Flanneld)
+    }
 }
 
 pub(super) fn validate(spec: &LabSpec) -> Result<()> {
@@ -127,6 +156,19 @@ pub(super) fn validate(spec: &LabSpec) -> Result<()> {
         "--nodes {}: must be 1..={MAX_NODES}",
         spec.nodes
     );
+    if spec.runs_flanneld() {
+        let flanneld = spec.flanneld_bin.as_ref().ok_or_else(|| {
+            anyhow!(
+                "a flanneld node needs the reference flanneld: set {FLANNELD_ENV}, or let \
+                 `cargo xtask setup` build it (WEFT_FLANNEL_SOURCE)"
+            )
+        })?;
+        ensure!(
+            flanneld.is_file(),
+            "flanneld {} does not exist",
+            flanneld.display()
+        );
+    }
     ensure!(
         spec.pods_per_node <= 250,
         "--pods-per-node {}: must be at most 250",

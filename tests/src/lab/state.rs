@@ -20,12 +20,17 @@ pub struct LabState {
     pub backend: Backend,
     pub dataplane: Dataplane,
     pub weft_bin: PathBuf,
+    #[serde(default)]
+    pub flanneld_bin: Option<PathBuf>,
     pub run_dir: PathBuf,
     pub underlay_ns: String,
     pub etcd_endpoint: String,
     pub ip_masq: bool,
     pub agent_args: Vec<String>,
     pub second_segment_from: Option<NodeId>,
+    /// The URL of the lab's Prometheus (inside the underlay), if it runs one.
+    #[serde(default)]
+    pub prometheus: Option<String>,
     pub nodes: Vec<NodeState>,
 }
 
@@ -56,6 +61,7 @@ impl PodState {
 }
 
 impl NodeState {
+    /// `<lab>-nN.agent.pid`: weft's or flanneld's, whichever runs.
     pub fn agent_pid_file(&self, run_dir: &Path) -> PathBuf {
         run_dir.join(format!("{}.agent.pid", self.ns))
     }

@@ -106,9 +106,19 @@ pub fn status(name: &str) -> Result<String> {
         state.etcd_endpoint,
         alive(&state.run_dir.join("etcd.pid")),
     );
+    if let Some(url) = &state.prometheus {
+        out += &format!(
+            "  prometheus {url} {} (scrapes every weft agent's /metrics)\n",
+            alive(&state.run_dir.join("prometheus.pid"))
+        );
+    }
     for node in &state.nodes {
         let agent = match node.dataplane {
             Dataplane::Floor => "no agent (floor: plain routes)".to_owned(),
+            Dataplane::Flanneld => format!(
+                "stock flanneld {}",
+                alive(&node.agent_pid_file(&state.run_dir))
+            ),
             dataplane => format!(
                 "agent ({}) {}",
                 dataplane.flag(),
