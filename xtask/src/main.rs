@@ -4,6 +4,7 @@
 //! on a fresh machine before anything the eBPF build needs is installed.
 
 mod build;
+mod package;
 mod prereqs;
 
 use std::process::ExitCode;
@@ -36,6 +37,13 @@ enum Command {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// The node package: a .deb with the release binary, the systemd unit
+    /// and /etc/default/weft; prints its path.
+    Package {
+        /// Where to write the .deb.
+        #[arg(long, default_value_os_t = build::package_dir())]
+        out_dir: std::path::PathBuf,
     },
     /// The cluster lab: `up`, `status`, `down` (see `cargo xtask lab --help`).
     Lab {
@@ -82,7 +90,18 @@ fn run(cli: Cli) -> Result<()> {
             prereqs::setup()?;
             build::lint()?;
             build::user_space()?;
-            build::run_tests(&args)
+            // The packaging test checks the .deb users install: built here,
+            // after the debug build, so a test run needs no cargo of its own.
+            build::release_agent()?;
+            let deb = package::deb(&build::release_binary(), &build::package_dir())?;
+            build::run_tests(&args, &deb)
+        }
+        Command::Package { out_dir } => {
+            prereqs::check()?;
+            build::release_agent()?;
+            let deb = package::deb(&build::release_binary(), &out_dir)?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Command::Lab { args } => {
             prereqs::check()?;

@@ -208,6 +208,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     let stop = loop {
         tokio::select! {
             events = follower.next() => {
+                crate::metrics::global().synced();
                 let own_key = lease::key(registry.prefix(), &own);
                 let mut reacquire = false;
                 // The fast path follows once per batch, not once per event:
@@ -216,6 +217,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                 for event in events {
                     match event {
                         LeaseEvent::Listing(leases) => {
+                            crate::metrics::global().leases_listed();
                             if !leases.iter().any(|lease| lease.key == own_key) {
                                 warn!(key = %own_key, "our lease is gone from etcd");
                                 reacquire = true;
@@ -259,6 +261,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                         }
                     }
                 }
+                crate::metrics::global().set_peers(programmed.values().filter(|route| matches!(route, PeerRoute::Vxlan { .. })).count(), programmed.len());
                 if routes_changed && let Some(fast_path) = fast_path.as_mut() {
                     fast_path.on_routes(&programmed);
                 }
@@ -280,10 +283,12 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             () = tokio::time::sleep_until(renew_at) => {
                 match registry.renew(&own, &attrs, LEASE_TTL).await {
                     Ok(()) => {
+                        crate::metrics::global().lease_renewed(true);
                         info!(subnet = %own, "lease renewed");
                         renew_at = Instant::now() + renew_every;
                     }
                     Err(error) => {
+                        crate::metrics::global().lease_renewed(false);
                         warn!("{error:#}; retrying in a minute");
                         renew_at = Instant::now() + RENEW_RETRY;
                     }
@@ -361,8 +366,12 @@ async fn connect_and_read_config(
             anyhow::Ok((registry, config))
         };
         match attempt.await {
-            Ok(ready) => return ready,
+            Ok(ready) => {
+                crate::metrics::global().etcd_connected(true);
+                return ready;
+            }
             Err(error) => {
+                crate::metrics::global().etcd_connected(false);
                 let message = format!("{error:#}");
                 if message != last_error {
                     error!("{message}; retrying");
@@ -575,5 +584,6 @@ fn start_fast_path(
         "netfilter verdict rule installed; the fast path takes only flows it marks"
     );
     tokio::spawn(endpoints::watch(args.bridge.clone(), uplink.index, views));
+    crate::metrics::global().fast_path_started(&args.bpf_pin_dir);
     Ok(FastPath::new(programs, maps, handle, node))
 }
