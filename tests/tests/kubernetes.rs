@@ -75,8 +75,18 @@ fn objects() -> Objects {
 }
 
 fn agent_container(daemon_set: &DaemonSet) -> &Container {
-    let pod = daemon_set.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    pod.containers.iter().find(|c| c.name == "weft").expect("a container named weft")
+    let pod = daemon_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    pod.containers
+        .iter()
+        .find(|c| c.name == "weft")
+        .expect("a container named weft")
 }
 
 #[test]
@@ -94,7 +104,12 @@ fn every_object_parses_into_its_kubernetes_type_without_unknown_fields() {
         .chain(objects.config_maps.iter().map(|o| &o.metadata))
         .chain(objects.daemon_sets.iter().map(|o| &o.metadata))
     {
-        assert_eq!(metadata.namespace.as_ref(), Some(&namespace), "{:?}", metadata.name);
+        assert_eq!(
+            metadata.namespace.as_ref(),
+            Some(&namespace),
+            "{:?}",
+            metadata.name
+        );
     }
 }
 
@@ -105,18 +120,34 @@ fn the_daemonset_is_shaped_like_kube_flannels() {
     let spec = daemon_set.spec.as_ref().unwrap();
     let pod = spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.host_network, Some(true));
-    assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
     let tolerations = pod.tolerations.as_ref().unwrap();
     assert!(
         tolerations
             .iter()
-            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()),
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
         "the DaemonSet must tolerate every taint: {tolerations:?}"
     );
     let selector = spec.selector.match_labels.as_ref().unwrap();
-    let labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
     for (key, value) in selector {
-        assert_eq!(labels.get(key), Some(value), "the selector does not match the pods");
+        assert_eq!(
+            labels.get(key),
+            Some(value),
+            "the selector does not match the pods"
+        );
     }
     let account = pod.service_account_name.as_deref().unwrap();
     assert!(
@@ -137,7 +168,11 @@ fn the_daemonset_is_shaped_like_kube_flannels() {
     let init = pod.init_containers.as_ref().unwrap();
     for container in init.iter().chain(&pod.containers) {
         for mount in container.volume_mounts.as_ref().unwrap() {
-            assert!(volumes.contains_key(mount.name.as_str()), "no volume {}", mount.name);
+            assert!(
+                volumes.contains_key(mount.name.as_str()),
+                "no volume {}",
+                mount.name
+            );
         }
     }
     let weft = agent_container(daemon_set);
@@ -178,7 +213,10 @@ fn the_daemonset_is_shaped_like_kube_flannels() {
         })
         .expect("an init container writing /etc/cni/net.d");
     let args = install.args.as_ref().unwrap();
-    assert!(args.iter().any(|a| a.starts_with("/etc/cni/net.d/")), "{args:?}");
+    assert!(
+        args.iter().any(|a| a.starts_with("/etc/cni/net.d/")),
+        "{args:?}"
+    );
     let cni = objects
         .config_maps
         .iter()
@@ -202,7 +240,10 @@ fn the_agent_gets_settings_it_accepts_and_probes_ask_what_it_serves() {
     let Command::Agent(agent) = cli.command else {
         panic!("the container does not run `weft agent`: {command_line:?}");
     };
-    assert_eq!(weft.command.as_deref(), Some(&["/usr/bin/weft".to_owned()][..]));
+    assert_eq!(
+        weft.command.as_deref(),
+        Some(&["/usr/bin/weft".to_owned()][..])
+    );
     let port = agent.healthz_port;
     assert_ne!(port, 0, "--healthz-port is not set: no probes, no metrics");
 
