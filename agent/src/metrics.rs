@@ -311,45 +311,54 @@ impl Collector for KernelCollector {
     }
 }
 
+/// One counter family drawn from `STATS`: which counters belong to it, with
+/// which labels and value.
+struct StatsFamily {
+    name: &'static str,
+    help: &'static str,
+    sample: fn(&CounterValue) -> Option<(StatLabels, u64)>,
+}
+
+const STATS_FAMILIES: [StatsFamily; 4] = [
+    StatsFamily {
+        name: "weft_fastpath_packets",
+        help: "Packets each eBPF program counted, by hook (program) and reason (outcome), summed over CPUs",
+        sample: |counter| Some((stat_labels(counter.name), counter.packets)),
+    },
+    StatsFamily {
+        name: "weft_fastpath_bytes",
+        help: "Bytes each eBPF program counted, by hook (program) and reason (outcome), summed over CPUs",
+        sample: |counter| Some((stat_labels(counter.name), counter.bytes)),
+    },
+    StatsFamily {
+        name: "weft_kernel_path_fallbacks",
+        help: "Packets the eBPF programs handed to the kernel path, by hook and reason",
+        sample: |counter| {
+            let reason = fallback_reason(counter.name)?;
+            let hook = stat_labels(counter.name).hook;
+            Some((StatLabels { hook, reason }, counter.packets))
+        },
+    },
+    StatsFamily {
+        name: "weft_fastpath_drops",
+        help: "Packets the eBPF programs dropped, by hook and reason",
+        sample: |counter| {
+            let reason = drop_reason(counter.name)?;
+            let hook = stat_labels(counter.name).hook;
+            Some((StatLabels { hook, reason }, counter.packets))
+        },
+    },
+];
+
 fn encode_stats(
     encoder: &mut DescriptorEncoder,
     stats: &[CounterValue],
 ) -> Result<(), std::fmt::Error> {
-    let families: [(&str, &str, fn(&CounterValue) -> Option<u64>); 4] = [
-        (
-            "weft_fastpath_packets",
-            "Packets each eBPF program counted, by hook (program) and reason (outcome), summed over CPUs",
-            |counter| Some(counter.packets),
-        ),
-        (
-            "weft_fastpath_bytes",
-            "Bytes each eBPF program counted, by hook (program) and reason (outcome), summed over CPUs",
-            |counter| Some(counter.bytes),
-        ),
-        (
-            "weft_kernel_path_fallbacks",
-            "Packets the eBPF programs handed to the kernel path, by hook and reason",
-            |counter| fallback_reason(counter.name).map(|_| counter.packets),
-        ),
-        (
-            "weft_fastpath_drops",
-            "Packets the eBPF programs dropped, by hook and reason",
-            |counter| drop_reason(counter.name).map(|_| counter.packets),
-        ),
-    ];
-    for (name, help, value) in families {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for counter in stats {
-            let Some(value) = value(counter) else {
-                continue;
-            };
-            let mut labels = stat_labels(counter.name);
-            if name == "weft_kernel_path_fallbacks" {
-                labels.reason = fallback_reason(counter.name).unwrap_or(labels.reason);
-            } else if name == "weft_fastpath_drops" {
-                labels.reason = drop_reason(counter.name).unwrap_or(labels.reason);
-            }
-            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    for family in &STATS_FAMILIES {
+        let mut metric =
+            encoder.encode_descriptor(family.name, family.help, None, MetricType::Counter)?;
+        for (labels, value) in stats.iter().filter_map(family.sample) {
+            ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
         }
     }
     Ok(())
