@@ -10,7 +10,6 @@ use clap as _;
 #[cfg(test)]
 use {k8s_openapi as _, prometheus_parse as _, serde_yaml_ng as _};
 
-pub mod bench;
 pub mod cni;
 pub mod echo;
 pub mod etcd;
@@ -27,5 +26,5 @@ pub mod programs;
 pub mod settings;
 pub mod traffic;
 
-pub use lab::{Backend, Dataplane, Lab, LabSpec};
+pub use lab::{Backend, Dataplane, Lab, LabSpec, NodeId};
 pub use privileged::privileged_test;

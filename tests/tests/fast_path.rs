@@ -16,7 +16,7 @@ use std::{
 use nix::sys::signal::Signal;
 use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK};
 use weft_tests::{
-    Dataplane, Lab, LabSpec, inspect,
+    Dataplane, Lab, LabSpec, NodeId, inspect,
     lab::{
         self, DECAP_COUNTERS, FLOW_SETUP_PACKETS, PodState, XDP_NATIVE, carried_nearly_all,
         counter_delta, counters_delta,
@@ -37,7 +37,7 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     // The lab's uplinks are veths: TC alone decapsulates (`--xdp-mode auto`).
     let lab = Lab::up(&LabSpec::new("t-fp-vxlan", 3, 2)).unwrap();
     carries_cross_node_traffic(&lab, false);
-    let counters = lab.counters(3).unwrap();
+    let counters = lab.counters(NodeId::new(3)).unwrap();
     assert_eq!(counters["xdp_decap"].0, 0, "XDP decapsulated without XDP");
 }
 
@@ -63,7 +63,7 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
 
     // What `weft maps` and `weft status` show a user on node 1.
     let weft = lab.state.weft_bin.display().to_string();
-    let node = lab.node(1);
+    let node = lab.node(NodeId::new(1));
     let pin_dir = node.pin_dir.display().to_string();
     let peers: serde_json::Value = serde_json::from_str(
         &netns::run_host(&[&weft, "maps", "peers", "--json", "--bpf-pin-dir", &pin_dir]).unwrap(),
@@ -71,7 +71,12 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     .unwrap();
     let peers = peers.as_array().unwrap();
     assert_eq!(peers.len(), 2, "{peers:?}");
-    for peer in lab.state.nodes.iter().filter(|peer| peer.index != 1) {
+    for peer in lab
+        .state
+        .nodes
+        .iter()
+        .filter(|peer| peer.id != NodeId::new(1))
+    {
         let row = peers
             .iter()
             .find(|row| row["subnet"] == peer.subnet.as_str())
@@ -123,18 +128,27 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     // ways, every request is encapsulated by TC on n1 and decapsulated on
     // n2's uplink (by XDP if attached: pings are small), every reply the
     // other way round. The flow's first packets take the kernel path.
-    let (from, to) = (lab.node(1).pods[0].clone(), lab.node(2).pods[0].clone());
-    let before = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
+    let (from, to) = (
+        lab.node(NodeId::new(1)).pods[0].clone(),
+        lab.node(NodeId::new(2)).pods[0].clone(),
+    );
+    let before = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+    ];
     let flannel_before = [
-        inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap(),
-        inspect::packet_counts(&lab.node(2).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(2)).ns, "flannel.1").unwrap(),
     ];
     assert!(
         lab.ping(&from, to.ip(), 50)
             .unwrap()
             .contains("50 received")
     );
-    let after = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
+    let after = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+    ];
     for node in 0..2 {
         let decap = if xdp { "xdp_decap" } else { "tc_uplink_decap" };
         for counter in ["tc_encap", decap] {
@@ -147,17 +161,20 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
         }
     }
     let flannel_after = [
-        inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap(),
-        inspect::packet_counts(&lab.node(2).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(2)).ns, "flannel.1").unwrap(),
     ];
     assert_kernel_path_only_set_up(flannel_before, flannel_after, "the pings");
 
     // 200 MB of TCP n1-p1 -> n3-p2, checked end to end.
-    let server = lab.node(3).pods[1].clone();
-    let before = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
+    let server = lab.node(NodeId::new(3)).pods[1].clone();
+    let before = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
+    ];
     let flannel_before = [
-        inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap(),
-        inspect::packet_counts(&lab.node(3).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(3)).ns, "flannel.1").unwrap(),
     ];
     let transfer =
         tcp_transfer(&server.ns, server.ip(), 5001, &from.ns, 200 * 1024 * 1024).unwrap();
@@ -165,7 +182,10 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
         transfer.sent, transfer.received,
         "the received bytes differ from the sent ones"
     );
-    let after = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
+    let after = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
+    ];
     let (_, encap_bytes) = counter_delta(&before[0], &after[0], "tc_encap");
     let (_, decap_bytes) = counters_delta(&before[1], &after[1], &DECAP_COUNTERS);
     assert!(
@@ -189,8 +209,8 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
         );
     }
     let flannel_after = [
-        inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap(),
-        inspect::packet_counts(&lab.node(3).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(3)).ns, "flannel.1").unwrap(),
     ];
     // The kernel path carried the connection's set-up and close, and one
     // packet each way per re-check interval (netfilter's periodic look).
@@ -208,11 +228,12 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     // Full-MTU packets (1450 = 1422 + 28) go through with DF; one byte more
     // with DF is refused by the pod itself (its MTU is the overlay's), and
     // without DF it is fragmented and still arrives.
-    let before = lab.counters(1).unwrap();
+    let before = lab.counters(NodeId::new(1)).unwrap();
     let full = lab.ping_sized(&from, to.ip(), 6, 1422, true).unwrap();
     assert!(full.contains("6 received"), "{full}");
     assert!(
-        counter_delta(&before, &lab.counters(1).unwrap(), "tc_encap").0 >= 6 - FLOW_SETUP_PACKETS
+        counter_delta(&before, &lab.counters(NodeId::new(1)).unwrap(), "tc_encap").0
+            >= 6 - FLOW_SETUP_PACKETS
     );
     let over = lab.ping_sized(&from, to.ip(), 1, 1423, true);
     assert!(
@@ -230,15 +251,19 @@ fn same_node_pods_talk_without_the_bridge() {
     };
     let lab = Lab::up(&LabSpec::new("t-fp-local", 1, 2)).unwrap();
     lab.warm_up().unwrap();
-    let node = lab.node(1);
+    let node = lab.node(NodeId::new(1));
     let (a, b) = (node.pods[0].clone(), node.pods[1].clone());
-    let before = lab.counters(1).unwrap();
+    let before = lab.counters(NodeId::new(1)).unwrap();
     let veths = [
         inspect::packet_counts(&node.ns, &a.network.host_veth).unwrap(),
         inspect::packet_counts(&node.ns, &b.network.host_veth).unwrap(),
     ];
     assert!(lab.ping(&a, b.ip(), 50).unwrap().contains("50 received"));
-    let (redirected, _) = counter_delta(&before, &lab.counters(1).unwrap(), "tc_local_redirect");
+    let (redirected, _) = counter_delta(
+        &before,
+        &lab.counters(NodeId::new(1)).unwrap(),
+        "tc_local_redirect",
+    );
     assert!(
         redirected >= 100 - FLOW_SETUP_PACKETS,
         "only {redirected} of 100 packets were redirected pod to pod"
@@ -274,13 +299,13 @@ fn a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways() {
     spec.node_dataplanes = vec![Dataplane::Kernel, Dataplane::Ebpf, Dataplane::Ebpf];
     let lab = Lab::up(&spec).unwrap();
     lab.warm_up().unwrap();
-    let stock_before = inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap();
-    let fast_before = lab.counters(2).unwrap();
+    let stock_before = inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap();
+    let fast_before = lab.counters(NodeId::new(2)).unwrap();
     lab.assert_all_pairs_ping(2);
     // The stock node's flannel.1 decapsulated what weft encapsulated and
     // encapsulated what weft's XDP decapsulated.
-    let stock_after = inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap();
-    let fast_after = lab.counters(2).unwrap();
+    let stock_after = inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap();
+    let fast_after = lab.counters(NodeId::new(2)).unwrap();
     assert!(
         stock_after.0 > stock_before.0 && stock_after.1 > stock_before.1,
         "the stock node's flannel.1 saw no traffic"
@@ -318,8 +343,8 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
     };
     let lab = Lab::up(&LabSpec::new("t-fp-spoof", 2, 1)).unwrap();
     lab.warm_up().unwrap();
-    let pod = lab.node(1).pods[0].clone();
-    let node_ip = lab.node(1).ip.clone();
+    let pod = lab.node(NodeId::new(1)).pods[0].clone();
+    let node_ip = lab.node(NodeId::new(1)).ip.clone();
     let listener = netns::in_netns(&pod.ns, || {
         let socket = UdpSocket::bind(("0.0.0.0", 9999))?;
         socket.set_read_timeout(Some(Duration::from_millis(1500)))?;
@@ -348,7 +373,7 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
         "ul0",
     ])
     .unwrap();
-    let before = lab.counters(1).unwrap();
+    let before = lab.counters(NodeId::new(1)).unwrap();
     send_from(&lab.state.underlay_ns, "192.168.77.66", b"spoofed");
     let mut buffer = [0u8; 64];
     let received = listener.recv_from(&mut buffer);
@@ -358,23 +383,44 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
         received.map(|(len, _)| String::from_utf8_lossy(&buffer[..len]).into_owned())
     );
     assert_eq!(
-        counter_delta(&before, &lab.counters(1).unwrap(), "xdp_drop_unknown_vtep").0,
+        counter_delta(
+            &before,
+            &lab.counters(NodeId::new(1)).unwrap(),
+            "xdp_drop_unknown_vtep"
+        )
+        .0,
         1
     );
     // The same packet from a node that holds a lease passes the VTEP
     // check (the check above could have failed) and meets the next one: it
     // is not addressed to this node's VTEP MAC, so it goes to the kernel
     // path (where flannel.1 ignores it) rather than into the pod.
-    let before = lab.counters(1).unwrap();
-    send_from(&lab.node(2).ns, &lab.node(2).ip, b"legit");
+    let before = lab.counters(NodeId::new(1)).unwrap();
+    send_from(
+        &lab.node(NodeId::new(2)).ns,
+        &lab.node(NodeId::new(2)).ip,
+        b"legit",
+    );
     lab::wait_for(
         "the packet from a real node to be classified",
         Duration::from_secs(5),
-        || Ok(counter_delta(&before, &lab.counters(1)?, "xdp_pass_not_our_vtep").0 == 1),
+        || {
+            Ok(counter_delta(
+                &before,
+                &lab.counters(NodeId::new(1))?,
+                "xdp_pass_not_our_vtep",
+            )
+            .0 == 1)
+        },
     )
     .unwrap();
     assert_eq!(
-        counter_delta(&before, &lab.counters(1).unwrap(), "xdp_drop_unknown_vtep").0,
+        counter_delta(
+            &before,
+            &lab.counters(NodeId::new(1)).unwrap(),
+            "xdp_drop_unknown_vtep"
+        )
+        .0,
         0
     );
 }
@@ -401,10 +447,13 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
     };
     let mut lab = Lab::up(&LabSpec::new("t-fp-restart", 2, 1)).unwrap();
     lab.warm_up().unwrap();
-    let (client, server) = (lab.node(1).pods[0].clone(), lab.node(2).pods[0].clone());
-    let counters_before = lab.counters(2).unwrap();
+    let (client, server) = (
+        lab.node(NodeId::new(1)).pods[0].clone(),
+        lab.node(NodeId::new(2)).pods[0].clone(),
+    );
+    let counters_before = lab.counters(NodeId::new(2)).unwrap();
     let killer = {
-        let pid = lab.agent_pid(1).unwrap();
+        let pid = lab.agent_pid(NodeId::new(2)).unwrap();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL)
@@ -423,12 +472,12 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
         transfer.sent, transfer.received,
         "the transfer was damaged by the agent's death"
     );
-    lab.stop_agent(1, Signal::SIGKILL).ok();
-    lab.start_agent(1).unwrap();
-    lab.wait_pods_attached(1).unwrap();
+    lab.stop_agent(NodeId::new(2), Signal::SIGKILL).ok();
+    lab.start_agent(NodeId::new(2)).unwrap();
+    lab.wait_pods_attached(NodeId::new(2)).unwrap();
     // Adopted, not duplicated: one XDP program on the uplink, one TC program
     // per pod veth, and the pinned counters carried on from before the kill.
-    let node = lab.node(2);
+    let node = lab.node(NodeId::new(2));
     assert!(lab::tc_attached(&node.ns, "eth0", TC_UPLINK).unwrap());
     for pod in &node.pods {
         let count = netns::in_netns(&node.ns, || {
@@ -448,6 +497,6 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
             pod.network.host_veth
         );
     }
-    assert!(lab.counters(2).unwrap()["uplink_rx"].0 >= counters_before["uplink_rx"].0);
+    assert!(lab.counters(NodeId::new(2)).unwrap()["uplink_rx"].0 >= counters_before["uplink_rx"].0);
     lab.assert_all_pairs_ping(2);
 }

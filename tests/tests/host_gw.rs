@@ -7,7 +7,7 @@
 #![allow(unused_crate_dependencies)]
 
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec, inspect,
+    Backend, Dataplane, Lab, LabSpec, NodeId, inspect,
     lab::{
         DECAP_COUNTERS, FLOW_SETUP_PACKETS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE,
         carried_nearly_all, counter_delta, counters_delta,
@@ -31,7 +31,7 @@ fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
     // The lab's uplinks are veths: TC alone delivers (`--xdp-mode auto`).
     let lab = Lab::up(&host_gw("t-hg-fast")).unwrap();
     skips_the_routing_table(&lab);
-    let counters = lab.counters(3).unwrap();
+    let counters = lab.counters(NodeId::new(3)).unwrap();
     assert_eq!(counters["xdp_host_gw"].0, 0, "XDP delivered without XDP");
 }
 
@@ -45,9 +45,9 @@ fn host_gw_with_xdp_delivers_small_packets_from_xdp_and_bulk_tcp_after_gro() {
     let mut spec = host_gw("t-hg-xdp");
     spec.agent_args.push(XDP_NATIVE.to_owned());
     let lab = Lab::up(&spec).unwrap();
-    let before = lab.counters(3).unwrap();
+    let before = lab.counters(NodeId::new(3)).unwrap();
     skips_the_routing_table(&lab);
-    let after = lab.counters(3).unwrap();
+    let after = lab.counters(NodeId::new(3)).unwrap();
     // Pings are small: XDP; the transfer's full-size segments: GRO, then TC.
     for counter in ["xdp_host_gw", "xdp_pass_bulk_tcp", "tc_uplink_host_gw"] {
         assert!(
@@ -62,11 +62,17 @@ fn host_gw_with_xdp_delivers_small_packets_from_xdp_and_bulk_tcp_after_gro() {
 fn skips_the_routing_table(lab: &Lab) {
     lab.warm_up().unwrap();
     lab.assert_all_pairs_ping(2);
-    let (client, server) = (lab.node(1).pods[0].clone(), lab.node(3).pods[1].clone());
-    let before = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
+    let (client, server) = (
+        lab.node(NodeId::new(1)).pods[0].clone(),
+        lab.node(NodeId::new(3)).pods[1].clone(),
+    );
+    let before = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
+    ];
     let forwarded = [
-        inspect::forwarded_datagrams(&lab.node(1).ns).unwrap(),
-        inspect::forwarded_datagrams(&lab.node(3).ns).unwrap(),
+        inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap(),
+        inspect::forwarded_datagrams(&lab.node(NodeId::new(3)).ns).unwrap(),
     ];
     let transfer =
         tcp_transfer(&server.ns, server.ip(), 5003, &client.ns, 200 * 1024 * 1024).unwrap();
@@ -74,7 +80,10 @@ fn skips_the_routing_table(lab: &Lab) {
         transfer.sent, transfer.received,
         "the received bytes differ from the sent ones"
     );
-    let after = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
+    let after = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
+    ];
     let (_, sent) = counter_delta(&before[0], &after[0], "tc_host_gw");
     let (_, delivered) = counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS);
     assert!(
@@ -93,8 +102,8 @@ fn skips_the_routing_table(lab: &Lab) {
     let fast_packets = counter_delta(&before[0], &after[0], "tc_host_gw").0
         + counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS).0;
     let forwarded_after = [
-        inspect::forwarded_datagrams(&lab.node(1).ns).unwrap(),
-        inspect::forwarded_datagrams(&lab.node(3).ns).unwrap(),
+        inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap(),
+        inspect::forwarded_datagrams(&lab.node(NodeId::new(3)).ns).unwrap(),
     ];
     for (node, (was, is)) in [
         (1, (forwarded[0], forwarded_after[0])),
@@ -119,14 +128,14 @@ fn a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other() {
     spec.node_dataplanes = vec![Dataplane::Kernel, Dataplane::Ebpf, Dataplane::Ebpf];
     let lab = Lab::up(&spec).unwrap();
     lab.warm_up().unwrap();
-    let stock = inspect::forwarded_datagrams(&lab.node(1).ns).unwrap();
-    let fast = lab.counters(2).unwrap();
+    let stock = inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap();
+    let fast = lab.counters(NodeId::new(2)).unwrap();
     lab.assert_all_pairs_ping(2);
     assert!(
-        inspect::forwarded_datagrams(&lab.node(1).ns).unwrap() > stock,
+        inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap() > stock,
         "the stock node routed nothing"
     );
-    let fast_after = lab.counters(2).unwrap();
+    let fast_after = lab.counters(NodeId::new(2)).unwrap();
     assert!(
         counter_delta(&fast, &fast_after, "tc_host_gw").0 > 0
             && counters_delta(&fast, &fast_after, &HOST_GW_DELIVERY_COUNTERS).0 > 0
@@ -146,14 +155,18 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
     spec.network_config = Some(
         r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#.to_owned(),
     );
-    spec.second_segment_from = Some(3);
+    spec.second_segment_from = Some(NodeId::new(3));
     let lab = Lab::up(&spec).unwrap();
-    assert_eq!(lab.node(3).ip, "192.168.78.3");
+    assert_eq!(lab.node(NodeId::new(3)).ip, "192.168.78.3");
     lab.warm_up().unwrap();
     lab.assert_all_pairs_ping(2);
 
     // The kernel path decided per peer as flanneld does...
-    let (n1, n2, n3) = (lab.node(1), lab.node(2), lab.node(3));
+    let (n1, n2, n3) = (
+        lab.node(NodeId::new(1)),
+        lab.node(NodeId::new(2)),
+        lab.node(NodeId::new(3)),
+    );
     let to_n2 = inspect::routes_to(&n1.ns, &n2.subnet).unwrap();
     assert!(
         to_n2.len() == 1 && to_n2[0]["gateway"] == n2.ip.as_str() && to_n2[0]["dev"] == "eth0",
@@ -201,16 +214,16 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
 
     let (p1, p2, p3) = (n1.pods[0].clone(), n2.pods[0].clone(), n3.pods[0].clone());
     let before = [
-        lab.counters(1).unwrap(),
-        lab.counters(2).unwrap(),
-        lab.counters(3).unwrap(),
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
     ];
     assert!(lab.ping(&p1, p2.ip(), 50).unwrap().contains("50 received"));
     assert!(lab.ping(&p1, p3.ip(), 50).unwrap().contains("50 received"));
     let after = [
-        lab.counters(1).unwrap(),
-        lab.counters(2).unwrap(),
-        lab.counters(3).unwrap(),
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
     ];
     assert!(
         counter_delta(&before[0], &after[0], "tc_host_gw").0 >= 50 - FLOW_SETUP_PACKETS,

@@ -16,7 +16,7 @@ use prometheus_parse::{Sample, Scrape, Value};
 use weft_agent::http::METRICS_PATH;
 use weft_common::{MAX_ENDPOINTS, MAX_PEERS};
 use weft_tests::{
-    Lab, LabSpec,
+    Lab, LabSpec, NodeId,
     lab::{FLOW_SETUP_PACKETS, HEALTHZ_PORT},
     netns, privileged_test,
 };
@@ -93,7 +93,7 @@ fn metrics_name_the_agent_state_and_count_fast_path_packets() {
     };
     let lab = Lab::up(&LabSpec::new("t-metrics", 2, 1)).unwrap();
     lab.warm_up().unwrap();
-    let node = lab.node(1);
+    let node = lab.node(NodeId::new(1));
     let before = scrape(&node.ns);
 
     for sample in &before.samples {
@@ -140,7 +140,7 @@ fn metrics_name_the_agent_state_and_count_fast_path_packets() {
     );
 
     const PINGS: u64 = 20;
-    let (from, to) = (&node.pods[0], &lab.node(2).pods[0]);
+    let (from, to) = (&node.pods[0], &lab.node(NodeId::new(2)).pods[0]);
     let out = lab.ping(from, to.ip(), PINGS as u32).unwrap();
     assert!(out.contains(&format!("{PINGS} received")), "{out}");
     let after = scrape(&node.ns);
@@ -158,10 +158,10 @@ fn metrics_name_the_agent_state_and_count_fast_path_packets() {
         "{bytes} bytes for {rise} ICMP echo packets"
     );
     // The same STATS slot `weft maps stats` reads, summed over CPUs alike.
-    let (stats_packets, _) = lab.counters(1).unwrap()["tc_encap"];
+    let (stats_packets, _) = lab.counters(NodeId::new(1)).unwrap()["tc_encap"];
     assert_eq!(packets(&after), stats_packets as f64);
     // The receiving side counted its decapsulations too.
-    let receiver = scrape(&lab.node(2).ns);
+    let receiver = scrape(&lab.node(NodeId::new(2)).ns);
     let delivered: f64 = receiver
         .samples
         .iter()
