@@ -206,7 +206,7 @@ pub enum MapName {
 }
 
 /// flanneld's environment names for the flags both share.
-const FLANNELD_ALIASES: &[&str] = &[
+pub const FLANNELD_ALIASES: &[&str] = &[
     "ETCD_ENDPOINTS",
     "ETCD_PREFIX",
     "ETCD_KEYFILE",

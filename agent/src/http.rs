@@ -1,5 +1,6 @@
-//! `/healthz` (200 while the agent runs) and `/readyz` (503 until the lease
-//! is held, the datapath programmed and subnet.env written).
+//! `/healthz` (200 while the agent runs), `/readyz` (503 until the lease
+//! is held, the datapath programmed and subnet.env written) and `/metrics`
+//! (Prometheus, see `metrics.rs`).
 
 use std::{
     net::SocketAddr,
@@ -10,7 +11,18 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use axum::{Router, http::StatusCode, routing::get};
+use axum::{
+    Router,
+    http::{StatusCode, header},
+    routing::get,
+};
+
+use crate::metrics;
+
+/// The paths this endpoint serves (probes and scrapers name them).
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const READYZ_PATH: &str = "/readyz";
+pub const METRICS_PATH: &str = "/metrics";
 
 #[derive(Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
@@ -31,9 +43,32 @@ pub async fn serve(address: SocketAddr, readiness: Readiness) -> Result<()> {
         .await
         .with_context(|| format!("--healthz-port: cannot listen on {address}"))?;
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(HEALTHZ_PATH, get(|| async { "ok\n" }))
         .route(
-            "/readyz",
+            METRICS_PATH,
+            get({
+                let readiness = readiness.clone();
+                move || async move {
+                    // The pinned maps are read by syscalls; off the runtime.
+                    let ready = readiness.get();
+                    match tokio::task::spawn_blocking(move || metrics::global().render(ready)).await
+                    {
+                        Ok(text) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                            text,
+                        ),
+                        Err(error) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            format!("cannot render the metrics: {error}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            READYZ_PATH,
             get(move || {
                 let ready = readiness.get();
                 async move {

@@ -14,6 +14,7 @@ pub mod http;
 pub mod lease;
 pub mod logging;
 pub mod masq;
+pub mod metrics;
 pub mod net;
 pub mod nft;
 pub mod pod_veth;

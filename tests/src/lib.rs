@@ -6,6 +6,9 @@
 // The weft-lab binary's argument parser; cargo cannot scope a dependency to
 // one target, and the lint checks the library too.
 use clap as _;
+// The integration tests' dev-dependencies; the library's unit tests see them too.
+#[cfg(test)]
+use {k8s_openapi as _, prometheus_parse as _, serde_yaml_ng as _};
 
 pub mod cni;
 pub mod echo;
@@ -21,6 +24,7 @@ pub mod privileged;
 pub mod process;
 pub mod programs;
 pub mod prometheus;
+pub mod settings;
 pub mod traffic;
 
 pub use lab::{Backend, Dataplane, Lab, LabSpec, NodeId};

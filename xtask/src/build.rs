@@ -75,13 +75,15 @@ pub fn user_space() -> Result<()> {
     run(command, "building weft and weft-lab")
 }
 
-/// `cargo test` over every host crate, with the freshly built agent.
-pub fn run_tests(args: &[String], flanneld: Option<&Path>) -> Result<()> {
+/// `cargo test` over every host crate, with the freshly built agent, node
+/// package and (when there is one) reference flanneld.
+pub fn run_tests(args: &[String], deb: &Path, flanneld: Option<&Path>) -> Result<()> {
     let mut command = cargo();
     command
         .args(["test", "--workspace", "--exclude", "weft-ebpf"])
         .args(args)
-        .env("WEFT_BIN", target_dir().join("debug/weft"));
+        .env("WEFT_BIN", target_dir().join("debug/weft"))
+        .env("WEFT_DEB", deb);
     with_flanneld(&mut command, flanneld);
     run(command, "the tests")
 }
@@ -100,6 +102,29 @@ pub fn release() -> Result<()> {
         "--bins",
     ]);
     run(command, "building weft and weft-bench (release)")
+}
+
+/// The release build of the agent alone: what the node package ships.
+pub fn release_agent() -> Result<()> {
+    let mut command = cargo();
+    command.args([
+        "build",
+        "--release",
+        "--package",
+        "weft-agent",
+        "--bin",
+        "weft",
+    ]);
+    run(command, "building weft (release)")
+}
+
+pub fn release_binary() -> PathBuf {
+    target_dir().join("release/weft")
+}
+
+/// Where `cargo xtask package` writes the .deb by default.
+pub fn package_dir() -> PathBuf {
+    target_dir().join("debian")
 }
 
 pub fn run_bench(args: &[String], flanneld: Option<&Path>) -> Result<()> {

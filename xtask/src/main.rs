@@ -5,6 +5,7 @@
 
 mod build;
 mod flanneld;
+mod package;
 mod prereqs;
 
 use std::process::ExitCode;
@@ -38,6 +39,13 @@ enum Command {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// The node package: a .deb with the release binary, the systemd unit
+    /// and /etc/default/weft; prints its path.
+    Package {
+        /// Where to write the .deb.
+        #[arg(long, default_value_os_t = build::package_dir())]
+        out_dir: std::path::PathBuf,
     },
     /// The cluster lab: `up`, `status`, `down` (see `cargo xtask lab --help`).
     Lab {
@@ -88,7 +96,18 @@ fn run(cli: Cli) -> Result<()> {
             let flanneld = reference_flanneld()?;
             build::lint()?;
             build::user_space()?;
-            build::run_tests(&args, flanneld.as_deref())
+            // The packaging test checks the .deb users install: built here,
+            // after the debug build, so a test run needs no cargo of its own.
+            build::release_agent()?;
+            let deb = package::deb(&build::release_binary(), &build::package_dir())?;
+            build::run_tests(&args, &deb, flanneld.as_deref())
+        }
+        Command::Package { out_dir } => {
+            prereqs::check()?;
+            build::release_agent()?;
+            let deb = package::deb(&build::release_binary(), &out_dir)?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Command::Lab { args } => {
             prereqs::check()?;

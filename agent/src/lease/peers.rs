@@ -183,6 +183,7 @@ impl PeerTable {
         create_revision: i64,
         own: Option<Ipv4Net>,
     ) -> Verdict {
+        crate::metrics::global().lease_seen();
         let fingerprint = fingerprint(value);
         let rejected = |subnet, rejection| Verdict::Rejected {
             subnet,
@@ -225,6 +226,7 @@ impl PeerTable {
         if let Err(rejection) = self.policy.check(subnet, &attrs, own) {
             return rejected(Some(subnet), rejection);
         }
+        crate::metrics::global().lease_accepted();
         Verdict::Usable(
             subnet,
             Candidate {
@@ -251,6 +253,7 @@ impl PeerTable {
         self.reported.insert(key.to_owned(), seen);
         let count = self.rejections.entry(rejection.rule).or_default();
         *count += 1;
+        crate::metrics::global().lease_rejected(rejection.rule.name());
         let in_use = subnet.is_some_and(|subnet| self.peers.contains_key(&subnet));
         warn!(
             rule = rejection.rule.name(),

@@ -120,6 +120,7 @@ impl LeaseFollower {
     }
 
     async fn failed(&mut self, error: &anyhow::Error) {
+        crate::metrics::global().etcd_connected(false);
         if !self.failing {
             warn!("lost etcd: {error:#}; retrying with backoff");
             self.failing = true;

@@ -16,11 +16,11 @@ use crate::{
         kernel::{KernelDataplane, KernelReport},
         maps::MapReport,
     },
-    desired::{self, Desired, Inputs, NodeFacts},
+    desired::{self, Desired, Inputs, NodeFacts, PeerRoute},
     endpoints::LocalView,
     http::Readiness,
     lease::{peers::PeerTable, watch::LeaseEvent},
-    masq, verdicts,
+    masq, metrics, verdicts,
 };
 
 /// What one [`Agent::apply`] did: the sinks' reports (the map sink's only
@@ -89,6 +89,12 @@ impl Agent {
         };
         if desired.listed {
             applied.kernel = Some(self.kernel.sync(&desired).await);
+            let vxlan = desired
+                .routes
+                .values()
+                .filter(|route| matches!(route, PeerRoute::Vxlan { .. }))
+                .count();
+            metrics::global().set_peers(vxlan, desired.routes.len());
         }
         if let Some(fast_path) = self.fast_path.as_mut() {
             applied.maps = Some(fast_path.sync(&desired).await);
@@ -99,6 +105,7 @@ impl Agent {
     /// A batch of lease events (a listing of thousands is one batch, so it
     /// costs one apply).
     pub async fn on_lease_events(&mut self, events: Vec<LeaseEvent>) -> Result<LeaseOutcome> {
+        metrics::global().synced();
         let mut outcome = LeaseOutcome::default();
         let mut lost = false;
         let mut listed = false;
@@ -111,6 +118,7 @@ impl Agent {
             outcome.peer_changes += match event {
                 LeaseEvent::Listing(leases) => {
                     listed = true;
+                    metrics::global().leases_listed();
                     self.peers.resync(leases, own).len()
                 }
                 LeaseEvent::Put {
@@ -148,7 +156,9 @@ impl Agent {
 
     /// The lease is due for renewal.
     pub async fn on_renew_due(&mut self) -> Renewal {
-        self.own.renew().await
+        let renewal = self.own.renew().await;
+        metrics::global().lease_renewed(renewal == Renewal::Renewed);
+        renewal
     }
 
     /// Makes the own subnet the node's, and the local pods the ones in it.

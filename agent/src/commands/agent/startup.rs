@@ -45,8 +45,12 @@ pub async fn connect_and_read_config(
             anyhow::Ok((registry, config))
         };
         match attempt.await {
-            Ok(ready) => return ready,
+            Ok(ready) => {
+                crate::metrics::global().etcd_connected(true);
+                return ready;
+            }
             Err(error) => {
+                crate::metrics::global().etcd_connected(false);
                 let message = format!("{error:#}");
                 if message != last_error {
                     error!("{message}; retrying");
@@ -154,6 +158,7 @@ pub fn start_fast_path(
         "netfilter verdict rule installed; the fast path takes only flows it marks"
     );
     tokio::spawn(endpoints::watch(args.bridge.clone(), uplink.index, views));
+    crate::metrics::global().fast_path_started(&args.bpf_pin_dir);
     Ok(Started {
         fast_path: FastPath::new(programs, maps, handle),
         ruleset_generation,

@@ -1,0 +1,176 @@
+//! `/metrics` of a running agent on the lab: Prometheus text that a parser
+//! reads line for line, `weft_` names, build info, the agent's view (ready,
+//! etcd, peers, map fill) and fast-path packet counters that rise with real
+//! pod-to-pod pings and agree with `weft maps stats`.
+
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
+use std::{
+    io::{Read as _, Write as _},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use prometheus_parse::{Sample, Scrape, Value};
+use weft_agent::http::METRICS_PATH;
+use weft_common::{MAX_ENDPOINTS, MAX_PEERS};
+use weft_tests::{
+    Lab, LabSpec, NodeId,
+    lab::{FLOW_SETUP_PACKETS, HEALTHZ_PORT},
+    netns, privileged_test,
+};
+
+/// `GET /metrics` from the agent in `ns`, parsed.
+fn scrape(ns: &str) -> Scrape {
+    let response = netns::in_netns(ns, || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", HEALTHZ_PORT))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(format!("GET {METRICS_PATH} HTTP/1.0\r\n\r\n").as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })
+    .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    let scrape = Scrape::parse(body.lines().map(|line| Ok(line.to_owned()))).unwrap();
+    // Every sample line became a sample: nothing the parser skipped.
+    let sample_lines = body
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .count();
+    assert_eq!(
+        scrape.samples.len(),
+        sample_lines,
+        "unparsed lines in:\n{body}"
+    );
+    assert_eq!(
+        body.lines().last(),
+        Some("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    scrape
+}
+
+fn value(sample: &Sample) -> f64 {
+    match sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+        _ => panic!("{} is not a plain sample", sample.metric),
+    }
+}
+
+/// The one sample `name` with exactly `labels`.
+fn get(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = scrape
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == name
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .collect();
+    match found.as_slice() {
+        [sample] => value(sample),
+        _ => panic!("{} samples {name}{labels:?}", found.len()),
+    }
+}
+
+#[test]
+fn metrics_name_the_agent_state_and_count_fast_path_packets() {
+    let Some(_guard) = privileged_test("metrics_name_the_agent_state_and_count_fast_path_packets")
+    else {
+        return;
+    };
+    let lab = Lab::up(&LabSpec::new("t-metrics", 2, 1)).unwrap();
+    lab.warm_up().unwrap();
+    let node = lab.node(NodeId::new(1));
+    let before = scrape(&node.ns);
+
+    for sample in &before.samples {
+        assert!(sample.metric.starts_with("weft_"), "{}", sample.metric);
+    }
+    let info = before
+        .samples
+        .iter()
+        .find(|s| s.metric == "weft_build_info")
+        .expect("weft_build_info");
+    assert_eq!(info.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(get(&before, "weft_ready", &[]), 1.0);
+    assert_eq!(get(&before, "weft_etcd_connected", &[]), 1.0);
+    assert_eq!(get(&before, "weft_fastpath_active", &[]), 1.0);
+    // One other node, on VXLAN.
+    assert_eq!(get(&before, "weft_peers", &[("mode", "vxlan")]), 1.0);
+    assert_eq!(get(&before, "weft_peers", &[("mode", "host-gw")]), 0.0);
+    assert!(get(&before, "weft_leases_seen_total", &[]) >= 2.0);
+    assert!(get(&before, "weft_leases_accepted_total", &[]) >= 1.0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last_sync = get(&before, "weft_last_sync_timestamp_seconds", &[]);
+    assert!(now - last_sync < 120.0, "last sync {last_sync}, now {now}");
+    // The pinned maps, read at scrape time: one pod here, one peer subnet.
+    let map = |name: &str, map: &str| get(&before, name, &[("map", map)]);
+    assert_eq!(map("weft_map_capacity", "PEERS"), f64::from(MAX_PEERS));
+    assert_eq!(
+        map("weft_map_capacity", "ENDPOINTS"),
+        f64::from(MAX_ENDPOINTS)
+    );
+    assert_eq!(map("weft_map_entries", "ENDPOINTS"), 1.0);
+    assert_eq!(map("weft_map_entries", "PEERS"), 1.0);
+    // Kernel-path fallbacks are labelled by reason: warm-up pings of new
+    // flows went through netfilter first.
+    assert!(
+        before
+            .samples
+            .iter()
+            .filter(|s| s.metric == "weft_kernel_path_fallbacks_total")
+            .any(|s| s.labels.get("reason") == Some("no_verdict") && value(s) > 0.0),
+        "no kernel-path fallback with reason no_verdict"
+    );
+
+    const PINGS: u64 = 20;
+    let (from, to) = (&node.pods[0], &lab.node(NodeId::new(2)).pods[0]);
+    let out = lab.ping(from, to.ip(), PINGS as u32).unwrap();
+    assert!(out.contains(&format!("{PINGS} received")), "{out}");
+    let after = scrape(&node.ns);
+    let encap = [("hook", "tc_pod_egress"), ("reason", "encap")];
+    let packets = |scrape: &Scrape| get(scrape, "weft_fastpath_packets_total", &encap);
+    let rise = packets(&after) - packets(&before);
+    assert!(
+        rise >= (PINGS - FLOW_SETUP_PACKETS) as f64,
+        "weft_fastpath_packets_total{{hook=tc_pod_egress,reason=encap}} rose by {rise} for {PINGS} pings"
+    );
+    let bytes = get(&after, "weft_fastpath_bytes_total", &encap)
+        - get(&before, "weft_fastpath_bytes_total", &encap);
+    assert!(
+        bytes >= rise * 84.0,
+        "{bytes} bytes for {rise} ICMP echo packets"
+    );
+    // The same STATS slot `weft maps stats` reads, summed over CPUs alike.
+    let (stats_packets, _) = lab.counters(NodeId::new(1)).unwrap()["tc_encap"];
+    assert_eq!(packets(&after), stats_packets as f64);
+    // The receiving side counted its decapsulations too.
+    let receiver = scrape(&lab.node(NodeId::new(2)).ns);
+    let delivered: f64 = receiver
+        .samples
+        .iter()
+        .filter(|s| s.metric == "weft_fastpath_packets_total")
+        .filter(|s| s.labels.get("reason").is_some_and(|r| r == "decap"))
+        .map(value)
+        .sum();
+    assert!(
+        delivered >= (PINGS - FLOW_SETUP_PACKETS) as f64,
+        "decap {delivered}"
+    );
+}

@@ -1,0 +1,227 @@
+//! The node package (`cargo xtask package`): what it installs, that its
+//! systemd unit passes `systemd-analyze verify` where the package put the
+//! binary, that the packaged binary runs, and that /etc/default/weft names
+//! only settings the agent reads, with values it accepts.
+//!
+//! `cargo xtask test` builds the .deb and passes it in `WEFT_DEB`; run alone,
+//! the test takes the one in target/debian (`cargo xtask package`).
+
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
+use std::{
+    collections::BTreeSet,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use weft_agent::cli::FLANNELD_ALIASES;
+use weft_tests::settings::{agent_settings, check_agent_setting};
+
+fn deb() -> PathBuf {
+    if let Some(deb) = std::env::var_os("WEFT_DEB") {
+        return PathBuf::from(deb);
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
+    let debs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|path| path.extension().is_some_and(|ext| ext == "deb"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match debs.as_slice() {
+        [deb] => deb.clone(),
+        _ => panic!(
+            "no single .deb in {} ({debs:?}) and WEFT_DEB unset: run `cargo xtask package` \
+             (`cargo xtask test` builds it and sets WEFT_DEB)",
+            dir.display()
+        ),
+    }
+}
+
+/// A throw-away directory, removed when the test ends (also on failure).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("weft-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn field(deb: &str, name: &str) -> String {
+    run("dpkg-deb", &["--field", deb, name]).trim().to_owned()
+}
+
+/// The package unpacked into a throw-away root (`dpkg -x`, as dpkg installs
+/// it, without maintainer scripts or the host's database).
+fn unpacked(root: &Path) {
+    run(
+        "dpkg",
+        &["-x", deb().to_str().unwrap(), root.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn the_deb_installs_the_release_binary_the_unit_and_the_defaults() {
+    let deb = deb();
+    let deb = deb.to_str().unwrap();
+    let files: BTreeSet<String> = run("dpkg-deb", &["--contents", deb])
+        .lines()
+        .filter(|line| !line.ends_with('/'))
+        .map(|line| {
+            let path = line.split_whitespace().last().unwrap();
+            path.trim_start_matches('.').to_owned()
+        })
+        .collect();
+    let expected: BTreeSet<String> = [
+        "/usr/bin/weft",
+        "/lib/systemd/system/weft.service",
+        "/etc/default/weft",
+        "/usr/share/doc/weft/copyright",
+        "/usr/share/doc/weft/README.md",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(files, expected, "files in {deb}");
+
+    assert_eq!(field(deb, "Package"), "weft");
+    let depends = field(deb, "Depends");
+    for needed in ["libc6 (>= 2.", "nftables", "iproute2"] {
+        assert!(
+            depends.contains(needed),
+            "Depends: {depends} lacks {needed}"
+        );
+    }
+    let control = TempDir::new("deb-control");
+    run("dpkg-deb", &["--control", deb, control.0.to_str().unwrap()]);
+    let conffiles = std::fs::read_to_string(control.0.join("conffiles")).unwrap();
+    assert_eq!(conffiles.lines().collect::<Vec<_>>(), ["/etc/default/weft"]);
+
+    let root = TempDir::new("deb-root");
+    unpacked(&root.0);
+    let binary = root.0.join("usr/bin/weft");
+    let mode = std::fs::metadata(&binary).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755, "mode of /usr/bin/weft");
+    let version = run(binary.to_str().unwrap(), &["--version"]);
+    assert_eq!(
+        version.trim(),
+        format!("weft {}", field(deb, "Version")),
+        "the packaged binary's --version and the package version"
+    );
+    // A release build: the debug build's symbols make it several times
+    // larger, and a debug binary is far too slow for a node.
+    let size = std::fs::metadata(&binary).unwrap().len();
+    assert!(
+        size < 40 << 20,
+        "/usr/bin/weft is {size} bytes: not a release build?"
+    );
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify_in_the_unpacked_root() {
+    let root = TempDir::new("unit-root");
+    unpacked(&root.0);
+    // verify --root resolves every unit the service names (multi-user.target,
+    // network-online.target, ...) inside the root: give it the host's.
+    let units = root.0.join("usr/lib/systemd");
+    std::fs::create_dir_all(&units).unwrap();
+    run(
+        "cp",
+        &["-r", "/lib/systemd/system", units.to_str().unwrap()],
+    );
+    let unit = root.0.join("lib/systemd/system/weft.service");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.0.display()))
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Unknown keys and sections are only warnings: any output is a defect.
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify weft.service ({}): {said}",
+        out.status
+    );
+    let text = std::fs::read_to_string(&unit).unwrap();
+    for line in [
+        "EnvironmentFile=/etc/default/weft",
+        "ExecStart=/usr/bin/weft agent",
+        "Restart=on-failure",
+        "After=network-online.target",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_BPF CAP_PERFMON CAP_SYS_ADMIN",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "weft.service lacks {line:?}"
+        );
+    }
+}
+
+/// Every `NAME=value` in /etc/default/weft, commented examples included.
+fn default_settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(|line| line.strip_prefix('#').unwrap_or(line))
+        .filter_map(|line| line.split_once('='))
+        .filter(|(name, _)| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        })
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_defaults_file_names_only_settings_the_agent_reads_with_values_it_accepts() {
+    let root = TempDir::new("defaults-root");
+    unpacked(&root.0);
+    let text = std::fs::read_to_string(root.0.join("etc/default/weft")).unwrap();
+    let settings = default_settings(&text);
+    let mut documented = BTreeSet::new();
+    for (name, value) in settings.iter().filter(|(name, _)| name != "RUST_LOG") {
+        match check_agent_setting(name, value) {
+            Ok(id) => documented.insert(id),
+            Err(error) => panic!("/etc/default/weft: {error:#}"),
+        };
+    }
+    for (id, env) in agent_settings() {
+        assert!(
+            documented.contains(&id),
+            "/etc/default/weft does not document {env}"
+        );
+    }
+    for alias in FLANNELD_ALIASES {
+        assert!(
+            text.contains(&format!("FLANNELD_{alias}")),
+            "/etc/default/weft does not mention FLANNELD_{alias}"
+        );
+    }
+}
