@@ -458,16 +458,36 @@ fn fast_path_counts(lab: &Lab) -> Result<(u64, u64)> {
 /// Why the fast path hands a packet to netfilter: a few packets per flow
 /// (set-up, SYN/FIN, one per re-check interval), never a share of a
 /// transfer.
-const NETFILTER_REFUSALS: [CounterId; 8] = [
-    CounterId::XdpPassNoVerdict,
-    CounterId::XdpPassRulesetChanged,
-    CounterId::XdpPassRecheck,
-    CounterId::XdpPassTcpControl,
-    CounterId::TcPassNoVerdict,
-    CounterId::TcPassRulesetChanged,
-    CounterId::TcPassRecheck,
-    CounterId::TcPassTcpControl,
-];
+const NETFILTER_REFUSALS: [CounterId; 12] = {
+    use weft_common::{Hook, Reason};
+    const fn on(hook: Hook) -> [CounterId; 4] {
+        [
+            CounterId::new(hook, Reason::PassNoVerdict),
+            CounterId::new(hook, Reason::PassRulesetChanged),
+            CounterId::new(hook, Reason::PassRecheck),
+            CounterId::new(hook, Reason::PassTcpControl),
+        ]
+    }
+    let [xdp, tc_uplink, pod] = [
+        on(Hook::XdpUplink),
+        on(Hook::TcUplink),
+        on(Hook::TcPodEgress),
+    ];
+    [
+        xdp[0],
+        xdp[1],
+        xdp[2],
+        xdp[3],
+        tc_uplink[0],
+        tc_uplink[1],
+        tc_uplink[2],
+        tc_uplink[3],
+        pod[0],
+        pod[1],
+        pod[2],
+        pod[3],
+    ]
+};
 
 fn netfilter_refusals(lab: &Lab) -> Result<u64> {
     let mut total = 0;

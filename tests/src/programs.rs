@@ -318,7 +318,7 @@ impl Programs {
                 (
                     *name,
                     stats
-                        .get(&(*id as u32), 0)
+                        .get(&id.slot(), 0)
                         .unwrap()
                         .iter()
                         .map(|slot| slot.packets)
@@ -464,13 +464,16 @@ pub fn assert_only(before: &BTreeMap<&str, u64>, after: &BTreeMap<&str, u64>, ro
     }
 }
 
-/// Asserts that exactly `counter` rose by one (besides `uplink_rx` and
-/// `pod_egress`, which count every frame a program sees).
+/// The counters of every frame a program sees.
+const SEEN: [&str; 3] = ["uplink_rx", "tc_uplink_seen", "pod_egress"];
+
+/// Asserts that exactly `counter` rose by one (besides the `Seen` counters
+/// `uplink_rx`, `tc_uplink_seen` and `pod_egress`, which count every frame
+/// a program sees).
 pub fn assert_counted(before: &BTreeMap<&str, u64>, after: &BTreeMap<&str, u64>, counter: &str) {
     for (name, value) in after {
-        let expected = before[name]
-            + u64::from(*name == counter || *name == "uplink_rx" || *name == "pod_egress");
-        if *name == "uplink_rx" || *name == "pod_egress" {
+        let expected = before[name] + u64::from(*name == counter || SEEN.contains(name));
+        if SEEN.contains(name) {
             continue;
         }
         assert_eq!(

@@ -115,7 +115,11 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     let refused = counters_delta(
         &before,
         &lab.counters(1).unwrap(),
-        &["tc_pass_no_verdict", "xdp_pass_no_verdict"],
+        &[
+            "tc_pass_no_verdict",
+            "xdp_pass_no_verdict",
+            "tc_uplink_pass_no_verdict",
+        ],
     );
     assert!(
         refused.0 > 0,

@@ -271,6 +271,10 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
             "xdp_pass_foreign_inner_source",
             "xdp_pass_no_verdict",
             "xdp_decap",
+            "tc_uplink_drop_unknown_vtep",
+            "tc_uplink_pass_not_our_vtep",
+            "tc_uplink_pass_foreign_inner_source",
+            "tc_uplink_pass_no_verdict",
             "tc_uplink_decap",
         ];
         assert_eq!(

@@ -82,7 +82,7 @@ fn vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths() {
     programs.assert_uplink_tc_passes(&[(
         "inner source in the host-gw peer's subnet",
         vxlan_carrying(&inner_from(HOSTGW_POD, VTEP_MAC)),
-        "xdp_pass_foreign_inner_source",
+        "tc_uplink_pass_foreign_inner_source",
     )]);
     // And the honest frame still goes through: the checks could pass.
     let (verdict, _) = programs.xdp(&good_vxlan());

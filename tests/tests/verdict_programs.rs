@@ -109,7 +109,11 @@ fn without_a_verdict_every_program_leaves_the_packet_to_the_kernel() {
             "tc_pass_no_verdict",
         ),
     ]);
-    programs.assert_uplink_tc_passes(&[("VXLAN for a pod", good_vxlan(), "xdp_pass_no_verdict")]);
+    programs.assert_uplink_tc_passes(&[(
+        "VXLAN for a pod",
+        good_vxlan(),
+        "tc_uplink_pass_no_verdict",
+    )]);
 }
 
 #[test]
