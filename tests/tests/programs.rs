@@ -678,7 +678,7 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
             let after = programs.counters();
             let mut tc_only = after.clone();
             // The XDP run above counted too; compare TC's counting alone.
-            for name in ["uplink_rx", "xdp_decap", "tc_uplink_pass_bulk_tcp"] {
+            for name in ["uplink_rx", "xdp_decap", "xdp_pass_bulk_tcp"] {
                 tc_only.insert(name, before[name]);
             }
             assert_only(&before, &tc_only, &with("tc_uplink_decap"));
