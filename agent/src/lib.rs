@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod dataplane;
+pub mod desired;
 pub mod endpoints;
 pub mod http;
 pub mod lease;

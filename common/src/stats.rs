@@ -61,6 +61,12 @@ impl Hook {
         }
     }
 
+    /// This hook's counter for `reason`.
+    #[inline(always)]
+    pub const fn counter(self, reason: Reason) -> CounterId {
+        CounterId::new(self, reason)
+    }
+
     /// What the hook's flat counter names start with (`xdp_decap`,
     /// `tc_uplink_decap`, `tc_encap`, `verdict_learned`).
     pub const fn prefix(self) -> &'static str {
@@ -105,6 +111,13 @@ impl CounterId {
             .iter()
             .find(|(id, _)| *id == self)
             .map_or("unknown", |(_, name)| name)
+    }
+}
+
+/// The flat name.
+impl core::fmt::Display for CounterId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

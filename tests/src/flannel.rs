@@ -90,7 +90,7 @@ fn check_kernel(lab: &Lab, node: &NodeState) -> Result<()> {
         .state
         .nodes
         .iter()
-        .filter(|peer| peer.index != node.index)
+        .filter(|peer| peer.id != node.id)
         .collect();
     let network: Ipv4Net = POD_NETWORK.parse()?;
     let own = subnet_of(node)?;

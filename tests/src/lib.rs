@@ -7,7 +7,6 @@
 // one target, and the lint checks the library too.
 use clap as _;
 
-pub mod bench;
 pub mod cni;
 pub mod echo;
 pub mod etcd;
@@ -23,5 +22,5 @@ pub mod process;
 pub mod programs;
 pub mod traffic;
 
-pub use lab::{Backend, Dataplane, Lab, LabSpec};
+pub use lab::{Backend, Dataplane, Lab, LabSpec, NodeId};
 pub use privileged::privileged_test;

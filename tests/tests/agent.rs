@@ -7,14 +7,19 @@
 #![allow(unused_crate_dependencies)]
 
 use std::collections::BTreeMap;
+use weft_common::{
+    COUNTERS, CounterId,
+    Hook::{TcPodEgress, XdpUplink},
+    Reason,
+};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK};
-use weft_tests::{Lab, LabSpec, lab, netns, privileged_test};
+use weft_tests::{Lab, LabSpec, NodeId, lab, netns, privileged_test};
 
-/// `weft maps stats --json` for a pin dir: counter name -> packets.
-fn packets(lab: &Lab, node: usize) -> BTreeMap<String, u64> {
+/// `weft maps stats --json` for a pin dir: counter -> packets.
+fn packets(lab: &Lab, node: NodeId) -> BTreeMap<CounterId, u64> {
     let weft = lab.state.weft_bin.display().to_string();
     let pin_dir = lab.node(node).pin_dir.display().to_string();
     let out =
@@ -25,10 +30,15 @@ fn packets(lab: &Lab, node: usize) -> BTreeMap<String, u64> {
         .unwrap()
         .iter()
         .map(|counter| {
-            (
-                counter["name"].as_str().unwrap().to_owned(),
-                counter["packets"].as_u64().unwrap(),
-            )
+            let name = counter["name"].as_str().unwrap();
+            let id = COUNTERS
+                .iter()
+                .find_map(|(id, known)| (*known == name).then_some(*id))
+                .unwrap_or_else(|| panic!("weft maps stats lists an unknown counter {name}"));
+            // The reason x hook dimensions, as the programs count them.
+            assert_eq!(counter["hook"], id.hook.name(), "{counter}");
+            assert_eq!(counter["reason"], id.reason.name(), "{counter}");
+            (id, counter["packets"].as_u64().unwrap())
         })
         .collect()
 }
@@ -84,19 +94,19 @@ fn agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm() {
     // Real traffic: n1-p1 -> n2-p2 and back; every request leaves a pod on
     // n1 and arrives on n2's uplink, every reply the other way round.
     const COUNT: u64 = 50;
-    let before = [packets(&lab, 1), packets(&lab, 2)];
-    let from = &lab.node(1).pods[0];
-    let to = &lab.node(2).pods[1];
+    let before = [packets(&lab, NodeId::new(1)), packets(&lab, NodeId::new(2))];
+    let from = &lab.node(NodeId::new(1)).pods[0];
+    let to = &lab.node(NodeId::new(2)).pods[1];
     let out = lab.ping(from, to.ip(), COUNT as u32).unwrap();
     assert!(out.contains(&format!("{COUNT} received")), "{out}");
-    let after = [packets(&lab, 1), packets(&lab, 2)];
+    let after = [packets(&lab, NodeId::new(1)), packets(&lab, NodeId::new(2))];
     for (node, counter) in [
-        (0, "pod_egress"),
-        (0, "uplink_rx"),
-        (1, "pod_egress"),
-        (1, "uplink_rx"),
+        (0, TcPodEgress.counter(Reason::Seen)),
+        (0, XdpUplink.counter(Reason::Seen)),
+        (1, TcPodEgress.counter(Reason::Seen)),
+        (1, XdpUplink.counter(Reason::Seen)),
     ] {
-        let delta = after[node][counter] - before[node][counter];
+        let delta = after[node][&counter] - before[node][&counter];
         assert!(
             delta >= COUNT,
             "node {} {counter} rose by {delta}, expected at least {COUNT}",
@@ -105,7 +115,12 @@ fn agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm() {
     }
 
     // bpftool reads the pinned map with BTF field names.
-    let stats_pin = lab.node(1).pin_dir.join("STATS").display().to_string();
+    let stats_pin = lab
+        .node(NodeId::new(1))
+        .pin_dir
+        .join("STATS")
+        .display()
+        .to_string();
     let dump: Value = serde_json::from_str(
         &netns::run_host(&["bpftool", "map", "dump", "pinned", &stats_pin, "--json"]).unwrap(),
     )
@@ -122,7 +137,7 @@ fn agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm() {
     );
 
     // SIGTERM: every attachment goes, the programs are unloaded, the maps stay.
-    for node in 0..lab.state.nodes.len() {
+    for node in lab.node_ids() {
         lab.stop_agent(node, Signal::SIGTERM).unwrap();
     }
     for node in &lab.state.nodes {
@@ -171,13 +186,13 @@ fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layout
     };
     let mut lab = Lab::up(&LabSpec::new("t-agent-state", 2, 1)).unwrap();
     lab.warm_up().unwrap();
-    let pin_dir = lab.node(1).pin_dir.clone();
+    let pin_dir = lab.node(NodeId::new(1)).pin_dir.clone();
     let map = |name: &str| pin_dir.join(name).display().to_string();
 
     // A second agent on the same pin dir says who holds it, and leaves.
-    let first = lab.agent_pid(0).unwrap();
+    let first = lab.agent_pid(NodeId::new(1)).unwrap();
     let weft = lab.state.weft_bin.display().to_string();
-    let mut second = netns::command(&lab.node(1).ns, &weft).unwrap();
+    let mut second = netns::command(&lab.node(NodeId::new(1)).ns, &weft).unwrap();
     second
         .args(["agent", "--iface", "eth0", "--dataplane", "ebpf"])
         .args(["--subnet-file", "/nonexistent/subnet.env", "--bpf-pin-dir"])
@@ -191,7 +206,7 @@ fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layout
     );
 
     // A PEERS entry deleted behind the agent's back comes back.
-    let peer_subnet: ipnet::Ipv4Net = lab.node(2).subnet.parse().unwrap();
+    let peer_subnet: ipnet::Ipv4Net = lab.node(NodeId::new(2)).subnet.parse().unwrap();
     let [a, b, c, d] = peer_subnet.network().octets();
     let prefix = peer_subnet.prefix_len().to_string();
     let key = [
@@ -211,7 +226,7 @@ fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layout
     delete.extend_from_slice(&key);
     bpftool_map(&delete);
     let listed = |lab: &Lab| {
-        let peers = lab.maps_json(1, "peers")?;
+        let peers = lab.maps_json(NodeId::new(1), "peers")?;
         anyhow::Ok(peers.to_string().contains(&format!("\"{peer_subnet}\"")))
     };
     assert!(!listed(&lab).unwrap(), "bpftool did not delete the entry");
@@ -224,30 +239,34 @@ fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layout
 
     // A pinned map of another layout (a CONFIG 40 bytes wide, as an older
     // build made it) is replaced on start, and the fast path works.
-    lab.stop_agent(0, Signal::SIGTERM).unwrap();
+    lab.stop_agent(NodeId::new(1), Signal::SIGTERM).unwrap();
     let config = map("CONFIG");
     std::fs::remove_file(&config).unwrap();
     bpftool_map(&[
         "create", &config, "type", "array", "key", "4", "value", "40", "entries", "1", "name",
         "CONFIG",
     ]);
-    lab.start_agent(0).unwrap();
-    let log = std::fs::read_to_string(lab.node(1).agent_log.as_ref().unwrap()).unwrap();
+    lab.start_agent(NodeId::new(1)).unwrap();
+    let log =
+        std::fs::read_to_string(lab.node(NodeId::new(1)).agent_log.as_ref().unwrap()).unwrap();
     assert!(
         log.contains("pinned map has another layout"),
         "no word of the replaced map in the log"
     );
     lab.warm_up().unwrap();
-    let before = packets(&lab, 1);
-    let (from, to) = (lab.node(1).pods[0].clone(), lab.node(2).pods[0].clone());
+    let before = packets(&lab, NodeId::new(1));
+    let (from, to) = (
+        lab.node(NodeId::new(1)).pods[0].clone(),
+        lab.node(NodeId::new(2)).pods[0].clone(),
+    );
     assert!(
         lab.ping(&from, to.ip(), 10)
             .unwrap()
             .contains("10 received")
     );
-    let after = packets(&lab, 1);
+    let after = packets(&lab, NodeId::new(1));
     assert!(
-        after["tc_encap"] > before["tc_encap"],
+        after[&TcPodEgress.counter(Reason::Encap)] > before[&TcPodEgress.counter(Reason::Encap)],
         "the fast path did not carry traffic after the layout change"
     );
 }

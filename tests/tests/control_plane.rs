@@ -14,7 +14,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec, flannel, inspect,
+    Backend, Dataplane, Lab, LabSpec, NodeId, flannel, inspect,
     lab::{ETCD_PREFIX, wait_for},
     privileged_test,
 };
@@ -57,22 +57,22 @@ fn restarted_agents_keep_subnet_and_vtep_mac_without_duplicates() {
         return;
     };
     let mut lab = Lab::up(&three_nodes("t-cp-restart", Backend::Vxlan)).unwrap();
-    let subnet = lab.node(1).subnet.clone();
-    let mac = flannel::vtep_mac(lab.node(1)).unwrap();
+    let subnet = lab.node(NodeId::new(1)).subnet.clone();
+    let mac = flannel::vtep_mac(lab.node(NodeId::new(1))).unwrap();
     for signal in [Signal::SIGTERM, Signal::SIGKILL] {
-        lab.stop_agent(0, signal).unwrap();
+        lab.stop_agent(NodeId::new(1), signal).unwrap();
         // Without its agent the node keeps forwarding: the kernel state stays.
-        let from = lab.node(1).pods[0].clone();
-        let to = lab.node(2).pods[0].clone();
+        let from = lab.node(NodeId::new(1)).pods[0].clone();
+        let to = lab.node(NodeId::new(2)).pods[0].clone();
         assert!(lab.ping(&from, to.ip(), 3).unwrap().contains("3 received"));
-        lab.start_agent(0).unwrap();
+        lab.start_agent(NodeId::new(1)).unwrap();
         assert_eq!(
-            lab.node(1).subnet,
+            lab.node(NodeId::new(1)).subnet,
             subnet,
             "subnet changed across a {signal} restart"
         );
         assert_eq!(
-            flannel::vtep_mac(lab.node(1)).unwrap(),
+            flannel::vtep_mac(lab.node(NodeId::new(1))).unwrap(),
             mac,
             "VTEP MAC changed across a {signal} restart"
         );
@@ -90,14 +90,14 @@ fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
     };
     let lab = Lab::up(&three_nodes("t-cp-delete", Backend::Vxlan)).unwrap();
     // Stop node 3's agent so it does not re-acquire before we look.
-    lab.stop_agent(2, Signal::SIGTERM).unwrap();
-    let gone = lab.node(3).clone();
+    lab.stop_agent(NodeId::new(3), Signal::SIGTERM).unwrap();
+    let gone = lab.node(NodeId::new(3)).clone();
     let key = format!("{ETCD_PREFIX}/subnets/{}", gone.subnet.replace('/', "-"));
     let mac = flannel::vtep_mac(&gone).unwrap();
     let gateway = gone.subnet.split('/').next().unwrap().to_owned();
     lab.etcd().delete(&key).unwrap();
     let started = Instant::now();
-    for node in [lab.node(1), lab.node(2)] {
+    for node in [lab.node(NodeId::new(1)), lab.node(NodeId::new(2))] {
         wait_for(
             &format!("{} to drop {}", node.ns, gone.subnet),
             Duration::from_secs(2),
@@ -116,12 +116,12 @@ fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
     assert!(started.elapsed() < Duration::from_secs(2));
     // Back on: node 3 takes its subnet again (from its subnet.env).
     let mut lab = lab;
-    lab.start_agent(2).unwrap();
-    assert_eq!(lab.node(3).subnet, gone.subnet);
+    lab.start_agent(NodeId::new(3)).unwrap();
+    assert_eq!(lab.node(NodeId::new(3)).subnet, gone.subnet);
     // A running owner whose lease is deleted re-acquires it by itself.
     let own_key = format!(
         "{ETCD_PREFIX}/subnets/{}",
-        lab.node(1).subnet.replace('/', "-")
+        lab.node(NodeId::new(1)).subnet.replace('/', "-")
     );
     let etcd = lab.etcd();
     etcd.delete(&own_key).unwrap();
@@ -145,8 +145,8 @@ fn an_etcd_outage_loses_no_packet_and_agents_reconnect() {
         return;
     };
     let lab = Lab::up(&three_nodes("t-cp-outage", Backend::Vxlan)).unwrap();
-    let from = lab.node(1).pods[0].clone();
-    let to = lab.node(2).pods[0].clone();
+    let from = lab.node(NodeId::new(1)).pods[0].clone();
+    let to = lab.node(NodeId::new(2)).pods[0].clone();
     // 35 s of pings at 10/s across the 30 s outage.
     let ping = {
         let from = from.clone();
@@ -211,7 +211,10 @@ fn compaction_past_the_watch_revision_loses_no_event() {
     // Freeze the agents so their watches fall behind, change leases, compact
     // history past what they have seen, and restart etcd so every watch
     // must be re-established from a compacted revision.
-    let pids: Vec<u32> = (0..3).map(|node| lab.agent_pid(node).unwrap()).collect();
+    let pids: Vec<u32> = lab
+        .node_ids()
+        .map(|node| lab.agent_pid(node).unwrap())
+        .collect();
     for pid in &pids {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), Signal::SIGSTOP).unwrap();
     }
@@ -306,10 +309,10 @@ fn hostile_values_are_logged_by_key_and_the_rest_keeps_working() {
     )
     .unwrap();
     let mut lab = lab;
-    lab.stop_agent(0, Signal::SIGTERM).unwrap();
+    lab.stop_agent(NodeId::new(1), Signal::SIGTERM).unwrap();
     let restart = {
         let etcd = etcd.clone();
-        let log = lab.node(1).agent_log.clone().unwrap();
+        let log = lab.node(NodeId::new(1)).agent_log.clone().unwrap();
         thread::spawn(move || {
             wait_for("the config error in the log", Duration::from_secs(15), || {
                 Ok(std::fs::read_to_string(&log)?.contains("/coreos.com/network/config: network config: SubnetLen 31 is invalid: it must be at most 30"))
@@ -322,7 +325,7 @@ fn hostile_values_are_logged_by_key_and_the_rest_keeps_working() {
             .unwrap();
         })
     };
-    lab.start_agent(0).unwrap();
+    lab.start_agent(NodeId::new(1)).unwrap();
     restart.join().unwrap();
     lab.assert_all_pairs_ping(2);
 }
@@ -341,7 +344,10 @@ fn two_agents_racing_for_one_subnet_end_with_distinct_subnets() {
     spec.dataplane = Dataplane::Kernel;
     spec.preset_subnet_env = Some("10.244.77.1/24".to_owned());
     let lab = Lab::up(&spec).unwrap();
-    let (a, b) = (&lab.node(1).subnet, &lab.node(2).subnet);
+    let (a, b) = (
+        &lab.node(NodeId::new(1)).subnet,
+        &lab.node(NodeId::new(2)).subnet,
+    );
     assert_ne!(a, b, "both agents hold {a}");
     assert!(
         a == "10.244.77.0/24" || b == "10.244.77.0/24",
@@ -366,10 +372,10 @@ fn a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down(
         return;
     };
     let mut lab = Lab::up(&three_nodes("t-cp-stale", Backend::Vxlan)).unwrap();
-    let gone = lab.node(3).clone();
+    let gone = lab.node(NodeId::new(3)).clone();
     let mac = flannel::vtep_mac(&gone).unwrap();
-    lab.stop_agent(0, Signal::SIGKILL).unwrap();
-    lab.stop_agent(2, Signal::SIGTERM).unwrap();
+    lab.stop_agent(NodeId::new(1), Signal::SIGKILL).unwrap();
+    lab.stop_agent(NodeId::new(3), Signal::SIGTERM).unwrap();
     lab.etcd()
         .delete(&format!(
             "{ETCD_PREFIX}/subnets/{}",
@@ -378,13 +384,13 @@ fn a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down(
         .unwrap();
     // Node 1 still has node 3's entries: nobody was there to remove them.
     assert_eq!(
-        inspect::routes_to(&lab.node(1).ns, &gone.subnet)
+        inspect::routes_to(&lab.node(NodeId::new(1)).ns, &gone.subnet)
             .unwrap()
             .len(),
         1
     );
-    lab.start_agent(0).unwrap();
-    let ns = &lab.node(1).ns;
+    lab.start_agent(NodeId::new(1)).unwrap();
+    let ns = &lab.node(NodeId::new(1)).ns;
     assert!(
         inspect::routes_to(ns, &gone.subnet).unwrap().is_empty(),
         "stale route survived the restart"
@@ -405,8 +411,8 @@ fn a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down(
         "stale neighbour"
     );
     // And what is still leased is intact.
-    let from = lab.node(1).pods[0].clone();
-    let to = lab.node(2).pods[1].clone();
+    let from = lab.node(NodeId::new(1)).pods[0].clone();
+    let to = lab.node(NodeId::new(2)).pods[1].clone();
     assert!(lab.ping(&from, to.ip(), 3).unwrap().contains("3 received"));
 }
 
@@ -422,7 +428,7 @@ fn ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules() {
     let mut plain = LabSpec::new("t-cp-nomasq", 1, 1);
     plain.dataplane = Dataplane::Kernel;
     let lab = Lab::up(&plain).unwrap();
-    let pod = lab.node(1).pods[0].clone();
+    let pod = lab.node(NodeId::new(1)).pods[0].clone();
     assert!(
         lab.ping(&pod, "192.168.77.254", 1).is_err(),
         "reached the underlay without masquerade"
@@ -433,7 +439,7 @@ fn ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules() {
     spec.dataplane = Dataplane::Kernel;
     spec.ip_masq = true;
     let lab = Lab::up(&spec).unwrap();
-    let ns = lab.node(1).ns.clone();
+    let ns = lab.node(NodeId::new(1)).ns.clone();
     let rules =
         weft_tests::netns::run(&ns, &["nft", "list", "table", "ip", "flannel-ipv4"]).unwrap();
     let network = "10.244.0.0/16";
@@ -442,7 +448,7 @@ fn ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules() {
         format!("ip saddr {network} ip daddr {network} return"),
         format!(
             "ip saddr != {network} ip daddr {} return",
-            lab.node(1).subnet
+            lab.node(NodeId::new(1)).subnet
         ),
         format!("ip saddr {network} ip daddr != 224.0.0.0/4 masquerade fully-random"),
         format!("ip saddr != {network} ip daddr {network} masquerade fully-random"),
@@ -451,9 +457,9 @@ fn ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules() {
     ] {
         assert!(rules.contains(&rule), "missing `{rule}` in\n{rules}");
     }
-    let env = std::fs::read_to_string(&lab.node(1).subnet_file).unwrap();
+    let env = std::fs::read_to_string(&lab.node(NodeId::new(1)).subnet_file).unwrap();
     assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
-    let pod = lab.node(1).pods[0].clone();
+    let pod = lab.node(NodeId::new(1)).pods[0].clone();
     assert!(
         lab.ping(&pod, "192.168.77.254", 3)
             .unwrap()
@@ -495,7 +501,7 @@ fn leases_live_24_hours_and_are_renewed_before_the_margin() {
     let lab = Lab::up(&spec).unwrap();
     let key = format!(
         "{ETCD_PREFIX}/subnets/{}",
-        lab.node(1).subnet.replace('/', "-")
+        lab.node(NodeId::new(1)).subnet.replace('/', "-")
     );
     let etcd = lab.etcd();
     let (first_id, granted, remaining) = etcd.lease_of(&key).unwrap();
@@ -529,7 +535,7 @@ fn the_agent_speaks_to_etcd_over_tls_with_client_certificates_and_a_password() {
     let mut spec = LabSpec::new("t-cp-tls", 1, 0);
     spec.dataplane = Dataplane::Kernel;
     let mut lab = Lab::up(&spec).unwrap();
-    lab.stop_agent(0, Signal::SIGTERM).unwrap();
+    lab.stop_agent(NodeId::new(1), Signal::SIGTERM).unwrap();
     let run_dir = lab.state.run_dir.clone();
     let tls = run_dir.join("tls");
     weft_tests::etcd::make_certificates(&tls, "192.168.77.254").unwrap();
@@ -549,7 +555,7 @@ fn the_agent_speaks_to_etcd_over_tls_with_client_certificates_and_a_password() {
         ..admin
     };
 
-    let node = lab.node(1).clone();
+    let node = lab.node(NodeId::new(1)).clone();
     let start = |password: &str, port: u16, env_file: &str, tag: &str| {
         let mut command =
             weft_tests::netns::command(&node.ns, &lab.state.weft_bin.display().to_string())
@@ -670,12 +676,7 @@ fn direct_routing_routes_on_link_peers_without_encapsulation() {
         );
     }
     for node in &lab.state.nodes {
-        for peer in lab
-            .state
-            .nodes
-            .iter()
-            .filter(|peer| peer.index != node.index)
-        {
+        for peer in lab.state.nodes.iter().filter(|peer| peer.id != node.id) {
             let route = inspect::routes_to(&node.ns, &peer.subnet).unwrap();
             assert!(
                 route.len() == 1

@@ -12,11 +12,15 @@ use std::{
     net::UdpSocket,
     time::{Duration, Instant},
 };
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 
 use nix::sys::signal::Signal;
 use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK};
 use weft_tests::{
-    Dataplane, Lab, LabSpec, inspect,
+    Dataplane, Lab, LabSpec, NodeId, inspect,
     lab::{
         self, DECAP_COUNTERS, FLOW_SETUP_PACKETS, PodState, XDP_NATIVE, carried_nearly_all,
         counter_delta, counters_delta,
@@ -37,8 +41,12 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     // The lab's uplinks are veths: TC alone decapsulates (`--xdp-mode auto`).
     let lab = Lab::up(&LabSpec::new("t-fp-vxlan", 3, 2)).unwrap();
     carries_cross_node_traffic(&lab, false);
-    let counters = lab.counters(3).unwrap();
-    assert_eq!(counters["xdp_decap"].0, 0, "XDP decapsulated without XDP");
+    let counters = lab.counters(NodeId::new(3)).unwrap();
+    assert_eq!(
+        counters[&XdpUplink.counter(Reason::Decap)].0,
+        0,
+        "XDP decapsulated without XDP"
+    );
 }
 
 #[test]
@@ -63,7 +71,7 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
 
     // What `weft maps` and `weft status` show a user on node 1.
     let weft = lab.state.weft_bin.display().to_string();
-    let node = lab.node(1);
+    let node = lab.node(NodeId::new(1));
     let pin_dir = node.pin_dir.display().to_string();
     let peers: serde_json::Value = serde_json::from_str(
         &netns::run_host(&[&weft, "maps", "peers", "--json", "--bpf-pin-dir", &pin_dir]).unwrap(),
@@ -71,7 +79,12 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     .unwrap();
     let peers = peers.as_array().unwrap();
     assert_eq!(peers.len(), 2, "{peers:?}");
-    for peer in lab.state.nodes.iter().filter(|peer| peer.index != 1) {
+    for peer in lab
+        .state
+        .nodes
+        .iter()
+        .filter(|peer| peer.id != NodeId::new(1))
+    {
         let row = peers
             .iter()
             .find(|row| row["subnet"] == peer.subnet.as_str())
@@ -123,21 +136,34 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     // ways, every request is encapsulated by TC on n1 and decapsulated on
     // n2's uplink (by XDP if attached: pings are small), every reply the
     // other way round. The flow's first packets take the kernel path.
-    let (from, to) = (lab.node(1).pods[0].clone(), lab.node(2).pods[0].clone());
-    let before = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
+    let (from, to) = (
+        lab.node(NodeId::new(1)).pods[0].clone(),
+        lab.node(NodeId::new(2)).pods[0].clone(),
+    );
+    let before = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+    ];
     let flannel_before = [
-        inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap(),
-        inspect::packet_counts(&lab.node(2).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(2)).ns, "flannel.1").unwrap(),
     ];
     assert!(
         lab.ping(&from, to.ip(), 50)
             .unwrap()
             .contains("50 received")
     );
-    let after = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
+    let after = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+    ];
     for node in 0..2 {
-        let decap = if xdp { "xdp_decap" } else { "tc_uplink_decap" };
-        for counter in ["tc_encap", decap] {
+        let decap = if xdp {
+            XdpUplink.counter(Reason::Decap)
+        } else {
+            TcUplink.counter(Reason::Decap)
+        };
+        for counter in [TcPodEgress.counter(Reason::Encap), decap] {
             let (packets, _) = counter_delta(&before[node], &after[node], counter);
             assert!(
                 packets >= 50 - FLOW_SETUP_PACKETS,
@@ -147,17 +173,20 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
         }
     }
     let flannel_after = [
-        inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap(),
-        inspect::packet_counts(&lab.node(2).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(2)).ns, "flannel.1").unwrap(),
     ];
     assert_kernel_path_only_set_up(flannel_before, flannel_after, "the pings");
 
     // 200 MB of TCP n1-p1 -> n3-p2, checked end to end.
-    let server = lab.node(3).pods[1].clone();
-    let before = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
+    let server = lab.node(NodeId::new(3)).pods[1].clone();
+    let before = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
+    ];
     let flannel_before = [
-        inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap(),
-        inspect::packet_counts(&lab.node(3).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(3)).ns, "flannel.1").unwrap(),
     ];
     let transfer =
         tcp_transfer(&server.ns, server.ip(), 5001, &from.ns, 200 * 1024 * 1024).unwrap();
@@ -165,8 +194,11 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
         transfer.sent, transfer.received,
         "the received bytes differ from the sent ones"
     );
-    let after = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
-    let (_, encap_bytes) = counter_delta(&before[0], &after[0], "tc_encap");
+    let after = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
+    ];
+    let (_, encap_bytes) = counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::Encap));
     let (_, decap_bytes) = counters_delta(&before[1], &after[1], &DECAP_COUNTERS);
     assert!(
         carried_nearly_all(encap_bytes, transfer.bytes),
@@ -181,20 +213,24 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     if xdp {
         // Full-size segments were left to GRO, and TC delivered them
         // coalesced: fewer packets than XDP passed it.
-        let (passed, _) = counter_delta(&before[1], &after[1], "xdp_pass_bulk_tcp");
-        let (coalesced, _) = counter_delta(&before[1], &after[1], "tc_uplink_decap");
+        let (passed, _) = counter_delta(
+            &before[1],
+            &after[1],
+            XdpUplink.counter(Reason::PassBulkTcp),
+        );
+        let (coalesced, _) = counter_delta(&before[1], &after[1], TcUplink.counter(Reason::Decap));
         assert!(
             passed > 0 && coalesced > 0 && coalesced < passed,
             "XDP left {passed} segments to GRO, TC delivered {coalesced} packets"
         );
     }
     let flannel_after = [
-        inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap(),
-        inspect::packet_counts(&lab.node(3).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap(),
+        inspect::packet_counts(&lab.node(NodeId::new(3)).ns, "flannel.1").unwrap(),
     ];
     // The kernel path carried the connection's set-up and close, and one
     // packet each way per re-check interval (netfilter's periodic look).
-    let fast_packets = counter_delta(&before[0], &after[0], "tc_encap").0
+    let fast_packets = counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::Encap)).0
         + counters_delta(&before[1], &after[1], &DECAP_COUNTERS).0;
     for (node, (before, after)) in flannel_before.iter().zip(flannel_after).enumerate() {
         let kernel_packets = (after.0 - before.0) + (after.1 - before.1);
@@ -208,11 +244,16 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     // Full-MTU packets (1450 = 1422 + 28) go through with DF; one byte more
     // with DF is refused by the pod itself (its MTU is the overlay's), and
     // without DF it is fragmented and still arrives.
-    let before = lab.counters(1).unwrap();
+    let before = lab.counters(NodeId::new(1)).unwrap();
     let full = lab.ping_sized(&from, to.ip(), 6, 1422, true).unwrap();
     assert!(full.contains("6 received"), "{full}");
     assert!(
-        counter_delta(&before, &lab.counters(1).unwrap(), "tc_encap").0 >= 6 - FLOW_SETUP_PACKETS
+        counter_delta(
+            &before,
+            &lab.counters(NodeId::new(1)).unwrap(),
+            TcPodEgress.counter(Reason::Encap)
+        )
+        .0 >= 6 - FLOW_SETUP_PACKETS
     );
     let over = lab.ping_sized(&from, to.ip(), 1, 1423, true);
     assert!(
@@ -230,15 +271,19 @@ fn same_node_pods_talk_without_the_bridge() {
     };
     let lab = Lab::up(&LabSpec::new("t-fp-local", 1, 2)).unwrap();
     lab.warm_up().unwrap();
-    let node = lab.node(1);
+    let node = lab.node(NodeId::new(1));
     let (a, b) = (node.pods[0].clone(), node.pods[1].clone());
-    let before = lab.counters(1).unwrap();
+    let before = lab.counters(NodeId::new(1)).unwrap();
     let veths = [
         inspect::packet_counts(&node.ns, &a.network.host_veth).unwrap(),
         inspect::packet_counts(&node.ns, &b.network.host_veth).unwrap(),
     ];
     assert!(lab.ping(&a, b.ip(), 50).unwrap().contains("50 received"));
-    let (redirected, _) = counter_delta(&before, &lab.counters(1).unwrap(), "tc_local_redirect");
+    let (redirected, _) = counter_delta(
+        &before,
+        &lab.counters(NodeId::new(1)).unwrap(),
+        TcPodEgress.counter(Reason::LocalRedirect),
+    );
     assert!(
         redirected >= 100 - FLOW_SETUP_PACKETS,
         "only {redirected} of 100 packets were redirected pod to pod"
@@ -274,19 +319,24 @@ fn a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways() {
     spec.node_dataplanes = vec![Dataplane::Kernel, Dataplane::Ebpf, Dataplane::Ebpf];
     let lab = Lab::up(&spec).unwrap();
     lab.warm_up().unwrap();
-    let stock_before = inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap();
-    let fast_before = lab.counters(2).unwrap();
+    let stock_before = inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap();
+    let fast_before = lab.counters(NodeId::new(2)).unwrap();
     lab.assert_all_pairs_ping(2);
     // The stock node's flannel.1 decapsulated what weft encapsulated and
     // encapsulated what weft's XDP decapsulated.
-    let stock_after = inspect::packet_counts(&lab.node(1).ns, "flannel.1").unwrap();
-    let fast_after = lab.counters(2).unwrap();
+    let stock_after = inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap();
+    let fast_after = lab.counters(NodeId::new(2)).unwrap();
     assert!(
         stock_after.0 > stock_before.0 && stock_after.1 > stock_before.1,
         "the stock node's flannel.1 saw no traffic"
     );
     assert!(
-        counter_delta(&fast_before, &fast_after, "tc_encap").0 > 0
+        counter_delta(
+            &fast_before,
+            &fast_after,
+            TcPodEgress.counter(Reason::Encap)
+        )
+        .0 > 0
             && counters_delta(&fast_before, &fast_after, &DECAP_COUNTERS).0 > 0
     );
 }
@@ -318,8 +368,8 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
     };
     let lab = Lab::up(&LabSpec::new("t-fp-spoof", 2, 1)).unwrap();
     lab.warm_up().unwrap();
-    let pod = lab.node(1).pods[0].clone();
-    let node_ip = lab.node(1).ip.clone();
+    let pod = lab.node(NodeId::new(1)).pods[0].clone();
+    let node_ip = lab.node(NodeId::new(1)).ip.clone();
     let listener = netns::in_netns(&pod.ns, || {
         let socket = UdpSocket::bind(("0.0.0.0", 9999))?;
         socket.set_read_timeout(Some(Duration::from_millis(1500)))?;
@@ -348,7 +398,7 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
         "ul0",
     ])
     .unwrap();
-    let before = lab.counters(1).unwrap();
+    let before = lab.counters(NodeId::new(1)).unwrap();
     send_from(&lab.state.underlay_ns, "192.168.77.66", b"spoofed");
     let mut buffer = [0u8; 64];
     let received = listener.recv_from(&mut buffer);
@@ -360,8 +410,8 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
     assert_eq!(
         counter_delta(
             &before,
-            &lab.counters(1).unwrap(),
-            "tc_uplink_drop_unknown_vtep"
+            &lab.counters(NodeId::new(1)).unwrap(),
+            TcUplink.counter(Reason::DropUnknownVtep)
         )
         .0,
         1
@@ -370,19 +420,30 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
     // check (the check above could have failed) and meets the next one: it
     // is not addressed to this node's VTEP MAC, so it goes to the kernel
     // path (where flannel.1 ignores it) rather than into the pod.
-    let before = lab.counters(1).unwrap();
-    send_from(&lab.node(2).ns, &lab.node(2).ip, b"legit");
+    let before = lab.counters(NodeId::new(1)).unwrap();
+    send_from(
+        &lab.node(NodeId::new(2)).ns,
+        &lab.node(NodeId::new(2)).ip,
+        b"legit",
+    );
     lab::wait_for(
         "the packet from a real node to be classified",
         Duration::from_secs(5),
-        || Ok(counter_delta(&before, &lab.counters(1)?, "tc_uplink_pass_not_our_vtep").0 == 1),
+        || {
+            Ok(counter_delta(
+                &before,
+                &lab.counters(NodeId::new(1))?,
+                TcUplink.counter(Reason::PassNotOurVtep),
+            )
+            .0 == 1)
+        },
     )
     .unwrap();
     assert_eq!(
         counter_delta(
             &before,
-            &lab.counters(1).unwrap(),
-            "tc_uplink_drop_unknown_vtep"
+            &lab.counters(NodeId::new(1)).unwrap(),
+            TcUplink.counter(Reason::DropUnknownVtep)
         )
         .0,
         0
@@ -411,10 +472,13 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
     };
     let mut lab = Lab::up(&LabSpec::new("t-fp-restart", 2, 1)).unwrap();
     lab.warm_up().unwrap();
-    let (client, server) = (lab.node(1).pods[0].clone(), lab.node(2).pods[0].clone());
-    let counters_before = lab.counters(2).unwrap();
+    let (client, server) = (
+        lab.node(NodeId::new(1)).pods[0].clone(),
+        lab.node(NodeId::new(2)).pods[0].clone(),
+    );
+    let counters_before = lab.counters(NodeId::new(2)).unwrap();
     let killer = {
-        let pid = lab.agent_pid(1).unwrap();
+        let pid = lab.agent_pid(NodeId::new(2)).unwrap();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL)
@@ -433,12 +497,12 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
         transfer.sent, transfer.received,
         "the transfer was damaged by the agent's death"
     );
-    lab.stop_agent(1, Signal::SIGKILL).ok();
-    lab.start_agent(1).unwrap();
-    lab.wait_pods_attached(1).unwrap();
+    lab.stop_agent(NodeId::new(2), Signal::SIGKILL).ok();
+    lab.start_agent(NodeId::new(2)).unwrap();
+    lab.wait_pods_attached(NodeId::new(2)).unwrap();
     // Adopted, not duplicated: one XDP program on the uplink, one TC program
     // per pod veth, and the pinned counters carried on from before the kill.
-    let node = lab.node(2);
+    let node = lab.node(NodeId::new(2));
     assert!(lab::tc_attached(&node.ns, "eth0", TC_UPLINK).unwrap());
     for pod in &node.pods {
         let count = netns::in_netns(&node.ns, || {
@@ -458,7 +522,9 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
             pod.network.host_veth
         );
     }
-    // The lab's veth uplinks run without XDP: tc_uplink sees every frame.
-    assert!(lab.counters(2).unwrap()["tc_uplink_seen"].0 >= counters_before["tc_uplink_seen"].0);
+    assert!(
+        lab.counters(NodeId::new(2)).unwrap()[&TcUplink.counter(Reason::Seen)].0
+            >= counters_before[&TcUplink.counter(Reason::Seen)].0
+    );
     lab.assert_all_pairs_ping(2);
 }

@@ -6,8 +6,12 @@
 // package; the lint is for the library.
 #![allow(unused_crate_dependencies)]
 
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec, inspect,
+    Backend, Dataplane, Lab, LabSpec, NodeId, inspect,
     lab::{
         DECAP_COUNTERS, FLOW_SETUP_PACKETS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE,
         carried_nearly_all, counter_delta, counters_delta,
@@ -31,8 +35,12 @@ fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
     // The lab's uplinks are veths: TC alone delivers (`--xdp-mode auto`).
     let lab = Lab::up(&host_gw("t-hg-fast")).unwrap();
     skips_the_routing_table(&lab);
-    let counters = lab.counters(3).unwrap();
-    assert_eq!(counters["xdp_host_gw"].0, 0, "XDP delivered without XDP");
+    let counters = lab.counters(NodeId::new(3)).unwrap();
+    assert_eq!(
+        counters[&XdpUplink.counter(Reason::HostGw)].0,
+        0,
+        "XDP delivered without XDP"
+    );
 }
 
 #[test]
@@ -45,11 +53,15 @@ fn host_gw_with_xdp_delivers_small_packets_from_xdp_and_bulk_tcp_after_gro() {
     let mut spec = host_gw("t-hg-xdp");
     spec.agent_args.push(XDP_NATIVE.to_owned());
     let lab = Lab::up(&spec).unwrap();
-    let before = lab.counters(3).unwrap();
+    let before = lab.counters(NodeId::new(3)).unwrap();
     skips_the_routing_table(&lab);
-    let after = lab.counters(3).unwrap();
+    let after = lab.counters(NodeId::new(3)).unwrap();
     // Pings are small: XDP; the transfer's full-size segments: GRO, then TC.
-    for counter in ["xdp_host_gw", "xdp_pass_bulk_tcp", "tc_uplink_host_gw"] {
+    for counter in [
+        XdpUplink.counter(Reason::HostGw),
+        XdpUplink.counter(Reason::PassBulkTcp),
+        TcUplink.counter(Reason::HostGw),
+    ] {
         assert!(
             counter_delta(&before, &after, counter).0 > 0,
             "{counter} did not rise"
@@ -62,11 +74,17 @@ fn host_gw_with_xdp_delivers_small_packets_from_xdp_and_bulk_tcp_after_gro() {
 fn skips_the_routing_table(lab: &Lab) {
     lab.warm_up().unwrap();
     lab.assert_all_pairs_ping(2);
-    let (client, server) = (lab.node(1).pods[0].clone(), lab.node(3).pods[1].clone());
-    let before = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
+    let (client, server) = (
+        lab.node(NodeId::new(1)).pods[0].clone(),
+        lab.node(NodeId::new(3)).pods[1].clone(),
+    );
+    let before = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
+    ];
     let forwarded = [
-        inspect::forwarded_datagrams(&lab.node(1).ns).unwrap(),
-        inspect::forwarded_datagrams(&lab.node(3).ns).unwrap(),
+        inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap(),
+        inspect::forwarded_datagrams(&lab.node(NodeId::new(3)).ns).unwrap(),
     ];
     let transfer =
         tcp_transfer(&server.ns, server.ip(), 5003, &client.ns, 200 * 1024 * 1024).unwrap();
@@ -74,8 +92,11 @@ fn skips_the_routing_table(lab: &Lab) {
         transfer.sent, transfer.received,
         "the received bytes differ from the sent ones"
     );
-    let after = [lab.counters(1).unwrap(), lab.counters(3).unwrap()];
-    let (_, sent) = counter_delta(&before[0], &after[0], "tc_host_gw");
+    let after = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
+    ];
+    let (_, sent) = counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::HostGw));
     let (_, delivered) = counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS);
     assert!(
         carried_nearly_all(sent, transfer.bytes),
@@ -90,11 +111,11 @@ fn skips_the_routing_table(lab: &Lab) {
     // The kernel routed (almost) nothing: the connection's set-up and close,
     // and one packet each way per re-check interval (netfilter's periodic
     // look at the flow).
-    let fast_packets = counter_delta(&before[0], &after[0], "tc_host_gw").0
+    let fast_packets = counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::HostGw)).0
         + counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS).0;
     let forwarded_after = [
-        inspect::forwarded_datagrams(&lab.node(1).ns).unwrap(),
-        inspect::forwarded_datagrams(&lab.node(3).ns).unwrap(),
+        inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap(),
+        inspect::forwarded_datagrams(&lab.node(NodeId::new(3)).ns).unwrap(),
     ];
     for (node, (was, is)) in [
         (1, (forwarded[0], forwarded_after[0])),
@@ -119,16 +140,16 @@ fn a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other() {
     spec.node_dataplanes = vec![Dataplane::Kernel, Dataplane::Ebpf, Dataplane::Ebpf];
     let lab = Lab::up(&spec).unwrap();
     lab.warm_up().unwrap();
-    let stock = inspect::forwarded_datagrams(&lab.node(1).ns).unwrap();
-    let fast = lab.counters(2).unwrap();
+    let stock = inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap();
+    let fast = lab.counters(NodeId::new(2)).unwrap();
     lab.assert_all_pairs_ping(2);
     assert!(
-        inspect::forwarded_datagrams(&lab.node(1).ns).unwrap() > stock,
+        inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap() > stock,
         "the stock node routed nothing"
     );
-    let fast_after = lab.counters(2).unwrap();
+    let fast_after = lab.counters(NodeId::new(2)).unwrap();
     assert!(
-        counter_delta(&fast, &fast_after, "tc_host_gw").0 > 0
+        counter_delta(&fast, &fast_after, TcPodEgress.counter(Reason::HostGw)).0 > 0
             && counters_delta(&fast, &fast_after, &HOST_GW_DELIVERY_COUNTERS).0 > 0
     );
 }
@@ -146,14 +167,18 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
     spec.network_config = Some(
         r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#.to_owned(),
     );
-    spec.second_segment_from = Some(3);
+    spec.second_segment_from = Some(NodeId::new(3));
     let lab = Lab::up(&spec).unwrap();
-    assert_eq!(lab.node(3).ip, "192.168.78.3");
+    assert_eq!(lab.node(NodeId::new(3)).ip, "192.168.78.3");
     lab.warm_up().unwrap();
     lab.assert_all_pairs_ping(2);
 
     // The kernel path decided per peer as flanneld does...
-    let (n1, n2, n3) = (lab.node(1), lab.node(2), lab.node(3));
+    let (n1, n2, n3) = (
+        lab.node(NodeId::new(1)),
+        lab.node(NodeId::new(2)),
+        lab.node(NodeId::new(3)),
+    );
     let to_n2 = inspect::routes_to(&n1.ns, &n2.subnet).unwrap();
     assert!(
         to_n2.len() == 1 && to_n2[0]["gateway"] == n2.ip.as_str() && to_n2[0]["dev"] == "eth0",
@@ -201,19 +226,20 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
 
     let (p1, p2, p3) = (n1.pods[0].clone(), n2.pods[0].clone(), n3.pods[0].clone());
     let before = [
-        lab.counters(1).unwrap(),
-        lab.counters(2).unwrap(),
-        lab.counters(3).unwrap(),
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
     ];
     assert!(lab.ping(&p1, p2.ip(), 50).unwrap().contains("50 received"));
     assert!(lab.ping(&p1, p3.ip(), 50).unwrap().contains("50 received"));
     let after = [
-        lab.counters(1).unwrap(),
-        lab.counters(2).unwrap(),
-        lab.counters(3).unwrap(),
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+        lab.counters(NodeId::new(3)).unwrap(),
     ];
     assert!(
-        counter_delta(&before[0], &after[0], "tc_host_gw").0 >= 50 - FLOW_SETUP_PACKETS,
+        counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::HostGw)).0
+            >= 50 - FLOW_SETUP_PACKETS,
         "node 1 -> 2 did not go host-gw"
     );
     assert!(
@@ -221,7 +247,8 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
             >= 50 - FLOW_SETUP_PACKETS
     );
     assert!(
-        counter_delta(&before[0], &after[0], "tc_encap").0 >= 50 - FLOW_SETUP_PACKETS,
+        counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::Encap)).0
+            >= 50 - FLOW_SETUP_PACKETS,
         "node 1 -> 3 did not go VXLAN"
     );
     let decapsulated = counters_delta(&before[2], &after[2], &DECAP_COUNTERS).0;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 use weft_tests::{
-    Lab, LabSpec, flannel, inspect,
+    Lab, LabSpec, NodeId, flannel, inspect,
     lab::{ETCD_PREFIX, NodeState, wait_for},
     netns, privileged_test,
 };
@@ -360,11 +360,11 @@ fn twenty_thousand_leases_are_listed_watched_and_programmed() {
     let mut lab = Lab::up(&spec).unwrap();
     // Node 1 takes them in one listing when it starts again; node 2 follows
     // them as watch events.
-    lab.stop_agent(0, nix::sys::signal::Signal::SIGTERM)
+    lab.stop_agent(NodeId::new(1), nix::sys::signal::Signal::SIGTERM)
         .unwrap();
     let leases: Vec<(String, String)> = (0..MANY).map(many_lease).collect();
     lab.etcd().put_many(&leases).unwrap();
-    lab.start_agent(0).unwrap();
+    lab.start_agent(NodeId::new(1)).unwrap();
     for node in &lab.state.nodes {
         wait_for(
             &format!("{} to route every lease", node.ns),

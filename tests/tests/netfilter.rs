@@ -11,9 +11,13 @@
 #![allow(unused_crate_dependencies)]
 
 use std::{net::SocketAddr, time::Duration};
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 
 use weft_tests::{
-    Backend, Lab, LabSpec, cni,
+    Backend, Lab, LabSpec, NodeId, cni,
     echo::{EchoServer, TcpSession, tcp_echo, udp_echo},
     kube_proxy::{self, Service},
     lab::{
@@ -74,8 +78,11 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     let host_gw = spec.backend == Backend::HostGw;
     let lab = Lab::up(&spec).unwrap();
     lab.warm_up().unwrap();
-    let (a, c) = (lab.node(1).pods[0].clone(), lab.node(1).pods[1].clone());
-    let b = lab.node(2).pods[0].clone();
+    let (a, c) = (
+        lab.node(NodeId::new(1)).pods[0].clone(),
+        lab.node(NodeId::new(1)).pods[1].clone(),
+    );
+    let b = lab.node(NodeId::new(2)).pods[0].clone();
     let _servers: Vec<EchoServer> = [&b, &c]
         .iter()
         .map(|pod| EchoServer::start(&pod.ns, ECHO_PORT).unwrap())
@@ -103,10 +110,10 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
         service("10.96.0.12", "tcp", Some(NODE_PORT), &[b.ip()]),
         service("10.96.0.12", "udp", None, &[b.ip()]),
     ];
-    for node in [1, 2] {
+    for node in [NodeId::new(1), NodeId::new(2)] {
         kube_proxy::install_iptables(&lab.node(node).ns, &services).unwrap();
     }
-    let before = lab.counters(1).unwrap();
+    let before = lab.counters(NodeId::new(1)).unwrap();
     assert_services_answer(
         &a.ns,
         &["10.96.0.10", "10.96.0.11", "10.96.0.12"],
@@ -114,11 +121,11 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     );
     let refused = counters_delta(
         &before,
-        &lab.counters(1).unwrap(),
+        &lab.counters(NodeId::new(1)).unwrap(),
         &[
-            "tc_pass_no_verdict",
-            "xdp_pass_no_verdict",
-            "tc_uplink_pass_no_verdict",
+            TcPodEgress.counter(Reason::PassNoVerdict),
+            XdpUplink.counter(Reason::PassNoVerdict),
+            TcUplink.counter(Reason::PassNoVerdict),
         ],
     );
     assert!(
@@ -130,7 +137,7 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     // backend on the other node.
     tcp_echo(
         &lab.state.underlay_ns,
-        at(&lab.node(1).ip, NODE_PORT),
+        at(&lab.node(NodeId::new(1)).ip, NODE_PORT),
         50,
         TIMEOUT,
     )
@@ -140,13 +147,13 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     // for pod B, reached from a pod on node 1 and from the underlay.
     let host_port = 8081;
     cni::add_port_mappings(
-        &lab.node(2).ns,
+        &lab.node(NodeId::new(2)).ns,
         &b.ns,
         &b.network,
         &[("tcp", host_port, ECHO_PORT), ("udp", host_port, ECHO_PORT)],
     )
     .unwrap();
-    let node2 = at(&lab.node(2).ip, host_port);
+    let node2 = at(&lab.node(NodeId::new(2)).ip, host_port);
     for client in [a.ns.as_str(), lab.state.underlay_ns.as_str()] {
         tcp_echo(client, node2, 50, TIMEOUT)
             .unwrap_or_else(|error| panic!("hostPort over TCP from {client}: {error:#}"));
@@ -159,21 +166,27 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
 
     // The fast path still carries what netfilter passes unchanged, with
     // KUBE-FORWARD dropping conntrack INVALID on both nodes.
-    let before = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
+    let before = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+    ];
     let transfer = tcp_transfer(&b.ns, b.ip(), 5001, &a.ns, 200 * 1024 * 1024).unwrap();
     assert_eq!(
         transfer.sent, transfer.received,
         "the transfer was corrupted"
     );
-    let after = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
+    let after = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+    ];
     let (sent, delivered) = if host_gw {
         (
-            counter_delta(&before[0], &after[0], "tc_host_gw").1,
+            counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::HostGw)).1,
             counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS).1,
         )
     } else {
         (
-            counter_delta(&before[0], &after[0], "tc_encap").1,
+            counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::Encap)).1,
             counters_delta(&before[1], &after[1], &DECAP_COUNTERS).1,
         )
     };
@@ -186,7 +199,10 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     // conntrack forgets everything in the middle of a transfer: netfilter
     // sees the flow again and nothing is lost.
     let flusher = std::thread::spawn({
-        let nodes = [lab.node(1).ns.clone(), lab.node(2).ns.clone()];
+        let nodes = [
+            lab.node(NodeId::new(1)).ns.clone(),
+            lab.node(NodeId::new(2)).ns.clone(),
+        ];
         move || {
             std::thread::sleep(Duration::from_millis(400));
             for ns in nodes {
@@ -204,7 +220,7 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     // NetworkPolicy as FORWARD drops: each direction, on either node,
     // blocks A and B exactly as the kernel path would; removing it restores
     // them.
-    for node in [1, 2] {
+    for node in [NodeId::new(1), NodeId::new(2)] {
         for (src, dst) in [(a.ip(), b.ip()), (b.ip(), a.ip())] {
             let rule = ["-s", src, "-d", dst, "-j", "DROP"];
             let ns = &lab.node(node).ns;
@@ -234,22 +250,26 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     for index in 0..100 {
         session.exchange(index).unwrap();
     }
-    let before = lab.counters(1).unwrap();
+    let before = lab.counters(NodeId::new(1)).unwrap();
     for index in 100..200 {
         session.exchange(index).unwrap();
     }
-    let carried = if host_gw { "tc_host_gw" } else { "tc_encap" };
+    let carried = if host_gw {
+        TcPodEgress.counter(Reason::HostGw)
+    } else {
+        TcPodEgress.counter(Reason::Encap)
+    };
     assert!(
-        counter_delta(&before, &lab.counters(1).unwrap(), carried).0 >= 90,
+        counter_delta(&before, &lab.counters(NodeId::new(1)).unwrap(), carried).0 >= 90,
         "the established connection did not ride the fast path"
     );
     let rule = ["-s", a.ip(), "-d", b.ip(), "-j", "DROP"];
-    let generation = ruleset_generation(&lab, 2);
-    iptables(&lab.node(2).ns, "-I", &rule);
+    let generation = ruleset_generation(&lab, NodeId::new(2));
+    iptables(&lab.node(NodeId::new(2)).ns, "-I", &rule);
     wait_for(
         "node 2's agent to see the new rule",
         Duration::from_secs(2),
-        || Ok(ruleset_generation(&lab, 2) != generation),
+        || Ok(ruleset_generation(&lab, NodeId::new(2)) != generation),
     )
     .unwrap();
     session.set_timeout(Duration::from_secs(1)).unwrap();
@@ -257,11 +277,11 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
         session.exchange(200).is_err(),
         "a request crossed a drop added to its established connection"
     );
-    iptables(&lab.node(2).ns, "-D", &rule);
+    iptables(&lab.node(NodeId::new(2)).ns, "-D", &rule);
     tcp_echo(&a.ns, at(b.ip(), ECHO_PORT), 20, TIMEOUT).expect("no connection after the drop went");
 
     // kube-proxy, nftables mode, instead.
-    for node in [1, 2] {
+    for node in [NodeId::new(1), NodeId::new(2)] {
         let ns = &lab.node(node).ns;
         for table in ["nat", "filter"] {
             netns::run(ns, &["iptables", "-t", table, "-F"]).unwrap();
@@ -304,7 +324,7 @@ fn assert_services_answer(client_ns: &str, addresses: &[&str], mode: &str) {
 }
 
 /// The ruleset generation in node `node`'s CONFIG (`weft maps config`).
-fn ruleset_generation(lab: &Lab, node: usize) -> u64 {
+fn ruleset_generation(lab: &Lab, node: NodeId) -> u64 {
     lab.maps_json(node, "config").unwrap()["ruleset_generation"]
         .as_u64()
         .unwrap()

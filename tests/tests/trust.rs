@@ -14,10 +14,14 @@ use std::{
     net::{Ipv4Addr, UdpSocket},
     time::Duration,
 };
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 
 use weft_agent::lease::MacAddr;
 use weft_tests::{
-    Lab, LabSpec, inspect,
+    Lab, LabSpec, NodeId, inspect,
     lab::{PodState, counter_delta, counters_delta, wait_for},
     netns,
     packets::{ETH_P_ARP, ETH_P_IPV4, Ipv4Options, arp_request, eth, ipv4, udp, vxlan},
@@ -33,7 +37,7 @@ fn mac(text: &str) -> [u8; 6] {
 }
 
 /// `weft maps endpoints` on node `node`: address -> host-side veth ifindex.
-fn endpoints(lab: &Lab, node: usize) -> BTreeMap<String, u64> {
+fn endpoints(lab: &Lab, node: NodeId) -> BTreeMap<String, u64> {
     lab.maps_json(node, "endpoints")
         .unwrap()
         .as_array()
@@ -62,23 +66,26 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
     };
     let lab = Lab::up(&LabSpec::new("t-trust-arp", 2, 2)).unwrap();
     lab.warm_up().unwrap();
-    let (p1, p2) = (lab.node(1).pods[0].clone(), lab.node(1).pods[1].clone());
-    let remote = lab.node(2).pods[0].clone();
+    let (p1, p2) = (
+        lab.node(NodeId::new(1)).pods[0].clone(),
+        lab.node(NodeId::new(1)).pods[1].clone(),
+    );
+    let remote = lab.node(NodeId::new(2)).pods[0].clone();
     let expected: BTreeMap<String, u64> = [&p1, &p2]
         .iter()
         .map(|pod| {
-            let veth = inspect::link(&lab.node(1).ns, &pod.network.host_veth)
+            let veth = inspect::link(&lab.node(NodeId::new(1)).ns, &pod.network.host_veth)
                 .unwrap()
                 .unwrap();
             (pod.ip().to_owned(), veth["ifindex"].as_u64().unwrap())
         })
         .collect();
-    assert_eq!(endpoints(&lab, 1), expected);
+    assert_eq!(endpoints(&lab, NodeId::new(1)), expected);
 
     // p2 claims three addresses it does not own, three times each: a
     // ClusterIP, a pod on another node, its node's address.
     let gateway = {
-        let subnet: ipnet::Ipv4Net = lab.node(1).subnet.parse().unwrap();
+        let subnet: ipnet::Ipv4Net = lab.node(NodeId::new(1)).subnet.parse().unwrap();
         subnet.hosts().next().unwrap().octets()
     };
     let claim = |address: &str| {
@@ -92,7 +99,11 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
             netns::send_frame(&p2.ns, "eth0", &frame).unwrap();
         }
     };
-    for address in ["10.96.0.10", remote.ip(), lab.node(1).ip.as_str()] {
+    for address in [
+        "10.96.0.10",
+        remote.ip(),
+        lab.node(NodeId::new(1)).ip.as_str(),
+    ] {
         claim(address);
     }
     // The forgery reached the kernel: cni0 now believes p2 is 10.96.0.10
@@ -102,7 +113,7 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
         Duration::from_secs(3),
         || {
             let neighbours = netns::run(
-                &lab.node(1).ns,
+                &lab.node(NodeId::new(1)).ns,
                 &["ip", "neigh", "show", "10.96.0.10", "dev", "cni0"],
             )?;
             Ok(neighbours.contains(&p2.network.mac))
@@ -113,17 +124,22 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
     // chance to believe the forgery, then check it did not.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        endpoints(&lab, 1),
+        endpoints(&lab, NodeId::new(1)),
         expected,
         "the forged ARP changed ENDPOINTS"
     );
 
     // p1's pings to the claimed ClusterIP do not reach p2 by the fast path.
-    let before = lab.counters(1).unwrap();
+    let before = lab.counters(NodeId::new(1)).unwrap();
     let p2_before = received(&p2);
     let _ = lab.ping(&p1, "10.96.0.10", 5);
     assert_eq!(
-        counter_delta(&before, &lab.counters(1).unwrap(), "tc_local_redirect").0,
+        counter_delta(
+            &before,
+            &lab.counters(NodeId::new(1)).unwrap(),
+            TcPodEgress.counter(Reason::LocalRedirect)
+        )
+        .0,
         0
     );
     assert!(
@@ -139,7 +155,9 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
 
     // p2 sends as p1 through a raw socket (CAP_NET_RAW): the fast path
     // leaves every such packet to the kernel.
-    let cni0 = inspect::link(&lab.node(1).ns, "cni0").unwrap().unwrap();
+    let cni0 = inspect::link(&lab.node(NodeId::new(1)).ns, "cni0")
+        .unwrap()
+        .unwrap();
     let as_p1 = eth(
         mac(cni0["address"].as_str().unwrap()),
         mac(&p2.network.mac),
@@ -152,18 +170,30 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
             Ipv4Options::default(),
         ),
     );
-    let before = lab.counters(1).unwrap();
+    let before = lab.counters(NodeId::new(1)).unwrap();
     for _ in 0..20 {
         netns::send_frame(&p2.ns, "eth0", &as_p1).unwrap();
     }
     wait_for(
         "the forged packets to be counted",
         Duration::from_secs(3),
-        || Ok(counter_delta(&before, &lab.counters(1)?, "tc_pass_foreign_source").0 >= 20),
+        || {
+            Ok(counter_delta(
+                &before,
+                &lab.counters(NodeId::new(1))?,
+                TcPodEgress.counter(Reason::PassForeignSource),
+            )
+            .0 >= 20)
+        },
     )
     .unwrap();
     assert_eq!(
-        counter_delta(&before, &lab.counters(1).unwrap(), "tc_encap").0,
+        counter_delta(
+            &before,
+            &lab.counters(NodeId::new(1)).unwrap(),
+            TcPodEgress.counter(Reason::Encap)
+        )
+        .0,
         0,
         "a packet sent as another pod was encapsulated by the fast path"
     );
@@ -175,12 +205,12 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
     claim(p1.ip());
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        endpoints(&lab, 1),
+        endpoints(&lab, NodeId::new(1)),
         expected,
         "the forged ARP for a local pod's address changed ENDPOINTS"
     );
     let entry = netns::run(
-        &lab.node(1).ns,
+        &lab.node(NodeId::new(1)).ns,
         &["ip", "neigh", "show", p1.ip(), "dev", "cni0"],
     )
     .unwrap();
@@ -211,8 +241,11 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
         spec.ip_masq = ip_masq;
         let lab = Lab::up(&spec).unwrap();
         lab.warm_up().unwrap();
-        let (p1, p2) = (lab.node(1).pods[0].clone(), lab.node(1).pods[1].clone());
-        let victim = lab.node(2).pods[0].clone();
+        let (p1, p2) = (
+            lab.node(NodeId::new(1)).pods[0].clone(),
+            lab.node(NodeId::new(1)).pods[1].clone(),
+        );
+        let victim = lab.node(NodeId::new(2)).pods[0].clone();
         let listener = netns::in_netns(&victim.ns, || {
             let socket = UdpSocket::bind(("0.0.0.0", 9999))?;
             socket.set_read_timeout(Some(Duration::from_millis(1500)))?;
@@ -221,7 +254,7 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
         .unwrap();
         // As good a forgery as a pod can make: node 2's VTEP MAC, an inner
         // source in node 1's subnet (p1's address), a fresh flow.
-        let vtep = inspect::link(&lab.node(2).ns, "flannel.1")
+        let vtep = inspect::link(&lab.node(NodeId::new(2)).ns, "flannel.1")
             .unwrap()
             .unwrap()["address"]
             .as_str()
@@ -240,9 +273,13 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
             ),
         );
         let datagram = vxlan(1, &inner);
-        let before = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
-        let flannel_before = inspect::packet_counts(&lab.node(2).ns, "flannel.1").unwrap();
-        let target = format!("{}:8472", lab.node(2).ip);
+        let before = [
+            lab.counters(NodeId::new(1)).unwrap(),
+            lab.counters(NodeId::new(2)).unwrap(),
+        ];
+        let flannel_before =
+            inspect::packet_counts(&lab.node(NodeId::new(2)).ns, "flannel.1").unwrap();
+        let target = format!("{}:8472", lab.node(NodeId::new(2)).ip);
         netns::in_netns(&p2.ns, || {
             let socket = UdpSocket::bind(("0.0.0.0", 0))?;
             socket.send_to(&datagram, &target)?;
@@ -251,11 +288,19 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
         .unwrap();
         let mut buffer = [0u8; 64];
         let arrived = listener.recv_from(&mut buffer).is_ok();
-        let after = [lab.counters(1).unwrap(), lab.counters(2).unwrap()];
+        let after = [
+            lab.counters(NodeId::new(1)).unwrap(),
+            lab.counters(NodeId::new(2)).unwrap(),
+        ];
         // Dropped where it left the pod: masqueraded, it would have left
         // with node 1's address, a real VTEP, and looked like node 1's own.
         assert_eq!(
-            counter_delta(&before[0], &after[0], "tc_drop_vxlan_to_node").0,
+            counter_delta(
+                &before[0],
+                &after[0],
+                TcPodEgress.counter(Reason::DropVxlanToNode)
+            )
+            .0,
             1,
             "ip_masq {ip_masq}"
         );
@@ -266,16 +311,16 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
         // Node 2 never saw it: no VXLAN verdict of any kind, and nothing
         // through flannel.1.
         let vxlan_outcomes = [
-            "xdp_drop_unknown_vtep",
-            "xdp_pass_not_our_vtep",
-            "xdp_pass_foreign_inner_source",
-            "xdp_pass_no_verdict",
-            "xdp_decap",
-            "tc_uplink_drop_unknown_vtep",
-            "tc_uplink_pass_not_our_vtep",
-            "tc_uplink_pass_foreign_inner_source",
-            "tc_uplink_pass_no_verdict",
-            "tc_uplink_decap",
+            XdpUplink.counter(Reason::DropUnknownVtep),
+            XdpUplink.counter(Reason::PassNotOurVtep),
+            XdpUplink.counter(Reason::PassForeignInnerSource),
+            XdpUplink.counter(Reason::PassNoVerdict),
+            XdpUplink.counter(Reason::Decap),
+            TcUplink.counter(Reason::DropUnknownVtep),
+            TcUplink.counter(Reason::PassNotOurVtep),
+            TcUplink.counter(Reason::PassForeignInnerSource),
+            TcUplink.counter(Reason::PassNoVerdict),
+            TcUplink.counter(Reason::Decap),
         ];
         assert_eq!(
             counters_delta(&before[1], &after[1], &vxlan_outcomes).0,
@@ -283,7 +328,7 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
             "ip_masq {ip_masq}: the forged VXLAN reached node 2"
         );
         assert_eq!(
-            inspect::packet_counts(&lab.node(2).ns, "flannel.1")
+            inspect::packet_counts(&lab.node(NodeId::new(2)).ns, "flannel.1")
                 .unwrap()
                 .0,
             flannel_before.0,
@@ -291,13 +336,13 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
         );
         // The same datagram to another port of node 2 goes: only the VXLAN
         // port is refused.
-        let node_listener = netns::in_netns(&lab.node(2).ns, || {
+        let node_listener = netns::in_netns(&lab.node(NodeId::new(2)).ns, || {
             let socket = UdpSocket::bind(("0.0.0.0", 8473))?;
             socket.set_read_timeout(Some(Duration::from_millis(1500)))?;
             Ok(socket)
         })
         .unwrap();
-        let other_port = format!("{}:8473", lab.node(2).ip);
+        let other_port = format!("{}:8473", lab.node(NodeId::new(2)).ip);
         netns::in_netns(&p2.ns, || {
             let socket = UdpSocket::bind(("0.0.0.0", 0))?;
             socket.send_to(&datagram, &other_port)?;

@@ -85,7 +85,7 @@ pub fn run_tests(args: &[String]) -> Result<()> {
     run(command, "the tests")
 }
 
-/// Release builds of the agent and the lab CLI, for benchmarks: the
+/// Release builds of the agent and the bench CLI, for benchmarks: the
 /// control plane is measured as users run it.
 pub fn release() -> Result<()> {
     let mut command = cargo();
@@ -95,15 +95,14 @@ pub fn release() -> Result<()> {
         "--package",
         "weft-agent",
         "--package",
-        "weft-tests",
+        "weft-bench",
         "--bins",
     ]);
-    run(command, "building weft and weft-lab (release)")
+    run(command, "building weft and weft-bench (release)")
 }
 
 pub fn run_bench(args: &[String]) -> Result<()> {
-    let mut command = Command::new(target_dir().join("release/weft-lab"));
-    command.arg("bench");
+    let mut command = Command::new(target_dir().join("release/weft-bench"));
     if !args
         .iter()
         .any(|arg| arg == "--out" || arg.starts_with("--out="))
@@ -113,7 +112,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     command
         .args(args)
         .env("WEFT_BIN", target_dir().join("release/weft"));
-    run(command, "weft-lab bench")
+    run(command, "weft-bench")
 }
 
 pub fn run_lab(args: &[String]) -> Result<()> {

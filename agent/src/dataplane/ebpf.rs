@@ -1,4 +1,4 @@
-//! The eBPF dataplane: load the embedded object, pin its maps, attach XDP and
+//! The eBPF programs: load the embedded object, pin its maps, attach XDP and
 //! TC (TCX) ingress to the uplink, TC (TCX) ingress to every pod veth, and
 //! `tc_verdict` (TCX egress) wherever forwarded packets leave netfilter:
 //! pod veths, flannel.<VNI> and the uplink.
@@ -99,7 +99,7 @@ struct PodLinks {
     verdicts: SchedClassifierLinkId,
 }
 
-pub struct EbpfDataplane {
+pub struct EbpfPrograms {
     ebpf: Ebpf,
     uplink: Option<XdpLinkId>,
     /// TC ingress on the uplink: delivery of what XDP left for GRO.
@@ -110,7 +110,7 @@ pub struct EbpfDataplane {
     pods: BTreeMap<u32, PodLinks>,
 }
 
-impl EbpfDataplane {
+impl EbpfPrograms {
     /// Loads and verifies the programs; maps are created, or reused when
     /// already pinned in `pin_dir`, so counters survive an agent restart.
     pub fn load(pin_dir: &Path) -> Result<Self> {

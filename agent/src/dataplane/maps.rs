@@ -1,10 +1,17 @@
-//! The fast path's forwarding maps (PEERS, ENDPOINTS, VTEPS, CONFIG): typed
-//! handles and writers that change only what differs. A cache of each
-//! map's contents (read from the pinned map at start, so a restarted agent
-//! adopts what it left) keeps a sync to in-memory work plus one syscall per
-//! changed entry. Every entry is written on its own: one that fails is
-//! logged and counted, the others still go in, and the cache keeps saying
-//! what the map really holds, so the next sync tries the failed entry again.
+//! The map writer, the sink for the fast path's half of [`Desired`]: PEERS,
+//! VTEPS, ENDPOINTS and CONFIG, written so that only what differs changes.
+//! A cache of each map's contents (read from the maps when the writer is
+//! made, so a restarted agent adopts what the last one left) keeps a sync to
+//! in-memory work plus one syscall per changed entry. Every entry is written
+//! on its own: one that fails is logged and counted, the others still go
+//! in, and the cache keeps saying what the map really holds, so the next
+//! sync tries the failed entry again.
+//!
+//! Built from typed aya maps ([`FastPathMaps::new`]), so the agent (pinned
+//! maps, [`FastPathMaps::open_pinned`]) and the program tests (maps of an
+//! unpinned object) drive the same code.
+
+mod write_log;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,21 +20,27 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 use weft_common::{
-    ENDPOINT_XDP_READY, Endpoint, EndpointKey, MAX_ENDPOINTS, MAX_PEERS, NodeConfig, Peer,
-    PeerAddr, PeerMode, VtepKey, map_names,
+    CONFIG_STRICT_VTEPS, Endpoint, EndpointKey, MAX_ENDPOINTS, MAX_PEERS, NodeConfig, Peer,
+    PeerAddr, VtepKey, map_names,
 };
+pub use write_log::WriteLog;
 
-use super::pods::LocalPod;
+use crate::desired::Desired;
+
+pub type PeersMap = LpmTrie<MapData, PeerAddr, Peer>;
+pub type EndpointsMap = HashMap<MapData, EndpointKey, Endpoint>;
+pub type VtepsMap = HashMap<MapData, VtepKey, u8>;
+pub type ConfigMap = Array<MapData, NodeConfig>;
 
 pub struct FastPathMaps {
-    peers: LpmTrie<MapData, PeerAddr, Peer>,
-    endpoints: HashMap<MapData, EndpointKey, Endpoint>,
-    vteps: HashMap<MapData, VtepKey, u8>,
-    config: Array<MapData, NodeConfig>,
+    peers: PeersMap,
+    endpoints: EndpointsMap,
+    vteps: VtepsMap,
+    config: ConfigMap,
     cached_peers: BTreeMap<(u32, PeerAddr), Peer>,
     cached_endpoints: BTreeMap<[u8; 4], Endpoint>,
     cached_vteps: BTreeSet<[u8; 4]>,
@@ -35,74 +48,27 @@ pub struct FastPathMaps {
     writes: WriteLog,
 }
 
-/// Failed map writes: logged with the entry and counted per map; a full map
-/// is said once (until an entry leaves it) instead of once per entry.
-#[derive(Debug, Default)]
-pub struct WriteLog {
-    failures: BTreeMap<&'static str, u64>,
-    full: BTreeSet<&'static str>,
+/// What one [`FastPathMaps::sync`] could not apply, for logs and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapReport {
+    /// Entries written (inserted, changed or removed).
+    pub written: u64,
+    /// Entries that failed, per map (each logged by [`WriteLog`]).
+    pub failed: BTreeMap<&'static str, u64>,
+    /// VTEPS holds every VXLAN peer; if not, the strict VTEP check is
+    /// suspended in the CONFIG written (it would drop real peers' traffic).
+    pub vteps_complete: bool,
+    /// CONFIG went from dormant to live in this sync.
+    pub went_live: bool,
 }
 
-impl WriteLog {
-    /// Whether the insert of `entry` into `map` (which holds `capacity`
-    /// entries) went through.
-    fn inserted(
-        &mut self,
-        map: &'static str,
-        capacity: u32,
-        entry: &dyn std::fmt::Display,
-        result: Result<(), MapError>,
-    ) -> bool {
-        let Err(error) = result else {
-            return true;
-        };
-        *self.failures.entry(map).or_default() += 1;
-        if errno(&error).is_some_and(|errno| errno == libc::E2BIG || errno == libc::ENOSPC) {
-            if self.full.insert(map) {
-                warn!(
-                    map,
-                    "{map} is full ({capacity} entries): {entry} and what follows stay on the kernel path"
-                );
-            }
+impl MapReport {
+    fn count(&mut self, map: &'static str, ok: bool) {
+        if ok {
+            self.written += 1;
         } else {
-            warn!(map, "cannot write {entry} to {map}: {error:#}");
+            *self.failed.entry(map).or_default() += 1;
         }
-        false
-    }
-
-    /// Whether `entry` is no longer in `map` (it was not there: also fine).
-    fn removed(
-        &mut self,
-        map: &'static str,
-        entry: &dyn std::fmt::Display,
-        result: Result<(), MapError>,
-    ) -> bool {
-        match result {
-            Ok(()) => {
-                if self.full.remove(map) {
-                    info!(map, "{map} has room again");
-                }
-                true
-            }
-            Err(error) if errno(&error) == Some(libc::ENOENT) => true,
-            Err(error) => {
-                *self.failures.entry(map).or_default() += 1;
-                warn!(map, "cannot remove {entry} from {map}: {error:#}");
-                false
-            }
-        }
-    }
-
-    /// Failed writes per map since start.
-    pub fn failures(&self) -> &BTreeMap<&'static str, u64> {
-        &self.failures
-    }
-}
-
-fn errno(error: &MapError) -> Option<i32> {
-    match error {
-        MapError::SyscallError(error) => error.io_error.raw_os_error(),
-        _ => None,
     }
 }
 
@@ -129,6 +95,16 @@ impl FastPathMaps {
             .map_err(wrong(map_names::VTEPS))?;
         let config = Array::try_from(Map::Array(open(map_names::CONFIG)?))
             .map_err(wrong(map_names::CONFIG))?;
+        Self::new(peers, endpoints, vteps, config)
+    }
+
+    /// Takes the four maps and reads them into the caches.
+    pub fn new(
+        peers: PeersMap,
+        endpoints: EndpointsMap,
+        vteps: VtepsMap,
+        config: ConfigMap,
+    ) -> Result<Self> {
         let mut maps = Self {
             peers,
             endpoints,
@@ -200,15 +176,59 @@ impl FastPathMaps {
         self.cached_config
     }
 
-    /// Failed map writes so far.
+    /// Failed map writes since start.
     pub fn write_failures(&self) -> &BTreeMap<&'static str, u64> {
         self.writes.failures()
     }
 
-    /// Makes PEERS and VTEPS hold `desired` (and its VXLAN sources), entry
-    /// by entry: what fails is logged and left for the next sync. Returns
-    /// whether VTEPS holds every VXLAN source.
-    pub fn sync_peers(&mut self, desired: &BTreeMap<Ipv4Net, Peer>) -> bool {
+    /// Makes the maps hold `desired`: PEERS and VTEPS, then ENDPOINTS, then
+    /// CONFIG last, so CONFIG goes live only once the others are written.
+    pub fn sync(&mut self, desired: &Desired) -> MapReport {
+        // Before the first listing a restarted agent keeps the last run's
+        // PEERS and VTEPS (CONFIG is dormant meanwhile).
+        let mut report = MapReport {
+            vteps_complete: true,
+            ..MapReport::default()
+        };
+        if desired.listed {
+            self.sync_peers(&desired.peers, &mut report);
+            report.vteps_complete = self.sync_vteps(&desired.vteps, &mut report);
+        }
+        self.sync_endpoints(&desired.endpoints, &mut report);
+        let mut config = desired.config;
+        if !report.vteps_complete {
+            config.flags &= !CONFIG_STRICT_VTEPS;
+        }
+        let strict_before = self.cached_config.flags & CONFIG_STRICT_VTEPS != 0;
+        let was_live = self.cached_config.uplink_ifindex != 0;
+        match self.set_config(config) {
+            Ok(()) => {
+                report.written += 1;
+                report.went_live = !was_live && config.uplink_ifindex != 0;
+                if report.went_live {
+                    info!("maps synced with the leases and the pods: the fast path is live");
+                }
+                let strict_now = config.flags & CONFIG_STRICT_VTEPS != 0;
+                let asked = desired.config.flags & CONFIG_STRICT_VTEPS != 0;
+                if was_live && asked && strict_before != strict_now {
+                    if strict_now {
+                        info!("every VXLAN peer is in VTEPS: strict VTEP check on again");
+                    } else {
+                        warn!(
+                            "VTEPS cannot hold every VXLAN peer: strict VTEP check suspended, VXLAN from any source goes to the kernel path"
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                warn!("{error:#}");
+                report.count(map_names::CONFIG, false);
+            }
+        }
+        report
+    }
+
+    fn sync_peers(&mut self, desired: &BTreeMap<Ipv4Net, Peer>, report: &mut MapReport) {
         let wanted: BTreeMap<(u32, PeerAddr), Peer> = desired
             .iter()
             .map(|(subnet, peer)| {
@@ -228,88 +248,82 @@ impl FastPathMaps {
         for (prefix_len, addr) in stale {
             let result = self.peers.remove(&Key::new(prefix_len, addr));
             let entry = PeerEntry(prefix_len, addr);
-            if self.writes.removed(map_names::PEERS, &entry, result) {
+            let ok = self.writes.removed(map_names::PEERS, &entry, result);
+            if ok {
                 self.cached_peers.remove(&(prefix_len, addr));
             }
+            report.count(map_names::PEERS, ok);
         }
         for (&(prefix_len, addr), peer) in &wanted {
             if self.cached_peers.get(&(prefix_len, addr)) != Some(peer) {
                 let result = self.peers.insert(&Key::new(prefix_len, addr), peer, 0);
                 let entry = PeerEntry(prefix_len, addr);
-                if self
+                let ok = self
                     .writes
-                    .inserted(map_names::PEERS, MAX_PEERS, &entry, result)
-                {
+                    .inserted(map_names::PEERS, MAX_PEERS, &entry, result);
+                if ok {
                     self.cached_peers.insert((prefix_len, addr), *peer);
                 }
+                report.count(map_names::PEERS, ok);
             }
         }
-        let sources: BTreeSet<[u8; 4]> = desired
-            .values()
-            .filter(|peer| peer.mode == PeerMode::Vxlan as u8)
-            .map(|peer| peer.public_ip)
-            .collect();
+    }
+
+    /// Returns whether VTEPS holds every address in `sources`.
+    fn sync_vteps(&mut self, sources: &BTreeSet<Ipv4Addr>, report: &mut MapReport) -> bool {
+        let sources: BTreeSet<[u8; 4]> = sources.iter().map(|ip| ip.octets()).collect();
         let stale: Vec<[u8; 4]> = self.cached_vteps.difference(&sources).copied().collect();
         for addr in stale {
             let result = self.vteps.remove(&VtepKey { addr });
             let entry = Ipv4Addr::from(addr);
-            if self.writes.removed(map_names::VTEPS, &entry, result) {
+            let ok = self.writes.removed(map_names::VTEPS, &entry, result);
+            if ok {
                 self.cached_vteps.remove(&addr);
             }
+            report.count(map_names::VTEPS, ok);
         }
         let missing: Vec<[u8; 4]> = sources.difference(&self.cached_vteps).copied().collect();
         for addr in missing {
             let result = self.vteps.insert(VtepKey { addr }, 1, 0);
             let entry = Ipv4Addr::from(addr);
-            if self
+            let ok = self
                 .writes
-                .inserted(map_names::VTEPS, MAX_PEERS, &entry, result)
-            {
+                .inserted(map_names::VTEPS, MAX_PEERS, &entry, result);
+            if ok {
                 self.cached_vteps.insert(addr);
             }
+            report.count(map_names::VTEPS, ok);
         }
         self.cached_vteps.is_superset(&sources)
     }
 
-    /// Makes ENDPOINTS hold `pods`, entry by entry, as `sync_peers` does.
-    pub fn sync_endpoints(&mut self, pods: &BTreeMap<Ipv4Addr, LocalPod>) {
-        let wanted: BTreeMap<[u8; 4], Endpoint> = pods
-            .iter()
-            .map(|(ip, pod)| {
-                (
-                    ip.octets(),
-                    Endpoint {
-                        ifindex: pod.port,
-                        mac: pod.mac.0,
-                        flags: if pod.xdp_ready { ENDPOINT_XDP_READY } else { 0 },
-                        _pad: 0,
-                    },
-                )
-            })
-            .collect();
+    fn sync_endpoints(&mut self, desired: &BTreeMap<Ipv4Addr, Endpoint>, report: &mut MapReport) {
         let stale: Vec<[u8; 4]> = self
             .cached_endpoints
             .keys()
-            .filter(|addr| !wanted.contains_key(*addr))
+            .filter(|addr| !desired.contains_key(&Ipv4Addr::from(**addr)))
             .copied()
             .collect();
         for addr in stale {
             let result = self.endpoints.remove(&EndpointKey { addr });
             let entry = Ipv4Addr::from(addr);
-            if self.writes.removed(map_names::ENDPOINTS, &entry, result) {
+            let ok = self.writes.removed(map_names::ENDPOINTS, &entry, result);
+            if ok {
                 self.cached_endpoints.remove(&addr);
             }
+            report.count(map_names::ENDPOINTS, ok);
         }
-        for (addr, endpoint) in wanted {
-            if self.cached_endpoints.get(&addr) != Some(&endpoint) {
-                let result = self.endpoints.insert(EndpointKey { addr }, endpoint, 0);
-                let entry = Ipv4Addr::from(addr);
-                if self
+        for (ip, endpoint) in desired {
+            let addr = ip.octets();
+            if self.cached_endpoints.get(&addr) != Some(endpoint) {
+                let result = self.endpoints.insert(EndpointKey { addr }, *endpoint, 0);
+                let ok = self
                     .writes
-                    .inserted(map_names::ENDPOINTS, MAX_ENDPOINTS, &entry, result)
-                {
-                    self.cached_endpoints.insert(addr, endpoint);
+                    .inserted(map_names::ENDPOINTS, MAX_ENDPOINTS, ip, result);
+                if ok {
+                    self.cached_endpoints.insert(addr, *endpoint);
                 }
+                report.count(map_names::ENDPOINTS, ok);
             }
         }
     }
@@ -321,47 +335,5 @@ struct PeerEntry(u32, PeerAddr);
 impl std::fmt::Display for PeerEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", Ipv4Addr::from(self.1), self.0)
-    }
-}
-
-#[cfg(test)]
-mod write_log_tests {
-    use aya::{maps::MapError, sys::SyscallError};
-
-    use super::WriteLog;
-
-    fn failed(errno: i32) -> Result<(), MapError> {
-        Err(MapError::SyscallError(SyscallError {
-            call: "bpf_map_update_elem",
-            io_error: std::io::Error::from_raw_os_error(errno),
-        }))
-    }
-
-    #[test]
-    fn a_missing_entry_is_already_removed_and_other_failures_are_counted() {
-        let mut log = WriteLog::default();
-        assert!(log.removed("PEERS", &"10.244.2.0/24", Ok(())));
-        assert!(log.removed("PEERS", &"10.244.2.0/24", failed(libc::ENOENT)));
-        assert!(log.failures().is_empty());
-        assert!(!log.removed("PEERS", &"10.244.2.0/24", failed(libc::EPERM)));
-        assert!(!log.inserted("VTEPS", 16_384, &"192.168.77.2", failed(libc::EINVAL)));
-        assert!(log.inserted("VTEPS", 16_384, &"192.168.77.3", Ok(())));
-        assert_eq!(log.failures()["PEERS"], 1);
-        assert_eq!(log.failures()["VTEPS"], 1);
-    }
-
-    #[test]
-    fn a_full_map_is_noted_once_until_an_entry_leaves() {
-        let mut log = WriteLog::default();
-        for errno in [libc::ENOSPC, libc::E2BIG, libc::ENOSPC] {
-            assert!(!log.inserted("PEERS", 16_384, &"10.1.0.0/24", failed(errno)));
-        }
-        assert!(log.full.contains("PEERS"));
-        assert_eq!(log.failures()["PEERS"], 3);
-        assert!(log.removed("PEERS", &"10.1.0.0/24", Ok(())));
-        assert!(
-            !log.full.contains("PEERS"),
-            "room again: the next full is news"
-        );
     }
 }

@@ -18,19 +18,10 @@ use tracing::{info, warn};
 
 use crate::{
     endpoints::{BridgePorts, PodPort},
-    lease::MacAddr,
     pod_veth::{self, PodSide},
 };
 
-/// A local pod as the fast path needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LocalPod {
-    /// The host-side veth (a port of the bridge).
-    pub port: u32,
-    pub mac: MacAddr,
-    /// GRO is confirmed on at the pod's end: XDP may redirect into it.
-    pub xdp_ready: bool,
-}
+pub use crate::desired::LocalPod;
 
 pub struct LocalPods {
     handle: Handle,
@@ -160,6 +151,7 @@ fn endpoints_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::MacAddr;
 
     fn side(mac: u8, addresses: &[&str], gro_on: bool) -> PodSide {
         PodSide {

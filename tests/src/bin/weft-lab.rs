@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec,
+    Backend, Dataplane, Lab, LabSpec, NodeId,
     host::HostSnapshot,
     inspect,
     lab::{self, default_weft_bin},
@@ -37,30 +37,6 @@ enum Command {
     Down(NameArg),
     /// 2 nodes x 2 pods with agents, pod-to-pod traffic, the counters, teardown.
     Demo(NameArg),
-    /// floor, kernel-vxlan, ebpf-vxlan, kernel-host-gw, ebpf-host-gw in turn.
-    Bench(BenchArgs),
-}
-
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// One repetition, shorter runs, 1,000 leases only.
-    #[arg(long)]
-    quick: bool,
-    /// Where results.json, details.json and results.svg go.
-    #[arg(long, default_value = "target/bench")]
-    out: PathBuf,
-    /// Only these configurations (repeatable).
-    #[arg(long = "config")]
-    configs: Vec<String>,
-    /// Seconds per throughput / request-response run.
-    #[arg(long)]
-    seconds: Option<f64>,
-    /// Skip the per-packet program cost and the control-plane scale runs.
-    #[arg(long)]
-    no_extras: bool,
-    /// The weft binary the nodes run (default: $WEFT_BIN or target/debug/weft).
-    #[arg(long)]
-    weft_bin: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -160,7 +136,6 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(NameArg { name }) => demo(&name),
-        Command::Bench(args) => bench(args),
     }
 }
 
@@ -180,11 +155,17 @@ fn demo(name: &str) -> Result<()> {
     {
         println!("  {key}\n    {value}");
     }
-    println!("\n== {}: subnet.env and routes", lab.node(1).ns);
-    print!("{}", std::fs::read_to_string(&lab.node(1).subnet_file)?);
+    println!(
+        "\n== {}: subnet.env and routes",
+        lab.node(NodeId::new(1)).ns
+    );
     print!(
         "{}",
-        netns::run_host(&["ip", "-n", &lab.node(1).ns, "route", "show"])?
+        std::fs::read_to_string(&lab.node(NodeId::new(1)).subnet_file)?
+    );
+    print!(
+        "{}",
+        netns::run_host(&["ip", "-n", &lab.node(NodeId::new(1)).ns, "route", "show"])?
     );
 
     println!("\n== warm-up: each pod pings its gateway and every other pod once");
@@ -214,8 +195,8 @@ fn demo(name: &str) -> Result<()> {
             println!("  {:<16} -> {:<13} {summary}", from.ns, to.ip());
         }
     }
-    let server = lab.node(2).pods[0].clone();
-    let client = lab.node(1).pods[0].clone();
+    let server = lab.node(NodeId::new(2)).pods[0].clone();
+    let client = lab.node(NodeId::new(1)).pods[0].clone();
     println!(
         "\n== 64 MB of TCP {} -> {}, checked end to end",
         client.ns, server.ns
@@ -259,13 +240,18 @@ fn demo(name: &str) -> Result<()> {
             after.1 - before.1
         );
     }
-    let pin_dir = lab.node(1).pin_dir.display().to_string();
+    let pin_dir = lab.node(NodeId::new(1)).pin_dir.display().to_string();
     println!("\n== weft maps peers --bpf-pin-dir {pin_dir}");
     print!(
         "{}",
         netns::run_host(&[&weft, "maps", "peers", "--bpf-pin-dir", &pin_dir])?
     );
-    let peers = lab.node(1).pin_dir.join("PEERS").display().to_string();
+    let peers = lab
+        .node(NodeId::new(1))
+        .pin_dir
+        .join("PEERS")
+        .display()
+        .to_string();
     println!("\n== bpftool map dump pinned {peers}   (BTF: named fields)");
     print!(
         "{}",
@@ -280,63 +266,5 @@ fn demo(name: &str) -> Result<()> {
         "teardown left something behind: before {host_before:?}, after {host_after:?}"
     );
     println!("done: namespaces, links and bpffs pins are exactly as before the demo");
-    Ok(())
-}
-
-fn bench(args: BenchArgs) -> Result<()> {
-    let mut options = weft_tests::bench::BenchOptions::new(
-        args.quick,
-        args.out,
-        args.weft_bin.unwrap_or_else(default_weft_bin),
-    );
-    for config in &args.configs {
-        anyhow::ensure!(
-            weft_tests::bench::CONFIGURATIONS
-                .iter()
-                .any(|(name, _, _)| name == config),
-            "--config {config}: not one of floor, kernel-vxlan, ebpf-vxlan, kernel-host-gw, ebpf-host-gw"
-        );
-    }
-    options.only = args.configs;
-    if let Some(seconds) = args.seconds {
-        options.seconds = seconds;
-        options.pings = options.pings.min(50 + (seconds * 100.0) as usize);
-    }
-    options.extras = !args.no_extras;
-    let started = std::time::Instant::now();
-    let (results, details) = weft_tests::bench::run(&options, &mut |step| {
-        eprintln!("[{:>6.1}s] {step}", started.elapsed().as_secs_f64());
-    })?;
-    println!("\n{}", weft_tests::bench::table(&results));
-    println!("machine: {}", details.machine);
-    if let Some(programs) = &details.programs {
-        println!(
-            "program cost (BPF_PROG_TEST_RUN, {} runs, kernel run-time stats): XDP decap {:.1} ns/packet, \
-             XDP bulk TCP to GRO {:.1}, TC uplink decap {:.1} ns/coalesced packet, TC encap {:.1} ns/packet",
-            programs.runs,
-            programs.xdp_decap_ns,
-            programs.xdp_pass_bulk_tcp_ns,
-            programs.tc_uplink_decap_ns,
-            programs.tc_encap_ns
-        );
-        println!(
-            "  calibration, a frame XDP passes unchanged: {:.1} ns one run per call, {:.1} ns repeated in one call",
-            programs.xdp_pass_one_per_call_ns, programs.xdp_pass_repeated_ns
-        );
-    }
-    for scale in &details.control_plane {
-        println!(
-            "control plane: {} leases in PEERS after {:.3} s, in the kernel after {:.3} s; agent peak RSS {:.1} MiB",
-            scale.leases,
-            scale.peers_converged_s,
-            scale.kernel_converged_s,
-            scale.agent_peak_rss_mib
-        );
-    }
-    println!(
-        "wrote {}/results.json, details.json, results.svg in {:.0} s",
-        options.out.display(),
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }

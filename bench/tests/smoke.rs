@@ -6,7 +6,8 @@
 // package; the lint is for the library.
 #![allow(unused_crate_dependencies)]
 
-use weft_tests::{bench, lab::default_weft_bin, privileged_test};
+use weft_bench as bench;
+use weft_tests::{lab::default_weft_bin, privileged_test};
 
 #[test]
 fn the_bench_harness_writes_complete_results_for_one_configuration() {

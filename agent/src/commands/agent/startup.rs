@@ -1,0 +1,161 @@
+//! Start-up steps that run once, before the agent's loop: etcd connection
+//! and network config, the lease value this node announces, and the fast
+//! path's programs and maps.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use etcd_client::ConnectOptions;
+use tokio::sync::{Notify, mpsc};
+use tracing::{error, info};
+
+use super::STARTUP_RETRY;
+use crate::{
+    cli::AgentArgs,
+    config::{BackendConfig, NetworkConfig},
+    dataplane::{
+        ebpf::{AttachedXdpMode, EbpfPrograms},
+        fastpath::FastPath,
+        kernel::VxlanDevice,
+        maps::FastPathMaps,
+    },
+    desired::{self, NodeFacts},
+    endpoints::{self, LocalView},
+    lease::{LeaseAttrs, VxlanBackendData},
+    net::Uplink,
+    verdicts,
+};
+
+/// Connects to etcd and reads a valid network config, retrying (and saying
+/// why) until both work.
+pub async fn connect_and_read_config(
+    options: &crate::lease::registry::EtcdOptions,
+    connect: &ConnectOptions,
+) -> (crate::lease::registry::Registry, NetworkConfig) {
+    let mut last_error = String::new();
+    loop {
+        let attempt = async {
+            let mut registry = crate::lease::registry::Registry::connect(options, connect).await?;
+            let key = registry.config_key();
+            let text = registry
+                .config()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{key}: no network config yet"))?;
+            let config = NetworkConfig::parse(&text).with_context(|| key.clone())?;
+            anyhow::Ok((registry, config))
+        };
+        match attempt.await {
+            Ok(ready) => return ready,
+            Err(error) => {
+                let message = format!("{error:#}");
+                if message != last_error {
+                    error!("{message}; retrying");
+                    last_error = message;
+                }
+                tokio::time::sleep(STARTUP_RETRY).await;
+            }
+        }
+    }
+}
+
+/// The lease value this node announces.
+pub fn lease_attrs(
+    uplink: &Uplink,
+    config: &NetworkConfig,
+    vxlan: Option<VxlanDevice>,
+) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip: uplink.public_ip,
+        public_ipv6: None,
+        backend_type: config.backend.type_name().to_owned(),
+        backend_data: match (&config.backend, vxlan) {
+            (BackendConfig::Vxlan { vni, .. }, Some(device)) => Some(VxlanBackendData {
+                vni: *vni,
+                vtep_mac: device.mac,
+            }),
+            _ => None,
+        },
+    }
+}
+
+/// What CONFIG and the route plans need to know about this node (the
+/// uplink XDP flag is set once the programs are attached).
+pub fn node_facts(
+    uplink: &Uplink,
+    config: &NetworkConfig,
+    uplink_prefixes: Vec<ipnet::Ipv4Net>,
+    vxlan: Option<VxlanDevice>,
+    args: &AgentArgs,
+) -> NodeFacts {
+    NodeFacts {
+        network: config.clone(),
+        public_ip: uplink.public_ip,
+        uplink_index: uplink.index,
+        uplink_mac: uplink.mac,
+        uplink_mtu: uplink.mtu,
+        uplink_prefixes,
+        vtep_mac: vxlan.map(|device| device.mac),
+        strict_vteps: args.strict_vteps,
+        bulk_tcp_via_gro: args.bulk_tcp_via_gro,
+        uplink_xdp: false,
+        accept_mark: args.accept_mark,
+        verdict_ttl_ns: args.verdict_ttl_ms * 1_000_000,
+    }
+}
+
+/// The fast path as started: its programs and maps, and the ruleset
+/// generation this run starts from.
+pub struct Started {
+    pub fast_path: FastPath,
+    pub ruleset_generation: u32,
+}
+
+/// Loads and attaches the programs, writes CONFIG dormant, installs the
+/// nftables rule that tells the fast path what netfilter passed, and starts
+/// following the node's pods, neighbours and ruleset. Sets
+/// `facts.uplink_xdp` from how XDP ended up attached.
+pub fn start_fast_path(
+    args: &AgentArgs,
+    uplink: &Uplink,
+    vxlan_device: Option<&str>,
+    facts: &mut NodeFacts,
+    handle: rtnetlink::Handle,
+    views: mpsc::Sender<LocalView>,
+    ruleset_changed: Arc<Notify>,
+) -> Result<Started> {
+    let mut programs = EbpfPrograms::load(&args.bpf_pin_dir)?;
+    let mut maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
+    // Verdicts recorded before this start (pinned FLOWS) were not followed
+    // by this agent's ruleset watch: a new generation voids them.
+    let ruleset_generation = maps.cached_config().ruleset_generation.wrapping_add(1);
+    // Dormant until the maps hold this run's leases and pods (the agent
+    // goes live then): a previous run's pinned entries may be stale.
+    maps.set_config(desired::dormant_config(ruleset_generation))?;
+    // Record verdicts before anything is fast-pathed: where kernel-path
+    // packets leave the node's netfilter (pod veths follow as they appear).
+    programs.attach_verdicts(&uplink.name)?;
+    if let Some(device) = vxlan_device {
+        programs.attach_verdicts(device)?;
+    }
+    let mode = programs.attach_uplink(uplink, args.xdp_mode)?;
+    info!(iface = %uplink.name, xdp = ?mode, veth = uplink.is_veth, "uplink programs attached");
+    // TC on the uplink counts what XDP would have counted when XDP is off.
+    facts.uplink_xdp = mode != AttachedXdpMode::Off;
+    verdicts::watch_ruleset(ruleset_changed)?;
+    verdicts::install(args.accept_mark)?;
+    if verdicts::make_tcp_tracking_liberal()? {
+        info!(
+            "net.netfilter.nf_conntrack_tcp_be_liberal set to 1: conntrack does not see fast-pathed TCP segments"
+        );
+    }
+    info!(
+        table = verdicts::TABLE,
+        mark = format_args!("{:#x}", args.accept_mark),
+        "netfilter verdict rule installed; the fast path takes only flows it marks"
+    );
+    tokio::spawn(endpoints::watch(args.bridge.clone(), uplink.index, views));
+    Ok(Started {
+        fast_path: FastPath::new(programs, maps, handle),
+        ruleset_generation,
+    })
+}

@@ -1,0 +1,313 @@
+//! What the datapath should hold, computed from the inputs and nothing else:
+//! no netlink, no maps, no etcd. Both sinks consume the same [`Desired`]:
+//! the kernel writer (`dataplane/kernel.rs`) takes `routes`, the map writer
+//! (`dataplane/maps.rs`) takes `peers`, `vteps`, `endpoints` and `config`.
+//! So the VXLAN-or-direct decision, the next-hop MAC, CONFIG and the overlay
+//! MTU each come from exactly one place: here.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use anyhow::{Result, anyhow, bail};
+use ipnet::Ipv4Net;
+use weft_common::{
+    CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, ENDPOINT_XDP_READY, Endpoint,
+    NodeConfig, Peer, PeerMode,
+};
+
+use crate::{
+    config::{BackendConfig, NetworkConfig},
+    endpoints::LocalView,
+    lease::{LeaseAttrs, MacAddr},
+};
+
+/// VXLAN's encapsulation overhead (outer Ethernet, IPv4, UDP, VXLAN).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The pods' MTU (and `flannel.<VNI>`'s): the configured VXLAN MTU, else the
+/// uplink's less the encapsulation; the uplink's own for host-gw.
+pub fn overlay_mtu(config: &NetworkConfig, uplink_mtu: u32) -> u32 {
+    match &config.backend {
+        BackendConfig::Vxlan { mtu, .. } => mtu.unwrap_or(uplink_mtu - VXLAN_OVERHEAD),
+        BackendConfig::HostGw => uplink_mtu,
+    }
+}
+
+/// How one remote subnet is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerRoute {
+    /// Through flannel.<VNI>: neighbour + fdb + onlink route.
+    Vxlan {
+        subnet: Ipv4Net,
+        vtep_mac: MacAddr,
+        public_ip: Ipv4Addr,
+    },
+    /// Plain route via the peer's node address on the uplink.
+    Direct {
+        subnet: Ipv4Net,
+        public_ip: Ipv4Addr,
+    },
+}
+
+impl PeerRoute {
+    pub fn subnet(&self) -> Ipv4Net {
+        match self {
+            PeerRoute::Vxlan { subnet, .. } | PeerRoute::Direct { subnet, .. } => *subnet,
+        }
+    }
+
+    pub fn public_ip(&self) -> Ipv4Addr {
+        match self {
+            PeerRoute::Vxlan { public_ip, .. } | PeerRoute::Direct { public_ip, .. } => *public_ip,
+        }
+    }
+}
+
+/// What this node is, fixed once the programs are attached: everything
+/// CONFIG holds apart from what the local view and the ruleset change.
+#[derive(Clone, Debug)]
+pub struct NodeFacts {
+    pub network: NetworkConfig,
+    pub public_ip: Ipv4Addr,
+    pub uplink_index: u32,
+    pub uplink_mac: MacAddr,
+    pub uplink_mtu: u32,
+    /// The uplink's own prefixes: a peer inside one is on-link.
+    pub uplink_prefixes: Vec<Ipv4Net>,
+    /// `flannel.<VNI>`'s MAC (VXLAN only).
+    pub vtep_mac: Option<MacAddr>,
+    /// `--strict-vteps`, `--bulk-tcp-via-gro`, XDP attached to the uplink.
+    pub strict_vteps: bool,
+    pub bulk_tcp_via_gro: bool,
+    pub uplink_xdp: bool,
+    pub accept_mark: u32,
+    pub verdict_ttl_ns: u64,
+}
+
+/// A local pod as the fast path delivers to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalPod {
+    /// The host-side veth (a port of the bridge).
+    pub port: u32,
+    pub mac: MacAddr,
+    /// GRO is confirmed on at the pod's end: XDP may redirect into it.
+    pub xdp_ready: bool,
+}
+
+/// Everything the desired state depends on.
+pub struct Inputs<'a> {
+    pub node: &'a NodeFacts,
+    /// The accepted peer leases (`PeerTable::peers`).
+    pub peers: &'a BTreeMap<Ipv4Net, LeaseAttrs>,
+    /// The latest local view (uplink routes and neighbours, gateway MAC).
+    pub view: &'a LocalView,
+    /// The local pods read from their own side (`LocalPods::endpoints`).
+    pub pods: &'a BTreeMap<Ipv4Addr, LocalPod>,
+    /// The nftables ruleset generation (never goes back).
+    pub ruleset_generation: u32,
+    /// A lease listing has been applied: until then the peer set is not
+    /// known, and the sinks leave routes, PEERS and VTEPS alone.
+    pub listed: bool,
+    /// A local view has arrived. With a listing, CONFIG goes live (it is
+    /// written after the other maps in the same sync).
+    pub viewed: bool,
+}
+
+/// The datapath as it should be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// The peer set is known (see [`Inputs::listed`]).
+    pub listed: bool,
+    /// Kernel routes (with neighbour and fdb entries for VXLAN), by subnet.
+    pub routes: BTreeMap<Ipv4Net, PeerRoute>,
+    /// Accepted leases no route can be planned for, with why.
+    pub unroutable: BTreeMap<Ipv4Net, String>,
+    /// PEERS: one entry per route, same decision, plus the next-hop MAC.
+    pub peers: BTreeMap<Ipv4Net, Peer>,
+    /// VTEPS: the VXLAN peers' node addresses.
+    pub vteps: BTreeSet<Ipv4Addr>,
+    /// ENDPOINTS: local pods by address.
+    pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    /// CONFIG[0]: live, or dormant (no uplink) with the ruleset generation.
+    pub config: NodeConfig,
+}
+
+/// Computes the desired state; costs memory work only, so it can run on
+/// every input (a 20,000-lease listing takes milliseconds).
+pub fn compute(inputs: &Inputs) -> Desired {
+    let mut desired = Desired {
+        listed: inputs.listed,
+        ..Desired::default()
+    };
+    for (subnet, attrs) in inputs.peers {
+        match plan_route(inputs.node, *subnet, attrs) {
+            Ok(route) => {
+                desired.routes.insert(*subnet, route);
+            }
+            Err(error) => {
+                desired.unroutable.insert(*subnet, format!("{error:#}"));
+            }
+        }
+    }
+    let vni = vni(&inputs.node.network);
+    for (subnet, route) in &desired.routes {
+        let peer = peer_entry(route, vni, inputs.view);
+        if peer.mode == PeerMode::Vxlan as u8 {
+            desired.vteps.insert(route.public_ip());
+        }
+        desired.peers.insert(*subnet, peer);
+    }
+    desired.endpoints = inputs
+        .pods
+        .iter()
+        .map(|(ip, pod)| (*ip, endpoint(pod)))
+        .collect();
+    desired.config = if inputs.listed && inputs.viewed {
+        node_config(
+            inputs.node,
+            inputs.view.gateway_mac,
+            inputs.ruleset_generation,
+        )
+    } else {
+        dormant_config(inputs.ruleset_generation)
+    };
+    desired
+}
+
+/// How a peer's lease is reached, or why it cannot be.
+pub fn plan_route(node: &NodeFacts, subnet: Ipv4Net, attrs: &LeaseAttrs) -> Result<PeerRoute> {
+    let on_link = node
+        .uplink_prefixes
+        .iter()
+        .any(|prefix| prefix.contains(&attrs.public_ip));
+    match &node.network.backend {
+        BackendConfig::HostGw => {
+            if !on_link {
+                bail!(
+                    "host-gw peer {} for {subnet} is not on-link on the uplink",
+                    attrs.public_ip
+                );
+            }
+            Ok(PeerRoute::Direct {
+                subnet,
+                public_ip: attrs.public_ip,
+            })
+        }
+        BackendConfig::Vxlan {
+            direct_routing,
+            vni,
+            ..
+        } => {
+            if *direct_routing && on_link {
+                return Ok(PeerRoute::Direct {
+                    subnet,
+                    public_ip: attrs.public_ip,
+                });
+            }
+            let data = attrs
+                .backend_data
+                .as_ref()
+                .filter(|_| attrs.backend_type == "vxlan")
+                .ok_or_else(|| {
+                    anyhow!(
+                        "peer {subnet} is a {} lease in a vxlan network",
+                        attrs.backend_type
+                    )
+                })?;
+            if data.vni != *vni {
+                bail!(
+                    "peer {subnet} uses VNI {}, this network VNI {vni}",
+                    data.vni
+                );
+            }
+            Ok(PeerRoute::Vxlan {
+                subnet,
+                vtep_mac: data.vtep_mac,
+                public_ip: attrs.public_ip,
+            })
+        }
+    }
+}
+
+/// The PEERS entry for a planned route: the same decision (VXLAN or direct)
+/// the kernel path takes, plus the underlay next hop's MAC (zero while
+/// unresolved: the programs leave those packets to the kernel).
+pub fn peer_entry(route: &PeerRoute, vni: u32, view: &LocalView) -> Peer {
+    let (vtep_mac, mode) = match route {
+        PeerRoute::Vxlan { vtep_mac, .. } => (vtep_mac.0, PeerMode::Vxlan),
+        PeerRoute::Direct { .. } => ([0; 6], PeerMode::HostGw),
+    };
+    let public_ip = route.public_ip();
+    Peer {
+        public_ip: public_ip.octets(),
+        vni,
+        vtep_mac,
+        nexthop_mac: view
+            .next_hop_mac(public_ip)
+            .map(|mac| mac.0)
+            .unwrap_or_default(),
+        mode: mode as u8,
+        _pad: [0; 3],
+    }
+}
+
+/// The ENDPOINTS value for a local pod.
+pub fn endpoint(pod: &LocalPod) -> Endpoint {
+    Endpoint {
+        ifindex: pod.port,
+        mac: pod.mac.0,
+        flags: if pod.xdp_ready { ENDPOINT_XDP_READY } else { 0 },
+        _pad: 0,
+    }
+}
+
+fn vni(network: &NetworkConfig) -> u32 {
+    match network.backend {
+        BackendConfig::Vxlan { vni, .. } => vni,
+        BackendConfig::HostGw => 0,
+    }
+}
+
+/// CONFIG[0] once live: the one place it is built.
+pub fn node_config(
+    node: &NodeFacts,
+    gateway_mac: Option<MacAddr>,
+    ruleset_generation: u32,
+) -> NodeConfig {
+    let (vni, port) = match node.network.backend {
+        BackendConfig::Vxlan { vni, port, .. } => (vni, port),
+        BackendConfig::HostGw => (0, 0),
+    };
+    let flag = |on: bool, flag: u32| if on { flag } else { 0 };
+    NodeConfig {
+        node_ip: node.public_ip.octets(),
+        uplink_ifindex: node.uplink_index,
+        vni,
+        vxlan_port_be: port.to_be(),
+        uplink_mac: node.uplink_mac.0,
+        vtep_mac: node.vtep_mac.map(|mac| mac.0).unwrap_or_default(),
+        gateway_mac: gateway_mac.map(|mac| mac.0).unwrap_or_default(),
+        uplink_mtu: node.uplink_mtu,
+        flags: flag(node.strict_vteps, CONFIG_STRICT_VTEPS)
+            | flag(node.bulk_tcp_via_gro, CONFIG_BULK_TCP_VIA_GRO)
+            | flag(node.uplink_xdp, CONFIG_UPLINK_XDP),
+        accept_mark: node.accept_mark,
+        ruleset_generation,
+        verdict_ttl_ns: node.verdict_ttl_ns,
+    }
+}
+
+/// CONFIG[0] while dormant: no uplink, so the programs act on nothing (a
+/// previous run's pinned entries may be stale), but the ruleset generation,
+/// which must never go back.
+pub fn dormant_config(ruleset_generation: u32) -> NodeConfig {
+    NodeConfig {
+        ruleset_generation,
+        ..NodeConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use super::*;
+
+fn net(text: &str) -> Ipv4Net {
+    text.parse().unwrap()
+}
+
+fn facts(network: &str) -> NodeFacts {
+    NodeFacts {
+        network: NetworkConfig::parse(network).unwrap(),
+        public_ip: Ipv4Addr::new(192, 168, 77, 1),
+        uplink_index: 2,
+        uplink_mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
+        uplink_mtu: 1500,
+        uplink_prefixes: vec![net("192.168.77.0/24")],
+        vtep_mac: Some(MacAddr([0x0e, 1, 192, 168, 77, 1])),
+        strict_vteps: true,
+        bulk_tcp_via_gro: false,
+        uplink_xdp: true,
+        accept_mark: 0x10_0000,
+        verdict_ttl_ns: 5_000_000_000,
+    }
+}
+
+const VXLAN_DIRECT: &str =
+    r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+
+fn vxlan_lease(ip: [u8; 4], vni: u32) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip: Ipv4Addr::from(ip),
+        public_ipv6: None,
+        backend_type: "vxlan".into(),
+        backend_data: Some(crate::lease::VxlanBackendData {
+            vni,
+            vtep_mac: MacAddr([0x0e, 1, ip[0], ip[1], ip[2], ip[3]]),
+        }),
+    }
+}
+
+fn view() -> LocalView {
+    LocalView {
+        uplink_neighbours: BTreeMap::from([
+            (Ipv4Addr::new(192, 168, 77, 2), MacAddr([0xaa; 6])),
+            (Ipv4Addr::new(192, 168, 77, 254), MacAddr([0xee; 6])),
+        ]),
+        uplink_routes: BTreeMap::from([
+            (net("192.168.77.0/24"), None),
+            (net("0.0.0.0/0"), Some(Ipv4Addr::new(192, 168, 77, 254))),
+        ]),
+        gateway_mac: Some(MacAddr([0x02, 0, 0, 0, 0xcc, 1])),
+        ..LocalView::default()
+    }
+}
+
+fn compute_with(node: &NodeFacts, peers: &BTreeMap<Ipv4Net, LeaseAttrs>, live: bool) -> Desired {
+    let pods = BTreeMap::from([(
+        Ipv4Addr::new(10, 244, 1, 2),
+        LocalPod {
+            port: 9,
+            mac: MacAddr([0x02, 0, 0, 0, 0xbb, 2]),
+            xdp_ready: true,
+        },
+    )]);
+    compute(&Inputs {
+        node,
+        peers,
+        view: &view(),
+        pods: &pods,
+        ruleset_generation: 7,
+        listed: true,
+        viewed: live,
+    })
+}
+
+#[test]
+fn on_link_peers_go_direct_with_direct_routing_and_the_rest_over_vxlan() {
+    let node = facts(VXLAN_DIRECT);
+    let peers = BTreeMap::from([
+        (net("10.244.2.0/24"), vxlan_lease([192, 168, 77, 2], 1)),
+        (net("10.244.3.0/24"), vxlan_lease([192, 168, 78, 3], 1)),
+    ]);
+    let desired = compute_with(&node, &peers, true);
+    assert_eq!(
+        desired.routes[&net("10.244.2.0/24")],
+        PeerRoute::Direct {
+            subnet: net("10.244.2.0/24"),
+            public_ip: Ipv4Addr::new(192, 168, 77, 2)
+        }
+    );
+    assert!(matches!(
+        desired.routes[&net("10.244.3.0/24")],
+        PeerRoute::Vxlan { .. }
+    ));
+    // PEERS takes the same decision, with the next hop's MAC: on-link its
+    // own, off-link the router's.
+    let direct = desired.peers[&net("10.244.2.0/24")];
+    assert_eq!(
+        (direct.mode, direct.nexthop_mac, direct.vtep_mac),
+        (PeerMode::HostGw as u8, [0xaa; 6], [0; 6])
+    );
+    let vxlan = desired.peers[&net("10.244.3.0/24")];
+    assert_eq!(
+        (vxlan.mode, vxlan.vni, vxlan.nexthop_mac),
+        (PeerMode::Vxlan as u8, 1, [0xee; 6])
+    );
+    assert_eq!(vxlan.vtep_mac, [0x0e, 1, 192, 168, 78, 3]);
+    // Only VXLAN peers are VTEPs.
+    assert_eq!(
+        desired.vteps.iter().copied().collect::<Vec<_>>(),
+        [Ipv4Addr::new(192, 168, 78, 3)]
+    );
+}
+
+#[test]
+fn unresolved_next_hops_stay_zero() {
+    let node = facts(VXLAN);
+    let peers = BTreeMap::from([(net("10.244.4.0/24"), vxlan_lease([192, 168, 77, 9], 1))]);
+    let desired = compute_with(&node, &peers, true);
+    assert_eq!(desired.peers[&net("10.244.4.0/24")].nexthop_mac, [0; 6]);
+}
+
+#[test]
+fn leases_no_route_can_reach_are_unroutable_with_a_reason() {
+    let peers = BTreeMap::from([
+        (net("10.244.2.0/24"), vxlan_lease([192, 168, 77, 2], 9)),
+        (net("10.244.3.0/24"), {
+            let mut lease = vxlan_lease([192, 168, 77, 3], 1);
+            lease.backend_type = "host-gw".into();
+            lease.backend_data = None;
+            lease
+        }),
+    ]);
+    let desired = compute_with(&facts(VXLAN), &peers, true);
+    assert!(desired.routes.is_empty() && desired.peers.is_empty());
+    assert!(desired.unroutable[&net("10.244.2.0/24")].contains("VNI 9"));
+    assert!(desired.unroutable[&net("10.244.3.0/24")].contains("host-gw lease"));
+    let off_link = BTreeMap::from([(net("10.244.5.0/24"), vxlan_lease([10, 0, 0, 5], 1))]);
+    let desired = compute_with(&facts(HOST_GW), &off_link, true);
+    assert!(desired.unroutable[&net("10.244.5.0/24")].contains("not on-link"));
+}
+
+#[test]
+fn config_is_dormant_until_live_and_keeps_the_generation() {
+    let node = facts(VXLAN);
+    let dormant = compute_with(&node, &BTreeMap::new(), false);
+    assert_eq!(dormant.config, dormant_config(7));
+    assert_eq!(dormant.config.uplink_ifindex, 0);
+    let live = compute_with(&node, &BTreeMap::new(), true).config;
+    assert_eq!(live.uplink_ifindex, 2);
+    assert_eq!(live.ruleset_generation, 7);
+    assert_eq!(live.gateway_mac, [0x02, 0, 0, 0, 0xcc, 1]);
+    assert_eq!((live.vni, u16::from_be(live.vxlan_port_be)), (1, 8472));
+    assert_eq!(live.flags, CONFIG_STRICT_VTEPS | CONFIG_UPLINK_XDP);
+    assert_eq!(live.vtep_mac, [0x0e, 1, 192, 168, 77, 1]);
+}
+
+#[test]
+fn endpoints_come_from_the_local_pods() {
+    let desired = compute_with(&facts(VXLAN), &BTreeMap::new(), true);
+    let endpoint = desired.endpoints[&Ipv4Addr::new(10, 244, 1, 2)];
+    assert_eq!(
+        (endpoint.ifindex, endpoint.mac, endpoint.flags),
+        (9, [0x02, 0, 0, 0, 0xbb, 2], ENDPOINT_XDP_READY)
+    );
+}
+
+#[test]
+fn the_overlay_mtu_leaves_room_for_vxlan_unless_configured() {
+    assert_eq!(
+        overlay_mtu(&NetworkConfig::parse(VXLAN).unwrap(), 1500),
+        1450
+    );
+    assert_eq!(
+        overlay_mtu(&NetworkConfig::parse(HOST_GW).unwrap(), 1500),
+        1500
+    );
+    let fixed = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#;
+    assert_eq!(
+        overlay_mtu(&NetworkConfig::parse(fixed).unwrap(), 1500),
+        1400
+    );
+}
+
+#[test]
+fn off_link_peers_are_reached_through_their_gateways_mac() {
+    let view = view();
+    assert_eq!(
+        view.next_hop_mac(Ipv4Addr::new(192, 168, 77, 2)),
+        Some(MacAddr([0xaa; 6])),
+        "on-link: its own MAC"
+    );
+    assert_eq!(
+        view.next_hop_mac(Ipv4Addr::new(192, 168, 78, 3)),
+        Some(MacAddr([0xee; 6])),
+        "off-link: the router's"
+    );
+    assert_eq!(
+        view.next_hop_mac(Ipv4Addr::new(192, 168, 77, 9)),
+        None,
+        "unresolved"
+    );
+}

@@ -1,0 +1,241 @@
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::config::NetworkConfig;
+
+fn table() -> PeerTable {
+    let config =
+        NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
+            .unwrap();
+    PeerTable::new(LeasePolicy::new(
+        &config,
+        Ipv4Addr::new(192, 168, 77, 1),
+        None,
+    ))
+}
+
+fn lease(subnet: &str, ip: &str) -> RawLease {
+    RawLease {
+        key: format!("/coreos.com/network/subnets/{subnet}"),
+        value: format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}}"#
+        )
+        .into_bytes(),
+        create_revision: 1,
+    }
+}
+
+fn net(text: &str) -> Ipv4Net {
+    text.parse().unwrap()
+}
+
+#[test]
+fn resync_reports_adds_changes_and_removals_and_skips_our_own() {
+    let mut table = table();
+    let own = Some(net("10.244.1.0/24"));
+    let first = table.resync(
+        &[
+            lease("10.244.1.0-24", "192.168.77.1"),
+            lease("10.244.2.0-24", "192.168.77.2"),
+        ],
+        own,
+    );
+    assert_eq!(first.len(), 1);
+    assert!(
+        matches!(&first[0], PeerChange::Upsert { subnet, .. } if *subnet == net("10.244.2.0/24"))
+    );
+    let second = table.resync(
+        &[
+            lease("10.244.2.0-24", "192.168.77.9"),
+            lease("10.244.3.0-24", "192.168.77.3"),
+        ],
+        own,
+    );
+    assert_eq!(second.len(), 2, "{second:?}");
+    let third = table.resync(&[], own);
+    assert_eq!(third.len(), 2);
+    assert!(
+        third
+            .iter()
+            .all(|change| matches!(change, PeerChange::Remove { .. }))
+    );
+    assert!(table.peers().is_empty());
+}
+
+#[test]
+fn a_lease_rewritten_with_a_bad_value_is_removed_like_a_delete() {
+    let mut table = table();
+    let good = lease("10.244.2.0-24", "192.168.77.2");
+    table.resync(std::slice::from_ref(&good), None);
+    let removed = table.put(&good.key, b"not json", 2, None);
+    assert!(
+        matches!(&removed[..], [PeerChange::Remove { subnet, .. }] if *subnet == net("10.244.2.0/24")),
+        "{removed:?}"
+    );
+    assert!(table.peers().is_empty());
+    // Back to a good value: used again.
+    assert_eq!(table.put(&good.key, &good.value, 1, None).len(), 1);
+    // A value that parses but breaks a rule, in a listing this time.
+    let outside = lease("10.244.2.0-24", "10.244.9.9");
+    let removed = table.resync(&[outside, lease("garbage-key", "192.168.77.5")], None);
+    assert!(
+        matches!(&removed[..], [PeerChange::Remove { .. }]),
+        "{removed:?}"
+    );
+    assert!(table.peers().is_empty());
+    assert_eq!(table.rejections()[&Rule::MalformedValue], 1);
+    assert_eq!(table.rejections()[&Rule::PublicIpInsideNetwork], 1);
+    assert_eq!(table.rejections()[&Rule::MalformedKey], 1);
+}
+
+#[test]
+fn listings_and_events_apply_the_same_rules() {
+    let hostile = [
+        lease("192.168.77.0-24", "192.168.77.9"),
+        lease("10.96.0.0-12", "192.168.77.9"),
+        lease("10.244.2.0-24", "0.0.0.0"),
+    ];
+    let mut listed = table();
+    assert!(listed.resync(&hostile, None).is_empty());
+    let mut watched = table();
+    for lease in &hostile {
+        assert!(watched.put(&lease.key, &lease.value, 1, None).is_empty());
+    }
+    assert_eq!(listed.rejections(), watched.rejections());
+    assert_eq!(listed.rejections()[&Rule::SubnetOutsideNetwork], 2);
+    assert_eq!(listed.rejections()[&Rule::PublicIpNotUnicast], 1);
+}
+
+#[test]
+fn a_rejection_is_counted_once_per_value_not_per_resync() {
+    let mut table = table();
+    let bad = lease("10.96.0.0-12", "192.168.77.9");
+    for _ in 0..3 {
+        table.resync(std::slice::from_ref(&bad), None);
+        table.put(&bad.key, &bad.value, 1, None);
+    }
+    assert_eq!(table.rejections()[&Rule::SubnetOutsideNetwork], 1);
+    // A different value for the same key is news.
+    let other = lease("10.96.0.0-12", "192.168.77.8");
+    table.put(&other.key, &other.value, 1, None);
+    assert_eq!(table.rejections()[&Rule::SubnetOutsideNetwork], 2);
+    // So is the same value after the key was deleted.
+    table.delete(&bad.key);
+    table.put(&bad.key, &bad.value, 1, None);
+    assert_eq!(table.rejections()[&Rule::SubnetOutsideNetwork], 3);
+}
+
+#[test]
+fn oversized_values_are_rejected_unread() {
+    let mut table = table();
+    let mut big = lease("10.244.2.0-24", "192.168.77.2");
+    big.value.resize(1 << 20, b' ');
+    assert!(table.resync(&[big], None).is_empty());
+    assert_eq!(table.rejections()[&Rule::ValueTooLarge], 1);
+}
+
+#[test]
+fn delete_uses_the_last_value_and_put_ignores_repeats() {
+    let mut table = table();
+    let peer = lease("10.244.2.0-24", "192.168.77.2");
+    assert_eq!(table.put(&peer.key, &peer.value, 1, None).len(), 1);
+    assert!(table.put(&peer.key, &peer.value, 1, None).is_empty());
+    let removed = table.delete(&peer.key);
+    assert!(
+        matches!(&removed[..], [PeerChange::Remove { attrs, .. }] if attrs.public_ip.to_string() == "192.168.77.2")
+    );
+    assert!(table.delete(&peer.key).is_empty());
+}
+
+fn vxlan_table() -> PeerTable {
+    let config =
+        NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    PeerTable::new(LeasePolicy::new(
+        &config,
+        Ipv4Addr::new(192, 168, 77, 1),
+        None,
+    ))
+}
+
+fn vxlan_value(ip: &str, mac: &str) -> Vec<u8> {
+    format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#).into_bytes()
+}
+
+#[test]
+fn a_lease_reusing_another_nodes_vtep_mac_is_refused_until_the_owner_goes() {
+    let mut table = vxlan_table();
+    let owner = "/coreos.com/network/subnets/10.244.2.0-24";
+    let thief = "/coreos.com/network/subnets/10.244.3.0-24";
+    let mac = "0e:01:c0:a8:4d:02";
+    assert_eq!(
+        table
+            .put(owner, &vxlan_value("192.168.77.2", mac), 5, None)
+            .len(),
+        1
+    );
+    assert!(
+        table
+            .put(thief, &vxlan_value("192.168.77.66", mac), 9, None)
+            .is_empty()
+    );
+    assert_eq!(table.rejections()[&Rule::VtepMacInUse], 1);
+    assert_eq!(table.peers().len(), 1);
+    // The same clash from a listing.
+    let listing = [
+        RawLease {
+            key: owner.into(),
+            value: vxlan_value("192.168.77.2", mac),
+            create_revision: 5,
+        },
+        RawLease {
+            key: thief.into(),
+            value: vxlan_value("192.168.77.66", mac),
+            create_revision: 9,
+        },
+    ];
+    assert!(table.resync(&listing, None).is_empty());
+    assert_eq!(table.rejections()[&Rule::VtepMacInUse], 1, "logged once");
+    // The owner leaves: the MAC is free and the other lease is used.
+    let changes = table.delete(owner);
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(
+        table.peers().keys().copied().collect::<Vec<_>>(),
+        [net("10.244.3.0/24")]
+    );
+}
+
+#[test]
+fn events_keep_the_older_of_overlapping_leases() {
+    // The prefix rule makes overlaps impossible with a real config; a
+    // policy with SubnetLen 24 and a /23 candidate inserted directly
+    // exercises the tie-break that guards the peer set anyway.
+    let mut table = table();
+    let young = lease("10.244.2.0-24", "192.168.77.2");
+    assert_eq!(table.put(&young.key, &young.value, 10, None).len(), 1);
+    let wide = net("10.244.2.0/23");
+    table.set_candidate(
+        wide,
+        Some(Candidate {
+            key: "/coreos.com/network/subnets/10.244.2.0-23".into(),
+            create_revision: 5,
+            attrs: table.peers()[&net("10.244.2.0/24")].clone(),
+            fingerprint: 7,
+        }),
+    );
+    let changes = table.settle(wide);
+    assert!(
+        changes.contains(&PeerChange::Remove {
+            subnet: net("10.244.2.0/24"),
+            attrs: table.peers()[&wide].clone()
+        }),
+        "{changes:?}"
+    );
+    assert_eq!(table.rejections()[&Rule::SubnetOverlapsPeer], 1);
+    // The older one goes away: the younger comes back.
+    let changes = table.delete("/coreos.com/network/subnets/10.244.2.0-23");
+    assert_eq!(
+        table.peers().keys().copied().collect::<Vec<_>>(),
+        [net("10.244.2.0/24")]
+    );
+    assert_eq!(changes.len(), 2, "{changes:?}");
+}

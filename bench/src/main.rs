@@ -1,0 +1,110 @@
+//! `weft-bench`: the benchmark CLI behind `cargo xtask bench`.
+
+// The binary sees every dependency of its package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::Parser;
+use weft_tests::{lab::default_weft_bin, privileged::ensure_bpffs};
+
+#[derive(Parser)]
+#[command(
+    name = "weft-bench",
+    about = "weft against the stock flannel path and a no-overlay floor: floor, kernel-vxlan, ebpf-vxlan, kernel-host-gw, ebpf-host-gw in turn"
+)]
+struct BenchArgs {
+    /// One repetition, shorter runs, 1,000 leases only.
+    #[arg(long)]
+    quick: bool,
+    /// Where results.json, details.json and results.svg go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Only these configurations (repeatable).
+    #[arg(long = "config")]
+    configs: Vec<String>,
+    /// Seconds per throughput / request-response run.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Skip the per-packet program cost and the control-plane scale runs.
+    #[arg(long)]
+    no_extras: bool,
+    /// The weft binary the nodes run (default: $WEFT_BIN or target/debug/weft).
+    #[arg(long)]
+    weft_bin: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    match bench(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("weft-bench: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "the bench needs root (network namespaces, BPF)"
+    );
+    ensure_bpffs();
+    let mut options = weft_bench::BenchOptions::new(
+        args.quick,
+        args.out,
+        args.weft_bin.unwrap_or_else(default_weft_bin),
+    );
+    for config in &args.configs {
+        anyhow::ensure!(
+            weft_bench::CONFIGURATIONS
+                .iter()
+                .any(|(name, _, _)| name == config),
+            "--config {config}: not one of floor, kernel-vxlan, ebpf-vxlan, kernel-host-gw, ebpf-host-gw"
+        );
+    }
+    options.only = args.configs;
+    if let Some(seconds) = args.seconds {
+        options.seconds = seconds;
+        options.pings = options.pings.min(50 + (seconds * 100.0) as usize);
+    }
+    options.extras = !args.no_extras;
+    let started = std::time::Instant::now();
+    let (results, details) = weft_bench::run(&options, &mut |step| {
+        eprintln!("[{:>6.1}s] {step}", started.elapsed().as_secs_f64());
+    })?;
+    println!("\n{}", weft_bench::table(&results));
+    println!("machine: {}", details.machine);
+    if let Some(programs) = &details.programs {
+        println!(
+            "program cost (BPF_PROG_TEST_RUN, {} runs, kernel run-time stats): XDP decap {:.1} ns/packet, \
+             XDP bulk TCP to GRO {:.1}, TC uplink decap {:.1} ns/coalesced packet, TC encap {:.1} ns/packet",
+            programs.runs,
+            programs.xdp_decap_ns,
+            programs.xdp_pass_bulk_tcp_ns,
+            programs.tc_uplink_decap_ns,
+            programs.tc_encap_ns
+        );
+        println!(
+            "  calibration, a frame XDP passes unchanged: {:.1} ns one run per call, {:.1} ns repeated in one call",
+            programs.xdp_pass_one_per_call_ns, programs.xdp_pass_repeated_ns
+        );
+    }
+    for scale in &details.control_plane {
+        println!(
+            "control plane: {} leases in PEERS after {:.3} s, in the kernel after {:.3} s; agent peak RSS {:.1} MiB",
+            scale.leases,
+            scale.peers_converged_s,
+            scale.kernel_converged_s,
+            scale.agent_peak_rss_mib
+        );
+    }
+    println!(
+        "wrote {}/results.json, details.json, results.svg in {:.0} s",
+        options.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Starting, stopping and watching each node's weft agent.
+
+use std::{fs, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use nix::sys::signal::Signal;
+use weft_agent::subnet_env;
+
+use super::{Dataplane, Lab, NodeId, UPLINK, wait_for};
+use crate::{netns, process};
+
+/// Where each node's agent serves /healthz and /readyz (inside the node
+/// namespace, so every node can use the same port).
+pub const HEALTHZ_PORT: u16 = 10256;
+
+/// The agent argument that puts XDP on the lab's (veth) uplinks, which
+/// `--xdp-mode auto` leaves to TC alone.
+pub const XDP_NATIVE: &str = "--xdp-mode=native";
+
+impl Lab {
+    /// Starts the agent on `node` and waits until it is ready
+    /// (lease held, datapath programmed, subnet.env written) and, with the
+    /// eBPF dataplane, XDP is on its uplink.
+    pub fn start_agent(&mut self, node: NodeId) -> Result<u32> {
+        let pid = self.spawn_agent(node)?;
+        self.wait_agent_ready(node)?;
+        Ok(pid)
+    }
+
+    pub(super) fn spawn_agent(&mut self, node: NodeId) -> Result<u32> {
+        let weft = self.state.weft_bin.display().to_string();
+        ensure!(
+            self.state.weft_bin.exists(),
+            "{weft} does not exist; build it with `cargo build -p weft-agent` (cargo xtask test and lab do)"
+        );
+        let run_dir = self.state.run_dir.clone();
+        let etcd_endpoint = self.state.etcd_endpoint.clone();
+        let ip_masq = self.state.ip_masq;
+        let agent_args = self.state.agent_args.clone();
+        let state = self.node_mut(node);
+        let mut command = netns::command(&state.ns, &weft)?;
+        command
+            .args([
+                "agent",
+                "--iface",
+                UPLINK,
+                "--etcd-endpoints",
+                &etcd_endpoint,
+            ])
+            .args([
+                "--healthz-ip",
+                "127.0.0.1",
+                "--healthz-port",
+                &HEALTHZ_PORT.to_string(),
+            ])
+            .args(["--dataplane", state.dataplane.flag(), "--bpf-pin-dir"])
+            .arg(&state.pin_dir)
+            .arg("--subnet-file")
+            .arg(&state.subnet_file)
+            .env("RUST_LOG", "info");
+        if ip_masq {
+            command.arg("--ip-masq");
+        }
+        command.args(&agent_args);
+        let log = run_dir.join(&state.ns).join("agent.log");
+        let pid_file = state.agent_pid_file(&run_dir);
+        let pid = process::spawn_daemon(command, &log, &pid_file)?;
+        state.agent_log = Some(log);
+        self.save()?;
+        Ok(pid)
+    }
+
+    pub(super) fn wait_agent_ready(&mut self, node: NodeId) -> Result<()> {
+        let run_dir = self.state.run_dir.clone();
+        let state = self.node_mut(node);
+        let pid_file = state.agent_pid_file(&run_dir);
+        let log = state.agent_log.clone().unwrap_or_default();
+        let ns = state.ns.clone();
+        let ebpf = state.dataplane == Dataplane::Ebpf;
+        wait_for(
+            &format!("the agent on {ns} to be ready"),
+            Duration::from_secs(30),
+            || {
+                if process::running_pid(&pid_file).is_none() {
+                    bail!("the agent on {ns} exited:\n{}", process::log_tail(&log, 20));
+                }
+                // The agent attaches the uplink programs (TC in every
+                // `--xdp-mode`, then XDP if any) before it turns ready.
+                Ok(agent_ready(&ns)?
+                    && (!ebpf || tc_attached(&ns, UPLINK, weft_common::program_names::TC_UPLINK)?))
+            },
+        )?;
+        let env = subnet_env::read_if_present(&state.subnet_file)?.ok_or_else(|| {
+            anyhow!(
+                "the agent on {ns} is ready but wrote no {}",
+                state.subnet_file.display()
+            )
+        })?;
+        state.subnet = env.subnet.trunc().to_string();
+        self.save()
+    }
+
+    /// The pid of node `node`'s running agent.
+    pub fn agent_pid(&self, node: NodeId) -> Option<u32> {
+        process::running_pid(&self.node(node).agent_pid_file(&self.state.run_dir))
+    }
+
+    /// Stops node `node`'s agent with `signal` and waits for it to exit.
+    pub fn stop_agent(&self, node: NodeId, signal: Signal) -> Result<()> {
+        let state = self.node(node);
+        let pid_file = state.agent_pid_file(&self.state.run_dir);
+        let pid = process::running_pid(&pid_file)
+            .ok_or_else(|| anyhow!("no agent runs on {}", state.ns))?;
+        let program = self.state.weft_bin.display().to_string();
+        process::signal_and_wait(pid, &program, signal, Duration::from_secs(10));
+        ensure!(
+            !process::is_running(pid, &program),
+            "the agent on {} survived {signal}",
+            state.ns
+        );
+        let _ = fs::remove_file(pid_file);
+        Ok(())
+    }
+
+    /// Waits until the agent on `node` has TC on every pod veth and every
+    /// pod in ENDPOINTS (read from the pod's own namespace once its CNI
+    /// plugin has configured its address).
+    pub fn wait_pods_attached(&self, node: NodeId) -> Result<()> {
+        let state = self.node(node);
+        for pod in &state.pods {
+            let veth = pod.network.host_veth.clone();
+            wait_for(
+                &format!("TC on {} in {}", veth, state.ns),
+                Duration::from_secs(10),
+                || tc_attached(&state.ns, &veth, weft_common::program_names::TC_POD_EGRESS),
+            )?;
+        }
+        wait_for(
+            &format!("every pod of {} in ENDPOINTS", state.ns),
+            Duration::from_secs(10),
+            || {
+                let endpoints = self.maps_json(node, "endpoints")?.to_string();
+                Ok(state
+                    .pods
+                    .iter()
+                    .all(|pod| endpoints.contains(&format!("\"{}\"", pod.ip()))))
+            },
+        )
+    }
+}
+
+/// Whether the agent in `ns` answers 200 on /readyz.
+pub fn agent_ready(ns: &str) -> Result<bool> {
+    agent_ready_on(ns, HEALTHZ_PORT)
+}
+
+/// Whether the agent in `ns` with `--healthz-port port` answers 200 on /readyz.
+pub fn agent_ready_on(ns: &str, port: u16) -> Result<bool> {
+    http_ok(ns, port, "/readyz")
+}
+
+/// Whether `GET path` on 127.0.0.1:`port` inside `ns` answers 200.
+pub fn http_ok(ns: &str, port: u16, path: &str) -> Result<bool> {
+    netns::in_netns(ns, || {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return Ok(false);
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        Ok(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"))
+    })
+}
+
+/// Whether an XDP program is attached to `iface` in `ns`.
+pub fn xdp_attached(ns: &str, iface: &str) -> Result<bool> {
+    let out = netns::run_host(&["ip", "-j", "-n", ns, "link", "show", "dev", iface])?;
+    let links: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(!links[0]["xdp"].is_null())
+}
+
+/// Whether program `program` is attached by TCX at ingress of `iface` in `ns`.
+pub fn tc_attached(ns: &str, iface: &str, program: &str) -> Result<bool> {
+    netns::in_netns(ns, || {
+        let (_, programs) =
+            aya::programs::SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Ingress)
+                .with_context(|| format!("cannot query TCX on {iface}"))?;
+        Ok(programs
+            .iter()
+            .any(|info| info.name_as_str() == Some(program)))
+    })
+}

@@ -1,0 +1,205 @@
+//! The cluster lab, as docs/architecture.md (The lab) describes it:
+//!
+//! - underlay namespace `L-ul` with bridge `ul0` at 192.168.77.254/24 and the
+//!   real etcd server (client URL http://192.168.77.254:2379);
+//! - node namespaces `L-n1`, `L-n2`, ... whose `eth0` is a veth into `ul0`
+//!   (192.168.77.N/24), behaving like a wire: TSO/GSO off, GRO on;
+//! - pod namespaces `L-nN-pM` wired by the real CNI bridge + host-local
+//!   plugins from the node's flannel-style `subnet.env`;
+//! - one agent per node with its own pin dir `/sys/fs/bpf/L-nN`.
+//!
+//! The lab writes the network config to etcd; each node's agent leases a
+//! subnet, programs its datapath and writes the `subnet.env` the node's pods
+//! are then wired from.
+//!
+//! Everything a lab creates is named after it, so `down(name)` can remove it
+//! all (also from another process, after a crash, or on Ctrl-C).
+
+mod agents;
+mod counters;
+mod node_id;
+mod probes;
+mod spec;
+mod state;
+mod teardown;
+mod topology;
+
+use std::{
+    fs,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use weft_agent::subnet_env;
+
+pub use agents::*;
+pub use counters::*;
+pub use node_id::NodeId;
+pub use spec::*;
+pub use state::*;
+pub use teardown::*;
+pub use topology::*;
+
+use crate::{etcd, netns};
+use spec::validate;
+use teardown::{install_interrupt_teardown, register, unregister};
+
+/// A running lab. Dropping it tears everything down unless [`Lab::keep`] was
+/// called (the CLI's `lab up` leaves the lab for `lab down`).
+pub struct Lab {
+    pub state: LabState,
+    keep: bool,
+}
+
+impl Lab {
+    /// Brings a lab up; on any error everything created so far is removed.
+    pub fn up(spec: &LabSpec) -> Result<Lab> {
+        validate(spec)?;
+        install_interrupt_teardown();
+        let run_dir = run_dir(&spec.name);
+        if run_dir.exists() || netns::list()?.contains(&format!("{}-ul", spec.name)) {
+            bail!(
+                "a lab named {} already exists; remove it with `cargo xtask lab down --name {}`",
+                spec.name,
+                spec.name
+            );
+        }
+        register(&spec.name);
+        let mut lab = Lab {
+            state: LabState {
+                name: spec.name.clone(),
+                backend: spec.backend,
+                dataplane: spec.dataplane,
+                weft_bin: spec.weft_bin.clone(),
+                run_dir: run_dir.clone(),
+                underlay_ns: format!("{}-ul", spec.name),
+                etcd_endpoint: format!("http://{UNDERLAY_GATEWAY}:{}", etcd::CLIENT_PORT),
+                ip_masq: spec.ip_masq,
+                agent_args: spec.agent_args.clone(),
+                second_segment_from: spec.second_segment_from,
+                nodes: Vec::new(),
+            },
+            keep: false,
+        };
+        // On error `lab` is dropped here, which tears down what exists.
+        lab.build(spec)
+            .with_context(|| format!("cannot bring lab {} up", spec.name))?;
+        Ok(lab)
+    }
+
+    fn build(&mut self, spec: &LabSpec) -> Result<()> {
+        fs::create_dir_all(&self.state.run_dir)?;
+        self.save()?;
+        self.build_underlay()?;
+        self.start_etcd()?;
+        let config = spec
+            .network_config
+            .clone()
+            .unwrap_or_else(|| spec.backend.network_config());
+        self.etcd().put(&format!("{ETCD_PREFIX}/config"), &config)?;
+        for id in NodeId::all(spec.nodes) {
+            let node = self.build_node(id, spec.dataplane_of(id))?;
+            self.state.nodes.push(node);
+            self.save()?;
+        }
+        if let Some(subnet) = &spec.preset_subnet_env {
+            for node in &self.state.nodes {
+                let env = subnet_env::SubnetEnv {
+                    network: POD_NETWORK.parse()?,
+                    subnet: subnet.parse()?,
+                    mtu: 1450,
+                    ipmasq: false,
+                };
+                subnet_env::write_atomic(&node.subnet_file, &env)?;
+            }
+        }
+        if spec.dataplane == Dataplane::Floor {
+            ensure!(
+                spec.node_dataplanes.is_empty(),
+                "a floor lab runs no agent on any node"
+            );
+            self.route_without_overlay()?;
+        } else {
+            // Agents first, all at once: each leases a subnet and writes the
+            // subnet.env the CNI config is derived from.
+            for node in self.node_ids() {
+                self.spawn_agent(node)?;
+            }
+            for node in self.node_ids() {
+                self.wait_agent_ready(node)?;
+            }
+        }
+        for node in self.node_ids() {
+            for pod in 1..=spec.pods_per_node {
+                self.add_pod(node, pod)?;
+            }
+        }
+        for node in self.node_ids() {
+            if self.node(node).dataplane == Dataplane::Ebpf {
+                self.wait_pods_attached(node)?;
+            }
+        }
+        self.save()
+    }
+
+    pub fn node(&self, node: NodeId) -> &NodeState {
+        &self.state.nodes[node.position()]
+    }
+
+    pub(crate) fn node_mut(&mut self, node: NodeId) -> &mut NodeState {
+        &mut self.state.nodes[node.position()]
+    }
+
+    /// Every node of the lab, in order.
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + use<> {
+        NodeId::all(self.state.nodes.len())
+    }
+
+    /// Every pod, node by node.
+    pub fn pods(&self) -> impl Iterator<Item = &PodState> {
+        self.state.nodes.iter().flat_map(|node| node.pods.iter())
+    }
+
+    /// Leaves the lab running when this handle is dropped.
+    pub fn keep(mut self) -> LabState {
+        self.keep = true;
+        unregister(&self.state.name);
+        self.state.clone()
+    }
+
+    fn save(&self) -> Result<()> {
+        let path = self.state.run_dir.join("state.json");
+        fs::write(&path, serde_json::to_string_pretty(&self.state)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(error) = down(&self.state.name)
+        {
+            eprintln!("lab {}: teardown incomplete: {error:#}", self.state.name);
+        }
+    }
+}
+
+/// Polls `check` until it is true; errors (naming `what`) on timeout or when
+/// `check` fails.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        sleep(Duration::from_millis(50));
+    }
+}

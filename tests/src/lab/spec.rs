@@ -1,0 +1,136 @@
+//! What a lab is made of: its name, nodes, pods, backend and dataplanes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, ensure};
+use serde::{Deserialize, Serialize};
+
+use super::{NodeId, POD_NETWORK};
+
+const MAX_NODES: usize = 200;
+const MAX_NAME_LEN: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    Vxlan,
+    HostGw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataplane {
+    /// `weft agent --dataplane ebpf`: the kernel path plus the eBPF programs.
+    Ebpf,
+    /// `weft agent --dataplane kernel`: exactly what flanneld programs.
+    Kernel,
+    /// No overlay and no agent: the lab writes each node's subnet.env (node N
+    /// owns 10.244.N.0/24) and plain routes between nodes. The benchmark's
+    /// floor.
+    Floor,
+}
+
+impl Dataplane {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Dataplane::Ebpf => "ebpf",
+            Dataplane::Floor => "floor",
+            Dataplane::Kernel => "kernel",
+        }
+    }
+}
+
+impl Backend {
+    /// The network config the lab writes to `<prefix>/config`.
+    pub fn network_config(self) -> String {
+        let backend = match self {
+            Backend::Vxlan => "vxlan",
+            Backend::HostGw => "host-gw",
+        };
+        format!(r#"{{"Network":"{POD_NETWORK}","Backend":{{"Type":"{backend}"}}}}"#)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    pub name: String,
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    pub backend: Backend,
+    /// Every node's dataplane, unless `node_dataplanes` says otherwise.
+    pub dataplane: Dataplane,
+    /// Per-node overrides for mixed labs, in node order: the first is
+    /// [`NodeId::FIRST`]'s; nodes past the list's end run `dataplane`.
+    pub node_dataplanes: Vec<Dataplane>,
+    /// The `weft` binary the nodes run.
+    pub weft_bin: PathBuf,
+    /// A `FLANNEL_SUBNET` to leave in every node's subnet.env before its
+    /// agent first starts, as an earlier run would have.
+    pub preset_subnet_env: Option<String>,
+    /// Run the agents with `--ip-masq`.
+    pub ip_masq: bool,
+    /// More flags for every agent.
+    pub agent_args: Vec<String>,
+    /// A network config to write instead of the backend's default one.
+    pub network_config: Option<String>,
+    /// Nodes from this one on sit on a second underlay segment,
+    /// 192.168.78.0/24, one routed hop away from the first.
+    pub second_segment_from: Option<NodeId>,
+}
+
+impl LabSpec {
+    pub fn dataplane_of(&self, node: NodeId) -> Dataplane {
+        self.node_dataplanes
+            .get(node.position())
+            .copied()
+            .unwrap_or(self.dataplane)
+    }
+
+    pub fn new(name: &str, nodes: usize, pods_per_node: usize) -> Self {
+        Self {
+            name: name.to_owned(),
+            nodes,
+            pods_per_node,
+            backend: Backend::Vxlan,
+            dataplane: Dataplane::Ebpf,
+            node_dataplanes: Vec::new(),
+            weft_bin: default_weft_bin(),
+            preset_subnet_env: None,
+            ip_masq: false,
+            agent_args: Vec::new(),
+            network_config: None,
+            second_segment_from: None,
+        }
+    }
+}
+
+/// `$WEFT_BIN`, else the workspace's debug build.
+pub fn default_weft_bin() -> PathBuf {
+    std::env::var_os("WEFT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/weft"))
+}
+
+pub(super) fn validate(spec: &LabSpec) -> Result<()> {
+    let name = &spec.name;
+    ensure!(
+        !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && name.starts_with(|c: char| c.is_ascii_lowercase()),
+        "lab name {name:?}: use 1-{MAX_NAME_LEN} characters a-z, 0-9 and '-', starting with a letter"
+    );
+    ensure!(
+        (1..=MAX_NODES).contains(&spec.nodes),
+        "--nodes {}: must be 1..={MAX_NODES}",
+        spec.nodes
+    );
+    ensure!(
+        spec.pods_per_node <= 250,
+        "--pods-per-node {}: must be at most 250",
+        spec.pods_per_node
+    );
+    Ok(())
+}

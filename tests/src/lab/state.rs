@@ -1,0 +1,75 @@
+//! What a running lab records in its run directory (`state.json`), so
+//! `status` and `down` work from any process.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, Dataplane, NodeId};
+use crate::cni::PodNetwork;
+
+pub const RUN_ROOT: &str = "/run/weft-lab";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub backend: Backend,
+    pub dataplane: Dataplane,
+    pub weft_bin: PathBuf,
+    pub run_dir: PathBuf,
+    pub underlay_ns: String,
+    pub etcd_endpoint: String,
+    pub ip_masq: bool,
+    pub agent_args: Vec<String>,
+    pub second_segment_from: Option<NodeId>,
+    pub nodes: Vec<NodeState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeState {
+    pub id: NodeId,
+    pub ns: String,
+    pub ip: String,
+    pub dataplane: Dataplane,
+    /// The node's pod subnet, from the subnet.env its agent wrote.
+    pub subnet: String,
+    pub subnet_file: PathBuf,
+    pub pin_dir: PathBuf,
+    pub agent_log: Option<PathBuf>,
+    pub pods: Vec<PodState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodState {
+    pub ns: String,
+    pub network: PodNetwork,
+}
+
+impl PodState {
+    pub fn ip(&self) -> &str {
+        self.network.ip()
+    }
+}
+
+impl NodeState {
+    pub fn agent_pid_file(&self, run_dir: &Path) -> PathBuf {
+        run_dir.join(format!("{}.agent.pid", self.ns))
+    }
+}
+
+pub fn run_dir(name: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join(name)
+}
+
+/// Reads a running lab's recorded state.
+pub fn load(name: &str) -> Result<LabState> {
+    let path = run_dir(name).join("state.json");
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("no lab named {name} (no {})", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a lab state file", path.display()))
+}

@@ -1,0 +1,228 @@
+//! The lab's wiring: the underlay namespace and bridges, the node
+//! namespaces, pods via the real CNI plugins, and the floor's plain routes.
+
+use std::{fs, path::Path, time::Duration};
+
+use anyhow::{Result, anyhow};
+use weft_agent::subnet_env;
+
+use super::{Dataplane, Lab, NodeId, NodeState, PodState};
+use crate::{cni, etcd, host::BPFFS, netns, process};
+
+pub const UNDERLAY_BRIDGE: &str = "ul0";
+/// The second underlay segment's bridge (labs with `second_segment_from`),
+/// at 192.168.78.254/24; the underlay namespace routes between the two.
+pub const SECOND_BRIDGE: &str = "ul1";
+pub const SECOND_GATEWAY: &str = "192.168.78.254";
+pub const UNDERLAY_GATEWAY: &str = "192.168.77.254";
+pub const UNDERLAY_PREFIX: u8 = 24;
+pub const POD_NETWORK: &str = "10.244.0.0/16";
+pub const UPLINK: &str = "eth0";
+pub const ETCD_PREFIX: &str = "/coreos.com/network";
+
+impl Lab {
+    /// The floor: node N owns 10.244.N.0/24 and every node routes the others'
+    /// subnets via their addresses, with no agent and no encapsulation.
+    pub(super) fn route_without_overlay(&mut self) -> Result<()> {
+        for node in &mut self.state.nodes {
+            let env = subnet_env::SubnetEnv {
+                network: POD_NETWORK.parse()?,
+                subnet: format!("10.244.{}.1/24", node.id.number()).parse()?,
+                mtu: 1500,
+                ipmasq: false,
+            };
+            subnet_env::write_atomic(&node.subnet_file, &env)?;
+            node.subnet = env.subnet.trunc().to_string();
+        }
+        for node in &self.state.nodes {
+            for peer in self.state.nodes.iter().filter(|peer| peer.id != node.id) {
+                netns::run_host(&[
+                    "ip",
+                    "-n",
+                    &node.ns,
+                    "route",
+                    "replace",
+                    &peer.subnet,
+                    "via",
+                    &peer.ip,
+                    "dev",
+                    UPLINK,
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A client for the lab's etcd.
+    pub fn etcd(&self) -> etcd::LabEtcd {
+        etcd::LabEtcd {
+            ns: self.state.underlay_ns.clone(),
+            endpoint: self.state.etcd_endpoint.clone(),
+            credentials: None,
+        }
+    }
+
+    /// Starts (or restarts, keeping its data) the lab's etcd.
+    pub fn start_etcd(&self) -> Result<()> {
+        etcd::start(
+            &self.state.underlay_ns,
+            UNDERLAY_GATEWAY,
+            &self.state.run_dir,
+        )
+        .map(drop)
+    }
+
+    /// Stops the lab's etcd (SIGTERM); its data stays for `start_etcd`.
+    pub fn stop_etcd(&self) -> Result<()> {
+        process::stop(
+            &self.state.run_dir.join("etcd.pid"),
+            Duration::from_secs(10),
+        )
+    }
+
+    pub(super) fn build_underlay(&self) -> Result<()> {
+        let ul = &self.state.underlay_ns;
+        netns::add(ul)?;
+        netns::run_host(&[
+            "ip",
+            "-n",
+            ul,
+            "link",
+            "add",
+            UNDERLAY_BRIDGE,
+            "type",
+            "bridge",
+        ])?;
+        netns::run_host(&[
+            "ip",
+            "-n",
+            ul,
+            "addr",
+            "add",
+            &format!("{UNDERLAY_GATEWAY}/{UNDERLAY_PREFIX}"),
+            "dev",
+            UNDERLAY_BRIDGE,
+        ])?;
+        netns::run_host(&["ip", "-n", ul, "link", "set", UNDERLAY_BRIDGE, "up"])?;
+        if self.state.second_segment_from.is_some() {
+            netns::run_host(&[
+                "ip",
+                "-n",
+                ul,
+                "link",
+                "add",
+                SECOND_BRIDGE,
+                "type",
+                "bridge",
+            ])?;
+            netns::run_host(&[
+                "ip",
+                "-n",
+                ul,
+                "addr",
+                "add",
+                &format!("{SECOND_GATEWAY}/{UNDERLAY_PREFIX}"),
+                "dev",
+                SECOND_BRIDGE,
+            ])?;
+            netns::run_host(&["ip", "-n", ul, "link", "set", SECOND_BRIDGE, "up"])?;
+            // The underlay namespace is the router between the segments.
+            netns::sysctl(ul, "net/ipv4/ip_forward", "1")?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn build_node(&self, id: NodeId, dataplane: Dataplane) -> Result<NodeState> {
+        let ns = format!("{}-{id}", self.state.name);
+        let ul = &self.state.underlay_ns;
+        let ul_port = id.to_string();
+        let second = self
+            .state
+            .second_segment_from
+            .is_some_and(|first| id >= first);
+        let (bridge, gateway, ip) = if second {
+            (
+                SECOND_BRIDGE,
+                SECOND_GATEWAY,
+                format!("192.168.78.{}", id.number()),
+            )
+        } else {
+            (
+                UNDERLAY_BRIDGE,
+                UNDERLAY_GATEWAY,
+                format!("192.168.77.{}", id.number()),
+            )
+        };
+        netns::add(&ns)?;
+        // Both ends are created directly in their namespaces: nothing ever
+        // appears in the host namespace, so labs cannot collide there.
+        netns::run_host(&[
+            "ip", "link", "add", "name", UPLINK, "netns", &ns, "type", "veth", "peer", "name",
+            &ul_port, "netns", ul,
+        ])?;
+        netns::run_host(&[
+            "ip", "-n", ul, "link", "set", &ul_port, "master", bridge, "up",
+        ])?;
+        netns::run_host(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/{UNDERLAY_PREFIX}"),
+            "dev",
+            UPLINK,
+        ])?;
+        netns::run_host(&["ip", "-n", &ns, "link", "set", UPLINK, "up"])?;
+        // Everything off the segment (etcd on the other one, for a start)
+        // goes through the segment's gateway.
+        netns::run_host(&[
+            "ip", "-n", &ns, "route", "add", "default", "via", gateway, "dev", UPLINK,
+        ])?;
+        // A wire carries MTU-sized frames: no veth super-frames; GRO on, as a
+        // NIC driver does.
+        netns::run(
+            &ns,
+            &[
+                "ethtool", "-K", UPLINK, "tso", "off", "gso", "off", "gro", "on", "tx", "off",
+            ],
+        )?;
+        netns::run(
+            ul,
+            &[
+                "ethtool", "-K", &ul_port, "tso", "off", "gso", "off", "gro", "on", "tx", "off",
+            ],
+        )?;
+        netns::sysctl(&ns, "net/ipv4/ip_forward", "1")?;
+
+        let node_dir = self.state.run_dir.join(&ns);
+        fs::create_dir_all(&node_dir)?;
+        Ok(NodeState {
+            id,
+            ns: ns.clone(),
+            ip,
+            dataplane,
+            subnet: String::new(),
+            subnet_file: node_dir.join("subnet.env"),
+            pin_dir: Path::new(BPFFS).join(&ns),
+            agent_log: None,
+            pods: Vec::new(),
+        })
+    }
+
+    pub(super) fn add_pod(&mut self, node: NodeId, pod: usize) -> Result<()> {
+        let state = self.node(node);
+        let pod_ns = format!("{}-p{pod}", state.ns);
+        netns::add(&pod_ns)?;
+        let env = subnet_env::read_if_present(&state.subnet_file)?
+            .ok_or_else(|| anyhow!("{} has no subnet.env", state.ns))?;
+        let config =
+            cni::flannel_bridge_config(&env, &self.state.run_dir.join(&state.ns).join("ipam"));
+        let network = cni::add_pod(&state.ns, &pod_ns, &config)?;
+        self.node_mut(node).pods.push(PodState {
+            ns: pod_ns,
+            network,
+        });
+        self.save()
+    }
+}
