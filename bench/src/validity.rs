@@ -2,7 +2,11 @@
 //! path's counters, netfilter's share and the kernel path's counters.
 
 use anyhow::Result;
-use weft_common::CounterId;
+use weft_common::{
+    CounterId,
+    Hook::{self, TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 use weft_tests::{Backend, Dataplane, Lab, inspect};
 
 use crate::measure::Run;
@@ -10,13 +14,13 @@ use crate::measure::Run;
 /// Every counter of a packet the fast path carried: sent to a peer node,
 /// or delivered into a pod (by XDP, or by TC after GRO, where one packet
 /// stands for many wire frames).
-pub const FAST_PATH_COUNTERS: [&str; 6] = [
-    "tc_encap",
-    "tc_host_gw",
-    "xdp_decap",
-    "xdp_host_gw",
-    "tc_uplink_decap",
-    "tc_uplink_host_gw",
+pub const FAST_PATH_COUNTERS: [CounterId; 6] = [
+    TcPodEgress.counter(Reason::Encap),
+    TcPodEgress.counter(Reason::HostGw),
+    XdpUplink.counter(Reason::Decap),
+    XdpUplink.counter(Reason::HostGw),
+    TcUplink.counter(Reason::Decap),
+    TcUplink.counter(Reason::HostGw),
 ];
 
 /// (packets, bytes) of the fast path on both nodes.
@@ -27,8 +31,8 @@ pub(crate) fn fast_path_counts(lab: &Lab) -> Result<(u64, u64)> {
             continue;
         }
         let counters = lab.counters(node)?;
-        for name in FAST_PATH_COUNTERS {
-            let (packets, bytes) = counters.get(name).copied().unwrap_or_default();
+        for counter in FAST_PATH_COUNTERS {
+            let (packets, bytes) = counters.get(&counter).copied().unwrap_or_default();
             total = (total.0 + packets, total.1 + bytes);
         }
     }
@@ -38,16 +42,31 @@ pub(crate) fn fast_path_counts(lab: &Lab) -> Result<(u64, u64)> {
 /// Why the fast path hands a packet to netfilter: a few packets per flow
 /// (set-up, SYN/FIN, one per re-check interval), never a share of a
 /// transfer.
-const NETFILTER_REFUSALS: [CounterId; 8] = [
-    CounterId::XdpPassNoVerdict,
-    CounterId::XdpPassRulesetChanged,
-    CounterId::XdpPassRecheck,
-    CounterId::XdpPassTcpControl,
-    CounterId::TcPassNoVerdict,
-    CounterId::TcPassRulesetChanged,
-    CounterId::TcPassRecheck,
-    CounterId::TcPassTcpControl,
-];
+const NETFILTER_REFUSALS: [CounterId; 12] = {
+    const fn on(hook: Hook) -> [CounterId; 4] {
+        [
+            hook.counter(Reason::PassNoVerdict),
+            hook.counter(Reason::PassRulesetChanged),
+            hook.counter(Reason::PassRecheck),
+            hook.counter(Reason::PassTcpControl),
+        ]
+    }
+    let [xdp, tc_uplink, pod] = [on(XdpUplink), on(TcUplink), on(TcPodEgress)];
+    [
+        xdp[0],
+        xdp[1],
+        xdp[2],
+        xdp[3],
+        tc_uplink[0],
+        tc_uplink[1],
+        tc_uplink[2],
+        tc_uplink[3],
+        pod[0],
+        pod[1],
+        pod[2],
+        pod[3],
+    ]
+};
 
 pub(crate) fn netfilter_refusals(lab: &Lab) -> Result<u64> {
     let mut total = 0;
@@ -58,7 +77,7 @@ pub(crate) fn netfilter_refusals(lab: &Lab) -> Result<u64> {
         let counters = lab.counters(node)?;
         total += NETFILTER_REFUSALS
             .iter()
-            .map(|id| counters.get(id.name()).map_or(0, |(packets, _)| *packets))
+            .map(|id| counters.get(id).map_or(0, |(packets, _)| *packets))
             .sum::<u64>();
     }
     Ok(total)

@@ -11,7 +11,9 @@ pub mod maps;
 pub mod stats;
 
 pub use maps::*;
-pub use stats::{COUNTERS, CounterId, PacketCounter, STATS_MAX_ENTRIES};
+pub use stats::{
+    COUNTERS, CounterId, HOOKS, Hook, PacketCounter, REASON_SLOTS, Reason, STATS_MAX_ENTRIES,
+};
 
 /// Names of the maps the programs declare, as pinned under `--bpf-pin-dir`.
 pub mod map_names {

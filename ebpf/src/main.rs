@@ -1,29 +1,26 @@
-//! weft's eBPF programs.
+//! weft's eBPF programs, one file each in `programs/`, over the shared
+//! pieces in `lib/`.
 //!
-//! - `xdp_uplink` (decap.rs): XDP on the node's uplink, every frame.
-//! - `tc_uplink` (gro_decap.rs): TC (TCX) ingress on the uplink,
-//!   the bulk TCP that XDP left for GRO.
-//! - `tc_pod_egress` (encap.rs): TC (TCX) ingress on the host side of every
-//!   pod veth, i.e. traffic leaving a pod.
-//! - `tc_verdict` (verdict.rs): TC (TCX) egress after netfilter (pod veths,
+//! - `xdp_uplink`: XDP on the node's uplink, every frame.
+//! - `tc_uplink`: TC (TCX) ingress on the uplink, the bulk TCP that XDP
+//!   left for GRO (everything, when XDP is off).
+//! - `tc_pod_egress`: TC (TCX) ingress on the host side of every pod veth,
+//!   i.e. traffic leaving a pod.
+//! - `tc_verdict`: TC (TCX) egress after netfilter (pod veths,
 //!   flannel.<VNI>, the uplink): records the flows netfilter passed
-//!   unchanged; the three programs above fast-path only those (flow.rs).
+//!   unchanged; the three programs above fast-path only those
+//!   (lib/flow.rs).
 #![no_std]
 #![no_main]
 // A typo in a match pattern silently becomes a catch-all binding; in code
 // that runs per packet, fail the build instead.
 #![deny(unused, unreachable_patterns)]
+// `lib/` holds what the programs share; this crate has no library target,
+// so the module's name cannot be mistaken for one.
+#![allow(special_module_name)]
 
-mod counters;
-mod csum;
-mod decap;
-mod encap;
-mod flow;
-mod gro_decap;
-mod maps;
-mod parse;
-mod uplink;
-mod verdict;
+mod lib;
+mod programs;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
@@ -32,22 +29,22 @@ use aya_ebpf::{
 
 #[xdp]
 pub fn xdp_uplink(ctx: XdpContext) -> u32 {
-    decap::xdp_uplink(&ctx)
+    programs::xdp_uplink::run(&ctx)
 }
 
 #[classifier]
 pub fn tc_uplink(mut ctx: TcContext) -> i32 {
-    gro_decap::tc_uplink(&mut ctx)
+    programs::tc_uplink::run(&mut ctx)
 }
 
 #[classifier]
 pub fn tc_pod_egress(mut ctx: TcContext) -> i32 {
-    encap::tc_pod_egress(&mut ctx)
+    programs::tc_pod_egress::run(&mut ctx)
 }
 
 #[classifier]
 pub fn tc_verdict(mut ctx: TcContext) -> i32 {
-    verdict::tc_verdict(&mut ctx)
+    programs::tc_verdict::run(&mut ctx)
 }
 
 #[cfg(not(test))]

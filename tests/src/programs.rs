@@ -10,8 +10,10 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use weft_common::{
-    CONFIG_STRICT_VTEPS, COUNTERS, ENDPOINT_XDP_READY, Endpoint, EndpointKey, FlowKey, FlowVerdict,
-    NodeConfig, PacketCounter, Peer, PeerMode, VtepKey,
+    CONFIG_STRICT_VTEPS, COUNTERS, CounterId, ENDPOINT_XDP_READY, Endpoint, EndpointKey, FlowKey,
+    FlowVerdict,
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    NodeConfig, PacketCounter, Peer, PeerMode, Reason, VtepKey,
     program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK},
 };
 
@@ -273,52 +275,52 @@ impl Programs {
 
     /// Each (what, frame, counter): XDP hands the frame to the kernel
     /// untouched and counts it under `counter` alone.
-    pub fn assert_xdp_passes(&self, cases: &[(&str, Vec<u8>, &str)]) {
+    pub fn assert_xdp_passes(&self, cases: &[(&str, Vec<u8>, CounterId)]) {
         for (what, frame, counter) in cases {
             let before = self.counters();
             let (verdict, out) = self.xdp(frame);
             assert_eq!(verdict, XDP_PASS, "{what}");
             assert_eq!(&out, frame, "{what}: a passed frame must be untouched");
-            assert_counted(&before, &self.counters(), counter);
+            assert_counted(&before, &self.counters(), *counter);
         }
     }
 
     /// Each (what, frame, counter): `tc_uplink` (with no XDP attached, so it
     /// counts what it refuses) hands the frame to the kernel untouched and
     /// counts it under `counter` alone.
-    pub fn assert_uplink_tc_passes(&self, cases: &[(&str, Vec<u8>, &str)]) {
+    pub fn assert_uplink_tc_passes(&self, cases: &[(&str, Vec<u8>, CounterId)]) {
         for (what, frame, counter) in cases {
             let before = self.counters();
             let (verdict, out) = self.uplink_tc(frame);
             assert_eq!(verdict, TC_ACT_OK, "{what}");
             assert_eq!(&out, frame, "{what}: a passed frame must be untouched");
-            assert_counted(&before, &self.counters(), counter);
+            assert_counted(&before, &self.counters(), *counter);
         }
     }
 
     /// Each (what, frame, counter): TC hands the packet to the kernel
     /// untouched and counts it under `counter` alone.
-    pub fn assert_tc_passes(&self, cases: &[(&str, Vec<u8>, &str)]) {
+    pub fn assert_tc_passes(&self, cases: &[(&str, Vec<u8>, CounterId)]) {
         for (what, frame, counter) in cases {
             let before = self.counters();
             let (verdict, out) = self.tc(frame);
             assert_eq!(verdict, TC_ACT_OK, "{what}");
             assert_eq!(&out, frame, "{what}: a passed packet must be untouched");
-            assert_counted(&before, &self.counters(), counter);
+            assert_counted(&before, &self.counters(), *counter);
         }
     }
 
-    /// Packets per counter name, summed over CPUs.
-    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
+    /// Packets per counter, summed over CPUs.
+    pub fn counters(&self) -> Counts {
         let stats: PerCpuArray<_, PacketCounter> =
             PerCpuArray::try_from(self.ebpf.map("STATS").unwrap()).unwrap();
         COUNTERS
             .iter()
-            .map(|(id, name)| {
+            .map(|(id, _)| {
                 (
-                    *name,
+                    *id,
                     stats
-                        .get(&(*id as u32), 0)
+                        .get(&id.slot(), 0)
                         .unwrap()
                         .iter()
                         .map(|slot| slot.packets)
@@ -453,8 +455,11 @@ pub fn good_vxlan() -> Vec<u8> {
     vxlan_from(PEER_IP)
 }
 
+/// Packets per counter, as [`Programs::counters`] reads them.
+pub type Counts = BTreeMap<CounterId, u64>;
+
 /// Asserts that exactly the counters in `rose` rose, each by one.
-pub fn assert_only(before: &BTreeMap<&str, u64>, after: &BTreeMap<&str, u64>, rose: &[&str]) {
+pub fn assert_only(before: &Counts, after: &Counts, rose: &[CounterId]) {
     for (name, value) in after {
         let expected = before[name] + u64::from(rose.contains(name));
         assert_eq!(
@@ -464,13 +469,20 @@ pub fn assert_only(before: &BTreeMap<&str, u64>, after: &BTreeMap<&str, u64>, ro
     }
 }
 
-/// Asserts that exactly `counter` rose by one (besides `uplink_rx` and
-/// `pod_egress`, which count every frame a program sees).
-pub fn assert_counted(before: &BTreeMap<&str, u64>, after: &BTreeMap<&str, u64>, counter: &str) {
+/// The counters of every frame a program sees.
+const SEEN: [CounterId; 3] = [
+    XdpUplink.counter(Reason::Seen),
+    TcUplink.counter(Reason::Seen),
+    TcPodEgress.counter(Reason::Seen),
+];
+
+/// Asserts that exactly `counter` rose by one (besides the `Seen` counters
+/// `uplink_rx`, `tc_uplink_seen` and `pod_egress`, which count every frame
+/// a program sees).
+pub fn assert_counted(before: &Counts, after: &Counts, counter: CounterId) {
     for (name, value) in after {
-        let expected = before[name]
-            + u64::from(*name == counter || *name == "uplink_rx" || *name == "pod_egress");
-        if *name == "uplink_rx" || *name == "pod_egress" {
+        let expected = before[name] + u64::from(*name == counter || SEEN.contains(name));
+        if SEEN.contains(name) {
             continue;
         }
         assert_eq!(

@@ -7,14 +7,19 @@
 #![allow(unused_crate_dependencies)]
 
 use std::collections::BTreeMap;
+use weft_common::{
+    COUNTERS, CounterId,
+    Hook::{TcPodEgress, XdpUplink},
+    Reason,
+};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK};
 use weft_tests::{Lab, LabSpec, NodeId, lab, netns, privileged_test};
 
-/// `weft maps stats --json` for a pin dir: counter name -> packets.
-fn packets(lab: &Lab, node: NodeId) -> BTreeMap<String, u64> {
+/// `weft maps stats --json` for a pin dir: counter -> packets.
+fn packets(lab: &Lab, node: NodeId) -> BTreeMap<CounterId, u64> {
     let weft = lab.state.weft_bin.display().to_string();
     let pin_dir = lab.node(node).pin_dir.display().to_string();
     let out =
@@ -25,10 +30,15 @@ fn packets(lab: &Lab, node: NodeId) -> BTreeMap<String, u64> {
         .unwrap()
         .iter()
         .map(|counter| {
-            (
-                counter["name"].as_str().unwrap().to_owned(),
-                counter["packets"].as_u64().unwrap(),
-            )
+            let name = counter["name"].as_str().unwrap();
+            let id = COUNTERS
+                .iter()
+                .find_map(|(id, known)| (*known == name).then_some(*id))
+                .unwrap_or_else(|| panic!("weft maps stats lists an unknown counter {name}"));
+            // The reason x hook dimensions, as the programs count them.
+            assert_eq!(counter["hook"], id.hook.name(), "{counter}");
+            assert_eq!(counter["reason"], id.reason.name(), "{counter}");
+            (id, counter["packets"].as_u64().unwrap())
         })
         .collect()
 }
@@ -91,12 +101,12 @@ fn agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm() {
     assert!(out.contains(&format!("{COUNT} received")), "{out}");
     let after = [packets(&lab, NodeId::new(1)), packets(&lab, NodeId::new(2))];
     for (node, counter) in [
-        (0, "pod_egress"),
-        (0, "uplink_rx"),
-        (1, "pod_egress"),
-        (1, "uplink_rx"),
+        (0, TcPodEgress.counter(Reason::Seen)),
+        (0, XdpUplink.counter(Reason::Seen)),
+        (1, TcPodEgress.counter(Reason::Seen)),
+        (1, XdpUplink.counter(Reason::Seen)),
     ] {
-        let delta = after[node][counter] - before[node][counter];
+        let delta = after[node][&counter] - before[node][&counter];
         assert!(
             delta >= COUNT,
             "node {} {counter} rose by {delta}, expected at least {COUNT}",
@@ -256,7 +266,7 @@ fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layout
     );
     let after = packets(&lab, NodeId::new(1));
     assert!(
-        after["tc_encap"] > before["tc_encap"],
+        after[&TcPodEgress.counter(Reason::Encap)] > before[&TcPodEgress.counter(Reason::Encap)],
         "the fast path did not carry traffic after the layout change"
     );
 }

@@ -12,6 +12,10 @@ use std::{
     net::UdpSocket,
     time::{Duration, Instant},
 };
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 
 use nix::sys::signal::Signal;
 use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK};
@@ -38,7 +42,11 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
     let lab = Lab::up(&LabSpec::new("t-fp-vxlan", 3, 2)).unwrap();
     carries_cross_node_traffic(&lab, false);
     let counters = lab.counters(NodeId::new(3)).unwrap();
-    assert_eq!(counters["xdp_decap"].0, 0, "XDP decapsulated without XDP");
+    assert_eq!(
+        counters[&XdpUplink.counter(Reason::Decap)].0,
+        0,
+        "XDP decapsulated without XDP"
+    );
 }
 
 #[test]
@@ -150,8 +158,12 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
         lab.counters(NodeId::new(2)).unwrap(),
     ];
     for node in 0..2 {
-        let decap = if xdp { "xdp_decap" } else { "tc_uplink_decap" };
-        for counter in ["tc_encap", decap] {
+        let decap = if xdp {
+            XdpUplink.counter(Reason::Decap)
+        } else {
+            TcUplink.counter(Reason::Decap)
+        };
+        for counter in [TcPodEgress.counter(Reason::Encap), decap] {
             let (packets, _) = counter_delta(&before[node], &after[node], counter);
             assert!(
                 packets >= 50 - FLOW_SETUP_PACKETS,
@@ -186,7 +198,7 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
         lab.counters(NodeId::new(1)).unwrap(),
         lab.counters(NodeId::new(3)).unwrap(),
     ];
-    let (_, encap_bytes) = counter_delta(&before[0], &after[0], "tc_encap");
+    let (_, encap_bytes) = counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::Encap));
     let (_, decap_bytes) = counters_delta(&before[1], &after[1], &DECAP_COUNTERS);
     assert!(
         carried_nearly_all(encap_bytes, transfer.bytes),
@@ -201,8 +213,12 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     if xdp {
         // Full-size segments were left to GRO, and TC delivered them
         // coalesced: fewer packets than XDP passed it.
-        let (passed, _) = counter_delta(&before[1], &after[1], "xdp_pass_bulk_tcp");
-        let (coalesced, _) = counter_delta(&before[1], &after[1], "tc_uplink_decap");
+        let (passed, _) = counter_delta(
+            &before[1],
+            &after[1],
+            XdpUplink.counter(Reason::PassBulkTcp),
+        );
+        let (coalesced, _) = counter_delta(&before[1], &after[1], TcUplink.counter(Reason::Decap));
         assert!(
             passed > 0 && coalesced > 0 && coalesced < passed,
             "XDP left {passed} segments to GRO, TC delivered {coalesced} packets"
@@ -214,7 +230,7 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     ];
     // The kernel path carried the connection's set-up and close, and one
     // packet each way per re-check interval (netfilter's periodic look).
-    let fast_packets = counter_delta(&before[0], &after[0], "tc_encap").0
+    let fast_packets = counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::Encap)).0
         + counters_delta(&before[1], &after[1], &DECAP_COUNTERS).0;
     for (node, (before, after)) in flannel_before.iter().zip(flannel_after).enumerate() {
         let kernel_packets = (after.0 - before.0) + (after.1 - before.1);
@@ -232,8 +248,12 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     let full = lab.ping_sized(&from, to.ip(), 6, 1422, true).unwrap();
     assert!(full.contains("6 received"), "{full}");
     assert!(
-        counter_delta(&before, &lab.counters(NodeId::new(1)).unwrap(), "tc_encap").0
-            >= 6 - FLOW_SETUP_PACKETS
+        counter_delta(
+            &before,
+            &lab.counters(NodeId::new(1)).unwrap(),
+            TcPodEgress.counter(Reason::Encap)
+        )
+        .0 >= 6 - FLOW_SETUP_PACKETS
     );
     let over = lab.ping_sized(&from, to.ip(), 1, 1423, true);
     assert!(
@@ -262,7 +282,7 @@ fn same_node_pods_talk_without_the_bridge() {
     let (redirected, _) = counter_delta(
         &before,
         &lab.counters(NodeId::new(1)).unwrap(),
-        "tc_local_redirect",
+        TcPodEgress.counter(Reason::LocalRedirect),
     );
     assert!(
         redirected >= 100 - FLOW_SETUP_PACKETS,
@@ -311,7 +331,12 @@ fn a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways() {
         "the stock node's flannel.1 saw no traffic"
     );
     assert!(
-        counter_delta(&fast_before, &fast_after, "tc_encap").0 > 0
+        counter_delta(
+            &fast_before,
+            &fast_after,
+            TcPodEgress.counter(Reason::Encap)
+        )
+        .0 > 0
             && counters_delta(&fast_before, &fast_after, &DECAP_COUNTERS).0 > 0
     );
 }
@@ -386,7 +411,7 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
         counter_delta(
             &before,
             &lab.counters(NodeId::new(1)).unwrap(),
-            "xdp_drop_unknown_vtep"
+            TcUplink.counter(Reason::DropUnknownVtep)
         )
         .0,
         1
@@ -408,7 +433,7 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
             Ok(counter_delta(
                 &before,
                 &lab.counters(NodeId::new(1))?,
-                "xdp_pass_not_our_vtep",
+                TcUplink.counter(Reason::PassNotOurVtep),
             )
             .0 == 1)
         },
@@ -418,7 +443,7 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
         counter_delta(
             &before,
             &lab.counters(NodeId::new(1)).unwrap(),
-            "xdp_drop_unknown_vtep"
+            TcUplink.counter(Reason::DropUnknownVtep)
         )
         .0,
         0
@@ -497,6 +522,9 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
             pod.network.host_veth
         );
     }
-    assert!(lab.counters(NodeId::new(2)).unwrap()["uplink_rx"].0 >= counters_before["uplink_rx"].0);
+    assert!(
+        lab.counters(NodeId::new(2)).unwrap()[&TcUplink.counter(Reason::Seen)].0
+            >= counters_before[&TcUplink.counter(Reason::Seen)].0
+    );
     lab.assert_all_pairs_ping(2);
 }

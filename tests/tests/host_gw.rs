@@ -6,6 +6,10 @@
 // package; the lint is for the library.
 #![allow(unused_crate_dependencies)]
 
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 use weft_tests::{
     Backend, Dataplane, Lab, LabSpec, NodeId, inspect,
     lab::{
@@ -32,7 +36,11 @@ fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
     let lab = Lab::up(&host_gw("t-hg-fast")).unwrap();
     skips_the_routing_table(&lab);
     let counters = lab.counters(NodeId::new(3)).unwrap();
-    assert_eq!(counters["xdp_host_gw"].0, 0, "XDP delivered without XDP");
+    assert_eq!(
+        counters[&XdpUplink.counter(Reason::HostGw)].0,
+        0,
+        "XDP delivered without XDP"
+    );
 }
 
 #[test]
@@ -49,7 +57,11 @@ fn host_gw_with_xdp_delivers_small_packets_from_xdp_and_bulk_tcp_after_gro() {
     skips_the_routing_table(&lab);
     let after = lab.counters(NodeId::new(3)).unwrap();
     // Pings are small: XDP; the transfer's full-size segments: GRO, then TC.
-    for counter in ["xdp_host_gw", "xdp_pass_bulk_tcp", "tc_uplink_host_gw"] {
+    for counter in [
+        XdpUplink.counter(Reason::HostGw),
+        XdpUplink.counter(Reason::PassBulkTcp),
+        TcUplink.counter(Reason::HostGw),
+    ] {
         assert!(
             counter_delta(&before, &after, counter).0 > 0,
             "{counter} did not rise"
@@ -84,7 +96,7 @@ fn skips_the_routing_table(lab: &Lab) {
         lab.counters(NodeId::new(1)).unwrap(),
         lab.counters(NodeId::new(3)).unwrap(),
     ];
-    let (_, sent) = counter_delta(&before[0], &after[0], "tc_host_gw");
+    let (_, sent) = counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::HostGw));
     let (_, delivered) = counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS);
     assert!(
         carried_nearly_all(sent, transfer.bytes),
@@ -99,7 +111,7 @@ fn skips_the_routing_table(lab: &Lab) {
     // The kernel routed (almost) nothing: the connection's set-up and close,
     // and one packet each way per re-check interval (netfilter's periodic
     // look at the flow).
-    let fast_packets = counter_delta(&before[0], &after[0], "tc_host_gw").0
+    let fast_packets = counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::HostGw)).0
         + counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS).0;
     let forwarded_after = [
         inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap(),
@@ -137,7 +149,7 @@ fn a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other() {
     );
     let fast_after = lab.counters(NodeId::new(2)).unwrap();
     assert!(
-        counter_delta(&fast, &fast_after, "tc_host_gw").0 > 0
+        counter_delta(&fast, &fast_after, TcPodEgress.counter(Reason::HostGw)).0 > 0
             && counters_delta(&fast, &fast_after, &HOST_GW_DELIVERY_COUNTERS).0 > 0
     );
 }
@@ -226,7 +238,8 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
         lab.counters(NodeId::new(3)).unwrap(),
     ];
     assert!(
-        counter_delta(&before[0], &after[0], "tc_host_gw").0 >= 50 - FLOW_SETUP_PACKETS,
+        counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::HostGw)).0
+            >= 50 - FLOW_SETUP_PACKETS,
         "node 1 -> 2 did not go host-gw"
     );
     assert!(
@@ -234,7 +247,8 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
             >= 50 - FLOW_SETUP_PACKETS
     );
     assert!(
-        counter_delta(&before[0], &after[0], "tc_encap").0 >= 50 - FLOW_SETUP_PACKETS,
+        counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::Encap)).0
+            >= 50 - FLOW_SETUP_PACKETS,
         "node 1 -> 3 did not go VXLAN"
     );
     let decapsulated = counters_delta(&before[2], &after[2], &DECAP_COUNTERS).0;

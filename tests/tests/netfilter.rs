@@ -11,6 +11,10 @@
 #![allow(unused_crate_dependencies)]
 
 use std::{net::SocketAddr, time::Duration};
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 
 use weft_tests::{
     Backend, Lab, LabSpec, NodeId, cni,
@@ -118,7 +122,11 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     let refused = counters_delta(
         &before,
         &lab.counters(NodeId::new(1)).unwrap(),
-        &["tc_pass_no_verdict", "xdp_pass_no_verdict"],
+        &[
+            TcPodEgress.counter(Reason::PassNoVerdict),
+            XdpUplink.counter(Reason::PassNoVerdict),
+            TcUplink.counter(Reason::PassNoVerdict),
+        ],
     );
     assert!(
         refused.0 > 0,
@@ -173,12 +181,12 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     ];
     let (sent, delivered) = if host_gw {
         (
-            counter_delta(&before[0], &after[0], "tc_host_gw").1,
+            counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::HostGw)).1,
             counters_delta(&before[1], &after[1], &HOST_GW_DELIVERY_COUNTERS).1,
         )
     } else {
         (
-            counter_delta(&before[0], &after[0], "tc_encap").1,
+            counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::Encap)).1,
             counters_delta(&before[1], &after[1], &DECAP_COUNTERS).1,
         )
     };
@@ -246,7 +254,11 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     for index in 100..200 {
         session.exchange(index).unwrap();
     }
-    let carried = if host_gw { "tc_host_gw" } else { "tc_encap" };
+    let carried = if host_gw {
+        TcPodEgress.counter(Reason::HostGw)
+    } else {
+        TcPodEgress.counter(Reason::Encap)
+    };
     assert!(
         counter_delta(&before, &lab.counters(NodeId::new(1)).unwrap(), carried).0 >= 90,
         "the established connection did not ride the fast path"

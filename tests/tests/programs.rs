@@ -6,6 +6,11 @@
 #![allow(unused_crate_dependencies)]
 
 use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP};
+use weft_common::{
+    CounterId,
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 use weft_tests::{
     packets::{ETH_P_IPV4, Ipv4Options, checksum, eth, icmp_echo, ipv4, ipv4_checksum_ok},
     privileged_test,
@@ -36,7 +41,11 @@ fn xdp_decapsulates_valid_vxlan_for_a_local_pod_into_the_exact_inner_frame() {
     addressed_to_pod(&mut expected);
     assert_eq!(out, expected);
     assert!(ipv4_checksum_ok(&out, 14));
-    assert_counted(&before, &programs.counters(), "xdp_decap");
+    assert_counted(
+        &before,
+        &programs.counters(),
+        XdpUplink.counter(Reason::Decap),
+    );
 
     // An inner fragment has no ports to look a verdict up by (netfilter
     // sees the reassembled datagram): the kernel path takes it.
@@ -58,7 +67,11 @@ fn xdp_decapsulates_valid_vxlan_for_a_local_pod_into_the_exact_inner_frame() {
             ..Default::default()
         },
     );
-    programs.assert_xdp_passes(&[("an inner fragment", frame, "xdp_pass_not_a_flow")]);
+    programs.assert_xdp_passes(&[(
+        "an inner fragment",
+        frame,
+        XdpUplink.counter(Reason::PassNotAFlow),
+    )]);
 }
 
 #[test]
@@ -77,21 +90,21 @@ fn xdp_passes_what_is_not_its_to_the_kernel_and_says_why() {
     vlan.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
     let mut arp = good_vxlan();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    let cases: Vec<(&str, Vec<u8>, CounterId)> = vec![
         (
             "wrong VNI",
             vxlan_frame(PEER_IP, NODE_IP, PORT, 7, &inner, plain),
-            "xdp_pass_wrong_vni",
+            XdpUplink.counter(Reason::PassWrongVni),
         ),
         (
             "wrong port",
             vxlan_frame(PEER_IP, NODE_IP, 4789, VNI, &inner, plain),
-            "xdp_pass_not_vxlan",
+            XdpUplink.counter(Reason::PassNotVxlan),
         ),
         (
             "not for our address",
             vxlan_frame(PEER_IP, [192, 168, 77, 9], PORT, VNI, &inner, plain),
-            "xdp_pass_not_for_node",
+            XdpUplink.counter(Reason::PassNotForNode),
         ),
         (
             "IPv4 options",
@@ -107,7 +120,7 @@ fn xdp_passes_what_is_not_its_to_the_kernel_and_says_why() {
                     ..Default::default()
                 },
             ),
-            "xdp_pass_ip_options",
+            XdpUplink.counter(Reason::PassIpOptions),
         ),
         (
             "outer fragment (MF)",
@@ -122,7 +135,7 @@ fn xdp_passes_what_is_not_its_to_the_kernel_and_says_why() {
                     ..Default::default()
                 },
             ),
-            "xdp_pass_fragment",
+            XdpUplink.counter(Reason::PassFragment),
         ),
         (
             "outer fragment (offset)",
@@ -137,10 +150,10 @@ fn xdp_passes_what_is_not_its_to_the_kernel_and_says_why() {
                     ..Default::default()
                 },
             ),
-            "xdp_pass_fragment",
+            XdpUplink.counter(Reason::PassFragment),
         ),
-        ("non-IPv4", arp, "xdp_pass_not_ipv4"),
-        ("VLAN-tagged", vlan, "xdp_pass_vlan"),
+        ("non-IPv4", arp, XdpUplink.counter(Reason::PassNotIpv4)),
+        ("VLAN-tagged", vlan, XdpUplink.counter(Reason::PassVlan)),
         (
             "inner destination not a local pod",
             vxlan_frame(
@@ -151,7 +164,7 @@ fn xdp_passes_what_is_not_its_to_the_kernel_and_says_why() {
                 &inner_frame([10, 244, 1, 99], Ipv4Options::default()),
                 plain,
             ),
-            "xdp_pass_no_endpoint",
+            XdpUplink.counter(Reason::PassNoEndpoint),
         ),
         (
             "inner TTL 1",
@@ -169,7 +182,7 @@ fn xdp_passes_what_is_not_its_to_the_kernel_and_says_why() {
                 ),
                 plain,
             ),
-            "xdp_pass_ttl_expired",
+            XdpUplink.counter(Reason::PassTtlExpired),
         ),
     ];
     programs.assert_xdp_passes(&cases);
@@ -193,7 +206,8 @@ fn xdp_passes_every_truncation_untouched() {
         assert_eq!(out, short, "cut at {cut}");
         let after = programs.counters();
         assert_eq!(
-            after["xdp_decap"], before["xdp_decap"],
+            after[&XdpUplink.counter(Reason::Decap)],
+            before[&XdpUplink.counter(Reason::Decap)],
             "cut at {cut} was decapsulated"
         );
     }
@@ -210,12 +224,20 @@ fn xdp_drops_vxlan_from_unknown_sources_in_strict_mode_and_passes_it_otherwise()
     let strict = Programs::load(true);
     let before = strict.counters();
     assert_eq!(strict.xdp(&spoofed).0, XDP_DROP);
-    assert_counted(&before, &strict.counters(), "xdp_drop_unknown_vtep");
+    assert_counted(
+        &before,
+        &strict.counters(),
+        XdpUplink.counter(Reason::DropUnknownVtep),
+    );
     let lenient = Programs::load(false);
     let before = lenient.counters();
     let (verdict, out) = lenient.xdp(&spoofed);
     assert_eq!((verdict, out), (XDP_PASS, spoofed));
-    assert_counted(&before, &lenient.counters(), "xdp_pass_unknown_vtep");
+    assert_counted(
+        &before,
+        &lenient.counters(),
+        XdpUplink.counter(Reason::PassUnknownVtep),
+    );
 }
 
 #[test]
@@ -229,7 +251,11 @@ fn tc_encapsulates_for_a_vxlan_peer_with_exact_outer_headers() {
     let frame = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());
     let (verdict, out) = programs.tc(&frame);
     assert_eq!(verdict, TC_ACT_REDIRECT);
-    assert_counted(&before, &programs.counters(), "tc_encap");
+    assert_counted(
+        &before,
+        &programs.counters(),
+        TcPodEgress.counter(Reason::Encap),
+    );
     let inner_ip_len = frame.len() - 14;
     assert_eq!(out.len(), frame.len() + 50);
     // Outer Ethernet: to the underlay next hop, from the uplink.
@@ -310,7 +336,11 @@ fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
     addressed_to_pod(&mut expected);
     assert_eq!(out, expected);
     assert!(ipv4_checksum_ok(&out, 14));
-    assert_counted(&before, &programs.counters(), "tc_local_redirect");
+    assert_counted(
+        &before,
+        &programs.counters(),
+        TcPodEgress.counter(Reason::LocalRedirect),
+    );
     // Sent straight to the pod's MAC (same subnet), the bridge would switch
     // it untouched: so does the redirect.
     let mut switched = pod_frame(LOCAL_POD, OTHER_LOCAL_POD, Ipv4Options::default());
@@ -343,17 +373,33 @@ fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
     );
     let arp = eth(GATEWAY_MAC, POD_MAC, 0x0806, &[0; 28]);
     programs.assert_tc_passes(&[
-        ("no route", outside, "tc_pass_no_route"),
-        ("too big after encapsulation", too_big, "tc_pass_too_big"),
-        ("TTL 1", ttl_one, "tc_pass_ttl_expired"),
-        ("non-IPv4", arp, "tc_pass_not_ipv4"),
+        (
+            "no route",
+            outside,
+            TcPodEgress.counter(Reason::PassNoRoute),
+        ),
+        (
+            "too big after encapsulation",
+            too_big,
+            TcPodEgress.counter(Reason::PassTooBig),
+        ),
+        (
+            "TTL 1",
+            ttl_one,
+            TcPodEgress.counter(Reason::PassTtlExpired),
+        ),
+        ("non-IPv4", arp, TcPodEgress.counter(Reason::PassNotIpv4)),
     ]);
     // An unresolved underlay neighbour: the kernel path resolves it.
     programs.set_peer([0; 6]);
     let before = programs.counters();
     let frame = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());
     assert_eq!(programs.tc(&frame), (TC_ACT_OK, frame));
-    assert_counted(&before, &programs.counters(), "tc_pass_no_neighbour");
+    assert_counted(
+        &before,
+        &programs.counters(),
+        TcPodEgress.counter(Reason::PassNoNeighbour),
+    );
 }
 
 /// A plain frame from the host-gw peer node's uplink, for `dst`.
@@ -384,9 +430,13 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
     assert_eq!(verdict, XDP_REDIRECT);
     assert_eq!(out, host_gw_frame_delivered());
     assert!(ipv4_checksum_ok(&out, 14));
-    assert_counted(&before, &programs.counters(), "xdp_host_gw");
+    assert_counted(
+        &before,
+        &programs.counters(),
+        XdpUplink.counter(Reason::HostGw),
+    );
 
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    let cases: Vec<(&str, Vec<u8>, CounterId)> = vec![
         (
             "TTL 1",
             host_gw_frame(
@@ -398,7 +448,7 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
                     ..Default::default()
                 },
             ),
-            "xdp_pass_ttl_expired",
+            XdpUplink.counter(Reason::PassTtlExpired),
         ),
         (
             "TTL 0",
@@ -411,7 +461,7 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
                     ..Default::default()
                 },
             ),
-            "xdp_pass_ttl_expired",
+            XdpUplink.counter(Reason::PassTtlExpired),
         ),
         (
             "IPv4 options",
@@ -424,7 +474,7 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
                     ..Default::default()
                 },
             ),
-            "xdp_pass_ip_options",
+            XdpUplink.counter(Reason::PassIpOptions),
         ),
         (
             "fragment",
@@ -437,7 +487,7 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
                     ..Default::default()
                 },
             ),
-            "xdp_pass_fragment",
+            XdpUplink.counter(Reason::PassFragment),
         ),
         (
             "from another MAC",
@@ -447,7 +497,7 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
                 LOCAL_POD,
                 Ipv4Options::default(),
             ),
-            "xdp_pass_unknown_source",
+            XdpUplink.counter(Reason::PassUnknownSource),
         ),
         (
             "from outside every peer subnet",
@@ -457,12 +507,12 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
                 LOCAL_POD,
                 Ipv4Options::default(),
             ),
-            "xdp_pass_unknown_source",
+            XdpUplink.counter(Reason::PassUnknownSource),
         ),
         (
             "claiming a VXLAN peer's pod",
             host_gw_frame(NEXTHOP_MAC, REMOTE_POD, LOCAL_POD, Ipv4Options::default()),
-            "xdp_pass_unknown_source",
+            XdpUplink.counter(Reason::PassUnknownSource),
         ),
         (
             "not for a local pod",
@@ -472,7 +522,7 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
                 [10, 244, 1, 99],
                 Ipv4Options::default(),
             ),
-            "xdp_pass_not_for_node",
+            XdpUplink.counter(Reason::PassNotForNode),
         ),
     ];
     programs.assert_xdp_passes(&cases);
@@ -546,12 +596,20 @@ fn tc_forwards_to_host_gw_peers_by_their_node_mac() {
     expected[6..12].copy_from_slice(&UPLINK_MAC);
     assert_eq!(out, expected);
     assert!(ipv4_checksum_ok(&out, 14));
-    assert_counted(&before, &programs.counters(), "tc_host_gw");
+    assert_counted(
+        &before,
+        &programs.counters(),
+        TcPodEgress.counter(Reason::HostGw),
+    );
     // Unknown neighbour: the kernel resolves it, the agent fills it in later.
     programs.set_host_gw_peer([0; 6]);
     let before = programs.counters();
     assert_eq!(programs.tc(&frame), (TC_ACT_OK, frame));
-    assert_counted(&before, &programs.counters(), "tc_pass_no_neighbour");
+    assert_counted(
+        &before,
+        &programs.counters(),
+        TcPodEgress.counter(Reason::PassNoNeighbour),
+    );
 }
 
 /// What a frame looks like once delivered to the local pod: to its MAC,
@@ -576,12 +634,12 @@ fn xdp_leaves_full_size_tcp_for_local_pods_to_gro_when_configured() {
         (
             "full-size TCP over VXLAN",
             bulk.clone(),
-            "xdp_pass_bulk_tcp",
+            XdpUplink.counter(Reason::PassBulkTcp),
         ),
         (
             "full-size TCP over host-gw",
             bulk_host_gw.clone(),
-            "xdp_pass_bulk_tcp",
+            XdpUplink.counter(Reason::PassBulkTcp),
         ),
     ]);
     // Below the bulk size (ACKs, request/response), and not TCP: XDP delivers.
@@ -589,17 +647,17 @@ fn xdp_leaves_full_size_tcp_for_local_pods_to_gro_when_configured() {
         (
             "a 1023-byte TCP segment",
             vxlan_carrying(&inner_tcp_frame(LOCAL_POD, 1023, Ipv4Options::default())),
-            "xdp_decap",
+            XdpUplink.counter(Reason::Decap),
         ),
         (
             "a bare ACK",
             vxlan_carrying(&inner_tcp_frame(LOCAL_POD, 40, Ipv4Options::default())),
-            "xdp_decap",
+            XdpUplink.counter(Reason::Decap),
         ),
         (
             "a small host-gw segment",
             host_gw_tcp_frame(60),
-            "xdp_host_gw",
+            XdpUplink.counter(Reason::HostGw),
         ),
     ] {
         let before = programs.counters();
@@ -613,7 +671,11 @@ fn xdp_leaves_full_size_tcp_for_local_pods_to_gro_when_configured() {
     fix_outer_checksum(&mut spoofed);
     let before = programs.counters();
     assert_eq!(programs.xdp(&spoofed).0, XDP_DROP);
-    assert_counted(&before, &programs.counters(), "xdp_drop_unknown_vtep");
+    assert_counted(
+        &before,
+        &programs.counters(),
+        XdpUplink.counter(Reason::DropUnknownVtep),
+    );
     programs.assert_xdp_passes(&[(
         "full-size TCP for no local pod",
         vxlan_carrying(&inner_tcp_frame(
@@ -621,12 +683,15 @@ fn xdp_leaves_full_size_tcp_for_local_pods_to_gro_when_configured() {
             1400,
             Ipv4Options::default(),
         )),
-        "xdp_pass_no_endpoint",
+        XdpUplink.counter(Reason::PassNoEndpoint),
     )]);
 
     // Off: XDP delivers everything itself.
     programs.set_flags(CONFIG_STRICT_VTEPS);
-    for (frame, counter) in [(bulk, "xdp_decap"), (bulk_host_gw, "xdp_host_gw")] {
+    for (frame, counter) in [
+        (bulk, XdpUplink.counter(Reason::Decap)),
+        (bulk_host_gw, XdpUplink.counter(Reason::HostGw)),
+    ] {
         let before = programs.counters();
         assert_eq!(programs.xdp(&frame).0, XDP_REDIRECT);
         assert_counted(&before, &programs.counters(), counter);
@@ -643,13 +708,13 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
     for xdp_attached in [true, false] {
         let flags = CONFIG_STRICT_VTEPS | if xdp_attached { CONFIG_UPLINK_XDP } else { 0 };
         programs.set_flags(flags);
-        // Without XDP, TC counts every frame it sees, as XDP would.
+        // Without XDP, TC counts every frame it sees, under its own hook.
         let also = if xdp_attached {
             vec![]
         } else {
-            vec!["uplink_rx"]
+            vec![TcUplink.counter(Reason::Seen)]
         };
-        let with = |counter: &'static str| [also.clone(), vec![counter]].concat();
+        let with = |counter: CounterId| [also.clone(), vec![counter]].concat();
 
         for (what, inner) in [
             ("ICMP", inner_frame(LOCAL_POD, Ipv4Options::default())),
@@ -678,10 +743,14 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
             let after = programs.counters();
             let mut tc_only = after.clone();
             // The XDP run above counted too; compare TC's counting alone.
-            for name in ["uplink_rx", "xdp_decap", "xdp_pass_bulk_tcp"] {
-                tc_only.insert(name, before[name] + u64::from(also.contains(&name)));
+            for name in [
+                XdpUplink.counter(Reason::Seen),
+                XdpUplink.counter(Reason::Decap),
+                XdpUplink.counter(Reason::PassBulkTcp),
+            ] {
+                tc_only.insert(name, before[&name]);
             }
-            assert_only(&before, &tc_only, &with("tc_uplink_decap"));
+            assert_only(&before, &tc_only, &with(TcUplink.counter(Reason::Decap)));
         }
 
         let frame = host_gw_frame(
@@ -694,7 +763,11 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
         let (verdict, out) = programs.uplink_tc(&frame);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, host_gw_frame_delivered());
-        assert_only(&before, &programs.counters(), &with("tc_uplink_host_gw"));
+        assert_only(
+            &before,
+            &programs.counters(),
+            &with(TcUplink.counter(Reason::HostGw)),
+        );
 
         // Refused as XDP refuses: spoofed VXLAN is dropped (counted, since
         // it is a drop), the rest is the kernel's, untouched, and counted
@@ -705,7 +778,7 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
         assert_only(
             &before,
             &programs.counters(),
-            &with("xdp_drop_unknown_vtep"),
+            &with(TcUplink.counter(Reason::DropUnknownVtep)),
         );
         for (what, frame, counter) in [
             (
@@ -721,12 +794,12 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
                         ..Default::default()
                     },
                 ),
-                "xdp_pass_wrong_vni",
+                TcUplink.counter(Reason::PassWrongVni),
             ),
             (
                 "no local pod",
                 vxlan_carrying(&inner_frame([10, 244, 1, 99], Ipv4Options::default())),
-                "xdp_pass_no_endpoint",
+                TcUplink.counter(Reason::PassNoEndpoint),
             ),
             (
                 "TTL 1",
@@ -737,12 +810,12 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
                         ..Default::default()
                     },
                 )),
-                "xdp_pass_ttl_expired",
+                TcUplink.counter(Reason::PassTtlExpired),
             ),
             (
                 "host-gw from the wrong MAC",
                 host_gw_frame(NEXTHOP_MAC, HOSTGW_POD, LOCAL_POD, Ipv4Options::default()),
-                "xdp_pass_unknown_source",
+                TcUplink.counter(Reason::PassUnknownSource),
             ),
         ] {
             let before = programs.counters();

@@ -14,6 +14,10 @@ use std::{
     net::{Ipv4Addr, UdpSocket},
     time::Duration,
 };
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 
 use weft_agent::lease::MacAddr;
 use weft_tests::{
@@ -133,7 +137,7 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
         counter_delta(
             &before,
             &lab.counters(NodeId::new(1)).unwrap(),
-            "tc_local_redirect"
+            TcPodEgress.counter(Reason::LocalRedirect)
         )
         .0,
         0
@@ -177,14 +181,19 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
             Ok(counter_delta(
                 &before,
                 &lab.counters(NodeId::new(1))?,
-                "tc_pass_foreign_source",
+                TcPodEgress.counter(Reason::PassForeignSource),
             )
             .0 >= 20)
         },
     )
     .unwrap();
     assert_eq!(
-        counter_delta(&before, &lab.counters(NodeId::new(1)).unwrap(), "tc_encap").0,
+        counter_delta(
+            &before,
+            &lab.counters(NodeId::new(1)).unwrap(),
+            TcPodEgress.counter(Reason::Encap)
+        )
+        .0,
         0,
         "a packet sent as another pod was encapsulated by the fast path"
     );
@@ -286,7 +295,12 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
         // Dropped where it left the pod: masqueraded, it would have left
         // with node 1's address, a real VTEP, and looked like node 1's own.
         assert_eq!(
-            counter_delta(&before[0], &after[0], "tc_drop_vxlan_to_node").0,
+            counter_delta(
+                &before[0],
+                &after[0],
+                TcPodEgress.counter(Reason::DropVxlanToNode)
+            )
+            .0,
             1,
             "ip_masq {ip_masq}"
         );
@@ -297,12 +311,16 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
         // Node 2 never saw it: no VXLAN verdict of any kind, and nothing
         // through flannel.1.
         let vxlan_outcomes = [
-            "xdp_drop_unknown_vtep",
-            "xdp_pass_not_our_vtep",
-            "xdp_pass_foreign_inner_source",
-            "xdp_pass_no_verdict",
-            "xdp_decap",
-            "tc_uplink_decap",
+            XdpUplink.counter(Reason::DropUnknownVtep),
+            XdpUplink.counter(Reason::PassNotOurVtep),
+            XdpUplink.counter(Reason::PassForeignInnerSource),
+            XdpUplink.counter(Reason::PassNoVerdict),
+            XdpUplink.counter(Reason::Decap),
+            TcUplink.counter(Reason::DropUnknownVtep),
+            TcUplink.counter(Reason::PassNotOurVtep),
+            TcUplink.counter(Reason::PassForeignInnerSource),
+            TcUplink.counter(Reason::PassNoVerdict),
+            TcUplink.counter(Reason::Decap),
         ];
         assert_eq!(
             counters_delta(&before[1], &after[1], &vxlan_outcomes).0,

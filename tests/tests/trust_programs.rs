@@ -9,6 +9,10 @@
 #![allow(unused_crate_dependencies)]
 
 use weft_common::ENDPOINT_XDP_READY;
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Reason,
+};
 use weft_tests::{
     packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4},
     privileged_test,
@@ -57,32 +61,44 @@ fn vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths() {
         (
             "inner source in the host-gw peer's subnet",
             vxlan_carrying(&inner_from(HOSTGW_POD, VTEP_MAC)),
-            "xdp_pass_foreign_inner_source",
+            XdpUplink.counter(Reason::PassForeignInnerSource),
         ),
         (
             "inner source in no peer's subnet",
             vxlan_carrying(&inner_from([10, 244, 9, 9], VTEP_MAC)),
-            "xdp_pass_foreign_inner_source",
+            XdpUplink.counter(Reason::PassForeignInnerSource),
         ),
         (
             "inner source a ClusterIP",
             vxlan_carrying(&inner_from([10, 96, 0, 10], VTEP_MAC)),
-            "xdp_pass_foreign_inner_source",
+            XdpUplink.counter(Reason::PassForeignInnerSource),
         ),
         (
             "inner destination MAC not our VTEP",
             vxlan_carrying(&inner_from(REMOTE_POD, POD_MAC)),
-            "xdp_pass_not_our_vtep",
+            XdpUplink.counter(Reason::PassNotOurVtep),
         ),
-        ("outer IPv4 length too long", long, "xdp_pass_bad_length"),
-        ("outer IPv4 length too short", short, "xdp_pass_bad_length"),
-        ("UDP length lies", udp_lies, "xdp_pass_bad_length"),
+        (
+            "outer IPv4 length too long",
+            long,
+            XdpUplink.counter(Reason::PassBadLength),
+        ),
+        (
+            "outer IPv4 length too short",
+            short,
+            XdpUplink.counter(Reason::PassBadLength),
+        ),
+        (
+            "UDP length lies",
+            udp_lies,
+            XdpUplink.counter(Reason::PassBadLength),
+        ),
     ]);
     // The same checks in tc_uplink.
     programs.assert_uplink_tc_passes(&[(
         "inner source in the host-gw peer's subnet",
         vxlan_carrying(&inner_from(HOSTGW_POD, VTEP_MAC)),
-        "xdp_pass_foreign_inner_source",
+        TcUplink.counter(Reason::PassForeignInnerSource),
     )]);
     // And the honest frame still goes through: the checks could pass.
     let (verdict, _) = programs.xdp(&good_vxlan());
@@ -107,22 +123,22 @@ fn a_pod_sends_only_as_itself() {
         (
             "a ClusterIP as source",
             pod_frame([10, 96, 0, 10], REMOTE_POD, Ipv4Options::default()),
-            "tc_pass_foreign_source",
+            TcPodEgress.counter(Reason::PassForeignSource),
         ),
         (
             "another local pod's address, from this veth",
             pod_frame(OTHER_LOCAL_POD, REMOTE_POD, Ipv4Options::default()),
-            "tc_pass_foreign_source",
+            TcPodEgress.counter(Reason::PassForeignSource),
         ),
         (
             "its own address with another MAC",
             wrong_mac,
-            "tc_pass_foreign_source",
+            TcPodEgress.counter(Reason::PassForeignSource),
         ),
         (
             "to a local pod as someone else",
             pod_frame([10, 96, 0, 10], OTHER_LOCAL_POD, Ipv4Options::default()),
-            "tc_pass_foreign_source",
+            TcPodEgress.counter(Reason::PassForeignSource),
         ),
     ]);
     let (verdict, _) = programs.tc(&pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default()));
@@ -139,7 +155,11 @@ fn xdp_redirects_only_into_veths_ready_for_it() {
     };
     let mut programs = Programs::load(true);
     programs.set_endpoint(LOCAL_POD, POD_IFINDEX, 0);
-    programs.assert_xdp_passes(&[("GRO not confirmed", good_vxlan(), "xdp_pass_pod_not_ready")]);
+    programs.assert_xdp_passes(&[(
+        "GRO not confirmed",
+        good_vxlan(),
+        XdpUplink.counter(Reason::PassPodNotReady),
+    )]);
     // TC on the uplink needs no NAPI at the pod's end: it still delivers.
     let (verdict, _) = programs.uplink_tc(&good_vxlan());
     assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -175,7 +195,11 @@ fn a_pod_may_not_speak_vxlan_to_a_node() {
         let before = programs.counters();
         let (verdict, _) = programs.tc(&frame);
         assert_eq!(verdict, TC_ACT_SHOT, "{what}");
-        assert_counted(&before, &programs.counters(), "tc_drop_vxlan_to_node");
+        assert_counted(
+            &before,
+            &programs.counters(),
+            TcPodEgress.counter(Reason::DropVxlanToNode),
+        );
     }
     // Another port of a node, and the VXLAN port of an address that is no
     // VTEP, are the kernel's as before.
@@ -183,12 +207,12 @@ fn a_pod_may_not_speak_vxlan_to_a_node() {
         (
             "to another port of a peer",
             to(PEER_IP, PORT + 1),
-            "tc_pass_no_route",
+            TcPodEgress.counter(Reason::PassNoRoute),
         ),
         (
             "to a stranger's port 8472",
             to(STRANGER_IP, PORT),
-            "tc_pass_no_route",
+            TcPodEgress.counter(Reason::PassNoRoute),
         ),
     ]);
 }

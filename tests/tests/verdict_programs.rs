@@ -9,6 +9,10 @@
 // package; the lint is for the library.
 #![allow(unused_crate_dependencies)]
 
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink},
+    Reason,
+};
 use weft_tests::{
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4},
     privileged_test,
@@ -89,27 +93,39 @@ fn without_a_verdict_every_program_leaves_the_packet_to_the_kernel() {
     let mut programs = Programs::load(true);
     programs.clear_verdicts();
     programs.assert_xdp_passes(&[
-        ("VXLAN for a pod", good_vxlan(), "xdp_pass_no_verdict"),
-        ("TCP in VXLAN", vxlan_tcp(TCP_ACK), "xdp_pass_no_verdict"),
+        (
+            "VXLAN for a pod",
+            good_vxlan(),
+            XdpUplink.counter(Reason::PassNoVerdict),
+        ),
+        (
+            "TCP in VXLAN",
+            vxlan_tcp(TCP_ACK),
+            XdpUplink.counter(Reason::PassNoVerdict),
+        ),
     ]);
     programs.assert_tc_passes(&[
         (
             "to a VXLAN peer's pod",
             pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default()),
-            "tc_pass_no_verdict",
+            TcPodEgress.counter(Reason::PassNoVerdict),
         ),
         (
             "to a pod on this node",
             pod_frame(LOCAL_POD, OTHER_LOCAL_POD, Ipv4Options::default()),
-            "tc_pass_no_verdict",
+            TcPodEgress.counter(Reason::PassNoVerdict),
         ),
         (
             "to a host-gw peer's pod",
             pod_frame(LOCAL_POD, HOSTGW_POD, Ipv4Options::default()),
-            "tc_pass_no_verdict",
+            TcPodEgress.counter(Reason::PassNoVerdict),
         ),
     ]);
-    programs.assert_uplink_tc_passes(&[("VXLAN for a pod", good_vxlan(), "xdp_pass_no_verdict")]);
+    programs.assert_uplink_tc_passes(&[(
+        "VXLAN for a pod",
+        good_vxlan(),
+        TcUplink.counter(Reason::PassNoVerdict),
+    )]);
 }
 
 #[test]
@@ -120,11 +136,15 @@ fn a_verdict_from_another_ruleset_or_too_old_does_not_count() {
     };
     let mut programs = Programs::load(true);
     programs.update_config(|config| config.ruleset_generation = GENERATION + 1);
-    programs.assert_xdp_passes(&[("VXLAN for a pod", good_vxlan(), "xdp_pass_ruleset_changed")]);
+    programs.assert_xdp_passes(&[(
+        "VXLAN for a pod",
+        good_vxlan(),
+        XdpUplink.counter(Reason::PassRulesetChanged),
+    )]);
     programs.assert_tc_passes(&[(
         "to a VXLAN peer's pod",
         pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default()),
-        "tc_pass_ruleset_changed",
+        TcPodEgress.counter(Reason::PassRulesetChanged),
     )]);
 
     programs.update_config(|config| {
@@ -133,11 +153,15 @@ fn a_verdict_from_another_ruleset_or_too_old_does_not_count() {
     });
     programs.accept_fixture_flows();
     std::thread::sleep(std::time::Duration::from_millis(5));
-    programs.assert_xdp_passes(&[("VXLAN for a pod", good_vxlan(), "xdp_pass_recheck")]);
+    programs.assert_xdp_passes(&[(
+        "VXLAN for a pod",
+        good_vxlan(),
+        XdpUplink.counter(Reason::PassRecheck),
+    )]);
     programs.assert_tc_passes(&[(
         "to a pod on this node",
         pod_frame(LOCAL_POD, OTHER_LOCAL_POD, Ipv4Options::default()),
-        "tc_pass_recheck",
+        TcPodEgress.counter(Reason::PassRecheck),
     )]);
 
     // Fresh again: forwarded.
@@ -167,12 +191,12 @@ fn syn_fin_and_rst_go_to_conntrack_and_end_the_verdict() {
         programs.assert_tc_passes(&[(
             "a control segment out",
             pod_tcp(REMOTE_POD, flags),
-            "tc_pass_tcp_control",
+            TcPodEgress.counter(Reason::PassTcpControl),
         )]);
         programs.assert_xdp_passes(&[(
             "a control segment in",
             vxlan_tcp(flags),
-            "xdp_pass_tcp_control",
+            XdpUplink.counter(Reason::PassTcpControl),
         )]);
         assert_eq!(
             programs.verdict(&outgoing),
@@ -188,7 +212,7 @@ fn syn_fin_and_rst_go_to_conntrack_and_end_the_verdict() {
         programs.assert_tc_passes(&[(
             "after the control segment",
             pod_tcp(REMOTE_POD, TCP_ACK),
-            "tc_pass_no_verdict",
+            TcPodEgress.counter(Reason::PassNoVerdict),
         )]);
     }
 }
@@ -224,11 +248,11 @@ fn what_is_not_a_tracked_flow_is_the_kernels() {
         ),
     );
     programs.assert_tc_passes(&[
-        ("GRE", gre, "tc_pass_not_a_flow"),
+        ("GRE", gre, TcPodEgress.counter(Reason::PassNotAFlow)),
         (
             "an ICMP error (RELATED, NAT rewrites it)",
             icmp_error,
-            "tc_pass_not_a_flow",
+            TcPodEgress.counter(Reason::PassNotAFlow),
         ),
     ]);
 }
@@ -261,7 +285,11 @@ fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
     let recorded = programs.verdict(&key).expect("verdict recorded");
     assert_eq!(recorded.generation, GENERATION);
     assert!(recorded.seen_ns >= started && recorded.seen_ns <= monotonic_ns());
-    assert_only(&before, &programs.counters(), &["verdict_learned"]);
+    assert_only(
+        &before,
+        &programs.counters(),
+        &[TcVerdict.counter(Reason::Learned)],
+    );
 
     // The fast path now takes that direction, and only that one.
     let (verdict, _) = programs.xdp(&vxlan_tcp(TCP_ACK));
@@ -269,7 +297,7 @@ fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
     programs.assert_tc_passes(&[(
         "the other direction",
         pod_tcp(REMOTE_POD, TCP_ACK),
-        "tc_pass_no_verdict",
+        TcPodEgress.counter(Reason::PassNoVerdict),
     )]);
 
     // A marked FIN ends the verdict; a marked ICMP echo is a flow; a marked
@@ -279,7 +307,11 @@ fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
     let (_, _, mark) = programs.tc_verdict(&fin, ACCEPT_MARK);
     assert_eq!(mark, 0);
     assert_eq!(programs.verdict(&key), None, "FIN must end the verdict");
-    assert_only(&before, &programs.counters(), &["verdict_tcp_control"]);
+    assert_only(
+        &before,
+        &programs.counters(),
+        &[TcVerdict.counter(Reason::TcpControl)],
+    );
 
     let echo = delivered(REMOTE_POD, IPPROTO_ICMP, &weft_tests::packets::icmp_echo(8));
     programs.tc_verdict(&echo, ACCEPT_MARK);
@@ -295,5 +327,9 @@ fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
         ACCEPT_MARK,
     );
     assert_eq!(mark, 0, "the mark never leaves the node");
-    assert_only(&before, &programs.counters(), &["verdict_unparsed"]);
+    assert_only(
+        &before,
+        &programs.counters(),
+        &[TcVerdict.counter(Reason::Unparsed)],
+    );
 }

@@ -188,7 +188,8 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
     match args.map {
         MapName::Stats => {
             let stats = stats::read_pinned(dir)?;
-            print(serde_json::to_value(&stats)?, stats::render_table(&stats));
+            let table = stats::render_table(&stats) + "\n" + &stats::render_by_hook(&stats);
+            print(serde_json::to_value(&stats)?, table);
         }
         MapName::Peers => {
             let rows = peers(&FastPathMaps::open_pinned(dir)?)?;
@@ -390,7 +391,7 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
     println!("counters");
     for counter in status.counters.iter().filter(|counter| counter.packets > 0) {
         println!(
-            "  {:<24} {:>12} packets {:>14} bytes",
+            "  {:<36} {:>12} packets {:>14} bytes",
             counter.name, counter.packets, counter.bytes
         );
     }

@@ -1,36 +1,41 @@
 //! The fast path's packet counters (`weft maps stats`), read in one place
-//! and compared by name.
+//! and compared by [`CounterId`].
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+use weft_common::{COUNTERS, CounterId, Hook::*, Reason};
 
 use super::{Lab, NodeId};
 
 impl Lab {
-    /// `weft maps stats --json` on `node`: name -> (packets, bytes).
+    /// `weft maps stats --json` on `node`: counter -> (packets, bytes).
+    /// Every counter this build knows must be there, under its flat name.
     pub fn counters(&self, node: NodeId) -> Result<Counters> {
-        let counters = self.maps_json(node, "stats")?;
-        Ok(counters
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|counter| {
-                let name = counter["name"].as_str().unwrap_or_default().to_owned();
-                (
-                    name,
+        let listed = self.maps_json(node, "stats")?;
+        let value = |name: &str| {
+            listed.as_array().into_iter().flatten().find_map(|counter| {
+                (counter["name"].as_str() == Some(name)).then(|| {
                     (
                         counter["packets"].as_u64().unwrap_or_default(),
                         counter["bytes"].as_u64().unwrap_or_default(),
-                    ),
-                )
+                    )
+                })
             })
-            .collect())
+        };
+        let mut counters = Counters::new();
+        for (id, name) in COUNTERS {
+            let Some(value) = value(name) else {
+                bail!("weft maps stats on {node} has no counter {name}");
+            };
+            counters.insert(*id, value);
+        }
+        Ok(counters)
     }
 }
 
-/// Counters as [`Lab::counters`] returns them: name -> (packets, bytes).
-pub type Counters = BTreeMap<String, (u64, u64)>;
+/// Counters as [`Lab::counters`] returns them: counter -> (packets, bytes).
+pub type Counters = BTreeMap<CounterId, (u64, u64)>;
 
 /// A flow's first packets take the kernel path until netfilter has passed
 /// it both ways: the first request (new to conntrack), then the first reply
@@ -44,23 +49,29 @@ pub fn carried_nearly_all(counted: u64, payload: u64) -> bool {
     counted * 100 >= payload * 99
 }
 
-/// How much counter `name` rose between two readings: (packets, bytes).
-pub fn counter_delta(before: &Counters, after: &Counters, name: &str) -> (u64, u64) {
+/// How much `counter` rose between two readings: (packets, bytes).
+pub fn counter_delta(before: &Counters, after: &Counters, counter: CounterId) -> (u64, u64) {
     (
-        after[name].0 - before[name].0,
-        after[name].1 - before[name].1,
+        after[&counter].0 - before[&counter].0,
+        after[&counter].1 - before[&counter].1,
     )
 }
 
-/// How much the counters in `names` rose together: (packets, bytes).
-pub fn counters_delta(before: &Counters, after: &Counters, names: &[&str]) -> (u64, u64) {
-    names.iter().fold((0, 0), |(packets, bytes), name| {
-        let (p, b) = counter_delta(before, after, name);
+/// How much the `counters` rose together: (packets, bytes).
+pub fn counters_delta(before: &Counters, after: &Counters, counters: &[CounterId]) -> (u64, u64) {
+    counters.iter().fold((0, 0), |(packets, bytes), counter| {
+        let (p, b) = counter_delta(before, after, *counter);
         (packets + p, bytes + b)
     })
 }
 
 /// Counters of VXLAN delivered into local pods: by XDP, or after GRO by TC.
-pub const DECAP_COUNTERS: [&str; 2] = ["xdp_decap", "tc_uplink_decap"];
+pub const DECAP_COUNTERS: [CounterId; 2] = [
+    XdpUplink.counter(Reason::Decap),
+    TcUplink.counter(Reason::Decap),
+];
 /// Counters of host-gw packets delivered into local pods: XDP, or TC after GRO.
-pub const HOST_GW_DELIVERY_COUNTERS: [&str; 2] = ["xdp_host_gw", "tc_uplink_host_gw"];
+pub const HOST_GW_DELIVERY_COUNTERS: [CounterId; 2] = [
+    XdpUplink.counter(Reason::HostGw),
+    TcUplink.counter(Reason::HostGw),
+];

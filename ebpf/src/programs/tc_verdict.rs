@@ -14,17 +14,19 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
-use weft_common::{CounterId, FlowVerdict};
+use weft_common::{FlowVerdict, Hook, Reason};
 
-use crate::{
+use crate::lib::{
     counters::count,
     flow::flow_of,
+    headers::{ETH_P_IPV4, ptr_at},
     maps::{FLOWS, node_config},
-    parse::{ETH_LEN, ETH_P_IPV4_BE, IPV4_LEN, ptr_at},
 };
 
+const HOOK: Hook = Hook::TcVerdict;
+
 #[inline(always)]
-pub fn tc_verdict(ctx: &mut TcContext) -> i32 {
+pub fn run(ctx: &mut TcContext) -> i32 {
     let Some(config) = node_config() else {
         return TC_ACT_OK;
     };
@@ -35,36 +37,35 @@ pub fn tc_verdict(ctx: &mut TcContext) -> i32 {
     }
     ctx.set_mark(mark & !config.accept_mark);
     let len = u64::from(ctx.len());
-    let why = learn(ctx, config.ruleset_generation);
-    count(why, len);
+    let reason = learn(ctx, config.ruleset_generation);
+    count(HOOK, reason, len);
     TC_ACT_OK
 }
 
 /// Records the verdict for the packet's flow direction; the counter says
 /// what happened.
 #[inline(always)]
-fn learn(ctx: &mut TcContext, generation: u32) -> CounterId {
-    let _ = ctx.pull_data((ETH_LEN + IPV4_LEN + TcpHdr::LEN) as u32);
+fn learn(ctx: &mut TcContext, generation: u32) -> Reason {
+    let _ = ctx.pull_data((EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN) as u32);
     let (data, end) = (ctx.data(), ctx.data_end());
     let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
-        return CounterId::VerdictUnparsed;
+        return Reason::Unparsed;
     };
     // SAFETY: pointers from ptr_at are inside the packet.
-    if unsafe { (*eth).ether_type } != ETH_P_IPV4_BE {
-        return CounterId::VerdictUnparsed;
+    if unsafe { (*eth).ether_type } != ETH_P_IPV4 {
+        return Reason::Unparsed;
     }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, ETH_LEN) else {
-        return CounterId::VerdictUnparsed;
+    let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, EthHdr::LEN) else {
+        return Reason::Unparsed;
     };
-    let flow = match flow_of(ip, end) {
-        Ok(flow) => flow,
-        Err(_) => return CounterId::VerdictUnparsed,
+    let Some(flow) = flow_of(ip, end) else {
+        return Reason::Unparsed;
     };
     if flow.tcp_control {
         // SYN, FIN and RST always take the kernel path; a closing
         // connection's verdict ends with it.
         let _ = FLOWS.remove(flow.key);
-        return CounterId::VerdictTcpControl;
+        return Reason::TcpControl;
     }
     let verdict = FlowVerdict {
         // SAFETY: a helper without arguments.
@@ -73,7 +74,7 @@ fn learn(ctx: &mut TcContext, generation: u32) -> CounterId {
         _pad: 0,
     };
     match FLOWS.insert(flow.key, verdict, u64::from(BPF_ANY)) {
-        Ok(()) => CounterId::VerdictLearned,
-        Err(_) => CounterId::VerdictUpdateFailed,
+        Ok(()) => Reason::Learned,
+        Err(_) => Reason::UpdateFailed,
     }
 }

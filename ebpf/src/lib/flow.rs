@@ -1,18 +1,18 @@
 //! Netfilter stays the authority. A packet is fast-pathed only when this
 //! node's netfilter has already passed its flow unchanged: established in
 //! conntrack, no NAT, no helper, under the ruleset in force now, and
-//! recently enough that conntrack still holds it. `tc_verdict` (verdict.rs)
+//! recently enough that conntrack still holds it. `tc_verdict` (programs/tc_verdict.rs)
 //! records that from the mark the agent's nftables rule sets on such
 //! packets; this module reads it back. Everything else takes the kernel
 //! path, where netfilter decides.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use weft_common::{FlowKey, NodeConfig};
+use weft_common::{FlowKey, NodeConfig, Reason};
 
-use crate::{
+use crate::lib::{
+    headers::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_NO_OPTIONS, is_fragment, ptr_at},
     maps::FLOWS,
-    parse::{IP_MF_OFFSET_MASK, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, ptr_at},
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -23,21 +23,6 @@ const TCP_CONTROL_FLAGS: u8 = 0x07;
 /// The TCP flags byte's offset in the header.
 const TCP_FLAGS_OFFSET: usize = 13;
 
-/// Why netfilter's word does not cover a packet.
-#[derive(Clone, Copy)]
-pub enum Unverified {
-    /// No verdict recorded for this flow direction.
-    NoVerdict,
-    /// Recorded under a ruleset that has changed since.
-    RulesetChanged,
-    /// Recorded longer ago than the re-check interval.
-    Recheck,
-    /// TCP SYN, FIN or RST.
-    TcpControl,
-    /// Not TCP, UDP or ICMP echo; or IPv4 options or a fragment.
-    NotAFlow,
-}
-
 /// A packet's flow direction, and whether it opens or closes a TCP
 /// connection (SYN, FIN or RST).
 pub struct Flow {
@@ -46,21 +31,22 @@ pub struct Flow {
 }
 
 /// The flow of the IPv4 packet whose header is at `ip` (bounds-checked by
-/// the caller), with its transport header inside `[.., end)`.
+/// the caller), with its transport header inside `[.., end)`; `None` if it
+/// is not TCP, UDP or ICMP echo, or has IPv4 options or is fragmented.
 #[inline(always)]
-pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Result<Flow, Unverified> {
+pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Option<Flow> {
     // SAFETY: the caller proved the IPv4 header inside the packet.
     let header = unsafe { &*ip };
     // Options would move the transport header; fragments after the first
     // carry none. Both are rare between pods: the kernel path takes them.
-    if header.vihl != 0x45 || u16::from_be_bytes(header.frags) & IP_MF_OFFSET_MASK != 0 {
-        return Err(Unverified::NotAFlow);
+    if header.vihl != IPV4_NO_OPTIONS || is_fragment(header) {
+        return None;
     }
-    let l4 = ip as usize + IPV4_LEN;
+    let l4 = ip as usize + Ipv4Hdr::LEN;
     let mut tcp_control = false;
     let (sport, dport) = match header.proto {
         IPPROTO_TCP => {
-            let tcp = ptr_at::<TcpHdr>(l4, end, 0).ok_or(Unverified::NotAFlow)?;
+            let tcp = ptr_at::<TcpHdr>(l4, end, 0)?;
             // SAFETY: the whole TCP header is inside the packet; the flags
             // are one byte, read directly rather than through the bitfield.
             let flags = unsafe { *((tcp as usize + TCP_FLAGS_OFFSET) as *const u8) };
@@ -68,22 +54,22 @@ pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Result<Flow, Unverified> {
             unsafe { ((*tcp).source, (*tcp).dest) }
         }
         IPPROTO_UDP => {
-            let udp = ptr_at::<UdpHdr>(l4, end, 0).ok_or(Unverified::NotAFlow)?;
+            let udp = ptr_at::<UdpHdr>(l4, end, 0)?;
             unsafe { ((*udp).src, (*udp).dst) }
         }
         IPPROTO_ICMP => {
-            let icmp = ptr_at::<Icmpv4Hdr>(l4, end, 0).ok_or(Unverified::NotAFlow)?;
+            let icmp = ptr_at::<Icmpv4Hdr>(l4, end, 0)?;
             let icmp = unsafe { &*icmp };
             // Echo is a flow to conntrack (keyed by its identifier); errors
             // are RELATED to another flow and carry headers NAT may rewrite.
             if icmp.type_ != ICMP_ECHO_REQUEST && icmp.type_ != ICMP_ECHO_REPLY {
-                return Err(Unverified::NotAFlow);
+                return None;
             }
             ([icmp.data[0], icmp.data[1]], [0, 0])
         }
-        _ => return Err(Unverified::NotAFlow),
+        _ => return None,
     };
-    Ok(Flow {
+    Some(Flow {
         key: FlowKey {
             saddr: header.src_addr,
             daddr: header.dst_addr,
@@ -97,32 +83,29 @@ pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Result<Flow, Unverified> {
 }
 
 /// Whether netfilter has passed the flow of the packet at `ip` unchanged,
-/// under the current ruleset, within the re-check interval.
+/// under the current ruleset, within the re-check interval; else the
+/// reason the packet goes through netfilter (the same for every hook).
 #[inline(always)]
-pub fn netfilter_passed(
-    ip: *const Ipv4Hdr,
-    end: usize,
-    config: &NodeConfig,
-) -> Result<(), Unverified> {
-    let flow = flow_of(ip, end)?;
+pub fn netfilter_passed(ip: *const Ipv4Hdr, end: usize, config: &NodeConfig) -> Result<(), Reason> {
+    let flow = flow_of(ip, end).ok_or(Reason::PassNotAFlow)?;
     let key = flow.key;
     if flow.tcp_control {
         // A closing connection's verdict ends here: a later segment with
         // the same ports belongs to a new connection netfilter must see.
         let _ = FLOWS.remove(key);
-        return Err(Unverified::TcpControl);
+        return Err(Reason::PassTcpControl);
     }
     // SAFETY: a plain lookup; the value is copied out at once.
     let verdict = unsafe { FLOWS.get(key) }
         .copied()
-        .ok_or(Unverified::NoVerdict)?;
+        .ok_or(Reason::PassNoVerdict)?;
     if verdict.generation != config.ruleset_generation {
-        return Err(Unverified::RulesetChanged);
+        return Err(Reason::PassRulesetChanged);
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(verdict.seen_ns) > config.verdict_ttl_ns {
-        return Err(Unverified::Recheck);
+        return Err(Reason::PassRecheck);
     }
     Ok(())
 }

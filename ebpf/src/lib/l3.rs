@@ -1,6 +1,16 @@
-//! IPv4 header checksums.
+//! The L3 rewrite (one routing hop) and IPv4 header checksums.
 
-use network_types::ip::Ipv4Hdr;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+/// Routes an IPv4 packet one hop, as the kernel's forward path would: the
+/// TTL one lower and the Ethernet header from `src_mac` to `dst_mac`. The
+/// caller has checked the TTL is above 1.
+#[inline(always)]
+pub fn ipv4_l3(eth: &mut EthHdr, ip: &mut Ipv4Hdr, dst_mac: [u8; 6], src_mac: [u8; 6]) {
+    decrement_ttl(ip);
+    eth.dst_addr = dst_mac;
+    eth.src_addr = src_mac;
+}
 
 /// Decrements the TTL and patches the header checksum incrementally (RFC
 /// 1624), as the kernel's ip_decrease_ttl does: the TTL/protocol word drops

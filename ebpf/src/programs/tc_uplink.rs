@@ -1,6 +1,7 @@
-//! TC ingress on the uplink: delivery after GRO. With XDP attached, it
-//! delivers what XDP left for GRO; without (`--xdp-mode off`, and `auto` on
-//! a veth uplink), it delivers everything and counts as XDP would.
+//! `tc_uplink`: TC ingress on the uplink, delivery after GRO. With XDP
+//! attached, it delivers what XDP left for GRO; without (`--xdp-mode off`,
+//! and `auto` on a veth uplink), it delivers everything and counts every
+//! frame and reason itself, under its own hook.
 //!
 //! XDP sees every wire frame before GRO, so delivering bulk TCP there costs
 //! a redirect, a ring slot and an skb per 1.5 KB frame. Instead, XDP passes
@@ -8,27 +9,26 @@
 //! through flannel.<VNI>'s socket) coalesces them into ~64 KB packets, and
 //! this program strips the VXLAN headers once per coalesced packet and hands
 //! it to the pod with `bpf_redirect_peer`: no vxlan device, no routing, no
-//! bridge, no backlog queue. It applies the same checks as XDP (uplink.rs),
-//! so anything XDP would not deliver, this does not either.
+//! bridge, no backlog queue. It applies the same checks as XDP
+//! (lib/uplink.rs), so anything XDP would not deliver, this does not either.
 
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::bpf_redirect_peer,
     programs::TcContext,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-use weft_common::{CONFIG_UPLINK_XDP, CounterId, NodeConfig};
+use weft_common::{CONFIG_UPLINK_XDP, Hook, NodeConfig, Reason};
 
-use crate::{
-    counters::count,
-    csum::decrement_ttl,
+use crate::lib::{
+    counters::{Verdict, count},
+    delivery::{redirect_into_pod, route_to_pod},
     maps::node_config,
-    parse::{ETH_LEN, ptr_at},
-    uplink::{HEADERS_LEN, Refusal, classify},
+    uplink::{HEADERS_LEN, classify},
 };
+
+const HOOK: Hook = Hook::TcUplink;
 
 /// Strip the 50 bytes behind the outer Ethernet header (outer IPv4, UDP,
 /// VXLAN, inner Ethernet): the outer Ethernet header stays, in front of the
@@ -36,8 +36,15 @@ use crate::{
 /// inner TCP's MSS already.
 const DECAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64;
 
+const fn pass(reason: Reason) -> Verdict<i32> {
+    Verdict {
+        action: TC_ACT_OK,
+        reason,
+    }
+}
+
 #[inline(always)]
-pub fn tc_uplink(ctx: &mut TcContext) -> i32 {
+pub fn run(ctx: &mut TcContext) -> i32 {
     let Some(config) = node_config() else {
         return TC_ACT_OK;
     };
@@ -46,18 +53,17 @@ pub fn tc_uplink(ctx: &mut TcContext) -> i32 {
     // it, why; a refusal here is then the same refusal, not counted twice.
     let xdp_counted = config.flags & CONFIG_UPLINK_XDP != 0;
     if !xdp_counted {
-        count(CounterId::UplinkRx, len);
+        count(HOOK, Reason::Seen, len);
     }
-    let (action, why) = decide(ctx, config);
+    let Verdict { action, reason } = decide(ctx, config);
     if action != TC_ACT_OK || !xdp_counted {
-        count(why, len);
+        count(HOOK, reason, len);
     }
     action
 }
 
-/// The verdict, and the counter that explains it.
 #[inline(always)]
-fn decide(ctx: &mut TcContext, config: &NodeConfig) -> (i32, CounterId) {
+fn decide(ctx: &mut TcContext, config: &NodeConfig) -> Verdict<i32> {
     // GRO leaves the headers in the linear part; a frame from elsewhere
     // may not have them there.
     if ctx.data() + HEADERS_LEN > ctx.data_end() && ctx.len() as usize >= HEADERS_LEN {
@@ -65,41 +71,37 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig) -> (i32, CounterId) {
     }
     let delivery = match classify(ctx.data(), ctx.data_end(), ctx.len() as usize, config) {
         Ok(delivery) => delivery,
-        Err(Refusal::Pass(why)) => return (TC_ACT_OK, why),
         // Only without XDP: with it, XDP dropped these already.
-        Err(Refusal::Drop(why)) => return (TC_ACT_SHOT, why),
+        Err(reason) if reason.drops() => {
+            return Verdict {
+                action: TC_ACT_SHOT,
+                reason,
+            };
+        }
+        Err(reason) => return pass(reason),
     };
-    let endpoint = delivery.endpoint;
-    let why = if delivery.is_vxlan() {
+    let reason = if delivery.is_vxlan() {
         if ctx
             .adjust_room(-(delivery.strip as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
             .is_err()
         {
             // Rare (the skb could not be unshared); nothing was changed.
-            return (TC_ACT_OK, CounterId::TcUplinkPassDecapFailed);
+            return pass(Reason::PassDecapFailed);
         }
-        CounterId::TcUplinkDecap
+        Reason::Decap
     } else {
-        CounterId::TcUplinkHostGw
+        Reason::HostGw
     };
-    // Now a plain frame either way: the pod's Ethernet and IPv4 headers.
-    let (data, end) = (ctx.data(), ctx.data_end());
-    let (Some(eth), Some(ip)) = (
-        ptr_at::<EthHdr>(data, end, 0),
-        ptr_at::<Ipv4Hdr>(data, end, ETH_LEN),
-    ) else {
+    // Now a plain frame either way: the pod's Ethernet and IPv4 headers,
+    // found again after the adjustment. A GRO packet's IPv4 header stands
+    // for all its segments, which GRO merged only when their TTLs were
+    // equal.
+    if !route_to_pod(ctx.data(), ctx.data_end(), 0, &delivery.endpoint, config) {
         // Cannot happen (classify saw both); the kernel routes what is left.
-        return (TC_ACT_OK, CounterId::TcUplinkPassDecapFailed);
-    };
-    // SAFETY: both pointers are inside the packet, re-read after the
-    // adjustment. A GRO packet's IPv4 header stands for all its segments,
-    // which GRO merged only when their TTLs were equal.
-    unsafe {
-        decrement_ttl(&mut *ip);
-        (*eth).dst_addr = endpoint.mac;
-        (*eth).src_addr = config.gateway_mac;
+        return pass(Reason::PassDecapFailed);
     }
-    // Into the pod's namespace directly: no bridge, no backlog queue.
-    let action = unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } as i32;
-    (action, why)
+    Verdict {
+        action: redirect_into_pod(&delivery.endpoint),
+        reason,
+    }
 }

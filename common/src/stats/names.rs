@@ -1,0 +1,210 @@
+//! Every counter a program can bump, with its flat name.
+
+use super::{CounterId, Hook, Reason};
+
+const fn id(hook: Hook, reason: Reason) -> CounterId {
+    CounterId::new(hook, reason)
+}
+
+use Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink};
+
+/// Every counter a program can bump, with its flat name: `<hook
+/// prefix>_<reason>`, except the `Seen` counters of the uplink's XDP
+/// (`uplink_rx`) and of pod egress (`pod_egress`), which keep their
+/// historical names.
+pub const COUNTERS: &[(CounterId, &str)] = &[
+    (id(XdpUplink, Reason::Seen), "uplink_rx"),
+    (id(XdpUplink, Reason::Decap), "xdp_decap"),
+    (id(XdpUplink, Reason::HostGw), "xdp_host_gw"),
+    (id(XdpUplink, Reason::PassNoConfig), "xdp_pass_no_config"),
+    (id(XdpUplink, Reason::PassBulkTcp), "xdp_pass_bulk_tcp"),
+    (
+        id(XdpUplink, Reason::PassPodNotReady),
+        "xdp_pass_pod_not_ready",
+    ),
+    (id(XdpUplink, Reason::PassTruncated), "xdp_pass_truncated"),
+    (id(XdpUplink, Reason::PassVlan), "xdp_pass_vlan"),
+    (id(XdpUplink, Reason::PassNotIpv4), "xdp_pass_not_ipv4"),
+    (id(XdpUplink, Reason::PassIpOptions), "xdp_pass_ip_options"),
+    (id(XdpUplink, Reason::PassFragment), "xdp_pass_fragment"),
+    (
+        id(XdpUplink, Reason::PassNotForNode),
+        "xdp_pass_not_for_node",
+    ),
+    (id(XdpUplink, Reason::PassNotVxlan), "xdp_pass_not_vxlan"),
+    (id(XdpUplink, Reason::PassBadLength), "xdp_pass_bad_length"),
+    (id(XdpUplink, Reason::PassWrongVni), "xdp_pass_wrong_vni"),
+    (
+        id(XdpUplink, Reason::DropUnknownVtep),
+        "xdp_drop_unknown_vtep",
+    ),
+    (
+        id(XdpUplink, Reason::PassUnknownVtep),
+        "xdp_pass_unknown_vtep",
+    ),
+    (
+        id(XdpUplink, Reason::PassInnerNotIpv4),
+        "xdp_pass_inner_not_ipv4",
+    ),
+    (
+        id(XdpUplink, Reason::PassNotOurVtep),
+        "xdp_pass_not_our_vtep",
+    ),
+    (
+        id(XdpUplink, Reason::PassForeignInnerSource),
+        "xdp_pass_foreign_inner_source",
+    ),
+    (
+        id(XdpUplink, Reason::PassNoEndpoint),
+        "xdp_pass_no_endpoint",
+    ),
+    (
+        id(XdpUplink, Reason::PassUnknownSource),
+        "xdp_pass_unknown_source",
+    ),
+    (
+        id(XdpUplink, Reason::PassTtlExpired),
+        "xdp_pass_ttl_expired",
+    ),
+    (id(XdpUplink, Reason::PassNoVerdict), "xdp_pass_no_verdict"),
+    (
+        id(XdpUplink, Reason::PassRulesetChanged),
+        "xdp_pass_ruleset_changed",
+    ),
+    (id(XdpUplink, Reason::PassRecheck), "xdp_pass_recheck"),
+    (
+        id(XdpUplink, Reason::PassTcpControl),
+        "xdp_pass_tcp_control",
+    ),
+    (id(XdpUplink, Reason::PassNotAFlow), "xdp_pass_not_a_flow"),
+    (id(TcUplink, Reason::Seen), "tc_uplink_seen"),
+    (id(TcUplink, Reason::Decap), "tc_uplink_decap"),
+    (id(TcUplink, Reason::HostGw), "tc_uplink_host_gw"),
+    (
+        id(TcUplink, Reason::PassDecapFailed),
+        "tc_uplink_pass_decap_failed",
+    ),
+    (
+        id(TcUplink, Reason::PassTruncated),
+        "tc_uplink_pass_truncated",
+    ),
+    (id(TcUplink, Reason::PassVlan), "tc_uplink_pass_vlan"),
+    (id(TcUplink, Reason::PassNotIpv4), "tc_uplink_pass_not_ipv4"),
+    (
+        id(TcUplink, Reason::PassIpOptions),
+        "tc_uplink_pass_ip_options",
+    ),
+    (
+        id(TcUplink, Reason::PassFragment),
+        "tc_uplink_pass_fragment",
+    ),
+    (
+        id(TcUplink, Reason::PassNotForNode),
+        "tc_uplink_pass_not_for_node",
+    ),
+    (
+        id(TcUplink, Reason::PassNotVxlan),
+        "tc_uplink_pass_not_vxlan",
+    ),
+    (
+        id(TcUplink, Reason::PassBadLength),
+        "tc_uplink_pass_bad_length",
+    ),
+    (
+        id(TcUplink, Reason::PassWrongVni),
+        "tc_uplink_pass_wrong_vni",
+    ),
+    (
+        id(TcUplink, Reason::DropUnknownVtep),
+        "tc_uplink_drop_unknown_vtep",
+    ),
+    (
+        id(TcUplink, Reason::PassUnknownVtep),
+        "tc_uplink_pass_unknown_vtep",
+    ),
+    (
+        id(TcUplink, Reason::PassInnerNotIpv4),
+        "tc_uplink_pass_inner_not_ipv4",
+    ),
+    (
+        id(TcUplink, Reason::PassNotOurVtep),
+        "tc_uplink_pass_not_our_vtep",
+    ),
+    (
+        id(TcUplink, Reason::PassForeignInnerSource),
+        "tc_uplink_pass_foreign_inner_source",
+    ),
+    (
+        id(TcUplink, Reason::PassNoEndpoint),
+        "tc_uplink_pass_no_endpoint",
+    ),
+    (
+        id(TcUplink, Reason::PassUnknownSource),
+        "tc_uplink_pass_unknown_source",
+    ),
+    (
+        id(TcUplink, Reason::PassTtlExpired),
+        "tc_uplink_pass_ttl_expired",
+    ),
+    (
+        id(TcUplink, Reason::PassNoVerdict),
+        "tc_uplink_pass_no_verdict",
+    ),
+    (
+        id(TcUplink, Reason::PassRulesetChanged),
+        "tc_uplink_pass_ruleset_changed",
+    ),
+    (id(TcUplink, Reason::PassRecheck), "tc_uplink_pass_recheck"),
+    (
+        id(TcUplink, Reason::PassTcpControl),
+        "tc_uplink_pass_tcp_control",
+    ),
+    (
+        id(TcUplink, Reason::PassNotAFlow),
+        "tc_uplink_pass_not_a_flow",
+    ),
+    (id(TcPodEgress, Reason::Seen), "pod_egress"),
+    (id(TcPodEgress, Reason::Encap), "tc_encap"),
+    (id(TcPodEgress, Reason::HostGw), "tc_host_gw"),
+    (id(TcPodEgress, Reason::LocalRedirect), "tc_local_redirect"),
+    (id(TcPodEgress, Reason::PassNoConfig), "tc_pass_no_config"),
+    (id(TcPodEgress, Reason::PassTruncated), "tc_pass_truncated"),
+    (id(TcPodEgress, Reason::PassNotIpv4), "tc_pass_not_ipv4"),
+    (
+        id(TcPodEgress, Reason::PassForeignSource),
+        "tc_pass_foreign_source",
+    ),
+    (
+        id(TcPodEgress, Reason::DropVxlanToNode),
+        "tc_drop_vxlan_to_node",
+    ),
+    (id(TcPodEgress, Reason::PassNoRoute), "tc_pass_no_route"),
+    (
+        id(TcPodEgress, Reason::PassNoNeighbour),
+        "tc_pass_no_neighbour",
+    ),
+    (
+        id(TcPodEgress, Reason::PassTtlExpired),
+        "tc_pass_ttl_expired",
+    ),
+    (id(TcPodEgress, Reason::PassTooBig), "tc_pass_too_big"),
+    (
+        id(TcPodEgress, Reason::PassEncapFailed),
+        "tc_pass_encap_failed",
+    ),
+    (id(TcPodEgress, Reason::PassNoVerdict), "tc_pass_no_verdict"),
+    (
+        id(TcPodEgress, Reason::PassRulesetChanged),
+        "tc_pass_ruleset_changed",
+    ),
+    (id(TcPodEgress, Reason::PassRecheck), "tc_pass_recheck"),
+    (
+        id(TcPodEgress, Reason::PassTcpControl),
+        "tc_pass_tcp_control",
+    ),
+    (id(TcPodEgress, Reason::PassNotAFlow), "tc_pass_not_a_flow"),
+    (id(TcVerdict, Reason::Learned), "verdict_learned"),
+    (id(TcVerdict, Reason::Unparsed), "verdict_unparsed"),
+    (id(TcVerdict, Reason::UpdateFailed), "verdict_update_failed"),
+    (id(TcVerdict, Reason::TcpControl), "verdict_tcp_control"),
+];

@@ -1,0 +1,153 @@
+//! What a program did with a packet, and why: named by cause, shared by
+//! every hook that can reach it.
+
+/// What a program did with a packet, and why. Values are stable.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// Every packet the hook saw (`tc_uplink`: only when XDP is off; with
+    /// XDP, XDP saw the frame).
+    Seen = 0,
+    /// VXLAN decapsulated and redirected straight into a pod.
+    Decap = 1,
+    /// host-gw: a plain packet delivered into a pod (uplink) or forwarded
+    /// to the peer node's MAC (pod egress).
+    HostGw = 2,
+    /// Encapsulated and redirected to the uplink.
+    Encap = 3,
+    /// Redirected straight into another local pod.
+    LocalRedirect = 4,
+    /// No `CONFIG` written yet.
+    PassNoConfig = 5,
+    /// A header is cut short.
+    PassTruncated = 6,
+    /// A VLAN tag.
+    PassVlan = 7,
+    PassNotIpv4 = 8,
+    PassIpOptions = 9,
+    /// An outer fragment.
+    PassFragment = 10,
+    /// Neither for this node nor a host-gw packet for one of its pods.
+    PassNotForNode = 11,
+    /// For this node, but not UDP to the VXLAN port.
+    PassNotVxlan = 12,
+    /// No I flag, or another VNI.
+    PassWrongVni = 13,
+    /// VXLAN from an address that holds no lease, with `--strict-vteps`.
+    DropUnknownVtep = 14,
+    /// As above, without `--strict-vteps`.
+    PassUnknownVtep = 15,
+    PassInnerNotIpv4 = 16,
+    /// The destination is no local pod.
+    PassNoEndpoint = 17,
+    /// TTL 1: the kernel answers with ICMP.
+    PassTtlExpired = 18,
+    /// A plain packet for a local pod whose source is not the peer node
+    /// that owns it.
+    PassUnknownSource = 19,
+    /// A full-size TCP segment for a local pod, left for the uplink's GRO;
+    /// `tc_uplink` delivers it after GRO.
+    PassBulkTcp = 20,
+    /// The VXLAN headers could not be stripped.
+    PassDecapFailed = 21,
+    /// Netfilter has not passed this flow unchanged yet (a new flow, one
+    /// with NAT or a helper, or one netfilter drops).
+    PassNoVerdict = 22,
+    /// The verdict predates the last ruleset change.
+    PassRulesetChanged = 23,
+    /// The verdict is older than the re-check interval; this packet goes
+    /// through netfilter (and conntrack) again.
+    PassRecheck = 24,
+    /// TCP SYN, FIN or RST, which conntrack must see.
+    PassTcpControl = 25,
+    /// Not TCP, UDP or ICMP echo, or a packet with IPv4 options or
+    /// fragmented: no flow to look up.
+    PassNotAFlow = 26,
+    /// VXLAN whose inner source is not in the subnet of the peer whose
+    /// PublicIP sent it.
+    PassForeignInnerSource = 27,
+    /// VXLAN whose inner destination MAC is not this node's VTEP.
+    PassNotOurVtep = 28,
+    /// The outer IPv4 or UDP length disagrees with the frame.
+    PassBadLength = 29,
+    /// XDP only: the pod's veth cannot take an XDP redirect yet (GRO not
+    /// confirmed at its end); TC on the uplink or the kernel delivers.
+    PassPodNotReady = 30,
+    /// The source address or MAC is not the sending pod's own.
+    PassForeignSource = 31,
+    /// UDP from a pod to a node's VXLAN port (see the README's security
+    /// model).
+    DropVxlanToNode = 32,
+    /// No `PEERS` entry for the destination (e.g. leaving the cluster).
+    PassNoRoute = 33,
+    /// The peer's underlay next hop is not resolved yet.
+    PassNoNeighbour = 34,
+    /// Too big for the uplink MTU (per GSO segment).
+    PassTooBig = 35,
+    /// `bpf_skb_adjust_room` or the header write failed.
+    PassEncapFailed = 36,
+    /// A marked packet's flow verdict was recorded.
+    Learned = 37,
+    /// Marked, but not parsed into a flow (mark cleared, nothing recorded).
+    Unparsed = 38,
+    /// FLOWS refused the update.
+    UpdateFailed = 39,
+    /// A marked TCP SYN, FIN or RST: nothing recorded (a FIN or RST ends
+    /// the direction's verdict).
+    TcpControl = 40,
+}
+
+impl Reason {
+    /// The reason's name, as in the reason x hook view.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Seen => "seen",
+            Reason::Decap => "decap",
+            Reason::HostGw => "host_gw",
+            Reason::Encap => "encap",
+            Reason::LocalRedirect => "local_redirect",
+            Reason::PassNoConfig => "pass_no_config",
+            Reason::PassTruncated => "pass_truncated",
+            Reason::PassVlan => "pass_vlan",
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassIpOptions => "pass_ip_options",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassNotForNode => "pass_not_for_node",
+            Reason::PassNotVxlan => "pass_not_vxlan",
+            Reason::PassWrongVni => "pass_wrong_vni",
+            Reason::DropUnknownVtep => "drop_unknown_vtep",
+            Reason::PassUnknownVtep => "pass_unknown_vtep",
+            Reason::PassInnerNotIpv4 => "pass_inner_not_ipv4",
+            Reason::PassNoEndpoint => "pass_no_endpoint",
+            Reason::PassTtlExpired => "pass_ttl_expired",
+            Reason::PassUnknownSource => "pass_unknown_source",
+            Reason::PassBulkTcp => "pass_bulk_tcp",
+            Reason::PassDecapFailed => "pass_decap_failed",
+            Reason::PassNoVerdict => "pass_no_verdict",
+            Reason::PassRulesetChanged => "pass_ruleset_changed",
+            Reason::PassRecheck => "pass_recheck",
+            Reason::PassTcpControl => "pass_tcp_control",
+            Reason::PassNotAFlow => "pass_not_a_flow",
+            Reason::PassForeignInnerSource => "pass_foreign_inner_source",
+            Reason::PassNotOurVtep => "pass_not_our_vtep",
+            Reason::PassBadLength => "pass_bad_length",
+            Reason::PassPodNotReady => "pass_pod_not_ready",
+            Reason::PassForeignSource => "pass_foreign_source",
+            Reason::DropVxlanToNode => "drop_vxlan_to_node",
+            Reason::PassNoRoute => "pass_no_route",
+            Reason::PassNoNeighbour => "pass_no_neighbour",
+            Reason::PassTooBig => "pass_too_big",
+            Reason::PassEncapFailed => "pass_encap_failed",
+            Reason::Learned => "learned",
+            Reason::Unparsed => "unparsed",
+            Reason::UpdateFailed => "update_failed",
+            Reason::TcpControl => "tcp_control",
+        }
+    }
+
+    /// Whether the packet is dropped (else, for a refusal, passed).
+    #[inline(always)]
+    pub const fn drops(self) -> bool {
+        matches!(self, Reason::DropUnknownVtep | Reason::DropVxlanToNode)
+    }
+}

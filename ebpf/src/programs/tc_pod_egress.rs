@@ -1,0 +1,174 @@
+//! `tc_pod_egress`: TC ingress on the host side of every pod veth (traffic
+//! leaving a pod). To a local pod -> straight into its veth; to a host-gw
+//! peer -> routed to the peer node's MAC out of the uplink; to a VXLAN peer
+//! -> encapsulated and redirected to the uplink; anything else -> the
+//! kernel path (`TC_ACT_OK`), counted by reason.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+use weft_common::{EndpointKey, Hook, NodeConfig, PeerMode, Reason, VtepKey};
+
+use crate::lib::{
+    counters::{Verdict, count},
+    delivery::redirect_into_pod,
+    encap::encapsulate,
+    flow::netfilter_passed,
+    headers::{ENCAP_LEN, ETH_P_IPV4, IPPROTO_UDP, ptr_at},
+    l3::{decrement_ttl, ipv4_l3},
+    maps::{ENDPOINTS, PEERS, VTEPS, node_config},
+    mtu::fits,
+};
+
+const HOOK: Hook = Hook::TcPodEgress;
+
+const fn pass(reason: Reason) -> Verdict<i32> {
+    Verdict {
+        action: TC_ACT_OK,
+        reason,
+    }
+}
+
+#[inline(always)]
+pub fn run(ctx: &mut TcContext) -> i32 {
+    let len = u64::from(ctx.len());
+    count(HOOK, Reason::Seen, len);
+    let Verdict { action, reason } = decide(ctx);
+    count(HOOK, reason, len);
+    action
+}
+
+#[inline(always)]
+fn decide(ctx: &mut TcContext) -> Verdict<i32> {
+    let Some(config) = node_config() else {
+        return pass(Reason::PassNoConfig);
+    };
+    // The headers may sit in a non-linear part of the skb; pull them in
+    // (with the transport header: the flow's ports and TCP flags).
+    let _ = ctx.pull_data((EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN) as u32);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
+        return pass(Reason::PassTruncated);
+    };
+    // SAFETY: every pointer comes from ptr_at, inside the packet.
+    let eth = unsafe { &mut *eth };
+    if eth.ether_type != ETH_P_IPV4 {
+        return pass(Reason::PassNotIpv4);
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, EthHdr::LEN) else {
+        return pass(Reason::PassTruncated);
+    };
+    let ip = unsafe { &mut *ip };
+    if ip.version() != 4 {
+        return pass(Reason::PassNotIpv4);
+    }
+    let destination = ip.dst_addr;
+    // Only what the pod sends as itself: its own address from its own veth
+    // and MAC. Anything else is the kernel's (rp_filter, netfilter).
+    match ENDPOINTS.get_ptr(EndpointKey { addr: ip.src_addr }) {
+        // SAFETY: a map value pointer from a successful lookup; ctx.skb.skb
+        // is the __sk_buff the kernel handed us.
+        Some(sender)
+            if unsafe {
+                (*sender).ifindex == (*ctx.skb.skb).ifindex && (*sender).mac == eth.src_addr
+            } => {}
+        _ => return pass(Reason::PassForeignSource),
+    }
+    if is_vxlan_to_a_node(ctx, ip, config) {
+        return Verdict {
+            action: TC_ACT_SHOT,
+            reason: Reason::DropVxlanToNode,
+        };
+    }
+
+    if let Some(endpoint) = ENDPOINTS.get_ptr(EndpointKey { addr: destination }) {
+        let endpoint = unsafe { *endpoint };
+        // Same node: the bridge's netfilter (br_netfilter) or the forward
+        // path decides, as for any other flow.
+        if let Err(reason) = netfilter_passed(ip, end, config) {
+            return pass(reason);
+        }
+        // Sent to the gateway, the kernel would route it (TTL - 1, from the
+        // gateway's MAC); sent to the pod's own MAC, the bridge would switch
+        // it untouched. Do the same.
+        if eth.dst_addr == config.gateway_mac {
+            if ip.ttl <= 1 {
+                return pass(Reason::PassTtlExpired);
+            }
+            ipv4_l3(eth, ip, endpoint.mac, config.gateway_mac);
+        }
+        return Verdict {
+            action: redirect_into_pod(&endpoint),
+            reason: Reason::LocalRedirect,
+        };
+    }
+
+    let Some(peer) = PEERS.get(&Key::new(32, destination)).copied() else {
+        return pass(Reason::PassNoRoute);
+    };
+    if peer.nexthop_mac == [0; 6] {
+        // The agent has not resolved the underlay neighbour yet; the kernel
+        // path resolves it meanwhile.
+        return pass(Reason::PassNoNeighbour);
+    }
+    if ip.ttl <= 1 {
+        return pass(Reason::PassTtlExpired);
+    }
+    if let Err(reason) = netfilter_passed(ip, end, config) {
+        return pass(reason);
+    }
+    let header_len = usize::from(ip.ihl());
+    let protocol = ip.proto;
+    if peer.mode == PeerMode::HostGw as u8 {
+        // host-gw / DirectRouting: routed as is, to the peer node's MAC.
+        if !fits(ctx, config, 0, header_len, protocol) {
+            return pass(Reason::PassTooBig);
+        }
+        ipv4_l3(eth, ip, peer.nexthop_mac, config.uplink_mac);
+        return to_uplink(config, Reason::HostGw);
+    }
+    if !fits(ctx, config, ENCAP_LEN, header_len, protocol) {
+        // The kernel path fragments it or answers ICMP "fragmentation needed".
+        return pass(Reason::PassTooBig);
+    }
+    let inner_tos = ip.tos;
+    decrement_ttl(ip);
+    if encapsulate(ctx, config, &peer, inner_tos).is_none() {
+        return pass(Reason::PassEncapFailed);
+    }
+    to_uplink(config, Reason::Encap)
+}
+
+#[inline(always)]
+fn to_uplink(config: &NodeConfig, reason: Reason) -> Verdict<i32> {
+    Verdict {
+        // SAFETY: a helper taking plain values.
+        action: unsafe { bpf_redirect(config.uplink_ifindex, 0) } as i32,
+        reason,
+    }
+}
+
+/// A pod's UDP to a node's VXLAN port. Masqueraded (`--ip-masq`), it
+/// would leave with this node's address, a real VTEP, and inject whatever
+/// it carries into the overlay as this node; to this node it would be
+/// decapsulated here. Pods have no business speaking VXLAN to nodes.
+#[inline(always)]
+fn is_vxlan_to_a_node(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> bool {
+    if ip.proto != IPPROTO_UDP || config.vxlan_port_be == 0 {
+        return false;
+    }
+    // A later fragment carries no port; without its first it is nothing.
+    if ip.frag_offset() != 0 {
+        return false;
+    }
+    // The UDP destination port, behind the IPv4 header and its options.
+    let Ok(port) = ctx.load::<[u8; 2]>(EthHdr::LEN + usize::from(ip.ihl()) + 2) else {
+        return false;
+    };
+    port == config.vxlan_port_be.to_ne_bytes()
+        && (ip.dst_addr == config.node_ip || VTEPS.get_ptr(VtepKey { addr: ip.dst_addr }).is_some())
+}
