@@ -257,26 +257,13 @@ impl Metrics {
     }
 }
 
-/// Labels of a `STATS` counter: which program counted it, and why. The one
-/// place that maps counter ids to metric labels (the flat names encode the
-/// hook as a prefix).
-fn stat_labels(name: &'static str) -> StatLabels {
-    use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK};
-    let (hook, reason) = match name {
-        // Counted by XDP, or by tc_uplink when XDP is off.
-        "uplink_rx" => ("uplink", "received"),
-        "pod_egress" => (TC_POD_EGRESS, "received"),
-        _ => [
-            ("xdp_", XDP_UPLINK),
-            ("tc_uplink_", TC_UPLINK),
-            ("verdict_", TC_VERDICT),
-            ("tc_", TC_POD_EGRESS),
-        ]
-        .into_iter()
-        .find_map(|(prefix, hook)| Some((hook, name.strip_prefix(prefix)?)))
-        .unwrap_or(("unknown", name)),
-    };
-    StatLabels { hook, reason }
+/// Labels of a `STATS` counter: which program counted it (`hook`) and
+/// what it did and why (`reason`), straight from its id.
+fn stat_labels(counter: &CounterValue) -> StatLabels {
+    StatLabels {
+        hook: counter.hook,
+        reason: counter.reason,
+    }
 }
 
 /// What the kernel holds, read at scrape time from the pinned maps.
@@ -323,19 +310,19 @@ const STATS_FAMILIES: [StatsFamily; 4] = [
     StatsFamily {
         name: "weft_fastpath_packets",
         help: "Packets each eBPF program counted, by hook (program) and reason (outcome), summed over CPUs",
-        sample: |counter| Some((stat_labels(counter.name), counter.packets)),
+        sample: |counter| Some((stat_labels(counter), counter.packets)),
     },
     StatsFamily {
         name: "weft_fastpath_bytes",
         help: "Bytes each eBPF program counted, by hook (program) and reason (outcome), summed over CPUs",
-        sample: |counter| Some((stat_labels(counter.name), counter.bytes)),
+        sample: |counter| Some((stat_labels(counter), counter.bytes)),
     },
     StatsFamily {
         name: "weft_kernel_path_fallbacks",
         help: "Packets the eBPF programs handed to the kernel path, by hook and reason",
         sample: |counter| {
-            let reason = fallback_reason(counter.name)?;
-            let hook = stat_labels(counter.name).hook;
+            let reason = fallback_reason(counter.reason)?;
+            let hook = counter.hook;
             Some((StatLabels { hook, reason }, counter.packets))
         },
     },
@@ -343,8 +330,8 @@ const STATS_FAMILIES: [StatsFamily; 4] = [
         name: "weft_fastpath_drops",
         help: "Packets the eBPF programs dropped, by hook and reason",
         sample: |counter| {
-            let reason = drop_reason(counter.name)?;
-            let hook = stat_labels(counter.name).hook;
+            let reason = drop_reason(counter.reason)?;
+            let hook = counter.hook;
             Some((StatLabels { hook, reason }, counter.packets))
         },
     },
@@ -364,14 +351,14 @@ fn encode_stats(
     Ok(())
 }
 
-/// The reason of a "handed to the kernel path" counter (`*pass_<reason>`).
-fn fallback_reason(name: &'static str) -> Option<&'static str> {
-    name.split_once("pass_").map(|(_, reason)| reason)
+/// Why a "handed to the kernel path" counter (reason `pass_<why>`) passed.
+fn fallback_reason(reason: &'static str) -> Option<&'static str> {
+    reason.strip_prefix("pass_")
 }
 
-/// The reason of a "dropped" counter (`*drop_<reason>`).
-fn drop_reason(name: &'static str) -> Option<&'static str> {
-    name.split_once("drop_").map(|(_, reason)| reason)
+/// Why a "dropped" counter (reason `drop_<why>`) dropped.
+fn drop_reason(reason: &'static str) -> Option<&'static str> {
+    reason.strip_prefix("drop_")
 }
 
 /// Entries and capacity of the maps that fill up (the arrays are always full).
@@ -451,21 +438,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_stats_counter_has_a_known_hook_and_a_reason() {
-        for (_, name) in weft_common::COUNTERS {
-            let labels = stat_labels(name);
-            assert_ne!(labels.hook, "unknown", "{name}");
-            assert!(!labels.reason.is_empty(), "{name}");
-        }
+    fn fallbacks_and_drops_are_named_by_their_cause() {
+        let reason = |id: weft_common::CounterId| id.reason.name();
+        use weft_common::{Hook, Reason};
         assert_eq!(
-            stat_labels("tc_uplink_decap"),
-            StatLabels {
-                hook: "tc_uplink",
-                reason: "decap"
-            }
+            fallback_reason(reason(Hook::XdpUplink.counter(Reason::PassNoVerdict))),
+            Some("no_verdict")
         );
-        assert_eq!(fallback_reason("xdp_pass_no_verdict"), Some("no_verdict"));
-        assert_eq!(drop_reason("tc_drop_vxlan_to_node"), Some("vxlan_to_node"));
+        assert_eq!(
+            drop_reason(reason(Hook::TcPodEgress.counter(Reason::DropVxlanToNode))),
+            Some("vxlan_to_node")
+        );
+        assert_eq!(
+            fallback_reason(reason(Hook::TcUplink.counter(Reason::Decap))),
+            None
+        );
     }
 
     #[test]

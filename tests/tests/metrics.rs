@@ -158,7 +158,8 @@ fn metrics_name_the_agent_state_and_count_fast_path_packets() {
         "{bytes} bytes for {rise} ICMP echo packets"
     );
     // The same STATS slot `weft maps stats` reads, summed over CPUs alike.
-    let (stats_packets, _) = lab.counters(NodeId::new(1)).unwrap()["tc_encap"];
+    let (stats_packets, _) = lab.counters(NodeId::new(1)).unwrap()
+        [&weft_common::Hook::TcPodEgress.counter(weft_common::Reason::Encap)];
     assert_eq!(packets(&after), stats_packets as f64);
     // The receiving side counted its decapsulations too.
     let receiver = scrape(&lab.node(NodeId::new(2)).ns);

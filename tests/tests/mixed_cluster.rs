@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use weft_common::{CounterId, Hook, Reason};
 use weft_tests::{
     Dataplane, Lab, LabSpec, NodeId, inspect,
     lab::{self, DECAP_COUNTERS, carried_nearly_all, counter_delta, counters_delta},
@@ -20,6 +21,7 @@ use weft_tests::{
 };
 
 const TRANSFER: u64 = 200 * 1024 * 1024;
+const ENCAP: CounterId = Hook::TcPodEgress.counter(Reason::Encap);
 
 #[test]
 fn a_flanneld_node_and_weft_nodes_reach_each_other_and_weft_carries_its_side() {
@@ -83,7 +85,7 @@ fn a_flanneld_node_and_weft_nodes_reach_each_other_and_weft_carries_its_side() {
         "weft -> flanneld: bytes differ"
     );
     let after = lab.counters(weft).unwrap();
-    let (_, encapsulated) = counter_delta(&middle, &after, "tc_encap");
+    let (_, encapsulated) = counter_delta(&middle, &after, ENCAP);
     assert!(
         carried_nearly_all(encapsulated, outbound.bytes),
         "weft encapsulated {encapsulated} bytes of its {} byte transfer to flanneld",
@@ -143,7 +145,7 @@ fn a_node_moves_from_flanneld_to_weft_and_back_keeping_its_subnet_vtep_and_pods(
     let before = lab.counters(moving).unwrap();
     lab.assert_all_pairs_ping(20);
     let after = lab.counters(moving).unwrap();
-    assert!(counter_delta(&before, &after, "tc_encap").0 >= 10);
+    assert!(counter_delta(&before, &after, ENCAP).0 >= 10);
     assert!(counters_delta(&before, &after, &DECAP_COUNTERS).0 >= 10);
 
     // weft -> flanneld: it finds its lease again.

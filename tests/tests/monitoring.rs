@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use weft_common::{CounterId, Hook, Reason};
 use weft_tests::{
     Lab, LabSpec, NodeId,
     lab::{self, FLOW_SETUP_PACKETS, wait_for},
@@ -28,7 +29,12 @@ fn prometheus_sees_fast_path_packets_that_match_the_traffic_and_a_rejected_lease
     let encap = format!(
         "weft_fastpath_packets_total{{node=\"{sender_ns}\",hook=\"tc_pod_egress\",reason=\"encap\"}}"
     );
-    let before = scraped(&lab, &encap, sender, "tc_encap");
+    let before = scraped(
+        &lab,
+        &encap,
+        sender,
+        Hook::TcPodEgress.counter(Reason::Encap),
+    );
     let decap = format!(
         "sum(weft_fastpath_packets_total{{node=\"{}\",reason=\"decap\"}})",
         lab.node(receiver).ns
@@ -41,7 +47,12 @@ fn prometheus_sees_fast_path_packets_that_match_the_traffic_and_a_rejected_lease
     assert!(out.contains(&format!("{PINGS} received")), "{out}");
 
     // Prometheus's figure is the agent's own STATS figure, once scraped.
-    let after = scraped(&lab, &encap, sender, "tc_encap");
+    let after = scraped(
+        &lab,
+        &encap,
+        sender,
+        Hook::TcPodEgress.counter(Reason::Encap),
+    );
     assert!(
         after - before >= (PINGS - FLOW_SETUP_PACKETS) as f64,
         "Prometheus saw {encap} rise by {} for {PINGS} pings",
@@ -82,13 +93,13 @@ fn prometheus_sees_fast_path_packets_that_match_the_traffic_and_a_rejected_lease
 /// Waits until Prometheus's last scrape of `promql` equals `counter` as
 /// `weft maps stats` reads it on `node` (nothing else moves it meanwhile),
 /// and returns that value.
-fn scraped(lab: &Lab, promql: &str, node: NodeId, counter: &str) -> f64 {
+fn scraped(lab: &Lab, promql: &str, node: NodeId, counter: CounterId) -> f64 {
     let mut last = (0.0, 0);
     wait_for(
         &format!("Prometheus to scrape {promql}"),
         Duration::from_secs(15),
         || {
-            let stats = lab.counters(node)?.get(counter).map_or(0, |c| c.0);
+            let stats = lab.counters(node)?.get(&counter).map_or(0, |c| c.0);
             let scraped = query_sum(lab, promql);
             last = (scraped, stats);
             Ok(scraped == stats as f64)
