@@ -74,8 +74,6 @@ pub struct NodeFacts {
     pub uplink_index: u32,
     pub uplink_mac: MacAddr,
     pub uplink_mtu: u32,
-    /// The uplink's own prefixes: a peer inside one is on-link.
-    pub uplink_prefixes: Vec<Ipv4Net>,
     /// `flannel.<VNI>`'s MAC (VXLAN only).
     pub vtep_mac: Option<MacAddr>,
     /// `--strict-vteps`, `--bulk-tcp-via-gro`, XDP attached to the uplink.
@@ -101,7 +99,8 @@ pub struct Inputs<'a> {
     pub node: &'a NodeFacts,
     /// The accepted peer leases (`PeerTable::peers`).
     pub peers: &'a BTreeMap<Ipv4Net, LeaseAttrs>,
-    /// The latest local view (uplink routes and neighbours, gateway MAC).
+    /// The latest local view: the uplink's routes (which peers are on-link,
+    /// so VXLAN or direct) and neighbours (next-hop MACs), the gateway MAC.
     pub view: &'a LocalView,
     /// The local pods read from their own side (`LocalPods::endpoints`).
     pub pods: &'a BTreeMap<Ipv4Addr, LocalPod>,
@@ -110,16 +109,22 @@ pub struct Inputs<'a> {
     /// A lease listing has been applied: until then the peer set is not
     /// known, and the sinks leave routes, PEERS and VTEPS alone.
     pub listed: bool,
-    /// A local view has arrived. With a listing, CONFIG goes live (it is
-    /// written after the other maps in the same sync).
+    /// A local view has arrived: until then the uplink's routes are not
+    /// known, so no route is planned either (an empty view would put every
+    /// on-link peer over VXLAN, or make host-gw peers unroutable). With a
+    /// listing, CONFIG goes live (written after the other maps in the same
+    /// sync).
     pub viewed: bool,
 }
 
 /// The datapath as it should be.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    /// The peer set is known (see [`Inputs::listed`]).
-    pub listed: bool,
+    /// The peer set and the uplink's routes are known ([`Inputs::listed`]
+    /// and [`Inputs::viewed`]): `routes`, `peers` and `vteps` are planned.
+    /// Until then they are empty and the sinks leave routes, PEERS and
+    /// VTEPS as they are.
+    pub planned: bool,
     /// Kernel routes (with neighbour and fdb entries for VXLAN), by subnet.
     pub routes: BTreeMap<Ipv4Net, PeerRoute>,
     /// Accepted leases no route can be planned for, with why.
@@ -137,17 +142,20 @@ pub struct Desired {
 /// Computes the desired state; costs memory work only, so it can run on
 /// every input (a 20,000-lease listing takes milliseconds).
 pub fn compute(inputs: &Inputs) -> Desired {
+    let planned = inputs.listed && inputs.viewed;
     let mut desired = Desired {
-        listed: inputs.listed,
+        planned,
         ..Desired::default()
     };
-    for (subnet, attrs) in inputs.peers {
-        match plan_route(inputs.node, *subnet, attrs) {
-            Ok(route) => {
-                desired.routes.insert(*subnet, route);
-            }
-            Err(error) => {
-                desired.unroutable.insert(*subnet, format!("{error:#}"));
+    if planned {
+        for (subnet, attrs) in inputs.peers {
+            match plan_route(inputs.node, inputs.view, *subnet, attrs) {
+                Ok(route) => {
+                    desired.routes.insert(*subnet, route);
+                }
+                Err(error) => {
+                    desired.unroutable.insert(*subnet, format!("{error:#}"));
+                }
             }
         }
     }
@@ -164,7 +172,7 @@ pub fn compute(inputs: &Inputs) -> Desired {
         .iter()
         .map(|(ip, pod)| (*ip, endpoint(pod)))
         .collect();
-    desired.config = if inputs.listed && inputs.viewed {
+    desired.config = if planned {
         node_config(
             inputs.node,
             inputs.view.gateway_mac,
@@ -176,12 +184,17 @@ pub fn compute(inputs: &Inputs) -> Desired {
     desired
 }
 
-/// How a peer's lease is reached, or why it cannot be.
-pub fn plan_route(node: &NodeFacts, subnet: Ipv4Net, attrs: &LeaseAttrs) -> Result<PeerRoute> {
-    let on_link = node
-        .uplink_prefixes
-        .iter()
-        .any(|prefix| prefix.contains(&attrs.public_ip));
+/// How a peer's lease is reached, or why it cannot be. On-link (direct
+/// for host-gw and DirectRouting) is read from the live uplink routes in
+/// `view`, the same routes PEERS' next hops come from, so both sinks follow
+/// an address or route change on the uplink together.
+pub fn plan_route(
+    node: &NodeFacts,
+    view: &LocalView,
+    subnet: Ipv4Net,
+    attrs: &LeaseAttrs,
+) -> Result<PeerRoute> {
+    let on_link = view.on_link(attrs.public_ip);
     match &node.network.backend {
         BackendConfig::HostGw => {
             if !on_link {

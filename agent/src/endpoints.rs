@@ -55,15 +55,30 @@ pub struct LocalView {
 }
 
 impl LocalView {
+    /// The gateway of the uplink route `address` takes, by longest prefix
+    /// match: `Some(None)` when it is on-link, `None` when no route out of
+    /// the uplink covers it.
+    fn route_to(&self, address: Ipv4Addr) -> Option<Option<Ipv4Addr>> {
+        self.uplink_routes
+            .iter()
+            .filter(|(destination, _)| destination.contains(&address))
+            .max_by_key(|(destination, _)| destination.prefix_len())
+            .map(|(_, gateway)| *gateway)
+    }
+
+    /// `address` is reached out of the uplink without a gateway (as
+    /// flanneld's DirectRouting asks the kernel: the route to it has no
+    /// gateway), so a plain route via it works. Follows the live routes: an
+    /// address or route added or removed on the uplink changes the answer.
+    pub fn on_link(&self, address: Ipv4Addr) -> bool {
+        self.route_to(address) == Some(None)
+    }
+
     /// The underlay MAC that frames for `address` go to: the address's own
     /// if it is on-link, else its gateway's, by longest prefix match over
     /// the uplink's routes; None while unrouted or unresolved.
     pub fn next_hop_mac(&self, address: Ipv4Addr) -> Option<MacAddr> {
-        let (_, gateway) = self
-            .uplink_routes
-            .iter()
-            .filter(|(destination, _)| destination.contains(&address))
-            .max_by_key(|(destination, _)| destination.prefix_len())?;
+        let gateway = self.route_to(address)?;
         self.uplink_neighbours
             .get(&gateway.unwrap_or(address))
             .copied()

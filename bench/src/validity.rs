@@ -128,7 +128,7 @@ pub(crate) fn check_path(
                     ));
                 }
             }
-            Dataplane::Kernel | Dataplane::Floor => {
+            Dataplane::Kernel | Dataplane::Floor | Dataplane::Flanneld => {
                 if run.fastpath_packets != 0 {
                     return Some(format!(
                         "{name}: eBPF counters rose on a {} node",

@@ -1,19 +1,34 @@
 //! The eBPF programs loaded unpinned for BPF_PROG_TEST_RUN, with maps
 //! describing a small node, and the frames that exercise them: shared by the
 //! program tests and the benchmark's per-packet cost.
+//!
+//! The maps are written by the agent's own code, as on a node: the fixture
+//! node's accepted leases, local view, pods and facts go through
+//! `desired::compute`, and `FastPathMaps::sync` (on second handles to the
+//! loaded object's maps) writes PEERS, VTEPS, ENDPOINTS and CONFIG. Only
+//! contents the agent would never write are written directly (FLOWS, which
+//! `tc_verdict` fills, and [`Programs::update_config`]).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd as _};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
+use ipnet::Ipv4Net;
+use weft_agent::{
+    config::NetworkConfig,
+    dataplane::maps::FastPathMaps,
+    desired::{self, Inputs, LocalPod, NodeFacts},
+    endpoints::LocalView,
+    lease::{LeaseAttrs, MacAddr, VxlanBackendData},
+};
 use weft_common::{
-    CONFIG_STRICT_VTEPS, COUNTERS, CounterId, ENDPOINT_XDP_READY, Endpoint, EndpointKey, FlowKey,
-    FlowVerdict,
+    CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, COUNTERS, CounterId,
+    ENDPOINT_XDP_READY, FlowKey, FlowVerdict,
     Hook::{TcPodEgress, TcUplink, XdpUplink},
-    NodeConfig, PacketCounter, Peer, PeerMode, Reason, VtepKey,
+    NodeConfig, PacketCounter, Reason, map_names,
     program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK},
 };
 
@@ -26,13 +41,20 @@ pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
+/// The fixture node is on 192.168.77.0/24 (its uplink's connected route),
+/// with a default route via a router at 192.168.77.254; the network is
+/// VXLAN with DirectRouting, so an on-link peer is reached directly
+/// (host-gw mode) and one behind the router over VXLAN.
 pub const NODE_IP: [u8; 4] = [192, 168, 77, 1];
-pub const PEER_IP: [u8; 4] = [192, 168, 77, 2];
+/// The VXLAN peer node, on another segment one routed hop away.
+pub const PEER_IP: [u8; 4] = [192, 168, 78, 2];
 pub const STRANGER_IP: [u8; 4] = [192, 168, 77, 66];
 pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The router's address and MAC: the underlay next hop toward `PEER_IP`.
+pub const ROUTER_IP: [u8; 4] = [192, 168, 77, 254];
 pub const NEXTHOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const VTEP_MAC: [u8; 6] = [0x0e, 1, 192, 168, 77, 1];
-pub const PEER_VTEP_MAC: [u8; 6] = [0x0e, 1, 192, 168, 77, 2];
+pub const PEER_VTEP_MAC: [u8; 6] = [0x0e, 1, 192, 168, 78, 2];
 pub const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xcc, 0x01];
 pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xbb, 0x02];
 pub const LOCAL_POD: [u8; 4] = [10, 244, 1, 2];
@@ -42,10 +64,12 @@ pub const REMOTE_POD: [u8; 4] = [10, 244, 2, 7];
 /// `lo` (ifindex 1), so the fixture's sending pod is plugged in there: its
 /// packets pass the check that a pod sends from its own veth.
 pub const POD_IFINDEX: u32 = 1;
-/// A host-gw peer node: its pods' subnet, address and uplink MAC.
+/// A host-gw peer node (on-link, so DirectRouting reaches it directly):
+/// its pods' subnet, address and uplink MAC.
 pub const HOSTGW_POD: [u8; 4] = [10, 244, 3, 5];
 pub const HOSTGW_NODE_IP: [u8; 4] = [192, 168, 77, 3];
 pub const HOSTGW_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+pub const HOSTGW_VTEP_MAC: [u8; 6] = [0x0e, 1, 192, 168, 77, 3];
 pub const UPLINK_IFINDEX: u32 = 2;
 pub const VNI: u32 = 1;
 pub const PORT: u16 = 8472;
@@ -61,6 +85,112 @@ pub const ECHO_ID: [u8; 2] = [0x12, 0x34];
 
 pub struct Programs {
     pub ebpf: Ebpf,
+    /// The agent's map writer, on the same maps as `ebpf`.
+    maps: FastPathMaps,
+    /// The fixture node's inputs of the agent's desired state.
+    node: FixtureNode,
+}
+
+/// What the agent knows about the fixture node: the inputs of
+/// `desired::compute`.
+struct FixtureNode {
+    facts: NodeFacts,
+    peers: BTreeMap<Ipv4Net, LeaseAttrs>,
+    view: LocalView,
+    pods: BTreeMap<Ipv4Addr, LocalPod>,
+}
+
+impl FixtureNode {
+    fn new(strict: bool) -> Self {
+        let network = format!(
+            r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"vxlan","VNI":{VNI},"Port":{PORT},"DirectRouting":true}}}}"#
+        );
+        let facts = NodeFacts {
+            network: NetworkConfig::parse(&network).unwrap(),
+            public_ip: NODE_IP.into(),
+            uplink_index: UPLINK_IFINDEX,
+            uplink_mac: MacAddr(UPLINK_MAC),
+            uplink_mtu: 1500,
+            vtep_mac: Some(MacAddr(VTEP_MAC)),
+            strict_vteps: strict,
+            bulk_tcp_via_gro: false,
+            uplink_xdp: false,
+            accept_mark: ACCEPT_MARK,
+            // Long enough that no test depends on the clock; the re-check
+            // test shortens it.
+            verdict_ttl_ns: 3_600 * 1_000_000_000,
+        };
+        let lease = |public_ip: [u8; 4], vtep_mac: [u8; 6]| LeaseAttrs {
+            public_ip: public_ip.into(),
+            public_ipv6: None,
+            backend_type: "vxlan".to_owned(),
+            backend_data: Some(VxlanBackendData {
+                vni: VNI,
+                vtep_mac: MacAddr(vtep_mac),
+            }),
+        };
+        let peers = BTreeMap::from([
+            (subnet([10, 244, 2, 0]), lease(PEER_IP, PEER_VTEP_MAC)),
+            (
+                subnet([10, 244, 3, 0]),
+                lease(HOSTGW_NODE_IP, HOSTGW_VTEP_MAC),
+            ),
+        ]);
+        let view = LocalView {
+            uplink_routes: BTreeMap::from([
+                (subnet([192, 168, 77, 0]), None),
+                (
+                    Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap(),
+                    Some(ROUTER_IP.into()),
+                ),
+            ]),
+            uplink_neighbours: BTreeMap::from([
+                (ROUTER_IP.into(), MacAddr(NEXTHOP_MAC)),
+                (HOSTGW_NODE_IP.into(), MacAddr(HOSTGW_NODE_MAC)),
+            ]),
+            gateway_mac: Some(MacAddr(GATEWAY_MAC)),
+            ..LocalView::default()
+        };
+        let pod = |port| LocalPod {
+            port,
+            mac: MacAddr(POD_MAC),
+            xdp_ready: true,
+        };
+        let pods = BTreeMap::from([
+            (LOCAL_POD.into(), pod(POD_IFINDEX)),
+            (OTHER_LOCAL_POD.into(), pod(POD_IFINDEX + 1)),
+        ]);
+        Self {
+            facts,
+            peers,
+            view,
+            pods,
+        }
+    }
+
+    /// A resolved underlay neighbour, or (`[0; 6]`) none.
+    fn set_neighbour(&mut self, ip: [u8; 4], mac: [u8; 6]) {
+        if mac == [0; 6] {
+            self.view.uplink_neighbours.remove(&ip.into());
+        } else {
+            self.view.uplink_neighbours.insert(ip.into(), MacAddr(mac));
+        }
+    }
+}
+
+/// A /24 starting at `network`.
+fn subnet(network: [u8; 4]) -> Ipv4Net {
+    Ipv4Net::new(network.into(), 24).unwrap()
+}
+
+/// A second handle on the loaded object's map `name` (same kernel map, own
+/// fd), so the agent's writer and the tests' own reads and writes share it.
+fn second_handle(ebpf: &Ebpf, name: &str) -> MapData {
+    let data = match ebpf.map(name).unwrap() {
+        Map::Array(data) | Map::HashMap(data) | Map::LpmTrie(data) => data,
+        _ => panic!("{name} is not an array, hash or LPM trie"),
+    };
+    MapData::from_fd(data.fd().as_fd().try_clone_to_owned().unwrap()).unwrap()
 }
 
 impl Programs {
@@ -74,49 +204,48 @@ impl Programs {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             tc.load().unwrap();
         }
-        let mut programs = Self { ebpf };
-        let config = NodeConfig {
-            node_ip: NODE_IP,
-            uplink_ifindex: UPLINK_IFINDEX,
-            vni: VNI,
-            vxlan_port_be: PORT.to_be(),
-            uplink_mac: UPLINK_MAC,
-            vtep_mac: VTEP_MAC,
-            gateway_mac: GATEWAY_MAC,
-            uplink_mtu: 1500,
-            flags: if strict { CONFIG_STRICT_VTEPS } else { 0 },
-            accept_mark: ACCEPT_MARK,
-            ruleset_generation: GENERATION,
-            // Long enough that no test depends on the clock; the re-check
-            // test shortens it.
-            verdict_ttl_ns: 3_600 * 1_000_000_000,
+        let maps = FastPathMaps::new(
+            LpmTrie::try_from(Map::LpmTrie(second_handle(&ebpf, map_names::PEERS))).unwrap(),
+            HashMap::try_from(Map::HashMap(second_handle(&ebpf, map_names::ENDPOINTS))).unwrap(),
+            HashMap::try_from(Map::HashMap(second_handle(&ebpf, map_names::VTEPS))).unwrap(),
+            Array::try_from(Map::Array(second_handle(&ebpf, map_names::CONFIG))).unwrap(),
+        )
+        .unwrap();
+        let mut programs = Self {
+            ebpf,
+            maps,
+            node: FixtureNode::new(strict),
         };
-        let mut config_map: Array<_, NodeConfig> =
-            Array::try_from(programs.ebpf.map_mut("CONFIG").unwrap()).unwrap();
-        config_map.set(0, config, 0).unwrap();
-        let mut endpoints: HashMap<_, EndpointKey, Endpoint> =
-            HashMap::try_from(programs.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap();
-        for (ip, index) in [(LOCAL_POD, POD_IFINDEX), (OTHER_LOCAL_POD, POD_IFINDEX + 1)] {
-            endpoints
-                .insert(
-                    EndpointKey { addr: ip },
-                    Endpoint {
-                        ifindex: index,
-                        mac: POD_MAC,
-                        flags: ENDPOINT_XDP_READY,
-                        _pad: 0,
-                    },
-                    0,
-                )
-                .unwrap();
-        }
-        let mut vteps: HashMap<_, VtepKey, u8> =
-            HashMap::try_from(programs.ebpf.map_mut("VTEPS").unwrap()).unwrap();
-        vteps.insert(VtepKey { addr: PEER_IP }, 1, 0).unwrap();
-        programs.set_peer(NEXTHOP_MAC);
-        programs.set_host_gw_peer(HOSTGW_NODE_MAC);
+        programs.sync();
         programs.accept_fixture_flows();
         programs
+    }
+
+    /// Writes the maps as the agent does: the fixture node's inputs through
+    /// `desired::compute`, then `FastPathMaps::sync`. The maps are read
+    /// back first (as the agent's map audit does), so whatever a test wrote
+    /// directly is repaired where the inputs say otherwise.
+    fn sync(&mut self) {
+        let desired = desired::compute(&Inputs {
+            node: &self.node.facts,
+            peers: &self.node.peers,
+            view: &self.node.view,
+            pods: &self.node.pods,
+            ruleset_generation: GENERATION,
+            listed: true,
+            viewed: true,
+        });
+        assert!(
+            desired.unroutable.is_empty(),
+            "fixture leases unroutable: {:?}",
+            desired.unroutable
+        );
+        self.maps.reload().unwrap();
+        let report = self.maps.sync(&desired);
+        assert!(
+            report.failed.is_empty() && report.vteps_complete,
+            "the agent could not write the fixture's maps: {report:?}"
+        );
     }
 
     /// Records netfilter's verdict for every flow the fixture frames use
@@ -133,19 +262,21 @@ impl Programs {
         }
     }
 
-    /// (Re)writes the ENDPOINTS entry of a local pod.
+    /// A local pod behind host-side veth `ifindex`, ready for XDP or not
+    /// (`flags`: `ENDPOINT_XDP_READY` or 0), as the agent writes it.
     pub fn set_endpoint(&mut self, ip: [u8; 4], ifindex: u32, flags: u8) {
-        let mut endpoints: HashMap<_, EndpointKey, Endpoint> =
-            HashMap::try_from(self.ebpf.map_mut("ENDPOINTS").unwrap()).unwrap();
-        let endpoint = Endpoint {
-            ifindex,
-            mac: POD_MAC,
-            flags,
-            _pad: 0,
+        assert_eq!(
+            flags & !ENDPOINT_XDP_READY,
+            0,
+            "the agent sets no endpoint flag but ENDPOINT_XDP_READY"
+        );
+        let pod = LocalPod {
+            port: ifindex,
+            mac: MacAddr(POD_MAC),
+            xdp_ready: flags & ENDPOINT_XDP_READY != 0,
         };
-        endpoints
-            .insert(EndpointKey { addr: ip }, endpoint, 0)
-            .unwrap();
+        self.node.pods.insert(ip.into(), pod);
+        self.sync();
     }
 
     /// Writes a verdict for `key` seen now under `generation`.
@@ -177,7 +308,11 @@ impl Programs {
         }
     }
 
-    /// Changes CONFIG with `change`.
+    /// Changes CONFIG with `change`, directly: for contents the agent would
+    /// not write from the fixture's inputs (a ruleset generation ahead of
+    /// the recorded verdicts, a verdict TTL shorter than a test's sleep).
+    /// The next agent sync (`set_flags`, `set_peer`, ...) puts the agent's
+    /// CONFIG back.
     pub fn update_config(&mut self, change: impl FnOnce(&mut NodeConfig)) {
         let mut config_map: Array<_, NodeConfig> =
             Array::try_from(self.ebpf.map_mut("CONFIG").unwrap()).unwrap();
@@ -211,45 +346,32 @@ impl Programs {
         (result.return_value, out, mark_out)
     }
 
-    /// Replaces CONFIG's flags (`CONFIG_*`).
+    /// Sets CONFIG's flags (`CONFIG_*`) the way the agent does: from the
+    /// node's `--strict-vteps`, `--bulk-tcp-via-gro` and whether XDP is
+    /// attached to the uplink.
     pub fn set_flags(&mut self, flags: u32) {
-        let mut config_map: Array<_, NodeConfig> =
-            Array::try_from(self.ebpf.map_mut("CONFIG").unwrap()).unwrap();
-        let mut config = config_map.get(&0, 0).unwrap();
-        config.flags = flags;
-        config_map.set(0, config, 0).unwrap();
+        let known = CONFIG_STRICT_VTEPS | CONFIG_BULK_TCP_VIA_GRO | CONFIG_UPLINK_XDP;
+        assert_eq!(flags & !known, 0, "flags {flags:#x}: unknown to the agent");
+        let facts = &mut self.node.facts;
+        facts.strict_vteps = flags & CONFIG_STRICT_VTEPS != 0;
+        facts.bulk_tcp_via_gro = flags & CONFIG_BULK_TCP_VIA_GRO != 0;
+        facts.uplink_xdp = flags & CONFIG_UPLINK_XDP != 0;
+        self.sync();
     }
 
+    /// The host-gw peer node's MAC as the uplink's neighbour table has it
+    /// (`[0; 6]`: unresolved); the agent writes it into its PEERS entry.
     pub fn set_host_gw_peer(&mut self, nexthop_mac: [u8; 6]) {
-        let mut peers: LpmTrie<_, [u8; 4], Peer> =
-            LpmTrie::try_from(self.ebpf.map_mut("PEERS").unwrap()).unwrap();
-        let peer = Peer {
-            public_ip: HOSTGW_NODE_IP,
-            vni: 0,
-            vtep_mac: [0; 6],
-            nexthop_mac,
-            mode: PeerMode::HostGw as u8,
-            _pad: [0; 3],
-        };
-        peers
-            .insert(&Key::new(24, [10, 244, 3, 0]), peer, 0)
-            .unwrap();
+        self.node.set_neighbour(HOSTGW_NODE_IP, nexthop_mac);
+        self.sync();
     }
 
+    /// The router's MAC (the VXLAN peer's underlay next hop) as the uplink's
+    /// neighbour table has it (`[0; 6]`: unresolved); the agent writes it
+    /// into the VXLAN peer's PEERS entry.
     pub fn set_peer(&mut self, nexthop_mac: [u8; 6]) {
-        let mut peers: LpmTrie<_, [u8; 4], Peer> =
-            LpmTrie::try_from(self.ebpf.map_mut("PEERS").unwrap()).unwrap();
-        let peer = Peer {
-            public_ip: PEER_IP,
-            vni: VNI,
-            vtep_mac: PEER_VTEP_MAC,
-            nexthop_mac,
-            mode: PeerMode::Vxlan as u8,
-            _pad: [0; 3],
-        };
-        peers
-            .insert(&Key::new(24, [10, 244, 2, 0]), peer, 0)
-            .unwrap();
+        self.node.set_neighbour(ROUTER_IP, nexthop_mac);
+        self.sync();
     }
 
     pub fn xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {

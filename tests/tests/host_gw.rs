@@ -262,3 +262,83 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn direct_routing_follows_an_address_added_to_and_removed_from_the_uplink() {
+    let Some(_guard) =
+        privileged_test("direct_routing_follows_an_address_added_to_and_removed_from_the_uplink")
+    else {
+        return;
+    };
+    // Node 3 sits on 192.168.78.0/24, behind the router: VXLAN. An address
+    // in that prefix on a node's uplink puts node 3 on-link (its connected
+    // route has no gateway), so DirectRouting goes direct; removing it goes
+    // back. The kernel route and the PEERS entry follow together, without
+    // an agent restart; node 2 checks the same with `--dataplane kernel`.
+    let mut spec = LabSpec::new("t-hg-follow", 3, 0);
+    spec.network_config = Some(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#.to_owned(),
+    );
+    spec.node_dataplanes = vec![Dataplane::Ebpf, Dataplane::Kernel];
+    spec.second_segment_from = Some(NodeId::new(3));
+    let lab = Lab::up(&spec).unwrap();
+    let (n1, n2, n3) = (
+        lab.node(NodeId::new(1)).clone(),
+        lab.node(NodeId::new(2)).clone(),
+        lab.node(NodeId::new(3)).clone(),
+    );
+    let router_mac = inspect::link(&lab.state.underlay_ns, "ul0")
+        .unwrap()
+        .unwrap()["address"]
+        .clone();
+    // Node 1's and node 2's routes to node 3's pods, and node 1's PEERS
+    // entry for them.
+    let state = || -> anyhow::Result<[serde_json::Value; 3]> {
+        let peers = lab.maps_json(NodeId::new(1), "peers")?;
+        let row = peers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|row| row["subnet"] == n3.subnet.as_str())
+            .cloned()
+            .unwrap_or_default();
+        Ok([
+            inspect::routes_to(&n1.ns, &n3.subnet)?.into(),
+            inspect::routes_to(&n2.ns, &n3.subnet)?.into(),
+            row,
+        ])
+    };
+    let via = |routes: &serde_json::Value, dev: &str| {
+        routes.as_array().is_some_and(|routes| {
+            routes.len() == 1
+                && routes[0]["dev"] == dev
+                && (dev != "eth0" || routes[0]["gateway"] == n3.ip.as_str())
+        })
+    };
+    let over_vxlan = |[n1, n2, peer]: &[serde_json::Value; 3]| {
+        via(n1, "flannel.1")
+            && via(n2, "flannel.1")
+            && peer["mode"] == "vxlan"
+            && peer["nexthop_mac"] == router_mac
+    };
+    let direct = |[n1, n2, peer]: &[serde_json::Value; 3]| {
+        via(n1, "eth0") && via(n2, "eth0") && peer["mode"] == "host-gw"
+    };
+    let settle = |what: &str, wanted: &dyn Fn(&[serde_json::Value; 3]) -> bool| {
+        let timeout = std::time::Duration::from_secs(10);
+        if let Err(error) = weft_tests::lab::wait_for(what, timeout, || Ok(wanted(&state()?))) {
+            panic!("{error:#}; now: {:?}", state().unwrap());
+        }
+    };
+    settle("node 3 over VXLAN through the router", &over_vxlan);
+
+    for (node, address) in [(&n1, "192.168.78.201/24"), (&n2, "192.168.78.202/24")] {
+        netns::run(&node.ns, &["ip", "address", "add", address, "dev", "eth0"]).unwrap();
+    }
+    settle("node 3 direct once on-link", &direct);
+
+    for (node, address) in [(&n1, "192.168.78.201/24"), (&n2, "192.168.78.202/24")] {
+        netns::run(&node.ns, &["ip", "address", "del", address, "dev", "eth0"]).unwrap();
+    }
+    settle("node 3 over VXLAN again", &over_vxlan);
+}

@@ -27,9 +27,9 @@ use crate::{
     bpffs,
     cli::{AgentArgs, DataplaneArg},
     config::BackendConfig,
-    dataplane::kernel::{self, KernelDataplane},
+    dataplane::kernel::KernelDataplane,
     desired,
-    endpoints::LocalView,
+    endpoints::{self, LocalView},
     http::{self, Readiness},
     lease::{peers::PeerTable, registry::EtcdOptions, validate::LeasePolicy, watch::LeaseFollower},
     net, subnet_env,
@@ -125,12 +125,19 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     );
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
     let attrs = startup::lease_attrs(&uplink, &config, vxlan);
-    let uplink_prefixes = kernel::ipv4_prefixes(&handle, uplink.index).await?;
-    let mut facts = startup::node_facts(&uplink, &config, uplink_prefixes, vxlan, &args);
+    let mut facts = startup::node_facts(&uplink, &config, vxlan, &args);
 
     let mut fast_path = None;
     let mut ruleset_generation = 0;
+    // The local view is an input of both sinks (the uplink's routes decide
+    // VXLAN or direct, its neighbours PEERS' next hops), so it is followed
+    // with either dataplane; no route is planned before the first arrives.
     let (views_tx, mut views_rx) = mpsc::channel::<LocalView>(8);
+    tokio::spawn(endpoints::watch(
+        args.bridge.clone(),
+        uplink.index,
+        views_tx,
+    ));
     let ruleset_changed = Arc::new(Notify::new());
     if ebpf_enabled {
         let vxlan_name = match config.backend {
@@ -143,7 +150,6 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             vxlan_name.as_deref(),
             &mut facts,
             handle.clone(),
-            views_tx,
             ruleset_changed.clone(),
         ) {
             Ok(started) => {

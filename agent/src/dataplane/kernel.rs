@@ -14,7 +14,7 @@
 mod device;
 mod entries;
 
-pub use device::{ipv4_prefixes, stable_vtep_mac};
+pub use device::stable_vtep_mac;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -184,13 +184,14 @@ impl FastPathMaps {
     /// Makes the maps hold `desired`: PEERS and VTEPS, then ENDPOINTS, then
     /// CONFIG last, so CONFIG goes live only once the others are written.
     pub fn sync(&mut self, desired: &Desired) -> MapReport {
-        // Before the first listing a restarted agent keeps the last run's
-        // PEERS and VTEPS (CONFIG is dormant meanwhile).
+        // Until the first listing and local view are planned, a restarted
+        // agent keeps the last run's PEERS and VTEPS (CONFIG is dormant
+        // meanwhile).
         let mut report = MapReport {
             vteps_complete: true,
             ..MapReport::default()
         };
-        if desired.listed {
+        if desired.planned {
             self.sync_peers(&desired.peers, &mut report);
             report.vteps_complete = self.sync_vteps(&desired.vteps, &mut report);
         }

@@ -13,7 +13,6 @@ fn facts(network: &str) -> NodeFacts {
         uplink_index: 2,
         uplink_mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
         uplink_mtu: 1500,
-        uplink_prefixes: vec![net("192.168.77.0/24")],
         vtep_mac: Some(MacAddr([0x0e, 1, 192, 168, 77, 1])),
         strict_vteps: true,
         bulk_tcp_via_gro: false,
@@ -56,6 +55,15 @@ fn view() -> LocalView {
 }
 
 fn compute_with(node: &NodeFacts, peers: &BTreeMap<Ipv4Net, LeaseAttrs>, live: bool) -> Desired {
+    compute_in(node, peers, &view(), live)
+}
+
+fn compute_in(
+    node: &NodeFacts,
+    peers: &BTreeMap<Ipv4Net, LeaseAttrs>,
+    view: &LocalView,
+    live: bool,
+) -> Desired {
     let pods = BTreeMap::from([(
         Ipv4Addr::new(10, 244, 1, 2),
         LocalPod {
@@ -67,7 +75,7 @@ fn compute_with(node: &NodeFacts, peers: &BTreeMap<Ipv4Net, LeaseAttrs>, live: b
     compute(&Inputs {
         node,
         peers,
-        view: &view(),
+        view,
         pods: &pods,
         ruleset_generation: 7,
         listed: true,
@@ -202,4 +210,73 @@ fn off_link_peers_are_reached_through_their_gateways_mac() {
         None,
         "unresolved"
     );
+}
+
+#[test]
+fn vxlan_or_direct_follows_the_uplinks_live_routes() {
+    let node = facts(VXLAN_DIRECT);
+    let subnet = net("10.244.3.0/24");
+    let peer_ip = Ipv4Addr::new(192, 168, 78, 3);
+    let peers = BTreeMap::from([(subnet, vxlan_lease([192, 168, 78, 3], 1))]);
+    // Off-link (only the default route covers it): VXLAN via the router.
+    let before = compute_in(&node, &peers, &view(), true);
+    assert!(matches!(before.routes[&subnet], PeerRoute::Vxlan { .. }));
+    assert_eq!(before.peers[&subnet].mode, PeerMode::Vxlan as u8);
+    assert_eq!(before.peers[&subnet].nexthop_mac, [0xee; 6]);
+    assert!(before.vteps.contains(&peer_ip));
+
+    // An address in 192.168.78.0/24 added to the uplink: its connected
+    // route makes the peer on-link, and both sinks' halves go direct.
+    let mut joined = view();
+    joined.uplink_routes.insert(net("192.168.78.0/24"), None);
+    joined
+        .uplink_neighbours
+        .insert(peer_ip, MacAddr([0x02, 0, 0, 0, 0x78, 3]));
+    let after = compute_in(&node, &peers, &joined, true);
+    assert_eq!(
+        after.routes[&subnet],
+        PeerRoute::Direct {
+            subnet,
+            public_ip: peer_ip
+        }
+    );
+    let entry = after.peers[&subnet];
+    assert_eq!(
+        (entry.mode, entry.nexthop_mac, entry.vtep_mac),
+        (PeerMode::HostGw as u8, [0x02, 0, 0, 0, 0x78, 3], [0; 6])
+    );
+    assert!(after.vteps.is_empty(), "a direct peer is no VTEP");
+
+    // The address removed again: back to VXLAN.
+    assert_eq!(compute_in(&node, &peers, &view(), true), before);
+
+    // host-gw: a peer that stops being on-link becomes unroutable (its
+    // route and PEERS entry go), and comes back with the route.
+    let node = facts(HOST_GW);
+    let host_gw = compute_in(&node, &peers, &joined, true);
+    assert!(matches!(host_gw.routes[&subnet], PeerRoute::Direct { .. }));
+    let gone = compute_in(&node, &peers, &view(), true);
+    assert!(!gone.routes.contains_key(&subnet) && !gone.peers.contains_key(&subnet));
+    assert!(gone.unroutable[&subnet].contains("not on-link"));
+}
+
+#[test]
+fn nothing_is_planned_before_the_first_local_view() {
+    // Without a view every peer would look off-link: DirectRouting peers
+    // planned over VXLAN, host-gw peers unroutable, then moved once the
+    // view arrives. So nothing is planned until it has.
+    let peers = BTreeMap::from([(net("10.244.2.0/24"), vxlan_lease([192, 168, 77, 2], 1))]);
+    for network in [VXLAN_DIRECT, HOST_GW] {
+        let node = facts(network);
+        let early = compute_in(&node, &peers, &LocalView::default(), false);
+        assert!(!early.planned);
+        assert!(early.routes.is_empty() && early.peers.is_empty() && early.unroutable.is_empty());
+        assert_eq!(early.config, dormant_config(7));
+        let viewed = compute_in(&node, &peers, &view(), true);
+        assert!(viewed.planned);
+        assert!(matches!(
+            viewed.routes[&net("10.244.2.0/24")],
+            PeerRoute::Direct { .. }
+        ));
+    }
 }

@@ -54,10 +54,10 @@ pub struct Agent {
     pub(super) fast_path: Option<FastPath>,
     pub(super) view: LocalView,
     pub(super) ruleset_generation: u32,
-    /// A listing has been applied: until then the kernel sink is left
-    /// alone (its first sync removes what no lease explains).
+    /// A listing has been applied, and a local view has arrived: until both
+    /// have, no route is planned and the kernel sink is left alone (its
+    /// first sync removes what no lease explains), and CONFIG stays dormant.
     pub(super) listed: bool,
-    /// A local view has arrived: with a listing, CONFIG may go live.
     pub(super) viewed: bool,
     pub(super) readiness: Readiness,
 }
@@ -87,7 +87,7 @@ impl Agent {
             unroutable: desired.unroutable.len(),
             ..Applied::default()
         };
-        if desired.listed {
+        if desired.planned {
             applied.kernel = Some(self.kernel.sync(&desired).await);
             let vxlan = desired
                 .routes
@@ -98,6 +98,16 @@ impl Agent {
         }
         if let Some(fast_path) = self.fast_path.as_mut() {
             applied.maps = Some(fast_path.sync(&desired).await);
+        }
+        // Ready once the first listing has been planned against a local
+        // view and applied, whichever of the two came last.
+        if desired.planned && !self.readiness.get() {
+            info!(
+                peers = desired.routes.len(),
+                rejected = %rejection_summary(&self.peers),
+                "datapath programmed; ready"
+            );
+            self.readiness.set(true);
         }
         applied
     }
@@ -136,14 +146,6 @@ impl Agent {
         }
         if listed || outcome.peer_changes > 0 {
             outcome.applied = self.apply().await;
-        }
-        if listed && !self.readiness.get() {
-            info!(
-                peers = self.peers.peers().len() - outcome.applied.unroutable,
-                rejected = %rejection_summary(&self.peers),
-                "datapath programmed; ready"
-            );
-            self.readiness.set(true);
         }
         if lost {
             outcome.reacquired = true;

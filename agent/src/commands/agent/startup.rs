@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use etcd_client::ConnectOptions;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::{error, info};
 
 use super::STARTUP_RETRY;
@@ -20,7 +20,6 @@ use crate::{
         maps::FastPathMaps,
     },
     desired::{self, NodeFacts},
-    endpoints::{self, LocalView},
     lease::{LeaseAttrs, VxlanBackendData},
     net::Uplink,
     verdicts,
@@ -87,7 +86,6 @@ pub fn lease_attrs(
 pub fn node_facts(
     uplink: &Uplink,
     config: &NetworkConfig,
-    uplink_prefixes: Vec<ipnet::Ipv4Net>,
     vxlan: Option<VxlanDevice>,
     args: &AgentArgs,
 ) -> NodeFacts {
@@ -97,7 +95,6 @@ pub fn node_facts(
         uplink_index: uplink.index,
         uplink_mac: uplink.mac,
         uplink_mtu: uplink.mtu,
-        uplink_prefixes,
         vtep_mac: vxlan.map(|device| device.mac),
         strict_vteps: args.strict_vteps,
         bulk_tcp_via_gro: args.bulk_tcp_via_gro,
@@ -116,7 +113,8 @@ pub struct Started {
 
 /// Loads and attaches the programs, writes CONFIG dormant, installs the
 /// nftables rule that tells the fast path what netfilter passed, and starts
-/// following the node's pods, neighbours and ruleset. Sets
+/// following the node's ruleset (the local view is followed in either
+/// dataplane: `commands/agent.rs`). Sets
 /// `facts.uplink_xdp` from how XDP ended up attached.
 pub fn start_fast_path(
     args: &AgentArgs,
@@ -124,7 +122,6 @@ pub fn start_fast_path(
     vxlan_device: Option<&str>,
     facts: &mut NodeFacts,
     handle: rtnetlink::Handle,
-    views: mpsc::Sender<LocalView>,
     ruleset_changed: Arc<Notify>,
 ) -> Result<Started> {
     let mut programs = EbpfPrograms::load(&args.bpf_pin_dir)?;
@@ -157,7 +154,6 @@ pub fn start_fast_path(
         mark = format_args!("{:#x}", args.accept_mark),
         "netfilter verdict rule installed; the fast path takes only flows it marks"
     );
-    tokio::spawn(endpoints::watch(args.bridge.clone(), uplink.index, views));
     crate::metrics::global().fast_path_started(&args.bpf_pin_dir);
     Ok(Started {
         fast_path: FastPath::new(programs, maps, handle),

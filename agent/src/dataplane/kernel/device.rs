@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow};
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
+use rtnetlink::{LinkUnspec, LinkVxlan};
 use tracing::{info, warn};
 
 use super::{KernelDataplane, VxlanDevice, entries::vxlan_settings_match};
@@ -136,27 +136,4 @@ impl KernelDataplane {
 pub fn stable_vtep_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
     let [a, b, c, d] = public_ip.octets();
     MacAddr([0x0e, vni as u8, a, b, c, d])
-}
-
-/// The prefixes of the addresses on `index` (the uplink's: a peer inside
-/// one is on-link).
-pub async fn ipv4_prefixes(handle: &Handle, index: u32) -> Result<Vec<Ipv4Net>> {
-    let mut addresses = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
-    let mut prefixes = Vec::new();
-    while let Some(message) = addresses
-        .try_next()
-        .await
-        .context("cannot list uplink addresses")?
-    {
-        for attr in &message.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(address)) = attr {
-                prefixes.push(Ipv4Net::new(*address, message.header.prefix_len)?.trunc());
-            }
-        }
-    }
-    Ok(prefixes)
 }
