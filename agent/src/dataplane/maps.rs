@@ -45,6 +45,9 @@ pub struct FastPathMaps {
     cached_endpoints: BTreeMap<[u8; 4], Endpoint>,
     cached_vteps: BTreeSet<[u8; 4]>,
     cached_config: NodeConfig,
+    /// `--strict-vteps` is asked for but suspended (VTEPS is full), as last
+    /// said in the log: said once when it starts and once when it ends.
+    strict_vteps_suspended: bool,
     writes: WriteLog,
 }
 
@@ -114,6 +117,7 @@ impl FastPathMaps {
             cached_endpoints: BTreeMap::new(),
             cached_vteps: BTreeSet::new(),
             cached_config: NodeConfig::default(),
+            strict_vteps_suspended: false,
             writes: WriteLog::default(),
         };
         maps.reload()?;
@@ -200,7 +204,6 @@ impl FastPathMaps {
         if !report.vteps_complete {
             config.flags &= !CONFIG_STRICT_VTEPS;
         }
-        let strict_before = self.cached_config.flags & CONFIG_STRICT_VTEPS != 0;
         let was_live = self.cached_config.uplink_ifindex != 0;
         match self.set_config(config) {
             Ok(()) => {
@@ -209,15 +212,16 @@ impl FastPathMaps {
                 if report.went_live {
                     info!("maps synced with the leases and the pods: the fast path is live");
                 }
-                let strict_now = config.flags & CONFIG_STRICT_VTEPS != 0;
                 let asked = desired.config.flags & CONFIG_STRICT_VTEPS != 0;
-                if was_live && asked && strict_before != strict_now {
-                    if strict_now {
-                        info!("every VXLAN peer is in VTEPS: strict VTEP check on again");
-                    } else {
+                let suspended = asked && !report.vteps_complete;
+                if suspended != self.strict_vteps_suspended {
+                    self.strict_vteps_suspended = suspended;
+                    if suspended {
                         warn!(
                             "VTEPS cannot hold every VXLAN peer: strict VTEP check suspended, VXLAN from any source goes to the kernel path"
                         );
+                    } else {
+                        info!("every VXLAN peer is in VTEPS: strict VTEP check on again");
                     }
                 }
             }
