@@ -192,7 +192,15 @@ pub struct MapsArgs {
 #[derive(Clone, Copy, Debug, Subcommand)]
 pub enum MapName {
     /// Fast-path counters, summed over CPUs.
-    Stats,
+    Stats {
+        /// Refresh every SECONDS, showing per-second rates, in place on a
+        /// terminal (one block per refresh otherwise), until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1", value_parser = parse_interval)]
+        watch: Option<f64>,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
+    },
     /// Remote pod subnets: mode, node address, VTEP and next-hop MACs.
     Peers,
     /// Local pods: veth and MAC.
@@ -203,6 +211,16 @@ pub enum MapName {
     Config,
     /// Flow directions netfilter passed unchanged (what the fast path may take).
     Flows,
+}
+
+/// A `--watch` interval: a positive number of seconds, at least 10 ms.
+fn parse_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.01 => Ok(seconds),
+        _ => Err(format!(
+            "{text:?}: expected a number of seconds of at least 0.01"
+        )),
+    }
 }
 
 /// flanneld's environment names for the flags both share.

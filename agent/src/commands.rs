@@ -6,6 +6,8 @@ use crate::cli::{Cli, Command};
 
 pub mod agent;
 pub mod maps;
+pub mod stats_watch;
+pub mod status;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -22,7 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(maps::status(&args))
+            runtime.block_on(status::status(&args))
         }
     }
 }

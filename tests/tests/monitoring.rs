@@ -10,7 +10,7 @@ use weft_common::{CounterId, Hook, Reason};
 use weft_tests::{
     Lab, LabSpec, NodeId,
     lab::{self, FLOW_SETUP_PACKETS, wait_for},
-    privileged_test,
+    netns, privileged_test,
 };
 
 #[test]
@@ -69,6 +69,51 @@ fn prometheus_sees_fast_path_packets_that_match_the_traffic_and_a_rejected_lease
         },
     )
     .unwrap_or_else(|error| panic!("{error:#}: Prometheus saw {delivered} decapsulated packets"));
+
+    // `weft maps stats --watch` on the sender while pods ping: per-second
+    // rates, with the encapsulations among what moved.
+    let pinger = {
+        let (from, to) = (from.ns.clone(), to.ip().to_owned());
+        std::thread::spawn(move || {
+            netns::run(&from, &["ping", "-q", "-n", "-i", "0.01", "-c", "150", &to])
+        })
+    };
+    let pin_dir = lab.node(sender).pin_dir.display().to_string();
+    let weft = lab.state.weft_bin.display().to_string();
+    let watched = netns::run_host(&[
+        &weft,
+        "maps",
+        "stats",
+        "--watch",
+        "0.3",
+        "--count",
+        "3",
+        "--bpf-pin-dir",
+        &pin_dir,
+    ])
+    .unwrap();
+    pinger.join().unwrap().unwrap();
+    let blocks: Vec<&str> = watched
+        .split("weft maps stats --watch")
+        .filter(|block| !block.trim().is_empty())
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        3,
+        "three refreshes, one block each:\n{watched}"
+    );
+    let encap_rate = |block: &str| -> f64 {
+        block
+            .lines()
+            .find(|line| line.starts_with("tc_encap "))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|rate| rate.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        blocks.iter().any(|block| encap_rate(block) >= 20.0),
+        "no refresh showed tc_encap at the ping's ~100 packets/s:\n{watched}"
+    );
 
     // A lease whose subnet lies outside the network: every agent rejects it,
     // and says so to Prometheus by rule.

@@ -1,20 +1,17 @@
-//! `weft maps` and `weft status`: what a running (or stopped) agent left in
-//! its pinned maps and in the kernel, for people (tables) and scripts (--json).
+//! `weft maps`: what a running (or stopped) agent left in its pinned maps,
+//! for people (tables) and scripts (--json).
 
 use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
-use aya::programs::{SchedClassifier, TcAttachType};
 use serde::Serialize;
-use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, PeerMode, program_names};
+use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, PeerMode};
 
 use crate::{
-    cli::{MapName, MapsArgs, StatusArgs},
+    cli::{MapName, MapsArgs},
     dataplane::maps::FastPathMaps,
-    endpoints,
     lease::MacAddr,
-    stats::{self, CounterValue},
-    subnet_env,
+    stats,
 };
 
 #[derive(Serialize)]
@@ -186,7 +183,13 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
         }
     };
     match args.map {
-        MapName::Stats => {
+        MapName::Stats {
+            watch: Some(interval),
+            count,
+        } => {
+            return super::stats_watch::watch(dir, interval, count);
+        }
+        MapName::Stats { .. } => {
             let stats = stats::read_pinned(dir)?;
             let table = stats::render_table(&stats) + "\n" + &stats::render_by_hook(&stats);
             print(serde_json::to_value(&stats)?, table);
@@ -266,156 +269,4 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[derive(Serialize)]
-struct Status {
-    subnet_file: String,
-    subnet: Option<String>,
-    network: Option<String>,
-    config: ConfigRow,
-    uplink: Option<String>,
-    xdp_attached: bool,
-    uplink_tc_attached: bool,
-    pod_veths: Vec<PodVeth>,
-    peers: Vec<PeerRow>,
-    endpoints: Vec<EndpointRow>,
-    counters: Vec<CounterValue>,
-}
-
-#[derive(Serialize)]
-struct PodVeth {
-    name: String,
-    tc_attached: bool,
-}
-
-pub async fn status(args: &StatusArgs) -> Result<()> {
-    let maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
-    let env = subnet_env::read_if_present(&args.subnet_file)?;
-    let config = config_row(&maps)?;
-    let uplink = nix::net::if_::if_indextoname(config.uplink_ifindex)
-        .ok()
-        .map(|name| name.to_string_lossy().into_owned());
-    let (connection, handle, _) =
-        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
-    tokio::spawn(connection);
-    let view = endpoints::read_view(&handle, &args.bridge, config.uplink_ifindex).await?;
-    let uplink_tc_attached = uplink
-        .as_deref()
-        .is_some_and(|name| tc_on(name, program_names::TC_UPLINK));
-    let xdp_attached = match &uplink {
-        Some(name) => xdp_on(name)?,
-        None => false,
-    };
-    let pod_veths = view
-        .ports
-        .values()
-        .map(|port| PodVeth {
-            name: port.name.clone(),
-            tc_attached: tc_on(&port.name, program_names::TC_POD_EGRESS),
-        })
-        .collect();
-    let status = Status {
-        subnet_file: args.subnet_file.display().to_string(),
-        subnet: env.as_ref().map(|env| env.subnet.to_string()),
-        network: env.as_ref().map(|env| env.network.to_string()),
-        config,
-        uplink,
-        xdp_attached,
-        uplink_tc_attached,
-        pod_veths,
-        peers: peers(&maps)?,
-        endpoints: endpoint_rows(&maps)?,
-        counters: stats::read_pinned(&args.bpf_pin_dir)?,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(());
-    }
-    println!(
-        "lease       {} in {} ({})",
-        status.subnet.as_deref().unwrap_or("none"),
-        status.network.as_deref().unwrap_or("?"),
-        status.subnet_file
-    );
-    println!(
-        "node        {}  VNI {}  port {}  VTEP {}  strict VTEPs {}",
-        status.config.node_ip,
-        status.config.vni,
-        status.config.vxlan_port,
-        status.config.vtep_mac,
-        status.config.strict_vteps
-    );
-    println!(
-        "uplink      {} (ifindex {})  TC {}: {}  XDP {}: {}  bulk TCP via GRO {}",
-        status.uplink.as_deref().unwrap_or("?"),
-        status.config.uplink_ifindex,
-        program_names::TC_UPLINK,
-        attached(status.uplink_tc_attached),
-        program_names::XDP_UPLINK,
-        // --xdp-mode off (and auto on a veth uplink) leaves XDP out.
-        if status.xdp_attached {
-            "attached"
-        } else {
-            "not attached (TC delivers everything)"
-        },
-        status.config.bulk_tcp_via_gro
-    );
-    for veth in &status.pod_veths {
-        println!(
-            "pod veth    {}  TC {}: {}",
-            veth.name,
-            program_names::TC_POD_EGRESS,
-            attached(veth.tc_attached)
-        );
-    }
-    println!("peers       {}", status.peers.len());
-    for peer in &status.peers {
-        println!(
-            "  {:<20} {:<8} via {:<16} next hop {}",
-            peer.subnet,
-            peer.mode,
-            peer.public_ip,
-            peer.nexthop_mac.as_deref().unwrap_or("(unresolved)")
-        );
-    }
-    println!("endpoints   {}", status.endpoints.len());
-    for endpoint in &status.endpoints {
-        println!(
-            "  {:<16} {} ({})",
-            endpoint.ip,
-            endpoint.interface.as_deref().unwrap_or("-"),
-            endpoint.mac
-        );
-    }
-    println!("counters");
-    for counter in status.counters.iter().filter(|counter| counter.packets > 0) {
-        println!(
-            "  {:<36} {:>12} packets {:>14} bytes",
-            counter.name, counter.packets, counter.bytes
-        );
-    }
-    Ok(())
-}
-
-fn xdp_on(interface: &str) -> Result<bool> {
-    let out = std::process::Command::new("ip")
-        .args(["-j", "link", "show", "dev", interface])
-        .output();
-    Ok(out
-        .ok()
-        .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
-        .is_some_and(|links| !links[0]["xdp"].is_null()))
-}
-
-fn attached(yes: bool) -> &'static str {
-    if yes { "attached" } else { "NOT attached" }
-}
-
-fn tc_on(interface: &str, program: &str) -> bool {
-    SchedClassifier::query_tcx(interface, TcAttachType::Ingress).is_ok_and(|(_, programs)| {
-        programs
-            .iter()
-            .any(|info| info.name_as_str() == Some(program))
-    })
 }
