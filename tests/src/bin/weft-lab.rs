@@ -177,10 +177,11 @@ fn up_spec(args: UpArgs) -> Result<LabSpec> {
 }
 
 fn demo(name: &str) -> Result<()> {
-    let spec = LabSpec::new(name, 2, 2);
+    let mut spec = LabSpec::new(name, 2, 2);
+    spec.prometheus = true;
     let host_before = HostSnapshot::take()?;
     println!(
-        "== bringing up lab {name}: etcd, 2 nodes x 2 pods, weft agent (vxlan, ebpf) on each node"
+        "== bringing up lab {name}: etcd, 2 nodes x 2 pods, weft agent (vxlan, ebpf) on each node, Prometheus"
     );
     let lab = Lab::up(&spec)?;
     print!("{}", lab::status(name)?);
@@ -277,6 +278,8 @@ fn demo(name: &str) -> Result<()> {
             after.1 - before.1
         );
     }
+    print_prometheus_queries(&lab)?;
+
     let pin_dir = lab.node(NodeId::new(1)).pin_dir.display().to_string();
     println!("\n== weft maps peers --bpf-pin-dir {pin_dir}");
     print!(
@@ -303,5 +306,47 @@ fn demo(name: &str) -> Result<()> {
         "teardown left something behind: before {host_before:?}, after {host_after:?}"
     );
     println!("done: namespaces, links and bpffs pins are exactly as before the demo");
+    Ok(())
+}
+
+/// What an operator's dashboard would show, asked of the lab's real
+/// Prometheus over its HTTP API.
+fn print_prometheus_queries(lab: &Lab) -> Result<()> {
+    println!(
+        "\n== Prometheus at {} (inside the underlay namespace: `ip netns exec {} curl ...`) scrapes every agent's /metrics",
+        lab::prometheus_url(),
+        lab.state.underlay_ns
+    );
+    // Wait for a scrape after the traffic (Prometheus scrapes every second).
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for (what, promql) in [
+        (
+            "packets the fast path carried, per node and program",
+            "sum by (node, hook) (weft_fastpath_packets_total{reason=~\"decap|encap|host_gw|local_redirect\"})",
+        ),
+        (
+            "packets handed to the kernel path in the last minute, by reason",
+            "sum by (reason) (increase(weft_kernel_path_fallbacks_total[1m])) > 0",
+        ),
+        ("peers programmed, by mode", "sum by (mode) (weft_peers)"),
+        (
+            "leases rejected, by rule",
+            "sum by (rule) (weft_leases_rejected_total)",
+        ),
+    ] {
+        println!("  {what}:\n    {promql}");
+        let samples = lab.query_prometheus(promql)?;
+        if samples.is_empty() {
+            println!("      (none)");
+        }
+        for sample in samples {
+            let labels: Vec<String> = sample
+                .labels
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            println!("      {{{}}} {}", labels.join(","), sample.value);
+        }
+    }
     Ok(())
 }
