@@ -5,11 +5,10 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::Path,
-    thread::sleep,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::{netns, process};
 
@@ -162,26 +161,10 @@ fn start_instance(
     let log = run_dir.join(format!("{name}.log"));
     let pid_file = run_dir.join(format!("{name}.pid"));
     let pid = process::spawn_daemon(command, &log, &pid_file)?;
-    let address = health;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if netns::in_netns(ns, || healthy(address)).unwrap_or(false) {
-            return Ok(pid);
-        }
-        if process::running_pid(&pid_file).is_none() {
-            bail!(
-                "etcd exited during start-up:\n{}",
-                process::log_tail(&log, 20)
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "etcd did not become healthy within 30 s:\n{}",
-                process::log_tail(&log, 20)
-            );
-        }
-        sleep(Duration::from_millis(100));
-    }
+    process::wait_ready("etcd", &pid_file, &log, Duration::from_secs(30), || {
+        netns::in_netns(ns, || healthy(health)).unwrap_or(false)
+    })?;
+    Ok(pid)
 }
 
 /// GET /health on the client URL; etcd answers `{"health":"true"}`.

@@ -109,6 +109,33 @@ pub fn signal_and_wait(pid: u32, program: &str, signal: Signal, timeout: Duratio
     }
 }
 
+/// Waits until `ready` says the process recorded in `pid_file` serves, for
+/// at most `timeout`; fails with `what`'s log tail if it exits or times out.
+pub fn wait_ready(
+    what: &str,
+    pid_file: &Path,
+    log: &Path,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if running_pid(pid_file).is_none() {
+            bail!("{what} exited during start-up:\n{}", log_tail(log, 20));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} was not ready within {timeout:?}:\n{}",
+                log_tail(log, 20)
+            );
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
 /// The last `lines` lines of a log file, for error messages.
 pub fn log_tail(log: &Path, lines: usize) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();

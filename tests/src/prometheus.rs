@@ -9,11 +9,10 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::Path,
-    thread::sleep,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, ensure};
 
 use crate::{netns, process};
 
@@ -46,25 +45,14 @@ pub fn start(ns: &str, ip: &str, run_dir: &Path, targets: &[Target]) -> Result<u
     let pid_file = run_dir.join("prometheus.pid");
     let pid = process::spawn_daemon(command, &log, &pid_file)?;
     let address: SocketAddr = format!("{ip}:{PORT}").parse()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if netns::in_netns(ns, || get(address, "/-/ready")).is_ok_and(|(status, _)| status == 200) {
-            return Ok(pid);
-        }
-        if process::running_pid(&pid_file).is_none() {
-            bail!(
-                "prometheus exited during start-up:\n{}",
-                process::log_tail(&log, 20)
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "prometheus was not ready within 30 s:\n{}",
-                process::log_tail(&log, 20)
-            );
-        }
-        sleep(Duration::from_millis(200));
-    }
+    process::wait_ready(
+        "prometheus",
+        &pid_file,
+        &log,
+        Duration::from_secs(30),
+        || netns::in_netns(ns, || get(address, "/-/ready")).is_ok_and(|(status, _)| status == 200),
+    )?;
+    Ok(pid)
 }
 
 fn scrape_config(targets: &[Target]) -> String {

@@ -91,31 +91,24 @@ pub fn run_tests(args: &[String], deb: &Path, flanneld: Option<&Path>) -> Result
 /// Release builds of the agent and the bench CLI, for benchmarks: the
 /// control plane is measured as users run it.
 pub fn release() -> Result<()> {
-    let mut command = cargo();
-    command.args([
-        "build",
-        "--release",
-        "--package",
-        "weft-agent",
-        "--package",
-        "weft-bench",
-        "--bins",
-    ]);
-    run(command, "building weft and weft-bench (release)")
+    release_build(&["weft-agent", "weft-bench"])
 }
 
 /// The release build of the agent alone: what the node package ships.
 pub fn release_agent() -> Result<()> {
+    release_build(&["weft-agent"])
+}
+
+fn release_build(packages: &[&str]) -> Result<()> {
     let mut command = cargo();
-    command.args([
-        "build",
-        "--release",
-        "--package",
-        "weft-agent",
-        "--bin",
-        "weft",
-    ]);
-    run(command, "building weft (release)")
+    command.args(["build", "--release", "--bins"]);
+    for package in packages {
+        command.args(["--package", package]);
+    }
+    run(
+        command,
+        &format!("building {} (release)", packages.join(" and ")),
+    )
 }
 
 pub fn release_binary() -> PathBuf {
