@@ -18,6 +18,7 @@ pub mod host;
 pub mod inspect;
 pub mod kube_proxy;
 pub mod lab;
+pub mod leases;
 pub mod netns;
 pub mod packets;
 pub mod privileged;

@@ -176,3 +176,12 @@ pub(super) fn validate(spec: &LabSpec) -> Result<()> {
     );
     Ok(())
 }
+
+/// Three nodes with two pods each on `backend`, on the kernel path (no
+/// eBPF): the control plane tests' cluster.
+pub fn three_nodes(name: &str, backend: Backend) -> LabSpec {
+    let mut spec = LabSpec::new(name, 3, 2);
+    spec.backend = backend;
+    spec.dataplane = Dataplane::Kernel;
+    spec
+}

@@ -1,0 +1,229 @@
+//! The kernel's side of the metrics: the `STATS` counters and the fill of
+//! the maps that fill up, read from the pinned maps at each scrape so a
+//! scrape always shows the programs' own numbers.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapInfo};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+use weft_common::{EndpointKey, FlowKey, FlowVerdict, Peer, PeerAddr, VtepKey, map_names};
+
+use crate::stats::{self, CounterValue};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatLabels {
+    hook: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: &'static str,
+}
+
+/// Labels of a `STATS` counter: which program counted it (`hook`) and
+/// what it did and why (`reason`), straight from its id.
+fn stat_labels(counter: &CounterValue) -> StatLabels {
+    StatLabels {
+        hook: counter.hook,
+        reason: counter.reason,
+    }
+}
+
+/// What the kernel holds, read at scrape time from the pinned maps.
+#[derive(Debug, Default)]
+pub(super) struct KernelCollector {
+    /// Where the fast path pinned its maps; `None` until it starts.
+    pub(super) pin_dir: Mutex<Option<PathBuf>>,
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let pin_dir = self
+            .pin_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let stats = pin_dir.as_deref().map(stats::read_pinned);
+        let readable = matches!(stats, Some(Ok(_)));
+        ConstGauge::new(i64::from(readable)).encode(encoder.encode_descriptor(
+            "weft_fastpath_active",
+            "1 while the eBPF fast path runs and its pinned maps can be read",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let (Some(pin_dir), Some(stats)) = (pin_dir, stats) else {
+            return Ok(());
+        };
+        match stats {
+            Ok(stats) => encode_stats(&mut encoder, &stats)?,
+            Err(error) => tracing::warn!("metrics: {error:#}"),
+        }
+        encode_map_fill(&mut encoder, &pin_dir)
+    }
+}
+
+/// One counter family drawn from `STATS`: which counters belong to it, with
+/// which labels and value.
+struct StatsFamily {
+    name: &'static str,
+    help: &'static str,
+    sample: fn(&CounterValue) -> Option<(StatLabels, u64)>,
+}
+
+const STATS_FAMILIES: [StatsFamily; 4] = [
+    StatsFamily {
+        name: "weft_fastpath_packets",
+        help: "Packets each eBPF program counted, by hook (program) and reason (outcome), summed over CPUs",
+        sample: |counter| Some((stat_labels(counter), counter.packets)),
+    },
+    StatsFamily {
+        name: "weft_fastpath_bytes",
+        help: "Bytes each eBPF program counted, by hook (program) and reason (outcome), summed over CPUs",
+        sample: |counter| Some((stat_labels(counter), counter.bytes)),
+    },
+    StatsFamily {
+        name: "weft_kernel_path_fallbacks",
+        help: "Packets the eBPF programs handed to the kernel path, by hook and reason",
+        sample: |counter| {
+            let reason = fallback_reason(counter.reason)?;
+            let hook = counter.hook;
+            Some((StatLabels { hook, reason }, counter.packets))
+        },
+    },
+    StatsFamily {
+        name: "weft_fastpath_drops",
+        help: "Packets the eBPF programs dropped, by hook and reason",
+        sample: |counter| {
+            let reason = drop_reason(counter.reason)?;
+            let hook = counter.hook;
+            Some((StatLabels { hook, reason }, counter.packets))
+        },
+    },
+];
+
+fn encode_stats(
+    encoder: &mut DescriptorEncoder,
+    stats: &[CounterValue],
+) -> Result<(), std::fmt::Error> {
+    for family in &STATS_FAMILIES {
+        let mut metric =
+            encoder.encode_descriptor(family.name, family.help, None, MetricType::Counter)?;
+        for (labels, value) in stats.iter().filter_map(family.sample) {
+            ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a "handed to the kernel path" counter (reason `pass_<why>`) passed.
+fn fallback_reason(reason: &'static str) -> Option<&'static str> {
+    reason.strip_prefix("pass_")
+}
+
+/// Why a "dropped" counter (reason `drop_<why>`) dropped.
+fn drop_reason(reason: &'static str) -> Option<&'static str> {
+    reason.strip_prefix("drop_")
+}
+
+/// Entries and capacity of the maps that fill up (the arrays are always full).
+fn encode_map_fill(encoder: &mut DescriptorEncoder, pin_dir: &Path) -> Result<(), std::fmt::Error> {
+    let fills: Vec<(&'static str, u64, u64)> = [
+        map_names::PEERS,
+        map_names::ENDPOINTS,
+        map_names::VTEPS,
+        map_names::FLOWS,
+    ]
+    .into_iter()
+    .filter_map(|map| match map_fill(pin_dir, map) {
+        Ok((entries, capacity)) => Some((map, entries, capacity)),
+        Err(error) => {
+            tracing::warn!("metrics: {error:#}");
+            None
+        }
+    })
+    .collect();
+    let mut entries = encoder.encode_descriptor(
+        "weft_map_entries",
+        "Entries in each pinned eBPF map",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (map, count, _) in &fills {
+        ConstGauge::new(*count as i64).encode(entries.encode_family(&MapLabel { map })?)?;
+    }
+    let mut capacity = encoder.encode_descriptor(
+        "weft_map_capacity",
+        "Capacity (max entries) of each pinned eBPF map",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (map, _, max) in &fills {
+        ConstGauge::new(*max as i64).encode(capacity.encode_family(&MapLabel { map })?)?;
+    }
+    Ok(())
+}
+
+/// (entries, capacity) of `<pin_dir>/<map>`. The count stops at the
+/// capacity: keys that churn while being walked cannot make it loop.
+fn map_fill(pin_dir: &Path, map: &'static str) -> anyhow::Result<(u64, u64)> {
+    use anyhow::Context as _;
+    let path = pin_dir.join(map);
+    let capacity = MapInfo::from_pin(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .max_entries();
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let limit = capacity as usize;
+    let entries = match map {
+        map_names::PEERS => LpmTrie::<_, PeerAddr, Peer>::try_from(Map::LpmTrie(data))?
+            .keys()
+            .take(limit)
+            .count(),
+        map_names::ENDPOINTS => {
+            HashMap::<_, EndpointKey, weft_common::Endpoint>::try_from(Map::HashMap(data))?
+                .keys()
+                .take(limit)
+                .count()
+        }
+        map_names::VTEPS => HashMap::<_, VtepKey, u8>::try_from(Map::HashMap(data))?
+            .keys()
+            .take(limit)
+            .count(),
+        _ => HashMap::<_, FlowKey, FlowVerdict>::try_from(Map::LruHashMap(data))?
+            .keys()
+            .take(limit)
+            .count(),
+    };
+    Ok((entries as u64, u64::from(capacity)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallbacks_and_drops_are_named_by_their_cause() {
+        let reason = |id: weft_common::CounterId| id.reason.name();
+        use weft_common::{Hook, Reason};
+        assert_eq!(
+            fallback_reason(reason(Hook::XdpUplink.counter(Reason::PassNoVerdict))),
+            Some("no_verdict")
+        );
+        assert_eq!(
+            drop_reason(reason(Hook::TcPodEgress.counter(Reason::DropVxlanToNode))),
+            Some("vxlan_to_node")
+        );
+        assert_eq!(
+            fallback_reason(reason(Hook::TcUplink.counter(Reason::Decap))),
+            None
+        );
+    }
+}

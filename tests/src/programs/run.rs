@@ -1,0 +1,112 @@
+//! Running the programs once on a frame with BPF_PROG_TEST_RUN.
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use weft_common::{
+    CounterId,
+    program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK},
+};
+
+use super::*;
+
+impl Programs {
+    /// Runs `tc_verdict` on `frame` carrying packet mark `mark`: (verdict,
+    /// the frame it left, the mark it left).
+    pub fn tc_verdict(&self, frame: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+        let program: &SchedClassifier = self.ebpf.program(TC_VERDICT).unwrap().try_into().unwrap();
+        // struct __sk_buff up to and including `mark` (offset 8); the
+        // kernel requires the fields before it to be zero.
+        let mut ctx_in = [0u8; 12];
+        ctx_in[8..12].copy_from_slice(&mark.to_ne_bytes());
+        // The kernel writes back the whole struct (192 bytes on 6.x).
+        let mut ctx_out = [0u8; 256];
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                ..TestRunOptions::new()
+            })
+            .unwrap();
+        out.truncate(result.data_size_out as usize);
+        let mark_out = u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap());
+        (result.return_value, out, mark_out)
+    }
+
+    pub fn xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &Xdp = self.ebpf.program(XDP_UPLINK).unwrap().try_into().unwrap();
+        run(program, frame)
+    }
+
+    pub fn tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(TC_POD_EGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        run(program, frame)
+    }
+
+    /// TC ingress on the uplink (`tc_uplink`).
+    pub fn uplink_tc(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &SchedClassifier = self.ebpf.program(TC_UPLINK).unwrap().try_into().unwrap();
+        run(program, frame)
+    }
+
+    /// Each (what, frame, counter): XDP hands the frame to the kernel
+    /// untouched and counts it under `counter` alone.
+    pub fn assert_xdp_passes(&self, cases: &[(&str, Vec<u8>, CounterId)]) {
+        for (what, frame, counter) in cases {
+            let before = self.counters();
+            let (verdict, out) = self.xdp(frame);
+            assert_eq!(verdict, XDP_PASS, "{what}");
+            assert_eq!(&out, frame, "{what}: a passed frame must be untouched");
+            assert_counted(&before, &self.counters(), *counter);
+        }
+    }
+
+    /// Each (what, frame, counter): `tc_uplink` (with no XDP attached, so it
+    /// counts what it refuses) hands the frame to the kernel untouched and
+    /// counts it under `counter` alone.
+    pub fn assert_uplink_tc_passes(&self, cases: &[(&str, Vec<u8>, CounterId)]) {
+        for (what, frame, counter) in cases {
+            let before = self.counters();
+            let (verdict, out) = self.uplink_tc(frame);
+            assert_eq!(verdict, TC_ACT_OK, "{what}");
+            assert_eq!(&out, frame, "{what}: a passed frame must be untouched");
+            assert_counted(&before, &self.counters(), *counter);
+        }
+    }
+
+    /// Each (what, frame, counter): TC hands the packet to the kernel
+    /// untouched and counts it under `counter` alone.
+    pub fn assert_tc_passes(&self, cases: &[(&str, Vec<u8>, CounterId)]) {
+        for (what, frame, counter) in cases {
+            let before = self.counters();
+            let (verdict, out) = self.tc(frame);
+            assert_eq!(verdict, TC_ACT_OK, "{what}");
+            assert_eq!(&out, frame, "{what}: a passed packet must be untouched");
+            assert_counted(&before, &self.counters(), *counter);
+        }
+    }
+}
+
+/// Runs `program` once on `frame`: (return value, the frame it left).
+pub fn run<P>(program: &P, frame: &[u8]) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    // Room for what encapsulation adds.
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}

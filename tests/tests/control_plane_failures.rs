@@ -1,0 +1,386 @@
+//! The flannel-compatible control plane on the lab with the real etcd,
+//! under restarts, deletions, outages, compaction, hostile values and
+//! races.
+
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
+use std::{
+    thread::{self, sleep},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use weft_tests::{
+    Backend, Dataplane, Lab, LabSpec, NodeId, flannel, inspect,
+    lab::{ETCD_PREFIX, three_nodes, wait_for},
+    privileged_test,
+};
+
+#[test]
+fn restarted_agents_keep_subnet_and_vtep_mac_without_duplicates() {
+    let Some(_guard) =
+        privileged_test("restarted_agents_keep_subnet_and_vtep_mac_without_duplicates")
+    else {
+        return;
+    };
+    let mut lab = Lab::up(&three_nodes("t-cp-restart", Backend::Vxlan)).unwrap();
+    let subnet = lab.node(NodeId::new(1)).subnet.clone();
+    let mac = flannel::vtep_mac(lab.node(NodeId::new(1))).unwrap();
+    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+        lab.stop_agent(NodeId::new(1), signal).unwrap();
+        // Without its agent the node keeps forwarding: the kernel state stays.
+        let from = lab.node(NodeId::new(1)).pods[0].clone();
+        let to = lab.node(NodeId::new(2)).pods[0].clone();
+        assert!(lab.ping(&from, to.ip(), 3).unwrap().contains("3 received"));
+        lab.start_agent(NodeId::new(1)).unwrap();
+        assert_eq!(
+            lab.node(NodeId::new(1)).subnet,
+            subnet,
+            "subnet changed across a {signal} restart"
+        );
+        assert_eq!(
+            flannel::vtep_mac(lab.node(NodeId::new(1))).unwrap(),
+            mac,
+            "VTEP MAC changed across a {signal} restart"
+        );
+        flannel::check(&lab).unwrap();
+        lab.assert_all_pairs_ping(2);
+    }
+}
+
+#[test]
+fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
+    let Some(_guard) =
+        privileged_test("a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner")
+    else {
+        return;
+    };
+    let lab = Lab::up(&three_nodes("t-cp-delete", Backend::Vxlan)).unwrap();
+    // Stop node 3's agent so it does not re-acquire before we look.
+    lab.stop_agent(NodeId::new(3), Signal::SIGTERM).unwrap();
+    let gone = lab.node(NodeId::new(3)).clone();
+    let key = format!("{ETCD_PREFIX}/subnets/{}", gone.subnet.replace('/', "-"));
+    let mac = flannel::vtep_mac(&gone).unwrap();
+    let gateway = gone.subnet.split('/').next().unwrap().to_owned();
+    lab.etcd().delete(&key).unwrap();
+    let started = Instant::now();
+    for node in [lab.node(NodeId::new(1)), lab.node(NodeId::new(2))] {
+        wait_for(
+            &format!("{} to drop {}", node.ns, gone.subnet),
+            Duration::from_secs(2),
+            || {
+                Ok(inspect::routes_to(&node.ns, &gone.subnet)?.is_empty()
+                    && !inspect::neighbours(&node.ns, "flannel.1")?
+                        .iter()
+                        .any(|n| n["dst"] == gateway.as_str())
+                    && !inspect::fdb(&node.ns, "flannel.1")?
+                        .iter()
+                        .any(|entry| entry["mac"] == mac.as_str()))
+            },
+        )
+        .unwrap();
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Back on: node 3 takes its subnet again (from its subnet.env).
+    let mut lab = lab;
+    lab.start_agent(NodeId::new(3)).unwrap();
+    assert_eq!(lab.node(NodeId::new(3)).subnet, gone.subnet);
+    // A running owner whose lease is deleted re-acquires it by itself.
+    let own_key = format!(
+        "{ETCD_PREFIX}/subnets/{}",
+        lab.node(NodeId::new(1)).subnet.replace('/', "-")
+    );
+    let etcd = lab.etcd();
+    etcd.delete(&own_key).unwrap();
+    wait_for(
+        "node 1 to re-acquire its lease",
+        Duration::from_secs(5),
+        || Ok(etcd.get_prefix(&own_key)?.len() == 1),
+    )
+    .unwrap();
+    wait_for("every node to agree again", Duration::from_secs(5), || {
+        Ok(flannel::check(&lab).is_ok())
+    })
+    .unwrap();
+    lab.assert_all_pairs_ping(2);
+}
+
+#[test]
+fn an_etcd_outage_loses_no_packet_and_agents_reconnect() {
+    let Some(_guard) = privileged_test("an_etcd_outage_loses_no_packet_and_agents_reconnect")
+    else {
+        return;
+    };
+    let lab = Lab::up(&three_nodes("t-cp-outage", Backend::Vxlan)).unwrap();
+    let from = lab.node(NodeId::new(1)).pods[0].clone();
+    let to = lab.node(NodeId::new(2)).pods[0].clone();
+    // 35 s of pings at 10/s across the 30 s outage.
+    let ping = {
+        let from = from.clone();
+        let to_ip = to.ip().to_owned();
+        thread::spawn(move || {
+            weft_tests::netns::run(
+                &from.ns,
+                &[
+                    "ping", "-q", "-n", "-c", "350", "-i", "0.1", "-W", "1", &to_ip,
+                ],
+            )
+        })
+    };
+    sleep(Duration::from_secs(2));
+    lab.stop_etcd().unwrap();
+    sleep(Duration::from_secs(30));
+    lab.start_etcd().unwrap();
+    let out = ping.join().unwrap().unwrap();
+    assert!(
+        out.contains("350 received"),
+        "packets lost during the outage: {out}"
+    );
+    // The agents are back on etcd by themselves: a lease change made now
+    // reaches them.
+    let key = format!("{ETCD_PREFIX}/subnets/10.244.250.0-24");
+    lab.etcd().put(&key, r#"{"PublicIP":"192.168.77.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:01:c0:a8:4d:63"}}"#).unwrap();
+    for node in &lab.state.nodes {
+        wait_for(
+            &format!("{} to learn a lease written after the outage", node.ns),
+            Duration::from_secs(20),
+            || Ok(inspect::routes_to(&node.ns, "10.244.250.0/24")?.len() == 1),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn compaction_past_the_watch_revision_loses_no_event() {
+    let Some(_guard) = privileged_test("compaction_past_the_watch_revision_loses_no_event") else {
+        return;
+    };
+    let lab = Lab::up(&three_nodes("t-cp-compact", Backend::Vxlan)).unwrap();
+    let etcd = lab.etcd();
+    let fake = |n: u8| {
+        (
+            format!("{ETCD_PREFIX}/subnets/10.244.{}.0-24", 200 + n),
+            format!(
+                r#"{{"PublicIP":"192.168.77.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:01:c0:a8:4d:{:02x}"}}}}"#,
+                100 + n,
+                100 + n
+            ),
+        )
+    };
+    let (key_a, value_a) = fake(1);
+    etcd.put(&key_a, &value_a).unwrap();
+    for node in &lab.state.nodes {
+        wait_for("lease a", Duration::from_secs(5), || {
+            Ok(inspect::routes_to(&node.ns, "10.244.201.0/24")?.len() == 1)
+        })
+        .unwrap();
+    }
+    // Freeze the agents so their watches fall behind, change leases, compact
+    // history past what they have seen, and restart etcd so every watch
+    // must be re-established from a compacted revision.
+    let pids: Vec<u32> = lab
+        .node_ids()
+        .map(|node| lab.agent_pid(node).unwrap())
+        .collect();
+    for pid in &pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), Signal::SIGSTOP).unwrap();
+    }
+    let (key_b, value_b) = fake(2);
+    etcd.put(&key_b, &value_b).unwrap();
+    etcd.delete(&key_a).unwrap();
+    let (key_c, value_c) = fake(3);
+    etcd.put(&key_c, &value_c).unwrap();
+    etcd.compact(etcd.revision().unwrap()).unwrap();
+    lab.stop_etcd().unwrap();
+    lab.start_etcd().unwrap();
+    for pid in &pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), Signal::SIGCONT).unwrap();
+    }
+    for node in &lab.state.nodes {
+        wait_for(
+            &format!("{} to converge after compaction", node.ns),
+            Duration::from_secs(30),
+            || {
+                Ok(inspect::routes_to(&node.ns, "10.244.201.0/24")?.is_empty()
+                    && inspect::routes_to(&node.ns, "10.244.202.0/24")?.len() == 1
+                    && inspect::routes_to(&node.ns, "10.244.203.0/24")?.len() == 1)
+            },
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn hostile_values_are_logged_by_key_and_the_rest_keeps_working() {
+    let Some(_guard) =
+        privileged_test("hostile_values_are_logged_by_key_and_the_rest_keeps_working")
+    else {
+        return;
+    };
+    let lab = Lab::up(&three_nodes("t-cp-hostile", Backend::Vxlan)).unwrap();
+    let etcd = lab.etcd();
+    let hostile = [
+        ("10.244.211.0-24", "this is not json"),
+        (
+            "10.244.212.0-24",
+            r#"{"PublicIP":"192.168.77.50","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":"one","VtepMAC":"0e:00:00:00:00:01"}}"#,
+        ),
+        (
+            "10.244.213.0-24",
+            r#"{"PublicIP":"not-an-address","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#,
+        ),
+        (
+            "not-a-subnet",
+            r#"{"PublicIP":"192.168.77.51","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}"#,
+        ),
+    ];
+    for (name, value) in hostile {
+        etcd.put(&format!("{ETCD_PREFIX}/subnets/{name}"), value)
+            .unwrap();
+    }
+    // A good lease written after them is still served.
+    etcd.put(
+        &format!("{ETCD_PREFIX}/subnets/10.244.214.0-24"),
+        r#"{"PublicIP":"192.168.77.52","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:01:c0:a8:4d:34"}}"#,
+    )
+    .unwrap();
+    for node in &lab.state.nodes {
+        wait_for("the good lease", Duration::from_secs(5), || {
+            Ok(inspect::routes_to(&node.ns, "10.244.214.0/24")?.len() == 1)
+        })
+        .unwrap();
+        let log = std::fs::read_to_string(node.agent_log.as_ref().unwrap()).unwrap();
+        for (name, _) in hostile {
+            let key = format!("{ETCD_PREFIX}/subnets/{name}");
+            assert!(
+                log.lines()
+                    .any(|line| line.contains(&key) && line.contains("WARN")),
+                "{}: no warning naming {key}:\n{log}",
+                node.ns
+            );
+        }
+        for subnet in ["10.244.211.0/24", "10.244.212.0/24", "10.244.213.0/24"] {
+            assert!(
+                inspect::routes_to(&node.ns, subnet).unwrap().is_empty(),
+                "{}: hostile {subnet} was programmed",
+                node.ns
+            );
+        }
+    }
+    lab.assert_all_pairs_ping(2);
+    // An invalid config: a starting agent names the key and the rule, keeps
+    // waiting, and comes up once the config is fixed.
+    etcd.put(
+        &format!("{ETCD_PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let mut lab = lab;
+    lab.stop_agent(NodeId::new(1), Signal::SIGTERM).unwrap();
+    let restart = {
+        let etcd = etcd.clone();
+        let log = lab.node(NodeId::new(1)).agent_log.clone().unwrap();
+        thread::spawn(move || {
+            wait_for("the config error in the log", Duration::from_secs(15), || {
+                Ok(std::fs::read_to_string(&log)?.contains("/coreos.com/network/config: network config: SubnetLen 31 is invalid: it must be at most 30"))
+            })
+            .unwrap();
+            etcd.put(
+                &format!("{ETCD_PREFIX}/config"),
+                &Backend::Vxlan.network_config(),
+            )
+            .unwrap();
+        })
+    };
+    lab.start_agent(NodeId::new(1)).unwrap();
+    restart.join().unwrap();
+    lab.assert_all_pairs_ping(2);
+}
+
+#[test]
+fn two_agents_racing_for_one_subnet_end_with_distinct_subnets() {
+    let Some(_guard) =
+        privileged_test("two_agents_racing_for_one_subnet_end_with_distinct_subnets")
+    else {
+        return;
+    };
+    // Both nodes start at once, each believing (from its subnet.env) that
+    // the same free subnet was its own: creation is a transaction, so one
+    // gets it and the other must look again.
+    let mut spec = LabSpec::new("t-cp-race", 2, 1);
+    spec.dataplane = Dataplane::Kernel;
+    spec.preset_subnet_env = Some("10.244.77.1/24".to_owned());
+    let lab = Lab::up(&spec).unwrap();
+    let (a, b) = (
+        &lab.node(NodeId::new(1)).subnet,
+        &lab.node(NodeId::new(2)).subnet,
+    );
+    assert_ne!(a, b, "both agents hold {a}");
+    assert!(
+        a == "10.244.77.0/24" || b == "10.244.77.0/24",
+        "nobody got the contested subnet: {a} {b}"
+    );
+    assert_eq!(
+        lab.etcd()
+            .get_prefix(&format!("{ETCD_PREFIX}/subnets/"))
+            .unwrap()
+            .len(),
+        2
+    );
+    flannel::check(&lab).unwrap();
+    lab.assert_all_pairs_ping(2);
+}
+
+#[test]
+fn a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down() {
+    let Some(_guard) = privileged_test(
+        "a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down",
+    ) else {
+        return;
+    };
+    let mut lab = Lab::up(&three_nodes("t-cp-stale", Backend::Vxlan)).unwrap();
+    let gone = lab.node(NodeId::new(3)).clone();
+    let mac = flannel::vtep_mac(&gone).unwrap();
+    lab.stop_agent(NodeId::new(1), Signal::SIGKILL).unwrap();
+    lab.stop_agent(NodeId::new(3), Signal::SIGTERM).unwrap();
+    lab.etcd()
+        .delete(&format!(
+            "{ETCD_PREFIX}/subnets/{}",
+            gone.subnet.replace('/', "-")
+        ))
+        .unwrap();
+    // Node 1 still has node 3's entries: nobody was there to remove them.
+    assert_eq!(
+        inspect::routes_to(&lab.node(NodeId::new(1)).ns, &gone.subnet)
+            .unwrap()
+            .len(),
+        1
+    );
+    lab.start_agent(NodeId::new(1)).unwrap();
+    let ns = &lab.node(NodeId::new(1)).ns;
+    assert!(
+        inspect::routes_to(ns, &gone.subnet).unwrap().is_empty(),
+        "stale route survived the restart"
+    );
+    assert!(
+        !inspect::fdb(ns, "flannel.1")
+            .unwrap()
+            .iter()
+            .any(|entry| entry["mac"] == mac.as_str()),
+        "stale fdb entry"
+    );
+    let gateway = gone.subnet.split('/').next().unwrap();
+    assert!(
+        !inspect::neighbours(ns, "flannel.1")
+            .unwrap()
+            .iter()
+            .any(|n| n["dst"] == gateway),
+        "stale neighbour"
+    );
+    // And what is still leased is intact.
+    let from = lab.node(NodeId::new(1)).pods[0].clone();
+    let to = lab.node(NodeId::new(2)).pods[1].clone();
+    assert!(lab.ping(&from, to.ip(), 3).unwrap().contains("3 received"));
+}
