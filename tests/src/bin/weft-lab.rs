@@ -72,6 +72,10 @@ struct UpArgs {
     /// Run a real Prometheus in the underlay that scrapes every weft agent.
     #[arg(long)]
     prometheus: bool,
+    /// One more flag for every weft agent (repeatable), e.g.
+    /// `--agent-arg=--verdict-ttl-ms=5000`.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -173,6 +177,7 @@ fn up_spec(args: UpArgs) -> Result<LabSpec> {
     }
     spec.ip_masq = args.ip_masq;
     spec.prometheus = args.prometheus;
+    spec.agent_args = args.agent_args;
     Ok(spec)
 }
 
