@@ -41,11 +41,10 @@ impl Lab {
             self.state.weft_bin.exists(),
             "{weft} does not exist; build it with `cargo build -p weft-agent` (cargo xtask test and lab do)"
         );
-        let run_dir = self.state.run_dir.clone();
         let etcd_endpoint = self.state.etcd_endpoint.clone();
         let ip_masq = self.state.ip_masq;
         let agent_args = self.state.agent_args.clone();
-        let state = self.node_mut(node);
+        let state = self.node(node);
         let mut command = netns::command(&state.ns, &weft)?;
         command
             .args([
@@ -70,12 +69,7 @@ impl Lab {
             command.arg("--ip-masq");
         }
         command.args(&agent_args);
-        let log = run_dir.join(&state.ns).join("agent.log");
-        let pid_file = state.agent_pid_file(&run_dir);
-        let pid = process::spawn_daemon(command, &log, &pid_file)?;
-        state.agent_log = Some(log);
-        self.save()?;
-        Ok(pid)
+        self.launch(node, command)
     }
 
     /// flanneld with the flags weft gets: etcd, `--iface`, `--subnet-file`,
@@ -86,10 +80,9 @@ impl Lab {
             .flanneld_bin
             .clone()
             .ok_or_else(|| anyhow!("lab {} has no flanneld binary", self.state.name))?;
-        let run_dir = self.state.run_dir.clone();
         let etcd_endpoint = self.state.etcd_endpoint.clone();
         let ip_masq = self.state.ip_masq;
-        let state = self.node_mut(node);
+        let state = self.node(node);
         let mut command = netns::command(&state.ns, &flanneld.display().to_string())?;
         command
             .args(["--iface", UPLINK, "--etcd-endpoints", &etcd_endpoint])
@@ -99,9 +92,16 @@ impl Lab {
         if ip_masq {
             command.arg("--ip-masq");
         }
+        self.launch(node, command)
+    }
+
+    /// Starts `node`'s agent `command` detached, with its log in the node's
+    /// run directory and its pid where `down` finds it.
+    fn launch(&mut self, node: NodeId, command: std::process::Command) -> Result<u32> {
+        let run_dir = self.state.run_dir.clone();
+        let state = self.node_mut(node);
         let log = run_dir.join(&state.ns).join("agent.log");
-        let pid_file = state.agent_pid_file(&run_dir);
-        let pid = process::spawn_daemon(command, &log, &pid_file)?;
+        let pid = process::spawn_daemon(command, &log, &state.agent_pid_file(&run_dir))?;
         state.agent_log = Some(log);
         self.save()?;
         Ok(pid)
