@@ -251,7 +251,11 @@ mod tests {
             forwarding_nodes: 1,
             ..VXLAN_CARRIED_IT
         };
-        assert!(check(one_node).unwrap().contains("IP forwarding rose on 1 node"));
+        assert!(
+            check(one_node)
+                .unwrap()
+                .contains("IP forwarding rose on 1 node")
+        );
     }
 
     #[test]

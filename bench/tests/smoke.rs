@@ -12,14 +12,14 @@ use weft_bench as bench;
 use weft_tests::{lab::default_weft_bin, privileged::reference_flanneld, privileged_test};
 
 #[test]
-fn the_bench_harness_writes_complete_results_for_one_configuration() {
-    let Some(_guard) =
-        privileged_test("the_bench_harness_writes_complete_results_for_one_configuration")
-    else {
+fn the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld() {
+    let Some(_guard) = privileged_test(
+        "the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld",
+    ) else {
         return;
     };
     let flanneld = reference_flanneld(
-        "the_bench_harness_writes_complete_results_for_one_configuration (flanneld-vxlan part)",
+        "the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld (flanneld-vxlan part)",
     );
     let out = std::env::temp_dir().join(format!("weft-bench-smoke-{}", std::process::id()));
     let mut options = bench::BenchOptions::new(true, out.clone(), default_weft_bin());
