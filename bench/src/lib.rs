@@ -59,6 +59,11 @@ impl Configuration {
         }
     }
 
+    /// The lab's name: lab names have at most 16 characters.
+    pub fn lab_name(&self) -> String {
+        format!("b-{}", self.name.replace("flanneld-", "fl-"))
+    }
+
     /// What runs the path, as the table and the chart label it.
     pub fn path(&self) -> &'static str {
         match self.dataplane {
@@ -196,7 +201,7 @@ pub fn run(
             continue;
         }
         progress(&format!("{name}: bringing up a 2-node lab"));
-        let mut spec = LabSpec::new(&format!("b-{name}"), 2, 1);
+        let mut spec = LabSpec::new(&config.lab_name(), 2, 1);
         spec.backend = backend;
         spec.dataplane = dataplane;
         spec.weft_bin = options.weft_bin.clone();
