@@ -176,7 +176,7 @@ pub fn svg(results: &[ConfigResult]) -> String {
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">
 <defs><pattern id="stock" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="white"/><rect width="3" height="6" fill="#6a9f3a"/></pattern><pattern id="stock-hg" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="white"/><rect width="3" height="6" fill="#3f6b1f"/></pattern></defs>
-<text x="10" y="18" font-size="14">weft benchmark: each metric relative to floor (dashed line = floor); RR latency with client and server on one CPU; hatched = stock flannel</text>
+<text x="10" y="18" font-size="14">weft benchmark, each metric relative to floor (dashed line); RR latency on one CPU; hatched = stock flannel</text>
 <line x1="40" y1="{}" x2="{}" y2="{}" stroke="black" stroke-dasharray="4"/>
 "##,
         base - scale,
