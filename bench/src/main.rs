@@ -12,7 +12,7 @@ use weft_tests::{lab::default_weft_bin, privileged::ensure_bpffs};
 #[derive(Parser)]
 #[command(
     name = "weft-bench",
-    about = "weft against the stock flannel path and a no-overlay floor: floor, kernel-vxlan, ebpf-vxlan, kernel-host-gw, ebpf-host-gw in turn"
+    about = "weft against stock flanneld and a no-overlay floor: floor, flanneld-vxlan, kernel-vxlan, ebpf-vxlan, flanneld-host-gw, kernel-host-gw, ebpf-host-gw in turn"
 )]
 struct BenchArgs {
     /// One repetition, shorter runs, 1,000 leases only.
@@ -33,6 +33,10 @@ struct BenchArgs {
     /// The weft binary the nodes run (default: $WEFT_BIN or target/debug/weft).
     #[arg(long)]
     weft_bin: Option<PathBuf>,
+    /// Stock flanneld for the flanneld-* configurations (default: $WEFT_FLANNELD;
+    /// without one they are left out).
+    #[arg(long)]
+    flanneld: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -57,12 +61,20 @@ fn bench(args: BenchArgs) -> Result<()> {
         args.out,
         args.weft_bin.unwrap_or_else(default_weft_bin),
     );
+    if let Some(flanneld) = args.flanneld {
+        options.flanneld_bin = Some(flanneld);
+    }
     for config in &args.configs {
+        let names: Vec<&str> = weft_bench::CONFIGURATIONS
+            .iter()
+            .map(|config| config.name)
+            .collect();
+        let known = weft_bench::configuration(config)
+            .ok_or_else(|| anyhow::anyhow!("--config {config}: not one of {}", names.join(", ")))?;
         anyhow::ensure!(
-            weft_bench::CONFIGURATIONS
-                .iter()
-                .any(|(name, _, _)| name == config),
-            "--config {config}: not one of floor, kernel-vxlan, ebpf-vxlan, kernel-host-gw, ebpf-host-gw"
+            known.dataplane != weft_tests::Dataplane::Flanneld || options.flanneld_bin.is_some(),
+            "--config {config} runs stock flanneld: set WEFT_FLANNELD (or WEFT_FLANNEL_SOURCE for \
+             `cargo xtask bench`), or pass --flanneld PATH"
         );
     }
     options.only = args.configs;
@@ -77,6 +89,9 @@ fn bench(args: BenchArgs) -> Result<()> {
     })?;
     println!("\n{}", weft_bench::table(&results));
     println!("machine: {}", details.machine);
+    if let Some(flanneld) = &details.stock_flanneld {
+        println!("stock flannel: {flanneld}");
+    }
     if let Some(programs) = &details.programs {
         println!(
             "program cost (BPF_PROG_TEST_RUN, {} runs, kernel run-time stats): XDP decap {:.1} ns/packet, \
@@ -102,7 +117,11 @@ fn bench(args: BenchArgs) -> Result<()> {
         );
     }
     println!(
-        "wrote {}/results.json, details.json, results.svg in {:.0} s",
+        "\nperformance goals (reported, not asserted):\n{}",
+        weft_bench::goals_table(&details.goals)
+    );
+    println!(
+        "wrote {}/results.json, details.json, results.svg, table.txt in {:.0} s",
         options.out.display(),
         started.elapsed().as_secs_f64()
     );

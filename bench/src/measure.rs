@@ -12,28 +12,34 @@ use weft_tests::{Lab, NodeId, lab::PodState, netns, traffic};
 
 use crate::{
     BenchOptions,
-    validity::{fast_path_counts, kernel_path_packets, netfilter_refusals},
+    validity::{KernelPath, KernelReading, fast_path_counts, netfilter_refusals},
 };
 
 /// One repetition's raw numbers.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Run {
     pub(crate) icmp: (f64, f64),
-    pub(crate) tcp_rr: (f64, f64),
-    pub(crate) udp_rr: (f64, f64),
+    /// Request/response (p50, p99), client and server on the same CPU.
+    pub(crate) tcp_rr_same_cpu: (f64, f64),
+    pub(crate) udp_rr_same_cpu: (f64, f64),
+    /// ... and on different CPUs.
+    pub(crate) tcp_rr_cross_cpu: (f64, f64),
+    pub(crate) udp_rr_cross_cpu: (f64, f64),
     pub(crate) tcp_rr_tps: f64,
     pub(crate) udp_pps: f64,
     pub(crate) tcp_gbps: f64,
     pub(crate) cpu_s_per_gb: f64,
+    /// TCP segments the sender retransmitted during the throughput run.
+    pub(crate) tcp_retransmits: u64,
     pub(crate) fastpath_packets: u64,
     /// Bytes the fast path's delivery counters saw during the TCP run, both
     /// nodes and directions: at least twice the transfer when it carried
     /// all of it (sent by one node, delivered by the other).
     pub(crate) fastpath_bytes: u64,
     pub(crate) tcp_bytes: u64,
-    /// Packets the kernel path carried during the TCP run: flannel.1's
-    /// counters plus the IPv4 forwarding counter, on both nodes.
-    pub(crate) kernel_packets: u64,
+    /// What the kernel path carried during the TCP run: flannel.1's
+    /// counters and the IPv4 forwarding counter, on both nodes.
+    pub(crate) kernel_path: KernelPath,
     pub(crate) tcp_packets: u64,
     pub(crate) netfilter_refusals: u64,
 }
@@ -48,9 +54,12 @@ pub(crate) fn measure(
     let seconds = options.seconds;
     progress("  ICMP RTT");
     let icmp = icmp_rtt(&client, server.ip(), options.pings)?;
-    progress("  TCP and UDP request/response latency (sockperf, pinned)");
-    let tcp_rr = sockperf(&client, &server, true, seconds)?;
-    let udp_rr = sockperf(&client, &server, false, seconds)?;
+    progress("  TCP and UDP request/response latency (sockperf, client and server on one CPU)");
+    let tcp_rr_same_cpu = sockperf(&client, &server, true, Pinning::SameCpu, seconds)?;
+    let udp_rr_same_cpu = sockperf(&client, &server, false, Pinning::SameCpu, seconds)?;
+    progress("  ... and on different CPUs");
+    let tcp_rr_cross_cpu = sockperf(&client, &server, true, Pinning::CrossCpu, seconds)?;
+    let udp_rr_cross_cpu = sockperf(&client, &server, false, Pinning::CrossCpu, seconds)?;
     progress("  many-flow TCP request/response rate");
     let tcp_rr_tps = traffic::tcp_rr_rate(
         &server.ns,
@@ -65,24 +74,27 @@ pub(crate) fn measure(
     progress("  TCP throughput, CPU per GB, and which path carried it");
     let counters_before = fast_path_counts(lab)?;
     let refusals_before = netfilter_refusals(lab)?;
-    let kernel_before = kernel_path_packets(lab)?;
+    let kernel_before = KernelReading::read(lab)?;
     let cpu_before = busy_cpu_seconds()?;
-    let (bytes, gbps, packets) = iperf_tcp(&client, &server, seconds)?;
+    let tcp = iperf_tcp(&client, &server, seconds)?;
     let cpu = busy_cpu_seconds()? - cpu_before;
     let counters_after = fast_path_counts(lab)?;
     Ok(Run {
         icmp,
-        tcp_rr,
-        udp_rr,
+        tcp_rr_same_cpu,
+        udp_rr_same_cpu,
+        tcp_rr_cross_cpu,
+        udp_rr_cross_cpu,
         tcp_rr_tps,
         udp_pps,
-        tcp_gbps: gbps,
-        cpu_s_per_gb: cpu / (bytes as f64 / 1e9),
+        tcp_gbps: tcp.gbps,
+        cpu_s_per_gb: cpu / (tcp.bytes as f64 / 1e9),
+        tcp_retransmits: tcp.retransmits,
         fastpath_packets: counters_after.0 - counters_before.0,
         fastpath_bytes: counters_after.1 - counters_before.1,
-        tcp_bytes: bytes,
-        kernel_packets: kernel_path_packets(lab)? - kernel_before,
-        tcp_packets: packets,
+        tcp_bytes: tcp.bytes,
+        kernel_path: KernelReading::read(lab)?.since(&kernel_before),
+        tcp_packets: tcp.packets,
         netfilter_refusals: netfilter_refusals(lab)? - refusals_before,
     })
 }
@@ -157,13 +169,41 @@ fn background(ns: &str, args: &[&str]) -> Result<Background> {
     })?))
 }
 
-/// sockperf ping-pong, server pinned to CPU 1 and client to CPU 0: (p50, p99) in µs.
-fn sockperf(client: &PodState, server: &PodState, tcp: bool, seconds: f64) -> Result<(f64, f64)> {
+/// Where sockperf's client and server run.
+#[derive(Clone, Copy)]
+enum Pinning {
+    /// Both on CPU 1: the datapath plus two context switches, stable
+    /// within a few per cent on a VM.
+    SameCpu,
+    /// Client on CPU 0, server on CPU 1: adds a vCPU wake-up per message,
+    /// which on a shared VM varies more than the datapath does.
+    CrossCpu,
+}
+
+impl Pinning {
+    /// (client CPU, server CPU).
+    fn cpus(self) -> (&'static str, &'static str) {
+        match self {
+            Pinning::SameCpu => ("1", "1"),
+            Pinning::CrossCpu => ("0", "1"),
+        }
+    }
+}
+
+/// sockperf ping-pong, client and server pinned as `pinning` says: (p50, p99) in µs.
+fn sockperf(
+    client: &PodState,
+    server: &PodState,
+    tcp: bool,
+    pinning: Pinning,
+    seconds: f64,
+) -> Result<(f64, f64)> {
     let port = if tcp { "11111" } else { "11112" };
+    let (client_cpu, server_cpu) = pinning.cpus();
     let mut server_args = vec![
         "taskset",
         "-c",
-        "1",
+        server_cpu,
         "sockperf",
         "server",
         "-i",
@@ -174,7 +214,7 @@ fn sockperf(client: &PodState, server: &PodState, tcp: bool, seconds: f64) -> Re
     let mut client_args = vec![
         "taskset",
         "-c",
-        "0",
+        client_cpu,
         "sockperf",
         "ping-pong",
         "-i",
@@ -251,16 +291,33 @@ fn iperf_udp_pps(client: &PodState, server: &PodState, seconds: f64) -> Result<f
     Ok((packets - lost) / secs)
 }
 
-/// (bytes received, Gbit/s, packets the server node received on its uplink).
-fn iperf_tcp(client: &PodState, server: &PodState, seconds: f64) -> Result<(u64, f64, u64)> {
+/// One iperf3 TCP run.
+struct TcpRun {
+    /// Bytes the server received.
+    bytes: u64,
+    gbps: f64,
+    /// Segments on the wire (at least; at most 1448 bytes of payload each).
+    packets: u64,
+    /// Segments the client retransmitted.
+    retransmits: u64,
+}
+
+fn iperf_tcp(client: &PodState, server: &PodState, seconds: f64) -> Result<TcpRun> {
     let report = iperf_json(client, server, "5203", &[], seconds)?;
     let received = &report["end"]["sum_received"];
     let bytes = received["bytes"]
         .as_u64()
         .ok_or_else(|| anyhow!("no TCP byte count: {report}"))?;
     let bps = received["bits_per_second"].as_f64().unwrap_or(0.0);
-    // At most 1448 bytes of payload per segment on the wire.
-    Ok((bytes, bps / 1e9, bytes / 1448))
+    let retransmits = report["end"]["sum_sent"]["retransmits"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no TCP retransmission count: {report}"))?;
+    Ok(TcpRun {
+        bytes,
+        gbps: bps / 1e9,
+        packets: bytes / 1448,
+        retransmits,
+    })
 }
 
 /// Busy CPU seconds of the whole machine (all but idle and iowait).

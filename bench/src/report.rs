@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use crate::ConfigResult;
+use crate::{ConfigResult, Goal};
 
 pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -24,52 +24,107 @@ pub(crate) fn machine() -> String {
 /// How a metric is read off a result.
 type Metric = fn(&ConfigResult) -> f64;
 
-/// The printed table: each metric with its ratios to floor and to the
-/// matching kernel path.
+/// The printed table's rows: the same-CPU request/response latency is the
+/// headline, the cross-CPU one a secondary row.
+const TABLE_METRICS: [(&str, Metric); 17] = [
+    ("ICMP RTT p50 (us)", |r| r.icmp_rtt_us_p50),
+    ("ICMP RTT p99 (us)", |r| r.icmp_rtt_us_p99),
+    ("TCP RR p50 (us)", |r| r.tcp_rr_same_cpu_us_p50),
+    ("TCP RR p99 (us)", |r| r.tcp_rr_same_cpu_us_p99),
+    ("UDP RR p50 (us)", |r| r.udp_rr_same_cpu_us_p50),
+    ("UDP RR p99 (us)", |r| r.udp_rr_same_cpu_us_p99),
+    ("TCP RR p50 x-CPU (us)", |r| r.tcp_rr_cross_cpu_us_p50),
+    ("TCP RR p99 x-CPU (us)", |r| r.tcp_rr_cross_cpu_us_p99),
+    ("UDP RR p50 x-CPU (us)", |r| r.udp_rr_cross_cpu_us_p50),
+    ("UDP RR p99 x-CPU (us)", |r| r.udp_rr_cross_cpu_us_p99),
+    ("TCP RR rate (tx/s)", |r| r.tcp_rr_tps),
+    ("UDP 64 B rate (pps)", |r| r.udp_pps),
+    ("TCP throughput (Gbit/s)", |r| r.tcp_gbps),
+    ("CPU s per GB", |r| r.cpu_s_per_gb),
+    ("TCP retransmissions (per run)", |r| {
+        r.tcp_retransmits as f64
+    }),
+    ("fast-path packets", |r| r.fastpath_packets as f64),
+    ("handed to netfilter", |r| r.netfilter_refusals as f64),
+];
+
+/// Rows that count events: printed whole, without ratios (a ratio of
+/// retransmissions or of fast-path packets says nothing).
+const COUNT_METRICS: [&str; 3] = [
+    "TCP retransmissions (per run)",
+    "fast-path packets",
+    "handed to netfilter",
+];
+
+const LABEL_WIDTH: usize = 30;
+const CELL_WIDTH: usize = 31;
+
+/// What the ratio columns mean, printed under the table.
+pub const RATIO_LEGEND: &str = "RR = request/response, client and server on the same CPU; \
+x-CPU = on different CPUs (secondary: adds a vCPU wake-up per message)\n\
+xF: ratio to floor; xS: ratio to stock flannel (flanneld, same backend); \
+xK: ratio to weft's kernel mode (same backend)\n";
+
+/// The configuration a ratio column compares with, for `result`'s row.
+fn counterpart<'a>(
+    by_name: &BTreeMap<&str, &'a ConfigResult>,
+    result: &ConfigResult,
+    from: &str,
+    to: &str,
+) -> Option<&'a ConfigResult> {
+    let rest = result.name.strip_prefix(from)?;
+    by_name.get(format!("{to}{rest}").as_str()).copied()
+}
+
+/// The printed table: each metric with its ratios to floor, to stock
+/// flannel and to weft's kernel mode on the same backend.
 pub fn table(results: &[ConfigResult]) -> String {
     let by_name: BTreeMap<&str, &ConfigResult> = results
         .iter()
         .map(|result| (result.name.as_str(), result))
         .collect();
     let mut out = String::new();
-    let metrics: [(&str, Metric); 12] = [
-        ("ICMP RTT p50 (us)", |r| r.icmp_rtt_us_p50),
-        ("ICMP RTT p99 (us)", |r| r.icmp_rtt_us_p99),
-        ("TCP RR p50 (us)", |r| r.tcp_rr_us_p50),
-        ("TCP RR p99 (us)", |r| r.tcp_rr_us_p99),
-        ("UDP RR p50 (us)", |r| r.udp_rr_us_p50),
-        ("UDP RR p99 (us)", |r| r.udp_rr_us_p99),
-        ("TCP RR rate (tx/s)", |r| r.tcp_rr_tps),
-        ("UDP 64 B rate (pps)", |r| r.udp_pps),
-        ("TCP throughput (Gbit/s)", |r| r.tcp_gbps),
-        ("CPU s per GB", |r| r.cpu_s_per_gb),
-        ("fast-path packets", |r| r.fastpath_packets as f64),
-        ("handed to netfilter", |r| r.netfilter_refusals as f64),
-    ];
-    let _ = write!(out, "{:<26}", "metric");
+    let _ = write!(out, "{:<LABEL_WIDTH$}", "metric");
     for result in results {
-        let _ = write!(out, "{:>24}", result.name);
+        let _ = write!(out, "{:>CELL_WIDTH$}", result.name);
     }
     out.push('\n');
-    for (label, pick) in metrics {
-        let _ = write!(out, "{label:<26}");
+    let _ = write!(out, "{:<LABEL_WIDTH$}", "");
+    for result in results {
+        let _ = write!(out, "{:>CELL_WIDTH$}", format!("({})", result.path));
+    }
+    out.push('\n');
+    for (label, pick) in TABLE_METRICS {
+        let _ = write!(out, "{label:<LABEL_WIDTH$}");
+        let is_count = COUNT_METRICS.contains(&label);
         for result in results {
             let value = pick(result);
+            if is_count {
+                let _ = write!(out, "{:>CELL_WIDTH$}", value as u64);
+                continue;
+            }
             let mut cell = format!("{value:.2}");
-            if result.name != "floor"
-                && let Some(floor) = by_name.get("floor").filter(|floor| pick(floor) > 0.0)
-            {
-                let _ = write!(cell, " {:.2}xF", value / pick(floor));
+            let references = [
+                (
+                    "xF",
+                    (result.name != "floor")
+                        .then(|| by_name.get("floor").copied())
+                        .flatten(),
+                ),
+                (
+                    "xS",
+                    ["kernel-", "ebpf-"]
+                        .iter()
+                        .find_map(|from| counterpart(&by_name, result, from, "flanneld-")),
+                ),
+                ("xK", counterpart(&by_name, result, "ebpf-", "kernel-")),
+            ];
+            for (suffix, reference) in references {
+                if let Some(reference) = reference.filter(|reference| pick(reference) > 0.0) {
+                    let _ = write!(cell, " {:.2}{suffix}", value / pick(reference));
+                }
             }
-            if let Some(kernel) = result
-                .name
-                .strip_prefix("ebpf-")
-                .and_then(|rest| by_name.get(format!("kernel-{rest}").as_str()))
-                .filter(|kernel| pick(kernel) > 0.0)
-            {
-                let _ = write!(cell, " {:.2}xK", value / pick(kernel));
-            }
-            let _ = write!(out, "{cell:>24}");
+            let _ = write!(out, "{cell:>CELL_WIDTH$}");
         }
         out.push('\n');
     }
@@ -81,32 +136,49 @@ pub fn table(results: &[ConfigResult]) -> String {
             result.invalid.as_deref().unwrap_or_default()
         );
     }
-    out.push_str("xF: ratio to floor; xK: ratio to the matching kernel (stock flannel) path\n");
+    out.push_str(RATIO_LEGEND);
     out
 }
 
-/// A grouped bar chart of every metric relative to floor (1.0 = floor).
+/// The goals, one line each: goal, measured, met/missed.
+pub fn goals_table(goals: &[Goal]) -> String {
+    let width = goals.iter().map(|goal| goal.goal.len()).max().unwrap_or(0);
+    let mut out = format!("{:<width$}  {:<12}  measured\n", "goal", "status");
+    for goal in goals {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<12}  {}",
+            goal.goal,
+            goal.status(),
+            goal.detail
+        );
+    }
+    out
+}
+
+/// A grouped bar chart of every metric relative to floor (1.0 = floor);
+/// stock flannel's bars are hatched and its legend entries say so.
 pub fn svg(results: &[ConfigResult]) -> String {
     let metrics: [(&str, Metric); 7] = [
         ("ICMP p50", |r| r.icmp_rtt_us_p50),
-        ("TCP RR p50", |r| r.tcp_rr_us_p50),
-        ("UDP RR p50", |r| r.udp_rr_us_p50),
+        ("TCP RR p50", |r| r.tcp_rr_same_cpu_us_p50),
+        ("UDP RR p50", |r| r.udp_rr_same_cpu_us_p50),
         ("TCP RR tx/s", |r| r.tcp_rr_tps),
         ("UDP pps", |r| r.udp_pps),
         ("TCP Gbit/s", |r| r.tcp_gbps),
         ("CPU s/GB", |r| r.cpu_s_per_gb),
     ];
-    let colors = ["#888888", "#d9822b", "#2b8cd9", "#b35c1e", "#1e5fb3"];
     let floor = results.iter().find(|result| result.name == "floor");
-    let (width, height, group) = (900.0, 420.0, 120.0);
+    let (width, height, group) = (1000.0, 470.0, 135.0);
     let bar = group / (results.len() as f64 + 1.0);
     let scale = 120.0; // pixels per 1.0x floor
     let base = 330.0;
     let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">
-<text x="10" y="18" font-size="14">weft benchmark: each metric relative to floor (dashed line = floor)</text>
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">
+<defs><pattern id="stock" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="white"/><rect width="3" height="6" fill="#6a9f3a"/></pattern><pattern id="stock-hg" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="white"/><rect width="3" height="6" fill="#3f6b1f"/></pattern></defs>
+<text x="10" y="18" font-size="14">weft benchmark, each metric relative to floor (dashed line); RR latency on one CPU; hatched = stock flannel</text>
 <line x1="40" y1="{}" x2="{}" y2="{}" stroke="black" stroke-dasharray="4"/>
-"#,
+"##,
         base - scale,
         width - 10.0,
         base - scale
@@ -124,7 +196,7 @@ pub fn svg(results: &[ConfigResult]) -> String {
                 base - h,
                 bar - 2.0,
                 h,
-                colors[i % colors.len()],
+                fill(&result.name),
                 result.name,
                 label,
                 ratio
@@ -138,17 +210,19 @@ pub fn svg(results: &[ConfigResult]) -> String {
         );
     }
     for (i, result) in results.iter().enumerate() {
+        // Four legend entries per line.
+        let (column, line) = (i % 4, i / 4);
+        let (x, y) = (50 + column * 235, base + 40.0 + line as f64 * 20.0);
         let _ = writeln!(
             svg,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}{}</text>"#,
-            50 + i * 170,
-            base + 40.0,
-            colors[i % colors.len()],
-            64 + i * 170,
-            base + 49.0,
+            r#"<rect x="{x}" y="{y}" width="10" height="10" fill="{}" stroke="black" stroke-width="0.3"/><text x="{}" y="{}">{} ({}){}</text>"#,
+            fill(&result.name),
+            x + 14,
+            y + 9.0,
             result.name,
+            result.path,
             if result.invalid.is_some() {
-                " (INVALID)"
+                " INVALID"
             } else {
                 ""
             }
@@ -156,4 +230,19 @@ pub fn svg(results: &[ConfigResult]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// Each configuration's fill: grey floor, orange weft kernel mode, blue
+/// weft eBPF, hatched green stock flannel; darker for host-gw.
+fn fill(name: &str) -> &'static str {
+    match name {
+        "floor" => "#888888",
+        "flanneld-vxlan" => "url(#stock)",
+        "kernel-vxlan" => "#d9822b",
+        "ebpf-vxlan" => "#2b8cd9",
+        "flanneld-host-gw" => "url(#stock-hg)",
+        "kernel-host-gw" => "#b35c1e",
+        "ebpf-host-gw" => "#1e5fb3",
+        _ => "#444444",
+    }
 }

@@ -1,13 +1,16 @@
 //! Whether a configuration's traffic took the path it claims: the fast
 //! path's counters, netfilter's share and the kernel path's counters.
+//!
+//! Every weft counter the bench reads is named in this module and nowhere
+//! else, so a renamed counter is one edit here.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use weft_common::{
     CounterId,
     Hook::{self, TcPodEgress, TcUplink, XdpUplink},
     Reason,
 };
-use weft_tests::{Backend, Dataplane, Lab, inspect};
+use weft_tests::{Backend, Dataplane, Lab, inspect, netns};
 
 use crate::measure::Run;
 
@@ -22,6 +25,9 @@ pub const FAST_PATH_COUNTERS: [CounterId; 6] = [
     TcUplink.counter(Reason::Decap),
     TcUplink.counter(Reason::HostGw),
 ];
+
+/// The kernel's VXLAN device, as flanneld and weft name it.
+const VXLAN_DEVICE: &str = "flannel.1";
 
 /// (packets, bytes) of the fast path on both nodes.
 pub(crate) fn fast_path_counts(lab: &Lab) -> Result<(u64, u64)> {
@@ -83,21 +89,76 @@ pub(crate) fn netfilter_refusals(lab: &Lab) -> Result<u64> {
     Ok(total)
 }
 
-pub(crate) fn kernel_path_packets(lab: &Lab) -> Result<u64> {
-    let mut total = 0;
-    for node in lab.node_ids() {
-        let ns = &lab.node(node).ns;
-        if let Ok((rx, tx)) = inspect::packet_counts(ns, "flannel.1") {
-            total += rx + tx;
-        }
-        total += inspect::forwarded_datagrams(ns)?;
+/// What the kernel path carried, summed over both nodes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KernelPath {
+    /// Packets through `flannel.1` (received and sent).
+    pub(crate) vxlan_packets: u64,
+    /// Bytes through `flannel.1` (received and sent, inner frames).
+    pub(crate) vxlan_bytes: u64,
+    /// Packets the IPv4 stack forwarded (`ForwDatagrams`).
+    pub(crate) forwarded: u64,
+    /// Nodes whose `ForwDatagrams` rose: at least the two the flow crosses
+    /// when the kernel routes it.
+    pub(crate) forwarding_nodes: u64,
+}
+
+impl KernelPath {
+    pub(crate) fn packets(&self) -> u64 {
+        self.vxlan_packets + self.forwarded
     }
-    Ok(total)
+}
+
+/// One reading of the kernel path's counters, per node: (`flannel.1`
+/// packets, `flannel.1` bytes, `ForwDatagrams`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct KernelReading(Vec<(u64, u64, u64)>);
+
+impl KernelReading {
+    pub(crate) fn read(lab: &Lab) -> Result<Self> {
+        let mut per_node = Vec::new();
+        for node in lab.node_ids() {
+            let ns = &lab.node(node).ns;
+            let (packets, bytes) = vxlan_device_counts(ns)?.unwrap_or_default();
+            per_node.push((packets, bytes, inspect::forwarded_datagrams(ns)?));
+        }
+        Ok(Self(per_node))
+    }
+
+    /// What the kernel path carried between `before` and this reading.
+    pub(crate) fn since(&self, before: &KernelReading) -> KernelPath {
+        let mut path = KernelPath::default();
+        for (now, then) in self.0.iter().zip(&before.0) {
+            path.vxlan_packets += now.0 - then.0;
+            path.vxlan_bytes += now.1 - then.1;
+            path.forwarded += now.2 - then.2;
+            path.forwarding_nodes += u64::from(now.2 > then.2);
+        }
+        path
+    }
+}
+
+/// (packets, bytes) received plus sent by `flannel.1` in `ns`, if it exists.
+fn vxlan_device_counts(ns: &str) -> Result<Option<(u64, u64)>> {
+    if inspect::link(ns, VXLAN_DEVICE)?.is_none() {
+        return Ok(None);
+    }
+    let out = netns::run_host(&["ip", "-j", "-s", "-n", ns, "link", "show", VXLAN_DEVICE])?;
+    let links: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("ip -s link printed no JSON: {out}"))?;
+    let stats = &links[0]["stats64"];
+    let sum = |what: &str| {
+        stats["rx"][what].as_u64().unwrap_or_default()
+            + stats["tx"][what].as_u64().unwrap_or_default()
+    };
+    Ok(Some((sum("packets"), sum("bytes"))))
 }
 
 /// The path check: the fast path must have carried the TCP run on eBPF
 /// configurations (and the kernel path must be near idle), and must not
-/// exist on the others.
+/// exist on the others; on kernel paths (weft's kernel mode and stock
+/// flanneld) `flannel.1` must have carried a VXLAN transfer and plain
+/// forwarding a host-gw one.
 pub(crate) fn check_path(
     name: &str,
     dataplane: Dataplane,
@@ -105,6 +166,7 @@ pub(crate) fn check_path(
     runs: &[Run],
 ) -> Option<String> {
     for run in runs {
+        let kernel = &run.kernel_path;
         match dataplane {
             Dataplane::Ebpf => {
                 // Bytes, not packets: after GRO one packet is many frames.
@@ -121,10 +183,11 @@ pub(crate) fn check_path(
                         run.netfilter_refusals, run.tcp_packets
                     ));
                 }
-                if run.kernel_packets > run.tcp_packets / 20 {
+                if kernel.packets() > run.tcp_packets / 20 {
                     return Some(format!(
                         "{name}: the kernel path carried {} packets of ~{}",
-                        run.kernel_packets, run.tcp_packets
+                        kernel.packets(),
+                        run.tcp_packets
                     ));
                 }
             }
@@ -135,15 +198,96 @@ pub(crate) fn check_path(
                         dataplane.flag()
                     ));
                 }
-                // The kernel counts GRO-merged packets, so only "none at all"
-                // proves a wrong path here.
-                if run.kernel_packets == 0 {
+                // The kernel counts GRO-merged packets, so packet counts only
+                // prove a wrong path when there are none at all; bytes through
+                // flannel.1 are exact (sent by one node, received by the other).
+                let vxlan = backend == Backend::Vxlan && dataplane != Dataplane::Floor;
+                if vxlan && kernel.vxlan_bytes < run.tcp_bytes * 9 / 5 {
                     return Some(format!(
-                        "{name}: the kernel path ({backend:?}) carried nothing"
+                        "{name}: {VXLAN_DEVICE} carried {} bytes of a {} byte transfer \
+                         (sent and received: expected twice that)",
+                        kernel.vxlan_bytes, run.tcp_bytes
+                    ));
+                }
+                if !vxlan && kernel.vxlan_packets != 0 {
+                    return Some(format!(
+                        "{name}: {VXLAN_DEVICE} carried {} packets on a {backend:?} path",
+                        kernel.vxlan_packets
+                    ));
+                }
+                if kernel.forwarding_nodes < 2 {
+                    return Some(format!(
+                        "{name}: IP forwarding rose on {} node(s); the flow crosses two",
+                        kernel.forwarding_nodes
                     ));
                 }
             }
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1 GB TCP run whose kernel path carried what `kernel` says.
+    fn run(kernel: KernelPath) -> Run {
+        Run {
+            tcp_bytes: 1_000_000_000,
+            tcp_packets: 690_000,
+            kernel_path: kernel,
+            ..Run::default()
+        }
+    }
+
+    const VXLAN_CARRIED_IT: KernelPath = KernelPath {
+        vxlan_packets: 40_000,
+        vxlan_bytes: 2_050_000_000,
+        forwarded: 40_000,
+        forwarding_nodes: 2,
+    };
+
+    #[test]
+    fn stock_flanneld_vxlan_is_valid_when_flannel_1_carried_the_transfer() {
+        let check = |kernel| {
+            check_path(
+                "flanneld-vxlan",
+                Dataplane::Flanneld,
+                Backend::Vxlan,
+                &[run(kernel)],
+            )
+        };
+        assert_eq!(check(VXLAN_CARRIED_IT), None);
+        let bypassed = KernelPath {
+            vxlan_packets: 10,
+            vxlan_bytes: 1_000,
+            ..VXLAN_CARRIED_IT
+        };
+        let why = check(bypassed).expect("flannel.1 idle must be invalid");
+        assert!(why.contains("flannel.1 carried 1000 bytes"), "{why}");
+        let one_node = KernelPath {
+            forwarding_nodes: 1,
+            ..VXLAN_CARRIED_IT
+        };
+        assert!(
+            check(one_node)
+                .unwrap()
+                .contains("IP forwarding rose on 1 node")
+        );
+    }
+
+    #[test]
+    fn host_gw_paths_are_invalid_when_flannel_1_carried_packets() {
+        let forwarded = KernelPath {
+            forwarded: 40_000,
+            forwarding_nodes: 2,
+            ..KernelPath::default()
+        };
+        for dataplane in [Dataplane::Flanneld, Dataplane::Kernel, Dataplane::Floor] {
+            let check = |kernel| check_path("x", dataplane, Backend::HostGw, &[run(kernel)]);
+            assert_eq!(check(forwarded), None, "{dataplane:?}");
+            assert!(check(VXLAN_CARRIED_IT).is_some(), "{dataplane:?}");
+        }
+    }
 }

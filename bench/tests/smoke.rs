@@ -1,56 +1,115 @@
-//! A fast smoke test of the benchmark harness: one configuration, tiny
+//! A fast smoke test of the benchmark harness: ebpf-vxlan (and stock
+//! flanneld's flanneld-vxlan where the reference flanneld exists), tiny
 //! durations, no timing assertions; results.json must parse with every field
-//! present and positive, and the chart must be written.
+//! present and positive, the path checks must pass, and the chart, the table
+//! and the goals must be written.
 
 // Each integration test is its own crate and sees every dependency of the
 // package; the lint is for the library.
 #![allow(unused_crate_dependencies)]
 
 use weft_bench as bench;
-use weft_tests::{lab::default_weft_bin, privileged_test};
+use weft_tests::{lab::default_weft_bin, privileged::reference_flanneld, privileged_test};
 
 #[test]
-fn the_bench_harness_writes_complete_results_for_one_configuration() {
-    let Some(_guard) =
-        privileged_test("the_bench_harness_writes_complete_results_for_one_configuration")
-    else {
+fn the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld() {
+    let Some(_guard) = privileged_test(
+        "the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld",
+    ) else {
         return;
     };
+    let flanneld = reference_flanneld(
+        "the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld (flanneld-vxlan part)",
+    );
     let out = std::env::temp_dir().join(format!("weft-bench-smoke-{}", std::process::id()));
     let mut options = bench::BenchOptions::new(true, out.clone(), default_weft_bin());
     options.only = vec!["ebpf-vxlan".to_owned()];
+    if flanneld.is_some() {
+        options.only.push("flanneld-vxlan".to_owned());
+    }
+    options.flanneld_bin = flanneld.clone();
     options.seconds = 0.5;
     options.pings = 50;
     options.extras = false;
-    let (results, _) = bench::run(&options, &mut |step| eprintln!("{step}")).unwrap();
-    assert_eq!(results.len(), 1);
-    assert!(results[0].invalid.is_none(), "{:?}", results[0].invalid);
+    let (results, details) = bench::run(&options, &mut |step| eprintln!("{step}")).unwrap();
+    let expected: &[&str] = if flanneld.is_some() {
+        &["flanneld-vxlan", "ebpf-vxlan"]
+    } else {
+        &["ebpf-vxlan"]
+    };
+    assert_eq!(
+        results
+            .iter()
+            .map(|result| result.name.as_str())
+            .collect::<Vec<_>>(),
+        expected
+    );
+    for result in &results {
+        assert!(
+            result.invalid.is_none(),
+            "{}: {:?}",
+            result.name,
+            result.invalid
+        );
+    }
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let configurations = json.as_array().unwrap();
-    assert_eq!(configurations.len(), 1);
-    let result = &configurations[0];
-    assert_eq!(result["name"], "ebpf-vxlan");
-    for field in [
-        "icmp_rtt_us_p50",
-        "icmp_rtt_us_p99",
-        "tcp_rr_us_p50",
-        "tcp_rr_us_p99",
-        "udp_rr_us_p50",
-        "udp_rr_us_p99",
-        "tcp_rr_tps",
-        "udp_pps",
-        "tcp_gbps",
-        "cpu_s_per_gb",
-        "fastpath_packets",
-    ] {
-        let value = result[field]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{field} missing or not a number: {result}"));
-        assert!(value > 0.0, "{field} = {value}");
+    assert_eq!(configurations.len(), expected.len());
+    for (result, name) in configurations.iter().zip(expected) {
+        assert_eq!(result["name"], *name);
+        let mut fields = vec![
+            "icmp_rtt_us_p50",
+            "icmp_rtt_us_p99",
+            "tcp_rr_same_cpu_us_p50",
+            "tcp_rr_same_cpu_us_p99",
+            "udp_rr_same_cpu_us_p50",
+            "udp_rr_same_cpu_us_p99",
+            "tcp_rr_cross_cpu_us_p50",
+            "tcp_rr_cross_cpu_us_p99",
+            "udp_rr_cross_cpu_us_p50",
+            "udp_rr_cross_cpu_us_p99",
+            "tcp_rr_tps",
+            "udp_pps",
+            "tcp_gbps",
+            "cpu_s_per_gb",
+        ];
+        if *name == "ebpf-vxlan" {
+            assert_eq!(result["path"], "weft eBPF");
+            fields.push("fastpath_packets");
+        } else {
+            assert_eq!(result["path"], "stock flannel");
+            assert_eq!(result["fastpath_packets"], 0, "{result}");
+        }
+        for field in fields {
+            let value = result[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{field} missing or not a number: {result}"));
+            assert!(value > 0.0, "{name} {field} = {value}");
+        }
+        assert!(result["tcp_retransmits"].is_u64(), "{result}");
     }
     let svg = std::fs::read_to_string(out.join("results.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("ebpf-vxlan"));
+    let table = std::fs::read_to_string(out.join("table.txt")).unwrap();
+    assert!(table.contains("TCP retransmissions (per run)"), "{table}");
+    // With flanneld-vxlan next to it, the goal against stock flannel is judged.
+    let against_stock = details
+        .goals
+        .iter()
+        .find(|goal| goal.goal.contains("0.80x flanneld-vxlan"))
+        .expect("the goal against stock flannel");
+    assert_eq!(
+        against_stock.met.is_some(),
+        flanneld.is_some(),
+        "{against_stock:?}"
+    );
+    if flanneld.is_some() {
+        assert!(
+            table.contains("(stock flannel)") && table.contains("xS"),
+            "{table}"
+        );
+    }
     std::fs::remove_dir_all(out).unwrap();
 }

@@ -15,7 +15,9 @@ use crate::{netns, process};
 /// reaches it; every node can use the same port).
 pub const HEALTHZ_PORT: u16 = 10256;
 
-/// What flanneld logs once its backend runs and it follows peer leases.
+/// What flanneld logs once its backend runs and it follows peer leases,
+/// lower-cased: the vxlan backend writes "watching for new subnet leases",
+/// the host-gw (route) backend "Watching for new subnet leases".
 const FLANNELD_RUNNING: &str = "watching for new subnet leases";
 
 /// The agent argument that puts XDP on the lab's (veth) uplinks, which
@@ -124,9 +126,8 @@ impl Lab {
                 Ok(match dataplane {
                     // flanneld has no /readyz: it is ready once its backend
                     // follows peer leases (after writing subnet.env).
-                    Dataplane::Flanneld => {
-                        fs::read_to_string(&log).is_ok_and(|text| text.contains(FLANNELD_RUNNING))
-                    }
+                    Dataplane::Flanneld => fs::read_to_string(&log)
+                        .is_ok_and(|text| text.to_lowercase().contains(FLANNELD_RUNNING)),
                     // weft attaches the uplink programs (TC in every
                     // `--xdp-mode`, then XDP if any) before it turns ready.
                     Dataplane::Ebpf => {

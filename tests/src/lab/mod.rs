@@ -125,10 +125,19 @@ impl Lab {
             );
             self.route_without_overlay()?;
         } else if spec.runs_flanneld() {
-            // One after another: flanneld v0.20.2's watch can miss a peer
-            // lease created while it is still opening its first watch.
+            // One after another, then every flanneld but the last started
+            // once more: stock flanneld v0.20.2 can miss a lease written
+            // soon after its own start (its etcd watch reads only the first
+            // event of each response), and a flanneld started after every
+            // lease exists lists them all.
             for node in self.node_ids() {
                 self.start_agent(node)?;
+            }
+            let last = self.node_ids().last();
+            for node in self.node_ids() {
+                if Some(node) != last && self.node(node).dataplane == Dataplane::Flanneld {
+                    self.replace_agent(node, Dataplane::Flanneld)?;
+                }
             }
         } else {
             // Agents first, all at once: each leases a subnet and writes the
