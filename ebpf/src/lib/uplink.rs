@@ -55,13 +55,17 @@ use Reason::PassTruncated as Truncated;
 
 /// Checks a frame of `frame_len` bytes that starts at `data` (Ethernet)
 /// against this node's config and maps: a delivery, or the reason it is
-/// left to the kernel (`Pass*`) or dropped (`Drop*`).
+/// left to the kernel (`Pass*`) or dropped (`Drop*`). With
+/// `bulk_left_to_gro` (XDP with `--bulk-tcp-via-gro`), a full-size TCP
+/// segment skips netfilter's verdict: it goes to the kernel either way, and
+/// `tc_uplink` checks the verdict once per coalesced packet.
 #[inline(always)]
 pub fn classify(
     data: usize,
     end: usize,
     frame_len: usize,
     config: &NodeConfig,
+    bulk_left_to_gro: bool,
 ) -> Result<Delivery, Reason> {
     let eth = ptr_at::<EthHdr>(data, end, 0).ok_or(Truncated)?;
     // SAFETY: every pointer below comes from ptr_at, inside the packet.
@@ -85,7 +89,7 @@ pub fn classify(
     }
     if outer.dst_addr != config.node_ip {
         // Not for this node: maybe a plain (host-gw) packet for one of its pods.
-        return classify_plain(eth, ip, end, config);
+        return classify_plain(eth, ip, end, config, bulk_left_to_gro);
     }
     if outer.proto != IPPROTO_UDP {
         return Err(Reason::PassNotVxlan);
@@ -140,7 +144,14 @@ pub fn classify(
             addr: inner.dst_addr,
         })
         .ok_or(Reason::PassNoEndpoint)?;
-    deliverable(inner_ip, end, config, endpoint, VXLAN_OVERHEAD)
+    deliverable(
+        inner_ip,
+        end,
+        config,
+        endpoint,
+        VXLAN_OVERHEAD,
+        bulk_left_to_gro,
+    )
 }
 
 /// host-gw (and DirectRouting): a plain IPv4 packet routed to this node for
@@ -153,6 +164,7 @@ fn classify_plain(
     ip: *mut Ipv4Hdr,
     end: usize,
     config: &NodeConfig,
+    bulk_left_to_gro: bool,
 ) -> Result<Delivery, Reason> {
     // SAFETY: both pointers were bounds-checked by the caller.
     let header = unsafe { &*ip };
@@ -167,12 +179,13 @@ fn classify_plain(
     if peer.mode != PeerMode::HostGw as u8 || peer.nexthop_mac != unsafe { (*eth).src_addr } {
         return Err(Reason::PassUnknownSource);
     }
-    deliverable(ip, end, config, endpoint, 0)
+    deliverable(ip, end, config, endpoint, 0, bulk_left_to_gro)
 }
 
 /// The checks every delivery to `endpoint` ends with, on the packet the
 /// pod will get (IPv4 header at `ip`, its frame `strip` bytes behind the
-/// start): a TTL to decrement, and netfilter's verdict.
+/// start): a TTL to decrement, and netfilter's verdict (unless the packet
+/// is bulk TCP left to GRO, which is checked after GRO).
 #[inline(always)]
 fn deliverable(
     ip: *mut Ipv4Hdr,
@@ -180,6 +193,7 @@ fn deliverable(
     config: &NodeConfig,
     endpoint: *const Endpoint,
     strip: usize,
+    bulk_left_to_gro: bool,
 ) -> Result<Delivery, Reason> {
     // SAFETY: the caller bounds-checked the header.
     let header = unsafe { &*ip };
@@ -188,11 +202,14 @@ fn deliverable(
     if header.ttl <= 1 {
         return Err(Reason::PassTtlExpired);
     }
-    netfilter_passed(ip, end, config)?;
+    let bulk_tcp = header.proto == IPPROTO_TCP && header.tot_len() >= BULK_TCP_MIN_LEN;
+    if !(bulk_tcp && bulk_left_to_gro) {
+        netfilter_passed(ip, end, config)?;
+    }
     Ok(Delivery {
         // SAFETY: a map value pointer from a successful lookup.
         endpoint: unsafe { *endpoint },
         strip,
-        bulk_tcp: header.proto == IPPROTO_TCP && header.tot_len() >= BULK_TCP_MIN_LEN,
+        bulk_tcp,
     })
 }

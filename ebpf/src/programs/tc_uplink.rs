@@ -69,7 +69,13 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig) -> Verdict<i32> {
     if ctx.data() + HEADERS_LEN > ctx.data_end() && ctx.len() as usize >= HEADERS_LEN {
         let _ = ctx.pull_data(HEADERS_LEN as u32);
     }
-    let delivery = match classify(ctx.data(), ctx.data_end(), ctx.len() as usize, config) {
+    let delivery = match classify(
+        ctx.data(),
+        ctx.data_end(),
+        ctx.len() as usize,
+        config,
+        false,
+    ) {
         Ok(delivery) => delivery,
         // Only without XDP: with it, XDP dropped these already.
         Err(reason) if reason.drops() => {

@@ -43,7 +43,8 @@ fn decide(ctx: &XdpContext) -> Verdict<u32> {
         return pass(Reason::PassNoConfig);
     };
     let (data, end) = (ctx.data(), ctx.data_end());
-    let delivery = match classify(data, end, end - data, config) {
+    let bulk_left_to_gro = config.flags & CONFIG_BULK_TCP_VIA_GRO != 0;
+    let delivery = match classify(data, end, end - data, config, bulk_left_to_gro) {
         Ok(delivery) => delivery,
         Err(reason) if reason.drops() => {
             return Verdict {
@@ -53,7 +54,7 @@ fn decide(ctx: &XdpContext) -> Verdict<u32> {
         }
         Err(reason) => return pass(reason),
     };
-    if config.flags & CONFIG_BULK_TCP_VIA_GRO != 0 && delivery.bulk_tcp {
+    if bulk_left_to_gro && delivery.bulk_tcp {
         return pass(Reason::PassBulkTcp);
     }
     if delivery.endpoint.flags & ENDPOINT_XDP_READY == 0 {
