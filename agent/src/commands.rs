@@ -5,6 +5,7 @@ use anyhow::{Context as _, Result};
 use crate::cli::{Cli, Command};
 
 pub mod agent;
+pub mod cleanup;
 pub mod maps;
 pub mod stats_watch;
 pub mod status;
@@ -19,6 +20,13 @@ pub fn run(cli: Cli) -> Result<()> {
             runtime.block_on(agent::run(args))
         }
         Command::Maps(args) => maps::maps(&args),
+        Command::Cleanup(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(cleanup::cleanup(&args))
+        }
         Command::Status(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

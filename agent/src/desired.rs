@@ -106,6 +106,9 @@ pub struct Inputs<'a> {
     pub pods: &'a BTreeMap<Ipv4Addr, LocalPod>,
     /// The nftables ruleset generation (never goes back).
     pub ruleset_generation: u32,
+    /// Another rule in the ruleset uses the accept bit (`mark_conflicts`):
+    /// CONFIG names no accept bit, so no verdict is recorded or honoured.
+    pub verdicts_suspended: bool,
     /// A lease listing has been applied: until then the peer set is not
     /// known, and the sinks leave routes, PEERS and VTEPS alone.
     pub listed: bool,
@@ -133,6 +136,9 @@ pub struct Desired {
     pub peers: BTreeMap<Ipv4Net, Peer>,
     /// VTEPS: the VXLAN peers' node addresses.
     pub vteps: BTreeSet<Ipv4Addr>,
+    /// The overlay guard's set: every accepted peer's PublicIP, the only
+    /// senders the VXLAN port takes (whatever route reaches the peer).
+    pub members: BTreeSet<Ipv4Addr>,
     /// ENDPOINTS: local pods by address.
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     /// CONFIG[0]: live, or dormant (no uplink) with the ruleset generation.
@@ -148,6 +154,7 @@ pub fn compute(inputs: &Inputs) -> Desired {
         ..Desired::default()
     };
     if planned {
+        desired.members = inputs.peers.values().map(|attrs| attrs.public_ip).collect();
         for (subnet, attrs) in inputs.peers {
             match plan_route(inputs.node, inputs.view, *subnet, attrs) {
                 Ok(route) => {
@@ -173,11 +180,15 @@ pub fn compute(inputs: &Inputs) -> Desired {
         .map(|(ip, pod)| (*ip, endpoint(pod)))
         .collect();
     desired.config = if planned {
-        node_config(
+        let mut config = node_config(
             inputs.node,
             inputs.view.gateway_mac,
             inputs.ruleset_generation,
-        )
+        );
+        if inputs.verdicts_suspended {
+            config.accept_mark = 0;
+        }
+        config
     } else {
         dormant_config(inputs.ruleset_generation)
     };

@@ -298,7 +298,7 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
             counter_delta(
                 &before[0],
                 &after[0],
-                TcPodEgress.counter(Reason::DropVxlanToNode)
+                TcPodEgress.counter(Reason::DropVxlanFromPod)
             )
             .0,
             1,

@@ -198,7 +198,7 @@ fn a_pod_may_not_speak_vxlan_to_a_node() {
         assert_counted(
             &before,
             &programs.counters(),
-            TcPodEgress.counter(Reason::DropVxlanToNode),
+            TcPodEgress.counter(Reason::DropVxlanFromPod),
         );
     }
     // Another port of a node, and the VXLAN port of an address that is no

@@ -8,6 +8,7 @@
 //! hands it to both sinks: the kernel writer and the map writer.
 
 mod handlers;
+mod mark_check;
 mod own_lease;
 mod startup;
 
@@ -22,17 +23,19 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use self::own_lease::OwnLease;
+use self::{mark_check::MarkChecks, own_lease::OwnLease};
 use crate::{
     bpffs,
     cli::{AgentArgs, DataplaneArg},
     config::BackendConfig,
-    dataplane::kernel::KernelDataplane,
+    dataplane::{guard::OverlayGuard, kernel::KernelDataplane},
     desired,
     endpoints::{self, LocalView},
     http::{self, Readiness},
     lease::{peers::PeerTable, registry::EtcdOptions, validate::LeasePolicy, watch::LeaseFollower},
-    net, subnet_env,
+    net,
+    overlay_guard::{self, GuardSpec},
+    subnet_env, verdicts,
 };
 
 /// How often the --ip-masq rules are checked (and restored if changed).
@@ -41,6 +44,9 @@ const MASQ_RECHECK: Duration = Duration::from_secs(5);
 /// confirmed, or that had no address yet are read again (a pod that is
 /// complete costs nothing here).
 const POD_RETRY: Duration = Duration::from_millis(500);
+/// How often every pod's side is read again, complete or not, so a MAC or
+/// address changed inside a pod is followed within this bound.
+const POD_REREAD: Duration = Duration::from_secs(5);
 /// How often the maps are read back and repaired where they differ from
 /// what they should hold.
 const MAP_AUDIT: Duration = Duration::from_secs(10);
@@ -124,11 +130,27 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         uplink.public_ip,
     );
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
+    let guard = match config.backend {
+        BackendConfig::Vxlan { vni, port, .. } => {
+            let spec = GuardSpec {
+                bridge: args.bridge.clone(),
+                vxlan_device: KernelDataplane::vxlan_name(vni),
+                port,
+            };
+            overlay_guard::install(&spec)?;
+            crate::metrics::global().guard_installed();
+            info!(port, "overlay guard installed: the VXLAN port takes only peers' addresses, never pods'");
+            Some(OverlayGuard::default())
+        }
+        BackendConfig::HostGw => None,
+    };
     let attrs = startup::lease_attrs(&uplink, &config, vxlan);
     let mut facts = startup::node_facts(&uplink, &config, vxlan, &args);
 
     let mut fast_path = None;
     let mut ruleset_generation = 0;
+    let mut marks = None;
+    let mut verdicts_suspended = false;
     // The local view is an input of both sinks (the uplink's routes decide
     // VXLAN or direct, its neighbours PEERS' next hops), so it is followed
     // with either dataplane; no route is planned before the first arrives.
@@ -155,6 +177,8 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             Ok(started) => {
                 ruleset_generation = started.ruleset_generation;
                 fast_path = Some(started.fast_path);
+                marks = Some(started.marks);
+                verdicts_suspended = started.verdicts_suspended;
             }
             Err(error) if args.dataplane == DataplaneArg::Auto => {
                 warn!(
@@ -183,18 +207,29 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         own,
         peers,
         kernel,
+        guard,
         fast_path,
+        marks: None,
+        verdicts_suspended,
         view: LocalView::default(),
         ruleset_generation,
         listed: false,
         viewed: false,
         readiness,
     };
+    // Later ruleset changes are looked through for other users of the
+    // accept bit (the first look ran at start-up).
+    let mut mark_results = marks.map(|marks: verdicts::Marks| {
+        let (checks, results) = MarkChecks::new(marks.accept);
+        agent.marks = Some((marks, checks));
+        results
+    });
     agent.take_subnet().await?;
 
     let mut masq_check = tokio::time::interval(MASQ_RECHECK);
     let mut pod_retry = tokio::time::interval(POD_RETRY);
     let mut map_audit = tokio::time::interval(MAP_AUDIT);
+    let mut pod_reread = tokio::time::interval(POD_REREAD);
     let mut follower = LeaseFollower::new(registry);
     let ip_masq = agent.args.ip_masq;
     let fast = agent.fast_path.is_some();
@@ -206,10 +241,20 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             Some(view) = views_rx.recv() => { agent.on_view(view).await; }
             _ = pod_retry.tick(), if fast => { agent.on_pod_retry().await; }
             _ = map_audit.tick(), if fast => { agent.on_map_audit().await; }
+            _ = pod_reread.tick(), if fast => { agent.on_pod_reread().await; }
+            Some(result) = recv_some(&mut mark_results) => { agent.on_mark_check(result).await; }
             () = ruleset_changed.notified(), if fast => { agent.on_ruleset_changed().await; }
             signal = signals.recv() => break signal,
         }
     };
-    agent.on_stop(stop);
+    agent.on_stop(stop).await;
     Ok(())
+}
+
+/// The next message of an optional channel; pending forever without one.
+async fn recv_some<T>(receiver: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }

@@ -159,9 +159,9 @@ mod tests {
             counter("tc_encap", "tc_pod_egress", "encap", 100),
             counter("xdp_pass_no_verdict", "xdp_uplink", "pass_no_verdict", 5),
             counter(
-                "tc_drop_vxlan_to_node",
+                "tc_drop_vxlan_from_pod",
                 "tc_pod_egress",
-                "drop_vxlan_to_node",
+                "drop_vxlan_from_pod",
                 0,
             ),
             counter("uplink_rx", "xdp_uplink", "seen", 0),
@@ -170,9 +170,9 @@ mod tests {
             counter("tc_encap", "tc_pod_egress", "encap", 300),
             counter("xdp_pass_no_verdict", "xdp_uplink", "pass_no_verdict", 9),
             counter(
-                "tc_drop_vxlan_to_node",
+                "tc_drop_vxlan_from_pod",
                 "tc_pod_egress",
-                "drop_vxlan_to_node",
+                "drop_vxlan_from_pod",
                 2,
             ),
             counter("uplink_rx", "xdp_uplink", "seen", 1000),
@@ -216,7 +216,7 @@ mod tests {
                 "uplink_rx",
                 "tc_encap",
                 "xdp_pass_no_verdict",
-                "tc_drop_vxlan_to_node"
+                "tc_drop_vxlan_from_pod"
             ]
         );
     }

@@ -74,6 +74,25 @@ impl FastPath {
         report
     }
 
+    /// Removes every pinned pod neighbour entry (on a clean stop).
+    pub async fn unpin_pod_neighbours(&self) -> anyhow::Result<usize> {
+        match (self.bridge_index, self.pods.own_subnet()) {
+            (Some(bridge), Some(subnet)) => {
+                super::pod_neighbours::unpin_all(&self.handle, bridge, subnet).await
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Reads every pod's side again, complete or not: a pod whose MAC or
+    /// address changed is followed (ENDPOINTS and its pinned neighbour
+    /// entry). Returns whether the local pods changed.
+    pub async fn reread_pods(&mut self, view: &LocalView) -> bool {
+        let before = self.pods.endpoints();
+        self.pods.reread(&view.ports).await;
+        self.pods.endpoints() != before
+    }
+
     /// Pins each local pod's address to its MAC on the bridge, repairing
     /// entries changed behind the agent's back.
     pub async fn pin_pod_neighbours(&mut self) {

@@ -53,6 +53,38 @@ pub fn plan(
     }
 }
 
+/// The permanent entries on bridge `bridge`.
+async fn permanent_on(handle: &Handle, bridge: u32) -> Result<Vec<NeighbourMessage>> {
+    Ok(net::neighbours(handle)
+        .await?
+        .into_iter()
+        .filter(|entry| {
+            entry.header.ifindex == bridge && entry.header.state == NeighbourState::Permanent
+        })
+        .collect())
+}
+
+/// Removes the entries among `entries` whose address is in `remove`.
+async fn remove_entries(
+    handle: &Handle,
+    entries: &[NeighbourMessage],
+    remove: &[Ipv4Addr],
+) -> Result<usize> {
+    let mut removed = 0;
+    for entry in entries {
+        if neighbour_ip(entry).is_some_and(|ip| remove.contains(&ip)) {
+            handle
+                .neighbours()
+                .del(entry.clone())
+                .execute()
+                .await
+                .context("cannot remove a pod's neighbour entry")?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Brings the permanent entries on bridge `bridge` in line with `pods`.
 pub async fn sync(
     handle: &Handle,
@@ -60,28 +92,13 @@ pub async fn sync(
     pods: &BTreeMap<Ipv4Addr, LocalPod>,
     own_subnet: Ipv4Net,
 ) -> Result<()> {
-    let entries = net::neighbours(handle).await?;
-    let on_bridge_permanent: Vec<&NeighbourMessage> = entries
-        .iter()
-        .filter(|entry| {
-            entry.header.ifindex == bridge && entry.header.state == NeighbourState::Permanent
-        })
-        .collect();
+    let on_bridge_permanent = permanent_on(handle, bridge).await?;
     let permanent: BTreeMap<Ipv4Addr, MacAddr> = on_bridge_permanent
         .iter()
         .filter_map(|entry| Some((neighbour_ip(entry)?, neighbour_mac(entry)?)))
         .collect();
     let plan = plan(&permanent, pods, own_subnet);
-    for entry in on_bridge_permanent {
-        if neighbour_ip(entry).is_some_and(|ip| plan.remove.contains(&ip)) {
-            handle
-                .neighbours()
-                .del(entry.clone())
-                .execute()
-                .await
-                .context("cannot remove a pod's neighbour entry")?;
-        }
-    }
+    remove_entries(handle, &on_bridge_permanent, &plan.remove).await?;
     for (ip, mac) in plan.pin {
         handle
             .neighbours()
@@ -94,6 +111,20 @@ pub async fn sync(
             .with_context(|| format!("cannot pin neighbour {ip} -> {mac} on the bridge"))?;
     }
     Ok(())
+}
+
+/// Removes every pinned entry (permanent, inside `own_subnet`, on bridge
+/// `bridge`): on a clean stop, and by `weft cleanup`. The kernel learns the
+/// pods' addresses again from ARP, as it does under flanneld. Returns how
+/// many were removed.
+pub async fn unpin_all(handle: &Handle, bridge: u32, own_subnet: Ipv4Net) -> Result<usize> {
+    let entries = permanent_on(handle, bridge).await?;
+    let pinned: Vec<Ipv4Addr> = entries
+        .iter()
+        .filter_map(neighbour_ip)
+        .filter(|ip| own_subnet.contains(ip))
+        .collect();
+    remove_entries(handle, &entries, &pinned).await
 }
 
 #[cfg(test)]

@@ -57,6 +57,16 @@ impl LocalPods {
     /// IPAM configures the pod's address, and the first read can fall in
     /// between.
     pub async fn refresh(&mut self, ports: &BridgePorts) {
+        self.read_sides(ports, false).await;
+    }
+
+    /// Reads every port's pod side again, complete or not, so a pod whose
+    /// MAC or addresses changed after it was read is followed.
+    pub async fn reread(&mut self, ports: &BridgePorts) {
+        self.read_sides(ports, true).await;
+    }
+
+    async fn read_sides(&mut self, ports: &BridgePorts, complete_too: bool) {
         self.sides.retain(|index, _| ports.contains_key(index));
         self.failing.retain(|index| ports.contains_key(index));
         let own_subnet = self.own_subnet;
@@ -66,7 +76,7 @@ impl LocalPods {
                     .is_some_and(|subnet| side.addresses.iter().any(|ip| subnet.contains(ip)))
         };
         for (index, port) in ports {
-            if self.sides.get(index).is_some_and(complete) {
+            if !complete_too && self.sides.get(index).is_some_and(complete) {
                 continue;
             }
             match self.read(port).await {

@@ -78,6 +78,7 @@ fn compute_in(
         view,
         pods: &pods,
         ruleset_generation: 7,
+        verdicts_suspended: false,
         listed: true,
         viewed: live,
     })

@@ -218,8 +218,8 @@ mod tests {
             Some("no_verdict")
         );
         assert_eq!(
-            drop_reason(reason(Hook::TcPodEgress.counter(Reason::DropVxlanToNode))),
-            Some("vxlan_to_node")
+            drop_reason(reason(Hook::TcPodEgress.counter(Reason::DropVxlanFromPod))),
+            Some("vxlan_from_pod")
         );
         assert_eq!(
             fallback_reason(reason(Hook::TcUplink.counter(Reason::Decap))),

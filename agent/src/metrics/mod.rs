@@ -10,6 +10,7 @@
 //! (`metrics::global().lease_renewed(true)`), with nothing to thread through
 //! the agent's state.
 
+mod guard;
 mod kernel;
 
 use std::{
@@ -27,6 +28,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use guard::GuardCollector;
 use kernel::KernelCollector;
 
 /// The content type of [`Metrics::render`]'s output.
@@ -58,7 +60,9 @@ pub struct Metrics {
     renewal_failures: Counter,
     last_sync: Gauge<f64, AtomicU64>,
     ready: Gauge,
+    accept_mark_conflicts: Gauge,
     kernel: std::sync::Arc<KernelCollector>,
+    guard: std::sync::Arc<GuardCollector>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -84,7 +88,9 @@ impl Metrics {
             renewal_failures: Counter::default(),
             last_sync: Gauge::default(),
             ready: Gauge::default(),
+            accept_mark_conflicts: Gauge::default(),
             kernel: std::sync::Arc::new(KernelCollector::default()),
+            guard: std::sync::Arc::new(GuardCollector::default()),
             registry: Registry::default(),
         };
         registry.register(
@@ -148,7 +154,13 @@ impl Metrics {
             Unit::Seconds,
             metrics.last_sync.clone(),
         );
+        registry.register(
+            "weft_accept_mark_conflicting_rules",
+            "Rules in the node's ruleset, other than weft's, that set or test weft's accept bit; while above 0 the fast path takes no flow",
+            metrics.accept_mark_conflicts.clone(),
+        );
         registry.register_collector(Box::new(metrics.kernel.clone()));
+        registry.register_collector(Box::new(metrics.guard.clone()));
         Self {
             registry,
             ..metrics
@@ -228,6 +240,17 @@ impl Metrics {
             .pin_dir
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(pin_dir.into());
+    }
+
+    /// The overlay guard is installed: scrapes read its counters.
+    pub fn guard_installed(&self) {
+        self.guard.installed.store(true, Ordering::Relaxed);
+    }
+
+    /// How many other rules use the accept bit (0: the bit is weft's).
+    pub fn set_accept_mark_conflicts(&self, rules: usize) {
+        self.accept_mark_conflicts
+            .set(i64::try_from(rules).unwrap_or(i64::MAX));
     }
 
     /// The metrics in OpenMetrics text ([`CONTENT_TYPE`]), with `ready` as

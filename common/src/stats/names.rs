@@ -77,6 +77,10 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         "xdp_pass_tcp_control",
     ),
     (id(XdpUplink, Reason::PassNotAFlow), "xdp_pass_not_a_flow"),
+    (
+        id(XdpUplink, Reason::PassVerdictsSuspended),
+        "xdp_pass_verdicts_suspended",
+    ),
     (id(TcUplink, Reason::Seen), "tc_uplink_seen"),
     (id(TcUplink, Reason::Decap), "tc_uplink_decap"),
     (id(TcUplink, Reason::HostGw), "tc_uplink_host_gw"),
@@ -163,6 +167,10 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         id(TcUplink, Reason::PassNotAFlow),
         "tc_uplink_pass_not_a_flow",
     ),
+    (
+        id(TcUplink, Reason::PassVerdictsSuspended),
+        "tc_uplink_pass_verdicts_suspended",
+    ),
     (id(TcPodEgress, Reason::Seen), "pod_egress"),
     (id(TcPodEgress, Reason::Encap), "tc_encap"),
     (id(TcPodEgress, Reason::HostGw), "tc_host_gw"),
@@ -175,8 +183,8 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         "tc_pass_foreign_source",
     ),
     (
-        id(TcPodEgress, Reason::DropVxlanToNode),
-        "tc_drop_vxlan_to_node",
+        id(TcPodEgress, Reason::DropVxlanFromPod),
+        "tc_drop_vxlan_from_pod",
     ),
     (id(TcPodEgress, Reason::PassNoRoute), "tc_pass_no_route"),
     (
@@ -203,6 +211,10 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         "tc_pass_tcp_control",
     ),
     (id(TcPodEgress, Reason::PassNotAFlow), "tc_pass_not_a_flow"),
+    (
+        id(TcPodEgress, Reason::PassVerdictsSuspended),
+        "tc_pass_verdicts_suspended",
+    ),
     (id(TcVerdict, Reason::Learned), "verdict_learned"),
     (id(TcVerdict, Reason::Unparsed), "verdict_unparsed"),
     (id(TcVerdict, Reason::UpdateFailed), "verdict_update_failed"),

@@ -75,9 +75,9 @@ pub enum Reason {
     PassPodNotReady = 30,
     /// The source address or MAC is not the sending pod's own.
     PassForeignSource = 31,
-    /// UDP from a pod to a node's VXLAN port (see the README's security
-    /// model).
-    DropVxlanToNode = 32,
+    /// UDP from a pod to the VXLAN port, whatever its destination (see the
+    /// README's security model).
+    DropVxlanFromPod = 32,
     /// No `PEERS` entry for the destination (e.g. leaving the cluster).
     PassNoRoute = 33,
     /// The peer's underlay next hop is not resolved yet.
@@ -95,6 +95,10 @@ pub enum Reason {
     /// A marked TCP SYN, FIN or RST: nothing recorded (a FIN or RST ends
     /// the direction's verdict).
     TcpControl = 40,
+    /// Another rule in the node's ruleset uses the accept bit: weft
+    /// records no verdict and leaves every flow to the kernel path until
+    /// it is gone.
+    PassVerdictsSuspended = 41,
 }
 
 impl Reason {
@@ -133,7 +137,7 @@ impl Reason {
             Reason::PassBadLength => "pass_bad_length",
             Reason::PassPodNotReady => "pass_pod_not_ready",
             Reason::PassForeignSource => "pass_foreign_source",
-            Reason::DropVxlanToNode => "drop_vxlan_to_node",
+            Reason::DropVxlanFromPod => "drop_vxlan_from_pod",
             Reason::PassNoRoute => "pass_no_route",
             Reason::PassNoNeighbour => "pass_no_neighbour",
             Reason::PassTooBig => "pass_too_big",
@@ -142,12 +146,13 @@ impl Reason {
             Reason::Unparsed => "unparsed",
             Reason::UpdateFailed => "update_failed",
             Reason::TcpControl => "tcp_control",
+            Reason::PassVerdictsSuspended => "pass_verdicts_suspended",
         }
     }
 
     /// Whether the packet is dropped (else, for a refusal, passed).
     #[inline(always)]
     pub const fn drops(self) -> bool {
-        matches!(self, Reason::DropUnknownVtep | Reason::DropVxlanToNode)
+        matches!(self, Reason::DropUnknownVtep | Reason::DropVxlanFromPod)
     }
 }

@@ -87,6 +87,10 @@ pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Option<Flow> {
 /// reason the packet goes through netfilter (the same for every hook).
 #[inline(always)]
 pub fn netfilter_passed(ip: *const Ipv4Hdr, end: usize, config: &NodeConfig) -> Result<(), Reason> {
+    // No accept bit: another rule uses it, and no verdict is recorded.
+    if config.accept_mark == 0 {
+        return Err(Reason::PassVerdictsSuspended);
+    }
     let flow = flow_of(ip, end).ok_or(Reason::PassNotAFlow)?;
     let key = flow.key;
     if flow.tcp_control {

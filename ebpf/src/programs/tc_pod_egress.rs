@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
-use weft_common::{EndpointKey, Hook, NodeConfig, PeerMode, Reason, VtepKey};
+use weft_common::{EndpointKey, Hook, NodeConfig, PeerMode, Reason};
 
 use crate::lib::{
     counters::{Verdict, count},
@@ -20,7 +20,7 @@ use crate::lib::{
     flow::netfilter_passed,
     headers::{ENCAP_LEN, ETH_P_IPV4, IPPROTO_UDP, ptr_at},
     l3::{decrement_ttl, ipv4_l3},
-    maps::{ENDPOINTS, PEERS, VTEPS, node_config},
+    maps::{ENDPOINTS, PEERS, node_config},
     mtu::fits,
 };
 
@@ -67,6 +67,14 @@ fn decide(ctx: &mut TcContext) -> Verdict<i32> {
         return pass(Reason::PassNotIpv4);
     }
     let destination = ip.dst_addr;
+    // First, before anything hands the packet to the kernel: a pod has no
+    // business speaking VXLAN, whatever address it sends to or from.
+    if is_vxlan(ctx, ip, config) {
+        return Verdict {
+            action: TC_ACT_SHOT,
+            reason: Reason::DropVxlanFromPod,
+        };
+    }
     // Only what the pod sends as itself: its own address from its own veth
     // and MAC. Anything else is the kernel's (rp_filter, netfilter).
     match ENDPOINTS.get_ptr(EndpointKey { addr: ip.src_addr }) {
@@ -78,13 +86,6 @@ fn decide(ctx: &mut TcContext) -> Verdict<i32> {
             } => {}
         _ => return pass(Reason::PassForeignSource),
     }
-    if is_vxlan_to_a_node(ctx, ip, config) {
-        return Verdict {
-            action: TC_ACT_SHOT,
-            reason: Reason::DropVxlanToNode,
-        };
-    }
-
     if let Some(endpoint) = ENDPOINTS.get_ptr(EndpointKey { addr: destination }) {
         let endpoint = unsafe { *endpoint };
         // Same node: the bridge's netfilter (br_netfilter) or the forward
@@ -152,12 +153,14 @@ fn to_uplink(config: &NodeConfig, reason: Reason) -> Verdict<i32> {
     }
 }
 
-/// A pod's UDP to a node's VXLAN port. Masqueraded (`--ip-masq`), it
-/// would leave with this node's address, a real VTEP, and inject whatever
-/// it carries into the overlay as this node; to this node it would be
-/// decapsulated here. Pods have no business speaking VXLAN to nodes.
+/// UDP to the VXLAN port. To any node's address (this one's cni0 or
+/// flannel.<VNI> address, its node IP, another node's gateway through the
+/// overlay) it would be decapsulated by that node's VXLAN socket;
+/// masqueraded (`--ip-masq`), it would leave with this node's address, a
+/// real VTEP, and inject whatever it carries into the overlay as this node.
+/// The destination is not checked: any address may be some node's.
 #[inline(always)]
-fn is_vxlan_to_a_node(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> bool {
+fn is_vxlan(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> bool {
     if ip.proto != IPPROTO_UDP || config.vxlan_port_be == 0 {
         return false;
     }
@@ -170,5 +173,4 @@ fn is_vxlan_to_a_node(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> boo
         return false;
     };
     port == config.vxlan_port_be.to_ne_bytes()
-        && (ip.dst_addr == config.node_ip || VTEPS.get_ptr(VtepKey { addr: ip.dst_addr }).is_some())
 }

@@ -173,6 +173,7 @@ impl Programs {
             view: &self.node.view,
             pods: &self.node.pods,
             ruleset_generation: GENERATION,
+            verdicts_suspended: false,
             listed: true,
             viewed: true,
         });

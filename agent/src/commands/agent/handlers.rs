@@ -7,12 +7,16 @@
 use anyhow::Result;
 use tracing::{info, warn};
 
-use super::own_lease::{OwnLease, Renewal};
+use super::{
+    mark_check::{CheckResult, MarkChecks},
+    own_lease::{OwnLease, Renewal},
+};
 use crate::{
     cli::AgentArgs,
     config::NetworkConfig,
     dataplane::{
         fastpath::FastPath,
+        guard::OverlayGuard,
         kernel::{KernelDataplane, KernelReport},
         maps::MapReport,
     },
@@ -20,7 +24,8 @@ use crate::{
     endpoints::LocalView,
     http::Readiness,
     lease::{peers::PeerTable, watch::LeaseEvent},
-    masq, metrics, verdicts,
+    masq, metrics,
+    verdicts::{self, Marks},
 };
 
 /// What one [`Agent::apply`] did: the sinks' reports (the map sink's only
@@ -51,7 +56,15 @@ pub struct Agent {
     pub(super) own: OwnLease,
     pub(super) peers: PeerTable,
     pub(super) kernel: KernelDataplane,
+    /// Who may send to the VXLAN port (VXLAN backend, either dataplane).
+    pub(super) guard: Option<OverlayGuard>,
     pub(super) fast_path: Option<FastPath>,
+    /// The verdict chain's bits, and the looks for other rules using the
+    /// accept bit (with the fast path).
+    pub(super) marks: Option<(Marks, MarkChecks)>,
+    /// Another rule uses the accept bit: the verdict chain is removed and
+    /// CONFIG names no accept bit until it is gone.
+    pub(super) verdicts_suspended: bool,
     pub(super) view: LocalView,
     pub(super) ruleset_generation: u32,
     /// A listing has been applied, and a local view has arrived: until both
@@ -77,6 +90,7 @@ impl Agent {
             view: &self.view,
             pods: &pods,
             ruleset_generation: self.ruleset_generation,
+            verdicts_suspended: self.verdicts_suspended,
             listed: self.listed,
             viewed: self.viewed,
         });
@@ -87,6 +101,9 @@ impl Agent {
             unroutable: desired.unroutable.len(),
             ..Applied::default()
         };
+        if let Some(guard) = self.guard.as_mut() {
+            guard.sync(&desired).await;
+        }
         if desired.planned {
             applied.kernel = Some(self.kernel.sync(&desired).await);
             let vxlan = desired
@@ -219,6 +236,16 @@ impl Agent {
         None
     }
 
+    /// Every pod's side is read again, complete or not: a MAC or address
+    /// changed inside a pod reaches ENDPOINTS and the pinned neighbour entry.
+    pub async fn on_pod_reread(&mut self) -> Option<Applied> {
+        let fast_path = self.fast_path.as_mut()?;
+        if fast_path.reread_pods(&self.view).await {
+            return Some(self.apply().await);
+        }
+        None
+    }
+
     /// Reads the maps back and repairs whatever differs.
     pub async fn on_map_audit(&mut self) -> Option<Applied> {
         let fast_path = self.fast_path.as_mut()?;
@@ -237,13 +264,54 @@ impl Agent {
             generation = self.ruleset_generation,
             "nftables ruleset changed; fast-path verdicts voided"
         );
+        if let Some((_, checks)) = self.marks.as_mut() {
+            checks.request();
+        }
         self.apply().await
+    }
+
+    /// A look for other rules using the accept bit finished: while any
+    /// exists, weft leaves the bit alone (verdict chain removed) and the
+    /// fast path takes no flow; once none is left, both come back.
+    pub async fn on_mark_check(&mut self, result: CheckResult) -> Option<Applied> {
+        let (marks, checks) = self.marks.as_mut()?;
+        checks.finished();
+        let marks = *marks;
+        let conflicts = match result {
+            Ok(conflicts) => conflicts,
+            Err(error) => {
+                warn!("cannot check the ruleset for other users of the accept bit: {error:#}");
+                return None;
+            }
+        };
+        metrics::global().set_accept_mark_conflicts(conflicts.len());
+        let suspend = !conflicts.is_empty();
+        if suspend == self.verdicts_suspended {
+            return None;
+        }
+        if suspend {
+            super::mark_check::warn_conflicts(marks, &conflicts);
+            self.verdicts_suspended = true;
+            let applied = self.apply().await;
+            off_runtime(verdicts::remove).await;
+            Some(applied)
+        } else {
+            info!(
+                mark = format_args!("{:#x}", marks.accept),
+                "no other rule uses the accept bit now: the fast path takes flows again"
+            );
+            off_runtime(move || verdicts::install(marks)).await;
+            self.verdicts_suspended = false;
+            Some(self.apply().await)
+        }
     }
 
     /// SIGTERM/SIGINT: detach the programs; the kernel datapath stays
     /// programmed, as flanneld leaves it, so pods keep talking while the
-    /// agent restarts.
-    pub fn on_stop(self, signal: &str) {
+    /// agent restarts, and so does the overlay guard, so the node stays
+    /// closed to injected VXLAN meanwhile. The pods' pinned neighbour
+    /// entries go: nothing would follow a pod's MAC while the agent is away.
+    pub async fn on_stop(self, signal: &str) {
         info!("{signal}: detaching");
         self.readiness.set(false);
         if let Some(mut fast_path) = self.fast_path {
@@ -257,7 +325,20 @@ impl Agent {
             if let Err(error) = verdicts::remove() {
                 warn!("{error:#}");
             }
+            match fast_path.unpin_pod_neighbours().await {
+                Ok(removed) => info!(removed, "pods' pinned neighbour entries removed"),
+                Err(error) => warn!("{error:#}"),
+            }
         }
+    }
+}
+
+/// Runs blocking work (nft) off the agent's runtime; a failure is logged.
+async fn off_runtime(work: impl FnOnce() -> Result<()> + Send + 'static) {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!("{error:#}"),
+        Err(error) => warn!("blocking work did not run: {error}"),
     }
 }
 

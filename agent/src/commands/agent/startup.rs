@@ -21,8 +21,9 @@ use crate::{
     },
     desired::{self, NodeFacts},
     lease::{LeaseAttrs, VxlanBackendData},
+    mark_conflicts,
     net::Uplink,
-    verdicts,
+    verdicts::{self, Marks},
 };
 
 /// Connects to etcd and reads a valid network config, retrying (and saying
@@ -104,11 +105,14 @@ pub fn node_facts(
     }
 }
 
-/// The fast path as started: its programs and maps, and the ruleset
-/// generation this run starts from.
+/// The fast path as started: its programs and maps, the ruleset
+/// generation this run starts from, the verdict chain's bits, and whether
+/// another rule uses the accept bit (no verdicts then).
 pub struct Started {
     pub fast_path: FastPath,
     pub ruleset_generation: u32,
+    pub marks: Marks,
+    pub verdicts_suspended: bool,
 }
 
 /// Loads and attaches the programs, writes CONFIG dormant, installs the
@@ -142,8 +146,20 @@ pub fn start_fast_path(
     info!(iface = %uplink.name, xdp = ?mode, veth = uplink.is_veth, "uplink programs attached");
     // TC on the uplink counts what XDP would have counted when XDP is off.
     facts.uplink_xdp = mode != AttachedXdpMode::Off;
+    let marks = Marks::new(args.accept_mark, args.kernel_path_mark)?;
     verdicts::watch_ruleset(ruleset_changed)?;
-    verdicts::install(args.accept_mark)?;
+    // The bit must be weft's alone: with another rule using it, weft leaves
+    // it untouched and records no verdict (the loop looks again after every
+    // ruleset change).
+    let conflicts = mark_conflicts::find(marks.accept)?;
+    crate::metrics::global().set_accept_mark_conflicts(conflicts.len());
+    let verdicts_suspended = !conflicts.is_empty();
+    if verdicts_suspended {
+        super::mark_check::warn_conflicts(marks, &conflicts);
+        verdicts::remove()?;
+    } else {
+        verdicts::install(marks)?;
+    }
     if verdicts::make_tcp_tracking_liberal()? {
         info!(
             "net.netfilter.nf_conntrack_tcp_be_liberal set to 1: conntrack does not see fast-pathed TCP segments"
@@ -158,5 +174,7 @@ pub fn start_fast_path(
     Ok(Started {
         fast_path: FastPath::new(programs, maps, handle),
         ruleset_generation,
+        marks,
+        verdicts_suspended,
     })
 }

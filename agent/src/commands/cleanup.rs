@@ -1,0 +1,93 @@
+//! `weft cleanup`: removes what a stopped agent leaves on a node, for an
+//! uninstall or a rollback to flanneld.
+//!
+//! A stopped agent leaves: table `inet weft` (kill -9 leaves all of it;
+//! SIGTERM keeps the overlay guard, so the node stays closed to injected
+//! VXLAN while the agent restarts), the maps pinned in its bpffs directory,
+//! and (after kill -9) the pods' permanent neighbour entries on the bridge.
+//! Programs need no cleanup: their attachments belong to the agent's
+//! process and end with it. What flanneld shares with weft stays: the
+//! `flannel.<VNI>` device, routes, fdb and neighbour entries to peers,
+//! `subnet.env`, the masquerade table, and the lease in etcd; flanneld
+//! takes them over as they are.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use weft_common::map_names;
+
+use crate::{
+    bpffs, cli::CleanupArgs, dataplane::pod_neighbours, net, subnet_env, weft_table,
+};
+
+pub async fn cleanup(args: &CleanupArgs) -> Result<()> {
+    // Refuse first, before removing anything: a running agent would put it
+    // all back, or run on maps pulled from under it.
+    let lock = if args.bpf_pin_dir.exists() {
+        Some(bpffs::lock_pin_dir(&args.bpf_pin_dir).context("weft cleanup: stop the agent first")?)
+    } else {
+        None
+    };
+    weft_table::remove()?;
+    println!("removed table inet {}", weft_table::TABLE);
+    if lock.is_some() {
+        let unpinned = unpin_maps(&args.bpf_pin_dir)?;
+        drop(lock);
+        std::fs::remove_dir(&args.bpf_pin_dir).with_context(|| {
+            format!(
+                "cannot remove {} (files weft did not put there?)",
+                args.bpf_pin_dir.display()
+            )
+        })?;
+        println!(
+            "removed {} pinned maps and {}",
+            unpinned,
+            args.bpf_pin_dir.display()
+        );
+    }
+    let removed = unpin_neighbours(args).await?;
+    println!("removed {removed} pinned pod neighbour entries on {}", args.bridge);
+    println!(
+        "kept what flanneld shares with weft: flannel.<VNI>, routes, fdb and neighbour entries to peers, {}, the masquerade table",
+        args.subnet_file.display()
+    );
+    Ok(())
+}
+
+/// Unpins the maps weft pins; returns how many there were.
+fn unpin_maps(pin_dir: &Path) -> Result<usize> {
+    let mut unpinned = 0;
+    for name in map_names::ALL {
+        let path = pin_dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => unpinned += 1,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot unpin {}", path.display()));
+            }
+        }
+    }
+    Ok(unpinned)
+}
+
+/// The pods' pinned entries: permanent, on the bridge, inside the subnet
+/// `subnet.env` names (weft pins nothing else there).
+async fn unpin_neighbours(args: &CleanupArgs) -> Result<usize> {
+    let Some(env) = subnet_env::read_if_present(&args.subnet_file)? else {
+        println!(
+            "no {}: no subnet, so no pod neighbour entries to look for",
+            args.subnet_file.display()
+        );
+        return Ok(0);
+    };
+    let (connection, handle, _) =
+        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+    tokio::spawn(connection);
+    let Some(bridge) = net::link_by_name(&handle, &args.bridge).await? else {
+        return Ok(0);
+    };
+    if env.subnet.prefix_len() == 0 {
+        bail!("{}: a /0 subnet", args.subnet_file.display());
+    }
+    pod_neighbours::unpin_all(&handle, bridge.header.index, env.subnet.trunc()).await
+}
