@@ -57,8 +57,8 @@ pub fn find(bit: u32) -> Result<Vec<Conflict>> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let ruleset: Value = serde_json::from_slice(&output.stdout)
-        .context("nft printed a ruleset that is not JSON")?;
+    let ruleset: Value =
+        serde_json::from_slice(&output.stdout).context("nft printed a ruleset that is not JSON")?;
     let mut conflicts = in_nft_json(&ruleset, bit);
     for family in xtables_mark_families(&ruleset) {
         let saver = match family {
@@ -212,7 +212,11 @@ fn tested_bits(left: &Value, right: &Value) -> u32 {
     {
         return operands[1].as_u64().map_or(u32::MAX, |mask| mask as u32);
     }
-    if mentions_meta_mark(left) { u32::MAX } else { 0 }
+    if mentions_meta_mark(left) {
+        u32::MAX
+    } else {
+        0
+    }
 }
 
 /// Whether `meta mark` appears anywhere inside (a map key, a concatenation).
@@ -257,7 +261,11 @@ fn iptables_rule_uses_bit(words: &[&str], bit: u32) -> bool {
         for value in after("--set-xmark") {
             let (value, mask) = value_and_mask(value);
             // An exact --set-mark is printed as V/0xffffffff.
-            let changed = if mask == u32::MAX { value } else { value | mask };
+            let changed = if mask == u32::MAX {
+                value
+            } else {
+                value | mask
+            };
             uses |= changed & bit != 0;
         }
     }

@@ -138,7 +138,10 @@ pub fn refusals() -> Result<Vec<(Refusal, u64)>> {
         if stderr.contains("No such file or directory") {
             return Ok(Refusal::ALL.iter().map(|refusal| (*refusal, 0)).collect());
         }
-        bail!("nft cannot list table inet {TABLE}'s counters: {}", stderr.trim());
+        bail!(
+            "nft cannot list table inet {TABLE}'s counters: {}",
+            stderr.trim()
+        );
     }
     parse_counters(&output.stdout)
 }

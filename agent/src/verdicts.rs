@@ -53,7 +53,8 @@ const PRIORITY: i32 = i32::MAX - 1;
 
 /// The chain, and where it hooks.
 const CHAIN: &str = "verdict";
-const CHAIN_DEFINITION: &str = "{ type filter hook postrouting priority 2147483646; policy accept; }";
+const CHAIN_DEFINITION: &str =
+    "{ type filter hook postrouting priority 2147483646; policy accept; }";
 /// Where weft before 0.2 set the bit (forward hook, priority 500): removed
 /// on upgrade.
 const LEGACY_CHAIN: &str = "forward";
@@ -220,7 +221,9 @@ fn is_own_guard_set_update(datagram: &[u8]) -> bool {
         let Ok(message) = netlink_packet_core::NetlinkBuffer::new_checked(rest) else {
             return false;
         };
-        let length = (message.length() as usize).next_multiple_of(4).min(rest.len());
+        let length = (message.length() as usize)
+            .next_multiple_of(4)
+            .min(rest.len());
         let kind = message.message_type();
         let (subsystem, message_type) = (kind >> 8, kind & 0xff);
         if subsystem != NFNL_SUBSYS_NFTABLES {
@@ -235,7 +238,13 @@ fn is_own_guard_set_update(datagram: &[u8]) -> bool {
                 let table = netlink_packet_core::NlasIterator::new(attributes)
                     .filter_map(Result::ok)
                     .find(|nla| nla.kind() == NFTA_SET_ELEM_LIST_TABLE)
-                    .map(|nla| nla.value().split(|byte| *byte == 0).next().unwrap_or(&[]).to_vec());
+                    .map(|nla| {
+                        nla.value()
+                            .split(|byte| *byte == 0)
+                            .next()
+                            .unwrap_or(&[])
+                            .to_vec()
+                    });
                 if table.as_deref() != Some(TABLE.as_bytes()) {
                     return false;
                 }
@@ -252,7 +261,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clears_the_bit_then_marks_only_established_flows_without_nat_helpers_or_the_kernel_path_bit() {
+    fn clears_the_bit_then_marks_only_established_flows_without_nat_helpers_or_the_kernel_path_bit()
+    {
         let script = chain_script(Marks::new(0x2000, 0x1000).unwrap());
         assert!(script.contains(
             "add chain inet weft verdict { type filter hook postrouting priority 2147483646; policy accept; }"
@@ -314,7 +324,10 @@ mod tests {
         assert!(is_own_guard_set_update(&[own.clone(), generation].concat()));
         // Anyone else's set (kube-proxy's nftables mode keeps its services
         // in sets), a new rule, garbage: a change.
-        let theirs = notification(NFT_MSG_NEWSETELEM, Some((NFTA_SET_ELEM_LIST_TABLE, "kube-proxy")));
+        let theirs = notification(
+            NFT_MSG_NEWSETELEM,
+            Some((NFTA_SET_ELEM_LIST_TABLE, "kube-proxy")),
+        );
         let new_rule = notification(6, Some((1, "weft")));
         assert!(!is_own_guard_set_update(&theirs));
         assert!(!is_own_guard_set_update(&new_rule));

@@ -139,7 +139,10 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             };
             overlay_guard::install(&spec)?;
             crate::metrics::global().guard_installed();
-            info!(port, "overlay guard installed: the VXLAN port takes only peers' addresses, never pods'");
+            info!(
+                port,
+                "overlay guard installed: the VXLAN port takes only peers' addresses, never pods'"
+            );
             Some(OverlayGuard::default())
         }
         BackendConfig::HostGw => None,

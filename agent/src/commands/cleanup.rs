@@ -16,9 +16,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use weft_common::map_names;
 
-use crate::{
-    bpffs, cli::CleanupArgs, dataplane::pod_neighbours, net, subnet_env, weft_table,
-};
+use crate::{bpffs, cli::CleanupArgs, dataplane::pod_neighbours, net, subnet_env, weft_table};
 
 pub async fn cleanup(args: &CleanupArgs) -> Result<()> {
     // Refuse first, before removing anything: a running agent would put it
@@ -46,7 +44,10 @@ pub async fn cleanup(args: &CleanupArgs) -> Result<()> {
         );
     }
     let removed = unpin_neighbours(args).await?;
-    println!("removed {removed} pinned pod neighbour entries on {}", args.bridge);
+    println!(
+        "removed {removed} pinned pod neighbour entries on {}",
+        args.bridge
+    );
     println!(
         "kept what flanneld shares with weft: flannel.<VNI>, routes, fdb and neighbour entries to peers, {}, the masquerade table",
         args.subnet_file.display()
