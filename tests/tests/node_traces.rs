@@ -1,0 +1,175 @@
+//! What weft leaves on a node, and what it follows while it runs: a pod's
+//! pinned neighbour entry follows a MAC changed inside the pod, goes when
+//! the agent stops cleanly, and `weft cleanup` removes every trace a killed
+//! agent left (table `inet weft`, the pinned maps, the pinned entries), so
+//! the node's pods stay reachable in each case, as under flanneld.
+
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use weft_tests::{
+    Lab, LabSpec, NodeId,
+    lab::{PodState, wait_for},
+    netns, privileged_test,
+};
+
+/// cni0's permanent neighbour entries on `ns`: (address, MAC).
+fn pinned(ns: &str) -> Vec<(String, String)> {
+    let out = netns::run(
+        ns,
+        &[
+            "ip",
+            "-j",
+            "neigh",
+            "show",
+            "dev",
+            "cni0",
+            "nud",
+            "permanent",
+        ],
+    )
+    .unwrap();
+    let entries: serde_json::Value =
+        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap();
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["dst"].as_str().unwrap_or_default().to_owned(),
+                entry["lladdr"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn set_mac(pod: &PodState, mac: &str) {
+    netns::run(&pod.ns, &["ip", "link", "set", "eth0", "address", mac]).unwrap();
+}
+
+fn table_exists(ns: &str) -> bool {
+    netns::run(ns, &["nft", "list", "tables"])
+        .unwrap()
+        .contains("inet weft")
+}
+
+#[test]
+fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
+    let Some(_guard) =
+        privileged_test("pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup")
+    else {
+        return;
+    };
+    let mut lab = Lab::up(&LabSpec::new("t-nt-neigh", 2, 1)).unwrap();
+    lab.warm_up().unwrap();
+    let n1 = NodeId::new(1);
+    let node1 = lab.node(n1).clone();
+    let pod = node1.pods[0].clone();
+    let remote = lab.node(NodeId::new(2)).pods[0].clone();
+    let reaches = |lab: &Lab| {
+        let out = lab.ping(&remote, pod.ip(), 3).unwrap();
+        assert!(out.contains("3 received"), "{out}");
+    };
+    assert_eq!(
+        pinned(&node1.ns),
+        [(pod.ip().to_owned(), pod.network.mac.clone())]
+    );
+
+    // A MAC changed inside the running pod: the pin and ENDPOINTS follow.
+    let new_mac = "02:aa:bb:cc:dd:01";
+    set_mac(&pod, new_mac);
+    wait_for(
+        "the pin to follow the pod's MAC",
+        Duration::from_secs(15),
+        || Ok(pinned(&node1.ns) == [(pod.ip().to_owned(), new_mac.to_owned())]),
+    )
+    .unwrap();
+    let endpoints = lab.maps_json(n1, "endpoints").unwrap();
+    assert!(
+        endpoints.to_string().contains(new_mac),
+        "ENDPOINTS kept the old MAC: {endpoints}"
+    );
+    reaches(&lab);
+
+    // A clean stop removes the pins: a MAC changed while no agent runs is
+    // learned again from ARP, as under flanneld.
+    lab.stop_agent(n1, Signal::SIGTERM).unwrap();
+    assert_eq!(pinned(&node1.ns), []);
+    assert!(table_exists(&node1.ns), "SIGTERM removed the overlay guard");
+    set_mac(&pod, "02:aa:bb:cc:dd:02");
+    reaches(&lab);
+
+    // kill -9 leaves everything; weft cleanup removes it.
+    lab.start_agent(n1).unwrap();
+    lab.wait_pods_attached(n1).unwrap();
+    wait_for("the pin after a restart", Duration::from_secs(10), || {
+        Ok(!pinned(&node1.ns).is_empty())
+    })
+    .unwrap();
+    lab.stop_agent(n1, Signal::SIGKILL).unwrap();
+    assert!(!pinned(&node1.ns).is_empty(), "kill -9 removed the pins");
+    assert!(node1.pin_dir.exists());
+    let weft = lab.state.weft_bin.display().to_string();
+    let out = netns::run(
+        &node1.ns,
+        &[
+            &weft,
+            "cleanup",
+            "--bpf-pin-dir",
+            &node1.pin_dir.display().to_string(),
+            "--subnet-file",
+            &node1.subnet_file.display().to_string(),
+        ],
+    )
+    .unwrap();
+    assert!(out.contains("removed table inet weft"), "{out}");
+    assert_eq!(pinned(&node1.ns), [], "weft cleanup left pins");
+    assert!(
+        !table_exists(&node1.ns),
+        "weft cleanup left table inet weft"
+    );
+    assert!(!node1.pin_dir.exists(), "weft cleanup left the pin dir");
+    set_mac(&pod, "02:aa:bb:cc:dd:03");
+    reaches(&lab);
+
+    // A node cleaned up takes an agent again.
+    lab.start_agent(n1).unwrap();
+    lab.wait_pods_attached(n1).unwrap();
+    reaches(&lab);
+}
+
+#[test]
+fn cleanup_refuses_while_an_agent_runs() {
+    let Some(_guard) = privileged_test("cleanup_refuses_while_an_agent_runs") else {
+        return;
+    };
+    let lab = Lab::up(&LabSpec::new("t-nt-busy", 1, 1)).unwrap();
+    let node = lab.node(NodeId::new(1)).clone();
+    let weft = lab.state.weft_bin.display().to_string();
+    let error = netns::run(
+        &node.ns,
+        &[
+            &weft,
+            "cleanup",
+            "--bpf-pin-dir",
+            &node.pin_dir.display().to_string(),
+            "--subnet-file",
+            &node.subnet_file.display().to_string(),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("stop the agent first"),
+        "{error:#}"
+    );
+    assert!(
+        table_exists(&node.ns),
+        "the refused cleanup removed the table"
+    );
+    assert!(node.pin_dir.exists());
+}
