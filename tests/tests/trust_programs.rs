@@ -174,13 +174,13 @@ fn a_pod_may_not_speak_vxlan_to_a_node() {
         return;
     };
     let programs = Programs::load(true);
-    let to = |dst: [u8; 4], port: u16| {
+    let from_to = |src: [u8; 4], dst: [u8; 4], port: u16| {
         eth(
             GATEWAY_MAC,
             POD_MAC,
             ETH_P_IPV4,
             &ipv4(
-                LOCAL_POD,
+                src,
                 dst,
                 IPPROTO_UDP,
                 &weft_tests::packets::udp(40000, port, &[0u8; 16]),
@@ -188,9 +188,19 @@ fn a_pod_may_not_speak_vxlan_to_a_node() {
             ),
         )
     };
+    let to = |dst: [u8; 4], port: u16| from_to(LOCAL_POD, dst, port);
+    // Whatever the destination (any address may be some node's, or be
+    // masqueraded into one), and whatever source the pod forged.
     for (what, frame) in [
         ("to a peer's VXLAN port", to(PEER_IP, PORT)),
         ("to this node's VXLAN port", to(NODE_IP, PORT)),
+        ("to a stranger's port 8472", to(STRANGER_IP, PORT)),
+        ("to a remote pod's port 8472", to(REMOTE_POD, PORT)),
+        ("to a local pod's port 8472", to(OTHER_LOCAL_POD, PORT)),
+        (
+            "from a forged source (a peer's address)",
+            from_to(PEER_IP, NODE_IP, PORT),
+        ),
     ] {
         let before = programs.counters();
         let (verdict, _) = programs.tc(&frame);
@@ -201,18 +211,10 @@ fn a_pod_may_not_speak_vxlan_to_a_node() {
             TcPodEgress.counter(Reason::DropVxlanFromPod),
         );
     }
-    // Another port of a node, and the VXLAN port of an address that is no
-    // VTEP, are the kernel's as before.
-    programs.assert_tc_passes(&[
-        (
-            "to another port of a peer",
-            to(PEER_IP, PORT + 1),
-            TcPodEgress.counter(Reason::PassNoRoute),
-        ),
-        (
-            "to a stranger's port 8472",
-            to(STRANGER_IP, PORT),
-            TcPodEgress.counter(Reason::PassNoRoute),
-        ),
-    ]);
+    // Another port of a node is the kernel's as before.
+    programs.assert_tc_passes(&[(
+        "to another port of a peer",
+        to(PEER_IP, PORT + 1),
+        TcPodEgress.counter(Reason::PassNoRoute),
+    )]);
 }
