@@ -38,15 +38,29 @@ use crate::weft_table::TABLE;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Conflict(pub String);
 
+impl Conflict {
+    /// The ruleset could not be read (e.g. rules use xtables mark
+    /// extensions and `iptables-nft-save` is missing): weft cannot tell the
+    /// bit is its own, so this counts as a conflict.
+    pub fn unreadable(error: &anyhow::Error) -> Self {
+        Self(format!("the ruleset could not be read: {error:#}"))
+    }
+}
+
 impl std::fmt::Display for Conflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-/// Every rule of the live ruleset, weft's own table aside, that uses `bit`.
-/// Blocking: runs `nft` (and the iptables-nft savers where needed).
-pub fn find(bit: u32) -> Result<Vec<Conflict>> {
+/// Every rule of the live ruleset, weft's own table aside, that uses `bit`;
+/// a ruleset that cannot be read is one [`Conflict::unreadable`]. Blocking:
+/// runs `nft` (and the iptables-nft savers where needed).
+pub fn find(bit: u32) -> Vec<Conflict> {
+    read_and_find(bit).unwrap_or_else(|error| vec![Conflict::unreadable(&error)])
+}
+
+fn read_and_find(bit: u32) -> Result<Vec<Conflict>> {
     let output = Command::new("nft")
         .args(["-j", "list", "ruleset"])
         .output()

@@ -109,8 +109,10 @@ impl Marks {
 
 /// The verdict chain, as `nft -f` lines that rewrite it whole: clear the
 /// bit on every packet, then set it where netfilter passed the flow
-/// unchanged. `iif` exists only on forwarded packets (the rule does not
-/// match locally generated ones).
+/// unchanged. Packets this node sends itself (from one of its own
+/// addresses) never ride the fast path and get no bit; the check is by
+/// source address because bridged packets (br_netfilter) reach postrouting
+/// without an input device, like locally generated ones.
 pub fn chain_script(marks: Marks) -> String {
     let Marks {
         accept,
@@ -121,7 +123,7 @@ pub fn chain_script(marks: Marks) -> String {
         "{table}{legacy}add chain inet {TABLE} {CHAIN} {CHAIN_DEFINITION}
 flush chain inet {TABLE} {CHAIN}
 add rule inet {TABLE} {CHAIN} meta mark set meta mark & {keep:#x}
-add rule inet {TABLE} {CHAIN} iif != 0 ct state established ct status & {KERNEL_ONLY_STATUS:#x} == 0 ct mark & {kernel_path:#x} == 0 meta mark & {kernel_path:#x} == 0 meta mark set meta mark | {accept:#x}
+add rule inet {TABLE} {CHAIN} ct state established ct status & {KERNEL_ONLY_STATUS:#x} == 0 ct mark & {kernel_path:#x} == 0 meta mark & {kernel_path:#x} == 0 fib saddr type != local meta mark set meta mark | {accept:#x}
 ",
         table = crate::weft_table::ensure_script(),
         legacy = crate::weft_table::delete_chain_script(LEGACY_CHAIN, LEGACY_DEFINITION),
@@ -275,7 +277,7 @@ mod tests {
             rules,
             [
                 "add rule inet weft verdict meta mark set meta mark & 0xffffdfff",
-                "add rule inet weft verdict iif != 0 ct state established ct status & 0x2271 == 0 ct mark & 0x1000 == 0 meta mark & 0x1000 == 0 meta mark set meta mark | 0x2000",
+                "add rule inet weft verdict ct state established ct status & 0x2271 == 0 ct mark & 0x1000 == 0 meta mark & 0x1000 == 0 fib saddr type != local meta mark set meta mark | 0x2000",
             ]
         );
         // The chain weft used before is removed on upgrade.

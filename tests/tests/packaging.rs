@@ -111,7 +111,7 @@ fn the_deb_installs_the_release_binary_the_unit_and_the_defaults() {
 
     assert_eq!(field(deb, "Package"), "weft");
     let depends = field(deb, "Depends");
-    for needed in ["libc6 (>= 2.", "nftables", "iproute2"] {
+    for needed in ["libc6 (>= 2.", "nftables", "iptables", "iproute2"] {
         assert!(
             depends.contains(needed),
             "Depends: {depends} lacks {needed}"

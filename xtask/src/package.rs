@@ -31,7 +31,7 @@ const BINARY: &str = "usr/bin/weft";
 const CONFFILES: &[&str] = &["/etc/default/weft"];
 /// Besides the C library: `nft` drives the verdict and masquerade tables;
 /// `weft status` runs `ip`.
-const DEPENDS: &[&str] = &["libgcc-s1", "nftables", "iproute2"];
+const DEPENDS: &[&str] = &["libgcc-s1", "nftables", "iptables", "iproute2"];
 
 /// Builds `<out_dir>/weft_<version>_<arch>.deb` from `binary` (a release
 /// build of the agent) and returns its path.

@@ -277,13 +277,7 @@ impl Agent {
         let (marks, checks) = self.marks.as_mut()?;
         checks.finished();
         let marks = *marks;
-        let conflicts = match result {
-            Ok(conflicts) => conflicts,
-            Err(error) => {
-                warn!("cannot check the ruleset for other users of the accept bit: {error:#}");
-                return None;
-            }
-        };
+        let conflicts = result;
         metrics::global().set_accept_mark_conflicts(conflicts.len());
         let suspend = !conflicts.is_empty();
         if suspend == self.verdicts_suspended {

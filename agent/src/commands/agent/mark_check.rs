@@ -2,7 +2,6 @@
 //! the agent's runtime, after the start and after every ruleset change: one
 //! look at a time, and one more after it if the ruleset changed meanwhile.
 
-use anyhow::Result;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -10,7 +9,7 @@ use crate::{
     verdicts::Marks,
 };
 
-pub type CheckResult = Result<Vec<Conflict>>;
+pub type CheckResult = Vec<Conflict>;
 
 pub struct MarkChecks {
     bit: u32,
@@ -45,7 +44,11 @@ impl MarkChecks {
         tokio::spawn(async move {
             let result = tokio::task::spawn_blocking(move || mark_conflicts::find(bit))
                 .await
-                .unwrap_or_else(|error| Err(anyhow::anyhow!("the ruleset check died: {error}")));
+                .unwrap_or_else(|error| {
+                    vec![Conflict::unreadable(&anyhow::anyhow!(
+                        "the ruleset check died: {error}"
+                    ))]
+                });
             let _ = results.send(result).await;
         });
     }
