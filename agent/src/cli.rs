@@ -27,30 +27,15 @@ pub enum Command {
     Status(StatusArgs),
     /// Remove every trace a stopped agent left on this node (table
     /// `inet weft`, the pinned maps, the pods' pinned neighbour entries),
-    /// for uninstall or a rollback to flanneld. Refuses while an agent runs.
-    Cleanup(CleanupArgs),
+    /// for uninstall or a rollback to flanneld; `subnet.env` (flanneld reads
+    /// it too) bounds the entries removed. Refuses while an agent runs.
+    Cleanup(NodeFiles),
 }
 
+/// Where a node's agent keeps its state: the files `weft status` reads and
+/// `weft cleanup` removes.
 #[derive(Debug, Args)]
-pub struct CleanupArgs {
-    /// bpffs directory where the agent pinned its maps.
-    #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weft")]
-    pub bpf_pin_dir: PathBuf,
-    /// flannel's subnet.env the agent wrote (its subnet bounds the pods'
-    /// neighbour entries to remove); kept, since flanneld reads it too.
-    #[arg(
-        long,
-        env = "WEFT_SUBNET_FILE",
-        default_value = "/run/flannel/subnet.env"
-    )]
-    pub subnet_file: PathBuf,
-    /// The CNI bridge the pods' neighbour entries are on.
-    #[arg(long, env = "WEFT_BRIDGE", default_value = "cni0")]
-    pub bridge: String,
-}
-
-#[derive(Debug, Args)]
-pub struct StatusArgs {
+pub struct NodeFiles {
     /// bpffs directory where the agent pinned its maps.
     #[arg(long, env = "WEFT_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weft")]
     pub bpf_pin_dir: PathBuf,
@@ -64,6 +49,12 @@ pub struct StatusArgs {
     /// The CNI bridge.
     #[arg(long, env = "WEFT_BRIDGE", default_value = "cni0")]
     pub bridge: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub node: NodeFiles,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -158,12 +149,12 @@ pub struct AgentArgs {
     /// forwarded packets of established flows without NAT; the fast path
     /// takes only flows netfilter marked. One bit, weft's alone: while any
     /// other rule uses it, the fast path records no verdict.
-    #[arg(long, env = "WEFT_ACCEPT_MARK", default_value = "0x2000", value_parser = parse_mark)]
+    #[arg(long, env = "WEFT_ACCEPT_MARK", default_value = "0x1000", value_parser = parse_mark)]
     pub accept_mark: u32,
     /// A mark bit for the operator's own rules: traffic whose packet mark or
     /// connection mark (ct mark) has it set stays on the kernel path, where
     /// every rule sees every packet.
-    #[arg(long, env = "WEFT_KERNEL_PATH_MARK", default_value = "0x1000", value_parser = parse_mark)]
+    #[arg(long, env = "WEFT_KERNEL_PATH_MARK", default_value = "0x2", value_parser = parse_mark)]
     pub kernel_path_mark: u32,
     /// Milliseconds a flow rides the fast path before its next packet goes
     /// through netfilter again (which refreshes conntrack and re-checks
@@ -172,13 +163,13 @@ pub struct AgentArgs {
     pub verdict_ttl_ms: u64,
 }
 
-/// A mark in hex (`0x2000`) or decimal.
+/// A mark in hex (`0x1000`) or decimal.
 fn parse_mark(text: &str) -> Result<u32, String> {
     let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16),
         None => text.parse(),
     };
-    let mark = parsed.map_err(|_| format!("{text:?} is not a number (e.g. 0x2000)"))?;
+    let mark = parsed.map_err(|_| format!("{text:?} is not a number (e.g. 0x1000)"))?;
     crate::verdicts::check_mark(mark).map_err(|error| format!("{error:#}"))?;
     Ok(mark)
 }

@@ -29,16 +29,19 @@ use tracing::warn;
 
 pub use crate::weft_table::TABLE;
 
-/// The default accept bit, 0x2000. Clear of kube-proxy's 0x4000 and 0x8000,
-/// of Calico's (and so Canal's) default mark mask 0xffff0000 that Felix
-/// allocates its bits from, of Cilium's magic (0x0f00) and identity
-/// (0xffff0000) bits, of Istio's 1337 (0x539) and of wg-quick's 0xca6c.
-pub const DEFAULT_ACCEPT_MARK: u32 = 0x2000;
+/// The default accept bit, 0x1000. Clear of kube-proxy's 0x4000 and
+/// kubelet's 0x8000, of the CNI portmap plugin's 0x2000 (flannel's CNI
+/// config chains portmap), of Calico's (and so Canal's) default mark mask
+/// 0xffff0000 that Felix allocates its bits from, of Cilium's magic
+/// (0x0f00) and identity (0xffff0000) bits, of Istio's 1337 (0x539) and of
+/// wg-quick's 0xca6c.
+pub const DEFAULT_ACCEPT_MARK: u32 = 0x1000;
 
-/// The default kernel-path bit, 0x1000: an operator's rule that sets it in
-/// the packet mark or the connection's mark keeps that traffic on the
-/// kernel path, where every rule sees every packet.
-pub const DEFAULT_KERNEL_PATH_MARK: u32 = 0x1000;
+/// The default kernel-path bit, 0x2: an operator's rule that sets it in the
+/// packet mark or the connection's mark keeps that traffic on the kernel
+/// path, where every rule sees every packet. Clear of the same components'
+/// bits (a collision would only keep their traffic on the kernel path).
+pub const DEFAULT_KERNEL_PATH_MARK: u32 = 0x2;
 
 /// conntrack status bits (`enum ip_conntrack_status`) that keep a flow on
 /// the kernel path for good: EXPECTED (a helper's child connection),
@@ -86,7 +89,7 @@ pub struct Marks {
 /// Checks a mark bit flag's value: exactly one bit, not kube-proxy's.
 pub fn check_mark(mark: u32) -> Result<()> {
     if mark.count_ones() != 1 {
-        bail!("{mark:#x} must be exactly one bit (e.g. 0x2000)");
+        bail!("{mark:#x} must be exactly one bit (e.g. 0x1000)");
     }
     if mark == 0x4000 || mark == 0x8000 {
         bail!("{mark:#x} is kube-proxy's bit; pick another");
@@ -265,7 +268,7 @@ mod tests {
     #[test]
     fn clears_the_bit_then_marks_only_established_flows_without_nat_helpers_or_the_kernel_path_bit()
     {
-        let script = chain_script(Marks::new(0x2000, 0x1000).unwrap());
+        let script = chain_script(Marks::new(0x1000, 0x2).unwrap());
         assert!(script.contains(
             "add chain inet weft verdict { type filter hook postrouting priority 2147483646; policy accept; }"
         ));
@@ -276,8 +279,8 @@ mod tests {
         assert_eq!(
             rules,
             [
-                "add rule inet weft verdict meta mark set meta mark & 0xffffdfff",
-                "add rule inet weft verdict ct state established ct status & 0x2271 == 0 ct mark & 0x1000 == 0 meta mark & 0x1000 == 0 fib saddr type != local meta mark set meta mark | 0x2000",
+                "add rule inet weft verdict meta mark set meta mark & 0xffffefff",
+                "add rule inet weft verdict ct state established ct status & 0x2271 == 0 ct mark & 0x2 == 0 meta mark & 0x2 == 0 fib saddr type != local meta mark set meta mark | 0x1000",
             ]
         );
         // The chain weft used before is removed on upgrade.
@@ -286,11 +289,11 @@ mod tests {
 
     #[test]
     fn marks_must_be_one_bit_not_kube_proxys_and_different() {
-        assert!(check_mark(0x2000).is_ok());
+        assert!(check_mark(0x1000).is_ok());
         for bad in [0, 0x3, 0x4000, 0x8000] {
             assert!(check_mark(bad).is_err(), "{bad:#x} accepted");
         }
-        assert!(Marks::new(0x2000, 0x2000).is_err());
+        assert!(Marks::new(0x1000, 0x1000).is_err());
         assert!(Marks::new(DEFAULT_ACCEPT_MARK, DEFAULT_KERNEL_PATH_MARK).is_ok());
     }
 

@@ -15,16 +15,32 @@ use std::{
     time::{Duration, Instant},
 };
 
+use weft_agent::verdicts::{
+    DEFAULT_ACCEPT_MARK as ACCEPT, DEFAULT_KERNEL_PATH_MARK as KERNEL_PATH,
+};
 use weft_common::{
     Hook::{TcPodEgress, TcUplink},
     Reason,
 };
 use weft_tests::{
     Lab, LabSpec, NodeId,
-    lab::{counter_delta, wait_for},
+    lab::{NodeState, PodState, counter_delta, wait_for},
     leases::log_of,
     netns, privileged_test,
 };
+
+/// A warmed-up lab of two nodes with one pod each: node 1, its pod and
+/// node 2's pod.
+fn two_nodes(name: &str) -> (Lab, NodeState, PodState, PodState) {
+    let lab = Lab::up(&LabSpec::new(name, 2, 1)).unwrap();
+    lab.warm_up().unwrap();
+    let node1 = lab.node(NodeId::new(1)).clone();
+    let (local, remote) = (
+        node1.pods[0].clone(),
+        lab.node(NodeId::new(2)).pods[0].clone(),
+    );
+    (lab, node1, local, remote)
+}
 
 /// Whether table `inet weft` on `ns` holds the verdict chain.
 fn verdict_chain_installed(ns: &str) -> bool {
@@ -40,14 +56,8 @@ fn another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone() {
     ) else {
         return;
     };
-    let lab = Lab::up(&LabSpec::new("t-am-bit", 2, 1)).unwrap();
-    lab.warm_up().unwrap();
-    let n1 = NodeId::new(1);
-    let node1 = lab.node(n1).clone();
-    let (local, remote) = (
-        node1.pods[0].clone(),
-        lab.node(NodeId::new(2)).pods[0].clone(),
-    );
+    let (lab, node1, local, remote) = two_nodes("t-am-bit");
+    let n1 = node1.id;
     let encap = TcPodEgress.counter(Reason::Encap);
     let suspended = TcPodEgress.counter(Reason::PassVerdictsSuspended);
     // node 1's pod answers node 2's pings: its replies are what node 1's
@@ -66,13 +76,14 @@ fn another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone() {
     let (carried, _) = replies_carried(20);
     assert!(carried > 0, "the fast path carried nothing to begin with");
 
+    let bit_and_mask = format!("{ACCEPT:#x}/{ACCEPT:#x}");
+    let nft_rule = format!(
+        "add table ip other; add chain ip other fw {{ type filter hook forward priority mangle; }}; add rule ip other fw meta mark set meta mark | {ACCEPT:#x}"
+    );
     let conflicts = [
         (
             "an nftables mangle rule",
-            vec![
-                "nft",
-                "add table ip other; add chain ip other fw { type filter hook forward priority mangle; }; add rule ip other fw meta mark set meta mark | 0x2000",
-            ],
+            vec!["nft", &nft_rule],
             vec!["nft", "delete table ip other"],
         ),
         (
@@ -86,7 +97,7 @@ fn another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone() {
                 "-m",
                 "mark",
                 "--mark",
-                "0x2000/0x2000",
+                &bit_and_mask,
                 "-j",
                 "ACCEPT",
             ],
@@ -99,7 +110,7 @@ fn another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone() {
                 "-m",
                 "mark",
                 "--mark",
-                "0x2000/0x2000",
+                &bit_and_mask,
                 "-j",
                 "ACCEPT",
             ],
@@ -141,14 +152,8 @@ fn the_kernel_path_bit_keeps_an_established_flow_under_a_per_packet_rule() {
     else {
         return;
     };
-    let lab = Lab::up(&LabSpec::new("t-am-kp", 2, 1)).unwrap();
-    lab.warm_up().unwrap();
-    let n1 = NodeId::new(1);
-    let node1 = lab.node(n1).clone();
-    let (receiver, sender) = (
-        node1.pods[0].clone(),
-        lab.node(NodeId::new(2)).pods[0].clone(),
-    );
+    let (lab, node1, receiver, sender) = two_nodes("t-am-kp");
+    let n1 = node1.id;
     let socket = netns::in_netns(&receiver.ns, || {
         let socket = UdpSocket::bind(("0.0.0.0", 9999))?;
         socket.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -204,7 +209,7 @@ fn the_kernel_path_bit_keeps_an_established_flow_under_a_per_packet_rule() {
             "table inet ops {{
   chain fw {{
     type filter hook forward priority filter; policy accept;
-    ip daddr {ip} udp dport 9999 ct mark set ct mark | 0x1000
+    ip daddr {ip} udp dport 9999 ct mark set ct mark | {KERNEL_PATH:#x}
     ip daddr {ip} udp dport 9999 meta length > 500 drop
   }}
 }}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use weft_tests::{
     Lab, LabSpec, NodeId,
-    lab::{PodState, wait_for},
+    lab::{NodeState, PodState, wait_for},
     netns, privileged_test,
 };
 
@@ -50,6 +50,22 @@ fn pinned(ns: &str) -> Vec<(String, String)> {
 
 fn set_mac(pod: &PodState, mac: &str) {
     netns::run(&pod.ns, &["ip", "link", "set", "eth0", "address", mac]).unwrap();
+}
+
+/// `weft cleanup` for `node`, run in its network namespace (and the host's
+/// mount namespace, where bpffs is): its output.
+fn cleanup(lab: &Lab, node: &NodeState) -> anyhow::Result<String> {
+    netns::run(
+        &node.ns,
+        &[
+            &lab.state.weft_bin.display().to_string(),
+            "cleanup",
+            "--bpf-pin-dir",
+            &node.pin_dir.display().to_string(),
+            "--subnet-file",
+            &node.subnet_file.display().to_string(),
+        ],
+    )
 }
 
 fn table_exists(ns: &str) -> bool {
@@ -114,19 +130,7 @@ fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
     lab.stop_agent(n1, Signal::SIGKILL).unwrap();
     assert!(!pinned(&node1.ns).is_empty(), "kill -9 removed the pins");
     assert!(node1.pin_dir.exists());
-    let weft = lab.state.weft_bin.display().to_string();
-    let out = netns::run(
-        &node1.ns,
-        &[
-            &weft,
-            "cleanup",
-            "--bpf-pin-dir",
-            &node1.pin_dir.display().to_string(),
-            "--subnet-file",
-            &node1.subnet_file.display().to_string(),
-        ],
-    )
-    .unwrap();
+    let out = cleanup(&lab, &node1).unwrap();
     assert!(out.contains("removed table inet weft"), "{out}");
     assert_eq!(pinned(&node1.ns), [], "weft cleanup left pins");
     assert!(
@@ -150,19 +154,7 @@ fn cleanup_refuses_while_an_agent_runs() {
     };
     let lab = Lab::up(&LabSpec::new("t-nt-busy", 1, 1)).unwrap();
     let node = lab.node(NodeId::new(1)).clone();
-    let weft = lab.state.weft_bin.display().to_string();
-    let error = netns::run(
-        &node.ns,
-        &[
-            &weft,
-            "cleanup",
-            "--bpf-pin-dir",
-            &node.pin_dir.display().to_string(),
-            "--subnet-file",
-            &node.subnet_file.display().to_string(),
-        ],
-    )
-    .unwrap_err();
+    let error = cleanup(&lab, &node).unwrap_err();
     assert!(
         format!("{error:#}").contains("stop the agent first"),
         "{error:#}"

@@ -16,9 +16,9 @@ use std::path::Path;
 use anyhow::{Context as _, Result, bail};
 use weft_common::map_names;
 
-use crate::{bpffs, cli::CleanupArgs, dataplane::pod_neighbours, net, subnet_env, weft_table};
+use crate::{bpffs, cli::NodeFiles, dataplane::pod_neighbours, net, subnet_env, weft_table};
 
-pub async fn cleanup(args: &CleanupArgs) -> Result<()> {
+pub async fn cleanup(args: &NodeFiles) -> Result<()> {
     // Refuse first, before removing anything: a running agent would put it
     // all back, or run on maps pulled from under it.
     let lock = if args.bpf_pin_dir.exists() {
@@ -73,7 +73,7 @@ fn unpin_maps(pin_dir: &Path) -> Result<usize> {
 
 /// The pods' pinned entries: permanent, on the bridge, inside the subnet
 /// `subnet.env` names (weft pins nothing else there).
-async fn unpin_neighbours(args: &CleanupArgs) -> Result<usize> {
+async fn unpin_neighbours(args: &NodeFiles) -> Result<usize> {
     let Some(env) = subnet_env::read_if_present(&args.subnet_file)? else {
         println!(
             "no {}: no subnet, so no pod neighbour entries to look for",

@@ -37,8 +37,8 @@ struct PodVeth {
 }
 
 pub async fn status(args: &StatusArgs) -> Result<()> {
-    let maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
-    let env = subnet_env::read_if_present(&args.subnet_file)?;
+    let maps = FastPathMaps::open_pinned(&args.node.bpf_pin_dir)?;
+    let env = subnet_env::read_if_present(&args.node.subnet_file)?;
     let config = config_row(&maps)?;
     let uplink = nix::net::if_::if_indextoname(config.uplink_ifindex)
         .ok()
@@ -46,7 +46,7 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
     let (connection, handle, _) =
         rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     tokio::spawn(connection);
-    let view = endpoints::read_view(&handle, &args.bridge, config.uplink_ifindex).await?;
+    let view = endpoints::read_view(&handle, &args.node.bridge, config.uplink_ifindex).await?;
     let uplink_tc_attached = uplink
         .as_deref()
         .is_some_and(|name| tc_on(name, program_names::TC_UPLINK));
@@ -63,7 +63,7 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         })
         .collect();
     let status = Status {
-        subnet_file: args.subnet_file.display().to_string(),
+        subnet_file: args.node.subnet_file.display().to_string(),
         subnet: env.as_ref().map(|env| env.subnet.to_string()),
         network: env.as_ref().map(|env| env.network.to_string()),
         config,
@@ -73,7 +73,7 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         pod_veths,
         peers: peers(&maps)?,
         endpoints: endpoint_rows(&maps)?,
-        counters: stats::read_pinned(&args.bpf_pin_dir)?,
+        counters: stats::read_pinned(&args.node.bpf_pin_dir)?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);

@@ -2,7 +2,7 @@ use serde_json::json;
 
 use super::*;
 
-const BIT: u32 = 0x2000;
+const BIT: u32 = 0x1000;
 
 /// A listing as `nft -j list ruleset` prints it, one rule per expression
 /// list, in table `ip other` chain `fw`.
@@ -92,14 +92,14 @@ fn xtables_mark_rules_are_read_from_the_savers_listing() {
 COMMIT
 *filter
 -A KUBE-FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT
--A FORWARD -m mark --mark 0x2000/0x2000 -j ACCEPT
+-A FORWARD -m mark --mark 0x1000/0x1000 -j ACCEPT
 COMMIT
 *mangle
 -A FORWARD -j MARK --set-xmark 0x10000/0xffff0000
--A FORWARD -j MARK --set-xmark 0x2000/0xffffffff
+-A FORWARD -j MARK --set-xmark 0x1000/0xffffffff
 -A PREROUTING -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
 -A PREROUTING -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff
--A OUTPUT -j MARK --set-xmark 0x0/0x2000
+-A OUTPUT -j MARK --set-xmark 0x0/0x1000
 COMMIT
 ";
     let conflicts: Vec<String> = in_iptables_save(save, BIT, "iptables-nft-save")
@@ -109,10 +109,10 @@ COMMIT
     assert_eq!(
         conflicts,
         [
-            "iptables-nft-save -t filter -A FORWARD -m mark --mark 0x2000/0x2000 -j ACCEPT",
-            "iptables-nft-save -t mangle -A FORWARD -j MARK --set-xmark 0x2000/0xffffffff",
+            "iptables-nft-save -t filter -A FORWARD -m mark --mark 0x1000/0x1000 -j ACCEPT",
+            "iptables-nft-save -t mangle -A FORWARD -j MARK --set-xmark 0x1000/0xffffffff",
             "iptables-nft-save -t mangle -A PREROUTING -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff",
-            "iptables-nft-save -t mangle -A OUTPUT -j MARK --set-xmark 0x0/0x2000",
+            "iptables-nft-save -t mangle -A OUTPUT -j MARK --set-xmark 0x0/0x1000",
         ]
     );
 }
