@@ -143,7 +143,8 @@ fn metrics_name_the_agent_state_and_count_fast_path_packets() {
     let (from, to) = (&node.pods[0], &lab.node(NodeId::new(2)).pods[0]);
     let out = lab.ping(from, to.ip(), PINGS as u32).unwrap();
     assert!(out.contains(&format!("{PINGS} received")), "{out}");
-    let after = scrape(&node.ns);
+    // A scrape within a second of the last one shares its reading.
+    let after = fresh_scrape(&node.ns);
     let encap = [("hook", "tc_pod_egress"), ("reason", "encap")];
     let packets = |scrape: &Scrape| get(scrape, "weft_fastpath_packets_total", &encap);
     let rise = packets(&after) - packets(&before);
@@ -173,5 +174,104 @@ fn metrics_name_the_agent_state_and_count_fast_path_packets() {
     assert!(
         delivered >= (PINGS - FLOW_SETUP_PACKETS) as f64,
         "decap {delivered}"
+    );
+}
+
+/// Synthetic verdicts in FLOWS for the scrape-load test: the issue's load.
+const FILLED_FLOWS: u32 = 60_000;
+/// Scrapers at once.
+const SCRAPERS: usize = 50;
+
+/// `weft_metrics_scrapes_total` by `served` in `scrape`.
+fn scrapes_served(scrape: &Scrape) -> [f64; 3] {
+    ["computed", "recent", "in_flight"]
+        .map(|served| get(scrape, "weft_metrics_scrapes_total", &[("served", served)]))
+}
+
+/// A scrape that renders anew: the last rendering is older than the
+/// agent's sharing window (`single_flight::RECENT`) and nothing else scrapes.
+fn fresh_scrape(ns: &str) -> Scrape {
+    std::thread::sleep(weft_agent::metrics::single_flight::RECENT + Duration::from_millis(200));
+    scrape(ns)
+}
+
+fn slowest(answers: &[anyhow::Result<weft_tests::scrapes::Response>]) -> Option<Duration> {
+    answers.iter().flatten().map(|response| response.took).max()
+}
+
+#[test]
+fn metrics_scrapes_under_load_share_one_bounded_reading() {
+    let Some(_guard) = privileged_test("metrics_scrapes_under_load_share_one_bounded_reading")
+    else {
+        return;
+    };
+    let lab = Lab::up(&LabSpec::new("t-met-scrape", 1, 1)).unwrap();
+    let node = lab.node(NodeId::new(1));
+    weft_tests::scrapes::fill_flows(&node.pin_dir, FILLED_FLOWS).unwrap();
+    let walked = weft_tests::scrapes::flows_walked(&node.pin_dir).unwrap();
+    assert!(walked >= u64::from(FILLED_FLOWS), "FLOWS holds {walked}");
+
+    // The batched count agrees with a walk key by key.
+    let before = fresh_scrape(&node.ns);
+    assert_eq!(
+        get(&before, "weft_map_entries", &[("map", "FLOWS")]),
+        walked as f64
+    );
+    let served_before = scrapes_served(&before);
+
+    // The storm finds no recent reading: its scrapes that share one share
+    // a reading made during the storm.
+    std::thread::sleep(weft_agent::metrics::single_flight::RECENT + Duration::from_millis(200));
+    let storm = weft_tests::scrapes::storm(&node.ns, HEALTHZ_PORT, SCRAPERS, 1).unwrap();
+    assert_eq!(storm.scrapes.len(), SCRAPERS);
+    for answer in &storm.scrapes {
+        let response = answer.as_ref().expect("a scrape had no answer");
+        assert!(response.status.contains(" 200 "), "{}", response.status);
+        let body = &response.body;
+        let parsed = Scrape::parse(body.lines().map(|line| Ok(line.to_owned()))).unwrap();
+        let sample_lines = body
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .count();
+        assert_eq!(
+            parsed.samples.len(),
+            sample_lines,
+            "unparsed lines in:\n{body}"
+        );
+        assert_eq!(body.lines().last(), Some("# EOF"), "a cut exposition");
+        assert_eq!(
+            get(&parsed, "weft_map_entries", &[("map", "FLOWS")]),
+            walked as f64
+        );
+    }
+    // /healthz kept answering while the scrapes ran.
+    assert!(!storm.healthz.is_empty(), "/healthz was never asked");
+    for answer in &storm.healthz {
+        let response = answer.as_ref().expect("/healthz had no answer");
+        assert!(response.status.contains(" 200 "), "{}", response.status);
+    }
+
+    // Every scrape is counted by how it was answered; most shared another
+    // one's reading of the maps instead of reading them again.
+    let after = fresh_scrape(&node.ns);
+    let served_after = scrapes_served(&after);
+    let [computed, recent, in_flight] =
+        [0, 1, 2].map(|index| served_after[index] - served_before[index]);
+    eprintln!(
+        "{SCRAPERS} scrapes of {walked} flows: {computed} computed (1 before them), {recent} recent, \
+         {in_flight} in flight; slowest {:?}; {} /healthz meanwhile, slowest {:?}",
+        slowest(&storm.scrapes),
+        storm.healthz.len(),
+        slowest(&storm.healthz)
+    );
+    assert_eq!(
+        computed + recent + in_flight,
+        (SCRAPERS + 1) as f64,
+        "the storm's scrapes and the one before it, counted: {served_after:?} - {served_before:?}"
+    );
+    assert!(
+        recent + in_flight >= (SCRAPERS / 2) as f64,
+        "{} of {SCRAPERS} concurrent scrapes read the maps themselves",
+        computed - 1.0
     );
 }

@@ -11,6 +11,8 @@
 //! the agent's state.
 
 mod kernel;
+mod map_count;
+pub mod single_flight;
 
 use std::{
     path::Path,
@@ -28,6 +30,7 @@ use prometheus_client::{
 };
 
 use kernel::KernelCollector;
+use single_flight::Served;
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -35,6 +38,11 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabel {
     rule: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServedLabel {
+    served: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +66,7 @@ pub struct Metrics {
     renewal_failures: Counter,
     last_sync: Gauge<f64, AtomicU64>,
     ready: Gauge,
+    scrapes: Family<ServedLabel, Counter>,
     kernel: std::sync::Arc<KernelCollector>,
 }
 
@@ -84,6 +93,7 @@ impl Metrics {
             renewal_failures: Counter::default(),
             last_sync: Gauge::default(),
             ready: Gauge::default(),
+            scrapes: Family::default(),
             kernel: std::sync::Arc::new(KernelCollector::default()),
             registry: Registry::default(),
         };
@@ -148,6 +158,17 @@ impl Metrics {
             Unit::Seconds,
             metrics.last_sync.clone(),
         );
+        registry.register(
+            "weft_metrics_scrapes",
+            "Scrapes of /metrics, by how they were answered: computed (this scrape read the maps), recent (the last result, under 1 s old), in_flight (the last result, while another scrape computed)",
+            metrics.scrapes.clone(),
+        );
+        // Every way of answering shows from the start, at 0.
+        for served in Served::ALL {
+            drop(metrics.scrapes.get_or_create(&ServedLabel {
+                served: served.label(),
+            }));
+        }
         registry.register_collector(Box::new(metrics.kernel.clone()));
         Self {
             registry,
@@ -219,6 +240,15 @@ impl Metrics {
             .map(|since| since.as_secs_f64())
             .unwrap_or_default();
         self.last_sync.set(now);
+    }
+
+    /// One scrape of /metrics answered as `served`.
+    pub fn scrape_served(&self, served: Served) {
+        self.scrapes
+            .get_or_create(&ServedLabel {
+                served: served.label(),
+            })
+            .inc();
     }
 
     /// The fast path runs with its maps in `pin_dir`: scrapes read them.
