@@ -97,6 +97,13 @@ pub fn get(port: u16, path: &str) -> Result<Response> {
     })
 }
 
+/// Waits until the agent's last rendering of the metrics is too old to be
+/// shared (`single_flight::RECENT`): the next scrape renders anew, unless
+/// another scraper got there first.
+pub fn wait_until_stale() {
+    std::thread::sleep(weft_agent::metrics::single_flight::RECENT + Duration::from_millis(200));
+}
+
 /// What a storm of scrapes got back.
 #[derive(Debug)]
 pub struct Storm {

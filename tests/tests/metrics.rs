@@ -191,7 +191,7 @@ fn scrapes_served(scrape: &Scrape) -> [f64; 3] {
 /// A scrape that renders anew: the last rendering is older than the
 /// agent's sharing window (`single_flight::RECENT`) and nothing else scrapes.
 fn fresh_scrape(ns: &str) -> Scrape {
-    std::thread::sleep(weft_agent::metrics::single_flight::RECENT + Duration::from_millis(200));
+    weft_tests::scrapes::wait_until_stale();
     scrape(ns)
 }
 
@@ -221,7 +221,7 @@ fn metrics_scrapes_under_load_share_one_bounded_reading() {
 
     // The storm finds no recent reading: its scrapes that share one share
     // a reading made during the storm.
-    std::thread::sleep(weft_agent::metrics::single_flight::RECENT + Duration::from_millis(200));
+    weft_tests::scrapes::wait_until_stale();
     let storm = weft_tests::scrapes::storm(&node.ns, HEALTHZ_PORT, SCRAPERS, 1).unwrap();
     assert_eq!(storm.scrapes.len(), SCRAPERS);
     for answer in &storm.scrapes {
