@@ -275,3 +275,78 @@ fn metrics_scrapes_under_load_share_one_bounded_reading() {
         computed - 1.0
     );
 }
+
+/// Opens a connection from `ns` to `ip`:`HEALTHZ_PORT` and sends nothing.
+fn idle_connection(ns: &str, ip: &str) -> std::net::TcpStream {
+    let address = format!("{ip}:{HEALTHZ_PORT}");
+    netns::in_netns(ns, || Ok(std::net::TcpStream::connect(&address)?)).unwrap()
+}
+
+/// What the endpoint answers `GET path` on `stream` (nothing if it closed
+/// the connection unanswered).
+fn ask(mut stream: std::net::TcpStream, path: &str, wait: Duration) -> String {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+    let mut response = String::new();
+    match stream.read_to_string(&mut response) {
+        Ok(_) => response,
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => response,
+        Err(error) => panic!("no answer and no close within {wait:?}: {error}"),
+    }
+}
+
+#[test]
+fn the_endpoint_bounds_the_connections_a_pod_can_hold() {
+    let Some(_guard) = privileged_test("the_endpoint_bounds_the_connections_a_pod_can_hold") else {
+        return;
+    };
+    use weft_agent::http::listener::{LIFETIME, PER_SOURCE};
+    let lab = Lab::up(&LabSpec::new("t-met-conns", 1, 1)).unwrap();
+    let node = lab.node(NodeId::new(1));
+    let pod = &node.pods[0].ns;
+    let refusals =
+        |scrape: &Scrape, cause: &str| get(scrape, "weft_http_refusals_total", &[("cause", cause)]);
+    let before = fresh_scrape(&node.ns);
+
+    // A pod holds its share of connections open, saying nothing...
+    let held: Vec<std::net::TcpStream> = (0..PER_SOURCE)
+        .map(|_| idle_connection(pod, &node.ip))
+        .collect();
+    // ... and its next one is closed unanswered, while the node's own
+    // probes are answered.
+    let refused = ask(idle_connection(pod, &node.ip), "/healthz", LIFETIME);
+    assert!(
+        !refused.contains("HTTP/"),
+        "answered over the limit: {refused}"
+    );
+    assert!(weft_tests::lab::http_ok(&node.ns, HEALTHZ_PORT, "/healthz").unwrap());
+    let during = fresh_scrape(&node.ns);
+    assert_eq!(
+        refusals(&during, "per_source_limit") - refusals(&before, "per_source_limit"),
+        1.0
+    );
+
+    // The agent closes the idle connections at the end of their lifetime
+    // (each read ends with the close, not with the read timeout)...
+    for mut stream in held {
+        let wait = LIFETIME + Duration::from_secs(10);
+        stream.set_read_timeout(Some(wait)).unwrap();
+        let mut rest = Vec::new();
+        match stream.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "{rest:?}"),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(error) => panic!("an idle connection still open after {wait:?}: {error}"),
+        }
+    }
+    let after = fresh_scrape(&node.ns);
+    assert_eq!(
+        refusals(&after, "lifetime_over") - refusals(&before, "lifetime_over"),
+        PER_SOURCE as f64
+    );
+    // ... and the pod is answered again.
+    let answer = ask(idle_connection(pod, &node.ip), "/healthz", LIFETIME);
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+}

@@ -32,6 +32,8 @@ use prometheus_client::{
 use kernel::KernelCollector;
 use single_flight::Served;
 
+use crate::http::listener::Refusal;
+
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -43,6 +45,11 @@ struct RuleLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServedLabel {
     served: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +74,7 @@ pub struct Metrics {
     last_sync: Gauge<f64, AtomicU64>,
     ready: Gauge,
     scrapes: Family<ServedLabel, Counter>,
+    http_refusals: Family<CauseLabel, Counter>,
     kernel: std::sync::Arc<KernelCollector>,
 }
 
@@ -94,6 +102,7 @@ impl Metrics {
             last_sync: Gauge::default(),
             ready: Gauge::default(),
             scrapes: Family::default(),
+            http_refusals: Family::default(),
             kernel: std::sync::Arc::new(KernelCollector::default()),
             registry: Registry::default(),
         };
@@ -167,6 +176,16 @@ impl Metrics {
         for served in Served::ALL {
             drop(metrics.scrapes.get_or_create(&ServedLabel {
                 served: served.label(),
+            }));
+        }
+        registry.register(
+            "weft_http_refusals",
+            "Connections to the health and metrics endpoint refused or cut, by cause: per_source_limit (16 open from that address), from_elsewhere_limit (128 open from other hosts and pods; this node itself is not limited), lifetime_over (open over 10 s)",
+            metrics.http_refusals.clone(),
+        );
+        for refusal in Refusal::ALL {
+            drop(metrics.http_refusals.get_or_create(&CauseLabel {
+                cause: refusal.label(),
             }));
         }
         registry.register_collector(Box::new(metrics.kernel.clone()));
@@ -247,6 +266,15 @@ impl Metrics {
         self.scrapes
             .get_or_create(&ServedLabel {
                 served: served.label(),
+            })
+            .inc();
+    }
+
+    /// A connection to the health endpoint refused or cut.
+    pub fn http_refused(&self, refusal: Refusal) {
+        self.http_refusals
+            .get_or_create(&CauseLabel {
+                cause: refusal.label(),
             })
             .inc();
     }

@@ -1,6 +1,9 @@
 //! `/healthz` (200 while the agent runs), `/readyz` (503 until the lease
 //! is held, the datapath programmed and subnet.env written) and `/metrics`
-//! (Prometheus, see `metrics.rs`).
+//! (Prometheus, see `metrics/`: one rendering at a time, shared), behind a
+//! listener that bounds the connections (`listener.rs`).
+
+pub mod listener;
 
 use std::{
     net::SocketAddr,
@@ -16,6 +19,8 @@ use axum::{
     http::{StatusCode, header},
     routing::get,
 };
+
+use listener::BoundedListener;
 
 use crate::metrics::{
     self,
@@ -74,6 +79,9 @@ pub async fn serve(address: SocketAddr, readiness: Readiness) -> Result<()> {
             }),
         );
     tokio::spawn(async move {
+        let listener = BoundedListener::new(listener, |refusal| {
+            metrics::global().http_refused(refusal);
+        });
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!("health endpoint stopped: {error}");
         }
