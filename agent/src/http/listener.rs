@@ -179,7 +179,10 @@ impl axum::serve::Listener for BoundedListener {
     }
 }
 
-/// An admitted connection: reads and writes fail once its lifetime is over.
+/// An admitted connection: once its lifetime is over, reading it ends as if
+/// the client had closed it, so an answer being written is still finished
+/// (a scrape's answer fits in the socket's buffer) and the server then
+/// closes the connection.
 pub struct Bounded {
     stream: TcpStream,
     _slot: Slot,
@@ -189,20 +192,14 @@ pub struct Bounded {
 }
 
 impl Bounded {
-    /// An error once the lifetime is over (counted once); else registers
-    /// the task to be woken when it will be.
-    fn check_lifetime(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if !self.over && self.deadline.as_mut().poll(cx).is_pending() {
-            return Ok(());
-        }
-        if !self.over {
+    /// Whether the lifetime is over (counted the first time); if not,
+    /// registers the task to be woken when it will be.
+    fn lifetime_over(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.over && self.deadline.as_mut().poll(cx).is_ready() {
             self.over = true;
             (self.counted)(Refusal::LifetimeOver);
         }
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "connection open longer than its lifetime",
-        ))
+        self.over
     }
 }
 
@@ -213,7 +210,10 @@ impl AsyncRead for Bounded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.check_lifetime(cx)?;
+        if this.lifetime_over(cx) {
+            // End of stream: nothing more is read from this connection.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
@@ -224,15 +224,11 @@ impl AsyncWrite for Bounded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.check_lifetime(cx)?;
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.check_lifetime(cx)?;
-        Pin::new(&mut this.stream).poll_flush(cx)
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
