@@ -112,10 +112,12 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_IP_MASQ", default_value_t = false)]
     pub ip_masq: bool,
 
-    /// Address of /healthz and /readyz.
-    #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "0.0.0.0")]
+    /// Address of /healthz, /readyz and /metrics. Loopback unless told
+    /// otherwise (flanneld listens on 0.0.0.0): set the node's address for a
+    /// Prometheus elsewhere.
+    #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "127.0.0.1")]
     pub healthz_ip: Ipv4Addr,
-    /// Port of /healthz and /readyz; 0 turns the endpoint off.
+    /// Port of /healthz, /readyz and /metrics; 0 turns the endpoint off.
     #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
 

@@ -19,6 +19,7 @@ mod measure;
 mod program_cost;
 mod report;
 mod scale;
+mod scrape_load;
 mod validity;
 
 use std::{
@@ -36,6 +37,7 @@ pub use goals::{Goal, goals};
 pub use program_cost::{ProgramCost, program_cost};
 pub use report::{goals_table, svg, table};
 pub use scale::{ScaleResult, scale};
+pub use scrape_load::{ScrapeLoad, scrape_load, scrape_load_line};
 pub use validity::FAST_PATH_COUNTERS;
 
 use measure::{Run, measure};
@@ -171,6 +173,8 @@ pub struct Details {
     pub stock_flanneld: Option<String>,
     pub programs: Option<ProgramCost>,
     pub control_plane: Vec<ScaleResult>,
+    /// `/metrics` under parallel scrapes with `FLOWS` nearly full.
+    pub scrape_load: Option<ScrapeLoad>,
     /// The performance goals, met or missed.
     pub goals: Vec<Goal>,
 }
@@ -235,11 +239,22 @@ pub fn run(
             progress(&format!("control plane: {leases} leases"));
             details.control_plane.push(scale(options, leases)?);
         }
+        progress("/metrics: parallel scrapes against a nearly full FLOWS");
+        details.scrape_load = Some(scrape_load(options)?);
     }
     details.goals = goals(&results, details.programs.as_ref());
     std::fs::write(
         options.out.join("table.txt"),
-        format!("{}\n{}", table(&results), goals_table(&details.goals)),
+        format!(
+            "{}\n{}{}",
+            table(&results),
+            details
+                .scrape_load
+                .as_ref()
+                .map(|load| format!("{}\n\n", scrape_load_line(load)))
+                .unwrap_or_default(),
+            goals_table(&details.goals)
+        ),
     )?;
     std::fs::write(
         options.out.join("results.json"),

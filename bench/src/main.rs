@@ -27,7 +27,8 @@ struct BenchArgs {
     /// Seconds per throughput / request-response run.
     #[arg(long)]
     seconds: Option<f64>,
-    /// Skip the per-packet program cost and the control-plane scale runs.
+    /// Skip the per-packet program cost, the control-plane scale and the
+    /// /metrics load runs.
     #[arg(long)]
     no_extras: bool,
     /// The weft binary the nodes run (default: $WEFT_BIN or target/debug/weft).
@@ -115,6 +116,9 @@ fn bench(args: BenchArgs) -> Result<()> {
             scale.kernel_converged_s,
             scale.agent_peak_rss_mib
         );
+    }
+    if let Some(load) = &details.scrape_load {
+        println!("{}", weft_bench::scrape_load_line(load));
     }
     println!(
         "\nperformance goals (reported, not asserted):\n{}",

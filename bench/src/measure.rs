@@ -104,7 +104,7 @@ fn whole_seconds(seconds: f64) -> u64 {
     seconds.ceil().max(1.0) as u64
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

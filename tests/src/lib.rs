@@ -25,6 +25,7 @@ pub mod privileged;
 pub mod process;
 pub mod programs;
 pub mod prometheus;
+pub mod scrapes;
 pub mod settings;
 pub mod traffic;
 

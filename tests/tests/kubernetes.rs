@@ -293,4 +293,25 @@ fn the_agent_gets_settings_it_accepts_and_probes_ask_what_it_serves() {
         assert_eq!(probe_port(&get.port), i32::from(port));
     }
     assert_eq!(METRICS_PATH, "/metrics", "Prometheus' default scrape path");
+
+    // The endpoint listens on the node's own address (where kubelet probes
+    // a hostNetwork pod and Prometheus scrapes), not on every address.
+    let listen = weft
+        .env
+        .iter()
+        .flatten()
+        .find(|var| var.name == "WEFT_HEALTHZ_IP")
+        .expect("WEFT_HEALTHZ_IP in the container's env");
+    let field = listen
+        .value_from
+        .as_ref()
+        .and_then(|from| from.field_ref.as_ref())
+        .map(|field| field.field_path.as_str());
+    assert_eq!(field, Some("status.hostIP"), "{listen:?}");
+    assert!(
+        !command_line
+            .iter()
+            .any(|arg| arg.starts_with("--healthz-ip")),
+        "--healthz-ip on the command line overrides WEFT_HEALTHZ_IP: {command_line:?}"
+    );
 }

@@ -143,7 +143,8 @@ fn metrics_name_the_agent_state_and_count_fast_path_packets() {
     let (from, to) = (&node.pods[0], &lab.node(NodeId::new(2)).pods[0]);
     let out = lab.ping(from, to.ip(), PINGS as u32).unwrap();
     assert!(out.contains(&format!("{PINGS} received")), "{out}");
-    let after = scrape(&node.ns);
+    // A scrape within a second of the last one shares its reading.
+    let after = fresh_scrape(&node.ns);
     let encap = [("hook", "tc_pod_egress"), ("reason", "encap")];
     let packets = |scrape: &Scrape| get(scrape, "weft_fastpath_packets_total", &encap);
     let rise = packets(&after) - packets(&before);
@@ -173,5 +174,179 @@ fn metrics_name_the_agent_state_and_count_fast_path_packets() {
     assert!(
         delivered >= (PINGS - FLOW_SETUP_PACKETS) as f64,
         "decap {delivered}"
+    );
+}
+
+/// Synthetic verdicts in FLOWS for the scrape-load test: the issue's load.
+const FILLED_FLOWS: u32 = 60_000;
+/// Scrapers at once.
+const SCRAPERS: usize = 50;
+
+/// `weft_metrics_scrapes_total` by `served` in `scrape`.
+fn scrapes_served(scrape: &Scrape) -> [f64; 3] {
+    ["computed", "recent", "in_flight"]
+        .map(|served| get(scrape, "weft_metrics_scrapes_total", &[("served", served)]))
+}
+
+/// A scrape that renders anew: the last rendering is older than the
+/// agent's sharing window (`single_flight::RECENT`) and nothing else scrapes.
+fn fresh_scrape(ns: &str) -> Scrape {
+    weft_tests::scrapes::wait_until_stale();
+    scrape(ns)
+}
+
+fn slowest(answers: &[anyhow::Result<weft_tests::scrapes::Response>]) -> Option<Duration> {
+    answers.iter().flatten().map(|response| response.took).max()
+}
+
+#[test]
+fn metrics_scrapes_under_load_share_one_bounded_reading() {
+    let Some(_guard) = privileged_test("metrics_scrapes_under_load_share_one_bounded_reading")
+    else {
+        return;
+    };
+    let lab = Lab::up(&LabSpec::new("t-met-scrape", 1, 1)).unwrap();
+    let node = lab.node(NodeId::new(1));
+    weft_tests::scrapes::fill_flows(&node.pin_dir, FILLED_FLOWS).unwrap();
+    let walked = weft_tests::scrapes::flows_walked(&node.pin_dir).unwrap();
+    assert!(walked >= u64::from(FILLED_FLOWS), "FLOWS holds {walked}");
+
+    // The batched count agrees with a walk key by key.
+    let before = fresh_scrape(&node.ns);
+    assert_eq!(
+        get(&before, "weft_map_entries", &[("map", "FLOWS")]),
+        walked as f64
+    );
+    let served_before = scrapes_served(&before);
+
+    // The storm finds no recent reading: its scrapes that share one share
+    // a reading made during the storm.
+    weft_tests::scrapes::wait_until_stale();
+    let storm = weft_tests::scrapes::storm(&node.ns, HEALTHZ_PORT, SCRAPERS, 1).unwrap();
+    assert_eq!(storm.scrapes.len(), SCRAPERS);
+    for answer in &storm.scrapes {
+        let response = answer.as_ref().expect("a scrape had no answer");
+        assert!(response.status.contains(" 200 "), "{}", response.status);
+        let body = &response.body;
+        let parsed = Scrape::parse(body.lines().map(|line| Ok(line.to_owned()))).unwrap();
+        let sample_lines = body
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .count();
+        assert_eq!(
+            parsed.samples.len(),
+            sample_lines,
+            "unparsed lines in:\n{body}"
+        );
+        assert_eq!(body.lines().last(), Some("# EOF"), "a cut exposition");
+        assert_eq!(
+            get(&parsed, "weft_map_entries", &[("map", "FLOWS")]),
+            walked as f64
+        );
+    }
+    // /healthz kept answering while the scrapes ran.
+    assert!(!storm.healthz.is_empty(), "/healthz was never asked");
+    for answer in &storm.healthz {
+        let response = answer.as_ref().expect("/healthz had no answer");
+        assert!(response.status.contains(" 200 "), "{}", response.status);
+    }
+
+    // Every scrape is counted by how it was answered; most shared another
+    // one's reading of the maps instead of reading them again.
+    let after = fresh_scrape(&node.ns);
+    let served_after = scrapes_served(&after);
+    let [computed, recent, in_flight] =
+        [0, 1, 2].map(|index| served_after[index] - served_before[index]);
+    eprintln!(
+        "{SCRAPERS} scrapes of {walked} flows: {computed} computed (1 before them), {recent} recent, \
+         {in_flight} in flight; slowest {:?}; {} /healthz meanwhile, slowest {:?}",
+        slowest(&storm.scrapes),
+        storm.healthz.len(),
+        slowest(&storm.healthz)
+    );
+    assert_eq!(
+        computed + recent + in_flight,
+        (SCRAPERS + 1) as f64,
+        "the storm's scrapes and the one before it, counted: {served_after:?} - {served_before:?}"
+    );
+    assert!(
+        recent + in_flight >= (SCRAPERS / 2) as f64,
+        "{} of {SCRAPERS} concurrent scrapes read the maps themselves",
+        computed - 1.0
+    );
+}
+
+/// Opens a connection from `ns` to `ip`:`HEALTHZ_PORT` and sends nothing.
+fn idle_connection(ns: &str, ip: &str) -> std::net::TcpStream {
+    let address = format!("{ip}:{HEALTHZ_PORT}");
+    netns::in_netns(ns, || Ok(std::net::TcpStream::connect(&address)?)).unwrap()
+}
+
+/// What the endpoint answers `GET path` on `stream` (nothing if it closed
+/// the connection unanswered).
+fn ask(mut stream: std::net::TcpStream, path: &str, wait: Duration) -> String {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+    let mut response = String::new();
+    match stream.read_to_string(&mut response) {
+        Ok(_) => response,
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => response,
+        Err(error) => panic!("no answer and no close within {wait:?}: {error}"),
+    }
+}
+
+#[test]
+fn the_endpoint_bounds_the_connections_a_pod_can_hold() {
+    let Some(_guard) = privileged_test("the_endpoint_bounds_the_connections_a_pod_can_hold") else {
+        return;
+    };
+    use weft_agent::http::listener::{LIFETIME, PER_SOURCE};
+    let lab = Lab::up(&LabSpec::new("t-met-conns", 1, 1)).unwrap();
+    let node = lab.node(NodeId::new(1));
+    let pod = &node.pods[0].ns;
+    let refusals =
+        |scrape: &Scrape, cause: &str| get(scrape, "weft_http_refusals_total", &[("cause", cause)]);
+    let before = fresh_scrape(&node.ns);
+
+    // A pod holds its share of connections open, saying nothing...
+    let held: Vec<std::net::TcpStream> = (0..PER_SOURCE)
+        .map(|_| idle_connection(pod, &node.ip))
+        .collect();
+    // ... and its next one is closed unanswered, while the node's own
+    // probes are answered.
+    let refused = ask(idle_connection(pod, &node.ip), "/healthz", LIFETIME);
+    assert!(
+        !refused.contains("HTTP/"),
+        "answered over the limit: {refused}"
+    );
+    assert!(weft_tests::lab::http_ok(&node.ns, HEALTHZ_PORT, "/healthz").unwrap());
+    let during = fresh_scrape(&node.ns);
+    assert_eq!(
+        refusals(&during, "per_source_limit") - refusals(&before, "per_source_limit"),
+        1.0
+    );
+
+    // The agent closes the idle connections at the end of their lifetime
+    // (each read ends with the close, not with the read timeout)...
+    for mut stream in held {
+        let wait = LIFETIME + Duration::from_secs(10);
+        stream.set_read_timeout(Some(wait)).unwrap();
+        let mut rest = Vec::new();
+        match stream.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "{rest:?}"),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(error) => panic!("an idle connection still open after {wait:?}: {error}"),
+        }
+    }
+    let after = fresh_scrape(&node.ns);
+    assert_eq!(
+        refusals(&after, "lifetime_over") - refusals(&before, "lifetime_over"),
+        PER_SOURCE as f64
+    );
+    // ... and the pod is answered again.
+    let answer = ask(idle_connection(pod, &node.ip), "/healthz", LIFETIME);
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
     );
 }

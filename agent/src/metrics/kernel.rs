@@ -3,17 +3,20 @@
 //! scrape always shows the programs' own numbers.
 
 use std::{
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapInfo};
+use aya::maps::MapData;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
-use weft_common::{EndpointKey, FlowKey, FlowVerdict, Peer, PeerAddr, VtepKey, map_names};
+use weft_common::map_names;
+
+use super::map_count;
 
 use crate::stats::{self, CounterValue};
 
@@ -171,38 +174,24 @@ fn encode_map_fill(encoder: &mut DescriptorEncoder, pin_dir: &Path) -> Result<()
     Ok(())
 }
 
-/// (entries, capacity) of `<pin_dir>/<map>`. The count stops at the
-/// capacity: keys that churn while being walked cannot make it loop.
+/// (entries, capacity) of `<pin_dir>/<map>`, counted in batches: at most
+/// capacity / [`map_count::BATCH`] syscalls however full the map is.
 fn map_fill(pin_dir: &Path, map: &'static str) -> anyhow::Result<(u64, u64)> {
     use anyhow::Context as _;
     let path = pin_dir.join(map);
-    let capacity = MapInfo::from_pin(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .max_entries();
     let data =
         MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let limit = capacity as usize;
-    let entries = match map {
-        map_names::PEERS => LpmTrie::<_, PeerAddr, Peer>::try_from(Map::LpmTrie(data))?
-            .keys()
-            .take(limit)
-            .count(),
-        map_names::ENDPOINTS => {
-            HashMap::<_, EndpointKey, weft_common::Endpoint>::try_from(Map::HashMap(data))?
-                .keys()
-                .take(limit)
-                .count()
-        }
-        map_names::VTEPS => HashMap::<_, VtepKey, u8>::try_from(Map::HashMap(data))?
-            .keys()
-            .take(limit)
-            .count(),
-        _ => HashMap::<_, FlowKey, FlowVerdict>::try_from(Map::LruHashMap(data))?
-            .keys()
-            .take(limit)
-            .count(),
-    };
-    Ok((entries as u64, u64::from(capacity)))
+    let info = data
+        .info()
+        .with_context(|| format!("cannot read the info of {}", path.display()))?;
+    let count = map_count::count_entries(
+        data.fd().as_fd(),
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+    )
+    .with_context(|| format!("cannot count the entries of {}", path.display()))?;
+    Ok((count.entries, u64::from(info.max_entries())))
 }
 
 #[cfg(test)]

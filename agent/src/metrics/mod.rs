@@ -12,6 +12,8 @@
 
 mod guard;
 mod kernel;
+mod map_count;
+pub mod single_flight;
 
 use std::{
     path::Path,
@@ -30,6 +32,9 @@ use prometheus_client::{
 
 use guard::GuardCollector;
 use kernel::KernelCollector;
+use single_flight::Served;
+
+use crate::http::listener::Refusal;
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -37,6 +42,16 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabel {
     rule: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServedLabel {
+    served: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +76,8 @@ pub struct Metrics {
     last_sync: Gauge<f64, AtomicU64>,
     ready: Gauge,
     accept_mark_conflicts: Gauge,
+    scrapes: Family<ServedLabel, Counter>,
+    http_refusals: Family<CauseLabel, Counter>,
     kernel: std::sync::Arc<KernelCollector>,
     guard: std::sync::Arc<GuardCollector>,
 }
@@ -89,6 +106,8 @@ impl Metrics {
             last_sync: Gauge::default(),
             ready: Gauge::default(),
             accept_mark_conflicts: Gauge::default(),
+            scrapes: Family::default(),
+            http_refusals: Family::default(),
             kernel: std::sync::Arc::new(KernelCollector::default()),
             guard: std::sync::Arc::new(GuardCollector::default()),
             registry: Registry::default(),
@@ -159,6 +178,27 @@ impl Metrics {
             "Rules in the node's ruleset, other than weft's, that set or test weft's accept bit; while above 0 the fast path takes no flow",
             metrics.accept_mark_conflicts.clone(),
         );
+        registry.register(
+            "weft_metrics_scrapes",
+            "Scrapes of /metrics, by how they were answered: computed (this scrape read the maps), recent (the last result, under 1 s old), in_flight (the last result, while another scrape computed)",
+            metrics.scrapes.clone(),
+        );
+        // Every way of answering shows from the start, at 0.
+        for served in Served::ALL {
+            drop(metrics.scrapes.get_or_create(&ServedLabel {
+                served: served.label(),
+            }));
+        }
+        registry.register(
+            "weft_http_refusals",
+            "Connections to the health and metrics endpoint refused or cut, by cause: per_source_limit (16 open from that address), from_elsewhere_limit (128 open from other hosts and pods; this node itself is not limited), lifetime_over (open over 10 s)",
+            metrics.http_refusals.clone(),
+        );
+        for refusal in Refusal::ALL {
+            drop(metrics.http_refusals.get_or_create(&CauseLabel {
+                cause: refusal.label(),
+            }));
+        }
         registry.register_collector(Box::new(metrics.kernel.clone()));
         registry.register_collector(Box::new(metrics.guard.clone()));
         Self {
@@ -231,6 +271,24 @@ impl Metrics {
             .map(|since| since.as_secs_f64())
             .unwrap_or_default();
         self.last_sync.set(now);
+    }
+
+    /// One scrape of /metrics answered as `served`.
+    pub fn scrape_served(&self, served: Served) {
+        self.scrapes
+            .get_or_create(&ServedLabel {
+                served: served.label(),
+            })
+            .inc();
+    }
+
+    /// A connection to the health endpoint refused or cut.
+    pub fn http_refused(&self, refusal: Refusal) {
+        self.http_refusals
+            .get_or_create(&CauseLabel {
+                cause: refusal.label(),
+            })
+            .inc();
     }
 
     /// The fast path runs with its maps in `pin_dir`: scrapes read them.

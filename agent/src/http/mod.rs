@@ -1,6 +1,9 @@
 //! `/healthz` (200 while the agent runs), `/readyz` (503 until the lease
 //! is held, the datapath programmed and subnet.env written) and `/metrics`
-//! (Prometheus, see `metrics.rs`).
+//! (Prometheus, see `metrics/`: one rendering at a time, shared), behind a
+//! listener that bounds the connections (`listener.rs`).
+
+pub mod listener;
 
 use std::{
     net::SocketAddr,
@@ -17,7 +20,12 @@ use axum::{
     routing::get,
 };
 
-use crate::metrics;
+use listener::BoundedListener;
+
+use crate::metrics::{
+    self,
+    single_flight::{self, SingleFlight},
+};
 
 /// The paths this endpoint serves (probes and scrapers name them).
 pub const HEALTHZ_PATH: &str = "/healthz";
@@ -48,22 +56,12 @@ pub async fn serve(address: SocketAddr, readiness: Readiness) -> Result<()> {
             METRICS_PATH,
             get({
                 let readiness = readiness.clone();
-                move || async move {
-                    // The pinned maps are read by syscalls; off the runtime.
-                    let ready = readiness.get();
-                    match tokio::task::spawn_blocking(move || metrics::global().render(ready)).await
-                    {
-                        Ok(text) => (
-                            StatusCode::OK,
-                            [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-                            text,
-                        ),
-                        Err(error) => (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            [(header::CONTENT_TYPE, "text/plain")],
-                            format!("cannot render the metrics: {error}\n"),
-                        ),
-                    }
+                let scrapes = Arc::new(SingleFlight::new(single_flight::RECENT, move || {
+                    metrics::global().render(readiness.get())
+                }));
+                move || {
+                    let scrapes = scrapes.clone();
+                    async move { scrapes_answer(&scrapes).await }
                 }
             }),
         )
@@ -81,9 +79,34 @@ pub async fn serve(address: SocketAddr, readiness: Readiness) -> Result<()> {
             }),
         );
     tokio::spawn(async move {
+        let listener = BoundedListener::new(listener, |refusal| {
+            metrics::global().http_refused(refusal);
+        });
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!("health endpoint stopped: {error}");
         }
     });
     Ok(())
+}
+
+/// One scrape's answer: the metrics text, rendered by this scrape or shared
+/// from the last rendering (counted either way).
+async fn scrapes_answer(
+    scrapes: &SingleFlight,
+) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+    match scrapes.get().await {
+        Ok((text, served)) => {
+            metrics::global().scrape_served(served);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                text.to_string(),
+            )
+        }
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("cannot render the metrics: {error}\n"),
+        ),
+    }
 }
