@@ -38,6 +38,11 @@ struct RuleLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabel {
     mode: &'static str,
 }
@@ -58,6 +63,7 @@ pub struct Metrics {
     renewal_failures: Counter,
     last_sync: Gauge<f64, AtomicU64>,
     ready: Gauge,
+    ct_liberal: Family<OutcomeLabel, Counter>,
     kernel: std::sync::Arc<KernelCollector>,
 }
 
@@ -84,6 +90,7 @@ impl Metrics {
             renewal_failures: Counter::default(),
             last_sync: Gauge::default(),
             ready: Gauge::default(),
+            ct_liberal: Family::default(),
             kernel: std::sync::Arc::new(KernelCollector::default()),
             registry: Registry::default(),
         };
@@ -147,6 +154,11 @@ impl Metrics {
             "Unix time the agent last applied etcd's state (a listing, a watch batch or a lease renewal)",
             Unit::Seconds,
             metrics.last_sync.clone(),
+        );
+        registry.register(
+            "weft_ct_liberal",
+            "TCP flows tc_verdict asked to have made liberal in conntrack, by outcome (confirmed, lapsed, no_conntrack_entry, refused, malformed)",
+            metrics.ct_liberal.clone(),
         );
         registry.register_collector(Box::new(metrics.kernel.clone()));
         Self {
@@ -219,6 +231,13 @@ impl Metrics {
             .map(|since| since.as_secs_f64())
             .unwrap_or_default();
         self.last_sync.set(now);
+    }
+
+    /// One flow's conntrack entry handled (a `ct_liberal::Outcome` name).
+    pub fn ct_liberal(&self, outcome: &'static str) {
+        self.ct_liberal
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// The fast path runs with its maps in `pin_dir`: scrapes read them.

@@ -95,6 +95,19 @@ pub enum Reason {
     /// A marked TCP SYN, FIN or RST: nothing recorded (a FIN or RST ends
     /// the direction's verdict).
     TcpControl = 40,
+    /// A TCP verdict the agent has not confirmed yet: its conntrack entry
+    /// is not liberal, so conntrack must keep seeing the flow's segments.
+    PassVerdictPending = 56,
+    /// A marked TCP packet of a flow without a live verdict: recorded
+    /// pending and the agent asked (`CT_LIBERAL`) to make its conntrack
+    /// entry liberal.
+    LearnedPending = 57,
+    /// A marked TCP packet of a flow already waiting for the agent:
+    /// nothing changed.
+    AwaitingLiberal = 58,
+    /// The `CT_LIBERAL` ring buffer was full: nothing recorded; the flow's
+    /// next marked packet asks again.
+    NotifyFailed = 59,
 }
 
 impl Reason {
@@ -142,6 +155,10 @@ impl Reason {
             Reason::Unparsed => "unparsed",
             Reason::UpdateFailed => "update_failed",
             Reason::TcpControl => "tcp_control",
+            Reason::PassVerdictPending => "pass_verdict_pending",
+            Reason::LearnedPending => "learned_pending",
+            Reason::AwaitingLiberal => "awaiting_liberal",
+            Reason::NotifyFailed => "notify_failed",
         }
     }
 
