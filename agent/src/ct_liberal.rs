@@ -137,7 +137,11 @@ impl Flows {
             .with_context(|| format!("cannot open pinned map {}", path.display()))?;
         let map = HashMap::try_from(Map::LruHashMap(data))
             .with_context(|| format!("{} is not weft's FLOWS", path.display()))?;
-        Ok(Self { map })
+        Ok(Self::from_map(map))
+    }
+
+    pub fn from_map(map: HashMap<MapData, FlowKey, FlowVerdict>) -> Self {
+        Self { map }
     }
 
     fn get(&self, key: &FlowKey) -> Option<FlowVerdict> {
