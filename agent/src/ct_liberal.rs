@@ -66,9 +66,8 @@ impl Marker {
     /// Sets `IP_CT_TCP_FLAG_BE_LIBERAL` in both directions of `key`'s
     /// conntrack entry. `ENOENT`: there is none.
     pub fn make_liberal(&mut self, key: &FlowKey) -> io::Result<()> {
-        let request = MakeLiberal::new(key).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "not a TCP flow")
-        })?;
+        let request = MakeLiberal::new(key)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a TCP flow"))?;
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         self.socket.send(&request.to_bytes(seq), 0)?;
@@ -174,7 +173,10 @@ impl Flows {
 
     /// Removes `key`'s verdict if it is (still) pending.
     fn forget_pending(&mut self, key: &FlowKey) {
-        if self.get(key).is_some_and(|verdict| verdict.state == FLOW_PENDING) {
+        if self
+            .get(key)
+            .is_some_and(|verdict| verdict.state == FLOW_PENDING)
+        {
             let _ = self.map.remove(key);
         }
     }

@@ -87,8 +87,18 @@ fn only_fast_pathed_flows_are_liberal_in_conntrack() {
         &after[0],
         TcPodEgress.counter(Reason::PassVerdictPending),
     );
-    let rechecks = counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::PassRecheck)).0;
-    let asked = counter_delta(&before[0], &after[0], TcVerdict.counter(Reason::LearnedPending)).0;
+    let rechecks = counter_delta(
+        &before[0],
+        &after[0],
+        TcPodEgress.counter(Reason::PassRecheck),
+    )
+    .0;
+    let asked = counter_delta(
+        &before[0],
+        &after[0],
+        TcVerdict.counter(Reason::LearnedPending),
+    )
+    .0;
     eprintln!(
         "node 1: {rechecks} re-checks, {asked} flows asked liberal, {} packets ({} bytes) waited for the agent",
         pending.0, pending.1

@@ -398,9 +398,24 @@ fn insert_conntrack_entry(ns: &str) {
     netns::run(
         ns,
         &[
-            "conntrack", "-I", "-p", "tcp", "-s", "10.244.1.2", "-d", "10.244.2.7",
-            "--sport", &client, "--dport", &server, "--state", "ESTABLISHED", "-u",
-            "SEEN_REPLY,ASSURED", "-t", "120",
+            "conntrack",
+            "-I",
+            "-p",
+            "tcp",
+            "-s",
+            "10.244.1.2",
+            "-d",
+            "10.244.2.7",
+            "--sport",
+            &client,
+            "--dport",
+            &server,
+            "--state",
+            "ESTABLISHED",
+            "-u",
+            "SEEN_REPLY,ASSURED",
+            "-t",
+            "120",
         ],
     )
     .unwrap();
@@ -562,7 +577,12 @@ fn an_echo_reply_verdict_does_not_cover_an_echo_request() {
         XdpUplink.counter(Reason::PassNoVerdict),
     )]);
     assert_eq!(
-        programs.verdict(&echo_flow(REMOTE_POD, LOCAL_POD, ICMP_ECHO_REQUEST, ECHO_ID)),
+        programs.verdict(&echo_flow(
+            REMOTE_POD,
+            LOCAL_POD,
+            ICMP_ECHO_REQUEST,
+            ECHO_ID
+        )),
         None
     );
 }

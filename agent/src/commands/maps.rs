@@ -260,12 +260,7 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
             .chain(rows.iter().map(|row| {
                 format!(
                     "{:<8} {:<21} {:<21} {:>8}  {:<9}  {}\n",
-                    row.protocol,
-                    row.source,
-                    row.destination,
-                    row.age_ms,
-                    row.state,
-                    row.current
+                    row.protocol, row.source, row.destination, row.age_ms, row.state, row.current
                 )
             }))
             .collect();

@@ -181,7 +181,10 @@ pub fn ack(bytes: &[u8], seq: u32) -> io::Result<()> {
         NetlinkPayload::Error(error) => Err(error.to_io()),
         other => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("ctnetlink answered type {:#x}, not an ack", other.message_type()),
+            format!(
+                "ctnetlink answered type {:#x}, not an ack",
+                other.message_type()
+            ),
         )),
     }
 }
@@ -229,10 +232,7 @@ mod tests {
     #[test]
     fn only_tcp_has_window_tracking_to_relax() {
         for proto in [1, 17] {
-            let key = FlowKey {
-                proto,
-                ..tcp_key()
-            };
+            let key = FlowKey { proto, ..tcp_key() };
             assert!(MakeLiberal::new(&key).is_none());
         }
     }

@@ -15,8 +15,9 @@ use aya::{
 };
 use tracing::{info, warn};
 use weft_common::{
-    CT_LIBERAL_BYTES, Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS, MAX_PEERS, NodeConfig,
-    PacketCounter, Peer, STATS_MAX_ENTRIES, VtepKey, map_names, program_names,
+    CT_LIBERAL_BYTES, Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS,
+    MAX_PEERS, NodeConfig, PacketCounter, Peer, STATS_MAX_ENTRIES, VtepKey, map_names,
+    program_names,
 };
 
 use crate::{cli::XdpModeArg, endpoints::BridgePorts, net::Uplink};

@@ -219,7 +219,10 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     (id(TcVerdict, Reason::Unparsed), "verdict_unparsed"),
     (id(TcVerdict, Reason::UpdateFailed), "verdict_update_failed"),
     (id(TcVerdict, Reason::TcpControl), "verdict_tcp_control"),
-    (id(TcVerdict, Reason::LearnedPending), "verdict_learned_pending"),
+    (
+        id(TcVerdict, Reason::LearnedPending),
+        "verdict_learned_pending",
+    ),
     (
         id(TcVerdict, Reason::AwaitingLiberal),
         "verdict_awaiting_liberal",

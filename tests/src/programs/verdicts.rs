@@ -54,8 +54,7 @@ impl Programs {
     /// since the last call.
     pub fn liberal_requests(&self) -> Vec<FlowKey> {
         let mut ring =
-            RingBuf::try_from(Map::RingBuf(self.second_map_handle(map_names::CT_LIBERAL)))
-                .unwrap();
+            RingBuf::try_from(Map::RingBuf(self.second_map_handle(map_names::CT_LIBERAL))).unwrap();
         let mut keys = Vec::new();
         while let Some(record) = ring.next() {
             assert_eq!(record.len(), size_of::<FlowKey>(), "a record is a flow key");
