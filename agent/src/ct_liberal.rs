@@ -31,7 +31,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use tracing::{info, warn};
 use weft_common::{FLOW_CONFIRMED, FLOW_PENDING, FlowKey, FlowVerdict, map_names};
 
-use message::MakeLiberal;
+use message::{Answer, MakeLiberal};
 
 /// `BPF_EXIST`: update only an entry that is still there.
 const BPF_EXIST: u64 = 2;
@@ -73,16 +73,11 @@ impl Marker {
         self.socket.send(&request.to_bytes(seq), 0)?;
         loop {
             let length = self.socket.recv(&mut &mut self.buffer[..], 0)?;
-            match message::ack(&self.buffer[..length], seq) {
-                // An earlier request's late answer (after a timeout or an
-                // error): skip it.
-                Err(error)
-                    if error.kind() == io::ErrorKind::InvalidData
-                        && error.to_string().contains("answered sequence") =>
-                {
-                    continue;
-                }
-                result => return result,
+            match message::answer(&self.buffer[..length], seq)? {
+                Answer::Ack => return Ok(()),
+                Answer::Refused(error) => return Err(error),
+                // An earlier request's late answer: not this one's.
+                Answer::Other(_) => continue,
             }
         }
     }

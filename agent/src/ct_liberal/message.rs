@@ -162,31 +162,35 @@ impl NetlinkDeserializable for MakeLiberal {
     }
 }
 
-/// The kernel's answer to request `seq`: `Ok` for an ack, else the errno
-/// it refused with (`ENOENT`: no such conntrack entry).
-pub fn ack(bytes: &[u8], seq: u32) -> io::Result<()> {
+/// What a message read from the socket says about request `seq`.
+#[derive(Debug)]
+pub enum Answer {
+    /// Done.
+    Ack,
+    /// Refused with this errno (`ENOENT`: no such conntrack entry).
+    Refused(io::Error),
+    /// The answer to another (earlier) request.
+    Other(u32),
+}
+
+/// Reads the kernel's answer in `bytes`; an error if it is not an ack.
+pub fn answer(bytes: &[u8], seq: u32) -> io::Result<Answer> {
+    let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidData, message);
     let message = NetlinkMessage::<MakeLiberal>::deserialize(bytes)
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error.to_string()))?;
-    if message.header.sequence_number != seq {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "ctnetlink answered sequence {}, not {seq}",
-                message.header.sequence_number
-            ),
-        ));
-    }
-    match message.payload {
-        NetlinkPayload::Error(error) if error.code.is_none() => Ok(()),
-        NetlinkPayload::Error(error) => Err(error.to_io()),
-        other => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "ctnetlink answered type {:#x}, not an ack",
-                other.message_type()
-            ),
-        )),
-    }
+        .map_err(|error| invalid(format!("unreadable ctnetlink answer: {error}")))?;
+    let NetlinkPayload::Error(error) = message.payload else {
+        return Err(invalid(format!(
+            "ctnetlink answered type {:#x}, not an ack",
+            message.header.message_type
+        )));
+    };
+    Ok(if message.header.sequence_number != seq {
+        Answer::Other(message.header.sequence_number)
+    } else if error.code.is_none() {
+        Answer::Ack
+    } else {
+        Answer::Refused(error.to_io())
+    })
 }
 
 #[cfg(test)]
@@ -237,7 +241,8 @@ mod tests {
         }
     }
 
-    fn answer(seq: u32, code: i32) -> Vec<u8> {
+    /// An NLMSG_ERROR answer to `seq` with `code` (0: an ack).
+    fn reply(seq: u32, code: i32) -> Vec<u8> {
         let mut bytes = vec![0u8; 36];
         bytes[..4].copy_from_slice(&36u32.to_ne_bytes());
         bytes[4..6].copy_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
@@ -248,10 +253,12 @@ mod tests {
 
     #[test]
     fn reads_acks_and_refusals() {
-        assert!(ack(&answer(3, 0), 3).is_ok());
-        let refused = ack(&answer(3, -libc::ENOENT), 3).unwrap_err();
+        assert!(matches!(answer(&reply(3, 0), 3), Ok(Answer::Ack)));
+        let Ok(Answer::Refused(refused)) = answer(&reply(3, -libc::ENOENT), 3) else {
+            panic!("ENOENT not read as a refusal");
+        };
         assert_eq!(refused.raw_os_error(), Some(libc::ENOENT));
-        assert!(ack(&answer(4, 0), 3).is_err(), "another request's ack");
-        assert!(ack(&[1, 2, 3], 3).is_err(), "truncated");
+        assert!(matches!(answer(&reply(2, 0), 3), Ok(Answer::Other(2))));
+        assert!(answer(&[1, 2, 3], 3).is_err(), "truncated");
     }
 }
