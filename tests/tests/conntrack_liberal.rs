@@ -122,6 +122,27 @@ fn only_fast_pathed_flows_are_liberal_in_conntrack() {
         assert_eq!(be_liberal(&lab.node(node).ns), "0");
     }
 
+    // `weft maps flows` shows a live pod-to-pod connection's verdicts
+    // confirmed (the agent made its conntrack entry liberal).
+    let mut direct = TcpSession::connect(
+        &a.ns,
+        format!("{}:{ECHO_PORT}", b.ip()).parse().unwrap(),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    for index in 0..20 {
+        direct.exchange(index).unwrap();
+    }
+    let flows = lab.maps_json(node1, "flows").unwrap();
+    let to_b = format!("{}:{ECHO_PORT}", b.ip());
+    let row = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["protocol"] == "tcp" && row["destination"] == to_b.as_str())
+        .unwrap_or_else(|| panic!("no verdict for A -> {to_b} in {flows:#}"));
+    assert_eq!(row["state"], "confirmed", "{row}");
+
     // A connection the fast path does not carry (to a Service: NAT, so
     // never marked) is tracked strictly: segments far outside its window
     // are INVALID, and kube-proxy's rule on node 1 drops them. The
