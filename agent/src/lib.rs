@@ -7,6 +7,7 @@ pub mod bpffs;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod ct_liberal;
 pub mod dataplane;
 pub mod desired;
 pub mod endpoints;

@@ -14,7 +14,8 @@
 //! `tc_verdict`) is recorded in FLOWS. Whenever the ruleset changes, the
 //! agent bumps the generation in CONFIG, which voids every recorded verdict
 //! at once: nothing that a new rule would drop or rewrite rides the fast
-//! path past the change.
+//! path past the change. A TCP flow rides it only once its conntrack
+//! entry is liberal (see `ct_liberal`).
 //!
 //! The bit is weft's alone: `mark_conflicts.rs` finds any other rule that
 //! sets or tests it, and while one exists weft leaves the mark untouched
@@ -152,29 +153,6 @@ pub fn remove() -> Result<()> {
         ),
         "verdict chain",
     )
-}
-
-/// conntrack sees a fast-pathed TCP flow again only at the next re-check,
-/// by which time the flow's sequence numbers have moved past the window it
-/// tracked: strict window tracking would call that packet INVALID (and
-/// kube-proxy drops INVALID), so no verdict would ever be recorded again.
-/// The kernel's own flowtable marks each flow it offloads "be liberal" for
-/// the same reason; this is the namespace-wide form of that, the setting
-/// kube-proxy's `--conntrack-tcp-be-liberal` applies. Out-of-window RSTs
-/// stay INVALID.
-const TCP_BE_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
-
-/// Sets `nf_conntrack_tcp_be_liberal` (see [`TCP_BE_LIBERAL`]); returns
-/// whether it changed. Call after [`install`], which loads conntrack.
-pub fn make_tcp_tracking_liberal() -> Result<bool> {
-    let current = std::fs::read_to_string(TCP_BE_LIBERAL)
-        .with_context(|| format!("cannot read {TCP_BE_LIBERAL} (is nf_conntrack loaded?)"))?;
-    if current.trim() == "1" {
-        return Ok(false);
-    }
-    std::fs::write(TCP_BE_LIBERAL, "1")
-        .with_context(|| format!("cannot write {TCP_BE_LIBERAL}"))?;
-    Ok(true)
 }
 
 /// Wakes `changed` after every change to the node's nftables ruleset

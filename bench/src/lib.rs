@@ -14,6 +14,7 @@
 use clap as _;
 use nix as _;
 
+mod ct_marking;
 mod goals;
 mod measure;
 mod program_cost;
@@ -33,6 +34,7 @@ use weft_tests::{
     Backend, Dataplane, Lab, LabSpec, NodeId, lab::FLANNELD_ENV, privileged::REQUIRE_PRIVILEGED,
 };
 
+pub use ct_marking::{CtMarking, ct_marking};
 pub use goals::{Goal, goals};
 pub use program_cost::{ProgramCost, program_cost};
 pub use report::{goals_table, svg, table};
@@ -172,6 +174,8 @@ pub struct Details {
     /// ran, if they ran.
     pub stock_flanneld: Option<String>,
     pub programs: Option<ProgramCost>,
+    /// How fast the agent makes fast-pathed TCP flows liberal in conntrack.
+    pub ct_marking: Option<CtMarking>,
     pub control_plane: Vec<ScaleResult>,
     /// `/metrics` under parallel scrapes with `FLOWS` nearly full.
     pub scrape_load: Option<ScrapeLoad>,
@@ -235,6 +239,12 @@ pub fn run(
         } else {
             50_000
         })?);
+        progress("conntrack marking: ctnetlink update and FLOWS confirmation per flow");
+        details.ct_marking = Some(if options.repeats > 1 {
+            ct_marking(1000, 20)?
+        } else {
+            ct_marking(500, 4)?
+        });
         for &leases in &options.scale {
             progress(&format!("control plane: {leases} leases"));
             details.control_plane.push(scale(options, leases)?);

@@ -31,6 +31,10 @@ struct BenchArgs {
     /// /metrics load runs.
     #[arg(long)]
     no_extras: bool,
+    /// Only the conntrack marking rate (no labs): how fast the agent makes
+    /// fast-pathed TCP flows liberal.
+    #[arg(long)]
+    ct_marking_only: bool,
     /// The weft binary the nodes run (default: $WEFT_BIN or target/debug/weft).
     #[arg(long)]
     weft_bin: Option<PathBuf>,
@@ -57,6 +61,12 @@ fn bench(args: BenchArgs) -> Result<()> {
         "the bench needs root (network namespaces, BPF)"
     );
     ensure_bpffs();
+    if args.ct_marking_only {
+        let (connections, rounds) = if args.quick { (500, 4) } else { (1000, 20) };
+        let marking = weft_bench::ct_marking(connections, rounds)?;
+        print_ct_marking(&marking);
+        return Ok(());
+    }
     let mut options = weft_bench::BenchOptions::new(
         args.quick,
         args.out,
@@ -108,6 +118,9 @@ fn bench(args: BenchArgs) -> Result<()> {
             programs.xdp_pass_one_per_call_ns, programs.xdp_pass_repeated_ns
         );
     }
+    if let Some(marking) = &details.ct_marking {
+        print_ct_marking(marking);
+    }
     for scale in &details.control_plane {
         println!(
             "control plane: {} leases in PEERS after {:.3} s, in the kernel after {:.3} s; agent peak RSS {:.1} MiB",
@@ -130,4 +143,12 @@ fn bench(args: BenchArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn print_ct_marking(marking: &weft_bench::CtMarking) {
+    println!(
+        "conntrack marking (agent, per fast-pathed TCP flow: ctnetlink update + FLOWS confirmation): \
+         {:.0} flows/s, {:.1} us per flow ({} connections x {} rounds)",
+        marking.flows_per_s, marking.us_per_flow, marking.connections, marking.rounds
+    );
 }

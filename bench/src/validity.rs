@@ -46,15 +46,16 @@ pub(crate) fn fast_path_counts(lab: &Lab) -> Result<(u64, u64)> {
 }
 
 /// Why the fast path hands a packet to netfilter: a few packets per flow
-/// (set-up, SYN/FIN, one per re-check interval), never a share of a
-/// transfer.
-const NETFILTER_REFUSALS: [CounterId; 12] = {
-    const fn on(hook: Hook) -> [CounterId; 4] {
+/// (set-up, SYN/FIN, one or two per re-check interval while the agent
+/// confirms a TCP flow liberal), never a share of a transfer.
+const NETFILTER_REFUSALS: [CounterId; 15] = {
+    const fn on(hook: Hook) -> [CounterId; 5] {
         [
             hook.counter(Reason::PassNoVerdict),
             hook.counter(Reason::PassRulesetChanged),
             hook.counter(Reason::PassRecheck),
             hook.counter(Reason::PassTcpControl),
+            hook.counter(Reason::PassVerdictPending),
         ]
     }
     let [xdp, tc_uplink, pod] = [on(XdpUplink), on(TcUplink), on(TcPodEgress)];
@@ -63,14 +64,17 @@ const NETFILTER_REFUSALS: [CounterId; 12] = {
         xdp[1],
         xdp[2],
         xdp[3],
+        xdp[4],
         tc_uplink[0],
         tc_uplink[1],
         tc_uplink[2],
         tc_uplink[3],
+        tc_uplink[4],
         pod[0],
         pod[1],
         pod[2],
         pod[3],
+        pod[4],
     ]
 };
 

@@ -113,3 +113,16 @@ fn the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld()
     }
     std::fs::remove_dir_all(out).unwrap();
 }
+
+#[test]
+fn the_conntrack_marking_measurement_marks_real_entries() {
+    let Some(_guard) = privileged_test("the_conntrack_marking_measurement_marks_real_entries")
+    else {
+        return;
+    };
+    // Every flow must come back confirmed (the measurement fails
+    // otherwise); the rate is reported, never asserted.
+    let marking = bench::ct_marking(50, 2).unwrap();
+    assert_eq!((marking.connections, marking.rounds), (50, 2));
+    assert!(marking.flows_per_s > 0.0 && marking.us_per_flow > 0.0);
+}

@@ -23,6 +23,9 @@ pub mod map_names {
     pub const VTEPS: &str = "VTEPS";
     pub const CONFIG: &str = "CONFIG";
     pub const FLOWS: &str = "FLOWS";
+    /// The ring buffer of TCP flows `tc_verdict` asks the agent to make
+    /// liberal in conntrack (not listed by `weft maps`: nothing to dump).
+    pub const CT_LIBERAL: &str = "CT_LIBERAL";
     /// Every map, in the order `weft maps` lists them.
     pub const ALL: [&str; 6] = [CONFIG, PEERS, ENDPOINTS, VTEPS, FLOWS, STATS];
 }

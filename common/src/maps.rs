@@ -78,8 +78,11 @@ pub const CONFIG_BULK_TCP_VIA_GRO: u32 = 1 << 1;
 pub const CONFIG_UPLINK_XDP: u32 = 1 << 2;
 
 /// `FLOWS` key: one direction of a flow, as netfilter saw it leave this
-/// node's forwarding path. Ports are as on the wire (big endian); for ICMP
-/// echo, `sport` holds the echo identifier and `dport` is zero.
+/// node's forwarding path. Ports are as on the wire (big endian). For ICMP
+/// echo, `sport` holds the echo identifier, `dport` is zero, and the type
+/// and code are part of the key: conntrack tracks an echo request from A
+/// to B and one from B to A as two flows, so a verdict learned from
+/// replies must not cover requests the other way. Zero for TCP and UDP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -88,12 +91,22 @@ pub struct FlowKey {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
-    pub _pad: [u8; 3],
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: u8,
 }
 
+/// `FlowVerdict::state`: a TCP verdict recorded, its conntrack entry not
+/// yet made liberal by the agent; the fast path does not take it. Zero, so
+/// that anything not explicitly confirmed fails closed.
+pub const FLOW_PENDING: u32 = 0;
+/// `FlowVerdict::state`: the fast path may take the flow (for TCP: the
+/// agent marked its conntrack entry liberal in both directions).
+pub const FLOW_CONFIRMED: u32 = 1;
+
 /// `FLOWS` value: when this node's netfilter last let a packet of the flow
-/// through unchanged (established, no NAT, no helper), and under which
-/// ruleset.
+/// through unchanged (established, no NAT, no helper), under which
+/// ruleset, and whether the fast path may take it yet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowVerdict {
@@ -102,8 +115,14 @@ pub struct FlowVerdict {
     /// `NodeConfig::ruleset_generation` then; a different one means the
     /// ruleset changed since and the verdict no longer counts.
     pub generation: u32,
-    pub _pad: u32,
+    /// [`FLOW_PENDING`] or [`FLOW_CONFIRMED`].
+    pub state: u32,
 }
+
+/// `CT_LIBERAL` ring buffer: room for the flows `tc_verdict` asks the
+/// agent to make liberal (16-byte [`FlowKey`] plus an 8-byte record
+/// header each: about 10,000 waiting at once).
+pub const CT_LIBERAL_BYTES: u32 = 256 * 1024;
 
 /// `CONFIG[0]`: this node.
 #[repr(C)]
@@ -199,10 +218,13 @@ mod tests {
                 offset_of!(FlowKey, sport),
                 offset_of!(FlowKey, dport),
                 offset_of!(FlowKey, proto),
+                offset_of!(FlowKey, icmp_type),
+                offset_of!(FlowKey, icmp_code),
             ],
-            [4, 8, 10, 12]
+            [4, 8, 10, 12, 13, 14]
         );
         assert_eq!(offset_of!(FlowVerdict, generation), 8);
+        assert_eq!(offset_of!(FlowVerdict, state), 12);
         assert_eq!(size_of::<VtepKey>(), 4);
         assert_eq!(size_of::<EndpointKey>(), 4);
     }

@@ -139,6 +139,11 @@ impl TcpSession {
         Ok(())
     }
 
+    /// The client's address (its source port names the connection).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
     /// Waits up to `timeout` for the echo of a request sent earlier.
     pub fn set_timeout(&self, timeout: Duration) -> Result<()> {
         Ok(self.socket.set_read_timeout(Some(timeout))?)

@@ -39,7 +39,9 @@ pub fn fill_flows(pin_dir: &Path, count: u32) -> Result<()> {
             sport: [0x30, 0x39],
             dport: [0, 80],
             proto: libc::IPPROTO_TCP as u8,
-            _pad: [0; 3],
+            icmp_type: 0,
+            icmp_code: 0,
+            _pad: 0,
         };
         flows
             .insert(key, FlowVerdict::default(), 0)

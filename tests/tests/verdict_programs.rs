@@ -9,11 +9,14 @@
 // package; the lint is for the library.
 #![allow(unused_crate_dependencies)]
 
+use weft_agent::ct_liberal;
 use weft_common::{
+    FLOW_CONFIRMED, FLOW_PENDING,
     Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink},
     Reason,
 };
 use weft_tests::{
+    netns,
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4},
     privileged_test,
     programs::*,
@@ -276,22 +279,27 @@ fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
     assert_eq!(programs.verdict(&key), None);
     assert_only(&before, &programs.counters(), &[]);
 
-    // Marked: recorded under the current generation, the mark bit cleared
-    // and every other bit kept, the packet untouched.
+    // Marked: recorded under the current generation (pending: TCP waits
+    // for the agent to make its conntrack entry liberal), the mark bit
+    // cleared and every other bit kept, the packet untouched.
     let before = programs.counters();
     let started = monotonic_ns();
     let (verdict, out, mark) = programs.tc_verdict(&packet, ACCEPT_MARK | 0x4000);
     assert_eq!((verdict, &out, mark), (TC_ACT_OK, &packet, 0x4000));
     let recorded = programs.verdict(&key).expect("verdict recorded");
     assert_eq!(recorded.generation, GENERATION);
+    assert_eq!(recorded.state, FLOW_PENDING);
     assert!(recorded.seen_ns >= started && recorded.seen_ns <= monotonic_ns());
     assert_only(
         &before,
         &programs.counters(),
-        &[TcVerdict.counter(Reason::Learned)],
+        &[TcVerdict.counter(Reason::LearnedPending)],
     );
+    assert_eq!(programs.liberal_requests(), vec![key]);
 
-    // The fast path now takes that direction, and only that one.
+    // Once confirmed (as the agent does), the fast path takes that
+    // direction, and only that one.
+    programs.set_verdict(key, GENERATION);
     let (verdict, _) = programs.xdp(&vxlan_tcp(TCP_ACK));
     assert_eq!(verdict, XDP_REDIRECT);
     programs.assert_tc_passes(&[(
@@ -331,5 +339,250 @@ fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
         &before,
         &programs.counters(),
         &[TcVerdict.counter(Reason::Unparsed)],
+    );
+}
+
+/// A network namespace of this test's own, removed when dropped.
+struct TestNetns(&'static str);
+
+impl TestNetns {
+    fn new(name: &'static str) -> Self {
+        let _ = netns::delete(name);
+        netns::add(name).unwrap();
+        Self(name)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = netns::delete(self.0);
+    }
+}
+
+const CLIENT_PORT: u16 = 40000;
+const SERVER_PORT: u16 = 8080;
+
+/// A TCP ACK from the remote pod's port 8080 to the local pod's 40000, on
+/// its way into the local pod (what `tc_verdict` sees after netfilter).
+fn delivered_tcp(flags: u8) -> Vec<u8> {
+    let mut segment = tcp_segment(flags);
+    segment[0..2].copy_from_slice(&SERVER_PORT.to_be_bytes());
+    segment[2..4].copy_from_slice(&CLIENT_PORT.to_be_bytes());
+    delivered(REMOTE_POD, IPPROTO_TCP, &segment)
+}
+
+/// The same direction as [`delivered_tcp`], in VXLAN from the peer.
+fn vxlan_tcp_with_ports() -> Vec<u8> {
+    let mut segment = tcp_segment(TCP_ACK);
+    segment[0..2].copy_from_slice(&SERVER_PORT.to_be_bytes());
+    segment[2..4].copy_from_slice(&CLIENT_PORT.to_be_bytes());
+    let inner = eth(
+        VTEP_MAC,
+        PEER_VTEP_MAC,
+        ETH_P_IPV4,
+        &ipv4(
+            REMOTE_POD,
+            LOCAL_POD,
+            IPPROTO_TCP,
+            &segment,
+            Ipv4Options::default(),
+        ),
+    );
+    vxlan_carrying(&inner)
+}
+
+/// The conntrack entry of the connection local pod:40000 -> remote
+/// pod:8080, established, in `ns`.
+fn insert_conntrack_entry(ns: &str) {
+    let (client, server) = (CLIENT_PORT.to_string(), SERVER_PORT.to_string());
+    netns::run(
+        ns,
+        &[
+            "conntrack",
+            "-I",
+            "-p",
+            "tcp",
+            "-s",
+            "10.244.1.2",
+            "-d",
+            "10.244.2.7",
+            "--sport",
+            &client,
+            "--dport",
+            &server,
+            "--state",
+            "ESTABLISHED",
+            "-u",
+            "SEEN_REPLY,ASSURED",
+            "-t",
+            "120",
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_tcp_verdict_counts_only_once_the_agent_made_its_conntrack_entry_liberal() {
+    let Some(_guard) = privileged_test(
+        "a_tcp_verdict_counts_only_once_the_agent_made_its_conntrack_entry_liberal",
+    ) else {
+        return;
+    };
+    let ns = TestNetns::new("t-ct-prog");
+    insert_conntrack_entry(ns.0);
+    let mut marker = netns::in_netns(ns.0, ct_liberal::Marker::new).unwrap();
+    let mut programs = Programs::load(true);
+    programs.clear_verdicts();
+    let mut flows = ct_liberal::Flows::from_map(programs.flows_handle());
+    let _ = programs.liberal_requests();
+    let key = flow(
+        REMOTE_POD,
+        LOCAL_POD,
+        IPPROTO_TCP,
+        SERVER_PORT.to_be_bytes(),
+        CLIENT_PORT.to_be_bytes(),
+    );
+
+    // Netfilter passed it: recorded pending, the agent asked, the fast
+    // path not taking it yet.
+    let before = programs.counters();
+    programs.tc_verdict(&delivered_tcp(TCP_ACK), ACCEPT_MARK);
+    let recorded = programs.verdict(&key).expect("verdict recorded");
+    assert_eq!(recorded.state, FLOW_PENDING);
+    assert_only(
+        &before,
+        &programs.counters(),
+        &[TcVerdict.counter(Reason::LearnedPending)],
+    );
+    assert_eq!(programs.liberal_requests(), vec![key]);
+    programs.assert_xdp_passes(&[(
+        "pending",
+        vxlan_tcp_with_ports(),
+        XdpUplink.counter(Reason::PassVerdictPending),
+    )]);
+
+    // More marked packets while it waits: nothing changes, nobody asked
+    // twice.
+    let before = programs.counters();
+    programs.tc_verdict(&delivered_tcp(TCP_ACK), ACCEPT_MARK);
+    assert_eq!(programs.verdict(&key), Some(recorded));
+    assert_only(
+        &before,
+        &programs.counters(),
+        &[TcVerdict.counter(Reason::AwaitingLiberal)],
+    );
+    assert!(programs.liberal_requests().is_empty());
+
+    // The agent marks the conntrack entry and confirms: the fast path
+    // takes the flow.
+    assert_eq!(
+        ct_liberal::handle(&mut marker, &mut flows, &key),
+        ct_liberal::Outcome::Confirmed
+    );
+    assert_eq!(programs.verdict(&key).unwrap().state, FLOW_CONFIRMED);
+    let (verdict, _) = programs.xdp(&vxlan_tcp_with_ports());
+    assert_eq!(verdict, XDP_REDIRECT);
+
+    // A live confirmed verdict is refreshed and stays confirmed.
+    let before = programs.counters();
+    programs.tc_verdict(&delivered_tcp(TCP_ACK), ACCEPT_MARK);
+    let refreshed = programs.verdict(&key).unwrap();
+    assert_eq!(refreshed.state, FLOW_CONFIRMED);
+    assert!(refreshed.seen_ns > recorded.seen_ns);
+    assert_only(
+        &before,
+        &programs.counters(),
+        &[TcVerdict.counter(Reason::Learned)],
+    );
+    assert!(programs.liberal_requests().is_empty());
+
+    // A lapsed verdict (another ruleset generation; expiry and FIN/RST
+    // alike) starts pending again: its conntrack entry may be a new one.
+    programs.update_config(|config| config.ruleset_generation = GENERATION + 1);
+    programs.tc_verdict(&delivered_tcp(TCP_ACK), ACCEPT_MARK);
+    assert_eq!(programs.verdict(&key).unwrap().state, FLOW_PENDING);
+    assert_eq!(programs.liberal_requests(), vec![key]);
+    programs.update_config(|config| config.ruleset_generation = GENERATION);
+    programs.tc_verdict(&delivered_tcp(TCP_FIN | TCP_ACK), ACCEPT_MARK);
+    assert_eq!(programs.verdict(&key), None, "FIN ends the verdict");
+    programs.tc_verdict(&delivered_tcp(TCP_ACK), ACCEPT_MARK);
+    assert_eq!(programs.verdict(&key).unwrap().state, FLOW_PENDING);
+    assert_eq!(programs.liberal_requests(), vec![key]);
+
+    // conntrack no longer holds the connection: the pending verdict goes,
+    // so the flow's next marked packet asks again.
+    netns::run(ns.0, &["conntrack", "-F"]).unwrap();
+    assert_eq!(
+        ct_liberal::handle(&mut marker, &mut flows, &key),
+        ct_liberal::Outcome::NoConntrackEntry
+    );
+    assert_eq!(programs.verdict(&key), None);
+}
+
+#[test]
+fn an_echo_reply_verdict_does_not_cover_an_echo_request() {
+    let Some(_guard) = privileged_test("an_echo_reply_verdict_does_not_cover_an_echo_request")
+    else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    programs.clear_verdicts();
+    let echo = |icmp_type: u8| {
+        let mut message = weft_tests::packets::icmp_echo(56);
+        message[0] = icmp_type;
+        message[2..4].copy_from_slice(&[0, 0]);
+        let check = weft_tests::packets::checksum(&message);
+        message[2..4].copy_from_slice(&check.to_be_bytes());
+        message
+    };
+    let vxlan_echo = |icmp_type: u8| {
+        vxlan_carrying(&eth(
+            VTEP_MAC,
+            PEER_VTEP_MAC,
+            ETH_P_IPV4,
+            &ipv4(
+                REMOTE_POD,
+                LOCAL_POD,
+                IPPROTO_ICMP,
+                &echo(icmp_type),
+                Ipv4Options::default(),
+            ),
+        ))
+    };
+
+    // The local pod pinged the remote one: netfilter passed the replies
+    // coming back, and recorded them under the reply type, confirmed at
+    // once (no window to track).
+    let before = programs.counters();
+    programs.tc_verdict(
+        &delivered(REMOTE_POD, IPPROTO_ICMP, &echo(ICMP_ECHO_REPLY)),
+        ACCEPT_MARK,
+    );
+    assert_only(
+        &before,
+        &programs.counters(),
+        &[TcVerdict.counter(Reason::Learned)],
+    );
+    let reply = echo_flow(REMOTE_POD, LOCAL_POD, ICMP_ECHO_REPLY, ECHO_ID);
+    assert_eq!(programs.verdict(&reply).unwrap().state, FLOW_CONFIRMED);
+    assert!(programs.liberal_requests().is_empty());
+    let (verdict, _) = programs.xdp(&vxlan_echo(ICMP_ECHO_REPLY));
+    assert_eq!(verdict, XDP_REDIRECT);
+
+    // The remote pod pinging the local one with the same identifier is
+    // another conntrack flow: netfilter has not passed it.
+    programs.assert_xdp_passes(&[(
+        "an echo request the other way",
+        vxlan_echo(ICMP_ECHO_REQUEST),
+        XdpUplink.counter(Reason::PassNoVerdict),
+    )]);
+    assert_eq!(
+        programs.verdict(&echo_flow(
+            REMOTE_POD,
+            LOCAL_POD,
+            ICMP_ECHO_REQUEST,
+            ECHO_ID
+        )),
+        None
     );
 }

@@ -106,13 +106,17 @@ pub struct FlowRow {
     pub destination: String,
     /// Since netfilter last passed a packet of it.
     pub age_ms: u64,
-    /// Whether the fast path takes it now: same ruleset, younger than the TTL.
+    /// Whether the fast path takes it now: same ruleset, younger than the
+    /// TTL, and confirmed.
     pub current: bool,
+    /// `confirmed`, or `pending` while the agent has not yet made a TCP
+    /// flow's conntrack entry liberal.
+    pub state: &'static str,
 }
 
 pub fn flow_rows(dir: &std::path::Path, config: &weft_common::NodeConfig) -> Result<Vec<FlowRow>> {
     use aya::maps::{HashMap, Map, MapData};
-    use weft_common::{FlowKey, FlowVerdict, map_names};
+    use weft_common::{FLOW_CONFIRMED, FlowKey, FlowVerdict, map_names};
     let path = dir.join(map_names::FLOWS);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("cannot open pinned map {}", path.display()))?;
@@ -125,7 +129,7 @@ pub fn flow_rows(dir: &std::path::Path, config: &weft_common::NodeConfig) -> Res
         let (key, verdict) = entry.context("cannot read FLOWS")?;
         let age_ns = now_ns.saturating_sub(verdict.seen_ns);
         let protocol = match key.proto {
-            1 => "icmp".to_owned(),
+            1 => format!("icmp/{}/{}", key.icmp_type, key.icmp_code),
             6 => "tcp".to_owned(),
             17 => "udp".to_owned(),
             other => other.to_string(),
@@ -144,7 +148,13 @@ pub fn flow_rows(dir: &std::path::Path, config: &weft_common::NodeConfig) -> Res
             ),
             age_ms: age_ns / 1_000_000,
             current: verdict.generation == config.ruleset_generation
-                && age_ns <= config.verdict_ttl_ns,
+                && age_ns <= config.verdict_ttl_ns
+                && verdict.state == FLOW_CONFIRMED,
+            state: if verdict.state == FLOW_CONFIRMED {
+                "confirmed"
+            } else {
+                "pending"
+            },
         });
     }
     rows.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
@@ -244,13 +254,13 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
         MapName::Flows => {
             let rows = flow_rows(dir, &FastPathMaps::open_pinned(dir)?.config()?)?;
             let table = std::iter::once(format!(
-                "{:<5} {:<21} {:<21} {:>8}  CURRENT\n",
-                "PROTO", "SOURCE", "DESTINATION", "AGE MS"
+                "{:<8} {:<21} {:<21} {:>8}  {:<9}  CURRENT\n",
+                "PROTO", "SOURCE", "DESTINATION", "AGE MS", "STATE"
             ))
             .chain(rows.iter().map(|row| {
                 format!(
-                    "{:<5} {:<21} {:<21} {:>8}  {}\n",
-                    row.protocol, row.source, row.destination, row.age_ms, row.current
+                    "{:<8} {:<21} {:<21} {:>8}  {:<9}  {}\n",
+                    row.protocol, row.source, row.destination, row.age_ms, row.state, row.current
                 )
             }))
             .collect();

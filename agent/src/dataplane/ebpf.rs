@@ -15,8 +15,9 @@ use aya::{
 };
 use tracing::{info, warn};
 use weft_common::{
-    Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS, MAX_PEERS, NodeConfig,
-    PacketCounter, Peer, STATS_MAX_ENTRIES, VtepKey, map_names, program_names,
+    CT_LIBERAL_BYTES, Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS,
+    MAX_PEERS, NodeConfig, PacketCounter, Peer, STATS_MAX_ENTRIES, VtepKey, map_names,
+    program_names,
 };
 
 use crate::{cli::XdpModeArg, endpoints::BridgePorts, net::Uplink};
@@ -26,7 +27,7 @@ pub static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wef
 
 /// Every map the object declares, pinned under the pin dir by name, with
 /// the (key size, value size, max entries) this build's programs expect.
-const PINNED_MAPS: [(&str, u32, u32, u32); 6] = [
+const PINNED_MAPS: [(&str, u32, u32, u32); 7] = [
     (map_names::CONFIG, 4, size::<NodeConfig>(), 1),
     // LPM trie keys: a u32 prefix length, then the address.
     (map_names::PEERS, 8, size::<Peer>(), MAX_PEERS),
@@ -49,6 +50,8 @@ const PINNED_MAPS: [(&str, u32, u32, u32); 6] = [
         size::<PacketCounter>(),
         STATS_MAX_ENTRIES,
     ),
+    // A ring buffer: no key or value, its size in bytes.
+    (map_names::CT_LIBERAL, 0, 0, CT_LIBERAL_BYTES),
 ];
 
 const fn size<T>() -> u32 {

@@ -55,6 +55,11 @@ struct CauseLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabel {
     mode: &'static str,
 }
@@ -78,6 +83,7 @@ pub struct Metrics {
     accept_mark_conflicts: Gauge,
     scrapes: Family<ServedLabel, Counter>,
     http_refusals: Family<CauseLabel, Counter>,
+    ct_liberal: Family<OutcomeLabel, Counter>,
     kernel: std::sync::Arc<KernelCollector>,
     guard: std::sync::Arc<GuardCollector>,
 }
@@ -108,6 +114,7 @@ impl Metrics {
             accept_mark_conflicts: Gauge::default(),
             scrapes: Family::default(),
             http_refusals: Family::default(),
+            ct_liberal: Family::default(),
             kernel: std::sync::Arc::new(KernelCollector::default()),
             guard: std::sync::Arc::new(GuardCollector::default()),
             registry: Registry::default(),
@@ -199,6 +206,11 @@ impl Metrics {
                 cause: refusal.label(),
             }));
         }
+        registry.register(
+            "weft_ct_liberal",
+            "TCP flows tc_verdict asked to have made liberal in conntrack, by outcome (confirmed, lapsed, no_conntrack_entry, refused, malformed)",
+            metrics.ct_liberal.clone(),
+        );
         registry.register_collector(Box::new(metrics.kernel.clone()));
         registry.register_collector(Box::new(metrics.guard.clone()));
         Self {
@@ -288,6 +300,13 @@ impl Metrics {
             .get_or_create(&CauseLabel {
                 cause: refusal.label(),
             })
+            .inc();
+    }
+
+    /// One flow's conntrack entry handled (a `ct_liberal::Outcome` name).
+    pub fn ct_liberal(&self, outcome: &'static str) {
+        self.ct_liberal
+            .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 

@@ -81,6 +81,10 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         id(XdpUplink, Reason::PassVerdictsSuspended),
         "xdp_pass_verdicts_suspended",
     ),
+    (
+        id(XdpUplink, Reason::PassVerdictPending),
+        "xdp_pass_verdict_pending",
+    ),
     (id(TcUplink, Reason::Seen), "tc_uplink_seen"),
     (id(TcUplink, Reason::Decap), "tc_uplink_decap"),
     (id(TcUplink, Reason::HostGw), "tc_uplink_host_gw"),
@@ -171,6 +175,10 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         id(TcUplink, Reason::PassVerdictsSuspended),
         "tc_uplink_pass_verdicts_suspended",
     ),
+    (
+        id(TcUplink, Reason::PassVerdictPending),
+        "tc_uplink_pass_verdict_pending",
+    ),
     (id(TcPodEgress, Reason::Seen), "pod_egress"),
     (id(TcPodEgress, Reason::Encap), "tc_encap"),
     (id(TcPodEgress, Reason::HostGw), "tc_host_gw"),
@@ -215,8 +223,21 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         id(TcPodEgress, Reason::PassVerdictsSuspended),
         "tc_pass_verdicts_suspended",
     ),
+    (
+        id(TcPodEgress, Reason::PassVerdictPending),
+        "tc_pass_verdict_pending",
+    ),
     (id(TcVerdict, Reason::Learned), "verdict_learned"),
     (id(TcVerdict, Reason::Unparsed), "verdict_unparsed"),
     (id(TcVerdict, Reason::UpdateFailed), "verdict_update_failed"),
     (id(TcVerdict, Reason::TcpControl), "verdict_tcp_control"),
+    (
+        id(TcVerdict, Reason::LearnedPending),
+        "verdict_learned_pending",
+    ),
+    (
+        id(TcVerdict, Reason::AwaitingLiberal),
+        "verdict_awaiting_liberal",
+    ),
+    (id(TcVerdict, Reason::NotifyFailed), "verdict_notify_failed"),
 ];

@@ -99,6 +99,19 @@ pub enum Reason {
     /// records no verdict and leaves every flow to the kernel path until
     /// it is gone.
     PassVerdictsSuspended = 41,
+    /// A TCP verdict the agent has not confirmed yet: its conntrack entry
+    /// is not liberal, so conntrack must keep seeing the flow's segments.
+    PassVerdictPending = 56,
+    /// A marked TCP packet of a flow without a live verdict: recorded
+    /// pending and the agent asked (`CT_LIBERAL`) to make its conntrack
+    /// entry liberal.
+    LearnedPending = 57,
+    /// A marked TCP packet of a flow already waiting for the agent:
+    /// nothing changed.
+    AwaitingLiberal = 58,
+    /// The `CT_LIBERAL` ring buffer was full: nothing recorded; the flow's
+    /// next marked packet asks again.
+    NotifyFailed = 59,
 }
 
 impl Reason {
@@ -147,6 +160,10 @@ impl Reason {
             Reason::UpdateFailed => "update_failed",
             Reason::TcpControl => "tcp_control",
             Reason::PassVerdictsSuspended => "pass_verdicts_suspended",
+            Reason::PassVerdictPending => "pass_verdict_pending",
+            Reason::LearnedPending => "learned_pending",
+            Reason::AwaitingLiberal => "awaiting_liberal",
+            Reason::NotifyFailed => "notify_failed",
         }
     }
 

@@ -3,12 +3,15 @@
 //! conntrack, no NAT, no helper, under the ruleset in force now, and
 //! recently enough that conntrack still holds it. `tc_verdict` (programs/tc_verdict.rs)
 //! records that from the mark the agent's nftables rule sets on such
-//! packets; this module reads it back. Everything else takes the kernel
-//! path, where netfilter decides.
+//! packets; this module reads it back. A TCP verdict counts only once the
+//! agent has made the flow's conntrack entry liberal and confirmed it
+//! (conntrack does not see the segments the fast path carries; strict
+//! window tracking would call the next one it sees INVALID). Everything
+//! else takes the kernel path, where netfilter decides.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use weft_common::{FlowKey, NodeConfig, Reason};
+use weft_common::{FLOW_CONFIRMED, FlowKey, NodeConfig, Reason};
 
 use crate::lib::{
     headers::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_NO_OPTIONS, is_fragment, ptr_at},
@@ -44,6 +47,7 @@ pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Option<Flow> {
     }
     let l4 = ip as usize + Ipv4Hdr::LEN;
     let mut tcp_control = false;
+    let (mut icmp_type, mut icmp_code) = (0, 0);
     let (sport, dport) = match header.proto {
         IPPROTO_TCP => {
             let tcp = ptr_at::<TcpHdr>(l4, end, 0)?;
@@ -65,6 +69,9 @@ pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Option<Flow> {
             if icmp.type_ != ICMP_ECHO_REQUEST && icmp.type_ != ICMP_ECHO_REPLY {
                 return None;
             }
+            // A request and a reply the same way are different conntrack
+            // flows (A pings B; B pings A): the type keeps them apart.
+            (icmp_type, icmp_code) = (icmp.type_, icmp.code);
             ([icmp.data[0], icmp.data[1]], [0, 0])
         }
         _ => return None,
@@ -76,15 +83,18 @@ pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Option<Flow> {
             sport,
             dport,
             proto: header.proto,
-            _pad: [0; 3],
+            icmp_type,
+            icmp_code,
+            _pad: 0,
         },
         tcp_control,
     })
 }
 
 /// Whether netfilter has passed the flow of the packet at `ip` unchanged,
-/// under the current ruleset, within the re-check interval; else the
-/// reason the packet goes through netfilter (the same for every hook).
+/// under the current ruleset, within the re-check interval, and (TCP) the
+/// agent has made its conntrack entry liberal; else the reason the packet
+/// goes through netfilter (the same for every hook).
 #[inline(always)]
 pub fn netfilter_passed(ip: *const Ipv4Hdr, end: usize, config: &NodeConfig) -> Result<(), Reason> {
     // No accept bit: another rule uses it, and no verdict is recorded.
@@ -110,6 +120,9 @@ pub fn netfilter_passed(ip: *const Ipv4Hdr, end: usize, config: &NodeConfig) -> 
     let now = unsafe { bpf_ktime_get_ns() };
     if now.wrapping_sub(verdict.seen_ns) > config.verdict_ttl_ns {
         return Err(Reason::PassRecheck);
+    }
+    if verdict.state != FLOW_CONFIRMED {
+        return Err(Reason::PassVerdictPending);
     }
     Ok(())
 }

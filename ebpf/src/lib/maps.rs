@@ -2,12 +2,12 @@
 //! `bpftool map dump` prints field names.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf},
     macros::btf_map,
 };
 use weft_common::{
-    Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS, MAX_PEERS, NodeConfig,
-    Peer, PeerAddr, VtepKey,
+    CT_LIBERAL_BYTES, Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS,
+    MAX_PEERS, NodeConfig, Peer, PeerAddr, VtepKey,
 };
 
 /// Remote pod subnet -> how to reach it.
@@ -26,6 +26,11 @@ pub static VTEPS: HashMap<VtepKey, u8, { MAX_PEERS as usize }> = HashMap::new();
 /// `tc_verdict`, read by every program that forwards or delivers.
 #[btf_map]
 pub static FLOWS: LruHashMap<FlowKey, FlowVerdict, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// TCP flows whose verdict `tc_verdict` recorded pending: the agent makes
+/// each one's conntrack entry liberal, then confirms the verdict in FLOWS.
+#[btf_map]
+pub static CT_LIBERAL: RingBuf<FlowKey, { CT_LIBERAL_BYTES as usize }> = RingBuf::new();
 
 /// `CONFIG[0]`: this node; all zero until the agent has written it.
 #[btf_map]

@@ -128,13 +128,22 @@ fn subnet(network: [u8; 4]) -> Ipv4Net {
 /// fd), so the agent's writer and the tests' own reads and writes share it.
 fn second_handle(ebpf: &Ebpf, name: &str) -> MapData {
     let data = match ebpf.map(name).unwrap() {
-        Map::Array(data) | Map::HashMap(data) | Map::LpmTrie(data) => data,
-        _ => panic!("{name} is not an array, hash or LPM trie"),
+        Map::Array(data)
+        | Map::HashMap(data)
+        | Map::LpmTrie(data)
+        | Map::LruHashMap(data)
+        | Map::RingBuf(data) => data,
+        _ => panic!("{name} is not an array, hash, LPM trie or ring buffer"),
     };
     MapData::from_fd(data.fd().as_fd().try_clone_to_owned().unwrap()).unwrap()
 }
 
 impl Programs {
+    /// A second handle on the loaded object's map `name`.
+    pub fn second_map_handle(&self, name: &str) -> MapData {
+        second_handle(&self.ebpf, name)
+    }
+
     pub fn load(strict: bool) -> Self {
         let mut ebpf = EbpfLoader::new()
             .load(weft_agent::dataplane::ebpf::OBJECT)

@@ -28,7 +28,7 @@ pub use frames::{
     inner_tcp_frame, pod_frame, vxlan_carrying, vxlan_frame, vxlan_from,
 };
 pub use run::run;
-pub use verdicts::{flow, monotonic_ns};
+pub use verdicts::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, echo_flow, flow, monotonic_ns};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;

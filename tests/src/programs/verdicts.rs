@@ -1,16 +1,18 @@
-//! FLOWS, the verdicts `tc_verdict` records: written and read directly,
-//! since the agent never writes them.
+//! FLOWS, the verdicts `tc_verdict` records (and the agent confirms):
+//! written and read directly; and CT_LIBERAL, the flows `tc_verdict` asks
+//! the agent to make liberal.
 
-use aya::maps::HashMap;
-use weft_common::{FlowKey, FlowVerdict};
+use aya::maps::{HashMap, Map, MapData, RingBuf};
+use weft_common::{FLOW_CONFIRMED, FLOW_PENDING, FlowKey, FlowVerdict, map_names};
 
 use super::*;
 
 impl Programs {
     /// Records netfilter's verdict for every flow the fixture frames use
-    /// (ICMP echo and port-0 TCP between the fixture's pods, each way), as
-    /// `tc_verdict` would after netfilter passed them: the tests of
-    /// forwarding and delivery start from flows netfilter accepted.
+    /// (ICMP echo requests and port-0 TCP between the fixture's pods, each
+    /// way), confirmed, as `tc_verdict` and the agent would after netfilter
+    /// passed them: the tests of forwarding and delivery start from flows
+    /// netfilter accepted.
     pub fn accept_fixture_flows(&mut self) {
         let pods = [LOCAL_POD, OTHER_LOCAL_POD, REMOTE_POD, HOSTGW_POD];
         for src in pods {
@@ -21,16 +23,45 @@ impl Programs {
         }
     }
 
-    /// Writes a verdict for `key` seen now under `generation`.
+    /// Writes a confirmed verdict for `key` seen now under `generation`.
     pub fn set_verdict(&mut self, key: FlowKey, generation: u32) {
+        self.write_verdict(key, generation, FLOW_CONFIRMED);
+    }
+
+    /// Writes a pending verdict for `key` (a TCP flow whose conntrack
+    /// entry the agent has not made liberal yet).
+    pub fn set_pending_verdict(&mut self, key: FlowKey, generation: u32) {
+        self.write_verdict(key, generation, FLOW_PENDING);
+    }
+
+    fn write_verdict(&mut self, key: FlowKey, generation: u32, state: u32) {
         let mut flows: HashMap<_, FlowKey, FlowVerdict> =
             HashMap::try_from(self.ebpf.map_mut("FLOWS").unwrap()).unwrap();
         let verdict = FlowVerdict {
             seen_ns: monotonic_ns(),
             generation,
-            _pad: 0,
+            state,
         };
         flows.insert(key, verdict, 0).unwrap();
+    }
+
+    /// A second handle on FLOWS, for the agent's own code (`ct_liberal`).
+    pub fn flows_handle(&self) -> HashMap<MapData, FlowKey, FlowVerdict> {
+        HashMap::try_from(Map::LruHashMap(self.second_map_handle(map_names::FLOWS))).unwrap()
+    }
+
+    /// Takes every flow `tc_verdict` has asked the agent to make liberal
+    /// since the last call.
+    pub fn liberal_requests(&self) -> Vec<FlowKey> {
+        let mut ring =
+            RingBuf::try_from(Map::RingBuf(self.second_map_handle(map_names::CT_LIBERAL))).unwrap();
+        let mut keys = Vec::new();
+        while let Some(record) = ring.next() {
+            assert_eq!(record.len(), size_of::<FlowKey>(), "a record is a flow key");
+            // SAFETY: exactly a FlowKey's bytes (alignment 1).
+            keys.push(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<FlowKey>()) });
+        }
+        keys
     }
 
     /// The verdict recorded for `key`, if any.
@@ -51,15 +82,35 @@ impl Programs {
     }
 }
 
-/// A flow direction as FLOWS keys it.
+/// ICMP echo request and reply types.
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+
+/// A flow direction as FLOWS keys it; for ICMP, an echo request (as
+/// `packets::icmp_echo` builds it), `sport` its identifier.
 pub fn flow(src: [u8; 4], dst: [u8; 4], proto: u8, sport: [u8; 2], dport: [u8; 2]) -> FlowKey {
+    let icmp_type = if proto == IPPROTO_ICMP {
+        ICMP_ECHO_REQUEST
+    } else {
+        0
+    };
     FlowKey {
         saddr: src,
         daddr: dst,
         sport,
         dport,
         proto,
-        _pad: [0; 3],
+        icmp_type,
+        icmp_code: 0,
+        _pad: 0,
+    }
+}
+
+/// An ICMP echo flow direction of type `icmp_type` with identifier `id`.
+pub fn echo_flow(src: [u8; 4], dst: [u8; 4], icmp_type: u8, id: [u8; 2]) -> FlowKey {
+    FlowKey {
+        icmp_type,
+        ..flow(src, dst, IPPROTO_ICMP, id, [0, 0])
     }
 }
 

@@ -160,11 +160,9 @@ pub fn start_fast_path(
     } else {
         verdicts::install(marks)?;
     }
-    if verdicts::make_tcp_tracking_liberal()? {
-        info!(
-            "net.netfilter.nf_conntrack_tcp_be_liberal set to 1: conntrack does not see fast-pathed TCP segments"
-        );
-    }
+    // Before any TCP verdict can be confirmed: tc_verdict's requests wait
+    // in the ring buffer until then.
+    crate::ct_liberal::spawn(&args.bpf_pin_dir)?;
     info!(
         table = verdicts::TABLE,
         mark = format_args!("{:#x}", args.accept_mark),
