@@ -20,4 +20,5 @@ pub mod nft;
 pub mod pod_veth;
 pub mod stats;
 pub mod subnet_env;
+pub mod tc;
 pub mod verdicts;

@@ -173,7 +173,7 @@ fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
     programs.set_peer([0; 6]);
     let before = programs.counters();
     let frame = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());
-    assert_eq!(programs.tc(&frame), (TC_ACT_OK, frame));
+    assert_eq!(programs.tc(&frame), (TCX_NEXT, frame));
     assert_counted(
         &before,
         &programs.counters(),
@@ -303,7 +303,7 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
         ] {
             let before = programs.counters();
             let (verdict, out) = programs.uplink_tc(&frame);
-            assert_eq!(verdict, TC_ACT_OK, "{what}");
+            assert_eq!(verdict, TCX_NEXT, "{what}");
             assert_eq!(out, frame, "{what}: a passed frame must be untouched");
             let rose = if xdp_attached { vec![] } else { with(counter) };
             assert_only(&before, &programs.counters(), &rose);

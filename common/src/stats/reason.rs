@@ -95,6 +95,23 @@ pub enum Reason {
     /// A marked TCP SYN, FIN or RST: nothing recorded (a FIN or RST ends
     /// the direction's verdict).
     TcpControl = 40,
+    /// tc acts on what this pod sends: its host veth's ingress holds
+    /// classic filters (the CNI bandwidth plugin's redirect to its ifb) or
+    /// another TCX program. Handed on (`TCX_NEXT`) untouched.
+    PassTcSender = 48,
+    /// tc acts on what this pod receives: its host veth has a configured
+    /// root qdisc (the bandwidth plugin's tbf), egress filters or another
+    /// TCX program; a redirect into the pod would skip them.
+    PassTcReceiver = 49,
+    /// The pods' bridge (cni0) has tc configuration the kernel path would
+    /// pass through.
+    PassTcBridge = 50,
+    /// flannel.<VNI> has tc configuration the kernel path would pass
+    /// through; encapsulation and decapsulation skip the device.
+    PassTcVtep = 51,
+    /// The uplink's ingress holds classic filters or another TCX program
+    /// that a delivery from XDP or `tc_uplink` would skip.
+    PassTcUplink = 52,
 }
 
 impl Reason {
@@ -142,6 +159,11 @@ impl Reason {
             Reason::Unparsed => "unparsed",
             Reason::UpdateFailed => "update_failed",
             Reason::TcpControl => "tcp_control",
+            Reason::PassTcSender => "pass_tc_sender",
+            Reason::PassTcReceiver => "pass_tc_receiver",
+            Reason::PassTcBridge => "pass_tc_bridge",
+            Reason::PassTcVtep => "pass_tc_vtep",
+            Reason::PassTcUplink => "pass_tc_uplink",
         }
     }
 

@@ -6,10 +6,10 @@
 //! netfilter hook on the way, so its flow direction is recorded in FLOWS
 //! with the time and the ruleset generation. The mark is cleared so it
 //! never leaves the node or reaches a pod. Never changes a verdict: always
-//! `TC_ACT_OK`.
+//! `TCX_NEXT`, so classic egress filters and later TCX programs still run.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, TC_ACT_OK},
+    bindings::BPF_ANY,
     helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
@@ -21,6 +21,7 @@ use crate::lib::{
     flow::flow_of,
     headers::{ETH_P_IPV4, ptr_at},
     maps::{FLOWS, node_config},
+    tc::TCX_NEXT,
 };
 
 const HOOK: Hook = Hook::TcVerdict;
@@ -28,18 +29,18 @@ const HOOK: Hook = Hook::TcVerdict;
 #[inline(always)]
 pub fn run(ctx: &mut TcContext) -> i32 {
     let Some(config) = node_config() else {
-        return TC_ACT_OK;
+        return TCX_NEXT;
     };
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
     let mark = unsafe { (*ctx.skb.skb).mark };
     if config.accept_mark == 0 || mark & config.accept_mark == 0 {
-        return TC_ACT_OK;
+        return TCX_NEXT;
     }
     ctx.set_mark(mark & !config.accept_mark);
     let len = u64::from(ctx.len());
     let reason = learn(ctx, config.ruleset_generation);
     count(HOOK, reason, len);
-    TC_ACT_OK
+    TCX_NEXT
 }
 
 /// Records the verdict for the packet's flow direction; the counter says

@@ -56,6 +56,7 @@ impl FixtureNode {
             strict_vteps: strict,
             bulk_tcp_via_gro: false,
             uplink_xdp: false,
+            own_tc_programs: Default::default(),
             accept_mark: ACCEPT_MARK,
             // Long enough that no test depends on the clock; the re-check
             // test shortens it.
