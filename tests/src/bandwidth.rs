@@ -22,7 +22,7 @@ use weft_common::{
 
 use crate::{
     Dataplane, Lab, NodeId, cni,
-    lab::{PodState, carried_nearly_all, counters_delta},
+    lab::{PodState, UPLINK, carried_nearly_all, counters_delta},
     netns,
     traffic::tcp_transfer,
 };
@@ -118,8 +118,10 @@ fn assert_limited(what: &str, server: &PodState, client: &PodState, port: u16) -
 /// The whole check on a lab of three nodes with two pods each: nodes 1
 /// and 2 on the eBPF dataplane, node 3 on the kernel dataplane. Node 1's
 /// first pod and node 3's first pod get limits; node 2's first pod and
-/// node 1's second are free.
-pub fn limits_hold_on_every_path(lab: &Lab) {
+/// node 1's second are free. `xdp`: XDP is on the uplinks (it then counts
+/// what is refused on the uplink).
+pub fn limits_hold_on_every_path(lab: &Lab, xdp: bool) {
+    let uplink_hook = if xdp { XdpUplink } else { TcUplink };
     let (n1, n2, n3) = (NodeId::new(1), NodeId::new(2), NodeId::new(3));
     assert_eq!(lab.node(n1).dataplane, Dataplane::Ebpf);
     assert_eq!(lab.node(n3).dataplane, Dataplane::Kernel);
@@ -141,7 +143,7 @@ pub fn limits_hold_on_every_path(lab: &Lab) {
             "cross node, into the limited pod",
             &limited,
             &remote,
-            TcUplink.counter(Reason::PassTcReceiver),
+            uplink_hook.counter(Reason::PassTcReceiver),
         ),
         (
             "cross node, from the limited pod",
@@ -199,6 +201,33 @@ pub fn limits_hold_on_every_path(lab: &Lab) {
             "limits removed, {what}: node 1's fast path carried {carried} of {bytes} bytes"
         );
     }
+
+    // The uplink's own root qdisc: a redirect to the uplink's egress (VXLAN
+    // or host-gw) goes through it, so the fast path keeps the traffic and
+    // the shaping still holds.
+    let node_ns = &lab.node(n1).ns;
+    netns::run(
+        node_ns,
+        &[
+            "tc", "qdisc", "add", "dev", UPLINK, "root", "tbf", "rate", "10mbit", "burst", "125kb",
+            "latency", "25ms",
+        ],
+    )
+    .unwrap();
+    let before = lab.counters(n1).unwrap();
+    let shaped = std::panic::catch_unwind(|| {
+        assert_limited("ebpf, out of a shaped uplink", &remote, &neighbour, 5341)
+    });
+    netns::run(node_ns, &["tc", "qdisc", "del", "dev", UPLINK, "root"]).unwrap();
+    if let Err(panic) = shaped {
+        std::panic::resume_unwind(panic);
+    }
+    let after = lab.counters(n1).unwrap();
+    let (_, carried) = counters_delta(&before, &after, &CARRIED);
+    assert!(
+        carried >= LIMITED_BYTES / 2,
+        "out of a shaped uplink: the fast path carried only {carried} bytes"
+    );
 }
 
 /// A second TCX program, attached after weft's on a hook: an unpinned

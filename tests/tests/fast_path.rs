@@ -360,6 +360,6 @@ fn the_cni_bandwidth_plugins_limits_hold_over_vxlan() {
     let mut spec = LabSpec::new("t-tc-vxlan", 3, 2);
     spec.node_dataplanes = vec![Dataplane::Ebpf, Dataplane::Ebpf, Dataplane::Kernel];
     let lab = Lab::up(&spec).unwrap();
-    bandwidth::limits_hold_on_every_path(&lab);
+    bandwidth::limits_hold_on_every_path(&lab, false);
     bandwidth::a_second_program_after_wefts_sees_the_packets(&lab);
 }

@@ -344,14 +344,17 @@ fn direct_routing_follows_an_address_added_to_and_removed_from_the_uplink() {
 }
 
 /// tc stays an authority (issue 20): the CNI `bandwidth` plugin's limits
-/// hold with host-gw as with VXLAN (see fast_path.rs).
+/// hold with host-gw as with VXLAN (see fast_path.rs), here with XDP on
+/// the uplinks.
 #[test]
 fn the_cni_bandwidth_plugins_limits_hold_with_host_gw() {
     let Some(_guard) = privileged_test("the_cni_bandwidth_plugins_limits_hold_with_host_gw") else {
         return;
     };
+    // With XDP on the uplinks: it refuses deliveries into a limited pod.
     let mut spec = host_gw("t-tc-hostgw");
+    spec.agent_args.push(XDP_NATIVE.to_owned());
     spec.node_dataplanes = vec![Dataplane::Ebpf, Dataplane::Ebpf, Dataplane::Kernel];
     let lab = Lab::up(&spec).unwrap();
-    bandwidth::limits_hold_on_every_path(&lab);
+    bandwidth::limits_hold_on_every_path(&lab, true);
 }
