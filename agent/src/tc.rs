@@ -134,7 +134,9 @@ async fn filters(handle: &Handle, index: u32, minor: u16) -> Result<usize> {
         {
             Ok(0)
         }
-        Err(error) => Err(error).with_context(|| format!("cannot list tc filters of ifindex {index}")),
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot list tc filters of ifindex {index}"))
+        }
     }
 }
 
@@ -143,6 +145,11 @@ async fn filters(handle: &Handle, index: u32, minor: u16) -> Result<usize> {
 /// programs either).
 fn tcx_programs(interface: &str, hook: TcAttachType) -> Vec<u32> {
     SchedClassifier::query_tcx(interface, hook)
-        .map(|(_, programs)| programs.iter().map(aya::programs::ProgramInfo::id).collect())
+        .map(|(_, programs)| {
+            programs
+                .iter()
+                .map(aya::programs::ProgramInfo::id)
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -181,8 +181,18 @@ pub fn limits_hold_on_every_path(lab: &Lab, xdp: bool) {
     }
 
     // Kernel dataplane (node 3): the plugin's limits hold both ways.
-    assert_limited("kernel, into the limited pod", &kernel_limited, &remote, 5311);
-    assert_limited("kernel, from the limited pod", &remote, &kernel_limited, 5312);
+    assert_limited(
+        "kernel, into the limited pod",
+        &kernel_limited,
+        &remote,
+        5311,
+    );
+    assert_limited(
+        "kernel, from the limited pod",
+        &remote,
+        &kernel_limited,
+        5312,
+    );
 
     // Limits removed: the fast path carries the pod's traffic again.
     unlimit(lab, n1, 0).unwrap();
@@ -293,7 +303,10 @@ pub fn a_second_program_after_wefts_sees_the_packets(lab: &Lab) {
         &after,
         &[TcPodEgress.counter(Reason::PassTcSender)],
     );
-    assert!(refused >= bytes, "tc_pass_tc_sender counted {refused} bytes");
+    assert!(
+        refused >= bytes,
+        "tc_pass_tc_sender counted {refused} bytes"
+    );
     // Detached: weft takes the pod's packets again.
     drop(second);
     wait_tc_flags(lab, n1, pod.ip(), false, false).unwrap();

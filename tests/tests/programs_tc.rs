@@ -363,7 +363,11 @@ fn where_tc_acts_the_programs_hand_the_packet_on_counted_by_cause() {
         to_neighbour.clone(),
         TcPodEgress.counter(Reason::PassTcReceiver),
     )]);
-    assert_eq!(programs.tc(&to_remote).0, TC_ACT_REDIRECT, "sending stays fast");
+    assert_eq!(
+        programs.tc(&to_remote).0,
+        TC_ACT_REDIRECT,
+        "sending stays fast"
+    );
     programs.assert_xdp_passes(&[(
         "VXLAN for a shaped pod",
         good_vxlan(),

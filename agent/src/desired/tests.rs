@@ -332,7 +332,10 @@ fn tc_on_a_pods_veth_takes_its_traffic_off_the_fast_path_that_way_only() {
     );
     let mut clsact_egress = bandwidth_limited(0, None);
     clsact_egress.egress_filters = 1;
-    assert_eq!(flags_with(clsact_egress), ENDPOINT_XDP_READY | ENDPOINT_TC_RECEIVES);
+    assert_eq!(
+        flags_with(clsact_egress),
+        ENDPOINT_XDP_READY | ENDPOINT_TC_RECEIVES
+    );
     // Limits removed: the fast path is back.
     assert_eq!(flags_with(TcHooks::default()), ENDPOINT_XDP_READY);
 }

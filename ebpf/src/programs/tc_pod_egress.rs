@@ -7,10 +7,7 @@
 //! is handed on untouched.
 
 use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
-    helpers::bpf_redirect,
-    maps::lpm_trie::Key,
-    programs::TcContext,
+    bindings::TC_ACT_SHOT, helpers::bpf_redirect, maps::lpm_trie::Key, programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 use weft_common::{EndpointKey, Hook, NodeConfig, PeerMode, Reason, VtepKey};

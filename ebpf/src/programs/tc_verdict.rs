@@ -8,11 +8,7 @@
 //! never leaves the node or reaches a pod. Never changes a verdict: always
 //! `TCX_NEXT`, so classic egress filters and later TCX programs still run.
 
-use aya_ebpf::{
-    bindings::BPF_ANY,
-    helpers::bpf_ktime_get_ns,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns, programs::TcContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 use weft_common::{FlowVerdict, Hook, Reason};
 
