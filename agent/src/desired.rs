@@ -306,8 +306,12 @@ pub fn port_tc_flags(port: Option<&TcHooks>, own: &BTreeSet<u32>) -> u8 {
 /// The node's interfaces the fast path bypasses: the uplink's ingress
 /// (a delivery from XDP or `tc_uplink` skips what follows them; its egress
 /// needs nothing, a redirect to it goes through its qdisc and egress
-/// hooks), flannel.<VNI> and the bridge, either way.
+/// hooks), flannel.<VNI> and the bridge, either way. tc unreadable: all
+/// three, so nothing bypasses what it may do.
 pub fn node_tc_flags(tc: &TcView, own: &BTreeSet<u32>) -> u32 {
+    if tc.unreadable {
+        return CONFIG_TC_UPLINK | CONFIG_TC_VTEP | CONFIG_TC_BRIDGE;
+    }
     let flag = |on: bool, flag: u32| if on { flag } else { 0 };
     flag(tc.uplink.acts_on_ingress(own), CONFIG_TC_UPLINK)
         | flag(tc.vtep.acts(own), CONFIG_TC_VTEP)

@@ -202,7 +202,7 @@ pub async fn read_view(
         ..LocalView::default()
     };
     let Some(bridge_link) = links.iter().find(|link| name_of(link) == Some(bridge)) else {
-        view.tc = read_tc(handle, &links, &view, uplink, vtep).await?;
+        view.tc = read_tc(handle, &links, &view, uplink, vtep).await;
         return Ok(view);
     };
     let bridge_index = bridge_link.header.index;
@@ -230,18 +230,20 @@ pub async fn read_view(
             Some((link.header.index, port))
         })
         .collect();
-    view.tc = read_tc(handle, &links, &view, uplink, vtep).await?;
+    view.tc = read_tc(handle, &links, &view, uplink, vtep).await;
     Ok(view)
 }
 
-/// tc on the uplink, the bridge, flannel.<VNI> and the bridge's ports.
+/// tc on the uplink, the bridge, flannel.<VNI> and the bridge's ports;
+/// marked unreadable (never an error: routes must not wait for it) when
+/// the kernel does not answer.
 async fn read_tc(
     handle: &Handle,
     links: &[LinkMessage],
     view: &LocalView,
     uplink: u32,
     vtep: Option<&str>,
-) -> Result<TcView> {
+) -> TcView {
     let index_of = |name: &str| {
         links
             .iter()
@@ -268,7 +270,19 @@ async fn read_tc(
             wanted.push((index, name));
         }
     }
-    let mut hooks = tc::read(handle, &wanted).await?;
+    let mut hooks = match tc::read(handle, &wanted).await {
+        Ok(hooks) => hooks,
+        Err(error) => {
+            // Routes and neighbours still count; only the fast path stops.
+            warn!(
+                "{error:#}; the fast path leaves all traffic to the kernel path until tc can be read"
+            );
+            return TcView {
+                unreadable: true,
+                ..TcView::default()
+            };
+        }
+    };
     let mut take = |index: Option<u32>| {
         index
             .and_then(|index| hooks.remove(&index))
@@ -277,12 +291,13 @@ async fn read_tc(
     let uplink = take(Some(uplink));
     let bridge = take(view.bridge_index);
     let vtep = take(vtep_index);
-    Ok(TcView {
+    TcView {
         uplink,
         bridge,
         vtep,
         ports: hooks,
-    })
+        unreadable: false,
+    }
 }
 
 /// A neighbour entry whose MAC can be used (not failed or unresolved).

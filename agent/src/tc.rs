@@ -66,6 +66,9 @@ pub struct TcView {
     pub vtep: TcHooks,
     /// The bridge's ports (pods' host veths) by ifindex.
     pub ports: BTreeMap<u32, TcHooks>,
+    /// tc could not be read (the error is logged): what it does is
+    /// unknown, so nothing may bypass it.
+    pub unreadable: bool,
 }
 
 /// Reads tc on `interfaces` (ifindex, name): one qdisc dump for all, a

@@ -361,6 +361,7 @@ fn tc_on_the_uplink_ingress_the_vtep_or_the_bridge_sets_configs_flags() {
         vtep: own_only.clone(),
         bridge: own_only.clone(),
         ports: BTreeMap::new(),
+        unreadable: false,
     };
     assert_eq!(tc_flags_with(own_everywhere.clone()), 0);
     // A redirect to the uplink's egress goes through its qdisc: no flag.
@@ -376,4 +377,12 @@ fn tc_on_the_uplink_ingress_the_vtep_or_the_bridge_sets_configs_flags() {
     let mut bridge_program = own_everywhere;
     bridge_program.bridge.tcx_ingress.push(99);
     assert_eq!(tc_flags_with(bridge_program), CONFIG_TC_BRIDGE);
+    // tc unreadable: what it does is unknown, so nothing bypasses it.
+    assert_eq!(
+        tc_flags_with(TcView {
+            unreadable: true,
+            ..TcView::default()
+        }),
+        CONFIG_TC_UPLINK | CONFIG_TC_VTEP | CONFIG_TC_BRIDGE
+    );
 }
