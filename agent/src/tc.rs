@@ -84,22 +84,14 @@ pub async fn read(handle: &Handle, interfaces: &[(u32, &str)]) -> Result<BTreeMa
         .context("cannot list qdiscs")?;
     let mut hooks = BTreeMap::new();
     for (index, name) in interfaces {
-        let mut found = TcHooks::default();
-        let mut classic = None;
-        for qdisc in qdiscs
-            .iter()
-            .filter(|qdisc| u32::try_from(qdisc.header.index).ok() == Some(*index))
-        {
-            let kind = kind_of(qdisc);
-            if qdisc.header.parent == TcHandle::ROOT && qdisc.header.handle != TcHandle::UNSPEC {
-                found.root_qdisc = Some(kind.unwrap_or("?").to_owned());
-            } else if qdisc.header.parent == TcHandle::INGRESS {
-                classic = Some(kind == Some("clsact"));
-            }
-        }
-        if let Some(clsact) = classic {
+        let (root_qdisc, classic) = qdiscs_of(&qdiscs, *index);
+        let mut found = TcHooks {
+            root_qdisc,
+            ..TcHooks::default()
+        };
+        if let Some(hook) = classic {
             found.ingress_filters = filters(handle, *index, TcHandle::MIN_INGRESS).await?;
-            if clsact {
+            if hook == ClassicHook::Clsact {
                 found.egress_filters = filters(handle, *index, TcHandle::MIN_EGRESS).await?;
             }
         }
@@ -108,6 +100,37 @@ pub async fn read(handle: &Handle, interfaces: &[(u32, &str)]) -> Result<BTreeMa
         hooks.insert(*index, found);
     }
     Ok(hooks)
+}
+
+/// The qdisc that holds classic filters outside the root: `ingress`
+/// (ingress hook only) or `clsact` (both hooks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassicHook {
+    Ingress,
+    Clsact,
+}
+
+/// From a qdisc dump, interface `index`'s configured root qdisc (its kind)
+/// and its `ingress`/`clsact` qdisc, if any.
+pub fn qdiscs_of(qdiscs: &[TcMessage], index: u32) -> (Option<String>, Option<ClassicHook>) {
+    let mut root = None;
+    let mut classic = None;
+    for qdisc in qdiscs
+        .iter()
+        .filter(|qdisc| u32::try_from(qdisc.header.index).ok() == Some(index))
+    {
+        let kind = kind_of(qdisc);
+        if qdisc.header.parent == TcHandle::ROOT && qdisc.header.handle != TcHandle::UNSPEC {
+            root = Some(kind.unwrap_or("?").to_owned());
+        } else if qdisc.header.parent == TcHandle::INGRESS {
+            classic = Some(if kind == Some("clsact") {
+                ClassicHook::Clsact
+            } else {
+                ClassicHook::Ingress
+            });
+        }
+    }
+    (root, classic)
 }
 
 fn kind_of(message: &TcMessage) -> Option<&str> {
@@ -155,4 +178,83 @@ fn tcx_programs(interface: &str, hook: TcAttachType) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qdisc(index: i32, kind: &str, handle: TcHandle, parent: TcHandle) -> TcMessage {
+        let mut message = TcMessage::default();
+        message.header.index = index;
+        message.header.handle = handle;
+        message.header.parent = parent;
+        message.attributes.push(TcAttribute::Kind(kind.to_owned()));
+        message
+    }
+
+    const fn handle(major: u16) -> TcHandle {
+        TcHandle { major, minor: 0 }
+    }
+
+    #[test]
+    fn the_kernels_default_qdiscs_are_no_configuration() {
+        // What a fresh veth, a NIC and its queues show: handle 0: everywhere.
+        let dump = [
+            qdisc(7, "noqueue", TcHandle::UNSPEC, TcHandle::ROOT),
+            qdisc(2, "mq", TcHandle::UNSPEC, TcHandle::ROOT),
+            qdisc(
+                2,
+                "fq_codel",
+                TcHandle::UNSPEC,
+                TcHandle { major: 0, minor: 1 },
+            ),
+        ];
+        assert_eq!(qdiscs_of(&dump, 7), (None, None));
+        assert_eq!(qdiscs_of(&dump, 2), (None, None));
+    }
+
+    #[test]
+    fn the_bandwidth_plugins_qdiscs_are_found_on_their_interface_only() {
+        // `tc qdisc show` after the plugin: a tbf root and an ingress qdisc
+        // on the pod's veth (7); the ifb (9) has its own tbf.
+        let dump = [
+            qdisc(7, "tbf", handle(1), TcHandle::ROOT),
+            qdisc(7, "ingress", handle(0xffff), TcHandle::INGRESS),
+            qdisc(9, "tbf", handle(1), TcHandle::ROOT),
+            qdisc(8, "clsact", handle(0xffff), TcHandle::INGRESS),
+        ];
+        assert_eq!(
+            qdiscs_of(&dump, 7),
+            (Some("tbf".to_owned()), Some(ClassicHook::Ingress))
+        );
+        assert_eq!(qdiscs_of(&dump, 8), (None, Some(ClassicHook::Clsact)));
+        assert_eq!(qdiscs_of(&dump, 3), (None, None));
+    }
+
+    #[test]
+    fn only_other_programs_filters_or_a_root_qdisc_act() {
+        let own = BTreeSet::from([10, 11]);
+        let ours = TcHooks {
+            tcx_ingress: vec![10],
+            tcx_egress: vec![11],
+            ..TcHooks::default()
+        };
+        assert!(!ours.acts(&own));
+        let after_ours = TcHooks {
+            tcx_ingress: vec![10, 12],
+            ..ours.clone()
+        };
+        assert!(after_ours.acts_on_ingress(&own) && !after_ours.acts_on_egress(&own));
+        let filtered = TcHooks {
+            egress_filters: 1,
+            ..ours.clone()
+        };
+        assert!(!filtered.acts_on_ingress(&own) && filtered.acts_on_egress(&own));
+        let shaped = TcHooks {
+            root_qdisc: Some("htb".into()),
+            ..ours
+        };
+        assert!(shaped.acts_on_egress(&own) && !shaped.acts_on_ingress(&own));
+    }
 }
