@@ -14,7 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::{
+    programs::{ProgramError, SchedClassifier, TcAttachType, TcError},
+    sys::SyscallError,
+};
 use futures::TryStreamExt as _;
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
 use rtnetlink::Handle;
@@ -95,8 +98,8 @@ pub async fn read(handle: &Handle, interfaces: &[(u32, &str)]) -> Result<BTreeMa
                 found.egress_filters = filters(handle, *index, TcHandle::MIN_EGRESS).await?;
             }
         }
-        found.tcx_ingress = tcx_programs(name, TcAttachType::Ingress);
-        found.tcx_egress = tcx_programs(name, TcAttachType::Egress);
+        found.tcx_ingress = tcx_programs(name, TcAttachType::Ingress)?;
+        found.tcx_egress = tcx_programs(name, TcAttachType::Egress)?;
         hooks.insert(*index, found);
     }
     Ok(hooks)
@@ -166,18 +169,33 @@ async fn filters(handle: &Handle, index: u32, minor: u16) -> Result<usize> {
     }
 }
 
-/// The TCX programs on one hook of `interface`, by id; none when the
-/// interface is gone or the kernel has no TCX (weft then attaches no
-/// programs either).
-fn tcx_programs(interface: &str, hook: TcAttachType) -> Vec<u32> {
-    SchedClassifier::query_tcx(interface, hook)
-        .map(|(_, programs)| {
-            programs
-                .iter()
-                .map(aya::programs::ProgramInfo::id)
-                .collect()
-        })
-        .unwrap_or_default()
+/// The TCX programs on one hook of `interface`, by id. None when the
+/// interface (or a program) went away meanwhile, or the kernel has no TCX
+/// (weft then attaches no programs either); any other failure is an
+/// error: what is attached there is unknown.
+fn tcx_programs(interface: &str, hook: TcAttachType) -> Result<Vec<u32>> {
+    match SchedClassifier::query_tcx(interface, hook) {
+        Ok((_, programs)) => Ok(programs
+            .iter()
+            .map(aya::programs::ProgramInfo::id)
+            .collect()),
+        Err(error) if gone_or_unsupported(&error) => Ok(Vec::new()),
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot list the TCX programs on {interface}"))
+        }
+    }
+}
+
+fn gone_or_unsupported(error: &ProgramError) -> bool {
+    let io_error = match error {
+        ProgramError::SyscallError(SyscallError { io_error, .. })
+        | ProgramError::TcError(TcError::IoError(io_error)) => io_error,
+        _ => return false,
+    };
+    matches!(
+        io_error.raw_os_error(),
+        Some(libc::ENODEV | libc::ENOENT | libc::EINVAL)
+    )
 }
 
 #[cfg(test)]
