@@ -135,6 +135,19 @@ pub fn limits_hold_on_every_path(lab: &Lab, xdp: bool) {
     limit(lab, n3, 0).unwrap();
     wait_tc_flags(lab, n1, limited.ip(), true, true).unwrap();
     wait_tc_flags(lab, n1, neighbour.ip(), false, false).unwrap();
+    // The agent says so, naming the veth.
+    let log = lab
+        .node(n1)
+        .agent_log
+        .as_ref()
+        .expect("node 1 runs an agent");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("tc on a pod's veth changed")
+                && line.contains(&limited.network.host_veth)),
+        "node 1's agent did not log the limited pod's tc"
+    );
 
     // eBPF dataplane: each path, each way, within the limit, and not one
     // packet of it on node 1's fast path; each refusal counted by cause.
