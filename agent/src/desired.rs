@@ -13,14 +13,16 @@ use std::{
 use anyhow::{Result, anyhow, bail};
 use ipnet::Ipv4Net;
 use weft_common::{
-    CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, ENDPOINT_XDP_READY, Endpoint,
-    NodeConfig, Peer, PeerMode,
+    CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK,
+    CONFIG_TC_VTEP, CONFIG_UPLINK_XDP, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, ENDPOINT_XDP_READY,
+    Endpoint, NodeConfig, Peer, PeerMode,
 };
 
 use crate::{
     config::{BackendConfig, NetworkConfig},
     endpoints::LocalView,
     lease::{LeaseAttrs, MacAddr},
+    tc::{TcHooks, TcView},
 };
 
 /// VXLAN's encapsulation overhead (outer Ethernet, IPv4, UDP, VXLAN).
@@ -80,6 +82,9 @@ pub struct NodeFacts {
     pub strict_vteps: bool,
     pub bulk_tcp_via_gro: bool,
     pub uplink_xdp: bool,
+    /// The ids of weft's own TC programs: any other program on a hook is
+    /// tc configuration the fast path must not bypass.
+    pub own_tc_programs: BTreeSet<u32>,
     pub accept_mark: u32,
     pub verdict_ttl_ns: u64,
 }
@@ -174,10 +179,16 @@ pub fn compute(inputs: &Inputs) -> Desired {
         }
         desired.peers.insert(*subnet, peer);
     }
+    let own = &inputs.node.own_tc_programs;
+    let tc = &inputs.view.tc;
     desired.endpoints = inputs
         .pods
         .iter()
-        .map(|(ip, pod)| (*ip, endpoint(pod)))
+        .map(|(ip, pod)| {
+            let mut entry = endpoint(pod);
+            entry.flags |= port_tc_flags(tc.ports.get(&pod.port), own);
+            (*ip, entry)
+        })
         .collect();
     desired.config = if planned {
         let mut config = node_config(
@@ -188,6 +199,7 @@ pub fn compute(inputs: &Inputs) -> Desired {
         if inputs.verdicts_suspended {
             config.accept_mark = 0;
         }
+        config.flags |= node_tc_flags(tc, own);
         config
     } else {
         dormant_config(inputs.ruleset_generation)
@@ -285,6 +297,35 @@ pub fn endpoint(pod: &LocalPod) -> Endpoint {
         flags: if pod.xdp_ready { ENDPOINT_XDP_READY } else { 0 },
         _pad: 0,
     }
+}
+
+/// tc is an authority too: where it acts on a pod's host veth, the
+/// programs leave that pod's traffic to the kernel path, which applies it.
+/// Ingress on the host veth is what the pod sends (`tc_pod_egress` runs
+/// there, first, and hands such packets on); its root qdisc and egress
+/// are what it receives (every redirect into the pod skips them).
+pub fn port_tc_flags(port: Option<&TcHooks>, own: &BTreeSet<u32>) -> u8 {
+    let Some(port) = port else {
+        return 0;
+    };
+    let flag = |on: bool, flag: u8| if on { flag } else { 0 };
+    flag(port.acts_on_ingress(own), ENDPOINT_TC_SENDS)
+        | flag(port.acts_on_egress(own), ENDPOINT_TC_RECEIVES)
+}
+
+/// The node's interfaces the fast path bypasses: the uplink's ingress
+/// (a delivery from XDP or `tc_uplink` skips what follows them; its egress
+/// needs nothing, a redirect to it goes through its qdisc and egress
+/// hooks), flannel.<VNI> and the bridge, either way. tc unreadable: all
+/// three, so nothing bypasses what it may do.
+pub fn node_tc_flags(tc: &TcView, own: &BTreeSet<u32>) -> u32 {
+    if tc.unreadable {
+        return CONFIG_TC_UPLINK | CONFIG_TC_VTEP | CONFIG_TC_BRIDGE;
+    }
+    let flag = |on: bool, flag: u32| if on { flag } else { 0 };
+    flag(tc.uplink.acts_on_ingress(own), CONFIG_TC_UPLINK)
+        | flag(tc.vtep.acts(own), CONFIG_TC_VTEP)
+        | flag(tc.bridge.acts(own), CONFIG_TC_BRIDGE)
 }
 
 fn vni(network: &NetworkConfig) -> u32 {

@@ -2,7 +2,9 @@
 //! pod veths plugged into the CNI bridge (the pods behind them are read
 //! from their own namespaces: dataplane/pods.rs), and the uplink's
 //! neighbours (the underlay next hops the fast path writes into outer
-//! headers). Re-read on every link, neighbour or route event, and every 5 s.
+//! headers), and tc's configuration on the interfaces the fast path
+//! bypasses (tc.rs). Re-read on every link, neighbour, route or tc event,
+//! and every 5 s.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
@@ -10,14 +12,14 @@ use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
 use ipnet::Ipv4Net;
 use netlink_packet_route::{
-    link::LinkAttribute,
+    link::{LinkAttribute, LinkMessage},
     neighbour::{NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute},
 };
 use netlink_sys::{AsyncSocket as _, SocketAddr};
 use rtnetlink::{
     Handle,
-    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH},
+    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_TC},
 };
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -25,6 +27,7 @@ use tracing::warn;
 use crate::{
     lease::MacAddr,
     net::{self, mac_of, name_of, neighbour_ip, neighbour_mac},
+    tc::{self, TcView},
 };
 
 /// A port of the bridge: the host side of a pod's veth.
@@ -52,6 +55,8 @@ pub struct LocalView {
     /// Main-table routes out of the uplink: destination -> gateway (None:
     /// on-link), to find the underlay next hop of a peer node.
     pub uplink_routes: BTreeMap<Ipv4Net, Option<Ipv4Addr>>,
+    /// tc on the uplink, the bridge, flannel.<VNI> and the bridge's ports.
+    pub tc: TcView,
 }
 
 impl LocalView {
@@ -93,9 +98,14 @@ const RESYNC: Duration = Duration::from_secs(5);
 /// Sends the view at start and whenever it changes, until the receiver is
 /// gone. A failed dump or a closed event socket is logged and the watch
 /// starts over: it must outlive any one netlink hiccup.
-pub async fn watch(bridge: String, uplink: u32, views: mpsc::Sender<LocalView>) {
+pub async fn watch(
+    bridge: String,
+    uplink: u32,
+    vtep: Option<String>,
+    views: mpsc::Sender<LocalView>,
+) {
     loop {
-        match follow(&bridge, uplink, &views).await {
+        match follow(&bridge, uplink, vtep.as_deref(), &views).await {
             Ok(()) => return,
             Err(error) => {
                 warn!("following pods and neighbours: {error:#}; starting over");
@@ -106,7 +116,12 @@ pub async fn watch(bridge: String, uplink: u32, views: mpsc::Sender<LocalView>) 
 }
 
 /// One watch session; Ok when the receiver is gone.
-async fn follow(bridge: &str, uplink: u32, views: &mpsc::Sender<LocalView>) -> Result<()> {
+async fn follow(
+    bridge: &str,
+    uplink: u32,
+    vtep: Option<&str>,
+    views: &mpsc::Sender<LocalView>,
+) -> Result<()> {
     let (mut connection, handle, mut events) =
         rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     // Subscribe before the first dump so no change between the two is missed.
@@ -115,14 +130,14 @@ async fn follow(bridge: &str, uplink: u32, views: &mpsc::Sender<LocalView>) -> R
         .socket_mut()
         .bind(&SocketAddr::new(
             0,
-            RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE,
+            RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_TC,
         ))
-        .context("cannot subscribe to link, neighbour and route events")?;
+        .context("cannot subscribe to link, neighbour, route and tc events")?;
     tokio::spawn(connection);
 
     let mut last_sent: Option<LocalView> = None;
     loop {
-        let current = read_view(&handle, bridge, uplink).await?;
+        let current = read_view(&handle, bridge, uplink, vtep).await?;
         if last_sent.as_ref() != Some(&current) {
             if views.send(current.clone()).await.is_err() {
                 return Ok(());
@@ -141,7 +156,13 @@ async fn follow(bridge: &str, uplink: u32, views: &mpsc::Sender<LocalView>) -> R
 }
 
 /// The current view (empty pods and ports while the bridge does not exist).
-pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<LocalView> {
+/// `vtep`: flannel.<VNI>'s name (VXLAN only).
+pub async fn read_view(
+    handle: &Handle,
+    bridge: &str,
+    uplink: u32,
+    vtep: Option<&str>,
+) -> Result<LocalView> {
     let links = net::links(handle).await?;
     let neighbours = net::neighbours(handle).await?;
     let routes = net::main_routes(handle).await?;
@@ -181,6 +202,7 @@ pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<Loc
         ..LocalView::default()
     };
     let Some(bridge_link) = links.iter().find(|link| name_of(link) == Some(bridge)) else {
+        view.tc = read_tc(handle, &links, &view, uplink, vtep).await;
         return Ok(view);
     };
     let bridge_index = bridge_link.header.index;
@@ -208,7 +230,74 @@ pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<Loc
             Some((link.header.index, port))
         })
         .collect();
+    view.tc = read_tc(handle, &links, &view, uplink, vtep).await;
     Ok(view)
+}
+
+/// tc on the uplink, the bridge, flannel.<VNI> and the bridge's ports;
+/// marked unreadable (never an error: routes must not wait for it) when
+/// the kernel does not answer.
+async fn read_tc(
+    handle: &Handle,
+    links: &[LinkMessage],
+    view: &LocalView,
+    uplink: u32,
+    vtep: Option<&str>,
+) -> TcView {
+    let index_of = |name: &str| {
+        links
+            .iter()
+            .find(|link| name_of(link) == Some(name))
+            .map(|link| link.header.index)
+    };
+    let name_at = |index: u32| {
+        links
+            .iter()
+            .find(|link| link.header.index == index)
+            .and_then(|link| name_of(link))
+    };
+    let vtep_index = vtep.and_then(index_of);
+    let mut wanted: Vec<(u32, &str)> = view
+        .ports
+        .iter()
+        .map(|(index, port)| (*index, port.name.as_str()))
+        .collect();
+    for index in [Some(uplink), view.bridge_index, vtep_index]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = name_at(index) {
+            wanted.push((index, name));
+        }
+    }
+    let mut hooks = match tc::read(handle, &wanted).await {
+        Ok(hooks) => hooks,
+        Err(error) => {
+            // Routes and neighbours still count; only the fast path stops.
+            warn!(
+                "{error:#}; the fast path leaves all traffic to the kernel path until tc can be read"
+            );
+            return TcView {
+                unreadable: true,
+                ..TcView::default()
+            };
+        }
+    };
+    let mut take = |index: Option<u32>| {
+        index
+            .and_then(|index| hooks.remove(&index))
+            .unwrap_or_default()
+    };
+    let uplink = take(Some(uplink));
+    let bridge = take(view.bridge_index);
+    let vtep = take(vtep_index);
+    TcView {
+        uplink,
+        bridge,
+        vtep,
+        ports: hooks,
+        unreadable: false,
+    }
 }
 
 /// A neighbour entry whose MAC can be used (not failed or unresolved).

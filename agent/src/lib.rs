@@ -23,5 +23,6 @@ pub mod overlay_guard;
 pub mod pod_veth;
 pub mod stats;
 pub mod subnet_env;
+pub mod tc;
 pub mod verdicts;
 pub mod weft_table;

@@ -59,6 +59,16 @@ pub struct Endpoint {
 /// NAPI, which a veth has only with GRO on). Without it, XDP leaves the
 /// pod's packets to TC on the uplink or the kernel path.
 pub const ENDPOINT_XDP_READY: u8 = 1 << 0;
+/// `Endpoint` flag: tc acts on what the pod sends (classic filters, such
+/// as the CNI bandwidth plugin's redirect to its ifb, or another TCX
+/// program on the host veth's ingress). `tc_pod_egress` hands its packets
+/// on untouched.
+pub const ENDPOINT_TC_SENDS: u8 = 1 << 1;
+/// `Endpoint` flag: tc acts on what the pod receives (a configured root
+/// qdisc, such as the bandwidth plugin's tbf, egress filters or another
+/// TCX program on the host veth's egress). Every redirect into the pod
+/// would skip them, so its traffic is delivered by the kernel path.
+pub const ENDPOINT_TC_RECEIVES: u8 = 1 << 2;
 
 /// `VTEPS` key: an accepted outer source address.
 #[repr(C)]
@@ -76,6 +86,16 @@ pub const CONFIG_BULK_TCP_VIA_GRO: u32 = 1 << 1;
 /// `CONFIG` flag: XDP is attached to the uplink and counts every frame
 /// there; without it, TC ingress on the uplink counts them.
 pub const CONFIG_UPLINK_XDP: u32 = 1 << 2;
+/// `CONFIG` flag: the uplink's ingress holds classic filters or another
+/// TCX program; nothing is delivered from the uplink on the fast path.
+pub const CONFIG_TC_UPLINK: u32 = 1 << 3;
+/// `CONFIG` flag: flannel.<VNI> has tc configuration (root qdisc, filters,
+/// another TCX program); VXLAN is neither encapsulated nor decapsulated on
+/// the fast path, which skips the device.
+pub const CONFIG_TC_VTEP: u32 = 1 << 4;
+/// `CONFIG` flag: the pods' bridge has tc configuration; pod traffic takes
+/// the kernel path, which passes through it.
+pub const CONFIG_TC_BRIDGE: u32 = 1 << 5;
 
 /// `FLOWS` key: one direction of a flow, as netfilter saw it leave this
 /// node's forwarding path. Ports are as on the wire (big endian). For ICMP

@@ -158,3 +158,44 @@ pub fn add_port_mappings(
     run_plugin(node_ns, pod_ns, "portmap", &config)?;
     Ok(())
 }
+
+/// Runs the real `bandwidth` plugin's ADD for a pod, as a container runtime
+/// does for a pod with kube's `kubernetes.io/ingress-bandwidth` and
+/// `egress-bandwidth` annotations: `bits_per_second` each way, with a
+/// burst of a tenth of a second's worth. The plugin puts a tbf as the host
+/// veth's root qdisc (what the pod receives) and an ingress u32 filter on
+/// the host veth redirecting to an ifb with a tbf (what the pod sends).
+/// The ifb lives in the node's namespace and goes with it.
+pub fn add_bandwidth_limits(
+    node_ns: &str,
+    pod_ns: &str,
+    pod: &PodNetwork,
+    bits_per_second: u64,
+) -> Result<()> {
+    let netns_path = netns::path(pod_ns).display().to_string();
+    let burst = bits_per_second / 10;
+    let config = json!({
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "bandwidth",
+        "capabilities": { "bandwidth": true },
+        "runtimeConfig": { "bandwidth": {
+            "ingressRate": bits_per_second,
+            "ingressBurst": burst,
+            "egressRate": bits_per_second,
+            "egressBurst": burst,
+        } },
+        // What the bridge plugin reported: the plugin finds the host veth
+        // among the interfaces outside the sandbox.
+        "prevResult": {
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                { "name": pod.host_veth },
+                { "name": "eth0", "mac": pod.mac, "sandbox": netns_path },
+            ],
+            "ips": [{ "address": pod.address, "interface": 1 }],
+        },
+    });
+    run_plugin(node_ns, pod_ns, "bandwidth", &config)?;
+    Ok(())
+}

@@ -10,6 +10,7 @@ use clap as _;
 #[cfg(test)]
 use {k8s_openapi as _, prometheus_parse as _, serde_yaml_ng as _};
 
+pub mod bandwidth;
 pub mod cni;
 pub mod echo;
 pub mod etcd;

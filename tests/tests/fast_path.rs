@@ -15,7 +15,7 @@ use weft_common::{
 };
 
 use weft_tests::{
-    Dataplane, Lab, LabSpec, NodeId, inspect,
+    Dataplane, Lab, LabSpec, NodeId, bandwidth, inspect,
     lab::{
         DECAP_COUNTERS, FLOW_SETUP_PACKETS, XDP_NATIVE, carried_nearly_all, counter_delta,
         counters_delta,
@@ -345,4 +345,21 @@ fn a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways() {
         .0 > 0
             && counters_delta(&fast_before, &fast_after, &DECAP_COUNTERS).0 > 0
     );
+}
+
+/// tc stays an authority (issue 20): pods limited by the real CNI
+/// `bandwidth` plugin get no more than their limit over VXLAN, each way,
+/// same node and across nodes, on either dataplane, with node 1's fast path
+/// carrying none of it; without limits it carries their traffic again; a
+/// second TCX program after weft's still sees a pod's packets.
+#[test]
+fn the_cni_bandwidth_plugins_limits_hold_over_vxlan() {
+    let Some(_guard) = privileged_test("the_cni_bandwidth_plugins_limits_hold_over_vxlan") else {
+        return;
+    };
+    let mut spec = LabSpec::new("t-tc-vxlan", 3, 2);
+    spec.node_dataplanes = vec![Dataplane::Ebpf, Dataplane::Ebpf, Dataplane::Kernel];
+    let lab = Lab::up(&spec).unwrap();
+    bandwidth::limits_hold_on_every_path(&lab, false);
+    bandwidth::a_second_program_after_wefts_sees_the_packets(&lab);
 }

@@ -11,7 +11,7 @@ use weft_common::{
     Reason,
 };
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec, NodeId, inspect,
+    Backend, Dataplane, Lab, LabSpec, NodeId, bandwidth, inspect,
     lab::{
         DECAP_COUNTERS, FLOW_SETUP_PACKETS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE,
         carried_nearly_all, counter_delta, counters_delta,
@@ -341,4 +341,20 @@ fn direct_routing_follows_an_address_added_to_and_removed_from_the_uplink() {
         netns::run(&node.ns, &["ip", "address", "del", address, "dev", "eth0"]).unwrap();
     }
     settle("node 3 over VXLAN again", &over_vxlan);
+}
+
+/// tc stays an authority (issue 20): the CNI `bandwidth` plugin's limits
+/// hold with host-gw as with VXLAN (see fast_path.rs), here with XDP on
+/// the uplinks.
+#[test]
+fn the_cni_bandwidth_plugins_limits_hold_with_host_gw() {
+    let Some(_guard) = privileged_test("the_cni_bandwidth_plugins_limits_hold_with_host_gw") else {
+        return;
+    };
+    // With XDP on the uplinks: it refuses deliveries into a limited pod.
+    let mut spec = host_gw("t-tc-hostgw");
+    spec.agent_args.push(XDP_NATIVE.to_owned());
+    spec.node_dataplanes = vec![Dataplane::Ebpf, Dataplane::Ebpf, Dataplane::Kernel];
+    let lab = Lab::up(&spec).unwrap();
+    bandwidth::limits_hold_on_every_path(&lab, true);
 }

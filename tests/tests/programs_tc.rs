@@ -173,7 +173,7 @@ fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
     programs.set_peer([0; 6]);
     let before = programs.counters();
     let frame = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());
-    assert_eq!(programs.tc(&frame), (TC_ACT_OK, frame));
+    assert_eq!(programs.tc(&frame), (TCX_NEXT, frame));
     assert_counted(
         &before,
         &programs.counters(),
@@ -303,10 +303,130 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
         ] {
             let before = programs.counters();
             let (verdict, out) = programs.uplink_tc(&frame);
-            assert_eq!(verdict, TC_ACT_OK, "{what}");
+            assert_eq!(verdict, TCX_NEXT, "{what}");
             assert_eq!(out, frame, "{what}: a passed frame must be untouched");
             let rose = if xdp_attached { vec![] } else { with(counter) };
             assert_only(&before, &programs.counters(), &rose);
         }
     }
+}
+
+/// tc is an authority too: where the agent's local view finds tc acting on
+/// a path (the CNI bandwidth plugin's ingress filter or root tbf on a pod's
+/// veth, configuration on flannel.1, the bridge or the uplink's ingress),
+/// every program leaves that traffic to the kernel path untouched, with
+/// `TCX_NEXT` (`XDP_PASS`), counted by cause; the rest stays fast.
+#[test]
+fn where_tc_acts_the_programs_hand_the_packet_on_counted_by_cause() {
+    let Some(_guard) =
+        privileged_test("where_tc_acts_the_programs_hand_the_packet_on_counted_by_cause")
+    else {
+        return;
+    };
+    use weft_agent::tc::TcHooks;
+    let mut programs = Programs::load(true);
+    let to_remote = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());
+    let to_neighbour = pod_frame(LOCAL_POD, OTHER_LOCAL_POD, Ipv4Options::default());
+    let filtered = TcHooks {
+        ingress_filters: 2,
+        ..TcHooks::default()
+    };
+    let shaped = TcHooks {
+        root_qdisc: Some("tbf".into()),
+        ..TcHooks::default()
+    };
+    // The sending pod's egress limit (an ingress filter on its veth).
+    programs.set_tc(|tc| {
+        tc.ports.insert(POD_IFINDEX, filtered.clone());
+    });
+    programs.assert_tc_passes(&[
+        (
+            "to a remote pod",
+            to_remote.clone(),
+            TcPodEgress.counter(Reason::PassTcSender),
+        ),
+        (
+            "to a local pod",
+            to_neighbour.clone(),
+            TcPodEgress.counter(Reason::PassTcSender),
+        ),
+    ]);
+    // The receiving pod's ingress limit (a root tbf on its veth): nothing
+    // is redirected into it, from another pod or from the uplink.
+    programs.set_tc(|tc| {
+        tc.ports.clear();
+        tc.ports.insert(POD_IFINDEX + 1, shaped.clone());
+        tc.ports.insert(POD_IFINDEX, shaped.clone());
+    });
+    programs.assert_tc_passes(&[(
+        "to a shaped local pod",
+        to_neighbour.clone(),
+        TcPodEgress.counter(Reason::PassTcReceiver),
+    )]);
+    assert_eq!(
+        programs.tc(&to_remote).0,
+        TC_ACT_REDIRECT,
+        "sending stays fast"
+    );
+    programs.assert_xdp_passes(&[(
+        "VXLAN for a shaped pod",
+        good_vxlan(),
+        XdpUplink.counter(Reason::PassTcReceiver),
+    )]);
+    programs.assert_uplink_tc_passes(&[(
+        "VXLAN for a shaped pod",
+        good_vxlan(),
+        TcUplink.counter(Reason::PassTcReceiver),
+    )]);
+    // flannel.1 shaped: no encapsulation, no decapsulation.
+    programs.set_tc(|tc| {
+        tc.ports.clear();
+        tc.vtep = shaped.clone();
+    });
+    programs.assert_tc_passes(&[(
+        "to a VXLAN peer",
+        to_remote.clone(),
+        TcPodEgress.counter(Reason::PassTcVtep),
+    )]);
+    programs.assert_uplink_tc_passes(&[(
+        "VXLAN",
+        good_vxlan(),
+        TcUplink.counter(Reason::PassTcVtep),
+    )]);
+    assert_eq!(programs.tc(&to_neighbour).0, TC_ACT_REDIRECT);
+    // Another TCX program on the uplink's ingress, after weft's.
+    programs.set_tc(|tc| {
+        tc.vtep = TcHooks::default();
+        tc.uplink.tcx_ingress = vec![4242];
+    });
+    programs.assert_xdp_passes(&[(
+        "VXLAN",
+        good_vxlan(),
+        XdpUplink.counter(Reason::PassTcUplink),
+    )]);
+    programs.assert_uplink_tc_passes(&[(
+        "VXLAN",
+        good_vxlan(),
+        TcUplink.counter(Reason::PassTcUplink),
+    )]);
+    // The bridge filtered: pods' traffic takes it on the kernel path.
+    programs.set_tc(|tc| {
+        tc.uplink = TcHooks::default();
+        tc.bridge = filtered.clone();
+    });
+    programs.assert_tc_passes(&[(
+        "to a remote pod",
+        to_remote.clone(),
+        TcPodEgress.counter(Reason::PassTcBridge),
+    )]);
+    programs.assert_uplink_tc_passes(&[(
+        "VXLAN",
+        good_vxlan(),
+        TcUplink.counter(Reason::PassTcBridge),
+    )]);
+    // Limits removed: the fast path is back.
+    programs.set_tc(|tc| *tc = Default::default());
+    assert_eq!(programs.tc(&to_remote).0, TC_ACT_REDIRECT);
+    assert_eq!(programs.tc(&to_neighbour).0, TC_ACT_REDIRECT);
+    assert_eq!(programs.uplink_tc(&good_vxlan()).0, TC_ACT_REDIRECT);
 }

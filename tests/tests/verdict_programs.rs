@@ -275,7 +275,7 @@ fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
     // No mark: netfilter did not say this flow is unchanged.
     let before = programs.counters();
     let (verdict, out, mark) = programs.tc_verdict(&packet, 0x4000);
-    assert_eq!((verdict, &out, mark), (TC_ACT_OK, &packet, 0x4000));
+    assert_eq!((verdict, &out, mark), (TCX_NEXT, &packet, 0x4000));
     assert_eq!(programs.verdict(&key), None);
     assert_only(&before, &programs.counters(), &[]);
 
@@ -285,7 +285,7 @@ fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
     let before = programs.counters();
     let started = monotonic_ns();
     let (verdict, out, mark) = programs.tc_verdict(&packet, ACCEPT_MARK | 0x4000);
-    assert_eq!((verdict, &out, mark), (TC_ACT_OK, &packet, 0x4000));
+    assert_eq!((verdict, &out, mark), (TCX_NEXT, &packet, 0x4000));
     let recorded = programs.verdict(&key).expect("verdict recorded");
     assert_eq!(recorded.generation, GENERATION);
     assert_eq!(recorded.state, FLOW_PENDING);

@@ -158,17 +158,18 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     // VXLAN or direct, its neighbours PEERS' next hops), so it is followed
     // with either dataplane; no route is planned before the first arrives.
     let (views_tx, mut views_rx) = mpsc::channel::<LocalView>(8);
+    let vxlan_name = match config.backend {
+        BackendConfig::Vxlan { vni, .. } => Some(KernelDataplane::vxlan_name(vni)),
+        BackendConfig::HostGw => None,
+    };
     tokio::spawn(endpoints::watch(
         args.bridge.clone(),
         uplink.index,
+        vxlan_name.clone(),
         views_tx,
     ));
     let ruleset_changed = Arc::new(Notify::new());
     if ebpf_enabled {
-        let vxlan_name = match config.backend {
-            BackendConfig::Vxlan { vni, .. } => Some(KernelDataplane::vxlan_name(vni)),
-            BackendConfig::HostGw => None,
-        };
         match startup::start_fast_path(
             &args,
             &uplink,

@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
-use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, PeerMode};
+use weft_common::{
+    CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK,
+    CONFIG_TC_VTEP, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, PeerMode,
+};
 
 use crate::{
     cli::{MapName, MapsArgs},
@@ -31,6 +34,10 @@ pub struct EndpointRow {
     pub ifindex: u32,
     pub interface: Option<String>,
     pub mac: String,
+    /// tc acts on what the pod sends / receives (its veth's ingress / root
+    /// qdisc or egress): that traffic takes the kernel path.
+    pub tc_sends: bool,
+    pub tc_receives: bool,
 }
 
 #[derive(Serialize)]
@@ -45,6 +52,11 @@ pub struct ConfigRow {
     pub gateway_mac: String,
     pub strict_vteps: bool,
     pub bulk_tcp_via_gro: bool,
+    /// tc acts on the uplink's ingress, flannel.<VNI> or the bridge: the
+    /// traffic through them takes the kernel path.
+    pub tc_uplink: bool,
+    pub tc_vtep: bool,
+    pub tc_bridge: bool,
     /// The mark bit weft's nftables rule sets on what netfilter passes unchanged.
     pub accept_mark: String,
     /// Bumped on every nftables ruleset change; older verdicts are void.
@@ -92,6 +104,8 @@ pub fn endpoint_rows(maps: &FastPathMaps) -> Result<Vec<EndpointRow>> {
                 .ok()
                 .map(|name| name.to_string_lossy().into_owned()),
             mac: mac(endpoint.mac),
+            tc_sends: endpoint.flags & ENDPOINT_TC_SENDS != 0,
+            tc_receives: endpoint.flags & ENDPOINT_TC_RECEIVES != 0,
         })
         .collect();
     rows.sort_by_key(|row| row.ip);
@@ -174,6 +188,9 @@ pub fn config_row(maps: &FastPathMaps) -> Result<ConfigRow> {
         gateway_mac: mac(config.gateway_mac),
         strict_vteps: config.flags & CONFIG_STRICT_VTEPS != 0,
         bulk_tcp_via_gro: config.flags & CONFIG_BULK_TCP_VIA_GRO != 0,
+        tc_uplink: config.flags & CONFIG_TC_UPLINK != 0,
+        tc_vtep: config.flags & CONFIG_TC_VTEP != 0,
+        tc_bridge: config.flags & CONFIG_TC_BRIDGE != 0,
         accept_mark: format!("{:#x}", config.accept_mark),
         ruleset_generation: config.ruleset_generation,
         verdict_ttl_ms: config.verdict_ttl_ns / 1_000_000,
@@ -225,12 +242,18 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
         MapName::Endpoints => {
             let rows = endpoint_rows(&FastPathMaps::open_pinned(dir)?)?;
             let mut table = format!(
-                "{:<16} {:>8} {:<16} {:<18}\n",
-                "POD IP", "IFINDEX", "INTERFACE", "MAC"
+                "{:<16} {:>8} {:<16} {:<18} {}\n",
+                "POD IP", "IFINDEX", "INTERFACE", "MAC", "TC (KERNEL PATH)"
             );
             for row in &rows {
+                let tc = match (row.tc_sends, row.tc_receives) {
+                    (false, false) => "-",
+                    (true, false) => "sends",
+                    (false, true) => "receives",
+                    (true, true) => "sends,receives",
+                };
                 table += &format!(
-                    "{:<16} {:>8} {:<16} {:<18}\n",
+                    "{:<16} {:>8} {:<16} {:<18} {tc}\n",
                     row.ip,
                     row.ifindex,
                     row.interface.as_deref().unwrap_or("-"),

@@ -46,7 +46,8 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
     let (connection, handle, _) =
         rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     tokio::spawn(connection);
-    let view = endpoints::read_view(&handle, &args.node.bridge, config.uplink_ifindex).await?;
+    let view =
+        endpoints::read_view(&handle, &args.node.bridge, config.uplink_ifindex, None).await?;
     let uplink_tc_attached = uplink
         .as_deref()
         .is_some_and(|name| tc_on(name, program_names::TC_UPLINK));

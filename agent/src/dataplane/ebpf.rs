@@ -3,7 +3,10 @@
 //! `tc_verdict` (TCX egress) wherever forwarded packets leave netfilter:
 //! pod veths, flannel.<VNI> and the uplink.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -253,6 +256,30 @@ impl EbpfPrograms {
             sending,
             verdicts,
         })
+    }
+
+    /// The ids of weft's TC programs, to tell them apart from anything
+    /// else attached on a TCX hook.
+    pub fn tc_program_ids(&self) -> Result<BTreeSet<u32>> {
+        [
+            program_names::TC_POD_EGRESS,
+            program_names::TC_UPLINK,
+            program_names::TC_VERDICT,
+        ]
+        .into_iter()
+        .map(|name| {
+            let program: &SchedClassifier = self
+                .ebpf
+                .program(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+                .try_into()
+                .map_err(|error| anyhow!("program {name} has an unexpected type: {error}"))?;
+            Ok(program
+                .info()
+                .with_context(|| format!("cannot read {name}'s id"))?
+                .id())
+        })
+        .collect()
     }
 
     fn tc_program(&mut self) -> Result<&mut SchedClassifier> {

@@ -1,4 +1,7 @@
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use super::*;
 
@@ -17,6 +20,7 @@ fn facts(network: &str) -> NodeFacts {
         strict_vteps: true,
         bulk_tcp_via_gro: false,
         uplink_xdp: true,
+        own_tc_programs: BTreeSet::from([41, 42, 43]),
         accept_mark: 0x10_0000,
         verdict_ttl_ns: 5_000_000_000,
     }
@@ -280,4 +284,106 @@ fn nothing_is_planned_before_the_first_local_view() {
             PeerRoute::Direct { .. }
         ));
     }
+}
+
+/// The CNI bandwidth plugin's two limits on the pod's host veth (port 9):
+/// a tbf as its root qdisc, an ingress u32 filter to an ifb.
+fn bandwidth_limited(ingress_filters: usize, root_qdisc: Option<&str>) -> TcHooks {
+    TcHooks {
+        root_qdisc: root_qdisc.map(str::to_owned),
+        ingress_filters,
+        // weft's own programs on both hooks.
+        tcx_ingress: vec![41],
+        tcx_egress: vec![43],
+        ..TcHooks::default()
+    }
+}
+
+#[test]
+fn tc_on_a_pods_veth_takes_its_traffic_off_the_fast_path_that_way_only() {
+    let node = facts(VXLAN);
+    let peers = BTreeMap::new();
+    let pod_ip = Ipv4Addr::new(10, 244, 1, 2);
+    let flags_with = |hooks: TcHooks| {
+        let mut view = view();
+        view.tc.ports.insert(9, hooks);
+        compute_in(&node, &peers, &view, true).endpoints[&pod_ip].flags
+    };
+    assert_eq!(
+        flags_with(bandwidth_limited(0, None)),
+        ENDPOINT_XDP_READY,
+        "weft's own programs are no tc configuration"
+    );
+    assert_eq!(
+        flags_with(bandwidth_limited(3, None)),
+        ENDPOINT_XDP_READY | ENDPOINT_TC_SENDS,
+        "an egress limit (ingress filter) holds what the pod sends"
+    );
+    assert_eq!(
+        flags_with(bandwidth_limited(0, Some("tbf"))),
+        ENDPOINT_XDP_READY | ENDPOINT_TC_RECEIVES,
+        "an ingress limit (root tbf) holds what the pod receives"
+    );
+    let mut another_program = bandwidth_limited(0, None);
+    another_program.tcx_egress.push(77);
+    assert_eq!(
+        flags_with(another_program),
+        ENDPOINT_XDP_READY | ENDPOINT_TC_RECEIVES,
+        "another TCX program after weft's on the egress hook"
+    );
+    let mut clsact_egress = bandwidth_limited(0, None);
+    clsact_egress.egress_filters = 1;
+    assert_eq!(
+        flags_with(clsact_egress),
+        ENDPOINT_XDP_READY | ENDPOINT_TC_RECEIVES
+    );
+    // Limits removed: the fast path is back.
+    assert_eq!(flags_with(TcHooks::default()), ENDPOINT_XDP_READY);
+}
+
+#[test]
+fn tc_on_the_uplink_ingress_the_vtep_or_the_bridge_sets_configs_flags() {
+    let node = facts(VXLAN);
+    let peers = BTreeMap::new();
+    let tc_flags_with = |tc: TcView| {
+        let mut view = view();
+        view.tc = tc;
+        compute_in(&node, &peers, &view, true).config.flags
+            & (CONFIG_TC_UPLINK | CONFIG_TC_VTEP | CONFIG_TC_BRIDGE)
+    };
+    assert_eq!(tc_flags_with(TcView::default()), 0);
+    let own_only = TcHooks {
+        tcx_ingress: vec![42],
+        tcx_egress: vec![43],
+        ..TcHooks::default()
+    };
+    let own_everywhere = TcView {
+        uplink: own_only.clone(),
+        vtep: own_only.clone(),
+        bridge: own_only.clone(),
+        ports: BTreeMap::new(),
+        unreadable: false,
+    };
+    assert_eq!(tc_flags_with(own_everywhere.clone()), 0);
+    // A redirect to the uplink's egress goes through its qdisc: no flag.
+    let mut uplink_shaped = own_everywhere.clone();
+    uplink_shaped.uplink.root_qdisc = Some("tbf".into());
+    assert_eq!(tc_flags_with(uplink_shaped), 0);
+    let mut uplink_filtered = own_everywhere.clone();
+    uplink_filtered.uplink.ingress_filters = 2;
+    assert_eq!(tc_flags_with(uplink_filtered), CONFIG_TC_UPLINK);
+    let mut vtep_shaped = own_everywhere.clone();
+    vtep_shaped.vtep.root_qdisc = Some("htb".into());
+    assert_eq!(tc_flags_with(vtep_shaped), CONFIG_TC_VTEP);
+    let mut bridge_program = own_everywhere;
+    bridge_program.bridge.tcx_ingress.push(99);
+    assert_eq!(tc_flags_with(bridge_program), CONFIG_TC_BRIDGE);
+    // tc unreadable: what it does is unknown, so nothing bypasses it.
+    assert_eq!(
+        tc_flags_with(TcView {
+            unreadable: true,
+            ..TcView::default()
+        }),
+        CONFIG_TC_UPLINK | CONFIG_TC_VTEP | CONFIG_TC_BRIDGE
+    );
 }

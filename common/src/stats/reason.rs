@@ -112,6 +112,23 @@ pub enum Reason {
     /// The `CT_LIBERAL` ring buffer was full: nothing recorded; the flow's
     /// next marked packet asks again.
     NotifyFailed = 59,
+    /// tc acts on what this pod sends: its host veth's ingress holds
+    /// classic filters (the CNI bandwidth plugin's redirect to its ifb) or
+    /// another TCX program. Handed on (`TCX_NEXT`) untouched.
+    PassTcSender = 48,
+    /// tc acts on what this pod receives: its host veth has a configured
+    /// root qdisc (the bandwidth plugin's tbf), egress filters or another
+    /// TCX program; a redirect into the pod would skip them.
+    PassTcReceiver = 49,
+    /// The pods' bridge (cni0) has tc configuration the kernel path would
+    /// pass through.
+    PassTcBridge = 50,
+    /// flannel.<VNI> has tc configuration the kernel path would pass
+    /// through; encapsulation and decapsulation skip the device.
+    PassTcVtep = 51,
+    /// The uplink's ingress holds classic filters or another TCX program
+    /// that a delivery from XDP or `tc_uplink` would skip.
+    PassTcUplink = 52,
 }
 
 impl Reason {
@@ -164,6 +181,11 @@ impl Reason {
             Reason::LearnedPending => "learned_pending",
             Reason::AwaitingLiberal => "awaiting_liberal",
             Reason::NotifyFailed => "notify_failed",
+            Reason::PassTcSender => "pass_tc_sender",
+            Reason::PassTcReceiver => "pass_tc_receiver",
+            Reason::PassTcBridge => "pass_tc_bridge",
+            Reason::PassTcVtep => "pass_tc_vtep",
+            Reason::PassTcUplink => "pass_tc_uplink",
         }
     }
 

@@ -16,5 +16,7 @@ pub mod l3;
 pub mod maps;
 /// The uplink MTU check.
 pub mod mtu;
+/// tc's configuration as an authority; `TCX_NEXT`.
+pub mod tc;
 /// Receive-side classification on the uplink.
 pub mod uplink;

@@ -2,13 +2,12 @@
 //! leaving a pod). To a local pod -> straight into its veth; to a host-gw
 //! peer -> routed to the peer node's MAC out of the uplink; to a VXLAN peer
 //! -> encapsulated and redirected to the uplink; anything else -> the
-//! kernel path (`TC_ACT_OK`), counted by reason.
+//! kernel path (`TCX_NEXT`: the next TCX program, the classic filters),
+//! counted by reason. Where tc acts on the pod's traffic (lib/tc.rs), it
+//! is handed on untouched.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_redirect,
-    maps::lpm_trie::Key,
-    programs::TcContext,
+    bindings::TC_ACT_SHOT, helpers::bpf_redirect, maps::lpm_trie::Key, programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 use weft_common::{EndpointKey, Hook, NodeConfig, PeerMode, Reason};
@@ -22,13 +21,14 @@ use crate::lib::{
     l3::{decrement_ttl, ipv4_l3},
     maps::{ENDPOINTS, PEERS, node_config},
     mtu::fits,
+    tc::{TCX_NEXT, encap_allowed, receiving_allowed, sending_allowed},
 };
 
 const HOOK: Hook = Hook::TcPodEgress;
 
 const fn pass(reason: Reason) -> Verdict<i32> {
     Verdict {
-        action: TC_ACT_OK,
+        action: TCX_NEXT,
         reason,
     }
 }
@@ -77,17 +77,25 @@ fn decide(ctx: &mut TcContext) -> Verdict<i32> {
     }
     // Only what the pod sends as itself: its own address from its own veth
     // and MAC. Anything else is the kernel's (rp_filter, netfilter).
-    match ENDPOINTS.get_ptr(EndpointKey { addr: ip.src_addr }) {
+    let sender_flags = match ENDPOINTS.get_ptr(EndpointKey { addr: ip.src_addr }) {
         // SAFETY: a map value pointer from a successful lookup; ctx.skb.skb
         // is the __sk_buff the kernel handed us.
         Some(sender)
             if unsafe {
                 (*sender).ifindex == (*ctx.skb.skb).ifindex && (*sender).mac == eth.src_addr
-            } => {}
+            } =>
+        unsafe { (*sender).flags },
         _ => return pass(Reason::PassForeignSource),
+    };
+    if let Err(reason) = sending_allowed(sender_flags, config) {
+        return pass(reason);
     }
+
     if let Some(endpoint) = ENDPOINTS.get_ptr(EndpointKey { addr: destination }) {
         let endpoint = unsafe { *endpoint };
+        if let Err(reason) = receiving_allowed(&endpoint) {
+            return pass(reason);
+        }
         // Same node: the bridge's netfilter (br_netfilter) or the forward
         // path decides, as for any other flow.
         if let Err(reason) = netfilter_passed(ip, end, config) {
@@ -131,6 +139,9 @@ fn decide(ctx: &mut TcContext) -> Verdict<i32> {
         }
         ipv4_l3(eth, ip, peer.nexthop_mac, config.uplink_mac);
         return to_uplink(config, Reason::HostGw);
+    }
+    if let Err(reason) = encap_allowed(config) {
+        return pass(reason);
     }
     if !fits(ctx, config, ENCAP_LEN, header_len, protocol) {
         // The kernel path fragments it or answers ICMP "fragmentation needed".

@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT,
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     programs::TcContext,
@@ -25,6 +25,7 @@ use crate::lib::{
     counters::{Verdict, count},
     delivery::{redirect_into_pod, route_to_pod},
     maps::node_config,
+    tc::{TCX_NEXT, uplink_delivery_allowed},
     uplink::{HEADERS_LEN, classify},
 };
 
@@ -38,7 +39,7 @@ const DECAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV
 
 const fn pass(reason: Reason) -> Verdict<i32> {
     Verdict {
-        action: TC_ACT_OK,
+        action: TCX_NEXT,
         reason,
     }
 }
@@ -46,7 +47,7 @@ const fn pass(reason: Reason) -> Verdict<i32> {
 #[inline(always)]
 pub fn run(ctx: &mut TcContext) -> i32 {
     let Some(config) = node_config() else {
-        return TC_ACT_OK;
+        return TCX_NEXT;
     };
     let len = u64::from(ctx.len());
     // With XDP attached, XDP already counted the frame and, if it passed
@@ -56,7 +57,7 @@ pub fn run(ctx: &mut TcContext) -> i32 {
         count(HOOK, Reason::Seen, len);
     }
     let Verdict { action, reason } = decide(ctx, config);
-    if action != TC_ACT_OK || !xdp_counted {
+    if action != TCX_NEXT || !xdp_counted {
         count(HOOK, reason, len);
     }
     action
@@ -86,6 +87,9 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig) -> Verdict<i32> {
         }
         Err(reason) => return pass(reason),
     };
+    if let Err(reason) = uplink_delivery_allowed(&delivery.endpoint, config, delivery.is_vxlan()) {
+        return pass(reason);
+    }
     let reason = if delivery.is_vxlan() {
         if ctx
             .adjust_room(-(delivery.strip as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)

@@ -1,12 +1,13 @@
 //! `tc_verdict`, TC (TCX) egress where forwarded packets leave the node's
 //! netfilter: the host side of pod veths (into pods), flannel.<VNI> (to
 //! VXLAN peers) and the uplink (to host-gw peers). The agent's nftables
-//! rule (forward hook) marks packets of established flows that have no
-//! NAT and no helper; a packet that got here with that mark passed every
+//! chain (postrouting, after every other chain) marks forwarded packets of
+//! established flows that have no NAT and no helper, and clears the bit on
+//! every other packet; a packet that got here with that mark passed every
 //! netfilter hook on the way, so its flow direction is recorded in FLOWS
 //! with the time and the ruleset generation. The mark is cleared so it
 //! never leaves the node or reaches a pod. Never changes a verdict: always
-//! `TC_ACT_OK`.
+//! `TCX_NEXT`, so classic egress filters and later TCX programs still run.
 //!
 //! A new TCP verdict is recorded pending and its flow sent to the agent
 //! (`CT_LIBERAL`): conntrack will not see the segments the fast path
@@ -17,11 +18,7 @@
 //! ended by FIN or RST) starts pending again, since its conntrack entry may
 //! be a new one.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, TC_ACT_OK},
-    helpers::bpf_ktime_get_ns,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns, programs::TcContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 use weft_common::{FLOW_CONFIRMED, FLOW_PENDING, FlowVerdict, Hook, NodeConfig, Reason};
 
@@ -30,6 +27,7 @@ use crate::lib::{
     flow::flow_of,
     headers::{ETH_P_IPV4, IPPROTO_TCP, ptr_at},
     maps::{CT_LIBERAL, FLOWS, node_config},
+    tc::TCX_NEXT,
 };
 
 const HOOK: Hook = Hook::TcVerdict;
@@ -37,18 +35,18 @@ const HOOK: Hook = Hook::TcVerdict;
 #[inline(always)]
 pub fn run(ctx: &mut TcContext) -> i32 {
     let Some(config) = node_config() else {
-        return TC_ACT_OK;
+        return TCX_NEXT;
     };
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
     let mark = unsafe { (*ctx.skb.skb).mark };
     if config.accept_mark == 0 || mark & config.accept_mark == 0 {
-        return TC_ACT_OK;
+        return TCX_NEXT;
     }
     ctx.set_mark(mark & !config.accept_mark);
     let len = u64::from(ctx.len());
     let reason = learn(ctx, config);
     count(HOOK, reason, len);
-    TC_ACT_OK
+    TCX_NEXT
 }
 
 /// Records the verdict for the packet's flow direction; the counter says

@@ -16,6 +16,7 @@ use crate::lib::{
     counters::{Verdict, count},
     delivery::route_to_pod,
     maps::node_config,
+    tc::uplink_delivery_allowed,
     uplink::classify,
 };
 
@@ -54,6 +55,11 @@ fn decide(ctx: &XdpContext) -> Verdict<u32> {
         }
         Err(reason) => return pass(reason),
     };
+    // Before the bulk hand-off, so a refusal is counted here, where XDP
+    // counts every frame (tc_uplink does not count it again).
+    if let Err(reason) = uplink_delivery_allowed(&delivery.endpoint, config, delivery.is_vxlan()) {
+        return pass(reason);
+    }
     if bulk_left_to_gro && delivery.bulk_tcp {
         return pass(Reason::PassBulkTcp);
     }

@@ -15,6 +15,7 @@ use weft_agent::{
     desired::{self, Inputs, LocalPod, NodeFacts},
     endpoints::LocalView,
     lease::{LeaseAttrs, MacAddr, VxlanBackendData},
+    tc::TcView,
 };
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, ENDPOINT_XDP_READY,
@@ -56,6 +57,7 @@ impl FixtureNode {
             strict_vteps: strict,
             bulk_tcp_via_gro: false,
             uplink_xdp: false,
+            own_tc_programs: Default::default(),
             accept_mark: ACCEPT_MARK,
             // Long enough that no test depends on the clock; the re-check
             // test shortens it.
@@ -239,6 +241,15 @@ impl Programs {
         facts.strict_vteps = flags & CONFIG_STRICT_VTEPS != 0;
         facts.bulk_tcp_via_gro = flags & CONFIG_BULK_TCP_VIA_GRO != 0;
         facts.uplink_xdp = flags & CONFIG_UPLINK_XDP != 0;
+        self.sync();
+    }
+
+    /// tc on the node's interfaces as the agent's local view would read it
+    /// (`weft_agent::tc`), turned into ENDPOINTS and CONFIG flags by the
+    /// agent's own `desired::compute`. The fixture's own TC programs are
+    /// not listed, so any TCX id in `change` is "another program".
+    pub fn set_tc(&mut self, change: impl FnOnce(&mut TcView)) {
+        change(&mut self.node.view.tc);
         self.sync();
     }
 

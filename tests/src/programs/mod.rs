@@ -33,7 +33,10 @@ pub use verdicts::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, echo_flow, flow, monotoni
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_REDIRECT: u32 = 4;
-pub const TC_ACT_OK: u32 = 0;
+/// `TCX_NEXT` (-1) as BPF_PROG_TEST_RUN reports it: what a TC program
+/// answers when it takes no action, so the next TCX program and the classic
+/// filters still run (`TC_ACT_OK` would end the chain).
+pub const TCX_NEXT: u32 = u32::MAX;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
 

@@ -74,7 +74,7 @@ impl Programs {
         for (what, frame, counter) in cases {
             let before = self.counters();
             let (verdict, out) = self.uplink_tc(frame);
-            assert_eq!(verdict, TC_ACT_OK, "{what}");
+            assert_eq!(verdict, TCX_NEXT, "{what}");
             assert_eq!(&out, frame, "{what}: a passed frame must be untouched");
             assert_counted(&before, &self.counters(), *counter);
         }
@@ -86,7 +86,7 @@ impl Programs {
         for (what, frame, counter) in cases {
             let before = self.counters();
             let (verdict, out) = self.tc(frame);
-            assert_eq!(verdict, TC_ACT_OK, "{what}");
+            assert_eq!(verdict, TCX_NEXT, "{what}");
             assert_eq!(&out, frame, "{what}: a passed packet must be untouched");
             assert_counted(&before, &self.counters(), *counter);
         }

@@ -4,8 +4,13 @@
 //! [`Agent::apply`]: inputs -> `desired::compute` -> both sinks. Each
 //! handler returns what it did, so callers can count outcomes.
 
+use std::collections::BTreeSet;
+
 use anyhow::Result;
 use tracing::{info, warn};
+use weft_common::{
+    CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK, CONFIG_TC_VTEP, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS,
+};
 
 use super::{
     mark_check::{CheckResult, MarkChecks},
@@ -27,6 +32,33 @@ use crate::{
     masq, metrics,
     verdicts::{self, Marks},
 };
+
+/// Says where tc starts or stops holding traffic to the kernel path (the
+/// counters then say how much).
+fn log_tc_changes(before: &LocalView, after: &LocalView, own: &BTreeSet<u32>) {
+    for (index, port) in &after.ports {
+        let was = desired::port_tc_flags(before.tc.ports.get(index), own);
+        let now = desired::port_tc_flags(after.tc.ports.get(index), own);
+        if was != now {
+            info!(
+                veth = %port.name,
+                sends = now & ENDPOINT_TC_SENDS != 0,
+                receives = now & ENDPOINT_TC_RECEIVES != 0,
+                "tc on a pod's veth changed: what it acts on takes the kernel path"
+            );
+        }
+    }
+    let was = desired::node_tc_flags(&before.tc, own);
+    let now = desired::node_tc_flags(&after.tc, own);
+    if was != now {
+        info!(
+            uplink_ingress = now & CONFIG_TC_UPLINK != 0,
+            vtep = now & CONFIG_TC_VTEP != 0,
+            bridge = now & CONFIG_TC_BRIDGE != 0,
+            "tc on the node's interfaces changed: what it acts on takes the kernel path"
+        );
+    }
+}
 
 /// What one [`Agent::apply`] did: the sinks' reports (the map sink's only
 /// with the fast path running).
@@ -219,6 +251,7 @@ impl Agent {
     pub async fn on_view(&mut self, view: LocalView) -> Applied {
         if let Some(fast_path) = self.fast_path.as_mut() {
             fast_path.on_view(&view).await;
+            log_tc_changes(&self.view, &view, &self.facts.own_tc_programs);
         }
         self.view = view;
         self.viewed = true;

@@ -2,7 +2,7 @@
 //! and network config, the lease value this node announces, and the fast
 //! path's programs and maps.
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use etcd_client::ConnectOptions;
@@ -100,6 +100,7 @@ pub fn node_facts(
         strict_vteps: args.strict_vteps,
         bulk_tcp_via_gro: args.bulk_tcp_via_gro,
         uplink_xdp: false,
+        own_tc_programs: BTreeSet::new(),
         accept_mark: args.accept_mark,
         verdict_ttl_ns: args.verdict_ttl_ms * 1_000_000,
     }
@@ -146,6 +147,8 @@ pub fn start_fast_path(
     info!(iface = %uplink.name, xdp = ?mode, veth = uplink.is_veth, "uplink programs attached");
     // TC on the uplink counts what XDP would have counted when XDP is off.
     facts.uplink_xdp = mode != AttachedXdpMode::Off;
+    // tc on a hook the fast path bypasses is found apart from these.
+    facts.own_tc_programs = programs.tc_program_ids()?;
     let marks = Marks::new(args.accept_mark, args.kernel_path_mark)?;
     verdicts::watch_ruleset(ruleset_changed)?;
     // The bit must be weft's alone: with another rule using it, weft leaves
