@@ -30,7 +30,14 @@ printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 rm -rf "$root/etc/apt" "$root/etc/dpkg" "$root/var/cache/apt" "$root/var/lib/apt" \
     "$root/var/log/apt" "$root/var/cache/debconf" \
     "$root/etc/hostname" "$root/etc/resolv.conf" "$root/etc/fstab"
-# debconf comes in as iproute2's dependency; without perl it is dead weight.
+# debconf comes in as iproute2's dependency: perl scripts, and no perl.
 rm -rf "$root/usr/share/perl5" "$root/usr/share/debconf" "$root/etc/debconf.conf" \
-    "$root"/usr/bin/debconf*
+    "$root"/usr/bin/debconf* "$root"/usr/sbin/dpkg-*configure \
+    "$root/usr/share/doc/debconf" "$root/var/lib/dpkg/status.d/debconf"
 find "$root/var/lib/dpkg" -mindepth 1 -maxdepth 1 ! -name status.d -exec rm -rf {} +
+# Directories the excluded paths and the removals left empty.
+for dir in usr/share usr/include etc var; do
+    if [ -d "$root/$dir" ]; then
+        find "$root/$dir" -depth -type d -empty -delete
+    fi
+done

@@ -11,6 +11,7 @@ use clap as _;
 use {k8s_openapi as _, prometheus_parse as _, serde_yaml_ng as _};
 
 pub mod cni;
+pub mod containerd;
 pub mod echo;
 pub mod etcd;
 pub mod flannel;

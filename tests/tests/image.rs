@@ -1,10 +1,10 @@
-//! The node image (`cargo xtask image`): an OCI archive that skopeo reads
-//! (as `podman load` and `ctr image import` do, through the same image
-//! layout), named as the DaemonSet references it, labelled, with weft as
-//! its entrypoint, inside the size budget; and its own root filesystem runs
-//! `weft --version`, `weft agent --help` and nft (which programs a real
-//! table in a throw-away network namespace), with nothing a node agent does
-//! not need (no shell, no package manager, no compiler).
+//! The node image (`cargo xtask image`): an OCI archive that skopeo reads,
+//! named as the DaemonSet references it, labelled, with weft as its
+//! entrypoint, inside the size budget, holding nothing a node agent does
+//! not run (no shell, no package manager, no compiler); and containerd (a
+//! node's runtime) imports it under the DaemonSet's name and runs
+//! `weft --version`, `weft agent --help` and nft in it, nft programming a
+//! real table in the container's own network namespace.
 //!
 //! `cargo xtask test` builds the image and passes it in `WEFT_IMAGE`; run
 //! alone, the test takes the one in target/image (`cargo xtask image`).
@@ -19,7 +19,7 @@ use std::{
 };
 
 use serde_json::Value;
-use weft_tests::privileged_test;
+use weft_tests::{containerd::Containerd, privileged_test};
 
 const MANIFEST: &str = include_str!("../../deploy/kubernetes/weft-etcd.yaml");
 /// The image unpacked, in bytes: the goal is a node image under 100 MB.
@@ -239,119 +239,147 @@ fn copied_layers(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Runs `args` in the image's root as the image's user, with the image's
-/// environment only.
-fn in_image(root: &Path, config: &Value, args: &[&str]) -> std::process::Output {
-    let user = config["config"]["User"].as_str().unwrap();
-    let env: Vec<&str> = config["config"]["Env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|value| value.as_str().unwrap())
-        .collect();
-    Command::new("chroot")
-        .arg(format!("--userspec={user}"))
-        .arg(root)
-        .args(args)
-        .env_clear()
-        .envs(env.iter().filter_map(|pair| pair.split_once('=')))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+/// Every entry of the image's layers as `tar -tv` lists it (mode, owner,
+/// path), read from the layers skopeo copies out.
+fn listing() -> Vec<String> {
+    let dir = TempDir::new("image-listing");
+    let mut entries = Vec::new();
+    for layer in copied_layers(&dir.0) {
+        let listed = run(Command::new("tar")
+            .args(["-tvzf"])
+            .arg(&layer)
+            .arg("--numeric-owner"));
+        entries.extend(listed.lines().map(str::to_owned));
+    }
+    entries
 }
 
-fn succeeds_in_image(root: &Path, config: &Value, args: &[&str]) -> String {
-    let out = in_image(root, config, args);
-    assert!(
-        out.status.success(),
-        "{args:?} in the image failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+fn path_of(entry: &str) -> &str {
+    let path = entry.split_whitespace().nth(5).unwrap_or_default();
+    path.trim_start_matches("./")
 }
 
 #[test]
-fn the_images_root_runs_weft_and_nft_and_holds_nothing_else_to_run() {
-    // chroot and a network namespace need root.
-    let Some(_guard) =
-        privileged_test("the_images_root_runs_weft_and_nft_and_holds_nothing_else_to_run")
-    else {
+fn the_image_holds_nothing_to_run_but_weft_nft_ip_and_cp() {
+    let entries = listing();
+    let paths: Vec<&str> = entries.iter().map(|entry| path_of(entry)).collect();
+    for present in [
+        "usr/bin/weft",
+        "usr/sbin/nft",
+        "bin/ip",
+        "bin/cp",
+        "usr/share/doc/weft/copyright",
+    ] {
+        assert!(paths.contains(&present), "the image lacks /{present}");
+    }
+    // No shell, no package manager, no interpreter, no compiler.
+    for absent in [
+        "bin/sh",
+        "bin/bash",
+        "bin/dash",
+        "usr/bin/apt",
+        "usr/bin/apt-get",
+        "usr/bin/dpkg",
+        "usr/bin/perl",
+        "usr/bin/python3",
+        "usr/bin/gcc",
+        "usr/bin/cc",
+    ] {
+        assert!(!paths.contains(&absent), "the image has /{absent}");
+    }
+    // Everything is root's; the agent's binary is writable by root alone,
+    // and nothing is set-uid.
+    for entry in &entries {
+        let mut fields = entry.split_whitespace();
+        let (mode, owner) = (fields.next().unwrap(), fields.next().unwrap());
+        assert_eq!(owner, "0/0", "not root's: {entry}");
+        assert!(
+            !mode.contains('s') && !mode.contains('S'),
+            "set-uid or set-gid: {entry}"
+        );
+    }
+    let weft = entries
+        .iter()
+        .find(|entry| path_of(entry) == "usr/bin/weft")
+        .unwrap();
+    assert!(weft.starts_with("-rwxr-xr-x "), "{weft}");
+    // What is installed is listed for scanners, package by package.
+    for package in ["nftables", "iproute2", "libc6", "libgcc-s1", "coreutils"] {
+        let stanza = format!("var/lib/dpkg/status.d/{package}");
+        assert!(paths.contains(&stanza.as_str()), "the image lacks /{stanza}");
+    }
+}
+
+/// `ctr run` of the imported image: output and success.
+fn ctr_run(containerd: &Containerd, name: &str, options: &[&str], args: &[&str]) -> String {
+    let id = format!("t-img-{}", std::process::id());
+    let mut command = containerd.ctr(&["run", "--rm"]);
+    command
+        .args(options)
+        .args([name, id.as_str()])
+        .args(args)
+        .stdin(Stdio::null());
+    run(&mut command)
+}
+
+#[test]
+fn containerd_imports_the_image_under_the_daemonsets_name_and_runs_weft_and_nft_in_it() {
+    // containerd, its containers and their namespaces need root.
+    let Some(_guard) = privileged_test(
+        "containerd_imports_the_image_under_the_daemonsets_name_and_runs_weft_and_nft_in_it",
+    ) else {
         return;
     };
-    let dir = TempDir::new("image-root");
-    let root = dir.0.join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    for layer in copied_layers(&dir.0) {
-        run(Command::new("tar")
-            .arg("-xzf")
-            .arg(&layer)
-            .arg("-C")
-            .arg(&root)
-            .arg("--numeric-owner"));
-    }
+    let dir = TempDir::new("t-img-containerd");
+    let containerd = Containerd::start(&dir.0.join("containerd")).unwrap();
+    let archive = image();
+    let imported = run(containerd.ctr(&["image", "import"]).arg(&archive));
+    let name = daemonset_images().remove(0);
+    assert!(
+        imported.contains(&name),
+        "ctr image import did not name the image {name}: {imported}"
+    );
+    let listed = run(&mut containerd.ctr(&["image", "ls", "--quiet"]));
+    assert!(
+        listed.lines().any(|line| line == name),
+        "after the import, containerd has {listed}"
+    );
     let config = skopeo_json(&["inspect", "--config", &transport()]);
     let entrypoint = config["config"]["Entrypoint"][0].as_str().unwrap();
     let version = config["config"]["Labels"]["org.opencontainers.image.version"]
         .as_str()
         .unwrap();
 
-    let printed = succeeds_in_image(&root, &config, &[entrypoint, "--version"]);
+    // In a container of the image, run by runc as on a node.
+    let printed = ctr_run(&containerd, &name, &[], &[entrypoint, "--version"]);
     assert_eq!(printed.trim(), format!("weft {version}"));
-    let help = succeeds_in_image(&root, &config, &[entrypoint, "agent", "--help"]);
+    let help = ctr_run(&containerd, &name, &[], &[entrypoint, "agent", "--help"]);
     assert!(
         help.contains("--etcd-endpoints"),
         "weft agent --help in the image: {help}"
     );
-    let nft = succeeds_in_image(&root, &config, &["nft", "--version"]);
+    let nft = ctr_run(&containerd, &name, &[], &["nft", "--version"]);
     assert!(nft.starts_with("nftables v1."), "nft --version: {nft}");
     // `weft status` runs ip; the DaemonSet's install-cni step runs cp.
-    succeeds_in_image(&root, &config, &["ip", "-V"]);
-    succeeds_in_image(&root, &config, &["cp", "--version"]);
+    ctr_run(&containerd, &name, &[], &["ip", "-V"]);
+    ctr_run(&containerd, &name, &[], &["cp", "--version"]);
 
-    // nft from the image programs the kernel as the agent does (`nft -f -`),
-    // in a network namespace of its own that goes away with the process.
-    let ruleset = "table inet t-img { chain c { type filter hook forward priority 0; ct state established accept; } }\n";
-    let script = format!(
-        "printf '%s' '{ruleset}' | chroot --userspec=0:0 {root} nft -f - && chroot {root} nft list table inet t-img",
-        root = root.display()
+    // The image's nft programs the kernel, privileged as the DaemonSet's
+    // agent is, in the container's own network namespace (gone with it).
+    let listed = ctr_run(
+        &containerd,
+        &name,
+        &["--privileged"],
+        &[
+            "nft",
+            "add table inet t_img; \
+             add chain inet t_img forward { type filter hook forward priority 0; }; \
+             add rule inet t_img forward ct state established accept; \
+             list table inet t_img",
+        ],
     );
-    let listed = run(Command::new("unshare")
-        .args(["--net", "sh", "-c", &script])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"));
     assert!(
         listed.contains("ct state established accept"),
-        "nft list in the image's nft: {listed}"
+        "nft in the image listed: {listed}"
     );
-
-    // Nothing to run but what weft needs: no shell, no package manager, no
-    // compiler.
-    for absent in [
-        "bin/sh",
-        "bin/bash",
-        "usr/bin/apt",
-        "usr/bin/dpkg",
-        "usr/bin/perl",
-        "usr/bin/gcc",
-        "usr/bin/cc",
-    ] {
-        assert!(
-            std::fs::symlink_metadata(root.join(absent)).is_err(),
-            "the image has /{absent}"
-        );
-    }
-    // What is installed is listed for scanners, and includes what runs.
-    let status_d = root.join("var/lib/dpkg/status.d");
-    for package in ["nftables", "iproute2", "libc6", "libgcc-s1"] {
-        let stanza = std::fs::read_to_string(status_d.join(package))
-            .unwrap_or_else(|error| panic!("/var/lib/dpkg/status.d/{package}: {error}"));
-        assert!(stanza.contains("\nVersion: "), "{package}: {stanza}");
-    }
-    // The agent's binary is root's, and not writable by anyone else.
-    let meta = std::fs::metadata(root.join(entrypoint.trim_start_matches('/'))).unwrap();
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    assert_eq!((meta.uid(), meta.gid()), (0, 0));
-    assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
 }
