@@ -155,7 +155,9 @@ fn the_archive_is_an_oci_image_named_labelled_and_started_as_the_daemonset_expec
         "org.opencontainers.image.created",
     ] {
         assert!(
-            labels[label].as_str().is_some_and(|value| !value.is_empty()),
+            labels[label]
+                .as_str()
+                .is_some_and(|value| !value.is_empty()),
             "no {label} label: {labels}"
         );
     }
@@ -306,7 +308,10 @@ fn the_image_holds_nothing_to_run_but_weft_nft_ip_and_cp() {
     // What is installed is listed for scanners, package by package.
     for package in ["nftables", "iproute2", "libc6", "libgcc-s1", "coreutils"] {
         let stanza = format!("var/lib/dpkg/status.d/{package}");
-        assert!(paths.contains(&stanza.as_str()), "the image lacks /{stanza}");
+        assert!(
+            paths.contains(&stanza.as_str()),
+            "the image lacks /{stanza}"
+        );
     }
 }
 
@@ -365,21 +370,26 @@ fn containerd_imports_the_image_under_the_daemonsets_name_and_runs_weft_and_nft_
     ctr_run(&containerd, &name, &[], &["cp", "--version"]);
 
     // The image's nft programs the kernel, privileged as the DaemonSet's
-    // agent is, in the container's own network namespace (gone with it).
-    let listed = ctr_run(
+    // agent is, in the container's own network namespace (gone with it):
+    // `--echo --handle` prints each addition back as the kernel confirmed
+    // it, with the handle the kernel gave it.
+    let echoed = ctr_run(
         &containerd,
         &name,
         &["--privileged"],
         &[
             "nft",
+            "--echo",
+            "--handle",
             "add table inet t_img; \
              add chain inet t_img forward { type filter hook forward priority 0; }; \
-             add rule inet t_img forward ct state established accept; \
-             list table inet t_img",
+             add rule inet t_img forward ct state established accept",
         ],
     );
     assert!(
-        listed.contains("ct state established accept"),
-        "nft in the image listed: {listed}"
+        echoed
+            .lines()
+            .any(|line| line.contains("ct state established accept # handle")),
+        "the kernel did not confirm nft's rule: {echoed}"
     );
 }

@@ -77,12 +77,7 @@ pub fn user_space() -> Result<()> {
 
 /// `cargo test` over every host crate, with the freshly built agent, node
 /// package, node image and (when there is one) reference flanneld.
-pub fn run_tests(
-    args: &[String],
-    deb: &Path,
-    image: &Path,
-    flanneld: Option<&Path>,
-) -> Result<()> {
+pub fn run_tests(args: &[String], deb: &Path, image: &Path, flanneld: Option<&Path>) -> Result<()> {
     let mut command = cargo();
     command
         .args(["test", "--workspace", "--exclude", "weft-ebpf"])

@@ -24,7 +24,10 @@ const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 /// What weft runs with, and why each is there; their dependencies come
 /// along (apt resolves them).
 pub const PACKAGES: &[(&str, &str)] = &[
-    ("libgcc-s1", "weft's one shared library besides the C library"),
+    (
+        "libgcc-s1",
+        "weft's one shared library besides the C library",
+    ),
     ("nftables", "the agent drives its tables with `nft -f -`"),
     ("iproute2", "`weft status` asks `ip -j link` about XDP"),
     (
@@ -76,7 +79,8 @@ pub fn ensure(arch: &str) -> Result<Base> {
     }
     let (epoch, newest) = newest;
     let key = cache_key(arch, &dates)?;
-    let dir = super::cache_root()?.join("base").join(&key[..16]);
+    let cache = super::cache_root()?.join("base");
+    let dir = cache.join(&key[..16]);
     let layer_path = dir.join("layer.tar.gz");
     let diff_id_path = dir.join("diff_id");
     let packages_path = dir.join("packages");
@@ -105,6 +109,13 @@ pub fn ensure(arch: &str) -> Result<Base> {
     fs::write(&packages_path, &packages)?;
     // Written last: a base without it is an interrupted build, rebuilt.
     fs::write(&diff_id_path, &layer.diff_id)?;
+    // Older bases (an archive that has moved on, changed inputs) are not
+    // built from what is current any more.
+    for entry in fs::read_dir(&cache)?.flatten() {
+        if entry.path() != dir {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
     Ok(Base {
         layer,
         archive_date: newest,
@@ -127,7 +138,12 @@ fn mmdebstrap(arch: &str, epoch: u64, tarball: &Path) -> Result<()> {
     let mut command = Command::new("mmdebstrap");
     command
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .args(["--quiet", "--mode=root", "--variant=extract", "--format=tar"])
+        .args([
+            "--quiet",
+            "--mode=root",
+            "--variant=extract",
+            "--format=tar",
+        ])
         .arg(format!("--architectures={arch}"))
         .arg(format!("--include={}", packages.join(",")))
         .args(EXCLUDED.iter().map(|rule| format!("--dpkgopt={rule}")))

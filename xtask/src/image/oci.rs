@@ -124,7 +124,8 @@ impl Blob {
 /// oci-archive:` and `ctr image import` read: `oci-layout`, `index.json`
 /// and `blobs/sha256/<hex>`.
 pub fn write_archive(path: &Path, index: &Value, blobs: &[&Blob], mtime: u64) -> Result<()> {
-    let file = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut tar = tar::Builder::new(io::BufWriter::new(file));
     let layout = serde_json::to_vec(&serde_json::json!({"imageLayoutVersion": "1.0.0"}))?;
     let index = serde_json::to_vec(index)?;
@@ -182,11 +183,12 @@ pub fn directory<W: io::Write>(tar: &mut tar::Builder<W>, name: &str, mtime: u64
 }
 
 /// gzip as `gzip -n` writes it: no file name, no time, so the same tar
-/// always compresses to the same bytes.
+/// always compresses to the same bytes. The default level: the best one
+/// saves under 1% of the layers for three times the time.
 fn gzip_writer<W: io::Write>(inner: W) -> flate2::write::GzEncoder<W> {
     GzBuilder::new()
         .mtime(0)
-        .write(inner, Compression::best())
+        .write(inner, Compression::default())
 }
 
 fn gunzipped_size(path: &Path) -> Result<u64> {
