@@ -87,15 +87,18 @@ pub fn ensure(arch: &str) -> Result<Base> {
     if let (Ok(diff_id), Ok(packages)) = (
         fs::read_to_string(&diff_id_path),
         fs::read_to_string(&packages_path),
-    ) && layer_path.is_file()
-    {
-        println!("image: base layer cached ({})", dir.display());
-        let layer = Blob::gzip_file(&layer_path, diff_id.trim().to_owned())?;
-        return Ok(Base {
-            layer,
-            archive_date: newest,
-            packages,
-        });
+    ) {
+        match Blob::gzip_file(&layer_path, diff_id.trim()) {
+            Ok(layer) => {
+                println!("image: base layer cached ({})", dir.display());
+                return Ok(Base {
+                    layer,
+                    archive_date: newest,
+                    packages,
+                });
+            }
+            Err(error) => println!("image: cached base unusable, rebuilding it: {error:#}"),
+        }
     }
 
     println!("image: building the base from Debian {SUITE} (archive of {newest})");

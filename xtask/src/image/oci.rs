@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use flate2::{Compression, GzBuilder};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -72,7 +72,6 @@ impl Blob {
             fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
         let mut gz = gzip_writer(io::BufWriter::new(output));
         let mut hasher = Sha256::new();
-        let mut tar_size = 0;
         let mut buffer = vec![0; 1 << 20];
         loop {
             let read = input.read(&mut buffer)?;
@@ -81,26 +80,38 @@ impl Blob {
             }
             hasher.update(&buffer[..read]);
             gz.write_all(&buffer[..read])?;
-            tar_size += read as u64;
         }
         gz.finish()?.flush()?;
         let diff_id = format!("sha256:{:x}", hasher.finalize());
-        let mut blob = Self::gzip_file(out, diff_id)?;
-        blob.tar_size = tar_size;
-        Ok(blob)
+        Self::gzip_file(out, &diff_id)
     }
 
-    /// A compressed layer already on disk whose diff_id is known.
-    pub fn gzip_file(path: &Path, diff_id: String) -> Result<Self> {
+    /// A compressed layer already on disk (a cached base), checked against
+    /// the diff_id recorded when it was written: a damaged file is an
+    /// error, not a different image.
+    pub fn gzip_file(path: &Path, diff_id: &str) -> Result<Self> {
         let mut file =
             fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut hasher = Sha256::new();
         let size = io::copy(&mut file, &mut hasher)?;
-        let tar_size = gunzipped_size(path)?;
+        let file = fs::File::open(path)?;
+        let mut tar = Sha256::new();
+        let tar_size = io::copy(
+            &mut flate2::read::GzDecoder::new(io::BufReader::new(file)),
+            &mut tar,
+        )
+        .with_context(|| format!("{} is not gzip", path.display()))?;
+        let unpacked = format!("sha256:{:x}", tar.finalize());
+        if unpacked != diff_id {
+            bail!(
+                "{} unpacks to {unpacked}, not the recorded {diff_id}",
+                path.display()
+            );
+        }
         Ok(Self {
             digest: format!("sha256:{:x}", hasher.finalize()),
             size,
-            diff_id,
+            diff_id: diff_id.to_owned(),
             tar_size,
             content: Content::File(path.to_owned()),
         })
@@ -189,12 +200,6 @@ fn gzip_writer<W: io::Write>(inner: W) -> flate2::write::GzEncoder<W> {
     GzBuilder::new()
         .mtime(0)
         .write(inner, Compression::default())
-}
-
-fn gunzipped_size(path: &Path) -> Result<u64> {
-    let file = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut gz = flate2::read::GzDecoder::new(io::BufReader::new(file));
-    Ok(io::copy(&mut gz, &mut io::sink())?)
 }
 
 fn sha256_of(bytes: &[u8]) -> String {
