@@ -19,8 +19,9 @@ use anyhow::{Context as _, Result, bail};
 /// - Go 1.19, which builds the reference flanneld from flannel's source
 ///   (`flanneld.rs`), and Prometheus, which the lab runs to scrape the agents;
 /// - the node image's tools: mmdebstrap builds its base from Debian's
-///   archive, skopeo reads the OCI archive back in its test (no container
-///   engine: xtask writes the image layout itself).
+///   archive (no container engine: xtask writes the image layout itself);
+///   its test reads the archive back with skopeo and imports and runs it
+///   with containerd (a private instance) and runc, as a node does.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
@@ -43,6 +44,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "mmdebstrap",
     "skopeo",
+    "containerd",
 ];
 
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";
@@ -195,6 +197,11 @@ const REQUIREMENTS: &[Requirement] = &[
         what: "skopeo (the image test reads the OCI archive with it)",
         works: || succeeds("skopeo", &["--version"]),
         fix: Fix::Apt("skopeo"),
+    },
+    Requirement {
+        what: "containerd and ctr (the image test imports and runs the image)",
+        works: || succeeds("containerd", &["--version"]) && succeeds("ctr", &["--version"]),
+        fix: Fix::Apt("containerd"),
     },
     Requirement {
         what: "bpffs at /sys/fs/bpf",
