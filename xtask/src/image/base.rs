@@ -67,9 +67,24 @@ pub struct Base {
 }
 
 /// The cached base for the archive's current state, built when there is
-/// none.
+/// none. Where Debian's archive cannot be reached, the cached base built
+/// from the same inputs serves, said loudly, with the archive state it had.
 pub fn ensure(arch: &str) -> Result<Base> {
-    let dates = archive_dates()?;
+    let inputs = inputs_key(arch)?;
+    let cache = super::cache_root()?.join("base");
+    let dates = match archive_dates() {
+        Ok(dates) => dates,
+        Err(error) => {
+            let Some(base) = newest_cached(&cache, &inputs) else {
+                return Err(error.context("no cached base built from the same inputs either"));
+            };
+            println!(
+                "image: warning: {error:#}; using the cached base of Debian's archive of {}",
+                base.archive_date
+            );
+            return Ok(base);
+        }
+    };
     let mut newest = (0, String::new());
     for (_, date) in &dates {
         let epoch = epoch_of(date)?;
@@ -78,24 +93,19 @@ pub fn ensure(arch: &str) -> Result<Base> {
         }
     }
     let (epoch, newest) = newest;
-    let key = cache_key(arch, &dates)?;
-    let cache = super::cache_root()?.join("base");
+    let mut key = Sha256::new();
+    key.update(&inputs);
+    for (url, date) in &dates {
+        key.update(url);
+        key.update(date);
+    }
+    let key = format!("{:x}", key.finalize());
     let dir = cache.join(&key[..16]);
-    let layer_path = dir.join("layer.tar.gz");
-    let diff_id_path = dir.join("diff_id");
-    let packages_path = dir.join("packages");
-    if let (Ok(diff_id), Ok(packages)) = (
-        fs::read_to_string(&diff_id_path),
-        fs::read_to_string(&packages_path),
-    ) {
-        match Blob::gzip_file(&layer_path, diff_id.trim()) {
-            Ok(layer) => {
+    if dir.exists() {
+        match cached(&dir) {
+            Ok(base) => {
                 println!("image: base layer cached ({})", dir.display());
-                return Ok(Base {
-                    layer,
-                    archive_date: newest,
-                    packages,
-                });
+                return Ok(base);
             }
             Err(error) => println!("image: cached base unusable, rebuilding it: {error:#}"),
         }
@@ -107,11 +117,13 @@ pub fn ensure(arch: &str) -> Result<Base> {
     let tarball = dir.join("base.tar");
     mmdebstrap(arch, epoch, &tarball)?;
     let packages = inventory(&tarball)?;
-    let layer = Blob::gzip_tarball(&tarball, &layer_path)?;
+    let layer = Blob::gzip_tarball(&tarball, &dir.join(LAYER))?;
     fs::remove_file(&tarball)?;
-    fs::write(&packages_path, &packages)?;
+    fs::write(dir.join(PACKAGES_FILE), &packages)?;
+    fs::write(dir.join(ARCHIVE_DATE), &newest)?;
+    fs::write(dir.join(INPUTS), &inputs)?;
     // Written last: a base without it is an interrupted build, rebuilt.
-    fs::write(&diff_id_path, &layer.diff_id)?;
+    fs::write(dir.join(DIFF_ID), &layer.diff_id)?;
     // Older bases (an archive that has moved on, changed inputs) are not
     // built from what is current any more.
     for entry in fs::read_dir(&cache)?.flatten() {
@@ -124,6 +136,36 @@ pub fn ensure(arch: &str) -> Result<Base> {
         archive_date: newest,
         packages,
     })
+}
+
+/// A cached base's files.
+const LAYER: &str = "layer.tar.gz";
+const DIFF_ID: &str = "diff_id";
+const PACKAGES_FILE: &str = "packages";
+const ARCHIVE_DATE: &str = "archive_date";
+const INPUTS: &str = "inputs";
+
+/// The base cached in `dir`, its layer checked against its diff_id.
+fn cached(dir: &Path) -> Result<Base> {
+    let read = |name: &str| {
+        fs::read_to_string(dir.join(name))
+            .with_context(|| format!("cannot read {}", dir.join(name).display()))
+    };
+    let diff_id = read(DIFF_ID)?;
+    Ok(Base {
+        layer: Blob::gzip_file(&dir.join(LAYER), diff_id.trim())?,
+        archive_date: read(ARCHIVE_DATE)?,
+        packages: read(PACKAGES_FILE)?,
+    })
+}
+
+/// The cached base built from `inputs`, if there is a usable one.
+fn newest_cached(cache: &Path, inputs: &str) -> Option<Base> {
+    fs::read_dir(cache)
+        .ok()?
+        .flatten()
+        .filter(|entry| fs::read_to_string(entry.path().join(INPUTS)).is_ok_and(|i| i == inputs))
+        .find_map(|entry| cached(&entry.path()).ok())
 }
 
 /// How `ensure` builds the base, for the image's history.
@@ -221,9 +263,9 @@ fn archive_dates() -> Result<Vec<(String, String)>> {
     dates
 }
 
-/// Everything the base is built from: a change to any of them is a new
-/// base.
-fn cache_key(arch: &str, dates: &[(String, String)]) -> Result<String> {
+/// Everything the base is built from but the archive's state: a change to
+/// any of them is a new base.
+fn inputs_key(arch: &str) -> Result<String> {
     let hook = workspace_root().join(HOOK);
     let mut hasher = Sha256::new();
     let mmdebstrap = Command::new("mmdebstrap")
@@ -242,10 +284,6 @@ fn cache_key(arch: &str, dates: &[(String, String)]) -> Result<String> {
         hasher.update(rule);
     }
     hasher.update(fs::read(&hook).with_context(|| format!("cannot read {}", hook.display()))?);
-    for (url, date) in dates {
-        hasher.update(url);
-        hasher.update(date);
-    }
     Ok(format!("{:x}", hasher.finalize()))
 }
 
