@@ -12,6 +12,7 @@ use {k8s_openapi as _, prometheus_parse as _, serde_yaml_ng as _};
 
 pub mod bandwidth;
 pub mod cni;
+pub mod containerd;
 pub mod echo;
 pub mod etcd;
 pub mod flannel;

@@ -315,3 +315,59 @@ fn the_agent_gets_settings_it_accepts_and_probes_ask_what_it_serves() {
         "--healthz-ip on the command line overrides WEFT_HEALTHZ_IP: {command_line:?}"
     );
 }
+
+/// The image `cargo xtask image` builds is `localhost/weft:<version>` with
+/// `/usr/bin/weft` as its entrypoint (tests/tests/image.rs checks the
+/// archive's side): the agent and the CNI config step both run it, at this
+/// build's version, as the binary the image has.
+#[test]
+fn the_daemonset_runs_the_image_cargo_xtask_image_builds() {
+    let version = <Cli as clap::CommandFactory>::command()
+        .get_version()
+        .expect("weft has a version")
+        .to_owned();
+    let expected = format!("localhost/weft:{version}");
+    let objects = objects();
+    let pod = objects.daemon_sets[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let weft_containers: Vec<&Container> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .filter(|c| {
+            c.image
+                .as_deref()
+                .is_some_and(|image| !image.contains("flannel-cni-plugin"))
+        })
+        .collect();
+    assert_eq!(weft_containers.len(), 2, "the agent and install-cni");
+    for container in weft_containers {
+        assert_eq!(
+            container.image.as_deref(),
+            Some(expected.as_str()),
+            "{}",
+            container.name
+        );
+        // Imported on the node or pushed under another name: never pulled
+        // as `latest`.
+        assert_eq!(
+            container.image_pull_policy.as_deref(),
+            Some("IfNotPresent"),
+            "{}",
+            container.name
+        );
+    }
+    let weft = agent_container(&objects.daemon_sets[0]);
+    assert_eq!(
+        weft.command.as_deref(),
+        Some(["/usr/bin/weft".to_owned()].as_slice()),
+        "the agent's command is the image's entrypoint"
+    );
+}

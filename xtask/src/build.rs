@@ -76,14 +76,15 @@ pub fn user_space() -> Result<()> {
 }
 
 /// `cargo test` over every host crate, with the freshly built agent, node
-/// package and (when there is one) reference flanneld.
-pub fn run_tests(args: &[String], deb: &Path, flanneld: Option<&Path>) -> Result<()> {
+/// package, node image and (when there is one) reference flanneld.
+pub fn run_tests(args: &[String], deb: &Path, image: &Path, flanneld: Option<&Path>) -> Result<()> {
     let mut command = cargo();
     command
         .args(["test", "--workspace", "--exclude", "weft-ebpf"])
         .args(args)
         .env("WEFT_BIN", target_dir().join("debug/weft"))
-        .env("WEFT_DEB", deb);
+        .env("WEFT_DEB", deb)
+        .env("WEFT_IMAGE", image);
     with_flanneld(&mut command, flanneld);
     run(command, "the tests")
 }

@@ -5,6 +5,7 @@
 
 mod build;
 mod flanneld;
+mod image;
 mod package;
 mod prereqs;
 
@@ -45,6 +46,14 @@ enum Command {
     Package {
         /// Where to write the .deb.
         #[arg(long, default_value_os_t = build::package_dir())]
+        out_dir: std::path::PathBuf,
+    },
+    /// The node image the DaemonSets run: an OCI archive (Debian's nft and
+    /// iproute2, the release binary, OCI labels), reproducible; prints its
+    /// path.
+    Image {
+        /// Where to write the archive.
+        #[arg(long, default_value_os_t = image::image_dir())]
         out_dir: std::path::PathBuf,
     },
     /// The cluster lab: `up`, `status`, `down` (see `cargo xtask lab --help`).
@@ -96,17 +105,26 @@ fn run(cli: Cli) -> Result<()> {
             let flanneld = reference_flanneld()?;
             build::lint()?;
             build::user_space()?;
-            // The packaging test checks the .deb users install: built here,
-            // after the debug build, so a test run needs no cargo of its own.
+            // The packaging and image tests check the .deb and the image
+            // users install: built here, after the debug build, so a test run
+            // needs no cargo of its own.
             build::release_agent()?;
             let deb = package::deb(&build::release_binary(), &build::package_dir())?;
-            build::run_tests(&args, &deb, flanneld.as_deref())
+            let image = image::build(&build::release_binary(), &image::image_dir())?;
+            build::run_tests(&args, &deb, &image, flanneld.as_deref())
         }
         Command::Package { out_dir } => {
             prereqs::check()?;
             build::release_agent()?;
             let deb = package::deb(&build::release_binary(), &out_dir)?;
             println!("{}", deb.display());
+            Ok(())
+        }
+        Command::Image { out_dir } => {
+            prereqs::check()?;
+            build::release_agent()?;
+            let archive = image::build(&build::release_binary(), &out_dir)?;
+            println!("{}", archive.display());
             Ok(())
         }
         Command::Lab { args } => {

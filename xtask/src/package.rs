@@ -37,7 +37,7 @@ const DEPENDS: &[&str] = &["libgcc-s1", "nftables", "iptables", "iproute2"];
 /// build of the agent) and returns its path.
 pub fn deb(binary: &Path, out_dir: &Path) -> Result<PathBuf> {
     let version = binary_version(binary)?;
-    let arch = output("dpkg", &["--print-architecture"])?;
+    let arch = architecture()?;
     let stage = target_dir().join("package").join("stage");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;
@@ -94,9 +94,15 @@ fn control(version: &str, arch: &str, libc: &str, installed_kib: u64) -> String 
     )
 }
 
+/// Debian's name for the build machine's architecture (`amd64`), which is
+/// the binary's: the package's and the image's.
+pub fn architecture() -> Result<String> {
+    output("dpkg", &["--print-architecture"])
+}
+
 /// `weft --version` prints `weft <version>`: the package version is the
 /// binary's own, and a binary that does not run is caught here.
-fn binary_version(binary: &Path) -> Result<String> {
+pub fn binary_version(binary: &Path) -> Result<String> {
     let printed = output(&binary.display().to_string(), &["--version"])?;
     printed
         .strip_prefix("weft ")

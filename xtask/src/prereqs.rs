@@ -17,7 +17,11 @@ use anyhow::{Context as _, Result, bail};
 /// - what the tests and the bench drive: bpftool, iperf3, sockperf, ethtool,
 ///   tcpdump, ping, openssl (test certificates for etcd TLS);
 /// - Go 1.19, which builds the reference flanneld from flannel's source
-///   (`flanneld.rs`), and Prometheus, which the lab runs to scrape the agents.
+///   (`flanneld.rs`), and Prometheus, which the lab runs to scrape the agents;
+/// - the node image's tools: mmdebstrap builds its base from Debian's
+///   archive (no container engine: xtask writes the image layout itself);
+///   its test reads the archive back with skopeo and imports and runs it
+///   with containerd (a private instance) and runc, as a node does.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
@@ -38,6 +42,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     "golang-1.19",
     "prometheus",
+    "mmdebstrap",
+    "skopeo",
+    "containerd",
 ];
 
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";
@@ -180,6 +187,21 @@ const REQUIREMENTS: &[Requirement] = &[
         what: "prometheus (the lab's metrics scraper)",
         works: || succeeds("prometheus", &["--version"]),
         fix: Fix::Apt("prometheus"),
+    },
+    Requirement {
+        what: "mmdebstrap (builds the node image's base from Debian's archive)",
+        works: || succeeds("mmdebstrap", &["--version"]),
+        fix: Fix::Apt("mmdebstrap"),
+    },
+    Requirement {
+        what: "skopeo (the image test reads the OCI archive with it)",
+        works: || succeeds("skopeo", &["--version"]),
+        fix: Fix::Apt("skopeo"),
+    },
+    Requirement {
+        what: "containerd and ctr (the image test imports and runs the image)",
+        works: || succeeds("containerd", &["--version"]) && succeeds("ctr", &["--version"]),
+        fix: Fix::Apt("containerd"),
     },
     Requirement {
         what: "bpffs at /sys/fs/bpf",
