@@ -306,11 +306,10 @@ impl Agent {
     /// A look for other rules using the accept bit finished: while any
     /// exists, weft leaves the bit alone (verdict chain removed) and the
     /// fast path takes no flow; once none is left, both come back.
-    pub async fn on_mark_check(&mut self, result: CheckResult) -> Option<Applied> {
+    pub async fn on_mark_check(&mut self, conflicts: CheckResult) -> Option<Applied> {
         let (marks, checks) = self.marks.as_mut()?;
         checks.finished();
         let marks = *marks;
-        let conflicts = result;
         metrics::global().set_accept_mark_conflicts(conflicts.len());
         let suspend = !conflicts.is_empty();
         if suspend == self.verdicts_suspended {
@@ -327,7 +326,11 @@ impl Agent {
                 mark = format_args!("{:#x}", marks.accept),
                 "no other rule uses the accept bit now: the fast path takes flows again"
             );
-            off_runtime(move || verdicts::install(marks)).await;
+            // Without the chain no verdict could be recorded: stay
+            // suspended, and try again at the next ruleset change.
+            if !off_runtime(move || verdicts::install(marks)).await {
+                return None;
+            }
             self.verdicts_suspended = false;
             Some(self.apply().await)
         }
@@ -361,11 +364,18 @@ impl Agent {
 }
 
 /// Runs blocking work (nft) off the agent's runtime; a failure is logged.
-async fn off_runtime(work: impl FnOnce() -> Result<()> + Send + 'static) {
+/// Returns whether it succeeded.
+async fn off_runtime(work: impl FnOnce() -> Result<()> + Send + 'static) -> bool {
     match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => warn!("{error:#}"),
-        Err(error) => warn!("blocking work did not run: {error}"),
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            warn!("{error:#}");
+            false
+        }
+        Err(error) => {
+            warn!("blocking work did not run: {error}");
+            false
+        }
     }
 }
 
