@@ -3,6 +3,9 @@
 //! from their own namespaces: dataplane/pods.rs), and the uplink's
 //! neighbours (the underlay next hops the fast path writes into outer
 //! headers). Re-read on every link, neighbour or route event, and every 5 s.
+//! weft's own peer routes are left out: they are the kernel sink's output,
+//! and a view that changed with them would make every write of the sink
+//! come back as a new input (one more apply per batch of writes).
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
@@ -23,6 +26,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::{
+    dataplane::kernel::is_peer_route,
     lease::MacAddr,
     net::{self, mac_of, name_of, neighbour_ip, neighbour_mac},
 };
@@ -93,9 +97,14 @@ const RESYNC: Duration = Duration::from_secs(5);
 /// Sends the view at start and whenever it changes, until the receiver is
 /// gone. A failed dump or a closed event socket is logged and the watch
 /// starts over: it must outlive any one netlink hiccup.
-pub async fn watch(bridge: String, uplink: u32, views: mpsc::Sender<LocalView>) {
+pub async fn watch(
+    bridge: String,
+    uplink: u32,
+    pod_network: Ipv4Net,
+    views: mpsc::Sender<LocalView>,
+) {
     loop {
-        match follow(&bridge, uplink, &views).await {
+        match follow(&bridge, uplink, &pod_network, &views).await {
             Ok(()) => return,
             Err(error) => {
                 warn!("following pods and neighbours: {error:#}; starting over");
@@ -106,7 +115,12 @@ pub async fn watch(bridge: String, uplink: u32, views: mpsc::Sender<LocalView>) 
 }
 
 /// One watch session; Ok when the receiver is gone.
-async fn follow(bridge: &str, uplink: u32, views: &mpsc::Sender<LocalView>) -> Result<()> {
+async fn follow(
+    bridge: &str,
+    uplink: u32,
+    pod_network: &Ipv4Net,
+    views: &mpsc::Sender<LocalView>,
+) -> Result<()> {
     let (mut connection, handle, mut events) =
         rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     // Subscribe before the first dump so no change between the two is missed.
@@ -122,7 +136,7 @@ async fn follow(bridge: &str, uplink: u32, views: &mpsc::Sender<LocalView>) -> R
 
     let mut last_sent: Option<LocalView> = None;
     loop {
-        let current = read_view(&handle, bridge, uplink).await?;
+        let current = read_view(&handle, bridge, uplink, Some(pod_network)).await?;
         if last_sent.as_ref() != Some(&current) {
             if views.send(current.clone()).await.is_err() {
                 return Ok(());
@@ -140,8 +154,14 @@ async fn follow(bridge: &str, uplink: u32, views: &mpsc::Sender<LocalView>) -> R
     }
 }
 
-/// The current view (empty pods and ports while the bridge does not exist).
-pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<LocalView> {
+/// The current view (empty pods and ports while the bridge does not exist),
+/// without weft's peer routes into `pod_network` when it is given.
+pub async fn read_view(
+    handle: &Handle,
+    bridge: &str,
+    uplink: u32,
+    pod_network: Option<&Ipv4Net>,
+) -> Result<LocalView> {
     let links = net::links(handle).await?;
     let neighbours = net::neighbours(handle).await?;
     let routes = net::main_routes(handle).await?;
@@ -153,6 +173,8 @@ pub async fn read_view(handle: &Handle, bridge: &str, uplink: u32) -> Result<Loc
                     .attributes
                     .iter()
                     .any(|attr| matches!(attr, RouteAttribute::Oif(index) if *index == uplink))
+                    && !pod_network
+                        .is_some_and(|network| is_peer_route(route, network, None, uplink))
             })
             .filter_map(|route| {
                 let destination = route

@@ -123,10 +123,12 @@ fn bench(args: BenchArgs) -> Result<()> {
     }
     for scale in &details.control_plane {
         println!(
-            "control plane: {} leases in PEERS after {:.3} s, in the kernel after {:.3} s; agent peak RSS {:.1} MiB",
+            "control plane: {} leases in PEERS after {:.3} s, in the kernel after {:.3} s; all deleted: out of PEERS after {:.3} s, out of the kernel after {:.3} s; agent peak RSS {:.1} MiB",
             scale.leases,
             scale.peers_converged_s,
             scale.kernel_converged_s,
+            scale.peers_removed_s,
+            scale.kernel_removed_s,
             scale.agent_peak_rss_mib
         );
     }
