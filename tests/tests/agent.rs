@@ -332,7 +332,7 @@ fn status_names_the_nodes_interfaces_only_from_the_nodes_namespace() {
     assert!(
         text.contains("run inside the node's network namespace")
             && !text.contains("NOT attached")
-            && !text.contains(weft_common::program_names::TC_UPLINK),
+            && !text.contains(&format!("TC {TC_UPLINK}")),
         "{text}"
     );
     // The agent stopped: nothing uses the maps, so nothing is attached,
