@@ -74,10 +74,13 @@ pub fn scale(options: &BenchOptions, leases: usize) -> Result<ScaleResult> {
             .count();
         Ok(routes + neighbours + fdb)
     };
-    let (peers_converged_s, kernel_converged_s) =
-        converge(leases, "in", started, || Ok(peer_count()? >= leases), || {
-            Ok(kernel_count(false)? >= leases)
-        })?;
+    let (peers_converged_s, kernel_converged_s) = converge(
+        leases,
+        "in",
+        started,
+        || Ok(peer_count()? >= leases),
+        || Ok(kernel_count(false)? >= leases),
+    )?;
     let rss = peak_rss_mib(
         lab.agent_pid(NodeId::FIRST)
             .ok_or_else(|| anyhow!("the agent died"))?,
@@ -85,10 +88,13 @@ pub fn scale(options: &BenchOptions, leases: usize) -> Result<ScaleResult> {
     let keys: Vec<String> = values.into_iter().map(|(key, _)| key).collect();
     let started = Instant::now();
     lab.etcd().delete_many(&keys)?;
-    let (peers_removed_s, kernel_removed_s) =
-        converge(leases, "out", started, || Ok(peer_count()? == 0), || {
-            Ok(kernel_count(true)? == 0)
-        })?;
+    let (peers_removed_s, kernel_removed_s) = converge(
+        leases,
+        "out",
+        started,
+        || Ok(peer_count()? == 0),
+        || Ok(kernel_count(true)? == 0),
+    )?;
     Ok(ScaleResult {
         leases,
         peers_converged_s,

@@ -316,7 +316,11 @@ fn status_names_the_nodes_interfaces_only_from_the_nodes_namespace() {
     assert_eq!(inside["uplink"], lab::UPLINK, "{inside}");
     assert_eq!(inside["uplink_tc_attached"], true, "{inside}");
     assert_eq!(inside["pod_veths"][0]["name"], veth.as_str(), "{inside}");
-    assert_eq!(inside["endpoints"][0]["interface"], veth.as_str(), "{inside}");
+    assert_eq!(
+        inside["endpoints"][0]["interface"],
+        veth.as_str(),
+        "{inside}"
+    );
     // From the host's: the same maps, but no interface of the host's is
     // passed off as the node's, and the reader is told where to run.
     let outside = json(None);

@@ -485,7 +485,9 @@ fn sigterm_is_honoured_at_once_while_a_lost_lease_finds_no_free_subnet() {
         "the agent took {took:?} to honour SIGTERM"
     );
     assert!(
-        std::fs::read_to_string(&log).unwrap().contains("SIGTERM: detaching"),
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("SIGTERM: detaching"),
         "the agent did not stop through its SIGTERM path:\n{}",
         weft_tests::process::log_tail(&log, 20)
     );

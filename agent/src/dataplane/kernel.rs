@@ -413,7 +413,11 @@ impl KernelDataplane {
             .iter()
             .filter(|entry| neighbour_mac(entry).is_some_and(|mac| !macs.contains(&mac)));
         let routes: Vec<Doomed> = routes.cloned().map(Doomed::Route).collect();
-        let entries: Vec<Doomed> = neighbours.chain(fdb).cloned().map(Doomed::Neighbour).collect();
+        let entries: Vec<Doomed> = neighbours
+            .chain(fdb)
+            .cloned()
+            .map(Doomed::Neighbour)
+            .collect();
         // Routes first, then the neighbours and fdb entries they used.
         let mut results: Vec<Result<()>> = Vec::new();
         for batch in [routes, entries] {

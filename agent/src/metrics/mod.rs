@@ -215,7 +215,11 @@ impl Metrics {
             metrics.reacquisitions.clone(),
         );
         for subnet in ["same", "new"] {
-            drop(metrics.reacquisitions.get_or_create(&SubnetLabel { subnet }));
+            drop(
+                metrics
+                    .reacquisitions
+                    .get_or_create(&SubnetLabel { subnet }),
+            );
         }
         registry.register(
             "weft_kernel_sync_failures",
@@ -223,7 +227,11 @@ impl Metrics {
             metrics.kernel_sync_failures.clone(),
         );
         for what in KernelReport::FAILURE_KINDS {
-            drop(metrics.kernel_sync_failures.get_or_create(&WhatLabel { what }));
+            drop(
+                metrics
+                    .kernel_sync_failures
+                    .get_or_create(&WhatLabel { what }),
+            );
         }
         registry.register(
             "weft_map_write_failures",
