@@ -61,14 +61,12 @@ pub struct KernelDataplane {
     applied: Option<BTreeMap<Ipv4Net, PeerRoute>>,
 }
 
-/// What one [`KernelDataplane::sync`] did and could not do.
+/// What one [`KernelDataplane::sync`] could not do (counted in the metrics).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelReport {
     /// The kernel was read and stale flannel-shaped entries removed (start-up
     /// and every listing).
     pub reconciled: bool,
-    pub added: usize,
-    pub removed: usize,
     /// What failed, with the cause; retried at the next sync.
     pub failed: Vec<Failure>,
 }
@@ -219,7 +217,6 @@ impl KernelDataplane {
             // One peer that cannot be programmed must not hold up the others.
             match result {
                 Ok(()) => {
-                    report.added += 1;
                     if !report.reconciled {
                         info!(%subnet, public_ip = %route.public_ip(), "peer programmed");
                     }
@@ -361,7 +358,6 @@ impl KernelDataplane {
             let subnet = peer.subnet();
             match result {
                 Ok(()) => {
-                    report.removed += 1;
                     if !desired.contains_key(&subnet) {
                         info!(%subnet, "peer removed");
                     }
