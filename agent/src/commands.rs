@@ -7,6 +7,7 @@ use crate::cli::{Cli, Command};
 pub mod agent;
 pub mod cleanup;
 pub mod maps;
+pub mod placement;
 pub mod stats_watch;
 pub mod status;
 

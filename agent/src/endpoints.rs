@@ -4,7 +4,10 @@
 //! neighbours (the underlay next hops the fast path writes into outer
 //! headers), and tc's configuration on the interfaces the fast path
 //! bypasses (tc.rs). Re-read on every link, neighbour, route or tc event,
-//! and every 5 s.
+//! and every 5 s. weft's own peer routes are left out: they are the kernel
+//! sink's output, and a view that changed with them would make every write
+//! of the sink come back as a new input (one more apply per batch of
+//! writes).
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
@@ -25,6 +28,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::{
+    dataplane::kernel::is_peer_route,
     lease::MacAddr,
     net::{self, mac_of, name_of, neighbour_ip, neighbour_mac},
     tc::{self, TcView},
@@ -102,10 +106,11 @@ pub async fn watch(
     bridge: String,
     uplink: u32,
     vtep: Option<String>,
+    pod_network: Ipv4Net,
     views: mpsc::Sender<LocalView>,
 ) {
     loop {
-        match follow(&bridge, uplink, vtep.as_deref(), &views).await {
+        match follow(&bridge, uplink, vtep.as_deref(), &pod_network, &views).await {
             Ok(()) => return,
             Err(error) => {
                 warn!("following pods and neighbours: {error:#}; starting over");
@@ -120,6 +125,7 @@ async fn follow(
     bridge: &str,
     uplink: u32,
     vtep: Option<&str>,
+    pod_network: &Ipv4Net,
     views: &mpsc::Sender<LocalView>,
 ) -> Result<()> {
     let (mut connection, handle, mut events) =
@@ -137,7 +143,7 @@ async fn follow(
 
     let mut last_sent: Option<LocalView> = None;
     loop {
-        let current = read_view(&handle, bridge, uplink, vtep).await?;
+        let current = read_view(&handle, bridge, uplink, vtep, Some(pod_network)).await?;
         if last_sent.as_ref() != Some(&current) {
             if views.send(current.clone()).await.is_err() {
                 return Ok(());
@@ -155,13 +161,15 @@ async fn follow(
     }
 }
 
-/// The current view (empty pods and ports while the bridge does not exist).
-/// `vtep`: flannel.<VNI>'s name (VXLAN only).
+/// The current view (empty pods and ports while the bridge does not exist),
+/// without weft's peer routes into `pod_network` when it is given. `vtep`:
+/// flannel.<VNI>'s name (VXLAN only).
 pub async fn read_view(
     handle: &Handle,
     bridge: &str,
     uplink: u32,
     vtep: Option<&str>,
+    pod_network: Option<&Ipv4Net>,
 ) -> Result<LocalView> {
     let links = net::links(handle).await?;
     let neighbours = net::neighbours(handle).await?;
@@ -174,6 +182,8 @@ pub async fn read_view(
                     .attributes
                     .iter()
                     .any(|attr| matches!(attr, RouteAttribute::Oif(index) if *index == uplink))
+                    && !pod_network
+                        .is_some_and(|network| is_peer_route(route, network, None, uplink))
             })
             .filter_map(|route| {
                 let destination = route

@@ -1,7 +1,14 @@
 //! The weft agent: everything behind the `weft` binary.
 //!
-//! The flow is one-way: inputs (CLI, `subnet.env`, kernel link events) feed
-//! the desired state, which the dataplane writers apply.
+//! The flow is one-way: inputs feed the desired state (`desired.rs`), which
+//! the sinks apply. Inputs: the command line, `subnet.env`, etcd (the
+//! network config, and the leases, this node's own included), the kernel's
+//! local view (links, the CNI bridge's ports, the uplink's neighbours and
+//! routes: `endpoints.rs`), the pods' own namespaces (`dataplane/pods.rs`),
+//! the nftables ruleset (its changes, and other users of the accept bit)
+//! and the pinned maps read back. Sinks: the kernel datapath (VXLAN device,
+//! routes, neighbours, fdb), the eBPF maps, the overlay guard's peer set,
+//! the masquerade rules, `subnet.env` and the metrics.
 
 pub mod bpffs;
 pub mod cli;

@@ -6,11 +6,16 @@
 //! masqueraded. Forward (filter): traffic from or to the pod network is
 //! accepted. Applied atomically with `nft -f -` (the way flannel's knftables
 //! does) and re-checked periodically, so a flushed ruleset comes back.
+//!
+//! nft is a blocking process: [`Keeper`] runs it off the agent's runtime,
+//! in a task of its own, so the agent's loop never waits on it.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
 use ipnet::Ipv4Net;
+use tokio::sync::watch;
+use tracing::{info, warn};
 
 pub const TABLE: &str = "flannel-ipv4";
 /// kube-proxy marks traffic it has already handled with this.
@@ -69,6 +74,62 @@ pub fn is_current(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<bool> {
         .map(str::trim)
         .filter(|line| line.starts_with("ip ") || line.starts_with("type "))
         .all(|line| listed.contains(&normalise(line))))
+}
+
+/// Keeps the rules for the node's current subnet in place: checks them
+/// every `every` and restores them if they changed, and rewrites them at
+/// once when the subnet changes. Dropping it ends its task.
+pub struct Keeper {
+    subnet: watch::Sender<Ipv4Net>,
+}
+
+impl Keeper {
+    /// Applies the rules (an error here stops the agent's start, as
+    /// flanneld's does), then keeps them in a task of its own.
+    pub async fn start(network: Ipv4Net, subnet: Ipv4Net, every: Duration) -> Result<Self> {
+        tokio::task::spawn_blocking(move || apply(&network, &subnet))
+            .await
+            .map_err(|error| anyhow!("applying the masquerade rules did not run: {error}"))??;
+        info!(table = TABLE, "masquerade rules applied");
+        let (sender, receiver) = watch::channel(subnet);
+        tokio::spawn(keep(network, receiver, every));
+        Ok(Self { subnet: sender })
+    }
+
+    /// The node's subnet is now `subnet`: the rules follow.
+    pub fn follow(&self, subnet: Ipv4Net) {
+        self.subnet.send_replace(subnet);
+    }
+}
+
+/// The [`Keeper`]'s task: until the keeper is dropped.
+async fn keep(network: Ipv4Net, mut subnet: watch::Receiver<Ipv4Net>, every: Duration) {
+    let mut check = tokio::time::interval(every);
+    check.tick().await;
+    loop {
+        tokio::select! {
+            _ = check.tick() => {}
+            changed = subnet.changed() => if changed.is_err() { return },
+        }
+        let current = *subnet.borrow_and_update();
+        let restored =
+            tokio::task::spawn_blocking(move || restore_if_changed(&network, &current)).await;
+        match restored {
+            Ok(Ok(true)) => info!(table = TABLE, "masquerade rules (re)applied"),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => warn!("{error:#}"),
+            Err(error) => warn!("the masquerade rules check did not run: {error}"),
+        }
+    }
+}
+
+/// Applies the rules unless the table holds them; returns whether it did.
+fn restore_if_changed(network: &Ipv4Net, subnet: &Ipv4Net) -> Result<bool> {
+    if is_current(network, subnet)? {
+        return Ok(false);
+    }
+    apply(network, subnet)?;
+    Ok(true)
 }
 
 #[cfg(test)]

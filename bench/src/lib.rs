@@ -126,7 +126,11 @@ impl BenchOptions {
             pings: if quick { 200 } else { 500 },
             only: Vec::new(),
             extras: true,
-            scale: if quick { vec![1000] } else { vec![1000, 5000] },
+            scale: if quick {
+                vec![1000]
+            } else {
+                vec![1000, 20_000]
+            },
         }
     }
 }

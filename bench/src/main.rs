@@ -35,6 +35,10 @@ struct BenchArgs {
     /// fast-pathed TCP flows liberal.
     #[arg(long)]
     ct_marking_only: bool,
+    /// Only the control-plane scale row for this many leases (one lab):
+    /// all of them in, then all of them deleted.
+    #[arg(long, value_name = "LEASES")]
+    scale_only: Option<usize>,
     /// The weft binary the nodes run (default: $WEFT_BIN or target/debug/weft).
     #[arg(long)]
     weft_bin: Option<PathBuf>,
@@ -74,6 +78,10 @@ fn bench(args: BenchArgs) -> Result<()> {
     );
     if let Some(flanneld) = args.flanneld {
         options.flanneld_bin = Some(flanneld);
+    }
+    if let Some(leases) = args.scale_only {
+        print_scale(&weft_bench::scale(&options, leases)?);
+        return Ok(());
     }
     for config in &args.configs {
         let names: Vec<&str> = weft_bench::CONFIGURATIONS
@@ -122,13 +130,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         print_ct_marking(marking);
     }
     for scale in &details.control_plane {
-        println!(
-            "control plane: {} leases in PEERS after {:.3} s, in the kernel after {:.3} s; agent peak RSS {:.1} MiB",
-            scale.leases,
-            scale.peers_converged_s,
-            scale.kernel_converged_s,
-            scale.agent_peak_rss_mib
-        );
+        print_scale(scale);
     }
     if let Some(load) = &details.scrape_load {
         println!("{}", weft_bench::scrape_load_line(load));
@@ -150,5 +152,17 @@ fn print_ct_marking(marking: &weft_bench::CtMarking) {
         "conntrack marking (agent, per fast-pathed TCP flow: ctnetlink update + FLOWS confirmation): \
          {:.0} flows/s, {:.1} us per flow ({} connections x {} rounds)",
         marking.flows_per_s, marking.us_per_flow, marking.connections, marking.rounds
+    );
+}
+
+fn print_scale(scale: &weft_bench::ScaleResult) {
+    println!(
+        "control plane: {} leases in PEERS after {:.3} s, in the kernel after {:.3} s; all deleted: out of PEERS after {:.3} s, out of the kernel after {:.3} s; agent peak RSS {:.1} MiB",
+        scale.leases,
+        scale.peers_converged_s,
+        scale.kernel_converged_s,
+        scale.peers_removed_s,
+        scale.kernel_removed_s,
+        scale.agent_peak_rss_mib
     );
 }

@@ -1,4 +1,5 @@
-//! The control plane at scale: thousands of leases into one agent.
+//! The control plane at scale: thousands of leases into one agent, then
+//! all of them deleted.
 
 use std::time::{Duration, Instant};
 
@@ -15,11 +16,16 @@ pub struct ScaleResult {
     pub peers_converged_s: f64,
     /// ... and all of them routed by the kernel path.
     pub kernel_converged_s: f64,
+    /// From deleting every lease to none left in PEERS ...
+    pub peers_removed_s: f64,
+    /// ... and none left in the kernel (routes, neighbours, fdb entries).
+    pub kernel_removed_s: f64,
     pub agent_peak_rss_mib: f64,
 }
 
 /// Writes `leases` synthetic VXLAN leases and times how long one agent takes
-/// to have them all in PEERS and in the kernel routes; reports its peak RSS.
+/// to have them all in PEERS and in the kernel routes; then deletes them all
+/// and times how long until none is left in either; reports its peak RSS.
 pub fn scale(options: &BenchOptions, leases: usize) -> Result<ScaleResult> {
     // A /8 pod network has room for 65,535 /24 leases.
     let mut spec = LabSpec::new("b-scale", 1, 0);
@@ -47,39 +53,80 @@ pub fn scale(options: &BenchOptions, leases: usize) -> Result<ScaleResult> {
         .collect();
     let started = Instant::now();
     lab.etcd().put_many(&values)?;
+    let peer_count = || -> Result<usize> {
+        let out = netns::run_host(&[&weft, "maps", "peers", "--json", "--bpf-pin-dir", &pin_dir])?;
+        Ok(serde_json::from_str::<serde_json::Value>(&out)?
+            .as_array()
+            .map_or(0, Vec::len))
+    };
+    let kernel_count = |all: bool| -> Result<usize> {
+        let routes = inspect::routes(&node.ns)?
+            .iter()
+            .filter(|route| route["dev"] == "flannel.1")
+            .count();
+        if !all {
+            return Ok(routes);
+        }
+        let neighbours = inspect::neighbours(&node.ns, "flannel.1")?.len();
+        let fdb = inspect::fdb(&node.ns, "flannel.1")?
+            .iter()
+            .filter(|entry| entry["dst"].is_string())
+            .count();
+        Ok(routes + neighbours + fdb)
+    };
+    let (peers_converged_s, kernel_converged_s) = converge(
+        leases,
+        "in",
+        started,
+        || Ok(peer_count()? >= leases),
+        || Ok(kernel_count(false)? >= leases),
+    )?;
+    let rss = peak_rss_mib(
+        lab.agent_pid(NodeId::FIRST)
+            .ok_or_else(|| anyhow!("the agent died"))?,
+    )?;
+    let keys: Vec<String> = values.into_iter().map(|(key, _)| key).collect();
+    let started = Instant::now();
+    lab.etcd().delete_many(&keys)?;
+    let (peers_removed_s, kernel_removed_s) = converge(
+        leases,
+        "out",
+        started,
+        || Ok(peer_count()? == 0),
+        || Ok(kernel_count(true)? == 0),
+    )?;
+    Ok(ScaleResult {
+        leases,
+        peers_converged_s,
+        kernel_converged_s,
+        peers_removed_s,
+        kernel_removed_s,
+        agent_peak_rss_mib: rss,
+    })
+}
+
+/// Seconds from `started` until `in_peers`, then also `in_kernel`, holds
+/// (checked every 20 ms, for at most 120 s).
+fn converge(
+    leases: usize,
+    way: &str,
+    started: Instant,
+    mut in_peers: impl FnMut() -> Result<bool>,
+    mut in_kernel: impl FnMut() -> Result<bool>,
+) -> Result<(f64, f64)> {
     let mut peers_at = None;
     let deadline = started + Duration::from_secs(120);
     loop {
-        if peers_at.is_none() {
-            let out =
-                netns::run_host(&[&weft, "maps", "peers", "--json", "--bpf-pin-dir", &pin_dir])?;
-            let count = serde_json::from_str::<serde_json::Value>(&out)?
-                .as_array()
-                .map_or(0, Vec::len);
-            if count >= leases {
-                peers_at = Some(started.elapsed());
-            }
+        if peers_at.is_none() && in_peers()? {
+            peers_at = Some(started.elapsed().as_secs_f64());
         }
-        if let Some(peers_at) = peers_at {
-            let routes = inspect::routes(&node.ns)?
-                .iter()
-                .filter(|route| route["dev"] == "flannel.1")
-                .count();
-            if routes >= leases {
-                let rss = peak_rss_mib(
-                    lab.agent_pid(NodeId::FIRST)
-                        .ok_or_else(|| anyhow!("the agent died"))?,
-                )?;
-                return Ok(ScaleResult {
-                    leases,
-                    peers_converged_s: peers_at.as_secs_f64(),
-                    kernel_converged_s: started.elapsed().as_secs_f64(),
-                    agent_peak_rss_mib: rss,
-                });
-            }
+        if let Some(peers_at) = peers_at
+            && in_kernel()?
+        {
+            return Ok((peers_at, started.elapsed().as_secs_f64()));
         }
         if Instant::now() > deadline {
-            bail!("{leases} leases did not converge within 120 s");
+            bail!("{leases} leases did not converge {way} within 120 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -28,6 +28,8 @@ pub mod map_names {
     pub const CT_LIBERAL: &str = "CT_LIBERAL";
     /// Every map, in the order `weft maps` lists them.
     pub const ALL: [&str; 6] = [CONFIG, PEERS, ENDPOINTS, VTEPS, FLOWS, STATS];
+    /// Everything the agent pins (what `weft cleanup` removes).
+    pub const PINNED: [&str; 7] = [CONFIG, PEERS, ENDPOINTS, VTEPS, FLOWS, STATS, CT_LIBERAL];
 }
 
 /// Capacities: the largest cluster and node weft is sized for.

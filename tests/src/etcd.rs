@@ -304,4 +304,17 @@ impl LabEtcd {
             Ok(())
         })
     }
+    /// Deletes every key, 100 to a transaction.
+    pub fn delete_many(&self, keys: &[String]) -> Result<()> {
+        self.call(async |client| {
+            for batch in keys.chunks(100) {
+                let ops: Vec<etcd_client::TxnOp> = batch
+                    .iter()
+                    .map(|key| etcd_client::TxnOp::delete(key.as_str(), None))
+                    .collect();
+                client.txn(etcd_client::Txn::new().and_then(ops)).await?;
+            }
+            Ok(())
+        })
+    }
 }

@@ -270,3 +270,82 @@ fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layout
         "the fast path did not carry traffic after the layout change"
     );
 }
+
+/// `weft status` (`--json` or not) against `node`'s pin dir and subnet
+/// file, run in `ns` (`None`: the host's namespace).
+fn status(lab: &Lab, node: NodeId, ns: Option<&str>, json: bool) -> String {
+    let weft = lab.state.weft_bin.display().to_string();
+    let state = lab.node(node);
+    let pin_dir = state.pin_dir.display().to_string();
+    let subnet_file = state.subnet_file.display().to_string();
+    let mut args = vec![
+        weft.as_str(),
+        "status",
+        "--bpf-pin-dir",
+        &pin_dir,
+        "--subnet-file",
+        &subnet_file,
+    ];
+    if json {
+        args.push("--json");
+    }
+    match ns {
+        Some(ns) => netns::run(ns, &args),
+        None => netns::run_host(&args),
+    }
+    .unwrap()
+}
+
+#[test]
+fn status_names_the_nodes_interfaces_only_from_the_nodes_namespace() {
+    let Some(_guard) =
+        privileged_test("status_names_the_nodes_interfaces_only_from_the_nodes_namespace")
+    else {
+        return;
+    };
+    let lab = Lab::up(&LabSpec::new("t-lp-status", 1, 1)).unwrap();
+    let node = NodeId::FIRST;
+    let ns = lab.node(node).ns.clone();
+    let veth = lab.node(node).pods[0].network.host_veth.clone();
+    let json = |ns: Option<&str>| -> Value {
+        serde_json::from_str(&status(&lab, node, ns, true)).unwrap()
+    };
+    // In the node's namespace: its uplink, attachments and pod veths.
+    let inside = json(Some(&ns));
+    assert_eq!(inside["placement"], "this_namespace", "{inside}");
+    assert_eq!(inside["uplink"], lab::UPLINK, "{inside}");
+    assert_eq!(inside["uplink_tc_attached"], true, "{inside}");
+    assert_eq!(inside["pod_veths"][0]["name"], veth.as_str(), "{inside}");
+    assert_eq!(
+        inside["endpoints"][0]["interface"],
+        veth.as_str(),
+        "{inside}"
+    );
+    // From the host's: the same maps, but no interface of the host's is
+    // passed off as the node's, and the reader is told where to run.
+    let outside = json(None);
+    assert_eq!(outside["placement"], "other_namespace", "{outside}");
+    assert_eq!(outside["subnet"], inside["subnet"], "{outside}");
+    assert_eq!(outside["peers"], inside["peers"], "{outside}");
+    for field in ["uplink", "uplink_tc_attached", "xdp_attached"] {
+        assert!(outside[field].is_null(), "{field} from the host: {outside}");
+    }
+    assert!(outside["endpoints"][0]["interface"].is_null(), "{outside}");
+    assert_eq!(outside["pod_veths"], serde_json::json!([]), "{outside}");
+    let text = status(&lab, node, None, false);
+    assert!(
+        text.contains("run inside the node's network namespace")
+            && !text.contains("NOT attached")
+            && !text.contains(&format!("TC {TC_UPLINK}")),
+        "{text}"
+    );
+    // The agent stopped: nothing uses the maps, so nothing is attached,
+    // and no interface is named from anywhere.
+    lab.stop_agent(node, Signal::SIGTERM).unwrap();
+    for ns in [Some(ns.as_str()), None] {
+        let stopped = json(ns);
+        assert_eq!(stopped["placement"], "not_loaded", "{stopped}");
+        assert_eq!(stopped["uplink_tc_attached"], false, "{stopped}");
+        assert!(stopped["uplink"].is_null(), "{stopped}");
+    }
+}

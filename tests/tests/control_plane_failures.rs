@@ -384,3 +384,111 @@ fn a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down(
     let to = lab.node(NodeId::new(2)).pods[1].clone();
     assert!(lab.ping(&from, to.ip(), 3).unwrap().contains("3 received"));
 }
+
+/// The lease value of a node at `ip` (a fake one: no such node runs).
+fn fake_lease(ip: [u8; 4]) -> String {
+    let [a, b, c, d] = ip;
+    format!(
+        r#"{{"PublicIP":"{a}.{b}.{c}.{d}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:01:{a:02x}:{b:02x}:{c:02x}:{d:02x}"}}}}"#
+    )
+}
+
+#[test]
+fn sigterm_is_honoured_at_once_while_a_lost_lease_finds_no_free_subnet() {
+    let Some(_guard) =
+        privileged_test("sigterm_is_honoured_at_once_while_a_lost_lease_finds_no_free_subnet")
+    else {
+        return;
+    };
+    // Room for four /24 leases; the node takes one, fake nodes the others.
+    let mut spec = LabSpec::new("t-lp-nofree", 1, 0);
+    spec.ip_masq = true;
+    spec.network_config = Some(
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.4.0","Backend":{"Type":"vxlan"}}"#
+            .to_owned(),
+    );
+    let lab = Lab::up(&spec).unwrap();
+    let node = lab.node(NodeId::FIRST).clone();
+    let etcd = lab.etcd();
+    let key = |subnet: &str| format!("{ETCD_PREFIX}/subnets/{}", subnet.replace('/', "-"));
+    let others: Vec<String> = (1..=4)
+        .map(|third| format!("10.244.{third}.0/24"))
+        .filter(|subnet| *subnet != node.subnet)
+        .collect();
+    for (n, subnet) in others.iter().enumerate() {
+        etcd.put(&key(subnet), &fake_lease([192, 168, 77, 101 + n as u8]))
+            .unwrap();
+    }
+    // Someone else takes the node's own subnet: every subnet is taken now,
+    // and the agent looks for one every 2 s for as long as that lasts.
+    etcd.put(&key(&node.subnet), &fake_lease([192, 168, 77, 120]))
+        .unwrap();
+    let log = node.agent_log.clone().unwrap();
+    wait_for(
+        "the agent to find no free subnet",
+        Duration::from_secs(10),
+        || {
+            Ok(std::fs::read_to_string(&log)?
+                .matches("cannot acquire a subnet lease")
+                .count()
+                >= 2)
+        },
+    )
+    .unwrap();
+    // The loop goes on meanwhile: a peer's new VTEP reaches the kernel,
+    // and the metrics say the lease is not held.
+    etcd.put(&key(&others[0]), &fake_lease([192, 168, 77, 130]))
+        .unwrap();
+    wait_for(
+        "a peer's change to be followed while no subnet is free",
+        Duration::from_secs(3),
+        || {
+            Ok(inspect::fdb(&node.ns, "flannel.1")?
+                .iter()
+                .any(|entry| entry["mac"] == "0e:01:c0:a8:4d:82"))
+        },
+    )
+    .unwrap();
+    let metrics = weft_tests::netns::in_netns(&node.ns, || {
+        weft_tests::scrapes::get(weft_tests::lab::HEALTHZ_PORT, "/metrics")
+    })
+    .unwrap()
+    .body;
+    assert_eq!(
+        weft_tests::scrapes::sample(&metrics, "weft_lease_held"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        weft_tests::scrapes::sample(&metrics, "weft_lease_losses_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    // SIGTERM is taken between two handlers, not after the search ends.
+    let pid = lab.agent_pid(NodeId::FIRST).unwrap();
+    let program = lab.state.weft_bin.display().to_string();
+    let sent = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    while weft_tests::process::is_running(pid, &program) && sent.elapsed() < Duration::from_secs(5)
+    {
+        sleep(Duration::from_millis(5));
+    }
+    let took = sent.elapsed();
+    eprintln!("the agent exited {took:?} after SIGTERM while no subnet was free");
+    assert!(
+        !weft_tests::process::is_running(pid, &program),
+        "the agent survived SIGTERM for 5 s while no subnet was free:\n{}",
+        weft_tests::process::log_tail(&log, 20)
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the agent took {took:?} to honour SIGTERM"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("SIGTERM: detaching"),
+        "the agent did not stop through its SIGTERM path:\n{}",
+        weft_tests::process::log_tail(&log, 20)
+    );
+}

@@ -6,13 +6,19 @@
 //! accepted peers, the local view, the own subnet, the ruleset generation)
 //! and call [`Agent::apply`], which computes [`Desired`] (`desired.rs`) and
 //! hands it to both sinks: the kernel writer and the map writer.
+//!
+//! The loop is single-threaded, so no handler blocks or waits on something
+//! unbounded: work that can take long (acquiring a lost lease again, the
+//! masquerade check, the look for accept-bit users) runs in tasks of its
+//! own and sends its result back on a channel, and a signal is taken
+//! between any two handlers.
 
 mod handlers;
 mod mark_check;
 mod own_lease;
 mod startup;
 
-pub use handlers::{Agent, Applied, LeaseOutcome};
+pub use handlers::Agent;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -38,7 +44,8 @@ use crate::{
     subnet_env, verdicts,
 };
 
-/// How often the --ip-masq rules are checked (and restored if changed).
+/// How often the --ip-masq rules are checked (and restored if changed),
+/// by `masq::Keeper`'s task.
 const MASQ_RECHECK: Duration = Duration::from_secs(5);
 /// How often pods whose side could not be read, whose GRO is not
 /// confirmed, or that had no address yet are read again (a pod that is
@@ -166,6 +173,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         args.bridge.clone(),
         uplink.index,
         vxlan_name.clone(),
+        config.network,
         views_tx,
     ));
     let ruleset_changed = Arc::new(Notify::new());
@@ -194,7 +202,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     }
 
     let previous_subnet = previous.as_ref().map(|env| env.subnet.trunc());
-    let own = tokio::select! {
+    let (own, mut reacquired) = tokio::select! {
         own = OwnLease::acquire(registry.clone(), &config, attrs, previous_subnet, args.subnet_lease_renew_margin) => own,
         signal = signals.recv() => { info!("{signal} before a lease was acquired"); return Ok(()) }
     };
@@ -209,6 +217,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         config,
         facts,
         own,
+        masq: None,
         peers,
         kernel,
         guard,
@@ -230,18 +239,16 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     });
     agent.take_subnet().await?;
 
-    let mut masq_check = tokio::time::interval(MASQ_RECHECK);
     let mut pod_retry = tokio::time::interval(POD_RETRY);
     let mut map_audit = tokio::time::interval(MAP_AUDIT);
     let mut pod_reread = tokio::time::interval(POD_REREAD);
     let mut follower = LeaseFollower::new(registry);
-    let ip_masq = agent.args.ip_masq;
     let fast = agent.fast_path.is_some();
     let stop = loop {
         tokio::select! {
-            events = follower.next() => { agent.on_lease_events(events).await?; }
-            () = tokio::time::sleep_until(agent.own.renew_at) => { agent.on_renew_due().await; }
-            _ = masq_check.tick(), if ip_masq => { agent.on_masq_check(); }
+            events = follower.next() => { agent.on_lease_events(events).await; }
+            () = tokio::time::sleep_until(agent.own.renew_at), if agent.own.is_held() => { agent.on_renew_due().await; }
+            Some(subnet) = reacquired.recv() => { agent.on_reacquired(subnet).await?; }
             Some(view) = views_rx.recv() => { agent.on_view(view).await; }
             _ = pod_retry.tick(), if fast => { agent.on_pod_retry().await; }
             _ = map_audit.tick(), if fast => { agent.on_map_audit().await; }

@@ -22,7 +22,7 @@ pub async fn cleanup(args: &NodeFiles) -> Result<()> {
     // Refuse first, before removing anything: a running agent would put it
     // all back, or run on maps pulled from under it.
     let lock = if args.bpf_pin_dir.exists() {
-        Some(bpffs::lock_pin_dir(&args.bpf_pin_dir).context("weft cleanup: stop the agent first")?)
+        Some(lock_when_free(&args.bpf_pin_dir).await?)
     } else {
         None
     };
@@ -55,10 +55,29 @@ pub async fn cleanup(args: &NodeFiles) -> Result<()> {
     Ok(())
 }
 
+/// How long a just-killed agent may take to let go of its pin directory:
+/// its last threads still hold its files for a moment after its main
+/// thread is gone.
+const EXITING_AGENT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The pin directory's lock, once no agent holds it.
+async fn lock_when_free(pin_dir: &Path) -> Result<bpffs::PinDirLock> {
+    let deadline = tokio::time::Instant::now() + EXITING_AGENT;
+    loop {
+        match bpffs::lock_pin_dir(pin_dir) {
+            Ok(lock) => return Ok(lock),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                return Err(error.context("weft cleanup: stop the agent first"));
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Unpins the maps weft pins; returns how many there were.
 fn unpin_maps(pin_dir: &Path) -> Result<usize> {
     let mut unpinned = 0;
-    for name in map_names::ALL {
+    for name in map_names::PINNED {
         let path = pin_dir.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => unpinned += 1,

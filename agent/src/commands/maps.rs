@@ -10,6 +10,7 @@ use weft_common::{
     CONFIG_TC_VTEP, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, PeerMode,
 };
 
+use super::placement::Placement;
 use crate::{
     cli::{MapName, MapsArgs},
     dataplane::maps::FastPathMaps,
@@ -32,6 +33,8 @@ pub struct PeerRow {
 pub struct EndpointRow {
     pub ip: Ipv4Addr,
     pub ifindex: u32,
+    /// The interface's name in the node's namespace; `None` when run
+    /// elsewhere (an ifindex names another interface there, or none).
     pub interface: Option<String>,
     pub mac: String,
     /// tc acts on what the pod sends / receives (its veth's ingress / root
@@ -93,15 +96,17 @@ pub fn peers(maps: &FastPathMaps) -> Result<Vec<PeerRow>> {
     Ok(rows)
 }
 
-pub fn endpoint_rows(maps: &FastPathMaps) -> Result<Vec<EndpointRow>> {
+pub fn endpoint_rows(maps: &FastPathMaps, placement: Placement) -> Result<Vec<EndpointRow>> {
     let mut rows: Vec<EndpointRow> = maps
         .endpoints()?
         .into_iter()
         .map(|(key, endpoint)| EndpointRow {
             ip: Ipv4Addr::from(key.addr),
             ifindex: endpoint.ifindex,
-            interface: nix::net::if_::if_indextoname(endpoint.ifindex)
-                .ok()
+            interface: placement
+                .names_interfaces()
+                .then(|| nix::net::if_::if_indextoname(endpoint.ifindex).ok())
+                .flatten()
                 .map(|name| name.to_string_lossy().into_owned()),
             mac: mac(endpoint.mac),
             tc_sends: endpoint.flags & ENDPOINT_TC_SENDS != 0,
@@ -240,7 +245,12 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
             print(serde_json::to_value(&rows)?, table);
         }
         MapName::Endpoints => {
-            let rows = endpoint_rows(&FastPathMaps::open_pinned(dir)?)?;
+            let maps = FastPathMaps::open_pinned(dir)?;
+            let placement = Placement::find(dir, maps.config()?.uplink_ifindex)?;
+            if let Some(why) = placement.why_no_interfaces() {
+                eprintln!("weft: {why}");
+            }
+            let rows = endpoint_rows(&maps, placement)?;
             let mut table = format!(
                 "{:<16} {:>8} {:<16} {:<18} {}\n",
                 "POD IP", "IFINDEX", "INTERFACE", "MAC", "TC (KERNEL PATH)"

@@ -1,12 +1,17 @@
 //! `weft status`: the node at a glance, from the pinned maps, `subnet.env`
-//! and the kernel (which programs are attached where).
+//! and the kernel (which programs are attached where). Interfaces are only
+//! named from the node's own network namespace (`placement.rs`): from
+//! another, the command says so instead of showing that namespace's.
 
 use anyhow::{Context as _, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
 use serde::Serialize;
 use weft_common::program_names;
 
-use super::maps::{ConfigRow, EndpointRow, PeerRow, config_row, endpoint_rows, peers};
+use super::{
+    maps::{ConfigRow, EndpointRow, PeerRow, config_row, endpoint_rows, peers},
+    placement::Placement,
+};
 use crate::{
     cli::StatusArgs,
     dataplane::maps::FastPathMaps,
@@ -21,9 +26,15 @@ struct Status {
     subnet: Option<String>,
     network: Option<String>,
     config: ConfigRow,
+    /// Where the programs using the maps are, seen from where this runs.
+    placement: Placement,
+    /// Why interfaces are not shown (not in the node's namespace).
+    interfaces_not_shown: Option<&'static str>,
+    /// The uplink's name; `None` unless run in the node's namespace.
     uplink: Option<String>,
-    xdp_attached: bool,
-    uplink_tc_attached: bool,
+    /// `None` where it cannot be told from here.
+    xdp_attached: Option<bool>,
+    uplink_tc_attached: Option<bool>,
     pod_veths: Vec<PodVeth>,
     peers: Vec<PeerRow>,
     endpoints: Vec<EndpointRow>,
@@ -40,40 +51,62 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
     let maps = FastPathMaps::open_pinned(&args.node.bpf_pin_dir)?;
     let env = subnet_env::read_if_present(&args.node.subnet_file)?;
     let config = config_row(&maps)?;
-    let uplink = nix::net::if_::if_indextoname(config.uplink_ifindex)
-        .ok()
-        .map(|name| name.to_string_lossy().into_owned());
-    let (connection, handle, _) =
-        rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
-    tokio::spawn(connection);
-    let view =
-        endpoints::read_view(&handle, &args.node.bridge, config.uplink_ifindex, None).await?;
-    let uplink_tc_attached = uplink
-        .as_deref()
-        .is_some_and(|name| tc_on(name, program_names::TC_UPLINK));
-    let xdp_attached = match &uplink {
-        Some(name) => xdp_on(name)?,
-        None => false,
+    let placement = Placement::find(&args.node.bpf_pin_dir, config.uplink_ifindex)?;
+    let (uplink, xdp_attached, uplink_tc_attached, pod_veths) = match placement {
+        Placement::ThisNamespace => {
+            let uplink = nix::net::if_::if_indextoname(config.uplink_ifindex)
+                .ok()
+                .map(|name| name.to_string_lossy().into_owned());
+            let (connection, handle, _) =
+                rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
+            tokio::spawn(connection);
+            let view = endpoints::read_view(
+                &handle,
+                &args.node.bridge,
+                config.uplink_ifindex,
+                None,
+                None,
+            )
+            .await?;
+            let uplink_tc_attached = uplink
+                .as_deref()
+                .is_some_and(|name| tc_on(name, program_names::TC_UPLINK));
+            let xdp_attached = match &uplink {
+                Some(name) => xdp_on(name)?,
+                None => false,
+            };
+            let pod_veths = view
+                .ports
+                .values()
+                .map(|port| PodVeth {
+                    name: port.name.clone(),
+                    tc_attached: tc_on(&port.name, program_names::TC_POD_EGRESS),
+                })
+                .collect();
+            (
+                uplink,
+                Some(xdp_attached),
+                Some(uplink_tc_attached),
+                pod_veths,
+            )
+        }
+        Placement::OtherNamespace => (None, None, None, Vec::new()),
+        // Nothing uses the maps, so nothing is attached anywhere.
+        Placement::NotLoaded => (None, Some(false), Some(false), Vec::new()),
     };
-    let pod_veths = view
-        .ports
-        .values()
-        .map(|port| PodVeth {
-            name: port.name.clone(),
-            tc_attached: tc_on(&port.name, program_names::TC_POD_EGRESS),
-        })
-        .collect();
     let status = Status {
         subnet_file: args.node.subnet_file.display().to_string(),
         subnet: env.as_ref().map(|env| env.subnet.to_string()),
         network: env.as_ref().map(|env| env.network.to_string()),
         config,
+        placement,
+        interfaces_not_shown: placement.why_no_interfaces(),
         uplink,
         xdp_attached,
         uplink_tc_attached,
         pod_veths,
         peers: peers(&maps)?,
-        endpoints: endpoint_rows(&maps)?,
+        endpoints: endpoint_rows(&maps, placement)?,
         counters: stats::read_pinned(&args.node.bpf_pin_dir)?,
     };
     if args.json {
@@ -94,21 +127,27 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         status.config.vtep_mac,
         status.config.strict_vteps
     );
-    println!(
-        "uplink      {} (ifindex {})  TC {}: {}  XDP {}: {}  bulk TCP via GRO {}",
-        status.uplink.as_deref().unwrap_or("?"),
-        status.config.uplink_ifindex,
-        program_names::TC_UPLINK,
-        attached(status.uplink_tc_attached),
-        program_names::XDP_UPLINK,
-        // --xdp-mode off (and auto on a veth uplink) leaves XDP out.
-        if status.xdp_attached {
-            "attached"
-        } else {
-            "not attached (TC delivers everything)"
-        },
-        status.config.bulk_tcp_via_gro
-    );
+    match status.interfaces_not_shown {
+        None => println!(
+            "uplink      {} (ifindex {})  TC {}: {}  XDP {}: {}  bulk TCP via GRO {}",
+            status.uplink.as_deref().unwrap_or("?"),
+            status.config.uplink_ifindex,
+            program_names::TC_UPLINK,
+            attached(status.uplink_tc_attached == Some(true)),
+            program_names::XDP_UPLINK,
+            // --xdp-mode off (and auto on a veth uplink) leaves XDP out.
+            if status.xdp_attached == Some(true) {
+                "attached"
+            } else {
+                "not attached (TC delivers everything)"
+            },
+            status.config.bulk_tcp_via_gro
+        ),
+        Some(why) => println!(
+            "uplink      ifindex {} in the node's namespace  bulk TCP via GRO {}\ninterfaces  {why}",
+            status.config.uplink_ifindex, status.config.bulk_tcp_via_gro
+        ),
+    }
     for veth in &status.pod_veths {
         println!(
             "pod veth    {}  TC {}: {}",

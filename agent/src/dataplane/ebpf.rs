@@ -335,3 +335,13 @@ where
         .try_into()
         .map_err(|error| anyhow!("program {name} has an unexpected type: {error}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pinned_map_is_one_weft_cleanup_removes() {
+        assert_eq!(PINNED_MAPS.map(|(name, ..)| name), map_names::PINNED);
+    }
+}

@@ -29,14 +29,14 @@ use netlink_packet_route::{
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
-    route::{RouteAttribute, RouteMessage, RouteProtocol},
+    route::RouteMessage,
 };
 use rtnetlink::Handle;
 use tracing::{info, warn};
 
+pub use self::entries::is_peer_route;
 use self::entries::{
-    has_gateway, is_installed_fdb, is_installed_neighbour, is_installed_route, route_destination,
-    route_message,
+    is_installed_fdb, is_installed_neighbour, is_installed_route, route_destination, route_message,
 };
 use crate::{
     config::NetworkConfig,
@@ -45,8 +45,9 @@ use crate::{
     net::{neighbour_ip, neighbour_mac},
 };
 
-/// How many peers' netlink requests a sync keeps in flight at once.
-const ADDS_IN_FLIGHT: usize = 64;
+/// How many peers' netlink requests a sync keeps in flight at once (adds
+/// and removals alike).
+const IN_FLIGHT: usize = 64;
 
 pub struct KernelDataplane {
     handle: Handle,
@@ -60,23 +61,67 @@ pub struct KernelDataplane {
     applied: Option<BTreeMap<Ipv4Net, PeerRoute>>,
 }
 
-/// What one [`KernelDataplane::sync`] did and could not do.
+/// What one [`KernelDataplane::sync`] could not do (counted in the metrics).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelReport {
     /// The kernel was read and stale flannel-shaped entries removed (start-up
     /// and every listing).
     pub reconciled: bool,
-    pub added: usize,
-    pub removed: usize,
-    /// Peers (or the clean-up, keyed by the network) that failed, with the
-    /// cause; retried at the next sync.
-    pub failed: Vec<(Ipv4Net, String)>,
+    /// What failed, with the cause; retried at the next sync.
+    pub failed: Vec<Failure>,
+}
+
+impl KernelReport {
+    /// Every [`FailureKind`]'s label, for metrics that show each from the start.
+    pub const FAILURE_KINDS: [&'static str; 3] = ["add_peer", "remove_peer", "reconcile"];
+}
+
+/// One write a sync could not make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub what: FailureKind,
+    /// The peer's subnet (the network for the reconcile).
+    pub subnet: Ipv4Net,
+    pub error: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    AddPeer,
+    RemovePeer,
+    /// Reading the kernel, or removing an entry no lease explains.
+    Reconcile,
+}
+
+impl FailureKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AddPeer => "add_peer",
+            Self::RemovePeer => "remove_peer",
+            Self::Reconcile => "reconcile",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct VxlanDevice {
     pub index: u32,
     pub mac: MacAddr,
+}
+
+/// What the kernel holds where weft writes: the main table's IPv4 routes,
+/// and the VXLAN device's neighbours and fdb entries. Read once per sync
+/// that removes anything, however many peers go.
+struct Snapshot {
+    routes: Vec<RouteMessage>,
+    neighbours: Vec<NeighbourMessage>,
+    fdb: Vec<NeighbourMessage>,
+}
+
+/// A kernel entry to delete.
+enum Doomed {
+    Route(RouteMessage),
+    Neighbour(NeighbourMessage),
 }
 
 impl KernelDataplane {
@@ -107,38 +152,50 @@ impl KernelDataplane {
     /// ([`Self::reread_next_sync`]) that is a full reconcile; otherwise only
     /// the routes that differ from the last applied ones are touched, so a
     /// single lease event costs a few netlink calls however many peers
-    /// there are. What fails is reported and tried again at the next sync.
+    /// there are. The kernel is read at most once per sync (when anything
+    /// goes), and removals, like adds, are kept in flight together. What
+    /// fails is reported and tried again at the next sync.
     pub async fn sync(&mut self, desired: &Desired) -> KernelReport {
         let mut report = KernelReport::default();
-        let applied = match self.applied.take() {
-            Some(applied) => applied,
-            None => {
-                report.reconciled = true;
-                if let Err(error) = self.remove_stale(&desired.routes).await {
-                    warn!("cannot reconcile the kernel datapath: {error:#}");
-                    report
-                        .failed
-                        .push((self.config.network, format!("{error:#}")));
-                }
-                BTreeMap::new()
-            }
-        };
+        let applied = self.applied.take();
+        report.reconciled = applied.is_none();
+        let applied = applied.unwrap_or_default();
         let mut now = BTreeMap::new();
+        let mut going = Vec::new();
         for (subnet, old) in &applied {
             if desired.routes.get(subnet) == Some(old) {
                 now.insert(*subnet, old.clone());
-                continue;
+            } else {
+                going.push(old);
             }
-            match self.remove_peer(old).await {
-                Ok(()) => {
-                    report.removed += 1;
-                    if !desired.routes.contains_key(subnet) {
-                        info!(%subnet, "peer removed");
-                    }
+        }
+        if report.reconciled || !going.is_empty() {
+            match self.snapshot().await {
+                Ok(snapshot) if report.reconciled => {
+                    self.remove_stale(&snapshot, &desired.routes, &mut report)
+                        .await
+                }
+                Ok(snapshot) => {
+                    self.remove_peers(&snapshot, &going, &desired.routes, &mut report)
+                        .await
                 }
                 Err(error) => {
-                    warn!(%subnet, "{error:#}");
-                    report.failed.push((*subnet, format!("{error:#}")));
+                    warn!("cannot read the kernel datapath: {error:#}");
+                    let error = format!("{error:#}");
+                    if report.reconciled {
+                        report.failed.push(Failure {
+                            what: FailureKind::Reconcile,
+                            subnet: self.config.network,
+                            error: error.clone(),
+                        });
+                    }
+                    for peer in &going {
+                        report.failed.push(Failure {
+                            what: FailureKind::RemovePeer,
+                            subnet: peer.subnet(),
+                            error: error.clone(),
+                        });
+                    }
                 }
             }
         }
@@ -153,14 +210,13 @@ impl KernelDataplane {
         let this = &*self;
         let added: Vec<(&Ipv4Net, &PeerRoute, Result<()>)> = futures::stream::iter(to_add)
             .map(|(subnet, route)| async move { (subnet, route, this.add_peer(route).await) })
-            .buffered(ADDS_IN_FLIGHT)
+            .buffered(IN_FLIGHT)
             .collect()
             .await;
         for (subnet, route, result) in added {
             // One peer that cannot be programmed must not hold up the others.
             match result {
                 Ok(()) => {
-                    report.added += 1;
                     if !report.reconciled {
                         info!(%subnet, public_ip = %route.public_ip(), "peer programmed");
                     }
@@ -168,7 +224,11 @@ impl KernelDataplane {
                 }
                 Err(error) => {
                     warn!(%subnet, "{error:#}");
-                    report.failed.push((*subnet, format!("{error:#}")));
+                    report.failed.push(Failure {
+                        what: FailureKind::AddPeer,
+                        subnet: *subnet,
+                        error: format!("{error:#}"),
+                    });
                 }
             }
         }
@@ -233,52 +293,102 @@ impl KernelDataplane {
         Ok(())
     }
 
-    /// Removes one peer's route, neighbour and fdb entry (what exists of
-    /// them), and only entries exactly as `add_peer` wrote them: a route to
-    /// the same destination on another device or via another gateway (the
-    /// node's connected underlay route, an operator's route) stays.
-    async fn remove_peer(&self, peer: &PeerRoute) -> Result<()> {
+    /// Removes the peers in `going` (gone, or changed and re-added after):
+    /// each one's route, neighbour and fdb entry as found in `snapshot`, and
+    /// only entries exactly as `add_peer` wrote them: a route to the same
+    /// destination on another device or via another gateway (the node's
+    /// connected underlay route, an operator's route) stays, and so does an
+    /// fdb entry a peer in `desired` still uses.
+    async fn remove_peers(
+        &self,
+        snapshot: &Snapshot,
+        going: &[&PeerRoute],
+        desired: &BTreeMap<Ipv4Net, PeerRoute>,
+        report: &mut KernelReport,
+    ) {
         let vxlan_index = self.vxlan.map(|device| device.index);
-        self.delete_routes(|route| is_installed_route(route, peer, vxlan_index, self.uplink_index))
-            .await?;
-        if let PeerRoute::Vxlan {
-            subnet,
-            vtep_mac,
-            public_ip,
-        } = peer
-        {
-            self.delete_vxlan_entries(
-                |entry| is_installed_neighbour(entry, subnet.network(), *vtep_mac),
-                |entry| is_installed_fdb(entry, *vtep_mac, *public_ip),
-            )
-            .await?;
+        let fdb_kept: BTreeSet<(MacAddr, Ipv4Addr)> = desired
+            .values()
+            .filter_map(|peer| match peer {
+                PeerRoute::Vxlan {
+                    vtep_mac,
+                    public_ip,
+                    ..
+                } => Some((*vtep_mac, *public_ip)),
+                PeerRoute::Direct { .. } => None,
+            })
+            .collect();
+        let removals = going.iter().map(|peer| {
+            let mut doomed: Vec<Doomed> = snapshot
+                .routes
+                .iter()
+                .filter(|route| is_installed_route(route, peer, vxlan_index, self.uplink_index))
+                .cloned()
+                .map(Doomed::Route)
+                .collect();
+            if let PeerRoute::Vxlan {
+                subnet,
+                vtep_mac,
+                public_ip,
+            } = peer
+            {
+                let neighbours = snapshot
+                    .neighbours
+                    .iter()
+                    .filter(|entry| is_installed_neighbour(entry, subnet.network(), *vtep_mac));
+                let fdb = snapshot.fdb.iter().filter(|entry| {
+                    is_installed_fdb(entry, *vtep_mac, *public_ip)
+                        && !fdb_kept.contains(&(*vtep_mac, *public_ip))
+                });
+                doomed.extend(neighbours.chain(fdb).cloned().map(Doomed::Neighbour));
+            }
+            async move {
+                // Route first, then neighbour and fdb entry.
+                for entry in doomed {
+                    self.delete(entry).await?;
+                }
+                anyhow::Ok(())
+            }
+        });
+        let results: Vec<Result<()>> = futures::stream::iter(removals)
+            .buffered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (peer, result) in going.iter().zip(results) {
+            let subnet = peer.subnet();
+            match result {
+                Ok(()) => {
+                    if !desired.contains_key(&subnet) {
+                        info!(%subnet, "peer removed");
+                    }
+                }
+                Err(error) => {
+                    warn!(%subnet, "{error:#}");
+                    report.failed.push(Failure {
+                        what: FailureKind::RemovePeer,
+                        subnet,
+                        error: format!("{error:#}"),
+                    });
+                }
+            }
         }
-        Ok(())
     }
 
     /// Removes routes into the pod network via flannel.<VNI> or the uplink,
     /// neighbours and fdb entries on flannel.<VNI> that no route in `peers`
     /// explains (peers that vanished while the agent was down); `sync` then
     /// (re)programs every peer.
-    async fn remove_stale(&self, peers: &BTreeMap<Ipv4Net, PeerRoute>) -> Result<()> {
+    async fn remove_stale(
+        &self,
+        snapshot: &Snapshot,
+        peers: &BTreeMap<Ipv4Net, PeerRoute>,
+        report: &mut KernelReport,
+    ) {
         let vxlan_index = self.vxlan.map(|device| device.index);
-        self.delete_routes(|route| {
-            let Some(destination) = route_destination(route) else {
-                return false;
-            };
-            let oif = route.attributes.iter().find_map(|attr| match attr {
-                RouteAttribute::Oif(index) => Some(*index),
-                _ => None,
-            });
-            // Routes through the VXLAN device, or via a gateway on the uplink
-            // (host-gw / DirectRouting), with the protocol add_peer writes,
-            // are the ones flanneld would own.
-            let ours = route.header.protocol == RouteProtocol::Boot
-                && ((oif.is_some() && oif == vxlan_index)
-                    || (oif == Some(self.uplink_index) && has_gateway(route)));
-            ours && self.config.network.contains(&destination) && !peers.contains_key(&destination)
-        })
-        .await?;
+        let routes = snapshot.routes.iter().filter(|route| {
+            is_peer_route(route, &self.config.network, vxlan_index, self.uplink_index)
+                && route_destination(route).is_some_and(|to| !peers.contains_key(&to))
+        });
         let mut gateways = BTreeSet::new();
         let mut macs = BTreeSet::new();
         for peer in peers.values() {
@@ -290,63 +400,77 @@ impl KernelDataplane {
                 macs.insert(*vtep_mac);
             }
         }
-        self.delete_vxlan_entries(
-            |entry| neighbour_ip(entry).is_some_and(|ip| !gateways.contains(&ip)),
-            |entry| neighbour_mac(entry).is_some_and(|mac| !macs.contains(&mac)),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Deletes the main-table IPv4 routes `doomed` picks.
-    async fn delete_routes(&self, doomed: impl Fn(&RouteMessage) -> bool) -> Result<()> {
-        for route in self
-            .routes()
-            .await?
-            .into_iter()
-            .filter(|route| doomed(route))
-        {
-            let destination = route_destination(&route);
-            info!(?destination, "removing route");
-            self.handle
-                .route()
-                .del(route)
-                .execute()
-                .await
-                .context("cannot remove a route")?;
+        let neighbours = snapshot
+            .neighbours
+            .iter()
+            .filter(|entry| neighbour_ip(entry).is_some_and(|ip| !gateways.contains(&ip)));
+        let fdb = snapshot
+            .fdb
+            .iter()
+            .filter(|entry| neighbour_mac(entry).is_some_and(|mac| !macs.contains(&mac)));
+        let routes: Vec<Doomed> = routes.cloned().map(Doomed::Route).collect();
+        let entries: Vec<Doomed> = neighbours
+            .chain(fdb)
+            .cloned()
+            .map(Doomed::Neighbour)
+            .collect();
+        // Routes first, then the neighbours and fdb entries they used.
+        let mut results: Vec<Result<()>> = Vec::new();
+        for batch in [routes, entries] {
+            results.extend(
+                futures::stream::iter(batch)
+                    .map(|entry| self.delete(entry))
+                    .buffered(IN_FLIGHT)
+                    .collect::<Vec<_>>()
+                    .await,
+            );
         }
-        Ok(())
+        for error in results.into_iter().filter_map(Result::err) {
+            warn!("cannot reconcile the kernel datapath: {error:#}");
+            report.failed.push(Failure {
+                what: FailureKind::Reconcile,
+                subnet: self.config.network,
+                error: format!("{error:#}"),
+            });
+        }
     }
 
-    /// Deletes the neighbours and fdb entries on the VXLAN device that
-    /// `doomed_neighbour` and `doomed_fdb` pick.
-    async fn delete_vxlan_entries(
-        &self,
-        doomed_neighbour: impl Fn(&NeighbourMessage) -> bool,
-        doomed_fdb: impl Fn(&NeighbourMessage) -> bool,
-    ) -> Result<()> {
-        let Some(device) = self.vxlan else {
-            return Ok(());
+    /// Deletes one entry; one already gone (since the snapshot) is fine.
+    async fn delete(&self, entry: Doomed) -> Result<()> {
+        let result = match entry {
+            Doomed::Route(route) => {
+                let destination = route_destination(&route);
+                info!(?destination, "removing route");
+                self.handle.route().del(route).execute().await
+            }
+            Doomed::Neighbour(entry) => self.handle.neighbours().del(entry).execute().await,
         };
-        let neighbours = self.neighbours(device.index, AddressFamily::Inet).await?;
-        let fdb = self.neighbours(device.index, AddressFamily::Bridge).await?;
-        let doomed = neighbours
-            .into_iter()
-            .filter(|entry| doomed_neighbour(entry))
-            .chain(fdb.into_iter().filter(|entry| doomed_fdb(entry)));
-        for entry in doomed {
-            self.handle
-                .neighbours()
-                .del(entry)
-                .execute()
-                .await
-                .context("cannot remove a neighbour or fdb entry")?;
+        match result {
+            Err(rtnetlink::Error::NetlinkError(message))
+                if matches!(-message.raw_code(), libc::ENOENT | libc::ESRCH) =>
+            {
+                Ok(())
+            }
+            result => result.context("cannot remove a route, neighbour or fdb entry"),
         }
-        Ok(())
     }
 
-    async fn routes(&self) -> Result<Vec<RouteMessage>> {
-        crate::net::main_routes(&self.handle).await
+    /// One read of the kernel: routes, and the VXLAN device's neighbours
+    /// and fdb entries (none without the device).
+    async fn snapshot(&self) -> Result<Snapshot> {
+        let routes = crate::net::main_routes(&self.handle).await?;
+        let (neighbours, fdb) = match self.vxlan {
+            Some(device) => (
+                self.neighbours(device.index, AddressFamily::Inet).await?,
+                self.neighbours(device.index, AddressFamily::Bridge).await?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        Ok(Snapshot {
+            routes,
+            neighbours,
+            fdb,
+        })
     }
 
     async fn neighbours(&self, index: u32, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {

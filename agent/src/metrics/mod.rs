@@ -1,8 +1,8 @@
 //! Prometheus metrics, served on `/metrics` (OpenMetrics text, by the
 //! `prometheus-client` crate).
 //!
-//! Two kinds: what the agent sees happen (leases, peers, etcd, renewals),
-//! counted as it happens through [`global()`], and what the kernel holds
+//! Two kinds: what the agent sees happen (leases, peers, etcd, renewals,
+//! what the kernel and map writers could not do), counted as it happens through [`global()`], and what the kernel holds
 //! (the `STATS` counters, map fill), read from the pinned maps at scrape time
 //! so a scrape always shows the programs' own numbers.
 //!
@@ -34,7 +34,7 @@ use guard::GuardCollector;
 use kernel::KernelCollector;
 use single_flight::Served;
 
-use crate::http::listener::Refusal;
+use crate::{dataplane::kernel::KernelReport, http::listener::Refusal};
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -60,6 +60,21 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabel {
+    what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubnetLabel {
+    subnet: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabel {
     mode: &'static str,
 }
@@ -78,6 +93,11 @@ pub struct Metrics {
     listed_once: AtomicBool,
     renewals: Counter,
     renewal_failures: Counter,
+    lease_held: Gauge,
+    lease_losses: Counter,
+    reacquisitions: Family<SubnetLabel, Counter>,
+    kernel_sync_failures: Family<WhatLabel, Counter>,
+    map_write_failures: Family<MapLabel, Counter>,
     last_sync: Gauge<f64, AtomicU64>,
     ready: Gauge,
     accept_mark_conflicts: Gauge,
@@ -109,6 +129,11 @@ impl Metrics {
             listed_once: AtomicBool::new(false),
             renewals: Counter::default(),
             renewal_failures: Counter::default(),
+            lease_held: Gauge::default(),
+            lease_losses: Counter::default(),
+            reacquisitions: Family::default(),
+            kernel_sync_failures: Family::default(),
+            map_write_failures: Family::default(),
             last_sync: Gauge::default(),
             ready: Gauge::default(),
             accept_mark_conflicts: Gauge::default(),
@@ -173,6 +198,45 @@ impl Metrics {
             "weft_lease_renewal_failures",
             "Failed renewals of this node's lease (retried every minute)",
             metrics.renewal_failures.clone(),
+        );
+        registry.register(
+            "weft_lease_held",
+            "1 while this node holds its lease, 0 before the first acquisition and while a lost lease is acquired again",
+            metrics.lease_held.clone(),
+        );
+        registry.register(
+            "weft_lease_losses",
+            "Times this node's lease was deleted or overwritten in etcd (it is acquired again)",
+            metrics.lease_losses.clone(),
+        );
+        registry.register(
+            "weft_lease_reacquisitions",
+            "Lost leases acquired again, by subnet: same (the subnet held before) or new (pods on the old one need restarting)",
+            metrics.reacquisitions.clone(),
+        );
+        for subnet in ["same", "new"] {
+            drop(
+                metrics
+                    .reacquisitions
+                    .get_or_create(&SubnetLabel { subnet }),
+            );
+        }
+        registry.register(
+            "weft_kernel_sync_failures",
+            "Kernel datapath writes that failed (each retried at the next sync), by what: add_peer, remove_peer, reconcile (reading the kernel and removing what no lease explains)",
+            metrics.kernel_sync_failures.clone(),
+        );
+        for what in KernelReport::FAILURE_KINDS {
+            drop(
+                metrics
+                    .kernel_sync_failures
+                    .get_or_create(&WhatLabel { what }),
+            );
+        }
+        registry.register(
+            "weft_map_write_failures",
+            "eBPF map entries the agent failed to write or remove (each retried at the next sync), by map",
+            metrics.map_write_failures.clone(),
         );
         registry.register_with_unit(
             "weft_last_sync_timestamp",
@@ -276,6 +340,47 @@ impl Metrics {
         }
     }
 
+    /// This node's lease is held (first acquired at start-up).
+    pub fn lease_acquired(&self) {
+        self.lease_held.set(1);
+    }
+
+    /// This node's lease was deleted or overwritten: not held until it is
+    /// acquired again.
+    pub fn lease_lost(&self) {
+        self.lease_held.set(0);
+        self.lease_losses.inc();
+    }
+
+    /// A lost lease was acquired again; `new_subnet` if not the one held.
+    pub fn lease_reacquired(&self, new_subnet: bool) {
+        self.lease_held.set(1);
+        let subnet = if new_subnet { "new" } else { "same" };
+        self.reacquisitions
+            .get_or_create(&SubnetLabel { subnet })
+            .inc();
+    }
+
+    /// One kernel sync's failures, counted by what failed.
+    pub fn kernel_synced(&self, report: &KernelReport) {
+        for failure in &report.failed {
+            self.kernel_sync_failures
+                .get_or_create(&WhatLabel {
+                    what: failure.what.label(),
+                })
+                .inc();
+        }
+    }
+
+    /// One map sync's failed writes, by map.
+    pub fn maps_synced(&self, failed: &std::collections::BTreeMap<&'static str, u64>) {
+        for (&map, &count) in failed {
+            self.map_write_failures
+                .get_or_create(&MapLabel { map })
+                .inc_by(count);
+        }
+    }
+
     /// The agent applied state it just read from etcd.
     pub fn synced(&self) {
         let now = SystemTime::now()
@@ -354,6 +459,18 @@ mod tests {
         metrics.set_peers(2, 3);
         metrics.leases_listed();
         metrics.leases_listed();
+        metrics.lease_acquired();
+        metrics.lease_lost();
+        metrics.lease_reacquired(true);
+        metrics.kernel_synced(&KernelReport {
+            failed: vec![crate::dataplane::kernel::Failure {
+                what: crate::dataplane::kernel::FailureKind::RemovePeer,
+                subnet: "10.244.3.0/24".parse().unwrap(),
+                error: "gone".to_owned(),
+            }],
+            ..KernelReport::default()
+        });
+        metrics.maps_synced(&[("PEERS", 2)].into_iter().collect());
         let text = metrics.render(true);
         let build_info = format!(
             "weft_build_info{{version=\"{}\"}} 1",
@@ -369,6 +486,13 @@ mod tests {
             "weft_lease_watch_resyncs_total 1",
             "weft_etcd_connected 1",
             "weft_fastpath_active 0",
+            "weft_lease_held 1",
+            "weft_lease_losses_total 1",
+            "weft_lease_reacquisitions_total{subnet=\"new\"} 1",
+            "weft_lease_reacquisitions_total{subnet=\"same\"} 0",
+            "weft_kernel_sync_failures_total{what=\"remove_peer\"} 1",
+            "weft_kernel_sync_failures_total{what=\"add_peer\"} 0",
+            "weft_map_write_failures_total{map=\"PEERS\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }

@@ -1,30 +1,29 @@
-//! [`Agent`]: one handler per input (lease events, renewal, masquerade
-//! check, local view, pod retry, map audit, ruleset change, stop). Handlers
-//! that change what the datapath should hold update their input and call
-//! [`Agent::apply`]: inputs -> `desired::compute` -> both sinks. Each
-//! handler returns what it did, so callers can count outcomes.
+//! [`Agent`]: one handler per input (lease events, renewal, a lease
+//! acquired again, local view, pod retry, map audit, ruleset change, stop).
+//! Handlers that change what the datapath should hold update their input
+//! and call [`Agent::apply`]: inputs -> `desired::compute` -> both sinks,
+//! whose reports go to the metrics. No handler waits on anything unbounded:
+//! acquiring a lost lease again is a task of its own (`own_lease.rs`), nft
+//! runs off the runtime (`masq::Keeper`, [`off_runtime`]).
 
 use std::collections::BTreeSet;
 
 use anyhow::Result;
+use ipnet::Ipv4Net;
 use tracing::{info, warn};
 use weft_common::{
     CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK, CONFIG_TC_VTEP, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS,
 };
 
 use super::{
+    MASQ_RECHECK,
     mark_check::{CheckResult, MarkChecks},
-    own_lease::{OwnLease, Renewal},
+    own_lease::OwnLease,
 };
 use crate::{
     cli::AgentArgs,
     config::NetworkConfig,
-    dataplane::{
-        fastpath::FastPath,
-        guard::OverlayGuard,
-        kernel::{KernelDataplane, KernelReport},
-        maps::MapReport,
-    },
+    dataplane::{fastpath::FastPath, guard::OverlayGuard, kernel::KernelDataplane},
     desired::{self, Desired, Inputs, NodeFacts, PeerRoute},
     endpoints::LocalView,
     http::Readiness,
@@ -60,25 +59,6 @@ fn log_tc_changes(before: &LocalView, after: &LocalView, own: &BTreeSet<u32>) {
     }
 }
 
-/// What one [`Agent::apply`] did: the sinks' reports (the map sink's only
-/// with the fast path running).
-#[derive(Debug, Default)]
-pub struct Applied {
-    pub unroutable: usize,
-    pub kernel: Option<KernelReport>,
-    pub maps: Option<MapReport>,
-}
-
-/// What one batch of lease events did.
-#[derive(Debug, Default)]
-pub struct LeaseOutcome {
-    /// Changes to the accepted peer set.
-    pub peer_changes: usize,
-    /// Our own lease was lost and acquired again.
-    pub reacquired: bool,
-    pub applied: Applied,
-}
-
 /// The running agent: its inputs, the desired-state inputs, and the sinks.
 pub struct Agent {
     pub(super) args: Box<AgentArgs>,
@@ -86,6 +66,9 @@ pub struct Agent {
     pub(super) facts: NodeFacts,
     pub(super) mtu: u32,
     pub(super) own: OwnLease,
+    /// `--ip-masq`: keeps the rules for the own subnet (from the first
+    /// time the subnet is taken).
+    pub(super) masq: Option<masq::Keeper>,
     pub(super) peers: PeerTable,
     pub(super) kernel: KernelDataplane,
     /// Who may send to the VXLAN port (VXLAN backend, either dataplane).
@@ -110,7 +93,8 @@ pub struct Agent {
 impl Agent {
     /// Computes the desired state from the current inputs and makes both
     /// sinks hold it. The one update path, for listings and events alike.
-    async fn apply(&mut self) -> Applied {
+    /// What the sinks could not do is logged by them and counted here.
+    async fn apply(&mut self) {
         let pods = self
             .fast_path
             .as_ref()
@@ -129,15 +113,12 @@ impl Agent {
         for (subnet, why) in &desired.unroutable {
             warn!(%subnet, "{why}; not programming it");
         }
-        let mut applied = Applied {
-            unroutable: desired.unroutable.len(),
-            ..Applied::default()
-        };
         if let Some(guard) = self.guard.as_mut() {
             guard.sync(&desired).await;
         }
         if desired.planned {
-            applied.kernel = Some(self.kernel.sync(&desired).await);
+            let report = self.kernel.sync(&desired).await;
+            metrics::global().kernel_synced(&report);
             let vxlan = desired
                 .routes
                 .values()
@@ -146,7 +127,8 @@ impl Agent {
             metrics::global().set_peers(vxlan, desired.routes.len());
         }
         if let Some(fast_path) = self.fast_path.as_mut() {
-            applied.maps = Some(fast_path.sync(&desired).await);
+            let report = fast_path.sync(&desired).await;
+            metrics::global().maps_synced(&report.failed);
         }
         // Ready once the first listing has been planned against a local
         // view and applied, whichever of the two came last.
@@ -158,14 +140,13 @@ impl Agent {
             );
             self.readiness.set(true);
         }
-        applied
     }
 
     /// A batch of lease events (a listing of thousands is one batch, so it
     /// costs one apply).
-    pub async fn on_lease_events(&mut self, events: Vec<LeaseEvent>) -> Result<LeaseOutcome> {
+    pub async fn on_lease_events(&mut self, events: Vec<LeaseEvent>) {
         metrics::global().synced();
-        let mut outcome = LeaseOutcome::default();
+        let mut peer_changes = 0;
         let mut lost = false;
         let mut listed = false;
         for event in &events {
@@ -174,7 +155,7 @@ impl Agent {
                 continue;
             }
             let own = Some(self.own.subnet);
-            outcome.peer_changes += match event {
+            peer_changes += match event {
                 LeaseEvent::Listing(leases) => {
                     listed = true;
                     metrics::global().leases_listed();
@@ -193,30 +174,42 @@ impl Agent {
             self.kernel.reread_next_sync();
             self.listed = true;
         }
-        if listed || outcome.peer_changes > 0 {
-            outcome.applied = self.apply().await;
+        if listed || peer_changes > 0 {
+            self.apply().await;
         }
         if lost {
-            outcome.reacquired = true;
-            if self.own.reacquire(&self.config).await {
-                self.take_subnet().await?;
-            }
+            // The loop goes on while it runs: the subnet comes back
+            // through `on_reacquired`.
+            self.own.start_reacquiring(&self.config);
         }
-        Ok(outcome)
     }
 
-    /// The lease is due for renewal.
-    pub async fn on_renew_due(&mut self) -> Renewal {
-        let renewal = self.own.renew().await;
-        metrics::global().lease_renewed(renewal == Renewal::Renewed);
-        renewal
+    /// The lease is due for renewal (only while it is held).
+    pub async fn on_renew_due(&mut self) {
+        self.own.renew().await;
     }
 
-    /// Makes the own subnet the node's, and the local pods the ones in it.
+    /// The lost lease was acquired again, as `subnet`.
+    pub async fn on_reacquired(&mut self, subnet: Ipv4Net) -> Result<()> {
+        if self.own.reacquired(subnet) {
+            self.take_subnet().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the own subnet the node's (VXLAN device address, masquerade
+    /// rules, subnet.env, in that order), and the local pods the ones in it.
     pub(super) async fn take_subnet(&mut self) -> Result<()> {
-        self.own
-            .take(&self.kernel, &self.args, &self.config, self.mtu)
-            .await?;
+        self.own.address_device(&self.kernel).await?;
+        let (network, subnet) = (self.config.network, self.own.subnet);
+        match &self.masq {
+            Some(keeper) => keeper.follow(subnet),
+            None if self.args.ip_masq => {
+                self.masq = Some(masq::Keeper::start(network, subnet, MASQ_RECHECK).await?);
+            }
+            None => {}
+        }
+        self.own.write_env(&self.args, &self.config, self.mtu)?;
         if let Some(fast_path) = self.fast_path.as_mut() {
             fast_path.set_own_subnet(self.own.subnet);
             self.apply().await;
@@ -224,74 +217,55 @@ impl Agent {
         Ok(())
     }
 
-    /// `--ip-masq`: checks the rules and restores them if they changed;
-    /// returns whether they were (re)applied.
-    pub fn on_masq_check(&mut self) -> bool {
-        let subnet = self.own.subnet;
-        match masq::is_current(&self.config.network, &subnet) {
-            Ok(true) => false,
-            Ok(false) => match masq::apply(&self.config.network, &subnet) {
-                Ok(()) => {
-                    info!(table = masq::TABLE, "masquerade rules (re)applied");
-                    true
-                }
-                Err(error) => {
-                    warn!("{error:#}");
-                    false
-                }
-            },
-            Err(error) => {
-                warn!("{error:#}");
-                false
-            }
-        }
-    }
-
     /// The kernel's view of pods, ports, uplink neighbours and routes.
-    pub async fn on_view(&mut self, view: LocalView) -> Applied {
+    pub async fn on_view(&mut self, view: LocalView) {
         if let Some(fast_path) = self.fast_path.as_mut() {
             fast_path.on_view(&view).await;
             log_tc_changes(&self.view, &view, &self.facts.own_tc_programs);
         }
         self.view = view;
         self.viewed = true;
-        self.apply().await
+        self.apply().await;
     }
 
     /// Pods not complete yet are read again; the maps follow if they
     /// changed, and the pods' pinned neighbours are checked either way.
-    pub async fn on_pod_retry(&mut self) -> Option<Applied> {
-        let fast_path = self.fast_path.as_mut()?;
+    pub async fn on_pod_retry(&mut self) {
+        let Some(fast_path) = self.fast_path.as_mut() else {
+            return;
+        };
         if fast_path.retry_pods(&self.view).await {
-            return Some(self.apply().await);
+            return self.apply().await;
         }
         fast_path.pin_pod_neighbours().await;
-        None
     }
 
     /// Every pod's side is read again, complete or not: a MAC or address
     /// changed inside a pod reaches ENDPOINTS and the pinned neighbour entry.
-    pub async fn on_pod_reread(&mut self) -> Option<Applied> {
-        let fast_path = self.fast_path.as_mut()?;
+    pub async fn on_pod_reread(&mut self) {
+        let Some(fast_path) = self.fast_path.as_mut() else {
+            return;
+        };
         if fast_path.reread_pods(&self.view).await {
-            return Some(self.apply().await);
+            self.apply().await;
         }
-        None
     }
 
     /// Reads the maps back and repairs whatever differs.
-    pub async fn on_map_audit(&mut self) -> Option<Applied> {
-        let fast_path = self.fast_path.as_mut()?;
+    pub async fn on_map_audit(&mut self) {
+        let Some(fast_path) = self.fast_path.as_mut() else {
+            return;
+        };
         if let Err(error) = fast_path.reread_maps() {
             warn!("cannot read the maps back: {error:#}");
-            return None;
+            return;
         }
-        Some(self.apply().await)
+        self.apply().await;
     }
 
     /// The node's nftables ruleset changed: every verdict recorded so far
     /// is void until netfilter passes the flow again under the new rules.
-    pub async fn on_ruleset_changed(&mut self) -> Applied {
+    pub async fn on_ruleset_changed(&mut self) {
         self.ruleset_generation = self.ruleset_generation.wrapping_add(1);
         tracing::debug!(
             generation = self.ruleset_generation,
@@ -300,27 +274,28 @@ impl Agent {
         if let Some((_, checks)) = self.marks.as_mut() {
             checks.request();
         }
-        self.apply().await
+        self.apply().await;
     }
 
     /// A look for other rules using the accept bit finished: while any
     /// exists, weft leaves the bit alone (verdict chain removed) and the
     /// fast path takes no flow; once none is left, both come back.
-    pub async fn on_mark_check(&mut self, conflicts: CheckResult) -> Option<Applied> {
-        let (marks, checks) = self.marks.as_mut()?;
+    pub async fn on_mark_check(&mut self, conflicts: CheckResult) {
+        let Some((marks, checks)) = self.marks.as_mut() else {
+            return;
+        };
         checks.finished();
         let marks = *marks;
         metrics::global().set_accept_mark_conflicts(conflicts.len());
         let suspend = !conflicts.is_empty();
         if suspend == self.verdicts_suspended {
-            return None;
+            return;
         }
         if suspend {
             super::mark_check::warn_conflicts(marks, &conflicts);
             self.verdicts_suspended = true;
-            let applied = self.apply().await;
+            self.apply().await;
             off_runtime(verdicts::remove).await;
-            Some(applied)
         } else {
             info!(
                 mark = format_args!("{:#x}", marks.accept),
@@ -329,10 +304,10 @@ impl Agent {
             // Without the chain no verdict could be recorded: stay
             // suspended, and try again at the next ruleset change.
             if !off_runtime(move || verdicts::install(marks)).await {
-                return None;
+                return;
             }
             self.verdicts_suspended = false;
-            Some(self.apply().await)
+            self.apply().await;
         }
     }
 
@@ -352,9 +327,7 @@ impl Agent {
                 self.args.bpf_pin_dir.display()
             );
             // Nothing clears the accept mark without tc_verdict.
-            if let Err(error) = verdicts::remove() {
-                warn!("{error:#}");
-            }
+            off_runtime(verdicts::remove).await;
             match fast_path.unpin_pod_neighbours().await {
                 Ok(removed) => info!(removed, "pods' pinned neighbour entries removed"),
                 Err(error) => warn!("{error:#}"),
@@ -363,7 +336,8 @@ impl Agent {
     }
 }
 
-/// Runs blocking work (nft) off the agent's runtime; a failure is logged.
+/// Runs blocking work (nft) off the agent's runtime (the other tasks, the
+/// health endpoint among them, go on meanwhile); a failure is logged.
 /// Returns whether it succeeded.
 async fn off_runtime(work: impl FnOnce() -> Result<()> + Send + 'static) -> bool {
     match tokio::task::spawn_blocking(work).await {

@@ -1,12 +1,18 @@
 //! This node's own lease: acquisition (retried until it works), renewal,
-//! noticing that it was deleted or overwritten, and making a subnet the
-//! node's (VXLAN device address, masquerade rules, `subnet.env`).
+//! noticing that it was deleted or overwritten, acquiring it again, and
+//! making a subnet the node's (VXLAN device address, `subnet.env`; the
+//! masquerade rules are `masq::Keeper`'s).
+//!
+//! The lease is either held (renewed when due) or being acquired again.
+//! Acquiring again can take forever (no free subnet, etcd away), so it runs
+//! as a task of its own whose result comes back on a channel: the agent's
+//! loop goes on meanwhile, SIGTERM included.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use ipnet::Ipv4Net;
-use tokio::time::Instant;
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tracing::{error, info, warn};
 
 use super::STARTUP_RETRY;
@@ -20,7 +26,7 @@ use crate::{
         registry::Registry,
         watch::LeaseEvent,
     },
-    masq,
+    metrics,
     subnet_env::{self, SubnetEnv},
 };
 
@@ -30,38 +36,59 @@ const RENEW_RETRY: Duration = Duration::from_secs(60);
 pub struct OwnLease {
     pub registry: Registry,
     pub attrs: LeaseAttrs,
+    /// The subnet held, or (while acquiring again) the one last held.
     pub subnet: Ipv4Net,
     renew_every: Duration,
     pub renew_at: Instant,
+    /// The acquisition under way after the lease was lost; `None` while
+    /// the lease is held.
+    reacquiring: Option<Reacquiring>,
+    /// Where an acquisition under way sends the subnet it got.
+    reacquired: mpsc::Sender<Ipv4Net>,
 }
 
-/// What a renewal did, for the log and counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Renewal {
-    Renewed,
-    Failed,
+/// An acquisition task; dropping it (the agent stops) ends the task.
+struct Reacquiring(JoinHandle<()>);
+
+impl Drop for Reacquiring {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl OwnLease {
     /// Acquires a lease (preferring `previous`), retrying until it works.
+    /// Later acquisitions (after the lease is lost) send their subnet on the
+    /// returned receiver.
     pub async fn acquire(
         mut registry: Registry,
         config: &NetworkConfig,
         attrs: LeaseAttrs,
         previous: Option<Ipv4Net>,
         renew_margin_minutes: u64,
-    ) -> Self {
+    ) -> (Self, mpsc::Receiver<Ipv4Net>) {
         let subnet = acquire_until_done(&mut registry, config, &attrs, previous).await;
+        metrics::global().lease_acquired();
         let renew_every = LEASE_TTL
             .saturating_sub(Duration::from_secs(renew_margin_minutes * 60))
             .max(Duration::from_secs(60));
-        Self {
+        let (reacquired, receiver) = mpsc::channel(1);
+        let own = Self {
             registry,
             attrs,
             subnet,
             renew_every,
             renew_at: Instant::now() + renew_every,
-        }
+            reacquiring: None,
+            reacquired,
+        };
+        (own, receiver)
+    }
+
+    /// Whether the lease is held (not being acquired again): only then is
+    /// it renewed, and only then can an event say it was lost.
+    pub fn is_held(&self) -> bool {
+        self.reacquiring.is_none()
     }
 
     pub fn key(&self) -> String {
@@ -71,6 +98,9 @@ impl OwnLease {
     /// Whether `event` says our lease is gone or no longer ours (it must
     /// be acquired again). Listings are checked by the caller's key set.
     pub fn is_lost_by(&self, event: &LeaseEvent) -> bool {
+        if !self.is_held() {
+            return false;
+        }
         let own_key = self.key();
         match event {
             LeaseEvent::Listing(leases) => {
@@ -95,18 +125,46 @@ impl OwnLease {
         }
     }
 
-    /// Whether `event` is about our own key (never a peer).
+    /// Whether `event` is about our own lease (never a peer): our key, or
+    /// while acquiring again, a lease with our value (the new one, whose
+    /// event can come before the acquisition's result).
     pub fn is_own(&self, event: &LeaseEvent) -> bool {
         let own_key = self.key();
-        matches!(event, LeaseEvent::Put { key, .. } | LeaseEvent::Delete { key } if *key == own_key)
+        match event {
+            LeaseEvent::Put { key, value, .. } => {
+                *key == own_key
+                    || (!self.is_held()
+                        && LeaseAttrs::from_json(value).ok().as_ref() == Some(&self.attrs))
+            }
+            LeaseEvent::Delete { key } => *key == own_key,
+            LeaseEvent::Listing(_) => false,
+        }
     }
 
-    /// Acquires again after the lease was lost; returns whether the subnet
-    /// changed.
-    pub async fn reacquire(&mut self, config: &NetworkConfig) -> bool {
-        let subnet =
-            acquire_until_done(&mut self.registry, config, &self.attrs, Some(self.subnet)).await;
+    /// The lease was lost: starts acquiring it again (preferring the
+    /// subnet held) in a task of its own; the subnet it gets comes back
+    /// through [`Self::reacquired`]. Renewal stops meanwhile.
+    pub fn start_reacquiring(&mut self, config: &NetworkConfig) {
+        if self.reacquiring.is_some() {
+            return;
+        }
+        metrics::global().lease_lost();
+        let (mut registry, config, attrs) =
+            (self.registry.clone(), config.clone(), self.attrs.clone());
+        let (previous, results) = (self.subnet, self.reacquired.clone());
+        let task = tokio::spawn(async move {
+            let subnet = acquire_until_done(&mut registry, &config, &attrs, Some(previous)).await;
+            let _ = results.send(subnet).await;
+        });
+        self.reacquiring = Some(Reacquiring(task));
+    }
+
+    /// An acquisition started by [`Self::start_reacquiring`] got `subnet`:
+    /// the lease is held again. Returns whether the subnet changed.
+    pub fn reacquired(&mut self, subnet: Ipv4Net) -> bool {
+        self.reacquiring = None;
         self.renew_at = Instant::now() + self.renew_every;
+        metrics::global().lease_reacquired(subnet != self.subnet);
         if subnet == self.subnet {
             info!(%subnet, "re-acquired our subnet");
             return false;
@@ -116,9 +174,9 @@ impl OwnLease {
         true
     }
 
-    /// Renews the lease (due at `renew_at`).
-    pub async fn renew(&mut self) -> Renewal {
-        match self
+    /// Renews the lease (due at `renew_at`); the outcome is counted.
+    pub async fn renew(&mut self) {
+        let renewed = match self
             .registry
             .renew(&self.subnet, &self.attrs, LEASE_TTL)
             .await
@@ -126,27 +184,27 @@ impl OwnLease {
             Ok(()) => {
                 info!(subnet = %self.subnet, "lease renewed");
                 self.renew_at = Instant::now() + self.renew_every;
-                Renewal::Renewed
+                true
             }
             Err(error) => {
                 warn!("{error:#}; retrying in a minute");
                 self.renew_at = Instant::now() + RENEW_RETRY;
-                Renewal::Failed
+                false
             }
-        }
+        };
+        metrics::global().lease_renewed(renewed);
     }
 
-    /// Makes the subnet this node's: the VXLAN device address, the
-    /// masquerade rules and subnet.env.
-    pub async fn take(
-        &self,
-        kernel: &KernelDataplane,
-        args: &AgentArgs,
-        config: &NetworkConfig,
-        mtu: u32,
-    ) -> Result<()> {
+    /// Gives the VXLAN device the subnet's address (the first step of
+    /// making the subnet this node's).
+    pub async fn address_device(&self, kernel: &KernelDataplane) -> Result<()> {
+        kernel.set_vxlan_address(&self.subnet).await
+    }
+
+    /// Writes subnet.env for the subnet (the last step: the CNI plugin
+    /// reads it).
+    pub fn write_env(&self, args: &AgentArgs, config: &NetworkConfig, mtu: u32) -> Result<()> {
         let subnet = self.subnet;
-        kernel.set_vxlan_address(&subnet).await?;
         let gateway = Ipv4Net::new(
             subnet.hosts().next().unwrap_or(subnet.network()),
             subnet.prefix_len(),
@@ -157,10 +215,6 @@ impl OwnLease {
             mtu,
             ipmasq: args.ip_masq,
         };
-        if args.ip_masq {
-            masq::apply(&config.network, &subnet)?;
-            info!(table = masq::TABLE, "masquerade rules applied");
-        }
         subnet_env::write_atomic(&args.subnet_file, &env)?;
         info!(file = %args.subnet_file.display(), subnet = %gateway, "subnet.env written");
         Ok(())

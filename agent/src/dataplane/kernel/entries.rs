@@ -97,7 +97,31 @@ pub fn fdb_destination(entry: &NeighbourMessage) -> Option<Ipv4Addr> {
     })
 }
 
-pub fn has_gateway(route: &RouteMessage) -> bool {
+/// Whether `route` is one flanneld (and so weft) owns: into the pod
+/// `network`, with the protocol `add_peer` writes, through the VXLAN device
+/// or via a gateway on the uplink (host-gw, DirectRouting). The reconcile
+/// removes those no lease explains; the local view leaves them out (they
+/// are the sink's output, not an input).
+pub fn is_peer_route(
+    route: &RouteMessage,
+    network: &Ipv4Net,
+    vxlan_index: Option<u32>,
+    uplink_index: u32,
+) -> bool {
+    let Some(destination) = route_destination(route) else {
+        return false;
+    };
+    let oif = route.attributes.iter().find_map(|attr| match attr {
+        RouteAttribute::Oif(index) => Some(*index),
+        _ => None,
+    });
+    route.header.protocol == RouteProtocol::Boot
+        && ((oif.is_some() && oif == vxlan_index)
+            || (oif == Some(uplink_index) && has_gateway(route)))
+        && network.contains(&destination)
+}
+
+fn has_gateway(route: &RouteMessage) -> bool {
     route
         .attributes
         .iter()

@@ -75,6 +75,36 @@ fn removal_matches_routes_by_device_gateway_and_protocol_not_destination_alone()
     ));
 }
 
+#[test]
+fn peer_routes_are_weft_shaped_routes_into_the_pod_network() {
+    const VXLAN: u32 = 7;
+    const UPLINK: u32 = 2;
+    let network: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+    let subnet: Ipv4Net = "10.244.2.0/24".parse().unwrap();
+    let peer_ip = Ipv4Addr::new(192, 168, 77, 2);
+    let vxlan = route_message(subnet, subnet.network(), VXLAN, true);
+    let host_gw = route_message(subnet, peer_ip, UPLINK, false);
+    assert!(is_peer_route(&vxlan, &network, Some(VXLAN), UPLINK));
+    assert!(is_peer_route(&host_gw, &network, Some(VXLAN), UPLINK));
+    // The local view passes no VXLAN index: only the uplink's count.
+    assert!(is_peer_route(&host_gw, &network, None, UPLINK));
+    assert!(!is_peer_route(&vxlan, &network, None, UPLINK));
+    // Outside the pod network, another protocol, or on-link: not weft's.
+    let underlay = route_message("192.168.78.0/24".parse().unwrap(), peer_ip, UPLINK, false);
+    let mut static_route = host_gw.clone();
+    static_route.header.protocol = RouteProtocol::Static;
+    let mut on_link = host_gw.clone();
+    on_link
+        .attributes
+        .retain(|attr| !matches!(attr, RouteAttribute::Gateway(_)));
+    for other in [underlay, static_route, on_link] {
+        assert!(
+            !is_peer_route(&other, &network, Some(VXLAN), UPLINK),
+            "{other:?}"
+        );
+    }
+}
+
 fn entry(ip: Ipv4Addr, mac: MacAddr) -> NeighbourMessage {
     let mut message = NeighbourMessage::default();
     message.attributes = vec![
