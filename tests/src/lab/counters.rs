@@ -17,6 +17,45 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The counters read straight from `node`'s pinned STATS, in this
+    /// process (the agent's own reader, no `weft` process started): fast
+    /// enough to poll while a transfer runs, and readable with no agent.
+    pub fn pinned_counters(&self, node: NodeId) -> Result<Counters> {
+        let values = weft_agent::stats::read_pinned(&self.node(node).pin_dir)?;
+        COUNTERS
+            .iter()
+            .map(|(id, name)| {
+                let value = values
+                    .iter()
+                    .find(|value| value.name == *name)
+                    .with_context(|| format!("STATS on {node} has no counter {name}"))?;
+                Ok((*id, (value.packets, value.bytes)))
+            })
+            .collect()
+    }
+
+    /// Polls `node`'s pinned STATS (every millisecond) until `counters`
+    /// rose by `bytes` since `since`.
+    pub fn wait_for_bytes(
+        &self,
+        node: NodeId,
+        since: &Counters,
+        counters: &[CounterId],
+        bytes: u64,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while counters_delta(since, &self.pinned_counters(node)?, counters).1 < bytes {
+            if std::time::Instant::now() > deadline {
+                bail!("{node}: {counters:?} did not rise by {bytes} bytes within {timeout:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(())
+    }
+}
+
 /// `weft maps stats --json` output as [`Counters`]. A missing counter or a
 /// renamed field is an error, never 0: a 0 would make every "stayed idle"
 /// assertion pass whatever the fast path did.
