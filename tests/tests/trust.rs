@@ -22,7 +22,7 @@ use weft_common::{
 use weft_agent::lease::MacAddr;
 use weft_tests::{
     Lab, LabSpec, NodeId, inspect,
-    lab::{PodState, counter_delta, counters_delta, wait_for},
+    lab::{FLOW_SETUP_PACKETS, PodState, counter_delta, counters_delta, wait_for},
     netns,
     packets::{ETH_P_ARP, ETH_P_IPV4, Ipv4Options, arp_request, eth, ipv4, udp, vxlan},
     privileged_test,
@@ -129,22 +129,28 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
         "the forged ARP changed ENDPOINTS"
     );
 
-    // p1's pings to the claimed ClusterIP do not reach p2 by the fast path.
+    // p1's pings to the remote pod whose address p2 claimed (a flow the
+    // fast path carries) still go to the remote pod, encapsulated, and
+    // none to p2.
     let before = lab.counters(NodeId::new(1)).unwrap();
     let p2_before = received(&p2);
-    let _ = lab.ping(&p1, "10.96.0.10", 5);
+    let out = lab.ping(&p1, remote.ip(), 5).unwrap();
+    assert!(out.contains("5 received"), "p1 -> {}: {out}", remote.ip());
+    let after = lab.counters(NodeId::new(1)).unwrap();
+    let encapsulated = counter_delta(&before, &after, TcPodEgress.counter(Reason::Encap)).0;
+    assert!(
+        encapsulated >= 5 - FLOW_SETUP_PACKETS,
+        "only {encapsulated} of p1's 5 pings to the claimed remote pod were encapsulated"
+    );
     assert_eq!(
-        counter_delta(
-            &before,
-            &lab.counters(NodeId::new(1)).unwrap(),
-            TcPodEgress.counter(Reason::LocalRedirect)
-        )
-        .0,
-        0
+        counter_delta(&before, &after, TcPodEgress.counter(Reason::LocalRedirect)).0,
+        0,
+        "p1's pings to the claimed remote pod were redirected on the node"
     );
     assert!(
         received(&p2) - p2_before < 5,
-        "p1's pings to 10.96.0.10 arrived at p2"
+        "p1's pings to {} arrived at p2",
+        remote.ip()
     );
     // p1's address is still p1's: the remote pod reaches it.
     assert!(
