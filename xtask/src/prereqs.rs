@@ -17,7 +17,8 @@ use anyhow::{Context as _, Result, bail};
 /// - what the tests and the bench drive: bpftool, iperf3, sockperf, ethtool,
 ///   tcpdump, ping, openssl (test certificates for etcd TLS);
 /// - Go 1.19, which builds the reference flanneld from flannel's source
-///   (`flanneld.rs`), and Prometheus, which the lab runs to scrape the agents.
+///   (`flanneld.rs`), and Prometheus, which the lab runs to scrape the agents;
+/// - kmod, whose modprobe loads br_netfilter (Kubernetes requires it).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
@@ -38,6 +39,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     "golang-1.19",
     "prometheus",
+    "kmod",
 ];
 
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";
@@ -56,6 +58,7 @@ enum Fix {
     NightlyComponent(&'static str),
     BpfLinker,
     MountBpffs,
+    Modprobe(&'static str),
 }
 
 impl Fix {
@@ -67,6 +70,7 @@ impl Fix {
             }
             Fix::BpfLinker => BPF_LINKER_INSTALL.into(),
             Fix::MountBpffs => "mount -t bpf bpf /sys/fs/bpf".into(),
+            Fix::Modprobe(module) => format!("modprobe {module}"),
         }
     }
 }
@@ -186,7 +190,15 @@ const REQUIREMENTS: &[Requirement] = &[
         works: bpffs_mounted,
         fix: Fix::MountBpffs,
     },
+    Requirement {
+        what: "br_netfilter (as Kubernetes requires: netfilter sees the lab's same-node pod traffic)",
+        works: || std::path::Path::new(BRIDGE_NF_CALL_IPTABLES).exists(),
+        fix: Fix::Modprobe("br_netfilter"),
+    },
 ];
+
+/// Present once br_netfilter is loaded.
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 fn missing() -> Vec<&'static Requirement> {
     REQUIREMENTS
@@ -252,6 +264,10 @@ pub fn setup() -> Result<()> {
             Fix::MountBpffs => {
                 println!("setup: mounting bpffs at /sys/fs/bpf");
                 run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])?;
+            }
+            Fix::Modprobe(module) => {
+                println!("setup: loading {module}");
+                run("modprobe", &[module], &[])?;
             }
         }
     }
