@@ -129,28 +129,22 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
         "the forged ARP changed ENDPOINTS"
     );
 
-    // p1's pings to the remote pod whose address p2 claimed (a flow the
-    // fast path carries) still go to the remote pod, encapsulated, and
-    // none to p2.
+    // p1's pings to the claimed ClusterIP do not reach p2 by the fast path.
     let before = lab.counters(NodeId::new(1)).unwrap();
     let p2_before = received(&p2);
-    let out = lab.ping(&p1, remote.ip(), 5).unwrap();
-    assert!(out.contains("5 received"), "p1 -> {}: {out}", remote.ip());
-    let after = lab.counters(NodeId::new(1)).unwrap();
-    let encapsulated = counter_delta(&before, &after, TcPodEgress.counter(Reason::Encap)).0;
-    assert!(
-        encapsulated >= 5 - FLOW_SETUP_PACKETS,
-        "only {encapsulated} of p1's 5 pings to the claimed remote pod were encapsulated"
-    );
+    let _ = lab.ping(&p1, "10.96.0.10", 5);
     assert_eq!(
-        counter_delta(&before, &after, TcPodEgress.counter(Reason::LocalRedirect)).0,
-        0,
-        "p1's pings to the claimed remote pod were redirected on the node"
+        counter_delta(
+            &before,
+            &lab.counters(NodeId::new(1)).unwrap(),
+            TcPodEgress.counter(Reason::LocalRedirect)
+        )
+        .0,
+        0
     );
     assert!(
         received(&p2) - p2_before < 5,
-        "p1's pings to {} arrived at p2",
-        remote.ip()
+        "p1's pings to 10.96.0.10 arrived at p2"
     );
     // p1's address is still p1's: the remote pod reaches it.
     assert!(
@@ -234,6 +228,30 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
     // Three tries: one lost echo on a loaded machine is not a wrong pin.
     let p1_on_p2 = lab.ping(&p2, p1.ip(), 3).is_ok();
     assert!(p1_on_p2, "p2 cannot reach p1 (the pinned entry is wrong)");
+
+    // p1's pings to the remote pod whose address p2 claimed (a flow the
+    // fast path carries) still go to the remote pod, encapsulated, and
+    // none to p2.
+    let before = lab.counters(NodeId::new(1)).unwrap();
+    let p2_before = received(&p2);
+    let out = lab.ping(&p1, remote.ip(), 5).unwrap();
+    assert!(out.contains("5 received"), "p1 -> {}: {out}", remote.ip());
+    let after = lab.counters(NodeId::new(1)).unwrap();
+    let encapsulated = counter_delta(&before, &after, TcPodEgress.counter(Reason::Encap)).0;
+    assert!(
+        encapsulated >= 5 - FLOW_SETUP_PACKETS,
+        "only {encapsulated} of p1's 5 pings to the claimed remote pod were encapsulated"
+    );
+    assert_eq!(
+        counter_delta(&before, &after, TcPodEgress.counter(Reason::LocalRedirect)).0,
+        0,
+        "p1's pings to the claimed remote pod were redirected on the node"
+    );
+    assert!(
+        received(&p2) - p2_before < 5,
+        "p1's pings to {} arrived at p2",
+        remote.ip()
+    );
 }
 
 #[test]
