@@ -251,15 +251,30 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
     // Refused at the pod's own interface, before any path: ping says
     // "local error: message too long, mtu=1450" (a lost packet would fail
     // too, but for the wrong reason).
-    let over = lab.ping_sized(&from, to.ip(), 1, 1423, true);
-    let refusal = format!(
-        "{:#}",
-        over.as_ref()
-            .expect_err("a 1451-byte DF packet left a 1450-MTU pod")
+    let over = netns::command(&from.ns, "ping")
+        .unwrap()
+        .args([
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "1423",
+            to.ip(),
+        ])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&over.stdout),
+        String::from_utf8_lossy(&over.stderr)
     );
     assert!(
-        refusal.contains("message too long, mtu=1450"),
-        "a 1451-byte DF packet failed otherwise than as too long: {refusal}"
+        !over.status.success() && said.contains("message too long, mtu=1450"),
+        "a 1451-byte DF packet from a 1450-MTU pod was not refused as too long: {said}"
     );
     let fragmented = lab.ping_sized(&from, to.ip(), 3, 1423, false).unwrap();
     assert!(fragmented.contains("3 received"), "{fragmented}");

@@ -211,23 +211,19 @@ struct PingAcross {
 
 const PING_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Pings a swap may lose: the kernel path stays programmed while neither
-/// agent runs, so none is lost in our runs; a few allow for a loaded
-/// machine. An outage across the swap loses every ping sent meanwhile.
-const MAX_LOST: u64 = 3;
-
 impl PingAcross {
-    /// No outage: at most [`MAX_LOST`] pings lost, and the swap long enough
-    /// that an outage during it would have lost more (else the bound could
-    /// not tell).
+    /// No outage across the swap: fewer than half the pings sent while
+    /// neither agent ran are lost (an outage lasting the swap loses them
+    /// all; the kernel path stays programmed, so in quiet runs none is
+    /// lost), and the swap long enough for that bound to tell.
     fn assert_no_outage(&self, what: &str) {
         assert!(
-            self.sent_in_gap > MAX_LOST,
+            self.sent_in_gap >= 10,
             "{what}: the swap took {:?}, too short to tell an outage from a loss",
             self.gap
         );
         assert!(
-            self.lost <= MAX_LOST,
+            self.lost * 2 < self.sent_in_gap,
             "{what}: {} of {} pings lost ({} sent while neither agent ran)",
             self.lost,
             self.sent,
