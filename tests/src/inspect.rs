@@ -70,10 +70,14 @@ pub fn addresses(ns: &str, dev: &str) -> Result<Vec<String>> {
 pub fn packet_counts(ns: &str, dev: &str) -> Result<(u64, u64)> {
     let links = json(&["ip", "-j", "-s", "-n", ns, "link", "show", "dev", dev])?;
     let stats = &links.first().context("no such link")?["stats64"];
-    Ok((
-        stats["rx"]["packets"].as_u64().unwrap_or_default(),
-        stats["tx"]["packets"].as_u64().unwrap_or_default(),
-    ))
+    // A missing field is an error, never 0 (which would pass every
+    // "stayed idle" check).
+    let count = |direction: &str| {
+        stats[direction]["packets"]
+            .as_u64()
+            .with_context(|| format!("`ip -s link show {dev}` in {ns}: no {direction} packets"))
+    };
+    Ok((count("rx")?, count("tx")?))
 }
 
 /// How many packets the IPv4 stack of `ns` forwarded (routed) so far:

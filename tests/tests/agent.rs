@@ -113,6 +113,21 @@ fn agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm() {
             node + 1
         );
     }
+    // Seen is not carried: each node encapsulated its pod's packets and
+    // delivered the other's, all but the flow's set-up.
+    for node in [0, 1] {
+        for counter in [
+            TcPodEgress.counter(Reason::Encap),
+            XdpUplink.counter(Reason::Decap),
+        ] {
+            let delta = after[node][&counter] - before[node][&counter];
+            assert!(
+                delta >= COUNT - lab::FLOW_SETUP_PACKETS,
+                "node {} {counter} rose by {delta} of {COUNT}",
+                node + 1
+            );
+        }
+    }
 
     // bpftool reads the pinned map with BTF field names.
     let stats_pin = lab

@@ -248,10 +248,33 @@ fn carries_cross_node_traffic(lab: &Lab, xdp: bool) {
         )
         .0 >= 6 - FLOW_SETUP_PACKETS
     );
-    let over = lab.ping_sized(&from, to.ip(), 1, 1423, true);
+    // Refused at the pod's own interface, before any path: ping says
+    // "local error: message too long, mtu=1450" (a lost packet would fail
+    // too, but for the wrong reason).
+    let over = netns::command(&from.ns, "ping")
+        .unwrap()
+        .args([
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "1423",
+            to.ip(),
+        ])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&over.stdout),
+        String::from_utf8_lossy(&over.stderr)
+    );
     assert!(
-        over.is_err(),
-        "a 1451-byte DF packet left a 1450-MTU pod: {over:?}"
+        !over.status.success() && said.contains("message too long, mtu=1450"),
+        "a 1451-byte DF packet from a 1450-MTU pod was not refused as too long: {said}"
     );
     let fragmented = lab.ping_sized(&from, to.ip(), 3, 1423, false).unwrap();
     assert!(fragmented.contains("3 received"), "{fragmented}");
@@ -325,25 +348,45 @@ fn a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways() {
     spec.node_dataplanes = vec![Dataplane::Kernel, Dataplane::Ebpf, Dataplane::Ebpf];
     let lab = Lab::up(&spec).unwrap();
     lab.warm_up().unwrap();
+    lab.assert_all_pairs_ping(2);
+    // Then the stock node's pod and one of weft's alone, 20 pings each way,
+    // so the counters below hold only that pair's traffic: the stock node's
+    // flannel.1 decapsulated what weft encapsulated and encapsulated what
+    // weft decapsulated.
+    let stock_pod = lab.node(NodeId::new(1)).pods[0].clone();
+    let fast_pod = lab.node(NodeId::new(2)).pods[0].clone();
     let stock_before = inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap();
     let fast_before = lab.counters(NodeId::new(2)).unwrap();
-    lab.assert_all_pairs_ping(2);
-    // The stock node's flannel.1 decapsulated what weft encapsulated and
-    // encapsulated what weft's XDP decapsulated.
+    for (from, to) in [(&stock_pod, &fast_pod), (&fast_pod, &stock_pod)] {
+        let out = lab.ping(from, to.ip(), 20).unwrap();
+        assert!(
+            out.contains("20 received"),
+            "{} -> {}: {out}",
+            from.ip(),
+            to.ip()
+        );
+    }
     let stock_after = inspect::packet_counts(&lab.node(NodeId::new(1)).ns, "flannel.1").unwrap();
     let fast_after = lab.counters(NodeId::new(2)).unwrap();
-    assert!(
-        stock_after.0 > stock_before.0 && stock_after.1 > stock_before.1,
-        "the stock node's flannel.1 saw no traffic"
+    // 40 echo packets each way between the two nodes.
+    let (received, sent) = (
+        stock_after.0 - stock_before.0,
+        stock_after.1 - stock_before.1,
     );
     assert!(
-        counter_delta(
-            &fast_before,
-            &fast_after,
-            TcPodEgress.counter(Reason::Encap)
-        )
-        .0 > 0
-            && counters_delta(&fast_before, &fast_after, &DECAP_COUNTERS).0 > 0
+        received >= 40 && sent >= 40,
+        "the stock node's flannel.1 received {received} and sent {sent} of the pair's 40 each way"
+    );
+    let encap = counter_delta(
+        &fast_before,
+        &fast_after,
+        TcPodEgress.counter(Reason::Encap),
+    )
+    .0;
+    let decap = counters_delta(&fast_before, &fast_after, &DECAP_COUNTERS).0;
+    assert!(
+        encap >= 40 - 2 * FLOW_SETUP_PACKETS && decap >= 40 - 2 * FLOW_SETUP_PACKETS,
+        "weft's node carried {encap} of 40 packets to the stock node and {decap} of 40 from it"
     );
 }
 

@@ -6,40 +6,39 @@
 #![allow(unused_crate_dependencies)]
 
 use std::{
-    net::UdpSocket,
-    time::{Duration, Instant},
+    net::{IpAddr, Ipv4Addr, UdpSocket},
+    time::Duration,
 };
+
+use ipnet::Ipv4Net;
+use weft_agent::lease::MacAddr;
 use weft_common::{Hook::TcUplink, Reason};
 
 use nix::sys::signal::Signal;
 use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK};
 use weft_tests::{
-    Lab, LabSpec, NodeId,
-    lab::{self, PodState, counter_delta},
+    Lab, LabSpec, NodeId, flannel, inspect,
+    lab::{DECAP_COUNTERS, PodState, counter_delta},
     netns,
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4, udp, vxlan},
     privileged_test,
     traffic::tcp_transfer,
 };
 
-/// A VXLAN datagram carrying UDP `payload` from a remote pod to `pod` on port 9999.
-fn vxlan_to_pod(pod: &PodState, payload: &[u8]) -> Vec<u8> {
+/// The best forgery a stranger can make: a VXLAN datagram (VNI 1)
+/// addressed inside to the target node's real VTEP MAC (`vtep`), carrying
+/// UDP `payload` to `pod` port 9999 from `inner_src`, an address in a peer
+/// node's pod subnet. The target's flannel.1 takes it (the real peer's
+/// copy below arrives), so only the VTEP check keeps the stranger's out.
+fn vxlan_to_pod(vtep: [u8; 6], inner_src: Ipv4Addr, pod: &PodState, payload: &[u8]) -> Vec<u8> {
     let inner_ip = ipv4(
-        [10, 244, 250, 9],
-        pod.ip().parse::<std::net::Ipv4Addr>().unwrap().octets(),
+        inner_src.octets(),
+        pod.ip().parse::<Ipv4Addr>().unwrap().octets(),
         17,
         &udp(4444, 9999, payload),
         Ipv4Options::default(),
     );
-    vxlan(
-        1,
-        &eth(
-            [0x0e, 0, 0, 0, 0, 1],
-            [0x0e, 0, 0, 0, 0, 2],
-            ETH_P_IPV4,
-            &inner_ip,
-        ),
-    )
+    vxlan(1, &eth(vtep, [0x0e, 0, 0, 0, 0, 2], ETH_P_IPV4, &inner_ip))
 }
 
 #[test]
@@ -49,8 +48,16 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
     };
     let lab = Lab::up(&LabSpec::new("t-fp-spoof", 2, 1)).unwrap();
     lab.warm_up().unwrap();
-    let pod = lab.node(NodeId::new(1)).pods[0].clone();
-    let node_ip = lab.node(NodeId::new(1)).ip.clone();
+    let target = lab.node(NodeId::new(1));
+    let peer = lab.node(NodeId::new(2));
+    let pod = target.pods[0].clone();
+    let vtep: MacAddr = flannel::vtep_mac(target).unwrap().parse().unwrap();
+    // An address in the peer's pod subnet (no pod holds it: only the
+    // datagram's delivery is in question).
+    let inner_src = {
+        let subnet: Ipv4Net = peer.subnet.parse().unwrap();
+        Ipv4Addr::from(u32::from(subnet.network()) + 200)
+    };
     let listener = netns::in_netns(&pod.ns, || {
         let socket = UdpSocket::bind(("0.0.0.0", 9999))?;
         socket.set_read_timeout(Some(Duration::from_millis(1500)))?;
@@ -58,14 +65,21 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
     })
     .unwrap();
     let send_from = |ns: &str, source: &str, payload: &[u8]| {
-        let datagram = vxlan_to_pod(&pod, payload);
-        let target = format!("{node_ip}:8472");
+        let datagram = vxlan_to_pod(vtep.0, inner_src, &pod, payload);
+        let destination = format!("{}:8472", target.ip);
         netns::in_netns(ns, || {
             let socket = UdpSocket::bind((source, 0))?;
-            socket.send_to(&datagram, &target)?;
+            socket.send_to(&datagram, &destination)?;
             Ok(())
         })
         .unwrap();
+    };
+    let receive = || {
+        let mut buffer = [0u8; 64];
+        listener
+            .recv_from(&mut buffer)
+            .ok()
+            .map(|(len, from)| (from.ip(), buffer[..len].to_vec()))
     };
     // From an underlay address that holds no lease.
     netns::run_host(&[
@@ -81,13 +95,8 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
     .unwrap();
     let before = lab.counters(NodeId::new(1)).unwrap();
     send_from(&lab.state.underlay_ns, "192.168.77.66", b"spoofed");
-    let mut buffer = [0u8; 64];
-    let received = listener.recv_from(&mut buffer);
-    assert!(
-        received.is_err(),
-        "the spoofed packet reached the pod: {:?}",
-        received.map(|(len, _)| String::from_utf8_lossy(&buffer[..len]).into_owned())
-    );
+    let received = receive();
+    assert_eq!(received, None, "the stranger's packet reached the pod");
     assert_eq!(
         counter_delta(
             &before,
@@ -97,29 +106,16 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
         .0,
         1
     );
-    // The same packet from a node that holds a lease passes the VTEP
-    // check (the check above could have failed) and meets the next one: it
-    // is not addressed to this node's VTEP MAC, so it goes to the kernel
-    // path (where flannel.1 ignores it) rather than into the pod.
+    // The same datagram from the peer that holds the lease arrives, from
+    // the inner source: so nothing but the VTEP check stopped the
+    // stranger's copy.
     let before = lab.counters(NodeId::new(1)).unwrap();
-    send_from(
-        &lab.node(NodeId::new(2)).ns,
-        &lab.node(NodeId::new(2)).ip,
-        b"legit",
+    send_from(&peer.ns, &peer.ip, b"legit");
+    assert_eq!(
+        receive(),
+        Some((IpAddr::V4(inner_src), b"legit".to_vec())),
+        "the peer's copy of the datagram did not arrive"
     );
-    lab::wait_for(
-        "the packet from a real node to be classified",
-        Duration::from_secs(5),
-        || {
-            Ok(counter_delta(
-                &before,
-                &lab.counters(NodeId::new(1))?,
-                TcUplink.counter(Reason::PassNotOurVtep),
-            )
-            .0 == 1)
-        },
-    )
-    .unwrap();
     assert_eq!(
         counter_delta(
             &before,
@@ -144,23 +140,37 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
         lab.node(NodeId::new(1)).pods[0].clone(),
         lab.node(NodeId::new(2)).pods[0].clone(),
     );
-    let counters_before = lab.counters(NodeId::new(2)).unwrap();
-    let killer = {
-        let pid = lab.agent_pid(NodeId::new(2)).unwrap();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL)
-                .unwrap();
-        })
-    };
-    let started = Instant::now();
-    let transfer =
-        tcp_transfer(&server.ns, server.ip(), 5002, &client.ns, 200 * 1024 * 1024).unwrap();
-    killer.join().unwrap();
-    assert!(
-        started.elapsed() > Duration::from_millis(300),
-        "the transfer ended before the kill"
-    );
+    // Kill the receiving node's agent as soon as the transfer is under way
+    // on the fast path (watched in its pinned STATS every millisecond), so
+    // the kill lands while bytes are still arriving however fast this
+    // machine is, and read STATS right after it.
+    const UNDER_WAY: u64 = 1024 * 1024;
+    const TRANSFER: u64 = 256 * 1024 * 1024;
+    const AFTER_THE_KILL: u64 = TRANSFER / 2;
+    let pid = lab.agent_pid(NodeId::new(2)).unwrap();
+    let started = lab.pinned_counters(NodeId::new(2)).unwrap();
+    let begun = std::time::Instant::now();
+    let (transfer, (at_kill, received_at_kill)) = std::thread::scope(|scope| {
+        let lab = &lab;
+        let killer = scope.spawn(move || {
+            lab.wait_for_bytes(
+                NodeId::new(2),
+                &started,
+                &DECAP_COUNTERS,
+                UNDER_WAY,
+                Duration::from_secs(30),
+            )?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+            let at_kill = lab.pinned_counters(NodeId::new(2))?;
+            let received = inspect::packet_counts(&lab.node(NodeId::new(2)).ns, "eth0")?.0;
+            eprintln!("killed {:?} into the transfer", begun.elapsed());
+            anyhow::Ok((at_kill, received))
+        });
+        let began = std::time::Instant::now();
+        let transfer = tcp_transfer(&server.ns, server.ip(), 5002, &client.ns, TRANSFER).unwrap();
+        eprintln!("{TRANSFER} bytes across the kill in {:?}", began.elapsed());
+        (transfer, killer.join().unwrap().unwrap())
+    });
     assert_eq!(
         transfer.sent, transfer.received,
         "the transfer was damaged by the agent's death"
@@ -168,31 +178,51 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
     lab.stop_agent(NodeId::new(2), Signal::SIGKILL).ok();
     lab.start_agent(NodeId::new(2)).unwrap();
     lab.wait_pods_attached(NodeId::new(2)).unwrap();
-    // Adopted, not duplicated: one XDP program on the uplink, one TC program
-    // per pod veth, and the pinned counters carried on from before the kill.
+    // Adopted, not duplicated: one tc_uplink on the uplink, one TC program
+    // per pod veth.
     let node = lab.node(NodeId::new(2));
-    assert!(lab::tc_attached(&node.ns, "eth0", TC_UPLINK).unwrap());
-    for pod in &node.pods {
-        let count = netns::in_netns(&node.ns, || {
+    let copies = |iface: &str, program: &str| {
+        netns::in_netns(&node.ns, || {
             let (_, programs) = aya::programs::SchedClassifier::query_tcx(
-                &pod.network.host_veth,
+                iface,
                 aya::programs::TcAttachType::Ingress,
             )?;
             Ok(programs
                 .iter()
-                .filter(|info| info.name_as_str() == Some(TC_POD_EGRESS))
+                .filter(|info| info.name_as_str() == Some(program))
                 .count())
         })
-        .unwrap();
+        .unwrap()
+    };
+    assert_eq!(copies("eth0", TC_UPLINK), 1, "eth0: copies of {TC_UPLINK}");
+    for pod in &node.pods {
         assert_eq!(
-            count, 1,
-            "{} has {count} copies of {TC_POD_EGRESS}",
+            copies(&pod.network.host_veth, TC_POD_EGRESS),
+            1,
+            "{}: copies of {TC_POD_EGRESS}",
             pod.network.host_veth
         );
     }
+    // Half the transfer or more still arrived after the kill, by the
+    // kernel path (the programs' attachments ended with the agent): at
+    // least that many packets on node 2's uplink, even were each a 64 KiB
+    // GRO packet. And the restart carried the pinned counters on from the
+    // reading taken right after the kill.
+    let received = inspect::packet_counts(&lab.node(NodeId::new(2)).ns, "eth0")
+        .unwrap()
+        .0
+        - received_at_kill;
     assert!(
-        lab.counters(NodeId::new(2)).unwrap()[&TcUplink.counter(Reason::Seen)].0
-            >= counters_before[&TcUplink.counter(Reason::Seen)].0
+        received >= AFTER_THE_KILL / (64 * 1024),
+        "only {received} packets arrived after the kill: the transfer was (nearly) over before it"
     );
+    let now = lab.counters(NodeId::new(2)).unwrap();
+    for (counter, value) in &at_kill {
+        assert!(
+            now[counter] >= *value,
+            "{counter} went back from {value:?} to {:?}: the restart did not adopt STATS",
+            now[counter]
+        );
+    }
     lab.assert_all_pairs_ping(2);
 }

@@ -140,17 +140,34 @@ fn a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other() {
     spec.node_dataplanes = vec![Dataplane::Kernel, Dataplane::Ebpf, Dataplane::Ebpf];
     let lab = Lab::up(&spec).unwrap();
     lab.warm_up().unwrap();
+    lab.assert_all_pairs_ping(2);
+    // Then the stock node's pod and one of weft's alone, 20 pings each way,
+    // so the counters below hold only that pair's traffic.
+    let stock_pod = lab.node(NodeId::new(1)).pods[0].clone();
+    let fast_pod = lab.node(NodeId::new(2)).pods[0].clone();
     let stock = inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap();
     let fast = lab.counters(NodeId::new(2)).unwrap();
-    lab.assert_all_pairs_ping(2);
+    for (from, to) in [(&stock_pod, &fast_pod), (&fast_pod, &stock_pod)] {
+        let out = lab.ping(from, to.ip(), 20).unwrap();
+        assert!(
+            out.contains("20 received"),
+            "{} -> {}: {out}",
+            from.ip(),
+            to.ip()
+        );
+    }
+    // The stock node routed all 80 echo packets (in and out of its pod).
+    let routed = inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap() - stock;
     assert!(
-        inspect::forwarded_datagrams(&lab.node(NodeId::new(1)).ns).unwrap() > stock,
-        "the stock node routed nothing"
+        routed >= 80,
+        "the stock node routed {routed} of the pair's 80 packets"
     );
     let fast_after = lab.counters(NodeId::new(2)).unwrap();
+    let sent = counter_delta(&fast, &fast_after, TcPodEgress.counter(Reason::HostGw)).0;
+    let delivered = counters_delta(&fast, &fast_after, &HOST_GW_DELIVERY_COUNTERS).0;
     assert!(
-        counter_delta(&fast, &fast_after, TcPodEgress.counter(Reason::HostGw)).0 > 0
-            && counters_delta(&fast, &fast_after, &HOST_GW_DELIVERY_COUNTERS).0 > 0
+        sent >= 40 - 2 * FLOW_SETUP_PACKETS && delivered >= 40 - 2 * FLOW_SETUP_PACKETS,
+        "weft's node carried {sent} of 40 packets to the stock node and {delivered} of 40 from it"
     );
 }
 

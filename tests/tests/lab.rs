@@ -6,7 +6,9 @@
 // package; the lint is for the library.
 #![allow(unused_crate_dependencies)]
 
-use weft_tests::{Dataplane, Lab, LabSpec, host::HostSnapshot, lab, netns, privileged_test};
+use weft_tests::{
+    Dataplane, Lab, LabSpec, host::HostSnapshot, lab, netns, privileged_test, process,
+};
 
 #[test]
 fn two_nodes_two_pods_all_pairs_ping_and_down_leaves_nothing() {
@@ -51,7 +53,39 @@ fn two_nodes_two_pods_all_pairs_ping_and_down_leaves_nothing() {
     assert_eq!(lab.pods().count(), 4);
     lab.assert_all_pairs_ping(3);
 
+    // Every process the lab started (the agents, etcd), by the pid files
+    // teardown stops them by.
+    let processes: Vec<(u32, String)> = std::fs::read_dir(lab::run_dir("t-lab-pairs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "pid"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let (pid, program) = text.trim().split_once(' ').unwrap();
+            (pid.parse().unwrap(), program.to_owned())
+        })
+        .collect();
+    assert!(
+        processes.len() >= 3
+            && processes
+                .iter()
+                .any(|(_, program)| program.ends_with("etcd")),
+        "two agents and etcd at least: {processes:?}"
+    );
+    for (pid, program) in &processes {
+        assert!(
+            process::is_running(*pid, program),
+            "{program} ({pid}) is not running"
+        );
+    }
+
     drop(lab);
+    for (pid, program) in &processes {
+        assert!(
+            !process::is_running(*pid, program),
+            "{program} ({pid}) still runs after teardown"
+        );
+    }
     assert_eq!(
         HostSnapshot::take().unwrap(),
         before,

@@ -12,7 +12,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 use weft_common::{
-    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink},
     Reason,
 };
 
@@ -31,6 +31,15 @@ use weft_tests::{
 const ECHO_PORT: u16 = 8080;
 const NODE_PORT: u16 = 30080;
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// Every counter of a packet the fast path delivered into a pod: VXLAN and
+/// host-gw from the uplink, and same-node pod to pod.
+const POD_DELIVERY_COUNTERS: [weft_common::CounterId; 5] = [
+    DECAP_COUNTERS[0],
+    DECAP_COUNTERS[1],
+    HOST_GW_DELIVERY_COUNTERS[0],
+    HOST_GW_DELIVERY_COUNTERS[1],
+    TcPodEgress.counter(Reason::LocalRedirect),
+];
 
 #[test]
 fn vxlan_with_tc_keeps_every_netfilter_decision() {
@@ -119,9 +128,20 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
         &["10.96.0.10", "10.96.0.11", "10.96.0.12"],
         "iptables mode",
     );
+    let after = lab.counters(NodeId::new(1)).unwrap();
+    // Every packet reaching pod A was a reply to be un-DNATed on node 1
+    // (its source rewritten to the Service address): the fast path, which
+    // does no NAT, must have delivered none of them, whichever node the
+    // endpoint was on.
+    let delivered_to_a = counters_delta(&before, &after, &POD_DELIVERY_COUNTERS);
+    assert_eq!(
+        delivered_to_a.0, 0,
+        "node 1's fast path delivered {} DNAT'd replies past netfilter",
+        delivered_to_a.0
+    );
     let refused = counters_delta(
         &before,
-        &lab.counters(NodeId::new(1)).unwrap(),
+        &after,
         &[
             TcPodEgress.counter(Reason::PassNoVerdict),
             XdpUplink.counter(Reason::PassNoVerdict),
@@ -197,26 +217,83 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     );
 
     // conntrack forgets everything in the middle of a transfer: netfilter
-    // sees the flow again and nothing is lost.
-    let flusher = std::thread::spawn({
-        let nodes = [
-            lab.node(NodeId::new(1)).ns.clone(),
-            lab.node(NodeId::new(2)).ns.clone(),
-        ];
-        move || {
-            std::thread::sleep(Duration::from_millis(400));
-            for ns in nodes {
-                netns::run(&ns, &["conntrack", "-F"]).unwrap();
+    // sees the flow again, the verdicts are learned again, and nothing is
+    // lost. The flush waits until the transfer is under way (watched in
+    // node 2's pinned STATS every millisecond), and must land well before
+    // its end, however fast this machine is.
+    const UNDER_WAY: u64 = 1024 * 1024;
+    const TRANSFER: u64 = 256 * 1024 * 1024;
+    const AFTER_THE_FLUSH: u64 = TRANSFER / 2;
+    let delivery = if host_gw {
+        HOST_GW_DELIVERY_COUNTERS
+    } else {
+        DECAP_COUNTERS
+    };
+    let started = lab.pinned_counters(NodeId::new(2)).unwrap();
+    let (transfer, at_flush) = std::thread::scope(|scope| {
+        let lab = &lab;
+        let flusher = scope.spawn(move || {
+            lab.wait_for_bytes(
+                NodeId::new(2),
+                &started,
+                &delivery,
+                UNDER_WAY,
+                Duration::from_secs(30),
+            )?;
+            for node in [NodeId::new(1), NodeId::new(2)] {
+                netns::run(&lab.node(node).ns, &["conntrack", "-F"])?;
             }
-        }
+            anyhow::Ok([
+                lab.pinned_counters(NodeId::new(1))?,
+                lab.pinned_counters(NodeId::new(2))?,
+            ])
+        });
+        let began = std::time::Instant::now();
+        let transfer = tcp_transfer(&b.ns, b.ip(), 5002, &a.ns, TRANSFER).unwrap();
+        eprintln!(
+            "{TRANSFER} bytes across conntrack -F in {:?}",
+            began.elapsed()
+        );
+        (transfer, flusher.join().unwrap().unwrap())
     });
-    let transfer = tcp_transfer(&b.ns, b.ip(), 5002, &a.ns, 200 * 1024 * 1024).unwrap();
-    flusher.join().unwrap();
     assert_eq!(
         transfer.sent, transfer.received,
         "the transfer across conntrack -F was corrupted"
     );
-
+    let after = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+    ];
+    // Seen on node 2's uplink (XDP's count, or TC's without XDP), by
+    // whichever path then carried it.
+    let after_the_flush = counters_delta(
+        &at_flush[1],
+        &after[1],
+        &[
+            XdpUplink.counter(Reason::Seen),
+            TcUplink.counter(Reason::Seen),
+        ],
+    )
+    .1;
+    assert!(
+        after_the_flush >= AFTER_THE_FLUSH,
+        "only {after_the_flush} bytes arrived after the flush: \
+         the transfer was (nearly) over before it"
+    );
+    // Each node recorded the connection's verdict again after the flush
+    // (pending, then confirmed on the new conntrack entry), and carried it.
+    for (index, node) in [NodeId::new(1), NodeId::new(2)].into_iter().enumerate() {
+        let learned = counter_delta(
+            &at_flush[index],
+            &after[index],
+            TcVerdict.counter(Reason::LearnedPending),
+        )
+        .0;
+        assert!(
+            learned > 0,
+            "node {node} learned no verdict after the flush"
+        );
+    }
     // NetworkPolicy as FORWARD drops: each direction, on either node,
     // blocks A and B exactly as the kernel path would; removing it restores
     // them.
@@ -246,39 +323,43 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     // ESTABLISHED accept), the next request goes unanswered once the agent
     // has seen nftables' change notification (milliseconds; waited for
     // here so the check does not race it).
-    let mut session = TcpSession::connect(&a.ns, at(b.ip(), ECHO_PORT), TIMEOUT).unwrap();
-    for index in 0..100 {
-        session.exchange(index).unwrap();
+    // On the receiving node and on the sending one.
+    for node in [NodeId::new(2), NodeId::new(1)] {
+        let mut session = TcpSession::connect(&a.ns, at(b.ip(), ECHO_PORT), TIMEOUT).unwrap();
+        for index in 0..100 {
+            session.exchange(index).unwrap();
+        }
+        let before = lab.counters(NodeId::new(1)).unwrap();
+        for index in 100..200 {
+            session.exchange(index).unwrap();
+        }
+        let carried = if host_gw {
+            TcPodEgress.counter(Reason::HostGw)
+        } else {
+            TcPodEgress.counter(Reason::Encap)
+        };
+        assert!(
+            counter_delta(&before, &lab.counters(NodeId::new(1)).unwrap(), carried).0 >= 90,
+            "the established connection did not ride the fast path"
+        );
+        let rule = ["-s", a.ip(), "-d", b.ip(), "-j", "DROP"];
+        let generation = ruleset_generation(&lab, node);
+        iptables(&lab.node(node).ns, "-I", &rule);
+        wait_for(
+            &format!("node {node}'s agent to see the new rule"),
+            Duration::from_secs(2),
+            || Ok(ruleset_generation(&lab, node) != generation),
+        )
+        .unwrap();
+        session.set_timeout(Duration::from_secs(1)).unwrap();
+        assert!(
+            session.exchange(200).is_err(),
+            "a request crossed a drop on node {node} added to its established connection"
+        );
+        iptables(&lab.node(node).ns, "-D", &rule);
+        tcp_echo(&a.ns, at(b.ip(), ECHO_PORT), 20, TIMEOUT)
+            .expect("no connection after the drop went");
     }
-    let before = lab.counters(NodeId::new(1)).unwrap();
-    for index in 100..200 {
-        session.exchange(index).unwrap();
-    }
-    let carried = if host_gw {
-        TcPodEgress.counter(Reason::HostGw)
-    } else {
-        TcPodEgress.counter(Reason::Encap)
-    };
-    assert!(
-        counter_delta(&before, &lab.counters(NodeId::new(1)).unwrap(), carried).0 >= 90,
-        "the established connection did not ride the fast path"
-    );
-    let rule = ["-s", a.ip(), "-d", b.ip(), "-j", "DROP"];
-    let generation = ruleset_generation(&lab, NodeId::new(2));
-    iptables(&lab.node(NodeId::new(2)).ns, "-I", &rule);
-    wait_for(
-        "node 2's agent to see the new rule",
-        Duration::from_secs(2),
-        || Ok(ruleset_generation(&lab, NodeId::new(2)) != generation),
-    )
-    .unwrap();
-    session.set_timeout(Duration::from_secs(1)).unwrap();
-    assert!(
-        session.exchange(200).is_err(),
-        "a request crossed a drop added to its established connection"
-    );
-    iptables(&lab.node(NodeId::new(2)).ns, "-D", &rule);
-    tcp_echo(&a.ns, at(b.ip(), ECHO_PORT), 20, TIMEOUT).expect("no connection after the drop went");
 
     // kube-proxy, nftables mode, instead.
     for node in [NodeId::new(1), NodeId::new(2)] {

@@ -74,6 +74,12 @@ fn table_exists(ns: &str) -> bool {
         .contains("inet weft")
 }
 
+/// Whether weft's verdict chain (the accept mark's only setter) is in
+/// table `inet weft`.
+fn verdict_chain_exists(ns: &str) -> bool {
+    netns::run(ns, &["nft", "list", "chain", "inet", "weft", "verdict"]).is_ok()
+}
+
 #[test]
 fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
     let Some(_guard) =
@@ -117,6 +123,10 @@ fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
     lab.stop_agent(n1, Signal::SIGTERM).unwrap();
     assert_eq!(pinned(&node1.ns), []);
     assert!(table_exists(&node1.ns), "SIGTERM removed the overlay guard");
+    assert!(
+        !verdict_chain_exists(&node1.ns),
+        "SIGTERM left the verdict chain"
+    );
     set_mac(&pod, "02:aa:bb:cc:dd:02");
     reaches(&lab);
 
@@ -129,6 +139,10 @@ fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
     .unwrap();
     lab.stop_agent(n1, Signal::SIGKILL).unwrap();
     assert!(!pinned(&node1.ns).is_empty(), "kill -9 removed the pins");
+    assert!(
+        verdict_chain_exists(&node1.ns),
+        "kill -9 removed the verdict chain"
+    );
     assert!(node1.pin_dir.exists());
     let out = cleanup(&lab, &node1).unwrap();
     assert!(out.contains("removed table inet weft"), "{out}");

@@ -22,7 +22,7 @@ use weft_common::{
 use weft_agent::lease::MacAddr;
 use weft_tests::{
     Lab, LabSpec, NodeId, inspect,
-    lab::{PodState, counter_delta, counters_delta, wait_for},
+    lab::{FLOW_SETUP_PACKETS, PodState, counter_delta, counters_delta, wait_for},
     netns,
     packets::{ETH_P_ARP, ETH_P_IPV4, Ipv4Options, arp_request, eth, ipv4, udp, vxlan},
     privileged_test,
@@ -228,6 +228,30 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
     // Three tries: one lost echo on a loaded machine is not a wrong pin.
     let p1_on_p2 = lab.ping(&p2, p1.ip(), 3).is_ok();
     assert!(p1_on_p2, "p2 cannot reach p1 (the pinned entry is wrong)");
+
+    // p1's pings to the remote pod whose address p2 claimed (a flow the
+    // fast path carries) still go to the remote pod, encapsulated, and
+    // none to p2.
+    let before = lab.counters(NodeId::new(1)).unwrap();
+    let p2_before = received(&p2);
+    let out = lab.ping(&p1, remote.ip(), 5).unwrap();
+    assert!(out.contains("5 received"), "p1 -> {}: {out}", remote.ip());
+    let after = lab.counters(NodeId::new(1)).unwrap();
+    let encapsulated = counter_delta(&before, &after, TcPodEgress.counter(Reason::Encap)).0;
+    assert!(
+        encapsulated >= 5 - FLOW_SETUP_PACKETS,
+        "only {encapsulated} of p1's 5 pings to the claimed remote pod were encapsulated"
+    );
+    assert_eq!(
+        counter_delta(&before, &after, TcPodEgress.counter(Reason::LocalRedirect)).0,
+        0,
+        "p1's pings to the claimed remote pod were redirected on the node"
+    );
+    assert!(
+        received(&p2) - p2_before < 5,
+        "p1's pings to {} arrived at p2",
+        remote.ip()
+    );
 }
 
 #[test]

@@ -57,49 +57,40 @@ fn vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths() {
     short[17] -= 1;
     let mut udp_lies = good_vxlan();
     udp_lies[14 + 20 + 5] -= 8; // UDP length
-    programs.assert_xdp_passes(&[
+    let cases = [
         (
             "inner source in the host-gw peer's subnet",
             vxlan_carrying(&inner_from(HOSTGW_POD, VTEP_MAC)),
-            XdpUplink.counter(Reason::PassForeignInnerSource),
+            Reason::PassForeignInnerSource,
         ),
         (
             "inner source in no peer's subnet",
             vxlan_carrying(&inner_from([10, 244, 9, 9], VTEP_MAC)),
-            XdpUplink.counter(Reason::PassForeignInnerSource),
+            Reason::PassForeignInnerSource,
         ),
         (
             "inner source a ClusterIP",
             vxlan_carrying(&inner_from([10, 96, 0, 10], VTEP_MAC)),
-            XdpUplink.counter(Reason::PassForeignInnerSource),
+            Reason::PassForeignInnerSource,
         ),
         (
             "inner destination MAC not our VTEP",
             vxlan_carrying(&inner_from(REMOTE_POD, POD_MAC)),
-            XdpUplink.counter(Reason::PassNotOurVtep),
+            Reason::PassNotOurVtep,
         ),
-        (
-            "outer IPv4 length too long",
-            long,
-            XdpUplink.counter(Reason::PassBadLength),
-        ),
-        (
-            "outer IPv4 length too short",
-            short,
-            XdpUplink.counter(Reason::PassBadLength),
-        ),
-        (
-            "UDP length lies",
-            udp_lies,
-            XdpUplink.counter(Reason::PassBadLength),
-        ),
-    ]);
-    // The same checks in tc_uplink.
-    programs.assert_uplink_tc_passes(&[(
-        "inner source in the host-gw peer's subnet",
-        vxlan_carrying(&inner_from(HOSTGW_POD, VTEP_MAC)),
-        TcUplink.counter(Reason::PassForeignInnerSource),
-    )]);
+        ("outer IPv4 length too long", long, Reason::PassBadLength),
+        ("outer IPv4 length too short", short, Reason::PassBadLength),
+        ("UDP length lies", udp_lies, Reason::PassBadLength),
+    ];
+    let under = |hook: weft_common::Hook| -> Vec<_> {
+        cases
+            .iter()
+            .map(|(what, frame, reason)| (*what, frame.clone(), hook.counter(*reason)))
+            .collect()
+    };
+    programs.assert_xdp_passes(&under(XdpUplink));
+    // The same checks in tc_uplink (without XDP, so it counts them itself).
+    programs.assert_uplink_tc_passes(&under(TcUplink));
     // And the honest frame still goes through: the checks could pass.
     let (verdict, _) = programs.xdp(&good_vxlan());
     assert_eq!(verdict, XDP_REDIRECT);

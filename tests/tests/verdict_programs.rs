@@ -11,9 +11,9 @@
 
 use weft_agent::ct_liberal;
 use weft_common::{
-    FLOW_CONFIRMED, FLOW_PENDING,
+    CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, FLOW_CONFIRMED, FLOW_PENDING,
     Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink},
-    Reason,
+    NodeConfig, Reason,
 };
 use weft_tests::{
     netns,
@@ -127,6 +127,93 @@ fn without_a_verdict_every_program_leaves_the_packet_to_the_kernel() {
     programs.assert_uplink_tc_passes(&[(
         "VXLAN for a pod",
         good_vxlan(),
+        TcUplink.counter(Reason::PassNoVerdict),
+    )]);
+}
+
+/// A full-size TCP segment (1,400 bytes of IPv4) from the remote pod, in
+/// VXLAN from the peer, with TCP `flags`: what XDP leaves to GRO.
+fn bulk_vxlan_tcp(flags: u8) -> Vec<u8> {
+    let mut inner = inner_tcp_frame(LOCAL_POD, 1400, Ipv4Options::default());
+    inner[14 + 20 + 13] = flags;
+    vxlan_carrying(&inner)
+}
+
+/// With XDP attached and `--bulk-tcp-via-gro`, XDP passes full-size TCP
+/// without looking at the verdict; `tc_uplink` checks it once per coalesced
+/// packet. Each (what, frame): XDP counts it `xdp_pass_bulk_tcp` alone, and
+/// `tc_uplink` hands it to the kernel untouched (`TCX_NEXT`) without
+/// counting (XDP counted it).
+fn assert_bulk_tcp_left_to_the_kernel(programs: &Programs, what: &str, frame: &[u8]) {
+    programs.assert_xdp_passes(&[(what, frame.to_vec(), XdpUplink.counter(Reason::PassBulkTcp))]);
+    let before = programs.counters();
+    let (verdict, out) = programs.uplink_tc(frame);
+    assert_eq!(verdict, TCX_NEXT, "{what}: tc_uplink took it");
+    assert_eq!(out, frame, "{what}: a passed frame must be untouched");
+    assert_only(&before, &programs.counters(), &[]);
+}
+
+#[test]
+fn bulk_tcp_left_to_gro_is_checked_against_the_verdict_after_gro() {
+    let Some(_guard) =
+        privileged_test("bulk_tcp_left_to_gro_is_checked_against_the_verdict_after_gro")
+    else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    programs.set_flags(CONFIG_STRICT_VTEPS | CONFIG_BULK_TCP_VIA_GRO | CONFIG_UPLINK_XDP);
+    let incoming = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
+
+    // With the verdict, tc_uplink delivers what XDP left (the control: the
+    // frame is deliverable, only the verdict decides below).
+    programs.assert_xdp_passes(&[(
+        "with a verdict",
+        bulk_vxlan_tcp(TCP_ACK),
+        XdpUplink.counter(Reason::PassBulkTcp),
+    )]);
+    assert_eq!(
+        programs.uplink_tc(&bulk_vxlan_tcp(TCP_ACK)).0,
+        TC_ACT_REDIRECT,
+        "with a verdict"
+    );
+
+    // No verdict: the kernel's.
+    programs.clear_verdicts();
+    assert_bulk_tcp_left_to_the_kernel(&programs, "no verdict", &bulk_vxlan_tcp(TCP_ACK));
+
+    // A verdict from another ruleset generation: the kernel's.
+    programs.set_verdict(incoming, GENERATION + 1);
+    assert_bulk_tcp_left_to_the_kernel(&programs, "a stale generation", &bulk_vxlan_tcp(TCP_ACK));
+
+    // A pending verdict (conntrack entry not liberal yet): the kernel's.
+    programs.set_pending_verdict(incoming, GENERATION);
+    assert_bulk_tcp_left_to_the_kernel(&programs, "pending", &bulk_vxlan_tcp(TCP_ACK));
+
+    // FIN or RST in a coalesced packet goes to the kernel and ends the
+    // verdict: the next segment is netfilter's again.
+    for (what, flags) in [("FIN", TCP_FIN | TCP_ACK), ("RST", 0x04)] {
+        programs.set_verdict(incoming, GENERATION);
+        assert_bulk_tcp_left_to_the_kernel(&programs, what, &bulk_vxlan_tcp(flags));
+        assert_eq!(programs.verdict(&incoming), None, "{what} kept the verdict");
+        assert_bulk_tcp_left_to_the_kernel(
+            &programs,
+            &format!("after {what}"),
+            &bulk_vxlan_tcp(TCP_ACK),
+        );
+    }
+
+    // Without XDP, tc_uplink counts why it refused.
+    programs.set_flags(CONFIG_STRICT_VTEPS | CONFIG_BULK_TCP_VIA_GRO);
+    programs.set_verdict(incoming, GENERATION + 1);
+    programs.assert_uplink_tc_passes(&[(
+        "a stale generation, no XDP",
+        bulk_vxlan_tcp(TCP_ACK),
+        TcUplink.counter(Reason::PassRulesetChanged),
+    )]);
+    programs.clear_verdicts();
+    programs.assert_uplink_tc_passes(&[(
+        "no verdict, no XDP",
+        bulk_vxlan_tcp(TCP_ACK),
         TcUplink.counter(Reason::PassNoVerdict),
     )]);
 }
@@ -585,4 +672,54 @@ fn an_echo_reply_verdict_does_not_cover_an_echo_request() {
         )),
         None
     );
+}
+
+#[test]
+fn a_dormant_config_leaves_every_packet_to_the_kernel() {
+    let Some(_guard) = privileged_test("a_dormant_config_leaves_every_packet_to_the_kernel") else {
+        return;
+    };
+    let mut programs = Programs::load(true);
+    // What the agent writes while dormant (desired::dormant_config): the
+    // generation alone. The fixture's verdicts stay, so only CONFIG can
+    // refuse these frames.
+    programs.update_config(|config| {
+        *config = NodeConfig {
+            ruleset_generation: GENERATION,
+            ..NodeConfig::default()
+        }
+    });
+    programs.assert_xdp_passes(&[(
+        "VXLAN for a pod",
+        good_vxlan(),
+        XdpUplink.counter(Reason::PassNoConfig),
+    )]);
+    programs.assert_tc_passes(&[
+        (
+            "to a VXLAN peer's pod",
+            pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default()),
+            TcPodEgress.counter(Reason::PassNoConfig),
+        ),
+        (
+            "to a pod on this node",
+            pod_frame(LOCAL_POD, OTHER_LOCAL_POD, Ipv4Options::default()),
+            TcPodEgress.counter(Reason::PassNoConfig),
+        ),
+    ]);
+    // tc_uplink and tc_verdict hand the packet on (TCX_NEXT) untouched,
+    // counting and recording nothing.
+    let before = programs.counters();
+    let (verdict, out) = programs.uplink_tc(&good_vxlan());
+    assert_eq!((verdict, out), (TCX_NEXT, good_vxlan()), "tc_uplink");
+    programs.clear_verdicts();
+    let packet = delivered(REMOTE_POD, IPPROTO_TCP, &tcp_segment(TCP_ACK));
+    let (verdict, out, _) = programs.tc_verdict(&packet, ACCEPT_MARK);
+    assert_eq!((verdict, out), (TCX_NEXT, packet), "tc_verdict");
+    assert_eq!(
+        programs.verdict(&flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0])),
+        None,
+        "a dormant tc_verdict recorded a verdict"
+    );
+    assert!(programs.liberal_requests().is_empty());
+    assert_only(&before, &programs.counters(), &[]);
 }

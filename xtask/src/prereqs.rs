@@ -22,6 +22,7 @@ use anyhow::{Context as _, Result, bail};
 ///   archive (no container engine: xtask writes the image layout itself);
 ///   its test reads the archive back with skopeo and imports and runs it
 ///   with containerd (a private instance) and runc, as a node does.
+/// - kmod, whose modprobe loads br_netfilter (Kubernetes requires it).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
@@ -45,6 +46,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "mmdebstrap",
     "skopeo",
     "containerd",
+    "kmod",
 ];
 
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";
@@ -63,6 +65,7 @@ enum Fix {
     NightlyComponent(&'static str),
     BpfLinker,
     MountBpffs,
+    Modprobe(&'static str),
 }
 
 impl Fix {
@@ -74,6 +77,7 @@ impl Fix {
             }
             Fix::BpfLinker => BPF_LINKER_INSTALL.into(),
             Fix::MountBpffs => "mount -t bpf bpf /sys/fs/bpf".into(),
+            Fix::Modprobe(module) => format!("modprobe {module}"),
         }
     }
 }
@@ -208,7 +212,15 @@ const REQUIREMENTS: &[Requirement] = &[
         works: bpffs_mounted,
         fix: Fix::MountBpffs,
     },
+    Requirement {
+        what: "br_netfilter (as Kubernetes requires: netfilter sees the lab's same-node pod traffic)",
+        works: || std::path::Path::new(BRIDGE_NF_CALL_IPTABLES).exists(),
+        fix: Fix::Modprobe("br_netfilter"),
+    },
 ];
+
+/// Present once br_netfilter is loaded.
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 fn missing() -> Vec<&'static Requirement> {
     REQUIREMENTS
@@ -274,6 +286,10 @@ pub fn setup() -> Result<()> {
             Fix::MountBpffs => {
                 println!("setup: mounting bpffs at /sys/fs/bpf");
                 run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])?;
+            }
+            Fix::Modprobe(module) => {
+                println!("setup: loading {module}");
+                run("modprobe", &[module], &[])?;
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use weft_common::{COUNTERS, CounterId, Hook::*, Reason};
 
 use super::{Lab, NodeId};
@@ -12,26 +12,78 @@ impl Lab {
     /// `weft maps stats --json` on `node`: counter -> (packets, bytes).
     /// Every counter this build knows must be there, under its flat name.
     pub fn counters(&self, node: NodeId) -> Result<Counters> {
-        let listed = self.maps_json(node, "stats")?;
-        let value = |name: &str| {
-            listed.as_array().into_iter().flatten().find_map(|counter| {
-                (counter["name"].as_str() == Some(name)).then(|| {
-                    (
-                        counter["packets"].as_u64().unwrap_or_default(),
-                        counter["bytes"].as_u64().unwrap_or_default(),
-                    )
-                })
-            })
-        };
-        let mut counters = Counters::new();
-        for (id, name) in COUNTERS {
-            let Some(value) = value(name) else {
-                bail!("weft maps stats on {node} has no counter {name}");
-            };
-            counters.insert(*id, value);
-        }
-        Ok(counters)
+        parse_counters(&self.maps_json(node, "stats")?)
+            .with_context(|| format!("weft maps stats on {node}"))
     }
+}
+
+impl Lab {
+    /// The counters read straight from `node`'s pinned STATS, in this
+    /// process (the agent's own reader, no `weft` process started): fast
+    /// enough to poll while a transfer runs, and readable with no agent.
+    pub fn pinned_counters(&self, node: NodeId) -> Result<Counters> {
+        let values = weft_agent::stats::read_pinned(&self.node(node).pin_dir)?;
+        COUNTERS
+            .iter()
+            .map(|(id, name)| {
+                let value = values
+                    .iter()
+                    .find(|value| value.name == *name)
+                    .with_context(|| format!("STATS on {node} has no counter {name}"))?;
+                Ok((*id, (value.packets, value.bytes)))
+            })
+            .collect()
+    }
+
+    /// Polls `node`'s pinned STATS (every millisecond) until `counters`
+    /// rose by `bytes` since `since`.
+    pub fn wait_for_bytes(
+        &self,
+        node: NodeId,
+        since: &Counters,
+        counters: &[CounterId],
+        bytes: u64,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while counters_delta(since, &self.pinned_counters(node)?, counters).1 < bytes {
+            if std::time::Instant::now() > deadline {
+                bail!("{node}: {counters:?} did not rise by {bytes} bytes within {timeout:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(())
+    }
+}
+
+/// `weft maps stats --json` output as [`Counters`]. A missing counter or a
+/// renamed field is an error, never 0: a 0 would make every "stayed idle"
+/// assertion pass whatever the fast path did.
+fn parse_counters(listed: &serde_json::Value) -> Result<Counters> {
+    let entry = |name: &str| {
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|counter| counter["name"].as_str() == Some(name))
+    };
+    let number = |counter: &serde_json::Value, name: &str, field: &str| {
+        counter[field]
+            .as_u64()
+            .with_context(|| format!("counter {name} has no {field}"))
+    };
+    let mut counters = Counters::new();
+    for (id, name) in COUNTERS {
+        let Some(counter) = entry(name) else {
+            bail!("no counter {name}");
+        };
+        let value = (
+            number(counter, name, "packets")?,
+            number(counter, name, "bytes")?,
+        );
+        counters.insert(*id, value);
+    }
+    Ok(counters)
 }
 
 /// Counters as [`Lab::counters`] returns them: counter -> (packets, bytes).
@@ -75,3 +127,34 @@ pub const HOST_GW_DELIVERY_COUNTERS: [CounterId; 2] = [
     XdpUplink.counter(Reason::HostGw),
     TcUplink.counter(Reason::HostGw),
 ];
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn listing(field: &str) -> serde_json::Value {
+        COUNTERS
+            .iter()
+            .map(|(_, name)| json!({"name": name, field: 3, "bytes": 300}))
+            .collect()
+    }
+
+    #[test]
+    fn every_counter_is_read_by_name() {
+        let counters = parse_counters(&listing("packets")).unwrap();
+        assert_eq!(counters.len(), COUNTERS.len());
+        assert!(counters.values().all(|value| *value == (3, 300)));
+    }
+
+    #[test]
+    fn a_renamed_field_or_a_missing_counter_is_an_error_not_zero() {
+        let error = parse_counters(&listing("pkts")).unwrap_err();
+        assert!(error.to_string().contains("has no packets"), "{error}");
+        let mut short = listing("packets");
+        short.as_array_mut().unwrap().pop();
+        let error = parse_counters(&short).unwrap_err();
+        assert!(error.to_string().starts_with("no counter"), "{error}");
+    }
+}

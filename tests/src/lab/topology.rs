@@ -3,7 +3,7 @@
 
 use std::{fs, path::Path, time::Duration};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 use weft_agent::subnet_env;
 
 use super::{Dataplane, Lab, NodeId, NodeState, PodState};
@@ -194,6 +194,11 @@ impl Lab {
             ],
         )?;
         netns::sysctl(&ns, "net/ipv4/ip_forward", "1")?;
+        // As Kubernetes requires: bridged (same-node) pod traffic goes
+        // through netfilter, which is how weft learns its verdicts.
+        netns::sysctl(&ns, "net/bridge/bridge-nf-call-iptables", "1").context(
+            "br_netfilter is not loaded (`modprobe br_netfilter`, or `cargo xtask setup`)",
+        )?;
 
         let node_dir = self.state.run_dir.join(&ns);
         fs::create_dir_all(&node_dir)?;
