@@ -161,9 +161,7 @@ pub fn flow_rows(dir: &std::path::Path, config: &weft_common::NodeConfig) -> Res
                 u16::from_be_bytes(key.dport)
             ),
             age_ms: age_ns / 1_000_000,
-            current: verdict.generation == config.ruleset_generation
-                && age_ns <= config.verdict_ttl_ns
-                && verdict.state == FLOW_CONFIRMED,
+            current: verdict.is_current(config, || now_ns).is_ok(),
             state: if verdict.state == FLOW_CONFIRMED {
                 "confirmed"
             } else {
