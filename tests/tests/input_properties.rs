@@ -75,7 +75,26 @@ fn mac() -> impl Strategy<Value = MacAddr> {
     ]
 }
 
+/// Lease attributes: half the time a lease that passes the per-lease rules
+/// of one network or the other (a peer's address, a small set of VTEP MACs,
+/// so clashes happen), else anything.
 fn attrs() -> impl Strategy<Value = LeaseAttrs> {
+    let plausible = (2u8..=254, any::<bool>(), 0u8..4).prop_map(|(host, vxlan, mac)| {
+        let public_ip = Ipv4Addr::new(192, 168, 77, host);
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: if vxlan { "vxlan" } else { "host-gw" }.to_owned(),
+            backend_data: vxlan.then_some(VxlanBackendData {
+                vni: 1,
+                vtep_mac: MacAddr([0x0e, 1, 0, 0, 0, mac]),
+            }),
+        }
+    });
+    prop_oneof![plausible, any_attrs()]
+}
+
+fn any_attrs() -> impl Strategy<Value = LeaseAttrs> {
     let backend_type = prop_oneof![
         Just("vxlan".to_owned()),
         Just("host-gw".to_owned()),
