@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
+use aya::maps::MapData;
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 /// Makes sure `dir` exists on bpffs, creating it (and missing parents) if the
@@ -82,6 +83,19 @@ fn lock_holder(inode: u64) -> Option<u32> {
         let device_inode = fields.get(position + 4)?;
         let lock_inode: u64 = device_inode.rsplit(':').next()?.parse().ok()?;
         (lock_inode == inode).then_some(pid)
+    })
+}
+
+/// Opens `<pin_dir>/<name>`, a map a running (or stopped) agent pinned: the
+/// one opener every reader of pinned maps uses, so a missing pin reads the
+/// same everywhere.
+pub fn open_pinned_map(pin_dir: &Path, name: &str) -> Result<MapData> {
+    let path = pin_dir.join(name);
+    MapData::from_pin(&path).with_context(|| {
+        format!(
+            "cannot open pinned map {} (is an agent using this --bpf-pin-dir?)",
+            path.display()
+        )
     })
 }
 

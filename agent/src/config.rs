@@ -41,6 +41,14 @@ impl BackendConfig {
             BackendConfig::HostGw => "host-gw",
         }
     }
+
+    /// The VXLAN network identifier; host-gw has none.
+    pub fn vni(&self) -> Option<u32> {
+        match self {
+            BackendConfig::Vxlan { vni, .. } => Some(*vni),
+            BackendConfig::HostGw => None,
+        }
+    }
 }
 
 impl NetworkConfig {
@@ -113,9 +121,11 @@ impl NetworkConfig {
             Ok(address)
         };
         let subnet_min = bound("SubnetMin", network_start + subnet_size)?;
+        // The last subnet starts `subnet_size - 1` below the broadcast
+        // address (which may be 255.255.255.255: no `+ 1` first).
         let subnet_max = bound(
             "SubnetMax",
-            u32::from(network.broadcast()) + 1 - subnet_size,
+            u32::from(network.broadcast()) - (subnet_size - 1),
         )?;
         if subnet_min > subnet_max {
             bail!("network config: SubnetMin {subnet_min} is above SubnetMax {subnet_max}");

@@ -171,7 +171,7 @@ pub fn compute(inputs: &Inputs) -> Desired {
             }
         }
     }
-    let vni = vni(&inputs.node.network);
+    let vni = inputs.node.network.backend.vni().unwrap_or(0);
     for (subnet, route) in &desired.routes {
         let peer = peer_entry(route, vni, inputs.view);
         if peer.mode == PeerMode::Vxlan as u8 {
@@ -328,22 +328,16 @@ pub fn node_tc_flags(tc: &TcView, own: &BTreeSet<u32>) -> u32 {
         | flag(tc.bridge.acts(own), CONFIG_TC_BRIDGE)
 }
 
-fn vni(network: &NetworkConfig) -> u32 {
-    match network.backend {
-        BackendConfig::Vxlan { vni, .. } => vni,
-        BackendConfig::HostGw => 0,
-    }
-}
-
 /// CONFIG[0] once live: the one place it is built.
 pub fn node_config(
     node: &NodeFacts,
     gateway_mac: Option<MacAddr>,
     ruleset_generation: u32,
 ) -> NodeConfig {
-    let (vni, port) = match node.network.backend {
-        BackendConfig::Vxlan { vni, port, .. } => (vni, port),
-        BackendConfig::HostGw => (0, 0),
+    let vni = node.network.backend.vni().unwrap_or(0);
+    let port = match node.network.backend {
+        BackendConfig::Vxlan { port, .. } => port,
+        BackendConfig::HostGw => 0,
     };
     let flag = |on: bool, flag: u32| if on { flag } else { 0 };
     NodeConfig {

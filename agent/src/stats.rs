@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{Map, PerCpuArray};
 use serde::Serialize;
 use weft_common::{COUNTERS, HOOKS, PacketCounter, Reason, map_names};
 
@@ -23,12 +23,7 @@ pub struct CounterValue {
 /// Every known counter, summed over CPUs, from `<pin_dir>/STATS`.
 pub fn read_pinned(pin_dir: &Path) -> Result<Vec<CounterValue>> {
     let path = pin_dir.join(map_names::STATS);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "cannot open pinned map {} (is an agent using this --bpf-pin-dir?)",
-            path.display()
-        )
-    })?;
+    let data = crate::bpffs::open_pinned_map(pin_dir, map_names::STATS)?;
     let stats: PerCpuArray<_, PacketCounter> = PerCpuArray::try_from(Map::PerCpuArray(data))
         .with_context(|| format!("{} is not weft's STATS map", path.display()))?;
     COUNTERS

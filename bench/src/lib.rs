@@ -17,6 +17,7 @@ use nix as _;
 mod ct_marking;
 mod goals;
 mod measure;
+mod path_counters;
 mod program_cost;
 mod report;
 mod scale;
@@ -36,11 +37,11 @@ use weft_tests::{
 
 pub use ct_marking::{CtMarking, ct_marking};
 pub use goals::{Goal, goals};
+pub use path_counters::FAST_PATH_COUNTERS;
 pub use program_cost::{ProgramCost, program_cost};
 pub use report::{goals_table, svg, table};
 pub use scale::{ScaleResult, scale};
 pub use scrape_load::{ScrapeLoad, scrape_load, scrape_load_line};
-pub use validity::FAST_PATH_COUNTERS;
 
 use measure::{Run, measure};
 use report::machine;

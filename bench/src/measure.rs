@@ -12,7 +12,7 @@ use weft_tests::{Lab, NodeId, lab::PodState, netns, traffic};
 
 use crate::{
     BenchOptions,
-    validity::{KernelPath, KernelReading, fast_path_counts, netfilter_refusals},
+    path_counters::{KernelPath, KernelReading, fast_path_counts, netfilter_refusals},
 };
 
 /// One repetition's raw numbers.

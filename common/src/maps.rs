@@ -139,6 +139,32 @@ pub struct FlowVerdict {
     pub state: u32,
 }
 
+impl FlowVerdict {
+    /// Whether this verdict still lets the fast path take its flow: recorded
+    /// under the current ruleset, seen within the re-check interval
+    /// (`now_ns`, read only when the generation matches, is
+    /// `bpf_ktime_get_ns`'s clock; a verdict stamped in the future counts as
+    /// stale), and confirmed. If not, the reason the packet goes through
+    /// netfilter. The programs and `weft maps` both judge by this.
+    #[inline(always)]
+    pub fn is_current(
+        &self,
+        config: &NodeConfig,
+        now_ns: impl FnOnce() -> u64,
+    ) -> Result<(), crate::Reason> {
+        if self.generation != config.ruleset_generation {
+            return Err(crate::Reason::PassRulesetChanged);
+        }
+        if now_ns().wrapping_sub(self.seen_ns) > config.verdict_ttl_ns {
+            return Err(crate::Reason::PassRecheck);
+        }
+        if self.state != FLOW_CONFIRMED {
+            return Err(crate::Reason::PassVerdictPending);
+        }
+        Ok(())
+    }
+}
+
 /// `CT_LIBERAL` ring buffer: room for the flows `tc_verdict` asks the
 /// agent to make liberal (16-byte [`FlowKey`] plus an 8-byte record
 /// header each: about 10,000 waiting at once).

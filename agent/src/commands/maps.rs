@@ -134,11 +134,10 @@ pub struct FlowRow {
 }
 
 pub fn flow_rows(dir: &std::path::Path, config: &weft_common::NodeConfig) -> Result<Vec<FlowRow>> {
-    use aya::maps::{HashMap, Map, MapData};
+    use aya::maps::{HashMap, Map};
     use weft_common::{FLOW_CONFIRMED, FlowKey, FlowVerdict, map_names};
     let path = dir.join(map_names::FLOWS);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("cannot open pinned map {}", path.display()))?;
+    let data = crate::bpffs::open_pinned_map(dir, map_names::FLOWS)?;
     let flows: HashMap<_, FlowKey, FlowVerdict> = HashMap::try_from(Map::LruHashMap(data))
         .map_err(|error| anyhow::anyhow!("{} is not weft's: {error}", path.display()))?;
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
@@ -166,9 +165,7 @@ pub fn flow_rows(dir: &std::path::Path, config: &weft_common::NodeConfig) -> Res
                 u16::from_be_bytes(key.dport)
             ),
             age_ms: age_ns / 1_000_000,
-            current: verdict.generation == config.ruleset_generation
-                && age_ns <= config.verdict_ttl_ns
-                && verdict.state == FLOW_CONFIRMED,
+            current: verdict.is_current(config, || now_ns).is_ok(),
             state: if verdict.state == FLOW_CONFIRMED {
                 "confirmed"
             } else {

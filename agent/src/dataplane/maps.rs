@@ -78,15 +78,7 @@ impl MapReport {
 impl FastPathMaps {
     /// Opens the maps pinned in `pin_dir`.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
-        let open = |name: &str| -> Result<MapData> {
-            let path = pin_dir.join(name);
-            MapData::from_pin(&path).with_context(|| {
-                format!(
-                    "cannot open pinned map {} (is an agent using this --bpf-pin-dir?)",
-                    path.display()
-                )
-            })
-        };
+        let open = |name: &str| crate::bpffs::open_pinned_map(pin_dir, name);
         let wrong = |name: &'static str| {
             move |error| anyhow!("{name} in {} is not weft's: {error}", pin_dir.display())
         };

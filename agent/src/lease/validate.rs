@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 
 use super::{LeaseAttrs, MacAddr};
-use crate::config::{BackendConfig, NetworkConfig};
+use crate::config::NetworkConfig;
 
 /// Larger values are rejected unread. flanneld's values are about 150 bytes;
 /// the limit leaves room for fields newer flannel versions add.
@@ -128,10 +128,7 @@ impl LeasePolicy {
             subnet_min: config.subnet_min,
             subnet_max: config.subnet_max,
             backend_type: config.backend.type_name(),
-            vni: match config.backend {
-                BackendConfig::Vxlan { vni, .. } => Some(vni),
-                BackendConfig::HostGw => None,
-            },
+            vni: config.backend.vni(),
             our_public_ip,
             our_vtep_mac,
         }

@@ -8,7 +8,6 @@ use std::{
     sync::Mutex,
 };
 
-use aya::maps::MapData;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
@@ -179,8 +178,7 @@ fn encode_map_fill(encoder: &mut DescriptorEncoder, pin_dir: &Path) -> Result<()
 fn map_fill(pin_dir: &Path, map: &'static str) -> anyhow::Result<(u64, u64)> {
     use anyhow::Context as _;
     let path = pin_dir.join(map);
-    let data =
-        MapData::from_pin(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let data = crate::bpffs::open_pinned_map(pin_dir, map)?;
     let info = data
         .info()
         .with_context(|| format!("cannot read the info of {}", path.display()))?;

@@ -11,7 +11,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use weft_common::{FLOW_CONFIRMED, FlowKey, NodeConfig, Reason};
+use weft_common::{FlowKey, NodeConfig, Reason};
 
 use crate::lib::{
     headers::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_NO_OPTIONS, is_fragment, ptr_at},
@@ -113,16 +113,6 @@ pub fn netfilter_passed(ip: *const Ipv4Hdr, end: usize, config: &NodeConfig) -> 
     let verdict = unsafe { FLOWS.get(key) }
         .copied()
         .ok_or(Reason::PassNoVerdict)?;
-    if verdict.generation != config.ruleset_generation {
-        return Err(Reason::PassRulesetChanged);
-    }
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(verdict.seen_ns) > config.verdict_ttl_ns {
-        return Err(Reason::PassRecheck);
-    }
-    if verdict.state != FLOW_CONFIRMED {
-        return Err(Reason::PassVerdictPending);
-    }
-    Ok(())
+    verdict.is_current(config, || unsafe { bpf_ktime_get_ns() })
 }

@@ -1,0 +1,360 @@
+//! Property tests of what weft reads from etcd, where flannel has fuzz
+//! tests: lease keys, lease values, the peer table they build, and the
+//! network config (net-conf.json). Every input is hostile: whatever the
+//! bytes, parsing returns a value or an error, never panics, and what is
+//! accepted obeys the rules `validate.rs` and `config.rs` state.
+//!
+//! There are no Kubernetes Node annotations to cover yet (the kube subnet
+//! manager is not built); their parser belongs here when it is.
+//!
+//! No privileges, no etcd: the agent's own parsing and `PeerTable`, run on
+//! generated inputs. Case counts are bounded so the file runs in seconds.
+
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use proptest::prelude::*;
+use weft_agent::{
+    config::{BackendConfig, NetworkConfig},
+    lease::{
+        LeaseAttrs, MacAddr, VxlanBackendData, key, key_name,
+        peers::{PeerChange, PeerTable},
+        registry::RawLease,
+        subnet_of_key,
+        validate::LeasePolicy,
+    },
+};
+
+const PREFIX: &str = "/coreos.com/network";
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 512,
+        // A failure is shrunk to a small case, and the seed is printed
+        // (not persisted: the test crate has no source-tree regression file).
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// An address drawn mostly from the ranges the rules care about: the
+/// network, this node, special-purpose blocks, and anything at all.
+fn address() -> impl Strategy<Value = Ipv4Addr> {
+    prop_oneof![
+        (0u8..=255, 0u8..=255).prop_map(|(c, d)| Ipv4Addr::new(10, 244, c, d)),
+        (0u8..=255).prop_map(|d| Ipv4Addr::new(192, 168, 77, d)),
+        Just(Ipv4Addr::new(192, 168, 77, 1)),
+        Just(Ipv4Addr::UNSPECIFIED),
+        Just(Ipv4Addr::BROADCAST),
+        Just(Ipv4Addr::new(127, 0, 0, 1)),
+        Just(Ipv4Addr::new(169, 254, 169, 254)),
+        Just(Ipv4Addr::new(224, 0, 0, 1)),
+        any::<u32>().prop_map(Ipv4Addr::from),
+    ]
+}
+
+fn subnet() -> impl Strategy<Value = Ipv4Net> {
+    prop_oneof![
+        4 => (0u8..=255).prop_map(|c| Ipv4Net::new(Ipv4Addr::new(10, 244, c, 0), 24).unwrap()),
+        1 => (address(), 0u8..=32).prop_map(|(ip, len)| Ipv4Net::new(ip, len).unwrap().trunc()),
+    ]
+}
+
+fn mac() -> impl Strategy<Value = MacAddr> {
+    prop_oneof![
+        // A handful of MACs, so clashes between leases happen.
+        (0u8..4).prop_map(|n| MacAddr([0x0e, 1, 0, 0, 0, n])),
+        Just(MacAddr([0x0e, 1, 192, 168, 77, 1])),
+        Just(MacAddr([0; 6])),
+        Just(MacAddr([0xff; 6])),
+        any::<[u8; 6]>().prop_map(MacAddr),
+    ]
+}
+
+/// Lease attributes: half the time a lease that passes the per-lease rules
+/// of one network or the other (a peer's address, a small set of VTEP MACs,
+/// so clashes happen), else anything.
+fn attrs() -> impl Strategy<Value = LeaseAttrs> {
+    let plausible = (2u8..=254, any::<bool>(), 0u8..4).prop_map(|(host, vxlan, mac)| {
+        let public_ip = Ipv4Addr::new(192, 168, 77, host);
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: if vxlan { "vxlan" } else { "host-gw" }.to_owned(),
+            backend_data: vxlan.then_some(VxlanBackendData {
+                vni: 1,
+                vtep_mac: MacAddr([0x0e, 1, 0, 0, 0, mac]),
+            }),
+        }
+    });
+    prop_oneof![plausible, any_attrs()]
+}
+
+fn any_attrs() -> impl Strategy<Value = LeaseAttrs> {
+    let backend_type = prop_oneof![
+        Just("vxlan".to_owned()),
+        Just("host-gw".to_owned()),
+        Just("udp".to_owned()),
+        "[a-z-]{0,8}",
+    ];
+    let data = proptest::option::of(
+        (prop_oneof![Just(1u32), any::<u32>()], mac())
+            .prop_map(|(vni, vtep_mac)| VxlanBackendData { vni, vtep_mac }),
+    );
+    (address(), backend_type, data).prop_map(|(public_ip, backend_type, backend_data)| LeaseAttrs {
+        public_ip,
+        public_ipv6: None,
+        backend_type,
+        backend_data,
+    })
+}
+
+/// A lease value: well-formed JSON of generated attributes, the same with
+/// bytes flipped or cut, or arbitrary bytes.
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => attrs().prop_map(|attrs| attrs.to_json().into_bytes()),
+        2 => (attrs(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(attrs, at, byte)| {
+            let mut bytes = attrs.to_json().into_bytes();
+            let at = at.index(bytes.len());
+            bytes[at] = byte;
+            bytes
+        }),
+        1 => (attrs(), any::<prop::sample::Index>()).prop_map(|(attrs, at)| {
+            let mut bytes = attrs.to_json().into_bytes();
+            bytes.truncate(at.index(bytes.len()));
+            bytes
+        }),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+/// A lease key: well-formed for a generated subnet, or mangled.
+fn lease_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => subnet().prop_map(|subnet| key(PREFIX, &subnet)),
+        1 => (address(), 0u8..=40).prop_map(|(ip, len)| format!("{PREFIX}/subnets/{ip}-{len}")),
+        1 => "[0-9./-]{0,24}".prop_map(|tail| format!("{PREFIX}/subnets/{tail}")),
+        1 => any::<String>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any string: a subnet or an error, never a panic; an accepted key
+    /// names its subnet canonically (the key a lease for it is written at).
+    #[test]
+    fn lease_keys_parse_to_the_subnet_they_name_or_are_refused(key in lease_key()) {
+        if let Ok(subnet) = subnet_of_key(&key) {
+            prop_assert_eq!(subnet, subnet.trunc());
+            let name = key_name(&subnet);
+            let canonical = key.ends_with(&format!("/{name}")) || key == name;
+            prop_assert!(canonical, "{:?} parsed to {}", key, subnet);
+        }
+    }
+
+    /// Every subnet's key parses back to the subnet.
+    #[test]
+    fn lease_keys_round_trip(subnet in subnet()) {
+        prop_assert_eq!(subnet_of_key(&key(PREFIX, &subnet)).unwrap(), subnet);
+    }
+
+    /// Any bytes: attributes or an error, never a panic. Accepted values
+    /// speak a backend weft speaks (vxlan with its BackendData, or host-gw)
+    /// and write back to JSON that parses to the same attributes.
+    #[test]
+    fn lease_values_parse_to_a_backend_weft_speaks_or_are_refused(value in value()) {
+        if let Ok(attrs) = LeaseAttrs::from_json(&value) {
+            match attrs.backend_type.as_str() {
+                "vxlan" => prop_assert!(attrs.backend_data.is_some()),
+                "host-gw" => {}
+                other => prop_assert!(false, "accepted BackendType {other:?}"),
+            }
+            let again = LeaseAttrs::from_json(attrs.to_json().as_bytes()).unwrap();
+            prop_assert_eq!(again, attrs);
+        }
+    }
+
+    /// The peer table after any sequence of puts and deletes of hostile
+    /// leases: every peer passes the per-lease rules, no two peers overlap
+    /// or share a VTEP MAC, our own subnet is never a peer, the changes it
+    /// reported add up to the table, and a full listing of the same keys
+    /// gives the same table (events and resyncs agree).
+    #[test]
+    fn peer_tables_hold_only_leases_that_pass_every_rule(
+        events in prop::collection::vec(
+            (lease_key(), proptest::option::of(value())),
+            1..24,
+        ),
+        vxlan in any::<bool>(),
+    ) {
+        let network = if vxlan {
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1}}"#
+        } else {
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#
+        };
+        let network = NetworkConfig::parse(network).unwrap();
+        let our_ip = Ipv4Addr::new(192, 168, 77, 1);
+        let our_mac = vxlan.then_some(MacAddr([0x0e, 1, 192, 168, 77, 1]));
+        let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let policy = LeasePolicy::new(&network, our_ip, our_mac);
+        let mut table = PeerTable::new(policy.clone());
+        // What the store holds after each event: key -> (value, revision).
+        let mut store: BTreeMap<String, (Vec<u8>, i64)> = BTreeMap::new();
+        // The peer set the reported changes describe.
+        let mut reported: BTreeMap<Ipv4Net, LeaseAttrs> = BTreeMap::new();
+        for (revision, (key, value)) in (1..).zip(events) {
+            let changes = match value {
+                Some(value) => {
+                    let created = store.get(&key).map_or(revision, |(_, created)| *created);
+                    store.insert(key.clone(), (value.clone(), created));
+                    table.put(&key, &value, created, Some(own))
+                }
+                None => {
+                    store.remove(&key);
+                    table.delete(&key)
+                }
+            };
+            for change in changes {
+                match change {
+                    PeerChange::Upsert { subnet, attrs } => {
+                        reported.insert(subnet, attrs);
+                    }
+                    PeerChange::Remove { subnet, attrs } => {
+                        prop_assert_eq!(reported.remove(&subnet), Some(attrs));
+                    }
+                }
+            }
+        }
+        let peers = table.peers();
+        prop_assert_eq!(&reported, peers);
+        let mut macs = BTreeMap::new();
+        for (subnet, attrs) in peers {
+            prop_assert!(policy.check(*subnet, attrs, Some(own)).is_ok(), "{subnet} {attrs:?}");
+            prop_assert!(!own.contains(&subnet.network()) && !subnet.contains(&own.network()));
+            for other in peers.keys().filter(|other| *other != subnet) {
+                prop_assert!(!subnet.contains(&other.network()), "{subnet} overlaps {other}");
+            }
+            if let Some(data) = &attrs.backend_data {
+                prop_assert!(
+                    macs.insert(data.vtep_mac, *subnet).is_none(),
+                    "two peers with VtepMAC {}", data.vtep_mac
+                );
+            }
+        }
+        let listing: Vec<RawLease> = store
+            .into_iter()
+            .map(|(key, (value, create_revision))| RawLease { key, value, create_revision })
+            .collect();
+        let mut fresh = PeerTable::new(policy);
+        fresh.resync(&listing, Some(own));
+        prop_assert_eq!(fresh.peers(), peers);
+    }
+}
+
+/// A net-conf.json: generated objects with each field present, absent, of
+/// the wrong type or out of range, in any key case; the same with bytes
+/// flipped; or any string.
+fn net_conf() -> impl Strategy<Value = String> {
+    let network = prop_oneof![
+        (subnet()).prop_map(|net| serde_json::json!(net.to_string())),
+        (address(), 0u8..=40).prop_map(|(ip, len)| serde_json::json!(format!("{ip}/{len}"))),
+        // The ends of the address space, where sizes overflow.
+        Just(serde_json::json!("0.0.0.0/0")),
+        (0u8..=32).prop_map(|len| serde_json::json!(format!("255.255.255.255/{len}"))),
+        Just(serde_json::json!(42)),
+        Just(serde_json::Value::Null),
+    ];
+    let number = || {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            (0u64..40).prop_map(|n| serde_json::json!(n)),
+            any::<u64>().prop_map(|n| serde_json::json!(n)),
+            Just(serde_json::json!(-1)),
+            Just(serde_json::json!("24")),
+        ]
+    };
+    let bound = prop_oneof![
+        Just(serde_json::Value::Null),
+        address().prop_map(|ip| serde_json::json!(ip.to_string())),
+        Just(serde_json::json!("not an address")),
+    ];
+    let backend = (
+        prop_oneof![
+            Just(serde_json::json!("vxlan")),
+            Just(serde_json::json!("host-gw")),
+            Just(serde_json::json!("udp")),
+            Just(serde_json::Value::Null),
+        ],
+        number(),
+        number(),
+        number(),
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(|b| serde_json::json!(b)),
+            Just(serde_json::json!("yes")),
+        ],
+    )
+        .prop_map(|(kind, vni, port, mtu, direct)| {
+            serde_json::json!({"Type": kind, "VNI": vni, "Port": port, "MTU": mtu, "DirectRouting": direct})
+        });
+    let object = (
+        network,
+        number(),
+        bound.clone(),
+        bound,
+        prop_oneof![4 => backend, 1 => Just(serde_json::json!("vxlan"))],
+        any::<bool>(),
+    )
+        .prop_map(|(network, len, min, max, backend, lower)| {
+            let text = serde_json::json!({
+                "Network": network, "SubnetLen": len, "SubnetMin": min,
+                "SubnetMax": max, "Backend": backend,
+            })
+            .to_string();
+            // Go's encoding/json (and weft) match keys in any case.
+            if lower { text.to_lowercase() } else { text }
+        });
+    prop_oneof![
+        6 => object.clone(),
+        2 => (object, any::<prop::sample::Index>(), any::<u8>()).prop_map(|(text, at, byte)| {
+            let mut bytes = text.into_bytes();
+            let at = at.index(bytes.len());
+            bytes[at] = byte;
+            String::from_utf8_lossy(&bytes).into_owned()
+        }),
+        1 => any::<String>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any text: a config or an error, never a panic. An accepted config
+    /// hands out at least one subnet, all of SubnetLen inside Network, from
+    /// SubnetMin to SubnetMax, and a VNI that fits VXLAN's 24 bits.
+    #[test]
+    fn net_conf_parses_to_a_config_that_hands_out_subnets_or_is_refused(text in net_conf()) {
+        let Ok(config) = NetworkConfig::parse(&text) else {
+            return Ok(());
+        };
+        prop_assert!(config.subnet_len <= 30);
+        prop_assert!(config.subnet_len >= config.network.prefix_len() + 2);
+        prop_assert!(config.subnet_min <= config.subnet_max);
+        let first = config.subnets().next().unwrap();
+        prop_assert_eq!(first.network(), config.subnet_min);
+        for subnet in [first, Ipv4Net::new(config.subnet_max, config.subnet_len).unwrap()] {
+            prop_assert!(config.network.contains(&subnet), "{subnet} outside {}", config.network);
+            prop_assert!(config.fits(&subnet));
+            prop_assert_eq!(subnet, subnet.trunc());
+        }
+        if let BackendConfig::Vxlan { vni, .. } = config.backend {
+            prop_assert!(vni > 0 && vni < 1 << 24);
+        }
+    }
+}
