@@ -77,7 +77,12 @@ pub fn user_space() -> Result<()> {
 
 /// `cargo test` over every host crate, with the freshly built agent, node
 /// package and (when there is one) reference flanneld.
-pub fn run_tests(args: &[String], deb: &Path, flanneld: Option<&Path>) -> Result<()> {
+pub fn run_tests(
+    args: &[String],
+    deb: &Path,
+    flanneld: Option<&Path>,
+    kubernetes: Option<&Path>,
+) -> Result<()> {
     let mut command = cargo();
     command
         .args(["test", "--workspace", "--exclude", "weft-ebpf"])
@@ -85,6 +90,7 @@ pub fn run_tests(args: &[String], deb: &Path, flanneld: Option<&Path>) -> Result
         .env("WEFT_BIN", target_dir().join("debug/weft"))
         .env("WEFT_DEB", deb);
     with_flanneld(&mut command, flanneld);
+    with_kubernetes(&mut command, kubernetes);
     run(command, "the tests")
 }
 
@@ -135,12 +141,13 @@ pub fn run_bench(args: &[String], flanneld: Option<&Path>) -> Result<()> {
     run(command, "weft-bench")
 }
 
-pub fn run_lab(args: &[String], flanneld: Option<&Path>) -> Result<()> {
+pub fn run_lab(args: &[String], flanneld: Option<&Path>, kubernetes: Option<&Path>) -> Result<()> {
     let mut command = Command::new(target_dir().join("debug/weft-lab"));
     command
         .args(args)
         .env("WEFT_BIN", target_dir().join("debug/weft"));
     with_flanneld(&mut command, flanneld);
+    with_kubernetes(&mut command, kubernetes);
     run(command, "weft-lab")
 }
 
@@ -148,6 +155,13 @@ pub fn run_lab(args: &[String], flanneld: Option<&Path>) -> Result<()> {
 fn with_flanneld(command: &mut Command, flanneld: Option<&Path>) {
     if let Some(flanneld) = flanneld {
         command.env(crate::flanneld::BINARY_ENV, flanneld);
+    }
+}
+
+/// The lab and the tests find kube-apiserver and its peers here.
+fn with_kubernetes(command: &mut Command, kubernetes: Option<&Path>) {
+    if let Some(dir) = kubernetes {
+        command.env(crate::kubernetes::BINARY_ENV, dir);
     }
 }
 

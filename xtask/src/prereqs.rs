@@ -17,7 +17,10 @@ use anyhow::{Context as _, Result, bail};
 /// - what the tests and the bench drive: bpftool, iperf3, sockperf, ethtool,
 ///   tcpdump, ping, openssl (test certificates for etcd TLS);
 /// - Go 1.19, which builds the reference flanneld from flannel's source
-///   (`flanneld.rs`), and Prometheus, which the lab runs to scrape the agents.
+///   (`flanneld.rs`), and Prometheus, which the lab runs to scrape the agents;
+/// - what building the lab's Kubernetes from Debian's source package needs
+///   (`kubernetes.rs`): make, rsync, patch, and Debian's reflect2 1.0.2
+///   source, which replaces the vendored copy that crashes under Go 1.19.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
@@ -38,6 +41,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     "golang-1.19",
     "prometheus",
+    "make",
+    "rsync",
+    "patch",
+    "golang-github-modern-go-reflect2-dev",
 ];
 
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";
@@ -180,6 +187,22 @@ const REQUIREMENTS: &[Requirement] = &[
         what: "prometheus (the lab's metrics scraper)",
         works: || succeeds("prometheus", &["--version"]),
         fix: Fix::Apt("prometheus"),
+    },
+    Requirement {
+        what: "make, rsync and patch (build the lab's Kubernetes from source)",
+        works: || {
+            succeeds("make", &["--version"])
+                && succeeds("rsync", &["--version"])
+                && succeeds("patch", &["--version"])
+        },
+        fix: Fix::Apt("make rsync patch"),
+    },
+    Requirement {
+        what: "reflect2 1.0.2's source (the lab's Kubernetes build needs it under Go 1.19)",
+        works: || {
+            Path::new("/usr/share/gocode/src/github.com/modern-go/reflect2/reflect2.go").is_file()
+        },
+        fix: Fix::Apt("golang-github-modern-go-reflect2-dev"),
     },
     Requirement {
         what: "bpffs at /sys/fs/bpf",
