@@ -18,6 +18,7 @@ pub mod etcd;
 pub mod flannel;
 pub mod host;
 pub mod inspect;
+pub mod kube;
 pub mod kube_proxy;
 pub mod lab;
 pub mod leases;
@@ -31,5 +32,5 @@ pub mod scrapes;
 pub mod settings;
 pub mod traffic;
 
-pub use lab::{Backend, Dataplane, Lab, LabSpec, NodeId};
+pub use lab::{Backend, Dataplane, Lab, LabSpec, NodeId, SubnetManager};
 pub use privileged::privileged_test;

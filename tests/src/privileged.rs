@@ -96,3 +96,32 @@ pub fn ensure_bpffs() {
         .unwrap_or_else(|error| panic!("cannot mount bpffs at {BPFFS}: {error}"));
     }
 }
+
+/// The lab's Kubernetes binaries (`$WEFT_KUBERNETES_BIN`, which `cargo xtask
+/// test` sets to the kube-apiserver and kubectl it built from Debian's source
+/// package) for tests that run the kube subnet manager; `None` after saying
+/// so loudly where there are none, a failure where `WEFT_REQUIRE_PRIVILEGED=1`
+/// (CI) forbids skipping.
+pub fn reference_kubernetes(test: &str) -> Option<std::path::PathBuf> {
+    if let Some(dir) = crate::kube::binaries() {
+        assert!(
+            dir.join("kube-apiserver").is_file() && dir.join("kubectl").is_file(),
+            "{test}: {}={} holds no kube-apiserver and kubectl",
+            crate::kube::BINARY_ENV,
+            dir.display()
+        );
+        return Some(dir);
+    }
+    let required = std::env::var(REQUIRE_PRIVILEGED).is_ok_and(|value| value == "1");
+    assert!(
+        !required,
+        "{test} needs kube-apiserver v1.20.2 and none was given; set {}, or \
+         WEFT_KUBERNETES_SOURCE for `cargo xtask test` to build it ({REQUIRE_PRIVILEGED}=1 forbids skipping)",
+        crate::kube::BINARY_ENV
+    );
+    eprintln!(
+        "\n*** SKIPPED {test}: no kube-apiserver (set {}, or WEFT_KUBERNETES_SOURCE for `cargo xtask test`). ***\n",
+        crate::kube::BINARY_ENV
+    );
+    None
+}

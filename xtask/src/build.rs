@@ -76,8 +76,15 @@ pub fn user_space() -> Result<()> {
 }
 
 /// `cargo test` over every host crate, with the freshly built agent, node
-/// package, node image and (when there is one) reference flanneld.
-pub fn run_tests(args: &[String], deb: &Path, image: &Path, flanneld: Option<&Path>) -> Result<()> {
+/// package, node image and (when there are) reference flanneld and
+/// Kubernetes.
+pub fn run_tests(
+    args: &[String],
+    deb: &Path,
+    image: &Path,
+    flanneld: Option<&Path>,
+    kubernetes: Option<&Path>,
+) -> Result<()> {
     let mut command = cargo();
     command
         .args(["test", "--workspace", "--exclude", "weft-ebpf"])
@@ -86,6 +93,7 @@ pub fn run_tests(args: &[String], deb: &Path, image: &Path, flanneld: Option<&Pa
         .env("WEFT_DEB", deb)
         .env("WEFT_IMAGE", image);
     with_flanneld(&mut command, flanneld);
+    with_kubernetes(&mut command, kubernetes);
     run(command, "the tests")
 }
 
@@ -136,12 +144,13 @@ pub fn run_bench(args: &[String], flanneld: Option<&Path>) -> Result<()> {
     run(command, "weft-bench")
 }
 
-pub fn run_lab(args: &[String], flanneld: Option<&Path>) -> Result<()> {
+pub fn run_lab(args: &[String], flanneld: Option<&Path>, kubernetes: Option<&Path>) -> Result<()> {
     let mut command = Command::new(target_dir().join("debug/weft-lab"));
     command
         .args(args)
         .env("WEFT_BIN", target_dir().join("debug/weft"));
     with_flanneld(&mut command, flanneld);
+    with_kubernetes(&mut command, kubernetes);
     run(command, "weft-lab")
 }
 
@@ -149,6 +158,13 @@ pub fn run_lab(args: &[String], flanneld: Option<&Path>) -> Result<()> {
 fn with_flanneld(command: &mut Command, flanneld: Option<&Path>) {
     if let Some(flanneld) = flanneld {
         command.env(crate::flanneld::BINARY_ENV, flanneld);
+    }
+}
+
+/// The lab and the tests find kube-apiserver and its peers here.
+fn with_kubernetes(command: &mut Command, kubernetes: Option<&Path>) {
+    if let Some(dir) = kubernetes {
+        command.env(crate::kubernetes::BINARY_ENV, dir);
     }
 }
 

@@ -119,7 +119,7 @@ fn build_cached(source: &Path) -> Result<PathBuf> {
 
 /// Only the binary is kept. Go's module cache is read-only, so it is made
 /// writable first.
-fn remove_build_tree(work: &Path) {
+pub(crate) fn remove_build_tree(work: &Path) {
     let _ = Command::new("chmod")
         .arg("-R")
         .arg("u+w")
@@ -144,6 +144,12 @@ fn version_of(source: &Path) -> String {
 }
 
 fn cache_root() -> Result<PathBuf> {
+    Ok(weft_cache_dir()?.join("flanneld"))
+}
+
+/// `$XDG_CACHE_HOME/weft` (or `~/.cache/weft`): where builds of reference
+/// software live, outside any work tree.
+pub(crate) fn weft_cache_dir() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => {
@@ -151,7 +157,7 @@ fn cache_root() -> Result<PathBuf> {
             PathBuf::from(home).join(".cache")
         }
     };
-    Ok(base.join("weft").join("flanneld"))
+    Ok(base.join("weft"))
 }
 
 fn single_directory(dir: &Path) -> Result<PathBuf> {
@@ -164,7 +170,7 @@ fn single_directory(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-fn sha256(file: &Path) -> Result<String> {
+pub(crate) fn sha256(file: &Path) -> Result<String> {
     let out = Command::new("sha256sum")
         .arg(file)
         .output()
@@ -192,7 +198,7 @@ fn check_runs(binary: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run(command: &mut Command) -> Result<()> {
+pub(crate) fn run(command: &mut Command) -> Result<()> {
     let status = command.status().context("cannot start")?;
     if !status.success() {
         bail!("failed ({status})");

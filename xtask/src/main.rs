@@ -6,6 +6,7 @@
 mod build;
 mod flanneld;
 mod image;
+mod kubernetes;
 mod package;
 mod prereqs;
 
@@ -24,8 +25,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what is missing (apt packages, nightly rust-src, bpf-linker),
-    /// idempotently, and build the reference flanneld if its source is given.
+    /// idempotently, and build the reference flanneld and the lab's
+    /// Kubernetes (kube-apiserver, kube-controller-manager, kubectl v1.20.2)
+    /// if their sources are given.
     Setup,
+    /// Build (once, then cached) the lab's Kubernetes from Debian's source
+    /// package (`WEFT_KUBERNETES_SOURCE`) and print the binaries' directory.
+    Kubernetes,
     /// Build the eBPF object and print its path.
     BuildEbpf {
         #[arg(long)]
@@ -88,7 +94,16 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Setup => {
             prereqs::setup()?;
-            reference_flanneld().map(drop)
+            reference_flanneld()?;
+            lab_kubernetes().map(drop)
+        }
+        Command::Kubernetes => {
+            prereqs::check()?;
+            let dir = kubernetes::ensure()?.ok_or_else(|| {
+                anyhow::anyhow!("no Kubernetes source: {}", kubernetes::HOW_TO_PROVIDE)
+            })?;
+            println!("{}", dir.display());
+            Ok(())
         }
         Command::BuildEbpf { release } => {
             prereqs::check()?;
@@ -103,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Test { args } => {
             prereqs::setup()?;
             let flanneld = reference_flanneld()?;
+            let kubernetes = lab_kubernetes()?;
             build::lint()?;
             build::user_space()?;
             // The packaging and image tests check the .deb and the image
@@ -111,7 +127,13 @@ fn run(cli: Cli) -> Result<()> {
             build::release_agent()?;
             let deb = package::deb(&build::release_binary(), &build::package_dir())?;
             let image = image::build(&build::release_binary(), &image::image_dir())?;
-            build::run_tests(&args, &deb, &image, flanneld.as_deref())
+            build::run_tests(
+                &args,
+                &deb,
+                &image,
+                flanneld.as_deref(),
+                kubernetes.as_deref(),
+            )
         }
         Command::Package { out_dir } => {
             prereqs::check()?;
@@ -130,8 +152,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Lab { args } => {
             prereqs::check()?;
             let flanneld = flanneld::ensure()?;
+            let kubernetes = kubernetes::ensure()?;
             build::user_space()?;
-            build::run_lab(&args, flanneld.as_deref())
+            build::run_lab(&args, flanneld.as_deref(), kubernetes.as_deref())
         }
         Command::Bench { args } => {
             prereqs::check()?;
@@ -142,7 +165,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo { name } => {
             prereqs::setup()?;
             build::user_space()?;
-            build::run_lab(&["demo".to_owned(), "--name".to_owned(), name], None)
+            build::run_lab(&["demo".to_owned(), "--name".to_owned(), name], None, None)
         }
     }
 }
@@ -158,4 +181,17 @@ fn reference_flanneld() -> Result<Option<std::path::PathBuf>> {
         );
     }
     Ok(flanneld)
+}
+
+/// The lab's Kubernetes, built on first use; without it, says once what is
+/// skipped and how to provide it.
+fn lab_kubernetes() -> Result<Option<std::path::PathBuf>> {
+    let dir = kubernetes::ensure()?;
+    if dir.is_none() {
+        println!(
+            "setup: no Kubernetes for the lab: the kube subnet manager tests skip ({})",
+            kubernetes::HOW_TO_PROVIDE
+        );
+    }
+    Ok(dir)
 }

@@ -23,6 +23,9 @@ use anyhow::{Context as _, Result, bail};
 ///   its test reads the archive back with skopeo and imports and runs it
 ///   with containerd (a private instance) and runc, as a node does.
 /// - kmod, whose modprobe loads br_netfilter (Kubernetes requires it).
+/// - what building the lab's Kubernetes from Debian's source package needs
+///   (`kubernetes.rs`): make, rsync, patch, and Debian's reflect2 1.0.2
+///   source, which replaces the vendored copy that crashes under Go 1.19.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
@@ -47,6 +50,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "skopeo",
     "containerd",
     "kmod",
+    "make",
+    "rsync",
+    "patch",
+    "golang-github-modern-go-reflect2-dev",
 ];
 
 const BPF_LINKER_INSTALL: &str = "LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22";
@@ -206,6 +213,22 @@ const REQUIREMENTS: &[Requirement] = &[
         what: "containerd and ctr (the image test imports and runs the image)",
         works: || succeeds("containerd", &["--version"]) && succeeds("ctr", &["--version"]),
         fix: Fix::Apt("containerd"),
+    },
+    Requirement {
+        what: "make, rsync and patch (build the lab's Kubernetes from source)",
+        works: || {
+            succeeds("make", &["--version"])
+                && succeeds("rsync", &["--version"])
+                && succeeds("patch", &["--version"])
+        },
+        fix: Fix::Apt("make rsync patch"),
+    },
+    Requirement {
+        what: "reflect2 1.0.2's source (the lab's Kubernetes build needs it under Go 1.19)",
+        works: || {
+            Path::new("/usr/share/gocode/src/github.com/modern-go/reflect2/reflect2.go").is_file()
+        },
+        fix: Fix::Apt("golang-github-modern-go-reflect2-dev"),
     },
     Requirement {
         what: "bpffs at /sys/fs/bpf",

@@ -8,8 +8,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec, NodeId, host::HostSnapshot, inspect, lab, netns,
-    privileged::ensure_bpffs, traffic,
+    Backend, Dataplane, Lab, LabSpec, NodeId, SubnetManager, host::HostSnapshot, inspect, lab,
+    netns, privileged::ensure_bpffs, traffic,
 };
 
 #[derive(Parser)]
@@ -69,6 +69,12 @@ struct UpArgs {
     /// sets to the reference flanneld it built).
     #[arg(long)]
     flanneld: Option<PathBuf>,
+    /// Where the agents get subnets and peers: the lab's etcd, or a real
+    /// kube-apiserver in the underlay (Nodes with podCIDRs; for now with
+    /// `--agent flanneld` only). Needs $WEFT_KUBERNETES_BIN, which `cargo
+    /// xtask` sets when it built Kubernetes (WEFT_KUBERNETES_SOURCE).
+    #[arg(long, value_enum, default_value_t = SubnetManagerArg::Etcd)]
+    subnet_manager: SubnetManagerArg,
     /// Run a real Prometheus in the underlay that scrapes every weft agent.
     #[arg(long)]
     prometheus: bool,
@@ -82,6 +88,12 @@ struct UpArgs {
 enum AgentArg {
     Weft,
     Flanneld,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SubnetManagerArg {
+    Etcd,
+    Kube,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -175,6 +187,10 @@ fn up_spec(args: UpArgs) -> Result<LabSpec> {
     if let Some(flanneld) = args.flanneld {
         spec.flanneld_bin = Some(flanneld);
     }
+    spec.subnet_manager = match args.subnet_manager {
+        SubnetManagerArg::Etcd => SubnetManager::Etcd,
+        SubnetManagerArg::Kube => SubnetManager::Kube,
+    };
     spec.ip_masq = args.ip_masq;
     spec.prometheus = args.prometheus;
     spec.agent_args = args.agent_args;

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use nix::sys::signal::Signal;
 use weft_agent::subnet_env;
 
-use super::{Dataplane, Lab, NodeId, UPLINK, wait_for};
+use super::{Dataplane, Lab, NodeId, SubnetManager, UPLINK, wait_for};
 use crate::{netns, process};
 
 /// Where each node's agent serves /healthz, /readyz and /metrics (on every
@@ -74,7 +74,9 @@ impl Lab {
         self.launch(node, command)
     }
 
-    /// flanneld with the flags weft gets: etcd, `--iface`, `--subnet-file`,
+    /// flanneld with the flags weft gets: etcd (or, with the kube subnet
+    /// manager, the API server with the agents' ServiceAccount and the node's
+    /// name, as kube-flannel.yml runs it), `--iface`, `--subnet-file`,
     /// `--ip-masq`, its health endpoint on the same port.
     fn spawn_flanneld(&mut self, node: NodeId) -> Result<u32> {
         let flanneld = self
@@ -86,8 +88,24 @@ impl Lab {
         let ip_masq = self.state.ip_masq;
         let state = self.node(node);
         let mut command = netns::command(&state.ns, &flanneld.display().to_string())?;
+        command.args(["--iface", UPLINK]);
+        match self.state.subnet_manager {
+            SubnetManager::Etcd => {
+                command.args(["--etcd-endpoints", &etcd_endpoint]);
+            }
+            SubnetManager::Kube => {
+                let kube = self.kube()?;
+                command
+                    .arg("--kube-subnet-mgr")
+                    .arg(format!(
+                        "--kubeconfig-file={}",
+                        kube.agent_kubeconfig.display()
+                    ))
+                    .arg(format!("--net-config-path={}", kube.net_conf.display()))
+                    .env("NODE_NAME", state.node_name());
+            }
+        }
         command
-            .args(["--iface", UPLINK, "--etcd-endpoints", &etcd_endpoint])
             .arg(format!("--subnet-file={}", state.subnet_file.display()))
             .args(["--healthz-ip", "127.0.0.1", "--healthz-port"])
             .arg(HEALTHZ_PORT.to_string());

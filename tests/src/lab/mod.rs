@@ -17,6 +17,7 @@
 
 mod agents;
 mod counters;
+mod kube;
 mod monitoring;
 mod node_id;
 mod probes;
@@ -82,6 +83,8 @@ impl Lab {
                 agent_args: spec.agent_args.clone(),
                 second_segment_from: spec.second_segment_from,
                 prometheus: None,
+                subnet_manager: spec.subnet_manager,
+                kube: None,
                 nodes: Vec::new(),
             },
             keep: false,
@@ -101,11 +104,18 @@ impl Lab {
             .network_config
             .clone()
             .unwrap_or_else(|| spec.backend.network_config());
-        self.etcd().put(&format!("{ETCD_PREFIX}/config"), &config)?;
+        match spec.subnet_manager {
+            SubnetManager::Etcd => self.etcd().put(&format!("{ETCD_PREFIX}/config"), &config)?,
+            // The config lives in net-conf.json, as kube-flannel-cfg mounts it.
+            SubnetManager::Kube => self.start_kube_apiserver(spec, &config)?,
+        }
         for id in NodeId::all(spec.nodes) {
             let node = self.build_node(id, spec.dataplane_of(id))?;
             self.state.nodes.push(node);
             self.save()?;
+            if spec.subnet_manager == SubnetManager::Kube {
+                self.register_node(id)?;
+            }
         }
         if let Some(subnet) = &spec.preset_subnet_env {
             for node in &self.state.nodes {

@@ -49,6 +49,27 @@ impl Dataplane {
     }
 }
 
+/// Where agents get their subnets and peers, as flanneld's two modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubnetManager {
+    /// Leases in the lab's etcd (`--etcd-endpoints`).
+    #[default]
+    Etcd,
+    /// Node objects in a real kube-apiserver (`--kube-subnet-mgr`): the lab
+    /// runs one in the underlay and registers every node with its podCIDR.
+    Kube,
+}
+
+impl SubnetManager {
+    pub fn flag(self) -> &'static str {
+        match self {
+            SubnetManager::Etcd => "etcd",
+            SubnetManager::Kube => "kube",
+        }
+    }
+}
+
 impl Backend {
     /// The network config the lab writes to `<prefix>/config`.
     pub fn network_config(self) -> String {
@@ -89,6 +110,10 @@ pub struct LabSpec {
     /// Nodes from this one on sit on a second underlay segment,
     /// 192.168.78.0/24, one routed hop away from the first.
     pub second_segment_from: Option<NodeId>,
+    /// Where the agents get subnets and peers: etcd, or a real kube-apiserver.
+    pub subnet_manager: SubnetManager,
+    /// kube-apiserver and kubectl, for [`SubnetManager::Kube`].
+    pub kubernetes_bin: Option<PathBuf>,
 }
 
 impl LabSpec {
@@ -115,6 +140,8 @@ impl LabSpec {
             agent_args: Vec::new(),
             network_config: None,
             second_segment_from: None,
+            subnet_manager: SubnetManager::Etcd,
+            kubernetes_bin: crate::kube::binaries(),
         }
     }
 }
@@ -167,6 +194,28 @@ pub(super) fn validate(spec: &LabSpec) -> Result<()> {
             flanneld.is_file(),
             "flanneld {} does not exist",
             flanneld.display()
+        );
+    }
+    if spec.subnet_manager == SubnetManager::Kube {
+        let bin_dir = spec.kubernetes_bin.as_ref().ok_or_else(|| {
+            anyhow!(
+                "--subnet-manager kube needs kube-apiserver and kubectl: set {}, or let \
+                 `cargo xtask setup` build them (WEFT_KUBERNETES_SOURCE)",
+                crate::kube::BINARY_ENV
+            )
+        })?;
+        for binary in ["kube-apiserver", "kubectl"] {
+            ensure!(
+                bin_dir.join(binary).is_file(),
+                "{} does not exist",
+                bin_dir.join(binary).display()
+            );
+        }
+        // weft's own kube subnet manager is not built yet (issue 26).
+        ensure!(
+            NodeId::all(spec.nodes).all(|node| spec.dataplane_of(node) == Dataplane::Flanneld),
+            "--subnet-manager kube runs stock flanneld on every node for now: weft agents speak \
+             only the etcd subnet manager"
         );
     }
     ensure!(

@@ -9,8 +9,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, Dataplane, NodeId};
-use crate::cni::PodNetwork;
+use super::{Backend, Dataplane, NodeId, SubnetManager};
+use crate::{cni::PodNetwork, kube::KubeState};
 
 pub const RUN_ROOT: &str = "/run/weft-lab";
 
@@ -31,6 +31,11 @@ pub struct LabState {
     /// The URL of the lab's Prometheus (inside the underlay), if it runs one.
     #[serde(default)]
     pub prometheus: Option<String>,
+    #[serde(default)]
+    pub subnet_manager: SubnetManager,
+    /// The lab's kube-apiserver, with [`SubnetManager::Kube`].
+    #[serde(default)]
+    pub kube: Option<KubeState>,
     pub nodes: Vec<NodeState>,
 }
 
@@ -61,6 +66,11 @@ impl PodState {
 }
 
 impl NodeState {
+    /// The node's name as a Kubernetes Node: its namespace's name.
+    pub fn node_name(&self) -> &str {
+        &self.ns
+    }
+
     /// `<lab>-nN.agent.pid`: weft's or flanneld's, whichever runs.
     pub fn agent_pid_file(&self, run_dir: &Path) -> PathBuf {
         run_dir.join(format!("{}.agent.pid", self.ns))

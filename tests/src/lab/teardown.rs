@@ -106,6 +106,15 @@ pub fn status(name: &str) -> Result<String> {
         state.etcd_endpoint,
         alive(&state.run_dir.join("etcd.pid")),
     );
+    if let Some(kube) = &state.kube {
+        out += &format!(
+            "  kube-apiserver {} {} (admin kubeconfig {}; agents use {})\n",
+            kube.server,
+            alive(&state.run_dir.join("kube-apiserver.pid")),
+            kube.admin_kubeconfig.display(),
+            kube.agent_kubeconfig.display()
+        );
+    }
     if let Some(url) = &state.prometheus {
         out += &format!(
             "  prometheus {url} {} (scrapes every weft agent's /metrics)\n",

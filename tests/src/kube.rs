@@ -1,0 +1,418 @@
+//! The lab's Kubernetes control plane: a real kube-apiserver v1.20.2 (built
+//! by `cargo xtask` from Debian's source package) in the underlay namespace,
+//! backed by the lab's etcd under its own prefix, with TLS and RBAC on.
+//!
+//! Two credentials, never mixed up:
+//! - the lab's own admin token (group `system:masters`, from a token file),
+//!   used only by the lab to set the cluster up and to read it back;
+//! - the agents' ServiceAccount token (`kube-flannel/flannel`, issued by the
+//!   API server's TokenRequest API and signed with its service-account key),
+//!   bound to a ClusterRole with exactly kube-flannel.yml's rules, so an
+//!   agent that needs more than flanneld does fails against this lab.
+//!
+//! Nodes are registered the way a kubelet registers itself (labels,
+//! the kubelet's annotations, addresses), with `spec.podCIDR` set by the lab
+//! (node N owns 10.244.N.0/24), as kube-controller-manager's node IPAM would.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::{netns, process};
+
+/// A directory holding kube-apiserver, kube-controller-manager and kubectl
+/// v1.20.2 (`cargo xtask` sets it after building them).
+pub const BINARY_ENV: &str = "WEFT_KUBERNETES_BIN";
+/// The API server's HTTPS port in the underlay namespace.
+pub const SECURE_PORT: u16 = 6443;
+/// The API server's keys in the lab's etcd, apart from flannel's.
+pub const ETCD_PREFIX: &str = "/registry";
+/// Where kube-flannel.yml puts flannel's ServiceAccount.
+pub const AGENT_NAMESPACE: &str = "kube-flannel";
+pub const AGENT_SERVICE_ACCOUNT: &str = "flannel";
+/// The first address of the service range (the `kubernetes` Service).
+const SERVICE_RANGE: &str = "10.96.0.0/12";
+const FIRST_SERVICE_IP: &str = "10.96.0.1";
+
+/// The RBAC objects of flannel v0.20.2's Documentation/kube-flannel.yml,
+/// verbatim: the agents get these rights and no others.
+pub const AGENT_RBAC: &str = r#"---
+kind: Namespace
+apiVersion: v1
+metadata:
+  name: kube-flannel
+  labels:
+    pod-security.kubernetes.io/enforce: privileged
+---
+kind: ClusterRole
+apiVersion: rbac.authorization.k8s.io/v1
+metadata:
+  name: flannel
+rules:
+- apiGroups:
+  - ""
+  resources:
+  - pods
+  verbs:
+  - get
+- apiGroups:
+  - ""
+  resources:
+  - nodes
+  verbs:
+  - get
+  - list
+  - watch
+- apiGroups:
+  - ""
+  resources:
+  - nodes/status
+  verbs:
+  - patch
+---
+kind: ClusterRoleBinding
+apiVersion: rbac.authorization.k8s.io/v1
+metadata:
+  name: flannel
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: flannel
+subjects:
+- kind: ServiceAccount
+  name: flannel
+  namespace: kube-flannel
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: flannel
+  namespace: kube-flannel
+"#;
+
+/// The Kubernetes binaries `cargo xtask` built or was given, if any.
+pub fn binaries() -> Option<PathBuf> {
+    std::env::var_os(BINARY_ENV).map(PathBuf::from)
+}
+
+/// What a lab with the kube subnet manager records about its control plane.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KubeState {
+    /// Where kube-apiserver and kubectl live.
+    pub bin_dir: PathBuf,
+    /// `https://<underlay gateway>:6443`.
+    pub server: String,
+    /// The lab's own credential (system:masters); never handed to an agent.
+    pub admin_kubeconfig: PathBuf,
+    /// The agents' credential: the `kube-flannel/flannel` ServiceAccount.
+    pub agent_kubeconfig: PathBuf,
+    /// flannel's `net-conf.json` (the ConfigMap's key, as a file).
+    pub net_conf: PathBuf,
+    /// The namespace the API server runs in (the lab's underlay).
+    pub ns: String,
+}
+
+/// Starts kube-apiserver in `ns` (the underlay, where etcd runs at
+/// `etcd_endpoint`), waits until `/readyz` says ok, creates flannel's RBAC
+/// objects and issues the agents' ServiceAccount token. Everything lives in
+/// `run_dir/kube`; the pid file in `run_dir`, where teardown finds it.
+pub fn start(
+    ns: &str,
+    address: &str,
+    etcd_endpoint: &str,
+    run_dir: &Path,
+    bin_dir: &Path,
+    net_conf: &str,
+) -> Result<KubeState> {
+    let dir = run_dir.join("kube");
+    fs::create_dir_all(&dir)?;
+    make_certificates(&dir, address)?;
+    let admin_token = random_token()?;
+    fs::write(
+        dir.join("tokens.csv"),
+        format!("{admin_token},weft-lab-admin,weft-lab-admin,\"system:masters\"\n"),
+    )?;
+    let server = format!("https://{address}:{SECURE_PORT}");
+    let admin_kubeconfig = dir.join("admin.kubeconfig");
+    write_kubeconfig(
+        &admin_kubeconfig,
+        &server,
+        &dir.join("ca.crt"),
+        "weft-lab-admin",
+        &admin_token,
+    )?;
+    let net_conf_path = dir.join("net-conf.json");
+    fs::write(&net_conf_path, net_conf)?;
+    let state = KubeState {
+        bin_dir: bin_dir.to_owned(),
+        server: server.clone(),
+        admin_kubeconfig,
+        agent_kubeconfig: dir.join("flannel.kubeconfig"),
+        net_conf: net_conf_path,
+        ns: ns.to_owned(),
+    };
+
+    let apiserver = bin_dir.join("kube-apiserver");
+    let file = |name: &str| dir.join(name).display().to_string();
+    let mut command = netns::command(ns, &apiserver.display().to_string())?;
+    command.args([
+        format!("--etcd-servers={etcd_endpoint}"),
+        format!("--etcd-prefix={ETCD_PREFIX}"),
+        "--bind-address=0.0.0.0".to_owned(),
+        format!("--advertise-address={address}"),
+        format!("--secure-port={SECURE_PORT}"),
+        "--insecure-port=0".to_owned(),
+        format!("--tls-cert-file={}", file("apiserver.crt")),
+        format!("--tls-private-key-file={}", file("apiserver.key")),
+        format!("--token-auth-file={}", file("tokens.csv")),
+        "--authorization-mode=RBAC".to_owned(),
+        "--anonymous-auth=false".to_owned(),
+        "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
+        format!("--service-account-signing-key-file={}", file("sa.key")),
+        format!("--service-account-key-file={}", file("sa.pub")),
+        format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+        // One machine, several labs: keep the server small.
+        "--profiling=false".to_owned(),
+        "--enable-priority-and-fairness=false".to_owned(),
+        "--watch-cache=false".to_owned(),
+    ]);
+    let log = dir.join("kube-apiserver.log");
+    let pid_file = run_dir.join("kube-apiserver.pid");
+    process::spawn_daemon(command, &log, &pid_file)?;
+    process::wait_ready(
+        "kube-apiserver",
+        &pid_file,
+        &log,
+        Duration::from_secs(90),
+        || {
+            state
+                .admin(&["get", "--raw", "/readyz"])
+                .is_ok_and(|out| out.trim() == "ok")
+        },
+    )?;
+
+    state
+        .admin_with_input(&["apply", "-f", "-"], AGENT_RBAC)
+        .context("creating flannel's RBAC objects")?;
+    let agent_token = state.service_account_token()?;
+    write_kubeconfig(
+        &state.agent_kubeconfig,
+        &server,
+        &dir.join("ca.crt"),
+        "flannel",
+        &agent_token,
+    )?;
+    Ok(state)
+}
+
+/// A Node as a kubelet registers one.
+pub struct NodeRegistration<'a> {
+    pub name: &'a str,
+    pub internal_ip: &'a str,
+    pub pod_cidr: &'a str,
+}
+
+impl KubeState {
+    /// `kubectl` with the lab's admin credential; returns stdout.
+    pub fn admin(&self, args: &[&str]) -> Result<String> {
+        self.kubectl(&self.admin_kubeconfig, args, None)
+    }
+
+    pub fn admin_with_input(&self, args: &[&str], input: &str) -> Result<String> {
+        self.kubectl(&self.admin_kubeconfig, args, Some(input))
+    }
+
+    /// `kubectl` with the agents' ServiceAccount credential.
+    pub fn as_agent(&self, args: &[&str]) -> Result<String> {
+        self.kubectl(&self.agent_kubeconfig, args, None)
+    }
+
+    fn kubectl(&self, kubeconfig: &Path, args: &[&str], input: Option<&str>) -> Result<String> {
+        let kubectl = self.bin_dir.join("kubectl").display().to_string();
+        let kubeconfig = format!("--kubeconfig={}", kubeconfig.display());
+        let mut all = vec![
+            kubectl.as_str(),
+            kubeconfig.as_str(),
+            "--request-timeout=10s",
+        ];
+        all.extend_from_slice(args);
+        match input {
+            None => netns::run(&self.ns, &all),
+            Some(input) => netns::run_with_input(&self.ns, &all, input),
+        }
+    }
+
+    /// A Node object as a kubelet creates it: hostname/os/arch labels, the
+    /// kubelet's annotations (stock flanneld v0.20.2 panics on a Node whose
+    /// annotations map is empty), its addresses, and the podCIDR node IPAM
+    /// would assign.
+    pub fn register_node(&self, node: &NodeRegistration) -> Result<()> {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": node.name,
+                "labels": {
+                    "kubernetes.io/hostname": node.name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": arch,
+                    "beta.kubernetes.io/os": "linux",
+                    "beta.kubernetes.io/arch": arch,
+                },
+                "annotations": {
+                    "node.alpha.kubernetes.io/ttl": "0",
+                    "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                },
+            },
+            "spec": { "podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr] },
+            "status": {
+                "addresses": [
+                    { "type": "InternalIP", "address": node.internal_ip },
+                    { "type": "Hostname", "address": node.name },
+                ],
+            },
+        });
+        self.admin_with_input(&["create", "-f", "-"], &object.to_string())
+            .with_context(|| format!("registering Node {}", node.name))
+            .map(drop)
+    }
+
+    /// The Node object `name` as the API server holds it.
+    pub fn node(&self, name: &str) -> Result<serde_json::Value> {
+        let out = self.admin(&["get", "node", name, "-o", "json"])?;
+        serde_json::from_str(&out).with_context(|| format!("Node {name} is not JSON"))
+    }
+
+    /// A token for `kube-flannel/flannel` from the TokenRequest API: what
+    /// the kubelet mounts into a flannel pod.
+    fn service_account_token(&self) -> Result<String> {
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": { "expirationSeconds": 86400 },
+        });
+        let path = self.admin_kubeconfig.with_file_name("token-request.json");
+        fs::write(&path, request.to_string())?;
+        let uri = format!(
+            "/api/v1/namespaces/{AGENT_NAMESPACE}/serviceaccounts/{AGENT_SERVICE_ACCOUNT}/token"
+        );
+        let out = self
+            .admin(&["create", "--raw", &uri, "-f", &path.display().to_string()])
+            .context("requesting the agents' ServiceAccount token")?;
+        let response: serde_json::Value = serde_json::from_str(&out)?;
+        response["status"]["token"]
+            .as_str()
+            .filter(|token| !token.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("TokenRequest answered without a token: {out}"))
+    }
+}
+
+/// A kubeconfig with one cluster, one user (a bearer token) and a context.
+fn write_kubeconfig(path: &Path, server: &str, ca: &Path, user: &str, token: &str) -> Result<()> {
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "weft-lab", "cluster": {
+            "server": server,
+            "certificate-authority": ca,
+        }}],
+        "users": [{ "name": user, "user": { "token": token } }],
+        "contexts": [{ "name": "weft-lab", "context": { "cluster": "weft-lab", "user": user } }],
+        "current-context": "weft-lab",
+    });
+    // JSON is YAML: client-go and flanneld read it as a kubeconfig.
+    fs::write(path, config.to_string()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The lab's CA, the API server's serving certificate (for the underlay
+/// address, loopback, the first service IP and the in-cluster names) and
+/// the service-account signing key pair, made with openssl in `dir`.
+fn make_certificates(dir: &Path, address: &str) -> Result<()> {
+    let openssl = |args: &[&str]| -> Result<()> {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("cannot run openssl")?;
+        ensure!(
+            output.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=weft-lab-kubernetes-ca",
+        "-days",
+        "2",
+    ])?;
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "apiserver.key",
+        "-out",
+        "apiserver.csr",
+        "-subj",
+        "/CN=kube-apiserver",
+    ])?;
+    fs::write(
+        dir.join("apiserver.ext"),
+        format!(
+            "subjectAltName=IP:{address},IP:127.0.0.1,IP:{FIRST_SERVICE_IP},DNS:kubernetes,\
+             DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n"
+        ),
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "apiserver.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "apiserver.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "apiserver.ext",
+    ])?;
+    openssl(&["genrsa", "-out", "sa.key", "2048"])?;
+    openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
+    Ok(())
+}
+
+/// 32 random hex digits from the kernel.
+fn random_token() -> Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
