@@ -22,7 +22,7 @@ use weft_common::{
 
 use crate::{
     Dataplane, Lab, NodeId, cni,
-    lab::{PodState, UPLINK, carried_nearly_all, counters_delta},
+    lab::{PodState, UPLINK, counters_delta},
     netns,
     traffic::tcp_transfer,
 };
@@ -219,8 +219,11 @@ pub fn limits_hold_on_every_path(lab: &Lab, xdp: bool) {
         transfer_mbit(server, client, port, bytes).unwrap();
         let after = lab.counters(n1).unwrap();
         let (_, carried) = counters_delta(&before, &after, &CARRIED);
+        // Most, not nearly all: in a 16 MiB transfer the few packets of a
+        // re-check (and of a TCP verdict waiting for its conntrack entry to
+        // be made liberal) are 64 KiB GRO packets, a few per cent of it.
         assert!(
-            carried_nearly_all(carried, bytes),
+            carried >= bytes / 10 * 9,
             "limits removed, {what}: node 1's fast path carried {carried} of {bytes} bytes"
         );
     }
