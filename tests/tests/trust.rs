@@ -225,9 +225,13 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
         received(&p2) - p2_before < 5,
         "the remote pod's pings to p1 arrived at p2"
     );
-    // Three tries: one lost echo on a loaded machine is not a wrong pin.
-    let p1_on_p2 = lab.ping(&p2, p1.ip(), 3).is_ok();
-    assert!(p1_on_p2, "p2 cannot reach p1 (the pinned entry is wrong)");
+    // p2 itself still reaches p1 (its own neighbour entry for p1 comes from
+    // p1's answer, not from its forgery). Retried for a while: right after
+    // the forged claims an echo can be lost (seen in full-suite runs only).
+    wait_for("p2 to reach p1", Duration::from_secs(10), || {
+        Ok(lab.ping(&p2, p1.ip(), 1).is_ok())
+    })
+    .unwrap();
 
     // p1's pings to the remote pod whose address p2 claimed (a flow the
     // fast path carries) still go to the remote pod, encapsulated, and
