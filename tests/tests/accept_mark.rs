@@ -42,6 +42,24 @@ fn two_nodes(name: &str) -> (Lab, NodeState, PodState, PodState) {
     (lab, node1, local, remote)
 }
 
+/// iptables-nft adding (`-A`) or deleting (`-D`) a mangle rule that tests
+/// the mark bits `bit_and_mask`.
+fn iptables_rule<'a>(action: &'a str, bit_and_mask: &'a str) -> Vec<&'a str> {
+    vec![
+        "iptables-nft",
+        "-t",
+        "mangle",
+        action,
+        "FORWARD",
+        "-m",
+        "mark",
+        "--mark",
+        bit_and_mask,
+        "-j",
+        "ACCEPT",
+    ]
+}
+
 /// Whether table `inet weft` on `ns` holds the verdict chain.
 fn verdict_chain_installed(ns: &str) -> bool {
     netns::run(ns, &["nft", "list", "table", "inet", "weft"])
@@ -88,32 +106,8 @@ fn another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone() {
         ),
         (
             "an iptables-nft mark match",
-            vec![
-                "iptables-nft",
-                "-t",
-                "mangle",
-                "-A",
-                "FORWARD",
-                "-m",
-                "mark",
-                "--mark",
-                &bit_and_mask,
-                "-j",
-                "ACCEPT",
-            ],
-            vec![
-                "iptables-nft",
-                "-t",
-                "mangle",
-                "-D",
-                "FORWARD",
-                "-m",
-                "mark",
-                "--mark",
-                &bit_and_mask,
-                "-j",
-                "ACCEPT",
-            ],
+            iptables_rule("-A", &bit_and_mask),
+            iptables_rule("-D", &bit_and_mask),
         ),
     ];
     for (what, add, remove) in conflicts {
