@@ -87,6 +87,39 @@ pub struct AgentArgs {
     #[arg(long, env = "WEFT_ETCD_PASSWORD")]
     pub etcd_password: Option<String>,
 
+    /// Take the subnet from this node's Node object (`spec.podCIDR`) and the
+    /// peers from the other Nodes' annotations, through the Kubernetes API,
+    /// instead of etcd (flanneld's `--kube-subnet-mgr`).
+    #[arg(long, env = "WEFT_KUBE_SUBNET_MGR", default_value_t = false)]
+    pub kube_subnet_mgr: bool,
+    /// The API server's URL; overrides the kubeconfig's. With neither this
+    /// nor --kubeconfig-file: the in-cluster config (service-account token,
+    /// `KUBERNETES_SERVICE_HOST`/`_PORT`).
+    #[arg(long, env = "WEFT_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+    /// kubeconfig file to reach the API server with.
+    #[arg(long, env = "WEFT_KUBECONFIG_FILE")]
+    pub kubeconfig_file: Option<PathBuf>,
+    /// Prefix of the Node annotations weft reads and writes, as flanneld's.
+    #[arg(
+        long,
+        env = "WEFT_KUBE_ANNOTATION_PREFIX",
+        default_value = "flannel.alpha.coreos.com"
+    )]
+    pub kube_annotation_prefix: String,
+    /// The network config with --kube-subnet-mgr (kube-flannel-cfg's
+    /// `net-conf.json`).
+    #[arg(
+        long,
+        env = "WEFT_NET_CONFIG_PATH",
+        default_value = "/etc/kube-flannel/net-conf.json"
+    )]
+    pub net_config_path: PathBuf,
+    /// Set the Node's `NetworkUnavailable` condition to False once the
+    /// datapath is programmed (--kube-subnet-mgr).
+    #[arg(long, env = "WEFT_SET_NODE_NETWORK_UNAVAILABLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub set_node_network_unavailable: bool,
+
     /// Uplink interface (repeatable: the first that exists is used). Default:
     /// the interface of the default route.
     #[arg(long, env = "WEFT_IFACE", value_delimiter = ',')]
@@ -261,6 +294,12 @@ pub const FLANNELD_ALIASES: &[&str] = &[
     "IP_MASQ",
     "HEALTHZ_IP",
     "HEALTHZ_PORT",
+    "KUBE_SUBNET_MGR",
+    "KUBE_API_URL",
+    "KUBECONFIG_FILE",
+    "KUBE_ANNOTATION_PREFIX",
+    "NET_CONFIG_PATH",
+    "SET_NODE_NETWORK_UNAVAILABLE",
 ];
 
 /// For each flag flanneld also has, a `FLANNELD_X` variable stands in for an
