@@ -48,14 +48,26 @@ impl Lab {
         let agent_args = self.state.agent_args.clone();
         let state = self.node(node);
         let mut command = netns::command(&state.ns, &weft)?;
+        command.args(["agent", "--iface", UPLINK]);
+        match self.state.subnet_manager {
+            SubnetManager::Etcd => {
+                command.args(["--etcd-endpoints", &etcd_endpoint]);
+            }
+            // As kube-flannel.yml runs flanneld: the agents' ServiceAccount,
+            // net-conf.json, the node's name in NODE_NAME.
+            SubnetManager::Kube => {
+                let kube = self.kube()?;
+                command
+                    .arg("--kube-subnet-mgr")
+                    .arg(format!(
+                        "--kubeconfig-file={}",
+                        kube.agent_kubeconfig.display()
+                    ))
+                    .arg(format!("--net-config-path={}", kube.net_conf.display()))
+                    .env("NODE_NAME", state.node_name());
+            }
+        }
         command
-            .args([
-                "agent",
-                "--iface",
-                UPLINK,
-                "--etcd-endpoints",
-                &etcd_endpoint,
-            ])
             .args([
                 "--healthz-ip",
                 "0.0.0.0",

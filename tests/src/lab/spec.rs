@@ -211,12 +211,6 @@ pub(super) fn validate(spec: &LabSpec) -> Result<()> {
                 bin_dir.join(binary).display()
             );
         }
-        // weft's own kube subnet manager is not built yet (issue 26).
-        ensure!(
-            NodeId::all(spec.nodes).all(|node| spec.dataplane_of(node) == Dataplane::Flanneld),
-            "--subnet-manager kube runs stock flanneld on every node for now: weft agents speak \
-             only the etcd subnet manager"
-        );
     }
     ensure!(
         spec.pods_per_node <= 250,
