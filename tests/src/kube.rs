@@ -416,3 +416,193 @@ fn random_token() -> Result<String> {
     fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
+
+// kube-failures: the API server stopped and started again, Nodes forged or
+// re-registered by the admin, the agents' rights narrowed (the helpers of
+// tests/tests/kube_failures.rs).
+
+/// flannel's annotation `key` under the default `--kube-annotation-prefix`.
+pub fn flannel_annotation(key: &str) -> String {
+    format!("flannel.alpha.coreos.com/{key}")
+}
+
+/// The running API server's command line, read from /proc before it is
+/// stopped, so it starts again exactly as [`start`] ran it (same flags, same
+/// etcd data, same certificates).
+#[derive(Clone, Debug)]
+pub struct ApiserverCommand {
+    argv: Vec<String>,
+}
+
+/// Where [`start`] records the API server's pid.
+fn apiserver_pid_file(run_dir: &Path) -> PathBuf {
+    run_dir.join("kube-apiserver.pid")
+}
+
+impl KubeState {
+    /// Stops the lab's API server (SIGTERM, then SIGKILL after 2 s) and returns how
+    /// to start it again. Its objects stay in etcd.
+    pub fn stop_apiserver(&self, run_dir: &Path) -> Result<ApiserverCommand> {
+        let pid_file = apiserver_pid_file(run_dir);
+        let pid = process::running_pid(&pid_file)
+            .ok_or_else(|| anyhow!("no kube-apiserver runs ({})", pid_file.display()))?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+            .with_context(|| format!("reading kube-apiserver's (pid {pid}) command line"))?;
+        let argv: Vec<String> = cmdline
+            .split(|byte| *byte == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect();
+        ensure!(
+            !argv.is_empty(),
+            "kube-apiserver (pid {pid}) has no command line"
+        );
+        // A short grace: with watches open it drains for longer than an
+        // outage needs to start.
+        process::stop(&pid_file, Duration::from_secs(2))?;
+        Ok(ApiserverCommand { argv })
+    }
+
+    /// Starts the API server `stop_apiserver` stopped, in the same
+    /// namespace with the same command line, and waits until it is ready.
+    /// Its log goes to `kube/kube-apiserver.<n>.log`, one per restart.
+    pub fn restart_apiserver(&self, run_dir: &Path, command: &ApiserverCommand) -> Result<()> {
+        let (program, args) = command
+            .argv
+            .split_first()
+            .ok_or_else(|| anyhow!("kube-apiserver's command line is empty"))?;
+        let pid_file = apiserver_pid_file(run_dir);
+        ensure!(
+            process::running_pid(&pid_file).is_none(),
+            "kube-apiserver still runs"
+        );
+        let dir = run_dir.join("kube");
+        let log = (1..)
+            .map(|n| dir.join(format!("kube-apiserver.{n}.log")))
+            .find(|log| !log.exists())
+            .expect("an unused log name");
+        let mut spawned = netns::command(&self.ns, program)?;
+        spawned.args(args);
+        process::spawn_daemon(spawned, &log, &pid_file)?;
+        process::wait_ready(
+            "kube-apiserver (restarted)",
+            &pid_file,
+            &log,
+            Duration::from_secs(90),
+            || {
+                self.admin(&["get", "--raw", "/readyz"])
+                    .is_ok_and(|out| out.trim() == "ok")
+            },
+        )
+    }
+
+    /// Sets (`Some`) or removes (`None`) annotations on Node `name` with the
+    /// admin's credential, as a hostile or careless cluster admin could.
+    pub fn annotate_node(
+        &self,
+        name: &str,
+        annotations: &[(String, Option<String>)],
+    ) -> Result<()> {
+        let changes: Vec<String> = annotations
+            .iter()
+            .map(|(key, value)| match value {
+                Some(value) => format!("{key}={value}"),
+                None => format!("{key}-"),
+            })
+            .collect();
+        let mut args = vec!["annotate", "node", "--overwrite", name];
+        args.extend(changes.iter().map(String::as_str));
+        self.admin(&args)
+            .with_context(|| format!("annotating Node {name}"))
+            .map(drop)
+    }
+
+    /// Registers a Node as a kubelet would ([`KubeState::register_node`]),
+    /// then gives it `annotations`: a node no agent runs on, whose claims the
+    /// agents judge like any peer's.
+    pub fn register_annotated_node(
+        &self,
+        node: &NodeRegistration,
+        annotations: &[(String, Option<String>)],
+    ) -> Result<()> {
+        self.register_node(node)?;
+        self.annotate_node(node.name, annotations)
+    }
+
+    /// Sets `spec.podCIDR(s)` of Node `name`, as node IPAM does once (the API
+    /// server refuses to change a podCIDR that is set).
+    pub fn set_pod_cidr(&self, name: &str, pod_cidr: &str) -> Result<()> {
+        let patch = serde_json::json!({ "spec": { "podCIDR": pod_cidr, "podCIDRs": [pod_cidr] } });
+        self.admin(&["patch", "node", name, "-p", &patch.to_string()])
+            .with_context(|| format!("setting Node {name}'s podCIDR to {pod_cidr}"))
+            .map(drop)
+    }
+
+    pub fn delete_node(&self, name: &str) -> Result<()> {
+        self.admin(&["delete", "node", name, "--wait=true"])
+            .with_context(|| format!("deleting Node {name}"))
+            .map(drop)
+    }
+
+    /// Deletes Node `name` and registers it again as its kubelet would after
+    /// a reinstall: same labels, addresses and kubelet annotations, no
+    /// flannel annotations, no conditions, and no podCIDR yet (node IPAM
+    /// has not assigned one).
+    pub fn reregister_node_without_pod_cidr(&self, name: &str) -> Result<()> {
+        let old = self.node(name)?;
+        let annotations: serde_json::Map<String, serde_json::Value> =
+            old["metadata"]["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(key, _)| !key.starts_with(&flannel_annotation("")))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": old["metadata"]["labels"],
+                "annotations": annotations,
+            },
+            "spec": {},
+            "status": { "addresses": old["status"]["addresses"] },
+        });
+        self.delete_node(name)?;
+        self.admin_with_input(&["create", "-f", "-"], &object.to_string())
+            .with_context(|| format!("registering Node {name} again"))
+            .map(drop)
+    }
+
+    /// Removes every rule on `resource` (e.g. `nodes/status`) from the
+    /// agents' ClusterRole `flannel`, as a narrower copy of kube-flannel.yml
+    /// would. [`KubeState::restore_agent_rbac`] puts kube-flannel.yml's back.
+    pub fn revoke_agent_resource(&self, resource: &str) -> Result<()> {
+        let out = self.admin(&["get", "clusterrole", "flannel", "-o", "json"])?;
+        let mut role: serde_json::Value = serde_json::from_str(&out)?;
+        let rules = role["rules"]
+            .as_array_mut()
+            .ok_or_else(|| anyhow!("ClusterRole flannel has no rules: {out}"))?;
+        let before = rules.len();
+        rules.retain(|rule| {
+            !rule["resources"]
+                .as_array()
+                .is_some_and(|resources| resources.iter().any(|r| r == resource))
+        });
+        ensure!(
+            rules.len() < before,
+            "ClusterRole flannel has no rule on {resource}"
+        );
+        self.admin_with_input(&["replace", "-f", "-"], &role.to_string())
+            .with_context(|| format!("revoking {resource} from ClusterRole flannel"))
+            .map(drop)
+    }
+
+    /// Applies kube-flannel.yml's RBAC objects again.
+    pub fn restore_agent_rbac(&self) -> Result<()> {
+        self.admin_with_input(&["apply", "-f", "-"], AGENT_RBAC)
+            .context("restoring flannel's RBAC objects")
+            .map(drop)
+    }
+}

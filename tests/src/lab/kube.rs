@@ -50,3 +50,45 @@ impl Lab {
         })
     }
 }
+
+// kube-failures: the lab's API server stopped and started again, an agent
+// started without waiting for it to be ready, a node registered again
+// without a podCIDR (the helpers of tests/tests/kube_failures.rs).
+
+impl Lab {
+    /// Stops the lab's kube-apiserver; [`Lab::restart_kube_apiserver`]
+    /// starts it again as it was.
+    pub fn stop_kube_apiserver(&self) -> Result<kube::ApiserverCommand> {
+        self.kube()?.stop_apiserver(&self.state.run_dir)
+    }
+
+    pub fn restart_kube_apiserver(&self, command: &kube::ApiserverCommand) -> Result<()> {
+        self.kube()?.restart_apiserver(&self.state.run_dir, command)
+    }
+
+    /// Starts `node`'s agent and returns its pid without waiting for it to
+    /// be ready (one that cannot be ready yet); [`Lab::wait_until_ready`]
+    /// waits for it.
+    pub fn launch_agent(&mut self, node: NodeId) -> Result<u32> {
+        self.spawn_agent(node)
+    }
+
+    /// Waits until `node`'s running agent is ready (as [`Lab::start_agent`]
+    /// does), then, with the eBPF dataplane, until it has every pod in its maps.
+    pub fn wait_until_ready(&mut self, node: NodeId) -> Result<()> {
+        self.wait_agent_ready(node)?;
+        if self.node(node).dataplane == super::Dataplane::Ebpf {
+            self.wait_pods_attached(node)?;
+        }
+        Ok(())
+    }
+
+    /// Stops `node`'s agent (SIGTERM) and registers its Node again without
+    /// a podCIDR and without flannel's annotations, as after a reinstall
+    /// before node IPAM has assigned one.
+    pub fn reregister_without_pod_cidr(&self, node: NodeId) -> Result<()> {
+        self.stop_agent(node, nix::sys::signal::Signal::SIGTERM)?;
+        self.kube()?
+            .reregister_node_without_pod_cidr(self.node(node).node_name())
+    }
+}
