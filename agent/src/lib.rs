@@ -19,6 +19,7 @@ pub mod dataplane;
 pub mod desired;
 pub mod endpoints;
 pub mod http;
+pub mod kubernetes;
 pub mod lease;
 pub mod logging;
 pub mod mark_conflicts;
