@@ -31,6 +31,7 @@ pub mod overlay_guard;
 pub mod pod_veth;
 pub mod stats;
 pub mod subnet_env;
+pub mod subnet_manager;
 pub mod tc;
 pub mod verdicts;
 pub mod weft_table;
