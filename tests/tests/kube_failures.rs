@@ -1,8 +1,28 @@
 //! weft's kube subnet manager when things go wrong, against the lab's real
 //! kube-apiserver (TLS, RBAC, the agents' ServiceAccount with exactly
-//! kube-flannel.yml's rights): the API server stopped for 30 s, a watch
-//! that fell behind a compaction, hostile annotations on Nodes, a token
-//! without `nodes/status` patch, and a Node without a podCIDR yet.
+//! kube-flannel.yml's rights), weft agents with the eBPF dataplane, VXLAN,
+//! 2 nodes:
+//!
+//! - the API server stopped for 30 s changes nothing on any node (routes,
+//!   fdb, neighbours, maps), pods keep pinging across nodes, the agents stay
+//!   up with `weft_kube_api_connected` 0, then 1 after the restart, and
+//!   follow a Node added and deleted afterwards;
+//! - agents frozen while the API server restarts, a Node is deleted and
+//!   etcd compacts (their watch's revision is gone: 410 Gone) list again
+//!   (`weft_node_watch_relists_total`) and drop the Node no event told them of;
+//! - hostile Nodes registered by the admin (public-ip not an IP, inside the
+//!   pod network, multicast, loopback, the victim's own; backend-type `udp`,
+//!   `host-gw` or missing; backend-data not JSON or without VtepMAC; VNI 2;
+//!   a multicast VtepMAC or another node's; podCIDR outside Network, on the
+//!   underlay, another node's, a /25, not a network address) are each
+//!   logged once by rule and counted once in
+//!   `weft_leases_rejected_total{rule}`, also after the Nodes are touched
+//!   again, and change nothing; a peer in use turned hostile is removed;
+//! - with `nodes/status` patch revoked from the agents' ClusterRole the
+//!   agent names the forbidden patch, retries, stays up and unready, and
+//!   turns ready without a restart once the right is back;
+//! - a Node registered without a podCIDR makes the agent say once that it
+//!   waits, and it turns ready once the admin sets one.
 //!
 //! What each test asserts is what an operator checks: pods reaching each
 //! other, the routes, fdb and maps on every node, the agent's log, its
