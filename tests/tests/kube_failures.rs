@@ -838,6 +838,7 @@ fn a_token_without_node_status_patch_is_reported_and_retried_until_granted() {
 
     // The right comes back: ready without a restart, and a peer again.
     api.restore_agent_rbac().unwrap();
+    wait_ready_without_restart(&mut lab, node, pid);
     lab.wait_until_ready(node)
         .unwrap_or_else(|error| panic!("{error:#}\n{}", process::log_tail(&log, 30)));
     assert_eq!(lab.agent_pid(node), Some(pid), "the agent restarted");
@@ -849,6 +850,22 @@ fn a_token_without_node_status_patch_is_reported_and_retried_until_granted() {
     );
     lab.warm_up().unwrap();
     lab.assert_all_pairs_ping(2);
+}
+
+/// Waits (longer than the lab's start-up wait: the agent retries with a
+/// backoff of up to 30 s) until `node`'s agent `pid` is ready.
+fn wait_ready_without_restart(lab: &mut Lab, node: NodeId, pid: u32) {
+    let state = lab.node(node).clone();
+    let log = node_log(&state).to_owned();
+    wait_for(
+        &format!("the agent on {} to turn ready", state.ns),
+        Duration::from_secs(60),
+        || {
+            ensure_running(pid, lab, &log)?;
+            agent_ready(&state.ns)
+        },
+    )
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", process::log_tail(&log, 30)));
 }
 
 /// Fails if the agent `pid` is gone, with its log.
@@ -910,6 +927,7 @@ fn a_node_without_a_pod_cidr_waits_saying_so_once_until_it_has_one() {
     // Node IPAM assigns it: ready, without a restart, and a peer again.
     api.set_pod_cidr(state.node_name(), &Lab::pod_cidr(node))
         .unwrap();
+    wait_ready_without_restart(&mut lab, node, pid);
     lab.wait_until_ready(node)
         .unwrap_or_else(|error| panic!("{error:#}\n{}", process::log_tail(&log, 30)));
     assert_eq!(lab.agent_pid(node), Some(pid), "the agent restarted");
