@@ -8,10 +8,6 @@
 //! No privileges, no etcd: the agent's own parsing and `PeerTable`, run on
 //! generated inputs. Case counts are bounded so the file runs in seconds.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
