@@ -274,11 +274,18 @@ async fn follow_every_node(
 ) -> Result<()> {
     let (sender, mut events) = mpsc::unbounded_channel();
     let mut follower = NodeFollower::new(client);
+    // As the agent loop will: `next()` in a select beside a timer that
+    // fires every 50 ms, so it is cancelled again and again (mid-request,
+    // mid-backoff); nothing may be lost or restarted by that.
     let follow = tokio::spawn(async move {
         loop {
-            let batch = follower.next().await;
-            if sender.send(batch).is_err() {
-                return;
+            tokio::select! {
+                batch = follower.next() => {
+                    if sender.send(batch).is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
     });
