@@ -7,17 +7,15 @@
 #![allow(unused_crate_dependencies)]
 
 use weft_tests::{
-    Dataplane, Lab, LabSpec, SubnetManager, flannel, kube,
+    Dataplane, Lab, LabSpec, SubnetManager, flannel, kube, privileged,
     privileged::{reference_flanneld, reference_kubernetes},
-    privileged_test, process,
+    process,
 };
 
 #[test]
 fn stock_flanneld_in_kube_mode_annotates_its_node_and_pods_reach_each_other() {
     const TEST: &str = "stock_flanneld_in_kube_mode_annotates_its_node_and_pods_reach_each_other";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(flanneld) = reference_flanneld(TEST) else {
         return;
     };

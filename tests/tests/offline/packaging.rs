@@ -6,10 +6,6 @@
 //! `cargo xtask test` builds the .deb and passes it in `WEFT_DEB`; run alone,
 //! the test takes the one in target/debian (`cargo xtask package`).
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     collections::BTreeSet,
     os::unix::fs::PermissionsExt as _,
@@ -103,6 +99,11 @@ fn the_deb_installs_the_release_binary_the_unit_and_the_defaults() {
         "/etc/default/weft",
         "/usr/share/doc/weft/copyright",
         "/usr/share/doc/weft/README.md",
+        "/usr/share/doc/weft/CHANGELOG.md",
+        "/usr/share/doc/weft/docs/operating.md",
+        "/usr/share/doc/weft/docs/security.md",
+        "/usr/share/doc/weft/docs/datapath.md",
+        "/usr/share/doc/weft/docs/kubernetes.md",
     ]
     .into_iter()
     .map(str::to_owned)
