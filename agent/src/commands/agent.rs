@@ -127,11 +127,12 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         uplink.public_ip,
     );
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
-    let guard = match config.backend {
-        BackendConfig::Vxlan { vni, port, .. } => {
+    let vxlan_name = config.backend.vni().map(KernelDataplane::vxlan_name);
+    let guard = match (&config.backend, &vxlan_name) {
+        (&BackendConfig::Vxlan { port, .. }, Some(vxlan_device)) => {
             let spec = GuardSpec {
                 bridge: args.bridge.clone(),
-                vxlan_device: KernelDataplane::vxlan_name(vni),
+                vxlan_device: vxlan_device.clone(),
                 port,
             };
             overlay_guard::install(&spec)?;
@@ -142,7 +143,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             );
             Some(OverlayGuard::default())
         }
-        BackendConfig::HostGw => None,
+        _ => None,
     };
     let attrs = startup::lease_attrs(&uplink, &config, vxlan);
     let mut facts = startup::node_facts(&uplink, &config, vxlan, &args);
@@ -155,10 +156,6 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     // VXLAN or direct, its neighbours PEERS' next hops), so it is followed
     // with either dataplane; no route is planned before the first arrives.
     let (views_tx, mut views_rx) = mpsc::channel::<LocalView>(8);
-    let vxlan_name = match config.backend {
-        BackendConfig::Vxlan { vni, .. } => Some(KernelDataplane::vxlan_name(vni)),
-        BackendConfig::HostGw => None,
-    };
     tokio::spawn(endpoints::watch(
         args.bridge.clone(),
         uplink.index,
