@@ -4,9 +4,11 @@
 //!
 //! The flow is one-way. Every input has one handler on [`Agent`]; the ones
 //! that change what the datapath should hold update their input (the
-//! accepted peers, the local view, the own subnet, the ruleset generation)
-//! and call [`Agent::apply`], which computes [`Desired`] (`desired.rs`) and
-//! hands it to both sinks: the kernel writer and the map writer.
+//! accepted peers, the local view, the local pods, the own subnet, the
+//! ruleset generation) and call [`Agent::apply`], which computes
+//! [`Desired`] (`desired.rs`) and hands it to the sinks: the kernel writer,
+//! the overlay guard, and the fast path (the maps, and the pods' pinned
+//! neighbour entries on the bridge).
 //!
 //! The loop is single-threaded, so no handler blocks or waits on something
 //! unbounded: work that can take long (acquiring a lost lease again, the
@@ -41,6 +43,7 @@ use crate::{
     lease::{peers::PeerTable, validate::LeasePolicy},
     net,
     overlay_guard::{self, GuardSpec},
+    pods::LocalPods,
     subnet_env,
     subnet_manager::Connection,
     verdicts,
@@ -208,6 +211,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         peers: PeerTable::new(policy),
         kernel,
         guard,
+        pods: fast_path.is_some().then(|| LocalPods::new(handle.clone())),
         fast_path,
         marks: None,
         verdicts_suspended,
