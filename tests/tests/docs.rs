@@ -487,6 +487,16 @@ fn metric_names(code: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Whether `sample` is a name `/metrics` shows for `family`: the family's
+/// own, or with OpenMetrics' suffix (`_total` for a counter, `_info` for an
+/// info).
+fn names_family(sample: &str, family: &str) -> bool {
+    sample == family
+        || sample
+            .strip_prefix(family)
+            .is_some_and(|suffix| ["_total", "_info"].contains(&suffix))
+}
+
 #[test]
 fn every_metric_family_is_documented_and_every_documented_one_exists() {
     let families = metrics::family_names();
@@ -495,15 +505,7 @@ fn every_metric_family_is_documented_and_every_documented_one_exists() {
         "only {} families: {families:?}",
         families.len()
     );
-    // A family's samples: the name itself, or with OpenMetrics' suffix.
-    let exists = |sample: &str| {
-        families.iter().any(|family| {
-            sample == family
-                || sample
-                    .strip_prefix(family.as_str())
-                    .is_some_and(|suffix| ["_total", "_info"].contains(&suffix))
-        })
-    };
+    let exists = |sample: &str| families.iter().any(|family| names_family(sample, family));
     let doc = Doc::load("docs/operating.md");
     let table = doc.section("Metrics");
     let mut problems = Vec::new();
@@ -514,12 +516,7 @@ fn every_metric_family_is_documented_and_every_documented_one_exists() {
         .flat_map(|span| metric_names(&span.text))
         .collect();
     for family in &families {
-        let in_table = documented.iter().any(|name| {
-            *name == family
-                || name
-                    .strip_prefix(family.as_str())
-                    .is_some_and(|suffix| ["_total", "_info"].contains(&suffix))
-        });
+        let in_table = documented.iter().any(|name| names_family(name, family));
         if !in_table {
             problems.push(format!(
                 "{}: metric family `{family}` is not in the table of \"Metrics\"",
