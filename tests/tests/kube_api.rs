@@ -26,9 +26,9 @@ use weft_agent::kubernetes::{
 use weft_tests::{
     Dataplane, Lab, LabSpec, SubnetManager,
     kube::{KubeState, NodeRegistration},
-    netns,
+    netns, privileged,
     privileged::{reference_flanneld, reference_kubernetes},
-    privileged, process,
+    process,
 };
 
 const PREFIX: &str = "flannel.alpha.coreos.com";

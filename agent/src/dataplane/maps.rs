@@ -270,7 +270,9 @@ impl FastPathMaps {
                 Change::Insert(&addr, ()) => vteps.insert(VtepKey { addr }, 1, 0),
             },
         );
-        wanted.keys().all(|addr| self.cached_vteps.contains_key(addr))
+        wanted
+            .keys()
+            .all(|addr| self.cached_vteps.contains_key(addr))
     }
 
     fn sync_endpoints(&mut self, desired: &BTreeMap<Ipv4Addr, Endpoint>, report: &mut MapReport) {

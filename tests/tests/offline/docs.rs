@@ -11,10 +11,6 @@
 //! metric taken out of its doc (and a made-up one put in), and a link to a
 //! missing heading, each fail with the file, the line and the name.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     collections::{BTreeSet, HashMap},
     fs,
