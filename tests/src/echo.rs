@@ -139,6 +139,19 @@ impl TcpSession {
         Ok(())
     }
 
+    /// Sends `line` as it is (a protocol's line, say) and waits for its echo.
+    pub fn exchange_line(&mut self, line: &str) -> Result<()> {
+        self.socket.write_all(line.as_bytes())?;
+        let mut reply = vec![0u8; line.len()];
+        self.socket
+            .read_exact(&mut reply)
+            .with_context(|| format!("no echo from {} of {line:?}", self.target))?;
+        if reply != line.as_bytes() {
+            bail!("{} echoed {line:?} with other bytes", self.target);
+        }
+        Ok(())
+    }
+
     /// The client's address (its source port names the connection).
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.socket.local_addr()?)

@@ -46,8 +46,16 @@ impl Lab {
         let etcd_endpoint = self.state.etcd_endpoint.clone();
         let ip_masq = self.state.ip_masq;
         let agent_args = self.state.agent_args.clone();
+        let wrapper = self.state.agent_wrapper.clone();
         let state = self.node(node);
-        let mut command = netns::command(&state.ns, &weft)?;
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = netns::command(&state.ns, program)?;
+                command.args(wrapper_args).arg(&weft);
+                command
+            }
+            None => netns::command(&state.ns, &weft)?,
+        };
         command.args(["agent", "--iface", UPLINK]);
         match self.state.subnet_manager {
             SubnetManager::Etcd => {

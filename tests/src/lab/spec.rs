@@ -105,6 +105,9 @@ pub struct LabSpec {
     pub ip_masq: bool,
     /// More flags for every agent.
     pub agent_args: Vec<String>,
+    /// A command every weft agent runs under, e.g. `setpriv` with the
+    /// systemd unit's capability set: its argv, which the agent's follows.
+    pub agent_wrapper: Vec<String>,
     /// A network config to write instead of the backend's default one.
     pub network_config: Option<String>,
     /// Nodes from this one on sit on a second underlay segment,
@@ -138,6 +141,7 @@ impl LabSpec {
             preset_subnet_env: None,
             ip_masq: false,
             agent_args: Vec::new(),
+            agent_wrapper: Vec::new(),
             network_config: None,
             second_segment_from: None,
             subnet_manager: SubnetManager::Etcd,

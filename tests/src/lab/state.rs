@@ -27,6 +27,9 @@ pub struct LabState {
     pub etcd_endpoint: String,
     pub ip_masq: bool,
     pub agent_args: Vec<String>,
+    /// The command each weft agent runs under (`LabSpec::agent_wrapper`).
+    #[serde(default)]
+    pub agent_wrapper: Vec<String>,
     pub second_segment_from: Option<NodeId>,
     /// The URL of the lab's Prometheus (inside the underlay), if it runs one.
     #[serde(default)]
