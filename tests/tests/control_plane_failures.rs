@@ -68,54 +68,44 @@ fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
     // differing from weft's in one of the fields removal compares: a route
     // with the same destination, device and gateway but another protocol, a
     // neighbour with the same MAC but another address, an fdb entry with the
-    // same MAC but another destination.
+    // same destination but another MAC (the all-zero MAC, a flood entry: a
+    // unicast MAC has one destination only, `bridge fdb append` adds none).
     let node1 = lab.node(NodeId::new(1)).ns.clone();
     let foreign_neighbour = {
         let mut octets: [u8; 4] = gateway.parse::<std::net::Ipv4Addr>().unwrap().octets();
         octets[3] += 1;
         std::net::Ipv4Addr::from(octets).to_string()
     };
-    const FOREIGN_FDB_DST: &str = "192.168.77.250";
-    for command in [
-        vec![
-            "ip",
-            "route",
-            "add",
-            &gone.subnet,
-            "via",
-            &gateway,
-            "dev",
-            "flannel.1",
-            "onlink",
-            "proto",
-            "static",
-            "metric",
-            "4242",
-        ],
-        vec![
-            "ip",
-            "neigh",
-            "add",
-            &foreign_neighbour,
-            "lladdr",
-            &mac,
-            "dev",
-            "flannel.1",
-            "nud",
-            "permanent",
-        ],
-        vec![
-            "bridge",
-            "fdb",
-            "append",
-            &mac,
-            "dev",
-            "flannel.1",
-            "dst",
-            FOREIGN_FDB_DST,
-        ],
-    ] {
-        weft_tests::netns::run(&node1, &command).unwrap();
+    const FLOOD_MAC: &str = "00:00:00:00:00:00";
+    let foreign_entries = [
+        (
+            format!(
+                "ip route add {} via {gateway} dev flannel.1 onlink",
+                gone.subnet
+            ),
+            format!("ip route del {} via {gateway} dev flannel.1", gone.subnet),
+            " proto static metric 4242",
+        ),
+        (
+            format!("ip neigh add {foreign_neighbour} lladdr {mac} dev flannel.1"),
+            format!("ip neigh del {foreign_neighbour} dev flannel.1"),
+            " nud permanent",
+        ),
+        (
+            format!(
+                "bridge fdb append {FLOOD_MAC} dev flannel.1 dst {}",
+                gone.ip
+            ),
+            format!("bridge fdb del {FLOOD_MAC} dev flannel.1 dst {}", gone.ip),
+            "",
+        ),
+    ];
+    let run = |command: &str| {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        weft_tests::netns::run(&node1, &args).unwrap();
+    };
+    for (add, _, options) in &foreign_entries {
+        run(&format!("{add}{options}"));
     }
     let foreign_route = |route: &serde_json::Value| route["protocol"] == "static";
     lab.etcd().delete(&key).unwrap();
@@ -161,33 +151,17 @@ fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
     let fdb = inspect::fdb(&node1, "flannel.1").unwrap();
     assert!(
         fdb.iter()
-            .any(|entry| entry["mac"] == mac.as_str() && entry["dst"] == FOREIGN_FDB_DST),
-        "node 1: someone else's fdb entry to {FOREIGN_FDB_DST} did not survive: {fdb:?}"
+            .any(|entry| entry["mac"] == FLOOD_MAC && entry["dst"] == gone.ip.as_str()),
+        "node 1: someone else's fdb entry {FLOOD_MAC} to {} did not survive: {fdb:?}",
+        gone.ip
     );
-    for command in [
-        vec![
-            "ip",
-            "route",
-            "del",
-            &gone.subnet,
-            "proto",
-            "static",
-            "metric",
-            "4242",
-        ],
-        vec!["ip", "neigh", "del", &foreign_neighbour, "dev", "flannel.1"],
-        vec![
-            "bridge",
-            "fdb",
-            "del",
-            &mac,
-            "dev",
-            "flannel.1",
-            "dst",
-            FOREIGN_FDB_DST,
-        ],
-    ] {
-        weft_tests::netns::run(&node1, &command).unwrap();
+    for (_, remove, options) in &foreign_entries {
+        let options = if remove.starts_with("ip route") {
+            options
+        } else {
+            ""
+        };
+        run(&format!("{remove}{options}"));
     }
     // Back on: node 3 takes its subnet again (from its subnet.env).
     let mut lab = lab;
