@@ -526,28 +526,6 @@ fn iptables_legacy_bites_within_the_verdict_ttl_and_helper_flows_stay_on_the_ker
         )
         .unwrap();
     }
-    // The control connection. The helper parses only lines that start
-    // right after a newline it saw: B echoes a greeting first, then the
-    // passive-mode reply that opens the data port (the echo server repeats
-    // what A sends, so the reply comes from B, as an FTP server's would).
-    let mut control = TcpSession::connect(&a.ns, at(FTP_CONTROL), TIMEOUT).unwrap();
-    control.exchange_line("220 uc ftp\r\n").unwrap();
-    let address = b.ip().replace('.', ",");
-    control
-        .exchange_line(&format!(
-            "227 Entering Passive Mode ({address},{},{}).\r\n",
-            FTP_DATA >> 8,
-            FTP_DATA & 0xff
-        ))
-        .unwrap();
-    for node in [n1, n2] {
-        let expectations = netns::run(&lab.node(node).ns, &["conntrack", "-L", "expect"]).unwrap();
-        assert!(
-            expectations.contains(&format!("dport={FTP_DATA}")),
-            "node {node}: the FTP helper expects no data connection:\n{expectations}"
-        );
-    }
-    let mut data = TcpSession::connect(&a.ns, at(FTP_DATA), TIMEOUT).unwrap();
     // Each connection's requests, on both nodes: carried by the fast path
     // (encap on the sender's tc_pod_egress), or handed to the kernel path
     // for want of a verdict.
@@ -574,22 +552,42 @@ fn iptables_legacy_bites_within_the_verdict_ttl_and_helper_flows_stay_on_the_ker
             "{what}: (node 1, node 2) fast-pathed {carried:?} packets; \
              node 1 refused {no_verdict} of A's for want of a verdict"
         );
-        (carried, no_verdict)
+        assert_eq!(
+            carried,
+            (0, 0),
+            "{what}: packets the fast path carried on (node 1, node 2)"
+        );
+        // Each of A's 100 requests met tc_pod_egress and went to netfilter.
+        assert!(
+            no_verdict >= 100,
+            "{what}: node 1 refused {no_verdict} of A's 100 requests for want of a verdict"
+        );
     };
-    let helper = kernel_path_only(&mut control, "the helper's connection");
-    let expected = kernel_path_only(&mut data, "the expected connection");
-    assert_eq!(
-        (helper.0, expected.0),
-        ((0, 0), (0, 0)),
-        "(helper, expected) connections: packets the fast path carried on (node 1, node 2)"
-    );
-    // Each of A's 100 requests met tc_pod_egress and was handed to netfilter.
-    assert!(
-        helper.1 >= 100 && expected.1 >= 100,
-        "(helper, expected): node 1 refused ({}, {}) of A's 100 requests for want of a verdict",
-        helper.1,
-        expected.1
-    );
+    // The control connection.
+    let mut control = TcpSession::connect(&a.ns, at(FTP_CONTROL), TIMEOUT).unwrap();
+    kernel_path_only(&mut control, "the helper's connection");
+    // Then the helper opens a data connection: it parses only lines that
+    // start right after a newline it saw, so B echoes a line first, then
+    // the passive-mode reply (the echo server repeats what A sends, so the
+    // reply comes from B, as an FTP server's would).
+    control.exchange_line("220 uc ftp\r\n").unwrap();
+    let address = b.ip().replace('.', ",");
+    control
+        .exchange_line(&format!(
+            "227 Entering Passive Mode ({address},{},{}).\r\n",
+            FTP_DATA >> 8,
+            FTP_DATA & 0xff
+        ))
+        .unwrap();
+    for node in [n1, n2] {
+        let expectations = netns::run(&lab.node(node).ns, &["conntrack", "-L", "expect"]).unwrap();
+        assert!(
+            expectations.contains(&format!("dport={FTP_DATA}")),
+            "node {node}: the FTP helper expects no data connection:\n{expectations}"
+        );
+    }
+    let mut data = TcpSession::connect(&a.ns, at(FTP_DATA), TIMEOUT).unwrap();
+    kernel_path_only(&mut data, "the expected connection");
 }
 
 fn legacy_iptables(ns: &str, action: &str, rule: &[&str]) {

@@ -107,7 +107,7 @@ fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
     netns::run_with_input(
         &node1.ns,
         &["nft", "-f", "-"],
-        "table inet uc_mine { chain forward { type filter hook forward priority filter; counter; } }",
+        "table inet uc_mine { chain forward { type filter hook forward priority filter; counter; }; }",
     )
     .unwrap();
     let foreign_table_kept = |when: &str| {
