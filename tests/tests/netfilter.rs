@@ -506,6 +506,9 @@ fn iptables_legacy_bites_within_the_verdict_ttl_and_helper_flows_stay_on_the_ker
         generation,
         "the agent saw a ruleset change: the DROP did not bite by the verdict TTL alone"
     );
+    // Reset (the reset is dropped too), so that the unanswered request is
+    // not retransmitted into the counts below once the DROP goes.
+    session.abort().unwrap();
     legacy_iptables(&lab.node(n2).ns, "-D", &rule);
     tcp_echo(&a.ns, at(ECHO_PORT), 20, TIMEOUT).expect("no connection after the DROP went");
 
