@@ -138,10 +138,12 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                 vxlan_device: vxlan_device.clone(),
                 port,
             };
-            overlay_guard::install(&spec)?;
+            let known_peers = kernel.fdb_destinations().await?;
+            overlay_guard::install(&spec, &known_peers)?;
             crate::metrics::global().guard_installed();
             info!(
                 port,
+                known_peers = known_peers.len(),
                 "overlay guard installed: the VXLAN port takes only peers' addresses, never pods'"
             );
             Some(OverlayGuard::default())
