@@ -20,7 +20,7 @@ use std::{
 use nix::{sys::signal::Signal, unistd::Pid};
 use weft_common::{CounterId, Hook::TcPodEgress, Reason};
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec, NodeId, SubnetManager, flannel, kube,
+    Backend, Dataplane, Lab, LabSpec, NodeId, SubnetManager, flannel, inspect, kube,
     lab::{
         DECAP_COUNTERS, FLOW_SETUP_PACKETS, HEALTHZ_PORT, HOST_GW_DELIVERY_COUNTERS,
         carried_nearly_all, counter_delta, counters_delta, wait_for,
@@ -228,7 +228,7 @@ fn assert_peer_programmed(lab: &Lab, node: NodeId, peer: NodeId) {
     match lab.state.backend {
         Backend::Vxlan => {
             let mac = flannel::vtep_mac(lab.node(peer)).unwrap();
-            let pod_cidr: ipnet::Ipv4Net = Lab::pod_cidr(peer).parse().unwrap();
+            let pod_cidr: ipnet::Ipv4Net = lab.node(peer).subnet.parse().unwrap();
             let vtep_address = pod_cidr.network().to_string();
             assert!(
                 route["dev"] == "flannel.1" && route["gateway"] == vtep_address.as_str() && on_link,
@@ -287,8 +287,10 @@ fn fast_path_counters(backend: Backend) -> (CounterId, &'static [CounterId]) {
     }
 }
 
-/// 20 pings between pods of every ordered pair of nodes: all answered, and
-/// all but the flow's set-up sent and delivered by the eBPF programs.
+/// 20 pings between pods of every ordered pair of nodes: all answered, all
+/// but the flow's set-up sent and delivered by the eBPF programs, and the
+/// kernel's path (flannel.1, or the routing table with host-gw) idle on
+/// both nodes but for that set-up.
 fn fast_path_carries_every_node_pair(lab: &Lab) {
     const PINGS: u32 = 20;
     let (egress, delivery) = fast_path_counters(lab.state.backend);
@@ -299,9 +301,11 @@ fn fast_path_carries_every_node_pair(lab: &Lab) {
                 lab.node(to).pods.last().unwrap().clone(),
             );
             let before = [lab.counters(from).unwrap(), lab.counters(to).unwrap()];
+            let kernel_before = [kernel_path_packets(lab, from), kernel_path_packets(lab, to)];
             let out = lab.ping(&source, target.ip(), PINGS).unwrap();
             assert!(out.contains(&format!("{PINGS} received")), "{out}");
             let after = [lab.counters(from).unwrap(), lab.counters(to).unwrap()];
+            let kernel_after = [kernel_path_packets(lab, from), kernel_path_packets(lab, to)];
             let (sent, _) = counter_delta(&before[0], &after[0], egress);
             let (delivered, _) = counters_delta(&before[1], &after[1], delivery);
             assert!(
@@ -310,7 +314,31 @@ fn fast_path_carries_every_node_pair(lab: &Lab) {
                 "{from} -> {to}: of {PINGS} pings, {from} sent {sent} by {egress}, \
                  {to} delivered {delivered} by {delivery:?}"
             );
+            for (node, (was, is)) in [from, to]
+                .into_iter()
+                .zip(kernel_before.into_iter().zip(kernel_after))
+            {
+                assert!(
+                    is - was <= 2 * FLOW_SETUP_PACKETS,
+                    "{from} -> {to}: the kernel's path on {node} carried {} of the {} packets",
+                    is - was,
+                    2 * PINGS
+                );
+            }
         }
+    }
+}
+
+/// Packets the kernel's own path carried on `node` so far: what flannel.1
+/// sent and received (VXLAN), or what the routing table forwarded (host-gw).
+fn kernel_path_packets(lab: &Lab, node: NodeId) -> u64 {
+    let ns = &lab.node(node).ns;
+    match lab.state.backend {
+        Backend::Vxlan => {
+            let (rx, tx) = inspect::packet_counts(ns, "flannel.1").unwrap();
+            rx + tx
+        }
+        Backend::HostGw => inspect::forwarded_datagrams(ns).unwrap(),
     }
 }
 

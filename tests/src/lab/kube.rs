@@ -149,13 +149,14 @@ impl Lab {
         Ok(())
     }
 
-    /// What `node` holds for `peer` (by the podCIDR the lab gave it and its
-    /// underlay address): routes, flannel.1's neighbour and FDB entries and,
-    /// on an eBPF node, PEERS and VTEPS entries.
+    /// What `node` holds for `peer` (by the subnet in the peer's subnet.env,
+    /// its podCIDR in kube mode, and its underlay address): routes,
+    /// flannel.1's neighbour and FDB entries and, on an eBPF node, PEERS and
+    /// VTEPS entries.
     pub fn peer_traces(&self, node: NodeId, peer: NodeId) -> Result<kube::PeerTraces> {
         let ns = &self.node(node).ns;
         let peer_ip = self.node(peer).ip.as_str();
-        let pod_cidr = Self::pod_cidr(peer);
+        let pod_cidr = self.node(peer).subnet.clone();
         let vtep_address = pod_cidr.parse::<ipnet::Ipv4Net>()?.network().to_string();
         let vxlan = crate::inspect::link(ns, "flannel.1")?.is_some();
         let list = |value: serde_json::Value| value.as_array().cloned().unwrap_or_default();
