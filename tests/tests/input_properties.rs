@@ -21,11 +21,12 @@ use proptest::prelude::*;
 use weft_agent::{
     config::{BackendConfig, NetworkConfig},
     lease::{
-        LeaseAttrs, MacAddr, VxlanBackendData, key, key_name,
+        LeaseAttrs, MacAddr, VxlanBackendData,
+        claim::Claim,
+        key, key_name,
         peers::{PeerChange, PeerTable},
-        registry::RawLease,
         subnet_of_key,
-        validate::LeasePolicy,
+        validate::{AcceptedPeer, LeasePolicy},
     },
 };
 
@@ -207,13 +208,13 @@ proptest! {
         // What the store holds after each event: key -> (value, revision).
         let mut store: BTreeMap<String, (Vec<u8>, i64)> = BTreeMap::new();
         // The peer set the reported changes describe.
-        let mut reported: BTreeMap<Ipv4Net, LeaseAttrs> = BTreeMap::new();
+        let mut reported: BTreeMap<Ipv4Net, AcceptedPeer> = BTreeMap::new();
         for (revision, (key, value)) in (1..).zip(events) {
             let changes = match value {
                 Some(value) => {
                     let created = store.get(&key).map_or(revision, |(_, created)| *created);
                     store.insert(key.clone(), (value.clone(), created));
-                    table.put(&key, &value, created, Some(own))
+                    table.put(&Claim::from_lease(&key, &value, created), Some(own))
                 }
                 None => {
                     store.remove(&key);
@@ -222,11 +223,11 @@ proptest! {
             };
             for change in changes {
                 match change {
-                    PeerChange::Upsert { subnet, attrs } => {
-                        reported.insert(subnet, attrs);
+                    PeerChange::Upsert { subnet, peer } => {
+                        reported.insert(subnet, peer);
                     }
-                    PeerChange::Remove { subnet, attrs } => {
-                        prop_assert_eq!(reported.remove(&subnet), Some(attrs));
+                    PeerChange::Remove { subnet, peer } => {
+                        prop_assert_eq!(reported.remove(&subnet), Some(peer));
                     }
                 }
             }
@@ -234,22 +235,29 @@ proptest! {
         let peers = table.peers();
         prop_assert_eq!(&reported, peers);
         let mut macs = BTreeMap::new();
-        for (subnet, attrs) in peers {
-            prop_assert!(policy.check(*subnet, attrs, Some(own)).is_ok(), "{subnet} {attrs:?}");
+        for (subnet, peer) in peers {
+            // The peer is what the rules make of a value the store holds
+            // for its subnet (two keys can name one subnet: `-24`, `-024`).
+            let made_by_rules = store
+                .iter()
+                .filter(|(key, _)| subnet_of_key(key).ok() == Some(*subnet))
+                .filter_map(|(_, (value, _))| LeaseAttrs::from_json(value).ok())
+                .any(|attrs| policy.check(*subnet, &attrs, Some(own)) == Ok(*peer));
+            prop_assert!(made_by_rules, "{} {:?} is no stored value's judgement", subnet, peer);
             prop_assert!(!own.contains(&subnet.network()) && !subnet.contains(&own.network()));
             for other in peers.keys().filter(|other| *other != subnet) {
                 prop_assert!(!subnet.contains(&other.network()), "{subnet} overlaps {other}");
             }
-            if let Some(data) = &attrs.backend_data {
+            if let Some(mac) = peer.vtep_mac() {
                 prop_assert!(
-                    macs.insert(data.vtep_mac, *subnet).is_none(),
-                    "two peers with VtepMAC {}", data.vtep_mac
+                    macs.insert(mac, *subnet).is_none(),
+                    "two peers with VtepMAC {}", mac
                 );
             }
         }
-        let listing: Vec<RawLease> = store
+        let listing: Vec<Claim> = store
             .into_iter()
-            .map(|(key, (value, create_revision))| RawLease { key, value, create_revision })
+            .map(|(key, (value, create_revision))| Claim::from_lease(&key, &value, create_revision))
             .collect();
         let mut fresh = PeerTable::new(policy);
         fresh.resync(&listing, Some(own));
