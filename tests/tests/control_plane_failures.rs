@@ -15,16 +15,12 @@ use nix::sys::signal::Signal;
 use weft_tests::{
     Backend, Dataplane, Lab, LabSpec, NodeId, flannel, inspect,
     lab::{ETCD_PREFIX, HEALTHZ_PORT, three_nodes, wait_for},
-    privileged_test,
+    privileged,
 };
 
 #[test]
 fn restarted_agents_keep_subnet_and_vtep_mac_without_duplicates() {
-    let Some(_guard) =
-        privileged_test("restarted_agents_keep_subnet_and_vtep_mac_without_duplicates")
-    else {
-        return;
-    };
+    let _guard = privileged!("restarted_agents_keep_subnet_and_vtep_mac_without_duplicates");
     let mut lab = Lab::up(&three_nodes("t-cp-restart", Backend::Vxlan)).unwrap();
     let subnet = lab.node(NodeId::new(1)).subnet.clone();
     let mac = flannel::vtep_mac(lab.node(NodeId::new(1))).unwrap();
@@ -52,11 +48,7 @@ fn restarted_agents_keep_subnet_and_vtep_mac_without_duplicates() {
 
 #[test]
 fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
-    let Some(_guard) =
-        privileged_test("a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner")
-    else {
-        return;
-    };
+    let _guard = privileged!("a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner");
     let lab = Lab::up(&three_nodes("t-cp-delete", Backend::Vxlan)).unwrap();
     // Stop node 3's agent so it does not re-acquire before we look.
     lab.stop_agent(NodeId::new(3), Signal::SIGTERM).unwrap();
@@ -114,10 +106,7 @@ fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
 
 #[test]
 fn an_etcd_outage_loses_no_packet_and_agents_reconnect() {
-    let Some(_guard) = privileged_test("an_etcd_outage_loses_no_packet_and_agents_reconnect")
-    else {
-        return;
-    };
+    let _guard = privileged!("an_etcd_outage_loses_no_packet_and_agents_reconnect");
     let lab = Lab::up(&three_nodes("t-cp-outage", Backend::Vxlan)).unwrap();
     let from = lab.node(NodeId::new(1)).pods[0].clone();
     let to = lab.node(NodeId::new(2)).pods[0].clone();
@@ -159,9 +148,7 @@ fn an_etcd_outage_loses_no_packet_and_agents_reconnect() {
 
 #[test]
 fn compaction_past_the_watch_revision_loses_no_event() {
-    let Some(_guard) = privileged_test("compaction_past_the_watch_revision_loses_no_event") else {
-        return;
-    };
+    let _guard = privileged!("compaction_past_the_watch_revision_loses_no_event");
     let lab = Lab::up(&three_nodes("t-cp-compact", Backend::Vxlan)).unwrap();
     let etcd = lab.etcd();
     let fake = |n: u8| {
@@ -263,11 +250,7 @@ const WRITES_BEHIND: usize = 400;
 
 #[test]
 fn hostile_values_are_logged_by_key_and_the_rest_keeps_working() {
-    let Some(_guard) =
-        privileged_test("hostile_values_are_logged_by_key_and_the_rest_keeps_working")
-    else {
-        return;
-    };
+    let _guard = privileged!("hostile_values_are_logged_by_key_and_the_rest_keeps_working");
     let lab = Lab::up(&three_nodes("t-cp-hostile", Backend::Vxlan)).unwrap();
     let etcd = lab.etcd();
     let hostile = [
@@ -350,11 +333,7 @@ fn hostile_values_are_logged_by_key_and_the_rest_keeps_working() {
 
 #[test]
 fn two_agents_racing_for_one_subnet_end_with_distinct_subnets() {
-    let Some(_guard) =
-        privileged_test("two_agents_racing_for_one_subnet_end_with_distinct_subnets")
-    else {
-        return;
-    };
+    let _guard = privileged!("two_agents_racing_for_one_subnet_end_with_distinct_subnets");
     // Both nodes start at once, each believing (from its subnet.env) that
     // the same free subnet was its own: creation is a transaction, so one
     // gets it and the other must look again.
@@ -384,11 +363,8 @@ fn two_agents_racing_for_one_subnet_end_with_distinct_subnets() {
 
 #[test]
 fn a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down() {
-    let Some(_guard) = privileged_test(
-        "a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down",
-    ) else {
-        return;
-    };
+    let _guard =
+        privileged!("a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down");
     let mut lab = Lab::up(&three_nodes("t-cp-stale", Backend::Vxlan)).unwrap();
     let gone = lab.node(NodeId::new(3)).clone();
     let mac = flannel::vtep_mac(&gone).unwrap();
@@ -444,11 +420,7 @@ fn fake_lease(ip: [u8; 4]) -> String {
 
 #[test]
 fn sigterm_is_honoured_at_once_while_a_lost_lease_finds_no_free_subnet() {
-    let Some(_guard) =
-        privileged_test("sigterm_is_honoured_at_once_while_a_lost_lease_finds_no_free_subnet")
-    else {
-        return;
-    };
+    let _guard = privileged!("sigterm_is_honoured_at_once_while_a_lost_lease_finds_no_free_subnet");
     // Room for four /24 leases; the node takes one, fake nodes the others.
     let mut spec = LabSpec::new("t-lp-nofree", 1, 0);
     spec.ip_masq = true;

@@ -21,7 +21,7 @@ use weft_tests::{
     lab::{DECAP_COUNTERS, PodState, counter_delta},
     netns,
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4, udp, vxlan},
-    privileged_test,
+    privileged,
     traffic::tcp_transfer,
 };
 
@@ -43,9 +43,7 @@ fn vxlan_to_pod(vtep: [u8; 6], inner_src: Ipv4Addr, pod: &PodState, payload: &[u
 
 #[test]
 fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
-    let Some(_guard) = privileged_test("spoofed_vxlan_never_reaches_a_pod_in_strict_mode") else {
-        return;
-    };
+    let _guard = privileged!("spoofed_vxlan_never_reaches_a_pod_in_strict_mode");
     let lab = Lab::up(&LabSpec::new("t-fp-spoof", 2, 1)).unwrap();
     lab.warm_up().unwrap();
     let target = lab.node(NodeId::new(1));
@@ -129,11 +127,8 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
 
 #[test]
 fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() {
-    let Some(_guard) = privileged_test(
-        "killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins",
-    ) else {
-        return;
-    };
+    let _guard =
+        privileged!("killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins");
     let mut lab = Lab::up(&LabSpec::new("t-fp-restart", 2, 1)).unwrap();
     lab.warm_up().unwrap();
     let (client, server) = (

@@ -25,18 +25,16 @@ use weft_tests::{
         DECAP_COUNTERS, FLOW_SETUP_PACKETS, HEALTHZ_PORT, HOST_GW_DELIVERY_COUNTERS,
         carried_nearly_all, counter_delta, counters_delta, wait_for,
     },
-    netns,
+    netns, privileged,
     privileged::{reference_flanneld, reference_kubernetes},
-    privileged_test, process, scrapes,
+    process, scrapes,
     traffic::tcp_transfer,
 };
 
 #[test]
 fn stock_flanneld_in_kube_mode_annotates_its_node_and_pods_reach_each_other() {
     const TEST: &str = "stock_flanneld_in_kube_mode_annotates_its_node_and_pods_reach_each_other";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(flanneld) = reference_flanneld(TEST) else {
         return;
     };
@@ -168,9 +166,7 @@ fn kube_spec(name: &str, nodes: usize, pods: usize, kubernetes: PathBuf) -> LabS
 fn weft_in_kube_mode_publishes_what_flanneld_does_and_its_fast_path_carries_every_pair() {
     const TEST: &str =
         "weft_in_kube_mode_publishes_what_flanneld_does_and_its_fast_path_carries_every_pair";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(kubernetes) = reference_kubernetes(TEST) else {
         return;
     };
@@ -185,9 +181,7 @@ fn weft_in_kube_mode_publishes_what_flanneld_does_and_its_fast_path_carries_ever
 fn weft_in_kube_mode_with_host_gw_publishes_null_backend_data_and_routes_directly() {
     const TEST: &str =
         "weft_in_kube_mode_with_host_gw_publishes_null_backend_data_and_routes_directly";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(kubernetes) = reference_kubernetes(TEST) else {
         return;
     };
@@ -348,9 +342,7 @@ const TRANSFER: u64 = 100 * 1024 * 1024;
 #[test]
 fn stock_flanneld_and_weft_in_kube_mode_reach_each_other_and_publish_alike() {
     const TEST: &str = "stock_flanneld_and_weft_in_kube_mode_reach_each_other_and_publish_alike";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(flanneld) = reference_flanneld(TEST) else {
         return;
     };
@@ -444,9 +436,7 @@ fn stock_flanneld_and_weft_in_kube_mode_reach_each_other_and_publish_alike() {
 fn a_kube_mode_node_moves_from_flanneld_to_weft_and_back_keeping_cidr_vtep_and_subnet_env() {
     const TEST: &str =
         "a_kube_mode_node_moves_from_flanneld_to_weft_and_back_keeping_cidr_vtep_and_subnet_env";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(flanneld) = reference_flanneld(TEST) else {
         return;
     };
@@ -682,9 +672,7 @@ impl PingSummary {
 #[test]
 fn a_deleted_node_leaves_no_route_neighbour_fdb_or_map_entry_on_the_others() {
     const TEST: &str = "a_deleted_node_leaves_no_route_neighbour_fdb_or_map_entry_on_the_others";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(kubernetes) = reference_kubernetes(TEST) else {
         return;
     };

@@ -27,7 +27,7 @@ use weft_tests::{
         DECAP_COUNTERS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE, carried_nearly_all, counter_delta,
         counters_delta, wait_for,
     },
-    netns, privileged_test,
+    netns, privileged,
     traffic::tcp_transfer,
 };
 
@@ -46,18 +46,13 @@ const POD_DELIVERY_COUNTERS: [weft_common::CounterId; 5] = [
 
 #[test]
 fn vxlan_with_tc_keeps_every_netfilter_decision() {
-    let Some(_guard) = privileged_test("vxlan_with_tc_keeps_every_netfilter_decision") else {
-        return;
-    };
+    let _guard = privileged!("vxlan_with_tc_keeps_every_netfilter_decision");
     keeps_every_netfilter_decision(LabSpec::new("t-nf-vx", 2, 2));
 }
 
 #[test]
 fn vxlan_with_native_xdp_keeps_every_netfilter_decision() {
-    let Some(_guard) = privileged_test("vxlan_with_native_xdp_keeps_every_netfilter_decision")
-    else {
-        return;
-    };
+    let _guard = privileged!("vxlan_with_native_xdp_keeps_every_netfilter_decision");
     let mut spec = LabSpec::new("t-nf-vxdp", 2, 2);
     spec.agent_args.push(XDP_NATIVE.to_owned());
     keeps_every_netfilter_decision(spec);
@@ -65,9 +60,7 @@ fn vxlan_with_native_xdp_keeps_every_netfilter_decision() {
 
 #[test]
 fn host_gw_keeps_every_netfilter_decision() {
-    let Some(_guard) = privileged_test("host_gw_keeps_every_netfilter_decision") else {
-        return;
-    };
+    let _guard = privileged!("host_gw_keeps_every_netfilter_decision");
     let mut spec = LabSpec::new("t-nf-hg", 2, 2);
     spec.backend = Backend::HostGw;
     keeps_every_netfilter_decision(spec);
@@ -75,10 +68,7 @@ fn host_gw_keeps_every_netfilter_decision() {
 
 #[test]
 fn host_gw_with_native_xdp_keeps_every_netfilter_decision() {
-    let Some(_guard) = privileged_test("host_gw_with_native_xdp_keeps_every_netfilter_decision")
-    else {
-        return;
-    };
+    let _guard = privileged!("host_gw_with_native_xdp_keeps_every_netfilter_decision");
     let mut spec = LabSpec::new("t-nf-hgxdp", 2, 2);
     spec.backend = Backend::HostGw;
     spec.agent_args.push(XDP_NATIVE.to_owned());

@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use weft_tests::{
     Lab, LabSpec, NodeId,
     lab::{NodeState, PodState, wait_for},
-    netns, privileged_test,
+    netns, privileged,
 };
 
 /// cni0's permanent neighbour entries on `ns`: (address, MAC).
@@ -82,11 +82,8 @@ fn verdict_chain_exists(ns: &str) -> bool {
 
 #[test]
 fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
-    let Some(_guard) =
-        privileged_test("pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup")
-    else {
-        return;
-    };
+    let _guard =
+        privileged!("pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup");
     let mut lab = Lab::up(&LabSpec::new("t-nt-neigh", 2, 1)).unwrap();
     lab.warm_up().unwrap();
     let n1 = NodeId::new(1);
@@ -163,9 +160,7 @@ fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
 
 #[test]
 fn cleanup_refuses_while_an_agent_runs() {
-    let Some(_guard) = privileged_test("cleanup_refuses_while_an_agent_runs") else {
-        return;
-    };
+    let _guard = privileged!("cleanup_refuses_while_an_agent_runs");
     let lab = Lab::up(&LabSpec::new("t-nt-busy", 1, 1)).unwrap();
     let node = lab.node(NodeId::new(1)).clone();
     let error = cleanup(&lab, &node).unwrap_err();

@@ -25,7 +25,7 @@ use weft_tests::{
     lab::{FLOW_SETUP_PACKETS, PodState, counter_delta, counters_delta, wait_for},
     netns,
     packets::{ETH_P_ARP, ETH_P_IPV4, Ipv4Options, arp_request, eth, ipv4, udp, vxlan},
-    privileged_test,
+    privileged,
 };
 
 fn octets(ip: &str) -> [u8; 4] {
@@ -59,11 +59,7 @@ fn received(pod: &PodState) -> u64 {
 
 #[test]
 fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
-    let Some(_guard) =
-        privileged_test("a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another")
-    else {
-        return;
-    };
+    let _guard = privileged!("a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another");
     let lab = Lab::up(&LabSpec::new("t-trust-arp", 2, 2)).unwrap();
     lab.warm_up().unwrap();
     let (p1, p2) = (
@@ -260,11 +256,7 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
 
 #[test]
 fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
-    let Some(_guard) =
-        privileged_test("vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod")
-    else {
-        return;
-    };
+    let _guard = privileged!("vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod");
     for ip_masq in [false, true] {
         let mut spec = LabSpec::new("t-trust-vx", 2, 2);
         spec.ip_masq = ip_masq;

@@ -6,10 +6,6 @@
 //! `cargo xtask test` builds the .deb and passes it in `WEFT_DEB`; run alone,
 //! the test takes the one in target/debian (`cargo xtask package`).
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     collections::BTreeSet,
     os::unix::fs::PermissionsExt as _,

@@ -5,10 +5,6 @@
 //! arguments and settings are ones `weft agent` accepts; its probes ask the
 //! paths the agent serves, on the port the arguments give the agent.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Parser as _;
@@ -27,7 +23,7 @@ use weft_agent::{
 };
 use weft_tests::settings::check_agent_setting;
 
-const MANIFEST: &str = include_str!("../../deploy/kubernetes/weft-etcd.yaml");
+const MANIFEST: &str = include_str!("../../../deploy/kubernetes/weft-etcd.yaml");
 
 struct Objects {
     namespaces: Vec<Namespace>,
