@@ -28,7 +28,7 @@ use weft_tests::{
     kube::{KubeState, NodeRegistration},
     netns,
     privileged::{reference_flanneld, reference_kubernetes},
-    privileged_test, process,
+    privileged, process,
 };
 
 const PREFIX: &str = "flannel.alpha.coreos.com";
@@ -40,9 +40,7 @@ const ADDED: &str = "kc-added";
 #[test]
 fn weft_writes_on_a_node_what_flanneld_writes_and_follows_every_node() {
     const TEST: &str = "weft_writes_on_a_node_what_flanneld_writes_and_follows_every_node";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(flanneld) = reference_flanneld(TEST) else {
         return;
     };
