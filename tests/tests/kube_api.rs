@@ -26,9 +26,9 @@ use weft_agent::kubernetes::{
 use weft_tests::{
     Dataplane, Lab, LabSpec, SubnetManager,
     kube::{KubeState, NodeRegistration},
-    netns,
+    netns, privileged,
     privileged::{reference_flanneld, reference_kubernetes},
-    privileged_test, process,
+    process,
 };
 
 const PREFIX: &str = "flannel.alpha.coreos.com";
@@ -40,9 +40,7 @@ const ADDED: &str = "kc-added";
 #[test]
 fn weft_writes_on_a_node_what_flanneld_writes_and_follows_every_node() {
     const TEST: &str = "weft_writes_on_a_node_what_flanneld_writes_and_follows_every_node";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(flanneld) = reference_flanneld(TEST) else {
         return;
     };

@@ -7,6 +7,7 @@
 #![allow(unused_crate_dependencies)]
 
 mod bad_input;
+mod docs;
 mod manifests;
 mod packaging;
 mod properties;

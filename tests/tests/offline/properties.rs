@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
 use weft_agent::{
-    config::{BackendConfig, NetworkConfig},
+    config::NetworkConfig,
     kubernetes::{AnnotationKeys, NodeRecord},
     lease::{
         LeaseAttrs, MacAddr, VxlanBackendData,
@@ -465,7 +465,7 @@ proptest! {
             prop_assert!(config.fits(&subnet));
             prop_assert_eq!(subnet, subnet.trunc());
         }
-        if let BackendConfig::Vxlan { vni, .. } = config.backend {
+        if let Some(vni) = config.backend.vni() {
             prop_assert!(vni > 0 && vni < 1 << 24);
         }
     }
