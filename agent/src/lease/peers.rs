@@ -202,7 +202,10 @@ impl PeerTable {
             Ok(subnet) => *subnet,
             Err(rejection) => return rejected(None, rejection),
         };
-        if Some(subnet) == own {
+        // Our own lease (etcd: the key of our subnet). A Node claim is never
+        // ours (nodes.rs drops our Node by name first): a Node with our
+        // podCIDR is judged, and refused as subnet_overlaps_own.
+        if Some(subnet) == own && !claim.id.starts_with("node/") {
             return Judgement::Own;
         }
         let attrs = match &claim.attrs {
