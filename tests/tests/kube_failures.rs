@@ -59,7 +59,34 @@ fn kube_lab(test: &str, name: &str, nodes: usize) -> Option<(PrivilegedGuard, La
     spec.subnet_manager = SubnetManager::Kube;
     spec.kubernetes_bin = Some(kubernetes);
     let lab = Lab::up(&spec).unwrap();
+    wait_every_peer_programmed(&lab);
     Some((guard, lab))
+}
+
+/// Waits until every node routes every other node's podCIDR and has its
+/// fdb entry and PEERS row: an agent turns ready before the nodes started
+/// after it have published their Nodes.
+fn wait_every_peer_programmed(lab: &Lab) {
+    for node in lab.node_ids() {
+        for peer in lab.node_ids().filter(|peer| *peer != node) {
+            wait_for(
+                &format!("{node} to program {peer}"),
+                Duration::from_secs(30),
+                || {
+                    let traces = lab.peer_traces(node, peer)?;
+                    Ok(!traces.routes.is_empty()
+                        && !traces.fdb.is_empty()
+                        && !traces.peers.is_empty())
+                },
+            )
+            .unwrap_or_else(|error| {
+                panic!(
+                    "{error:#}\n{}",
+                    process::log_tail(node_log(lab.node(node)), 30)
+                )
+            });
+        }
+    }
 }
 
 /// `GET /metrics` from `node`'s agent, parsed.
@@ -848,6 +875,7 @@ fn a_token_without_node_status_patch_is_reported_and_retried_until_granted() {
         "true",
         "{annotations}"
     );
+    wait_every_peer_programmed(&lab);
     lab.warm_up().unwrap();
     lab.assert_all_pairs_ping(2);
 }
@@ -932,6 +960,7 @@ fn a_node_without_a_pod_cidr_waits_saying_so_once_until_it_has_one() {
         .unwrap_or_else(|error| panic!("{error:#}\n{}", process::log_tail(&log, 30)));
     assert_eq!(lab.agent_pid(node), Some(pid), "the agent restarted");
     assert_eq!(said(), 1, "{}", process::log_tail(&log, 30));
+    wait_every_peer_programmed(&lab);
     lab.warm_up().unwrap();
     lab.assert_all_pairs_ping(2);
 }
