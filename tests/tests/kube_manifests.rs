@@ -1,0 +1,275 @@
+//! deploy/kubernetes/weft.yaml and weft-cleanup.yaml on a real
+//! kube-apiserver (v1.20.2, TLS and RBAC on, the lab's): `kubectl apply`
+//! validates every object against the server's own schema and the server
+//! admits and stores it; read back, the server holds every field the file
+//! sets, with the file's value (a 1.20 server drops fields it does not know
+//! without a word, so a misspelled field shows here); the ClusterRole the
+//! file creates gives the agents' ServiceAccount exactly kube-flannel.yml's
+//! rights; the stored net-conf.json passes the agent's own parser and holds
+//! the Nodes' podCIDRs; every argument the stored DaemonSet passes is a
+//! `weft agent` flag the agent's own clap definition accepts. And the check
+//! can fail: a misspelled field is refused by kubectl's validation, and
+//! slipped past it (`--validate=false`), is caught as missing on the server.
+//!
+//! tests/tests/kubernetes.rs checks the same files offline (k8s-openapi).
+
+// Each integration test is its own crate and sees every dependency of the
+// package; the lint is for the library.
+#![allow(unused_crate_dependencies)]
+
+use clap::Parser as _;
+use ipnet::Ipv4Net;
+use serde_json::Value;
+use weft_agent::{
+    cli::{Cli, Command},
+    config::NetworkConfig,
+};
+use weft_tests::{
+    Dataplane, Lab, LabSpec, SubnetManager,
+    kube::{self, KubeState},
+    privileged::reference_kubernetes,
+    privileged_test,
+};
+
+const KUBE_MODE: &str = include_str!("../../deploy/kubernetes/weft.yaml");
+const CLEANUP: &str = include_str!("../../deploy/kubernetes/weft-cleanup.yaml");
+const NODE_PLACEHOLDER: &str = "REPLACE_WITH_NODE_NAME";
+
+/// The YAML documents of a manifest, as JSON values.
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|document| -> Value { serde::Deserialize::deserialize(document).unwrap() })
+        .collect()
+}
+
+/// Every field `expected` (the file) sets that `actual` (the server's copy)
+/// lacks or holds with another value, by path. Fields the server adds
+/// (defaults, status, metadata) are not differences.
+fn differences(path: &str, expected: &Value, actual: &Value, found: &mut Vec<String>) {
+    match (expected, actual) {
+        (Value::Object(expected), Value::Object(actual)) => {
+            for (key, value) in expected {
+                let at = format!("{path}.{key}");
+                match actual.get(key) {
+                    Some(held) => differences(&at, value, held, found),
+                    None => found.push(format!("{at}: not on the server")),
+                }
+            }
+        }
+        (Value::Array(expected), Value::Array(actual)) if expected.len() == actual.len() => {
+            for (index, (value, held)) in expected.iter().zip(actual).enumerate() {
+                differences(&format!("{path}[{index}]"), value, held, found);
+            }
+        }
+        _ if expected == actual => {}
+        _ => found.push(format!(
+            "{path}: the file says {expected}, the server holds {actual}"
+        )),
+    }
+}
+
+/// The server's copy of the object `document` describes.
+fn stored(api: &KubeState, document: &Value) -> Value {
+    let kind = document["kind"].as_str().unwrap().to_lowercase();
+    let name = document["metadata"]["name"].as_str().unwrap();
+    let mut args = vec!["get", kind.as_str(), name, "-o", "json"];
+    if let Some(namespace) = document["metadata"]["namespace"].as_str() {
+        args.extend(["-n", namespace]);
+    }
+    let out = api
+        .admin(&args)
+        .unwrap_or_else(|error| panic!("{kind} {name} is not on the server: {error:#}"));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// What the server holds of every object in `text` differently from the
+/// file, object by object.
+fn server_differences(api: &KubeState, text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for document in documents(text) {
+        let object = format!("{} {}", document["kind"], document["metadata"]["name"]);
+        differences(&object, &document, &stored(api, &document), &mut found);
+    }
+    found
+}
+
+/// `kubectl auth can-i` with the agents' ServiceAccount token (it exits 1
+/// and says "no" when the answer is no).
+fn agent_can(api: &KubeState, args: &[&str]) -> bool {
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    match api.as_agent(&all) {
+        Ok(out) => out.trim() == "yes",
+        Err(error) if format!("{error:#}").contains("exit status: 1") => false,
+        Err(error) => panic!("kubectl auth can-i {args:?}: {error:#}"),
+    }
+}
+
+/// The agents' rights under kube-flannel.yml's ClusterRole: these, and not
+/// a verb more.
+const AGENT_RIGHTS: [(&[&str], bool); 9] = [
+    (&["get", "pods", "-n", kube::AGENT_NAMESPACE], true),
+    (&["get", "nodes"], true),
+    (&["list", "nodes"], true),
+    (&["watch", "nodes"], true),
+    (&["patch", "nodes", "--subresource=status"], true),
+    (&["patch", "nodes"], false),
+    (&["update", "nodes"], false),
+    (&["list", "pods", "-n", kube::AGENT_NAMESPACE], false),
+    (&["get", "secrets", "-n", kube::AGENT_NAMESPACE], false),
+];
+
+#[test]
+fn weft_yaml_is_created_on_a_real_api_server_as_written_with_kube_flannels_rights() {
+    const TEST: &str =
+        "weft_yaml_is_created_on_a_real_api_server_as_written_with_kube_flannels_rights";
+    let Some(_guard) = privileged_test(TEST) else {
+        return;
+    };
+    let Some(kubernetes) = reference_kubernetes(TEST) else {
+        return;
+    };
+    // The API server and two registered Nodes; no agent runs (the manifest
+    // is what is tested, not the agent).
+    let mut spec = LabSpec::new("kd-manifest", 2, 0);
+    spec.dataplane = Dataplane::Floor;
+    spec.subnet_manager = SubnetManager::Kube;
+    spec.kubernetes_bin = Some(kubernetes);
+    let lab = Lab::up(&spec).unwrap();
+    let api = lab.kube().unwrap();
+
+    // The lab bound its agents' ServiceAccount to kube-flannel.yml's
+    // ClusterRole; take that away, so the rights below are the file's.
+    api.admin(&[
+        "delete",
+        "clusterrolebinding/flannel",
+        "clusterrole/flannel",
+    ])
+    .unwrap();
+    assert!(!agent_can(api, &["list", "nodes"]), "RBAC is not enforced");
+
+    let applied = api
+        .admin_with_input(&["apply", "-f", "-"], KUBE_MODE)
+        .unwrap();
+    eprintln!("kubectl apply -f weft.yaml:\n{applied}");
+    let found = server_differences(api, KUBE_MODE);
+    assert!(
+        found.is_empty(),
+        "the server holds weft.yaml otherwise than written:\n{}",
+        found.join("\n")
+    );
+
+    // kube-flannel.yml's rights, exactly, for the ServiceAccount the
+    // DaemonSet's pods run as.
+    let role = stored(
+        api,
+        &serde_json::json!({"kind": "ClusterRole", "metadata": {"name": "flannel"}}),
+    );
+    let kube_flannel = documents(kube::AGENT_RBAC)
+        .into_iter()
+        .find(|document| document["kind"] == "ClusterRole")
+        .unwrap();
+    assert_eq!(role["rules"], kube_flannel["rules"]);
+    for (args, expected) in AGENT_RIGHTS {
+        assert_eq!(
+            agent_can(api, args),
+            expected,
+            "the agents' ServiceAccount: can-i {args:?}"
+        );
+    }
+
+    let by_kind = |kind: &str| {
+        documents(KUBE_MODE)
+            .into_iter()
+            .find(|document| document["kind"] == kind)
+            .map(|document| stored(api, &document))
+            .unwrap()
+    };
+
+    // The stored net-conf.json, read by the agent's own parser, holds every
+    // Node's podCIDR.
+    let config_map = by_kind("ConfigMap");
+    let network = NetworkConfig::parse(config_map["data"]["net-conf.json"].as_str().unwrap())
+        .unwrap_or_else(|error| panic!("kube-flannel-cfg's net-conf.json: {error:#}"));
+    for node in lab.node_ids() {
+        let object = api.node(lab.node(node).node_name()).unwrap();
+        let pod_cidr: Ipv4Net = object["spec"]["podCIDR"].as_str().unwrap().parse().unwrap();
+        assert!(
+            network.network.contains(&pod_cidr),
+            "podCIDR {pod_cidr} is outside net-conf.json's Network {}",
+            network.network
+        );
+    }
+
+    // Every argument of the stored agent container is a `weft agent` flag,
+    // with a value the agent accepts.
+    let daemon_set = by_kind("DaemonSet");
+    let containers = daemon_set["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let weft = containers.iter().find(|c| c["name"] == "weft").unwrap();
+    let command_line: Vec<String> = std::iter::once("weft".to_owned())
+        .chain(
+            weft["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|arg| arg.as_str().unwrap().to_owned()),
+        )
+        .collect();
+    let cli = Cli::try_parse_from(&command_line)
+        .unwrap_or_else(|error| panic!("the stored DaemonSet's {command_line:?}: {error}"));
+    let Command::Agent(agent) = cli.command else {
+        panic!("the stored DaemonSet does not run `weft agent`: {command_line:?}");
+    };
+    assert!(agent.kube_subnet_mgr);
+
+    // The cleanup Job, for one of the lab's Nodes.
+    let node = lab
+        .node(lab.node_ids().next().unwrap())
+        .node_name()
+        .to_owned();
+    let cleanup = CLEANUP.replace(NODE_PLACEHOLDER, &node);
+    api.admin_with_input(&["create", "-f", "-"], &cleanup)
+        .unwrap();
+    let found = server_differences(api, &cleanup);
+    assert!(
+        found.is_empty(),
+        "the server holds weft-cleanup.yaml otherwise than written:\n{}",
+        found.join("\n")
+    );
+
+    // Break it: a misspelled field. kubectl validates against the server's
+    // schema and refuses it, naming it; slipped past that check, the server
+    // stores the object without the field, and the comparison names it.
+    let misspelled = KUBE_MODE
+        .replace(
+            "name: weft\n  namespace",
+            "name: weft-misspelled\n  namespace",
+        )
+        .replace(
+            "mountPropagation: HostToContainer",
+            "mountPropagaton: HostToContainer",
+        );
+    let broken: Vec<Value> = documents(&misspelled)
+        .into_iter()
+        .filter(|document| document["kind"] == "DaemonSet")
+        .collect();
+    assert_eq!(broken[0]["metadata"]["name"], "weft-misspelled");
+    let broken = serde_yaml_ng::to_string(&broken[0]).unwrap();
+    let refused = api.admin_with_input(&["apply", "-f", "-"], &broken);
+    let error = format!(
+        "{:#}",
+        refused.expect_err("kubectl applied a misspelled field")
+    );
+    assert!(error.contains("mountPropagaton"), "{error}");
+    api.admin_with_input(&["apply", "--validate=false", "-f", "-"], &broken)
+        .unwrap();
+    let found = server_differences(api, &broken);
+    assert!(
+        found
+            .iter()
+            .any(|found| found.contains("mountPropagaton: not on the server")),
+        "{found:?}"
+    );
+}
