@@ -169,7 +169,10 @@ fn weft_yaml_is_created_on_a_real_api_server_as_written_with_kube_flannels_right
         .into_iter()
         .find(|document| document["kind"] == "ClusterRole")
         .unwrap();
-    assert_eq!(role["rules"], kube_flannel["rules"]);
+    assert_eq!(
+        role["rules"], kube_flannel["rules"],
+        "the server's ClusterRole flannel (weft.yaml's) and kube-flannel.yml's"
+    );
     for (args, expected) in AGENT_RIGHTS {
         assert_eq!(
             agent_can(api, args),

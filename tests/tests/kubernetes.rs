@@ -522,7 +522,11 @@ fn kube_mode_has_kube_flannels_rbac_and_config_and_a_network_config_weft_accepts
     // kube-flannel.yml's rights, exactly, bound to the ServiceAccount the
     // pods run as, whose token the pods get.
     let role = &objects.cluster_roles[0];
-    assert_eq!(role.rules, kube_flannel_cluster_role().rules);
+    assert_eq!(
+        role.rules,
+        kube_flannel_cluster_role().rules,
+        "weft.yaml's ClusterRole and kube-flannel.yml's"
+    );
     let binding = &objects.cluster_role_bindings[0];
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
