@@ -34,6 +34,9 @@ use weft_tests::{
 const KUBE_MODE: &str = include_str!("../../deploy/kubernetes/weft.yaml");
 const CLEANUP: &str = include_str!("../../deploy/kubernetes/weft-cleanup.yaml");
 const NODE_PLACEHOLDER: &str = "REPLACE_WITH_NODE_NAME";
+/// An existing flannel cluster's net-conf.json (other than weft.yaml's).
+const THEIR_NET_CONF: &str =
+    r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}"#;
 
 /// The YAML documents of a manifest, as JSON values.
 fn documents(text: &str) -> Vec<Value> {
@@ -137,6 +140,48 @@ fn weft_yaml_is_created_on_a_real_api_server_as_written_with_kube_flannels_right
     spec.kubernetes_bin = Some(kubernetes);
     let lab = Lab::up(&spec).unwrap();
     let api = lab.kube().unwrap();
+
+    // A cluster that runs flannel already has kube-flannel-cfg (its own
+    // net-conf.json): switching to weft applies the DaemonSet alone, which
+    // `--selector app=weft` picks out of the file, and the cluster's
+    // ConfigMap stays as it was.
+    let theirs = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kube-flannel-cfg", "namespace": kube::AGENT_NAMESPACE},
+        "data": {"net-conf.json": THEIR_NET_CONF},
+    });
+    api.admin_with_input(&["create", "-f", "-"], &theirs.to_string())
+        .unwrap();
+    let applied = api
+        .admin_with_input(&["apply", "--selector", "app=weft", "-f", "-"], KUBE_MODE)
+        .unwrap();
+    assert_eq!(
+        applied.lines().collect::<Vec<_>>(),
+        ["daemonset.apps/weft created"],
+        "kubectl apply --selector app=weft -f weft.yaml"
+    );
+    let config_map = stored(api, &theirs);
+    assert_eq!(
+        config_map["data"], theirs["data"],
+        "the cluster's ConfigMap changed"
+    );
+    let mounted = stored(
+        api,
+        &documents(KUBE_MODE)
+            .into_iter()
+            .find(|d| d["kind"] == "DaemonSet")
+            .unwrap(),
+    );
+    let volumes = mounted["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["configMap"]["name"] == "kube-flannel-cfg"),
+        "weft's DaemonSet does not mount the cluster's kube-flannel-cfg: {volumes:?}"
+    );
 
     // The lab bound its agents' ServiceAccount to kube-flannel.yml's
     // ClusterRole; take that away, so the rights below are the file's.
