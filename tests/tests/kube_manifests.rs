@@ -34,6 +34,126 @@ use weft_tests::{
 const KUBE_MODE: &str = include_str!("../../deploy/kubernetes/weft.yaml");
 const CLEANUP: &str = include_str!("../../deploy/kubernetes/weft-cleanup.yaml");
 const NODE_PLACEHOLDER: &str = "REPLACE_WITH_NODE_NAME";
+/// The DaemonSet of flannel v0.20.2's Documentation/kube-flannel.yml,
+/// verbatim: the cluster a switch to weft starts from.
+const KUBE_FLANNEL_DAEMONSET: &str = r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: kube-flannel-ds
+  namespace: kube-flannel
+  labels:
+    tier: node
+    app: flannel
+spec:
+  selector:
+    matchLabels:
+      app: flannel
+  template:
+    metadata:
+      labels:
+        tier: node
+        app: flannel
+    spec:
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+            - matchExpressions:
+              - key: kubernetes.io/os
+                operator: In
+                values:
+                - linux
+      hostNetwork: true
+      priorityClassName: system-node-critical
+      tolerations:
+      - operator: Exists
+        effect: NoSchedule
+      serviceAccountName: flannel
+      initContainers:
+      - name: install-cni-plugin
+       #image: flannelcni/flannel-cni-plugin:v1.1.0 for ppc64le and mips64le (dockerhub limitations may apply)
+        image: docker.io/rancher/mirrored-flannelcni-flannel-cni-plugin:v1.1.0
+        command:
+        - cp
+        args:
+        - -f
+        - /flannel
+        - /opt/cni/bin/flannel
+        volumeMounts:
+        - name: cni-plugin
+          mountPath: /opt/cni/bin
+      - name: install-cni
+       #image: flannelcni/flannel:v0.20.2 for ppc64le and mips64le (dockerhub limitations may apply)
+        image: docker.io/rancher/mirrored-flannelcni-flannel:v0.20.2
+        command:
+        - cp
+        args:
+        - -f
+        - /etc/kube-flannel/cni-conf.json
+        - /etc/cni/net.d/10-flannel.conflist
+        volumeMounts:
+        - name: cni
+          mountPath: /etc/cni/net.d
+        - name: flannel-cfg
+          mountPath: /etc/kube-flannel/
+      containers:
+      - name: kube-flannel
+       #image: flannelcni/flannel:v0.20.2 for ppc64le and mips64le (dockerhub limitations may apply)
+        image: docker.io/rancher/mirrored-flannelcni-flannel:v0.20.2
+        command:
+        - /opt/bin/flanneld
+        args:
+        - --ip-masq
+        - --kube-subnet-mgr
+        resources:
+          requests:
+            cpu: "100m"
+            memory: "50Mi"
+          limits:
+            cpu: "100m"
+            memory: "50Mi"
+        securityContext:
+          privileged: false
+          capabilities:
+            add: ["NET_ADMIN", "NET_RAW"]
+        env:
+        - name: POD_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        - name: POD_NAMESPACE
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.namespace
+        - name: EVENT_QUEUE_DEPTH
+          value: "5000"
+        volumeMounts:
+        - name: run
+          mountPath: /run/flannel
+        - name: flannel-cfg
+          mountPath: /etc/kube-flannel/
+        - name: xtables-lock
+          mountPath: /run/xtables.lock
+      volumes:
+      - name: run
+        hostPath:
+          path: /run/flannel
+      - name: cni-plugin
+        hostPath:
+          path: /opt/cni/bin
+      - name: cni
+        hostPath:
+          path: /etc/cni/net.d
+      - name: flannel-cfg
+        configMap:
+          name: kube-flannel-cfg
+      - name: xtables-lock
+        hostPath:
+          path: /run/xtables.lock
+          type: FileOrCreate
+"#;
+/// docs/kubernetes.md, whose switching procedure the lab follows.
+const DOCS: &str = include_str!("../../docs/kubernetes.md");
 /// An existing flannel cluster's net-conf.json (other than weft.yaml's).
 const THEIR_NET_CONF: &str =
     r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}"#;
@@ -319,5 +439,282 @@ fn weft_yaml_is_created_on_a_real_api_server_as_written_with_kube_flannels_right
             .iter()
             .any(|found| found.contains("mountPropagaton: not on the server")),
         "{found:?}"
+    );
+}
+
+/// The label that picks a node's agent, and flannel's DaemonSet's rule for
+/// it, as docs/kubernetes.md ("Switching from flannel to weft and back")
+/// gives them.
+const AGENT_LABEL: &str = "weft/node-agent";
+const FLANNEL_PATCH: &str = r#"[{"op":"add",
+     "path":"/spec/template/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchExpressions/-",
+     "value":{"key":"weft/node-agent","operator":"In","values":["flanneld"]}}]"#;
+
+/// kube-controller-manager with the DaemonSet controller (which decides
+/// which node gets a DaemonSet's pod, from the pod template's node affinity
+/// and the Node's labels) and the ServiceAccount token controller (pods
+/// of a ServiceAccount without a token are refused in v1.20), in the
+/// underlay. Its pid file is in the lab's run directory, where teardown
+/// stops it.
+fn start_daemonset_controller(lab: &Lab, api: &KubeState) {
+    let dir = api.admin_kubeconfig.parent().unwrap();
+    let program = api.bin_dir.join("kube-controller-manager");
+    let mut command = weft_tests::netns::command(&api.ns, &program.display().to_string()).unwrap();
+    command.arg(format!("--kubeconfig={}", api.admin_kubeconfig.display()));
+    command.args([
+        "--controllers=daemonset,serviceaccount-token",
+        "--leader-elect=false",
+        "--secure-port=0",
+        "--port=0",
+    ]);
+    command.arg(format!(
+        "--service-account-private-key-file={}",
+        dir.join("sa.key").display()
+    ));
+    command.arg(format!("--root-ca-file={}", dir.join("ca.crt").display()));
+    let pid_file = lab.state.run_dir.join("kube-controller-manager.pid");
+    let log = dir.join("kube-controller-manager.log");
+    weft_tests::process::spawn_daemon(command, &log, &pid_file).unwrap();
+    weft_tests::process::wait_ready(
+        "kube-controller-manager",
+        &pid_file,
+        &log,
+        std::time::Duration::from_secs(60),
+        || {
+            api.admin(&[
+                "get",
+                "serviceaccount",
+                kube::AGENT_SERVICE_ACCOUNT,
+                "-n",
+                kube::AGENT_NAMESPACE,
+                "-o",
+                "jsonpath={.secrets[0].name}",
+            ])
+            .is_ok_and(|name| !name.trim().is_empty())
+        },
+    )
+    .unwrap();
+}
+
+/// Which DaemonSets have a pod for each node: the DaemonSet controller
+/// binds each pod to its node with a `metadata.name` node affinity.
+fn placement(api: &KubeState) -> std::collections::BTreeMap<String, Vec<String>> {
+    let out = api
+        .admin(&["get", "pods", "-n", kube::AGENT_NAMESPACE, "-o", "json"])
+        .unwrap();
+    let pods: Value = serde_json::from_str(&out).unwrap();
+    let mut placement = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for pod in pods["items"].as_array().unwrap() {
+        if !pod["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let owner = pod["metadata"]["ownerReferences"][0]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let node = pod["spec"]["affinity"]["nodeAffinity"]
+            ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+            ["matchFields"][0]["values"][0]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        placement.entry(node).or_default().push(owner);
+    }
+    for owners in placement.values_mut() {
+        owners.sort();
+    }
+    placement
+}
+
+/// Waits (up to 30 s) until the DaemonSet controller has seen the current
+/// spec of `daemon_set` and wants its pods on `nodes` nodes.
+fn expect_desired(api: &KubeState, daemon_set: &str, nodes: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = api
+            .admin(&[
+                "get",
+                "daemonset",
+                daemon_set,
+                "-n",
+                kube::AGENT_NAMESPACE,
+                "-o",
+                "json",
+            ])
+            .unwrap();
+        let object: Value = serde_json::from_str(&out).unwrap();
+        let status = &object["status"];
+        if status["observedGeneration"] == object["metadata"]["generation"]
+            && status["desiredNumberScheduled"].as_u64() == Some(nodes)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "DaemonSet {daemon_set}: status {status}, expected {nodes} nodes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Waits (up to 30 s) until every node has exactly the DaemonSets'
+/// pods `expected` gives it.
+fn expect_placement(api: &KubeState, step: &str, expected: &[(&str, &str)]) {
+    let expected: std::collections::BTreeMap<String, Vec<String>> = expected
+        .iter()
+        .map(|(node, owner)| ((*node).to_owned(), vec![(*owner).to_owned()]))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = placement(api);
+        if now == expected {
+            eprintln!("{step}: {now:?}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{step}: the DaemonSets' pods are {now:?}, expected {expected:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn one_node_label_moves_each_node_between_flanneld_and_weft_as_the_docs_say() {
+    const TEST: &str = "one_node_label_moves_each_node_between_flanneld_and_weft_as_the_docs_say";
+    let Some(_guard) = privileged_test(TEST) else {
+        return;
+    };
+    let Some(kubernetes) = reference_kubernetes(TEST) else {
+        return;
+    };
+    // The procedure tested is the one the docs give.
+    assert!(
+        DOCS.contains(FLANNEL_PATCH),
+        "docs/kubernetes.md's patch of kube-flannel-ds changed"
+    );
+    for command in [
+        "kubectl label nodes --all weft/node-agent=flanneld",
+        "kubectl apply -f deploy/kubernetes/weft.yaml --selector app=weft",
+        "kubectl label node $NODE weft/node-agent=weft --overwrite",
+        "kubectl label node $NODE weft/node-agent=flanneld --overwrite",
+        "kubectl -n kube-flannel delete daemonset kube-flannel-ds",
+        "kubectl label nodes --all weft/node-agent-",
+    ] {
+        assert!(
+            DOCS.contains(command),
+            "docs/kubernetes.md no longer says {command:?}"
+        );
+    }
+
+    let mut spec = LabSpec::new("kd-switch", 3, 0);
+    spec.dataplane = Dataplane::Floor;
+    spec.subnet_manager = SubnetManager::Kube;
+    spec.kubernetes_bin = Some(kubernetes);
+    let lab = Lab::up(&spec).unwrap();
+    let api = lab.kube().unwrap();
+    start_daemonset_controller(&lab, api);
+    let nodes: Vec<String> = lab
+        .node_ids()
+        .map(|node| lab.node(node).node_name().to_owned())
+        .collect();
+    let (n1, n2, n3) = (nodes[0].as_str(), nodes[1].as_str(), nodes[2].as_str());
+    let label = |node: &str, value: &str| {
+        api.admin(&[
+            "label",
+            "node",
+            node,
+            &format!("{AGENT_LABEL}={value}"),
+            "--overwrite",
+        ])
+        .unwrap();
+    };
+    let (flannel, weft) = ("kube-flannel-ds", "weft");
+
+    // A flannel cluster: kube-flannel.yml's DaemonSet on every node.
+    api.admin_with_input(&["apply", "-f", "-"], KUBE_FLANNEL_DAEMONSET)
+        .unwrap();
+    expect_placement(
+        api,
+        "flannel",
+        &[(n1, flannel), (n2, flannel), (n3, flannel)],
+    );
+
+    // Every node pinned to flanneld, flannel's DaemonSet restricted to
+    // such nodes, weft's DaemonSet created: still flanneld everywhere.
+    api.admin(&[
+        "label",
+        "nodes",
+        "--all",
+        &format!("{AGENT_LABEL}=flanneld"),
+    ])
+    .unwrap();
+    api.admin(&[
+        "-n",
+        kube::AGENT_NAMESPACE,
+        "patch",
+        "daemonset",
+        flannel,
+        "--type=json",
+        "-p",
+        FLANNEL_PATCH,
+    ])
+    .unwrap();
+    api.admin_with_input(&["apply", "--selector", "app=weft", "-f", "-"], KUBE_MODE)
+        .unwrap();
+    expect_desired(api, flannel, 3);
+    expect_desired(api, weft, 0);
+    expect_placement(
+        api,
+        "weft's DaemonSet created",
+        &[(n1, flannel), (n2, flannel), (n3, flannel)],
+    );
+
+    // One node to weft, and back: that node alone changes, and never runs
+    // both.
+    label(n2, "weft");
+    expect_desired(api, weft, 1);
+    expect_desired(api, flannel, 2);
+    expect_placement(
+        api,
+        "n2 to weft",
+        &[(n1, flannel), (n2, weft), (n3, flannel)],
+    );
+    label(n2, "flanneld");
+    expect_desired(api, weft, 0);
+    expect_desired(api, flannel, 3);
+    expect_placement(
+        api,
+        "n2 back",
+        &[(n1, flannel), (n2, flannel), (n3, flannel)],
+    );
+
+    // Every node to weft, then flannel's DaemonSet and the labels removed.
+    for node in &nodes {
+        label(node, "weft");
+    }
+    expect_placement(api, "all on weft", &[(n1, weft), (n2, weft), (n3, weft)]);
+    api.admin(&["-n", kube::AGENT_NAMESPACE, "delete", "daemonset", flannel])
+        .unwrap();
+    api.admin(&["label", "nodes", "--all", &format!("{AGENT_LABEL}-")])
+        .unwrap();
+    expect_desired(api, weft, 3);
+    expect_placement(
+        api,
+        "flannel removed",
+        &[(n1, weft), (n2, weft), (n3, weft)],
+    );
+
+    // A node that joins afterwards, unlabelled, gets weft.
+    api.register_node(&kube::NodeRegistration {
+        name: "kd-switch-new",
+        internal_ip: "192.168.77.99",
+        pod_cidr: "10.244.99.0/24",
+    })
+    .unwrap();
+    expect_placement(
+        api,
+        "a new node",
+        &[(n1, weft), (n2, weft), (n3, weft), ("kd-switch-new", weft)],
     );
 }
