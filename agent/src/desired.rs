@@ -21,7 +21,10 @@ use weft_common::{
 use crate::{
     config::{BackendConfig, NetworkConfig},
     endpoints::LocalView,
-    lease::{LeaseAttrs, MacAddr},
+    lease::{
+        MacAddr,
+        validate::{AcceptedPeer, PeerBackend},
+    },
     tc::{TcHooks, TcView},
 };
 
@@ -102,8 +105,8 @@ pub struct LocalPod {
 /// Everything the desired state depends on.
 pub struct Inputs<'a> {
     pub node: &'a NodeFacts,
-    /// The accepted peer leases (`PeerTable::peers`).
-    pub peers: &'a BTreeMap<Ipv4Net, LeaseAttrs>,
+    /// The accepted peers (`PeerTable::peers`).
+    pub peers: &'a BTreeMap<Ipv4Net, AcceptedPeer>,
     /// The latest local view: the uplink's routes (which peers are on-link,
     /// so VXLAN or direct) and neighbours (next-hop MACs), the gateway MAC.
     pub view: &'a LocalView,
@@ -159,9 +162,9 @@ pub fn compute(inputs: &Inputs) -> Desired {
         ..Desired::default()
     };
     if planned {
-        desired.members = inputs.peers.values().map(|attrs| attrs.public_ip).collect();
-        for (subnet, attrs) in inputs.peers {
-            match plan_route(inputs.node, inputs.view, *subnet, attrs) {
+        desired.members = inputs.peers.values().map(|peer| peer.public_ip).collect();
+        for (subnet, peer) in inputs.peers {
+            match plan_route(inputs.node, inputs.view, *subnet, peer) {
                 Ok(route) => {
                     desired.routes.insert(*subnet, route);
                 }
@@ -207,63 +210,38 @@ pub fn compute(inputs: &Inputs) -> Desired {
     desired
 }
 
-/// How a peer's lease is reached, or why it cannot be. On-link (direct
-/// for host-gw and DirectRouting) is read from the live uplink routes in
-/// `view`, the same routes PEERS' next hops come from, so both sinks follow
-/// an address or route change on the uplink together.
+/// How a peer is reached, or why it cannot be. On-link (direct for host-gw
+/// and DirectRouting) is read from the live uplink routes in `view`, the
+/// same routes PEERS' next hops come from, so both sinks follow an address
+/// or route change on the uplink together. The peer's backend and VNI are
+/// the network's (the peer table accepted it so): only reachability is
+/// decided here.
 pub fn plan_route(
     node: &NodeFacts,
     view: &LocalView,
     subnet: Ipv4Net,
-    attrs: &LeaseAttrs,
+    peer: &AcceptedPeer,
 ) -> Result<PeerRoute> {
-    let on_link = view.on_link(attrs.public_ip);
-    match &node.network.backend {
+    let public_ip = peer.public_ip;
+    let on_link = view.on_link(public_ip);
+    let direct_allowed = match &node.network.backend {
         BackendConfig::HostGw => {
             if !on_link {
-                bail!(
-                    "host-gw peer {} for {subnet} is not on-link on the uplink",
-                    attrs.public_ip
-                );
+                bail!("host-gw peer {public_ip} for {subnet} is not on-link on the uplink");
             }
-            Ok(PeerRoute::Direct {
-                subnet,
-                public_ip: attrs.public_ip,
-            })
+            true
         }
-        BackendConfig::Vxlan {
-            direct_routing,
-            vni,
-            ..
-        } => {
-            if *direct_routing && on_link {
-                return Ok(PeerRoute::Direct {
-                    subnet,
-                    public_ip: attrs.public_ip,
-                });
-            }
-            let data = attrs
-                .backend_data
-                .as_ref()
-                .filter(|_| attrs.backend_type == "vxlan")
-                .ok_or_else(|| {
-                    anyhow!(
-                        "peer {subnet} is a {} lease in a vxlan network",
-                        attrs.backend_type
-                    )
-                })?;
-            if data.vni != *vni {
-                bail!(
-                    "peer {subnet} uses VNI {}, this network VNI {vni}",
-                    data.vni
-                );
-            }
-            Ok(PeerRoute::Vxlan {
-                subnet,
-                vtep_mac: data.vtep_mac,
-                public_ip: attrs.public_ip,
-            })
-        }
+        BackendConfig::Vxlan { direct_routing, .. } => *direct_routing,
+    };
+    match peer.backend {
+        _ if direct_allowed && on_link => Ok(PeerRoute::Direct { subnet, public_ip }),
+        PeerBackend::Vxlan { vtep_mac } => Ok(PeerRoute::Vxlan {
+            subnet,
+            vtep_mac,
+            public_ip,
+        }),
+        // The policy gives a vxlan network's peers a VTEP MAC.
+        PeerBackend::HostGw => Err(anyhow!("peer {subnet} has no VTEP MAC in a vxlan network")),
     }
 }
 

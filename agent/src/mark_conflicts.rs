@@ -11,7 +11,7 @@
 //! extensions (`-j MARK`, `-j CONNMARK`, `-m mark`) show there only by
 //! name, so for those the rule text comes from `iptables-nft-save` and
 //! `ip6tables-nft-save`. Rules iptables-legacy holds are not in nftables
-//! and cannot be seen (the README says so).
+//! and cannot be seen (docs/security.md says so).
 //!
 //! What counts as using the bit:
 //! - a `meta mark set` whose value may differ from the old mark in the bit:

@@ -1,5 +1,5 @@
-//! Nothing but a peer node feeds the overlay (see the README's security
-//! model).
+//! Nothing but a peer node feeds the overlay (docs/security.md, "The overlay
+//! guard").
 //!
 //! The kernel's VXLAN socket (`flannel.<VNI>`'s) listens on the backend's
 //! UDP port on every local address and takes frames from anyone: a pod

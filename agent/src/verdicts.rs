@@ -1,4 +1,4 @@
-//! Netfilter's verdicts for the fast path (see the README, "Netfilter stays
+//! Netfilter's verdicts for the fast path (docs/datapath.md, "Netfilter stays
 //! the authority").
 //!
 //! The fast path takes a flow only after this node's netfilter has passed

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: weft against the stock flannel path and a no-overlay
-//! floor, on the same lab, in one run (README, "Performance").
+//! floor, on the same lab, in one run (docs/performance/README.md).
 //!
 //! Every configuration gets a fresh 2-node lab with one pod per node; the
 //! client pod is on node 1, the server pod on node 2. Request/response

@@ -1,5 +1,5 @@
 //! `/metrics` under load: one agent with `FLOWS` nearly full, many scrapers
-//! at once, `/healthz` asked throughout (README, "Metrics").
+//! at once, `/healthz` asked throughout (docs/operating.md, "Metrics").
 
 use anyhow::{Result, bail};
 use serde::Serialize;

@@ -167,7 +167,7 @@ mod tests {
         }
     }
 
-    /// The names the README, dashboards and alerts use, written out: a
+    /// The names the docs, dashboards and alerts use, written out: a
     /// renamed counter (in the table or in its derivation) fails here.
     #[test]
     fn documented_names_stay() {

@@ -5,6 +5,9 @@
 //! dropped as INVALID, `nf_conntrack_tcp_be_liberal` stays 0 on every node,
 //! and a connection the fast path does not carry is still tracked strictly:
 //! its out-of-window segments are INVALID and dropped.
+//!
+//! With the agent confirming verdicts without marking the conntrack entry,
+//! the transfer stalls and the test fails (checked by hand).
 
 // Each integration test is its own crate and sees every dependency of the
 // package; the lint is for the library.

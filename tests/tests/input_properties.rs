@@ -1,11 +1,9 @@
-//! Property tests of what weft reads from etcd, where flannel has fuzz
-//! tests: lease keys, lease values, the peer table they build, and the
-//! network config (net-conf.json). Every input is hostile: whatever the
+//! Property tests of what weft reads from etcd and the API server, where
+//! flannel has fuzz tests: lease keys, lease values, Nodes (podCIDRs and
+//! annotations), the peer table they build, and the network config
+//! (net-conf.json). Every input is hostile: whatever the
 //! bytes, parsing returns a value or an error, never panics, and what is
 //! accepted obeys the rules `validate.rs` and `config.rs` state.
-//!
-//! There are no Kubernetes Node annotations to cover yet (the kube subnet
-//! manager is not built); their parser belongs here when it is.
 //!
 //! No privileges, no etcd: the agent's own parsing and `PeerTable`, run on
 //! generated inputs. Case counts are bounded so the file runs in seconds.
@@ -20,13 +18,16 @@ use ipnet::Ipv4Net;
 use proptest::prelude::*;
 use weft_agent::{
     config::{BackendConfig, NetworkConfig},
+    kubernetes::{AnnotationKeys, NodeRecord},
     lease::{
-        LeaseAttrs, MacAddr, VxlanBackendData, key, key_name,
+        LeaseAttrs, MacAddr, VxlanBackendData,
+        claim::Claim,
+        key, key_name,
         peers::{PeerChange, PeerTable},
-        registry::RawLease,
         subnet_of_key,
-        validate::LeasePolicy,
+        validate::{AcceptedPeer, LeasePolicy},
     },
+    subnet_manager::node_claim,
 };
 
 const PREFIX: &str = "/coreos.com/network";
@@ -207,13 +208,13 @@ proptest! {
         // What the store holds after each event: key -> (value, revision).
         let mut store: BTreeMap<String, (Vec<u8>, i64)> = BTreeMap::new();
         // The peer set the reported changes describe.
-        let mut reported: BTreeMap<Ipv4Net, LeaseAttrs> = BTreeMap::new();
+        let mut reported: BTreeMap<Ipv4Net, AcceptedPeer> = BTreeMap::new();
         for (revision, (key, value)) in (1..).zip(events) {
             let changes = match value {
                 Some(value) => {
                     let created = store.get(&key).map_or(revision, |(_, created)| *created);
                     store.insert(key.clone(), (value.clone(), created));
-                    table.put(&key, &value, created, Some(own))
+                    table.put(&Claim::from_lease(&key, &value, created), Some(own))
                 }
                 None => {
                     store.remove(&key);
@@ -222,11 +223,11 @@ proptest! {
             };
             for change in changes {
                 match change {
-                    PeerChange::Upsert { subnet, attrs } => {
-                        reported.insert(subnet, attrs);
+                    PeerChange::Upsert { subnet, peer } => {
+                        reported.insert(subnet, peer);
                     }
-                    PeerChange::Remove { subnet, attrs } => {
-                        prop_assert_eq!(reported.remove(&subnet), Some(attrs));
+                    PeerChange::Remove { subnet, peer } => {
+                        prop_assert_eq!(reported.remove(&subnet), Some(peer));
                     }
                 }
             }
@@ -234,26 +235,141 @@ proptest! {
         let peers = table.peers();
         prop_assert_eq!(&reported, peers);
         let mut macs = BTreeMap::new();
-        for (subnet, attrs) in peers {
-            prop_assert!(policy.check(*subnet, attrs, Some(own)).is_ok(), "{subnet} {attrs:?}");
+        for (subnet, peer) in peers {
+            // The peer is what the rules make of a value the store holds
+            // for its subnet (two keys can name one subnet: `-24`, `-024`).
+            let made_by_rules = store
+                .iter()
+                .filter(|(key, _)| subnet_of_key(key).ok() == Some(*subnet))
+                .filter_map(|(_, (value, _))| LeaseAttrs::from_json(value).ok())
+                .any(|attrs| policy.check(*subnet, &attrs, Some(own)) == Ok(*peer));
+            prop_assert!(made_by_rules, "{} {:?} is no stored value's judgement", subnet, peer);
             prop_assert!(!own.contains(&subnet.network()) && !subnet.contains(&own.network()));
             for other in peers.keys().filter(|other| *other != subnet) {
                 prop_assert!(!subnet.contains(&other.network()), "{subnet} overlaps {other}");
             }
-            if let Some(data) = &attrs.backend_data {
+            if let Some(mac) = peer.vtep_mac() {
                 prop_assert!(
-                    macs.insert(data.vtep_mac, *subnet).is_none(),
-                    "two peers with VtepMAC {}", data.vtep_mac
+                    macs.insert(mac, *subnet).is_none(),
+                    "two peers with VtepMAC {}", mac
                 );
             }
         }
-        let listing: Vec<RawLease> = store
+        let listing: Vec<Claim> = store
             .into_iter()
-            .map(|(key, (value, create_revision))| RawLease { key, value, create_revision })
+            .map(|(key, (value, create_revision))| Claim::from_lease(&key, &value, create_revision))
             .collect();
         let mut fresh = PeerTable::new(policy);
         fresh.resync(&listing, Some(own));
         prop_assert_eq!(fresh.peers(), peers);
+    }
+}
+
+/// A Node as the API server could hold it: flannel's annotations generated
+/// from lease attributes (or mangled, or missing), podCIDRs well-formed,
+/// mangled, IPv6 or absent, and anything else a forger could write.
+fn node() -> impl Strategy<Value = NodeRecord> {
+    let annotation = |attrs: LeaseAttrs| {
+        let data = serde_json::to_string(&attrs.backend_data).unwrap();
+        (attrs.public_ip.to_string(), attrs.backend_type, data)
+    };
+    let text = prop_oneof![Just(String::new()), "[ -~]{0,12}", any::<String>()];
+    let value = prop_oneof![6 => attrs().prop_map(annotation), 1 => (text.clone(), text.clone(), text.clone())];
+    let pod_cidr = prop_oneof![
+        4 => subnet().prop_map(|subnet| subnet.to_string()),
+        1 => (address(), 0u8..=40).prop_map(|(ip, len)| format!("{ip}/{len}")),
+        1 => Just("fd00:1::/64".to_owned()),
+        1 => text.clone(),
+    ];
+    (
+        "[a-z][a-z0-9-]{0,8}",
+        any::<i64>(),
+        proptest::option::of(pod_cidr.clone()),
+        prop::collection::vec(pod_cidr, 0..3),
+        proptest::option::of(value),
+        prop_oneof![
+            Just(Some("true".to_owned())),
+            Just(None),
+            proptest::option::of(text)
+        ],
+    )
+        .prop_map(|(name, created, pod_cidr, pod_cidrs, value, managed)| {
+            let keys = AnnotationKeys::new("flannel.alpha.coreos.com").unwrap();
+            let mut annotations = BTreeMap::new();
+            if let Some((public_ip, backend_type, data)) = value {
+                annotations.insert(keys.public_ip.clone(), public_ip);
+                annotations.insert(keys.backend_type.clone(), backend_type);
+                annotations.insert(keys.backend_data.clone(), data);
+            }
+            if let Some(managed) = managed {
+                annotations.insert(keys.kube_subnet_manager.clone(), managed);
+            }
+            NodeRecord {
+                uid: format!("uid-{name}"),
+                name,
+                created,
+                pod_cidr,
+                pod_cidrs,
+                annotations,
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any Node: a claim, no claim (flannel does not manage it) or a
+    /// rejection naming its rule, never a panic. A Node whose annotations
+    /// are exactly what flanneld writes for a lease claims that lease's
+    /// value; an accepted podCIDR is canonical.
+    #[test]
+    fn nodes_become_the_claim_their_annotations_say_or_are_refused(node in node()) {
+        let keys = AnnotationKeys::new("flannel.alpha.coreos.com").unwrap();
+        let claim = node_claim::claim(&node, &keys);
+        let managed = node.annotations.get(&keys.kube_subnet_manager).map(String::as_str) == Some("true");
+        prop_assert_eq!(claim.is_some(), managed);
+        let Some(claim) = claim else { return Ok(()) };
+        prop_assert_eq!(&claim.id, &format!("node/{}", node.name));
+        if let Ok(subnet) = &claim.subnet {
+            prop_assert_eq!(*subnet, subnet.trunc());
+        }
+        if let Ok(attrs) = &claim.attrs {
+            // What a lease with the same value would parse to.
+            let spoken = ["vxlan", "host-gw"].contains(&attrs.backend_type.as_str());
+            let as_lease = LeaseAttrs::from_json(attrs.to_json().as_bytes()).ok();
+            prop_assert_eq!(as_lease.as_ref(), spoken.then_some(attrs));
+            prop_assert_eq!(&attrs.public_ip.to_string(), &node.annotations[&keys.public_ip]);
+        }
+    }
+
+    /// A peer table fed Nodes holds only peers that pass every rule, and
+    /// events agree with a listing of the same Nodes, as for etcd leases.
+    #[test]
+    fn peer_tables_fed_nodes_agree_with_a_listing(nodes in prop::collection::vec(node(), 1..16)) {
+        let keys = AnnotationKeys::new("flannel.alpha.coreos.com").unwrap();
+        let network = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1}}"#).unwrap();
+        let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let policy = LeasePolicy::new(&network, Ipv4Addr::new(192, 168, 77, 1), Some(MacAddr([0x0e, 1, 192, 168, 77, 1])))
+            .for_pod_cidrs(own.prefix_len());
+        let mut table = PeerTable::new(policy.clone());
+        // Later Nodes of one name replace earlier ones, as updates do.
+        let mut current = BTreeMap::new();
+        for node in &nodes {
+            match node_claim::claim(node, &keys) {
+                Some(claim) => table.put(&claim, Some(own)),
+                None => table.delete(&format!("node/{}", node.name)),
+            };
+            current.insert(node.name.clone(), node.clone());
+        }
+        for (subnet, peer) in table.peers() {
+            prop_assert!(network.network.contains(subnet) && subnet.prefix_len() == 24);
+            prop_assert!(!own.contains(&subnet.network()) && !subnet.contains(&own.network()));
+            prop_assert!(peer.public_ip != Ipv4Addr::new(192, 168, 77, 1));
+        }
+        let listing: Vec<_> = current.values().filter_map(|node| node_claim::claim(node, &keys)).collect();
+        let mut fresh = PeerTable::new(policy);
+        fresh.resync(&listing, Some(own));
+        prop_assert_eq!(fresh.peers(), table.peers());
     }
 }
 

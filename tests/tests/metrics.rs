@@ -2,6 +2,10 @@
 //! reads line for line, `weft_` names, build info, the agent's view (ready,
 //! etcd, peers, map fill) and fast-path packet counters that rise with real
 //! pod-to-pod pings and agree with `weft maps stats`.
+//!
+//! Checked by hand that these tests can fail: with every scrape reading the
+//! maps itself, the load test counts 51 readings of 51; with the per-address
+//! limit or the connection lifetime taken out, the connection test fails.
 
 // Each integration test is its own crate and sees every dependency of the
 // package; the lint is for the library.

@@ -1,6 +1,6 @@
 //! Stock flanneld and weft in one cluster, and a node moved from flanneld to
-//! weft and back the way README "Replacing flanneld on a node" says, with
-//! the reference flanneld built from flannel's source.
+//! weft and back the way docs/operating.md ("Replacing flanneld on a node")
+//! says, with the reference flanneld built from flannel's source.
 
 // Integration tests see every dependency of their package.
 #![allow(unused_crate_dependencies)]

@@ -5,6 +5,9 @@
 //! answered from the address they were sent to, pings and connections
 //! blocked or restored, a transfer's digest intact, and the counters that
 //! prove the fast path still carries what netfilter passed unchanged.
+//!
+//! With the fast path made to ignore verdicts, the ClusterIP check fails
+//! (checked by hand).
 
 // Each integration test is its own crate and sees every dependency of the
 // package; the lint is for the library.

@@ -1,6 +1,6 @@
 //! Nothing but a peer node feeds the overlay, in both dataplanes (see the
-//! README's security model). Each path a forged VXLAN frame can take to a
-//! node's VXLAN socket is tried with the best forgery its sender can make
+//! overlay guard in docs/security.md). Each path a forged VXLAN frame can
+//! take to a node's VXLAN socket is tried with the best forgery its sender can make
 //! (the target node's real VTEP MAC, an inner source in another node's
 //! subnet, a listening victim pod): from a pod to its own gateway, to its
 //! node's flannel.1 address, to another node's gateway, with a forged

@@ -103,6 +103,11 @@ fn the_deb_installs_the_release_binary_the_unit_and_the_defaults() {
         "/etc/default/weft",
         "/usr/share/doc/weft/copyright",
         "/usr/share/doc/weft/README.md",
+        "/usr/share/doc/weft/CHANGELOG.md",
+        "/usr/share/doc/weft/docs/operating.md",
+        "/usr/share/doc/weft/docs/security.md",
+        "/usr/share/doc/weft/docs/datapath.md",
+        "/usr/share/doc/weft/docs/kubernetes.md",
     ]
     .into_iter()
     .map(str::to_owned)

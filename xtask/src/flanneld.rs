@@ -48,7 +48,7 @@ pub fn ensure() -> Result<Option<PathBuf>> {
 
 pub const HOW_TO_PROVIDE: &str = "set WEFT_FLANNELD=/path/to/flanneld, or \
 WEFT_FLANNEL_SOURCE=/path/to/flannel-v0.20.2.tar.gz (flannel's source with vendored Go modules; \
-see README \"Stock flanneld in the lab\")";
+see docs/testing.md, \"Stock flanneld in the lab\")";
 
 fn build_cached(source: &Path) -> Result<PathBuf> {
     if !source.is_file() {

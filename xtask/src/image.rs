@@ -26,7 +26,7 @@ use oci::Blob;
 
 /// The name the archive carries, which the DaemonSets reference: what
 /// `ctr -n k8s.io image import` and `podman load` name the image on a node,
-/// and what `skopeo copy` pushes from (README, "Installing on Kubernetes").
+/// and what `skopeo copy` pushes from (docs/operating.md, "The node image").
 pub const REPOSITORY: &str = "localhost/weft";
 /// Where the agent is, in the image and in the DaemonSets' `command`.
 const BINARY: &str = "usr/bin/weft";

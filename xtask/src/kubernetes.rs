@@ -62,7 +62,7 @@ const SOURCE_FILES: &[(&str, &str)] = &[
 pub const HOW_TO_PROVIDE: &str = "set WEFT_KUBERNETES_SOURCE=/path/to/dir holding Debian 12's \
 `kubernetes` source package (kubernetes_1.20.5+really1.20.2*: .dsc, orig tarball, debian \
 tarball), or WEFT_KUBERNETES_BIN=/path/to/dir with kube-apiserver, kube-controller-manager and \
-kubectl v1.20.2 (see README \"Kubernetes in the lab\")";
+kubectl v1.20.2 (see docs/testing.md, \"Kubernetes in the lab\")";
 
 /// The directory holding the lab's Kubernetes binaries, building them on
 /// first use. `None` when the user gave neither binaries nor a source: what

@@ -25,6 +25,28 @@ const FILES: &[(&str, &str, u32)] = &[
     ("packaging/weft.default", "etc/default/weft", 0o644),
     ("packaging/copyright", "usr/share/doc/weft/copyright", 0o644),
     ("README.md", "usr/share/doc/weft/README.md", 0o644),
+    // The README's links to the operator's docs resolve on the node too.
+    ("CHANGELOG.md", "usr/share/doc/weft/CHANGELOG.md", 0o644),
+    (
+        "docs/operating.md",
+        "usr/share/doc/weft/docs/operating.md",
+        0o644,
+    ),
+    (
+        "docs/security.md",
+        "usr/share/doc/weft/docs/security.md",
+        0o644,
+    ),
+    (
+        "docs/datapath.md",
+        "usr/share/doc/weft/docs/datapath.md",
+        0o644,
+    ),
+    (
+        "docs/kubernetes.md",
+        "usr/share/doc/weft/docs/kubernetes.md",
+        0o644,
+    ),
 ];
 const BINARY: &str = "usr/bin/weft";
 /// Kept across upgrades when the admin changed them.

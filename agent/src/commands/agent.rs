@@ -1,5 +1,6 @@
-//! `weft agent`: validate inputs, take a subnet lease, program the datapath,
-//! follow the other nodes' leases until SIGTERM/SIGINT.
+//! `weft agent`: validate inputs, take a subnet (an etcd lease, or this
+//! Node's podCIDR), program the datapath, follow the other nodes' claims
+//! until SIGTERM/SIGINT.
 //!
 //! The flow is one-way. Every input has one handler on [`Agent`]; the ones
 //! that change what the datapath should hold update their input (the
@@ -15,7 +16,6 @@
 
 mod handlers;
 mod mark_check;
-mod own_lease;
 mod startup;
 
 pub use handlers::Agent;
@@ -29,7 +29,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use self::{mark_check::MarkChecks, own_lease::OwnLease};
+use self::mark_check::MarkChecks;
 use crate::{
     bpffs,
     cli::{AgentArgs, DataplaneArg},
@@ -38,10 +38,12 @@ use crate::{
     desired,
     endpoints::{self, LocalView},
     http::{self, Readiness},
-    lease::{peers::PeerTable, registry::EtcdOptions, validate::LeasePolicy, watch::LeaseFollower},
+    lease::{peers::PeerTable, validate::LeasePolicy},
     net,
     overlay_guard::{self, GuardSpec},
-    subnet_env, verdicts,
+    subnet_env,
+    subnet_manager::Connection,
+    verdicts,
 };
 
 /// How often the --ip-masq rules are checked (and restored if changed),
@@ -57,8 +59,6 @@ const POD_REREAD: Duration = Duration::from_secs(5);
 /// How often the maps are read back and repaired where they differ from
 /// what they should hold.
 const MAP_AUDIT: Duration = Duration::from_secs(10);
-/// How often start-up steps that wait on etcd try again.
-const STARTUP_RETRY: Duration = Duration::from_secs(2);
 
 struct Signals {
     term: Signal,
@@ -102,16 +102,6 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     } else {
         None
     };
-    let options = EtcdOptions {
-        endpoints: args.etcd_endpoints.clone(),
-        prefix: args.etcd_prefix.clone(),
-        keyfile: args.etcd_keyfile.clone(),
-        certfile: args.etcd_certfile.clone(),
-        cafile: args.etcd_cafile.clone(),
-        username: args.etcd_username.clone(),
-        password: args.etcd_password.clone(),
-    };
-    let connect = options.connect_options()?;
     info!(uplink = %uplink.name, public_ip = %uplink.public_ip, mtu = uplink.mtu, "uplink");
 
     let readiness = Readiness::default();
@@ -124,8 +114,8 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     }
     let mut signals = Signals::new()?;
 
-    let (registry, config) = tokio::select! {
-        ready = startup::connect_and_read_config(&options, &connect) => ready,
+    let (connection, config) = tokio::select! {
+        opened = Connection::open(&args) => opened?,
         signal = signals.recv() => { info!("{signal} before start-up finished"); return Ok(()) }
     };
     info!(network = %config.network, subnet_len = config.subnet_len, backend = config.backend.type_name(), "network config");
@@ -202,23 +192,23 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     }
 
     let previous_subnet = previous.as_ref().map(|env| env.subnet.trunc());
-    let (own, mut reacquired) = tokio::select! {
-        own = OwnLease::acquire(registry.clone(), &config, attrs, previous_subnet, args.subnet_lease_renew_margin) => own,
-        signal = signals.recv() => { info!("{signal} before a lease was acquired"); return Ok(()) }
+    let (manager, subnet) = tokio::select! {
+        taken = connection.acquire(&config, attrs, previous_subnet, &args) => taken,
+        signal = signals.recv() => { info!("{signal} before a subnet was taken"); return Ok(()) }
     };
-    let peers = PeerTable::new(LeasePolicy::new(
-        &config,
-        uplink.public_ip,
-        vxlan.map(|device| device.mac),
-    ));
+    let policy = manager.peer_policy(
+        LeasePolicy::new(&config, uplink.public_ip, vxlan.map(|device| device.mac)),
+        subnet,
+    );
     let mut agent = Agent {
         mtu: desired::overlay_mtu(&config, uplink.mtu),
         args,
         config,
         facts,
-        own,
+        subnet,
+        manager,
         masq: None,
-        peers,
+        peers: PeerTable::new(policy),
         kernel,
         guard,
         fast_path,
@@ -242,13 +232,10 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     let mut pod_retry = tokio::time::interval(POD_RETRY);
     let mut map_audit = tokio::time::interval(MAP_AUDIT);
     let mut pod_reread = tokio::time::interval(POD_REREAD);
-    let mut follower = LeaseFollower::new(registry);
     let fast = agent.fast_path.is_some();
     let stop = loop {
         tokio::select! {
-            events = follower.next() => { agent.on_lease_events(events).await; }
-            () = tokio::time::sleep_until(agent.own.renew_at), if agent.own.is_held() => { agent.on_renew_due().await; }
-            Some(subnet) = reacquired.recv() => { agent.on_reacquired(subnet).await?; }
+            update = agent.manager.next() => { agent.on_update(update).await?; }
             Some(view) = views_rx.recv() => { agent.on_view(view).await; }
             _ = pod_retry.tick(), if fast => { agent.on_pod_retry().await; }
             _ = map_audit.tick(), if fast => { agent.on_map_audit().await; }

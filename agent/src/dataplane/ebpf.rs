@@ -176,8 +176,8 @@ impl EbpfPrograms {
             .with_context(|| format!("cannot attach TC ingress to {iface}"))?;
         self.uplink_tc = Some(tc);
         // veth's native XDP copies every frame that arrives without 256 bytes
-        // of headroom or in fragments, which is nearly all of them (see the
-        // README's Performance section): on a veth, TC alone is faster.
+        // of headroom or in fragments, which is nearly all of them (see
+        // docs/performance/README.md): on a veth, TC alone is faster.
         if mode == XdpModeArg::Off || (mode == XdpModeArg::Auto && uplink.is_veth) {
             return Ok(AttachedXdpMode::Off);
         }

@@ -31,15 +31,13 @@ const VXLAN_DIRECT: &str =
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
 
-fn vxlan_lease(ip: [u8; 4], vni: u32) -> LeaseAttrs {
-    LeaseAttrs {
+/// An accepted vxlan peer at `ip`, its VTEP MAC made from the address.
+fn vxlan_peer(ip: [u8; 4]) -> AcceptedPeer {
+    AcceptedPeer {
         public_ip: Ipv4Addr::from(ip),
-        public_ipv6: None,
-        backend_type: "vxlan".into(),
-        backend_data: Some(crate::lease::VxlanBackendData {
-            vni,
+        backend: PeerBackend::Vxlan {
             vtep_mac: MacAddr([0x0e, 1, ip[0], ip[1], ip[2], ip[3]]),
-        }),
+        },
     }
 }
 
@@ -58,13 +56,13 @@ fn view() -> LocalView {
     }
 }
 
-fn compute_with(node: &NodeFacts, peers: &BTreeMap<Ipv4Net, LeaseAttrs>, live: bool) -> Desired {
+fn compute_with(node: &NodeFacts, peers: &BTreeMap<Ipv4Net, AcceptedPeer>, live: bool) -> Desired {
     compute_in(node, peers, &view(), live)
 }
 
 fn compute_in(
     node: &NodeFacts,
-    peers: &BTreeMap<Ipv4Net, LeaseAttrs>,
+    peers: &BTreeMap<Ipv4Net, AcceptedPeer>,
     view: &LocalView,
     live: bool,
 ) -> Desired {
@@ -92,8 +90,8 @@ fn compute_in(
 fn on_link_peers_go_direct_with_direct_routing_and_the_rest_over_vxlan() {
     let node = facts(VXLAN_DIRECT);
     let peers = BTreeMap::from([
-        (net("10.244.2.0/24"), vxlan_lease([192, 168, 77, 2], 1)),
-        (net("10.244.3.0/24"), vxlan_lease([192, 168, 78, 3], 1)),
+        (net("10.244.2.0/24"), vxlan_peer([192, 168, 77, 2])),
+        (net("10.244.3.0/24"), vxlan_peer([192, 168, 78, 3])),
     ]);
     let desired = compute_with(&node, &peers, true);
     assert_eq!(
@@ -130,28 +128,16 @@ fn on_link_peers_go_direct_with_direct_routing_and_the_rest_over_vxlan() {
 #[test]
 fn unresolved_next_hops_stay_zero() {
     let node = facts(VXLAN);
-    let peers = BTreeMap::from([(net("10.244.4.0/24"), vxlan_lease([192, 168, 77, 9], 1))]);
+    let peers = BTreeMap::from([(net("10.244.4.0/24"), vxlan_peer([192, 168, 77, 9]))]);
     let desired = compute_with(&node, &peers, true);
     assert_eq!(desired.peers[&net("10.244.4.0/24")].nexthop_mac, [0; 6]);
 }
 
 #[test]
-fn leases_no_route_can_reach_are_unroutable_with_a_reason() {
-    let peers = BTreeMap::from([
-        (net("10.244.2.0/24"), vxlan_lease([192, 168, 77, 2], 9)),
-        (net("10.244.3.0/24"), {
-            let mut lease = vxlan_lease([192, 168, 77, 3], 1);
-            lease.backend_type = "host-gw".into();
-            lease.backend_data = None;
-            lease
-        }),
-    ]);
-    let desired = compute_with(&facts(VXLAN), &peers, true);
-    assert!(desired.routes.is_empty() && desired.peers.is_empty());
-    assert!(desired.unroutable[&net("10.244.2.0/24")].contains("VNI 9"));
-    assert!(desired.unroutable[&net("10.244.3.0/24")].contains("host-gw lease"));
-    let off_link = BTreeMap::from([(net("10.244.5.0/24"), vxlan_lease([10, 0, 0, 5], 1))]);
+fn peers_no_route_can_reach_are_unroutable_with_a_reason() {
+    let off_link = BTreeMap::from([(net("10.244.5.0/24"), vxlan_peer([10, 0, 0, 5]))]);
     let desired = compute_with(&facts(HOST_GW), &off_link, true);
+    assert!(desired.routes.is_empty() && desired.peers.is_empty());
     assert!(desired.unroutable[&net("10.244.5.0/24")].contains("not on-link"));
 }
 
@@ -229,7 +215,7 @@ fn vxlan_or_direct_follows_the_uplinks_live_routes() {
     let node = facts(VXLAN_DIRECT);
     let subnet = net("10.244.3.0/24");
     let peer_ip = Ipv4Addr::new(192, 168, 78, 3);
-    let peers = BTreeMap::from([(subnet, vxlan_lease([192, 168, 78, 3], 1))]);
+    let peers = BTreeMap::from([(subnet, vxlan_peer([192, 168, 78, 3]))]);
     // Off-link (only the default route covers it): VXLAN via the router.
     let before = compute_in(&node, &peers, &view(), true);
     assert!(matches!(before.routes[&subnet], PeerRoute::Vxlan { .. }));
@@ -277,7 +263,7 @@ fn nothing_is_planned_before_the_first_local_view() {
     // Without a view every peer would look off-link: DirectRouting peers
     // planned over VXLAN, host-gw peers unroutable, then moved once the
     // view arrives. So nothing is planned until it has.
-    let peers = BTreeMap::from([(net("10.244.2.0/24"), vxlan_lease([192, 168, 77, 2], 1))]);
+    let peers = BTreeMap::from([(net("10.244.2.0/24"), vxlan_peer([192, 168, 77, 2]))]);
     for network in [VXLAN_DIRECT, HOST_GW] {
         let node = facts(network);
         let early = compute_in(&node, &peers, &LocalView::default(), false);

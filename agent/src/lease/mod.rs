@@ -5,6 +5,7 @@
 //! Field names and order match flanneld's so values are byte-compatible.
 
 pub mod acquire;
+pub mod claim;
 pub mod peers;
 pub mod registry;
 pub mod validate;

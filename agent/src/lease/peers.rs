@@ -1,54 +1,55 @@
-//! The remote leases the datapath may use, kept from the etcd listing and
-//! watch events. Every value passes the rules in [`super::validate`] first,
-//! the same way for a listing and for an event; a lease that breaks one is
-//! logged once per value (key, rule, reason), counted by rule, and not used.
-//! A delete event carries no value, so the last accepted value is kept to
-//! clean up with. A key rewritten with a value that fails (or does not
-//! parse) is no longer a usable lease: it is removed like a delete.
+//! The remote subnets the datapath may use, kept from the subnet manager's
+//! claims (etcd leases, Kubernetes Nodes). Every claim passes the rules in
+//! [`super::validate`] first, the same way for a listing and for an event,
+//! whatever its source; a claim that breaks one is logged once per value
+//! (id, rule, reason), counted by rule, and not used. A delete event
+//! carries no value, so the last accepted value is kept to clean up with. A
+//! claim rewritten with a value that fails (or does not parse) is no longer
+//! usable: it is removed like a delete. Two claimants of one subnet (two
+//! Nodes given the same podCIDR) are both kept; the older one is used.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    hash::{DefaultHasher, Hash as _, Hasher as _},
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 use tracing::warn;
 
 use super::{
-    LeaseAttrs, MacAddr,
-    registry::RawLease,
-    subnet_of_key,
+    MacAddr,
+    claim::Claim,
     validate::{
-        Candidate, LeasePolicy, MAX_VALUE_LEN, Rejection, Rule, overlapping, resolve_overlaps,
-        vtep_mac,
+        AcceptedPeer, Candidate, LeasePolicy, Rejection, Rule, overlapping, resolve_overlaps,
     },
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerChange {
-    Upsert { subnet: Ipv4Net, attrs: LeaseAttrs },
-    Remove { subnet: Ipv4Net, attrs: LeaseAttrs },
+    Upsert { subnet: Ipv4Net, peer: AcceptedPeer },
+    Remove { subnet: Ipv4Net, peer: AcceptedPeer },
 }
 
 #[derive(Debug)]
 pub struct PeerTable {
     policy: LeasePolicy,
-    /// Leases that pass the per-lease rules, by subnet (a key names exactly
-    /// one subnet).
-    candidates: BTreeMap<Ipv4Net, Candidate>,
+    /// Claims that pass the per-claim rules, by subnet and claimant.
+    candidates: BTreeMap<Ipv4Net, BTreeMap<String, Candidate>>,
+    /// How many candidates there are, all subnets together.
+    candidate_count: usize,
+    /// The subnet each candidate's claimant holds: an etcd key names one
+    /// subnet for good, a Node's podCIDR can be given to another Node.
+    claimed: BTreeMap<String, Ipv4Net>,
     /// How many candidates carry each VTEP MAC (more than one: a clash).
     macs: BTreeMap<MacAddr, usize>,
     /// The leases in use: the candidates that overlap no older one.
-    peers: BTreeMap<Ipv4Net, LeaseAttrs>,
-    /// Rejections already logged: key -> (value fingerprint, rule).
+    peers: BTreeMap<Ipv4Net, AcceptedPeer>,
+    /// Rejections already logged: claim id -> (value fingerprint, rule).
     reported: BTreeMap<String, (u64, Rule)>,
-    /// Rejections by rule since start, each (key, value) counted once.
+    /// Rejections by rule since start, each (id, value) counted once.
     rejections: BTreeMap<Rule, u64>,
 }
 
-/// What one key's current value amounts to.
-enum Verdict {
-    /// Our own lease: the agent handles it, it is never a peer.
+/// What one claim amounts to.
+enum Judgement {
+    /// Our own subnet: the agent handles it, it is never a peer.
     Own,
     Usable(Ipv4Net, Candidate),
     Rejected {
@@ -63,6 +64,8 @@ impl PeerTable {
         Self {
             policy,
             candidates: BTreeMap::new(),
+            candidate_count: 0,
+            claimed: BTreeMap::new(),
             macs: BTreeMap::new(),
             peers: BTreeMap::new(),
             reported: BTreeMap::new(),
@@ -70,103 +73,115 @@ impl PeerTable {
         }
     }
 
-    pub fn peers(&self) -> &BTreeMap<Ipv4Net, LeaseAttrs> {
+    pub fn peers(&self) -> &BTreeMap<Ipv4Net, AcceptedPeer> {
         &self.peers
     }
 
-    /// How many (key, value) pairs each rule has rejected since start.
+    /// How many (claim, value) pairs each rule has rejected since start.
     pub fn rejections(&self) -> &BTreeMap<Rule, u64> {
         &self.rejections
     }
 
     /// Replaces the table with a full listing; returns what changed.
     /// `own` (our subnet) is never a peer.
-    pub fn resync(&mut self, leases: &[RawLease], own: Option<Ipv4Net>) -> Vec<PeerChange> {
-        let mut candidates = BTreeMap::new();
-        for lease in leases {
-            match self.judge(&lease.key, &lease.value, lease.create_revision, own) {
-                Verdict::Own => {}
-                Verdict::Usable(subnet, candidate) => {
-                    candidates.insert(subnet, candidate);
-                }
-                Verdict::Rejected {
+    pub fn resync(&mut self, claims: &[Claim], own: Option<Ipv4Net>) -> Vec<PeerChange> {
+        let mut usable = Vec::new();
+        for claim in claims {
+            match self.judge(claim, own) {
+                Judgement::Own => {}
+                Judgement::Usable(subnet, candidate) => usable.push((subnet, candidate)),
+                Judgement::Rejected {
                     subnet,
                     fingerprint,
                     rejection,
-                } => self.report(&lease.key, subnet, fingerprint, &rejection),
+                } => self.report(&claim.id, subnet, fingerprint, &rejection),
             }
         }
-        // A key that is gone and comes back is news again.
-        let present: BTreeSet<&str> = leases.iter().map(|lease| lease.key.as_str()).collect();
-        self.reported
-            .retain(|key, _| present.contains(key.as_str()));
+        // A claim that is gone and comes back is news again.
+        let present: BTreeSet<&str> = claims.iter().map(|claim| claim.id.as_str()).collect();
+        self.reported.retain(|id, _| present.contains(id.as_str()));
+        self.candidates.clear();
+        self.candidate_count = 0;
+        self.claimed.clear();
         self.macs.clear();
-        for candidate in candidates.values() {
-            if let Some(mac) = vtep_mac(&candidate.attrs) {
-                *self.macs.entry(mac).or_default() += 1;
-            }
+        for (subnet, candidate) in usable {
+            self.set_candidate(subnet, &candidate.id.clone(), Some(candidate));
         }
-        self.candidates = candidates;
         self.settle_all()
     }
 
-    /// A put event for `key`.
-    pub fn put(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        create_revision: i64,
-        own: Option<Ipv4Net>,
-    ) -> Vec<PeerChange> {
-        match self.judge(key, value, create_revision, own) {
-            Verdict::Own => Vec::new(),
-            Verdict::Usable(subnet, candidate) => {
-                self.set_candidate(subnet, Some(candidate));
-                self.settle(subnet)
-            }
-            Verdict::Rejected {
-                subnet,
-                fingerprint,
-                rejection,
-            } => {
-                self.report(key, subnet, fingerprint, &rejection);
-                match subnet {
-                    Some(subnet) => {
-                        self.set_candidate(subnet, None);
-                        self.settle(subnet)
-                    }
-                    None => Vec::new(),
-                }
-            }
+    /// A claim is new or changed.
+    pub fn put(&mut self, claim: &Claim, own: Option<Ipv4Net>) -> Vec<PeerChange> {
+        let judgement = self.judge(claim, own);
+        // The subnet this claimant held before, if the claim now names
+        // another one (or none): it is given up.
+        let now = match &judgement {
+            Judgement::Usable(subnet, _) => Some(*subnet),
+            _ => None,
+        };
+        let before = self.claimed.get(&claim.id).copied();
+        // Reported before anything is removed, so the log can say that a
+        // claim in use is being removed.
+        if let Judgement::Rejected {
+            subnet,
+            fingerprint,
+            rejection,
+        } = &judgement
+        {
+            self.report(&claim.id, subnet.or(before), *fingerprint, rejection);
         }
+        let mut changes = match before {
+            Some(before) if Some(before) != now => {
+                self.set_candidate(before, &claim.id, None);
+                self.settle(before)
+            }
+            _ => Vec::new(),
+        };
+        if let Judgement::Usable(subnet, candidate) = judgement {
+            self.set_candidate(subnet, &claim.id, Some(candidate));
+            changes.extend(self.settle(subnet));
+        }
+        changes
     }
 
-    /// A delete (or expiry) event for `key`.
-    pub fn delete(&mut self, key: &str) -> Vec<PeerChange> {
-        self.reported.remove(key);
-        let Ok(subnet) = subnet_of_key(key) else {
+    /// The claim with this id is gone (an etcd delete or expiry, a Node
+    /// deleted or no longer flannel's).
+    pub fn delete(&mut self, id: &str) -> Vec<PeerChange> {
+        self.reported.remove(id);
+        let Some(subnet) = self.claimed.get(id).copied() else {
             return Vec::new();
         };
-        if !self.candidates.contains_key(&subnet) {
-            return Vec::new();
-        }
-        self.set_candidate(subnet, None);
+        self.set_candidate(subnet, id, None);
         self.settle(subnet)
     }
 
-    /// Replaces (or, with `None`, removes) the candidate for `subnet`,
-    /// keeping the MAC counts in step.
-    fn set_candidate(&mut self, subnet: Ipv4Net, candidate: Option<Candidate>) {
+    /// Replaces (or, with `None`, removes) `id`'s candidate for `subnet`,
+    /// keeping the count, the MAC counts and the claimants' subnets in step.
+    fn set_candidate(&mut self, subnet: Ipv4Net, id: &str, candidate: Option<Candidate>) {
+        let claimants = self.candidates.entry(subnet).or_default();
         let old = match candidate {
             Some(candidate) => {
-                if let Some(mac) = vtep_mac(&candidate.attrs) {
+                if let Some(mac) = candidate.peer.vtep_mac() {
                     *self.macs.entry(mac).or_default() += 1;
                 }
-                self.candidates.insert(subnet, candidate)
+                self.claimed.insert(id.to_owned(), subnet);
+                claimants.insert(id.to_owned(), candidate)
             }
-            None => self.candidates.remove(&subnet),
+            None => {
+                self.claimed.remove(id);
+                claimants.remove(id)
+            }
         };
-        if let Some(mac) = old.as_ref().and_then(|old| vtep_mac(&old.attrs))
+        let now_present = claimants.contains_key(id);
+        if claimants.is_empty() {
+            self.candidates.remove(&subnet);
+        }
+        match (old.is_some(), now_present) {
+            (false, true) => self.candidate_count += 1,
+            (true, false) => self.candidate_count -= 1,
+            _ => {}
+        }
+        if let Some(mac) = old.as_ref().and_then(|old| old.peer.vtep_mac())
             && let Some(count) = self.macs.get_mut(&mac)
         {
             *count -= 1;
@@ -176,64 +191,36 @@ impl PeerTable {
         }
     }
 
-    fn judge(
-        &self,
-        key: &str,
-        value: &[u8],
-        create_revision: i64,
-        own: Option<Ipv4Net>,
-    ) -> Verdict {
+    fn judge(&self, claim: &Claim, own: Option<Ipv4Net>) -> Judgement {
         crate::metrics::global().lease_seen();
-        let fingerprint = fingerprint(value);
-        let rejected = |subnet, rejection| Verdict::Rejected {
+        let rejected = |subnet, rejection: &Rejection| Judgement::Rejected {
             subnet,
-            fingerprint,
-            rejection,
+            fingerprint: claim.fingerprint,
+            rejection: rejection.clone(),
         };
-        let subnet = match subnet_of_key(key) {
-            Ok(subnet) => subnet,
-            Err(error) => {
-                return rejected(
-                    None,
-                    Rejection::new(Rule::MalformedKey, format!("{error:#}")),
-                );
-            }
+        let subnet = match &claim.subnet {
+            Ok(subnet) => *subnet,
+            Err(rejection) => return rejected(None, rejection),
         };
         if Some(subnet) == own {
-            return Verdict::Own;
+            return Judgement::Own;
         }
-        if value.len() > MAX_VALUE_LEN {
-            return rejected(
-                Some(subnet),
-                Rejection::new(
-                    Rule::ValueTooLarge,
-                    format!(
-                        "value is {} bytes; a lease value is at most {MAX_VALUE_LEN}",
-                        value.len()
-                    ),
-                ),
-            );
-        }
-        let attrs = match LeaseAttrs::from_json(value) {
+        let attrs = match &claim.attrs {
             Ok(attrs) => attrs,
-            Err(error) => {
-                return rejected(
-                    Some(subnet),
-                    Rejection::new(Rule::MalformedValue, format!("{error:#}")),
-                );
-            }
+            Err(rejection) => return rejected(Some(subnet), rejection),
         };
-        if let Err(rejection) = self.policy.check(subnet, &attrs, own) {
-            return rejected(Some(subnet), rejection);
-        }
+        let peer = match self.policy.check(subnet, attrs, own) {
+            Ok(peer) => peer,
+            Err(rejection) => return rejected(Some(subnet), &rejection),
+        };
         crate::metrics::global().lease_accepted();
-        Verdict::Usable(
+        Judgement::Usable(
             subnet,
             Candidate {
-                key: key.to_owned(),
-                create_revision,
-                attrs,
-                fingerprint,
+                id: claim.id.clone(),
+                age: claim.age,
+                peer,
+                fingerprint: claim.fingerprint,
             },
         )
     }
@@ -241,16 +228,16 @@ impl PeerTable {
     /// Logs and counts a rejection, once per (key, value, rule).
     fn report(
         &mut self,
-        key: &str,
+        id: &str,
         subnet: Option<Ipv4Net>,
         fingerprint: u64,
         rejection: &Rejection,
     ) {
         let seen = (fingerprint, rejection.rule);
-        if self.reported.get(key) == Some(&seen) {
+        if self.reported.get(id) == Some(&seen) {
             return;
         }
-        self.reported.insert(key.to_owned(), seen);
+        self.reported.insert(id.to_owned(), seen);
         let count = self.rejections.entry(rejection.rule).or_default();
         *count += 1;
         crate::metrics::global().lease_rejected(rejection.rule.name());
@@ -258,7 +245,7 @@ impl PeerTable {
         warn!(
             rule = rejection.rule.name(),
             rejected_by_rule = *count,
-            "{key}: rejected: {}{}",
+            "{id}: rejected: {}{}",
             rejection.reason,
             if in_use {
                 "; it was in use and is removed from the datapath"
@@ -272,36 +259,41 @@ impl PeerTable {
     /// Without clashes (overlapping subnets, shared VTEP MACs) only
     /// `touched` can change; otherwise every clash is decided again.
     fn settle(&mut self, touched: Ipv4Net) -> Vec<PeerChange> {
-        let others_in_candidates =
-            self.candidates.len() - self.candidates.contains_key(&touched) as usize;
+        let claimants = self.candidates.get(&touched);
+        let touched_count = claimants.map_or(0, BTreeMap::len);
+        let others_in_candidates = self.candidate_count - touched_count;
         let others_in_peers = self.peers.len() - self.peers.contains_key(&touched) as usize;
         let nothing_shadowed = others_in_candidates == others_in_peers;
-        let mac_shared = self
-            .candidates
-            .get(&touched)
-            .and_then(|candidate| vtep_mac(&candidate.attrs))
+        let candidate = claimants.and_then(|claimants| claimants.values().next());
+        let mac_shared = candidate
+            .and_then(|candidate| candidate.peer.vtep_mac())
             .is_some_and(|mac| self.macs.get(&mac).is_some_and(|count| *count > 1));
-        if !nothing_shadowed || mac_shared || !overlapping(&self.candidates, touched).is_empty() {
+        if !nothing_shadowed
+            || touched_count > 1
+            || mac_shared
+            || !overlapping(&self.candidates, touched).is_empty()
+        {
             return self.settle_all();
         }
-        match self.candidates.get(&touched) {
+        match candidate {
             Some(candidate) => {
-                self.reported.remove(&candidate.key);
-                if self.peers.get(&touched) == Some(&candidate.attrs) {
+                let peer = candidate.peer;
+                self.reported.remove(&candidate.id.clone());
+                if self.peers.get(&touched) == Some(&peer) {
                     return Vec::new();
                 }
-                self.peers.insert(touched, candidate.attrs.clone());
+                self.peers.insert(touched, peer);
                 vec![PeerChange::Upsert {
                     subnet: touched,
-                    attrs: candidate.attrs.clone(),
+                    peer,
                 }]
             }
             None => self
                 .peers
                 .remove(&touched)
-                .map(|attrs| PeerChange::Remove {
+                .map(|peer| PeerChange::Remove {
                     subnet: touched,
-                    attrs,
+                    peer,
                 })
                 .into_iter()
                 .collect(),
@@ -310,42 +302,42 @@ impl PeerTable {
 
     /// Decides every overlap again and returns how `peers` changed.
     fn settle_all(&mut self) -> Vec<PeerChange> {
-        let (accepted, losers) = resolve_overlaps(&self.candidates);
-        for (subnet, rejection) in losers {
-            let candidate = &self.candidates[&subnet];
-            let (key, fingerprint) = (candidate.key.clone(), candidate.fingerprint);
-            self.report(&key, Some(subnet), fingerprint, &rejection);
+        let (accepted, losers) = resolve_overlaps(
+            self.candidates
+                .iter()
+                .flat_map(|(subnet, claimants)| claimants.values().map(|c| (*subnet, c))),
+        );
+        for (subnet, id, rejection) in losers {
+            let fingerprint = self.candidates[&subnet][&id].fingerprint;
+            self.report(&id, Some(subnet), fingerprint, &rejection);
         }
-        for subnet in accepted.keys() {
-            self.reported.remove(&self.candidates[subnet].key);
+        for (_, id) in accepted.values() {
+            self.reported.remove(id);
         }
+        let accepted: BTreeMap<Ipv4Net, AcceptedPeer> = accepted
+            .into_iter()
+            .map(|(subnet, (peer, _))| (subnet, peer))
+            .collect();
         let mut changes = Vec::new();
-        for (subnet, attrs) in &self.peers {
+        for (subnet, peer) in &self.peers {
             if !accepted.contains_key(subnet) {
                 changes.push(PeerChange::Remove {
                     subnet: *subnet,
-                    attrs: attrs.clone(),
+                    peer: *peer,
                 });
             }
         }
-        for (subnet, attrs) in &accepted {
-            if self.peers.get(subnet) != Some(attrs) {
+        for (subnet, peer) in &accepted {
+            if self.peers.get(subnet) != Some(peer) {
                 changes.push(PeerChange::Upsert {
                     subnet: *subnet,
-                    attrs: attrs.clone(),
+                    peer: *peer,
                 });
             }
         }
         self.peers = accepted;
         changes
     }
-}
-
-/// Identifies a value without keeping it (values can be large).
-fn fingerprint(value: &[u8]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
 }
 
 #[cfg(test)]

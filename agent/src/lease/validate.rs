@@ -24,6 +24,8 @@ pub enum Rule {
     MalformedKey,
     ValueTooLarge,
     MalformedValue,
+    MalformedPodCidr,
+    MalformedAnnotation,
     SubnetOutsideNetwork,
     SubnetOverlapsOwn,
     SubnetWrongPrefix,
@@ -39,10 +41,12 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 15] = [
+    pub const ALL: [Rule; 17] = [
         Rule::MalformedKey,
         Rule::ValueTooLarge,
         Rule::MalformedValue,
+        Rule::MalformedPodCidr,
+        Rule::MalformedAnnotation,
         Rule::SubnetOutsideNetwork,
         Rule::SubnetOverlapsOwn,
         Rule::SubnetWrongPrefix,
@@ -62,6 +66,8 @@ impl Rule {
             Rule::MalformedKey => "malformed_key",
             Rule::ValueTooLarge => "value_too_large",
             Rule::MalformedValue => "malformed_value",
+            Rule::MalformedPodCidr => "malformed_pod_cidr",
+            Rule::MalformedAnnotation => "malformed_annotation",
             Rule::SubnetOutsideNetwork => "subnet_outside_network",
             Rule::SubnetOverlapsOwn => "subnet_overlaps_own",
             Rule::SubnetWrongPrefix => "subnet_wrong_prefix",
@@ -100,11 +106,37 @@ impl Rejection {
     }
 }
 
+/// A peer that passed every rule: what the datapath needs of it, typed.
+/// Its backend is the network's (a vxlan peer's VNI is the network's too),
+/// so nothing downstream checks either again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptedPeer {
+    pub public_ip: Ipv4Addr,
+    pub backend: PeerBackend,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerBackend {
+    Vxlan { vtep_mac: MacAddr },
+    HostGw,
+}
+
+impl AcceptedPeer {
+    pub fn vtep_mac(&self) -> Option<MacAddr> {
+        match self.backend {
+            PeerBackend::Vxlan { vtep_mac } => Some(vtep_mac),
+            PeerBackend::HostGw => None,
+        }
+    }
+}
+
 /// What a peer lease must agree with: the network config and this node.
 #[derive(Clone, Debug)]
 pub struct LeasePolicy {
     network: Ipv4Net,
     subnet_len: u8,
+    /// Where `subnet_len` comes from, for the rejection's reason.
+    subnet_len_source: &'static str,
     subnet_min: Ipv4Addr,
     subnet_max: Ipv4Addr,
     backend_type: &'static str,
@@ -125,6 +157,7 @@ impl LeasePolicy {
         Self {
             network: config.network,
             subnet_len: config.subnet_len,
+            subnet_len_source: "SubnetLen",
             subnet_min: config.subnet_min,
             subnet_max: config.subnet_max,
             backend_type: config.backend.type_name(),
@@ -132,6 +165,20 @@ impl LeasePolicy {
             our_public_ip,
             our_vtep_mac,
         }
+    }
+
+    /// The policy for Kubernetes podCIDRs: the controller manager gives
+    /// every Node a prefix of its `--node-cidr-mask-size` anywhere in its
+    /// cluster CIDR (kubeadm's first Node gets `10.244.0.0/24`, below
+    /// flannel's default SubnetMin), so a peer's podCIDR must be as long as
+    /// ours and inside Network; SubnetLen, SubnetMin and SubnetMax are
+    /// flannel's allocator settings and do not apply.
+    pub fn for_pod_cidrs(mut self, prefix_len: u8) -> Self {
+        self.subnet_len = prefix_len;
+        self.subnet_len_source = "this node's podCIDR";
+        self.subnet_min = self.network.network();
+        self.subnet_max = self.network.broadcast();
+        self
     }
 
     /// The rules one lease must pass on its own, in the order they are
@@ -142,7 +189,7 @@ impl LeasePolicy {
         subnet: Ipv4Net,
         attrs: &LeaseAttrs,
         own: Option<Ipv4Net>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<AcceptedPeer, Rejection> {
         let network = self.network;
         if !network.contains(&subnet) {
             return Err(Rejection::new(
@@ -161,7 +208,10 @@ impl LeasePolicy {
         if subnet.prefix_len() != self.subnet_len {
             return Err(Rejection::new(
                 Rule::SubnetWrongPrefix,
-                format!("subnet {subnet} is not a /{} (SubnetLen)", self.subnet_len),
+                format!(
+                    "subnet {subnet} is not a /{} ({})",
+                    self.subnet_len, self.subnet_len_source
+                ),
             ));
         }
         if subnet.network() < self.subnet_min || subnet.network() > self.subnet_max {
@@ -174,7 +224,10 @@ impl LeasePolicy {
             ));
         }
         self.check_public_ip(attrs.public_ip)?;
-        self.check_backend(attrs)
+        Ok(AcceptedPeer {
+            public_ip: attrs.public_ip,
+            backend: self.check_backend(attrs)?,
+        })
     }
 
     fn check_public_ip(&self, ip: Ipv4Addr) -> Result<(), Rejection> {
@@ -199,7 +252,7 @@ impl LeasePolicy {
         Ok(())
     }
 
-    fn check_backend(&self, attrs: &LeaseAttrs) -> Result<(), Rejection> {
+    fn check_backend(&self, attrs: &LeaseAttrs) -> Result<PeerBackend, Rejection> {
         if attrs.backend_type != self.backend_type {
             return Err(Rejection::new(
                 Rule::BackendTypeMismatch,
@@ -209,10 +262,15 @@ impl LeasePolicy {
                 ),
             ));
         }
-        let (Some(vni), Some(data)) = (self.vni, &attrs.backend_data) else {
-            // host-gw, or a vxlan lease without BackendData (which
-            // `LeaseAttrs::from_json` already refuses).
-            return Ok(());
+        let Some(vni) = self.vni else {
+            return Ok(PeerBackend::HostGw);
+        };
+        let Some(data) = &attrs.backend_data else {
+            // `LeaseAttrs::from_json` and the Node parser refuse this first.
+            return Err(Rejection::new(
+                Rule::MalformedValue,
+                "a vxlan lease needs BackendData with VNI and VtepMAC",
+            ));
         };
         if data.vni != vni {
             return Err(Rejection::new(
@@ -232,7 +290,9 @@ impl LeasePolicy {
                 format!("VtepMAC {} is this node's own VTEP MAC", data.vtep_mac),
             ));
         }
-        Ok(())
+        Ok(PeerBackend::Vxlan {
+            vtep_mac: data.vtep_mac,
+        })
     }
 }
 
@@ -273,69 +333,72 @@ fn overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
 /// tie-break needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
-    pub key: String,
-    /// etcd's create revision: the lease written first wins an overlap.
-    pub create_revision: i64,
-    pub attrs: LeaseAttrs,
+    /// The claim's id (etcd key, `node/<name>`).
+    pub id: String,
+    /// The claim's age (etcd's create revision, a Node's creation time):
+    /// the older claim wins an overlap.
+    pub age: i64,
+    pub peer: AcceptedPeer,
     /// Identifies the raw value, so a rejection is logged once per value.
     pub fingerprint: u64,
 }
 
-/// Splits `candidates` into the leases to use and the ones that clash with
-/// an older one (by create revision; the key breaks a tie): a subnet that
-/// overlaps, or a VtepMAC already in use. The fdb holds one destination per
-/// MAC, so a second lease with a node's VTEP MAC would redirect that node's
-/// traffic to its own PublicIP. With the prefix rule in force two passing
-/// leases can only overlap by being the same subnet, i.e. the same key, so
-/// the overlap half is a second line of defence: it keeps the peer set free
-/// of overlaps whatever the rules above become.
-pub fn resolve_overlaps(
-    candidates: &BTreeMap<Ipv4Net, Candidate>,
-) -> (BTreeMap<Ipv4Net, LeaseAttrs>, Vec<(Ipv4Net, Rejection)>) {
-    let mut by_age: Vec<(&Ipv4Net, &Candidate)> = candidates.iter().collect();
-    by_age.sort_by(|(_, a), (_, b)| (a.create_revision, &a.key).cmp(&(b.create_revision, &b.key)));
-    let mut accepted: BTreeMap<Ipv4Net, LeaseAttrs> = BTreeMap::new();
+/// The claims used, by subnet: the peer and its claimant's id.
+pub type Winners = BTreeMap<Ipv4Net, (AcceptedPeer, String)>;
+/// A claim that lost a clash: its subnet, its claimant's id, and why.
+pub type Loser = (Ipv4Net, String, Rejection);
+
+/// Splits `candidates` into the claims to use (with their claimant) and
+/// the ones that clash with an older one (by age; the id breaks a tie): a
+/// subnet claimed twice or overlapping, or a VtepMAC already in use. The
+/// fdb holds one destination per MAC, so a second claim with a node's VTEP
+/// MAC would redirect that node's traffic to its own PublicIP. An etcd key
+/// names its subnet, so two etcd leases can only claim one subnet by being
+/// one key, and with the prefix rule in force they never overlap; two
+/// Nodes can be given one podCIDR, though (by hand, or by a forged Node).
+pub fn resolve_overlaps<'a>(
+    candidates: impl IntoIterator<Item = (Ipv4Net, &'a Candidate)>,
+) -> (Winners, Vec<Loser>) {
+    let mut by_age: Vec<(Ipv4Net, &Candidate)> = candidates.into_iter().collect();
+    by_age.sort_by(|(_, a), (_, b)| (a.age, &a.id).cmp(&(b.age, &b.id)));
+    let mut accepted: Winners = BTreeMap::new();
     let mut winners: BTreeMap<Ipv4Net, &str> = BTreeMap::new();
     let mut mac_holders: BTreeMap<MacAddr, &str> = BTreeMap::new();
     let mut losers = Vec::new();
     for (subnet, candidate) in by_age {
-        let mac = vtep_mac(&candidate.attrs);
-        if let Some(older) = overlapping(&winners, *subnet).first() {
-            losers.push((
-                *subnet,
-                Rejection::new(
-                    Rule::SubnetOverlapsPeer,
-                    format!(
-                        "subnet {subnet} overlaps {older} of {}, which is older",
-                        winners[older]
-                    ),
+        let mac = candidate.peer.vtep_mac();
+        let lose =
+            |reason: String, rule| (subnet, candidate.id.clone(), Rejection::new(rule, reason));
+        if let Some(holder) = winners.get(&subnet) {
+            losers.push(lose(
+                format!("subnet {subnet} is also claimed by {holder}, which is older"),
+                Rule::SubnetOverlapsPeer,
+            ));
+        } else if let Some(older) = overlapping(&winners, subnet).first() {
+            losers.push(lose(
+                format!(
+                    "subnet {subnet} overlaps {older} of {}, which is older",
+                    winners[older]
                 ),
+                Rule::SubnetOverlapsPeer,
             ));
         } else if let Some(holder) = mac.and_then(|mac| mac_holders.get(&mac)) {
-            losers.push((
-                *subnet,
-                Rejection::new(
-                    Rule::VtepMacInUse,
-                    format!(
-                        "VtepMAC {} is already used by {holder}, which is older",
-                        mac.expect("checked")
-                    ),
+            losers.push(lose(
+                format!(
+                    "VtepMAC {} is already used by {holder}, which is older",
+                    mac.expect("checked")
                 ),
+                Rule::VtepMacInUse,
             ));
         } else {
-            winners.insert(*subnet, &candidate.key);
+            winners.insert(subnet, &candidate.id);
             if let Some(mac) = mac {
-                mac_holders.insert(mac, &candidate.key);
+                mac_holders.insert(mac, &candidate.id);
             }
-            accepted.insert(*subnet, candidate.attrs.clone());
+            accepted.insert(subnet, (candidate.peer, candidate.id.clone()));
         }
     }
     (accepted, losers)
-}
-
-/// The VTEP MAC of a vxlan lease.
-pub fn vtep_mac(attrs: &LeaseAttrs) -> Option<MacAddr> {
-    attrs.backend_data.as_ref().map(|data| data.vtep_mac)
 }
 
 /// The subnets in `map` that overlap `subnet` (itself excluded), found with

@@ -12,6 +12,7 @@
 
 mod guard;
 mod kernel;
+mod kube_api;
 mod map_count;
 pub mod single_flight;
 
@@ -32,6 +33,7 @@ use prometheus_client::{
 
 use guard::GuardCollector;
 use kernel::KernelCollector;
+pub use kube_api::{KubeApiMetrics, KubeOperation};
 use single_flight::Served;
 
 use crate::{dataplane::kernel::KernelReport, http::listener::Refusal};
@@ -106,6 +108,7 @@ pub struct Metrics {
     ct_liberal: Family<OutcomeLabel, Counter>,
     kernel: std::sync::Arc<KernelCollector>,
     guard: std::sync::Arc<GuardCollector>,
+    kube_api: KubeApiMetrics,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -142,6 +145,7 @@ impl Metrics {
             ct_liberal: Family::default(),
             kernel: std::sync::Arc::new(KernelCollector::default()),
             guard: std::sync::Arc::new(GuardCollector::default()),
+            kube_api: KubeApiMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -277,6 +281,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(metrics.kernel.clone()));
         registry.register_collector(Box::new(metrics.guard.clone()));
+        metrics.kube_api.register(&mut registry);
         Self {
             registry,
             ..metrics
@@ -433,6 +438,11 @@ impl Metrics {
     pub fn set_accept_mark_conflicts(&self, rules: usize) {
         self.accept_mark_conflicts
             .set(i64::try_from(rules).unwrap_or(i64::MAX));
+    }
+
+    /// The Kubernetes API's metrics (the kube subnet manager).
+    pub fn kube_api(&self) -> &KubeApiMetrics {
+        &self.kube_api
     }
 
     /// The metrics in OpenMetrics text ([`CONTENT_TYPE`]), with `ready` as

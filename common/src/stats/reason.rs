@@ -75,8 +75,8 @@ pub enum Reason {
     PassPodNotReady = 30,
     /// The source address or MAC is not the sending pod's own.
     PassForeignSource = 31,
-    /// UDP from a pod to the VXLAN port, whatever its destination (see the
-    /// README's security model).
+    /// UDP from a pod to the VXLAN port, whatever its destination (see
+    /// docs/security.md).
     DropVxlanFromPod = 32,
     /// No `PEERS` entry for the destination (e.g. leaving the cluster).
     PassNoRoute = 33,

@@ -14,7 +14,10 @@ use weft_agent::{
     dataplane::maps::FastPathMaps,
     desired::{self, Inputs, LocalPod, NodeFacts},
     endpoints::LocalView,
-    lease::{LeaseAttrs, MacAddr, VxlanBackendData},
+    lease::{
+        LeaseAttrs, MacAddr, VxlanBackendData,
+        validate::{AcceptedPeer, LeasePolicy},
+    },
     tc::TcView,
 };
 use weft_common::{
@@ -37,7 +40,7 @@ pub struct Programs {
 /// `desired::compute`.
 struct FixtureNode {
     facts: NodeFacts,
-    peers: BTreeMap<Ipv4Net, LeaseAttrs>,
+    peers: BTreeMap<Ipv4Net, AcceptedPeer>,
     view: LocalView,
     pods: BTreeMap<Ipv4Addr, LocalPod>,
 }
@@ -63,21 +66,26 @@ impl FixtureNode {
             // test shortens it.
             verdict_ttl_ns: 3_600 * 1_000_000_000,
         };
-        let lease = |public_ip: [u8; 4], vtep_mac: [u8; 6]| LeaseAttrs {
-            public_ip: public_ip.into(),
-            public_ipv6: None,
-            backend_type: "vxlan".to_owned(),
-            backend_data: Some(VxlanBackendData {
-                vni: VNI,
-                vtep_mac: MacAddr(vtep_mac),
-            }),
+        // The peers' leases pass the agent's own rules, as in the agent.
+        let policy = LeasePolicy::new(&facts.network, facts.public_ip, facts.vtep_mac);
+        let peer = |subnet: Ipv4Net, public_ip: [u8; 4], vtep_mac: [u8; 6]| {
+            let lease = LeaseAttrs {
+                public_ip: public_ip.into(),
+                public_ipv6: None,
+                backend_type: "vxlan".to_owned(),
+                backend_data: Some(VxlanBackendData {
+                    vni: VNI,
+                    vtep_mac: MacAddr(vtep_mac),
+                }),
+            };
+            let accepted = policy
+                .check(subnet, &lease, None)
+                .expect("the fixture's leases pass the agent's rules");
+            (subnet, accepted)
         };
         let peers = BTreeMap::from([
-            (subnet([10, 244, 2, 0]), lease(PEER_IP, PEER_VTEP_MAC)),
-            (
-                subnet([10, 244, 3, 0]),
-                lease(HOSTGW_NODE_IP, HOSTGW_VTEP_MAC),
-            ),
+            peer(subnet([10, 244, 2, 0]), PEER_IP, PEER_VTEP_MAC),
+            peer(subnet([10, 244, 3, 0]), HOSTGW_NODE_IP, HOSTGW_VTEP_MAC),
         ]);
         let view = LocalView {
             uplink_routes: BTreeMap::from([

@@ -18,7 +18,6 @@ use weft_common::{
 use super::{
     MASQ_RECHECK,
     mark_check::{CheckResult, MarkChecks},
-    own_lease::OwnLease,
 };
 use crate::{
     cli::AgentArgs,
@@ -27,8 +26,10 @@ use crate::{
     desired::{self, Desired, Inputs, NodeFacts, PeerRoute},
     endpoints::LocalView,
     http::Readiness,
-    lease::{peers::PeerTable, watch::LeaseEvent},
+    lease::{claim::ClaimEvent, peers::PeerTable},
     masq, metrics,
+    subnet_env::{self, SubnetEnv},
+    subnet_manager::{SubnetManager, Update},
     verdicts::{self, Marks},
 };
 
@@ -65,7 +66,12 @@ pub struct Agent {
     pub(super) config: NetworkConfig,
     pub(super) facts: NodeFacts,
     pub(super) mtu: u32,
-    pub(super) own: OwnLease,
+    /// This node's subnet: its one owner (the subnet manager reports a new
+    /// one after a lost lease was taken again).
+    pub(super) subnet: Ipv4Net,
+    /// Where the subnet and the peers' claims come from (etcd or the
+    /// Kubernetes API).
+    pub(super) manager: SubnetManager,
     /// `--ip-masq`: keeps the rules for the own subnet (from the first
     /// time the subnet is taken).
     pub(super) masq: Option<masq::Keeper>,
@@ -139,34 +145,39 @@ impl Agent {
                 "datapath programmed; ready"
             );
             self.readiness.set(true);
+            self.manager.datapath_ready();
         }
     }
 
-    /// A batch of lease events (a listing of thousands is one batch, so it
+    /// What the subnet manager reports: the other nodes' claims changed,
+    /// or this node's subnet was taken again after it was lost.
+    pub async fn on_update(&mut self, update: Update) -> Result<()> {
+        match update {
+            Update::Claims(events) => self.on_claims(events).await,
+            Update::Subnet(subnet) => {
+                self.subnet = subnet;
+                self.take_subnet().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A batch of claim events (a listing of thousands is one batch, so it
     /// costs one apply).
-    pub async fn on_lease_events(&mut self, events: Vec<LeaseEvent>) {
+    async fn on_claims(&mut self, events: Vec<ClaimEvent>) {
         metrics::global().synced();
+        let own = Some(self.subnet);
         let mut peer_changes = 0;
-        let mut lost = false;
         let mut listed = false;
         for event in &events {
-            lost |= self.own.is_lost_by(event);
-            if self.own.is_own(event) {
-                continue;
-            }
-            let own = Some(self.own.subnet);
             peer_changes += match event {
-                LeaseEvent::Listing(leases) => {
+                ClaimEvent::Listing(claims) => {
                     listed = true;
                     metrics::global().leases_listed();
-                    self.peers.resync(leases, own).len()
+                    self.peers.resync(claims, own).len()
                 }
-                LeaseEvent::Put {
-                    key,
-                    value,
-                    create_revision,
-                } => self.peers.put(key, value, *create_revision, own).len(),
-                LeaseEvent::Delete { key } => self.peers.delete(key).len(),
+                ClaimEvent::Put(claim) => self.peers.put(claim, own).len(),
+                ClaimEvent::Delete { id } => self.peers.delete(id).len(),
             };
         }
         if listed {
@@ -177,31 +188,13 @@ impl Agent {
         if listed || peer_changes > 0 {
             self.apply().await;
         }
-        if lost {
-            // The loop goes on while it runs: the subnet comes back
-            // through `on_reacquired`.
-            self.own.start_reacquiring(&self.config);
-        }
-    }
-
-    /// The lease is due for renewal (only while it is held).
-    pub async fn on_renew_due(&mut self) {
-        self.own.renew().await;
-    }
-
-    /// The lost lease was acquired again, as `subnet`.
-    pub async fn on_reacquired(&mut self, subnet: Ipv4Net) -> Result<()> {
-        if self.own.reacquired(subnet) {
-            self.take_subnet().await?;
-        }
-        Ok(())
     }
 
     /// Makes the own subnet the node's (VXLAN device address, masquerade
     /// rules, subnet.env, in that order), and the local pods the ones in it.
     pub(super) async fn take_subnet(&mut self) -> Result<()> {
-        self.own.address_device(&self.kernel).await?;
-        let (network, subnet) = (self.config.network, self.own.subnet);
+        self.kernel.set_vxlan_address(&self.subnet).await?;
+        let (network, subnet) = (self.config.network, self.subnet);
         match &self.masq {
             Some(keeper) => keeper.follow(subnet),
             None if self.args.ip_masq => {
@@ -209,11 +202,30 @@ impl Agent {
             }
             None => {}
         }
-        self.own.write_env(&self.args, &self.config, self.mtu)?;
+        self.write_subnet_env()?;
         if let Some(fast_path) = self.fast_path.as_mut() {
-            fast_path.set_own_subnet(self.own.subnet);
+            fast_path.set_own_subnet(subnet);
             self.apply().await;
         }
+        Ok(())
+    }
+
+    /// Writes subnet.env for the subnet (the last step of taking it: the
+    /// CNI plugin reads it).
+    fn write_subnet_env(&self) -> Result<()> {
+        let subnet = self.subnet;
+        let gateway = Ipv4Net::new(
+            subnet.hosts().next().unwrap_or(subnet.network()),
+            subnet.prefix_len(),
+        )?;
+        let env = SubnetEnv {
+            network: self.config.network,
+            subnet: gateway,
+            mtu: self.mtu,
+            ipmasq: self.args.ip_masq,
+        };
+        subnet_env::write_atomic(&self.args.subnet_file, &env)?;
+        info!(file = %self.args.subnet_file.display(), subnet = %gateway, "subnet.env written");
         Ok(())
     }
 

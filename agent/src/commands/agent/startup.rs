@@ -1,15 +1,12 @@
-//! Start-up steps that run once, before the agent's loop: etcd connection
-//! and network config, the lease value this node announces, and the fast
-//! path's programs and maps.
+//! Start-up steps that run once, before the agent's loop: the lease value
+//! this node announces, and the fast path's programs and maps.
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use anyhow::{Context as _, Result};
-use etcd_client::ConnectOptions;
+use anyhow::Result;
 use tokio::sync::Notify;
-use tracing::{error, info};
+use tracing::info;
 
-use super::STARTUP_RETRY;
 use crate::{
     cli::AgentArgs,
     config::{BackendConfig, NetworkConfig},
@@ -25,42 +22,6 @@ use crate::{
     net::Uplink,
     verdicts::{self, Marks},
 };
-
-/// Connects to etcd and reads a valid network config, retrying (and saying
-/// why) until both work.
-pub async fn connect_and_read_config(
-    options: &crate::lease::registry::EtcdOptions,
-    connect: &ConnectOptions,
-) -> (crate::lease::registry::Registry, NetworkConfig) {
-    let mut last_error = String::new();
-    loop {
-        let attempt = async {
-            let mut registry = crate::lease::registry::Registry::connect(options, connect).await?;
-            let key = registry.config_key();
-            let text = registry
-                .config()
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("{key}: no network config yet"))?;
-            let config = NetworkConfig::parse(&text).with_context(|| key.clone())?;
-            anyhow::Ok((registry, config))
-        };
-        match attempt.await {
-            Ok(ready) => {
-                crate::metrics::global().etcd_connected(true);
-                return ready;
-            }
-            Err(error) => {
-                crate::metrics::global().etcd_connected(false);
-                let message = format!("{error:#}");
-                if message != last_error {
-                    error!("{message}; retrying");
-                    last_error = message;
-                }
-                tokio::time::sleep(STARTUP_RETRY).await;
-            }
-        }
-    }
-}
 
 /// The lease value this node announces.
 pub fn lease_attrs(

@@ -1,7 +1,39 @@
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::config::NetworkConfig;
+use crate::{config::NetworkConfig, lease::registry::RawLease};
+
+/// The table fed as the etcd subnet manager feeds it.
+trait FromEtcd {
+    fn resync_leases(&mut self, leases: &[RawLease], own: Option<Ipv4Net>) -> Vec<PeerChange>;
+    fn put_lease(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        create_revision: i64,
+        own: Option<Ipv4Net>,
+    ) -> Vec<PeerChange>;
+}
+
+impl FromEtcd for PeerTable {
+    fn resync_leases(&mut self, leases: &[RawLease], own: Option<Ipv4Net>) -> Vec<PeerChange> {
+        let claims: Vec<Claim> = leases
+            .iter()
+            .map(|lease| Claim::from_lease(&lease.key, &lease.value, lease.create_revision))
+            .collect();
+        self.resync(&claims, own)
+    }
+
+    fn put_lease(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        create_revision: i64,
+        own: Option<Ipv4Net>,
+    ) -> Vec<PeerChange> {
+        self.put(&Claim::from_lease(key, value, create_revision), own)
+    }
+}
 
 fn table() -> PeerTable {
     let config =
@@ -33,7 +65,7 @@ fn net(text: &str) -> Ipv4Net {
 fn resync_reports_adds_changes_and_removals_and_skips_our_own() {
     let mut table = table();
     let own = Some(net("10.244.1.0/24"));
-    let first = table.resync(
+    let first = table.resync_leases(
         &[
             lease("10.244.1.0-24", "192.168.77.1"),
             lease("10.244.2.0-24", "192.168.77.2"),
@@ -44,7 +76,7 @@ fn resync_reports_adds_changes_and_removals_and_skips_our_own() {
     assert!(
         matches!(&first[0], PeerChange::Upsert { subnet, .. } if *subnet == net("10.244.2.0/24"))
     );
-    let second = table.resync(
+    let second = table.resync_leases(
         &[
             lease("10.244.2.0-24", "192.168.77.9"),
             lease("10.244.3.0-24", "192.168.77.3"),
@@ -52,7 +84,7 @@ fn resync_reports_adds_changes_and_removals_and_skips_our_own() {
         own,
     );
     assert_eq!(second.len(), 2, "{second:?}");
-    let third = table.resync(&[], own);
+    let third = table.resync_leases(&[], own);
     assert_eq!(third.len(), 2);
     assert!(
         third
@@ -66,18 +98,18 @@ fn resync_reports_adds_changes_and_removals_and_skips_our_own() {
 fn a_lease_rewritten_with_a_bad_value_is_removed_like_a_delete() {
     let mut table = table();
     let good = lease("10.244.2.0-24", "192.168.77.2");
-    table.resync(std::slice::from_ref(&good), None);
-    let removed = table.put(&good.key, b"not json", 2, None);
+    table.resync_leases(std::slice::from_ref(&good), None);
+    let removed = table.put_lease(&good.key, b"not json", 2, None);
     assert!(
         matches!(&removed[..], [PeerChange::Remove { subnet, .. }] if *subnet == net("10.244.2.0/24")),
         "{removed:?}"
     );
     assert!(table.peers().is_empty());
     // Back to a good value: used again.
-    assert_eq!(table.put(&good.key, &good.value, 1, None).len(), 1);
+    assert_eq!(table.put_lease(&good.key, &good.value, 1, None).len(), 1);
     // A value that parses but breaks a rule, in a listing this time.
     let outside = lease("10.244.2.0-24", "10.244.9.9");
-    let removed = table.resync(&[outside, lease("garbage-key", "192.168.77.5")], None);
+    let removed = table.resync_leases(&[outside, lease("garbage-key", "192.168.77.5")], None);
     assert!(
         matches!(&removed[..], [PeerChange::Remove { .. }]),
         "{removed:?}"
@@ -96,10 +128,14 @@ fn listings_and_events_apply_the_same_rules() {
         lease("10.244.2.0-24", "0.0.0.0"),
     ];
     let mut listed = table();
-    assert!(listed.resync(&hostile, None).is_empty());
+    assert!(listed.resync_leases(&hostile, None).is_empty());
     let mut watched = table();
     for lease in &hostile {
-        assert!(watched.put(&lease.key, &lease.value, 1, None).is_empty());
+        assert!(
+            watched
+                .put_lease(&lease.key, &lease.value, 1, None)
+                .is_empty()
+        );
     }
     assert_eq!(listed.rejections(), watched.rejections());
     assert_eq!(listed.rejections()[&Rule::SubnetOutsideNetwork], 2);
@@ -111,17 +147,17 @@ fn a_rejection_is_counted_once_per_value_not_per_resync() {
     let mut table = table();
     let bad = lease("10.96.0.0-12", "192.168.77.9");
     for _ in 0..3 {
-        table.resync(std::slice::from_ref(&bad), None);
-        table.put(&bad.key, &bad.value, 1, None);
+        table.resync_leases(std::slice::from_ref(&bad), None);
+        table.put_lease(&bad.key, &bad.value, 1, None);
     }
     assert_eq!(table.rejections()[&Rule::SubnetOutsideNetwork], 1);
     // A different value for the same key is news.
     let other = lease("10.96.0.0-12", "192.168.77.8");
-    table.put(&other.key, &other.value, 1, None);
+    table.put_lease(&other.key, &other.value, 1, None);
     assert_eq!(table.rejections()[&Rule::SubnetOutsideNetwork], 2);
     // So is the same value after the key was deleted.
     table.delete(&bad.key);
-    table.put(&bad.key, &bad.value, 1, None);
+    table.put_lease(&bad.key, &bad.value, 1, None);
     assert_eq!(table.rejections()[&Rule::SubnetOutsideNetwork], 3);
 }
 
@@ -130,7 +166,7 @@ fn oversized_values_are_rejected_unread() {
     let mut table = table();
     let mut big = lease("10.244.2.0-24", "192.168.77.2");
     big.value.resize(1 << 20, b' ');
-    assert!(table.resync(&[big], None).is_empty());
+    assert!(table.resync_leases(&[big], None).is_empty());
     assert_eq!(table.rejections()[&Rule::ValueTooLarge], 1);
 }
 
@@ -138,11 +174,11 @@ fn oversized_values_are_rejected_unread() {
 fn delete_uses_the_last_value_and_put_ignores_repeats() {
     let mut table = table();
     let peer = lease("10.244.2.0-24", "192.168.77.2");
-    assert_eq!(table.put(&peer.key, &peer.value, 1, None).len(), 1);
-    assert!(table.put(&peer.key, &peer.value, 1, None).is_empty());
+    assert_eq!(table.put_lease(&peer.key, &peer.value, 1, None).len(), 1);
+    assert!(table.put_lease(&peer.key, &peer.value, 1, None).is_empty());
     let removed = table.delete(&peer.key);
     assert!(
-        matches!(&removed[..], [PeerChange::Remove { attrs, .. }] if attrs.public_ip.to_string() == "192.168.77.2")
+        matches!(&removed[..], [PeerChange::Remove { peer, .. }] if peer.public_ip.to_string() == "192.168.77.2")
     );
     assert!(table.delete(&peer.key).is_empty());
 }
@@ -169,13 +205,13 @@ fn a_lease_reusing_another_nodes_vtep_mac_is_refused_until_the_owner_goes() {
     let mac = "0e:01:c0:a8:4d:02";
     assert_eq!(
         table
-            .put(owner, &vxlan_value("192.168.77.2", mac), 5, None)
+            .put_lease(owner, &vxlan_value("192.168.77.2", mac), 5, None)
             .len(),
         1
     );
     assert!(
         table
-            .put(thief, &vxlan_value("192.168.77.66", mac), 9, None)
+            .put_lease(thief, &vxlan_value("192.168.77.66", mac), 9, None)
             .is_empty()
     );
     assert_eq!(table.rejections()[&Rule::VtepMacInUse], 1);
@@ -193,7 +229,7 @@ fn a_lease_reusing_another_nodes_vtep_mac_is_refused_until_the_owner_goes() {
             create_revision: 9,
         },
     ];
-    assert!(table.resync(&listing, None).is_empty());
+    assert!(table.resync_leases(&listing, None).is_empty());
     assert_eq!(table.rejections()[&Rule::VtepMacInUse], 1, "logged once");
     // The owner leaves: the MAC is free and the other lease is used.
     let changes = table.delete(owner);
@@ -211,14 +247,16 @@ fn events_keep_the_older_of_overlapping_leases() {
     // exercises the tie-break that guards the peer set anyway.
     let mut table = table();
     let young = lease("10.244.2.0-24", "192.168.77.2");
-    assert_eq!(table.put(&young.key, &young.value, 10, None).len(), 1);
+    assert_eq!(table.put_lease(&young.key, &young.value, 10, None).len(), 1);
     let wide = net("10.244.2.0/23");
+    let wide_id = "/coreos.com/network/subnets/10.244.2.0-23";
     table.set_candidate(
         wide,
+        wide_id,
         Some(Candidate {
-            key: "/coreos.com/network/subnets/10.244.2.0-23".into(),
-            create_revision: 5,
-            attrs: table.peers()[&net("10.244.2.0/24")].clone(),
+            id: wide_id.into(),
+            age: 5,
+            peer: table.peers()[&net("10.244.2.0/24")],
             fingerprint: 7,
         }),
     );
@@ -226,7 +264,7 @@ fn events_keep_the_older_of_overlapping_leases() {
     assert!(
         changes.contains(&PeerChange::Remove {
             subnet: net("10.244.2.0/24"),
-            attrs: table.peers()[&wide].clone()
+            peer: table.peers()[&wide]
         }),
         "{changes:?}"
     );
@@ -238,4 +276,72 @@ fn events_keep_the_older_of_overlapping_leases() {
         [net("10.244.2.0/24")]
     );
     assert_eq!(changes.len(), 2, "{changes:?}");
+}
+
+/// A claim as the Kubernetes subnet manager makes one from a Node.
+fn node_claim(name: &str, subnet: &str, ip: &str, created: i64) -> Claim {
+    let value = format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}}"#
+    );
+    Claim {
+        id: format!("node/{name}"),
+        subnet: Ok(net(subnet)),
+        attrs: Ok(crate::lease::LeaseAttrs::from_json(value.as_bytes()).unwrap()),
+        age: created,
+        fingerprint: super::super::claim::fingerprint(&value),
+    }
+}
+
+#[test]
+fn two_nodes_given_one_subnet_the_older_is_used_until_it_goes() {
+    let mut table = table();
+    let real = node_claim("n2", "10.244.2.0/24", "192.168.77.2", 100);
+    let forged = node_claim("forged", "10.244.2.0/24", "192.168.77.66", 200);
+    table.resync(&[forged.clone(), real.clone()], None);
+    assert_eq!(
+        table.peers()[&net("10.244.2.0/24")].public_ip,
+        Ipv4Addr::new(192, 168, 77, 2)
+    );
+    assert_eq!(table.rejections()[&Rule::SubnetOverlapsPeer], 1);
+    // The forged Node changing its value changes nothing.
+    let mut forged_again = node_claim("forged", "10.244.2.0/24", "192.168.77.67", 200);
+    forged_again.fingerprint += 1;
+    assert!(table.put(&forged_again, None).is_empty());
+    // Deleting the forged one leaves the real one alone.
+    assert!(table.delete("node/forged").is_empty());
+    assert!(table.put(&forged_again, None).is_empty());
+    // The real one gone, the other claimant of its subnet takes over.
+    let changes = table.delete("node/n2");
+    assert!(
+        matches!(&changes[..], [PeerChange::Upsert { peer, .. }] if peer.public_ip == Ipv4Addr::new(192, 168, 77, 67)),
+        "{changes:?}"
+    );
+}
+
+#[test]
+fn a_node_whose_pod_cidr_moves_gives_up_the_old_subnet() {
+    let mut table = table();
+    table.put(
+        &node_claim("n2", "10.244.2.0/24", "192.168.77.2", 100),
+        None,
+    );
+    let changes = table.put(
+        &node_claim("n2", "10.244.9.0/24", "192.168.77.2", 100),
+        None,
+    );
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(
+        table.peers().keys().copied().collect::<Vec<_>>(),
+        [net("10.244.9.0/24")]
+    );
+    // A value that no longer parses removes it like a delete.
+    let mut broken = node_claim("n2", "10.244.9.0/24", "192.168.77.2", 100);
+    broken.attrs = Err(Rejection::new(Rule::MalformedAnnotation, "public-ip \"x\""));
+    let changes = table.put(&broken, None);
+    assert!(
+        matches!(&changes[..], [PeerChange::Remove { .. }]),
+        "{changes:?}"
+    );
+    assert!(table.peers().is_empty());
+    assert!(table.delete("node/n2").is_empty());
 }

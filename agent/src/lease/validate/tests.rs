@@ -155,13 +155,15 @@ fn backend_type_vni_and_vtep_mac_must_match_the_network() {
 /// A candidate with a VTEP MAC of its own (the last byte from the key's
 /// length and revision).
 fn candidate(key: &str, create_revision: i64) -> Candidate {
-    let mut attrs = attrs("192.168.77.2");
-    attrs.backend_data.as_mut().unwrap().vtep_mac =
-        MacAddr([0x0e, 1, 0, 0, key.len() as u8, create_revision as u8]);
     Candidate {
-        key: key.into(),
-        create_revision,
-        attrs,
+        id: key.into(),
+        age: create_revision,
+        peer: AcceptedPeer {
+            public_ip: "192.168.77.2".parse().unwrap(),
+            backend: PeerBackend::Vxlan {
+                vtep_mac: MacAddr([0x0e, 1, 0, 0, key.len() as u8, create_revision as u8]),
+            },
+        },
         fingerprint: 0,
     }
 }
@@ -170,18 +172,22 @@ fn candidate(key: &str, create_revision: i64) -> Candidate {
 fn a_vtep_mac_belongs_to_the_older_lease() {
     let mut young = candidate("/p/subnets/10.244.3.0-24", 8);
     let old = candidate("/p/subnets/10.244.2.0-24", 4);
-    young.attrs.backend_data = old.attrs.backend_data.clone();
+    young.peer.backend = old.peer.backend;
     let candidates = BTreeMap::from([(net("10.244.3.0/24"), young), (net("10.244.2.0/24"), old)]);
-    let (accepted, losers) = resolve_overlaps(&candidates);
+    let (accepted, losers) = resolve_overlaps(
+        candidates
+            .iter()
+            .map(|(subnet, candidate)| (*subnet, candidate)),
+    );
     assert_eq!(
         accepted.keys().copied().collect::<Vec<_>>(),
         [net("10.244.2.0/24")]
     );
     assert_eq!(losers.len(), 1);
     assert_eq!(losers[0].0, net("10.244.3.0/24"));
-    assert_eq!(losers[0].1.rule, Rule::VtepMacInUse);
+    assert_eq!(losers[0].2.rule, Rule::VtepMacInUse);
     assert!(
-        losers[0].1.reason.contains("/p/subnets/10.244.2.0-24"),
+        losers[0].2.reason.contains("/p/subnets/10.244.2.0-24"),
         "{:?}",
         losers[0]
     );
@@ -207,7 +213,11 @@ fn on_overlap_the_older_lease_by_create_revision_wins() {
             candidate("/p/subnets/10.244.9.0-24", 20),
         ),
     ]);
-    let (accepted, losers) = resolve_overlaps(&candidates);
+    let (accepted, losers) = resolve_overlaps(
+        candidates
+            .iter()
+            .map(|(subnet, candidate)| (*subnet, candidate)),
+    );
     assert_eq!(
         accepted.keys().copied().collect::<Vec<_>>(),
         [
@@ -220,18 +230,19 @@ fn on_overlap_the_older_lease_by_create_revision_wins() {
     );
     assert_eq!(losers.len(), 1);
     assert_eq!(losers[0].0, net("10.244.2.0/23"));
-    assert_eq!(losers[0].1.rule, Rule::SubnetOverlapsPeer);
+    assert_eq!(losers[0].2.rule, Rule::SubnetOverlapsPeer);
     assert_eq!(
-        losers[0].1.reason,
+        losers[0].2.reason,
         "subnet 10.244.2.0/23 overlaps 10.244.3.0/24 of /p/subnets/10.244.3.0-24, which is older"
     );
     // The same leases the other way round in age: the /23 wins both.
     let mut reversed = candidates.clone();
-    reversed
-        .get_mut(&net("10.244.2.0/23"))
-        .unwrap()
-        .create_revision = 1;
-    let (accepted, losers) = resolve_overlaps(&reversed);
+    reversed.get_mut(&net("10.244.2.0/23")).unwrap().age = 1;
+    let (accepted, losers) = resolve_overlaps(
+        reversed
+            .iter()
+            .map(|(subnet, candidate)| (*subnet, candidate)),
+    );
     assert_eq!(
         accepted.keys().copied().collect::<Vec<_>>(),
         [net("10.244.2.0/23"), net("10.244.9.0/24")]

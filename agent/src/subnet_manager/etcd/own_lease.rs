@@ -1,7 +1,5 @@
-//! This node's own lease: acquisition (retried until it works), renewal,
-//! noticing that it was deleted or overwritten, acquiring it again, and
-//! making a subnet the node's (VXLAN device address, `subnet.env`; the
-//! masquerade rules are `masq::Keeper`'s).
+//! This node's own etcd lease: acquisition (retried until it works),
+//! renewal, noticing that it was deleted or overwritten, acquiring it again.
 //!
 //! The lease is either held (renewed when due) or being acquired again.
 //! Acquiring again can take forever (no free subnet, etcd away), so it runs
@@ -10,16 +8,13 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
 use ipnet::Ipv4Net;
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tracing::{error, info, warn};
 
 use super::STARTUP_RETRY;
 use crate::{
-    cli::AgentArgs,
     config::NetworkConfig,
-    dataplane::kernel::KernelDataplane,
     lease::{
         self, LeaseAttrs,
         acquire::{LEASE_TTL, acquire},
@@ -27,7 +22,6 @@ use crate::{
         watch::LeaseEvent,
     },
     metrics,
-    subnet_env::{self, SubnetEnv},
 };
 
 /// A failed renewal is retried this often, as flanneld does.
@@ -193,31 +187,6 @@ impl OwnLease {
             }
         };
         metrics::global().lease_renewed(renewed);
-    }
-
-    /// Gives the VXLAN device the subnet's address (the first step of
-    /// making the subnet this node's).
-    pub async fn address_device(&self, kernel: &KernelDataplane) -> Result<()> {
-        kernel.set_vxlan_address(&self.subnet).await
-    }
-
-    /// Writes subnet.env for the subnet (the last step: the CNI plugin
-    /// reads it).
-    pub fn write_env(&self, args: &AgentArgs, config: &NetworkConfig, mtu: u32) -> Result<()> {
-        let subnet = self.subnet;
-        let gateway = Ipv4Net::new(
-            subnet.hosts().next().unwrap_or(subnet.network()),
-            subnet.prefix_len(),
-        )?;
-        let env = SubnetEnv {
-            network: config.network,
-            subnet: gateway,
-            mtu,
-            ipmasq: args.ip_masq,
-        };
-        subnet_env::write_atomic(&args.subnet_file, &env)?;
-        info!(file = %args.subnet_file.display(), subnet = %gateway, "subnet.env written");
-        Ok(())
     }
 }
 
