@@ -84,9 +84,9 @@ struct UpArgs {
     #[arg(long)]
     flanneld: Option<PathBuf>,
     /// Where the agents get subnets and peers: the lab's etcd, or a real
-    /// kube-apiserver in the underlay (Nodes with podCIDRs; for now with
-    /// `--agent flanneld` only). Needs $WEFT_KUBERNETES_BIN, which `cargo
-    /// xtask` sets when it built Kubernetes (WEFT_KUBERNETES_SOURCE).
+    /// kube-apiserver in the underlay (Nodes with podCIDRs), with weft or
+    /// `--agent flanneld`. Needs $WEFT_KUBERNETES_BIN, which `cargo xtask`
+    /// sets when it built Kubernetes (WEFT_KUBERNETES_SOURCE).
     #[arg(long, value_enum, default_value_t = SubnetManagerArg::Etcd)]
     subnet_manager: SubnetManagerArg,
     /// Run a real Prometheus in the underlay that scrapes every weft agent.
