@@ -26,7 +26,10 @@ use weft_agent::{
 };
 use weft_tests::{
     Dataplane, Lab, LabSpec, SubnetManager,
+    containerd::Containerd,
+    flannel,
     kube::{self, KubeState},
+    lab::{DECAP_COUNTERS, counter_delta, counters_delta},
     privileged::reference_kubernetes,
     privileged_test,
 };
@@ -717,4 +720,386 @@ fn one_node_label_moves_each_node_between_flanneld_and_weft_as_the_docs_say() {
         "a new node",
         &[(n1, weft), (n2, weft), (n3, weft), ("kd-switch-new", weft)],
     );
+}
+
+/// The node image: `$WEFT_IMAGE` (`cargo xtask test` sets it), else the one
+/// archive in target/image (`cargo xtask image`).
+fn image() -> std::path::PathBuf {
+    if let Some(image) = std::env::var_os("WEFT_IMAGE") {
+        return image.into();
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/image");
+    let archives: Vec<_> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.to_string_lossy().ends_with(".oci.tar"))
+        .collect();
+    match archives.as_slice() {
+        [archive] => archive.clone(),
+        _ => panic!(
+            "no single .oci.tar in {} ({archives:?}) and WEFT_IMAGE unset: run `cargo xtask image` \
+             (`cargo xtask test` builds it and sets WEFT_IMAGE)",
+            dir.display()
+        ),
+    }
+}
+
+/// Every capability runc knows, by the name ctr takes.
+const ALL_CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// A container of the private containerd, killed and removed when dropped
+/// (also when the test fails).
+struct Container<'a> {
+    containerd: &'a Containerd,
+    id: String,
+}
+
+impl Container<'_> {
+    /// The pid of its process, as the host sees it.
+    fn pid(&self) -> u32 {
+        let out = self.containerd.ctr(&["task", "ls"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                (fields.next() == Some(self.id.as_str())).then(|| fields.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("container {} has no running task", self.id))
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let id = self.id.as_str();
+        let _ = self
+            .containerd
+            .ctr(&["task", "kill", "-s", "SIGKILL", id])
+            .output();
+        for _ in 0..50 {
+            let out = self.containerd.ctr(&["task", "rm", "-f", id]).output();
+            if out.is_ok_and(|out| out.status.success()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.containerd.ctr(&["container", "rm", id]).output();
+    }
+}
+
+/// `GET http://address:port/readyz` from inside `ns`, as kubelet probes a
+/// host-network pod: whether it answers 200.
+fn ready_at(ns: &str, address: &str, port: u16) -> bool {
+    weft_tests::netns::in_netns(ns, || {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect((address, port)) else {
+            return Ok(false);
+        };
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        Ok(response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"))
+    })
+    .unwrap_or(false)
+}
+
+/// The capability bits of a `/proc/<pid>/status` line (`CapEff:` ...).
+fn capability_mask(status: &str, field: &str) -> u64 {
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in the process status"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+#[test]
+fn weft_yamls_agent_container_runs_unprivileged_in_containerd_and_serves_its_node() {
+    const TEST: &str =
+        "weft_yamls_agent_container_runs_unprivileged_in_containerd_and_serves_its_node";
+    let Some(_guard) = privileged_test(TEST) else {
+        return;
+    };
+    let Some(kubernetes) = reference_kubernetes(TEST) else {
+        return;
+    };
+    let archive = image();
+
+    // The agent container of weft.yaml's DaemonSet, and its ConfigMap.
+    let documents = documents(KUBE_MODE);
+    let daemon_set = documents.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let config_map = documents.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let pod = &daemon_set["spec"]["template"]["spec"];
+    let container = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "weft")
+        .unwrap();
+    let strings = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|item| item.as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Two weft nodes in kube mode; node 1's agent then moves into the
+    // container, as on a node where the DaemonSet's pod replaces it.
+    let mut spec = LabSpec::new("kd-ctr", 2, 1);
+    spec.subnet_manager = SubnetManager::Kube;
+    spec.kubernetes_bin = Some(kubernetes);
+    let lab = Lab::up(&spec).unwrap();
+    let api = lab.kube().unwrap();
+    let first = lab.node_ids().next().unwrap();
+    let node = lab.node(first).clone();
+    let subnet_env = std::fs::read_to_string(&node.subnet_file).unwrap();
+    lab.stop_agent(first, nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+
+    // What kubelet gives the pod: the ConfigMap's files, the
+    // ServiceAccount's token and CA, the downward API's values, the
+    // in-cluster address of the API server (here the server's own: the
+    // lab runs no kube-proxy).
+    let dir = lab.state.run_dir.join("kd-ctr-pod");
+    let config_dir = dir.join("kube-flannel-cfg");
+    let account_dir = dir.join("serviceaccount");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::create_dir_all(&account_dir).unwrap();
+    for (name, text) in config_map["data"].as_object().unwrap() {
+        std::fs::write(config_dir.join(name), text.as_str().unwrap()).unwrap();
+    }
+    let agent_config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&api.agent_kubeconfig).unwrap()).unwrap();
+    let token = agent_config["users"][0]["user"]["token"].as_str().unwrap();
+    std::fs::write(account_dir.join("token"), token).unwrap();
+    std::fs::copy(
+        api.admin_kubeconfig.with_file_name("ca.crt"),
+        account_dir.join("ca.crt"),
+    )
+    .unwrap();
+    std::fs::write(account_dir.join("namespace"), kube::AGENT_NAMESPACE).unwrap();
+    let (host, port) = api
+        .server
+        .strip_prefix("https://")
+        .and_then(|address| address.rsplit_once(':'))
+        .unwrap();
+    let mut env = vec![
+        format!("KUBERNETES_SERVICE_HOST={host}"),
+        format!("KUBERNETES_SERVICE_PORT={port}"),
+        // The lab's pin directory for the node, so its probes and teardown
+        // find the pins (weft.yaml leaves the default, /sys/fs/bpf/weft).
+        format!("WEFT_BPF_PIN_DIR={}", node.pin_dir.display()),
+    ];
+    for var in container["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            Some("spec.nodeName") => node.node_name().to_owned(),
+            Some("metadata.name") => "weft-kdctr".to_owned(),
+            Some("metadata.namespace") => kube::AGENT_NAMESPACE.to_owned(),
+            Some("status.hostIP") => node.ip.clone(),
+            Some(other) => panic!("a downward API field the test does not know: {other}"),
+            None => var["value"].as_str().unwrap().to_owned(),
+        };
+        env.push(format!("{name}={value}"));
+    }
+    // The DaemonSet's volumes, with the node's paths the lab uses.
+    let volumes = pod["volumes"].as_array().unwrap();
+    let mut mounts = vec![format!(
+        "type=bind,src={},dst=/var/run/secrets/kubernetes.io/serviceaccount,options=rbind:ro",
+        account_dir.display()
+    )];
+    for mount in container["volumeMounts"].as_array().unwrap() {
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+        let target = mount["mountPath"].as_str().unwrap().trim_end_matches('/');
+        let source = match (volume["hostPath"]["path"].as_str(), target) {
+            (Some("/run/flannel"), _) => node.subnet_file.parent().unwrap().to_owned(),
+            (Some(path), _) => std::path::PathBuf::from(path),
+            (None, _) if !volume["configMap"].is_null() => config_dir.clone(),
+            _ => panic!("a volume the test does not know: {volume}"),
+        };
+        let mut options = vec!["rbind"];
+        options.push(if mount["readOnly"] == true {
+            "ro"
+        } else {
+            "rw"
+        });
+        match mount["mountPropagation"].as_str() {
+            Some("HostToContainer") => options.push("rslave"),
+            Some(other) => panic!("a propagation the test does not map: {other}"),
+            None => options.push("rprivate"),
+        }
+        mounts.push(format!(
+            "type=bind,src={},dst={target},options={}",
+            source.display(),
+            options.join(":")
+        ));
+    }
+    // Capabilities: the DaemonSet's added set, every other one dropped.
+    let security = &container["securityContext"];
+    assert_eq!(security["privileged"], false);
+    assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
+    let added: Vec<String> = strings(&security["capabilities"]["add"])
+        .into_iter()
+        .map(|cap| format!("CAP_{cap}"))
+        .collect();
+
+    let containerd = Containerd::start(&dir.join("containerd")).unwrap();
+    let imported = containerd
+        .ctr(&["image", "import"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(imported.status.success(), "{imported:?}");
+    let image_name = container["image"].as_str().unwrap();
+    let id = format!("kd-ctr-{}", std::process::id());
+    let mut run = containerd.ctr(&["run", "--detach"]);
+    run.arg(format!("--with-ns=network:/run/netns/{}", node.ns));
+    let log = dir.join("agent.log");
+    run.arg(format!("--log-uri=file://{}", log.display()));
+    for cap in ALL_CAPABILITIES
+        .iter()
+        .filter(|cap| !added.iter().any(|a| a == *cap))
+    {
+        run.arg(format!("--cap-drop={cap}"));
+    }
+    for cap in &added {
+        run.arg(format!("--cap-add={cap}"));
+    }
+    for mount in &mounts {
+        run.arg(format!("--mount={mount}"));
+    }
+    for var in &env {
+        run.arg(format!("--env={var}"));
+    }
+    run.args([image_name, id.as_str()])
+        .args(strings(&container["command"]))
+        .args(strings(&container["args"]));
+    let started = run.output().unwrap();
+    let agent = Container {
+        containerd: &containerd,
+        id: id.clone(),
+    };
+    assert!(started.status.success(), "ctr run: {started:?}");
+
+    // Ready, as kubelet's readiness probe asks: the metrics port on the
+    // node's address.
+    let port = container["ports"][0]["containerPort"].as_u64().unwrap() as u16;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !ready_at(&node.ns, &node.ip, port) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the containerized agent is not ready on {}:{port}; its log:\n{}",
+            node.ip,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
+    // Exactly the DaemonSet's capabilities, on a read-only /sys.
+    let pid = agent.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let expected: u64 = [12, 21, 38, 39].iter().map(|bit| 1u64 << bit).sum();
+    assert_eq!(added.len(), 4, "{added:?}");
+    assert_eq!(capability_mask(&status, "CapEff:"), expected, "{status}");
+    assert_eq!(capability_mask(&status, "CapBnd:"), expected, "{status}");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let sys = mountinfo
+        .lines()
+        .find(|line| line.split_whitespace().nth(4) == Some("/sys"))
+        .expect("/sys in the container");
+    assert!(
+        sys.split_whitespace()
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "/sys is writable in the container: {sys}"
+    );
+
+    // Its Node, as flanneld would have left it; subnet.env unchanged.
+    let object = api.node(node.node_name()).unwrap();
+    let annotations = &object["metadata"]["annotations"];
+    assert_eq!(
+        annotations["flannel.alpha.coreos.com/public-ip"].as_str(),
+        Some(node.ip.as_str())
+    );
+    assert_eq!(
+        annotations["flannel.alpha.coreos.com/backend-data"].as_str(),
+        Some(
+            format!(
+                r#"{{"VNI":1,"VtepMAC":"{}"}}"#,
+                flannel::vtep_mac(&node).unwrap()
+            )
+            .as_str()
+        )
+    );
+    // The same subnet and MTU; the DaemonSet runs --ip-masq, the lab's
+    // agents do not.
+    assert_eq!(
+        std::fs::read_to_string(&node.subnet_file).unwrap(),
+        subnet_env.replace("FLANNEL_IPMASQ=false", "FLANNEL_IPMASQ=true")
+    );
+
+    // Pods on both nodes reach each other, the fast path carrying it on the
+    // containerized agent's node.
+    lab.warm_up().unwrap();
+    let before = lab.counters(first).unwrap();
+    lab.assert_all_pairs_ping(20);
+    let after = lab.counters(first).unwrap();
+    let encap = weft_common::Hook::TcPodEgress.counter(weft_common::Reason::Encap);
+    assert!(
+        counter_delta(&before, &after, encap).0 >= 10,
+        "the fast path did not encapsulate on {}",
+        node.ns
+    );
+    assert!(
+        counters_delta(&before, &after, &DECAP_COUNTERS).0 >= 10,
+        "the fast path did not deliver on {}",
+        node.ns
+    );
+    drop(agent);
 }
