@@ -6,4 +6,3 @@ pub mod guard;
 pub mod kernel;
 pub mod maps;
 pub mod pod_neighbours;
-pub mod pods;

@@ -1,9 +1,12 @@
 //! What the datapath should hold, computed from the inputs and nothing else:
-//! no netlink, no maps, no etcd. Both sinks consume the same [`Desired`]:
-//! the kernel writer (`dataplane/kernel.rs`) takes `routes`, the map writer
-//! (`dataplane/maps.rs`) takes `peers`, `vteps`, `endpoints` and `config`.
-//! So the VXLAN-or-direct decision, the next-hop MAC, CONFIG and the overlay
-//! MTU each come from exactly one place: here.
+//! no netlink, no maps, no etcd. Every sink consumes the same [`Desired`]:
+//! the kernel writer (`dataplane/kernel.rs`) takes `routes`, the overlay
+//! guard (`dataplane/guard.rs`) `members`, the map writer
+//! (`dataplane/maps.rs`) `peers`, `vteps`, `endpoints` and `config`, and
+//! the fast path (`dataplane/fastpath.rs`) pins `pod_neighbours` on the
+//! bridge (`dataplane/pod_neighbours.rs`). So the VXLAN-or-direct decision,
+//! the next-hop MAC, CONFIG, the pods' pinned MACs and the overlay MTU each
+//! come from exactly one place: here.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -105,12 +108,16 @@ pub struct LocalPod {
 /// Everything the desired state depends on.
 pub struct Inputs<'a> {
     pub node: &'a NodeFacts,
+    /// This node's subnet (`Agent::subnet`): the permanent neighbour entries
+    /// inside it on the bridge are weft's.
+    pub subnet: Ipv4Net,
     /// The accepted peers (`PeerTable::peers`).
     pub peers: &'a BTreeMap<Ipv4Net, AcceptedPeer>,
     /// The latest local view: the uplink's routes (which peers are on-link,
     /// so VXLAN or direct) and neighbours (next-hop MACs), the gateway MAC.
     pub view: &'a LocalView,
-    /// The local pods read from their own side (`LocalPods::endpoints`).
+    /// The local pods read from their own side, inside [`Self::subnet`]
+    /// (`LocalPods::endpoints`).
     pub pods: &'a BTreeMap<Ipv4Addr, LocalPod>,
     /// The nftables ruleset generation (never goes back).
     pub ruleset_generation: u32,
@@ -151,6 +158,24 @@ pub struct Desired {
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     /// CONFIG[0]: live, or dormant (no uplink) with the ruleset generation.
     pub config: NodeConfig,
+    /// The local pods' permanent neighbour entries on the bridge. None
+    /// while no bridge is known (no local view yet, or no bridge): the
+    /// bridge is left as it is.
+    pub pod_neighbours: Option<PodNeighbours>,
+}
+
+/// Each local pod's address pinned to its own MAC on the CNI bridge, as a
+/// permanent neighbour entry that received ARP cannot change
+/// (`dataplane/pod_neighbours.rs` says why).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodNeighbours {
+    /// The bridge's ifindex.
+    pub bridge: u32,
+    /// This node's subnet: the permanent entries inside it on the bridge
+    /// are weft's, and any not in `pinned` go.
+    pub subnet: Ipv4Net,
+    /// Local pod address -> the MAC of the pod's end of its veth.
+    pub pinned: BTreeMap<Ipv4Addr, MacAddr>,
 }
 
 /// Computes the desired state; costs memory work only, so it can run on
@@ -193,6 +218,11 @@ pub fn compute(inputs: &Inputs) -> Desired {
             (*ip, entry)
         })
         .collect();
+    desired.pod_neighbours = inputs.view.bridge_index.map(|bridge| PodNeighbours {
+        bridge,
+        subnet: inputs.subnet,
+        pinned: inputs.pods.iter().map(|(ip, pod)| (*ip, pod.mac)).collect(),
+    });
     desired.config = if planned {
         let mut config = node_config(
             inputs.node,

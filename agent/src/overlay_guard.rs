@@ -102,9 +102,34 @@ add rule inet {TABLE} overlay_input meta nfproto ipv6 udp dport {port} counter n
     script
 }
 
-/// Installs (or rewrites) the guard in one transaction.
-pub fn install(spec: &GuardSpec) -> Result<()> {
-    crate::nft::apply(&script(spec), "overlay guard")
+/// Installs (or rewrites) the guard in one transaction, with `known_peers`
+/// added to the peer set first: the VTEPs the node already sends to (the
+/// VXLAN device's fdb, as flanneld or a previous agent left it), so a node
+/// taken over from flanneld keeps hearing its peers until the first
+/// listing replaces the set with the accepted peers.
+pub fn install(spec: &GuardSpec, known_peers: &BTreeSet<Ipv4Addr>) -> Result<()> {
+    crate::nft::apply(&install_script(spec, known_peers), "overlay guard")
+}
+
+/// [`script`] with `known_peers` added to the set before the chains, in
+/// the same transaction: no moment in which the input rule exists and the
+/// set lacks them.
+fn install_script(spec: &GuardSpec, known_peers: &BTreeSet<Ipv4Addr>) -> String {
+    let mut script = script(spec);
+    if !known_peers.is_empty() {
+        let elements: Vec<String> = known_peers.iter().map(Ipv4Addr::to_string).collect();
+        let at = script
+            .find("add chain inet")
+            .expect("the guard script adds its chains");
+        script.insert_str(
+            at,
+            &format!(
+                "add element inet {TABLE} {MEMBERS_SET} {{ {} }}\n",
+                elements.join(", ")
+            ),
+        );
+    }
+    script
 }
 
 /// Replaces the peer set with `members`, in one transaction (no moment
@@ -206,6 +231,22 @@ mod tests {
         // The set is added, never flushed: a restart keeps the last peers.
         assert!(!script.contains("flush set"), "{script}");
         assert!(!script.contains("delete table"), "{script}");
+    }
+
+    #[test]
+    fn the_vteps_the_node_already_sends_to_are_members_before_the_rules_exist() {
+        let known = BTreeSet::from([
+            Ipv4Addr::new(192, 168, 77, 2),
+            Ipv4Addr::new(192, 168, 77, 3),
+        ]);
+        let script = install_script(&spec(), &known);
+        let element = script
+            .find("add element inet weft overlay_members { 192.168.77.2, 192.168.77.3 }")
+            .expect(&script);
+        assert!(element < script.find("add chain inet weft overlay_input").unwrap());
+        // Added, never flushed: a previous agent's members stay too.
+        assert!(!script.contains("flush set"));
+        assert_eq!(install_script(&spec(), &BTreeSet::new()), super::script(&spec()));
     }
 
     #[test]

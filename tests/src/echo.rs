@@ -139,6 +139,49 @@ impl TcpSession {
         Ok(())
     }
 
+    /// Sends `line` as it is (a protocol's line, say) and waits for its echo.
+    pub fn exchange_line(&mut self, line: &str) -> Result<()> {
+        self.socket.write_all(line.as_bytes())?;
+        let mut reply = vec![0u8; line.len()];
+        self.socket
+            .read_exact(&mut reply)
+            .with_context(|| format!("no echo from {} of {line:?}", self.target))?;
+        if reply != line.as_bytes() {
+            bail!("{} echoed {line:?} with other bytes", self.target);
+        }
+        Ok(())
+    }
+
+    /// Closes the connection with a reset (`SO_LINGER` 0): nothing of it is
+    /// sent afterwards, not even a request left unanswered (a test that
+    /// counts packets next would count its retransmissions).
+    pub fn abort(self) -> Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on a socket this session owns, with a value of
+        // the size it says.
+        let set = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            bail!(
+                "SO_LINGER on the connection to {}: {}",
+                self.target,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     /// The client's address (its source port names the connection).
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.socket.local_addr()?)

@@ -416,3 +416,88 @@ fn random_token() -> Result<String> {
     fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
+
+// kube-tests-a: what the kube subnet manager's end-to-end tests ask the API
+// server, always as the lab's admin (never with the agents' token).
+
+/// flanneld's default `--kube-annotation-prefix`.
+pub const ANNOTATION_PREFIX: &str = "flannel.alpha.coreos.com";
+
+/// The message flanneld v0.20.2 puts on its `NetworkUnavailable=False` condition.
+pub const FLANNEL_IS_UP_MESSAGE: &str = "Flannel is running on this node";
+
+impl KubeState {
+    /// `kubectl delete node <name>`, as an admin removes a node for good.
+    pub fn delete_node(&self, name: &str) -> Result<()> {
+        self.admin(&["delete", "node", name, "--wait=true"])
+            .with_context(|| format!("deleting Node {name}"))
+            .map(drop)
+    }
+
+    /// The names of every Node the API server holds.
+    pub fn node_names(&self) -> Result<Vec<String>> {
+        let out = self.admin(&["get", "nodes", "-o", "name"])?;
+        Ok(out
+            .lines()
+            .filter_map(|line| line.strip_prefix("node/"))
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+/// A Node's annotations under flannel's prefix, keyed without it
+/// (`backend-type`, `backend-data`, ...). A non-string value is an error:
+/// annotations are strings, and a test must not read a wrong one as absent.
+pub fn flannel_annotations(
+    node: &serde_json::Value,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let prefix = format!("{ANNOTATION_PREFIX}/");
+    let mut found = std::collections::BTreeMap::new();
+    let annotations = node["metadata"]["annotations"].as_object();
+    for (key, value) in annotations.into_iter().flatten() {
+        if let Some(short) = key.strip_prefix(&prefix) {
+            let value = value
+                .as_str()
+                .with_context(|| format!("annotation {key} is not a string: {value}"))?;
+            found.insert(short.to_owned(), value.to_owned());
+        }
+    }
+    Ok(found)
+}
+
+/// A Node's condition of type `kind` (e.g. `NetworkUnavailable`), if it has one.
+pub fn condition(node: &serde_json::Value, kind: &str) -> Option<serde_json::Value> {
+    node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|condition| condition["type"] == kind)
+        .cloned()
+}
+
+/// What one node holds for one peer: its kernel entries and, where weft's
+/// eBPF dataplane runs, its fast-path map entries (`Lab::peer_traces`).
+#[derive(Debug)]
+pub struct PeerTraces {
+    /// Routes to the peer's podCIDR.
+    pub routes: Vec<serde_json::Value>,
+    /// flannel.1's neighbour entries for the peer's VTEP address (its
+    /// podCIDR's network address); none without flannel.1.
+    pub neighbours: Vec<serde_json::Value>,
+    /// flannel.1's FDB entries towards the peer's address.
+    pub fdb: Vec<serde_json::Value>,
+    /// `weft maps peers` rows for the peer's podCIDR.
+    pub peers: Vec<serde_json::Value>,
+    /// `weft maps vteps` entries for the peer's address.
+    pub vteps: Vec<serde_json::Value>,
+}
+
+impl PeerTraces {
+    /// Whether nothing of the peer is left.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+            && self.neighbours.is_empty()
+            && self.fdb.is_empty()
+            && self.peers.is_empty()
+            && self.vteps.is_empty()
+    }
+}

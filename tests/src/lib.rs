@@ -8,7 +8,9 @@
 use clap as _;
 // The integration tests' dev-dependencies; the library's unit tests see them too.
 #[cfg(test)]
-use {k8s_openapi as _, prometheus_parse as _, proptest as _, serde_yaml_ng as _};
+use {
+    k8s_openapi as _, prometheus_parse as _, proptest as _, pulldown_cmark as _, serde_yaml_ng as _,
+};
 
 pub mod bandwidth;
 pub mod cni;

@@ -18,6 +18,19 @@ pub struct PrivilegedGuard {
     _lock: File,
 }
 
+/// The first line of every privileged test: `let _guard = privileged!("name");`
+/// returns from the test (after saying loudly that it is skipped) where it
+/// cannot run, else holds the host-wide lab lock until the test ends.
+#[macro_export]
+macro_rules! privileged {
+    ($test:expr) => {
+        match $crate::privileged_test($test) {
+            Some(guard) => guard,
+            None => return,
+        }
+    };
+}
+
 /// Returns a guard if this test can run, `None` (after saying so loudly) if
 /// it must be skipped; panics where skipping is not allowed or a tool the
 /// lab needs is missing.

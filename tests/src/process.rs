@@ -44,6 +44,49 @@ pub fn spawn_daemon(mut command: Command, log: &Path, pid_file: &Path) -> Result
     Ok(pid)
 }
 
+/// Bounds what `command` will run to `capabilities` (numbers, as in
+/// linux/capability.h), with no new privileges, as systemd's
+/// `CapabilityBoundingSet=` and `NoNewPrivileges=yes` do: run as root, it
+/// holds exactly those after exec, and so does every program it runs.
+pub fn bound_capabilities(command: &mut Command, capabilities: &[u32]) -> Result<()> {
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .context("cannot read /proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()
+        .context("/proc/sys/kernel/cap_last_cap is not a number")?;
+    let dropped: Vec<libc::c_ulong> = (0..=last)
+        .filter(|cap| !capabilities.contains(cap))
+        .map(libc::c_ulong::from)
+        .collect();
+    // SAFETY: prctl is async-signal-safe; the closure only makes those calls
+    // on memory it owns.
+    unsafe {
+        command.pre_exec(move || {
+            for cap in &dropped {
+                if libc::prctl(libc::PR_CAPBSET_DROP, *cap, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// Whether no process holds a `flock` on `path` (taken and released at
+/// once to find out).
+pub fn unlocked(path: &Path) -> Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    // Closing the file releases the lock if we took it.
+    Ok(locked == 0)
+}
+
 /// The pid recorded in `pid_file`, if the process is still that program.
 pub fn running_pid(pid_file: &Path) -> Option<u32> {
     let text = fs::read_to_string(pid_file).ok()?;

@@ -29,7 +29,7 @@ use weft_tests::{
     Lab, LabSpec, NodeId,
     lab::{NodeState, PodState, counter_delta, wait_for},
     leases::log_of,
-    netns, privileged_test,
+    netns, privileged,
 };
 
 /// A warmed-up lab of two nodes with one pod each: node 1, its pod and
@@ -72,11 +72,8 @@ fn verdict_chain_installed(ns: &str) -> bool {
 
 #[test]
 fn another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone() {
-    let Some(_guard) = privileged_test(
-        "another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone",
-    ) else {
-        return;
-    };
+    let _guard =
+        privileged!("another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone");
     let (lab, node1, local, remote) = two_nodes("t-am-bit");
     let n1 = node1.id;
     let encap = TcPodEgress.counter(Reason::Encap);
@@ -144,11 +141,8 @@ fn another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone() {
 
 #[test]
 fn the_kernel_path_bit_keeps_an_established_flow_under_a_per_packet_rule() {
-    let Some(_guard) =
-        privileged_test("the_kernel_path_bit_keeps_an_established_flow_under_a_per_packet_rule")
-    else {
-        return;
-    };
+    let _guard =
+        privileged!("the_kernel_path_bit_keeps_an_established_flow_under_a_per_packet_rule");
     let (lab, node1, receiver, sender) = two_nodes("t-am-kp");
     let n1 = node1.id;
     let socket = netns::in_netns(&receiver.ns, || {

@@ -16,7 +16,7 @@ use weft_common::{
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK};
-use weft_tests::{Lab, LabSpec, NodeId, lab, netns, privileged_test};
+use weft_tests::{Lab, LabSpec, NodeId, lab, netns, privileged};
 
 /// `weft maps stats --json` for a pin dir: counter -> packets.
 fn packets(lab: &Lab, node: NodeId) -> BTreeMap<CounterId, u64> {
@@ -58,11 +58,7 @@ fn loaded_weft_programs() -> Vec<String> {
 
 #[test]
 fn agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm() {
-    let Some(_guard) =
-        privileged_test("agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm")
-    else {
-        return;
-    };
+    let _guard = privileged!("agents_count_pod_traffic_expose_btf_maps_and_detach_on_sigterm");
     assert!(
         loaded_weft_programs().is_empty(),
         "weft programs loaded before the test: {:?}",
@@ -194,11 +190,9 @@ fn bpftool_map(args: &[&str]) -> String {
 
 #[test]
 fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layouts() {
-    let Some(_guard) = privileged_test(
-        "agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layouts",
-    ) else {
-        return;
-    };
+    let _guard = privileged!(
+        "agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layouts"
+    );
     let mut lab = Lab::up(&LabSpec::new("t-agent-state", 2, 1)).unwrap();
     lab.warm_up().unwrap();
     let pin_dir = lab.node(NodeId::new(1)).pin_dir.clone();
@@ -313,11 +307,7 @@ fn status(lab: &Lab, node: NodeId, ns: Option<&str>, json: bool) -> String {
 
 #[test]
 fn status_names_the_nodes_interfaces_only_from_the_nodes_namespace() {
-    let Some(_guard) =
-        privileged_test("status_names_the_nodes_interfaces_only_from_the_nodes_namespace")
-    else {
-        return;
-    };
+    let _guard = privileged!("status_names_the_nodes_interfaces_only_from_the_nodes_namespace");
     let lab = Lab::up(&LabSpec::new("t-lp-status", 1, 1)).unwrap();
     let node = NodeId::FIRST;
     let ns = lab.node(node).ns.clone();

@@ -29,7 +29,7 @@ use weft_tests::{
     lab::{DECAP_COUNTERS, carried_nearly_all, counter_delta, counters_delta},
     netns,
     packets::{Ipv4Options, checksum, ipv4},
-    privileged_test,
+    privileged,
     traffic::tcp_transfer,
 };
 
@@ -39,9 +39,7 @@ const TCP_BE_LIBERAL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_libera
 
 #[test]
 fn only_fast_pathed_flows_are_liberal_in_conntrack() {
-    let Some(_guard) = privileged_test("only_fast_pathed_flows_are_liberal_in_conntrack") else {
-        return;
-    };
+    let _guard = privileged!("only_fast_pathed_flows_are_liberal_in_conntrack");
     let mut spec = LabSpec::new("t-ct-liberal", 2, 1);
     // A re-check every 500 ms (default 1000): the transfer meets conntrack
     // again several times, each time far past the window it last tracked.

@@ -13,15 +13,12 @@ use nix::sys::signal::Signal;
 use weft_tests::{
     Backend, Dataplane, Lab, LabSpec, NodeId, flannel, inspect,
     lab::{ETCD_PREFIX, three_nodes, wait_for},
-    privileged_test,
+    privileged,
 };
 
 #[test]
 fn vxlan_lab_matches_flannel_and_every_pod_reaches_every_pod() {
-    let Some(_guard) = privileged_test("vxlan_lab_matches_flannel_and_every_pod_reaches_every_pod")
-    else {
-        return;
-    };
+    let _guard = privileged!("vxlan_lab_matches_flannel_and_every_pod_reaches_every_pod");
     let lab = Lab::up(&three_nodes("t-cp-vxlan", Backend::Vxlan)).unwrap();
     flannel::check(&lab).unwrap();
     lab.assert_all_pairs_ping(2);
@@ -29,11 +26,7 @@ fn vxlan_lab_matches_flannel_and_every_pod_reaches_every_pod() {
 
 #[test]
 fn host_gw_lab_matches_flannel_and_every_pod_reaches_every_pod() {
-    let Some(_guard) =
-        privileged_test("host_gw_lab_matches_flannel_and_every_pod_reaches_every_pod")
-    else {
-        return;
-    };
+    let _guard = privileged!("host_gw_lab_matches_flannel_and_every_pod_reaches_every_pod");
     let lab = Lab::up(&three_nodes("t-cp-hostgw", Backend::HostGw)).unwrap();
     flannel::check(&lab).unwrap();
     lab.assert_all_pairs_ping(2);
@@ -41,11 +34,7 @@ fn host_gw_lab_matches_flannel_and_every_pod_reaches_every_pod() {
 
 #[test]
 fn ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules() {
-    let Some(_guard) =
-        privileged_test("ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules")
-    else {
-        return;
-    };
+    let _guard = privileged!("ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules");
     // The underlay has no route back to the pod network: a pod reaches
     // 192.168.77.254 only if its node masquerades.
     let mut plain = LabSpec::new("t-cp-nomasq", 1, 1);
@@ -112,10 +101,7 @@ fn ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules() {
 
 #[test]
 fn leases_live_24_hours_and_are_renewed_before_the_margin() {
-    let Some(_guard) = privileged_test("leases_live_24_hours_and_are_renewed_before_the_margin")
-    else {
-        return;
-    };
+    let _guard = privileged!("leases_live_24_hours_and_are_renewed_before_the_margin");
     // A margin of 23 h 59 min makes the agent renew one minute after taking
     // the lease, instead of after 23 h.
     let mut spec = LabSpec::new("t-cp-renew", 1, 0);
@@ -150,11 +136,8 @@ fn leases_live_24_hours_and_are_renewed_before_the_margin() {
 
 #[test]
 fn the_agent_speaks_to_etcd_over_tls_with_client_certificates_and_a_password() {
-    let Some(_guard) = privileged_test(
-        "the_agent_speaks_to_etcd_over_tls_with_client_certificates_and_a_password",
-    ) else {
-        return;
-    };
+    let _guard =
+        privileged!("the_agent_speaks_to_etcd_over_tls_with_client_certificates_and_a_password");
     let mut spec = LabSpec::new("t-cp-tls", 1, 0);
     spec.dataplane = Dataplane::Kernel;
     let mut lab = Lab::up(&spec).unwrap();
@@ -277,10 +260,7 @@ fn the_agent_speaks_to_etcd_over_tls_with_client_certificates_and_a_password() {
 
 #[test]
 fn direct_routing_routes_on_link_peers_without_encapsulation() {
-    let Some(_guard) = privileged_test("direct_routing_routes_on_link_peers_without_encapsulation")
-    else {
-        return;
-    };
+    let _guard = privileged!("direct_routing_routes_on_link_peers_without_encapsulation");
     let mut spec = three_nodes("t-cp-direct", Backend::Vxlan);
     spec.network_config = Some(
         r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#.to_owned(),

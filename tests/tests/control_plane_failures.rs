@@ -15,16 +15,12 @@ use nix::sys::signal::Signal;
 use weft_tests::{
     Backend, Dataplane, Lab, LabSpec, NodeId, flannel, inspect,
     lab::{ETCD_PREFIX, HEALTHZ_PORT, three_nodes, wait_for},
-    privileged_test,
+    privileged,
 };
 
 #[test]
 fn restarted_agents_keep_subnet_and_vtep_mac_without_duplicates() {
-    let Some(_guard) =
-        privileged_test("restarted_agents_keep_subnet_and_vtep_mac_without_duplicates")
-    else {
-        return;
-    };
+    let _guard = privileged!("restarted_agents_keep_subnet_and_vtep_mac_without_duplicates");
     let mut lab = Lab::up(&three_nodes("t-cp-restart", Backend::Vxlan)).unwrap();
     let subnet = lab.node(NodeId::new(1)).subnet.clone();
     let mac = flannel::vtep_mac(lab.node(NodeId::new(1))).unwrap();
@@ -52,11 +48,7 @@ fn restarted_agents_keep_subnet_and_vtep_mac_without_duplicates() {
 
 #[test]
 fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
-    let Some(_guard) =
-        privileged_test("a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner")
-    else {
-        return;
-    };
+    let _guard = privileged!("a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner");
     let lab = Lab::up(&three_nodes("t-cp-delete", Backend::Vxlan)).unwrap();
     // Stop node 3's agent so it does not re-acquire before we look.
     lab.stop_agent(NodeId::new(3), Signal::SIGTERM).unwrap();
@@ -64,6 +56,50 @@ fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
     let key = format!("{ETCD_PREFIX}/subnets/{}", gone.subnet.replace('/', "-"));
     let mac = flannel::vtep_mac(&gone).unwrap();
     let gateway = gone.subnet.split('/').next().unwrap().to_owned();
+    // Someone else's entries on node 1 next to weft's for that lease, each
+    // differing from weft's in one of the fields removal compares: a route
+    // with the same destination, device and gateway but another protocol, a
+    // neighbour with the same MAC but another address, an fdb entry with the
+    // same destination but another MAC (the all-zero MAC, a flood entry: a
+    // unicast MAC has one destination only, `bridge fdb append` adds none).
+    let node1 = lab.node(NodeId::new(1)).ns.clone();
+    let foreign_neighbour = {
+        let mut octets: [u8; 4] = gateway.parse::<std::net::Ipv4Addr>().unwrap().octets();
+        octets[3] += 1;
+        std::net::Ipv4Addr::from(octets).to_string()
+    };
+    const FLOOD_MAC: &str = "00:00:00:00:00:00";
+    let foreign_entries = [
+        (
+            format!(
+                "ip route add {} via {gateway} dev flannel.1 onlink",
+                gone.subnet
+            ),
+            format!("ip route del {} via {gateway} dev flannel.1", gone.subnet),
+            " proto static metric 4242",
+        ),
+        (
+            format!("ip neigh add {foreign_neighbour} lladdr {mac} dev flannel.1"),
+            format!("ip neigh del {foreign_neighbour} dev flannel.1"),
+            " nud permanent",
+        ),
+        (
+            format!(
+                "bridge fdb append {FLOOD_MAC} dev flannel.1 dst {}",
+                gone.ip
+            ),
+            format!("bridge fdb del {FLOOD_MAC} dev flannel.1 dst {}", gone.ip),
+            "",
+        ),
+    ];
+    let run = |command: &str| {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        weft_tests::netns::run(&node1, &args).unwrap();
+    };
+    for (add, _, options) in &foreign_entries {
+        run(&format!("{add}{options}"));
+    }
+    let foreign_route = |route: &serde_json::Value| route["protocol"] == "static";
     lab.etcd().delete(&key).unwrap();
     // A generous bound (the machine may be shared and slow); the time it
     // took is logged, for a human to compare.
@@ -73,13 +109,15 @@ fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
             &format!("{} to drop {}", node.ns, gone.subnet),
             Duration::from_secs(20),
             || {
-                Ok(inspect::routes_to(&node.ns, &gone.subnet)?.is_empty()
+                Ok(inspect::routes_to(&node.ns, &gone.subnet)?
+                    .iter()
+                    .all(foreign_route)
                     && !inspect::neighbours(&node.ns, "flannel.1")?
                         .iter()
                         .any(|n| n["dst"] == gateway.as_str())
-                    && !inspect::fdb(&node.ns, "flannel.1")?
-                        .iter()
-                        .any(|entry| entry["mac"] == mac.as_str()))
+                    && !inspect::fdb(&node.ns, "flannel.1")?.iter().any(|entry| {
+                        entry["mac"] == mac.as_str() && entry["dst"] == gone.ip.as_str()
+                    }))
             },
         )
         .unwrap();
@@ -88,6 +126,35 @@ fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
         "peers dropped the deleted lease's routes, neighbour and FDB entries in {:?}",
         started.elapsed()
     );
+    // Removal took only what weft wrote.
+    let routes = inspect::routes_to(&node1, &gone.subnet).unwrap();
+    assert!(
+        routes.len() == 1 && foreign_route(&routes[0]),
+        "node 1: someone else's route to {} did not survive: {routes:?}",
+        gone.subnet
+    );
+    let neighbours = inspect::neighbours(&node1, "flannel.1").unwrap();
+    assert!(
+        neighbours
+            .iter()
+            .any(|n| n["dst"] == foreign_neighbour.as_str() && n["lladdr"] == mac.as_str()),
+        "node 1: someone else's neighbour {foreign_neighbour} did not survive: {neighbours:?}"
+    );
+    let fdb = inspect::fdb(&node1, "flannel.1").unwrap();
+    assert!(
+        fdb.iter()
+            .any(|entry| entry["mac"] == FLOOD_MAC && entry["dst"] == gone.ip.as_str()),
+        "node 1: someone else's fdb entry {FLOOD_MAC} to {} did not survive: {fdb:?}",
+        gone.ip
+    );
+    for (_, remove, options) in &foreign_entries {
+        let options = if remove.starts_with("ip route") {
+            options
+        } else {
+            ""
+        };
+        run(&format!("{remove}{options}"));
+    }
     // Back on: node 3 takes its subnet again (from its subnet.env).
     let mut lab = lab;
     lab.start_agent(NodeId::new(3)).unwrap();
@@ -114,10 +181,7 @@ fn a_deleted_lease_is_cleaned_up_by_peers_and_reacquired_by_its_owner() {
 
 #[test]
 fn an_etcd_outage_loses_no_packet_and_agents_reconnect() {
-    let Some(_guard) = privileged_test("an_etcd_outage_loses_no_packet_and_agents_reconnect")
-    else {
-        return;
-    };
+    let _guard = privileged!("an_etcd_outage_loses_no_packet_and_agents_reconnect");
     let lab = Lab::up(&three_nodes("t-cp-outage", Backend::Vxlan)).unwrap();
     let from = lab.node(NodeId::new(1)).pods[0].clone();
     let to = lab.node(NodeId::new(2)).pods[0].clone();
@@ -134,14 +198,54 @@ fn an_etcd_outage_loses_no_packet_and_agents_reconnect() {
             )
         })
     };
+    // What the operator's alerts watch, on node 1: `weft_etcd_connected`
+    // falls during the outage and comes back after it, the errors are
+    // counted, and the agent lists again (a resync) once etcd is back.
+    let ns1 = lab.node(NodeId::new(1)).ns.clone();
+    let metric = |name: &str| -> anyhow::Result<f64> {
+        let body = weft_tests::netns::in_netns(&ns1, || {
+            weft_tests::scrapes::get(HEALTHZ_PORT, "/metrics")
+        })?
+        .body;
+        weft_tests::scrapes::sample(&body, name)
+            .ok_or_else(|| anyhow::anyhow!("no {name} in node 1's /metrics"))
+    };
     sleep(Duration::from_secs(2));
+    assert_eq!(metric("weft_etcd_connected").unwrap(), 1.0);
+    let errors_before = metric("weft_etcd_errors_total").unwrap();
+    let resyncs_before = metric("weft_lease_watch_resyncs_total").unwrap();
+    let outage = Instant::now();
     lab.stop_etcd().unwrap();
-    sleep(Duration::from_secs(30));
+    wait_for(
+        "node 1 to report etcd lost (weft_etcd_connected 0)",
+        Duration::from_secs(25),
+        || Ok(metric("weft_etcd_connected")? == 0.0),
+    )
+    .unwrap();
+    eprintln!(
+        "weft_etcd_connected fell {:?} into the outage",
+        outage.elapsed()
+    );
+    sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
     lab.start_etcd().unwrap();
     let out = ping.join().unwrap().unwrap();
     assert!(
         out.contains("350 received"),
         "packets lost during the outage: {out}"
+    );
+    wait_for(
+        "node 1 to report etcd back and resync",
+        Duration::from_secs(30),
+        || {
+            Ok(metric("weft_etcd_connected")? == 1.0
+                && metric("weft_lease_watch_resyncs_total")? > resyncs_before)
+        },
+    )
+    .unwrap();
+    let errors = metric("weft_etcd_errors_total").unwrap();
+    assert!(
+        errors > errors_before,
+        "weft_etcd_errors_total stayed at {errors} across the outage"
     );
     // The agents are back on etcd by themselves: a lease change made now
     // reaches them.
@@ -159,9 +263,7 @@ fn an_etcd_outage_loses_no_packet_and_agents_reconnect() {
 
 #[test]
 fn compaction_past_the_watch_revision_loses_no_event() {
-    let Some(_guard) = privileged_test("compaction_past_the_watch_revision_loses_no_event") else {
-        return;
-    };
+    let _guard = privileged!("compaction_past_the_watch_revision_loses_no_event");
     let lab = Lab::up(&three_nodes("t-cp-compact", Backend::Vxlan)).unwrap();
     let etcd = lab.etcd();
     let fake = |n: u8| {
@@ -263,11 +365,7 @@ const WRITES_BEHIND: usize = 400;
 
 #[test]
 fn hostile_values_are_logged_by_key_and_the_rest_keeps_working() {
-    let Some(_guard) =
-        privileged_test("hostile_values_are_logged_by_key_and_the_rest_keeps_working")
-    else {
-        return;
-    };
+    let _guard = privileged!("hostile_values_are_logged_by_key_and_the_rest_keeps_working");
     let lab = Lab::up(&three_nodes("t-cp-hostile", Backend::Vxlan)).unwrap();
     let etcd = lab.etcd();
     let hostile = [
@@ -350,11 +448,7 @@ fn hostile_values_are_logged_by_key_and_the_rest_keeps_working() {
 
 #[test]
 fn two_agents_racing_for_one_subnet_end_with_distinct_subnets() {
-    let Some(_guard) =
-        privileged_test("two_agents_racing_for_one_subnet_end_with_distinct_subnets")
-    else {
-        return;
-    };
+    let _guard = privileged!("two_agents_racing_for_one_subnet_end_with_distinct_subnets");
     // Both nodes start at once, each believing (from its subnet.env) that
     // the same free subnet was its own: creation is a transaction, so one
     // gets it and the other must look again.
@@ -384,11 +478,8 @@ fn two_agents_racing_for_one_subnet_end_with_distinct_subnets() {
 
 #[test]
 fn a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down() {
-    let Some(_guard) = privileged_test(
-        "a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down",
-    ) else {
-        return;
-    };
+    let _guard =
+        privileged!("a_restarted_agent_removes_entries_for_leases_that_vanished_while_it_was_down");
     let mut lab = Lab::up(&three_nodes("t-cp-stale", Backend::Vxlan)).unwrap();
     let gone = lab.node(NodeId::new(3)).clone();
     let mac = flannel::vtep_mac(&gone).unwrap();
@@ -444,11 +535,7 @@ fn fake_lease(ip: [u8; 4]) -> String {
 
 #[test]
 fn sigterm_is_honoured_at_once_while_a_lost_lease_finds_no_free_subnet() {
-    let Some(_guard) =
-        privileged_test("sigterm_is_honoured_at_once_while_a_lost_lease_finds_no_free_subnet")
-    else {
-        return;
-    };
+    let _guard = privileged!("sigterm_is_honoured_at_once_while_a_lost_lease_finds_no_free_subnet");
     // Room for four /24 leases; the node takes one, fake nodes the others.
     let mut spec = LabSpec::new("t-lp-nofree", 1, 0);
     spec.ip_masq = true;

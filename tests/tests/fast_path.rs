@@ -20,17 +20,13 @@ use weft_tests::{
         DECAP_COUNTERS, FLOW_SETUP_PACKETS, XDP_NATIVE, carried_nearly_all, counter_delta,
         counters_delta,
     },
-    netns, privileged_test,
+    netns, privileged,
     traffic::tcp_transfer,
 };
 
 #[test]
 fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
-    let Some(_guard) =
-        privileged_test("the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle")
-    else {
-        return;
-    };
+    let _guard = privileged!("the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle");
     // The lab's uplinks are veths: TC alone decapsulates (`--xdp-mode auto`).
     let lab = Lab::up(&LabSpec::new("t-fp-vxlan", 3, 2)).unwrap();
     carries_cross_node_traffic(&lab, false);
@@ -44,11 +40,7 @@ fn the_fast_path_carries_cross_node_traffic_and_flannel_1_stays_idle() {
 
 #[test]
 fn with_xdp_small_packets_take_xdp_and_bulk_tcp_takes_gro_then_tc() {
-    let Some(_guard) =
-        privileged_test("with_xdp_small_packets_take_xdp_and_bulk_tcp_takes_gro_then_tc")
-    else {
-        return;
-    };
+    let _guard = privileged!("with_xdp_small_packets_take_xdp_and_bulk_tcp_takes_gro_then_tc");
     let mut spec = LabSpec::new("t-fp-xdp", 3, 2);
     spec.agent_args.push(XDP_NATIVE.to_owned());
     let lab = Lab::up(&spec).unwrap();
@@ -295,9 +287,7 @@ fn assert_kernel_path_only_set_up(before: [(u64, u64); 2], after: [(u64, u64); 2
 
 #[test]
 fn same_node_pods_talk_without_the_bridge() {
-    let Some(_guard) = privileged_test("same_node_pods_talk_without_the_bridge") else {
-        return;
-    };
+    let _guard = privileged!("same_node_pods_talk_without_the_bridge");
     let lab = Lab::up(&LabSpec::new("t-fp-local", 1, 2)).unwrap();
     lab.warm_up().unwrap();
     let node = lab.node(NodeId::new(1));
@@ -339,11 +329,7 @@ fn same_node_pods_talk_without_the_bridge() {
 
 #[test]
 fn a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways() {
-    let Some(_guard) =
-        privileged_test("a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways")
-    else {
-        return;
-    };
+    let _guard = privileged!("a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways");
     let mut spec = LabSpec::new("t-fp-mixed", 3, 2);
     spec.node_dataplanes = vec![Dataplane::Kernel, Dataplane::Ebpf, Dataplane::Ebpf];
     let lab = Lab::up(&spec).unwrap();
@@ -397,9 +383,7 @@ fn a_stock_kernel_node_and_fast_path_nodes_reach_each_other_both_ways() {
 /// second TCX program after weft's still sees a pod's packets.
 #[test]
 fn the_cni_bandwidth_plugins_limits_hold_over_vxlan() {
-    let Some(_guard) = privileged_test("the_cni_bandwidth_plugins_limits_hold_over_vxlan") else {
-        return;
-    };
+    let _guard = privileged!("the_cni_bandwidth_plugins_limits_hold_over_vxlan");
     let mut spec = LabSpec::new("t-tc-vxlan", 3, 2);
     spec.node_dataplanes = vec![Dataplane::Ebpf, Dataplane::Ebpf, Dataplane::Kernel];
     let lab = Lab::up(&spec).unwrap();

@@ -1,5 +1,6 @@
 //! The eBPF VXLAN fast path on the lab, under attack and failure: spoofed
-//! VXLAN never reaches a pod, and an agent killed under load loses nothing.
+//! VXLAN never reaches a pod, an agent killed under load loses nothing, and
+//! a restarted agent honours no netfilter verdict recorded before it.
 
 // Each integration test is its own crate and sees every dependency of the
 // package; the lint is for the library.
@@ -12,16 +13,21 @@ use std::{
 
 use ipnet::Ipv4Net;
 use weft_agent::lease::MacAddr;
-use weft_common::{Hook::TcUplink, Reason};
+use weft_common::{
+    Hook::{TcPodEgress, TcUplink},
+    Reason,
+};
 
 use nix::sys::signal::Signal;
 use weft_common::program_names::{TC_POD_EGRESS, TC_UPLINK};
 use weft_tests::{
-    Lab, LabSpec, NodeId, flannel, inspect,
-    lab::{DECAP_COUNTERS, PodState, counter_delta},
+    Lab, LabSpec, NodeId,
+    echo::EchoServer,
+    flannel, inspect,
+    lab::{DECAP_COUNTERS, PodState, counter_delta, wait_for},
     netns,
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4, udp, vxlan},
-    privileged_test,
+    privileged,
     traffic::tcp_transfer,
 };
 
@@ -43,9 +49,7 @@ fn vxlan_to_pod(vtep: [u8; 6], inner_src: Ipv4Addr, pod: &PodState, payload: &[u
 
 #[test]
 fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
-    let Some(_guard) = privileged_test("spoofed_vxlan_never_reaches_a_pod_in_strict_mode") else {
-        return;
-    };
+    let _guard = privileged!("spoofed_vxlan_never_reaches_a_pod_in_strict_mode");
     let lab = Lab::up(&LabSpec::new("t-fp-spoof", 2, 1)).unwrap();
     lab.warm_up().unwrap();
     let target = lab.node(NodeId::new(1));
@@ -129,11 +133,8 @@ fn spoofed_vxlan_never_reaches_a_pod_in_strict_mode() {
 
 #[test]
 fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() {
-    let Some(_guard) = privileged_test(
-        "killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins",
-    ) else {
-        return;
-    };
+    let _guard =
+        privileged!("killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins");
     let mut lab = Lab::up(&LabSpec::new("t-fp-restart", 2, 1)).unwrap();
     lab.warm_up().unwrap();
     let (client, server) = (
@@ -225,4 +226,124 @@ fn killing_the_agent_under_load_loses_nothing_and_the_restart_adopts_the_pins() 
         );
     }
     lab.assert_all_pairs_ping(2);
+}
+
+/// A verdict lives far longer than the agent's restart here
+/// (`--verdict-ttl-ms` at its 60 s maximum), so only the new run's ruleset
+/// generation can void what the previous run recorded: an established
+/// flow held across the restart must go through netfilter again
+/// (`tc_pod_egress` counts `pass_ruleset_changed`, not `encap`) before the
+/// fast path takes it back. UDP, so that each request is exactly one
+/// packet from the client (no ACK of TCP's to count as well).
+#[test]
+fn a_restarted_agent_honours_no_verdict_recorded_before_it() {
+    let _guard = privileged!("a_restarted_agent_honours_no_verdict_recorded_before_it");
+    const VERDICT_TTL_MS: u64 = 60_000;
+    let mut spec = LabSpec::new("uc-fp-void", 2, 1);
+    spec.agent_args
+        .push(format!("--verdict-ttl-ms={VERDICT_TTL_MS}"));
+    let mut lab = Lab::up(&spec).unwrap();
+    lab.warm_up().unwrap();
+    let n1 = NodeId::new(1);
+    let (client, server) = (
+        lab.node(n1).pods[0].clone(),
+        lab.node(NodeId::new(2)).pods[0].clone(),
+    );
+    let _server = EchoServer::start(&server.ns, 8080).unwrap();
+    let target = format!("{}:8080", server.ip());
+    let socket = netns::in_netns(&client.ns, || {
+        let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+        socket.connect(&target)?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(socket)
+    })
+    .unwrap();
+    let mut requests = Requests { socket, next: 0 };
+    let encap = TcPodEgress.counter(Reason::Encap);
+    let ruleset_changed = TcPodEgress.counter(Reason::PassRulesetChanged);
+    let on_fast_path = requests.carried(&lab, n1);
+    assert!(
+        on_fast_path >= 90,
+        "the flow did not ride the fast path before the restart: {on_fast_path} of 100 requests"
+    );
+    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+        let flows = lab.maps_json(n1, "flows").unwrap();
+        assert!(
+            flows.as_array().is_some_and(|flows| !flows.is_empty()),
+            "no verdict recorded before the {signal} restart: {flows}"
+        );
+        lab.stop_agent(n1, signal).unwrap();
+        lab.start_agent(n1).unwrap();
+        lab.wait_pods_attached(n1).unwrap();
+        // Live: CONFIG names the uplink again (dormant, the programs act on
+        // nothing and would count `pass_no_config`).
+        wait_for(
+            "node 1's CONFIG to go live",
+            Duration::from_secs(10),
+            || {
+                let config = lab.maps_json(n1, "config")?;
+                Ok(config["uplink_ifindex"].as_u64() != Some(0)
+                    && config["verdict_ttl_ms"].as_u64() == Some(VERDICT_TTL_MS))
+            },
+        )
+        .unwrap();
+        // The previous run's verdict for this flow is still in the pinned
+        // FLOWS, well within its TTL; the first request after the restart
+        // must not ride on it.
+        let before = lab.counters(n1).unwrap();
+        requests.send(1);
+        let after = lab.counters(n1).unwrap();
+        assert_eq!(
+            (
+                counter_delta(&before, &after, encap).0,
+                counter_delta(&before, &after, ruleset_changed).0
+            ),
+            (0, 1),
+            "after a {signal} restart, (encap, pass_ruleset_changed) for the first request: \
+             a verdict from before the restart was honoured"
+        );
+        // Netfilter passes it again, and the fast path takes it back.
+        let on_fast_path = requests.carried(&lab, n1);
+        assert!(
+            on_fast_path >= 90,
+            "after a {signal} restart the flow did not return to the fast path: \
+             {on_fast_path} of 100 requests"
+        );
+    }
+}
+
+/// Numbered UDP requests on one flow, each waited for.
+struct Requests {
+    socket: UdpSocket,
+    next: usize,
+}
+
+impl Requests {
+    fn send(&mut self, count: usize) {
+        let mut reply = [0u8; 64];
+        for _ in 0..count {
+            let request = format!("request {:06}", self.next);
+            self.socket.send(request.as_bytes()).unwrap();
+            let len = self
+                .socket
+                .recv(&mut reply)
+                .unwrap_or_else(|error| panic!("no answer to {request}: {error}"));
+            assert_eq!(&reply[..len], request.as_bytes());
+            self.next += 1;
+        }
+    }
+
+    /// Of 100 requests (after 20 that let the flow settle), how many
+    /// `node`'s `tc_pod_egress` put on the fast path.
+    fn carried(&mut self, lab: &Lab, node: NodeId) -> u64 {
+        self.send(20);
+        let before = lab.counters(node).unwrap();
+        self.send(100);
+        counter_delta(
+            &before,
+            &lab.counters(node).unwrap(),
+            TcPodEgress.counter(Reason::Encap),
+        )
+        .0
+    }
 }

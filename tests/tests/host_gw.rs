@@ -16,7 +16,7 @@ use weft_tests::{
         DECAP_COUNTERS, FLOW_SETUP_PACKETS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE,
         carried_nearly_all, counter_delta, counters_delta,
     },
-    netns, privileged_test,
+    netns, privileged,
     traffic::tcp_transfer,
 };
 
@@ -28,10 +28,7 @@ fn host_gw(name: &str) -> LabSpec {
 
 #[test]
 fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
-    let Some(_guard) = privileged_test("host_gw_traffic_skips_the_routing_table_on_both_nodes")
-    else {
-        return;
-    };
+    let _guard = privileged!("host_gw_traffic_skips_the_routing_table_on_both_nodes");
     // The lab's uplinks are veths: TC alone delivers (`--xdp-mode auto`).
     let lab = Lab::up(&host_gw("t-hg-fast")).unwrap();
     skips_the_routing_table(&lab);
@@ -45,11 +42,8 @@ fn host_gw_traffic_skips_the_routing_table_on_both_nodes() {
 
 #[test]
 fn host_gw_with_xdp_delivers_small_packets_from_xdp_and_bulk_tcp_after_gro() {
-    let Some(_guard) =
-        privileged_test("host_gw_with_xdp_delivers_small_packets_from_xdp_and_bulk_tcp_after_gro")
-    else {
-        return;
-    };
+    let _guard =
+        privileged!("host_gw_with_xdp_delivers_small_packets_from_xdp_and_bulk_tcp_after_gro");
     let mut spec = host_gw("t-hg-xdp");
     spec.agent_args.push(XDP_NATIVE.to_owned());
     let lab = Lab::up(&spec).unwrap();
@@ -131,11 +125,7 @@ fn skips_the_routing_table(lab: &Lab) {
 
 #[test]
 fn a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other() {
-    let Some(_guard) =
-        privileged_test("a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other")
-    else {
-        return;
-    };
+    let _guard = privileged!("a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other");
     let mut spec = host_gw("t-hg-mixed");
     spec.node_dataplanes = vec![Dataplane::Kernel, Dataplane::Ebpf, Dataplane::Ebpf];
     let lab = Lab::up(&spec).unwrap();
@@ -173,11 +163,8 @@ fn a_stock_kernel_node_and_host_gw_fast_path_nodes_reach_each_other() {
 
 #[test]
 fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
-    let Some(_guard) =
-        privileged_test("direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router")
-    else {
-        return;
-    };
+    let _guard =
+        privileged!("direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router");
     // Nodes 1 and 2 share 192.168.77.0/24; node 3 sits on 192.168.78.0/24,
     // behind the underlay namespace acting as a router.
     let mut spec = LabSpec::new("t-hg-direct", 3, 1);
@@ -282,11 +269,8 @@ fn direct_routing_uses_host_gw_on_the_segment_and_vxlan_across_the_router() {
 
 #[test]
 fn direct_routing_follows_an_address_added_to_and_removed_from_the_uplink() {
-    let Some(_guard) =
-        privileged_test("direct_routing_follows_an_address_added_to_and_removed_from_the_uplink")
-    else {
-        return;
-    };
+    let _guard =
+        privileged!("direct_routing_follows_an_address_added_to_and_removed_from_the_uplink");
     // Node 3 sits on 192.168.78.0/24, behind the router: VXLAN. An address
     // in that prefix on a node's uplink puts node 3 on-link (its connected
     // route has no gateway), so DirectRouting goes direct; removing it goes
@@ -365,9 +349,7 @@ fn direct_routing_follows_an_address_added_to_and_removed_from_the_uplink() {
 /// the uplinks.
 #[test]
 fn the_cni_bandwidth_plugins_limits_hold_with_host_gw() {
-    let Some(_guard) = privileged_test("the_cni_bandwidth_plugins_limits_hold_with_host_gw") else {
-        return;
-    };
+    let _guard = privileged!("the_cni_bandwidth_plugins_limits_hold_with_host_gw");
     // With XDP on the uplinks: it refuses deliveries into a limited pod.
     let mut spec = host_gw("t-tc-hostgw");
     spec.agent_args.push(XDP_NATIVE.to_owned());

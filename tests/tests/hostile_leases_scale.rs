@@ -13,7 +13,7 @@ use weft_tests::{
     Lab, LabSpec, NodeId, inspect,
     lab::wait_for,
     leases::{assert_underlay_route_intact, key, log_of},
-    netns, privileged_test,
+    netns, privileged,
 };
 
 /// How many of the 20,000 leases the lab writes.
@@ -48,10 +48,7 @@ fn vxlan_routes(ns: &str) -> usize {
 
 #[test]
 fn twenty_thousand_leases_are_listed_watched_and_programmed() {
-    let Some(_guard) = privileged_test("twenty_thousand_leases_are_listed_watched_and_programmed")
-    else {
-        return;
-    };
+    let _guard = privileged!("twenty_thousand_leases_are_listed_watched_and_programmed");
     let mut spec = LabSpec::new("t-hl-many", 2, 1);
     spec.network_config = Some(r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#.to_owned());
     let mut lab = Lab::up(&spec).unwrap();

@@ -22,7 +22,7 @@ use std::{
 };
 
 use serde_json::Value;
-use weft_tests::{containerd::Containerd, privileged_test};
+use weft_tests::{containerd::Containerd, privileged};
 
 const MANIFEST: &str = include_str!("../../deploy/kubernetes/weft-etcd.yaml");
 /// The image unpacked, in bytes: the goal is a node image under 100 MB.
@@ -334,11 +334,9 @@ fn ctr_run(containerd: &Containerd, name: &str, options: &[&str], args: &[&str])
 #[test]
 fn containerd_imports_the_image_under_the_daemonsets_name_and_runs_weft_and_nft_in_it() {
     // containerd, its containers and their namespaces need root.
-    let Some(_guard) = privileged_test(
-        "containerd_imports_the_image_under_the_daemonsets_name_and_runs_weft_and_nft_in_it",
-    ) else {
-        return;
-    };
+    let _guard = privileged!(
+        "containerd_imports_the_image_under_the_daemonsets_name_and_runs_weft_and_nft_in_it"
+    );
     let dir = TempDir::new("t-img-containerd");
     let containerd = Containerd::start(&dir.0.join("containerd")).unwrap();
     let archive = image();

@@ -6,16 +6,11 @@
 // package; the lint is for the library.
 #![allow(unused_crate_dependencies)]
 
-use weft_tests::{
-    Dataplane, Lab, LabSpec, host::HostSnapshot, lab, netns, privileged_test, process,
-};
+use weft_tests::{Dataplane, Lab, LabSpec, host::HostSnapshot, lab, netns, privileged, process};
 
 #[test]
 fn two_nodes_two_pods_all_pairs_ping_and_down_leaves_nothing() {
-    let Some(_guard) = privileged_test("two_nodes_two_pods_all_pairs_ping_and_down_leaves_nothing")
-    else {
-        return;
-    };
+    let _guard = privileged!("two_nodes_two_pods_all_pairs_ping_and_down_leaves_nothing");
     let before = HostSnapshot::take().unwrap();
     let mut spec = LabSpec::new("t-lab-pairs", 2, 2);
     spec.dataplane = Dataplane::Kernel;
@@ -96,9 +91,7 @@ fn two_nodes_two_pods_all_pairs_ping_and_down_leaves_nothing() {
 
 #[test]
 fn a_failed_up_removes_what_it_created() {
-    let Some(_guard) = privileged_test("a_failed_up_removes_what_it_created") else {
-        return;
-    };
+    let _guard = privileged!("a_failed_up_removes_what_it_created");
     let before = HostSnapshot::take().unwrap();
     let mut spec = LabSpec::new("t-lab-fail", 2, 1);
     spec.weft_bin = "/nonexistent/weft".into();
@@ -121,9 +114,7 @@ fn a_failed_up_removes_what_it_created() {
 
 #[test]
 fn a_second_lab_with_the_same_name_is_refused() {
-    let Some(_guard) = privileged_test("a_second_lab_with_the_same_name_is_refused") else {
-        return;
-    };
+    let _guard = privileged!("a_second_lab_with_the_same_name_is_refused");
     let mut spec = LabSpec::new("t-lab-dup", 1, 0);
     spec.dataplane = Dataplane::Kernel;
     let first = Lab::up(&spec).unwrap();

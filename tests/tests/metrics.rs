@@ -22,7 +22,7 @@ use weft_common::{MAX_ENDPOINTS, MAX_PEERS};
 use weft_tests::{
     Lab, LabSpec, NodeId,
     lab::{FLOW_SETUP_PACKETS, HEALTHZ_PORT},
-    netns, privileged_test,
+    netns, privileged,
 };
 
 /// `GET /metrics` from the agent in `ns`, parsed.
@@ -91,10 +91,7 @@ fn get(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn metrics_name_the_agent_state_and_count_fast_path_packets() {
-    let Some(_guard) = privileged_test("metrics_name_the_agent_state_and_count_fast_path_packets")
-    else {
-        return;
-    };
+    let _guard = privileged!("metrics_name_the_agent_state_and_count_fast_path_packets");
     let lab = Lab::up(&LabSpec::new("t-metrics", 2, 1)).unwrap();
     lab.warm_up().unwrap();
     let node = lab.node(NodeId::new(1));
@@ -205,10 +202,7 @@ fn slowest(answers: &[anyhow::Result<weft_tests::scrapes::Response>]) -> Option<
 
 #[test]
 fn metrics_scrapes_under_load_share_one_bounded_reading() {
-    let Some(_guard) = privileged_test("metrics_scrapes_under_load_share_one_bounded_reading")
-    else {
-        return;
-    };
+    let _guard = privileged!("metrics_scrapes_under_load_share_one_bounded_reading");
     let lab = Lab::up(&LabSpec::new("t-met-scrape", 1, 1)).unwrap();
     let node = lab.node(NodeId::new(1));
     weft_tests::scrapes::fill_flows(&node.pin_dir, FILLED_FLOWS).unwrap();
@@ -301,9 +295,7 @@ fn ask(mut stream: std::net::TcpStream, path: &str, wait: Duration) -> String {
 
 #[test]
 fn the_endpoint_bounds_the_connections_a_pod_can_hold() {
-    let Some(_guard) = privileged_test("the_endpoint_bounds_the_connections_a_pod_can_hold") else {
-        return;
-    };
+    let _guard = privileged!("the_endpoint_bounds_the_connections_a_pod_can_hold");
     use weft_agent::http::listener::{LIFETIME, PER_SOURCE};
     let lab = Lab::up(&LabSpec::new("t-met-conns", 1, 1)).unwrap();
     let node = lab.node(NodeId::new(1));

@@ -14,9 +14,8 @@ use weft_common::{CounterId, Hook, Reason};
 use weft_tests::{
     Dataplane, Lab, LabSpec, NodeId, inspect,
     lab::{self, DECAP_COUNTERS, carried_nearly_all, counter_delta, counters_delta},
-    netns,
+    netns, privileged,
     privileged::reference_flanneld,
-    privileged_test,
     traffic::tcp_transfer,
 };
 
@@ -26,9 +25,7 @@ const ENCAP: CounterId = Hook::TcPodEgress.counter(Reason::Encap);
 #[test]
 fn a_flanneld_node_and_weft_nodes_reach_each_other_and_weft_carries_its_side() {
     const TEST: &str = "a_flanneld_node_and_weft_nodes_reach_each_other_and_weft_carries_its_side";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(flanneld) = reference_flanneld(TEST) else {
         return;
     };
@@ -108,9 +105,7 @@ fn a_flanneld_node_and_weft_nodes_reach_each_other_and_weft_carries_its_side() {
 fn a_node_moves_from_flanneld_to_weft_and_back_keeping_its_subnet_vtep_and_pods() {
     const TEST: &str =
         "a_node_moves_from_flanneld_to_weft_and_back_keeping_its_subnet_vtep_and_pods";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let Some(flanneld) = reference_flanneld(TEST) else {
         return;
     };
@@ -222,8 +217,11 @@ impl PingAcross {
             "{what}: the swap took {:?}, too short to tell an outage from a loss",
             self.gap
         );
+        // The kernel path stays programmed and the overlay guard keeps the
+        // peers the fdb sends to: nothing needs to be lost (0 measured),
+        // a few allowed for a loaded machine.
         assert!(
-            self.lost * 2 < self.sent_in_gap,
+            self.lost <= 3,
             "{what}: {} of {} pings lost ({} sent while neither agent ran)",
             self.lost,
             self.sent,

@@ -10,16 +10,14 @@ use weft_common::{CounterId, Hook, Reason};
 use weft_tests::{
     Lab, LabSpec, NodeId,
     lab::{self, FLOW_SETUP_PACKETS, wait_for},
-    netns, privileged_test,
+    netns, privileged,
 };
 
 #[test]
 fn prometheus_sees_fast_path_packets_that_match_the_traffic_and_a_rejected_lease() {
     const TEST: &str =
         "prometheus_sees_fast_path_packets_that_match_the_traffic_and_a_rejected_lease";
-    let Some(_guard) = privileged_test(TEST) else {
-        return;
-    };
+    let _guard = privileged!(TEST);
     let mut spec = LabSpec::new("t-prom", 2, 1);
     spec.prometheus = true;
     let lab = Lab::up(&spec).unwrap();

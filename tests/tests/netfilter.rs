@@ -6,6 +6,10 @@
 //! blocked or restored, a transfer's digest intact, and the counters that
 //! prove the fast path still carries what netfilter passed unchanged.
 //!
+//! An iptables-legacy rule, which no notification announces, bites within
+//! the verdict TTL; conntrack helpers' connections and the connections
+//! they expect stay on the kernel path.
+//!
 //! With the fast path made to ignore verdicts, the ClusterIP check fails
 //! (checked by hand).
 
@@ -27,7 +31,7 @@ use weft_tests::{
         DECAP_COUNTERS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE, carried_nearly_all, counter_delta,
         counters_delta, wait_for,
     },
-    netns, privileged_test,
+    netns, privileged,
     traffic::tcp_transfer,
 };
 
@@ -46,18 +50,13 @@ const POD_DELIVERY_COUNTERS: [weft_common::CounterId; 5] = [
 
 #[test]
 fn vxlan_with_tc_keeps_every_netfilter_decision() {
-    let Some(_guard) = privileged_test("vxlan_with_tc_keeps_every_netfilter_decision") else {
-        return;
-    };
+    let _guard = privileged!("vxlan_with_tc_keeps_every_netfilter_decision");
     keeps_every_netfilter_decision(LabSpec::new("t-nf-vx", 2, 2));
 }
 
 #[test]
 fn vxlan_with_native_xdp_keeps_every_netfilter_decision() {
-    let Some(_guard) = privileged_test("vxlan_with_native_xdp_keeps_every_netfilter_decision")
-    else {
-        return;
-    };
+    let _guard = privileged!("vxlan_with_native_xdp_keeps_every_netfilter_decision");
     let mut spec = LabSpec::new("t-nf-vxdp", 2, 2);
     spec.agent_args.push(XDP_NATIVE.to_owned());
     keeps_every_netfilter_decision(spec);
@@ -65,9 +64,7 @@ fn vxlan_with_native_xdp_keeps_every_netfilter_decision() {
 
 #[test]
 fn host_gw_keeps_every_netfilter_decision() {
-    let Some(_guard) = privileged_test("host_gw_keeps_every_netfilter_decision") else {
-        return;
-    };
+    let _guard = privileged!("host_gw_keeps_every_netfilter_decision");
     let mut spec = LabSpec::new("t-nf-hg", 2, 2);
     spec.backend = Backend::HostGw;
     keeps_every_netfilter_decision(spec);
@@ -75,10 +72,7 @@ fn host_gw_keeps_every_netfilter_decision() {
 
 #[test]
 fn host_gw_with_native_xdp_keeps_every_netfilter_decision() {
-    let Some(_guard) = privileged_test("host_gw_with_native_xdp_keeps_every_netfilter_decision")
-    else {
-        return;
-    };
+    let _guard = privileged!("host_gw_with_native_xdp_keeps_every_netfilter_decision");
     let mut spec = LabSpec::new("t-nf-hgxdp", 2, 2);
     spec.backend = Backend::HostGw;
     spec.agent_args.push(XDP_NATIVE.to_owned());
@@ -422,6 +416,173 @@ fn pings(lab: &Lab, from: &weft_tests::lab::PodState, to: &str) -> bool {
 
 fn iptables(ns: &str, action: &str, rule: &[&str]) {
     let mut args = vec!["iptables", action, "FORWARD"];
+    args.extend_from_slice(rule);
+    netns::run(ns, &args).unwrap();
+}
+
+/// What netfilter decides without telling weft, and what it keeps for
+/// itself: an iptables-legacy DROP (no nftables notification) added to an
+/// established fast-pathed connection stops it once the verdict that let it
+/// skip netfilter expires (`--verdict-ttl-ms`, the default 1 s here), with
+/// the ruleset generation untouched; and a connection with a conntrack
+/// helper (FTP, assigned with nftables' `ct helper set`) and the helper's
+/// expected connection never ride the fast path.
+#[test]
+fn iptables_legacy_bites_within_the_verdict_ttl_and_helper_flows_stay_on_the_kernel_path() {
+    let _guard = privileged!(
+        "iptables_legacy_bites_within_the_verdict_ttl_and_helper_flows_stay_on_the_kernel_path"
+    );
+    const VERDICT_TTL: Duration = Duration::from_millis(1000);
+    let lab = Lab::up(&LabSpec::new("uc-nf-legacy", 2, 1)).unwrap();
+    lab.warm_up().unwrap();
+    let (n1, n2) = (NodeId::new(1), NodeId::new(2));
+    let a = lab.node(n1).pods[0].clone();
+    let b = lab.node(n2).pods[0].clone();
+    const FTP_CONTROL: u16 = 21;
+    const FTP_DATA: u16 = 20021;
+    let _servers: Vec<EchoServer> = [ECHO_PORT, FTP_CONTROL, FTP_DATA]
+        .into_iter()
+        .map(|port| EchoServer::start(&b.ns, port).unwrap())
+        .collect();
+    let at = |port: u16| -> SocketAddr { format!("{}:{port}", b.ip()).parse().unwrap() };
+    let encap = TcPodEgress.counter(Reason::Encap);
+
+    // An established connection on the fast path.
+    let mut session = TcpSession::connect(&a.ns, at(ECHO_PORT), TIMEOUT).unwrap();
+    for index in 0..100 {
+        session.exchange(index).unwrap();
+    }
+    let before = lab.counters(n1).unwrap();
+    for index in 100..200 {
+        session.exchange(index).unwrap();
+    }
+    let carried = counter_delta(&before, &lab.counters(n1).unwrap(), encap).0;
+    assert!(
+        carried >= 90,
+        "the established connection did not ride the fast path: {carried} of 100 requests"
+    );
+
+    // iptables-legacy's DROP on the receiving node, where the fast path
+    // delivers A's requests into B past FORWARD: it bites at the flow's
+    // next look through netfilter, one verdict TTL at the latest. A
+    // generous margin over the TTL for this shared machine; the time it
+    // took is logged.
+    let generation = ruleset_generation(&lab, n2);
+    let rule = ["-s", a.ip(), "-d", b.ip(), "-j", "DROP"];
+    legacy_iptables(&lab.node(n2).ns, "-I", &rule);
+    let inserted = std::time::Instant::now();
+    session.set_timeout(Duration::from_millis(300)).unwrap();
+    let mut index = 200;
+    let bit = loop {
+        if session.exchange(index).is_err() {
+            break inserted.elapsed();
+        }
+        index += 1;
+        assert!(
+            inserted.elapsed() < VERDICT_TTL + Duration::from_secs(4),
+            "requests still crossed an iptables-legacy DROP {:?} after it was added \
+             (verdict TTL {VERDICT_TTL:?})",
+            inserted.elapsed()
+        );
+    };
+    eprintln!(
+        "the iptables-legacy DROP bit after {bit:?}, {} requests answered meanwhile",
+        index - 200
+    );
+    assert_eq!(
+        ruleset_generation(&lab, n2),
+        generation,
+        "the agent saw a ruleset change: the DROP did not bite by the verdict TTL alone"
+    );
+    // Reset (the reset is dropped too), so that the unanswered request is
+    // not retransmitted into the counts below once the DROP goes.
+    session.abort().unwrap();
+    legacy_iptables(&lab.node(n2).ns, "-D", &rule);
+    tcp_echo(&a.ns, at(ECHO_PORT), 20, TIMEOUT).expect("no connection after the DROP went");
+
+    // FTP's conntrack helper on both nodes, for connections to port 21.
+    for node in [n1, n2] {
+        netns::run_with_input(
+            &lab.node(node).ns,
+            &["nft", "-f", "-"],
+            &format!(
+                "table inet uc_helper {{
+                   ct helper ftp {{ type \"ftp\" protocol tcp; }}
+                   chain forward {{
+                     type filter hook forward priority filter;
+                     tcp dport {FTP_CONTROL} ct helper set \"ftp\"
+                   }}
+                 }}"
+            ),
+        )
+        .unwrap();
+    }
+    // Each connection's requests, on both nodes: carried by the fast path
+    // (encap on the sender's tc_pod_egress), or handed to the kernel path
+    // for want of a verdict.
+    let kernel_path_only = |session: &mut TcpSession, what: &str| {
+        for index in 0..50 {
+            session.exchange(index).unwrap();
+        }
+        let before = [lab.counters(n1).unwrap(), lab.counters(n2).unwrap()];
+        for index in 50..150 {
+            session.exchange(index).unwrap();
+        }
+        let after = [lab.counters(n1).unwrap(), lab.counters(n2).unwrap()];
+        let no_verdict = counter_delta(
+            &before[0],
+            &after[0],
+            TcPodEgress.counter(Reason::PassNoVerdict),
+        )
+        .0;
+        let carried = (
+            counter_delta(&before[0], &after[0], encap).0,
+            counter_delta(&before[1], &after[1], encap).0,
+        );
+        eprintln!(
+            "{what}: (node 1, node 2) fast-pathed {carried:?} packets; \
+             node 1 refused {no_verdict} of A's for want of a verdict"
+        );
+        assert_eq!(
+            carried,
+            (0, 0),
+            "{what}: packets the fast path carried on (node 1, node 2)"
+        );
+        // Each of A's 100 requests met tc_pod_egress and went to netfilter.
+        assert!(
+            no_verdict >= 100,
+            "{what}: node 1 refused {no_verdict} of A's 100 requests for want of a verdict"
+        );
+    };
+    // The control connection.
+    let mut control = TcpSession::connect(&a.ns, at(FTP_CONTROL), TIMEOUT).unwrap();
+    kernel_path_only(&mut control, "the helper's connection");
+    // Then the helper opens a data connection: it parses only lines that
+    // start right after a newline it saw, so B echoes a line first, then
+    // the passive-mode reply (the echo server repeats what A sends, so the
+    // reply comes from B, as an FTP server's would).
+    control.exchange_line("220 uc ftp\r\n").unwrap();
+    let address = b.ip().replace('.', ",");
+    control
+        .exchange_line(&format!(
+            "227 Entering Passive Mode ({address},{},{}).\r\n",
+            FTP_DATA >> 8,
+            FTP_DATA & 0xff
+        ))
+        .unwrap();
+    for node in [n1, n2] {
+        let expectations = netns::run(&lab.node(node).ns, &["conntrack", "-L", "expect"]).unwrap();
+        assert!(
+            expectations.contains(&format!("dport={FTP_DATA}")),
+            "node {node}: the FTP helper expects no data connection:\n{expectations}"
+        );
+    }
+    let mut data = TcpSession::connect(&a.ns, at(FTP_DATA), TIMEOUT).unwrap();
+    kernel_path_only(&mut data, "the expected connection");
+}
+
+fn legacy_iptables(ns: &str, action: &str, rule: &[&str]) {
+    let mut args = vec!["iptables-legacy", action, "FORWARD"];
     args.extend_from_slice(rule);
     netns::run(ns, &args).unwrap();
 }

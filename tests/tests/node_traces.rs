@@ -1,8 +1,9 @@
 //! What weft leaves on a node, and what it follows while it runs: a pod's
 //! pinned neighbour entry follows a MAC changed inside the pod, goes when
 //! the agent stops cleanly, and `weft cleanup` removes every trace a killed
-//! agent left (table `inet weft`, the pinned maps, the pinned entries), so
-//! the node's pods stay reachable in each case, as under flanneld.
+//! agent left (table `inet weft`, the pinned maps, the pinned entries) and
+//! nothing else (someone else's nftables table stays), so the node's pods
+//! stay reachable in each case, as under flanneld.
 
 // Each integration test is its own crate and sees every dependency of the
 // package; the lint is for the library.
@@ -14,7 +15,7 @@ use nix::sys::signal::Signal;
 use weft_tests::{
     Lab, LabSpec, NodeId,
     lab::{NodeState, PodState, wait_for},
-    netns, privileged_test,
+    netns, privileged,
 };
 
 /// cni0's permanent neighbour entries on `ns`: (address, MAC).
@@ -82,11 +83,8 @@ fn verdict_chain_exists(ns: &str) -> bool {
 
 #[test]
 fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
-    let Some(_guard) =
-        privileged_test("pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup")
-    else {
-        return;
-    };
+    let _guard =
+        privileged!("pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup");
     let mut lab = Lab::up(&LabSpec::new("t-nt-neigh", 2, 1)).unwrap();
     lab.warm_up().unwrap();
     let n1 = NodeId::new(1);
@@ -101,6 +99,24 @@ fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
         pinned(&node1.ns),
         [(pod.ip().to_owned(), pod.network.mac.clone())]
     );
+    // Someone else's nftables table next to weft's: neither a stop nor
+    // `weft cleanup` touches it.
+    netns::run_with_input(
+        &node1.ns,
+        &["nft", "-f", "-"],
+        "table inet uc_mine { chain forward { type filter hook forward priority filter; counter; }; }",
+    )
+    .unwrap();
+    let foreign_table_kept = |when: &str| {
+        let chain = netns::run(
+            &node1.ns,
+            &["nft", "list", "chain", "inet", "uc_mine", "forward"],
+        );
+        assert!(
+            chain.as_ref().is_ok_and(|chain| chain.contains("counter")),
+            "{when} removed someone else's table inet uc_mine: {chain:?}"
+        );
+    };
 
     // A MAC changed inside the running pod: the pin and ENDPOINTS follow.
     let new_mac = "02:aa:bb:cc:dd:01";
@@ -127,6 +143,7 @@ fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
         !verdict_chain_exists(&node1.ns),
         "SIGTERM left the verdict chain"
     );
+    foreign_table_kept("SIGTERM");
     set_mac(&pod, "02:aa:bb:cc:dd:02");
     reaches(&lab);
 
@@ -152,6 +169,7 @@ fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
         "weft cleanup left table inet weft"
     );
     assert!(!node1.pin_dir.exists(), "weft cleanup left the pin dir");
+    foreign_table_kept("weft cleanup");
     set_mac(&pod, "02:aa:bb:cc:dd:03");
     reaches(&lab);
 
@@ -163,9 +181,7 @@ fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
 
 #[test]
 fn cleanup_refuses_while_an_agent_runs() {
-    let Some(_guard) = privileged_test("cleanup_refuses_while_an_agent_runs") else {
-        return;
-    };
+    let _guard = privileged!("cleanup_refuses_while_an_agent_runs");
     let lab = Lab::up(&LabSpec::new("t-nt-busy", 1, 1)).unwrap();
     let node = lab.node(NodeId::new(1)).clone();
     let error = cleanup(&lab, &node).unwrap_err();

@@ -30,7 +30,7 @@ use weft_tests::{
     leases::key,
     netns,
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4, udp, vxlan},
-    privileged_test,
+    privileged,
 };
 
 const VICTIM_PORT: u16 = 9999;
@@ -367,18 +367,12 @@ fn no_vxlan_reaches_a_pod_but_a_peer_s(dataplane: Dataplane, name: &str) {
 
 #[test]
 fn no_vxlan_reaches_a_pod_but_a_peer_s_on_the_fast_path() {
-    let Some(_guard) = privileged_test("no_vxlan_reaches_a_pod_but_a_peer_s_on_the_fast_path")
-    else {
-        return;
-    };
+    let _guard = privileged!("no_vxlan_reaches_a_pod_but_a_peer_s_on_the_fast_path");
     no_vxlan_reaches_a_pod_but_a_peer_s(Dataplane::Ebpf, "t-og-ebpf");
 }
 
 #[test]
 fn no_vxlan_reaches_a_pod_but_a_peer_s_on_the_kernel_path() {
-    let Some(_guard) = privileged_test("no_vxlan_reaches_a_pod_but_a_peer_s_on_the_kernel_path")
-    else {
-        return;
-    };
+    let _guard = privileged!("no_vxlan_reaches_a_pod_but_a_peer_s_on_the_kernel_path");
     no_vxlan_reaches_a_pod_but_a_peer_s(Dataplane::Kernel, "t-og-kernel");
 }

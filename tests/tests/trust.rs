@@ -25,7 +25,7 @@ use weft_tests::{
     lab::{FLOW_SETUP_PACKETS, PodState, counter_delta, counters_delta, wait_for},
     netns,
     packets::{ETH_P_ARP, ETH_P_IPV4, Ipv4Options, arp_request, eth, ipv4, udp, vxlan},
-    privileged_test,
+    privileged,
 };
 
 fn octets(ip: &str) -> [u8; 4] {
@@ -59,11 +59,7 @@ fn received(pod: &PodState) -> u64 {
 
 #[test]
 fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
-    let Some(_guard) =
-        privileged_test("a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another")
-    else {
-        return;
-    };
+    let _guard = privileged!("a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another");
     let lab = Lab::up(&LabSpec::new("t-trust-arp", 2, 2)).unwrap();
     lab.warm_up().unwrap();
     let (p1, p2) = (
@@ -260,11 +256,7 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
 
 #[test]
 fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
-    let Some(_guard) =
-        privileged_test("vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod")
-    else {
-        return;
-    };
+    let _guard = privileged!("vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod");
     for ip_masq in [false, true] {
         let mut spec = LabSpec::new("t-trust-vx", 2, 2);
         spec.ip_masq = ip_masq;
@@ -308,6 +300,7 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
         ];
         let flannel_before =
             inspect::packet_counts(&lab.node(NodeId::new(2)).ns, "flannel.1").unwrap();
+        let drops_before = scraped_drops(&lab, NodeId::new(1));
         let target = format!("{}:8472", lab.node(NodeId::new(2)).ip);
         netns::in_netns(&p2.ns, || {
             let socket = UdpSocket::bind(("0.0.0.0", 0))?;
@@ -336,6 +329,19 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
         assert!(
             !arrived,
             "ip_masq {ip_masq}: a pod's forged VXLAN reached a pod"
+        );
+        // The operator's alert (`rate(weft_fastpath_drops_total[5m]) > 0`)
+        // sees it: node 1's /metrics counts the drop, once.
+        wait_for(
+            "node 1's /metrics to count the drop",
+            Duration::from_secs(5),
+            || Ok(scraped_drops(&lab, NodeId::new(1)) > drops_before),
+        )
+        .unwrap();
+        assert_eq!(
+            scraped_drops(&lab, NodeId::new(1)),
+            drops_before + 1.0,
+            "ip_masq {ip_masq}: weft_fastpath_drops_total{{reason=\"vxlan_from_pod\"}}"
         );
         // Node 2 never saw it: no VXLAN verdict of any kind, and nothing
         // through flannel.1.
@@ -383,4 +389,18 @@ fn vxlan_a_pod_sends_to_a_node_is_dropped_where_it_leaves_the_pod() {
             "ip_masq {ip_masq}: UDP to another port of the node did not arrive"
         );
     }
+}
+
+/// `weft_fastpath_drops_total` of VXLAN from pods, as node `node`'s
+/// /metrics reports it now.
+fn scraped_drops(lab: &Lab, node: NodeId) -> f64 {
+    const SAMPLE: &str =
+        "weft_fastpath_drops_total{hook=\"tc_pod_egress\",reason=\"vxlan_from_pod\"}";
+    let body = netns::in_netns(&lab.node(node).ns, || {
+        weft_tests::scrapes::get(weft_tests::lab::HEALTHZ_PORT, "/metrics")
+    })
+    .unwrap()
+    .body;
+    weft_tests::scrapes::sample(&body, SAMPLE)
+        .unwrap_or_else(|| panic!("no {SAMPLE} in node {node}'s /metrics"))
 }

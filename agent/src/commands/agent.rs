@@ -4,9 +4,11 @@
 //!
 //! The flow is one-way. Every input has one handler on [`Agent`]; the ones
 //! that change what the datapath should hold update their input (the
-//! accepted peers, the local view, the own subnet, the ruleset generation)
-//! and call [`Agent::apply`], which computes [`Desired`] (`desired.rs`) and
-//! hands it to both sinks: the kernel writer and the map writer.
+//! accepted peers, the local view, the local pods, the own subnet, the
+//! ruleset generation) and call [`Agent::apply`], which computes
+//! [`Desired`] (`desired.rs`) and hands it to the sinks: the kernel writer,
+//! the overlay guard, and the fast path (the maps, and the pods' pinned
+//! neighbour entries on the bridge).
 //!
 //! The loop is single-threaded, so no handler blocks or waits on something
 //! unbounded: work that can take long (acquiring a lost lease again, the
@@ -41,6 +43,7 @@ use crate::{
     lease::{peers::PeerTable, validate::LeasePolicy},
     net,
     overlay_guard::{self, GuardSpec},
+    pods::LocalPods,
     subnet_env,
     subnet_manager::Connection,
     verdicts,
@@ -127,22 +130,25 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         uplink.public_ip,
     );
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
-    let guard = match config.backend {
-        BackendConfig::Vxlan { vni, port, .. } => {
+    let vxlan_name = config.backend.vni().map(KernelDataplane::vxlan_name);
+    let guard = match (&config.backend, &vxlan_name) {
+        (&BackendConfig::Vxlan { port, .. }, Some(vxlan_device)) => {
             let spec = GuardSpec {
                 bridge: args.bridge.clone(),
-                vxlan_device: KernelDataplane::vxlan_name(vni),
+                vxlan_device: vxlan_device.clone(),
                 port,
             };
-            overlay_guard::install(&spec)?;
+            let known_peers = kernel.fdb_destinations().await?;
+            overlay_guard::install(&spec, &known_peers)?;
             crate::metrics::global().guard_installed();
             info!(
                 port,
+                known_peers = known_peers.len(),
                 "overlay guard installed: the VXLAN port takes only peers' addresses, never pods'"
             );
             Some(OverlayGuard::default())
         }
-        BackendConfig::HostGw => None,
+        _ => None,
     };
     let attrs = startup::lease_attrs(&uplink, &config, vxlan);
     let mut facts = startup::node_facts(&uplink, &config, vxlan, &args);
@@ -155,10 +161,6 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     // VXLAN or direct, its neighbours PEERS' next hops), so it is followed
     // with either dataplane; no route is planned before the first arrives.
     let (views_tx, mut views_rx) = mpsc::channel::<LocalView>(8);
-    let vxlan_name = match config.backend {
-        BackendConfig::Vxlan { vni, .. } => Some(KernelDataplane::vxlan_name(vni)),
-        BackendConfig::HostGw => None,
-    };
     tokio::spawn(endpoints::watch(
         args.bridge.clone(),
         uplink.index,
@@ -211,6 +213,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         peers: PeerTable::new(policy),
         kernel,
         guard,
+        pods: fast_path.is_some().then(|| LocalPods::new(handle.clone())),
         fast_path,
         marks: None,
         verdicts_suspended,

@@ -455,6 +455,21 @@ impl KernelDataplane {
         }
     }
 
+    /// The underlay addresses the VXLAN device's fdb sends to: the peers
+    /// whoever programmed the device last (flanneld, or a previous agent)
+    /// accepted. Empty without the device.
+    pub async fn fdb_destinations(&self) -> Result<BTreeSet<Ipv4Addr>> {
+        let Some(device) = self.vxlan else {
+            return Ok(BTreeSet::new());
+        };
+        let fdb = self.neighbours(device.index, AddressFamily::Bridge).await?;
+        Ok(fdb
+            .iter()
+            .filter_map(entries::fdb_destination)
+            .filter(|ip| !ip.is_unspecified() && *ip != self.public_ip)
+            .collect())
+    }
+
     /// One read of the kernel: routes, and the VXLAN device's neighbours
     /// and fdb entries (none without the device).
     async fn snapshot(&self) -> Result<Snapshot> {

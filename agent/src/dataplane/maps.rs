@@ -43,7 +43,7 @@ pub struct FastPathMaps {
     config: ConfigMap,
     cached_peers: BTreeMap<(u32, PeerAddr), Peer>,
     cached_endpoints: BTreeMap<[u8; 4], Endpoint>,
-    cached_vteps: BTreeSet<[u8; 4]>,
+    cached_vteps: BTreeMap<[u8; 4], ()>,
     cached_config: NodeConfig,
     /// `--strict-vteps` is asked for but suspended (VTEPS is full), as last
     /// said in the log: said once when it starts and once when it ends.
@@ -107,7 +107,7 @@ impl FastPathMaps {
             config,
             cached_peers: BTreeMap::new(),
             cached_endpoints: BTreeMap::new(),
-            cached_vteps: BTreeSet::new(),
+            cached_vteps: BTreeMap::new(),
             cached_config: NodeConfig::default(),
             strict_vteps_suspended: false,
             writes: WriteLog::default(),
@@ -128,7 +128,11 @@ impl FastPathMaps {
             .into_iter()
             .map(|(key, endpoint)| (key.addr, endpoint))
             .collect();
-        self.cached_vteps = self.vteps()?.into_iter().map(|key| key.addr).collect();
+        self.cached_vteps = self
+            .vteps()?
+            .into_iter()
+            .map(|key| (key.addr, ()))
+            .collect();
         self.cached_config = self.config()?;
         Ok(())
     }
@@ -235,94 +239,128 @@ impl FastPathMaps {
                 )
             })
             .collect();
-        let stale: Vec<(u32, PeerAddr)> = self
-            .cached_peers
-            .keys()
-            .filter(|key| !wanted.contains_key(*key))
-            .copied()
-            .collect();
-        // Removals first: they make room for the additions.
-        for (prefix_len, addr) in stale {
-            let result = self.peers.remove(&Key::new(prefix_len, addr));
-            let entry = PeerEntry(prefix_len, addr);
-            let ok = self.writes.removed(map_names::PEERS, &entry, result);
-            if ok {
-                self.cached_peers.remove(&(prefix_len, addr));
-            }
-            report.count(map_names::PEERS, ok);
-        }
-        for (&(prefix_len, addr), peer) in &wanted {
-            if self.cached_peers.get(&(prefix_len, addr)) != Some(peer) {
-                let result = self.peers.insert(&Key::new(prefix_len, addr), peer, 0);
-                let entry = PeerEntry(prefix_len, addr);
-                let ok = self
-                    .writes
-                    .inserted(map_names::PEERS, MAX_PEERS, &entry, result);
-                if ok {
-                    self.cached_peers.insert((prefix_len, addr), *peer);
+        let peers = &mut self.peers;
+        sync_entries(
+            Table::PEERS,
+            &mut self.cached_peers,
+            &wanted,
+            (&mut self.writes, report),
+            |&(prefix_len, addr)| PeerEntry(prefix_len, addr),
+            |change| match change {
+                Change::Remove(&(prefix_len, addr)) => peers.remove(&Key::new(prefix_len, addr)),
+                Change::Insert(&(prefix_len, addr), peer) => {
+                    peers.insert(&Key::new(prefix_len, addr), peer, 0)
                 }
-                report.count(map_names::PEERS, ok);
-            }
-        }
+            },
+        );
     }
 
     /// Returns whether VTEPS holds every address in `sources`.
     fn sync_vteps(&mut self, sources: &BTreeSet<Ipv4Addr>, report: &mut MapReport) -> bool {
-        let sources: BTreeSet<[u8; 4]> = sources.iter().map(|ip| ip.octets()).collect();
-        let stale: Vec<[u8; 4]> = self.cached_vteps.difference(&sources).copied().collect();
-        for addr in stale {
-            let result = self.vteps.remove(&VtepKey { addr });
-            let entry = Ipv4Addr::from(addr);
-            let ok = self.writes.removed(map_names::VTEPS, &entry, result);
-            if ok {
-                self.cached_vteps.remove(&addr);
-            }
-            report.count(map_names::VTEPS, ok);
-        }
-        let missing: Vec<[u8; 4]> = sources.difference(&self.cached_vteps).copied().collect();
-        for addr in missing {
-            let result = self.vteps.insert(VtepKey { addr }, 1, 0);
-            let entry = Ipv4Addr::from(addr);
-            let ok = self
-                .writes
-                .inserted(map_names::VTEPS, MAX_PEERS, &entry, result);
-            if ok {
-                self.cached_vteps.insert(addr);
-            }
-            report.count(map_names::VTEPS, ok);
-        }
-        self.cached_vteps.is_superset(&sources)
+        let wanted: BTreeMap<[u8; 4], ()> = sources.iter().map(|ip| (ip.octets(), ())).collect();
+        let vteps = &mut self.vteps;
+        sync_entries(
+            Table::VTEPS,
+            &mut self.cached_vteps,
+            &wanted,
+            (&mut self.writes, report),
+            |addr| Ipv4Addr::from(*addr),
+            |change| match change {
+                Change::Remove(&addr) => vteps.remove(&VtepKey { addr }),
+                Change::Insert(&addr, ()) => vteps.insert(VtepKey { addr }, 1, 0),
+            },
+        );
+        wanted
+            .keys()
+            .all(|addr| self.cached_vteps.contains_key(addr))
     }
 
     fn sync_endpoints(&mut self, desired: &BTreeMap<Ipv4Addr, Endpoint>, report: &mut MapReport) {
-        let stale: Vec<[u8; 4]> = self
-            .cached_endpoints
-            .keys()
-            .filter(|addr| !desired.contains_key(&Ipv4Addr::from(**addr)))
-            .copied()
+        let wanted: BTreeMap<[u8; 4], Endpoint> = desired
+            .iter()
+            .map(|(ip, endpoint)| (ip.octets(), *endpoint))
             .collect();
-        for addr in stale {
-            let result = self.endpoints.remove(&EndpointKey { addr });
-            let entry = Ipv4Addr::from(addr);
-            let ok = self.writes.removed(map_names::ENDPOINTS, &entry, result);
-            if ok {
-                self.cached_endpoints.remove(&addr);
-            }
-            report.count(map_names::ENDPOINTS, ok);
-        }
-        for (ip, endpoint) in desired {
-            let addr = ip.octets();
-            if self.cached_endpoints.get(&addr) != Some(endpoint) {
-                let result = self.endpoints.insert(EndpointKey { addr }, *endpoint, 0);
-                let ok = self
-                    .writes
-                    .inserted(map_names::ENDPOINTS, MAX_ENDPOINTS, ip, result);
-                if ok {
-                    self.cached_endpoints.insert(addr, *endpoint);
+        let endpoints = &mut self.endpoints;
+        sync_entries(
+            Table::ENDPOINTS,
+            &mut self.cached_endpoints,
+            &wanted,
+            (&mut self.writes, report),
+            |addr| Ipv4Addr::from(*addr),
+            |change| match change {
+                Change::Remove(&addr) => endpoints.remove(&EndpointKey { addr }),
+                Change::Insert(&addr, endpoint) => {
+                    endpoints.insert(EndpointKey { addr }, *endpoint, 0)
                 }
-                report.count(map_names::ENDPOINTS, ok);
-            }
+            },
+        );
+    }
+}
+
+/// A map the sync writes: its pinned name and how many entries it holds.
+struct Table {
+    name: &'static str,
+    capacity: u32,
+}
+
+impl Table {
+    const PEERS: Self = Self {
+        name: map_names::PEERS,
+        capacity: MAX_PEERS,
+    };
+    const VTEPS: Self = Self {
+        name: map_names::VTEPS,
+        capacity: MAX_PEERS,
+    };
+    const ENDPOINTS: Self = Self {
+        name: map_names::ENDPOINTS,
+        capacity: MAX_ENDPOINTS,
+    };
+}
+
+/// One write to a map.
+enum Change<'a, K, V> {
+    Remove(&'a K),
+    Insert(&'a K, &'a V),
+}
+
+/// Makes a map hold `wanted`, given `cached` (what it holds, as last written
+/// or read back): removals first, which make room, then the entries that
+/// are missing or differ. A failed write is logged by the write log (a
+/// full map once) and every write is counted in the report; `cached`
+/// follows only the writes that went through, so the next sync tries the
+/// others again.
+fn sync_entries<K: Ord + Clone, V: PartialEq + Clone, E: std::fmt::Display>(
+    table: Table,
+    cached: &mut BTreeMap<K, V>,
+    wanted: &BTreeMap<K, V>,
+    (writes, report): (&mut WriteLog, &mut MapReport),
+    entry: impl Fn(&K) -> E,
+    mut write: impl FnMut(Change<'_, K, V>) -> Result<(), aya::maps::MapError>,
+) {
+    let stale: Vec<K> = cached
+        .keys()
+        .filter(|key| !wanted.contains_key(*key))
+        .cloned()
+        .collect();
+    for key in stale {
+        let result = write(Change::Remove(&key));
+        let ok = writes.removed(table.name, &entry(&key), result);
+        if ok {
+            cached.remove(&key);
         }
+        report.count(table.name, ok);
+    }
+    for (key, value) in wanted {
+        if cached.get(key) == Some(value) {
+            continue;
+        }
+        let result = write(Change::Insert(key, value));
+        let ok = writes.inserted(table.name, table.capacity, &entry(key), result);
+        if ok {
+            cached.insert(key.clone(), value.clone());
+        }
+        report.count(table.name, ok);
     }
 }
 

@@ -1,4 +1,6 @@
-//! Pods' neighbour entries on the CNI bridge, pinned from owned state.
+//! The pods' neighbour entries on the CNI bridge: the sink for
+//! [`Desired::pod_neighbours`](crate::desired::Desired::pod_neighbours),
+//! pinned from owned state.
 //!
 //! The kernel fills cni0's neighbour table from whatever ARP arrives, and a
 //! pod has CAP_NET_RAW by default: one that claims a neighbour pod's
@@ -16,8 +18,8 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
 use rtnetlink::Handle;
 
-use super::pods::LocalPod;
 use crate::{
+    desired::PodNeighbours,
     lease::MacAddr,
     net::{self, neighbour_ip, neighbour_mac},
 };
@@ -30,25 +32,20 @@ pub struct NeighbourPlan {
     pub pin: Vec<(Ipv4Addr, MacAddr)>,
 }
 
-/// Compares the bridge's permanent entries inside `own_subnet` with the
-/// pods' own addresses.
-pub fn plan(
-    permanent: &BTreeMap<Ipv4Addr, MacAddr>,
-    pods: &BTreeMap<Ipv4Addr, LocalPod>,
-    own_subnet: Ipv4Net,
-) -> NeighbourPlan {
+/// Compares the bridge's permanent entries inside the node's subnet with
+/// the entries the pods should have.
+pub fn plan(permanent: &BTreeMap<Ipv4Addr, MacAddr>, wanted: &PodNeighbours) -> NeighbourPlan {
     NeighbourPlan {
         remove: permanent
             .iter()
-            .filter(|(ip, mac)| {
-                own_subnet.contains(*ip) && pods.get(ip).map(|pod| pod.mac) != Some(**mac)
-            })
+            .filter(|(ip, mac)| wanted.subnet.contains(*ip) && wanted.pinned.get(ip) != Some(*mac))
             .map(|(ip, _)| *ip)
             .collect(),
-        pin: pods
+        pin: wanted
+            .pinned
             .iter()
-            .filter(|(ip, pod)| permanent.get(ip) != Some(&pod.mac))
-            .map(|(ip, pod)| (*ip, pod.mac))
+            .filter(|(ip, mac)| permanent.get(ip) != Some(*mac))
+            .map(|(ip, mac)| (*ip, *mac))
             .collect(),
     }
 }
@@ -85,24 +82,19 @@ async fn remove_entries(
     Ok(removed)
 }
 
-/// Brings the permanent entries on bridge `bridge` in line with `pods`.
-pub async fn sync(
-    handle: &Handle,
-    bridge: u32,
-    pods: &BTreeMap<Ipv4Addr, LocalPod>,
-    own_subnet: Ipv4Net,
-) -> Result<()> {
-    let on_bridge_permanent = permanent_on(handle, bridge).await?;
+/// Brings the permanent entries on the bridge in line with `wanted`.
+pub async fn sync(handle: &Handle, wanted: &PodNeighbours) -> Result<()> {
+    let on_bridge_permanent = permanent_on(handle, wanted.bridge).await?;
     let permanent: BTreeMap<Ipv4Addr, MacAddr> = on_bridge_permanent
         .iter()
         .filter_map(|entry| Some((neighbour_ip(entry)?, neighbour_mac(entry)?)))
         .collect();
-    let plan = plan(&permanent, pods, own_subnet);
+    let plan = plan(&permanent, wanted);
     remove_entries(handle, &on_bridge_permanent, &plan.remove).await?;
     for (ip, mac) in plan.pin {
         handle
             .neighbours()
-            .add(bridge, IpAddr::V4(ip))
+            .add(wanted.bridge, IpAddr::V4(ip))
             .link_layer_address(&mac.0)
             .state(NeighbourState::Permanent)
             .replace()
@@ -131,12 +123,8 @@ pub async fn unpin_all(handle: &Handle, bridge: u32, own_subnet: Ipv4Net) -> Res
 mod tests {
     use super::*;
 
-    fn pod(mac: u8) -> LocalPod {
-        LocalPod {
-            port: 7,
-            mac: MacAddr([2, 0, 0, 0, 0, mac]),
-            xdp_ready: true,
-        }
+    fn mac(last: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, 0, last])
     }
 
     #[test]
@@ -148,12 +136,16 @@ mod tests {
             (ip("10.244.1.9"), MacAddr([2, 0, 0, 0, 0, 4])), // pod gone
             (ip("192.168.5.5"), MacAddr([2, 0, 0, 0, 0, 5])), // not ours
         ]);
-        let pods = BTreeMap::from([
-            (ip("10.244.1.2"), pod(1)),
-            (ip("10.244.1.3"), pod(3)),
-            (ip("10.244.1.4"), pod(4)),
-        ]);
-        let plan = plan(&permanent, &pods, "10.244.1.0/24".parse().unwrap());
+        let wanted = PodNeighbours {
+            bridge: 5,
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            pinned: BTreeMap::from([
+                (ip("10.244.1.2"), mac(1)),
+                (ip("10.244.1.3"), mac(3)),
+                (ip("10.244.1.4"), mac(4)),
+            ]),
+        };
+        let plan = plan(&permanent, &wanted);
         assert_eq!(plan.remove, [ip("10.244.1.3"), ip("10.244.1.9")]);
         assert_eq!(
             plan.pin,

@@ -76,6 +76,7 @@ fn compute_in(
     )]);
     compute(&Inputs {
         node,
+        subnet: net("10.244.1.0/24"),
         peers,
         view,
         pods: &pods,
@@ -161,6 +162,32 @@ fn config_is_dormant_until_live_and_keeps_the_generation() {
     assert_eq!((live.vni, u16::from_be(live.vxlan_port_be)), (1, 8472));
     assert_eq!(live.flags, CONFIG_STRICT_VTEPS | CONFIG_UPLINK_XDP);
     assert_eq!(live.vtep_mac, [0x0e, 1, 192, 168, 77, 1]);
+}
+
+#[test]
+fn the_local_pods_are_pinned_on_the_bridge_once_the_bridge_is_known() {
+    let without_bridge = compute_with(&facts(VXLAN), &BTreeMap::new(), true);
+    assert_eq!(
+        without_bridge.pod_neighbours, None,
+        "no bridge in the view: the bridge is left alone"
+    );
+    let view = LocalView {
+        bridge_index: Some(4),
+        ..view()
+    };
+    let desired = compute_in(&facts(VXLAN), &BTreeMap::new(), &view, false);
+    assert_eq!(
+        desired.pod_neighbours,
+        Some(PodNeighbours {
+            bridge: 4,
+            subnet: net("10.244.1.0/24"),
+            pinned: BTreeMap::from([(
+                Ipv4Addr::new(10, 244, 1, 2),
+                MacAddr([0x02, 0, 0, 0, 0xbb, 2])
+            )]),
+        }),
+        "pinned from the local pods, listing or not"
+    );
 }
 
 #[test]

@@ -15,6 +15,10 @@ mod follower;
 mod node;
 mod publish;
 
+/// The client every call here takes, for callers that do not depend on
+/// `kube` themselves (the integration tests).
+pub use kube::Client;
+
 pub use annotations::{AnnotationKeys, Announcement, annotation_patch, public_ip_overwrite};
 pub use calls::CALL_TIMEOUT;
 pub use config::{KubeOptions, SERVICE_ACCOUNT_DIR, client};

@@ -35,17 +35,36 @@ impl Collector for GuardCollector {
                 return Ok(());
             }
         };
-        let mut family = encoder.encode_descriptor(
-            "weft_overlay_refused_packets",
-            "Datagrams to the VXLAN port refused by the overlay guard (table inet weft), by cause: from a local pod, out of the overlay, from an address that holds no lease",
-            None,
-            MetricType::Counter,
-        )?;
-        for (refusal, packets) in refusals {
-            ConstCounter::new(packets).encode(family.encode_family(&CauseLabel {
-                cause: refusal.name(),
-            })?)?;
-        }
-        Ok(())
+        encode_refusals(&mut encoder, &refusals)
     }
+}
+
+/// The family [`GuardCollector`] serves once the guard is installed, through
+/// the same encoder but without samples: its name without an nftables table
+/// to read ([`super::family_names`]).
+#[derive(Debug)]
+pub(super) struct GuardFamilies;
+
+impl Collector for GuardFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_refusals(&mut encoder, &[])
+    }
+}
+
+fn encode_refusals(
+    encoder: &mut DescriptorEncoder,
+    refusals: &[(overlay_guard::Refusal, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "weft_overlay_refused_packets",
+        "Datagrams to the VXLAN port refused by the overlay guard (table inet weft), by cause: from a local pod, out of the overlay, from an address that holds no lease",
+        None,
+        MetricType::Counter,
+    )?;
+    for (refusal, packets) in refusals {
+        ConstCounter::new(*packets).encode(family.encode_family(&CauseLabel {
+            cause: refusal.name(),
+        })?)?;
+    }
+    Ok(())
 }

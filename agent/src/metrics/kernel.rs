@@ -54,13 +54,7 @@ impl Collector for KernelCollector {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let stats = pin_dir.as_deref().map(stats::read_pinned);
-        let readable = matches!(stats, Some(Ok(_)));
-        ConstGauge::new(i64::from(readable)).encode(encoder.encode_descriptor(
-            "weft_fastpath_active",
-            "1 while the eBPF fast path runs and its pinned maps can be read",
-            None,
-            MetricType::Gauge,
-        )?)?;
+        encode_active(&mut encoder, matches!(stats, Some(Ok(_))))?;
         let (Some(pin_dir), Some(stats)) = (pin_dir, stats) else {
             return Ok(());
         };
@@ -68,8 +62,31 @@ impl Collector for KernelCollector {
             Ok(stats) => encode_stats(&mut encoder, &stats)?,
             Err(error) => tracing::warn!("metrics: {error:#}"),
         }
-        encode_map_fill(&mut encoder, &pin_dir)
+        encode_map_fill(&mut encoder, &read_map_fill(&pin_dir))
     }
+}
+
+/// The families [`KernelCollector`] serves while the fast path runs, through
+/// the same encoders but without samples: their names without a pinned map
+/// to read ([`super::family_names`]).
+#[derive(Debug)]
+pub(super) struct KernelFamilies;
+
+impl Collector for KernelFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_active(&mut encoder, true)?;
+        encode_stats(&mut encoder, &[])?;
+        encode_map_fill(&mut encoder, &[])
+    }
+}
+
+fn encode_active(encoder: &mut DescriptorEncoder, readable: bool) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(i64::from(readable)).encode(encoder.encode_descriptor(
+        "weft_fastpath_active",
+        "1 while the eBPF fast path runs and its pinned maps can be read",
+        None,
+        MetricType::Gauge,
+    )?)
 }
 
 /// One counter family drawn from `STATS`: which counters belong to it, with
@@ -135,9 +152,10 @@ fn drop_reason(reason: &'static str) -> Option<&'static str> {
     reason.strip_prefix("drop_")
 }
 
-/// Entries and capacity of the maps that fill up (the arrays are always full).
-fn encode_map_fill(encoder: &mut DescriptorEncoder, pin_dir: &Path) -> Result<(), std::fmt::Error> {
-    let fills: Vec<(&'static str, u64, u64)> = [
+/// (map, entries, capacity) of the maps that fill up (the arrays are always
+/// full); a map that cannot be read is left out, with a warning.
+fn read_map_fill(pin_dir: &Path) -> Vec<(&'static str, u64, u64)> {
+    [
         map_names::PEERS,
         map_names::ENDPOINTS,
         map_names::VTEPS,
@@ -151,14 +169,21 @@ fn encode_map_fill(encoder: &mut DescriptorEncoder, pin_dir: &Path) -> Result<()
             None
         }
     })
-    .collect();
+    .collect()
+}
+
+/// Entries and capacity of the maps `fills` lists.
+fn encode_map_fill(
+    encoder: &mut DescriptorEncoder,
+    fills: &[(&'static str, u64, u64)],
+) -> Result<(), std::fmt::Error> {
     let mut entries = encoder.encode_descriptor(
         "weft_map_entries",
         "Entries in each pinned eBPF map",
         None,
         MetricType::Gauge,
     )?;
-    for (map, count, _) in &fills {
+    for (map, count, _) in fills {
         ConstGauge::new(*count as i64).encode(entries.encode_family(&MapLabel { map })?)?;
     }
     let mut capacity = encoder.encode_descriptor(
@@ -167,7 +192,7 @@ fn encode_map_fill(encoder: &mut DescriptorEncoder, pin_dir: &Path) -> Result<()
         None,
         MetricType::Gauge,
     )?;
-    for (map, _, max) in &fills {
+    for (map, _, max) in fills {
         ConstGauge::new(*max as i64).encode(capacity.encode_family(&MapLabel { map })?)?;
     }
     Ok(())

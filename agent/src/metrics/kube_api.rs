@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
 };
 
 /// A call to the Kubernetes API that can fail.
@@ -54,7 +53,7 @@ pub struct KubeApiMetrics {
 }
 
 impl KubeApiMetrics {
-    pub(super) fn register(&self, registry: &mut Registry) {
+    pub(super) fn register(&self, registry: &mut super::Families) {
         registry.register(
             "weft_kube_api_connected",
             "1 while the Node watch is live (listed and watching), 0 before the first listing and after an error until a listing succeeds again",

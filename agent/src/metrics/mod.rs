@@ -28,7 +28,7 @@ use std::{
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
-    registry::{Registry, Unit},
+    registry::{Metric, Registry, Unit},
 };
 
 use guard::GuardCollector;
@@ -81,10 +81,34 @@ struct ModeLabel {
     mode: &'static str,
 }
 
+/// A registry that also keeps the name of every family registered in it:
+/// the registry renders a labelled family only once it has a sample, and
+/// [`family_names`] needs them all.
+#[derive(Default)]
+struct Families {
+    registry: Registry,
+    /// As the `# TYPE` line gives them (with the unit's suffix).
+    names: Vec<String>,
+}
+
+impl Families {
+    fn register(&mut self, name: &str, help: &str, metric: impl Metric) {
+        self.names.push(name.to_owned());
+        self.registry.register(name, help, metric);
+    }
+
+    fn register_with_unit(&mut self, name: &str, help: &str, unit: Unit, metric: impl Metric) {
+        self.names.push(format!("{name}_{}", unit.as_str()));
+        self.registry.register_with_unit(name, help, unit, metric);
+    }
+}
+
 /// The process's metrics: the agent's event counters and the scrape-time
 /// readers of the pinned maps.
 pub struct Metrics {
     registry: Registry,
+    /// What [`Families`] registered.
+    registered: Vec<String>,
     leases_seen: Counter,
     leases_accepted: Counter,
     leases_rejected: Family<RuleLabel, Counter>,
@@ -118,9 +142,34 @@ pub fn global() -> &'static Metrics {
     &GLOBAL
 }
 
+/// Every metric family the agent serves, by the name its `# TYPE` line
+/// gives (a counter's without `_total`, the build info's without `_info`),
+/// sorted: those registered (shown from their first sample on) and those the
+/// scrape-time readers add once the fast path runs and the overlay guard is
+/// installed, named by rendering the readers' own encoders without samples.
+/// The docs' test compares it with docs/operating.md.
+pub fn family_names() -> Vec<String> {
+    let metrics = Metrics::new();
+    let mut readers = Registry::default();
+    readers.register_collector(Box::new(kernel::KernelFamilies));
+    readers.register_collector(Box::new(guard::GuardFamilies));
+    let mut rendered = String::new();
+    prometheus_client::encoding::text::encode(&mut rendered, &readers)
+        .expect("encoding into a String cannot fail");
+    let mut names: Vec<String> = rendered
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .map(str::to_owned)
+        .chain(metrics.registered)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 impl Metrics {
     fn new() -> Self {
-        let mut registry = Registry::default();
+        let mut registry = Families::default();
         let metrics = Self {
             leases_seen: Counter::default(),
             leases_accepted: Counter::default(),
@@ -147,6 +196,7 @@ impl Metrics {
             guard: std::sync::Arc::new(GuardCollector::default()),
             kube_api: KubeApiMetrics::default(),
             registry: Registry::default(),
+            registered: Vec::new(),
         };
         registry.register(
             "weft_build",
@@ -279,11 +329,16 @@ impl Metrics {
             "TCP flows tc_verdict asked to have made liberal in conntrack, by outcome (confirmed, lapsed, no_conntrack_entry, refused, malformed)",
             metrics.ct_liberal.clone(),
         );
+        metrics.kube_api.register(&mut registry);
+        let Families {
+            mut registry,
+            names,
+        } = registry;
         registry.register_collector(Box::new(metrics.kernel.clone()));
         registry.register_collector(Box::new(metrics.guard.clone()));
-        metrics.kube_api.register(&mut registry);
         Self {
             registry,
+            registered: names,
             ..metrics
         }
     }
@@ -507,5 +562,23 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
         assert!(text.contains("weft_last_sync_timestamp_seconds "), "{text}");
+    }
+
+    #[test]
+    fn the_family_names_include_the_scrape_time_readers() {
+        let names = family_names();
+        for name in [
+            "weft_build",
+            "weft_leases_rejected",
+            "weft_last_sync_timestamp_seconds",
+            "weft_fastpath_active",
+            "weft_fastpath_packets",
+            "weft_map_capacity",
+            "weft_overlay_refused_packets",
+            "weft_kube_api_errors",
+            "weft_ct_liberal",
+        ] {
+            assert!(names.iter().any(|n| n == name), "no {name} in {names:?}");
+        }
     }
 }

@@ -46,8 +46,13 @@ impl Lab {
         let etcd_endpoint = self.state.etcd_endpoint.clone();
         let ip_masq = self.state.ip_masq;
         let agent_args = self.state.agent_args.clone();
+        let capabilities = self.state.agent_capabilities.clone();
         let state = self.node(node);
         let mut command = netns::command(&state.ns, &weft)?;
+        if let Some(capabilities) = capabilities {
+            // After netns::command's setns, which needs CAP_SYS_ADMIN.
+            process::bound_capabilities(&mut command, &capabilities)?;
+        }
         command.args(["agent", "--iface", UPLINK]);
         match self.state.subnet_manager {
             SubnetManager::Etcd => {
@@ -196,6 +201,16 @@ impl Lab {
             "the agent on {} survived {signal}",
             state.ns
         );
+        // A multi-threaded process shows as a zombie once its main thread
+        // is gone, while its other threads may still be exiting and holding
+        // its files: the pin dir's lock is free only once the last one is.
+        if state.pin_dir.exists() {
+            wait_for(
+                &format!("the agent on {} to release its pin dir", state.ns),
+                Duration::from_secs(10),
+                || process::unlocked(&state.pin_dir),
+            )?;
+        }
         let _ = fs::remove_file(pid_file);
         Ok(())
     }

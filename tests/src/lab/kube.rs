@@ -50,3 +50,143 @@ impl Lab {
         })
     }
 }
+
+// kube-tests-a: what a kube-mode lab's nodes publish and hold, as the kube
+// subnet manager's end-to-end tests check it.
+
+impl Lab {
+    /// The flannel annotations flanneld v0.20.2 publishes on `node`'s Node
+    /// for this lab's backend, keyed without the prefix; the VTEP MAC is
+    /// flannel.1's as the node's kernel has it.
+    pub fn flanneld_annotations(
+        &self,
+        node: NodeId,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let state = self.node(node);
+        let (backend_type, backend_data) = match self.state.backend {
+            super::Backend::Vxlan => (
+                "vxlan",
+                format!(
+                    r#"{{"VNI":1,"VtepMAC":"{}"}}"#,
+                    crate::flannel::vtep_mac(state)?
+                ),
+            ),
+            super::Backend::HostGw => ("host-gw", "null".to_owned()),
+        };
+        Ok([
+            ("backend-data", backend_data),
+            ("backend-type", backend_type.to_owned()),
+            ("kube-subnet-manager", "true".to_owned()),
+            ("public-ip", state.ip.clone()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect())
+    }
+
+    /// `subnet.env` as flanneld writes it for `node`: the Network of the
+    /// lab's net-conf.json, the first address of the node's podCIDR, the
+    /// backend's MTU (the uplink's 1500, less 50 for VXLAN).
+    pub fn flanneld_subnet_env(&self, node: NodeId) -> Result<String> {
+        let net_conf = std::fs::read_to_string(&self.kube()?.net_conf)?;
+        let net_conf: serde_json::Value = serde_json::from_str(&net_conf)?;
+        let network = net_conf["Network"]
+            .as_str()
+            .ok_or_else(|| anyhow!("net-conf.json has no Network: {net_conf}"))?;
+        let pod_cidr: ipnet::Ipv4Net = Self::pod_cidr(node).parse()?;
+        let gateway = pod_cidr
+            .hosts()
+            .next()
+            .ok_or_else(|| anyhow!("podCIDR {pod_cidr} has no host address"))?;
+        let mtu = match self.state.backend {
+            super::Backend::Vxlan => 1450,
+            super::Backend::HostGw => 1500,
+        };
+        Ok(format!(
+            "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={gateway}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={}\n",
+            pod_cidr.prefix_len(),
+            self.state.ip_masq
+        ))
+    }
+
+    /// Checks that `node`'s Node and subnet.env hold exactly what flanneld
+    /// v0.20.2 writes: the podCIDR the lab registered, the four flannel
+    /// annotations and no other, `NetworkUnavailable=False` with flanneld's
+    /// reason and message, and subnet.env byte for byte. The error names the
+    /// first difference.
+    pub fn check_published_as_flanneld(&self, node: NodeId) -> Result<()> {
+        let name = self.node(node).node_name();
+        let object = self.kube()?.node(name)?;
+        let pod_cidr = Self::pod_cidr(node);
+        anyhow::ensure!(
+            object["spec"]["podCIDR"] == pod_cidr.as_str(),
+            "Node {name}: podCIDR {} instead of {pod_cidr}",
+            object["spec"]["podCIDR"]
+        );
+        let found = kube::flannel_annotations(&object)?;
+        let expected = self.flanneld_annotations(node)?;
+        anyhow::ensure!(
+            found == expected,
+            "Node {name}: flannel annotations\n  found    {found:?}\n  expected {expected:?}"
+        );
+        let unavailable = kube::condition(&object, "NetworkUnavailable")
+            .ok_or_else(|| anyhow!("Node {name}: no NetworkUnavailable condition: {object}"))?;
+        anyhow::ensure!(
+            unavailable["status"] == "False"
+                && unavailable["reason"] == "FlannelIsUp"
+                && unavailable["message"] == kube::FLANNEL_IS_UP_MESSAGE,
+            "Node {name}: NetworkUnavailable is not flanneld's: {unavailable}"
+        );
+        let subnet_file = &self.node(node).subnet_file;
+        let env = std::fs::read_to_string(subnet_file)
+            .with_context(|| format!("reading {}", subnet_file.display()))?;
+        let expected_env = self.flanneld_subnet_env(node)?;
+        anyhow::ensure!(
+            env == expected_env,
+            "{}:\n{env}expected\n{expected_env}",
+            subnet_file.display()
+        );
+        Ok(())
+    }
+
+    /// What `node` holds for `peer` (by the subnet in the peer's subnet.env,
+    /// its podCIDR in kube mode, and its underlay address): routes,
+    /// flannel.1's neighbour and FDB entries and, on an eBPF node, PEERS and
+    /// VTEPS entries.
+    pub fn peer_traces(&self, node: NodeId, peer: NodeId) -> Result<kube::PeerTraces> {
+        let ns = &self.node(node).ns;
+        let peer_ip = self.node(peer).ip.as_str();
+        let pod_cidr = self.node(peer).subnet.clone();
+        let vtep_address = pod_cidr.parse::<ipnet::Ipv4Net>()?.network().to_string();
+        let vxlan = crate::inspect::link(ns, "flannel.1")?.is_some();
+        let list = |value: serde_json::Value| value.as_array().cloned().unwrap_or_default();
+        let mut traces = kube::PeerTraces {
+            routes: crate::inspect::routes_to(ns, &pod_cidr)?,
+            neighbours: Vec::new(),
+            fdb: Vec::new(),
+            peers: Vec::new(),
+            vteps: Vec::new(),
+        };
+        if vxlan {
+            traces.neighbours = crate::inspect::neighbours(ns, "flannel.1")?
+                .into_iter()
+                .filter(|entry| entry["dst"] == vtep_address.as_str())
+                .collect();
+            traces.fdb = crate::inspect::fdb(ns, "flannel.1")?
+                .into_iter()
+                .filter(|entry| entry["dst"] == peer_ip)
+                .collect();
+        }
+        if self.node(node).dataplane == super::Dataplane::Ebpf {
+            traces.peers = list(self.maps_json(node, "peers")?)
+                .into_iter()
+                .filter(|row| row["subnet"] == pod_cidr.as_str())
+                .collect();
+            traces.vteps = list(self.maps_json(node, "vteps")?)
+                .into_iter()
+                .filter(|row| *row == peer_ip)
+                .collect();
+        }
+        Ok(traces)
+    }
+}

@@ -81,6 +81,7 @@ impl Lab {
                 etcd_endpoint: format!("http://{UNDERLAY_GATEWAY}:{}", etcd::CLIENT_PORT),
                 ip_masq: spec.ip_masq,
                 agent_args: spec.agent_args.clone(),
+                agent_capabilities: spec.agent_capabilities.clone(),
                 second_segment_from: spec.second_segment_from,
                 prometheus: None,
                 subnet_manager: spec.subnet_manager,

@@ -105,6 +105,11 @@ pub struct LabSpec {
     pub ip_masq: bool,
     /// More flags for every agent.
     pub agent_args: Vec<String>,
+    /// Bound every weft agent to these capabilities (numbers, as in
+    /// linux/capability.h) with no new privileges, as systemd's
+    /// `CapabilityBoundingSet=` and `NoNewPrivileges=yes` do for a root
+    /// service; `None`: every capability, as the lab's root has.
+    pub agent_capabilities: Option<Vec<u32>>,
     /// A network config to write instead of the backend's default one.
     pub network_config: Option<String>,
     /// Nodes from this one on sit on a second underlay segment,
@@ -138,6 +143,7 @@ impl LabSpec {
             preset_subnet_env: None,
             ip_masq: false,
             agent_args: Vec::new(),
+            agent_capabilities: None,
             network_config: None,
             second_segment_from: None,
             subnet_manager: SubnetManager::Etcd,

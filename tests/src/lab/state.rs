@@ -27,6 +27,10 @@ pub struct LabState {
     pub etcd_endpoint: String,
     pub ip_masq: bool,
     pub agent_args: Vec<String>,
+    /// The capabilities each weft agent is bounded to
+    /// (`LabSpec::agent_capabilities`).
+    #[serde(default)]
+    pub agent_capabilities: Option<Vec<u32>>,
     pub second_segment_from: Option<NodeId>,
     /// The URL of the lab's Prometheus (inside the underlay), if it runs one.
     #[serde(default)]

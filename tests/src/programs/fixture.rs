@@ -188,6 +188,7 @@ impl Programs {
     fn sync(&mut self) {
         let desired = desired::compute(&Inputs {
             node: &self.node.facts,
+            subnet: subnet([10, 244, 1, 0]),
             peers: &self.node.peers,
             view: &self.node.view,
             pods: &self.node.pods,

@@ -1,10 +1,13 @@
-//! [`Agent`]: one handler per input (lease events, renewal, a lease
-//! acquired again, local view, pod retry, map audit, ruleset change, stop).
-//! Handlers that change what the datapath should hold update their input
-//! and call [`Agent::apply`]: inputs -> `desired::compute` -> both sinks,
-//! whose reports go to the metrics. No handler waits on anything unbounded:
-//! acquiring a lost lease again is a task of its own (`own_lease.rs`), nft
-//! runs off the runtime (`masq::Keeper`, [`off_runtime`]).
+//! [`Agent`]: one handler per input (the subnet manager's updates, local
+//! view, pod retry and re-read, map audit, ruleset change, accept-bit
+//! check, stop). Handlers that change what the datapath should hold update
+//! their input (the accepted peers, the own subnet, the local view, the
+//! local pods, the ruleset generation) and call [`Agent::apply`]: inputs ->
+//! `desired::compute` -> the sinks (kernel, overlay guard, fast path: maps
+//! and the pods' pinned neighbours), whose reports go to the metrics. No
+//! handler waits on anything unbounded: acquiring a lost lease again is a
+//! task of its own (`subnet_manager/etcd/own_lease.rs`), nft runs off the
+//! runtime (`masq::Keeper`, [`off_runtime`]).
 
 use std::collections::BTreeSet;
 
@@ -28,6 +31,7 @@ use crate::{
     http::Readiness,
     lease::{claim::ClaimEvent, peers::PeerTable},
     masq, metrics,
+    pods::LocalPods,
     subnet_env::{self, SubnetEnv},
     subnet_manager::{SubnetManager, Update},
     verdicts::{self, Marks},
@@ -80,6 +84,9 @@ pub struct Agent {
     /// Who may send to the VXLAN port (VXLAN backend, either dataplane).
     pub(super) guard: Option<OverlayGuard>,
     pub(super) fast_path: Option<FastPath>,
+    /// The local pods (with the fast path: the kernel datapath needs none),
+    /// read inside [`Self::subnet`].
+    pub(super) pods: Option<LocalPods>,
     /// The verdict chain's bits, and the looks for other rules using the
     /// accept bit (with the fast path).
     pub(super) marks: Option<(Marks, MarkChecks)>,
@@ -97,17 +104,18 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Computes the desired state from the current inputs and makes both
-    /// sinks hold it. The one update path, for listings and events alike.
+    /// Computes the desired state from the current inputs and makes every
+    /// sink hold it. The one update path, for listings and events alike.
     /// What the sinks could not do is logged by them and counted here.
     async fn apply(&mut self) {
         let pods = self
-            .fast_path
+            .pods
             .as_ref()
-            .map(FastPath::pods)
+            .map(|pods| pods.endpoints(self.subnet))
             .unwrap_or_default();
         let desired: Desired = desired::compute(&Inputs {
             node: &self.facts,
+            subnet: self.subnet,
             peers: self.peers.peers(),
             view: &self.view,
             pods: &pods,
@@ -203,8 +211,7 @@ impl Agent {
             None => {}
         }
         self.write_subnet_env()?;
-        if let Some(fast_path) = self.fast_path.as_mut() {
-            fast_path.set_own_subnet(subnet);
+        if self.pods.is_some() {
             self.apply().await;
         }
         Ok(())
@@ -231,8 +238,11 @@ impl Agent {
 
     /// The kernel's view of pods, ports, uplink neighbours and routes.
     pub async fn on_view(&mut self, view: LocalView) {
+        if let Some(pods) = self.pods.as_mut() {
+            pods.refresh(&view.ports, self.subnet).await;
+        }
         if let Some(fast_path) = self.fast_path.as_mut() {
-            fast_path.on_view(&view).await;
+            fast_path.on_view(&view);
             log_tc_changes(&self.view, &view, &self.facts.own_tc_programs);
         }
         self.view = view;
@@ -240,13 +250,14 @@ impl Agent {
         self.apply().await;
     }
 
-    /// Pods not complete yet are read again; the maps follow if they
-    /// changed, and the pods' pinned neighbours are checked either way.
+    /// Pods not complete yet are read again; the maps and the pinned
+    /// neighbours follow if they changed, else the pinned neighbours are
+    /// repaired (to the last desired state).
     pub async fn on_pod_retry(&mut self) {
-        let Some(fast_path) = self.fast_path.as_mut() else {
+        let (Some(pods), Some(fast_path)) = (self.pods.as_mut(), self.fast_path.as_ref()) else {
             return;
         };
-        if fast_path.retry_pods(&self.view).await {
+        if pods.retry(&self.view.ports, self.subnet).await {
             return self.apply().await;
         }
         fast_path.pin_pod_neighbours().await;
@@ -255,10 +266,10 @@ impl Agent {
     /// Every pod's side is read again, complete or not: a MAC or address
     /// changed inside a pod reaches ENDPOINTS and the pinned neighbour entry.
     pub async fn on_pod_reread(&mut self) {
-        let Some(fast_path) = self.fast_path.as_mut() else {
+        let Some(pods) = self.pods.as_mut() else {
             return;
         };
-        if fast_path.reread_pods(&self.view).await {
+        if pods.reread(&self.view.ports, self.subnet).await {
             self.apply().await;
         }
     }

@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::{
     cli::AgentArgs,
-    config::{BackendConfig, NetworkConfig},
+    config::NetworkConfig,
     dataplane::{
         ebpf::{AttachedXdpMode, EbpfPrograms},
         fastpath::FastPath,
@@ -33,9 +33,9 @@ pub fn lease_attrs(
         public_ip: uplink.public_ip,
         public_ipv6: None,
         backend_type: config.backend.type_name().to_owned(),
-        backend_data: match (&config.backend, vxlan) {
-            (BackendConfig::Vxlan { vni, .. }, Some(device)) => Some(VxlanBackendData {
-                vni: *vni,
+        backend_data: match (config.backend.vni(), vxlan) {
+            (Some(vni), Some(device)) => Some(VxlanBackendData {
+                vni,
                 vtep_mac: device.mac,
             }),
             _ => None,

@@ -2,10 +2,6 @@
 //! BPF_PROG_TEST_RUN: delivery from the owning peer only, forwarding by the
 //! peer's MAC, the TTL decrement's checksum, and full-size TCP left to GRO.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use weft_common::{CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS};
 use weft_common::{
     CounterId,
@@ -14,16 +10,13 @@ use weft_common::{
 };
 use weft_tests::{
     packets::{Ipv4Options, checksum, ipv4_checksum_ok},
-    privileged_test,
+    privileged,
     programs::*,
 };
 
 #[test]
 fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
-    let Some(_guard) = privileged_test("xdp_delivers_host_gw_packets_from_the_owning_peer_only")
-    else {
-        return;
-    };
+    let _guard = privileged!("xdp_delivers_host_gw_packets_from_the_owning_peer_only");
     let programs = Programs::load(true);
     let before = programs.counters();
     let frame = host_gw_frame(
@@ -136,11 +129,7 @@ fn xdp_delivers_host_gw_packets_from_the_owning_peer_only() {
 
 #[test]
 fn the_ttl_decrement_keeps_the_header_checksum_valid_for_every_header() {
-    let Some(_guard) =
-        privileged_test("the_ttl_decrement_keeps_the_header_checksum_valid_for_every_header")
-    else {
-        return;
-    };
+    let _guard = privileged!("the_ttl_decrement_keeps_the_header_checksum_valid_for_every_header");
     let programs = Programs::load(true);
     // Every TTL, with ids chosen to walk the checksum through its carries
     // (including the 0xffff/0x0000 corner).
@@ -178,9 +167,7 @@ fn the_ttl_decrement_keeps_the_header_checksum_valid_for_every_header() {
 
 #[test]
 fn tc_forwards_to_host_gw_peers_by_their_node_mac() {
-    let Some(_guard) = privileged_test("tc_forwards_to_host_gw_peers_by_their_node_mac") else {
-        return;
-    };
+    let _guard = privileged!("tc_forwards_to_host_gw_peers_by_their_node_mac");
     let mut programs = Programs::load(true);
     programs.set_verdict(
         flow(LOCAL_POD, [10, 244, 3, 9], IPPROTO_ICMP, ECHO_ID, [0, 0]),
@@ -220,11 +207,7 @@ fn tc_forwards_to_host_gw_peers_by_their_node_mac() {
 
 #[test]
 fn xdp_leaves_full_size_tcp_for_local_pods_to_gro_when_configured() {
-    let Some(_guard) =
-        privileged_test("xdp_leaves_full_size_tcp_for_local_pods_to_gro_when_configured")
-    else {
-        return;
-    };
+    let _guard = privileged!("xdp_leaves_full_size_tcp_for_local_pods_to_gro_when_configured");
     let mut programs = Programs::load(true);
     programs.set_flags(CONFIG_STRICT_VTEPS | CONFIG_BULK_TCP_VIA_GRO);
     let bulk = vxlan_carrying(&inner_tcp_frame(LOCAL_POD, 1400, Ipv4Options::default()));

@@ -2,24 +2,17 @@
 //! BPF_PROG_TEST_RUN: the verdict, the exact bytes that come out, and the
 //! counter that explains it.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use weft_common::{CounterId, Hook::XdpUplink, Reason};
 use weft_tests::{
     packets::{Ipv4Options, ipv4_checksum_ok},
-    privileged_test,
+    privileged,
     programs::*,
 };
 
 #[test]
 fn xdp_decapsulates_valid_vxlan_for_a_local_pod_into_the_exact_inner_frame() {
-    let Some(_guard) =
-        privileged_test("xdp_decapsulates_valid_vxlan_for_a_local_pod_into_the_exact_inner_frame")
-    else {
-        return;
-    };
+    let _guard =
+        privileged!("xdp_decapsulates_valid_vxlan_for_a_local_pod_into_the_exact_inner_frame");
     let programs = Programs::load(true);
     let before = programs.counters();
     let frame = good_vxlan();
@@ -72,10 +65,7 @@ fn xdp_decapsulates_valid_vxlan_for_a_local_pod_into_the_exact_inner_frame() {
 
 #[test]
 fn xdp_passes_what_is_not_its_to_the_kernel_and_says_why() {
-    let Some(_guard) = privileged_test("xdp_passes_what_is_not_its_to_the_kernel_and_says_why")
-    else {
-        return;
-    };
+    let _guard = privileged!("xdp_passes_what_is_not_its_to_the_kernel_and_says_why");
     let programs = Programs::load(true);
     let inner = inner_frame(LOCAL_POD, Ipv4Options::default());
     let plain = Ipv4Options {
@@ -186,9 +176,7 @@ fn xdp_passes_what_is_not_its_to_the_kernel_and_says_why() {
 
 #[test]
 fn xdp_passes_every_truncation_untouched() {
-    let Some(_guard) = privileged_test("xdp_passes_every_truncation_untouched") else {
-        return;
-    };
+    let _guard = privileged!("xdp_passes_every_truncation_untouched");
     let programs = Programs::load(true);
     let frame = good_vxlan();
     // Cut at every header boundary and one byte short of each. (A frame
@@ -211,11 +199,8 @@ fn xdp_passes_every_truncation_untouched() {
 
 #[test]
 fn xdp_drops_vxlan_from_unknown_sources_in_strict_mode_and_passes_it_otherwise() {
-    let Some(_guard) = privileged_test(
-        "xdp_drops_vxlan_from_unknown_sources_in_strict_mode_and_passes_it_otherwise",
-    ) else {
-        return;
-    };
+    let _guard =
+        privileged!("xdp_drops_vxlan_from_unknown_sources_in_strict_mode_and_passes_it_otherwise");
     let spoofed = vxlan_from(STRANGER_IP);
     let strict = Programs::load(true);
     let before = strict.counters();

@@ -3,10 +3,6 @@
 //! would; the verdict, the exact bytes that come out, and the counter that
 //! explains it.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use weft_common::{CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP};
 use weft_common::{
     CounterId,
@@ -15,16 +11,13 @@ use weft_common::{
 };
 use weft_tests::{
     packets::{ETH_P_IPV4, Ipv4Options, checksum, eth, icmp_echo, ipv4, ipv4_checksum_ok},
-    privileged_test,
+    privileged,
     programs::*,
 };
 
 #[test]
 fn tc_encapsulates_for_a_vxlan_peer_with_exact_outer_headers() {
-    let Some(_guard) = privileged_test("tc_encapsulates_for_a_vxlan_peer_with_exact_outer_headers")
-    else {
-        return;
-    };
+    let _guard = privileged!("tc_encapsulates_for_a_vxlan_peer_with_exact_outer_headers");
     let programs = Programs::load(true);
     let before = programs.counters();
     let frame = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());
@@ -93,11 +86,7 @@ fn tc_encapsulates_for_a_vxlan_peer_with_exact_outer_headers() {
 
 #[test]
 fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
-    let Some(_guard) =
-        privileged_test("tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel")
-    else {
-        return;
-    };
+    let _guard = privileged!("tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel");
     let mut programs = Programs::load(true);
     // Same node: straight into the other pod, rewritten for it.
     let before = programs.counters();
@@ -183,10 +172,7 @@ fn tc_redirects_to_local_pods_and_leaves_misses_to_the_kernel() {
 
 #[test]
 fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
-    let Some(_guard) = privileged_test("tc_on_the_uplink_delivers_the_exact_frame_xdp_would")
-    else {
-        return;
-    };
+    let _guard = privileged!("tc_on_the_uplink_delivers_the_exact_frame_xdp_would");
     let mut programs = Programs::load(true);
     for xdp_attached in [true, false] {
         let flags = CONFIG_STRICT_VTEPS | if xdp_attached { CONFIG_UPLINK_XDP } else { 0 };
@@ -318,11 +304,7 @@ fn tc_on_the_uplink_delivers_the_exact_frame_xdp_would() {
 /// `TCX_NEXT` (`XDP_PASS`), counted by cause; the rest stays fast.
 #[test]
 fn where_tc_acts_the_programs_hand_the_packet_on_counted_by_cause() {
-    let Some(_guard) =
-        privileged_test("where_tc_acts_the_programs_hand_the_packet_on_counted_by_cause")
-    else {
-        return;
-    };
+    let _guard = privileged!("where_tc_acts_the_programs_hand_the_packet_on_counted_by_cause");
     use weft_agent::tc::TcHooks;
     let mut programs = Programs::load(true);
     let to_remote = pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default());

@@ -17,10 +17,6 @@
 //! The expected owner of an address is this file's own model of the
 //! fixture's leases, not read back from the maps under test.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::cell::RefCell;
 
 use proptest::{
@@ -30,7 +26,7 @@ use proptest::{
 use weft_common::{Hook, Reason};
 use weft_tests::{
     packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4},
-    privileged_test,
+    privileged,
     programs::*,
 };
 
@@ -276,9 +272,7 @@ fn uplink_property(
     actions: &[u32],
     run: impl Fn(&Programs, &[u8]) -> (u32, Vec<u8>),
 ) {
-    let Some(_guard) = privileged_test(name) else {
-        return;
-    };
+    let _guard = privileged!(name);
     let programs = RefCell::new(Programs::load(true));
     let redirected = RefCell::new(0u32);
     let result = runner().run(&(uplink_frame(), damage()), |(case, damage)| {
@@ -363,11 +357,9 @@ fn pod_frame_case() -> impl Strategy<Value = ([u8; 4], [u8; 4], Vec<u8>)> {
 
 #[test]
 fn tc_pod_egress_fast_paths_only_the_pods_own_address_and_counts_every_packet_once() {
-    let Some(_guard) = privileged_test(
-        "tc_pod_egress_fast_paths_only_the_pods_own_address_and_counts_every_packet_once",
-    ) else {
-        return;
-    };
+    let _guard = privileged!(
+        "tc_pod_egress_fast_paths_only_the_pods_own_address_and_counts_every_packet_once"
+    );
     let programs = RefCell::new(Programs::load(true));
     let redirected = RefCell::new(0u32);
     let result = runner().run(

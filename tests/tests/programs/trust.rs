@@ -4,10 +4,6 @@
 //! lie; a pod sending as someone else; XDP into a veth not ready for it.
 //! Each goes to the kernel untouched, counted by cause.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use weft_common::ENDPOINT_XDP_READY;
 use weft_common::{
     Hook::{TcPodEgress, TcUplink, XdpUplink},
@@ -15,7 +11,7 @@ use weft_common::{
 };
 use weft_tests::{
     packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4},
-    privileged_test,
+    privileged,
     programs::*,
 };
 
@@ -37,11 +33,8 @@ fn inner_from(src: [u8; 4], dst_mac: [u8; 6]) -> Vec<u8> {
 
 #[test]
 fn vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths() {
-    let Some(_guard) =
-        privileged_test("vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths")
-    else {
-        return;
-    };
+    let _guard =
+        privileged!("vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths");
     let mut programs = Programs::load(true);
     // The fixture's verdicts cover these flows, so only the checks below
     // can refuse them.
@@ -98,9 +91,7 @@ fn vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths() {
 
 #[test]
 fn a_pod_sends_only_as_itself() {
-    let Some(_guard) = privileged_test("a_pod_sends_only_as_itself") else {
-        return;
-    };
+    let _guard = privileged!("a_pod_sends_only_as_itself");
     let mut programs = Programs::load(true);
     for src in [[10, 96, 0, 10], OTHER_LOCAL_POD] {
         programs.set_verdict(
@@ -141,9 +132,7 @@ fn a_pod_sends_only_as_itself() {
 
 #[test]
 fn xdp_redirects_only_into_veths_ready_for_it() {
-    let Some(_guard) = privileged_test("xdp_redirects_only_into_veths_ready_for_it") else {
-        return;
-    };
+    let _guard = privileged!("xdp_redirects_only_into_veths_ready_for_it");
     let mut programs = Programs::load(true);
     programs.set_endpoint(LOCAL_POD, POD_IFINDEX, 0);
     programs.assert_xdp_passes(&[(
@@ -161,9 +150,7 @@ fn xdp_redirects_only_into_veths_ready_for_it() {
 
 #[test]
 fn a_pod_may_not_speak_vxlan_to_a_node() {
-    let Some(_guard) = privileged_test("a_pod_may_not_speak_vxlan_to_a_node") else {
-        return;
-    };
+    let _guard = privileged!("a_pod_may_not_speak_vxlan_to_a_node");
     let programs = Programs::load(true);
     let from_to = |src: [u8; 4], dst: [u8; 4], port: u16| {
         eth(

@@ -2,10 +2,6 @@
 //! exit, never a panic. None of these need root: the agent checks its inputs
 //! before it touches the kernel.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::process::Command;
 
 use weft_tests::lab::default_weft_bin;

@@ -1,10 +1,11 @@
-//! The pods this node's fast path delivers to, from state the node owns:
-//! the IPv4 addresses configured on the pod's end of each bridge port's
-//! veth (read inside the pod's namespace), inside this node's lease. Never
-//! from what a pod says on the wire: cni0's neighbour table and the
-//! bridge's learned MACs take whatever ARP a pod sends, and a pod with
-//! CAP_NET_RAW (the default) could claim a ClusterIP or its neighbour's
-//! address and receive their traffic.
+//! The local pods, an input of the desired state: the pods this node's
+//! fast path delivers to, from state the node owns: the IPv4 addresses
+//! configured on the pod's end of each bridge port's veth (read inside the
+//! pod's namespace), inside this node's subnet. Never from what a pod says
+//! on the wire: cni0's neighbour table and the bridge's learned MACs take
+//! whatever ARP a pod sends, and a pod with CAP_NET_RAW (the default) could
+//! claim a ClusterIP or its neighbour's address and receive their traffic.
+//! The subnet is the agent's (`Agent::subnet`), passed in on every read.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,7 +26,6 @@ pub use crate::desired::LocalPod;
 
 pub struct LocalPods {
     handle: Handle,
-    own_subnet: Option<Ipv4Net>,
     /// Pod sides read so far, by host-side ifindex.
     sides: BTreeMap<u32, PodSide>,
     /// Ports whose pod side could not be read (logged once, retried).
@@ -36,45 +36,43 @@ impl LocalPods {
     pub fn new(handle: Handle) -> Self {
         Self {
             handle,
-            own_subnet: None,
             sides: BTreeMap::new(),
             failing: BTreeSet::new(),
         }
     }
 
-    pub fn own_subnet(&self) -> Option<Ipv4Net> {
-        self.own_subnet
-    }
-
-    /// This node's lease: only addresses inside it are local pods.
-    pub fn set_own_subnet(&mut self, subnet: Ipv4Net) {
-        self.own_subnet = Some(subnet);
-    }
-
     /// Forgets ports that are gone and reads the pod side of every port not
     /// read yet, whose GRO is not confirmed yet, or that had no address in
-    /// our lease yet: the CNI plugin plugs the veth into the bridge before
+    /// `subnet` yet: the CNI plugin plugs the veth into the bridge before
     /// IPAM configures the pod's address, and the first read can fall in
     /// between.
-    pub async fn refresh(&mut self, ports: &BridgePorts) {
-        self.read_sides(ports, false).await;
+    pub async fn refresh(&mut self, ports: &BridgePorts, subnet: Ipv4Net) {
+        self.read_sides(ports, subnet, false).await;
+    }
+
+    /// Reads again the pods whose side could not be read or is not complete
+    /// yet ([`Self::refresh`]; views arrive only when something changed).
+    /// Returns whether the local pods changed.
+    pub async fn retry(&mut self, ports: &BridgePorts, subnet: Ipv4Net) -> bool {
+        let before = self.endpoints(subnet);
+        self.refresh(ports, subnet).await;
+        self.endpoints(subnet) != before
     }
 
     /// Reads every port's pod side again, complete or not, so a pod whose
-    /// MAC or addresses changed after it was read is followed.
-    pub async fn reread(&mut self, ports: &BridgePorts) {
-        self.read_sides(ports, true).await;
+    /// MAC or addresses changed after it was read is followed. Returns
+    /// whether the local pods changed.
+    pub async fn reread(&mut self, ports: &BridgePorts, subnet: Ipv4Net) -> bool {
+        let before = self.endpoints(subnet);
+        self.read_sides(ports, subnet, true).await;
+        self.endpoints(subnet) != before
     }
 
-    async fn read_sides(&mut self, ports: &BridgePorts, complete_too: bool) {
+    async fn read_sides(&mut self, ports: &BridgePorts, subnet: Ipv4Net, complete_too: bool) {
         self.sides.retain(|index, _| ports.contains_key(index));
         self.failing.retain(|index| ports.contains_key(index));
-        let own_subnet = self.own_subnet;
-        let complete = |side: &PodSide| {
-            side.gro_on
-                && own_subnet
-                    .is_some_and(|subnet| side.addresses.iter().any(|ip| subnet.contains(ip)))
-        };
+        let complete =
+            |side: &PodSide| side.gro_on && side.addresses.iter().any(|ip| subnet.contains(ip));
         for (index, port) in ports {
             if !complete_too && self.sides.get(index).is_some_and(complete) {
                 continue;
@@ -113,22 +111,16 @@ impl LocalPods {
         pod_veth::prepare(&netns, peer)
     }
 
-    /// ENDPOINTS' contents (see [`endpoints_of`]).
-    pub fn endpoints(&self) -> BTreeMap<Ipv4Addr, LocalPod> {
-        endpoints_of(&self.sides, self.own_subnet)
+    /// The local pods in `subnet`, the node's (see [`endpoints_of`]).
+    pub fn endpoints(&self, subnet: Ipv4Net) -> BTreeMap<Ipv4Addr, LocalPod> {
+        endpoints_of(&self.sides, subnet)
     }
 }
 
-/// Each address of a pod side that lies inside our lease and is a host
+/// Each address of a pod side that lies inside our subnet and is a host
 /// address other than the gateway's. An address two pods both claim
-/// belongs to neither. No lease yet: no endpoints.
-fn endpoints_of(
-    sides: &BTreeMap<u32, PodSide>,
-    own_subnet: Option<Ipv4Net>,
-) -> BTreeMap<Ipv4Addr, LocalPod> {
-    let Some(subnet) = own_subnet else {
-        return BTreeMap::new();
-    };
+/// belongs to neither.
+fn endpoints_of(sides: &BTreeMap<u32, PodSide>, subnet: Ipv4Net) -> BTreeMap<Ipv4Addr, LocalPod> {
     let gateway = subnet.hosts().next();
     let mut endpoints = BTreeMap::new();
     let mut contested = BTreeSet::new();
@@ -172,8 +164,8 @@ mod tests {
         }
     }
 
-    fn lease() -> Option<Ipv4Net> {
-        Some("10.244.1.0/24".parse().unwrap())
+    fn lease() -> Ipv4Net {
+        "10.244.1.0/24".parse().unwrap()
     }
 
     #[test]
@@ -188,10 +180,6 @@ mod tests {
                 side(2, &["10.244.1.1", "10.244.1.3", "10.244.1.255"], false),
             ),
         ]);
-        assert!(
-            endpoints_of(&sides, None).is_empty(),
-            "no lease yet: no endpoints"
-        );
         let endpoints = endpoints_of(&sides, lease());
         let addresses: Vec<String> = endpoints.keys().map(ToString::to_string).collect();
         assert_eq!(addresses, ["10.244.1.2", "10.244.1.3"]);

@@ -1,14 +1,12 @@
 //! The node package (`cargo xtask package`): what it installs, that its
 //! systemd unit passes `systemd-analyze verify` where the package put the
 //! binary, that the packaged binary runs, and that /etc/default/weft names
-//! only settings the agent reads, with values it accepts.
+//! only settings the agent reads, with values it accepts; and that the
+//! capabilities the unit keeps are enough: agents on the lab holding only
+//! those become ready and carry pod traffic on the fast path.
 //!
 //! `cargo xtask test` builds the .deb and passes it in `WEFT_DEB`; run alone,
 //! the test takes the one in target/debian (`cargo xtask package`).
-
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
 
 use std::{
     collections::BTreeSet,
@@ -18,7 +16,13 @@ use std::{
 };
 
 use weft_agent::cli::FLANNELD_ALIASES;
-use weft_tests::settings::{agent_settings, check_agent_setting};
+use weft_common::{Hook::TcPodEgress, Reason};
+use weft_tests::{
+    Lab, LabSpec, NodeId,
+    lab::{DECAP_COUNTERS, FLOW_SETUP_PACKETS, counter_delta, counters_delta},
+    privileged,
+    settings::{agent_settings, check_agent_setting},
+};
 
 fn deb() -> PathBuf {
     if let Some(deb) = std::env::var_os("WEFT_DEB") {
@@ -227,6 +231,141 @@ fn the_defaults_file_names_only_settings_the_agent_reads_with_values_it_accepts(
         assert!(
             text.contains(&format!("FLANNELD_{alias}")),
             "/etc/default/weft does not mention FLANNELD_{alias}"
+        );
+    }
+}
+
+/// The unit in the source tree (the one the package installs).
+fn unit_text() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/weft.service");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
+}
+
+/// The unit's `CapabilityBoundingSet=`, lower-cased without `CAP_`
+/// (`net_admin`).
+fn unit_capabilities(unit: &str) -> Vec<String> {
+    let sets: Vec<&str> = unit
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("CapabilityBoundingSet="))
+        .collect();
+    let [set] = sets.as_slice() else {
+        panic!("the unit should have one CapabilityBoundingSet= line, has {sets:?}");
+    };
+    set.split_whitespace()
+        .map(|cap| {
+            cap.strip_prefix("CAP_")
+                .unwrap_or_else(|| panic!("{cap:?} in CapabilityBoundingSet= is not CAP_*"))
+                .to_ascii_lowercase()
+        })
+        .collect()
+}
+
+/// The kernel's number for capability `name` (linux/capability.h), for the
+/// ones a unit might keep.
+fn capability_bit(name: &str) -> u32 {
+    match name {
+        "chown" => 0,
+        "dac_override" => 1,
+        "kill" => 5,
+        "setuid" => 7,
+        "net_bind_service" => 10,
+        "net_admin" => 12,
+        "net_raw" => 13,
+        "ipc_lock" => 14,
+        "sys_ptrace" => 19,
+        "sys_admin" => 21,
+        "sys_resource" => 24,
+        "perfmon" => 38,
+        "bpf" => 39,
+        _ => panic!(
+            "capability_bit: add CAP_{} (linux/capability.h)",
+            name.to_uppercase()
+        ),
+    }
+}
+
+/// A capability line (`CapEff:` ...) of `/proc/<pid>/status`, as a mask.
+fn capability_mask(pid: u32, line: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = status
+        .lines()
+        .find_map(|row| row.strip_prefix(line))
+        .unwrap_or_else(|| panic!("no {line} in /proc/{pid}/status"))
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+#[test]
+fn the_units_capabilities_suffice_for_a_ready_agent_on_the_fast_path() {
+    let _guard = privileged!("the_units_capabilities_suffice_for_a_ready_agent_on_the_fast_path");
+    let unit = unit_text();
+    let capabilities = unit_capabilities(&unit);
+    // As systemd runs it: root, bounded to the unit's set (so that is all
+    // it and the tools it runs, nft and ip, ever hold), with no new
+    // privileges (the unit's NoNewPrivileges=yes).
+    assert!(
+        unit.lines()
+            .any(|line| line.trim() == "NoNewPrivileges=yes"),
+        "the unit no longer sets NoNewPrivileges=yes: bound the lab's agents as it does"
+    );
+    let bits: Vec<u32> = capabilities.iter().map(|cap| capability_bit(cap)).collect();
+    let mut spec = LabSpec::new("uc-caps", 2, 1);
+    spec.agent_capabilities = Some(bits.clone());
+    // Ready: lease held, datapath programmed, subnet.env written, TC on
+    // the uplink.
+    let lab = Lab::up(&spec).unwrap();
+    let wanted = bits.iter().fold(0u64, |mask, bit| mask | 1 << bit);
+    for node in [NodeId::new(1), NodeId::new(2)] {
+        lab.wait_pods_attached(node).unwrap();
+        let pid = lab.agent_pid(node).unwrap();
+        for line in ["CapEff:", "CapBnd:"] {
+            assert_eq!(
+                capability_mask(pid, line),
+                wanted,
+                "node {node}'s agent: {line} is not the unit's {capabilities:?}"
+            );
+        }
+    }
+    lab.warm_up().unwrap();
+    let (from, to) = (
+        lab.node(NodeId::new(1)).pods[0].clone(),
+        lab.node(NodeId::new(2)).pods[0].clone(),
+    );
+    let before = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+    ];
+    const PINGS: u64 = 50;
+    let out = lab.ping(&from, to.ip(), PINGS as u32).unwrap();
+    assert!(out.contains(&format!("{PINGS} received")), "{out}");
+    let after = [
+        lab.counters(NodeId::new(1)).unwrap(),
+        lab.counters(NodeId::new(2)).unwrap(),
+    ];
+    let sent = counter_delta(&before[0], &after[0], TcPodEgress.counter(Reason::Encap)).0;
+    let delivered = counters_delta(&before[1], &after[1], &DECAP_COUNTERS).0;
+    assert!(
+        sent >= PINGS - FLOW_SETUP_PACKETS && delivered >= PINGS - FLOW_SETUP_PACKETS,
+        "with only {capabilities:?} the fast path sent {sent} and delivered {delivered} of {PINGS} pings"
+    );
+    // Nothing the agents tried on the way was refused for want of a
+    // capability (a step that fails softly, such as GRO at a pod's end,
+    // only logs).
+    for node in [NodeId::new(1), NodeId::new(2)] {
+        let log_path = lab.node(node).agent_log.clone().unwrap();
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        let refused: Vec<&str> = log
+            .lines()
+            .filter(|line| {
+                let line = line.to_ascii_lowercase();
+                line.contains("operation not permitted") || line.contains("permission denied")
+            })
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "node {node}'s agent, with only {capabilities:?}, was refused:\n{}",
+            refused.join("\n")
         );
     }
 }

@@ -8,16 +8,12 @@
 //! No privileges, no etcd: the agent's own parsing and `PeerTable`, run on
 //! generated inputs. Case counts are bounded so the file runs in seconds.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
 use weft_agent::{
-    config::{BackendConfig, NetworkConfig},
+    config::NetworkConfig,
     kubernetes::{AnnotationKeys, NodeRecord},
     lease::{
         LeaseAttrs, MacAddr, VxlanBackendData,
@@ -469,7 +465,7 @@ proptest! {
             prop_assert!(config.fits(&subnet));
             prop_assert_eq!(subnet, subnet.trunc());
         }
-        if let BackendConfig::Vxlan { vni, .. } = config.backend {
+        if let Some(vni) = config.backend.vni() {
             prop_assert!(vni > 0 && vni < 1 << 24);
         }
     }

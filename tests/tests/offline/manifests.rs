@@ -9,10 +9,6 @@
 //! own parser accepts. tests/tests/kube_manifests.rs creates them on a real
 //! kube-apiserver.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
@@ -39,20 +35,20 @@ use weft_tests::{kube, settings::check_agent_setting};
 
 const ETCD_MODE: Manifest = Manifest {
     file: "weft-etcd.yaml",
-    text: include_str!("../../deploy/kubernetes/weft-etcd.yaml"),
+    text: include_str!("../../../deploy/kubernetes/weft-etcd.yaml"),
 };
 const KUBE_MODE: Manifest = Manifest {
     file: "weft.yaml",
-    text: include_str!("../../deploy/kubernetes/weft.yaml"),
+    text: include_str!("../../../deploy/kubernetes/weft.yaml"),
 };
 const CLEANUP: Manifest = Manifest {
     file: "weft-cleanup.yaml",
-    text: include_str!("../../deploy/kubernetes/weft-cleanup.yaml"),
+    text: include_str!("../../../deploy/kubernetes/weft-cleanup.yaml"),
 };
 /// The node agents' manifests.
 const DAEMON_SETS: [Manifest; 2] = [ETCD_MODE, KUBE_MODE];
 /// The capabilities the systemd unit keeps, with the reasons next to them.
-const UNIT: &str = include_str!("../../packaging/weft.service");
+const UNIT: &str = include_str!("../../../packaging/weft.service");
 /// Environment a DaemonSet gives the agent that is not a `weft agent` flag:
 /// the node's and pod's names (read by the kube subnet manager) and the
 /// log filter.

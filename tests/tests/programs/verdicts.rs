@@ -8,10 +8,6 @@
 //! Checked by hand: with the ICMP type left out of the flow key, the echo
 //! test fails.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use weft_agent::ct_liberal;
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, FLOW_CONFIRMED, FLOW_PENDING,
@@ -21,7 +17,7 @@ use weft_common::{
 use weft_tests::{
     netns,
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4},
-    privileged_test,
+    privileged,
     programs::*,
 };
 
@@ -91,11 +87,7 @@ fn delivered(src: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
 
 #[test]
 fn without_a_verdict_every_program_leaves_the_packet_to_the_kernel() {
-    let Some(_guard) =
-        privileged_test("without_a_verdict_every_program_leaves_the_packet_to_the_kernel")
-    else {
-        return;
-    };
+    let _guard = privileged!("without_a_verdict_every_program_leaves_the_packet_to_the_kernel");
     let mut programs = Programs::load(true);
     programs.clear_verdicts();
     programs.assert_xdp_passes(&[
@@ -158,11 +150,7 @@ fn assert_bulk_tcp_left_to_the_kernel(programs: &Programs, what: &str, frame: &[
 
 #[test]
 fn bulk_tcp_left_to_gro_is_checked_against_the_verdict_after_gro() {
-    let Some(_guard) =
-        privileged_test("bulk_tcp_left_to_gro_is_checked_against_the_verdict_after_gro")
-    else {
-        return;
-    };
+    let _guard = privileged!("bulk_tcp_left_to_gro_is_checked_against_the_verdict_after_gro");
     let mut programs = Programs::load(true);
     programs.set_flags(CONFIG_STRICT_VTEPS | CONFIG_BULK_TCP_VIA_GRO | CONFIG_UPLINK_XDP);
     let incoming = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
@@ -223,10 +211,7 @@ fn bulk_tcp_left_to_gro_is_checked_against_the_verdict_after_gro() {
 
 #[test]
 fn a_verdict_from_another_ruleset_or_too_old_does_not_count() {
-    let Some(_guard) = privileged_test("a_verdict_from_another_ruleset_or_too_old_does_not_count")
-    else {
-        return;
-    };
+    let _guard = privileged!("a_verdict_from_another_ruleset_or_too_old_does_not_count");
     let mut programs = Programs::load(true);
     programs.update_config(|config| config.ruleset_generation = GENERATION + 1);
     programs.assert_xdp_passes(&[(
@@ -265,10 +250,7 @@ fn a_verdict_from_another_ruleset_or_too_old_does_not_count() {
 
 #[test]
 fn syn_fin_and_rst_go_to_conntrack_and_end_the_verdict() {
-    let Some(_guard) = privileged_test("syn_fin_and_rst_go_to_conntrack_and_end_the_verdict")
-    else {
-        return;
-    };
+    let _guard = privileged!("syn_fin_and_rst_go_to_conntrack_and_end_the_verdict");
     let mut programs = Programs::load(true);
     let outgoing = flow(LOCAL_POD, REMOTE_POD, IPPROTO_TCP, [0, 0], [0, 0]);
     let incoming = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
@@ -312,9 +294,7 @@ fn syn_fin_and_rst_go_to_conntrack_and_end_the_verdict() {
 
 #[test]
 fn what_is_not_a_tracked_flow_is_the_kernels() {
-    let Some(_guard) = privileged_test("what_is_not_a_tracked_flow_is_the_kernels") else {
-        return;
-    };
+    let _guard = privileged!("what_is_not_a_tracked_flow_is_the_kernels");
     let programs = Programs::load(true);
     let gre = eth(
         GATEWAY_MAC,
@@ -352,11 +332,7 @@ fn what_is_not_a_tracked_flow_is_the_kernels() {
 
 #[test]
 fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
-    let Some(_guard) =
-        privileged_test("tc_verdict_records_marked_packets_only_and_clears_the_mark")
-    else {
-        return;
-    };
+    let _guard = privileged!("tc_verdict_records_marked_packets_only_and_clears_the_mark");
     let mut programs = Programs::load(true);
     programs.clear_verdicts();
     let packet = delivered(REMOTE_POD, IPPROTO_TCP, &tcp_segment(TCP_ACK));
@@ -513,11 +489,8 @@ fn insert_conntrack_entry(ns: &str) {
 
 #[test]
 fn a_tcp_verdict_counts_only_once_the_agent_made_its_conntrack_entry_liberal() {
-    let Some(_guard) = privileged_test(
-        "a_tcp_verdict_counts_only_once_the_agent_made_its_conntrack_entry_liberal",
-    ) else {
-        return;
-    };
+    let _guard =
+        privileged!("a_tcp_verdict_counts_only_once_the_agent_made_its_conntrack_entry_liberal");
     let ns = TestNetns::new("t-ct-prog");
     insert_conntrack_entry(ns.0);
     let mut marker = netns::in_netns(ns.0, ct_liberal::Marker::new).unwrap();
@@ -611,10 +584,7 @@ fn a_tcp_verdict_counts_only_once_the_agent_made_its_conntrack_entry_liberal() {
 
 #[test]
 fn an_echo_reply_verdict_does_not_cover_an_echo_request() {
-    let Some(_guard) = privileged_test("an_echo_reply_verdict_does_not_cover_an_echo_request")
-    else {
-        return;
-    };
+    let _guard = privileged!("an_echo_reply_verdict_does_not_cover_an_echo_request");
     let mut programs = Programs::load(true);
     programs.clear_verdicts();
     let echo = |icmp_type: u8| {
@@ -679,9 +649,7 @@ fn an_echo_reply_verdict_does_not_cover_an_echo_request() {
 
 #[test]
 fn a_dormant_config_leaves_every_packet_to_the_kernel() {
-    let Some(_guard) = privileged_test("a_dormant_config_leaves_every_packet_to_the_kernel") else {
-        return;
-    };
+    let _guard = privileged!("a_dormant_config_leaves_every_packet_to_the_kernel");
     let mut programs = Programs::load(true);
     // What the agent writes while dormant (desired::dormant_config): the
     // generation alone. The fixture's verdicts stay, so only CONFIG can
