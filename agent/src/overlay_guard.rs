@@ -246,7 +246,10 @@ mod tests {
         assert!(element < script.find("add chain inet weft overlay_input").unwrap());
         // Added, never flushed: a previous agent's members stay too.
         assert!(!script.contains("flush set"));
-        assert_eq!(install_script(&spec(), &BTreeSet::new()), super::script(&spec()));
+        assert_eq!(
+            install_script(&spec(), &BTreeSet::new()),
+            super::script(&spec())
+        );
     }
 
     #[test]

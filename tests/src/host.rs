@@ -32,6 +32,25 @@ impl HostSnapshot {
             bpffs: walk(Path::new(BPFFS))?,
         })
     }
+
+    /// Only what is named after lab `name` (its namespaces, links and pin
+    /// directories all start with it): on a shared machine other labs come
+    /// and go meanwhile.
+    pub fn of_lab(&self, name: &str) -> Self {
+        let prefix = format!("{name}-");
+        let pins = format!("{BPFFS}/{prefix}");
+        let keep = |set: &BTreeSet<String>, prefix: &str| {
+            set.iter()
+                .filter(|entry| entry.starts_with(prefix))
+                .cloned()
+                .collect()
+        };
+        Self {
+            netns: keep(&self.netns, &prefix),
+            links: keep(&self.links, &prefix),
+            bpffs: keep(&self.bpffs, &pins),
+        }
+    }
 }
 
 fn walk(dir: &Path) -> Result<BTreeSet<String>> {

@@ -217,8 +217,11 @@ impl PingAcross {
             "{what}: the swap took {:?}, too short to tell an outage from a loss",
             self.gap
         );
+        // The kernel path stays programmed and the overlay guard keeps the
+        // peers the fdb sends to: nothing needs to be lost (0 measured),
+        // a few allowed for a loaded machine.
         assert!(
-            self.lost * 2 < self.sent_in_gap,
+            self.lost <= 3,
             "{what}: {} of {} pings lost ({} sent while neither agent ran)",
             self.lost,
             self.sent,

@@ -77,7 +77,30 @@ enum Command {
     Demo {
         #[arg(long, default_value = "weft-demo")]
         name: String,
+        /// `kube`: the agents take their subnets from Node objects in a real
+        /// kube-apiserver, as `flanneld --kube-subnet-mgr` does (builds the
+        /// lab's Kubernetes first, once: WEFT_KUBERNETES_SOURCE or
+        /// WEFT_KUBERNETES_BIN, see `cargo xtask kubernetes`).
+        #[arg(long, value_enum, default_value_t = DemoSubnetManager::Etcd)]
+        subnet_manager: DemoSubnetManager,
+        /// `flanneld`: stock flanneld on every node instead of weft (builds
+        /// the reference flanneld first, once: WEFT_FLANNEL_SOURCE or
+        /// WEFT_FLANNELD).
+        #[arg(long, value_enum, default_value_t = DemoAgent::Weft)]
+        agent: DemoAgent,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoSubnetManager {
+    Etcd,
+    Kube,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoAgent {
+    Weft,
+    Flanneld,
 }
 
 fn main() -> ExitCode {
@@ -162,10 +185,50 @@ fn run(cli: Cli) -> Result<()> {
             build::release()?;
             build::run_bench(&args, flanneld.as_deref())
         }
-        Command::Demo { name } => {
+        Command::Demo {
+            name,
+            subnet_manager,
+            agent,
+        } => {
             prereqs::setup()?;
+            // Only what was asked for: the plain demo builds neither
+            // flanneld nor Kubernetes.
+            let flanneld = match agent {
+                DemoAgent::Weft => None,
+                DemoAgent::Flanneld => Some(flanneld::ensure()?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--agent flanneld needs the reference flanneld: {}",
+                        flanneld::HOW_TO_PROVIDE
+                    )
+                })?),
+            };
+            let kubernetes = match subnet_manager {
+                DemoSubnetManager::Etcd => None,
+                DemoSubnetManager::Kube => Some(kubernetes::ensure()?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--subnet-manager kube needs the lab's Kubernetes: {}",
+                        kubernetes::HOW_TO_PROVIDE
+                    )
+                })?),
+            };
             build::user_space()?;
-            build::run_lab(&["demo".to_owned(), "--name".to_owned(), name], None, None)
+            let args = [
+                "demo",
+                "--name",
+                &name,
+                "--subnet-manager",
+                match subnet_manager {
+                    DemoSubnetManager::Etcd => "etcd",
+                    DemoSubnetManager::Kube => "kube",
+                },
+                "--agent",
+                match agent {
+                    DemoAgent::Weft => "weft",
+                    DemoAgent::Flanneld => "flanneld",
+                },
+            ]
+            .map(str::to_owned);
+            build::run_lab(&args, flanneld.as_deref(), kubernetes.as_deref())
         }
     }
 }

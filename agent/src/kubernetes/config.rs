@@ -161,6 +161,7 @@ fn in_cluster(
 
     let token = service_account.join("token");
     let ca = service_account.join("ca.crt");
+    let mut contents = Vec::new();
     for (what, path) in [
         ("service-account token", &token),
         ("service-account CA", &ca),
@@ -168,8 +169,24 @@ fn in_cluster(
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read the {what} {}", path.display()))?;
         ensure!(!bytes.is_empty(), "the {what} {} is empty", path.display());
+        contents.push(bytes);
     }
+    // The CA's certificates are the only roots: without them the client
+    // would look for the system's, which a node image need not have.
+    let roots: Vec<Vec<u8>> = pem::parse_many(&contents[1])
+        .with_context(|| format!("the service-account CA {} is not PEM", ca.display()))?
+        .into_iter()
+        .filter(|block| block.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect();
+    ensure!(
+        !roots.is_empty(),
+        "the service-account CA {} holds no PEM certificate",
+        ca.display()
+    );
     let mut config = kube::Config::new(url);
+    config.root_cert = Some(roots);
+    // Re-read about once a minute by kube's verifier (CA rotation).
     config.root_cert_file = Some(ca);
     config.auth_info.token_file = Some(token.display().to_string());
     Ok(config)
@@ -262,15 +279,11 @@ mod tests {
             "{error}"
         );
         std::fs::write(scratch.0.join("ca.crt"), "PEM").unwrap();
-        let config = resolve(&none, &env, &scratch.0).await.unwrap();
-        let Err(error) = make_client(config) else {
-            panic!("a client with a CA file that holds no certificate");
-        };
+        let error = error_of(&none, &env, &scratch.0).await;
         assert_eq!(
-            format!("{error:#}"),
+            error,
             format!(
-                "cannot make a Kubernetes client for https://10.96.0.1:443/ with the CA {}: \
-                 rustls tls error: failed to add a root certificate: no root trust anchors were provided",
+                "the service-account CA {} holds no PEM certificate",
                 scratch.0.join("ca.crt").display()
             )
         );
@@ -279,6 +292,9 @@ mod tests {
         make_client(config.clone()).unwrap();
         assert_eq!(config.cluster_url.to_string(), "https://10.96.0.1:443/");
         assert_eq!(config.root_cert_file, Some(scratch.0.join("ca.crt")));
+        // The CA alone is trusted, not the system's roots (a node image
+        // has none).
+        assert_eq!(config.root_cert.as_ref().map(Vec::len), Some(1));
         assert_eq!(
             config.auth_info.token_file,
             Some(token.display().to_string())

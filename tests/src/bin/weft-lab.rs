@@ -31,7 +31,21 @@ enum Command {
     /// Remove everything a lab created.
     Down(NameArg),
     /// 2 nodes x 2 pods with agents, pod-to-pod traffic, the counters, teardown.
-    Demo(NameArg),
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    #[arg(long, default_value = "weft")]
+    name: String,
+    /// Where the agents get subnets and peers: the lab's etcd, or Node
+    /// objects in a real kube-apiserver (needs $WEFT_KUBERNETES_BIN).
+    #[arg(long, value_enum, default_value_t = SubnetManagerArg::Etcd)]
+    subnet_manager: SubnetManagerArg,
+    /// Which agent every node runs: weft (eBPF), or stock flanneld
+    /// (needs $WEFT_FLANNELD).
+    #[arg(long, value_enum, default_value_t = AgentArg::Weft)]
+    agent: AgentArg,
 }
 
 #[derive(clap::Args)]
@@ -70,9 +84,9 @@ struct UpArgs {
     #[arg(long)]
     flanneld: Option<PathBuf>,
     /// Where the agents get subnets and peers: the lab's etcd, or a real
-    /// kube-apiserver in the underlay (Nodes with podCIDRs; for now with
-    /// `--agent flanneld` only). Needs $WEFT_KUBERNETES_BIN, which `cargo
-    /// xtask` sets when it built Kubernetes (WEFT_KUBERNETES_SOURCE).
+    /// kube-apiserver in the underlay (Nodes with podCIDRs), with weft or
+    /// `--agent flanneld`. Needs $WEFT_KUBERNETES_BIN, which `cargo xtask`
+    /// sets when it built Kubernetes (WEFT_KUBERNETES_SOURCE).
     #[arg(long, value_enum, default_value_t = SubnetManagerArg::Etcd)]
     subnet_manager: SubnetManagerArg,
     /// Run a real Prometheus in the underlay that scrapes every weft agent.
@@ -95,6 +109,18 @@ enum SubnetManagerArg {
     Etcd,
     Kube,
 }
+
+impl SubnetManagerArg {
+    fn manager(self) -> SubnetManager {
+        match self {
+            SubnetManagerArg::Etcd => SubnetManager::Etcd,
+            SubnetManagerArg::Kube => SubnetManager::Kube,
+        }
+    }
+}
+
+/// flanneld's default `--kube-annotation-prefix`, which the lab's agents use.
+const FLANNEL_ANNOTATION_PREFIX: &str = "flannel.alpha.coreos.com";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
@@ -146,7 +172,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("lab {name} is down");
             Ok(())
         }
-        Command::Demo(NameArg { name }) => demo(&name),
+        Command::Demo(args) => demo(&args),
     }
 }
 
@@ -187,32 +213,46 @@ fn up_spec(args: UpArgs) -> Result<LabSpec> {
     if let Some(flanneld) = args.flanneld {
         spec.flanneld_bin = Some(flanneld);
     }
-    spec.subnet_manager = match args.subnet_manager {
-        SubnetManagerArg::Etcd => SubnetManager::Etcd,
-        SubnetManagerArg::Kube => SubnetManager::Kube,
-    };
+    spec.subnet_manager = args.subnet_manager.manager();
     spec.ip_masq = args.ip_masq;
     spec.prometheus = args.prometheus;
     spec.agent_args = args.agent_args;
     Ok(spec)
 }
 
-fn demo(name: &str) -> Result<()> {
+fn demo(args: &DemoArgs) -> Result<()> {
+    let name = args.name.as_str();
+    let weft_runs = args.agent == AgentArg::Weft;
     let mut spec = LabSpec::new(name, 2, 2);
-    spec.prometheus = true;
-    let host_before = HostSnapshot::take()?;
+    spec.subnet_manager = args.subnet_manager.manager();
+    if !weft_runs {
+        spec.dataplane = Dataplane::Flanneld;
+    }
+    // Prometheus scrapes weft's /metrics; flanneld has none.
+    spec.prometheus = weft_runs;
+    let host_before = HostSnapshot::take()?.of_lab(name);
+    let (control_plane, agents) = match (spec.subnet_manager, weft_runs) {
+        (SubnetManager::Etcd, true) => ("etcd", "weft agent (vxlan, ebpf)"),
+        (SubnetManager::Etcd, false) => ("etcd", "stock flanneld (vxlan)"),
+        (SubnetManager::Kube, true) => (
+            "etcd and kube-apiserver",
+            "weft agent --kube-subnet-mgr (vxlan, ebpf)",
+        ),
+        (SubnetManager::Kube, false) => (
+            "etcd and kube-apiserver",
+            "stock flanneld --kube-subnet-mgr (vxlan)",
+        ),
+    };
     println!(
-        "== bringing up lab {name}: etcd, 2 nodes x 2 pods, weft agent (vxlan, ebpf) on each node, Prometheus"
+        "== bringing up lab {name}: {control_plane}, 2 nodes x 2 pods, {agents} on each node{}",
+        if spec.prometheus { ", Prometheus" } else { "" }
     );
     let lab = Lab::up(&spec)?;
     print!("{}", lab::status(name)?);
 
-    println!("\n== the leases the agents wrote to etcd (flanneld's keys and format)");
-    for (key, value) in lab
-        .etcd()
-        .get_prefix(&format!("{}/subnets/", lab::ETCD_PREFIX))?
-    {
-        println!("  {key}\n    {value}");
+    match spec.subnet_manager {
+        SubnetManager::Etcd => print_leases(&lab)?,
+        SubnetManager::Kube => print_nodes(&lab)?,
     }
     println!(
         "\n== {}: subnet.env and routes",
@@ -228,12 +268,14 @@ fn demo(name: &str) -> Result<()> {
     );
 
     println!("\n== warm-up: each pod pings its gateway and every other pod once");
-    println!(
-        "   (a flow's first packets take the kernel path, where netfilter decides; the fast path"
-    );
-    println!(
-        "    then carries only what netfilter passed unchanged: see the *_no_verdict counters)"
-    );
+    if weft_runs {
+        println!(
+            "   (a flow's first packets take the kernel path, where netfilter decides; the fast path"
+        );
+        println!(
+            "    then carries only what netfilter passed unchanged: see the *_no_verdict counters)"
+        );
+    }
     lab.warm_up()?;
     let flannel_before: Vec<(u64, u64)> = lab
         .state
@@ -275,37 +317,124 @@ fn demo(name: &str) -> Result<()> {
 
     let weft = spec.weft_bin.display().to_string();
     for (node, before) in lab.state.nodes.iter().zip(&flannel_before) {
-        let pin_dir = node.pin_dir.display().to_string();
-        let subnet_file = node.subnet_file.display().to_string();
-        println!("\n== {}: weft status", node.ns);
-        print!(
-            "{}",
-            netns::run(
-                &node.ns,
-                &[
-                    &weft,
-                    "status",
-                    "--bpf-pin-dir",
-                    &pin_dir,
-                    "--subnet-file",
-                    &subnet_file
-                ]
-            )?
-        );
+        if weft_runs {
+            let pin_dir = node.pin_dir.display().to_string();
+            let subnet_file = node.subnet_file.display().to_string();
+            println!("\n== {}: weft status", node.ns);
+            print!(
+                "{}",
+                netns::run(
+                    &node.ns,
+                    &[
+                        &weft,
+                        "status",
+                        "--bpf-pin-dir",
+                        &pin_dir,
+                        "--subnet-file",
+                        &subnet_file
+                    ]
+                )?
+            );
+        } else {
+            println!("\n== {}", node.ns);
+        }
         let after = inspect::packet_counts(&node.ns, "flannel.1")?;
         println!(
-            "  flannel.1 (the kernel path: each flow's set-up) since the warm-up: {} packets in, {} out",
+            "  flannel.1 (the kernel path{}) since the warm-up: {} packets in, {} out",
+            if weft_runs {
+                ": each flow's set-up"
+            } else {
+                ": all of it"
+            },
             after.0 - before.0,
             after.1 - before.1
         );
     }
-    print_prometheus_queries(&lab)?;
+    if weft_runs {
+        print_prometheus_queries(&lab)?;
+        print_maps(&lab, &weft)?;
+    }
 
+    println!("\n== tearing down lab {name}");
+    drop(lab);
+    let host_after = HostSnapshot::take()?.of_lab(name);
+    anyhow::ensure!(
+        host_after == host_before,
+        "teardown left something behind: before {host_before:?}, after {host_after:?}"
+    );
+    println!(
+        "done: namespaces, links and bpffs pins named after {name} are exactly as before the demo"
+    );
+    Ok(())
+}
+
+/// The leases the agents wrote to etcd.
+fn print_leases(lab: &Lab) -> Result<()> {
+    println!("\n== the leases the agents wrote to etcd (flanneld's keys and format)");
+    for (key, value) in lab
+        .etcd()
+        .get_prefix(&format!("{}/subnets/", lab::ETCD_PREFIX))?
+    {
+        println!("  {key}\n    {value}");
+    }
+    Ok(())
+}
+
+/// The Nodes as an operator sees them with kubectl: the podCIDR each agent
+/// took its subnet from, the annotations it wrote (flanneld's) and the
+/// condition it set; and flannel's etcd prefix, which no agent used.
+fn print_nodes(lab: &Lab) -> Result<()> {
+    let api = lab.kube()?;
+    let annotation = |key: &str| {
+        format!(
+            ".metadata.annotations.{}/{key}",
+            FLANNEL_ANNOTATION_PREFIX.replace('.', "\\.")
+        )
+    };
+    let columns = [
+        ("NAME", ".metadata.name".to_owned()),
+        ("POD-CIDR", ".spec.podCIDR".to_owned()),
+        ("PUBLIC-IP", annotation("public-ip")),
+        ("BACKEND", annotation("backend-type")),
+        ("BACKEND-DATA", annotation("backend-data")),
+        ("KUBE-SUBNET-MGR", annotation("kube-subnet-manager")),
+        (
+            "NETWORK-UNAVAILABLE",
+            r#".status.conditions[?(@.type=="NetworkUnavailable")].reason"#.to_owned(),
+        ),
+    ];
+    let columns: Vec<String> = columns
+        .iter()
+        .map(|(title, path)| format!("{title}:{path}"))
+        .collect();
+    let columns = format!("custom-columns={}", columns.join(","));
+    println!(
+        "\n== the Nodes in the API server: each agent's subnet is its podCIDR; it wrote flanneld's annotations and the condition"
+    );
+    println!(
+        "   (nsenter --net=/run/netns/{} kubectl --kubeconfig {} get nodes -o '{columns}')",
+        api.ns,
+        api.admin_kubeconfig.display()
+    );
+    print!("{}", api.admin(&["get", "nodes", "-o", &columns])?);
+    let keys = lab
+        .etcd()
+        .get_prefix(&format!("{}/", lab::ETCD_PREFIX))?
+        .len();
+    println!(
+        "   flannel's etcd prefix {} holds {keys} keys: the agents used only the API server",
+        lab::ETCD_PREFIX
+    );
+    Ok(())
+}
+
+/// Node 1's peers map, by weft and by bpftool.
+fn print_maps(lab: &Lab, weft: &str) -> Result<()> {
     let pin_dir = lab.node(NodeId::new(1)).pin_dir.display().to_string();
     println!("\n== weft maps peers --bpf-pin-dir {pin_dir}");
     print!(
         "{}",
-        netns::run_host(&[&weft, "maps", "peers", "--bpf-pin-dir", &pin_dir])?
+        netns::run_host(&[weft, "maps", "peers", "--bpf-pin-dir", &pin_dir])?
     );
     let peers = lab
         .node(NodeId::new(1))
@@ -318,15 +447,6 @@ fn demo(name: &str) -> Result<()> {
         "{}",
         netns::run_host(&["bpftool", "map", "dump", "pinned", &peers]).context("bpftool")?
     );
-
-    println!("\n== tearing down lab {name}");
-    drop(lab);
-    let host_after = HostSnapshot::take()?;
-    anyhow::ensure!(
-        host_after == host_before,
-        "teardown left something behind: before {host_before:?}, after {host_after:?}"
-    );
-    println!("done: namespaces, links and bpffs pins are exactly as before the demo");
     Ok(())
 }
 
