@@ -47,10 +47,10 @@ pub struct PeerTable {
     rejections: BTreeMap<Rule, u64>,
 }
 
-/// What one claim amounts to.
+/// What one claim amounts to. The subnet managers never hand over our own
+/// claim (our lease, our Node): a claim on our subnet is someone else's,
+/// refused as `subnet_overlaps_own`.
 enum Judgement {
-    /// Our own subnet: the agent handles it, it is never a peer.
-    Own,
     Usable(Ipv4Net, Candidate),
     Rejected {
         subnet: Option<Ipv4Net>,
@@ -88,7 +88,6 @@ impl PeerTable {
         let mut usable = Vec::new();
         for claim in claims {
             match self.judge(claim, own) {
-                Judgement::Own => {}
                 Judgement::Usable(subnet, candidate) => usable.push((subnet, candidate)),
                 Judgement::Rejected {
                     subnet,
@@ -202,9 +201,6 @@ impl PeerTable {
             Ok(subnet) => *subnet,
             Err(rejection) => return rejected(None, rejection),
         };
-        if Some(subnet) == own {
-            return Judgement::Own;
-        }
         let attrs = match &claim.attrs {
             Ok(attrs) => attrs,
             Err(rejection) => return rejected(Some(subnet), rejection),
