@@ -138,14 +138,19 @@ impl Manager {
                 continue;
             }
             claims.push(match event {
-                LeaseEvent::Listing(leases) => ClaimEvent::Listing(
-                    leases
-                        .iter()
-                        .map(|lease| {
-                            Claim::from_lease(&lease.key, &lease.value, lease.create_revision)
-                        })
-                        .collect(),
-                ),
+                // Our own lease is the agent's, never a claim.
+                LeaseEvent::Listing(leases) => {
+                    let own_key = self.own.key();
+                    ClaimEvent::Listing(
+                        leases
+                            .iter()
+                            .filter(|lease| lease.key != own_key)
+                            .map(|lease| {
+                                Claim::from_lease(&lease.key, &lease.value, lease.create_revision)
+                            })
+                            .collect(),
+                    )
+                }
                 LeaseEvent::Put {
                     key,
                     value,
