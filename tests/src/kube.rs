@@ -504,7 +504,7 @@ impl PeerTraces {
 
 // kube-failures: the API server stopped and started again, Nodes forged or
 // re-registered by the admin, the agents' rights narrowed (the helpers of
-// tests/tests/kube_failures.rs).
+// tests/tests/lab/kube_failures.rs).
 
 /// flannel's annotation `key` under the default `--kube-annotation-prefix`.
 pub fn flannel_annotation(key: &str) -> String {

@@ -193,7 +193,7 @@ impl Lab {
 
 // kube-failures: the lab's API server stopped and started again, an agent
 // started without waiting for it to be ready, a node registered again
-// without a podCIDR (the helpers of tests/tests/kube_failures.rs).
+// without a podCIDR (the helpers of tests/tests/lab/kube_failures.rs).
 
 impl Lab {
     /// Stops the lab's kube-apiserver; [`Lab::restart_kube_apiserver`]

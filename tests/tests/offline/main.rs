@@ -1,6 +1,7 @@
-//! The tests that need no root and no lab: bad input refused with one clear
-//! error, property tests over everything weft parses, the node package and
-//! the Kubernetes manifests. One module per topic.
+//! The tests that need no root, no lab and no built package: bad input
+//! refused with one clear error, property tests over everything weft
+//! parses, the Kubernetes manifests, and the docs held to the code. One
+//! module per topic.
 
 // One test binary sees every dependency of the package; the lint is for
 // the library.
@@ -9,5 +10,4 @@
 mod bad_input;
 mod docs;
 mod manifests;
-mod packaging;
 mod properties;

@@ -6,7 +6,7 @@
 //! settings are ones `weft agent` accepts; their probes ask the paths the
 //! agent serves, on the port the arguments give the agent; kube mode has
 //! kube-flannel.yml's RBAC and ConfigMap, and a net-conf.json the agent's
-//! own parser accepts. tests/tests/kube_manifests.rs creates them on a real
+//! own parser accepts. tests/tests/lab/kube_manifests.rs creates them on a real
 //! kube-apiserver.
 
 use std::{
@@ -603,7 +603,7 @@ fn the_cleanup_job_runs_weft_cleanup_where_the_agent_keeps_its_state() {
 }
 
 /// The image `cargo xtask image` builds is `localhost/weft:<version>` with
-/// `/usr/bin/weft` as its entrypoint (tests/tests/image.rs checks the
+/// `/usr/bin/weft` as its entrypoint (tests/tests/lab/image.rs checks the
 /// archive's side): the agents, the CNI config steps and the cleanup Job
 /// all run it, at this build's version, as the binary the image has.
 #[test]

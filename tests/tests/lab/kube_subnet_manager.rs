@@ -5,9 +5,6 @@
 //! mode (VXLAN and host-gw); weft and stock flanneld in one cluster; a node
 //! moved from flanneld to weft and back; a Node deleted.
 
-// Integration tests see every dependency of their package.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     collections::BTreeMap,
     io::Read as _,

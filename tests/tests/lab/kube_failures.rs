@@ -28,10 +28,6 @@
 //! other, the routes, fdb and maps on every node, the agent's log, its
 //! /readyz and its /metrics.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     thread::sleep,
     time::{Duration, Instant},

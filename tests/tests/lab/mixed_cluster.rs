@@ -2,9 +2,6 @@
 //! weft and back the way docs/operating.md ("Replacing flanneld on a node")
 //! says, with the reference flanneld built from flannel's source.
 
-// Integration tests see every dependency of their package.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     thread,
     time::{Duration, Instant},

@@ -11,11 +11,7 @@
 //! can fail: a misspelled field is refused by kubectl's validation, and
 //! slipped past it (`--validate=false`), is caught as missing on the server.
 //!
-//! tests/tests/kubernetes.rs checks the same files offline (k8s-openapi).
-
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
+//! tests/tests/offline/manifests.rs checks the same files offline (k8s-openapi).
 
 use clap::Parser as _;
 use ipnet::Ipv4Net;
@@ -34,8 +30,8 @@ use weft_tests::{
     privileged_test,
 };
 
-const KUBE_MODE: &str = include_str!("../../deploy/kubernetes/weft.yaml");
-const CLEANUP: &str = include_str!("../../deploy/kubernetes/weft-cleanup.yaml");
+const KUBE_MODE: &str = include_str!("../../../deploy/kubernetes/weft.yaml");
+const CLEANUP: &str = include_str!("../../../deploy/kubernetes/weft-cleanup.yaml");
 const NODE_PLACEHOLDER: &str = "REPLACE_WITH_NODE_NAME";
 /// The DaemonSet of flannel v0.20.2's Documentation/kube-flannel.yml,
 /// verbatim: the cluster a switch to weft starts from.
@@ -156,7 +152,7 @@ spec:
           type: FileOrCreate
 "#;
 /// docs/kubernetes.md, whose switching procedure the lab follows.
-const DOCS: &str = include_str!("../../docs/kubernetes.md");
+const DOCS: &str = include_str!("../../../docs/kubernetes.md");
 /// An existing flannel cluster's net-conf.json (other than weft.yaml's).
 const THEIR_NET_CONF: &str =
     r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}"#;

@@ -5,10 +5,6 @@
 //! through, and a stock kernel node interoperates both ways. Spoofed VXLAN
 //! and a killed agent: fast_path_resilience.rs.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use weft_common::{
     Hook::{TcPodEgress, TcUplink, XdpUplink},
     Reason,

@@ -2,10 +2,6 @@
 //! nodes on one segment skip the routing table on both ends, a stock kernel
 //! node interoperates, and DirectRouting picks host-gw or VXLAN per peer.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use weft_common::{
     Hook::{TcPodEgress, TcUplink, XdpUplink},
     Reason,

@@ -7,10 +7,6 @@
 //! maps itself, the load test counts 51 readings of 51; with the per-address
 //! limit or the connection lifetime taken out, the connection test fails.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     io::{Read as _, Write as _},
     time::{Duration, SystemTime, UNIX_EPOCH},

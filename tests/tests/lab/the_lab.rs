@@ -2,10 +2,6 @@
 //! nodes, and teardown leaves the host exactly as it found it, also when
 //! bringing a lab up fails half-way.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use weft_tests::{Dataplane, Lab, LabSpec, host::HostSnapshot, lab, netns, privileged, process};
 
 #[test]

@@ -1,9 +1,6 @@
 //! A real Prometheus scraping the lab's agents sees what an operator must
 //! see: the fast path carrying the test's traffic, and a rejected lease.
 
-// Integration tests see every dependency of their package.
-#![allow(unused_crate_dependencies)]
-
 use std::time::Duration;
 
 use weft_common::{CounterId, Hook, Reason};

@@ -2,10 +2,6 @@
 //! VXLAN never reaches a pod, an agent killed under load loses nothing, and
 //! a restarted agent honours no netfilter verdict recorded before it.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     net::{IpAddr, Ipv4Addr, UdpSocket},
     time::Duration,

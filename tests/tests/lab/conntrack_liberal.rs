@@ -9,10 +9,6 @@
 //! With the agent confirming verdicts without marking the conntrack entry,
 //! the transfer stalls and the test fails (checked by hand).
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::Duration,

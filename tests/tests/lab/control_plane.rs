@@ -3,10 +3,6 @@
 //! lease lifetimes, etcd over TLS and DirectRouting. Restarts, deletions,
 //! outages, compaction, hostile values and races: control_plane_failures.rs.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::time::Duration;
 
 use nix::sys::signal::Signal;

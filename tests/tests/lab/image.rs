@@ -12,10 +12,6 @@
 //! With `nftables` left out of the base, the contents and containerd tests
 //! fail (checked by hand).
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -24,7 +20,7 @@ use std::{
 use serde_json::Value;
 use weft_tests::{containerd::Containerd, privileged};
 
-const MANIFEST: &str = include_str!("../../deploy/kubernetes/weft-etcd.yaml");
+const MANIFEST: &str = include_str!("../../../deploy/kubernetes/weft-etcd.yaml");
 /// The image unpacked, in bytes: the goal is a node image under 100 MB.
 const SIZE_BUDGET: u64 = 100 * 1000 * 1000;
 

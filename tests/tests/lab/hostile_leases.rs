@@ -4,10 +4,6 @@
 //! logged by key and rule and changes nothing on any node. The listing of
 //! 20,000 leases: hostile_leases_scale.rs.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::time::Duration;
 
 use ipnet::Ipv4Net;

@@ -2,10 +2,6 @@
 //! under restarts, deletions, outages, compaction, hostile values and
 //! races.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     thread::{self, sleep},
     time::{Duration, Instant},

@@ -13,10 +13,6 @@
 //! With the fast path made to ignore verdicts, the ClusterIP check fails
 //! (checked by hand).
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{net::SocketAddr, time::Duration};
 use weft_common::{
     Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink},

@@ -5,10 +5,6 @@
 //! nothing else (someone else's nftables table stays), so the node's pods
 //! stay reachable in each case, as under flanneld.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::time::Duration;
 
 use nix::sys::signal::Signal;

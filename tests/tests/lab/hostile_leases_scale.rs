@@ -2,10 +2,6 @@
 //! real etcd, a listing of 20,000 leases (far over etcd-client's 4 MiB
 //! default) is taken whole, watched and programmed.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::time::Duration;
 
 use serde_json::Value;

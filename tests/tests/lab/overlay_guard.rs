@@ -10,10 +10,6 @@
 //! lease whose PublicIP moves to the sender's address is honoured after
 //! the move and not before.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     net::{Ipv4Addr, UdpSocket},
     time::Duration,

@@ -5,10 +5,6 @@
 //! is left to the kernel path (rp_filter, netfilter); VXLAN a pod sends to
 //! a node's VXLAN port is dropped where it leaves the pod.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, UdpSocket},

@@ -6,9 +6,6 @@
 //! Node follower sees every change, and a full listing again after the
 //! API server restarts.
 
-// Integration tests see every dependency of their package.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,

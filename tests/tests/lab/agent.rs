@@ -2,10 +2,6 @@
 //! counts real pod-to-pod traffic in STATS, exposes the pinned maps to
 //! bpftool with field names, and leaves nothing attached after SIGTERM.
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::collections::BTreeMap;
 use weft_common::{
     COUNTERS, CounterId,

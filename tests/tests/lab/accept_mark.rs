@@ -9,10 +9,6 @@
 //! Without the kernel-path bit's condition in weft's chain, 53 of the 200
 //! large datagrams got through (checked by hand).
 
-// Each integration test is its own crate and sees every dependency of the
-// package; the lint is for the library.
-#![allow(unused_crate_dependencies)]
-
 use std::{
     net::UdpSocket,
     time::{Duration, Instant},
