@@ -108,7 +108,8 @@ fn metrics_name_the_agent_state_and_count_fast_path_packets() {
     // One other node, on VXLAN.
     assert_eq!(get(&before, "weft_peers", &[("mode", "vxlan")]), 1.0);
     assert_eq!(get(&before, "weft_peers", &[("mode", "host-gw")]), 0.0);
-    assert!(get(&before, "weft_leases_seen_total", &[]) >= 2.0);
+    // The other node's lease (our own is the agent's, never judged).
+    assert!(get(&before, "weft_leases_seen_total", &[]) >= 1.0);
     assert!(get(&before, "weft_leases_accepted_total", &[]) >= 1.0);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
