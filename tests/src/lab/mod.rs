@@ -39,6 +39,7 @@ pub use agents::*;
 pub use counters::*;
 pub use monitoring::prometheus_url;
 pub use node_id::NodeId;
+pub use probes::ping_counts;
 pub use spec::*;
 pub use state::*;
 pub use teardown::*;

@@ -104,3 +104,21 @@ impl Lab {
         Ok(())
     }
 }
+
+/// The packets `ping` sent and got answers to, from the summary line it
+/// prints (`N packets transmitted, M received, ...`).
+pub fn ping_counts(out: &str) -> (u64, u64) {
+    let summary = out
+        .lines()
+        .find(|line| line.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("ping printed no summary: {out}"));
+    let count = |word: &str| -> u64 {
+        summary
+            .split(',')
+            .find(|part| part.contains(word))
+            .and_then(|part| part.split_whitespace().next())
+            .and_then(|number| number.parse().ok())
+            .unwrap_or_else(|| panic!("no '{word}' in ping's summary: {out}"))
+    };
+    (count("transmitted"), count("received"))
+}

@@ -593,19 +593,9 @@ impl Pinger {
             .unwrap()
             .read_to_string(&mut out)
             .unwrap();
-        let summary = out
-            .lines()
-            .find(|line| line.contains("packets transmitted"))
-            .unwrap_or_else(|| panic!("ping ({status}) printed no summary: {out}"));
-        let count = |word: &str| -> u64 {
-            summary
-                .split(',')
-                .find(|part| part.contains(word))
-                .and_then(|part| part.split_whitespace().next())
-                .and_then(|number| number.parse().ok())
-                .unwrap_or_else(|| panic!("no '{word}' in ping's summary: {out}"))
-        };
-        let (sent, received) = (count("transmitted"), count("received"));
+        // The exit status goes with the output into any complaint.
+        let out = format!("{out}(ping: {status})");
+        let (sent, received) = weft_tests::lab::ping_counts(&out);
         PingSummary {
             sent,
             lost: sent - received,

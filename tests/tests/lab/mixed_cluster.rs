@@ -246,19 +246,7 @@ fn ping_across(from: &str, to: &str, swap: impl FnOnce()) -> PingAcross {
     swap();
     let gap = started.elapsed();
     let out = pinger.join().unwrap();
-    let summary = out
-        .lines()
-        .find(|line| line.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("ping printed no summary: {out}"));
-    let count = |word: &str| -> u64 {
-        summary
-            .split(',')
-            .find(|part| part.contains(word))
-            .and_then(|part| part.split_whitespace().next())
-            .and_then(|number| number.parse().ok())
-            .unwrap_or_else(|| panic!("no '{word}' in ping's summary: {out}"))
-    };
-    let (sent, received) = (count("transmitted"), count("received"));
+    let (sent, received) = weft_tests::lab::ping_counts(&out);
     PingAcross {
         sent,
         lost: sent - received,
