@@ -237,7 +237,11 @@ impl PeerTable {
         let count = self.rejections.entry(rejection.rule).or_default();
         *count += 1;
         crate::metrics::global().lease_rejected(rejection.rule.name());
-        let in_use = subnet.is_some_and(|subnet| self.peers.contains_key(&subnet));
+        // In use: this claimant's own subnet is a peer (not another
+        // claimant's of the same subnet).
+        let in_use = subnet.is_some_and(|subnet| {
+            self.claimed.get(id) == Some(&subnet) && self.peers.contains_key(&subnet)
+        });
         warn!(
             rule = rejection.rule.name(),
             rejected_by_rule = *count,
