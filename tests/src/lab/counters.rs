@@ -18,6 +18,50 @@ impl Lab {
 }
 
 impl Lab {
+    /// `bytes` over TCP each way between `weft_pod` (on the eBPF node
+    /// `weft`) and `stock_pod` (a stock flanneld node): every byte arrives,
+    /// and weft's programs carried nearly all of it, decapsulating what
+    /// flanneld's kernel VXLAN device sent and encapsulating to the VTEP MAC
+    /// flanneld announced.
+    pub fn assert_bulk_both_ways_with_flanneld(
+        &self,
+        weft: NodeId,
+        weft_pod: &super::PodState,
+        stock_pod: &super::PodState,
+        bytes: u64,
+    ) {
+        let transfer = |to: &super::PodState, port, from: &super::PodState| {
+            crate::traffic::tcp_transfer(&to.ns, to.ip(), port, &from.ns, bytes).unwrap()
+        };
+        let before = self.counters(weft).unwrap();
+        let inbound = transfer(weft_pod, 5001, stock_pod);
+        assert_eq!(
+            inbound.sent, inbound.received,
+            "flanneld -> weft: bytes differ"
+        );
+        let middle = self.counters(weft).unwrap();
+        let (_, decapsulated) = counters_delta(&before, &middle, &DECAP_COUNTERS);
+        assert!(
+            carried_nearly_all(decapsulated, inbound.bytes),
+            "weft decapsulated {decapsulated} bytes of flanneld's {} byte transfer",
+            inbound.bytes
+        );
+        let outbound = transfer(stock_pod, 5002, weft_pod);
+        assert_eq!(
+            outbound.sent, outbound.received,
+            "weft -> flanneld: bytes differ"
+        );
+        let after = self.counters(weft).unwrap();
+        let (_, encapsulated) = counter_delta(&middle, &after, TcPodEgress.counter(Reason::Encap));
+        assert!(
+            carried_nearly_all(encapsulated, outbound.bytes),
+            "weft encapsulated {encapsulated} bytes of its {} byte transfer to flanneld",
+            outbound.bytes
+        );
+    }
+}
+
+impl Lab {
     /// The counters read straight from `node`'s pinned STATS, in this
     /// process (the agent's own reader, no `weft` process started): fast
     /// enough to poll while a transfer runs, and readable with no agent.

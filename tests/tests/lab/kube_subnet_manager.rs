@@ -19,13 +19,12 @@ use weft_common::{CounterId, Hook::TcPodEgress, Reason};
 use weft_tests::{
     Backend, Dataplane, Lab, LabSpec, NodeId, SubnetManager, flannel, inspect, kube,
     lab::{
-        DECAP_COUNTERS, FLOW_SETUP_PACKETS, HEALTHZ_PORT, HOST_GW_DELIVERY_COUNTERS,
-        carried_nearly_all, counter_delta, counters_delta, wait_for,
+        DECAP_COUNTERS, FLOW_SETUP_PACKETS, HEALTHZ_PORT, HOST_GW_DELIVERY_COUNTERS, counter_delta,
+        counters_delta, wait_for,
     },
     netns, privileged,
     privileged::{reference_flanneld, reference_kubernetes},
     process, scrapes,
-    traffic::tcp_transfer,
 };
 
 #[test]
@@ -391,42 +390,7 @@ fn stock_flanneld_and_weft_in_kube_mode_reach_each_other_and_publish_alike() {
         lab.node(stock).pods[0].clone(),
         lab.node(weft).pods[0].clone(),
     );
-    // flanneld -> weft: weft's uplink programs decapsulate what flanneld's
-    // kernel VXLAN device sent.
-    let before = lab.counters(weft).unwrap();
-    let inbound = tcp_transfer(
-        &weft_pod.ns,
-        weft_pod.ip(),
-        5001,
-        &flanneld_pod.ns,
-        TRANSFER,
-    )
-    .unwrap();
-    assert_eq!(inbound.sent, inbound.received, "flanneld -> weft");
-    let middle = lab.counters(weft).unwrap();
-    let (_, decapsulated) = counters_delta(&before, &middle, &DECAP_COUNTERS);
-    assert!(
-        carried_nearly_all(decapsulated, inbound.bytes),
-        "weft decapsulated {decapsulated} bytes of flanneld's {} byte transfer",
-        inbound.bytes
-    );
-    // weft -> flanneld: weft encapsulates to the VTEP MAC flanneld published.
-    let outbound = tcp_transfer(
-        &flanneld_pod.ns,
-        flanneld_pod.ip(),
-        5002,
-        &weft_pod.ns,
-        TRANSFER,
-    )
-    .unwrap();
-    assert_eq!(outbound.sent, outbound.received, "weft -> flanneld");
-    let after = lab.counters(weft).unwrap();
-    let (_, encapsulated) = counter_delta(&middle, &after, TcPodEgress.counter(Reason::Encap));
-    assert!(
-        carried_nearly_all(encapsulated, outbound.bytes),
-        "weft encapsulated {encapsulated} bytes of its {} byte transfer to flanneld",
-        outbound.bytes
-    );
+    lab.assert_bulk_both_ways_with_flanneld(weft, &weft_pod, &flanneld_pod, TRANSFER);
 }
 
 #[test]

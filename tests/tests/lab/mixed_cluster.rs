@@ -10,10 +10,9 @@ use std::{
 use weft_common::{CounterId, Hook, Reason};
 use weft_tests::{
     Dataplane, Lab, LabSpec, NodeId, inspect,
-    lab::{self, DECAP_COUNTERS, carried_nearly_all, counter_delta, counters_delta},
+    lab::{self, DECAP_COUNTERS, counter_delta, counters_delta},
     netns, privileged,
     privileged::reference_flanneld,
-    traffic::tcp_transfer,
 };
 
 const TRANSFER: u64 = 200 * 1024 * 1024;
@@ -43,48 +42,7 @@ fn a_flanneld_node_and_weft_nodes_reach_each_other_and_weft_carries_its_side() {
 
     let flanneld_pod = lab.node(stock).pods[0].clone();
     let weft_pod = lab.node(weft).pods[0].clone();
-    let before = lab.counters(weft).unwrap();
-    // flanneld -> weft: weft's uplink programs decapsulate what flanneld's
-    // kernel VXLAN device sent.
-    let inbound = tcp_transfer(
-        &weft_pod.ns,
-        weft_pod.ip(),
-        5001,
-        &flanneld_pod.ns,
-        TRANSFER,
-    )
-    .unwrap();
-    assert_eq!(
-        inbound.sent, inbound.received,
-        "flanneld -> weft: bytes differ"
-    );
-    let middle = lab.counters(weft).unwrap();
-    let (_, decapsulated) = counters_delta(&before, &middle, &DECAP_COUNTERS);
-    assert!(
-        carried_nearly_all(decapsulated, inbound.bytes),
-        "weft decapsulated {decapsulated} bytes of flanneld's {} byte transfer",
-        inbound.bytes
-    );
-    // weft -> flanneld: weft encapsulates to flanneld's VTEP MAC from its lease.
-    let outbound = tcp_transfer(
-        &flanneld_pod.ns,
-        flanneld_pod.ip(),
-        5002,
-        &weft_pod.ns,
-        TRANSFER,
-    )
-    .unwrap();
-    assert_eq!(
-        outbound.sent, outbound.received,
-        "weft -> flanneld: bytes differ"
-    );
-    let after = lab.counters(weft).unwrap();
-    let (_, encapsulated) = counter_delta(&middle, &after, ENCAP);
-    assert!(
-        carried_nearly_all(encapsulated, outbound.bytes),
-        "weft encapsulated {encapsulated} bytes of its {} byte transfer to flanneld",
-        outbound.bytes
-    );
+    lab.assert_bulk_both_ways_with_flanneld(weft, &weft_pod, &flanneld_pod, TRANSFER);
 
     // flanneld sees weft's leases as its own kind: a route and a VTEP entry
     // for each weft node on its flannel.1.
