@@ -2,26 +2,28 @@
 //! floor, on the same lab, in one run (docs/performance/README.md).
 //!
 //! Every configuration gets a fresh 2-node lab with one pod per node; the
-//! client pod is on node 1, the server pod on node 2. Request/response
+//! client pod is on node 1, the server pod on node 2 (`underlay`, the
+//! physical limit, has no pods: node 1 talks to node 2). Request/response
 //! latency is measured with client and server pinned to the same CPU (the
 //! headline) and to different CPUs (secondary); every measurement is
 //! repeated and the median kept. A configuration whose traffic did not take
 //! the path it claims is reported as invalid. The performance goals are
 //! reported as met or missed after the results, never asserted.
 
-// The weft-bench binary's argument parser and root check; cargo cannot scope
-// a dependency to one target, and the lint checks the library too.
+// The weft-bench binary's argument parser; cargo cannot scope a dependency
+// to one target, and the lint checks the library too.
 use clap as _;
-use nix as _;
 
 mod ct_marking;
 mod goals;
 mod measure;
 mod path_counters;
+mod profile;
 mod program_cost;
 mod report;
 mod scale;
 mod scrape_load;
+mod tcp_events;
 mod validity;
 
 use std::{
@@ -32,7 +34,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 use weft_tests::{
-    Backend, Dataplane, Lab, LabSpec, NodeId, lab::FLANNELD_ENV, privileged::REQUIRE_PRIVILEGED,
+    Backend, Dataplane, Lab, LabSpec, lab::FLANNELD_ENV, privileged::REQUIRE_PRIVILEGED,
 };
 
 pub use ct_marking::{CtMarking, ct_marking};
@@ -42,17 +44,30 @@ pub use program_cost::{ProgramCost, program_cost};
 pub use report::{goals_table, svg, table};
 pub use scale::{ScaleResult, scale};
 pub use scrape_load::{ScrapeLoad, scrape_load, scrape_load_line};
+pub use tcp_events::TcpReordering;
 
-use measure::{Run, measure};
+use measure::{Run, endpoints, measure};
 use report::machine;
 use validity::check_path;
 
-/// One configuration: a lab whose nodes all run `dataplane` on `backend`.
+/// Which ends the traffic runs between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// A pod on node 1 and a pod on node 2.
+    Pods,
+    /// Node 1 and node 2 themselves, on their underlay addresses: no pod,
+    /// no veth into a pod, no routing hop.
+    Nodes,
+}
+
+/// One configuration: a lab whose nodes all run `dataplane` on `backend`,
+/// measured between `endpoints`.
 #[derive(Clone, Copy, Debug)]
 pub struct Configuration {
     pub name: &'static str,
     pub backend: Backend,
     pub dataplane: Dataplane,
+    pub endpoints: Endpoints,
 }
 
 impl Configuration {
@@ -61,29 +76,44 @@ impl Configuration {
             name,
             backend,
             dataplane,
+            endpoints: Endpoints::Pods,
         }
     }
 
-    /// The lab's name: lab names have at most 16 characters.
-    pub fn lab_name(&self) -> String {
-        format!("b-{}", self.name.replace("flanneld-", "fl-"))
+    /// The lab's name, `<prefix>-<short name>`: lab names have at most 16
+    /// characters, so `flanneld-` is shortened to `fl-` and `kernel-` to `k-`.
+    pub fn lab_name(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}-{}",
+            self.name
+                .replace("flanneld-", "fl-")
+                .replace("kernel-", "k-")
+        )
     }
 
     /// What runs the path, as the table and the chart label it.
     pub fn path(&self) -> &'static str {
-        match self.dataplane {
-            Dataplane::Floor => "no overlay",
-            Dataplane::Flanneld => "stock flannel",
-            Dataplane::Kernel => "weft kernel",
-            Dataplane::Ebpf => "weft eBPF",
+        match (self.endpoints, self.dataplane) {
+            (Endpoints::Nodes, _) => "node to node",
+            (Endpoints::Pods, Dataplane::Floor) => "no overlay",
+            (Endpoints::Pods, Dataplane::Flanneld) => "stock flannel",
+            (Endpoints::Pods, Dataplane::Kernel) => "weft kernel",
+            (Endpoints::Pods, Dataplane::Ebpf) => "weft eBPF",
         }
     }
 }
 
-/// The configurations, in report order: the floor, then per backend stock
-/// flanneld, weft's kernel mode (the same kernel datapath, programmed by
-/// weft) and weft's fast path.
-pub const CONFIGURATIONS: [Configuration; 7] = [
+/// The configurations, in report order: the physical limit (node to node
+/// over the underlay, no pods, no agent), the floor (pods, no overlay),
+/// then per backend stock flanneld, weft's kernel mode (the same kernel
+/// datapath, programmed by weft) and weft's fast path.
+pub const CONFIGURATIONS: [Configuration; 8] = [
+    Configuration {
+        name: "underlay",
+        backend: Backend::HostGw,
+        dataplane: Dataplane::Floor,
+        endpoints: Endpoints::Nodes,
+    },
     Configuration::new("floor", Backend::HostGw, Dataplane::Floor),
     Configuration::new("flanneld-vxlan", Backend::Vxlan, Dataplane::Flanneld),
     Configuration::new("kernel-vxlan", Backend::Vxlan, Dataplane::Kernel),
@@ -114,6 +144,12 @@ pub struct BenchOptions {
     /// Measure per-packet program cost and control-plane scale too.
     pub extras: bool,
     pub scale: Vec<usize>,
+    /// Labs are named `<lab_prefix>-<configuration>` (default `b`): two
+    /// benches on one machine need different prefixes.
+    pub lab_prefix: String,
+    /// Configurations whose TCP throughput is profiled (`perf record -a
+    /// -g`) in one more run after the measured ones; none by default.
+    pub profile: Vec<String>,
 }
 
 impl BenchOptions {
@@ -132,6 +168,8 @@ impl BenchOptions {
             } else {
                 vec![1000, 20_000]
             },
+            lab_prefix: "b".to_owned(),
+            profile: Vec::new(),
         }
     }
 }
@@ -140,7 +178,8 @@ impl BenchOptions {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ConfigResult {
     pub name: String,
-    /// "no overlay", "stock flannel", "weft kernel" or "weft eBPF".
+    /// "node to node", "no overlay", "stock flannel", "weft kernel" or
+    /// "weft eBPF".
     pub path: String,
     pub icmp_rtt_us_p50: f64,
     pub icmp_rtt_us_p99: f64,
@@ -161,8 +200,13 @@ pub struct ConfigResult {
     pub tcp_gbps: f64,
     pub cpu_s_per_gb: f64,
     /// TCP segments retransmitted in one throughput run (iperf3's
-    /// `end.sum_sent.retransmits`).
+    /// `end.sum_sent.retransmits`; the median of the runs, each counted on
+    /// its own).
     pub tcp_retransmits: u64,
+    /// Reordering and duplicate events of both ends in one throughput run
+    /// (medians of the runs, field by field).
+    #[serde(flatten)]
+    pub reordering: TcpReordering,
     pub fastpath_packets: u64,
     /// Packets the fast path handed to netfilter during the TCP run (a
     /// flow's set-up, TCP control, re-checks, ruleset changes).
@@ -186,6 +230,9 @@ pub struct Details {
     pub scrape_load: Option<ScrapeLoad>,
     /// The performance goals, met or missed.
     pub goals: Vec<Goal>,
+    /// The `perf` profiles written (`--profile`), one file per configuration.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<PathBuf>,
 }
 
 /// Runs the benchmark; writes results.json, details.json, results.svg and
@@ -202,39 +249,60 @@ pub fn run(
             options.only.is_empty() || options.only.iter().any(|only| only == config.name)
         })
         .collect();
+    for name in &options.profile {
+        anyhow::ensure!(
+            selected.iter().any(|config| config.name == name),
+            "--profile {name}: not one of the configurations this run measures"
+        );
+    }
     let stock_flanneld = stock_flanneld(options, &selected, progress)?;
     let mut results = Vec::new();
+    let mut profiles = Vec::new();
     for config in selected {
         let Configuration {
             name,
             backend,
             dataplane,
+            endpoints: ends,
         } = *config;
         if dataplane == Dataplane::Flanneld && stock_flanneld.is_none() {
             continue;
         }
         progress(&format!("{name}: bringing up a 2-node lab"));
-        let mut spec = LabSpec::new(&config.lab_name(), 2, 1);
+        let pods_per_node = match ends {
+            Endpoints::Pods => 1,
+            Endpoints::Nodes => 0,
+        };
+        let mut spec = LabSpec::new(&config.lab_name(&options.lab_prefix), 2, pods_per_node);
         spec.backend = backend;
         spec.dataplane = dataplane;
         spec.weft_bin = options.weft_bin.clone();
         spec.flanneld_bin = options.flanneld_bin.clone();
         let lab = Lab::up(&spec)?;
-        wait_until_pods_reach_each_other(&lab)?;
-        lab.warm_up()?;
+        wait_until_ends_reach_each_other(&lab, config)?;
+        if ends == Endpoints::Pods {
+            lab.warm_up()?;
+        }
         let mut runs = Vec::new();
         for repeat in 1..=options.repeats {
             progress(&format!("{name}: run {repeat}/{}", options.repeats));
-            runs.push(measure(&lab, options, progress)?);
+            runs.push(measure(&lab, config, options, progress)?);
         }
         let mut result = median(config, &runs);
-        result.invalid = check_path(name, dataplane, backend, &runs);
+        result.invalid = check_path(config, &runs);
         results.push(result);
+        if options.profile.iter().any(|profiled| profiled == name) {
+            progress(&format!(
+                "{name}: one more TCP throughput run under perf record -a -g (not counted)"
+            ));
+            profiles.push(profile::profile_throughput(&lab, config, options)?);
+        }
         drop(lab);
     }
     let mut details = Details {
         machine: machine(),
         stock_flanneld,
+        profiles,
         ..Details::default()
     };
     if options.extras {
@@ -283,21 +351,23 @@ pub fn run(
     Ok((results, details))
 }
 
-/// Waits until the client and server pods reach each other: a node is
-/// ready once its own lease is in subnet.env, and stock flanneld programs a
-/// peer only when its watch delivers that peer's lease, a moment later.
-fn wait_until_pods_reach_each_other(lab: &Lab) -> Result<()> {
-    let client = &lab.node(NodeId::new(1)).pods[0];
-    let server = &lab.node(NodeId::new(2)).pods[0];
+/// Waits until the client and server reach each other: a node is ready
+/// once its own lease is in subnet.env, and stock flanneld programs a peer
+/// only when its watch delivers that peer's lease, a moment later.
+fn wait_until_ends_reach_each_other(lab: &Lab, config: &Configuration) -> Result<()> {
+    let (client, server) = endpoints(lab, config);
+    let ping = |from: &measure::Endpoint, to: &measure::Endpoint| {
+        weft_tests::netns::run(&from.ns, &["ping", "-c", "1", "-W", "1", &to.ip])
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let reached = lab
-            .ping(client, server.ip(), 1)
-            .and_then(|_| lab.ping(server, client.ip(), 1));
+        let reached = ping(&client, &server).and_then(|_| ping(&server, &client));
         match reached {
             Ok(_) => return Ok(()),
             Err(error) if Instant::now() > deadline => {
-                return Err(error.context("the pods did not reach each other within 30 s"));
+                return Err(
+                    error.context("the client and server did not reach each other within 30 s")
+                );
             }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
@@ -372,8 +442,50 @@ fn median(config: &Configuration, runs: &[Run]) -> ConfigResult {
         tcp_gbps: m(&|run| run.tcp_gbps),
         cpu_s_per_gb: m(&|run| run.cpu_s_per_gb),
         tcp_retransmits: m(&|run| run.tcp_retransmits as f64) as u64,
+        reordering: TcpReordering {
+            sender_sack_reorder: m(&|run| run.reordering.sender_sack_reorder as f64) as u64,
+            sender_ts_reorder: m(&|run| run.reordering.sender_ts_reorder as f64) as u64,
+            sender_dsack_recv: m(&|run| run.reordering.sender_dsack_recv as f64) as u64,
+            receiver_dsack_old_sent: m(&|run| run.reordering.receiver_dsack_old_sent as f64) as u64,
+            receiver_ofo_queue: m(&|run| run.reordering.receiver_ofo_queue as f64) as u64,
+        },
         fastpath_packets: m(&|run| run.fastpath_packets as f64) as u64,
         netfilter_refusals: m(&|run| run.netfilter_refusals as f64) as u64,
         invalid: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_stay_per_run_the_median_of_the_runs_not_their_sum() {
+        let run = |retransmits, sack_reorder| Run {
+            tcp_retransmits: retransmits,
+            reordering: TcpReordering {
+                sender_sack_reorder: sack_reorder,
+                ..TcpReordering::default()
+            },
+            ..Run::default()
+        };
+        let result = median(
+            configuration("ebpf-vxlan").unwrap(),
+            &[run(40, 7), run(3, 90), run(5, 11)],
+        );
+        assert_eq!(result.tcp_retransmits, 5);
+        assert_eq!(result.reordering.sender_sack_reorder, 11);
+    }
+
+    #[test]
+    fn every_lab_name_fits_with_a_two_letter_prefix() {
+        for config in CONFIGURATIONS {
+            let name = config.lab_name("bb");
+            assert!(name.len() <= 16, "{name}");
+        }
+        assert_eq!(
+            configuration("kernel-host-gw").unwrap().lab_name("b"),
+            "b-k-host-gw"
+        );
     }
 }

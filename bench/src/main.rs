@@ -12,7 +12,7 @@ use weft_tests::{lab::default_weft_bin, privileged::ensure_bpffs};
 #[derive(Parser)]
 #[command(
     name = "weft-bench",
-    about = "weft against stock flanneld and a no-overlay floor: floor, flanneld-vxlan, kernel-vxlan, ebpf-vxlan, flanneld-host-gw, kernel-host-gw, ebpf-host-gw in turn"
+    about = "weft against stock flanneld, a no-overlay floor and the underlay itself: underlay, floor, flanneld-vxlan, kernel-vxlan, ebpf-vxlan, flanneld-host-gw, kernel-host-gw, ebpf-host-gw in turn"
 )]
 struct BenchArgs {
     /// One repetition, shorter runs, 1,000 leases only.
@@ -46,6 +46,15 @@ struct BenchArgs {
     /// without one they are left out).
     #[arg(long)]
     flanneld: Option<PathBuf>,
+    /// Profile this configuration's TCP throughput (repeatable): one more
+    /// run after the measured ones under `perf record -a -g`, its top
+    /// symbols in profile-CONFIG.txt in the output directory.
+    #[arg(long, value_name = "CONFIG")]
+    profile: Vec<String>,
+    /// Name the labs PREFIX-CONFIG (at most 16 characters in all), so two
+    /// benches can run on one machine.
+    #[arg(long, value_name = "PREFIX", default_value = "b")]
+    lab_prefix: String,
 }
 
 fn main() -> ExitCode {
@@ -83,11 +92,18 @@ fn bench(args: BenchArgs) -> Result<()> {
         print_scale(&weft_bench::scale(&options, leases)?);
         return Ok(());
     }
+    let names: Vec<&str> = weft_bench::CONFIGURATIONS
+        .iter()
+        .map(|config| config.name)
+        .collect();
+    for config in &args.profile {
+        anyhow::ensure!(
+            weft_bench::configuration(config).is_some(),
+            "--profile {config}: not one of {}",
+            names.join(", ")
+        );
+    }
     for config in &args.configs {
-        let names: Vec<&str> = weft_bench::CONFIGURATIONS
-            .iter()
-            .map(|config| config.name)
-            .collect();
         let known = weft_bench::configuration(config)
             .ok_or_else(|| anyhow::anyhow!("--config {config}: not one of {}", names.join(", ")))?;
         anyhow::ensure!(
@@ -97,6 +113,8 @@ fn bench(args: BenchArgs) -> Result<()> {
         );
     }
     options.only = args.configs;
+    options.profile = args.profile;
+    options.lab_prefix = args.lab_prefix;
     if let Some(seconds) = args.seconds {
         options.seconds = seconds;
         options.pings = options.pings.min(50 + (seconds * 100.0) as usize);
@@ -139,6 +157,9 @@ fn bench(args: BenchArgs) -> Result<()> {
         "\nperformance goals (reported, not asserted):\n{}",
         weft_bench::goals_table(&details.goals)
     );
+    for profile in &details.profiles {
+        println!("profile: {}", profile.display());
+    }
     println!(
         "wrote {}/results.json, details.json, results.svg, table.txt in {:.0} s",
         options.out.display(),

@@ -1,6 +1,7 @@
 //! One repetition's measurements on a running lab: ping, sockperf and
-//! iperf3 between the client and server pods, the machine's busy CPU time,
-//! and the path counters the validity check reads.
+//! iperf3 between the client and the server (pods, or the nodes themselves
+//! for `underlay`), the machine's busy CPU time, the path counters the
+//! validity check reads and the TCP events of both ends.
 
 use std::{
     process::{Child, Stdio},
@@ -8,12 +9,45 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, ensure};
-use weft_tests::{Lab, NodeId, lab::PodState, netns, traffic};
+use weft_tests::{Lab, NodeId, netns, traffic};
 
 use crate::{
-    BenchOptions,
+    BenchOptions, Configuration, Endpoints,
     path_counters::{KernelPath, KernelReading, fast_path_counts, netfilter_refusals},
+    tcp_events::{TcpEvents, TcpReordering},
 };
+
+/// One end of the measured traffic: a network namespace and its address.
+#[derive(Clone, Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) ns: String,
+    pub(crate) ip: String,
+}
+
+impl Endpoint {
+    fn ip(&self) -> &str {
+        &self.ip
+    }
+}
+
+/// (client, server): node 1's first pod and node 2's, or for
+/// [`Endpoints::Nodes`] the two nodes on their underlay addresses.
+pub(crate) fn endpoints(lab: &Lab, config: &Configuration) -> (Endpoint, Endpoint) {
+    let end = |node: usize| {
+        let node = lab.node(NodeId::new(node));
+        match config.endpoints {
+            Endpoints::Pods => Endpoint {
+                ns: node.pods[0].ns.clone(),
+                ip: node.pods[0].ip().to_owned(),
+            },
+            Endpoints::Nodes => Endpoint {
+                ns: node.ns.clone(),
+                ip: node.ip.clone(),
+            },
+        }
+    };
+    (end(1), end(2))
+}
 
 /// One repetition's raw numbers.
 #[derive(Clone, Debug, Default)]
@@ -42,15 +76,17 @@ pub(crate) struct Run {
     pub(crate) kernel_path: KernelPath,
     pub(crate) tcp_packets: u64,
     pub(crate) netfilter_refusals: u64,
+    /// Reordering and duplicate events of the TCP run, both ends.
+    pub(crate) reordering: TcpReordering,
 }
 
 pub(crate) fn measure(
     lab: &Lab,
+    config: &Configuration,
     options: &BenchOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Run> {
-    let client = lab.node(NodeId::new(1)).pods[0].clone();
-    let server = lab.node(NodeId::new(2)).pods[0].clone();
+    let (client, server) = endpoints(lab, config);
     let seconds = options.seconds;
     progress("  ICMP RTT");
     let icmp = icmp_rtt(&client, server.ip(), options.pings)?;
@@ -75,9 +111,15 @@ pub(crate) fn measure(
     let counters_before = fast_path_counts(lab)?;
     let refusals_before = netfilter_refusals(lab)?;
     let kernel_before = KernelReading::read(lab)?;
+    let (sender_before, receiver_before) =
+        (TcpEvents::read(&client.ns)?, TcpEvents::read(&server.ns)?);
     let cpu_before = busy_cpu_seconds()?;
     let tcp = iperf_tcp(&client, &server, seconds)?;
     let cpu = busy_cpu_seconds()? - cpu_before;
+    let reordering = TcpReordering::between(
+        (&sender_before, &TcpEvents::read(&client.ns)?),
+        (&receiver_before, &TcpEvents::read(&server.ns)?),
+    );
     let counters_after = fast_path_counts(lab)?;
     Ok(Run {
         icmp,
@@ -96,6 +138,7 @@ pub(crate) fn measure(
         kernel_path: KernelReading::read(lab)?.since(&kernel_before),
         tcp_packets: tcp.packets,
         netfilter_refusals: netfilter_refusals(lab)? - refusals_before,
+        reordering,
     })
 }
 
@@ -112,7 +155,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
-fn icmp_rtt(client: &PodState, server: &str, count: usize) -> Result<(f64, f64)> {
+fn icmp_rtt(client: &Endpoint, server: &str, count: usize) -> Result<(f64, f64)> {
     let out = netns::run(
         &client.ns,
         &[
@@ -192,8 +235,8 @@ impl Pinning {
 
 /// sockperf ping-pong, client and server pinned as `pinning` says: (p50, p99) in µs.
 fn sockperf(
-    client: &PodState,
-    server: &PodState,
+    client: &Endpoint,
+    server: &Endpoint,
     tcp: bool,
     pinning: Pinning,
     seconds: f64,
@@ -246,8 +289,8 @@ fn sockperf(
 }
 
 fn iperf_json(
-    client: &PodState,
-    server: &PodState,
+    client: &Endpoint,
+    server: &Endpoint,
     port: &str,
     extra: &[&str],
     seconds: f64,
@@ -274,7 +317,7 @@ fn iperf_json(
     serde_json::from_str(&out).context("iperf3 printed no JSON")
 }
 
-fn iperf_udp_pps(client: &PodState, server: &PodState, seconds: f64) -> Result<f64> {
+fn iperf_udp_pps(client: &Endpoint, server: &Endpoint, seconds: f64) -> Result<f64> {
     let report = iperf_json(
         client,
         server,
@@ -292,17 +335,17 @@ fn iperf_udp_pps(client: &PodState, server: &PodState, seconds: f64) -> Result<f
 }
 
 /// One iperf3 TCP run.
-struct TcpRun {
+pub(crate) struct TcpRun {
     /// Bytes the server received.
-    bytes: u64,
-    gbps: f64,
+    pub(crate) bytes: u64,
+    pub(crate) gbps: f64,
     /// Segments on the wire (at least; at most 1448 bytes of payload each).
     packets: u64,
     /// Segments the client retransmitted.
     retransmits: u64,
 }
 
-fn iperf_tcp(client: &PodState, server: &PodState, seconds: f64) -> Result<TcpRun> {
+pub(crate) fn iperf_tcp(client: &Endpoint, server: &Endpoint, seconds: f64) -> Result<TcpRun> {
     let report = iperf_json(client, server, "5203", &[], seconds)?;
     let received = &report["end"]["sum_received"];
     let bytes = received["bytes"]

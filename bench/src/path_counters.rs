@@ -11,7 +11,7 @@ use weft_common::{
     Hook::{self, TcPodEgress, TcUplink, XdpUplink},
     Reason,
 };
-use weft_tests::{Dataplane, Lab, inspect, netns};
+use weft_tests::{Dataplane, Lab, inspect, lab::UPLINK, netns};
 
 /// Every counter of a packet the fast path carried: sent to a peer node,
 /// or delivered into a pod (by XDP, or by TC after GRO, where one packet
@@ -104,6 +104,8 @@ pub(crate) struct KernelPath {
     /// Nodes whose `ForwDatagrams` rose: at least the two the flow crosses
     /// when the kernel routes it.
     pub(crate) forwarding_nodes: u64,
+    /// Bytes through the nodes' underlay links (`eth0`, received and sent).
+    pub(crate) uplink_bytes: u64,
 }
 
 impl KernelPath {
@@ -113,9 +115,9 @@ impl KernelPath {
 }
 
 /// One reading of the kernel path's counters, per node: (`flannel.1`
-/// packets, `flannel.1` bytes, `ForwDatagrams`).
+/// packets, `flannel.1` bytes, `ForwDatagrams`, `eth0` bytes).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct KernelReading(Vec<(u64, u64, u64)>);
+pub(crate) struct KernelReading(Vec<(u64, u64, u64, u64)>);
 
 impl KernelReading {
     pub(crate) fn read(lab: &Lab) -> Result<Self> {
@@ -123,7 +125,13 @@ impl KernelReading {
         for node in lab.node_ids() {
             let ns = &lab.node(node).ns;
             let (packets, bytes) = vxlan_device_counts(ns)?.unwrap_or_default();
-            per_node.push((packets, bytes, inspect::forwarded_datagrams(ns)?));
+            let (_, uplink_bytes) = link_counts(ns, UPLINK)?;
+            per_node.push((
+                packets,
+                bytes,
+                inspect::forwarded_datagrams(ns)?,
+                uplink_bytes,
+            ));
         }
         Ok(Self(per_node))
     }
@@ -136,6 +144,7 @@ impl KernelReading {
             path.vxlan_bytes += now.1 - then.1;
             path.forwarded += now.2 - then.2;
             path.forwarding_nodes += u64::from(now.2 > then.2);
+            path.uplink_bytes += now.3 - then.3;
         }
         path
     }
@@ -146,7 +155,12 @@ fn vxlan_device_counts(ns: &str) -> Result<Option<(u64, u64)>> {
     if inspect::link(ns, VXLAN_DEVICE)?.is_none() {
         return Ok(None);
     }
-    let out = netns::run_host(&["ip", "-j", "-s", "-n", ns, "link", "show", VXLAN_DEVICE])?;
+    link_counts(ns, VXLAN_DEVICE).map(Some)
+}
+
+/// (packets, bytes) received plus sent by `device` in `ns`.
+fn link_counts(ns: &str, device: &str) -> Result<(u64, u64)> {
+    let out = netns::run_host(&["ip", "-j", "-s", "-n", ns, "link", "show", device])?;
     let links: serde_json::Value =
         serde_json::from_str(&out).with_context(|| format!("ip -s link printed no JSON: {out}"))?;
     let stats = &links[0]["stats64"];
@@ -154,5 +168,5 @@ fn vxlan_device_counts(ns: &str) -> Result<Option<(u64, u64)>> {
         stats["rx"][what].as_u64().unwrap_or_default()
             + stats["tx"][what].as_u64().unwrap_or_default()
     };
-    Ok(Some((sum("packets"), sum("bytes"))))
+    Ok((sum("packets"), sum("bytes")))
 }

@@ -26,7 +26,7 @@ type Metric = fn(&ConfigResult) -> f64;
 
 /// The printed table's rows: the same-CPU request/response latency is the
 /// headline, the cross-CPU one a secondary row.
-const TABLE_METRICS: [(&str, Metric); 17] = [
+const TABLE_METRICS: [(&str, Metric); 22] = [
     ("ICMP RTT p50 (us)", |r| r.icmp_rtt_us_p50),
     ("ICMP RTT p99 (us)", |r| r.icmp_rtt_us_p99),
     ("TCP RR p50 (us)", |r| r.tcp_rr_same_cpu_us_p50),
@@ -44,26 +44,47 @@ const TABLE_METRICS: [(&str, Metric); 17] = [
     ("TCP retransmissions (per run)", |r| {
         r.tcp_retransmits as f64
     }),
+    ("sender SACK reorder events", |r| {
+        r.reordering.sender_sack_reorder as f64
+    }),
+    ("sender TS reorder events", |r| {
+        r.reordering.sender_ts_reorder as f64
+    }),
+    ("sender DSACKs received", |r| {
+        r.reordering.sender_dsack_recv as f64
+    }),
+    ("receiver DSACKs sent", |r| {
+        r.reordering.receiver_dsack_old_sent as f64
+    }),
+    ("receiver out-of-order queued", |r| {
+        r.reordering.receiver_ofo_queue as f64
+    }),
     ("fast-path packets", |r| r.fastpath_packets as f64),
     ("handed to netfilter", |r| r.netfilter_refusals as f64),
 ];
 
-/// Rows that count events: printed whole, without ratios (a ratio of
-/// retransmissions or of fast-path packets says nothing).
-const COUNT_METRICS: [&str; 3] = [
+/// Rows that count events (per TCP run): printed whole, without ratios (a
+/// ratio of retransmissions or of fast-path packets says nothing).
+const COUNT_METRICS: [&str; 8] = [
     "TCP retransmissions (per run)",
+    "sender SACK reorder events",
+    "sender TS reorder events",
+    "sender DSACKs received",
+    "receiver DSACKs sent",
+    "receiver out-of-order queued",
     "fast-path packets",
     "handed to netfilter",
 ];
 
 const LABEL_WIDTH: usize = 30;
-const CELL_WIDTH: usize = 31;
+const CELL_WIDTH: usize = 38;
 
 /// What the ratio columns mean, printed under the table.
 pub const RATIO_LEGEND: &str = "RR = request/response, client and server on the same CPU; \
 x-CPU = on different CPUs (secondary: adds a vCPU wake-up per message)\n\
-xF: ratio to floor; xS: ratio to stock flannel (flanneld, same backend); \
-xK: ratio to weft's kernel mode (same backend)\n";
+xU: ratio to underlay (node to node, no pods: the physical limit); xF: ratio to floor; \
+xS: ratio to stock flannel (flanneld, same backend); xK: ratio to weft's kernel mode (same backend)\n\
+counts are per TCP throughput run; sender = client, receiver = server (nstat in each namespace)\n";
 
 /// The configuration a ratio column compares with, for `result`'s row.
 fn counterpart<'a>(
@@ -76,8 +97,8 @@ fn counterpart<'a>(
     by_name.get(format!("{to}{rest}").as_str()).copied()
 }
 
-/// The printed table: each metric with its ratios to floor, to stock
-/// flannel and to weft's kernel mode on the same backend.
+/// The printed table: each metric with its ratios to underlay, to floor,
+/// to stock flannel and to weft's kernel mode on the same backend.
 pub fn table(results: &[ConfigResult]) -> String {
     let by_name: BTreeMap<&str, &ConfigResult> = results
         .iter()
@@ -105,6 +126,12 @@ pub fn table(results: &[ConfigResult]) -> String {
             }
             let mut cell = format!("{value:.2}");
             let references = [
+                (
+                    "xU",
+                    (result.name != "underlay")
+                        .then(|| by_name.get("underlay").copied())
+                        .flatten(),
+                ),
                 (
                     "xF",
                     (result.name != "floor")
@@ -236,6 +263,7 @@ pub fn svg(results: &[ConfigResult]) -> String {
 /// weft eBPF, hatched green stock flannel; darker for host-gw.
 fn fill(name: &str) -> &'static str {
     match name {
+        "underlay" => "#cccccc",
         "floor" => "#888888",
         "flanneld-vxlan" => "url(#stock)",
         "kernel-vxlan" => "#d9822b",

@@ -28,7 +28,7 @@ pub struct ScaleResult {
 /// and times how long until none is left in either; reports its peak RSS.
 pub fn scale(options: &BenchOptions, leases: usize) -> Result<ScaleResult> {
     // A /8 pod network has room for 65,535 /24 leases.
-    let mut spec = LabSpec::new("b-scale", 1, 0);
+    let mut spec = LabSpec::new(&format!("{}-scale", options.lab_prefix), 1, 0);
     spec.weft_bin = options.weft_bin.clone();
     spec.network_config = Some(r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#.to_owned());
     let lab = Lab::up(&spec)?;

@@ -50,7 +50,7 @@ pub struct ScrapeLoad {
 /// Fills one agent's `FLOWS` with [`FLOWS`] verdicts and times [`SCRAPERS`]
 /// parallel scrapers against it while `/healthz` is asked in a loop.
 pub fn scrape_load(options: &BenchOptions) -> Result<ScrapeLoad> {
-    let mut spec = LabSpec::new("b-scrape", 1, 0);
+    let mut spec = LabSpec::new(&format!("{}-scrape", options.lab_prefix), 1, 0);
     spec.weft_bin = options.weft_bin.clone();
     let lab = Lab::up(&spec)?;
     let node = lab.node(NodeId::FIRST).clone();

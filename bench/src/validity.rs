@@ -3,19 +3,24 @@
 
 use weft_tests::{Backend, Dataplane};
 
-use crate::{measure::Run, path_counters::VXLAN_DEVICE};
+use crate::{Configuration, Endpoints, measure::Run, path_counters::VXLAN_DEVICE};
 
 /// The path check: the fast path must have carried the TCP run on eBPF
 /// configurations (and the kernel path must be near idle), and must not
 /// exist on the others; on kernel paths (weft's kernel mode and stock
 /// flanneld) `flannel.1` must have carried a VXLAN transfer and plain
-/// forwarding a host-gw one.
-pub(crate) fn check_path(
-    name: &str,
-    dataplane: Dataplane,
-    backend: Backend,
-    runs: &[Run],
-) -> Option<String> {
+/// forwarding a host-gw one; node to node (`underlay`), the nodes' underlay
+/// links must have carried it with nothing forwarded and no overlay.
+pub(crate) fn check_path(config: &Configuration, runs: &[Run]) -> Option<String> {
+    let Configuration {
+        name,
+        backend,
+        dataplane,
+        endpoints,
+    } = *config;
+    if endpoints == Endpoints::Nodes {
+        return runs.iter().find_map(|run| check_underlay(name, run));
+    }
     for run in runs {
         let kernel = &run.kernel_path;
         match dataplane {
@@ -78,6 +83,33 @@ pub(crate) fn check_path(
     None
 }
 
+/// Node to node: both nodes' `eth0` carried the transfer (sent by one,
+/// received by the other), nothing was routed through a node, no overlay
+/// device or fast path saw a packet.
+fn check_underlay(name: &str, run: &Run) -> Option<String> {
+    let kernel = &run.kernel_path;
+    if run.fastpath_packets != 0 || kernel.vxlan_packets != 0 {
+        return Some(format!(
+            "{name}: an overlay carried packets ({} fast path, {} {VXLAN_DEVICE})",
+            run.fastpath_packets, kernel.vxlan_packets
+        ));
+    }
+    if kernel.forwarded != 0 {
+        return Some(format!(
+            "{name}: the nodes forwarded {} packets; node to node needs none",
+            kernel.forwarded
+        ));
+    }
+    if kernel.uplink_bytes < run.tcp_bytes * 9 / 5 {
+        return Some(format!(
+            "{name}: the nodes' underlay links carried {} bytes of a {} byte transfer \
+             (sent and received: expected twice that)",
+            kernel.uplink_bytes, run.tcp_bytes
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,15 +130,23 @@ mod tests {
         vxlan_bytes: 2_050_000_000,
         forwarded: 40_000,
         forwarding_nodes: 2,
+        uplink_bytes: 2_100_000_000,
     };
+
+    fn config(name: &'static str, backend: Backend, dataplane: Dataplane) -> Configuration {
+        Configuration {
+            name,
+            backend,
+            dataplane,
+            endpoints: Endpoints::Pods,
+        }
+    }
 
     #[test]
     fn stock_flanneld_vxlan_is_valid_when_flannel_1_carried_the_transfer() {
         let check = |kernel| {
             check_path(
-                "flanneld-vxlan",
-                Dataplane::Flanneld,
-                Backend::Vxlan,
+                &config("flanneld-vxlan", Backend::Vxlan, Dataplane::Flanneld),
                 &[run(kernel)],
             )
         };
@@ -137,9 +177,41 @@ mod tests {
             ..KernelPath::default()
         };
         for dataplane in [Dataplane::Flanneld, Dataplane::Kernel, Dataplane::Floor] {
-            let check = |kernel| check_path("x", dataplane, Backend::HostGw, &[run(kernel)]);
+            let check =
+                |kernel| check_path(&config("x", Backend::HostGw, dataplane), &[run(kernel)]);
             assert_eq!(check(forwarded), None, "{dataplane:?}");
             assert!(check(VXLAN_CARRIED_IT).is_some(), "{dataplane:?}");
         }
+    }
+
+    #[test]
+    fn underlay_is_valid_only_when_the_nodes_links_carried_it_unrouted() {
+        let underlay = crate::configuration("underlay").unwrap();
+        let check = |kernel| check_path(underlay, &[run(kernel)]);
+        let node_to_node = KernelPath {
+            uplink_bytes: 2_050_000_000,
+            ..KernelPath::default()
+        };
+        assert_eq!(check(node_to_node), None);
+        let routed = KernelPath {
+            forwarded: 40_000,
+            forwarding_nodes: 2,
+            ..node_to_node
+        };
+        assert!(check(routed).unwrap().contains("forwarded 40000 packets"));
+        assert!(
+            check(VXLAN_CARRIED_IT)
+                .unwrap()
+                .contains("an overlay carried")
+        );
+        let elsewhere = KernelPath {
+            uplink_bytes: 1_000,
+            ..KernelPath::default()
+        };
+        assert!(
+            check(elsewhere)
+                .unwrap()
+                .contains("underlay links carried 1000 bytes")
+        );
     }
 }

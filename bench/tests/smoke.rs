@@ -1,5 +1,6 @@
-//! A fast smoke test of the benchmark harness: ebpf-vxlan (and stock
-//! flanneld's flanneld-vxlan where the reference flanneld exists), tiny
+//! A fast smoke test of the benchmark harness: underlay (node to node, the
+//! physical limit), ebpf-vxlan (and stock flanneld's flanneld-vxlan where
+//! the reference flanneld exists), tiny
 //! durations, no timing assertions; results.json must parse with every field
 //! present and positive, the path checks must pass, and the chart, the table
 //! and the goals must be written.
@@ -23,7 +24,9 @@ fn the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld()
     );
     let out = std::env::temp_dir().join(format!("weft-bench-smoke-{}", std::process::id()));
     let mut options = bench::BenchOptions::new(true, out.clone(), default_weft_bin());
-    options.only = vec!["ebpf-vxlan".to_owned()];
+    // Apart from the labs of a bench run on the same machine (`b-...`).
+    options.lab_prefix = "bs".to_owned();
+    options.only = vec!["underlay".to_owned(), "ebpf-vxlan".to_owned()];
     if flanneld.is_some() {
         options.only.push("flanneld-vxlan".to_owned());
     }
@@ -33,9 +36,9 @@ fn the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld()
     options.extras = false;
     let (results, details) = bench::run(&options, &mut |step| eprintln!("{step}")).unwrap();
     let expected: &[&str] = if flanneld.is_some() {
-        &["flanneld-vxlan", "ebpf-vxlan"]
+        &["underlay", "flanneld-vxlan", "ebpf-vxlan"]
     } else {
-        &["ebpf-vxlan"]
+        &["underlay", "ebpf-vxlan"]
     };
     assert_eq!(
         results
@@ -75,12 +78,19 @@ fn the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld()
             "tcp_gbps",
             "cpu_s_per_gb",
         ];
-        if *name == "ebpf-vxlan" {
-            assert_eq!(result["path"], "weft eBPF");
-            fields.push("fastpath_packets");
-        } else {
-            assert_eq!(result["path"], "stock flannel");
-            assert_eq!(result["fastpath_packets"], 0, "{result}");
+        match *name {
+            "ebpf-vxlan" => {
+                assert_eq!(result["path"], "weft eBPF");
+                fields.push("fastpath_packets");
+            }
+            "underlay" => {
+                assert_eq!(result["path"], "node to node");
+                assert_eq!(result["fastpath_packets"], 0, "{result}");
+            }
+            _ => {
+                assert_eq!(result["path"], "stock flannel");
+                assert_eq!(result["fastpath_packets"], 0, "{result}");
+            }
         }
         for field in fields {
             let value = result[field]
@@ -88,17 +98,38 @@ fn the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld()
                 .unwrap_or_else(|| panic!("{field} missing or not a number: {result}"));
             assert!(value > 0.0, "{name} {field} = {value}");
         }
-        assert!(result["tcp_retransmits"].is_u64(), "{result}");
+        for count in [
+            "tcp_retransmits",
+            "sender_sack_reorder",
+            "sender_ts_reorder",
+            "sender_dsack_recv",
+            "receiver_dsack_old_sent",
+            "receiver_ofo_queue",
+        ] {
+            assert!(result[count].is_u64(), "{count}: {result}");
+        }
     }
     let svg = std::fs::read_to_string(out.join("results.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("ebpf-vxlan"));
     let table = std::fs::read_to_string(out.join("table.txt")).unwrap();
     assert!(table.contains("TCP retransmissions (per run)"), "{table}");
+    assert!(table.contains("sender SACK reorder events"), "{table}");
+    assert!(
+        table.contains("(node to node)") && table.contains("xU"),
+        "{table}"
+    );
+    // underlay ran: the goal against it is judged.
+    let against_underlay = details
+        .goals
+        .iter()
+        .find(|goal| goal.goal.contains("1.15x underlay"))
+        .expect("the goal against underlay");
+    assert!(against_underlay.met.is_some(), "{against_underlay:?}");
     // With flanneld-vxlan next to it, the goal against stock flannel is judged.
     let against_stock = details
         .goals
         .iter()
-        .find(|goal| goal.goal.contains("0.80x flanneld-vxlan"))
+        .find(|goal| goal.goal.contains("0.70x flanneld-vxlan"))
         .expect("the goal against stock flannel");
     assert_eq!(
         against_stock.met.is_some(),
