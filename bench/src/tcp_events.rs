@@ -143,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn nstat_reads_a_namespace_without_touching_its_history() {
+    fn nstat_prints_every_counter_the_bench_reads() {
         // The host namespace here: nstat's JSON must carry every counter.
         let out = netns::run_host(&["nstat", "-asz", "--json"]).unwrap();
         TcpEvents::parse(&out).unwrap();
