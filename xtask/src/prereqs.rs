@@ -15,7 +15,8 @@ use anyhow::{Context as _, Result, bail};
 /// - the lab's real parts: etcd, the CNI plugins, iproute2, nftables and
 ///   iptables (iptables-nft) with conntrack, as a Kubernetes node has them;
 /// - what the tests and the bench drive: bpftool, iperf3, sockperf, ethtool,
-///   tcpdump, ping, openssl (test certificates for etcd TLS);
+///   tcpdump, ping, openssl (test certificates for etcd TLS), perf (the
+///   bench's `--profile`);
 /// - Go 1.19, which builds the reference flanneld from flannel's source
 ///   (`flanneld.rs`), and Prometheus, which the lab runs to scrape the agents;
 /// - the node image's tools: mmdebstrap builds its base from Debian's
@@ -40,6 +41,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "iperf3",
     "sockperf",
+    "linux-perf",
     "ethtool",
     "tcpdump",
     "iputils-ping",
