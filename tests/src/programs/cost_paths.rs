@@ -119,7 +119,12 @@ fn inner(vtep_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], id: [u8; 2], ttl: u8) ->
         ttl,
         ..Default::default()
     };
-    eth(vtep_mac, PEER_VTEP_MAC, ETH_P_IPV4, &echo(src, dst, id, opts))
+    eth(
+        vtep_mac,
+        PEER_VTEP_MAC,
+        ETH_P_IPV4,
+        &echo(src, dst, id, opts),
+    )
 }
 
 /// The peer's echo to the local pod (identifier `id`).
@@ -185,13 +190,7 @@ fn decap_path(name: &'static str, hook: Hook, flags: u32) -> CostPath {
             step(
                 Reason::PassNotOurVtep,
                 "VTEPS lookup (a hit, instead of a miss), inner Ethernet checks",
-                vxlan_carrying(&inner(
-                    PEER_VTEP_MAC,
-                    REMOTE_POD,
-                    LOCAL_POD,
-                    ECHO_ID,
-                    64,
-                )),
+                vxlan_carrying(&inner(PEER_VTEP_MAC, REMOTE_POD, LOCAL_POD, ECHO_ID, 64)),
                 pass,
             ),
             step(
@@ -262,11 +261,7 @@ fn xdp_bulk_tcp_path() -> CostPath {
         hook: Hook::XdpUplink,
         flags: WITH_XDP,
         steps: vec![
-            step(
-                Reason::PassNotIpv4,
-                "pass-through calibration",
-                not_ipv4,
-            ),
+            step(Reason::PassNotIpv4, "pass-through calibration", not_ipv4),
             step(
                 Reason::PassBulkTcp,
                 "the receive checks and lookups up to ENDPOINTS, tc checks (no verdict: tc_uplink checks it after GRO)",

@@ -5,7 +5,8 @@
 //! frame exits elsewhere after a program change fails here.
 //!
 //! Checked by hand: with the "no verdict" step's frame carrying the
-//! fixture's accepted flow, the test fails on the step's counter.
+//! fixture's accepted flow, the test fails on the step's return value
+//! (the frame is decapsulated).
 
 use weft_tests::{privileged, programs::*};
 
@@ -20,7 +21,10 @@ fn every_program_cost_step_exits_where_it_claims_and_repeatable_ones_leave_their
         programs.set_flags(path.flags);
         let last = path.steps.last().expect("a path has steps");
         assert!(
-            !last.repeatable && path.steps[..path.steps.len() - 1].iter().all(|s| s.repeatable)
+            !last.repeatable
+                && path.steps[..path.steps.len() - 1]
+                    .iter()
+                    .all(|s| s.repeatable)
                 || path.steps.iter().all(|s| s.repeatable),
             "{}: only the last step may change its frame",
             path.name
