@@ -282,6 +282,13 @@ where
             result.return_value,
             step.action
         );
+        // A repeated step must leave its frame as it found it, or the
+        // repetitions after the first would time another path.
+        ensure!(
+            !step.repeatable || out[..result.data_size_out as usize] == step.frame[..],
+            "{}: the frame changed, so its repetitions would differ",
+            step.exit
+        );
     }
     Ok(())
 }
