@@ -28,7 +28,7 @@ pub use counters::{Counts, assert_counted, assert_only};
 pub use fixture::Programs;
 pub use frames::{
     addressed_to_pod, good_vxlan, host_gw_frame, host_gw_frame_delivered, inner_frame,
-    inner_tcp_frame, pod_frame, vxlan_carrying, vxlan_frame, vxlan_from,
+    inner_tcp_frame, pod_frame, vxlan_carrying, vxlan_frame, vxlan_from, vxlan_from_carrying,
 };
 pub use run::run;
 pub use verdicts::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, echo_flow, flow, monotonic_ns};
