@@ -18,7 +18,7 @@ use ipnet::Ipv4Net;
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK,
     CONFIG_TC_VTEP, CONFIG_UPLINK_XDP, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, ENDPOINT_XDP_READY,
-    Endpoint, NodeConfig, Peer, PeerMode,
+    Endpoint, NodeConfig, Peer, PeerMode, Vtep,
 };
 
 use crate::{
@@ -149,8 +149,9 @@ pub struct Desired {
     pub unroutable: BTreeMap<Ipv4Net, String>,
     /// PEERS: one entry per route, same decision, plus the next-hop MAC.
     pub peers: BTreeMap<Ipv4Net, Peer>,
-    /// VTEPS: the VXLAN peers' node addresses.
-    pub vteps: BTreeSet<Ipv4Addr>,
+    /// VTEPS: the VXLAN peers' node addresses, each with the subnet its
+    /// frames may carry as inner source ([`vteps`]).
+    pub vteps: BTreeMap<Ipv4Addr, Vtep>,
     /// The overlay guard's set: every accepted peer's PublicIP, the only
     /// senders the VXLAN port takes (whatever route reaches the peer).
     pub members: BTreeSet<Ipv4Addr>,
@@ -201,12 +202,11 @@ pub fn compute(inputs: &Inputs) -> Desired {
     }
     let vni = inputs.node.network.backend.vni().unwrap_or(0);
     for (subnet, route) in &desired.routes {
-        let peer = peer_entry(route, vni, inputs.view);
-        if peer.mode == PeerMode::Vxlan as u8 {
-            desired.vteps.insert(route.public_ip());
-        }
-        desired.peers.insert(*subnet, peer);
+        desired
+            .peers
+            .insert(*subnet, peer_entry(route, vni, inputs.view));
     }
+    desired.vteps = vteps(desired.peers.iter().map(|(subnet, peer)| (*subnet, peer)));
     let own = &inputs.node.own_tc_programs;
     let tc = &inputs.view.tc;
     desired.endpoints = inputs
@@ -295,6 +295,58 @@ pub fn peer_entry(route: &PeerRoute, vni: u32, view: &LocalView) -> Peer {
         mode: mode as u8,
         _pad: [0; 3],
     }
+}
+
+/// VTEPS from PEERS: every VXLAN peer's PublicIP, with what the programs
+/// check a frame from it against. They accept an inner source when PEERS'
+/// longest match for it is a peer with the frame's outer source as its
+/// PublicIP; accepted subnets never overlap, so that is: the source lies in
+/// one of the subnets whose PEERS entry names this PublicIP. One such
+/// subnet (the usual case) goes into the value, and the check is
+/// arithmetic; several, and the value says so and the programs ask PEERS.
+/// Derived from PEERS itself, never from the leases apart from it, so the
+/// two cannot disagree: a lease moved to another PublicIP leaves the old
+/// one's value at once, and a PublicIP two leases claim takes both (or,
+/// once one of them loses or goes, the other alone).
+pub fn vteps<'a>(peers: impl IntoIterator<Item = (Ipv4Net, &'a Peer)>) -> BTreeMap<Ipv4Addr, Vtep> {
+    let mut by_source: BTreeMap<Ipv4Addr, (usize, Ipv4Net)> = BTreeMap::new();
+    let mut vxlan = BTreeSet::new();
+    for (subnet, peer) in peers {
+        let source = Ipv4Addr::from(peer.public_ip);
+        if peer.mode == PeerMode::Vxlan as u8 {
+            vxlan.insert(source);
+        }
+        by_source
+            .entry(source)
+            .and_modify(|(count, _)| *count += 1)
+            .or_insert((1, subnet));
+    }
+    by_source
+        .into_iter()
+        .filter(|(source, _)| vxlan.contains(source))
+        .map(|(source, (count, first))| {
+            let first = (first.network().octets(), first.prefix_len());
+            (source, Vtep::new(count, first))
+        })
+        .collect()
+}
+
+/// VTEPS while PEERS changes (`FastPathMaps::sync` writes it before
+/// PEERS): [`vteps`] of the entries the old and the new PEERS share, so a
+/// frame passes only if both the old and the new peer set pass it (or, for
+/// a VTEP with several subnets, PEERS at that moment does). The VTEPs
+/// `known` before and after but sharing no entry stay, speaking for no
+/// subnet (`Vtep::default()`): their frames are refused as a foreign inner
+/// source, not dropped as from an unknown VTEP.
+pub fn vteps_while_changing<'a>(
+    shared: impl IntoIterator<Item = (Ipv4Net, &'a Peer)>,
+    known: impl IntoIterator<Item = Ipv4Addr>,
+) -> BTreeMap<Ipv4Addr, Vtep> {
+    let mut during = vteps(shared);
+    for source in known {
+        during.entry(source).or_default();
+    }
+    during
 }
 
 /// The ENDPOINTS value for a local pod.

@@ -40,7 +40,9 @@ use weft_tests::{
 pub use ct_marking::{CtMarking, ct_marking};
 pub use goals::{Goal, goals};
 pub use path_counters::FAST_PATH_COUNTERS;
-pub use program_cost::{ProgramCost, program_cost};
+pub use program_cost::{
+    CostEffort, PathCost, ProgramCost, StepCost, program_cost, program_cost_table,
+};
 pub use report::{goals_table, svg, table};
 pub use scale::{ScaleResult, scale};
 pub use scrape_load::{ScrapeLoad, scrape_load, scrape_load_line};
@@ -306,12 +308,8 @@ pub fn run(
         ..Details::default()
     };
     if options.extras {
-        progress("program cost: BPF_PROG_TEST_RUN, one run per call");
-        details.programs = Some(program_cost(if options.repeats > 1 {
-            200_000
-        } else {
-            50_000
-        })?);
+        progress("program cost: BPF_PROG_TEST_RUN, step by step");
+        details.programs = Some(program_cost(CostEffort::new(options.repeats <= 1))?);
         progress("conntrack marking: ctnetlink update and FLOWS confirmation per flow");
         details.ct_marking = Some(if options.repeats > 1 {
             ct_marking(1000, 20)?
@@ -329,8 +327,13 @@ pub fn run(
     std::fs::write(
         options.out.join("table.txt"),
         format!(
-            "{}\n{}{}",
+            "{}\n{}{}{}",
             table(&results),
+            details
+                .programs
+                .as_ref()
+                .map(|cost| format!("{}\n", program_cost_table(cost)))
+                .unwrap_or_default(),
             details
                 .scrape_load
                 .as_ref()

@@ -35,6 +35,10 @@ struct BenchArgs {
     /// fast-pathed TCP flows liberal.
     #[arg(long)]
     ct_marking_only: bool,
+    /// Only the per-packet program cost, step by step (no labs): printed,
+    /// and written to program-cost.json in --out.
+    #[arg(long)]
+    program_cost_only: bool,
     /// Only the control-plane scale row for this many leases (one lab):
     /// all of them in, then all of them deleted.
     #[arg(long, value_name = "LEASES")]
@@ -78,6 +82,16 @@ fn bench(args: BenchArgs) -> Result<()> {
         let (connections, rounds) = if args.quick { (500, 4) } else { (1000, 20) };
         let marking = weft_bench::ct_marking(connections, rounds)?;
         print_ct_marking(&marking);
+        return Ok(());
+    }
+    if args.program_cost_only {
+        let cost = weft_bench::program_cost(weft_bench::CostEffort::new(args.quick))?;
+        print!("{}", weft_bench::program_cost_table(&cost));
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(
+            args.out.join("program-cost.json"),
+            serde_json::to_string_pretty(&cost)?,
+        )?;
         return Ok(());
     }
     let mut options = weft_bench::BenchOptions::new(
@@ -130,19 +144,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         println!("stock flannel: {flanneld}");
     }
     if let Some(programs) = &details.programs {
-        println!(
-            "program cost (BPF_PROG_TEST_RUN, {} runs, kernel run-time stats): XDP decap {:.1} ns/packet, \
-             XDP bulk TCP to GRO {:.1}, TC uplink decap {:.1} ns/coalesced packet, TC encap {:.1} ns/packet",
-            programs.runs,
-            programs.xdp_decap_ns,
-            programs.xdp_pass_bulk_tcp_ns,
-            programs.tc_uplink_decap_ns,
-            programs.tc_encap_ns
-        );
-        println!(
-            "  calibration, a frame XDP passes unchanged: {:.1} ns one run per call, {:.1} ns repeated in one call",
-            programs.xdp_pass_one_per_call_ns, programs.xdp_pass_repeated_ns
-        );
+        print!("{}", weft_bench::program_cost_table(programs));
     }
     if let Some(marking) = &details.ct_marking {
         print_ct_marking(marking);

@@ -157,3 +157,54 @@ fn the_conntrack_marking_measurement_marks_real_entries() {
     assert_eq!((marking.connections, marking.rounds), (50, 2));
     assert!(marking.flows_per_s > 0.0 && marking.us_per_flow > 0.0);
 }
+
+#[test]
+fn the_program_cost_times_every_step_of_every_path() {
+    let Some(_guard) = privileged_test("the_program_cost_times_every_step_of_every_path") else {
+        return;
+    };
+    // The measurement itself checks each step's exit counter and return
+    // value (it fails otherwise); the figures are reported, never asserted
+    // beyond being there.
+    let cost = bench::program_cost(bench::CostEffort {
+        rounds: 3,
+        repeat: 1000,
+        calls: 100,
+    })
+    .unwrap();
+    let paths: Vec<&str> = cost.paths.iter().map(|path| path.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "xdp_uplink decap",
+            "xdp_uplink bulk TCP to GRO",
+            "tc_uplink decap",
+            "tc_pod_egress encap"
+        ]
+    );
+    for path in &cost.paths {
+        let first = &path.steps[0];
+        assert!(first.exit.ends_with("pass_not_ipv4"), "{}", path.path);
+        for step in &path.steps {
+            assert!(
+                step.ns > 0.0
+                    && step.one_per_call_ns > 0.0
+                    && step.ns_min <= step.ns
+                    && step.ns <= step.ns_max,
+                "{}: {step:?}",
+                path.path
+            );
+        }
+        let last = path.steps.last().unwrap();
+        assert!((path.over_pass_ns - (last.ns - first.ns)).abs() < 1e-9);
+    }
+    let xdp = &cost.paths[0];
+    assert_eq!(cost.xdp_decap_over_pass_ns, xdp.over_pass_ns);
+    assert_eq!(xdp.steps.last().unwrap().exit, "xdp_decap");
+    assert!(!xdp.steps.last().unwrap().repeated);
+    let table = bench::program_cost_table(&cost);
+    assert!(
+        table.contains("xdp_pass_verdict_pending") && table.contains("tc_encap"),
+        "{table}"
+    );
+}

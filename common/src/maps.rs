@@ -77,6 +77,61 @@ pub struct VtepKey {
     pub addr: [u8; 4],
 }
 
+/// `VTEPS` value: what a frame from this VTEP may carry. The inner source
+/// must lie in the subnet of the peer whose PublicIP sent the frame; for
+/// the usual VTEP, which holds one lease, that subnet is here, so the check
+/// is arithmetic on the value the VTEP lookup returned. A PublicIP that
+/// several accepted leases name (a node that took a new subnet while its
+/// old lease lives on) has `subnets > 1` and no subnet here: its frames are
+/// checked against `PEERS` (longest prefix match on the inner source, whose
+/// peer must have this PublicIP), as before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vtep {
+    /// The one subnet's network address (network order); zero unless
+    /// `subnets == 1`.
+    pub subnet: [u8; 4],
+    /// The one subnet's prefix length; zero unless `subnets == 1`.
+    pub prefix_len: u8,
+    /// How many accepted subnets name this PublicIP: 1, the subnet is
+    /// here; more, look in `PEERS`. Zero (never written): nothing.
+    pub subnets: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Vtep {
+    /// The VTEP of a PublicIP that exactly `subnets` peers name, the one
+    /// being `(subnet, prefix_len)` when `subnets == 1`.
+    pub fn new(subnets: usize, first: ([u8; 4], u8)) -> Self {
+        let (subnet, prefix_len) = if subnets == 1 { first } else { ([0; 4], 0) };
+        Self {
+            subnet,
+            prefix_len,
+            subnets: subnets.min(u8::MAX as usize) as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Whether `addr` (network order) lies in this VTEP's one subnet;
+    /// `None` when several subnets name it and `PEERS` must answer. A
+    /// value with no subnet holds nothing. The programs judge by this.
+    #[inline(always)]
+    pub fn holds(&self, addr: [u8; 4]) -> Option<bool> {
+        match self.subnets {
+            0 => return Some(false),
+            1 => {}
+            _ => return None,
+        }
+        // A prefix length over 32 is never written; it matches nothing.
+        let mask = match self.prefix_len {
+            0 => 0,
+            len @ 1..=32 => u32::MAX << (32 - u32::from(len)),
+            _ => return Some(false),
+        };
+        Some(u32::from_be_bytes(addr) & mask == u32::from_be_bytes(self.subnet))
+    }
+}
+
 /// `CONFIG` flag: drop VXLAN from sources not in `VTEPS` (else pass it to
 /// the kernel path).
 pub const CONFIG_STRICT_VTEPS: u32 = 1 << 0;
@@ -205,6 +260,7 @@ const _: () = {
     assert!(size_of::<EndpointKey>() == 4);
     assert!(size_of::<Endpoint>() == 12 && align_of::<Endpoint>() == 4);
     assert!(size_of::<VtepKey>() == 4);
+    assert!(size_of::<Vtep>() == 8 && align_of::<Vtep>() == 1);
     assert!(size_of::<NodeConfig>() == 56 && align_of::<NodeConfig>() == 8);
     assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 1);
     assert!(size_of::<FlowVerdict>() == 16 && align_of::<FlowVerdict>() == 8);
@@ -216,6 +272,7 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointKey {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::VtepKey {}
+    unsafe impl aya::Pod for super::Vtep {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowVerdict {}
@@ -272,6 +329,37 @@ mod tests {
         assert_eq!(offset_of!(FlowVerdict, generation), 8);
         assert_eq!(offset_of!(FlowVerdict, state), 12);
         assert_eq!(size_of::<VtepKey>(), 4);
+        assert_eq!((size_of::<Vtep>(), align_of::<Vtep>()), (8, 1));
+        assert_eq!(
+            [offset_of!(Vtep, prefix_len), offset_of!(Vtep, subnets)],
+            [4, 5]
+        );
         assert_eq!(size_of::<EndpointKey>(), 4);
+    }
+
+    #[test]
+    fn a_vtep_holds_exactly_its_one_subnet() {
+        let vtep = Vtep::new(1, ([10, 244, 2, 0], 24));
+        assert_eq!(vtep.holds([10, 244, 2, 0]), Some(true));
+        assert_eq!(vtep.holds([10, 244, 2, 255]), Some(true));
+        assert_eq!(vtep.holds([10, 244, 1, 255]), Some(false));
+        assert_eq!(vtep.holds([10, 244, 3, 0]), Some(false));
+        let host = Vtep::new(1, ([10, 244, 2, 7], 32));
+        assert_eq!(host.holds([10, 244, 2, 7]), Some(true));
+        assert_eq!(host.holds([10, 244, 2, 6]), Some(false));
+        assert_eq!(Vtep::new(1, ([0; 4], 0)).holds([1, 2, 3, 4]), Some(true));
+        // Several subnets: PEERS answers.
+        assert_eq!(
+            Vtep::new(2, ([10, 244, 2, 0], 24)).holds([10, 244, 2, 1]),
+            None
+        );
+        assert_eq!(Vtep::new(2, ([10, 244, 2, 0], 24)).subnet, [0; 4]);
+        // Never written, or nonsense: nothing.
+        assert_eq!(Vtep::default().holds([0; 4]), Some(false));
+        let bad = Vtep {
+            prefix_len: 33,
+            ..Vtep::new(1, ([0; 4], 0))
+        };
+        assert_eq!(bad.holds([0; 4]), Some(false));
     }
 }

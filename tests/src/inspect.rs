@@ -80,6 +80,14 @@ pub fn packet_counts(ns: &str, dev: &str) -> Result<(u64, u64)> {
     Ok((count("rx")?, count("tx")?))
 }
 
+/// Bytes `dev` in `ns` received so far (its rx `bytes`).
+pub fn received_bytes(ns: &str, dev: &str) -> Result<u64> {
+    let links = json(&["ip", "-j", "-s", "-n", ns, "link", "show", "dev", dev])?;
+    links.first().context("no such link")?["stats64"]["rx"]["bytes"]
+        .as_u64()
+        .with_context(|| format!("`ip -s link show {dev}` in {ns}: no rx bytes"))
+}
+
 /// How many packets the IPv4 stack of `ns` forwarded (routed) so far:
 /// `ForwDatagrams` from /proc/net/snmp, read by a process inside `ns`.
 pub fn forwarded_datagrams(ns: &str) -> Result<u64> {

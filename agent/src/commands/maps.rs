@@ -29,6 +29,17 @@ pub struct PeerRow {
     pub nexthop_mac: Option<String>,
 }
 
+/// A VTEPS entry: an accepted outer source, and the inner sources its
+/// frames may carry.
+#[derive(Serialize)]
+pub struct VtepRow {
+    pub source: Ipv4Addr,
+    /// The one subnet of the peer with this PublicIP; `None` when several
+    /// subnets name it (then `PEERS` decides, `subnets` says how many).
+    pub subnet: Option<String>,
+    pub subnets: u8,
+}
+
 #[derive(Serialize)]
 pub struct EndpointRow {
     pub ip: Ipv4Addr,
@@ -93,6 +104,21 @@ pub fn peers(maps: &FastPathMaps) -> Result<Vec<PeerRow>> {
         })
         .collect();
     rows.sort_by(|a, b| a.subnet.cmp(&b.subnet));
+    Ok(rows)
+}
+
+pub fn vtep_rows(maps: &FastPathMaps) -> Result<Vec<VtepRow>> {
+    let mut rows: Vec<VtepRow> = maps
+        .vteps()?
+        .into_iter()
+        .map(|(key, vtep)| VtepRow {
+            source: Ipv4Addr::from(key.addr),
+            subnet: (vtep.subnets == 1)
+                .then(|| format!("{}/{}", Ipv4Addr::from(vtep.subnet), vtep.prefix_len)),
+            subnets: vtep.subnets,
+        })
+        .collect();
+    rows.sort_by_key(|row| row.source);
     Ok(rows)
 }
 
@@ -270,15 +296,19 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
             print(serde_json::to_value(&rows)?, table);
         }
         MapName::Vteps => {
-            let mut rows: Vec<Ipv4Addr> = FastPathMaps::open_pinned(dir)?
-                .vteps()?
-                .into_iter()
-                .map(|key| Ipv4Addr::from(key.addr))
-                .collect();
-            rows.sort();
-            let table = std::iter::once("ACCEPTED VXLAN SOURCE\n".to_owned())
-                .chain(rows.iter().map(|ip| format!("{ip}\n")))
-                .collect();
+            let rows = vtep_rows(&FastPathMaps::open_pinned(dir)?)?;
+            let table = std::iter::once(format!(
+                "{:<21} {}\n",
+                "ACCEPTED VXLAN SOURCE", "INNER SOURCES"
+            ))
+            .chain(rows.iter().map(|row| {
+                let inner = match &row.subnet {
+                    Some(subnet) => subnet.clone(),
+                    None => format!("{} subnets (as PEERS says)", row.subnets),
+                };
+                format!("{:<21} {inner}\n", row.source)
+            }))
+            .collect();
             print(serde_json::to_value(&rows)?, table);
         }
         MapName::Flows => {

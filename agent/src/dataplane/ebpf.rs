@@ -19,7 +19,7 @@ use aya::{
 use tracing::{info, warn};
 use weft_common::{
     CT_LIBERAL_BYTES, Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS,
-    MAX_PEERS, NodeConfig, PacketCounter, Peer, STATS_MAX_ENTRIES, VtepKey, map_names,
+    MAX_PEERS, NodeConfig, PacketCounter, Peer, STATS_MAX_ENTRIES, Vtep, VtepKey, map_names,
     program_names,
 };
 
@@ -40,7 +40,14 @@ const PINNED_MAPS: [(&str, u32, u32, u32); 7] = [
         size::<Endpoint>(),
         MAX_ENDPOINTS,
     ),
-    (map_names::VTEPS, size::<VtepKey>(), 1, MAX_PEERS),
+    // Its value was one byte before it carried the VTEP's subnet: an older
+    // agent's VTEPS is replaced, not misread.
+    (
+        map_names::VTEPS,
+        size::<VtepKey>(),
+        size::<Vtep>(),
+        MAX_PEERS,
+    ),
     (
         map_names::FLOWS,
         size::<FlowKey>(),

@@ -13,11 +13,7 @@
 
 mod write_log;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-    path::Path,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
@@ -25,15 +21,15 @@ use ipnet::Ipv4Net;
 use tracing::{info, warn};
 use weft_common::{
     CONFIG_STRICT_VTEPS, Endpoint, EndpointKey, MAX_ENDPOINTS, MAX_PEERS, NodeConfig, Peer,
-    PeerAddr, VtepKey, map_names,
+    PeerAddr, Vtep, VtepKey, map_names,
 };
 pub use write_log::WriteLog;
 
-use crate::desired::Desired;
+use crate::desired::{self, Desired};
 
 pub type PeersMap = LpmTrie<MapData, PeerAddr, Peer>;
 pub type EndpointsMap = HashMap<MapData, EndpointKey, Endpoint>;
-pub type VtepsMap = HashMap<MapData, VtepKey, u8>;
+pub type VtepsMap = HashMap<MapData, VtepKey, Vtep>;
 pub type ConfigMap = Array<MapData, NodeConfig>;
 
 pub struct FastPathMaps {
@@ -43,7 +39,7 @@ pub struct FastPathMaps {
     config: ConfigMap,
     cached_peers: BTreeMap<(u32, PeerAddr), Peer>,
     cached_endpoints: BTreeMap<[u8; 4], Endpoint>,
-    cached_vteps: BTreeMap<[u8; 4], ()>,
+    cached_vteps: BTreeMap<[u8; 4], Vtep>,
     cached_config: NodeConfig,
     /// `--strict-vteps` is asked for but suspended (VTEPS is full), as last
     /// said in the log: said once when it starts and once when it ends.
@@ -131,7 +127,7 @@ impl FastPathMaps {
         self.cached_vteps = self
             .vteps()?
             .into_iter()
-            .map(|key| (key.addr, ()))
+            .map(|(key, vtep)| (key.addr, vtep))
             .collect();
         self.cached_config = self.config()?;
         Ok(())
@@ -151,9 +147,9 @@ impl FastPathMaps {
             .context("cannot read ENDPOINTS")
     }
 
-    pub fn vteps(&self) -> Result<Vec<VtepKey>> {
+    pub fn vteps(&self) -> Result<Vec<(VtepKey, Vtep)>> {
         self.vteps
-            .keys()
+            .iter()
             .collect::<Result<_, _>>()
             .context("cannot read VTEPS")
     }
@@ -181,8 +177,15 @@ impl FastPathMaps {
         self.writes.failures()
     }
 
-    /// Makes the maps hold `desired`: PEERS and VTEPS, then ENDPOINTS, then
+    /// Makes the maps hold `desired`: VTEPS and PEERS, then ENDPOINTS, then
     /// CONFIG last, so CONFIG goes live only once the others are written.
+    /// VTEPS is derived from what PEERS holds ([`desired::vteps`]) and
+    /// never passes a frame PEERS would refuse: before PEERS changes, it
+    /// narrows to the entries the old and the new PEERS share
+    /// ([`desired::vteps_while_changing`]: a lease moved to another
+    /// PublicIP is refused from the old one before PEERS says where it
+    /// went); after, it follows what PEERS now holds, also where a PEERS
+    /// write failed.
     pub fn sync(&mut self, desired: &Desired) -> MapReport {
         // Until the first listing and local view are planned, a restarted
         // agent keeps the last run's PEERS and VTEPS (CONFIG is dormant
@@ -192,8 +195,28 @@ impl FastPathMaps {
             ..MapReport::default()
         };
         if desired.planned {
-            self.sync_peers(&desired.peers, &mut report);
-            report.vteps_complete = self.sync_vteps(&desired.vteps, &mut report);
+            let wanted_peers = peer_entries(&desired.peers);
+            let shared: BTreeMap<(u32, PeerAddr), Peer> = self
+                .cached_peers
+                .iter()
+                .filter(|(key, peer)| wanted_peers.get(*key) == Some(*peer))
+                .map(|(key, peer)| (*key, *peer))
+                .collect();
+            let known: Vec<Ipv4Addr> = desired
+                .vteps
+                .keys()
+                .filter(|source| self.cached_vteps.contains_key(&source.octets()))
+                .copied()
+                .collect();
+            let during = desired::vteps_while_changing(subnets(&shared), known);
+            self.sync_vteps(&during, &mut report);
+            self.sync_peers(&wanted_peers, &mut report);
+            let held = desired::vteps(subnets(&self.cached_peers));
+            self.sync_vteps(&held, &mut report);
+            report.vteps_complete = desired
+                .vteps
+                .keys()
+                .all(|source| self.cached_vteps.contains_key(&source.octets()));
         }
         self.sync_endpoints(&desired.endpoints, &mut report);
         let mut config = desired.config;
@@ -229,21 +252,12 @@ impl FastPathMaps {
         report
     }
 
-    fn sync_peers(&mut self, desired: &BTreeMap<Ipv4Net, Peer>, report: &mut MapReport) {
-        let wanted: BTreeMap<(u32, PeerAddr), Peer> = desired
-            .iter()
-            .map(|(subnet, peer)| {
-                (
-                    (u32::from(subnet.prefix_len()), subnet.network().octets()),
-                    *peer,
-                )
-            })
-            .collect();
+    fn sync_peers(&mut self, wanted: &BTreeMap<(u32, PeerAddr), Peer>, report: &mut MapReport) {
         let peers = &mut self.peers;
         sync_entries(
             Table::PEERS,
             &mut self.cached_peers,
-            &wanted,
+            wanted,
             (&mut self.writes, report),
             |&(prefix_len, addr)| PeerEntry(prefix_len, addr),
             |change| match change {
@@ -255,9 +269,11 @@ impl FastPathMaps {
         );
     }
 
-    /// Returns whether VTEPS holds every address in `sources`.
-    fn sync_vteps(&mut self, sources: &BTreeSet<Ipv4Addr>, report: &mut MapReport) -> bool {
-        let wanted: BTreeMap<[u8; 4], ()> = sources.iter().map(|ip| (ip.octets(), ())).collect();
+    fn sync_vteps(&mut self, sources: &BTreeMap<Ipv4Addr, Vtep>, report: &mut MapReport) {
+        let wanted: BTreeMap<[u8; 4], Vtep> = sources
+            .iter()
+            .map(|(ip, vtep)| (ip.octets(), *vtep))
+            .collect();
         let vteps = &mut self.vteps;
         sync_entries(
             Table::VTEPS,
@@ -267,12 +283,9 @@ impl FastPathMaps {
             |addr| Ipv4Addr::from(*addr),
             |change| match change {
                 Change::Remove(&addr) => vteps.remove(&VtepKey { addr }),
-                Change::Insert(&addr, ()) => vteps.insert(VtepKey { addr }, 1, 0),
+                Change::Insert(&addr, vtep) => vteps.insert(VtepKey { addr }, *vtep, 0),
             },
         );
-        wanted
-            .keys()
-            .all(|addr| self.cached_vteps.contains_key(addr))
     }
 
     fn sync_endpoints(&mut self, desired: &BTreeMap<Ipv4Addr, Endpoint>, report: &mut MapReport) {
@@ -295,6 +308,28 @@ impl FastPathMaps {
             },
         );
     }
+}
+
+/// PEERS' entries as the map keys them: (prefix length, network address).
+fn peer_entries(desired: &BTreeMap<Ipv4Net, Peer>) -> BTreeMap<(u32, PeerAddr), Peer> {
+    desired
+        .iter()
+        .map(|(subnet, peer)| {
+            (
+                (u32::from(subnet.prefix_len()), subnet.network().octets()),
+                *peer,
+            )
+        })
+        .collect()
+}
+
+/// PEERS' entries as subnets (a key no subnet can have, read back from a
+/// map someone else wrote, is left out: the sync removes it).
+fn subnets(entries: &BTreeMap<(u32, PeerAddr), Peer>) -> impl Iterator<Item = (Ipv4Net, &Peer)> {
+    entries.iter().filter_map(|(&(prefix_len, addr), peer)| {
+        let prefix_len = u8::try_from(prefix_len).ok()?;
+        Some((Ipv4Net::new(addr.into(), prefix_len).ok()?, peer))
+    })
 }
 
 /// A map the sync writes: its pinned name and how many entries it holds.

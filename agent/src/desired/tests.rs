@@ -119,10 +119,17 @@ fn on_link_peers_go_direct_with_direct_routing_and_the_rest_over_vxlan() {
         (PeerMode::Vxlan as u8, 1, [0xee; 6])
     );
     assert_eq!(vxlan.vtep_mac, [0x0e, 1, 192, 168, 78, 3]);
-    // Only VXLAN peers are VTEPs.
+    // Only VXLAN peers are VTEPs, each with the subnet it speaks for.
     assert_eq!(
-        desired.vteps.iter().copied().collect::<Vec<_>>(),
-        [Ipv4Addr::new(192, 168, 78, 3)]
+        desired
+            .vteps
+            .iter()
+            .map(|(ip, vtep)| (*ip, *vtep))
+            .collect::<Vec<_>>(),
+        [(
+            Ipv4Addr::new(192, 168, 78, 3),
+            Vtep::new(1, ([10, 244, 3, 0], 24))
+        )]
     );
 }
 
@@ -248,7 +255,7 @@ fn vxlan_or_direct_follows_the_uplinks_live_routes() {
     assert!(matches!(before.routes[&subnet], PeerRoute::Vxlan { .. }));
     assert_eq!(before.peers[&subnet].mode, PeerMode::Vxlan as u8);
     assert_eq!(before.peers[&subnet].nexthop_mac, [0xee; 6]);
-    assert!(before.vteps.contains(&peer_ip));
+    assert!(before.vteps.contains_key(&peer_ip));
 
     // An address in 192.168.78.0/24 added to the uplink: its connected
     // route makes the peer on-link, and both sinks' halves go direct.
@@ -406,4 +413,233 @@ fn tc_on_the_uplink_ingress_the_vtep_or_the_bridge_sets_configs_flags() {
         }),
         CONFIG_TC_UPLINK | CONFIG_TC_VTEP | CONFIG_TC_BRIDGE
     );
+}
+
+/// The PEERS entry of a VXLAN (or, `direct`, host-gw) peer at `ip`.
+fn peer_at(ip: [u8; 4], direct: bool) -> Peer {
+    Peer {
+        public_ip: ip,
+        mode: if direct {
+            PeerMode::HostGw as u8
+        } else {
+            PeerMode::Vxlan as u8
+        },
+        ..Peer::default()
+    }
+}
+
+fn vteps_of(peers: &BTreeMap<Ipv4Net, Peer>) -> BTreeMap<Ipv4Addr, Vtep> {
+    vteps(peers.iter().map(|(subnet, peer)| (*subnet, peer)))
+}
+
+#[test]
+fn a_vtep_carries_its_one_subnet_or_says_it_has_several() {
+    let a = [192, 168, 78, 3];
+    let b = [192, 168, 78, 4];
+    let mut peers = BTreeMap::from([
+        (net("10.244.3.0/24"), peer_at(a, false)),
+        (net("10.244.4.0/24"), peer_at(b, false)),
+        (net("10.244.5.0/24"), peer_at([192, 168, 77, 5], true)),
+    ]);
+    assert_eq!(
+        vteps_of(&peers),
+        BTreeMap::from([
+            (a.into(), Vtep::new(1, ([10, 244, 3, 0], 24))),
+            (b.into(), Vtep::new(1, ([10, 244, 4, 0], 24))),
+        ]),
+        "a direct peer is no VTEP"
+    );
+    // A second lease with A's PublicIP (a node that took a new subnet
+    // while its old lease lives on): A speaks for both, PEERS decides.
+    peers.insert(net("10.244.6.0/24"), peer_at(a, false));
+    let vtep = vteps_of(&peers)[&Ipv4Addr::from(a)];
+    assert_eq!((vtep.subnets, vtep.holds([10, 244, 3, 1])), (2, None));
+    // The old lease moves to B: A keeps only its new subnet, and B, now
+    // with two, asks PEERS.
+    peers.insert(net("10.244.3.0/24"), peer_at(b, false));
+    let vteps = vteps_of(&peers);
+    assert_eq!(
+        vteps[&Ipv4Addr::from(a)],
+        Vtep::new(1, ([10, 244, 6, 0], 24))
+    );
+    assert_eq!(
+        vteps[&Ipv4Addr::from(a)].holds([10, 244, 3, 1]),
+        Some(false)
+    );
+    assert_eq!(vteps[&Ipv4Addr::from(b)].subnets, 2);
+}
+
+mod vteps_agree_with_peers {
+    //! VTEPS' check (its value, or PEERS where the value says several) is
+    //! PEERS' longest-prefix check, for any accepted peer set: the peer
+    //! table never accepts overlapping subnets, and the sets here do not
+    //! overlap either.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The programs' check, from VTEPS (and PEERS where it says so):
+    /// `None` for an unknown VTEP, else whether the inner source passes.
+    fn by_vteps(
+        vteps: &BTreeMap<Ipv4Addr, Vtep>,
+        peers: &BTreeMap<Ipv4Net, Peer>,
+        outer: Ipv4Addr,
+        inner: Ipv4Addr,
+    ) -> Option<bool> {
+        let vtep = vteps.get(&outer)?;
+        Some(
+            vtep.holds(inner.octets())
+                .unwrap_or_else(|| by_peers(peers, outer, inner)),
+        )
+    }
+
+    /// The check before VTEPS carried subnets: PEERS' longest match for
+    /// the inner source names the outer source as its PublicIP.
+    fn by_peers(peers: &BTreeMap<Ipv4Net, Peer>, outer: Ipv4Addr, inner: Ipv4Addr) -> bool {
+        peers
+            .iter()
+            .filter(|(subnet, _)| subnet.contains(&inner))
+            .max_by_key(|(subnet, _)| subnet.prefix_len())
+            .is_some_and(|(_, peer)| peer.public_ip == outer.octets())
+    }
+
+    /// The old VTEPS: the VXLAN peers' PublicIPs.
+    fn old_vteps(peers: &BTreeMap<Ipv4Net, Peer>) -> BTreeSet<Ipv4Addr> {
+        peers
+            .values()
+            .filter(|peer| peer.mode == PeerMode::Vxlan as u8)
+            .map(|peer| peer.public_ip.into())
+            .collect()
+    }
+
+    /// Up to 12 peers in 10.244.0.0/16 with prefixes /22 to /32 (dropping
+    /// any that overlap one already taken, as the peer table does), on
+    /// four PublicIPs, each VXLAN or direct by its PublicIP (the route to
+    /// a node decides, so one PublicIP is one mode).
+    fn peer_set() -> impl Strategy<Value = BTreeMap<Ipv4Net, Peer>> {
+        (
+            prop::collection::vec((any::<u16>(), 22u8..=32, 0u8..4), 0..12),
+            any::<[bool; 4]>(),
+        )
+            .prop_map(|(claims, direct)| {
+                let mut peers: BTreeMap<Ipv4Net, Peer> = BTreeMap::new();
+                for (low, prefix_len, node) in claims {
+                    let [c, d] = low.to_be_bytes();
+                    let subnet = Ipv4Net::new(Ipv4Addr::new(10, 244, c, d), prefix_len)
+                        .unwrap()
+                        .trunc();
+                    if peers
+                        .keys()
+                        .any(|taken| taken.contains(&subnet) || subnet.contains(taken))
+                    {
+                        continue;
+                    }
+                    let ip = [192, 168, 78, node];
+                    peers.insert(subnet, peer_at(ip, direct[usize::from(node)]));
+                }
+                peers
+            })
+    }
+
+    /// Addresses on and around the peers' subnet edges, and anywhere.
+    fn probes(peers: &BTreeMap<Ipv4Net, Peer>) -> Vec<Ipv4Addr> {
+        let mut probes = vec![Ipv4Addr::new(10, 96, 0, 10), Ipv4Addr::new(0, 0, 0, 0)];
+        for subnet in peers.keys() {
+            let (first, last) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
+            for addr in [
+                first.wrapping_sub(1),
+                first,
+                first + 1,
+                last - 1,
+                last,
+                last.wrapping_add(1),
+            ] {
+                probes.push(addr.into());
+            }
+        }
+        probes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_same_frames_pass(peers in peer_set(), inner in any::<u32>()) {
+            let vteps = vteps_of(&peers);
+            // The same VTEPs as before the value carried subnets.
+            prop_assert_eq!(vteps.keys().copied().collect::<BTreeSet<_>>(), old_vteps(&peers));
+            let mut inners = probes(&peers);
+            inners.push(inner.into());
+            for node in 0..5 {
+                let outer = Ipv4Addr::new(192, 168, 78, node);
+                for inner in &inners {
+                    let old = old_vteps(&peers)
+                        .contains(&outer)
+                        .then(|| by_peers(&peers, outer, *inner));
+                    prop_assert_eq!(
+                        by_vteps(&vteps, &peers, outer, *inner),
+                        old,
+                        "outer {} inner {} peers {:?}",
+                        outer,
+                        inner,
+                        peers
+                    );
+                }
+            }
+        }
+
+        /// While PEERS changes from `old` to `new`, VTEPS first holds what
+        /// both share (`FastPathMaps::sync`): whatever PEERS holds
+        /// meanwhile (the shared entries, any of the others), a frame from
+        /// a VTEP with one subnet passes only if the old and the new peer
+        /// set both pass it; one with several defers to PEERS as it is
+        /// then, as the check always did. A VTEP before and after is never
+        /// taken for an unknown one.
+        #[test]
+        fn a_change_never_passes_what_either_side_refuses(
+            old in peer_set(),
+            new in peer_set(),
+            keep in any::<u64>(),
+        ) {
+            let shared: BTreeMap<Ipv4Net, Peer> = old
+                .iter()
+                .filter(|(subnet, peer)| new.get(*subnet) == Some(*peer))
+                .map(|(subnet, peer)| (*subnet, *peer))
+                .collect();
+            let (before, after) = (old_vteps(&old), old_vteps(&new));
+            let known: Vec<Ipv4Addr> = before.intersection(&after).copied().collect();
+            let during = vteps_while_changing(shared.iter().map(|(s, p)| (*s, p)), known);
+            // PEERS partway: the shared entries and some of the others
+            // (old ones not yet removed, new ones already written), never
+            // overlapping.
+            let mut partway = shared.clone();
+            for (index, (subnet, peer)) in old.iter().chain(new.iter()).enumerate() {
+                if keep >> (index % 64) & 1 == 1
+                    && !partway.keys().any(|taken| taken.contains(subnet) || subnet.contains(taken))
+                {
+                    partway.insert(*subnet, *peer);
+                }
+            }
+            let mut inners = probes(&old);
+            inners.extend(probes(&new));
+            for node in 0..5 {
+                let outer = Ipv4Addr::new(192, 168, 78, node);
+                if before.contains(&outer) && after.contains(&outer) {
+                    prop_assert!(during.contains_key(&outer), "{} taken for unknown", outer);
+                }
+                for inner in &inners {
+                    if by_vteps(&during, &partway, outer, *inner) != Some(true) {
+                        continue;
+                    }
+                    let both = by_peers(&old, outer, *inner) && by_peers(&new, outer, *inner);
+                    let deferred = during[&outer].subnets > 1 && by_peers(&partway, outer, *inner);
+                    prop_assert!(
+                        both || deferred,
+                        "outer {} inner {} passes partway, old {:?} new {:?}",
+                        outer, inner, old, new
+                    );
+                }
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use weft_common::{
     CT_LIBERAL_BYTES, Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS,
-    MAX_PEERS, NodeConfig, Peer, PeerAddr, VtepKey,
+    MAX_PEERS, NodeConfig, Peer, PeerAddr, Vtep, VtepKey,
 };
 
 /// Remote pod subnet -> how to reach it.
@@ -18,9 +18,10 @@ pub static PEERS: LpmTrie<PeerAddr, Peer, { MAX_PEERS as usize }> = LpmTrie::new
 #[btf_map]
 pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
 
-/// Accepted outer source addresses (every peer's PublicIP).
+/// Accepted outer source addresses (every VXLAN peer's PublicIP) -> the
+/// subnet its frames may carry as inner source.
 #[btf_map]
-pub static VTEPS: HashMap<VtepKey, u8, { MAX_PEERS as usize }> = HashMap::new();
+pub static VTEPS: HashMap<VtepKey, Vtep, { MAX_PEERS as usize }> = HashMap::new();
 
 /// Flow directions this node's netfilter passed unchanged, written by
 /// `tc_verdict`, read by every program that forwards or delivers.

@@ -111,18 +111,15 @@ pub fn classify(
     if !vxlan.vni_present() || vxlan.vni() != config.vni {
         return Err(Reason::PassWrongVni);
     }
-    if VTEPS
-        .get_ptr(VtepKey {
-            addr: outer.src_addr,
-        })
-        .is_none()
-    {
+    let Some(vtep) = VTEPS.get_ptr(VtepKey {
+        addr: outer.src_addr,
+    }) else {
         return Err(if config.flags & CONFIG_STRICT_VTEPS != 0 {
             Reason::DropUnknownVtep
         } else {
             Reason::PassUnknownVtep
         });
-    }
+    };
     let inner_eth = ptr_at::<EthHdr>(data, end, VXLAN_OVERHEAD).ok_or(Truncated)?;
     if unsafe { (*inner_eth).ether_type } != ETH_P_IPV4 {
         return Err(Reason::PassInnerNotIpv4);
@@ -134,10 +131,18 @@ pub fn classify(
     let inner_ip = ptr_at::<Ipv4Hdr>(data, end, VXLAN_OVERHEAD + EthHdr::LEN).ok_or(Truncated)?;
     let inner = unsafe { &*inner_ip };
     // A peer speaks only for its own pods: the inner source must lie in the
-    // subnet of the peer whose PublicIP sent the frame.
-    match PEERS.get(&Key::new(32, inner.src_addr)) {
-        Some(peer) if peer.public_ip == outer.src_addr => {}
-        _ => return Err(Reason::PassForeignInnerSource),
+    // subnet of the peer whose PublicIP sent the frame. The VTEP's value
+    // holds that subnet when the PublicIP has one lease (nearly always);
+    // with several, PEERS says whose subnet the source is in.
+    // SAFETY: a map value pointer from a successful lookup.
+    let own_pod = match unsafe { (*vtep).holds(inner.src_addr) } {
+        Some(held) => held,
+        None => PEERS
+            .get(&Key::new(32, inner.src_addr))
+            .is_some_and(|peer| peer.public_ip == outer.src_addr),
+    };
+    if !own_pod {
+        return Err(Reason::PassForeignInnerSource);
     }
     let endpoint = ENDPOINTS
         .get_ptr(EndpointKey {

@@ -183,6 +183,16 @@ impl Lab {
         self.save()
     }
 
+    /// The value of the sample `name_and_labels` (as the exposition writes
+    /// it) in node `node`'s agent's /metrics; a sample that is missing is
+    /// an error, never 0, so a renamed metric fails its test.
+    pub fn metric(&self, node: NodeId, name_and_labels: &str) -> Result<f64> {
+        let ns = &self.node(node).ns;
+        let body = netns::in_netns(ns, || crate::scrapes::get(HEALTHZ_PORT, "/metrics"))?.body;
+        crate::scrapes::sample(&body, name_and_labels)
+            .ok_or_else(|| anyhow!("no {name_and_labels} in {ns}'s /metrics"))
+    }
+
     /// The pid of node `node`'s running agent.
     pub fn agent_pid(&self, node: NodeId) -> Option<u32> {
         process::running_pid(&self.node(node).agent_pid_file(&self.state.run_dir))

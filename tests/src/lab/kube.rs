@@ -184,7 +184,7 @@ impl Lab {
                 .collect();
             traces.vteps = list(self.maps_json(node, "vteps")?)
                 .into_iter()
-                .filter(|row| *row == peer_ip)
+                .filter(|row| row["source"] == peer_ip)
                 .collect();
         }
         Ok(traces)

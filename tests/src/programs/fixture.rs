@@ -66,26 +66,14 @@ impl FixtureNode {
             // test shortens it.
             verdict_ttl_ns: 3_600 * 1_000_000_000,
         };
-        // The peers' leases pass the agent's own rules, as in the agent.
-        let policy = LeasePolicy::new(&facts.network, facts.public_ip, facts.vtep_mac);
-        let peer = |subnet: Ipv4Net, public_ip: [u8; 4], vtep_mac: [u8; 6]| {
-            let lease = LeaseAttrs {
-                public_ip: public_ip.into(),
-                public_ipv6: None,
-                backend_type: "vxlan".to_owned(),
-                backend_data: Some(VxlanBackendData {
-                    vni: VNI,
-                    vtep_mac: MacAddr(vtep_mac),
-                }),
-            };
-            let accepted = policy
-                .check(subnet, &lease, None)
-                .expect("the fixture's leases pass the agent's rules");
-            (subnet, accepted)
-        };
         let peers = BTreeMap::from([
-            peer(subnet([10, 244, 2, 0]), PEER_IP, PEER_VTEP_MAC),
-            peer(subnet([10, 244, 3, 0]), HOSTGW_NODE_IP, HOSTGW_VTEP_MAC),
+            accepted_lease(&facts, subnet([10, 244, 2, 0]), PEER_IP, PEER_VTEP_MAC),
+            accepted_lease(
+                &facts,
+                subnet([10, 244, 3, 0]),
+                HOSTGW_NODE_IP,
+                HOSTGW_VTEP_MAC,
+            ),
         ]);
         let view = LocalView {
             uplink_routes: BTreeMap::from([
@@ -127,6 +115,30 @@ impl FixtureNode {
             self.view.uplink_neighbours.insert(ip.into(), MacAddr(mac));
         }
     }
+}
+
+/// A vxlan lease for `subnet` from the node at `public_ip`, passed through
+/// the agent's own rules, as in the agent.
+fn accepted_lease(
+    facts: &NodeFacts,
+    subnet: Ipv4Net,
+    public_ip: [u8; 4],
+    vtep_mac: [u8; 6],
+) -> (Ipv4Net, AcceptedPeer) {
+    let policy = LeasePolicy::new(&facts.network, facts.public_ip, facts.vtep_mac);
+    let lease = LeaseAttrs {
+        public_ip: public_ip.into(),
+        public_ipv6: None,
+        backend_type: "vxlan".to_owned(),
+        backend_data: Some(VxlanBackendData {
+            vni: VNI,
+            vtep_mac: MacAddr(vtep_mac),
+        }),
+    };
+    let accepted = policy
+        .check(subnet, &lease, None)
+        .expect("the fixture's leases pass the agent's rules");
+    (subnet, accepted)
 }
 
 /// A /24 starting at `network`.
@@ -266,6 +278,23 @@ impl Programs {
     /// (`[0; 6]`: unresolved); the agent writes it into its PEERS entry.
     pub fn set_host_gw_peer(&mut self, nexthop_mac: [u8; 6]) {
         self.node.set_neighbour(HOSTGW_NODE_IP, nexthop_mac);
+        self.sync();
+    }
+
+    /// The accepted vxlan lease of the /24 at `network`: held by the node
+    /// at `public_ip` with VTEP MAC `vtep_mac`, or (`None`) gone. The agent
+    /// writes PEERS and VTEPS from the new peer set, as on a lease event.
+    pub fn set_lease(&mut self, network: [u8; 4], holder: Option<([u8; 4], [u8; 6])>) {
+        let subnet = subnet(network);
+        match holder {
+            Some((public_ip, vtep_mac)) => {
+                let (subnet, peer) = accepted_lease(&self.node.facts, subnet, public_ip, vtep_mac);
+                self.node.peers.insert(subnet, peer);
+            }
+            None => {
+                self.node.peers.remove(&subnet);
+            }
+        }
         self.sync();
     }
 

@@ -66,7 +66,8 @@ pub fn vxlan_from(outer_src: [u8; 4]) -> Vec<u8> {
     vxlan_from_carrying(outer_src, &inner_frame(LOCAL_POD, Ipv4Options::default()))
 }
 
-fn vxlan_from_carrying(outer_src: [u8; 4], inner: &[u8]) -> Vec<u8> {
+/// Valid VXLAN carrying `inner`, from `outer_src`.
+pub fn vxlan_from_carrying(outer_src: [u8; 4], inner: &[u8]) -> Vec<u8> {
     vxlan_frame(
         outer_src,
         NODE_IP,

@@ -13,19 +13,22 @@
 //! By concern: [`fixture`] loads the programs and writes the fixture node's
 //! maps through the agent's sync; [`verdicts`] records and reads FLOWS;
 //! [`run`] runs the programs with BPF_PROG_TEST_RUN; [`counters`] reads
-//! and checks STATS; [`frames`] builds the frames the tests send.
+//! and checks STATS; [`frames`] builds the frames the tests send;
+//! [`cost_paths`] the frames the benchmark's program cost times.
 
+pub mod cost_paths;
 pub mod counters;
 pub mod fixture;
 pub mod frames;
 pub mod run;
 pub mod verdicts;
 
+pub use cost_paths::{CostPath, CostStep, cost_paths};
 pub use counters::{Counts, assert_counted, assert_only};
 pub use fixture::Programs;
 pub use frames::{
     addressed_to_pod, good_vxlan, host_gw_frame, host_gw_frame_delivered, inner_frame,
-    inner_tcp_frame, pod_frame, vxlan_carrying, vxlan_frame, vxlan_from,
+    inner_tcp_frame, pod_frame, vxlan_carrying, vxlan_frame, vxlan_from, vxlan_from_carrying,
 };
 pub use run::run;
 pub use verdicts::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, echo_flow, flow, monotonic_ns};

@@ -119,6 +119,14 @@ fn another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone() {
                     > warnings_before)
         })
         .unwrap();
+        let conflicting =
+            |lab: &Lab| lab.metric(NodeId::new(1), "weft_accept_mark_conflicting_rules");
+        wait_for(
+            &format!("{what}: weft_accept_mark_conflicting_rules above 0"),
+            Duration::from_secs(5),
+            || Ok(conflicting(&lab)? >= 1.0),
+        )
+        .unwrap();
         let (carried, passed) = replies_carried(10);
         assert_eq!(carried, 0, "{what}: the fast path carried flows");
         assert!(passed >= 10, "{what}: replies not counted as suspended");
@@ -127,7 +135,7 @@ fn another_rule_using_the_accept_bit_suspends_the_fast_path_until_it_is_gone() {
         wait_for(
             &format!("{what} gone: the verdict chain back"),
             Duration::from_secs(10),
-            || Ok(verdict_chain_installed(&node1.ns)),
+            || Ok(verdict_chain_installed(&node1.ns) && conflicting(&lab)? == 0.0),
         )
         .unwrap();
         let (carried, _) = replies_carried(20);

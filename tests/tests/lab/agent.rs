@@ -242,8 +242,10 @@ fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layout
     )
     .unwrap();
 
-    // A pinned map of another layout (a CONFIG 40 bytes wide, as an older
-    // build made it) is replaced on start, and the fast path works.
+    // Pinned maps of another layout (a CONFIG 40 bytes wide, a VTEPS whose
+    // value is the one byte it was before it carried the peer's subnet, as
+    // older builds made them) are replaced on start, and the fast path
+    // works.
     lab.stop_agent(NodeId::new(1), Signal::SIGTERM).unwrap();
     let config = map("CONFIG");
     std::fs::remove_file(&config).unwrap();
@@ -251,12 +253,38 @@ fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layout
         "create", &config, "type", "array", "key", "4", "value", "40", "entries", "1", "name",
         "CONFIG",
     ]);
+    let vteps = map("VTEPS");
+    std::fs::remove_file(&vteps).unwrap();
+    bpftool_map(&[
+        "create", &vteps, "type", "hash", "key", "4", "value", "1", "entries", "16384", "name",
+        "VTEPS",
+    ]);
+    let peer_ip = lab.node(NodeId::new(2)).ip.clone();
+    let octets: Vec<String> = peer_ip.split('.').map(str::to_owned).collect();
+    let mut old_entry = vec!["update", "pinned", &vteps, "key"];
+    old_entry.extend(octets.iter().map(String::as_str));
+    old_entry.extend(["value", "1"]);
+    bpftool_map(&old_entry);
     lab.start_agent(NodeId::new(1)).unwrap();
     let log =
         std::fs::read_to_string(lab.node(NodeId::new(1)).agent_log.as_ref().unwrap()).unwrap();
-    assert!(
-        log.contains("pinned map has another layout"),
-        "no word of the replaced map in the log"
+    for name in ["CONFIG", "VTEPS"] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains("pinned map has another layout") && line.contains(name)),
+            "no word of the replaced {name} in the log:\n{log}"
+        );
+    }
+    // The new VTEPS carries the peer's subnet, as `weft maps vteps` shows.
+    let rows = lab.maps_json(NodeId::new(1), "vteps").unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{
+            "source": peer_ip,
+            "subnet": lab.node(NodeId::new(2)).subnet,
+            "subnets": 1,
+        }]),
+        "VTEPS after the replacement"
     );
     lab.warm_up().unwrap();
     let before = packets(&lab, NodeId::new(1));

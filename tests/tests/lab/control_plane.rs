@@ -3,7 +3,10 @@
 //! lease lifetimes, etcd over TLS and DirectRouting. Restarts, deletions,
 //! outages, compaction, hostile values and races: control_plane_failures.rs.
 
-use std::time::Duration;
+use std::{
+    thread::sleep,
+    time::{Duration, Instant},
+};
 
 use nix::sys::signal::Signal;
 use weft_tests::{
@@ -96,27 +99,61 @@ fn ip_masq_lets_pods_reach_the_underlay_and_restores_flushed_rules() {
 }
 
 #[test]
-fn leases_live_24_hours_and_are_renewed_before_the_margin() {
-    let _guard = privileged!("leases_live_24_hours_and_are_renewed_before_the_margin");
+fn leases_live_24_hours_are_renewed_before_the_margin_and_a_failed_renewal_alerts() {
+    let _guard = privileged!(
+        "leases_live_24_hours_are_renewed_before_the_margin_and_a_failed_renewal_alerts"
+    );
     // A margin of 23 h 59 min makes the agent renew one minute after taking
-    // the lease, instead of after 23 h.
+    // the lease, instead of after 23 h. etcd is away when that renewal is
+    // due: the failure is counted (the alert the docs recommend), and the
+    // retry a minute later renews the lease.
     let mut spec = LabSpec::new("t-cp-renew", 1, 0);
     spec.dataplane = Dataplane::Kernel;
     spec.agent_args = vec!["--subnet-lease-renew-margin".into(), "1439".into()];
     let lab = Lab::up(&spec).unwrap();
+    let node = NodeId::new(1);
     let key = format!(
         "{ETCD_PREFIX}/subnets/{}",
-        lab.node(NodeId::new(1)).subnet.replace('/', "-")
+        lab.node(node).subnet.replace('/', "-")
     );
     let etcd = lab.etcd();
     let (first_id, granted, remaining) = etcd.lease_of(&key).unwrap();
     assert_eq!(granted, 24 * 3600, "lease TTL");
     assert!(remaining > 24 * 3600 - 60, "remaining TTL {remaining}");
-    wait_for("the lease to be renewed", Duration::from_secs(90), || {
-        Ok(etcd.lease_of(&key)?.0 != first_id)
-    })
+    assert_eq!(lab.metric(node, "weft_lease_renewals_total").unwrap(), 0.0);
+    assert_eq!(
+        lab.metric(node, "weft_lease_renewal_failures_total")
+            .unwrap(),
+        0.0
+    );
+    // The renewal is due 60 s after the grant; etcd stops 10 s before.
+    let lease_age = Duration::from_secs((24 * 3600 - remaining) as u64);
+    sleep(Duration::from_secs(50).saturating_sub(lease_age));
+    lab.stop_etcd().unwrap();
+    wait_for(
+        "the renewal due while etcd is away to fail and be counted",
+        Duration::from_secs(45),
+        || Ok(lab.metric(node, "weft_lease_renewal_failures_total")? == 1.0),
+    )
     .unwrap();
-    let (_, granted, remaining) = etcd.lease_of(&key).unwrap();
+    assert_eq!(lab.metric(node, "weft_lease_renewals_total").unwrap(), 0.0);
+    lab.start_etcd().unwrap();
+    let retried = Instant::now();
+    wait_for(
+        "the renewal retried a minute later to succeed",
+        Duration::from_secs(90),
+        || Ok(lab.metric(node, "weft_lease_renewals_total")? == 1.0),
+    )
+    .unwrap();
+    eprintln!("renewed {:?} after etcd came back", retried.elapsed());
+    assert_eq!(
+        lab.metric(node, "weft_lease_renewal_failures_total")
+            .unwrap(),
+        1.0,
+        "one failure only: the retry worked"
+    );
+    let (renewed_id, granted, remaining) = etcd.lease_of(&key).unwrap();
+    assert_ne!(renewed_id, first_id, "the key is still on the first grant");
     assert_eq!(granted, 24 * 3600);
     assert!(
         remaining > 24 * 3600 - 60,

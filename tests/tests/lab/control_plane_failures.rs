@@ -197,15 +197,7 @@ fn an_etcd_outage_loses_no_packet_and_agents_reconnect() {
     // What the operator's alerts watch, on node 1: `weft_etcd_connected`
     // falls during the outage and comes back after it, the errors are
     // counted, and the agent lists again (a resync) once etcd is back.
-    let ns1 = lab.node(NodeId::new(1)).ns.clone();
-    let metric = |name: &str| -> anyhow::Result<f64> {
-        let body = weft_tests::netns::in_netns(&ns1, || {
-            weft_tests::scrapes::get(HEALTHZ_PORT, "/metrics")
-        })?
-        .body;
-        weft_tests::scrapes::sample(&body, name)
-            .ok_or_else(|| anyhow::anyhow!("no {name} in node 1's /metrics"))
-    };
+    let metric = |name: &str| lab.metric(NodeId::new(1), name);
     sleep(Duration::from_secs(2));
     assert_eq!(metric("weft_etcd_connected").unwrap(), 1.0);
     let errors_before = metric("weft_etcd_errors_total").unwrap();

@@ -128,12 +128,22 @@ fn refused_while(
 ) -> u64 {
     let state = lab.node(node);
     let fast = state.dataplane == Dataplane::Ebpf;
+    let sample = format!(r#"weft_overlay_refused_packets_total{{cause="{cause}"}}"#);
+    let metric_before = lab.metric(node, &sample).unwrap();
     let nft_before = guard_counters(state);
     let programs_before = fast.then(|| lab.counters(node).unwrap());
     send();
     std::thread::sleep(Duration::from_millis(300));
     let nft_after = guard_counters(state);
     let by_nft = nft_after[cause] - nft_before[cause];
+    // What an operator's alert reads: /metrics says the same (a scrape
+    // may serve a rendering up to a second old).
+    wait_for(
+        &format!("{sample} on /metrics to rise by {by_nft}"),
+        Duration::from_secs(5),
+        || Ok(lab.metric(node, &sample)? - metric_before == by_nft as f64),
+    )
+    .unwrap();
     let by_program = match programs_before {
         Some(before) => counters_delta(&before, &lab.counters(node).unwrap(), programs).0,
         None => 0,

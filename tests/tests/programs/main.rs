@@ -6,6 +6,7 @@
 // the library.
 #![allow(unused_crate_dependencies)]
 
+mod cost_paths;
 mod host_gw;
 mod properties;
 mod tc;

@@ -8,7 +8,8 @@
 //! are what stands between a forged frame and the fast path. Invariants:
 //! - the uplink programs redirect only to a local pod, and only a frame
 //!   whose (inner) source lies in a peer's subnet and that peer sent it
-//!   (VXLAN: from the peer's PublicIP; host-gw: from its MAC);
+//!   (VXLAN: from the peer's PublicIP, whether its VTEP holds one subnet
+//!   or several; host-gw: from its MAC);
 //! - `tc_pod_egress` fast-paths only the sending pod's own address from its
 //!   own veth and MAC;
 //! - every run answers an action the hook knows, and counts the frame
@@ -41,12 +42,26 @@ fn runner() -> TestRunner {
     })
 }
 
-/// The fixture's peers as its leases say: subnet (a /24's first three
-/// octets) -> (PublicIP, host-gw MAC if the peer is reached by host-gw).
+/// A second VXLAN peer node, whose VTEP holds one subnet (VTEPS' value
+/// answers for it); the first peer takes a second subnet too (VTEPS defers
+/// to PEERS for it). [`with_more_leases`] adds both to the fixture.
+const SECOND_PEER_IP: [u8; 4] = [192, 168, 79, 4];
+const SECOND_SUBNET: [u8; 4] = [10, 244, 4, 0];
+const EXTRA_SUBNET: [u8; 4] = [10, 244, 6, 0];
+
+fn with_more_leases(programs: &mut Programs) {
+    programs.set_lease(SECOND_SUBNET, Some((SECOND_PEER_IP, [0x0e, 1, 0, 0, 0, 4])));
+    programs.set_lease(EXTRA_SUBNET, Some((PEER_IP, [0x0e, 1, 0, 0, 0, 6])));
+}
+
+/// The uplink properties' peers as their leases say: subnet (a /24's first
+/// three octets) -> (PublicIP, host-gw MAC if the peer is reached by
+/// host-gw).
 fn owner(address: [u8; 4]) -> Option<([u8; 4], Option<[u8; 6]>)> {
     match address {
-        [10, 244, 2, _] => Some((PEER_IP, None)),
+        [10, 244, 2 | 6, _] => Some((PEER_IP, None)),
         [10, 244, 3, _] => Some((HOSTGW_NODE_IP, Some(HOSTGW_NODE_MAC))),
+        [10, 244, 4, _] => Some((SECOND_PEER_IP, None)),
         _ => None,
     }
 }
@@ -62,10 +77,11 @@ fn address() -> impl Strategy<Value = [u8; 4]> {
         Just(REMOTE_POD),
         Just(HOSTGW_POD),
         Just(PEER_IP),
+        Just(SECOND_PEER_IP),
         Just(HOSTGW_NODE_IP),
         Just(STRANGER_IP),
         Just(NODE_IP),
-        (0u8..4, any::<u8>()).prop_map(|(c, d)| [10, 244, c, d]),
+        (0u8..8, any::<u8>()).prop_map(|(c, d)| [10, 244, c, d]),
         any::<[u8; 4]>(),
     ]
 }
@@ -138,12 +154,14 @@ fn destination() -> impl Strategy<Value = [u8; 4]> {
     prop_oneof![3 => Just(LOCAL_POD), 1 => Just(OTHER_LOCAL_POD), 2 => address()]
 }
 
-/// A VXLAN sender and inner source: half the time the peer and one of its
+/// A VXLAN sender and inner source: half the time a peer and one of its
 /// own pods, else any pair.
 fn vxlan_sender() -> impl Strategy<Value = ([u8; 4], [u8; 4])> {
     prop_oneof![
-        any::<u8>().prop_map(|d| (PEER_IP, [10, 244, 2, d])),
-        (address(), address()),
+        2 => any::<u8>().prop_map(|d| (PEER_IP, [10, 244, 2, d])),
+        1 => any::<u8>().prop_map(|d| (PEER_IP, [10, 244, 6, d])),
+        1 => any::<u8>().prop_map(|d| (SECOND_PEER_IP, [10, 244, 4, d])),
+        4 => (address(), address()),
     ]
 }
 
@@ -273,7 +291,9 @@ fn uplink_property(
     run: impl Fn(&Programs, &[u8]) -> (u32, Vec<u8>),
 ) {
     let _guard = privileged!(name);
-    let programs = RefCell::new(Programs::load(true));
+    let mut loaded = Programs::load(true);
+    with_more_leases(&mut loaded);
+    let programs = RefCell::new(loaded);
     let redirected = RefCell::new(0u32);
     let result = runner().run(&(uplink_frame(), damage()), |(case, damage)| {
         let mut programs = programs.borrow_mut();

@@ -196,3 +196,190 @@ fn a_pod_may_not_speak_vxlan_to_a_node() {
         TcPodEgress.counter(Reason::PassNoRoute),
     )]);
 }
+
+/// A second VXLAN peer node, one routed hop away like the first.
+const SECOND_PEER_IP: [u8; 4] = [192, 168, 79, 4];
+const SECOND_PEER_VTEP_MAC: [u8; 6] = [0x0e, 1, 192, 168, 79, 4];
+/// Where the first peer's lease moves.
+const MOVED_PEER_IP: [u8; 4] = [192, 168, 79, 9];
+/// The second peer's subnet, and the one a node's second lease takes.
+const SECOND_SUBNET: [u8; 4] = [10, 244, 4, 0];
+const EXTRA_SUBNET: [u8; 4] = [10, 244, 6, 0];
+
+/// ICMP echo from `src` to the local pod, carried by VXLAN from `outer`.
+fn from_vtep(outer: [u8; 4], src: [u8; 4]) -> Vec<u8> {
+    vxlan_from_carrying(outer, &inner_from(src, VTEP_MAC))
+}
+
+/// The fixture's verdicts for echo from each of `sources` to the local pod,
+/// so that only the sender checks can refuse them.
+fn allow_echo_from(programs: &mut Programs, sources: &[[u8; 4]]) {
+    for src in sources {
+        programs.set_verdict(
+            flow(*src, LOCAL_POD, IPPROTO_ICMP, ECHO_ID, [0, 0]),
+            GENERATION,
+        );
+    }
+}
+
+/// Both uplink programs deliver `frame` (XDP redirects it, `tc_uplink`
+/// without XDP redirects it into the pod).
+fn assert_delivered(programs: &Programs, what: &str, frame: &[u8]) {
+    assert_eq!(programs.xdp(frame).0, XDP_REDIRECT, "XDP: {what}");
+    assert_eq!(
+        programs.uplink_tc(frame).0,
+        TC_ACT_REDIRECT,
+        "tc_uplink: {what}"
+    );
+}
+
+/// Both uplink programs refuse each frame with its reason.
+fn assert_refused(programs: &Programs, cases: &[(&str, Vec<u8>, Reason)]) {
+    let under = |hook: weft_common::Hook| -> Vec<_> {
+        cases
+            .iter()
+            .map(|(what, frame, reason)| (*what, frame.clone(), hook.counter(*reason)))
+            .collect()
+    };
+    programs.assert_xdp_passes(&under(XdpUplink));
+    programs.assert_uplink_tc_passes(&under(TcUplink));
+}
+
+#[test]
+fn a_vtep_speaks_for_its_own_subnet_to_the_edge_and_no_further() {
+    let _guard = privileged!("a_vtep_speaks_for_its_own_subnet_to_the_edge_and_no_further");
+    let mut programs = Programs::load(true);
+    programs.set_lease(SECOND_SUBNET, Some((SECOND_PEER_IP, SECOND_PEER_VTEP_MAC)));
+    let (first, last) = ([10, 244, 2, 0], [10, 244, 2, 255]);
+    let (below, above) = ([10, 244, 1, 255], [10, 244, 3, 0]);
+    let second_pod = [10, 244, 4, 9];
+    allow_echo_from(&mut programs, &[first, last, below, above, second_pod]);
+    // Both ends of the peer's own /24 are its pods.
+    assert_delivered(
+        &programs,
+        "the subnet's first address",
+        &from_vtep(PEER_IP, first),
+    );
+    assert_delivered(
+        &programs,
+        "the subnet's last address",
+        &from_vtep(PEER_IP, last),
+    );
+    assert_delivered(
+        &programs,
+        "the second peer, its own pod",
+        &from_vtep(SECOND_PEER_IP, second_pod),
+    );
+    assert_refused(
+        &programs,
+        &[
+            (
+                "one below the subnet",
+                from_vtep(PEER_IP, below),
+                Reason::PassForeignInnerSource,
+            ),
+            (
+                "one above the subnet",
+                from_vtep(PEER_IP, above),
+                Reason::PassForeignInnerSource,
+            ),
+            (
+                "a known VTEP speaking for another VXLAN peer's pod",
+                from_vtep(PEER_IP, second_pod),
+                Reason::PassForeignInnerSource,
+            ),
+            (
+                "the other VTEP speaking for the first peer's pod",
+                from_vtep(SECOND_PEER_IP, REMOTE_POD),
+                Reason::PassForeignInnerSource,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_vtep_holding_two_leases_speaks_for_both_and_a_moved_lease_leaves_it() {
+    let _guard =
+        privileged!("a_vtep_holding_two_leases_speaks_for_both_and_a_moved_lease_leaves_it");
+    let mut programs = Programs::load(true);
+    let extra_pod = [10, 244, 6, 5];
+    let second_pod = [10, 244, 4, 9];
+    allow_echo_from(
+        &mut programs,
+        &[REMOTE_POD, extra_pod, second_pod, HOSTGW_POD],
+    );
+    // The peer node takes a second subnet while its first lease lives on:
+    // it speaks for both (VTEPS defers to PEERS), and for no other.
+    programs.set_lease(EXTRA_SUBNET, Some((PEER_IP, [0x0e, 1, 0, 0, 0, 6])));
+    programs.set_lease(SECOND_SUBNET, Some((SECOND_PEER_IP, SECOND_PEER_VTEP_MAC)));
+    assert_delivered(
+        &programs,
+        "its first subnet",
+        &from_vtep(PEER_IP, REMOTE_POD),
+    );
+    assert_delivered(
+        &programs,
+        "its second subnet",
+        &from_vtep(PEER_IP, extra_pod),
+    );
+    assert_refused(
+        &programs,
+        &[
+            (
+                "two leases, another VXLAN peer's pod",
+                from_vtep(PEER_IP, second_pod),
+                Reason::PassForeignInnerSource,
+            ),
+            (
+                "two leases, the host-gw peer's pod",
+                from_vtep(PEER_IP, HOSTGW_POD),
+                Reason::PassForeignInnerSource,
+            ),
+        ],
+    );
+
+    // The first lease moves to a new PublicIP (the node got another
+    // address): the old VTEP, still holding its other lease, no longer
+    // speaks for it; the new one does.
+    programs.set_lease([10, 244, 2, 0], Some((MOVED_PEER_IP, PEER_VTEP_MAC)));
+    assert_delivered(
+        &programs,
+        "the moved subnet, from its new VTEP",
+        &from_vtep(MOVED_PEER_IP, REMOTE_POD),
+    );
+    assert_delivered(
+        &programs,
+        "the old VTEP's remaining subnet",
+        &from_vtep(PEER_IP, extra_pod),
+    );
+    assert_refused(
+        &programs,
+        &[(
+            "the moved subnet, from its old VTEP",
+            from_vtep(PEER_IP, REMOTE_POD),
+            Reason::PassForeignInnerSource,
+        )],
+    );
+
+    // Its other lease gone too, the old VTEP is no VTEP: dropped
+    // (--strict-vteps) whatever it carries.
+    programs.set_lease(EXTRA_SUBNET, None);
+    for (what, src) in [
+        ("the moved subnet", REMOTE_POD),
+        ("its former subnet", extra_pod),
+    ] {
+        let frame = from_vtep(PEER_IP, src);
+        let before = programs.counters();
+        assert_eq!(programs.xdp(&frame).0, XDP_DROP, "{what}");
+        assert_counted(
+            &before,
+            &programs.counters(),
+            XdpUplink.counter(Reason::DropUnknownVtep),
+        );
+    }
+    assert_delivered(
+        &programs,
+        "the moved subnet, from its new VTEP",
+        &from_vtep(MOVED_PEER_IP, REMOTE_POD),
+    );
+}
