@@ -104,6 +104,14 @@ impl Lab {
             UNDERLAY_BRIDGE,
         ])?;
         netns::run_host(&["ip", "-n", ul, "link", "set", UNDERLAY_BRIDGE, "up"])?;
+        // The underlay bridges stand for the switches between nodes, which
+        // run no netfilter: without this, br_netfilter (built in here) runs
+        // every bridged frame through the underlay namespace's hooks, which
+        // costs VXLAN (one frame per segment, not merged by GRO before the
+        // bridge) far more than plain TCP (docs/performance/profile.md).
+        for family in ["iptables", "ip6tables", "arptables"] {
+            netns::sysctl(ul, &format!("net/bridge/bridge-nf-call-{family}"), "0")?;
+        }
         if self.state.second_segment_from.is_some() {
             netns::run_host(&[
                 "ip",
