@@ -140,8 +140,7 @@ pub fn flow_rows(dir: &std::path::Path, config: &weft_common::NodeConfig) -> Res
     let data = crate::bpffs::open_pinned_map(dir, map_names::FLOWS)?;
     let flows: HashMap<_, FlowKey, FlowVerdict> = HashMap::try_from(Map::LruHashMap(data))
         .map_err(|error| anyhow::anyhow!("{} is not weft's: {error}", path.display()))?;
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-    let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+    let now_ns = crate::verdict_clock::now_ns()?;
     let mut rows = Vec::new();
     for entry in flows.iter() {
         let (key, verdict) = entry.context("cannot read FLOWS")?;
@@ -195,7 +194,7 @@ pub fn config_row(maps: &FastPathMaps) -> Result<ConfigRow> {
         tc_bridge: config.flags & CONFIG_TC_BRIDGE != 0,
         accept_mark: format!("{:#x}", config.accept_mark),
         ruleset_generation: config.ruleset_generation,
-        verdict_ttl_ms: config.verdict_ttl_ns / 1_000_000,
+        verdict_ttl_ms: crate::verdict_clock::configured_ttl_ms(config.verdict_ttl_ns),
     })
 }
 

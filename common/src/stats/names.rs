@@ -18,6 +18,7 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     (id(XdpUplink, Reason::HostGw), "xdp_host_gw"),
     (id(XdpUplink, Reason::PassNoConfig), "xdp_pass_no_config"),
     (id(XdpUplink, Reason::PassBulkTcp), "xdp_pass_bulk_tcp"),
+    (id(XdpUplink, Reason::PassProbeDue), "xdp_pass_probe_due"),
     (
         id(XdpUplink, Reason::PassPodNotReady),
         "xdp_pass_pod_not_ready",
@@ -199,6 +200,9 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         id(TcUplink, Reason::PassTcUplink),
         "tc_uplink_pass_tc_uplink",
     ),
+    (id(TcUplink, Reason::ProbeSent), "tc_uplink_probe_sent"),
+    (id(TcUplink, Reason::ProbeFailed), "tc_uplink_probe_failed"),
+    (id(TcUplink, Reason::PassProbe), "tc_uplink_pass_probe"),
     (id(TcPodEgress, Reason::Seen), "pod_egress"),
     (id(TcPodEgress, Reason::Encap), "tc_encap"),
     (id(TcPodEgress, Reason::HostGw), "tc_host_gw"),
@@ -254,6 +258,9 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     ),
     (id(TcPodEgress, Reason::PassTcBridge), "tc_pass_tc_bridge"),
     (id(TcPodEgress, Reason::PassTcVtep), "tc_pass_tc_vtep"),
+    (id(TcPodEgress, Reason::ProbeSent), "tc_probe_sent"),
+    (id(TcPodEgress, Reason::ProbeFailed), "tc_probe_failed"),
+    (id(TcPodEgress, Reason::PassProbe), "tc_pass_probe"),
     (id(TcVerdict, Reason::Learned), "verdict_learned"),
     (id(TcVerdict, Reason::Unparsed), "verdict_unparsed"),
     (id(TcVerdict, Reason::UpdateFailed), "verdict_update_failed"),
@@ -267,4 +274,9 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         "verdict_awaiting_liberal",
     ),
     (id(TcVerdict, Reason::NotifyFailed), "verdict_notify_failed"),
+    (id(TcVerdict, Reason::DropProbe), "verdict_drop_probe"),
+    (
+        id(TcVerdict, Reason::DropProbeUnjudged),
+        "verdict_drop_probe_unjudged",
+    ),
 ];

@@ -63,7 +63,7 @@ pub fn node_facts(
         uplink_xdp: false,
         own_tc_programs: BTreeSet::new(),
         accept_mark: args.accept_mark,
-        verdict_ttl_ns: args.verdict_ttl_ms * 1_000_000,
+        verdict_ttl_ns: crate::verdict_clock::ttl_on_clock_ns(args.verdict_ttl_ms),
     }
 }
 
