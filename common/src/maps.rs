@@ -96,6 +96,10 @@ pub const CONFIG_TC_VTEP: u32 = 1 << 4;
 /// `CONFIG` flag: the pods' bridge has tc configuration; pod traffic takes
 /// the kernel path, which passes through it.
 pub const CONFIG_TC_BRIDGE: u32 = 1 << 5;
+/// `CONFIG` flag: renew live TCP verdicts with probes before they expire
+/// (`--verdict-probes`, docs/datapath.md); without it, a verdict lapses
+/// at its TTL and its flow's next packets re-learn it on the kernel path.
+pub const CONFIG_VERDICT_PROBES: u32 = 1 << 6;
 
 /// `FLOWS` key: one direction of a flow, as netfilter saw it leave this
 /// node's forwarding path. Ports are as on the wire (big endian). For ICMP

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK,
-    CONFIG_TC_VTEP, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, PeerMode,
+    CONFIG_TC_VTEP, CONFIG_VERDICT_PROBES, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, PeerMode,
 };
 
 use super::placement::Placement;
@@ -65,6 +65,8 @@ pub struct ConfigRow {
     /// Bumped on every nftables ruleset change; older verdicts are void.
     pub ruleset_generation: u32,
     pub verdict_ttl_ms: u64,
+    /// `--verdict-probes`: live TCP verdicts renewed by probes.
+    pub verdict_probes: bool,
 }
 
 fn mac(bytes: [u8; 6]) -> String {
@@ -195,6 +197,7 @@ pub fn config_row(maps: &FastPathMaps) -> Result<ConfigRow> {
         accept_mark: format!("{:#x}", config.accept_mark),
         ruleset_generation: config.ruleset_generation,
         verdict_ttl_ms: crate::verdict_clock::configured_ttl_ms(config.verdict_ttl_ns),
+        verdict_probes: config.flags & CONFIG_VERDICT_PROBES != 0,
     })
 }
 

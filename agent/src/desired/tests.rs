@@ -19,6 +19,7 @@ fn facts(network: &str) -> NodeFacts {
         vtep_mac: Some(MacAddr([0x0e, 1, 192, 168, 77, 1])),
         strict_vteps: true,
         bulk_tcp_via_gro: false,
+        verdict_probes: true,
         uplink_xdp: true,
         own_tc_programs: BTreeSet::from([41, 42, 43]),
         accept_mark: 0x10_0000,

@@ -11,7 +11,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use weft_common::{FlowKey, NodeConfig, Reason};
+use weft_common::{CONFIG_VERDICT_PROBES, FlowKey, NodeConfig, Reason};
 
 use crate::lib::{
     headers::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_NO_OPTIONS, is_fragment, ptr_at},
@@ -142,5 +142,7 @@ pub fn netfilter_passed(
         .ok_or(Reason::PassNoVerdict)?;
     let now = verdict_clock();
     verdict.is_current(config, || now)?;
-    Ok(key.proto == IPPROTO_TCP && verdict.probe_due(config, now))
+    Ok(key.proto == IPPROTO_TCP
+        && config.flags & CONFIG_VERDICT_PROBES != 0
+        && verdict.probe_due(config, now))
 }

@@ -60,6 +60,7 @@ pub fn node_facts(
         vtep_mac: vxlan.map(|device| device.mac),
         strict_vteps: args.strict_vteps,
         bulk_tcp_via_gro: args.bulk_tcp_via_gro,
+        verdict_probes: args.verdict_probes,
         uplink_xdp: false,
         own_tc_programs: BTreeSet::new(),
         accept_mark: args.accept_mark,
