@@ -58,7 +58,21 @@ struct Run {
     reordering: u64,
     /// Receiver: duplicate segments it reported (D-SACKs sent).
     duplicates: u64,
+    /// The sender's loss and reordering counters, for the record.
+    sender: BTreeMap<&'static str, u64>,
 }
+
+/// The sender's counters the report breaks down.
+const SENDER_DETAIL: [&str; 8] = [
+    "TcpExtTCPSACKReorder",
+    "TcpExtTCPTSReorder",
+    "TcpExtTCPDSACKRecv",
+    "TcpExtTCPTimeouts",
+    "TcpExtTCPSpuriousRTOs",
+    "TcpExtTCPLossProbes",
+    "TcpExtTCPFastRetrans",
+    "TcpExtTCPSlowStartRetrans",
+];
 
 /// The TCP counters of the network namespace `ns` (nstat, absolute).
 fn tcp_counters(ns: &str) -> BTreeMap<String, u64> {
@@ -159,6 +173,10 @@ fn transfer_across_renewals(name: &str, probes: bool) -> Run {
             &receiver_tcp_after,
             &["TcpExtTCPDSACKOldSent", "TcpExtTCPDSACKOfoSent"],
         ),
+        sender: SENDER_DETAIL
+            .iter()
+            .map(|name| (*name, sum_of(&sender_tcp, &sender_tcp_after, &[name])))
+            .collect(),
     };
     eprintln!(
         "{name} (probes {probes}): {run:?}; fast path {encapsulated} / {decapsulated} of {} bytes",
