@@ -120,18 +120,18 @@ pub enum Reason {
     /// The probe coming back in (it carries the accept bit, which no
     /// packet from a pod or the wire has): cleared, and handed to the
     /// kernel path.
-    PassProbe = 61,
+    ProbeReturned = 61,
     /// A probe netfilter passed: its flow's verdict renewed (or learned
     /// again), and the probe dropped, since its original took the fast
     /// path.
-    DropProbe = 62,
+    ProbeTaken = 62,
     /// A probe that reached egress without the accept bit (netfilter let
     /// it through, but not as an established flow without NAT): dropped,
     /// nothing renewed.
-    DropProbeUnjudged = 63,
+    ProbeUnjudged = 63,
     /// XDP only: the packet's verdict is due a probe, which XDP cannot
     /// clone; `tc_uplink` delivers it and sends the probe.
-    PassProbeDue = 64,
+    ProbeDue = 64,
     /// The probe could not be cloned (`bpf_clone_redirect` failed); the
     /// verdict expires at its TTL unless a later probe renews it.
     ProbeFailed = 65,
@@ -205,10 +205,10 @@ impl Reason {
             Reason::AwaitingLiberal => "awaiting_liberal",
             Reason::NotifyFailed => "notify_failed",
             Reason::ProbeSent => "probe_sent",
-            Reason::PassProbe => "pass_probe",
-            Reason::DropProbe => "drop_probe",
-            Reason::DropProbeUnjudged => "drop_probe_unjudged",
-            Reason::PassProbeDue => "pass_probe_due",
+            Reason::ProbeReturned => "probe_returned",
+            Reason::ProbeTaken => "probe_taken",
+            Reason::ProbeUnjudged => "probe_unjudged",
+            Reason::ProbeDue => "probe_due",
             Reason::ProbeFailed => "probe_failed",
             Reason::PassTcSender => "pass_tc_sender",
             Reason::PassTcReceiver => "pass_tc_receiver",

@@ -47,7 +47,7 @@ pub fn run(ctx: &mut TcContext) -> i32 {
         return TCX_NEXT;
     };
     if probe::returning(ctx, config) {
-        count(HOOK, Reason::PassProbe, len);
+        count(HOOK, Reason::ProbeReturned, len);
         return TCX_NEXT;
     }
     let mut verdict = decide(ctx, config, true);

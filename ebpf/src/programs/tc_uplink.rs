@@ -66,7 +66,7 @@ pub fn run(ctx: &mut TcContext) -> i32 {
     }
     if probe::returning(ctx, config) {
         // XDP never saw the clone: counted here either way.
-        count(HOOK, Reason::PassProbe, len);
+        count(HOOK, Reason::ProbeReturned, len);
         return TCX_NEXT;
     }
     let mut verdict = decide(ctx, config, true);

@@ -57,7 +57,7 @@ pub fn run(ctx: &mut TcContext) -> i32 {
     if mark & config.accept_mark == 0 {
         // Only while probes are about: the look-up costs the kernel path.
         if probe::recently_sent(config) && unjudged_probe(ctx) {
-            count(HOOK, Reason::DropProbeUnjudged, len);
+            count(HOOK, Reason::ProbeUnjudged, len);
             return TC_ACT_SHOT;
         }
         return TCX_NEXT;
@@ -66,7 +66,7 @@ pub fn run(ctx: &mut TcContext) -> i32 {
     let (reason, was_probe) = learn(ctx, config);
     count(HOOK, reason, len);
     if was_probe {
-        count(HOOK, Reason::DropProbe, len);
+        count(HOOK, Reason::ProbeTaken, len);
         return TC_ACT_SHOT;
     }
     TCX_NEXT

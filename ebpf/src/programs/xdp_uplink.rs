@@ -66,7 +66,7 @@ fn decide(ctx: &XdpContext) -> Verdict<u32> {
     // XDP cannot clone: tc_uplink, next on this packet's way, delivers it
     // on the fast path and sends the probe (lib/probe.rs).
     if delivery.probe_due {
-        return pass(Reason::PassProbeDue);
+        return pass(Reason::ProbeDue);
     }
     if delivery.endpoint.flags & ENDPOINT_XDP_READY == 0 {
         return pass(Reason::PassPodNotReady);

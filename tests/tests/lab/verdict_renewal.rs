@@ -154,8 +154,8 @@ fn transfer_across_renewals(name: &str, probes: bool) -> Run {
             counter_delta(&before[1], &after[1], TcUplink.counter(Reason::ProbeSent)).0,
         ),
         probes_dropped: (
-            counter_delta(&before[0], &after[0], TcVerdict.counter(Reason::DropProbe)).0,
-            counter_delta(&before[1], &after[1], TcVerdict.counter(Reason::DropProbe)).0,
+            counter_delta(&before[0], &after[0], TcVerdict.counter(Reason::ProbeTaken)).0,
+            counter_delta(&before[1], &after[1], TcVerdict.counter(Reason::ProbeTaken)).0,
         ),
         retransmitted: sum_of(&sender_tcp, &sender_tcp_after, &["TcpRetransSegs"]),
         reordering: sum_of(

@@ -812,7 +812,7 @@ fn a_verdict_past_half_its_ttl_sends_one_probe_and_the_packet_stays_on_the_fast_
             &programs.counters(),
             &[
                 TcPodEgress.counter(Reason::Seen),
-                TcPodEgress.counter(Reason::PassProbe),
+                TcPodEgress.counter(Reason::ProbeReturned),
             ],
         );
 
@@ -863,7 +863,7 @@ fn on_the_uplink_xdp_leaves_the_probe_to_tc_which_delivers_the_packet_and_sends_
         programs.assert_xdp_passes(&[(
             "TCP in VXLAN due a probe",
             frame.clone(),
-            XdpUplink.counter(Reason::PassProbeDue),
+            XdpUplink.counter(Reason::ProbeDue),
         )]);
         let before = programs.counters();
         let (verdict, out) = programs.uplink_tc(&frame);
@@ -953,7 +953,7 @@ fn a_probe_renews_the_verdict_at_tc_verdict_and_is_dropped_and_nothing_else_is()
         assert_only(
             &before,
             &programs.counters(),
-            &[TcVerdict.counter(Reason::DropProbeUnjudged)],
+            &[TcVerdict.counter(Reason::ProbeUnjudged)],
         );
         let after = programs.verdict(&key).unwrap();
         assert_eq!((after.seen_ns, after.probe_state), (aged_again.seen_ns, 0));
@@ -971,7 +971,7 @@ fn a_probe_renews_the_verdict_at_tc_verdict_and_is_dropped_and_nothing_else_is()
             &programs.counters(),
             &[
                 TcVerdict.counter(Reason::Learned),
-                TcVerdict.counter(Reason::DropProbe),
+                TcVerdict.counter(Reason::ProbeTaken),
             ],
         );
         let renewed = programs.verdict(&key).unwrap();
