@@ -135,8 +135,8 @@ pub const FLOW_CONFIRMED: u32 = 1;
 ///
 /// Every time in here is `bpf_ktime_get_coarse_ns()` (user space:
 /// `CLOCK_MONOTONIC_COARSE`, the same clock), which lags the real time by
-/// less than one clock tick; the agent shortens `verdict_ttl_ns` by the
-/// clock's resolution, so the TTL stays an upper bound in real time.
+/// less than two clock ticks; the agent shortens `verdict_ttl_ns` by two
+/// ticks, so the TTL stays an upper bound in real time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowVerdict {
@@ -238,7 +238,7 @@ pub struct NodeConfig {
     pub ruleset_generation: u32,
     /// How long a learned verdict stands before the next packet of the
     /// flow goes through netfilter again (and so refreshes conntrack): the
-    /// configured TTL less the verdict clock's resolution (see
+    /// configured TTL less two ticks of the verdict clock (see
     /// [`FlowVerdict`]).
     pub verdict_ttl_ns: u64,
 }

@@ -202,7 +202,10 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     ),
     (id(TcUplink, Reason::ProbeSent), "tc_uplink_probe_sent"),
     (id(TcUplink, Reason::ProbeFailed), "tc_uplink_probe_failed"),
-    (id(TcUplink, Reason::ProbeReturned), "tc_uplink_probe_returned"),
+    (
+        id(TcUplink, Reason::ProbeReturned),
+        "tc_uplink_probe_returned",
+    ),
     (id(TcPodEgress, Reason::Seen), "pod_egress"),
     (id(TcPodEgress, Reason::Encap), "tc_encap"),
     (id(TcPodEgress, Reason::HostGw), "tc_host_gw"),

@@ -91,11 +91,11 @@ pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Option<Flow> {
     })
 }
 
-/// The verdict clock: `bpf_ktime_get_coarse_ns` (the last tick's
-/// CLOCK_MONOTONIC: no clock source read per packet). It lags the real
-/// time by less than a tick; the agent takes the clock's resolution off
-/// the TTL it writes (`NodeConfig::verdict_ttl_ns`), so a verdict never
-/// outlives its TTL in real time.
+/// The verdict clock: `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC as of the
+/// last timekeeping update: no clock source read per packet). It lags the
+/// real time by less than two ticks; the agent takes two ticks off the TTL
+/// it writes (`NodeConfig::verdict_ttl_ns`), so a verdict never outlives
+/// its TTL in real time.
 #[inline(always)]
 pub fn verdict_clock() -> u64 {
     // SAFETY: a helper without arguments.
