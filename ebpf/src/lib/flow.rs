@@ -11,7 +11,9 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use weft_common::{CONFIG_VERDICT_PROBES, FlowKey, NodeConfig, Reason};
+use weft_common::{
+    CONFIG_VERDICT_PROBES, FLOW_PENDING, FlowKey, NodeConfig, PROBE_OUTSTANDING, Reason,
+};
 
 use crate::lib::{
     headers::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_NO_OPTIONS, is_fragment, ptr_at},
@@ -112,6 +114,24 @@ pub fn probe_identity(ip: *const Ipv4Hdr, end: usize) -> Option<([u8; 2], [u8; 4
     unsafe { Some(((*ip).id, (*tcp).seq)) }
 }
 
+/// Ends `key`'s verdict (a FIN or RST). With a probe on its way, the
+/// record stays, voided (pending, seen at time 0: never current again),
+/// so that `tc_verdict` still knows the probe when it arrives and drops
+/// it; otherwise it is removed.
+#[inline(always)]
+pub fn end_verdict(key: FlowKey) {
+    if let Some(verdict) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a pointer into the map's value, valid for this program run.
+        let verdict = unsafe { &mut *verdict };
+        if verdict.probe_state == PROBE_OUTSTANDING {
+            verdict.state = FLOW_PENDING;
+            verdict.seen_ns = 0;
+            return;
+        }
+    }
+    let _ = FLOWS.remove(key);
+}
+
 /// Whether netfilter has passed the flow of the packet at `ip` unchanged,
 /// under the current ruleset, within the re-check interval, and (TCP) the
 /// agent has made its conntrack entry liberal; else the reason the packet
@@ -133,7 +153,7 @@ pub fn netfilter_passed(
     if flow.tcp_control {
         // A closing connection's verdict ends here: a later segment with
         // the same ports belongs to a new connection netfilter must see.
-        let _ = FLOWS.remove(key);
+        end_verdict(key);
         return Err(Reason::PassTcpControl);
     }
     // SAFETY: a plain lookup; the value is copied out at once.

@@ -34,7 +34,7 @@ use weft_common::{FLOW_CONFIRMED, FLOW_PENDING, FlowVerdict, Hook, NodeConfig, R
 
 use crate::lib::{
     counters::count,
-    flow::{Flow, flow_of, probe_identity, verdict_clock},
+    flow::{Flow, end_verdict, flow_of, probe_identity, verdict_clock},
     headers::{ETH_P_IPV4, IPPROTO_TCP, ptr_at},
     maps::{CT_LIBERAL, FLOWS, node_config},
     probe,
@@ -122,7 +122,7 @@ fn learn(ctx: &mut TcContext, config: &NodeConfig) -> (Reason, bool) {
     if flow.tcp_control {
         // SYN, FIN and RST always take the kernel path; a closing
         // connection's verdict ends with it.
-        let _ = FLOWS.remove(flow.key);
+        end_verdict(flow.key);
         return (Reason::TcpControl, false);
     }
     let now = verdict_clock();
@@ -171,7 +171,7 @@ fn learn(ctx: &mut TcContext, config: &NodeConfig) -> (Reason, bool) {
     if CT_LIBERAL.output(flow.key, 0).is_err() {
         // Nobody will confirm it: forget it, so the next marked packet
         // asks again.
-        let _ = FLOWS.remove(flow.key);
+        end_verdict(flow.key);
         return (Reason::NotifyFailed, was_probe);
     }
     (Reason::LearnedPending, was_probe)

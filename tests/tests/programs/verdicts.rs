@@ -985,3 +985,44 @@ fn a_probe_renews_the_verdict_at_tc_verdict_and_is_dropped_and_nothing_else_is()
         assert_eq!(verdict, TCX_NEXT);
     });
 }
+
+/// A FIN or RST ends the verdict, but not the knowledge of a probe still
+/// on its way: the flow's next packet goes to the kernel path, and the
+/// probe, arriving after the FIN, is still dropped at `tc_verdict`.
+#[test]
+fn a_fin_ends_the_verdict_but_its_probe_is_still_dropped() {
+    let _guard = privileged!("a_fin_ends_the_verdict_but_its_probe_is_still_dropped");
+    in_probe_netns("rp-probe-fin", || {
+        let mut programs = Programs::load(true);
+        programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
+        let key = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
+        verdict_aged(&mut programs, key, PROBE_TTL_NS * 6 / 10);
+        let (verdict, _) = programs.uplink_tc(&vxlan_tcp(TCP_ACK));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            programs.verdict(&key).unwrap().probe_state,
+            PROBE_OUTSTANDING
+        );
+
+        // The FIN overtakes the probe (delivered from the NIC's poll while
+        // the probe waits in the backlog).
+        programs.assert_uplink_tc_passes(&[(
+            "a FIN",
+            vxlan_tcp(TCP_FIN | TCP_ACK),
+            TcUplink.counter(Reason::PassTcpControl),
+        )]);
+        programs.assert_uplink_tc_passes(&[(
+            "the next segment",
+            vxlan_tcp(TCP_ACK),
+            TcUplink.counter(Reason::PassRecheck),
+        )]);
+
+        let probe = delivered(REMOTE_POD, IPPROTO_TCP, &tcp_segment(TCP_ACK));
+        let (verdict, _, _) = programs.tc_verdict(&probe, ACCEPT_MARK);
+        assert_eq!(verdict, TC_ACT_SHOT, "the probe escaped after the FIN");
+        // Without a probe outstanding, a FIN removes the verdict outright.
+        let fin = delivered(REMOTE_POD, IPPROTO_TCP, &tcp_segment(TCP_FIN | TCP_ACK));
+        programs.tc_verdict(&fin, ACCEPT_MARK);
+        assert_eq!(programs.verdict(&key), None);
+    });
+}
