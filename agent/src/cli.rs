@@ -196,6 +196,13 @@ pub struct AgentArgs {
     /// rules that no change notification announces, e.g. iptables-legacy).
     #[arg(long, env = "WEFT_VERDICT_TTL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub verdict_ttl_ms: u64,
+    /// Renew a live TCP verdict before it expires with a probe: a clone of
+    /// one of the flow's packets sent through netfilter and dropped at
+    /// egress, while the packet itself stays on the fast path (no
+    /// reordering at each re-check). `false`: the verdict lapses at its
+    /// TTL and the flow's next packets re-learn it on the kernel path.
+    #[arg(long, env = "WEFT_VERDICT_PROBES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub verdict_probes: bool,
 }
 
 /// A mark in hex (`0x1000`) or decimal.

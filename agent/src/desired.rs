@@ -17,8 +17,8 @@ use anyhow::{Result, anyhow, bail};
 use ipnet::Ipv4Net;
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK,
-    CONFIG_TC_VTEP, CONFIG_UPLINK_XDP, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, ENDPOINT_XDP_READY,
-    Endpoint, NodeConfig, Peer, PeerMode, Vtep,
+    CONFIG_TC_VTEP, CONFIG_UPLINK_XDP, CONFIG_VERDICT_PROBES, ENDPOINT_TC_RECEIVES,
+    ENDPOINT_TC_SENDS, ENDPOINT_XDP_READY, Endpoint, NodeConfig, Peer, PeerMode, Vtep,
 };
 
 use crate::{
@@ -88,6 +88,8 @@ pub struct NodeFacts {
     pub strict_vteps: bool,
     pub bulk_tcp_via_gro: bool,
     pub uplink_xdp: bool,
+    /// `--verdict-probes`.
+    pub verdict_probes: bool,
     /// The ids of weft's own TC programs: any other program on a hook is
     /// tc configuration the fast path must not bypass.
     pub own_tc_programs: BTreeSet<u32>,
@@ -411,7 +413,8 @@ pub fn node_config(
         uplink_mtu: node.uplink_mtu,
         flags: flag(node.strict_vteps, CONFIG_STRICT_VTEPS)
             | flag(node.bulk_tcp_via_gro, CONFIG_BULK_TCP_VIA_GRO)
-            | flag(node.uplink_xdp, CONFIG_UPLINK_XDP),
+            | flag(node.uplink_xdp, CONFIG_UPLINK_XDP)
+            | flag(node.verdict_probes, CONFIG_VERDICT_PROBES),
         accept_mark: node.accept_mark,
         ruleset_generation,
         verdict_ttl_ns: node.verdict_ttl_ns,

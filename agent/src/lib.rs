@@ -37,5 +37,6 @@ pub mod stats;
 pub mod subnet_env;
 pub mod subnet_manager;
 pub mod tc;
+pub mod verdict_clock;
 pub mod verdicts;
 pub mod weft_table;

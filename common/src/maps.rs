@@ -151,6 +151,10 @@ pub const CONFIG_TC_VTEP: u32 = 1 << 4;
 /// `CONFIG` flag: the pods' bridge has tc configuration; pod traffic takes
 /// the kernel path, which passes through it.
 pub const CONFIG_TC_BRIDGE: u32 = 1 << 5;
+/// `CONFIG` flag: renew live TCP verdicts with probes before they expire
+/// (`--verdict-probes`, docs/datapath.md); without it, a verdict lapses
+/// at its TTL and its flow's next packets re-learn it on the kernel path.
+pub const CONFIG_VERDICT_PROBES: u32 = 1 << 6;
 
 /// `FLOWS` key: one direction of a flow, as netfilter saw it leave this
 /// node's forwarding path. Ports are as on the wire (big endian). For ICMP
@@ -181,26 +185,47 @@ pub const FLOW_CONFIRMED: u32 = 1;
 
 /// `FLOWS` value: when this node's netfilter last let a packet of the flow
 /// through unchanged (established, no NAT, no helper), under which
-/// ruleset, and whether the fast path may take it yet.
+/// ruleset, whether the fast path may take it yet, and the probe that
+/// renews it (docs/datapath.md, "How a verdict lives").
+///
+/// Every time in here is `bpf_ktime_get_coarse_ns()` (user space:
+/// `CLOCK_MONOTONIC_COARSE`, the same clock), which lags the real time by
+/// less than two clock ticks; the agent shortens `verdict_ttl_ns` by two
+/// ticks, so the TTL stays an upper bound in real time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowVerdict {
-    /// `bpf_ktime_get_ns()` when the verdict was last seen.
+    /// When the verdict was last seen.
     pub seen_ns: u64,
     /// `NodeConfig::ruleset_generation` then; a different one means the
     /// ruleset changed since and the verdict no longer counts.
     pub generation: u32,
     /// [`FLOW_PENDING`] or [`FLOW_CONFIRMED`].
     pub state: u32,
+    /// When the last probe for this flow was sent (0: never).
+    pub probe_ns: u64,
+    /// The outstanding probe's TCP sequence number, as on the wire.
+    pub probe_seq: [u8; 4],
+    /// The outstanding probe's IPv4 identification, as on the wire.
+    pub probe_id: [u8; 2],
+    /// [`PROBE_OUTSTANDING`] from when a probe is sent until `tc_verdict`
+    /// takes it, else 0.
+    pub probe_state: u8,
+    pub _pad: u8,
 }
+
+/// `FlowVerdict::probe_state`: a probe was sent and has not reached
+/// `tc_verdict` yet; the packet there with the flow's key, `probe_id` and
+/// `probe_seq` is it (and is dropped: its original took the fast path).
+pub const PROBE_OUTSTANDING: u8 = 1;
 
 impl FlowVerdict {
     /// Whether this verdict still lets the fast path take its flow: recorded
     /// under the current ruleset, seen within the re-check interval
     /// (`now_ns`, read only when the generation matches, is
-    /// `bpf_ktime_get_ns`'s clock; a verdict stamped in the future counts as
-    /// stale), and confirmed. If not, the reason the packet goes through
-    /// netfilter. The programs and `weft maps` both judge by this.
+    /// `bpf_ktime_get_coarse_ns`'s clock; a verdict stamped in the future
+    /// counts as stale), and confirmed. If not, the reason the packet goes
+    /// through netfilter. The programs and `weft maps` both judge by this.
     #[inline(always)]
     pub fn is_current(
         &self,
@@ -217,6 +242,23 @@ impl FlowVerdict {
             return Err(crate::Reason::PassVerdictPending);
         }
         Ok(())
+    }
+
+    /// Whether a current verdict (see [`Self::is_current`]) is due a probe
+    /// at `now_ns`: past half its TTL, and no probe sent in the last half
+    /// TTL (one probe per half TTL at most: a probe netfilter drops or
+    /// loses is not retried, and the verdict expires at its TTL).
+    #[inline(always)]
+    pub fn probe_due(&self, config: &NodeConfig, now_ns: u64) -> bool {
+        let half = config.verdict_ttl_ns / 2;
+        now_ns.wrapping_sub(self.seen_ns) > half && now_ns.wrapping_sub(self.probe_ns) > half
+    }
+
+    /// Whether the packet with IPv4 identification `id` and TCP sequence
+    /// number `seq` (both as on the wire) is this flow's outstanding probe.
+    #[inline(always)]
+    pub fn is_probe(&self, id: [u8; 2], seq: [u8; 4]) -> bool {
+        self.probe_state == PROBE_OUTSTANDING && self.probe_id == id && self.probe_seq == seq
     }
 }
 
@@ -250,7 +292,9 @@ pub struct NodeConfig {
     /// verdicts learned under another generation are void.
     pub ruleset_generation: u32,
     /// How long a learned verdict stands before the next packet of the
-    /// flow goes through netfilter again (and so refreshes conntrack).
+    /// flow goes through netfilter again (and so refreshes conntrack): the
+    /// configured TTL less two ticks of the verdict clock (see
+    /// [`FlowVerdict`]).
     pub verdict_ttl_ns: u64,
 }
 
@@ -263,7 +307,7 @@ const _: () = {
     assert!(size_of::<Vtep>() == 8 && align_of::<Vtep>() == 1);
     assert!(size_of::<NodeConfig>() == 56 && align_of::<NodeConfig>() == 8);
     assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 1);
-    assert!(size_of::<FlowVerdict>() == 16 && align_of::<FlowVerdict>() == 8);
+    assert!(size_of::<FlowVerdict>() == 32 && align_of::<FlowVerdict>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -328,6 +372,15 @@ mod tests {
         );
         assert_eq!(offset_of!(FlowVerdict, generation), 8);
         assert_eq!(offset_of!(FlowVerdict, state), 12);
+        assert_eq!(
+            [
+                offset_of!(FlowVerdict, probe_ns),
+                offset_of!(FlowVerdict, probe_seq),
+                offset_of!(FlowVerdict, probe_id),
+                offset_of!(FlowVerdict, probe_state),
+            ],
+            [16, 24, 28, 30]
+        );
         assert_eq!(size_of::<VtepKey>(), 4);
         assert_eq!((size_of::<Vtep>(), align_of::<Vtep>()), (8, 1));
         assert_eq!(

@@ -81,7 +81,7 @@ impl Hook {
 
 /// Slots reserved per hook: room to add reasons without re-creating the
 /// pinned map.
-pub const REASON_SLOTS: u32 = 64;
+pub const REASON_SLOTS: u32 = 80;
 
 /// Slots in `STATS`: every hook's reasons.
 pub const STATS_MAX_ENTRIES: u32 = HOOKS.len() as u32 * REASON_SLOTS;
@@ -121,7 +121,7 @@ impl core::fmt::Display for CounterId {
     }
 }
 
-const _: () = assert!(HOOKS.len() == 4 && (Reason::NotifyFailed as u32) < REASON_SLOTS);
+const _: () = assert!(HOOKS.len() == 4 && (Reason::ProbeFailed as u32) < REASON_SLOTS);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PacketCounter {}

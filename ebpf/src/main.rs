@@ -12,6 +12,9 @@
 //!   (lib/flow.rs).
 #![no_std]
 #![no_main]
+// `atomic_cxchg`: the probe claim's compare-and-swap (lib/probe.rs).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 // A typo in a match pattern silently becomes a catch-all binding; in code
 // that runs per packet, fail the build instead.
 #![deny(unused, unreachable_patterns)]

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK,
-    CONFIG_TC_VTEP, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, PeerMode,
+    CONFIG_TC_VTEP, CONFIG_VERDICT_PROBES, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, PeerMode,
 };
 
 use super::placement::Placement;
@@ -76,6 +76,8 @@ pub struct ConfigRow {
     /// Bumped on every nftables ruleset change; older verdicts are void.
     pub ruleset_generation: u32,
     pub verdict_ttl_ms: u64,
+    /// `--verdict-probes`: live TCP verdicts renewed by probes.
+    pub verdict_probes: bool,
 }
 
 fn mac(bytes: [u8; 6]) -> String {
@@ -166,8 +168,7 @@ pub fn flow_rows(dir: &std::path::Path, config: &weft_common::NodeConfig) -> Res
     let data = crate::bpffs::open_pinned_map(dir, map_names::FLOWS)?;
     let flows: HashMap<_, FlowKey, FlowVerdict> = HashMap::try_from(Map::LruHashMap(data))
         .map_err(|error| anyhow::anyhow!("{} is not weft's: {error}", path.display()))?;
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-    let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+    let now_ns = crate::verdict_clock::now_ns()?;
     let mut rows = Vec::new();
     for entry in flows.iter() {
         let (key, verdict) = entry.context("cannot read FLOWS")?;
@@ -221,7 +222,8 @@ pub fn config_row(maps: &FastPathMaps) -> Result<ConfigRow> {
         tc_bridge: config.flags & CONFIG_TC_BRIDGE != 0,
         accept_mark: format!("{:#x}", config.accept_mark),
         ruleset_generation: config.ruleset_generation,
-        verdict_ttl_ms: config.verdict_ttl_ns / 1_000_000,
+        verdict_ttl_ms: crate::verdict_clock::configured_ttl_ms(config.verdict_ttl_ns),
+        verdict_probes: config.flags & CONFIG_VERDICT_PROBES != 0,
     })
 }
 

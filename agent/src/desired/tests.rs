@@ -19,6 +19,7 @@ fn facts(network: &str) -> NodeFacts {
         vtep_mac: Some(MacAddr([0x0e, 1, 192, 168, 77, 1])),
         strict_vteps: true,
         bulk_tcp_via_gro: false,
+        verdict_probes: true,
         uplink_xdp: true,
         own_tc_programs: BTreeSet::from([41, 42, 43]),
         accept_mark: 0x10_0000,
@@ -167,7 +168,10 @@ fn config_is_dormant_until_live_and_keeps_the_generation() {
     assert_eq!(live.ruleset_generation, 7);
     assert_eq!(live.gateway_mac, [0x02, 0, 0, 0, 0xcc, 1]);
     assert_eq!((live.vni, u16::from_be(live.vxlan_port_be)), (1, 8472));
-    assert_eq!(live.flags, CONFIG_STRICT_VTEPS | CONFIG_UPLINK_XDP);
+    assert_eq!(
+        live.flags,
+        CONFIG_STRICT_VTEPS | CONFIG_UPLINK_XDP | CONFIG_VERDICT_PROBES
+    );
     assert_eq!(live.vtep_mac, [0x0e, 1, 192, 168, 77, 1]);
 }
 

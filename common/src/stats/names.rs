@@ -18,6 +18,7 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     (id(XdpUplink, Reason::HostGw), "xdp_host_gw"),
     (id(XdpUplink, Reason::PassNoConfig), "xdp_pass_no_config"),
     (id(XdpUplink, Reason::PassBulkTcp), "xdp_pass_bulk_tcp"),
+    (id(XdpUplink, Reason::ProbeDue), "xdp_probe_due"),
     (
         id(XdpUplink, Reason::PassPodNotReady),
         "xdp_pass_pod_not_ready",
@@ -199,6 +200,12 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         id(TcUplink, Reason::PassTcUplink),
         "tc_uplink_pass_tc_uplink",
     ),
+    (id(TcUplink, Reason::ProbeSent), "tc_uplink_probe_sent"),
+    (id(TcUplink, Reason::ProbeFailed), "tc_uplink_probe_failed"),
+    (
+        id(TcUplink, Reason::ProbeReturned),
+        "tc_uplink_probe_returned",
+    ),
     (id(TcPodEgress, Reason::Seen), "pod_egress"),
     (id(TcPodEgress, Reason::Encap), "tc_encap"),
     (id(TcPodEgress, Reason::HostGw), "tc_host_gw"),
@@ -254,6 +261,9 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     ),
     (id(TcPodEgress, Reason::PassTcBridge), "tc_pass_tc_bridge"),
     (id(TcPodEgress, Reason::PassTcVtep), "tc_pass_tc_vtep"),
+    (id(TcPodEgress, Reason::ProbeSent), "tc_probe_sent"),
+    (id(TcPodEgress, Reason::ProbeFailed), "tc_probe_failed"),
+    (id(TcPodEgress, Reason::ProbeReturned), "tc_probe_returned"),
     (id(TcVerdict, Reason::Learned), "verdict_learned"),
     (id(TcVerdict, Reason::Unparsed), "verdict_unparsed"),
     (id(TcVerdict, Reason::UpdateFailed), "verdict_update_failed"),
@@ -267,4 +277,9 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         "verdict_awaiting_liberal",
     ),
     (id(TcVerdict, Reason::NotifyFailed), "verdict_notify_failed"),
+    (id(TcVerdict, Reason::ProbeTaken), "verdict_probe_taken"),
+    (
+        id(TcVerdict, Reason::ProbeUnjudged),
+        "verdict_probe_unjudged",
+    ),
 ];

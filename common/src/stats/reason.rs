@@ -112,6 +112,29 @@ pub enum Reason {
     /// The `CT_LIBERAL` ring buffer was full: nothing recorded; the flow's
     /// next marked packet asks again.
     NotifyFailed = 59,
+    /// A live TCP verdict past half its TTL: a clone of this packet (the
+    /// probe) was sent through the kernel path to renew it, while the
+    /// packet itself took the fast path (counted under its own reason as
+    /// well).
+    ProbeSent = 60,
+    /// The probe coming back in (it carries the accept bit, which no
+    /// packet from a pod or the wire has): cleared, and handed to the
+    /// kernel path.
+    ProbeReturned = 61,
+    /// A probe netfilter passed: its flow's verdict renewed (or learned
+    /// again), and the probe dropped, since its original took the fast
+    /// path.
+    ProbeTaken = 62,
+    /// A probe that reached egress without the accept bit (netfilter let
+    /// it through, but not as an established flow without NAT): dropped,
+    /// nothing renewed.
+    ProbeUnjudged = 63,
+    /// XDP only: the packet's verdict is due a probe, which XDP cannot
+    /// clone; `tc_uplink` delivers it and sends the probe.
+    ProbeDue = 64,
+    /// The probe could not be cloned (`bpf_clone_redirect` failed); the
+    /// verdict expires at its TTL unless a later probe renews it.
+    ProbeFailed = 65,
     /// tc acts on what this pod sends: its host veth's ingress holds
     /// classic filters (the CNI bandwidth plugin's redirect to its ifb) or
     /// another TCX program. Handed on (`TCX_NEXT`) untouched.
@@ -181,6 +204,12 @@ impl Reason {
             Reason::LearnedPending => "learned_pending",
             Reason::AwaitingLiberal => "awaiting_liberal",
             Reason::NotifyFailed => "notify_failed",
+            Reason::ProbeSent => "probe_sent",
+            Reason::ProbeReturned => "probe_returned",
+            Reason::ProbeTaken => "probe_taken",
+            Reason::ProbeUnjudged => "probe_unjudged",
+            Reason::ProbeDue => "probe_due",
+            Reason::ProbeFailed => "probe_failed",
             Reason::PassTcSender => "pass_tc_sender",
             Reason::PassTcReceiver => "pass_tc_receiver",
             Reason::PassTcBridge => "pass_tc_bridge",

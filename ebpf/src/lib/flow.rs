@@ -9,9 +9,11 @@
 //! window tracking would call the next one it sees INVALID). Everything
 //! else takes the kernel path, where netfilter decides.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use weft_common::{FlowKey, NodeConfig, Reason};
+use weft_common::{
+    CONFIG_VERDICT_PROBES, FLOW_PENDING, FlowKey, NodeConfig, PROBE_OUTSTANDING, Reason,
+};
 
 use crate::lib::{
     headers::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_NO_OPTIONS, is_fragment, ptr_at},
@@ -91,12 +93,57 @@ pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Option<Flow> {
     })
 }
 
+/// The verdict clock: `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC as of the
+/// last timekeeping update: no clock source read per packet). It lags the
+/// real time by less than two ticks; the agent takes two ticks off the TTL
+/// it writes (`NodeConfig::verdict_ttl_ns`), so a verdict never outlives
+/// its TTL in real time.
+#[inline(always)]
+pub fn verdict_clock() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The IPv4 identification and TCP sequence number (as on the wire) of
+/// the TCP packet at `ip` (bounds-checked by the caller, without options):
+/// what tells a probe from the flow's other packets.
+#[inline(always)]
+pub fn probe_identity(ip: *const Ipv4Hdr, end: usize) -> Option<([u8; 2], [u8; 4])> {
+    let tcp = ptr_at::<TcpHdr>(ip as usize + Ipv4Hdr::LEN, end, 0)?;
+    // SAFETY: both headers are inside the packet.
+    unsafe { Some(((*ip).id, (*tcp).seq)) }
+}
+
+/// Ends `key`'s verdict (a FIN or RST). With a probe on its way, the
+/// record stays, voided (pending, seen at time 0: never current again),
+/// so that `tc_verdict` still knows the probe when it arrives and drops
+/// it; otherwise it is removed.
+#[inline(always)]
+pub fn end_verdict(key: FlowKey) {
+    if let Some(verdict) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a pointer into the map's value, valid for this program run.
+        let verdict = unsafe { &mut *verdict };
+        if verdict.probe_state == PROBE_OUTSTANDING {
+            verdict.state = FLOW_PENDING;
+            verdict.seen_ns = 0;
+            return;
+        }
+    }
+    let _ = FLOWS.remove(key);
+}
+
 /// Whether netfilter has passed the flow of the packet at `ip` unchanged,
 /// under the current ruleset, within the re-check interval, and (TCP) the
 /// agent has made its conntrack entry liberal; else the reason the packet
-/// goes through netfilter (the same for every hook).
+/// goes through netfilter (the same for every hook). When it has: whether
+/// the (TCP) verdict is due a probe (past half its TTL, see
+/// lib/probe.rs), which the caller sends if it can.
 #[inline(always)]
-pub fn netfilter_passed(ip: *const Ipv4Hdr, end: usize, config: &NodeConfig) -> Result<(), Reason> {
+pub fn netfilter_passed(
+    ip: *const Ipv4Hdr,
+    end: usize,
+    config: &NodeConfig,
+) -> Result<bool, Reason> {
     // No accept bit: another rule uses it, and no verdict is recorded.
     if config.accept_mark == 0 {
         return Err(Reason::PassVerdictsSuspended);
@@ -106,13 +153,16 @@ pub fn netfilter_passed(ip: *const Ipv4Hdr, end: usize, config: &NodeConfig) -> 
     if flow.tcp_control {
         // A closing connection's verdict ends here: a later segment with
         // the same ports belongs to a new connection netfilter must see.
-        let _ = FLOWS.remove(key);
+        end_verdict(key);
         return Err(Reason::PassTcpControl);
     }
     // SAFETY: a plain lookup; the value is copied out at once.
     let verdict = unsafe { FLOWS.get(key) }
         .copied()
         .ok_or(Reason::PassNoVerdict)?;
-    // SAFETY: a helper without arguments.
-    verdict.is_current(config, || unsafe { bpf_ktime_get_ns() })
+    let now = verdict_clock();
+    verdict.is_current(config, || now)?;
+    Ok(key.proto == IPPROTO_TCP
+        && config.flags & CONFIG_VERDICT_PROBES != 0
+        && verdict.probe_due(config, now))
 }

@@ -33,6 +33,12 @@ pub static FLOWS: LruHashMap<FlowKey, FlowVerdict, { MAX_FLOWS as usize }> = Lru
 #[btf_map]
 pub static CT_LIBERAL: RingBuf<FlowKey, { CT_LIBERAL_BYTES as usize }> = RingBuf::new();
 
+/// When the last probe was sent (lib/probe.rs), on the verdict clock:
+/// `tc_verdict` looks for probes among packets netfilter left unmarked
+/// only within a TTL of it. Not pinned: a restarted agent starts afresh.
+#[btf_map]
+pub static PROBE_CLOCK: Array<u64, 1> = Array::new();
+
 /// `CONFIG[0]`: this node; all zero until the agent has written it.
 #[btf_map]
 pub static CONFIG: Array<NodeConfig, 1> = Array::new();

@@ -16,6 +16,8 @@ pub mod l3;
 pub mod maps;
 /// The uplink MTU check.
 pub mod mtu;
+/// Probes: renewing a live TCP verdict without diverting its flow.
+pub mod probe;
 /// tc's configuration as an authority; `TCX_NEXT`.
 pub mod tc;
 /// Receive-side classification on the uplink.

@@ -41,6 +41,8 @@ pub struct Delivery {
     pub strip: usize,
     /// A full-size TCP segment: what GRO would coalesce.
     pub bulk_tcp: bool,
+    /// Its flow's verdict is due a probe (lib/probe.rs).
+    pub probe_due: bool,
 }
 
 impl Delivery {
@@ -208,13 +210,16 @@ fn deliverable(
         return Err(Reason::PassTtlExpired);
     }
     let bulk_tcp = header.proto == IPPROTO_TCP && header.tot_len() >= BULK_TCP_MIN_LEN;
-    if !(bulk_tcp && bulk_left_to_gro) {
-        netfilter_passed(ip, end, config)?;
-    }
+    let probe_due = if bulk_tcp && bulk_left_to_gro {
+        false
+    } else {
+        netfilter_passed(ip, end, config)?
+    };
     Ok(Delivery {
         // SAFETY: a map value pointer from a successful lookup.
         endpoint: unsafe { *endpoint },
         strip,
         bulk_tcp,
+        probe_due,
     })
 }

@@ -5,6 +5,10 @@
 //! kernel path (`TCX_NEXT`: the next TCX program, the classic filters),
 //! counted by reason. Where tc acts on the pod's traffic (lib/tc.rs), it
 //! is handed on untouched.
+//!
+//! It also sends the probes that renew the verdicts of the flows it
+//! forwards (lib/probe.rs): a clone back into the pod veth's ingress,
+//! which comes back through here and is handed to the kernel path.
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT, helpers::bpf_redirect, maps::lpm_trie::Key, programs::TcContext,
@@ -21,6 +25,7 @@ use crate::lib::{
     l3::{decrement_ttl, ipv4_l3},
     maps::{ENDPOINTS, PEERS, node_config},
     mtu::fits,
+    probe,
     tc::{TCX_NEXT, encap_allowed, receiving_allowed, sending_allowed},
 };
 
@@ -37,16 +42,32 @@ const fn pass(reason: Reason) -> Verdict<i32> {
 pub fn run(ctx: &mut TcContext) -> i32 {
     let len = u64::from(ctx.len());
     count(HOOK, Reason::Seen, len);
-    let Verdict { action, reason } = decide(ctx);
+    let Some(config) = node_config() else {
+        count(HOOK, Reason::PassNoConfig, len);
+        return TCX_NEXT;
+    };
+    if probe::returning(ctx, config) {
+        count(HOOK, Reason::ProbeReturned, len);
+        return TCX_NEXT;
+    }
+    let mut verdict = decide(ctx, config, true);
+    if verdict.reason == Reason::ProbeSent {
+        // Claimed: the clone goes first, untouched; then this packet is
+        // forwarded as it would have been (its verdict is still current).
+        count(HOOK, probe::send(ctx, config), len);
+        verdict = decide(ctx, config, false);
+    }
+    let Verdict { action, reason } = verdict;
     count(HOOK, reason, len);
     action
 }
 
+/// What to do with the packet in `ctx`, and why. With `may_probe`, a
+/// packet whose verdict is due a probe and that won the claim returns
+/// `ProbeSent` (`TCX_NEXT`) untouched, for the caller to send the probe
+/// and decide again without.
 #[inline(always)]
-fn decide(ctx: &mut TcContext) -> Verdict<i32> {
-    let Some(config) = node_config() else {
-        return pass(Reason::PassNoConfig);
-    };
+fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<i32> {
     // The headers may sit in a non-linear part of the skb; pull them in
     // (with the transport header: the flow's ports and TCP flags).
     let _ = ctx.pull_data((EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN) as u32);
@@ -98,8 +119,12 @@ fn decide(ctx: &mut TcContext) -> Verdict<i32> {
         }
         // Same node: the bridge's netfilter (br_netfilter) or the forward
         // path decides, as for any other flow.
-        if let Err(reason) = netfilter_passed(ip, end, config) {
-            return pass(reason);
+        match netfilter_passed(ip, end, config) {
+            Err(reason) => return pass(reason),
+            Ok(probe_due) if may_probe && probe_due && probe::claim(ip, end, config) => {
+                return pass(Reason::ProbeSent);
+            }
+            Ok(_) => {}
         }
         // Sent to the gateway, the kernel would route it (TTL - 1, from the
         // gateway's MAC); sent to the pod's own MAC, the bridge would switch
@@ -127,8 +152,12 @@ fn decide(ctx: &mut TcContext) -> Verdict<i32> {
     if ip.ttl <= 1 {
         return pass(Reason::PassTtlExpired);
     }
-    if let Err(reason) = netfilter_passed(ip, end, config) {
-        return pass(reason);
+    match netfilter_passed(ip, end, config) {
+        Err(reason) => return pass(reason),
+        Ok(probe_due) if may_probe && probe_due && probe::claim(ip, end, config) => {
+            return pass(Reason::ProbeSent);
+        }
+        Ok(_) => {}
     }
     let header_len = usize::from(ip.ihl());
     let protocol = ip.proto;

@@ -11,6 +11,11 @@
 //! it to the pod with `bpf_redirect_peer`: no vxlan device, no routing, no
 //! bridge, no backlog queue. It applies the same checks as XDP
 //! (lib/uplink.rs), so anything XDP would not deliver, this does not either.
+//!
+//! It also sends the probes that renew the verdicts of the flows it
+//! delivers, and those XDP left to it for that (lib/probe.rs): a clone
+//! back into the uplink's ingress, which comes back through here and is
+//! handed to the kernel path.
 
 use aya_ebpf::{
     bindings::{
@@ -19,12 +24,15 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use weft_common::{CONFIG_UPLINK_XDP, Hook, NodeConfig, Reason};
 
 use crate::lib::{
     counters::{Verdict, count},
     delivery::{redirect_into_pod, route_to_pod},
+    headers::ptr_at,
     maps::node_config,
+    probe,
     tc::{TCX_NEXT, uplink_delivery_allowed},
     uplink::{HEADERS_LEN, classify},
 };
@@ -56,15 +64,31 @@ pub fn run(ctx: &mut TcContext) -> i32 {
     if !xdp_counted {
         count(HOOK, Reason::Seen, len);
     }
-    let Verdict { action, reason } = decide(ctx, config);
+    if probe::returning(ctx, config) {
+        // XDP never saw the clone: counted here either way.
+        count(HOOK, Reason::ProbeReturned, len);
+        return TCX_NEXT;
+    }
+    let mut verdict = decide(ctx, config, true);
+    if verdict.reason == Reason::ProbeSent {
+        // Claimed: the clone goes first, untouched; then this packet is
+        // delivered as it would have been (its verdict is still current).
+        count(HOOK, probe::send(ctx, config), len);
+        verdict = decide(ctx, config, false);
+    }
+    let Verdict { action, reason } = verdict;
     if action != TCX_NEXT || !xdp_counted {
         count(HOOK, reason, len);
     }
     action
 }
 
+/// The delivery of the packet in `ctx`, or the reason it is left to the
+/// kernel. With `may_probe`, a packet whose verdict is due a probe and
+/// that won the claim returns `ProbeSent` (`TCX_NEXT`) untouched, for
+/// the caller to send the probe and decide again without.
 #[inline(always)]
-fn decide(ctx: &mut TcContext, config: &NodeConfig) -> Verdict<i32> {
+fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<i32> {
     // GRO leaves the headers in the linear part; a frame from elsewhere
     // may not have them there.
     if ctx.data() + HEADERS_LEN > ctx.data_end() && ctx.len() as usize >= HEADERS_LEN {
@@ -89,6 +113,14 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig) -> Verdict<i32> {
     };
     if let Err(reason) = uplink_delivery_allowed(&delivery.endpoint, config, delivery.is_vxlan()) {
         return pass(reason);
+    }
+    if may_probe && delivery.probe_due {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        if let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, delivery.strip + EthHdr::LEN)
+            && probe::claim(ip, end, config)
+        {
+            return pass(Reason::ProbeSent);
+        }
     }
     let reason = if delivery.is_vxlan() {
         if ctx

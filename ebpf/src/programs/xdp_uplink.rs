@@ -63,6 +63,11 @@ fn decide(ctx: &XdpContext) -> Verdict<u32> {
     if bulk_left_to_gro && delivery.bulk_tcp {
         return pass(Reason::PassBulkTcp);
     }
+    // XDP cannot clone: tc_uplink, next on this packet's way, delivers it
+    // on the fast path and sends the probe (lib/probe.rs).
+    if delivery.probe_due {
+        return pass(Reason::ProbeDue);
+    }
     if delivery.endpoint.flags & ENDPOINT_XDP_READY == 0 {
         return pass(Reason::PassPodNotReady);
     }

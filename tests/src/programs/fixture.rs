@@ -59,6 +59,7 @@ impl FixtureNode {
             vtep_mac: Some(MacAddr(VTEP_MAC)),
             strict_vteps: strict,
             bulk_tcp_via_gro: false,
+            verdict_probes: true,
             uplink_xdp: false,
             own_tc_programs: Default::default(),
             accept_mark: ACCEPT_MARK,

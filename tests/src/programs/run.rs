@@ -12,7 +12,17 @@ impl Programs {
     /// Runs `tc_verdict` on `frame` carrying packet mark `mark`: (verdict,
     /// the frame it left, the mark it left).
     pub fn tc_verdict(&self, frame: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
-        let program: &SchedClassifier = self.ebpf.program(TC_VERDICT).unwrap().try_into().unwrap();
+        self.tc_marked(TC_VERDICT, frame, mark)
+    }
+
+    /// Runs `tc_pod_egress` on `frame` carrying packet mark `mark` (a
+    /// probe coming back): (verdict, the frame it left, the mark it left).
+    pub fn tc_pod_egress_marked(&self, frame: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+        self.tc_marked(TC_POD_EGRESS, frame, mark)
+    }
+
+    fn tc_marked(&self, name: &str, frame: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+        let program: &SchedClassifier = self.ebpf.program(name).unwrap().try_into().unwrap();
         // struct __sk_buff up to and including `mark` (offset 8); the
         // kernel requires the fields before it to be zero.
         let mut ctx_in = [0u8; 12];

@@ -41,6 +41,7 @@ impl Programs {
             seen_ns: monotonic_ns(),
             generation,
             state,
+            ..FlowVerdict::default()
         };
         flows.insert(key, verdict, 0).unwrap();
     }
@@ -69,6 +70,13 @@ impl Programs {
         let flows: HashMap<_, FlowKey, FlowVerdict> =
             HashMap::try_from(self.ebpf.map("FLOWS").unwrap()).unwrap();
         flows.get(key, 0).ok()
+    }
+
+    /// Writes `verdict` for `key` as it is.
+    pub fn put_verdict(&mut self, key: FlowKey, verdict: FlowVerdict) {
+        let mut flows: HashMap<_, FlowKey, FlowVerdict> =
+            HashMap::try_from(self.ebpf.map_mut("FLOWS").unwrap()).unwrap();
+        flows.insert(key, verdict, 0).unwrap();
     }
 
     /// Forgets every recorded verdict.
@@ -114,7 +122,8 @@ pub fn echo_flow(src: [u8; 4], dst: [u8; 4], icmp_type: u8, id: [u8; 2]) -> Flow
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the verdict clock
+/// (`bpf_ktime_get_coarse_ns`).
 pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
@@ -122,7 +131,7 @@ pub fn monotonic_ns() -> u64 {
     };
     // SAFETY: a valid clock id and a valid out pointer.
     assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) },
         0
     );
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64

@@ -106,9 +106,20 @@ fn only_fast_pathed_flows_are_liberal_in_conntrack() {
         "the fast path sent {sent} and delivered {delivered} bytes of {}",
         transfer.bytes
     );
+    // Conntrack meets the transfer again on re-checks, or (with verdict
+    // probes, the default) through probes: copies of its segments, far
+    // past the window it last tracked, which renew the verdict without
+    // asking the agent again.
+    let probes = counter_delta(
+        &before[0],
+        &after[0],
+        TcPodEgress.counter(Reason::ProbeSent),
+    )
+    .0;
     assert!(
-        rechecks >= 3 && asked >= 3,
-        "the transfer met conntrack again {rechecks} times and asked for liberal tracking {asked} times"
+        rechecks + probes >= 3 && asked >= 1,
+        "the transfer met conntrack again {rechecks} times on re-checks and {probes} times \
+         through probes, and asked for liberal tracking {asked} times"
     );
     for (index, node) in [node1, node2].into_iter().enumerate() {
         assert_eq!(

@@ -32,3 +32,4 @@ mod overlay_guard;
 mod packaging;
 mod the_lab;
 mod trust;
+mod verdict_renewal;

@@ -11,8 +11,9 @@
 use weft_agent::ct_liberal;
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, FLOW_CONFIRMED, FLOW_PENDING,
+    FlowKey, FlowVerdict,
     Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink},
-    NodeConfig, Reason,
+    NodeConfig, PROBE_OUTSTANDING, Reason,
 };
 use weft_tests::{
     netns,
@@ -546,7 +547,9 @@ fn a_tcp_verdict_counts_only_once_the_agent_made_its_conntrack_entry_liberal() {
     let (verdict, _) = programs.xdp(&vxlan_tcp_with_ports());
     assert_eq!(verdict, XDP_REDIRECT);
 
-    // A live confirmed verdict is refreshed and stays confirmed.
+    // A live confirmed verdict is refreshed and stays confirmed (a tick
+    // later: the verdict clock is the coarse one).
+    std::thread::sleep(std::time::Duration::from_millis(5));
     let before = programs.counters();
     programs.tc_verdict(&delivered_tcp(TCP_ACK), ACCEPT_MARK);
     let refreshed = programs.verdict(&key).unwrap();
@@ -693,4 +696,333 @@ fn a_dormant_config_leaves_every_packet_to_the_kernel() {
     );
     assert!(programs.liberal_requests().is_empty());
     assert_only(&before, &programs.counters(), &[]);
+}
+
+/// The TTL the probe tests run with.
+const PROBE_TTL_NS: u64 = 1_000_000_000;
+
+/// Records a confirmed verdict for `key` that is `age_ns` old, no probe
+/// sent for it yet.
+fn verdict_aged(programs: &mut Programs, key: FlowKey, age_ns: u64) {
+    programs.put_verdict(
+        key,
+        FlowVerdict {
+            seen_ns: monotonic_ns().wrapping_sub(age_ns),
+            generation: GENERATION,
+            state: FLOW_CONFIRMED,
+            ..FlowVerdict::default()
+        },
+    );
+}
+
+/// An encapsulated frame without its outer IPv4 identification and
+/// checksum, which differ from one encapsulation to the next.
+fn without_outer_id(frame: &[u8]) -> Vec<u8> {
+    [&frame[..18], &frame[20..24], &frame[26..]].concat()
+}
+
+/// Runs `work` in a network namespace of its own with `lo` up: a probe is
+/// cloned into the ingress of the device the test run's packet is on,
+/// `lo` of the caller's namespace, where this one routes it nowhere.
+fn in_probe_netns(name: &'static str, work: impl FnOnce() + Send) {
+    let ns = TestNetns::new(name);
+    netns::run(ns.0, &["ip", "link", "set", "lo", "up"]).unwrap();
+    netns::in_netns(ns.0, || {
+        work();
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// Past half its TTL, a live TCP verdict gets one probe: the packet itself
+/// is forwarded exactly as it would have been, a clone goes the kernel
+/// path (counted), and the verdict records the probe's identification.
+/// Before half the TTL, for ICMP, and once expired, no probe: an expired
+/// verdict still sends the packet itself to the kernel path.
+#[test]
+fn a_verdict_past_half_its_ttl_sends_one_probe_and_the_packet_stays_on_the_fast_path() {
+    let _guard = privileged!(
+        "a_verdict_past_half_its_ttl_sends_one_probe_and_the_packet_stays_on_the_fast_path"
+    );
+    in_probe_netns("rp-probe-send", || {
+        let mut programs = Programs::load(true);
+        programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
+        let key = flow(LOCAL_POD, REMOTE_POD, IPPROTO_TCP, [0, 0], [0, 0]);
+        let packet = pod_tcp(REMOTE_POD, TCP_ACK);
+
+        // Young: forwarded, no probe; what it looks like encapsulated.
+        verdict_aged(&mut programs, key, PROBE_TTL_NS / 4);
+        let before = programs.counters();
+        let (verdict, encapsulated) = programs.tc(&packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[
+                TcPodEgress.counter(Reason::Seen),
+                TcPodEgress.counter(Reason::Encap),
+            ],
+        );
+
+        // Past half: the same packet, forwarded the same; one probe.
+        verdict_aged(&mut programs, key, PROBE_TTL_NS * 6 / 10);
+        let before = programs.counters();
+        let (verdict, out) = programs.tc(&packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            without_outer_id(&out),
+            without_outer_id(&encapsulated),
+            "the packet must be forwarded as without a probe"
+        );
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[
+                TcPodEgress.counter(Reason::Seen),
+                TcPodEgress.counter(Reason::ProbeSent),
+                TcPodEgress.counter(Reason::Encap),
+            ],
+        );
+        let recorded = programs.verdict(&key).unwrap();
+        assert_eq!(recorded.probe_state, PROBE_OUTSTANDING);
+        assert_eq!(recorded.probe_seq, [0; 4]);
+        assert_eq!(recorded.probe_id, Ipv4Options::default().id.to_be_bytes());
+        assert!(recorded.probe_ns > recorded.seen_ns, "{recorded:?}");
+
+        // One probe per half TTL: the next packet is only forwarded.
+        let before = programs.counters();
+        let (verdict, _) = programs.tc(&packet);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[
+                TcPodEgress.counter(Reason::Seen),
+                TcPodEgress.counter(Reason::Encap),
+            ],
+        );
+
+        // The probe coming back (it carries the accept bit) is handed to
+        // the kernel path untouched but for the bit.
+        let before = programs.counters();
+        let (verdict, out, mark) = programs.tc_pod_egress_marked(&packet, ACCEPT_MARK | 0x4000);
+        assert_eq!((verdict, &out, mark), (TCX_NEXT, &packet, 0x4000));
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[
+                TcPodEgress.counter(Reason::Seen),
+                TcPodEgress.counter(Reason::ProbeReturned),
+            ],
+        );
+
+        // Expired: the packet itself goes through netfilter; no probe.
+        verdict_aged(&mut programs, key, PROBE_TTL_NS + 10_000_000);
+        programs.assert_tc_passes(&[(
+            "an expired verdict",
+            packet.clone(),
+            TcPodEgress.counter(Reason::PassRecheck),
+        )]);
+
+        // ICMP is not probed (a probe that escaped would be a duplicate
+        // the application sees): forwarded, no probe.
+        let echo = flow(LOCAL_POD, REMOTE_POD, IPPROTO_ICMP, ECHO_ID, [0, 0]);
+        verdict_aged(&mut programs, echo, PROBE_TTL_NS * 6 / 10);
+        let before = programs.counters();
+        let (verdict, _) = programs.tc(&pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default()));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[
+                TcPodEgress.counter(Reason::Seen),
+                TcPodEgress.counter(Reason::Encap),
+            ],
+        );
+    });
+}
+
+/// On the uplink: XDP cannot clone, so it leaves a packet whose verdict is
+/// due a probe to `tc_uplink`, which delivers it (decapsulated, as it would
+/// have anyway) and sends the probe.
+#[test]
+fn on_the_uplink_xdp_leaves_the_probe_to_tc_which_delivers_the_packet_and_sends_it() {
+    let _guard = privileged!(
+        "on_the_uplink_xdp_leaves_the_probe_to_tc_which_delivers_the_packet_and_sends_it"
+    );
+    in_probe_netns("rp-probe-uplink", || {
+        let mut programs = Programs::load(true);
+        programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
+        let key = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
+        let frame = vxlan_tcp(TCP_ACK);
+        verdict_aged(&mut programs, key, PROBE_TTL_NS / 4);
+        let (verdict, delivered_young) = programs.uplink_tc(&frame);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+
+        verdict_aged(&mut programs, key, PROBE_TTL_NS * 6 / 10);
+        programs.assert_xdp_passes(&[(
+            "TCP in VXLAN due a probe",
+            frame.clone(),
+            XdpUplink.counter(Reason::ProbeDue),
+        )]);
+        let before = programs.counters();
+        let (verdict, out) = programs.uplink_tc(&frame);
+        assert_eq!((verdict, &out), (TC_ACT_REDIRECT, &delivered_young));
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[
+                TcUplink.counter(Reason::Seen),
+                TcUplink.counter(Reason::ProbeSent),
+                TcUplink.counter(Reason::Decap),
+            ],
+        );
+        assert_eq!(
+            programs.verdict(&key).unwrap().probe_state,
+            PROBE_OUTSTANDING
+        );
+        // Claimed once: XDP delivers the next one itself.
+        let (verdict, _) = programs.xdp(&frame);
+        assert_eq!(verdict, XDP_REDIRECT);
+    });
+}
+
+/// At `tc_verdict`, the probe (matched by the identification its verdict
+/// records, marked or not) never leaves the node: marked, it renews the
+/// verdict and is dropped; unmarked, it is dropped and renews nothing. A
+/// packet of the flow that is not the probe is never dropped, and a probe
+/// is taken once.
+#[test]
+fn a_probe_renews_the_verdict_at_tc_verdict_and_is_dropped_and_nothing_else_is() {
+    let _guard =
+        privileged!("a_probe_renews_the_verdict_at_tc_verdict_and_is_dropped_and_nothing_else_is");
+    in_probe_netns("rp-probe-drop", || {
+        let mut programs = Programs::load(true);
+        programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
+        let key = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
+        // What tc_verdict sees of the probe on the pod veth's egress, and
+        // a packet of the same flow with another sequence number.
+        let probe = delivered(REMOTE_POD, IPPROTO_TCP, &tcp_segment(TCP_ACK));
+        let mut other_segment = tcp_segment(TCP_ACK);
+        other_segment[4..8].copy_from_slice(&1448u32.to_be_bytes());
+        let other = delivered(REMOTE_POD, IPPROTO_TCP, &other_segment);
+        let send_probe = |programs: &mut Programs| {
+            verdict_aged(programs, key, PROBE_TTL_NS * 6 / 10);
+            let before = programs.counters();
+            programs.uplink_tc(&vxlan_tcp(TCP_ACK));
+            assert_eq!(
+                programs.counters()[&TcUplink.counter(Reason::ProbeSent)],
+                before[&TcUplink.counter(Reason::ProbeSent)] + 1
+            );
+        };
+
+        send_probe(&mut programs);
+        let aged = programs.verdict(&key).unwrap();
+        // Not the probe, marked or not: handed on, never dropped.
+        let before = programs.counters();
+        let (verdict, _, _) = programs.tc_verdict(&other, 0);
+        assert_eq!(verdict, TCX_NEXT);
+        let (verdict, _, _) = programs.tc_verdict(&other, ACCEPT_MARK);
+        assert_eq!(verdict, TCX_NEXT);
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[TcVerdict.counter(Reason::Learned)],
+        );
+        assert_eq!(
+            programs.verdict(&key).unwrap().probe_state,
+            PROBE_OUTSTANDING
+        );
+
+        // The probe, unmarked: dropped, the verdict not renewed by it.
+        verdict_aged(&mut programs, key, PROBE_TTL_NS * 6 / 10);
+        let aged_again = programs.verdict(&key).unwrap();
+        programs.put_verdict(
+            key,
+            FlowVerdict {
+                probe_ns: aged.probe_ns,
+                probe_id: aged.probe_id,
+                probe_seq: aged.probe_seq,
+                probe_state: PROBE_OUTSTANDING,
+                ..aged_again
+            },
+        );
+        let before = programs.counters();
+        let (verdict, _, _) = programs.tc_verdict(&probe, 0);
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[TcVerdict.counter(Reason::ProbeUnjudged)],
+        );
+        let after = programs.verdict(&key).unwrap();
+        assert_eq!((after.seen_ns, after.probe_state), (aged_again.seen_ns, 0));
+
+        // A new probe, marked (netfilter passed it unchanged): the verdict
+        // renewed in place, the probe dropped.
+        send_probe(&mut programs);
+        let aged = programs.verdict(&key).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let before = programs.counters();
+        let (verdict, _, mark) = programs.tc_verdict(&probe, ACCEPT_MARK);
+        assert_eq!((verdict, mark), (TC_ACT_SHOT, 0));
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[
+                TcVerdict.counter(Reason::Learned),
+                TcVerdict.counter(Reason::ProbeTaken),
+            ],
+        );
+        let renewed = programs.verdict(&key).unwrap();
+        assert!(renewed.seen_ns > aged.seen_ns, "{renewed:?} after {aged:?}");
+        assert_eq!((renewed.state, renewed.probe_state), (FLOW_CONFIRMED, 0));
+
+        // Taken once: the same packet again is handed on.
+        let (verdict, _, _) = programs.tc_verdict(&probe, ACCEPT_MARK);
+        assert_eq!(verdict, TCX_NEXT);
+        let (verdict, _, _) = programs.tc_verdict(&probe, 0);
+        assert_eq!(verdict, TCX_NEXT);
+    });
+}
+
+/// A FIN or RST ends the verdict, but not the knowledge of a probe still
+/// on its way: the flow's next packet goes to the kernel path, and the
+/// probe, arriving after the FIN, is still dropped at `tc_verdict`.
+#[test]
+fn a_fin_ends_the_verdict_but_its_probe_is_still_dropped() {
+    let _guard = privileged!("a_fin_ends_the_verdict_but_its_probe_is_still_dropped");
+    in_probe_netns("rp-probe-fin", || {
+        let mut programs = Programs::load(true);
+        programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
+        let key = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
+        verdict_aged(&mut programs, key, PROBE_TTL_NS * 6 / 10);
+        let (verdict, _) = programs.uplink_tc(&vxlan_tcp(TCP_ACK));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            programs.verdict(&key).unwrap().probe_state,
+            PROBE_OUTSTANDING
+        );
+
+        // The FIN overtakes the probe (delivered from the NIC's poll while
+        // the probe waits in the backlog).
+        programs.assert_uplink_tc_passes(&[(
+            "a FIN",
+            vxlan_tcp(TCP_FIN | TCP_ACK),
+            TcUplink.counter(Reason::PassTcpControl),
+        )]);
+        programs.assert_uplink_tc_passes(&[(
+            "the next segment",
+            vxlan_tcp(TCP_ACK),
+            TcUplink.counter(Reason::PassRecheck),
+        )]);
+
+        let probe = delivered(REMOTE_POD, IPPROTO_TCP, &tcp_segment(TCP_ACK));
+        let (verdict, _, _) = programs.tc_verdict(&probe, ACCEPT_MARK);
+        assert_eq!(verdict, TC_ACT_SHOT, "the probe escaped after the FIN");
+        // Without a probe outstanding, a FIN removes the verdict outright.
+        let fin = delivered(REMOTE_POD, IPPROTO_TCP, &tcp_segment(TCP_FIN | TCP_ACK));
+        programs.tc_verdict(&fin, ACCEPT_MARK);
+        assert_eq!(programs.verdict(&key), None);
+    });
 }

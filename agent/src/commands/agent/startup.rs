@@ -60,10 +60,11 @@ pub fn node_facts(
         vtep_mac: vxlan.map(|device| device.mac),
         strict_vteps: args.strict_vteps,
         bulk_tcp_via_gro: args.bulk_tcp_via_gro,
+        verdict_probes: args.verdict_probes,
         uplink_xdp: false,
         own_tc_programs: BTreeSet::new(),
         accept_mark: args.accept_mark,
-        verdict_ttl_ns: args.verdict_ttl_ms * 1_000_000,
+        verdict_ttl_ns: crate::verdict_clock::ttl_on_clock_ns(args.verdict_ttl_ms),
     }
 }
 
