@@ -155,6 +155,11 @@ pub fn remove() -> Result<()> {
     )
 }
 
+/// The nftables notification socket's receive buffer: room for a storm of
+/// about 30,000 guard set elements (each notification costs about 1 KiB
+/// of socket memory).
+const NFT_WATCH_BUFFER: usize = 32 << 20;
+
 /// Wakes `changed` after every change to the node's nftables ruleset
 /// (iptables-nft included: it is nftables underneath), and after a lost
 /// notification, which may have been one. A thread blocks on the netlink
@@ -168,6 +173,18 @@ pub fn watch_ruleset(changed: Arc<Notify>) -> Result<()> {
     socket
         .add_membership(NFNLGRP_NFTABLES)
         .context("cannot follow nftables ruleset changes")?;
+    // The guard set follows the leases: a storm of lease changes is one
+    // notification per element, which overflows the default buffer (and a
+    // lost notification must count as a change, voiding every verdict).
+    // CAP_NET_ADMIN may go past net.core.rmem_max; the memory is used only
+    // while notifications wait.
+    if let Err(error) = nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::RcvBufForce,
+        &NFT_WATCH_BUFFER,
+    ) {
+        warn!("cannot enlarge the nftables notification buffer: {error}");
+    }
     std::thread::Builder::new()
         .name("nft-watch".into())
         .spawn(move || {

@@ -180,12 +180,13 @@ fn print_ct_marking(marking: &weft_bench::CtMarking) {
 
 fn print_scale(scale: &weft_bench::ScaleResult) {
     println!(
-        "control plane: {} leases in PEERS after {:.3} s, in the kernel after {:.3} s; all deleted: out of PEERS after {:.3} s, out of the kernel after {:.3} s; agent peak RSS {:.1} MiB",
+        "control plane: {} leases in PEERS after {:.3} s, in the kernel after {:.3} s; all deleted: out of PEERS after {:.3} s, out of the kernel after {:.3} s; agent peak RSS {:.1} MiB; ruleset generation moved {} times",
         scale.leases,
         scale.peers_converged_s,
         scale.kernel_converged_s,
         scale.peers_removed_s,
         scale.kernel_removed_s,
-        scale.agent_peak_rss_mib
+        scale.agent_peak_rss_mib,
+        scale.ruleset_generation_moves
     );
 }

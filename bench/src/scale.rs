@@ -21,6 +21,10 @@ pub struct ScaleResult {
     /// ... and none left in the kernel (routes, neighbours, fdb entries).
     pub kernel_removed_s: f64,
     pub agent_peak_rss_mib: f64,
+    /// How often the ruleset generation moved during the storm (in and
+    /// out): each move voids every verdict. The guard set's own updates do
+    /// not move it; a lost nftables notification does.
+    pub ruleset_generation_moves: u64,
 }
 
 /// Writes `leases` synthetic VXLAN leases and times how long one agent takes
@@ -51,6 +55,13 @@ pub fn scale(options: &BenchOptions, leases: usize) -> Result<ScaleResult> {
         .filter(|(key, _)| *key != own)
         .take(leases)
         .collect();
+    let generation = || -> Result<u64> {
+        let out = netns::run_host(&[&weft, "maps", "config", "--json", "--bpf-pin-dir", &pin_dir])?;
+        serde_json::from_str::<serde_json::Value>(&out)?["ruleset_generation"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("weft maps config shows no ruleset_generation: {out}"))
+    };
+    let generation_before = generation()?;
     let started = Instant::now();
     lab.etcd().put_many(&values)?;
     let peer_count = || -> Result<usize> {
@@ -102,6 +113,7 @@ pub fn scale(options: &BenchOptions, leases: usize) -> Result<ScaleResult> {
         peers_removed_s,
         kernel_removed_s,
         agent_peak_rss_mib: rss,
+        ruleset_generation_moves: generation()? - generation_before,
     })
 }
 
