@@ -223,13 +223,10 @@ fn time_step(
                 .program(program_names::XDP_UPLINK)
                 .context("no xdp_uplink")?
                 .try_into()?;
-            let before = program.info()?;
-            run_calls(program, step, repeat, calls)?;
-            let after = program.info()?;
-            (
-                after.run_time() - before.run_time(),
-                after.run_count() - before.run_count(),
-            )
+            timed(
+                || program.info(),
+                || run_calls(program, step, repeat, calls),
+            )?
         }
         hook => {
             let name = match hook {
@@ -242,13 +239,10 @@ fn time_step(
                 .program(name)
                 .context("no TC program")?
                 .try_into()?;
-            let before = program.info()?;
-            run_calls(program, step, repeat, calls)?;
-            let after = program.info()?;
-            (
-                after.run_time() - before.run_time(),
-                after.run_count() - before.run_count(),
-            )
+            timed(
+                || program.info(),
+                || run_calls(program, step, repeat, calls),
+            )?
         }
     };
     ensure!(
@@ -260,6 +254,21 @@ fn time_step(
     exited_only_at(&counters, &programs.counters(), step.exit, runs)
         .with_context(|| format!("{}: a step frame left elsewhere", path.name))?;
     Ok(time.as_nanos() as f64 / runs as f64)
+}
+
+/// The kernel's run time and run count of a program across `run`, read
+/// from its run-time statistics (`info`) before and after.
+fn timed(
+    info: impl Fn() -> Result<aya::programs::ProgramInfo, aya::programs::ProgramError>,
+    run: impl FnOnce() -> Result<()>,
+) -> Result<(std::time::Duration, u64)> {
+    let before = info()?;
+    run()?;
+    let after = info()?;
+    Ok((
+        after.run_time() - before.run_time(),
+        after.run_count() - before.run_count(),
+    ))
 }
 
 fn run_calls<P>(program: &P, step: &CostStep, repeat: u32, calls: u32) -> Result<()>
