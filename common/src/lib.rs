@@ -23,13 +23,21 @@ pub mod map_names {
     pub const VTEPS: &str = "VTEPS";
     pub const CONFIG: &str = "CONFIG";
     pub const FLOWS: &str = "FLOWS";
+    /// The IPv6 halves of PEERS, ENDPOINTS and FLOWS.
+    pub const PEERS6: &str = "PEERS6";
+    pub const ENDPOINTS6: &str = "ENDPOINTS6";
+    pub const FLOWS6: &str = "FLOWS6";
     /// The ring buffer of TCP flows `tc_verdict` asks the agent to make
     /// liberal in conntrack (not listed by `weft maps`: nothing to dump).
     pub const CT_LIBERAL: &str = "CT_LIBERAL";
     /// Every map, in the order `weft maps` lists them.
-    pub const ALL: [&str; 6] = [CONFIG, PEERS, ENDPOINTS, VTEPS, FLOWS, STATS];
+    pub const ALL: [&str; 9] = [
+        CONFIG, PEERS, PEERS6, ENDPOINTS, ENDPOINTS6, VTEPS, FLOWS, FLOWS6, STATS,
+    ];
     /// Everything the agent pins (what `weft cleanup` removes).
-    pub const PINNED: [&str; 7] = [CONFIG, PEERS, ENDPOINTS, VTEPS, FLOWS, STATS, CT_LIBERAL];
+    pub const PINNED: [&str; 10] = [
+        CONFIG, PEERS, PEERS6, ENDPOINTS, ENDPOINTS6, VTEPS, FLOWS, FLOWS6, STATS, CT_LIBERAL,
+    ];
 }
 
 /// Capacities: the largest cluster and node weft is sized for.

@@ -132,6 +132,39 @@ impl Vtep {
     }
 }
 
+/// `PEERS6` key data: a remote IPv6 subnet's network address (the LPM
+/// trie key is `{ prefix_len: u32, data: [u8; 16] }`).
+pub type PeerAddr6 = [u8; 16];
+
+/// `PEERS6` value: how a peer's IPv6 pods are reached. The fast path
+/// routes them itself on host-gw (and DirectRouting) only; a VXLAN peer
+/// is written too, so that its IPv6 traffic is counted as the kernel
+/// path's (`*_pass_ipv6_vxlan`) rather than as unroutable.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer6 {
+    /// The peer node's IPv6 underlay address (its PublicIPv6).
+    pub public_ip: [u8; 16],
+    pub vni: u32,
+    /// The peer's IPv6 VTEP MAC (`flannel-v6.<VNI>`'s, from BackendV6Data).
+    pub vtep_mac: [u8; 6],
+    /// The peer node's MAC on the shared segment, as the uplink's IPv6
+    /// neighbour table resolved it; all zero while unresolved (the kernel
+    /// path resolves it meanwhile).
+    pub nexthop_mac: [u8; 6],
+    /// A [`PeerMode`].
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `ENDPOINTS6` key: a local pod's IPv6 address (the value is the pod's
+/// [`Endpoint`], as for its IPv4 address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey6 {
+    pub addr: [u8; 16],
+}
+
 /// `CONFIG` flag: drop VXLAN from sources not in `VTEPS` (else pass it to
 /// the kernel path).
 pub const CONFIG_STRICT_VTEPS: u32 = 1 << 0;
@@ -174,6 +207,29 @@ pub struct FlowKey {
     pub icmp_code: u8,
     pub _pad: u8,
 }
+
+/// `FLOWS6` key: one direction of an IPv6 flow, as [`FlowKey`] is for
+/// IPv4. For ICMPv6 echo, `sport` holds the echo identifier and the type
+/// and code are part of the key. Its size (40 bytes, [`FLOW_KEY6_LEN`])
+/// is what tells it from a [`FlowKey`] (16) on `CT_LIBERAL`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: u8,
+}
+
+/// A [`FlowKey`]'s size: an IPv4 record on `CT_LIBERAL`.
+pub const FLOW_KEY_LEN: usize = core::mem::size_of::<FlowKey>();
+/// A [`FlowKey6`]'s size: an IPv6 record on `CT_LIBERAL`.
+pub const FLOW_KEY6_LEN: usize = core::mem::size_of::<FlowKey6>();
+const _: () = assert!(FLOW_KEY_LEN == 16 && FLOW_KEY6_LEN == 40);
 
 /// `FlowVerdict::state`: a TCP verdict recorded, its conntrack entry not
 /// yet made liberal by the agent; the fast path does not take it. Zero, so
@@ -296,6 +352,18 @@ pub struct NodeConfig {
     /// configured TTL less two ticks of the verdict clock (see
     /// [`FlowVerdict`]).
     pub verdict_ttl_ns: u64,
+    /// This node's PublicIPv6 (network order) where it runs VXLAN over
+    /// IPv6 (`flannel-v6.<VNI>`), else all zero: the outer destination of
+    /// the IPv6 VXLAN frames it decapsulates.
+    pub node_ip6: [u8; 16],
+    /// `flannel-v6.<VNI>`'s MAC: the inner destination MAC of those frames,
+    /// and the source MAC of what the programs hand it to encapsulate.
+    pub vtep6_mac: [u8; 6],
+    pub _pad6: [u8; 2],
+    /// `flannel-v6.<VNI>`'s ifindex where the node runs VXLAN over IPv6,
+    /// else 0: pods' IPv6 to VXLAN peers is redirected to it.
+    pub vtep6_ifindex: u32,
+    pub _pad7: u32,
 }
 
 const _: () = {
@@ -305,7 +373,7 @@ const _: () = {
     assert!(size_of::<Endpoint>() == 12 && align_of::<Endpoint>() == 4);
     assert!(size_of::<VtepKey>() == 4);
     assert!(size_of::<Vtep>() == 8 && align_of::<Vtep>() == 1);
-    assert!(size_of::<NodeConfig>() == 56 && align_of::<NodeConfig>() == 8);
+    assert!(size_of::<NodeConfig>() == 88 && align_of::<NodeConfig>() == 8);
     assert!(size_of::<FlowKey>() == 16 && align_of::<FlowKey>() == 1);
     assert!(size_of::<FlowVerdict>() == 32 && align_of::<FlowVerdict>() == 8);
 };
@@ -320,6 +388,9 @@ mod pod {
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowVerdict {}
+    unsafe impl aya::Pod for super::Peer6 {}
+    unsafe impl aya::Pod for super::EndpointKey6 {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
 }
 
 #[cfg(test)]
@@ -342,7 +413,7 @@ mod tests {
         );
         assert_eq!((size_of::<Endpoint>(), align_of::<Endpoint>()), (12, 4));
         assert_eq!(offset_of!(Endpoint, mac), 4);
-        assert_eq!((size_of::<NodeConfig>(), align_of::<NodeConfig>()), (56, 8));
+        assert_eq!((size_of::<NodeConfig>(), align_of::<NodeConfig>()), (88, 8));
         assert_eq!(
             [
                 offset_of!(NodeConfig, uplink_ifindex),
@@ -356,8 +427,11 @@ mod tests {
                 offset_of!(NodeConfig, accept_mark),
                 offset_of!(NodeConfig, ruleset_generation),
                 offset_of!(NodeConfig, verdict_ttl_ns),
+                offset_of!(NodeConfig, node_ip6),
+                offset_of!(NodeConfig, vtep6_mac),
+                offset_of!(NodeConfig, vtep6_ifindex),
             ],
-            [4, 8, 12, 14, 20, 26, 32, 36, 40, 44, 48]
+            [4, 8, 12, 14, 20, 26, 32, 36, 40, 44, 48, 56, 72, 80]
         );
         assert_eq!(
             [
@@ -388,6 +462,28 @@ mod tests {
             [4, 5]
         );
         assert_eq!(size_of::<EndpointKey>(), 4);
+        assert_eq!(size_of::<EndpointKey6>(), 16);
+        assert_eq!((size_of::<Peer6>(), align_of::<Peer6>()), (36, 4));
+        assert_eq!(
+            [
+                offset_of!(Peer6, vni),
+                offset_of!(Peer6, vtep_mac),
+                offset_of!(Peer6, nexthop_mac),
+                offset_of!(Peer6, mode)
+            ],
+            [16, 20, 26, 32]
+        );
+        assert_eq!((size_of::<FlowKey6>(), align_of::<FlowKey6>()), (40, 1));
+        assert_eq!(
+            [
+                offset_of!(FlowKey6, daddr),
+                offset_of!(FlowKey6, sport),
+                offset_of!(FlowKey6, dport),
+                offset_of!(FlowKey6, proto),
+                offset_of!(FlowKey6, icmp_type),
+            ],
+            [16, 32, 34, 36, 37]
+        );
     }
 
     #[test]

@@ -15,7 +15,14 @@ use Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink};
 pub const COUNTERS: &[(CounterId, &str)] = &[
     (id(XdpUplink, Reason::Seen), "uplink_rx"),
     (id(XdpUplink, Reason::Decap), "xdp_decap"),
+    (id(XdpUplink, Reason::DecapIpv6), "xdp_decap_ipv6"),
+    (
+        id(XdpUplink, Reason::PassUdpChecksum),
+        "xdp_pass_udp_checksum",
+    ),
     (id(XdpUplink, Reason::HostGw), "xdp_host_gw"),
+    (id(XdpUplink, Reason::HostGwIpv6), "xdp_host_gw_ipv6"),
+    (id(XdpUplink, Reason::PassIpv6Vxlan), "xdp_pass_ipv6_vxlan"),
     (id(XdpUplink, Reason::PassNoConfig), "xdp_pass_no_config"),
     (id(XdpUplink, Reason::PassBulkTcp), "xdp_pass_bulk_tcp"),
     (id(XdpUplink, Reason::ProbeDue), "xdp_probe_due"),
@@ -95,7 +102,17 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     (id(XdpUplink, Reason::PassTcUplink), "xdp_pass_tc_uplink"),
     (id(TcUplink, Reason::Seen), "tc_uplink_seen"),
     (id(TcUplink, Reason::Decap), "tc_uplink_decap"),
+    (id(TcUplink, Reason::DecapIpv6), "tc_uplink_decap_ipv6"),
+    (
+        id(TcUplink, Reason::PassUdpChecksum),
+        "tc_uplink_pass_udp_checksum",
+    ),
     (id(TcUplink, Reason::HostGw), "tc_uplink_host_gw"),
+    (id(TcUplink, Reason::HostGwIpv6), "tc_uplink_host_gw_ipv6"),
+    (
+        id(TcUplink, Reason::PassIpv6Vxlan),
+        "tc_uplink_pass_ipv6_vxlan",
+    ),
     (
         id(TcUplink, Reason::PassDecapFailed),
         "tc_uplink_pass_decap_failed",
@@ -210,6 +227,13 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     (id(TcPodEgress, Reason::Encap), "tc_encap"),
     (id(TcPodEgress, Reason::HostGw), "tc_host_gw"),
     (id(TcPodEgress, Reason::LocalRedirect), "tc_local_redirect"),
+    (
+        id(TcPodEgress, Reason::LocalRedirectIpv6),
+        "tc_local_redirect_ipv6",
+    ),
+    (id(TcPodEgress, Reason::HostGwIpv6), "tc_host_gw_ipv6"),
+    (id(TcPodEgress, Reason::EncapIpv6), "tc_encap_ipv6"),
+    (id(TcPodEgress, Reason::PassIpv6Vxlan), "tc_pass_ipv6_vxlan"),
     (id(TcPodEgress, Reason::PassNoConfig), "tc_pass_no_config"),
     (id(TcPodEgress, Reason::PassTruncated), "tc_pass_truncated"),
     (id(TcPodEgress, Reason::PassNotIpv4), "tc_pass_not_ipv4"),
@@ -265,6 +289,10 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
     (id(TcPodEgress, Reason::ProbeFailed), "tc_probe_failed"),
     (id(TcPodEgress, Reason::ProbeReturned), "tc_probe_returned"),
     (id(TcVerdict, Reason::Learned), "verdict_learned"),
+    (
+        id(TcVerdict, Reason::PassIpv6Vxlan),
+        "verdict_pass_ipv6_vxlan",
+    ),
     (id(TcVerdict, Reason::Unparsed), "verdict_unparsed"),
     (id(TcVerdict, Reason::UpdateFailed), "verdict_update_failed"),
     (id(TcVerdict, Reason::TcpControl), "verdict_tcp_control"),

@@ -135,6 +135,31 @@ pub enum Reason {
     /// The probe could not be cloned (`bpf_clone_redirect` failed); the
     /// verdict expires at its TTL unless a later probe renews it.
     ProbeFailed = 65,
+    /// An IPv6 packet for another pod on this node, straight into its veth.
+    LocalRedirectIpv6 = 66,
+    /// An IPv6 packet routed as is between nodes (host-gw, DirectRouting):
+    /// to the peer node's MAC out of the uplink, or from it into a pod.
+    HostGwIpv6 = 67,
+    /// IPv6 over VXLAN the fast path does not carry; `flannel-v6.<VNI>`
+    /// does, on the kernel path: to a VXLAN peer's pods on a node whose
+    /// `CONFIG` names no `flannel-v6.<VNI>`, or at the uplink a VXLAN
+    /// frame over IPv6 this node does not decapsulate (no IPv6 VXLAN
+    /// configured, or not addressed to its PublicIPv6). At `tc_verdict`: a
+    /// VXLAN peer's pod's IPv6 flow on a node that does not decapsulate
+    /// VXLAN over IPv6, whose verdict is not recorded (nothing reads it).
+    PassIpv6Vxlan = 68,
+    /// A VXLAN frame over IPv6 (`flannel-v6.<VNI>`'s) for a local pod:
+    /// decapsulated and delivered straight into the pod's veth.
+    DecapIpv6 = 69,
+    /// A VXLAN frame over IPv6 whose outer UDP checksum is zero (which
+    /// `flannel-v6.<VNI>` refuses) or does not add up with its headers
+    /// (one a veth handed over with the checksum still left to offload
+    /// looks the same): the kernel path verifies it.
+    PassUdpChecksum = 70,
+    /// A pod's IPv6 packet to a VXLAN peer's pod, handed straight to
+    /// `flannel-v6.<VNI>` (its egress), which encapsulates it: no bridge,
+    /// no routing.
+    EncapIpv6 = 71,
     /// tc acts on what this pod sends: its host veth's ingress holds
     /// classic filters (the CNI bandwidth plugin's redirect to its ifb) or
     /// another TCX program. Handed on (`TCX_NEXT`) untouched.
@@ -210,6 +235,12 @@ impl Reason {
             Reason::ProbeUnjudged => "probe_unjudged",
             Reason::ProbeDue => "probe_due",
             Reason::ProbeFailed => "probe_failed",
+            Reason::LocalRedirectIpv6 => "local_redirect_ipv6",
+            Reason::HostGwIpv6 => "host_gw_ipv6",
+            Reason::PassIpv6Vxlan => "pass_ipv6_vxlan",
+            Reason::DecapIpv6 => "decap_ipv6",
+            Reason::PassUdpChecksum => "pass_udp_checksum",
+            Reason::EncapIpv6 => "encap_ipv6",
             Reason::PassTcSender => "pass_tc_sender",
             Reason::PassTcReceiver => "pass_tc_receiver",
             Reason::PassTcBridge => "pass_tc_bridge",

@@ -9,19 +9,30 @@
 //! window tracking would call the next one it sees INVALID). Everything
 //! else takes the kernel path, where netfilter decides.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use network_types::{icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use aya_ebpf::{btf_maps::LruHashMap, helpers::bpf_ktime_get_coarse_ns};
+use network_types::{
+    icmp::Icmpv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 use weft_common::{
-    CONFIG_VERDICT_PROBES, FLOW_PENDING, FlowKey, NodeConfig, PROBE_OUTSTANDING, Reason,
+    CONFIG_VERDICT_PROBES, FLOW_PENDING, FlowKey, FlowKey6, FlowVerdict, MAX_FLOWS, NodeConfig,
+    PROBE_OUTSTANDING, Reason,
 };
 
 use crate::lib::{
-    headers::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_NO_OPTIONS, is_fragment, ptr_at},
-    maps::FLOWS,
+    headers::{
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_NO_OPTIONS, is_fragment,
+        ptr_at,
+    },
+    maps::{FLOWS, FLOWS6},
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 /// SYN, FIN and RST open and close connections: conntrack must see them, or
 /// it would keep closed connections and miss new ones.
 const TCP_CONTROL_FLAGS: u8 = 0x07;
@@ -33,6 +44,85 @@ const TCP_FLAGS_OFFSET: usize = 13;
 pub struct Flow {
     pub key: FlowKey,
     pub tcp_control: bool,
+}
+
+/// The same for an IPv6 packet.
+pub struct Flow6 {
+    pub key: FlowKey6,
+    pub tcp_control: bool,
+}
+
+/// What a flow's transport header says: its ports (for ICMP echo, the
+/// identifier), the ICMP type and code (zero for TCP and UDP), and
+/// whether it is a TCP SYN, FIN or RST.
+struct Transport {
+    sport: [u8; 2],
+    dport: [u8; 2],
+    icmp_type: u8,
+    icmp_code: u8,
+    tcp_control: bool,
+}
+
+/// ICMP as a family speaks it: its protocol number and echo types.
+struct IcmpEcho {
+    proto: u8,
+    request: u8,
+    reply: u8,
+}
+
+const ICMPV4_ECHO: IcmpEcho = IcmpEcho {
+    proto: IPPROTO_ICMP,
+    request: ICMP_ECHO_REQUEST,
+    reply: ICMP_ECHO_REPLY,
+};
+const ICMPV6_ECHO: IcmpEcho = IcmpEcho {
+    proto: IPPROTO_ICMPV6,
+    request: ICMPV6_ECHO_REQUEST,
+    reply: ICMPV6_ECHO_REPLY,
+};
+
+/// The transport header of protocol `proto` at `l4`, inside `[.., end)`:
+/// TCP, UDP or the family's ICMP echo; `None` for anything else.
+#[inline(always)]
+fn transport_of(l4: usize, end: usize, proto: u8, icmp: &IcmpEcho) -> Option<Transport> {
+    let mut transport = Transport {
+        sport: [0; 2],
+        dport: [0; 2],
+        icmp_type: 0,
+        icmp_code: 0,
+        tcp_control: false,
+    };
+    match proto {
+        IPPROTO_TCP => {
+            let tcp = ptr_at::<TcpHdr>(l4, end, 0)?;
+            // SAFETY: the whole TCP header is inside the packet; the flags
+            // are one byte, read directly rather than through the bitfield.
+            let flags = unsafe { *((tcp as usize + TCP_FLAGS_OFFSET) as *const u8) };
+            transport.tcp_control = flags & TCP_CONTROL_FLAGS != 0;
+            unsafe { (transport.sport, transport.dport) = ((*tcp).source, (*tcp).dest) };
+        }
+        IPPROTO_UDP => {
+            let udp = ptr_at::<UdpHdr>(l4, end, 0)?;
+            unsafe { (transport.sport, transport.dport) = ((*udp).src, (*udp).dst) };
+        }
+        _ if proto == icmp.proto => {
+            // ICMPv4 and ICMPv6 share the layout of the first 8 bytes.
+            let header = ptr_at::<Icmpv4Hdr>(l4, end, 0)?;
+            let header = unsafe { &*header };
+            // Echo is a flow to conntrack (keyed by its identifier); errors
+            // are RELATED to another flow and carry headers NAT may rewrite,
+            // and IPv6 neighbour discovery is the kernel's.
+            if header.type_ != icmp.request && header.type_ != icmp.reply {
+                return None;
+            }
+            // A request and a reply the same way are different conntrack
+            // flows (A pings B; B pings A): the type keeps them apart.
+            (transport.icmp_type, transport.icmp_code) = (header.type_, header.code);
+            transport.sport = [header.data[0], header.data[1]];
+        }
+        _ => return None,
+    }
+    Some(transport)
 }
 
 /// The flow of the IPv4 packet whose header is at `ip` (bounds-checked by
@@ -48,48 +138,44 @@ pub fn flow_of(ip: *const Ipv4Hdr, end: usize) -> Option<Flow> {
         return None;
     }
     let l4 = ip as usize + Ipv4Hdr::LEN;
-    let mut tcp_control = false;
-    let (mut icmp_type, mut icmp_code) = (0, 0);
-    let (sport, dport) = match header.proto {
-        IPPROTO_TCP => {
-            let tcp = ptr_at::<TcpHdr>(l4, end, 0)?;
-            // SAFETY: the whole TCP header is inside the packet; the flags
-            // are one byte, read directly rather than through the bitfield.
-            let flags = unsafe { *((tcp as usize + TCP_FLAGS_OFFSET) as *const u8) };
-            tcp_control = flags & TCP_CONTROL_FLAGS != 0;
-            unsafe { ((*tcp).source, (*tcp).dest) }
-        }
-        IPPROTO_UDP => {
-            let udp = ptr_at::<UdpHdr>(l4, end, 0)?;
-            unsafe { ((*udp).src, (*udp).dst) }
-        }
-        IPPROTO_ICMP => {
-            let icmp = ptr_at::<Icmpv4Hdr>(l4, end, 0)?;
-            let icmp = unsafe { &*icmp };
-            // Echo is a flow to conntrack (keyed by its identifier); errors
-            // are RELATED to another flow and carry headers NAT may rewrite.
-            if icmp.type_ != ICMP_ECHO_REQUEST && icmp.type_ != ICMP_ECHO_REPLY {
-                return None;
-            }
-            // A request and a reply the same way are different conntrack
-            // flows (A pings B; B pings A): the type keeps them apart.
-            (icmp_type, icmp_code) = (icmp.type_, icmp.code);
-            ([icmp.data[0], icmp.data[1]], [0, 0])
-        }
-        _ => return None,
-    };
+    let transport = transport_of(l4, end, header.proto, &ICMPV4_ECHO)?;
     Some(Flow {
         key: FlowKey {
             saddr: header.src_addr,
             daddr: header.dst_addr,
-            sport,
-            dport,
+            sport: transport.sport,
+            dport: transport.dport,
             proto: header.proto,
-            icmp_type,
-            icmp_code,
+            icmp_type: transport.icmp_type,
+            icmp_code: transport.icmp_code,
             _pad: 0,
         },
-        tcp_control,
+        tcp_control: transport.tcp_control,
+    })
+}
+
+/// The flow of the IPv6 packet whose header is at `ip` (bounds-checked by
+/// the caller); `None` unless the transport header follows the IPv6 header
+/// directly: extension headers (fragments among them) are rare between
+/// pods and the kernel path takes them.
+#[inline(always)]
+pub fn flow_of6(ip: *const Ipv6Hdr, end: usize) -> Option<Flow6> {
+    // SAFETY: the caller proved the IPv6 header inside the packet.
+    let header = unsafe { &*ip };
+    let l4 = ip as usize + Ipv6Hdr::LEN;
+    let transport = transport_of(l4, end, header.next_hdr, &ICMPV6_ECHO)?;
+    Some(Flow6 {
+        key: FlowKey6 {
+            saddr: header.src_addr,
+            daddr: header.dst_addr,
+            sport: transport.sport,
+            dport: transport.dport,
+            proto: header.next_hdr,
+            icmp_type: transport.icmp_type,
+            icmp_code: transport.icmp_code,
+            _pad: 0,
+        },
+        tcp_control: transport.tcp_control,
     })
 }
 
@@ -114,13 +200,16 @@ pub fn probe_identity(ip: *const Ipv4Hdr, end: usize) -> Option<([u8; 2], [u8; 4
     unsafe { Some(((*ip).id, (*tcp).seq)) }
 }
 
-/// Ends `key`'s verdict (a FIN or RST). With a probe on its way, the
-/// record stays, voided (pending, seen at time 0: never current again),
-/// so that `tc_verdict` still knows the probe when it arrives and drops
-/// it; otherwise it is removed.
+/// A verdict map: FLOWS (IPv4) or FLOWS6 (IPv6).
+pub type Verdicts<K> = LruHashMap<K, FlowVerdict, { MAX_FLOWS as usize }>;
+
+/// Ends `key`'s verdict (a FIN or RST) in `verdicts`. With a probe on its
+/// way, the record stays, voided (pending, seen at time 0: never current
+/// again), so that `tc_verdict` still knows the probe when it arrives and
+/// drops it; otherwise it is removed.
 #[inline(always)]
-pub fn end_verdict(key: FlowKey) {
-    if let Some(verdict) = FLOWS.get_ptr_mut(key) {
+pub fn end_verdict_in<K>(verdicts: &Verdicts<K>, key: K) {
+    if let Some(verdict) = verdicts.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map's value, valid for this program run.
         let verdict = unsafe { &mut *verdict };
         if verdict.probe_state == PROBE_OUTSTANDING {
@@ -129,7 +218,33 @@ pub fn end_verdict(key: FlowKey) {
             return;
         }
     }
-    let _ = FLOWS.remove(key);
+    let _ = verdicts.remove(&key);
+}
+
+/// The current verdict for the flow `key` in `verdicts` (a SYN, FIN or
+/// RST, `tcp_control`, ends it instead), or the reason the packet goes
+/// through netfilter. The caller has checked that verdicts are recorded
+/// at all (an accept bit).
+#[inline(always)]
+fn current_verdict<K>(
+    verdicts: &Verdicts<K>,
+    key: K,
+    tcp_control: bool,
+    config: &NodeConfig,
+) -> Result<(FlowVerdict, u64), Reason> {
+    if tcp_control {
+        // A closing connection's verdict ends here: a later segment with
+        // the same ports belongs to a new connection netfilter must see.
+        end_verdict_in(verdicts, key);
+        return Err(Reason::PassTcpControl);
+    }
+    // SAFETY: a plain lookup; the value is copied out at once.
+    let verdict = unsafe { verdicts.get(&key) }
+        .copied()
+        .ok_or(Reason::PassNoVerdict)?;
+    let now = verdict_clock();
+    verdict.is_current(config, || now)?;
+    Ok((verdict, now))
 }
 
 /// Whether netfilter has passed the flow of the packet at `ip` unchanged,
@@ -150,19 +265,25 @@ pub fn netfilter_passed(
     }
     let flow = flow_of(ip, end).ok_or(Reason::PassNotAFlow)?;
     let key = flow.key;
-    if flow.tcp_control {
-        // A closing connection's verdict ends here: a later segment with
-        // the same ports belongs to a new connection netfilter must see.
-        end_verdict(key);
-        return Err(Reason::PassTcpControl);
-    }
-    // SAFETY: a plain lookup; the value is copied out at once.
-    let verdict = unsafe { FLOWS.get(key) }
-        .copied()
-        .ok_or(Reason::PassNoVerdict)?;
-    let now = verdict_clock();
-    verdict.is_current(config, || now)?;
+    let (verdict, now) = current_verdict(&FLOWS, key, flow.tcp_control, config)?;
     Ok(key.proto == IPPROTO_TCP
         && config.flags & CONFIG_VERDICT_PROBES != 0
         && verdict.probe_due(config, now))
+}
+
+/// [`netfilter_passed`] for the IPv6 packet at `ip`, by FLOWS6. IPv6
+/// verdicts are not probed (a probe is told apart by its IPv4
+/// identification, which IPv6 lacks): they lapse at their TTL, and the
+/// flow's next packet re-learns its verdict on the kernel path.
+#[inline(always)]
+pub fn netfilter_passed6(
+    ip: *const Ipv6Hdr,
+    end: usize,
+    config: &NodeConfig,
+) -> Result<(), Reason> {
+    if config.accept_mark == 0 {
+        return Err(Reason::PassVerdictsSuspended);
+    }
+    let flow = flow_of6(ip, end).ok_or(Reason::PassNotAFlow)?;
+    current_verdict(&FLOWS6, flow.key, flow.tcp_control, config).map(|_| ())
 }

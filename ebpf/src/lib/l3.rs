@@ -1,6 +1,9 @@
 //! The L3 rewrite (one routing hop) and IPv4 header checksums.
 
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 /// Routes an IPv4 packet one hop, as the kernel's forward path would: the
 /// TTL one lower and the Ethernet header from `src_mac` to `dst_mac`. The
@@ -8,6 +11,17 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 #[inline(always)]
 pub fn ipv4_l3(eth: &mut EthHdr, ip: &mut Ipv4Hdr, dst_mac: [u8; 6], src_mac: [u8; 6]) {
     decrement_ttl(ip);
+    eth.dst_addr = dst_mac;
+    eth.src_addr = src_mac;
+}
+
+/// Routes an IPv6 packet one hop, as the kernel's ip6_forward would: the
+/// hop limit one lower (IPv6 has no header checksum) and the Ethernet
+/// header from `src_mac` to `dst_mac`. The caller has checked the hop
+/// limit is above 1.
+#[inline(always)]
+pub fn ipv6_l3(eth: &mut EthHdr, ip: &mut Ipv6Hdr, dst_mac: [u8; 6], src_mac: [u8; 6]) {
+    ip.hop_limit -= 1;
     eth.dst_addr = dst_mac;
     eth.src_addr = src_mac;
 }

@@ -6,8 +6,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use weft_common::{
-    CT_LIBERAL_BYTES, Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS,
-    MAX_PEERS, NodeConfig, Peer, PeerAddr, Vtep, VtepKey,
+    CT_LIBERAL_BYTES, Endpoint, EndpointKey, EndpointKey6, FlowKey, FlowKey6, FlowVerdict,
+    MAX_ENDPOINTS, MAX_FLOWS, MAX_PEERS, NodeConfig, Peer, Peer6, PeerAddr, PeerAddr6, Vtep,
+    VtepKey,
 };
 
 /// Remote pod subnet -> how to reach it.
@@ -17,6 +18,14 @@ pub static PEERS: LpmTrie<PeerAddr, Peer, { MAX_PEERS as usize }> = LpmTrie::new
 /// Local pod IPv4 -> its veth and MAC.
 #[btf_map]
 pub static ENDPOINTS: HashMap<EndpointKey, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+/// Remote IPv6 pod subnet -> how to reach it (host-gw on the fast path).
+#[btf_map]
+pub static PEERS6: LpmTrie<PeerAddr6, Peer6, { MAX_PEERS as usize }> = LpmTrie::new();
+
+/// Local pod IPv6 -> its veth and MAC.
+#[btf_map]
+pub static ENDPOINTS6: HashMap<EndpointKey6, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
 
 /// Accepted outer source addresses (every VXLAN peer's PublicIP) -> the
 /// subnet its frames may carry as inner source.
@@ -28,8 +37,13 @@ pub static VTEPS: HashMap<VtepKey, Vtep, { MAX_PEERS as usize }> = HashMap::new(
 #[btf_map]
 pub static FLOWS: LruHashMap<FlowKey, FlowVerdict, { MAX_FLOWS as usize }> = LruHashMap::new();
 
+/// The same for IPv6 flow directions.
+#[btf_map]
+pub static FLOWS6: LruHashMap<FlowKey6, FlowVerdict, { MAX_FLOWS as usize }> = LruHashMap::new();
+
 /// TCP flows whose verdict `tc_verdict` recorded pending: the agent makes
-/// each one's conntrack entry liberal, then confirms the verdict in FLOWS.
+/// each one's conntrack entry liberal, then confirms the verdict in FLOWS
+/// (a 16-byte `FlowKey` record) or FLOWS6 (a 40-byte `FlowKey6`).
 #[btf_map]
 pub static CT_LIBERAL: RingBuf<FlowKey, { CT_LIBERAL_BYTES as usize }> = RingBuf::new();
 

@@ -1,5 +1,7 @@
 //! What the programs share, by concern.
 
+/// The outer UDP checksum of VXLAN over IPv6, from its headers.
+pub mod checksum;
 /// `STATS`, `count()` and the `Verdict` every program returns.
 pub mod counters;
 /// Local delivery into a pod.

@@ -1,8 +1,10 @@
 //! `tc_pod_egress`: TC ingress on the host side of every pod veth (traffic
 //! leaving a pod). To a local pod -> straight into its veth; to a host-gw
 //! peer -> routed to the peer node's MAC out of the uplink; to a VXLAN peer
-//! -> encapsulated and redirected to the uplink; anything else -> the
-//! kernel path (`TCX_NEXT`: the next TCX program, the classic filters),
+//! -> encapsulated and redirected to the uplink (IPv4; IPv6 is handed
+//! straight to `flannel-v6.<VNI>`, which encapsulates it); anything else
+//! -> the kernel path (`TCX_NEXT`: the next TCX program, the classic
+//! filters),
 //! counted by reason. Where tc acts on the pod's traffic (lib/tc.rs), it
 //! is handed on untouched.
 //!
@@ -13,17 +15,23 @@
 use aya_ebpf::{
     bindings::TC_ACT_SHOT, helpers::bpf_redirect, maps::lpm_trie::Key, programs::TcContext,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
-use weft_common::{EndpointKey, Hook, NodeConfig, PeerMode, Reason};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
+use weft_common::{Endpoint, EndpointKey, EndpointKey6, Hook, NodeConfig, Peer6, PeerMode, Reason};
 
 use crate::lib::{
     counters::{Verdict, count},
     delivery::redirect_into_pod,
     encap::encapsulate,
-    flow::netfilter_passed,
-    headers::{ENCAP_LEN, ETH_P_IPV4, IPPROTO_UDP, ptr_at},
-    l3::{decrement_ttl, ipv4_l3},
-    maps::{ENDPOINTS, PEERS, node_config},
+    flow::{netfilter_passed, netfilter_passed6},
+    headers::{
+        ENCAP_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, VXLAN6_ENCAP_LEN, ptr_at, pull_headers,
+    },
+    l3::{decrement_ttl, ipv4_l3, ipv6_l3},
+    maps::{ENDPOINTS, ENDPOINTS6, PEERS, PEERS6, node_config},
     mtu::fits,
     probe,
     tc::{TCX_NEXT, encap_allowed, receiving_allowed, sending_allowed},
@@ -77,6 +85,9 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
     };
     // SAFETY: every pointer comes from ptr_at, inside the packet.
     let eth = unsafe { &mut *eth };
+    if eth.ether_type == ETH_P_IPV6 {
+        return decide_ipv6(ctx, config);
+    }
     if eth.ether_type != ETH_P_IPV4 {
         return pass(Reason::PassNotIpv4);
     }
@@ -91,24 +102,10 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
     // First, before anything hands the packet to the kernel: a pod has no
     // business speaking VXLAN, whatever address it sends to or from.
     if is_vxlan(ctx, ip, config) {
-        return Verdict {
-            action: TC_ACT_SHOT,
-            reason: Reason::DropVxlanFromPod,
-        };
+        return DROP_VXLAN_FROM_POD;
     }
-    // Only what the pod sends as itself: its own address from its own veth
-    // and MAC. Anything else is the kernel's (rp_filter, netfilter).
-    let sender_flags = match ENDPOINTS.get_ptr(EndpointKey { addr: ip.src_addr }) {
-        // SAFETY: a map value pointer from a successful lookup; ctx.skb.skb
-        // is the __sk_buff the kernel handed us.
-        Some(sender)
-            if unsafe {
-                (*sender).ifindex == (*ctx.skb.skb).ifindex && (*sender).mac == eth.src_addr
-            } =>
-        unsafe { (*sender).flags },
-        _ => return pass(Reason::PassForeignSource),
-    };
-    if let Err(reason) = sending_allowed(sender_flags, config) {
+    let sender = ENDPOINTS.get_ptr(EndpointKey { addr: ip.src_addr });
+    if let Err(reason) = sent_as_itself(ctx, sender, eth.src_addr, config) {
         return pass(reason);
     }
 
@@ -184,6 +181,149 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
     to_uplink(config, Reason::Encap)
 }
 
+/// [`decide`] for an IPv6 packet: the same checks, by the IPv6 maps, to a
+/// local pod, a host-gw peer or (through `flannel-v6.<VNI>`, see
+/// [`to_vxlan6`]) a VXLAN peer; IPv6 verdicts are not probed.
+#[inline(always)]
+fn decide_ipv6(ctx: &mut TcContext, config: &NodeConfig) -> Verdict<i32> {
+    pull_headers(ctx, EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let (Some(eth), Some(ip)) = (
+        ptr_at::<EthHdr>(data, end, 0),
+        ptr_at::<Ipv6Hdr>(data, end, EthHdr::LEN),
+    ) else {
+        return pass(Reason::PassTruncated);
+    };
+    // SAFETY: both pointers come from ptr_at, inside the packet.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    if ip.version() != 6 {
+        return pass(Reason::PassNotIpv4);
+    }
+    if is_vxlan_ipv6(ctx, ip, config) {
+        return DROP_VXLAN_FROM_POD;
+    }
+    // Its link-local address (neighbour discovery among what it sends
+    // from there) is in no map: the kernel's.
+    let sender = ENDPOINTS6.get_ptr(EndpointKey6 { addr: ip.src_addr });
+    if let Err(reason) = sent_as_itself(ctx, sender, eth.src_addr, config) {
+        return pass(reason);
+    }
+    let destination = ip.dst_addr;
+    if let Some(endpoint) = ENDPOINTS6.get_ptr(EndpointKey6 { addr: destination }) {
+        let endpoint = unsafe { *endpoint };
+        if let Err(reason) = receiving_allowed(&endpoint) {
+            return pass(reason);
+        }
+        if let Err(reason) = netfilter_passed6(ip, end, config) {
+            return pass(reason);
+        }
+        // Routed by the gateway (hop limit - 1) or switched by the bridge
+        // (untouched), as the kernel path would.
+        if eth.dst_addr == config.gateway_mac {
+            if ip.hop_limit <= 1 {
+                return pass(Reason::PassTtlExpired);
+            }
+            ipv6_l3(eth, ip, endpoint.mac, config.gateway_mac);
+        }
+        return Verdict {
+            action: redirect_into_pod(&endpoint),
+            reason: Reason::LocalRedirectIpv6,
+        };
+    }
+    let Some(peer) = PEERS6.get(&Key::new(128, destination)).copied() else {
+        return pass(Reason::PassNoRoute);
+    };
+    if peer.mode != PeerMode::HostGw as u8 {
+        return to_vxlan6(ctx, config, eth, ip, &peer, end);
+    }
+    if peer.nexthop_mac == [0; 6] {
+        return pass(Reason::PassNoNeighbour);
+    }
+    if ip.hop_limit <= 1 {
+        return pass(Reason::PassTtlExpired);
+    }
+    if let Err(reason) = netfilter_passed6(ip, end, config) {
+        return pass(reason);
+    }
+    if !fits(ctx, config, 0, Ipv6Hdr::LEN, ip.next_hdr) {
+        // The kernel path answers ICMPv6 "packet too big".
+        return pass(Reason::PassTooBig);
+    }
+    ipv6_l3(eth, ip, peer.nexthop_mac, config.uplink_mac);
+    to_uplink(config, Reason::HostGwIpv6)
+}
+
+/// An IPv6 packet to a VXLAN peer's pod: routed one hop, as the kernel
+/// would route it to `flannel-v6.<VNI>` (hop limit - 1, to the peer's IPv6
+/// VTEP MAC from flannel-v6's), and handed straight to that device, which
+/// encapsulates it: its fdb names the peer's PublicIPv6, and it fills the
+/// outer UDP checksum IPv6 requires, per segment for a GSO packet (which
+/// `bpf_skb_adjust_room` cannot ask of the kernel's UDP tunnel
+/// segmentation). What is skipped is the bridge and the routing table;
+/// the outer packet takes the node's output path, as on the kernel path.
+#[inline(always)]
+fn to_vxlan6(
+    ctx: &TcContext,
+    config: &NodeConfig,
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    peer: &Peer6,
+    end: usize,
+) -> Verdict<i32> {
+    if config.vtep6_ifindex == 0 {
+        return pass(Reason::PassIpv6Vxlan);
+    }
+    if ip.hop_limit <= 1 {
+        return pass(Reason::PassTtlExpired);
+    }
+    if let Err(reason) = netfilter_passed6(ip, end, config) {
+        return pass(reason);
+    }
+    if let Err(reason) = encap_allowed(config) {
+        return pass(reason);
+    }
+    if !fits(ctx, config, VXLAN6_ENCAP_LEN, Ipv6Hdr::LEN, ip.next_hdr) {
+        // The kernel path answers ICMPv6 "packet too big".
+        return pass(Reason::PassTooBig);
+    }
+    ipv6_l3(eth, ip, peer.vtep_mac, config.vtep6_mac);
+    Verdict {
+        // SAFETY: a helper taking plain values.
+        action: unsafe { bpf_redirect(config.vtep6_ifindex, 0) } as i32,
+        reason: Reason::EncapIpv6,
+    }
+}
+
+/// A pod's VXLAN: dropped (see [`is_vxlan`]).
+const DROP_VXLAN_FROM_POD: Verdict<i32> = Verdict {
+    action: TC_ACT_SHOT,
+    reason: Reason::DropVxlanFromPod,
+};
+
+/// Only what the pod sends as itself goes on the fast path: its own
+/// address (`sender`: the endpoint its source address names, in either
+/// family) from its own veth and MAC, and only where tc does not act on
+/// what it sends. Anything else is the kernel's (rp_filter, netfilter).
+#[inline(always)]
+fn sent_as_itself(
+    ctx: &TcContext,
+    sender: Option<*const Endpoint>,
+    src_mac: [u8; 6],
+    config: &NodeConfig,
+) -> Result<(), Reason> {
+    let flags = match sender {
+        // SAFETY: a map value pointer from a successful lookup; ctx.skb.skb
+        // is the __sk_buff the kernel handed us.
+        Some(sender)
+            if unsafe {
+                (*sender).ifindex == (*ctx.skb.skb).ifindex && (*sender).mac == src_mac
+            } =>
+        unsafe { (*sender).flags },
+        _ => return Err(Reason::PassForeignSource),
+    };
+    sending_allowed(flags, config)
+}
+
 #[inline(always)]
 fn to_uplink(config: &NodeConfig, reason: Reason) -> Verdict<i32> {
     Verdict {
@@ -210,6 +350,21 @@ fn is_vxlan(ctx: &TcContext, ip: &Ipv4Hdr, config: &NodeConfig) -> bool {
     }
     // The UDP destination port, behind the IPv4 header and its options.
     let Ok(port) = ctx.load::<[u8; 2]>(EthHdr::LEN + usize::from(ip.ihl()) + 2) else {
+        return false;
+    };
+    port == config.vxlan_port_be.to_ne_bytes()
+}
+
+/// [`is_vxlan`] for IPv6: UDP right behind the IPv6 header to the VXLAN
+/// port. Behind extension headers it is not looked for here: the packet
+/// takes the kernel path, where the overlay guard's netfilter rules see
+/// its real transport header.
+#[inline(always)]
+fn is_vxlan_ipv6(ctx: &TcContext, ip: &Ipv6Hdr, config: &NodeConfig) -> bool {
+    if ip.next_hdr != IPPROTO_UDP || config.vxlan_port_be == 0 {
+        return false;
+    }
+    let Ok(port) = ctx.load::<[u8; 2]>(EthHdr::LEN + Ipv6Hdr::LEN + 2) else {
         return false;
     };
     port == config.vxlan_port_be.to_ne_bytes()

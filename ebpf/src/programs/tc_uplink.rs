@@ -19,8 +19,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_FIXED_GSO,
+        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     programs::TcContext,
 };
@@ -30,11 +30,11 @@ use weft_common::{CONFIG_UPLINK_XDP, Hook, NodeConfig, Reason};
 use crate::lib::{
     counters::{Verdict, count},
     delivery::{redirect_into_pod, route_to_pod},
-    headers::ptr_at,
+    headers::{ETH_P_IPV6, ptr_at, pull_headers},
     maps::node_config,
     probe,
     tc::{TCX_NEXT, uplink_delivery_allowed},
-    uplink::{HEADERS_LEN, classify},
+    uplink::{HEADERS_LEN_IPV4, HEADERS_LEN_IPV6, classify},
 };
 
 const HOOK: Hook = Hook::TcUplink;
@@ -44,6 +44,9 @@ const HOOK: Hook = Hook::TcUplink;
 /// inner IPv4 header. FIXED_GSO keeps GRO's segment size, which is the
 /// inner TCP's MSS already.
 const DECAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4) as u64;
+/// The same over IPv6: 70 bytes (outer IPv6, UDP, VXLAN, inner Ethernet),
+/// in front of the inner IPv6 header.
+const DECAP_FLAGS_IPV6: u64 = (BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV6) as u64;
 
 const fn pass(reason: Reason) -> Verdict<i32> {
     Verdict {
@@ -90,16 +93,26 @@ pub fn run(ctx: &mut TcContext) -> i32 {
 #[inline(always)]
 fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<i32> {
     // GRO leaves the headers in the linear part; a frame from elsewhere
-    // may not have them there.
-    if ctx.data() + HEADERS_LEN > ctx.data_end() && ctx.len() as usize >= HEADERS_LEN {
-        let _ = ctx.pull_data(HEADERS_LEN as u32);
+    // may not have them there. Pulled only then (pulling unshares a cloned
+    // skb), and only as far as the frame's family needs.
+    let wanted = match ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) {
+        // SAFETY: inside the packet.
+        Some(eth) if unsafe { (*eth).ether_type } != ETH_P_IPV6 => HEADERS_LEN_IPV4,
+        _ => HEADERS_LEN_IPV6,
+    };
+    let headers = core::cmp::min(wanted, ctx.len() as usize);
+    if ctx.data() + headers > ctx.data_end() {
+        pull_headers(ctx, headers);
     }
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
     let delivery = match classify(
         ctx.data(),
         ctx.data_end(),
         ctx.len() as usize,
         config,
         false,
+        gso,
     ) {
         Ok(delivery) => delivery,
         // Only without XDP: with it, XDP dropped these already.
@@ -122,23 +135,33 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
             return pass(Reason::ProbeSent);
         }
     }
-    let reason = if delivery.is_vxlan() {
+    if delivery.is_vxlan() {
+        let flags = if delivery.ipv6 {
+            DECAP_FLAGS_IPV6
+        } else {
+            DECAP_FLAGS
+        };
         if ctx
-            .adjust_room(-(delivery.strip as i32), BPF_ADJ_ROOM_MAC, DECAP_FLAGS)
+            .adjust_room(-(delivery.strip as i32), BPF_ADJ_ROOM_MAC, flags)
             .is_err()
         {
             // Rare (the skb could not be unshared); nothing was changed.
             return pass(Reason::PassDecapFailed);
         }
-        Reason::Decap
-    } else {
-        Reason::HostGw
-    };
-    // Now a plain frame either way: the pod's Ethernet and IPv4 headers,
-    // found again after the adjustment. A GRO packet's IPv4 header stands
-    // for all its segments, which GRO merged only when their TTLs were
-    // equal.
-    if !route_to_pod(ctx.data(), ctx.data_end(), 0, &delivery.endpoint, config) {
+    }
+    let reason = delivery.reason();
+    // Now a plain frame either way: the pod's Ethernet and IP headers,
+    // found again after the adjustment. A GRO packet's IP header stands
+    // for all its segments, which GRO merged only when their TTLs (hop
+    // limits) were equal.
+    if !route_to_pod(
+        ctx.data(),
+        ctx.data_end(),
+        0,
+        &delivery.endpoint,
+        config,
+        delivery.ipv6,
+    ) {
         // Cannot happen (classify saw both); the kernel routes what is left.
         return pass(Reason::PassDecapFailed);
     }

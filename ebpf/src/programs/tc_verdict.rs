@@ -27,16 +27,26 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_SHOT},
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
-use weft_common::{FLOW_CONFIRMED, FLOW_PENDING, FlowVerdict, Hook, NodeConfig, Reason};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
+use weft_common::{
+    EndpointKey6, FLOW_CONFIRMED, FLOW_PENDING, FlowKey6, FlowVerdict, Hook, NodeConfig, PeerMode,
+    Reason,
+};
 
 use crate::lib::{
     counters::count,
-    flow::{Flow, end_verdict, flow_of, probe_identity, verdict_clock},
-    headers::{ETH_P_IPV4, IPPROTO_TCP, ptr_at},
-    maps::{CT_LIBERAL, FLOWS, node_config},
+    flow::{
+        Flow, Flow6, Verdicts, end_verdict_in, flow_of, flow_of6, probe_identity, verdict_clock,
+    },
+    headers::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, ptr_at, pull_headers},
+    maps::{CT_LIBERAL, ENDPOINTS6, FLOWS, FLOWS6, PEERS6, node_config},
     probe,
     tc::TCX_NEXT,
 };
@@ -72,25 +82,42 @@ pub fn run(ctx: &mut TcContext) -> i32 {
     TCX_NEXT
 }
 
-/// The flow of the IPv4 packet in `ctx`, and its IPv4 header.
+/// What `tc_verdict` learns from: an IPv4 flow (with its header, for the
+/// probe identity) or an IPv6 flow.
+enum Parsed {
+    V4(Flow, *const Ipv4Hdr, usize),
+    V6(Flow6),
+}
+
+/// The flow of the IP packet in `ctx`.
 #[inline(always)]
-fn parse(ctx: &mut TcContext) -> Option<(Flow, *const Ipv4Hdr, usize)> {
-    let _ = ctx.pull_data((EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN) as u32);
+fn parse(ctx: &mut TcContext) -> Option<Parsed> {
+    pull_headers(ctx, EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN);
     let (data, end) = (ctx.data(), ctx.data_end());
     let eth = ptr_at::<EthHdr>(data, end, 0)?;
     // SAFETY: pointers from ptr_at are inside the packet.
-    if unsafe { (*eth).ether_type } != ETH_P_IPV4 {
-        return None;
+    match unsafe { (*eth).ether_type } {
+        ETH_P_IPV4 => {
+            let ip = ptr_at::<Ipv4Hdr>(data, end, EthHdr::LEN)?;
+            Some(Parsed::V4(flow_of(ip, end)?, ip, end))
+        }
+        ETH_P_IPV6 => {
+            let ip = ptr_at::<Ipv6Hdr>(data, end, EthHdr::LEN)?;
+            if unsafe { (*ip).version() } != 6 {
+                return None;
+            }
+            Some(Parsed::V6(flow_of6(ip, end)?))
+        }
+        _ => None,
     }
-    let ip = ptr_at::<Ipv4Hdr>(data, end, EthHdr::LEN)?;
-    Some((flow_of(ip, end)?, ip, end))
 }
 
 /// Whether the unmarked packet in `ctx` is its flow's outstanding probe
 /// (then no longer outstanding).
 #[inline(always)]
 fn unjudged_probe(ctx: &mut TcContext) -> bool {
-    let Some((flow, ip, end)) = parse(ctx) else {
+    // Only IPv4 flows are probed.
+    let Some(Parsed::V4(flow, ip, end)) = parse(ctx) else {
         return false;
     };
     if flow.key.proto != IPPROTO_TCP {
@@ -116,23 +143,87 @@ fn unjudged_probe(ctx: &mut TcContext) -> bool {
 /// outstanding probe (to be dropped).
 #[inline(always)]
 fn learn(ctx: &mut TcContext, config: &NodeConfig) -> (Reason, bool) {
-    let Some((flow, ip, end)) = parse(ctx) else {
-        return (Reason::Unparsed, false);
-    };
-    if flow.tcp_control {
+    match parse(ctx) {
+        Some(Parsed::V4(flow, ip, end)) => {
+            let identity = if flow.key.proto == IPPROTO_TCP {
+                probe_identity(ip, end)
+            } else {
+                None
+            };
+            let tcp = flow.key.proto == IPPROTO_TCP;
+            record(
+                &FLOWS,
+                flow.key,
+                tcp,
+                flow.tcp_control,
+                identity,
+                config,
+                |key| CT_LIBERAL.output(key, 0),
+            )
+        }
+        Some(Parsed::V6(flow)) => {
+            if !carried_ipv6(&flow.key, config) {
+                return (Reason::PassIpv6Vxlan, false);
+            }
+            let tcp = flow.key.proto == IPPROTO_TCP;
+            record(
+                &FLOWS6,
+                flow.key,
+                tcp,
+                flow.tcp_control,
+                None,
+                config,
+                |key| {
+                    // The record's length (40 bytes) tells the agent it is IPv6.
+                    CT_LIBERAL.output_untyped::<FlowKey6>(key, 0)
+                },
+            )
+        }
+        None => (Reason::Unparsed, false),
+    }
+}
+
+/// Whether the fast path may ever carry the IPv6 flow direction `key`:
+/// from a local pod (to another, or to a host-gw peer), from a host-gw
+/// peer's pod, or from a VXLAN peer's pod where this node decapsulates
+/// VXLAN over IPv6 (`CONFIG.node_ip6`). Other IPv6 is never carried, so
+/// its verdict is not recorded: nothing would read it, and its conntrack
+/// entry stays strictly tracked.
+#[inline(always)]
+fn carried_ipv6(key: &FlowKey6, config: &NodeConfig) -> bool {
+    ENDPOINTS6
+        .get_ptr(EndpointKey6 { addr: key.saddr })
+        .is_some()
+        || PEERS6
+            .get(&Key::new(128, key.saddr))
+            .is_some_and(|peer| peer.mode == PeerMode::HostGw as u8 || config.node_ip6 != [0; 16])
+}
+
+/// Records in `verdicts` that netfilter passed the flow direction `key`
+/// (`tcp`: a TCP flow; `identity`: the packet's probe identity, IPv4 TCP only), asking the
+/// agent (`notify`) to make a new TCP verdict's conntrack entry liberal.
+#[inline(always)]
+fn record<K: Copy>(
+    verdicts: &Verdicts<K>,
+    key: K,
+    tcp: bool,
+    tcp_control: bool,
+    identity: Option<([u8; 2], [u8; 4])>,
+    config: &NodeConfig,
+    notify: impl FnOnce(K) -> Result<(), i32>,
+) -> (Reason, bool) {
+    if tcp_control {
         // SYN, FIN and RST always take the kernel path; a closing
         // connection's verdict ends with it.
-        end_verdict(flow.key);
+        end_verdict_in(verdicts, key);
         return (Reason::TcpControl, false);
     }
     let now = verdict_clock();
-    let tcp = flow.key.proto == IPPROTO_TCP;
-    let identity = if tcp { probe_identity(ip, end) } else { None };
     // Kept across a re-learned verdict: a probe still on its way is
     // recognised whatever happened to the verdict meanwhile.
     let mut probe_state = FlowVerdict::default();
     let mut was_probe = false;
-    if let Some(recorded) = FLOWS.get_ptr_mut(flow.key) {
+    if let Some(recorded) = verdicts.get_ptr_mut(key) {
         // SAFETY: a pointer into the map's value, valid for this program run.
         let recorded = unsafe { &mut *recorded };
         if let Some((id, seq)) = identity
@@ -161,17 +252,17 @@ fn learn(ctx: &mut TcContext, config: &NodeConfig) -> (Reason, bool) {
         state: if tcp { FLOW_PENDING } else { FLOW_CONFIRMED },
         ..probe_state
     };
-    if FLOWS.insert(flow.key, verdict, u64::from(BPF_ANY)).is_err() {
+    if verdicts.insert(key, verdict, u64::from(BPF_ANY)).is_err() {
         return (Reason::UpdateFailed, was_probe);
     }
     if !tcp {
         return (Reason::Learned, was_probe);
     }
     // Recorded before the agent is asked, so its confirmation finds it.
-    if CT_LIBERAL.output(flow.key, 0).is_err() {
+    if notify(key).is_err() {
         // Nobody will confirm it: forget it, so the next marked packet
         // asks again.
-        end_verdict(flow.key);
+        end_verdict_in(verdicts, key);
         return (Reason::NotifyFailed, was_probe);
     }
     (Reason::LearnedPending, was_probe)

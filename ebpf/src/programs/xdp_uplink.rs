@@ -45,7 +45,7 @@ fn decide(ctx: &XdpContext) -> Verdict<u32> {
     };
     let (data, end) = (ctx.data(), ctx.data_end());
     let bulk_left_to_gro = config.flags & CONFIG_BULK_TCP_VIA_GRO != 0;
-    let delivery = match classify(data, end, end - data, config, bulk_left_to_gro) {
+    let delivery = match classify(data, end, end - data, config, bulk_left_to_gro, false) {
         Ok(delivery) => delivery,
         Err(reason) if reason.drops() => {
             return Verdict {
@@ -71,7 +71,14 @@ fn decide(ctx: &XdpContext) -> Verdict<u32> {
     if delivery.endpoint.flags & ENDPOINT_XDP_READY == 0 {
         return pass(Reason::PassPodNotReady);
     }
-    if !route_to_pod(data, end, delivery.strip, &delivery.endpoint, config) {
+    if !route_to_pod(
+        data,
+        end,
+        delivery.strip,
+        &delivery.endpoint,
+        config,
+        delivery.ipv6,
+    ) {
         return pass(Reason::PassTruncated);
     }
     // SAFETY: ctx.ctx is the xdp_md the kernel handed us.
@@ -81,10 +88,6 @@ fn decide(ctx: &XdpContext) -> Verdict<u32> {
     Verdict {
         // SAFETY: a helper taking plain values.
         action: unsafe { bpf_redirect(delivery.endpoint.ifindex, 0) } as u32,
-        reason: if delivery.is_vxlan() {
-            Reason::Decap
-        } else {
-            Reason::HostGw
-        },
+        reason: delivery.reason(),
     }
 }
