@@ -2,10 +2,10 @@
 //! defaults and validation. Keys match case-insensitively, as Go's
 //! encoding/json matches struct fields.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, anyhow, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
 pub const DEFAULT_VNI: u32 = 1;
@@ -20,6 +20,21 @@ pub struct NetworkConfig {
     /// Last subnet handed out (network address of that subnet).
     pub subnet_max: Ipv4Addr,
     pub backend: BackendConfig,
+    /// `EnableIPv6`'s network, when dual-stack (issue #23). IPv4 is always
+    /// on: flannel v0.20.2's etcd leases are keyed by their IPv4 subnet.
+    pub ipv6: Option<Ipv6Network>,
+}
+
+/// `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin`/`IPv6SubnetMax` with
+/// flannel's defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6Network {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+    /// First subnet handed out (network address of that subnet).
+    pub subnet_min: Ipv6Addr,
+    /// Last subnet handed out (network address of that subnet).
+    pub subnet_max: Ipv6Addr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,14 +75,16 @@ impl NetworkConfig {
         let root = value
             .as_object()
             .ok_or_else(|| anyhow!("network config must be a JSON object"))?;
-        if let Some(enable_ipv4) = field(root, "EnableIPv4")
-            && enable_ipv4.as_bool() == Some(false)
-        {
-            bail!("network config: EnableIPv4 is false; weft's datapath is IPv4-only");
+        if boolean(root, "EnableIPv4")? == Some(false) {
+            bail!(
+                "network config: EnableIPv4 is false, and IPv6-only is not supported: flannel v0.20.2 keys every lease by its IPv4 subnet (<v4>&<v6>), so weft needs Network (use EnableIPv6 for dual-stack)"
+            );
         }
-        if field(root, "EnableIPv6").and_then(Value::as_bool) == Some(true) {
-            bail!("network config: EnableIPv6 is true; weft does not support IPv6 yet");
-        }
+        let ipv6 = if boolean(root, "EnableIPv6")? == Some(true) {
+            Some(parse_ipv6(root)?)
+        } else {
+            None
+        };
         let network: Ipv4Net = string(root, "Network")?
             .ok_or_else(|| anyhow!("network config: Network is missing"))?
             .parse()
@@ -137,6 +154,7 @@ impl NetworkConfig {
             subnet_min,
             subnet_max,
             backend,
+            ipv6,
         })
     }
 
@@ -156,6 +174,113 @@ impl NetworkConfig {
         subnet.prefix_len() == self.subnet_len
             && subnet.network() >= self.subnet_min
             && subnet.network() <= self.subnet_max
+    }
+}
+
+/// `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin`/`IPv6SubnetMax` with
+/// flannel v0.20.2's defaults and checks (`CheckNetworkConfig`): the
+/// subnet length defaults to 64 on a network of /62 or wider, else to the
+/// prefix + 2; it is at most 126 and at least the prefix + 2 (four
+/// subnets); the network is at most a /124; the bounds default to the
+/// second and the last subnet, and must lie inside the network on a
+/// subnet boundary.
+fn parse_ipv6(root: &Map<String, Value>) -> Result<Ipv6Network> {
+    let network: Ipv6Net = string(root, "IPv6Network")?
+        .ok_or_else(|| anyhow!("network config: EnableIPv6 is true but IPv6Network is missing"))?
+        .parse()
+        .map_err(|_| anyhow!("network config: IPv6Network is not an IPv6 CIDR"))?;
+    let network = network.trunc();
+    let prefix = network.prefix_len();
+    // Go spells IPv4-mapped addresses (and flannel's `ip.IP6` those of
+    // `::/96` from ::1.0.0.0 on) `a.b.c.d`, which flannel's lease key
+    // pattern cannot read back: subnets there could not be keyed.
+    for name in ["::ffff:0:0/96", "::/96"] {
+        let block: Ipv6Net = name.parse().expect("a valid prefix");
+        if network.contains(&block.network()) || block.contains(&network.network()) {
+            bail!(
+                "network config: IPv6Network {network} overlaps {name}, whose addresses flannel writes as IPv4 ones: its lease keys could not name them"
+            );
+        }
+    }
+    let subnet_len = match integer(root, "IPv6SubnetLen")? {
+        Some(0) | None => {
+            if prefix > 124 {
+                bail!(
+                    "network config: IPv6Network {network} is too small; the smallest useful network is a /124"
+                );
+            }
+            if prefix <= 62 { 64 } else { prefix + 2 }
+        }
+        Some(len) => {
+            let len = u8::try_from(len).map_err(|_| {
+                anyhow!("network config: IPv6SubnetLen {len} is not a prefix length")
+            })?;
+            if len > 126 {
+                bail!("network config: IPv6SubnetLen {len} is invalid: it must be at most 126");
+            }
+            if len < prefix + 2 {
+                bail!(
+                    "network config: IPv6SubnetLen {len} is invalid: it must be at least IPv6Network's prefix + 2 ({}) so the network holds four subnets",
+                    prefix + 2
+                );
+            }
+            len
+        }
+    };
+    let size = 1u128 << (128 - subnet_len);
+    let start = u128::from(network.network());
+    let bound = |name: &str, default: u128| -> Result<Ipv6Addr> {
+        let Some(text) = string(root, name)? else {
+            return Ok(Ipv6Addr::from(default));
+        };
+        let address: Ipv6Addr = text
+            .parse()
+            .map_err(|_| anyhow!("network config: {name} {text:?} is not an IPv6 address"))?;
+        if !network.contains(&address) {
+            bail!("network config: {name} {address} is not inside IPv6Network {network}");
+        }
+        if u128::from(address) & (size - 1) != 0 {
+            bail!(
+                "network config: {name} {address} is not on an IPv6SubnetLen (/{subnet_len}) boundary"
+            );
+        }
+        Ok(address)
+    };
+    let subnet_min = bound("IPv6SubnetMin", start + size)?;
+    // The last subnet starts `size - 1` below the network's last address.
+    let subnet_max = bound(
+        "IPv6SubnetMax",
+        u128::from(network.broadcast()) - (size - 1),
+    )?;
+    if subnet_min > subnet_max {
+        bail!("network config: IPv6SubnetMin {subnet_min} is above IPv6SubnetMax {subnet_max}");
+    }
+    Ok(Ipv6Network {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
+impl Ipv6Network {
+    /// Whether `subnet` is one this config hands out.
+    pub fn fits(&self, subnet: &Ipv6Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && subnet.network() >= self.subnet_min
+            && subnet.network() <= self.subnet_max
+    }
+
+    /// Every subnet from IPv6SubnetMin to IPv6SubnetMax, in order (lazily:
+    /// a /48 holds 65536 /64s).
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv6Net> + '_ {
+        let size = 1u128 << (128 - self.subnet_len);
+        let first = u128::from(self.subnet_min);
+        let count = (u128::from(self.subnet_max) - first) / size + 1;
+        (0..count).map(move |index| {
+            Ipv6Net::new(Ipv6Addr::from(first + index * size), self.subnet_len)
+                .expect("prefix length checked")
+        })
     }
 }
 
@@ -221,6 +346,14 @@ fn string(object: &Map<String, Value>, name: &str) -> Result<Option<String>> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text.clone())),
         Some(other) => bail!("network config: {name} must be a string, found {other}"),
+    }
+}
+
+fn boolean(object: &Map<String, Value>, name: &str) -> Result<Option<bool>> {
+    match field(object, name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(value)) => Ok(Some(*value)),
+        Some(other) => bail!("network config: {name} must be true or false, found {other}"),
     }
 }
 
@@ -352,6 +485,193 @@ mod tests {
         for (json, expected) in cases {
             let message = error(json);
             assert!(message.contains(expected), "{json}: {message}");
+        }
+    }
+
+    const DUAL: &str = r#""Network":"10.244.0.0/16","Backend":{"Type":"vxlan"},"EnableIPv6":true"#;
+
+    fn dual(extra: &str) -> String {
+        format!("{{{DUAL}{extra}}}")
+    }
+
+    fn v6(config: &NetworkConfig) -> &Ipv6Network {
+        config.ipv6.as_ref().expect("dual-stack")
+    }
+
+    #[test]
+    fn ipv6_is_off_unless_enabled() {
+        assert_eq!(
+            parse(r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#).ipv6,
+            None
+        );
+        assert_eq!(
+            parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":false,"EnableIPv4":true,"Backend":{"Type":"vxlan"}}"#).ipv6,
+            None
+        );
+    }
+
+    #[test]
+    fn flannel_ipv6_defaults_for_a_48() {
+        let config = parse(&dual(r#","IPv6Network":"fd00:12::/48""#));
+        let ipv6 = v6(&config);
+        assert_eq!(ipv6.network, "fd00:12::/48".parse().unwrap());
+        assert_eq!(ipv6.subnet_len, 64);
+        assert_eq!(
+            ipv6.subnet_min,
+            "fd00:12:0:1::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            ipv6.subnet_max,
+            "fd00:12:0:ffff::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(ipv6.subnets().count(), 65535);
+        assert_eq!(
+            ipv6.subnets().next().unwrap(),
+            "fd00:12:0:1::/64".parse().unwrap()
+        );
+        assert!(ipv6.fits(&"fd00:12:0:9::/64".parse().unwrap()));
+        assert!(!ipv6.fits(&"fd00:12::/64".parse().unwrap()));
+        assert!(!ipv6.fits(&"fd00:12:0:9::/65".parse().unwrap()));
+        // A host address with its prefix names the network, as Go's ParseCIDR.
+        assert_eq!(
+            v6(&parse(&dual(r#","IPv6Network":"fd00:12::5/48""#))).network,
+            "fd00:12::/48".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn ipv6_subnet_len_defaults_to_64_up_to_a_62_then_prefix_plus_2() {
+        for (network, len) in [
+            ("fd00::/8", 64),
+            ("fd00::/56", 64),
+            ("fd00::/62", 64),
+            ("fd00::/63", 65),
+            ("fd00::/100", 102),
+            ("fd00::/124", 126),
+        ] {
+            let config = parse(&dual(&format!(r#","IPv6Network":"{network}""#)));
+            assert_eq!(v6(&config).subnet_len, len, "{network}");
+        }
+        // A /124 splits in four /126s: the first is skipped, three are handed out.
+        let config = parse(&dual(r#","IPv6Network":"fd00::/124""#));
+        let subnets: Vec<String> = v6(&config).subnets().map(|net| net.to_string()).collect();
+        assert_eq!(subnets, ["fd00::4/126", "fd00::8/126", "fd00::c/126"]);
+        let small = error(&dual(r#","IPv6Network":"fd00::/125""#));
+        assert!(
+            small.contains(
+                "IPv6Network fd00::/125 is too small; the smallest useful network is a /124"
+            ),
+            "{small}"
+        );
+    }
+
+    #[test]
+    fn ipv6_keys_match_case_insensitively() {
+        let config = parse(
+            r#"{"network":"10.1.0.0/16","backend":{"type":"host-gw"},"enableipv6":true,"ipv6network":"fd00:1::/48","IPV6SUBNETLEN":56,"ipv6subnetmin":"fd00:1:0:200::","Ipv6SubnetMax":"fd00:1:0:300::"}"#,
+        );
+        let ipv6 = v6(&config);
+        assert_eq!(ipv6.subnet_len, 56);
+        assert_eq!(
+            ipv6.subnet_min,
+            "fd00:1:0:200::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            ipv6.subnet_max,
+            "fd00:1:0:300::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(ipv6.subnets().count(), 2);
+    }
+
+    #[test]
+    fn invalid_ipv6_configs_name_the_field_and_rule() {
+        let cases = [
+            ("", "EnableIPv6 is true but IPv6Network is missing"),
+            (
+                r#","IPv6Network":"10.0.0.0/8""#,
+                "IPv6Network is not an IPv6 CIDR",
+            ),
+            (
+                r#","IPv6Network":"fd00::""#,
+                "IPv6Network is not an IPv6 CIDR",
+            ),
+            (
+                r#","IPv6Network":"::ffff:10.0.0.0/104""#,
+                "IPv6Network ::ffff:10.0.0.0/104 overlaps ::ffff:0:0/96, whose addresses flannel writes as IPv4 ones",
+            ),
+            (
+                r#","IPv6Network":"::a00:0/104""#,
+                "IPv6Network ::a00:0/104 overlaps ::/96",
+            ),
+            (
+                r#","IPv6Network":"::/0""#,
+                "IPv6Network ::/0 overlaps ::ffff:0:0/96",
+            ),
+            (
+                r#","IPv6Network":"fd00::/48","IPv6SubnetLen":127"#,
+                "IPv6SubnetLen 127 is invalid: it must be at most 126",
+            ),
+            (
+                r#","IPv6Network":"fd00::/48","IPv6SubnetLen":49"#,
+                "IPv6SubnetLen 49 is invalid: it must be at least IPv6Network's prefix + 2 (50)",
+            ),
+            (
+                r#","IPv6Network":"fd00::/48","IPv6SubnetLen":300"#,
+                "IPv6SubnetLen 300 is not a prefix length",
+            ),
+            (
+                r#","IPv6Network":"fd00::/48","IPv6SubnetLen":"64""#,
+                "IPv6SubnetLen must be a non-negative integer",
+            ),
+            (
+                r#","IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00:1::""#,
+                "IPv6SubnetMin fd00:1:: is not inside IPv6Network fd00::/48",
+            ),
+            (
+                r#","IPv6Network":"fd00::/48","IPv6SubnetMax":"fd01::""#,
+                "IPv6SubnetMax fd01:: is not inside IPv6Network fd00::/48",
+            ),
+            (
+                r#","IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00:0:0:1::1""#,
+                "IPv6SubnetMin fd00:0:0:1::1 is not on an IPv6SubnetLen (/64) boundary",
+            ),
+            (
+                r#","IPv6Network":"fd00::/48","IPv6SubnetMax":"fd00:0:0:1:8000::""#,
+                "IPv6SubnetMax fd00:0:0:1:8000:: is not on an IPv6SubnetLen (/64) boundary",
+            ),
+            (
+                r#","IPv6Network":"fd00::/48","IPv6SubnetMin":"10.0.0.1""#,
+                "IPv6SubnetMin \"10.0.0.1\" is not an IPv6 address",
+            ),
+            (
+                r#","IPv6Network":"fd00::/48","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:8::""#,
+                "IPv6SubnetMin fd00:0:0:9:: is above IPv6SubnetMax fd00:0:0:8::",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let json = dual(extra);
+            let message = error(&json);
+            assert!(message.contains(expected), "{json}: {message}");
+        }
+        let not_bool =
+            error(r#"{"Network":"10.1.0.0/16","EnableIPv6":"yes","Backend":{"Type":"vxlan"}}"#);
+        assert!(
+            not_bool.contains("EnableIPv6 must be true or false"),
+            "{not_bool}"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_is_refused_saying_why() {
+        for json in [
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.1.0.0/16","enableipv4":false,"Backend":{"Type":"vxlan"}}"#,
+        ] {
+            let message = error(json);
+            assert!(
+                message.contains("EnableIPv4 is false, and IPv6-only is not supported: flannel v0.20.2 keys every lease by its IPv4 subnet"),
+                "{json}: {message}"
+            );
         }
     }
 }

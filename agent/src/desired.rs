@@ -2,7 +2,8 @@
 //! no netlink, no maps, no etcd. Every sink consumes the same [`Desired`]:
 //! the kernel writer (`dataplane/kernel.rs`) takes `routes`, the overlay
 //! guard (`dataplane/guard.rs`) `members`, the map writer
-//! (`dataplane/maps.rs`) `peers`, `vteps`, `endpoints` and `config`, and
+//! (`dataplane/maps.rs`) `peers`, `vteps`, `endpoints`, their IPv6 halves
+//! `peers6` and `endpoints6`, and `config`, and
 //! the fast path (`dataplane/fastpath.rs`) pins `pod_neighbours` on the
 //! bridge (`dataplane/pod_neighbours.rs`). So the VXLAN-or-direct decision,
 //! the next-hop MAC, CONFIG, the pods' pinned MACs and the overlay MTU each
@@ -10,15 +11,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Result, anyhow, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK,
     CONFIG_TC_VTEP, CONFIG_UPLINK_XDP, CONFIG_VERDICT_PROBES, ENDPOINT_TC_RECEIVES,
-    ENDPOINT_TC_SENDS, ENDPOINT_XDP_READY, Endpoint, NodeConfig, Peer, PeerMode, Vtep,
+    ENDPOINT_TC_SENDS, ENDPOINT_XDP_READY, Endpoint, NodeConfig, Peer, Peer6, PeerMode, Vtep,
 };
 
 use crate::{
@@ -26,19 +27,37 @@ use crate::{
     endpoints::LocalView,
     lease::{
         MacAddr,
-        validate::{AcceptedPeer, PeerBackend},
+        validate::{AcceptedPeer, AcceptedPeerV6, PeerBackend},
     },
     tc::{TcHooks, TcView},
 };
 
 /// VXLAN's encapsulation overhead (outer Ethernet, IPv4, UDP, VXLAN).
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// VXLAN over an IPv6 underlay: outer Ethernet 14, IPv6 40, UDP 8, VXLAN 8.
+/// flanneld takes 50 for both devices, so its full-size IPv6 pod packets
+/// exceed the underlay by 20 bytes; weft takes 70 (docs/datapath.md).
+pub const VXLAN_V6_OVERHEAD: u32 = 70;
 
-/// The pods' MTU (and `flannel.<VNI>`'s): the configured VXLAN MTU, else the
-/// uplink's less the encapsulation; the uplink's own for host-gw.
+/// The encapsulation the overlay MTU must leave room for: a dual-stack
+/// network's pods have one MTU for both families, and their IPv6 packets
+/// travel in `flannel-v6.<VNI>`'s larger outer header.
+pub fn vxlan_overhead(config: &NetworkConfig) -> u32 {
+    if config.ipv6.is_some() {
+        VXLAN_V6_OVERHEAD
+    } else {
+        VXLAN_OVERHEAD
+    }
+}
+
+/// The pods' MTU (and `flannel.<VNI>`'s and `flannel-v6.<VNI>`'s): the
+/// configured VXLAN MTU, else the uplink's less the encapsulation (IPv6's
+/// in a dual-stack network); the uplink's own for host-gw.
 pub fn overlay_mtu(config: &NetworkConfig, uplink_mtu: u32) -> u32 {
     match &config.backend {
-        BackendConfig::Vxlan { mtu, .. } => mtu.unwrap_or(uplink_mtu - VXLAN_OVERHEAD),
+        BackendConfig::Vxlan { mtu, .. } => {
+            mtu.unwrap_or(uplink_mtu.saturating_sub(vxlan_overhead(config)))
+        }
         BackendConfig::HostGw => uplink_mtu,
     }
 }
@@ -73,6 +92,41 @@ impl PeerRoute {
     }
 }
 
+/// How one remote IPv6 subnet (a dual-stack peer's IPv6 half) is reached,
+/// as flanneld's vxlan and host-gw backends program it: the same choices as
+/// [`PeerRoute`], over `flannel-v6.<VNI>` and the IPv6 underlay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerRouteV6 {
+    /// Through flannel-v6.<VNI>: neighbour (subnet's network address ->
+    /// VTEP MAC), fdb (VTEP MAC -> PublicIPv6), onlink route.
+    Vxlan {
+        subnet: Ipv6Net,
+        vtep_mac: MacAddr,
+        public_ip: Ipv6Addr,
+    },
+    /// Plain route via the peer's PublicIPv6 on the uplink.
+    Direct {
+        subnet: Ipv6Net,
+        public_ip: Ipv6Addr,
+    },
+}
+
+impl PeerRouteV6 {
+    pub fn subnet(&self) -> Ipv6Net {
+        match self {
+            PeerRouteV6::Vxlan { subnet, .. } | PeerRouteV6::Direct { subnet, .. } => *subnet,
+        }
+    }
+
+    pub fn public_ip(&self) -> Ipv6Addr {
+        match self {
+            PeerRouteV6::Vxlan { public_ip, .. } | PeerRouteV6::Direct { public_ip, .. } => {
+                *public_ip
+            }
+        }
+    }
+}
+
 /// What this node is, fixed once the programs are attached: everything
 /// CONFIG holds apart from what the local view and the ruleset change.
 #[derive(Clone, Debug)]
@@ -84,6 +138,12 @@ pub struct NodeFacts {
     pub uplink_mtu: u32,
     /// `flannel.<VNI>`'s MAC (VXLAN only).
     pub vtep_mac: Option<MacAddr>,
+    /// The uplink's IPv6 address this node announces as `PublicIPv6`
+    /// (dual-stack only, issue #23).
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// `flannel-v6.<VNI>`'s MAC and ifindex (dual-stack VXLAN only).
+    pub vtep_v6_mac: Option<MacAddr>,
+    pub vtep_v6_index: Option<u32>,
     /// `--strict-vteps`, `--bulk-tcp-via-gro`, XDP attached to the uplink.
     pub strict_vteps: bool,
     pub bulk_tcp_via_gro: bool,
@@ -113,6 +173,8 @@ pub struct Inputs<'a> {
     /// This node's subnet (`Agent::subnet`): the permanent neighbour entries
     /// inside it on the bridge are weft's.
     pub subnet: Ipv4Net,
+    /// This node's IPv6 subnet (dual-stack only, issue #23).
+    pub subnet_v6: Option<Ipv6Net>,
     /// The accepted peers (`PeerTable::peers`).
     pub peers: &'a BTreeMap<Ipv4Net, AcceptedPeer>,
     /// The latest local view: the uplink's routes (which peers are on-link,
@@ -121,6 +183,9 @@ pub struct Inputs<'a> {
     /// The local pods read from their own side, inside [`Self::subnet`]
     /// (`LocalPods::endpoints`).
     pub pods: &'a BTreeMap<Ipv4Addr, LocalPod>,
+    /// Their IPv6 addresses inside [`Self::subnet_v6`]
+    /// (`LocalPods::endpoints6`; empty without one).
+    pub pods_v6: &'a BTreeMap<Ipv6Addr, LocalPod>,
     /// The nftables ruleset generation (never goes back).
     pub ruleset_generation: u32,
     /// Another rule in the ruleset uses the accept bit (`mark_conflicts`):
@@ -157,8 +222,24 @@ pub struct Desired {
     /// The overlay guard's set: every accepted peer's PublicIP, the only
     /// senders the VXLAN port takes (whatever route reaches the peer).
     pub members: BTreeSet<Ipv4Addr>,
+    /// Dual-stack: the kernel's IPv6 routes (with neighbour and fdb entries
+    /// on flannel-v6.<VNI> for VXLAN), by IPv6 subnet. The fast path
+    /// carries IPv6 between nodes only where these are direct (PEERS6);
+    /// VXLAN over IPv6 is the kernel path's, so there is no IPv6 VTEPS.
+    pub routes_v6: BTreeMap<Ipv6Net, PeerRouteV6>,
+    /// PEERS6: one entry per IPv6 route, same decision, plus the next-hop
+    /// MAC for a direct one. Only with an IPv6 subnet of this node's own
+    /// (without one, no local pod has an IPv6 address to send from).
+    pub peers6: BTreeMap<Ipv6Net, Peer6>,
+    /// Dual-stack peers whose IPv6 half no route can be planned for.
+    pub unroutable_v6: BTreeMap<Ipv6Net, String>,
+    /// The overlay guard's IPv6 set: every accepted dual-stack peer's
+    /// PublicIPv6, the only IPv6 senders the VXLAN port takes.
+    pub members_v6: BTreeSet<Ipv6Addr>,
     /// ENDPOINTS: local pods by address.
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    /// ENDPOINTS6: local pods by IPv6 address, the same values.
+    pub endpoints6: BTreeMap<Ipv6Addr, Endpoint>,
     /// CONFIG[0]: live, or dormant (no uplink) with the ruleset generation.
     pub config: NodeConfig,
     /// The local pods' permanent neighbour entries on the bridge. None
@@ -167,9 +248,10 @@ pub struct Desired {
     pub pod_neighbours: Option<PodNeighbours>,
 }
 
-/// Each local pod's address pinned to its own MAC on the CNI bridge, as a
-/// permanent neighbour entry that received ARP cannot change
-/// (`dataplane/pod_neighbours.rs` says why).
+/// Each local pod's addresses (IPv4, and IPv6 in a dual-stack network)
+/// pinned to its own MAC on the CNI bridge, as permanent neighbour entries
+/// that received ARP or NDP cannot change (`dataplane/pod_neighbours.rs`
+/// says why).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodNeighbours {
     /// The bridge's ifindex.
@@ -177,8 +259,12 @@ pub struct PodNeighbours {
     /// This node's subnet: the permanent entries inside it on the bridge
     /// are weft's, and any not in `pinned` go.
     pub subnet: Ipv4Net,
-    /// Local pod address -> the MAC of the pod's end of its veth.
-    pub pinned: BTreeMap<Ipv4Addr, MacAddr>,
+    /// This node's IPv6 subnet, the same way, in a dual-stack network only
+    /// (as for ENDPOINTS6); without one no IPv6 entry is weft's.
+    pub subnet_v6: Option<Ipv6Net>,
+    /// Local pod address (either family) -> the MAC of the pod's end of
+    /// its veth.
+    pub pinned: BTreeMap<IpAddr, MacAddr>,
 }
 
 /// Computes the desired state; costs memory work only, so it can run on
@@ -201,6 +287,23 @@ pub fn compute(inputs: &Inputs) -> Desired {
                 }
             }
         }
+        // IPv6 halves count only in a dual-stack network (the peer table
+        // gives none otherwise, and without flannel-v6 none could be used).
+        if inputs.node.network.ipv6.is_some() {
+            for v6 in inputs.peers.values().filter_map(|peer| peer.v6.as_ref()) {
+                desired.members_v6.insert(v6.public_ip);
+                match plan_route_v6(inputs.node, inputs.view, v6) {
+                    Ok(route) => {
+                        desired.routes_v6.insert(v6.subnet, route);
+                    }
+                    Err(error) => {
+                        desired
+                            .unroutable_v6
+                            .insert(v6.subnet, format!("{error:#}"));
+                    }
+                }
+            }
+        }
     }
     let vni = inputs.node.network.backend.vni().unwrap_or(0);
     for (subnet, route) in &desired.routes {
@@ -209,21 +312,58 @@ pub fn compute(inputs: &Inputs) -> Desired {
             .insert(*subnet, peer_entry(route, vni, inputs.view));
     }
     desired.vteps = vteps(desired.peers.iter().map(|(subnet, peer)| (*subnet, peer)));
+    // routes_v6 is empty outside a dual-stack network.
+    if inputs.subnet_v6.is_some() {
+        for (subnet, route) in &desired.routes_v6 {
+            desired
+                .peers6
+                .insert(*subnet, peer6_entry(route, vni, inputs.view));
+        }
+    }
     let own = &inputs.node.own_tc_programs;
     let tc = &inputs.view.tc;
+    let endpoint_of = |pod: &LocalPod| {
+        let mut entry = endpoint(pod);
+        entry.flags |= port_tc_flags(tc.ports.get(&pod.port), own);
+        entry
+    };
     desired.endpoints = inputs
         .pods
         .iter()
-        .map(|(ip, pod)| {
-            let mut entry = endpoint(pod);
-            entry.flags |= port_tc_flags(tc.ports.get(&pod.port), own);
-            (*ip, entry)
-        })
+        .map(|(ip, pod)| (*ip, endpoint_of(pod)))
         .collect();
-    desired.pod_neighbours = inputs.view.bridge_index.map(|bridge| PodNeighbours {
-        bridge,
-        subnet: inputs.subnet,
-        pinned: inputs.pods.iter().map(|(ip, pod)| (*ip, pod.mac)).collect(),
+    if inputs.node.network.ipv6.is_some() && inputs.subnet_v6.is_some() {
+        desired.endpoints6 = inputs
+            .pods_v6
+            .iter()
+            .map(|(ip, pod)| (*ip, endpoint_of(pod)))
+            .collect();
+    }
+    // The IPv6 addresses pinned are ENDPOINTS6's: a dual-stack network
+    // with an IPv6 subnet of our own.
+    let subnet_v6 = inputs
+        .subnet_v6
+        .filter(|_| inputs.node.network.ipv6.is_some());
+    desired.pod_neighbours = inputs.view.bridge_index.map(|bridge| {
+        let mut pinned: BTreeMap<IpAddr, MacAddr> = inputs
+            .pods
+            .iter()
+            .map(|(ip, pod)| (IpAddr::V4(*ip), pod.mac))
+            .collect();
+        if subnet_v6.is_some() {
+            pinned.extend(
+                inputs
+                    .pods_v6
+                    .iter()
+                    .map(|(ip, pod)| (IpAddr::V6(*ip), pod.mac)),
+            );
+        }
+        PodNeighbours {
+            bridge,
+            subnet: inputs.subnet,
+            subnet_v6,
+            pinned,
+        }
     });
     desired.config = if planned {
         let mut config = node_config(
@@ -277,6 +417,44 @@ pub fn plan_route(
     }
 }
 
+/// How a dual-stack peer's IPv6 half is reached: [`plan_route`]'s rules
+/// over the IPv6 underlay (flanneld's `vxlan_network.go` v6 branch and
+/// host-gw's v6 routes): host-gw needs PublicIPv6 on-link, DirectRouting
+/// takes it when it is, else flannel-v6.<VNI> with the v6 VTEP MAC.
+pub fn plan_route_v6(
+    node: &NodeFacts,
+    view: &LocalView,
+    peer: &AcceptedPeerV6,
+) -> Result<PeerRouteV6> {
+    let (subnet, public_ip) = (peer.subnet, peer.public_ip);
+    let on_link = view.on_link_v6(public_ip);
+    let direct_allowed = match &node.network.backend {
+        BackendConfig::HostGw => {
+            if !on_link {
+                bail!("host-gw peer {public_ip} for {subnet} is not on-link on the uplink");
+            }
+            true
+        }
+        BackendConfig::Vxlan { direct_routing, .. } => *direct_routing,
+    };
+    match peer.backend {
+        _ if direct_allowed && on_link => Ok(PeerRouteV6::Direct { subnet, public_ip }),
+        PeerBackend::Vxlan { vtep_mac } => {
+            if node.vtep_v6_mac.is_none() {
+                bail!("no flannel-v6 device for {subnet}");
+            }
+            Ok(PeerRouteV6::Vxlan {
+                subnet,
+                vtep_mac,
+                public_ip,
+            })
+        }
+        PeerBackend::HostGw => Err(anyhow!(
+            "peer {subnet} has no IPv6 VTEP MAC in a vxlan network"
+        )),
+    }
+}
+
 /// The PEERS entry for a planned route: the same decision (VXLAN or direct)
 /// the kernel path takes, plus the underlay next hop's MAC (zero while
 /// unresolved: the programs leave those packets to the kernel).
@@ -294,6 +472,36 @@ pub fn peer_entry(route: &PeerRoute, vni: u32, view: &LocalView) -> Peer {
             .next_hop_mac(public_ip)
             .map(|mac| mac.0)
             .unwrap_or_default(),
+        mode: mode as u8,
+        _pad: [0; 3],
+    }
+}
+
+/// The PEERS6 entry for a planned IPv6 route: the kernel path's decision
+/// again. Direct (host-gw, DirectRouting) is the programs' to route, to
+/// the peer's MAC as the uplink's IPv6 neighbour table resolved it by NDP
+/// (zero while unresolved: the kernel path carries those packets and
+/// resolves it meanwhile); a direct route is only ever planned to an
+/// on-link PublicIPv6, so that is the neighbour. A VXLAN entry tells the
+/// programs to leave the packet to `flannel-v6.<VNI>`: no next hop.
+pub fn peer6_entry(route: &PeerRouteV6, vni: u32, view: &LocalView) -> Peer6 {
+    let public_ip = route.public_ip();
+    let (vtep_mac, nexthop_mac, mode) = match route {
+        PeerRouteV6::Vxlan { vtep_mac, .. } => (vtep_mac.0, [0; 6], PeerMode::Vxlan),
+        PeerRouteV6::Direct { .. } => (
+            [0; 6],
+            view.uplink_neighbours_v6
+                .get(&public_ip)
+                .map(|mac| mac.0)
+                .unwrap_or_default(),
+            PeerMode::HostGw,
+        ),
+    };
+    Peer6 {
+        public_ip: public_ip.octets(),
+        vni,
+        vtep_mac,
+        nexthop_mac,
         mode: mode as u8,
         _pad: [0; 3],
     }
@@ -418,6 +626,16 @@ pub fn node_config(
         accept_mark: node.accept_mark,
         ruleset_generation,
         verdict_ttl_ns: node.verdict_ttl_ns,
+        // VXLAN over IPv6 is decapsulated only where this node runs it:
+        // flannel-v6.<VNI> exists (its MAC is known) and a PublicIPv6.
+        node_ip6: match (node.public_ipv6, node.vtep_v6_mac) {
+            (Some(address), Some(_)) => address.octets(),
+            _ => [0; 16],
+        },
+        vtep6_mac: node.vtep_v6_mac.map(|mac| mac.0).unwrap_or_default(),
+        _pad6: [0; 2],
+        vtep6_ifindex: node.vtep_v6_index.unwrap_or(0),
+        _pad7: 0,
     }
 }
 
@@ -433,3 +651,6 @@ pub fn dormant_config(ruleset_generation: u32) -> NodeConfig {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_v6;

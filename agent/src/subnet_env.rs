@@ -8,7 +8,9 @@
 //! ```
 //!
 //! `FLANNEL_SUBNET` is the node's pod subnet written with its first host
-//! address (the cni0 gateway), exactly as flanneld writes it.
+//! address (the cni0 gateway), exactly as flanneld writes it. A dual-stack
+//! node adds `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` (written the
+//! same way) after `FLANNEL_SUBNET`, in flanneld's order.
 
 use std::{
     fmt,
@@ -17,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubnetEnv {
@@ -25,8 +27,19 @@ pub struct SubnetEnv {
     pub network: Ipv4Net,
     /// This node's pod subnet, addressed by its gateway (first host address).
     pub subnet: Ipv4Net,
+    /// Dual-stack only: the IPv6 pod network and this node's IPv6 pod
+    /// subnet, addressed by its gateway; both or neither.
+    pub ipv6: Option<Ipv6SubnetEnv>,
     pub mtu: u32,
     pub ipmasq: bool,
+}
+
+/// `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6SubnetEnv {
+    pub network: Ipv6Net,
+    /// This node's IPv6 pod subnet, addressed by its first host address.
+    pub subnet: Ipv6Net,
 }
 
 impl SubnetEnv {
@@ -40,6 +53,10 @@ impl fmt::Display for SubnetEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "FLANNEL_NETWORK={}", self.network)?;
         writeln!(f, "FLANNEL_SUBNET={}", self.subnet)?;
+        if let Some(ipv6) = &self.ipv6 {
+            writeln!(f, "FLANNEL_IPV6_NETWORK={}", ipv6.network)?;
+            writeln!(f, "FLANNEL_IPV6_SUBNET={}", ipv6.subnet)?;
+        }
         writeln!(f, "FLANNEL_MTU={}", self.mtu)?;
         writeln!(f, "FLANNEL_IPMASQ={}", self.ipmasq)
     }
@@ -49,6 +66,8 @@ impl fmt::Display for SubnetEnv {
 pub fn parse(text: &str, origin: &str) -> Result<SubnetEnv> {
     let mut network = None;
     let mut subnet = None;
+    let mut ipv6_network = None;
+    let mut ipv6_subnet = None;
     let mut mtu = None;
     let mut ipmasq = None;
     for (index, line) in text.lines().enumerate() {
@@ -63,6 +82,12 @@ pub fn parse(text: &str, origin: &str) -> Result<SubnetEnv> {
         match key {
             "FLANNEL_NETWORK" => network = Some(parse_cidr(key, value).with_context(at)?),
             "FLANNEL_SUBNET" => subnet = Some(parse_cidr(key, value).with_context(at)?),
+            "FLANNEL_IPV6_NETWORK" => {
+                ipv6_network = Some(parse_cidr_v6(key, value).with_context(at)?)
+            }
+            "FLANNEL_IPV6_SUBNET" => {
+                ipv6_subnet = Some(parse_cidr_v6(key, value).with_context(at)?)
+            }
             "FLANNEL_MTU" => {
                 let parsed: u32 = value
                     .parse()
@@ -81,8 +106,7 @@ pub fn parse(text: &str, origin: &str) -> Result<SubnetEnv> {
                 };
                 ipmasq = Some(parsed);
             }
-            // flanneld also writes IPv6 keys; weft's IPv4 datapath ignores
-            // them, and unknown keys must not stop a node.
+            // Unknown keys must not stop a node.
             _ => {}
         }
     }
@@ -92,9 +116,23 @@ pub fn parse(text: &str, origin: &str) -> Result<SubnetEnv> {
     if !network.contains(&subnet) {
         bail!("{origin}: FLANNEL_SUBNET={subnet} is not inside FLANNEL_NETWORK={network}");
     }
+    let ipv6 = match (ipv6_network, ipv6_subnet) {
+        (None, None) => None,
+        (Some(network), Some(subnet)) => {
+            if !network.contains(&subnet) {
+                bail!(
+                    "{origin}: FLANNEL_IPV6_SUBNET={subnet} is not inside FLANNEL_IPV6_NETWORK={network}"
+                );
+            }
+            Some(Ipv6SubnetEnv { network, subnet })
+        }
+        (Some(_), None) => return Err(missing("FLANNEL_IPV6_SUBNET")),
+        (None, Some(_)) => return Err(missing("FLANNEL_IPV6_NETWORK")),
+    };
     Ok(SubnetEnv {
         network,
         subnet,
+        ipv6,
         mtu: mtu.ok_or_else(|| missing("FLANNEL_MTU"))?,
         ipmasq: ipmasq.ok_or_else(|| missing("FLANNEL_IPMASQ"))?,
     })
@@ -104,6 +142,12 @@ fn parse_cidr(key: &str, value: &str) -> Result<Ipv4Net> {
     value
         .parse()
         .map_err(|_| anyhow!("{key}={value:?} is not an IPv4 CIDR like 10.244.0.0/16"))
+}
+
+fn parse_cidr_v6(key: &str, value: &str) -> Result<Ipv6Net> {
+    value
+        .parse()
+        .map_err(|_| anyhow!("{key}={value:?} is not an IPv6 CIDR like fd00:10:244::/56"))
 }
 
 /// Reads `path`; `Ok(None)` when there is no such file.
@@ -157,10 +201,40 @@ mod tests {
         assert_eq!(env.to_string(), GOOD);
     }
 
+    /// flanneld v0.20.2's file on a dual-stack node, byte for byte.
+    const DUAL_STACK: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n";
+
     #[test]
-    fn ignores_ipv6_keys_comments_and_blank_lines() {
-        let text = format!("# written by flanneld\n\n{GOOD}FLANNEL_IPV6_NETWORK=fd00::/48\n");
-        assert!(parse(&text, "x").is_ok());
+    fn ignores_unknown_keys_comments_and_blank_lines() {
+        let text = format!("# written by flanneld\n\n{GOOD}FLANNEL_FUTURE=1\n");
+        assert_eq!(parse(&text, "x").unwrap(), parse(GOOD, "x").unwrap());
+    }
+
+    #[test]
+    fn dual_stack_round_trips_in_flanneld_order() {
+        let env = parse(DUAL_STACK, "subnet.env").unwrap();
+        let ipv6 = env.ipv6.unwrap();
+        assert_eq!(ipv6.network.to_string(), "fd00:10:244::/56");
+        assert_eq!(ipv6.subnet.to_string(), "fd00:10:244:3::1/64");
+        assert_eq!(env.to_string(), DUAL_STACK);
+        assert_eq!(parse(GOOD, "x").unwrap().ipv6, None);
+    }
+
+    #[test]
+    fn half_an_ipv6_pair_or_a_foreign_ipv6_subnet_is_an_error() {
+        let no_subnet = DUAL_STACK.replace("FLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n", "");
+        assert!(error_of(&no_subnet).ends_with("FLANNEL_IPV6_SUBNET is missing"));
+        let no_network = DUAL_STACK.replace("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n", "");
+        assert!(error_of(&no_network).ends_with("FLANNEL_IPV6_NETWORK is missing"));
+        let outside = DUAL_STACK.replace("fd00:10:244:3::1/64", "fd00:99::1/64");
+        assert!(error_of(&outside).contains("is not inside FLANNEL_IPV6_NETWORK"));
+        let not_v6 = DUAL_STACK.replace("fd00:10:244:3::1/64", "10.1.1.1/24");
+        assert!(
+            error_of(&not_v6)
+                .contains(":4: FLANNEL_IPV6_SUBNET=\"10.1.1.1/24\" is not an IPv6 CIDR"),
+            "{}",
+            error_of(&not_v6)
+        );
     }
 
     fn error_of(text: &str) -> String {

@@ -17,6 +17,9 @@ fn facts(network: &str) -> NodeFacts {
         uplink_mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
         uplink_mtu: 1500,
         vtep_mac: Some(MacAddr([0x0e, 1, 192, 168, 77, 1])),
+        public_ipv6: None,
+        vtep_v6_mac: None,
+        vtep_v6_index: None,
         strict_vteps: true,
         bulk_tcp_via_gro: false,
         verdict_probes: true,
@@ -39,6 +42,7 @@ fn vxlan_peer(ip: [u8; 4]) -> AcceptedPeer {
         backend: PeerBackend::Vxlan {
             vtep_mac: MacAddr([0x0e, 1, ip[0], ip[1], ip[2], ip[3]]),
         },
+        v6: None,
     }
 }
 
@@ -78,9 +82,11 @@ fn compute_in(
     compute(&Inputs {
         node,
         subnet: net("10.244.1.0/24"),
+        subnet_v6: None,
         peers,
         view,
         pods: &pods,
+        pods_v6: &BTreeMap::new(),
         ruleset_generation: 7,
         verdicts_suspended: false,
         listed: true,
@@ -192,8 +198,9 @@ fn the_local_pods_are_pinned_on_the_bridge_once_the_bridge_is_known() {
         Some(PodNeighbours {
             bridge: 4,
             subnet: net("10.244.1.0/24"),
+            subnet_v6: None,
             pinned: BTreeMap::from([(
-                Ipv4Addr::new(10, 244, 1, 2),
+                Ipv4Addr::new(10, 244, 1, 2).into(),
                 MacAddr([0x02, 0, 0, 0, 0xbb, 2])
             )]),
         }),

@@ -4,7 +4,11 @@
 //!
 //! Pure: no API calls here, so every rule is unit-tested.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::LazyLock};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::LazyLock,
+};
 
 use anyhow::{Result, anyhow, bail};
 use regex::Regex;
@@ -73,6 +77,28 @@ pub struct Announcement {
     pub backend_data: String,
     /// This node's own public IP (`--public-ip`, or the interface's).
     pub public_ip: Ipv4Addr,
+    /// This node's own IPv6 public IP, on a dual-stack node.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Exactly the JSON flanneld writes for `BackendV6Data`: the
+    /// `flannel-v6.<VNI>` VNI and MAC, or `null` without one.
+    pub backend_v6_data: String,
+}
+
+/// The operator's `public-ipv6-overwrite` on this Node, if set: as
+/// [`public_ip_overwrite`], for the IPv6 address.
+pub fn public_ipv6_overwrite(
+    keys: &AnnotationKeys,
+    current: &BTreeMap<String, String>,
+) -> Result<Option<Ipv6Addr>> {
+    match current.get(&keys.public_ipv6_overwrite).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(value) => value.parse().map(Some).map_err(|_| {
+            anyhow!(
+                "the annotation {} is {value:?}, not an IPv6 address",
+                keys.public_ipv6_overwrite
+            )
+        }),
+    }
 }
 
 /// The operator's `public-ip-overwrite` on this Node, if set: the address
@@ -105,14 +131,24 @@ pub fn public_ip_overwrite(
 ///   unless the backend is vxlan with `null` data: backend-data, and
 ///   public-ip as the overwrite (when set) or our IP.
 ///
-/// Errors only on a public-ip-overwrite that is not an IPv4 address.
+/// On a dual-stack node (a PublicIPv6 of ours), the IPv6 twins too:
+/// - stale also when backend-v6-data, backend-type or public-ipv6 differ
+///   from ours, kube-subnet-manager is not `true`, or a
+///   public-ipv6-overwrite is set that is not our IPv6 address;
+/// - then, for vxlan with non-`null` IPv6 data or host-gw: backend-v6-data,
+///   and public-ipv6 as the overwrite (when set) or our IPv6 address.
+///
+/// Errors only on a public-ip-overwrite that is not an IPv4 address (or a
+/// public-ipv6-overwrite that is not an IPv6 one).
 pub fn annotation_patch(
     keys: &AnnotationKeys,
     current: &BTreeMap<String, String>,
     ours: &Announcement,
 ) -> Result<Option<BTreeMap<String, String>>> {
     let overwrite = public_ip_overwrite(keys, current)?.map(|ip| ip.to_string());
+    let overwrite_v6 = public_ipv6_overwrite(keys, current)?.map(|ip| ip.to_string());
     let our_ip = ours.public_ip.to_string();
+    let our_ipv6 = ours.public_ipv6.map(|ip| ip.to_string());
     // Go reads a missing key as "".
     let get = |key: &str| current.get(key).map_or("", String::as_str);
     let stale = get(&keys.backend_data) != ours.backend_data
@@ -120,7 +156,14 @@ pub fn annotation_patch(
         || get(&keys.public_ip) != our_ip
         || get(&keys.kube_subnet_manager) != "true"
         || overwrite.as_ref().is_some_and(|ip| *ip != our_ip);
-    if !stale {
+    let stale_v6 = our_ipv6.as_ref().is_some_and(|our_ipv6| {
+        get(&keys.backend_v6_data) != ours.backend_v6_data
+            || get(&keys.backend_type) != ours.backend_type
+            || get(&keys.public_ipv6) != our_ipv6
+            || get(&keys.kube_subnet_manager) != "true"
+            || overwrite_v6.as_ref().is_some_and(|ip| ip != our_ipv6)
+    });
+    if !stale && !stale_v6 {
         return Ok(None);
     }
 
@@ -129,6 +172,16 @@ pub fn annotation_patch(
     if !(ours.backend_type == "vxlan" && ours.backend_data == "null") {
         wanted.insert(keys.backend_data.clone(), ours.backend_data.clone());
         wanted.insert(keys.public_ip.clone(), overwrite.unwrap_or(our_ip));
+    }
+    let v6_written = (ours.backend_type == "vxlan" && ours.backend_v6_data != "null")
+        || (ours.backend_type == "host-gw" && our_ipv6.is_some());
+    if v6_written {
+        wanted.insert(keys.backend_v6_data.clone(), ours.backend_v6_data.clone());
+        // flanneld would dereference a nil PublicIPv6 here; weft writes
+        // nothing instead.
+        if let Some(ip) = overwrite_v6.or(our_ipv6) {
+            wanted.insert(keys.public_ipv6.clone(), ip);
+        }
     }
     wanted.insert(keys.kube_subnet_manager.clone(), "true".to_owned());
     wanted.retain(|key, value| current.get(key) != Some(value));
@@ -211,6 +264,8 @@ mod tests {
             backend_type: "vxlan".into(),
             backend_data: VXLAN_DATA.into(),
             public_ip: Ipv4Addr::new(192, 168, 50, 2),
+            public_ipv6: None,
+            backend_v6_data: "null".into(),
         }
     }
 
@@ -379,6 +434,8 @@ mod tests {
             backend_type: "host-gw".into(),
             backend_data: "null".into(),
             public_ip: Ipv4Addr::new(192, 168, 50, 3),
+            public_ipv6: None,
+            backend_v6_data: "null".into(),
         };
         assert_eq!(
             annotation_patch(&keys(), &kubelet_node(), &host_gw).unwrap(),
@@ -423,5 +480,124 @@ mod tests {
                 "example.com/weft-public-ip",
             ]
         );
+    }
+
+    const VXLAN_V6_DATA: &str = r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:06"}"#;
+
+    /// A dual-stack vxlan node, as flanneld v0.20.2's vxlan backend hands
+    /// its attrs to `AcquireLease`.
+    fn dual_vxlan() -> Announcement {
+        Announcement {
+            public_ipv6: Some("fd50::2".parse().unwrap()),
+            backend_v6_data: VXLAN_V6_DATA.into(),
+            ..vxlan()
+        }
+    }
+
+    #[test]
+    fn a_fresh_dual_stack_node_gets_flanneld_s_six_annotations_byte_for_byte() {
+        let patch = annotation_patch(&keys(), &kubelet_node(), &dual_vxlan()).unwrap();
+        assert_eq!(
+            patch,
+            Some(map(&[
+                ("flannel.alpha.coreos.com/backend-data", VXLAN_DATA),
+                ("flannel.alpha.coreos.com/backend-type", "vxlan"),
+                ("flannel.alpha.coreos.com/backend-v6-data", VXLAN_V6_DATA),
+                ("flannel.alpha.coreos.com/kube-subnet-manager", "true"),
+                ("flannel.alpha.coreos.com/public-ip", "192.168.50.2"),
+                ("flannel.alpha.coreos.com/public-ipv6", "fd50::2"),
+            ]))
+        );
+        let now = applied(kubelet_node(), patch);
+        assert_eq!(
+            annotation_patch(&keys(), &now, &dual_vxlan()).unwrap(),
+            None
+        );
+        // Only the IPv6 annotations are stale: only they are written.
+        let moved = Announcement {
+            public_ipv6: Some("fd50::9".parse().unwrap()),
+            ..dual_vxlan()
+        };
+        assert_eq!(
+            annotation_patch(&keys(), &now, &moved).unwrap(),
+            Some(map(&[("flannel.alpha.coreos.com/public-ipv6", "fd50::9")]))
+        );
+        let mut tampered = now.clone();
+        tampered.insert(
+            "flannel.alpha.coreos.com/backend-v6-data".into(),
+            r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:66"}"#.into(),
+        );
+        assert_eq!(
+            annotation_patch(&keys(), &tampered, &dual_vxlan()).unwrap(),
+            Some(map(&[(
+                "flannel.alpha.coreos.com/backend-v6-data",
+                VXLAN_V6_DATA
+            )]))
+        );
+        // An IPv4-only node leaves the IPv6 annotations alone, whatever they say.
+        let mut stray = now;
+        stray.insert("flannel.alpha.coreos.com/public-ipv6".into(), "junk".into());
+        assert_eq!(annotation_patch(&keys(), &stray, &vxlan()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_dual_stack_host_gw_node_writes_null_v6_data_and_its_ipv6() {
+        let host_gw = Announcement {
+            backend_type: "host-gw".into(),
+            backend_data: "null".into(),
+            public_ip: Ipv4Addr::new(192, 168, 50, 3),
+            public_ipv6: Some("fd50::3".parse().unwrap()),
+            backend_v6_data: "null".into(),
+        };
+        assert_eq!(
+            annotation_patch(&keys(), &kubelet_node(), &host_gw).unwrap(),
+            Some(map(&[
+                ("flannel.alpha.coreos.com/backend-data", "null"),
+                ("flannel.alpha.coreos.com/backend-type", "host-gw"),
+                ("flannel.alpha.coreos.com/backend-v6-data", "null"),
+                ("flannel.alpha.coreos.com/kube-subnet-manager", "true"),
+                ("flannel.alpha.coreos.com/public-ip", "192.168.50.3"),
+                ("flannel.alpha.coreos.com/public-ipv6", "fd50::3"),
+            ]))
+        );
+    }
+
+    #[test]
+    fn the_public_ipv6_overwrite_is_what_peers_are_told_and_checked() {
+        let mut current = kubelet_node();
+        current.insert(
+            "flannel.alpha.coreos.com/public-ipv6-overwrite".into(),
+            "2001:db8::7".into(),
+        );
+        let patch = annotation_patch(&keys(), &current, &dual_vxlan())
+            .unwrap()
+            .unwrap();
+        assert_eq!(patch["flannel.alpha.coreos.com/public-ipv6"], "2001:db8::7");
+        assert_eq!(patch["flannel.alpha.coreos.com/public-ip"], "192.168.50.2");
+        let now = applied(current, Some(patch));
+        assert_eq!(
+            annotation_patch(&keys(), &now, &dual_vxlan()).unwrap(),
+            None
+        );
+        for value in [
+            "192.168.50.2",
+            "2001:db8::7/128",
+            "fd50::2 ",
+            "fe80::1%eth0",
+        ] {
+            let mut hostile = kubelet_node();
+            hostile.insert(
+                "flannel.alpha.coreos.com/public-ipv6-overwrite".into(),
+                value.into(),
+            );
+            assert_eq!(
+                annotation_patch(&keys(), &hostile, &dual_vxlan())
+                    .unwrap_err()
+                    .to_string(),
+                format!(
+                    "the annotation flannel.alpha.coreos.com/public-ipv6-overwrite is {value:?}, not an IPv6 address"
+                )
+            );
+        }
     }
 }

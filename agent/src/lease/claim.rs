@@ -6,10 +6,10 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher as _};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{
-    LeaseAttrs, subnet_of_key,
+    LeaseAttrs, subnets_of_key,
     validate::{MAX_VALUE_LEN, Rejection, Rule},
 };
 
@@ -20,6 +20,12 @@ pub struct Claim {
     pub id: String,
     /// The subnet claimed, or why none can be read from the claim.
     pub subnet: Result<Ipv4Net, Rejection>,
+    /// The IPv6 subnet claimed next to it, in a dual-stack claim (the
+    /// `&<v6>` half of an etcd key, a Node's IPv6 podCIDR), or why the
+    /// claim's IPv6 half cannot be read (a Node's IPv6 podCIDR or
+    /// annotations): only a dual-stack network judges it, an IPv4-only one
+    /// ignores the IPv6 half.
+    pub subnet_v6: Result<Option<Ipv6Net>, Rejection>,
     /// What the claimant announces, or why it cannot be read.
     pub attrs: Result<LeaseAttrs, Rejection>,
     /// Which of two clashing claims is older (the older one wins): etcd's
@@ -41,11 +47,14 @@ pub enum ClaimEvent {
 }
 
 impl Claim {
-    /// An etcd lease: key `<prefix>/subnets/10.244.3.0-24`, value
-    /// flanneld's JSON.
+    /// An etcd lease: key `<prefix>/subnets/10.244.3.0-24` (or
+    /// `...-24&fd00:12:13::-56`), value flanneld's JSON.
     pub fn from_lease(key: &str, value: &[u8], create_revision: i64) -> Self {
-        let subnet = subnet_of_key(key)
+        let subnets = subnets_of_key(key)
             .map_err(|error| Rejection::new(Rule::MalformedKey, format!("{error:#}")));
+        // A malformed key is the IPv4 half's rejection already.
+        let subnet_v6 = Ok(subnets.as_ref().ok().and_then(|subnets| subnets.v6));
+        let subnet = subnets.map(|subnets| subnets.v4);
         let attrs = if value.len() > MAX_VALUE_LEN {
             Err(Rejection::new(
                 Rule::ValueTooLarge,
@@ -61,6 +70,7 @@ impl Claim {
         Self {
             id: key.to_owned(),
             subnet,
+            subnet_v6,
             attrs,
             age: create_revision,
             fingerprint: fingerprint(value),

@@ -8,16 +8,17 @@
 //! usable: it is removed like a delete. Two claimants of one subnet (two
 //! Nodes given the same podCIDR) are both kept; the older one is used.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::warn;
 
 use super::{
     MacAddr,
     claim::Claim,
     validate::{
-        AcceptedPeer, Candidate, LeasePolicy, Rejection, Rule, overlapping, resolve_overlaps,
+        AcceptedPeer, Candidate, LeasePolicy, OwnSubnets, Rejection, Rule, overlapping,
+        overlapping_v6, resolve_overlaps,
     },
 };
 
@@ -39,6 +40,9 @@ pub struct PeerTable {
     claimed: BTreeMap<String, Ipv4Net>,
     /// How many candidates carry each VTEP MAC (more than one: a clash).
     macs: BTreeMap<MacAddr, usize>,
+    /// The same for the IPv6 halves: subnets and `flannel-v6` VTEP MACs.
+    subnets_v6: BTreeMap<Ipv6Net, usize>,
+    macs_v6: BTreeMap<MacAddr, usize>,
     /// The leases in use: the candidates that overlap no older one.
     peers: BTreeMap<Ipv4Net, AcceptedPeer>,
     /// Rejections already logged: claim id -> (value fingerprint, rule).
@@ -67,6 +71,8 @@ impl PeerTable {
             candidate_count: 0,
             claimed: BTreeMap::new(),
             macs: BTreeMap::new(),
+            subnets_v6: BTreeMap::new(),
+            macs_v6: BTreeMap::new(),
             peers: BTreeMap::new(),
             reported: BTreeMap::new(),
             rejections: BTreeMap::new(),
@@ -83,8 +89,9 @@ impl PeerTable {
     }
 
     /// Replaces the table with a full listing; returns what changed.
-    /// `own` (our subnet) is never a peer.
-    pub fn resync(&mut self, claims: &[Claim], own: Option<Ipv4Net>) -> Vec<PeerChange> {
+    /// `own` (our subnets) is never a peer.
+    pub fn resync(&mut self, claims: &[Claim], own: impl Into<OwnSubnets>) -> Vec<PeerChange> {
+        let own = own.into();
         let mut usable = Vec::new();
         for claim in claims {
             match self.judge(claim, own) {
@@ -103,6 +110,8 @@ impl PeerTable {
         self.candidate_count = 0;
         self.claimed.clear();
         self.macs.clear();
+        self.subnets_v6.clear();
+        self.macs_v6.clear();
         for (subnet, candidate) in usable {
             self.set_candidate(subnet, &candidate.id.clone(), Some(candidate));
         }
@@ -110,7 +119,8 @@ impl PeerTable {
     }
 
     /// A claim is new or changed.
-    pub fn put(&mut self, claim: &Claim, own: Option<Ipv4Net>) -> Vec<PeerChange> {
+    pub fn put(&mut self, claim: &Claim, own: impl Into<OwnSubnets>) -> Vec<PeerChange> {
+        let own = own.into();
         let judgement = self.judge(claim, own);
         // The subnet this claimant held before, if the claim now names
         // another one (or none): it is given up.
@@ -160,9 +170,13 @@ impl PeerTable {
         let claimants = self.candidates.entry(subnet).or_default();
         let old = match candidate {
             Some(candidate) => {
-                if let Some(mac) = candidate.peer.vtep_mac() {
-                    *self.macs.entry(mac).or_default() += 1;
-                }
+                count(&mut self.macs, candidate.peer.vtep_mac(), 1);
+                count(&mut self.macs_v6, candidate.peer.vtep_v6_mac(), 1);
+                count(
+                    &mut self.subnets_v6,
+                    candidate.peer.v6.map(|v6| v6.subnet),
+                    1,
+                );
                 self.claimed.insert(id.to_owned(), subnet);
                 claimants.insert(id.to_owned(), candidate)
             }
@@ -180,17 +194,14 @@ impl PeerTable {
             (true, false) => self.candidate_count -= 1,
             _ => {}
         }
-        if let Some(mac) = old.as_ref().and_then(|old| old.peer.vtep_mac())
-            && let Some(count) = self.macs.get_mut(&mac)
-        {
-            *count -= 1;
-            if *count == 0 {
-                self.macs.remove(&mac);
-            }
+        if let Some(old) = old {
+            count(&mut self.macs, old.peer.vtep_mac(), -1);
+            count(&mut self.macs_v6, old.peer.vtep_v6_mac(), -1);
+            count(&mut self.subnets_v6, old.peer.v6.map(|v6| v6.subnet), -1);
         }
     }
 
-    fn judge(&self, claim: &Claim, own: Option<Ipv4Net>) -> Judgement {
+    fn judge(&self, claim: &Claim, own: OwnSubnets) -> Judgement {
         crate::metrics::global().lease_seen();
         let rejected = |subnet, rejection: &Rejection| Judgement::Rejected {
             subnet,
@@ -205,7 +216,15 @@ impl PeerTable {
             Ok(attrs) => attrs,
             Err(rejection) => return rejected(Some(subnet), rejection),
         };
-        let peer = match self.policy.check(subnet, attrs, own) {
+        let subnet_v6 = match &claim.subnet_v6 {
+            Ok(subnet_v6) => *subnet_v6,
+            Err(rejection) if self.policy.is_dual_stack() => {
+                return rejected(Some(subnet), rejection);
+            }
+            // An IPv4-only network ignores the IPv6 half.
+            Err(_) => None,
+        };
+        let peer = match self.policy.check_claim(subnet, subnet_v6, attrs, own) {
             Ok(peer) => peer,
             Err(rejection) => return rejected(Some(subnet), &rejection),
         };
@@ -265,12 +284,16 @@ impl PeerTable {
         let others_in_peers = self.peers.len() - self.peers.contains_key(&touched) as usize;
         let nothing_shadowed = others_in_candidates == others_in_peers;
         let candidate = claimants.and_then(|claimants| claimants.values().next());
-        let mac_shared = candidate
-            .and_then(|candidate| candidate.peer.vtep_mac())
-            .is_some_and(|mac| self.macs.get(&mac).is_some_and(|count| *count > 1));
+        let peer = candidate.map(|candidate| candidate.peer);
+        let mac_shared = shared(&self.macs, peer.and_then(|peer| peer.vtep_mac()))
+            || shared(&self.macs_v6, peer.and_then(|peer| peer.vtep_v6_mac()));
+        let subnet_v6 = peer.and_then(|peer| peer.v6).map(|v6| v6.subnet);
+        let v6_clash = shared(&self.subnets_v6, subnet_v6)
+            || subnet_v6.is_some_and(|subnet| !overlapping_v6(&self.subnets_v6, subnet).is_empty());
         if !nothing_shadowed
             || touched_count > 1
             || mac_shared
+            || v6_clash
             || !overlapping(&self.candidates, touched).is_empty()
         {
             return self.settle_all();
@@ -337,6 +360,34 @@ impl PeerTable {
         }
         self.peers = accepted;
         changes
+    }
+}
+
+/// Whether more than one candidate holds `key`.
+fn shared<K: Ord>(counts: &BTreeMap<K, usize>, key: Option<K>) -> bool {
+    key.is_some_and(|key| counts.get(&key).is_some_and(|count| *count > 1))
+}
+
+/// Adds `delta` to `key`'s count (nothing without a key), dropping a
+/// count that reaches zero.
+fn count<K: Ord>(counts: &mut BTreeMap<K, usize>, key: Option<K>, delta: isize) {
+    let Some(key) = key else {
+        return;
+    };
+    match counts.entry(key) {
+        Entry::Occupied(mut entry) => {
+            let value = entry.get().saturating_add_signed(delta);
+            if value == 0 {
+                entry.remove();
+            } else {
+                *entry.get_mut() = value;
+            }
+        }
+        Entry::Vacant(entry) => {
+            if delta > 0 {
+                entry.insert(delta.unsigned_abs());
+            }
+        }
     }
 }
 

@@ -6,14 +6,12 @@ use std::{
     time::Duration,
 };
 
+use super::{LeaseAttrs, LeaseSubnets, lease_key, subnets_prefix};
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
     PutOptions, TlsOptions, Txn, TxnOp, WatchClient, WatchOptions, WatchStream,
 };
-use ipnet::Ipv4Net;
-
-use super::{LeaseAttrs, key, subnets_prefix};
 
 /// How to reach etcd: flanneld's flags.
 #[derive(Clone, Debug, Default)]
@@ -201,18 +199,27 @@ impl Registry {
         Ok((leases, revision))
     }
 
-    /// Creates the lease for `subnet` only if nobody holds it: a transaction
-    /// `If(Version(key) == 0) Then(Put)`. Returns false when another node won.
+    /// Creates the lease for `subnets` only if no key holds its IPv4
+    /// subnet, whatever IPv6 half that key pairs it with: a transaction
+    /// `If(Version(range) == 0) Then(Put)` over every key `<v4>-<len>` or
+    /// `<v4>-<len>&...` (they sort from `<v4>-<len>` to before
+    /// `<v4>-<len>'`, `'` being the character after `&`). Comparing our
+    /// own key alone would let two nodes take one IPv4 subnet with
+    /// different IPv6 halves. Returns the revision of our creation, or
+    /// `None` when another node won.
     pub async fn create(
         &mut self,
-        subnet: &Ipv4Net,
+        subnets: &LeaseSubnets,
         attrs: &LeaseAttrs,
         ttl: Duration,
-    ) -> Result<bool> {
-        let key = key(&self.prefix, subnet);
+    ) -> Result<Option<i64>> {
+        let key = lease_key(&self.prefix, subnets);
+        let v4_key = lease_key(&self.prefix, &LeaseSubnets::v4(subnets.v4));
+        let v4_keys_end = format!("{v4_key}'");
         let lease = self.grant(ttl).await?;
         let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .when([Compare::version(v4_key.as_str(), CompareOp::Equal, 0)
+                .with_range(v4_keys_end.as_str())])
             .and_then([TxnOp::put(
                 key.as_str(),
                 attrs.to_json(),
@@ -226,19 +233,24 @@ impl Registry {
         if !response.succeeded() {
             // Nothing is attached to the grant; let it go rather than wait 24 h.
             let _ = self.client.lease_revoke(lease).await;
+            return Ok(None);
         }
-        Ok(response.succeeded())
+        let revision = response
+            .header()
+            .map(|header| header.revision())
+            .ok_or_else(|| anyhow!("etcd answered the creation of {key} without a revision"))?;
+        Ok(Some(revision))
     }
 
     /// Writes our lease again under a fresh TTL (renewal, or taking back our
     /// own lease with updated attributes).
     pub async fn renew(
         &mut self,
-        subnet: &Ipv4Net,
+        subnets: &LeaseSubnets,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<()> {
-        let key = key(&self.prefix, subnet);
+        let key = lease_key(&self.prefix, subnets);
         let lease = self.grant(ttl).await?;
         self.client
             .put(
@@ -248,6 +260,15 @@ impl Registry {
             )
             .await
             .with_context(|| format!("cannot renew {key}"))?;
+        Ok(())
+    }
+
+    /// Deletes a lease key (our own lease that no longer fits the config).
+    pub async fn delete(&mut self, key: &str) -> Result<()> {
+        self.client
+            .delete(key, None)
+            .await
+            .with_context(|| format!("cannot delete {key}"))?;
         Ok(())
     }
 

@@ -5,11 +5,28 @@
 //!
 //! Pure functions: the peer table applies them, identically, to listings and
 //! watch events, before anything reaches the kernel or a map.
+//!
+//! Dual-stack (issue #23): in a network with `EnableIPv6`, a claim's IPv6
+//! half (the `&<v6>` of its key, `PublicIPv6`, `BackendV6Data`) is checked
+//! by rules of its own, the IPv4 rules' twins. A claim whose IPv6 half
+//! breaks one is rejected whole, as a malformed value is: a peer is
+//! programmed with both halves or not at all, never half. A claim with no
+//! IPv6 half at all is an IPv4-only peer (`v6: None`), as flannel takes it;
+//! in an IPv4-only network the IPv6 half is ignored once the key parses (a
+//! key whose IPv6 half does not parse is `malformed_key` in any network, as
+//! flanneld's `ParseSubnetKey` refuses it).
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+mod subnet_rules;
 
-use ipnet::Ipv4Net;
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use self::subnet_rules::SubnetBounds;
 use super::{LeaseAttrs, MacAddr};
 use crate::config::NetworkConfig;
 
@@ -38,10 +55,22 @@ pub enum Rule {
     VniMismatch,
     VtepMacNotUnicast,
     VtepMacInUse,
+    Ipv6HalfIncomplete,
+    Ipv6SubnetOutsideNetwork,
+    Ipv6SubnetOverlapsOwn,
+    Ipv6SubnetWrongPrefix,
+    Ipv6SubnetOutsideRange,
+    Ipv6SubnetOverlapsPeer,
+    PublicIpv6Ours,
+    PublicIpv6NotUnicast,
+    PublicIpv6InsideNetwork,
+    Ipv6VniMismatch,
+    Ipv6VtepMacNotUnicast,
+    Ipv6VtepMacInUse,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 17] = [
+    pub const ALL: [Rule; 29] = [
         Rule::MalformedKey,
         Rule::ValueTooLarge,
         Rule::MalformedValue,
@@ -59,6 +88,18 @@ impl Rule {
         Rule::VniMismatch,
         Rule::VtepMacNotUnicast,
         Rule::VtepMacInUse,
+        Rule::Ipv6HalfIncomplete,
+        Rule::Ipv6SubnetOutsideNetwork,
+        Rule::Ipv6SubnetOverlapsOwn,
+        Rule::Ipv6SubnetWrongPrefix,
+        Rule::Ipv6SubnetOutsideRange,
+        Rule::Ipv6SubnetOverlapsPeer,
+        Rule::PublicIpv6Ours,
+        Rule::PublicIpv6NotUnicast,
+        Rule::PublicIpv6InsideNetwork,
+        Rule::Ipv6VniMismatch,
+        Rule::Ipv6VtepMacNotUnicast,
+        Rule::Ipv6VtepMacInUse,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +121,18 @@ impl Rule {
             Rule::VniMismatch => "vni_mismatch",
             Rule::VtepMacNotUnicast => "vtep_mac_not_unicast",
             Rule::VtepMacInUse => "vtep_mac_in_use",
+            Rule::Ipv6HalfIncomplete => "ipv6_half_incomplete",
+            Rule::Ipv6SubnetOutsideNetwork => "ipv6_subnet_outside_network",
+            Rule::Ipv6SubnetOverlapsOwn => "ipv6_subnet_overlaps_own",
+            Rule::Ipv6SubnetWrongPrefix => "ipv6_subnet_wrong_prefix",
+            Rule::Ipv6SubnetOutsideRange => "ipv6_subnet_outside_range",
+            Rule::Ipv6SubnetOverlapsPeer => "ipv6_subnet_overlaps_peer",
+            Rule::PublicIpv6Ours => "public_ipv6_ours",
+            Rule::PublicIpv6NotUnicast => "public_ipv6_not_unicast",
+            Rule::PublicIpv6InsideNetwork => "public_ipv6_inside_network",
+            Rule::Ipv6VniMismatch => "ipv6_vni_mismatch",
+            Rule::Ipv6VtepMacNotUnicast => "ipv6_vtep_mac_not_unicast",
+            Rule::Ipv6VtepMacInUse => "ipv6_vtep_mac_in_use",
         }
     }
 }
@@ -113,6 +166,19 @@ impl Rejection {
 pub struct AcceptedPeer {
     pub public_ip: Ipv4Addr,
     pub backend: PeerBackend,
+    /// The peer's IPv6 half, when both it and this network are dual-stack
+    /// (issue #23): its subnet, underlay address and v6 backend, checked by
+    /// the same rules as the IPv4 half.
+    pub v6: Option<AcceptedPeerV6>,
+}
+
+/// A dual-stack peer's IPv6 half: `<v4>&<v6>` key's v6 subnet,
+/// `PublicIPv6`, and `BackendV6Data` (the `flannel-v6.<VNI>` VTEP MAC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptedPeerV6 {
+    pub subnet: Ipv6Net,
+    pub public_ip: Ipv6Addr,
+    pub backend: PeerBackend,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,10 +189,35 @@ pub enum PeerBackend {
 
 impl AcceptedPeer {
     pub fn vtep_mac(&self) -> Option<MacAddr> {
-        match self.backend {
+        self.backend.vtep_mac()
+    }
+
+    /// The VTEP MAC of the IPv6 half (`flannel-v6.<VNI>`'s fdb), if any.
+    pub fn vtep_v6_mac(&self) -> Option<MacAddr> {
+        self.v6.and_then(|v6| v6.backend.vtep_mac())
+    }
+}
+
+impl PeerBackend {
+    pub fn vtep_mac(&self) -> Option<MacAddr> {
+        match *self {
             PeerBackend::Vxlan { vtep_mac } => Some(vtep_mac),
             PeerBackend::HostGw => None,
         }
+    }
+}
+
+/// This node's own subnets, which no peer may overlap: the IPv4 one, and
+/// in a dual-stack network the IPv6 one. `None` before one is taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnSubnets {
+    pub v4: Option<Ipv4Net>,
+    pub v6: Option<Ipv6Net>,
+}
+
+impl From<Option<Ipv4Net>> for OwnSubnets {
+    fn from(v4: Option<Ipv4Net>) -> Self {
+        Self { v4, v6: None }
     }
 }
 
@@ -146,6 +237,22 @@ pub struct LeasePolicy {
     /// Our VTEP MAC: the kernel's fdb holds one destination per MAC, so a
     /// peer lease with it would take our own entry over.
     our_vtep_mac: Option<MacAddr>,
+    /// The rules of a claim's IPv6 half, in a dual-stack network.
+    ipv6: Option<Ipv6Policy>,
+}
+
+/// What a claim's IPv6 half must agree with: `IPv6Network` and its
+/// allocator settings, and this node's IPv6 underlay address and
+/// `flannel-v6.<VNI>` MAC.
+#[derive(Clone, Debug)]
+struct Ipv6Policy {
+    network: Ipv6Net,
+    subnet_len: u8,
+    subnet_len_source: &'static str,
+    subnet_min: Ipv6Addr,
+    subnet_max: Ipv6Addr,
+    our_public_ip: Option<Ipv6Addr>,
+    our_vtep_mac: Option<MacAddr>,
 }
 
 impl LeasePolicy {
@@ -164,7 +271,36 @@ impl LeasePolicy {
             vni: config.backend.vni(),
             our_public_ip,
             our_vtep_mac,
+            ipv6: config.ipv6.as_ref().map(|ipv6| Ipv6Policy {
+                network: ipv6.network,
+                subnet_len: ipv6.subnet_len,
+                subnet_len_source: "IPv6SubnetLen",
+                subnet_min: ipv6.subnet_min,
+                subnet_max: ipv6.subnet_max,
+                our_public_ip: None,
+                our_vtep_mac: None,
+            }),
         }
+    }
+
+    /// This node's own IPv6 underlay address (`PublicIPv6`) and
+    /// `flannel-v6.<VNI>` MAC, which no peer may announce. Nothing in an
+    /// IPv4-only network.
+    pub fn with_own_ipv6(
+        mut self,
+        public_ipv6: Option<Ipv6Addr>,
+        vtep_v6_mac: Option<MacAddr>,
+    ) -> Self {
+        if let Some(ipv6) = self.ipv6.as_mut() {
+            ipv6.our_public_ip = public_ipv6;
+            ipv6.our_vtep_mac = vtep_v6_mac;
+        }
+        self
+    }
+
+    /// Whether claims' IPv6 halves are checked and used (`EnableIPv6`).
+    pub fn is_dual_stack(&self) -> bool {
+        self.ipv6.is_some()
     }
 
     /// The policy for Kubernetes podCIDRs: the controller manager gives
@@ -181,6 +317,22 @@ impl LeasePolicy {
         self
     }
 
+    /// [`Self::for_pod_cidrs`] for the IPv6 podCIDRs: as long as our own
+    /// IPv6 podCIDR (the controller manager's
+    /// `--node-cidr-mask-size-ipv6`) and inside IPv6Network. Without an
+    /// IPv6 podCIDR of our own, IPv6SubnetLen still says the length.
+    pub fn for_pod_cidrs_v6(mut self, prefix_len: Option<u8>) -> Self {
+        if let Some(ipv6) = self.ipv6.as_mut() {
+            if let Some(len) = prefix_len {
+                ipv6.subnet_len = len;
+                ipv6.subnet_len_source = "this node's IPv6 podCIDR";
+            }
+            ipv6.subnet_min = ipv6.network.network();
+            ipv6.subnet_max = ipv6.network.broadcast();
+        }
+        self
+    }
+
     /// The rules one lease must pass on its own, in the order they are
     /// checked (the first broken one is reported). Overlap between peers
     /// needs the other leases: see [`resolve_overlaps`].
@@ -190,44 +342,40 @@ impl LeasePolicy {
         attrs: &LeaseAttrs,
         own: Option<Ipv4Net>,
     ) -> Result<AcceptedPeer, Rejection> {
-        let network = self.network;
-        if !network.contains(&subnet) {
-            return Err(Rejection::new(
-                Rule::SubnetOutsideNetwork,
-                format!("subnet {subnet} is not inside Network {network}"),
-            ));
-        }
-        // Before the prefix rule: overlapping our own subnet is the more
-        // telling fact, and ours needs no tie-break.
-        if let Some(own) = own.filter(|own| overlap(*own, subnet)) {
-            return Err(Rejection::new(
-                Rule::SubnetOverlapsOwn,
-                format!("subnet {subnet} overlaps our own lease {own}"),
-            ));
-        }
-        if subnet.prefix_len() != self.subnet_len {
-            return Err(Rejection::new(
-                Rule::SubnetWrongPrefix,
-                format!(
-                    "subnet {subnet} is not a /{} ({})",
-                    self.subnet_len, self.subnet_len_source
-                ),
-            ));
-        }
-        if subnet.network() < self.subnet_min || subnet.network() > self.subnet_max {
-            return Err(Rejection::new(
-                Rule::SubnetOutsideRange,
-                format!(
-                    "subnet {subnet} is outside SubnetMin {} .. SubnetMax {}",
-                    self.subnet_min, self.subnet_max
-                ),
-            ));
-        }
+        subnet_rules::IPV4.check(subnet.into(), own.map(IpNet::from), &self.subnet_bounds())?;
         self.check_public_ip(attrs.public_ip)?;
         Ok(AcceptedPeer {
             public_ip: attrs.public_ip,
             backend: self.check_backend(attrs)?,
+            v6: None,
         })
+    }
+
+    /// [`Self::check`] for a whole claim, both halves: the IPv4 half first,
+    /// then (in a dual-stack network) the IPv6 half, whose rules are the
+    /// IPv4 ones' twins. A broken IPv6 half rejects the whole claim.
+    pub fn check_claim(
+        &self,
+        subnet: Ipv4Net,
+        subnet_v6: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        own: OwnSubnets,
+    ) -> Result<AcceptedPeer, Rejection> {
+        let mut peer = self.check(subnet, attrs, own.v4)?;
+        if let Some(ipv6) = &self.ipv6 {
+            peer.v6 = ipv6.check(subnet_v6, attrs, own.v6, self.backend_type, self.vni)?;
+        }
+        Ok(peer)
+    }
+
+    fn subnet_bounds(&self) -> SubnetBounds {
+        SubnetBounds {
+            network: self.network.into(),
+            subnet_len: self.subnet_len,
+            subnet_len_source: self.subnet_len_source,
+            subnet_min: self.subnet_min.into(),
+            subnet_max: self.subnet_max.into(),
+        }
     }
 
     fn check_public_ip(&self, ip: Ipv4Addr) -> Result<(), Rejection> {
@@ -296,6 +444,143 @@ impl LeasePolicy {
     }
 }
 
+impl Ipv6Policy {
+    /// The IPv6 half of a claim whose IPv4 half passed (so its
+    /// BackendType is the network's): `None` when it has none.
+    fn check(
+        &self,
+        subnet: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        own: Option<Ipv6Net>,
+        backend_type: &str,
+        vni: Option<u32>,
+    ) -> Result<Option<AcceptedPeerV6>, Rejection> {
+        let incomplete = |reason: String| Err(Rejection::new(Rule::Ipv6HalfIncomplete, reason));
+        let (subnet, public_ip) = match (subnet, attrs.public_ipv6) {
+            (None, None) => {
+                if let Some(data) = &attrs.backend_v6_data {
+                    return incomplete(format!(
+                        "BackendV6Data (VtepMAC {}) comes without an IPv6 subnet and PublicIPv6",
+                        data.vtep_mac
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(subnet), None) => {
+                return incomplete(format!("IPv6 subnet {subnet} comes without a PublicIPv6"));
+            }
+            (None, Some(ip)) => {
+                return incomplete(format!("PublicIPv6 {ip} comes without an IPv6 subnet"));
+            }
+            (Some(subnet), Some(ip)) => (subnet, ip),
+        };
+        subnet_rules::IPV6.check(subnet.into(), own.map(IpNet::from), &self.subnet_bounds())?;
+        self.check_public_ip(public_ip)?;
+        let backend = match vni {
+            None => PeerBackend::HostGw,
+            Some(vni) => {
+                let Some(data) = &attrs.backend_v6_data else {
+                    return incomplete(format!(
+                        "a {backend_type} lease with an IPv6 half needs BackendV6Data with VNI and VtepMAC"
+                    ));
+                };
+                if data.vni != vni {
+                    return Err(Rejection::new(
+                        Rule::Ipv6VniMismatch,
+                        format!(
+                            "BackendV6Data VNI {} is not the network's VNI {vni}",
+                            data.vni
+                        ),
+                    ));
+                }
+                if !is_unicast_mac(data.vtep_mac) {
+                    return Err(Rejection::new(
+                        Rule::Ipv6VtepMacNotUnicast,
+                        format!(
+                            "BackendV6Data VtepMAC {} is not a unicast MAC",
+                            data.vtep_mac
+                        ),
+                    ));
+                }
+                if Some(data.vtep_mac) == self.our_vtep_mac {
+                    return Err(Rejection::new(
+                        Rule::Ipv6VtepMacInUse,
+                        format!(
+                            "BackendV6Data VtepMAC {} is this node's own IPv6 VTEP MAC",
+                            data.vtep_mac
+                        ),
+                    ));
+                }
+                PeerBackend::Vxlan {
+                    vtep_mac: data.vtep_mac,
+                }
+            }
+        };
+        Ok(Some(AcceptedPeerV6 {
+            subnet,
+            public_ip,
+            backend,
+        }))
+    }
+
+    fn subnet_bounds(&self) -> SubnetBounds {
+        SubnetBounds {
+            network: self.network.into(),
+            subnet_len: self.subnet_len,
+            subnet_len_source: self.subnet_len_source,
+            subnet_min: self.subnet_min.into(),
+            subnet_max: self.subnet_max.into(),
+        }
+    }
+
+    fn check_public_ip(&self, ip: Ipv6Addr) -> Result<(), Rejection> {
+        if Some(ip) == self.our_public_ip {
+            return Err(Rejection::new(
+                Rule::PublicIpv6Ours,
+                format!("PublicIPv6 {ip} is this node's own address"),
+            ));
+        }
+        if let Some(kind) = not_unicast_v6(ip) {
+            return Err(Rejection::new(
+                Rule::PublicIpv6NotUnicast,
+                format!("PublicIPv6 {ip} is {kind}, not a unicast node address"),
+            ));
+        }
+        if self.network.contains(&ip) {
+            return Err(Rejection::new(
+                Rule::PublicIpv6InsideNetwork,
+                format!("PublicIPv6 {ip} is inside IPv6Network {}", self.network),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why `ip` cannot be another node's IPv6 underlay address, if it cannot.
+/// Link-local (fe80::/10) needs an interface to mean anything and is never
+/// routed off the link; an IPv4-mapped address (`::ffff:0:0/96`) is an
+/// IPv4 address in IPv6 clothing, which would send VXLAN-over-IPv6 to
+/// wherever the IPv4 stack says; the IPv4-compatible block (`::/96`,
+/// deprecated) likewise.
+fn not_unicast_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    let segments = ip.segments();
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.is_unicast_link_local() {
+        Some("link-local")
+    } else if ip.to_ipv4_mapped().is_some() {
+        Some("IPv4-mapped (::ffff:0:0/96)")
+    } else if segments[..6] == [0; 6] {
+        Some("IPv4-compatible (::/96, deprecated)")
+    } else {
+        None
+    }
+}
+
 /// Why `ip` cannot be another node's underlay address, if it cannot.
 /// Link-local (169.254/16) is refused too: it is never routed off the link,
 /// and it holds cloud metadata services (169.254.169.254), where a forged
@@ -323,10 +608,6 @@ fn not_unicast(ip: Ipv4Addr) -> Option<&'static str> {
 /// Not multicast (the group bit of the first byte) and not all zero.
 fn is_unicast_mac(mac: MacAddr) -> bool {
     mac.0[0] & 0x01 == 0 && mac.0 != [0; 6]
-}
-
-fn overlap(a: Ipv4Net, b: Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// A lease that passed [`LeasePolicy::check`], with what the overlap
@@ -364,9 +645,15 @@ pub fn resolve_overlaps<'a>(
     let mut accepted: Winners = BTreeMap::new();
     let mut winners: BTreeMap<Ipv4Net, &str> = BTreeMap::new();
     let mut mac_holders: BTreeMap<MacAddr, &str> = BTreeMap::new();
+    // The IPv6 halves of the winners: their subnets and their
+    // `flannel-v6.<VNI>` MACs (another device, another fdb).
+    let mut winners_v6: BTreeMap<Ipv6Net, &str> = BTreeMap::new();
+    let mut mac_v6_holders: BTreeMap<MacAddr, &str> = BTreeMap::new();
     let mut losers = Vec::new();
     for (subnet, candidate) in by_age {
         let mac = candidate.peer.vtep_mac();
+        let v6 = candidate.peer.v6;
+        let mac_v6 = candidate.peer.vtep_v6_mac();
         let lose =
             |reason: String, rule| (subnet, candidate.id.clone(), Rejection::new(rule, reason));
         if let Some(holder) = winners.get(&subnet) {
@@ -390,10 +677,41 @@ pub fn resolve_overlaps<'a>(
                 ),
                 Rule::VtepMacInUse,
             ));
+        } else if let Some((older, holder)) = v6.and_then(|v6| {
+            overlapping_v6(&winners_v6, v6.subnet)
+                .first()
+                .map(|older| (*older, winners_v6[older]))
+                .or_else(|| {
+                    winners_v6
+                        .get(&v6.subnet)
+                        .map(|holder| (v6.subnet, *holder))
+                })
+        }) {
+            losers.push(lose(
+                format!(
+                    "IPv6 subnet {} overlaps {older} of {holder}, which is older",
+                    v6.expect("checked").subnet
+                ),
+                Rule::Ipv6SubnetOverlapsPeer,
+            ));
+        } else if let Some(holder) = mac_v6.and_then(|mac| mac_v6_holders.get(&mac)) {
+            losers.push(lose(
+                format!(
+                    "BackendV6Data VtepMAC {} is already used by {holder}, which is older",
+                    mac_v6.expect("checked")
+                ),
+                Rule::Ipv6VtepMacInUse,
+            ));
         } else {
             winners.insert(subnet, &candidate.id);
             if let Some(mac) = mac {
                 mac_holders.insert(mac, &candidate.id);
+            }
+            if let Some(v6) = v6 {
+                winners_v6.insert(v6.subnet, &candidate.id);
+            }
+            if let Some(mac) = mac_v6 {
+                mac_v6_holders.insert(mac, &candidate.id);
             }
             accepted.insert(subnet, (candidate.peer, candidate.id.clone()));
         }
@@ -411,6 +729,24 @@ pub fn overlapping<V>(map: &BTreeMap<Ipv4Net, V>, subnet: Ipv4Net) -> Vec<Ipv4Ne
         .collect();
     let first = Ipv4Net::new(subnet.network(), 0).expect("prefix 0");
     let last = Ipv4Net::new(subnet.broadcast(), 32).expect("prefix 32");
+    found.extend(
+        map.range(first..=last)
+            .map(|(inner, _)| *inner)
+            .filter(|inner| *inner != subnet && subnet.contains(inner)),
+    );
+    found
+}
+
+/// [`overlapping`] for IPv6 subnets: at most 129 lookups and one range
+/// scan.
+pub fn overlapping_v6<V>(map: &BTreeMap<Ipv6Net, V>, subnet: Ipv6Net) -> Vec<Ipv6Net> {
+    let mut found: Vec<Ipv6Net> = (0..subnet.prefix_len())
+        .filter_map(|len| Ipv6Net::new(subnet.network(), len).ok())
+        .map(|wider| wider.trunc())
+        .filter(|wider| map.contains_key(wider))
+        .collect();
+    let first = Ipv6Net::new(subnet.network(), 0).expect("prefix 0");
+    let last = Ipv6Net::new(subnet.broadcast(), 128).expect("prefix 128");
     found.extend(
         map.range(first..=last)
             .map(|(inner, _)| *inner)

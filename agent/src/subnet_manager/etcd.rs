@@ -4,7 +4,6 @@
 mod own_lease;
 
 use anyhow::{Context as _, Result};
-use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 use tracing::error;
 
@@ -14,7 +13,7 @@ use crate::{
     cli::AgentArgs,
     config::NetworkConfig,
     lease::{
-        LeaseAttrs,
+        LeaseAttrs, LeaseSubnets,
         claim::{Claim, ClaimEvent},
         registry::{EtcdOptions, Registry},
         watch::{LeaseEvent, LeaseFollower},
@@ -29,7 +28,7 @@ pub struct Connection {
 pub struct Manager {
     config: NetworkConfig,
     own: OwnLease,
-    reacquired: mpsc::Receiver<Ipv4Net>,
+    reacquired: mpsc::Receiver<LeaseSubnets>,
     follower: LeaseFollower,
 }
 
@@ -83,9 +82,9 @@ impl Connection {
         self,
         config: &NetworkConfig,
         attrs: LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Option<LeaseSubnets>,
         renew_margin_minutes: u64,
-    ) -> (Manager, Ipv4Net) {
+    ) -> (Manager, LeaseSubnets) {
         let (own, reacquired) = OwnLease::acquire(
             self.registry.clone(),
             config,
@@ -94,7 +93,7 @@ impl Connection {
             renew_margin_minutes,
         )
         .await;
-        let subnet = own.subnet;
+        let subnets = own.subnets;
         let follower = LeaseFollower::new(self.registry);
         let manager = Manager {
             config: config.clone(),
@@ -102,7 +101,7 @@ impl Connection {
             reacquired,
             follower,
         };
-        (manager, subnet)
+        (manager, subnets)
     }
 }
 
@@ -120,9 +119,9 @@ impl Manager {
                 () = tokio::time::sleep_until(self.own.renew_at), if self.own.is_held() => {
                     self.own.renew().await;
                 }
-                Some(subnet) = self.reacquired.recv() => {
-                    if self.own.reacquired(subnet) {
-                        return Update::Subnet(subnet);
+                Some(subnets) = self.reacquired.recv() => {
+                    if self.own.reacquired(subnets) {
+                        return Update::Subnet(subnets);
                     }
                 }
             }

@@ -18,12 +18,11 @@ pub mod node_claim;
 mod nodes;
 
 use anyhow::Result;
-use ipnet::Ipv4Net;
 
 use crate::{
     cli::AgentArgs,
     config::NetworkConfig,
-    lease::{LeaseAttrs, claim::ClaimEvent, validate::LeasePolicy},
+    lease::{LeaseAttrs, LeaseSubnets, claim::ClaimEvent, validate::LeasePolicy},
 };
 
 /// How often start-up steps that wait on etcd or the API server try again.
@@ -49,8 +48,9 @@ pub enum SubnetManager {
 pub enum Update {
     /// The other nodes' claims changed (a listing, or events).
     Claims(Vec<ClaimEvent>),
-    /// This node's subnet was lost and taken again: it is now this one.
-    Subnet(Ipv4Net),
+    /// This node's subnet was lost and taken again: it is now this one
+    /// (both halves, in a dual-stack network).
+    Subnet(LeaseSubnets),
 }
 
 impl Connection {
@@ -69,15 +69,17 @@ impl Connection {
     }
 
     /// Takes this node's subnet, announcing `attrs` (retried until it
-    /// works, saying why not). `previous` is the subnet in the node's
-    /// subnet.env, which an etcd lease prefers.
+    /// works, saying why not). `previous` is the subnets in the node's
+    /// subnet.env, which an etcd lease prefers. In a dual-stack network the
+    /// subnets taken have an IPv6 half (an etcd lease always; a Node when
+    /// it has an IPv6 podCIDR).
     pub async fn acquire(
         self,
         config: &NetworkConfig,
         attrs: LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Option<LeaseSubnets>,
         args: &AgentArgs,
-    ) -> (SubnetManager, Ipv4Net) {
+    ) -> (SubnetManager, LeaseSubnets) {
         match self {
             Self::Etcd(connection) => {
                 let (manager, subnet) = connection
@@ -106,11 +108,14 @@ impl SubnetManager {
     /// The rules peers are held to, for this source: etcd leases must fit
     /// SubnetLen and SubnetMin..SubnetMax (flanneld allocates them so);
     /// Kubernetes podCIDRs come from the controller manager's own mask size
-    /// and range, so there they must be as long as ours and inside Network.
-    pub fn peer_policy(&self, policy: LeasePolicy, own: Ipv4Net) -> LeasePolicy {
+    /// and range, so there they must be as long as ours and inside Network
+    /// (IPv6Network for the IPv6 ones).
+    pub fn peer_policy(&self, policy: LeasePolicy, own: LeaseSubnets) -> LeasePolicy {
         match self {
             Self::Etcd(_) => policy,
-            Self::Kube(_) => policy.for_pod_cidrs(own.prefix_len()),
+            Self::Kube(_) => policy
+                .for_pod_cidrs(own.v4.prefix_len())
+                .for_pod_cidrs_v6(own.v6.map(|v6| v6.prefix_len())),
         }
     }
 

@@ -1,13 +1,14 @@
 //! A Kubernetes Node as a claim: its podCIDR is the subnet, its flannel
 //! annotations the lease value (`public-ip`, `backend-type`,
-//! `backend-data`). Only Nodes flannel manages (`kube-subnet-manager:
+//! `backend-data`); in a dual-stack cluster its IPv6 podCIDR and the
+//! `public-ipv6` and `backend-v6-data` annotations are the IPv6 half. Only Nodes flannel manages (`kube-subnet-manager:
 //! "true"`) are claims. Parsing here only says what a value is; whether
 //! the peer may be used is the peer table's judgement, by the same rules as
 //! an etcd lease.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::{
     kubernetes::{AnnotationKeys, NodeRecord},
@@ -33,14 +34,58 @@ pub fn claim(node: &NodeRecord, keys: &AnnotationKeys) -> Option<Claim> {
         annotation(&keys.public_ip),
         annotation(&keys.backend_type),
         annotation(&keys.backend_data),
+        annotation(&keys.public_ipv6),
+        annotation(&keys.backend_v6_data),
     ];
+    let (attrs, v6) = match attrs(node, keys) {
+        Ok((attrs, v6)) => (Ok(attrs), v6),
+        Err(rejection) => (Err(rejection), Ok(())),
+    };
+    let subnet_v6 = match (pod_cidr_v6(node), v6) {
+        (Err(reason), _) => Err(Rejection::new(Rule::MalformedPodCidr, reason)),
+        (Ok(_), Err(rejection)) => Err(rejection),
+        (Ok(subnet_v6), Ok(_)) => Ok(subnet_v6),
+    };
     Some(Claim {
         id: id(&node.name),
         subnet: pod_cidr(node).map_err(|reason| Rejection::new(Rule::MalformedPodCidr, reason)),
-        attrs: attrs(node, keys),
+        subnet_v6,
+        attrs,
         age: node.created,
         fingerprint: fingerprint((node.pod_cidr.as_deref(), &node.pod_cidrs, values)),
     })
+}
+
+/// The Node's IPv6 podCIDR, if it has one, chosen as flanneld chooses it:
+/// the first IPv6 entry of `spec.podCIDRs`, or `spec.podCIDR` when that
+/// list is empty and it is IPv6. It must be a network address with its
+/// prefix (`fd00:1:0:3::/64`).
+pub fn pod_cidr_v6(node: &NodeRecord) -> Result<Option<Ipv6Net>, String> {
+    let text = if node.pod_cidrs.is_empty() {
+        node.pod_cidr.as_deref().filter(|cidr| cidr.contains(':'))
+    } else {
+        node.pod_cidrs
+            .iter()
+            .find(|cidr| cidr.contains(':'))
+            .map(String::as_str)
+    };
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let subnet: Ipv6Net = text.parse().map_err(|_| {
+        format!(
+            "IPv6 podCIDR {text:?} of Node {} is not an IPv6 prefix",
+            node.name
+        )
+    })?;
+    if subnet.trunc() != subnet {
+        return Err(format!(
+            "IPv6 podCIDR {text:?} of Node {} is not the start of a /{}",
+            node.name,
+            subnet.prefix_len()
+        ));
+    }
+    Ok(Some(subnet))
 }
 
 /// The Node's IPv4 podCIDR, chosen as flanneld chooses it: the first IPv4
@@ -78,14 +123,25 @@ pub fn pod_cidr(node: &NodeRecord) -> Result<Ipv4Net, String> {
     Ok(subnet)
 }
 
-/// The lease value a Node's annotations announce.
-fn attrs(node: &NodeRecord, keys: &AnnotationKeys) -> Result<LeaseAttrs, Rejection> {
+/// The lease value a Node's annotations announce, and whether its IPv6
+/// annotations could be read (a dual-stack network judges that; an
+/// IPv4-only one ignores them).
+fn attrs(
+    node: &NodeRecord,
+    keys: &AnnotationKeys,
+) -> Result<(LeaseAttrs, Result<(), Rejection>), Rejection> {
     let malformed = |reason: String| Rejection::new(Rule::MalformedAnnotation, reason);
-    let size: usize = [&keys.public_ip, &keys.backend_type, &keys.backend_data]
-        .iter()
-        .filter_map(|key| node.annotations.get(key.as_str()))
-        .map(String::len)
-        .sum();
+    let size: usize = [
+        &keys.public_ip,
+        &keys.backend_type,
+        &keys.backend_data,
+        &keys.public_ipv6,
+        &keys.backend_v6_data,
+    ]
+    .iter()
+    .filter_map(|key| node.annotations.get(key.as_str()))
+    .map(String::len)
+    .sum();
     if size > MAX_VALUE_LEN {
         return Err(Rejection::new(
             Rule::ValueTooLarge,
@@ -106,35 +162,67 @@ fn attrs(node: &NodeRecord, keys: &AnnotationKeys) -> Result<LeaseAttrs, Rejecti
     })?;
     let backend_type = get(&keys.backend_type)?.clone();
     let data = node.annotations.get(&keys.backend_data);
-    let backend_data = if backend_type == "vxlan" {
-        let data = data.ok_or_else(|| {
-            malformed(format!(
-                "a vxlan Node needs a {} annotation",
-                keys.backend_data
-            ))
-        })?;
-        let parsed: Option<VxlanBackendData> = serde_json::from_str(data)
-            .map_err(|error| malformed(format!("{} {data:?}: {error}", keys.backend_data)))?;
-        Some(parsed.ok_or_else(|| {
-            malformed(format!(
-                "{} is null; a vxlan Node needs VNI and VtepMAC",
-                keys.backend_data
-            ))
-        })?)
-    } else {
-        // Other backends carry nothing weft uses; it must still be JSON.
-        if let Some(data) = data {
-            serde_json::from_str::<serde_json::Value>(data)
-                .map_err(|error| malformed(format!("{} {data:?}: {error}", keys.backend_data)))?;
-        }
-        None
-    };
-    Ok(LeaseAttrs {
+    let backend_data = vxlan_data(&backend_type, data, &keys.backend_data)?;
+    let mut attrs = LeaseAttrs {
         public_ip,
         public_ipv6: None,
         backend_type,
         backend_data,
-    })
+        backend_v6_data: None,
+    };
+    let v6 = v6_attrs(node, keys, &mut attrs);
+    Ok((attrs, v6))
+}
+
+/// The IPv6 half's annotations into `attrs`: `public-ipv6` (absent on an
+/// IPv4-only node) and `backend-v6-data` (`null` or absent without one,
+/// as flanneld writes them).
+fn v6_attrs(
+    node: &NodeRecord,
+    keys: &AnnotationKeys,
+    attrs: &mut LeaseAttrs,
+) -> Result<(), Rejection> {
+    let malformed = |reason: String| Rejection::new(Rule::MalformedAnnotation, reason);
+    if let Some(text) = node.annotations.get(&keys.public_ipv6) {
+        let ip: Ipv6Addr = text.parse().map_err(|_| {
+            malformed(format!(
+                "{} {text:?} is not an IPv6 address",
+                keys.public_ipv6
+            ))
+        })?;
+        attrs.public_ipv6 = Some(ip);
+    }
+    if let Some(data) = node.annotations.get(&keys.backend_v6_data) {
+        attrs.backend_v6_data = serde_json::from_str::<Option<VxlanBackendData>>(data)
+            .map_err(|error| malformed(format!("{} {data:?}: {error}", keys.backend_v6_data)))?;
+    }
+    Ok(())
+}
+
+/// `backend-data` as the backend needs it: VNI and VtepMAC for vxlan;
+/// any JSON (unused) for the others.
+fn vxlan_data(
+    backend_type: &str,
+    data: Option<&String>,
+    key: &str,
+) -> Result<Option<VxlanBackendData>, Rejection> {
+    let malformed = |reason: String| Rejection::new(Rule::MalformedAnnotation, reason);
+    if backend_type == "vxlan" {
+        let data =
+            data.ok_or_else(|| malformed(format!("a vxlan Node needs a {key} annotation")))?;
+        let parsed: Option<VxlanBackendData> = serde_json::from_str(data)
+            .map_err(|error| malformed(format!("{key} {data:?}: {error}")))?;
+        Ok(Some(parsed.ok_or_else(|| {
+            malformed(format!("{key} is null; a vxlan Node needs VNI and VtepMAC"))
+        })?))
+    } else {
+        // Other backends carry nothing weft uses; it must still be JSON.
+        if let Some(data) = data {
+            serde_json::from_str::<serde_json::Value>(data)
+                .map_err(|error| malformed(format!("{key} {data:?}: {error}")))?;
+        }
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

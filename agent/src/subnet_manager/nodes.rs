@@ -12,7 +12,6 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use ipnet::Ipv4Net;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -23,7 +22,7 @@ use crate::{
     kubernetes::{
         self, AnnotationKeys, Announcement, KubeOptions, NodeEvent, NodeFollower, NodeRecord,
     },
-    lease::{LeaseAttrs, claim::ClaimEvent},
+    lease::{LeaseAttrs, LeaseSubnets, claim::ClaimEvent},
 };
 
 /// The longest wait between two tries of a background write.
@@ -84,13 +83,21 @@ impl Connection {
 
     /// Waits for the Node's podCIDR (saying so once), checks it lies inside
     /// Network, and announces `attrs` in the Node's annotations (retried,
-    /// each distinct error logged once).
-    pub async fn acquire(self, config: &NetworkConfig, attrs: LeaseAttrs) -> (Manager, Ipv4Net) {
+    /// each distinct error logged once). In a dual-stack network the Node's
+    /// IPv6 podCIDR is this node's IPv6 subnet, inside IPv6Network.
+    pub async fn acquire(
+        self,
+        config: &NetworkConfig,
+        attrs: LeaseAttrs,
+    ) -> (Manager, LeaseSubnets) {
         let announcement = Announcement {
             backend_type: attrs.backend_type.clone(),
             backend_data: serde_json::to_string(&attrs.backend_data)
                 .expect("backend data always serializes"),
             public_ip: attrs.public_ip,
+            public_ipv6: attrs.public_ipv6,
+            backend_v6_data: serde_json::to_string(&attrs.backend_v6_data)
+                .expect("backend data always serializes"),
         };
         let mut last_error = String::new();
         let subnet = loop {
@@ -106,7 +113,7 @@ impl Connection {
             }
             tokio::time::sleep(STARTUP_RETRY).await;
         };
-        info!(node = %self.node, %subnet, "subnet taken from the Node's podCIDR");
+        info!(node = %self.node, %subnet, "subnet taken from the Node's podCIDRs");
         let manager = Manager {
             follower: NodeFollower::new(self.client.clone()),
             client: self.client,
@@ -124,7 +131,7 @@ impl Connection {
         &self,
         config: &NetworkConfig,
         announcement: &Announcement,
-    ) -> Result<Ipv4Net> {
+    ) -> Result<LeaseSubnets> {
         let node = kubernetes::get_node(&self.client, &self.node).await?;
         if node.pod_cidr.is_none() && node.pod_cidrs.is_empty() {
             bail!("Node {} has no podCIDR yet; waiting for one", self.node);
@@ -137,9 +144,35 @@ impl Connection {
                 config.network
             );
         }
+        let subnet_v6 = match &config.ipv6 {
+            // An IPv6 podCIDR in an IPv4-only network is not weft's to use.
+            None => None,
+            Some(ipv6) => {
+                let subnet_v6 = node_claim::pod_cidr_v6(&node)
+                    .map_err(anyhow::Error::msg)?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "Node {} has no IPv6 podCIDR in {:?}, and net-conf.json has EnableIPv6; waiting for one (the controller manager needs a dual-stack --cluster-cidr)",
+                            self.node,
+                            node.pod_cidrs
+                        )
+                    })?;
+                if !ipv6.network.contains(&subnet_v6) {
+                    bail!(
+                        "IPv6 podCIDR {subnet_v6} of Node {} is not inside IPv6Network {} (net-conf.json)",
+                        self.node,
+                        ipv6.network
+                    );
+                }
+                Some(subnet_v6)
+            }
+        };
         let seen = kubernetes::publish(&self.client, &self.keys, &self.node, announcement).await?;
         info!(node = %self.node, public_ip = %seen, "Node annotated");
-        Ok(subnet)
+        Ok(LeaseSubnets {
+            v4: subnet,
+            v6: subnet_v6,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 use std::net::Ipv4Addr;
 
 use super::*;
+use crate::lease::validate::OwnSubnets;
 use crate::{config::NetworkConfig, lease::registry::RawLease};
 
 /// The table fed as the etcd subnet manager feeds it.
@@ -286,6 +287,7 @@ fn node_claim(name: &str, subnet: &str, ip: &str, created: i64) -> Claim {
     Claim {
         id: format!("node/{name}"),
         subnet: Ok(net(subnet)),
+        subnet_v6: Ok(None),
         attrs: Ok(crate::lease::LeaseAttrs::from_json(value.as_bytes()).unwrap()),
         age: created,
         fingerprint: super::super::claim::fingerprint(&value),
@@ -344,4 +346,134 @@ fn a_node_whose_pod_cidr_moves_gives_up_the_old_subnet() {
     );
     assert!(table.peers().is_empty());
     assert!(table.delete("node/n2").is_empty());
+}
+
+// Dual-stack (issue #23).
+
+fn dual_table() -> PeerTable {
+    let config = NetworkConfig::parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:12::/48","IPv6SubnetLen":56,"Backend":{"Type":"vxlan","VNI":1}}"#,
+    )
+    .unwrap();
+    PeerTable::new(
+        LeasePolicy::new(&config, Ipv4Addr::new(192, 168, 77, 1), None)
+            .with_own_ipv6(Some("fd77::1".parse().unwrap()), None),
+    )
+}
+
+fn dual_lease(v4: &str, v6: &str, host: u8, revision: i64) -> RawLease {
+    RawLease {
+        key: format!("/coreos.com/network/subnets/{v4}&{v6}"),
+        value: format!(
+            r#"{{"PublicIP":"192.168.77.{host}","PublicIPv6":"fd77::{host}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:01:00:00:00:{host:02x}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"0e:06:00:00:00:{host:02x}"}}}}"#
+        )
+        .into_bytes(),
+        create_revision: revision,
+    }
+}
+
+fn own_dual() -> OwnSubnets {
+    OwnSubnets {
+        v4: Some(net("10.244.1.0/24")),
+        v6: Some("fd00:12:0:100::/56".parse().unwrap()),
+    }
+}
+
+#[test]
+fn dual_stack_leases_carry_their_v6_half_and_a_v6_clash_is_decided_by_age() {
+    let mut table = dual_table();
+    let first = dual_lease("10.244.2.0-24", "fd00:12:0:200::-56", 2, 5);
+    let copy = dual_lease("10.244.3.0-24", "fd00:12:0:200::-56", 3, 9);
+    let v4_only = RawLease {
+        key: "/coreos.com/network/subnets/10.244.4.0-24".into(),
+        value: br#"{"PublicIP":"192.168.77.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:01:00:00:00:04"}}"#.to_vec(),
+        create_revision: 7,
+    };
+    let changes = table.resync_leases(&[first.clone(), copy.clone(), v4_only], own_dual().v4);
+    // Without our v6 subnet given, the listing still decides the clash.
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    let peers = table.peers();
+    assert_eq!(
+        peers[&net("10.244.2.0/24")].v6.unwrap().subnet,
+        "fd00:12:0:200::/56".parse().unwrap()
+    );
+    assert_eq!(peers[&net("10.244.4.0/24")].v6, None);
+    assert!(!peers.contains_key(&net("10.244.3.0/24")));
+    assert_eq!(table.rejections()[&Rule::Ipv6SubnetOverlapsPeer], 1);
+    // Events agree: the older goes, the younger copy takes over.
+    let changes = table.delete(&first.key);
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(table.peers().contains_key(&net("10.244.3.0/24")));
+    // A v6 half on our own v6 subnet is refused whole.
+    let ours = dual_lease("10.244.5.0-24", "fd00:12:0:100::-56", 5, 11);
+    let changes = table.put(
+        &Claim::from_lease(&ours.key, &ours.value, ours.create_revision),
+        own_dual(),
+    );
+    assert!(changes.is_empty());
+    assert_eq!(table.rejections()[&Rule::Ipv6SubnetOverlapsOwn], 1);
+    // A lease rewritten with a hostile v6 half leaves the datapath whole.
+    let mut hostile = copy.clone();
+    hostile.value = String::from_utf8(hostile.value)
+        .unwrap()
+        .replace("fd77::3", "fe80::3")
+        .into_bytes();
+    let changes = table.put(
+        &Claim::from_lease(&hostile.key, &hostile.value, hostile.create_revision),
+        own_dual(),
+    );
+    assert!(
+        matches!(changes[..], [PeerChange::Remove { subnet, .. }] if subnet == net("10.244.3.0/24")),
+        "{changes:?}"
+    );
+    assert_eq!(table.rejections()[&Rule::PublicIpv6NotUnicast], 1);
+}
+
+#[test]
+fn a_nodes_unreadable_v6_half_is_refused_in_dual_stack_and_ignored_in_v4_only() {
+    let mut claim = node_claim("n2", "10.244.2.0/24", "192.168.77.2", 100);
+    claim.attrs.as_mut().unwrap().backend_type = "vxlan".into();
+    claim.attrs.as_mut().unwrap().backend_data = Some(crate::lease::VxlanBackendData {
+        vni: 1,
+        vtep_mac: MacAddr([0x0e, 1, 0, 0, 0, 2]),
+    });
+    claim.subnet_v6 = Err(Rejection::new(Rule::MalformedPodCidr, "bad IPv6 podCIDR"));
+    let mut dual = dual_table();
+    assert!(dual.put(&claim, own_dual()).is_empty());
+    assert_eq!(dual.rejections()[&Rule::MalformedPodCidr], 1);
+    let config =
+        NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1}}"#)
+            .unwrap();
+    let mut v4_only = PeerTable::new(LeasePolicy::new(
+        &config,
+        Ipv4Addr::new(192, 168, 77, 1),
+        None,
+    ));
+    let changes = v4_only.put(&claim, own_dual());
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(v4_only.peers()[&net("10.244.2.0/24")].v6, None);
+}
+
+#[test]
+fn a_younger_claim_on_an_accepted_v6_subnet_is_refused_event_by_event() {
+    let mut table = dual_table();
+    let first = dual_lease("10.244.2.0-24", "fd00:12:0:200::-56", 2, 5);
+    // Another IPv4 subnet and v6 MAC; the same IPv6 subnet, then a wider
+    // one (refused by its prefix before any overlap is looked at).
+    let copy = dual_lease("10.244.3.0-24", "fd00:12:0:200::-56", 3, 9);
+    let wider = dual_lease("10.244.4.0-24", "fd00:12::-52", 4, 10);
+    for lease in [&first, &copy, &wider] {
+        table.put_lease(
+            &lease.key,
+            &lease.value,
+            lease.create_revision,
+            own_dual().v4,
+        );
+    }
+    assert_eq!(
+        table.peers().keys().copied().collect::<Vec<_>>(),
+        [net("10.244.2.0/24")]
+    );
+    assert_eq!(table.rejections()[&Rule::Ipv6SubnetOverlapsPeer], 1);
+    assert_eq!(table.rejections()[&Rule::Ipv6SubnetWrongPrefix], 1);
 }

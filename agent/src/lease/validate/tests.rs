@@ -1,5 +1,6 @@
 use super::*;
 use crate::lease::VxlanBackendData;
+use ipnet::Ipv6Net;
 
 fn net(text: &str) -> Ipv4Net {
     text.parse().unwrap()
@@ -29,6 +30,7 @@ fn attrs(ip: &str) -> LeaseAttrs {
             vni: 1,
             vtep_mac: MacAddr([0x0e, 1, 192, 168, 77, 2]),
         }),
+        backend_v6_data: None,
     }
 }
 
@@ -163,6 +165,7 @@ fn candidate(key: &str, create_revision: i64) -> Candidate {
             backend: PeerBackend::Vxlan {
                 vtep_mac: MacAddr([0x0e, 1, 0, 0, key.len() as u8, create_revision as u8]),
             },
+            v6: None,
         },
         fingerprint: 0,
     }
@@ -272,7 +275,8 @@ fn rule_names_are_stable_snake_case_and_unique() {
     assert_eq!(names.len(), Rule::ALL.len());
     for name in names {
         assert!(
-            name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
             "{name}"
         );
     }
@@ -280,4 +284,469 @@ fn rule_names_are_stable_snake_case_and_unique() {
         Rule::SubnetOutsideNetwork.to_string(),
         "subnet_outside_network"
     );
+}
+
+// Dual-stack (issue #23): the IPv6 half of a claim.
+
+fn net6(text: &str) -> Ipv6Net {
+    text.parse().unwrap()
+}
+
+fn dual_config(backend: &str) -> NetworkConfig {
+    NetworkConfig::parse(&format!(
+        r#"{{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.200.0","EnableIPv6":true,"IPv6Network":"fd00:12::/48","IPv6SubnetLen":56,"IPv6SubnetMax":"fd00:12:0:c800::","Backend":{backend}}}"#
+    ))
+    .unwrap()
+}
+
+const OUR_V6_MAC: MacAddr = MacAddr([0x0e, 6, 192, 168, 77, 1]);
+const OWN_V6: &str = "fd00:12:0:100::/56";
+
+fn dual_policy() -> LeasePolicy {
+    LeasePolicy::new(
+        &dual_config(r#"{"Type":"vxlan","VNI":1}"#),
+        Ipv4Addr::new(192, 168, 77, 1),
+        Some(MacAddr([0x0e, 1, 192, 168, 77, 1])),
+    )
+    .with_own_ipv6(Some("fd77::1".parse().unwrap()), Some(OUR_V6_MAC))
+}
+
+/// A dual-stack vxlan peer as flanneld v0.20.2 writes it.
+fn dual_attrs(ip6: &str) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ipv6: Some(ip6.parse().unwrap()),
+        backend_v6_data: Some(VxlanBackendData {
+            vni: 1,
+            vtep_mac: MacAddr([0x0e, 6, 192, 168, 77, 2]),
+        }),
+        ..attrs("192.168.77.2")
+    }
+}
+
+fn own_dual() -> OwnSubnets {
+    OwnSubnets {
+        v4: Some(net(OWN)),
+        v6: Some(net6(OWN_V6)),
+    }
+}
+
+fn v6_rule_of(policy: &LeasePolicy, subnet_v6: Option<&str>, attrs: &LeaseAttrs) -> Option<Rule> {
+    policy
+        .check_claim(net("10.244.2.0/24"), subnet_v6.map(net6), attrs, own_dual())
+        .err()
+        .map(|rejection| rejection.rule)
+}
+
+#[test]
+fn a_dual_stack_peer_is_accepted_with_both_halves() {
+    let peer = dual_policy()
+        .check_claim(
+            net("10.244.2.0/24"),
+            Some(net6("fd00:12:0:200::/56")),
+            &dual_attrs("fd77::2"),
+            own_dual(),
+        )
+        .unwrap();
+    assert_eq!(
+        peer.v6,
+        Some(AcceptedPeerV6 {
+            subnet: net6("fd00:12:0:200::/56"),
+            public_ip: "fd77::2".parse().unwrap(),
+            backend: PeerBackend::Vxlan {
+                vtep_mac: MacAddr([0x0e, 6, 192, 168, 77, 2])
+            },
+        })
+    );
+    assert_eq!(peer.public_ip, Ipv4Addr::new(192, 168, 77, 2));
+    // A global-unicast underlay, and the last subnet of the range.
+    assert_eq!(
+        v6_rule_of(
+            &dual_policy(),
+            Some("fd00:12:0:c800::/56"),
+            &dual_attrs("2001:db8::7")
+        ),
+        None
+    );
+}
+
+#[test]
+fn a_v4_only_peer_in_a_dual_stack_network_is_accepted_without_a_v6_half() {
+    let peer = dual_policy()
+        .check_claim(
+            net("10.244.2.0/24"),
+            None,
+            &attrs("192.168.77.2"),
+            own_dual(),
+        )
+        .unwrap();
+    assert_eq!(peer.v6, None);
+}
+
+#[test]
+fn a_v6_half_in_a_v4_only_network_is_ignored() {
+    // Even a hostile one: nothing of it is used.
+    for (subnet_v6, ip6) in [
+        (Some("fd00:12:0:200::/56"), "fd77::2"),
+        (Some("::/0"), "ff02::1"),
+        (None, "fd77::1"),
+    ] {
+        let peer = policy()
+            .check_claim(
+                net("10.244.2.0/24"),
+                subnet_v6.map(net6),
+                &dual_attrs(ip6),
+                OwnSubnets::from(Some(net(OWN))),
+            )
+            .unwrap();
+        assert_eq!(peer.v6, None);
+    }
+}
+
+#[test]
+fn v6_subnets_must_be_inside_ipv6_network_with_its_length_within_the_range() {
+    let peer = dual_attrs("fd77::2");
+    for (subnet, rule) in [
+        ("fd00:13::/56", Rule::Ipv6SubnetOutsideNetwork),
+        ("fd77::/56", Rule::Ipv6SubnetOutsideNetwork),
+        ("::/0", Rule::Ipv6SubnetOutsideNetwork),
+        ("fd00::/16", Rule::Ipv6SubnetOutsideNetwork),
+        ("fd00:12:0:100::/56", Rule::Ipv6SubnetOverlapsOwn),
+        ("fd00:12::/48", Rule::Ipv6SubnetOverlapsOwn),
+        ("fd00:12:0:100::/64", Rule::Ipv6SubnetOverlapsOwn),
+        ("fd00:12:0:200::/64", Rule::Ipv6SubnetWrongPrefix),
+        ("fd00:12:0:200::/55", Rule::Ipv6SubnetWrongPrefix),
+        ("fd00:12::/56", Rule::Ipv6SubnetOutsideRange),
+        ("fd00:12:0:c900::/56", Rule::Ipv6SubnetOutsideRange),
+        ("fd00:12:0:ff00::/56", Rule::Ipv6SubnetOutsideRange),
+    ] {
+        assert_eq!(
+            v6_rule_of(&dual_policy(), Some(subnet), &peer),
+            Some(rule),
+            "{subnet}"
+        );
+    }
+    let rejection = dual_policy()
+        .check_claim(
+            net("10.244.2.0/24"),
+            Some(net6("fd77::/56")),
+            &peer,
+            own_dual(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        rejection.reason,
+        "IPv6 subnet fd77::/56 is not inside IPv6Network fd00:12::/48"
+    );
+}
+
+#[test]
+fn public_ipv6_must_be_another_nodes_unicast_underlay_address() {
+    for (ip, rule) in [
+        ("fd77::1", Rule::PublicIpv6Ours),
+        ("::", Rule::PublicIpv6NotUnicast),
+        ("::1", Rule::PublicIpv6NotUnicast),
+        ("ff02::1", Rule::PublicIpv6NotUnicast),
+        ("ff05::1:3", Rule::PublicIpv6NotUnicast),
+        ("fe80::1", Rule::PublicIpv6NotUnicast),
+        ("febf::1", Rule::PublicIpv6NotUnicast),
+        ("::ffff:192.168.77.2", Rule::PublicIpv6NotUnicast),
+        ("::ffff:127.0.0.1", Rule::PublicIpv6NotUnicast),
+        ("::192.168.77.2", Rule::PublicIpv6NotUnicast),
+        ("fd00:12:0:200::1", Rule::PublicIpv6InsideNetwork),
+        ("fd00:12::", Rule::PublicIpv6InsideNetwork),
+    ] {
+        assert_eq!(
+            v6_rule_of(&dual_policy(), Some("fd00:12:0:200::/56"), &dual_attrs(ip)),
+            Some(rule),
+            "{ip}"
+        );
+    }
+    for ip in [
+        "fd77::2",
+        "2001:db8::1",
+        "fec0::1",
+        "fd00:13::1",
+        "64:ff9b::c0a8:4d02",
+    ] {
+        assert_eq!(
+            v6_rule_of(&dual_policy(), Some("fd00:12:0:200::/56"), &dual_attrs(ip)),
+            None,
+            "{ip}"
+        );
+    }
+    let rejection = dual_policy()
+        .check_claim(
+            net("10.244.2.0/24"),
+            Some(net6("fd00:12:0:200::/56")),
+            &dual_attrs("fe80::1"),
+            own_dual(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        rejection.reason,
+        "PublicIPv6 fe80::1 is link-local, not a unicast node address"
+    );
+}
+
+#[test]
+fn a_v6_half_must_be_complete() {
+    let subnet = Some("fd00:12:0:200::/56");
+    // A subnet without PublicIPv6.
+    let mut no_ip = dual_attrs("fd77::2");
+    no_ip.public_ipv6 = None;
+    assert_eq!(
+        v6_rule_of(&dual_policy(), subnet, &no_ip),
+        Some(Rule::Ipv6HalfIncomplete)
+    );
+    // PublicIPv6 without a subnet.
+    assert_eq!(
+        v6_rule_of(&dual_policy(), None, &dual_attrs("fd77::2")),
+        Some(Rule::Ipv6HalfIncomplete)
+    );
+    // vxlan without BackendV6Data.
+    let mut no_data = dual_attrs("fd77::2");
+    no_data.backend_v6_data = None;
+    assert_eq!(
+        v6_rule_of(&dual_policy(), subnet, &no_data),
+        Some(Rule::Ipv6HalfIncomplete)
+    );
+    // BackendV6Data with neither subnet nor PublicIPv6.
+    let mut only_data = dual_attrs("fd77::2");
+    only_data.public_ipv6 = None;
+    assert_eq!(
+        v6_rule_of(&dual_policy(), None, &only_data),
+        Some(Rule::Ipv6HalfIncomplete)
+    );
+    let rejection = dual_policy()
+        .check_claim(
+            net("10.244.2.0/24"),
+            None,
+            &dual_attrs("fd77::2"),
+            own_dual(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        rejection.reason,
+        "PublicIPv6 fd77::2 comes without an IPv6 subnet"
+    );
+}
+
+#[test]
+fn v6_backend_data_must_carry_the_networks_vni_and_a_unicast_mac_not_ours() {
+    let subnet = Some("fd00:12:0:200::/56");
+    let mut vni = dual_attrs("fd77::2");
+    vni.backend_v6_data.as_mut().unwrap().vni = 2;
+    assert_eq!(
+        v6_rule_of(&dual_policy(), subnet, &vni),
+        Some(Rule::Ipv6VniMismatch)
+    );
+    for mac in [
+        [0x01, 0, 0x5e, 0, 0, 1],
+        [0xff; 6],
+        [0; 6],
+        [0x33, 0x33, 0, 0, 0, 1],
+    ] {
+        let mut bad = dual_attrs("fd77::2");
+        bad.backend_v6_data.as_mut().unwrap().vtep_mac = MacAddr(mac);
+        assert_eq!(
+            v6_rule_of(&dual_policy(), subnet, &bad),
+            Some(Rule::Ipv6VtepMacNotUnicast),
+            "{}",
+            MacAddr(mac)
+        );
+    }
+    let mut ours = dual_attrs("fd77::2");
+    ours.backend_v6_data.as_mut().unwrap().vtep_mac = OUR_V6_MAC;
+    assert_eq!(
+        v6_rule_of(&dual_policy(), subnet, &ours),
+        Some(Rule::Ipv6VtepMacInUse)
+    );
+    // The v4 half is judged first: a broken v4 half names its own rule.
+    let mut both = ours.clone();
+    both.backend_data.as_mut().unwrap().vni = 9;
+    assert_eq!(
+        v6_rule_of(&dual_policy(), subnet, &both),
+        Some(Rule::VniMismatch)
+    );
+}
+
+#[test]
+fn host_gw_v6_halves_need_no_backend_data() {
+    let policy = LeasePolicy::new(
+        &dual_config(r#"{"Type":"host-gw"}"#),
+        Ipv4Addr::new(192, 168, 77, 1),
+        None,
+    )
+    .with_own_ipv6(Some("fd77::1".parse().unwrap()), None);
+    let mut host_gw = attrs("192.168.77.2");
+    host_gw.backend_type = "host-gw".into();
+    host_gw.backend_data = None;
+    host_gw.public_ipv6 = Some("fd77::2".parse().unwrap());
+    let peer = policy
+        .check_claim(
+            net("10.244.2.0/24"),
+            Some(net6("fd00:12:0:200::/56")),
+            &host_gw,
+            own_dual(),
+        )
+        .unwrap();
+    assert_eq!(peer.v6.unwrap().backend, PeerBackend::HostGw);
+    host_gw.public_ipv6 = Some("fd77::1".parse().unwrap());
+    assert_eq!(
+        v6_rule_of(&policy, Some("fd00:12:0:200::/56"), &host_gw),
+        Some(Rule::PublicIpv6Ours)
+    );
+}
+
+#[test]
+fn pod_cidr_policies_take_the_v6_length_of_our_own_v6_pod_cidr() {
+    let policy = dual_policy().for_pod_cidrs(24).for_pod_cidrs_v6(Some(64));
+    let attrs = dual_attrs("fd77::2");
+    // Any /64 inside IPv6Network, SubnetMin/Max aside.
+    assert_eq!(v6_rule_of(&policy, Some("fd00:12::/64"), &attrs), None);
+    assert_eq!(
+        v6_rule_of(&policy, Some("fd00:12:0:200::/56"), &attrs),
+        Some(Rule::Ipv6SubnetWrongPrefix)
+    );
+    let rejection = policy
+        .check_claim(
+            net("10.244.2.0/24"),
+            Some(net6("fd00:12:0:200::/56")),
+            &attrs,
+            own_dual(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        rejection.reason,
+        "IPv6 subnet fd00:12:0:200::/56 is not a /64 (this node's IPv6 podCIDR)"
+    );
+}
+
+fn dual_candidate(key: &str, age: i64, subnet_v6: &str, mac_v6: u8) -> Candidate {
+    let mut candidate = candidate(key, age);
+    candidate.peer.v6 = Some(AcceptedPeerV6 {
+        subnet: net6(subnet_v6),
+        public_ip: "fd77::2".parse().unwrap(),
+        backend: PeerBackend::Vxlan {
+            vtep_mac: MacAddr([0x0e, 6, 0, 0, 0, mac_v6]),
+        },
+    });
+    candidate
+}
+
+#[test]
+fn on_a_v6_overlap_or_a_shared_v6_mac_the_older_claim_wins_whole() {
+    let candidates = BTreeMap::from([
+        (
+            net("10.244.2.0/24"),
+            dual_candidate(
+                "/p/subnets/10.244.2.0-24&fd00:12:0:200::-56",
+                5,
+                "fd00:12:0:200::/56",
+                2,
+            ),
+        ),
+        // Younger, another v4 subnet, the same v6 subnet.
+        (
+            net("10.244.3.0/24"),
+            dual_candidate(
+                "/p/subnets/10.244.3.0-24&fd00:12:0:200::-56",
+                9,
+                "fd00:12:0:200::/56",
+                3,
+            ),
+        ),
+        // Younger, a v6 subnet inside the older one's.
+        (
+            net("10.244.4.0/24"),
+            dual_candidate(
+                "/p/subnets/10.244.4.0-24&fd00:12:0:200::-64",
+                10,
+                "fd00:12:0:200::/64",
+                4,
+            ),
+        ),
+        // Younger, its own v6 subnet, the older one's v6 MAC.
+        (
+            net("10.244.5.0/24"),
+            dual_candidate(
+                "/p/subnets/10.244.5.0-24&fd00:12:0:500::-56",
+                11,
+                "fd00:12:0:500::/56",
+                2,
+            ),
+        ),
+        // Older than all: a v6 subnet wider than the first's.
+        (
+            net("10.244.6.0/24"),
+            dual_candidate(
+                "/p/subnets/10.244.6.0-24&fd00:12:0:200::-55",
+                1,
+                "fd00:12:0:200::/55",
+                6,
+            ),
+        ),
+    ]);
+    let (accepted, losers) = resolve_overlaps(
+        candidates
+            .iter()
+            .map(|(subnet, candidate)| (*subnet, candidate)),
+    );
+    assert_eq!(
+        accepted.keys().copied().collect::<Vec<_>>(),
+        [net("10.244.5.0/24"), net("10.244.6.0/24")]
+    );
+    let rules: BTreeMap<Ipv4Net, Rule> = losers
+        .iter()
+        .map(|(subnet, _, rejection)| (*subnet, rejection.rule))
+        .collect();
+    assert_eq!(
+        rules,
+        BTreeMap::from([
+            (net("10.244.2.0/24"), Rule::Ipv6SubnetOverlapsPeer),
+            (net("10.244.3.0/24"), Rule::Ipv6SubnetOverlapsPeer),
+            (net("10.244.4.0/24"), Rule::Ipv6SubnetOverlapsPeer),
+        ])
+    );
+    let reason = &losers
+        .iter()
+        .find(|(subnet, _, _)| *subnet == net("10.244.2.0/24"))
+        .unwrap()
+        .2
+        .reason;
+    assert_eq!(
+        reason,
+        "IPv6 subnet fd00:12:0:200::/56 overlaps fd00:12:0:200::/55 of /p/subnets/10.244.6.0-24&fd00:12:0:200::-55, which is older"
+    );
+    // Without the wide one, the first keeps its subnet, and its v6 MAC
+    // against the younger claim that copies it.
+    let mut rest = candidates.clone();
+    rest.remove(&net("10.244.6.0/24"));
+    let (accepted, losers) =
+        resolve_overlaps(rest.iter().map(|(subnet, candidate)| (*subnet, candidate)));
+    assert_eq!(
+        accepted.keys().copied().collect::<Vec<_>>(),
+        [net("10.244.2.0/24")]
+    );
+    let rules: BTreeMap<Ipv4Net, Rule> = losers
+        .iter()
+        .map(|(subnet, _, rejection)| (*subnet, rejection.rule))
+        .collect();
+    assert_eq!(rules[&net("10.244.5.0/24")], Rule::Ipv6VtepMacInUse);
+    assert_eq!(rules[&net("10.244.3.0/24")], Rule::Ipv6SubnetOverlapsPeer);
+}
+
+#[test]
+fn overlapping_v6_finds_wider_and_narrower_subnets_only() {
+    let map = BTreeMap::from([
+        (net6("fd00::/8"), ()),
+        (net6("fd00:12:0:200::/56"), ()),
+        (net6("fd00:12:0:280::/57"), ()),
+        (net6("fd00:12:0:300::/56"), ()),
+        (net6("fd00:12:0:1ff::1/128"), ()),
+    ]);
+    let mut found = overlapping_v6(&map, net6("fd00:12:0:200::/56"));
+    found.sort();
+    assert_eq!(found, [net6("fd00::/8"), net6("fd00:12:0:280::/57")]);
+    assert!(overlapping_v6(&map, net6("2001:db8::/32")).is_empty());
 }

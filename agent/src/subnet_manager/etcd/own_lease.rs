@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tracing::{error, info, warn};
 
@@ -16,7 +15,7 @@ use super::STARTUP_RETRY;
 use crate::{
     config::NetworkConfig,
     lease::{
-        self, LeaseAttrs,
+        self, LeaseAttrs, LeaseSubnets,
         acquire::{LEASE_TTL, acquire},
         registry::Registry,
         watch::LeaseEvent,
@@ -30,15 +29,16 @@ const RENEW_RETRY: Duration = Duration::from_secs(60);
 pub struct OwnLease {
     pub registry: Registry,
     pub attrs: LeaseAttrs,
-    /// The subnet held, or (while acquiring again) the one last held.
-    pub subnet: Ipv4Net,
+    /// The subnets held (IPv4, and IPv6 in a dual-stack network), or
+    /// (while acquiring again) the ones last held.
+    pub subnets: LeaseSubnets,
     renew_every: Duration,
     pub renew_at: Instant,
     /// The acquisition under way after the lease was lost; `None` while
     /// the lease is held.
     reacquiring: Option<Reacquiring>,
-    /// Where an acquisition under way sends the subnet it got.
-    reacquired: mpsc::Sender<Ipv4Net>,
+    /// Where an acquisition under way sends the subnets it got.
+    reacquired: mpsc::Sender<LeaseSubnets>,
 }
 
 /// An acquisition task; dropping it (the agent stops) ends the task.
@@ -58,10 +58,10 @@ impl OwnLease {
         mut registry: Registry,
         config: &NetworkConfig,
         attrs: LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Option<LeaseSubnets>,
         renew_margin_minutes: u64,
-    ) -> (Self, mpsc::Receiver<Ipv4Net>) {
-        let subnet = acquire_until_done(&mut registry, config, &attrs, previous).await;
+    ) -> (Self, mpsc::Receiver<LeaseSubnets>) {
+        let subnets = acquire_until_done(&mut registry, config, &attrs, previous).await;
         metrics::global().lease_acquired();
         let renew_every = LEASE_TTL
             .saturating_sub(Duration::from_secs(renew_margin_minutes * 60))
@@ -70,7 +70,7 @@ impl OwnLease {
         let own = Self {
             registry,
             attrs,
-            subnet,
+            subnets,
             renew_every,
             renew_at: Instant::now() + renew_every,
             reacquiring: None,
@@ -86,7 +86,7 @@ impl OwnLease {
     }
 
     pub fn key(&self) -> String {
-        lease::key(self.registry.prefix(), &self.subnet)
+        lease::lease_key(self.registry.prefix(), &self.subnets)
     }
 
     /// Whether `event` says our lease is gone or no longer ours (it must
@@ -145,26 +145,27 @@ impl OwnLease {
         metrics::global().lease_lost();
         let (mut registry, config, attrs) =
             (self.registry.clone(), config.clone(), self.attrs.clone());
-        let (previous, results) = (self.subnet, self.reacquired.clone());
+        let (previous, results) = (self.subnets, self.reacquired.clone());
         let task = tokio::spawn(async move {
-            let subnet = acquire_until_done(&mut registry, &config, &attrs, Some(previous)).await;
-            let _ = results.send(subnet).await;
+            let subnets = acquire_until_done(&mut registry, &config, &attrs, Some(previous)).await;
+            let _ = results.send(subnets).await;
         });
         self.reacquiring = Some(Reacquiring(task));
     }
 
-    /// An acquisition started by [`Self::start_reacquiring`] got `subnet`:
-    /// the lease is held again. Returns whether the subnet changed.
-    pub fn reacquired(&mut self, subnet: Ipv4Net) -> bool {
+    /// An acquisition started by [`Self::start_reacquiring`] got
+    /// `subnets`: the lease is held again. Returns whether the subnets
+    /// changed (either half).
+    pub fn reacquired(&mut self, subnets: LeaseSubnets) -> bool {
         self.reacquiring = None;
         self.renew_at = Instant::now() + self.renew_every;
-        metrics::global().lease_reacquired(subnet != self.subnet);
-        if subnet == self.subnet {
-            info!(%subnet, "re-acquired our subnet");
+        metrics::global().lease_reacquired(subnets != self.subnets);
+        if subnets == self.subnets {
+            info!(%subnets, "re-acquired our subnet");
             return false;
         }
-        warn!(old = %self.subnet, new = %subnet, "re-acquired a different subnet; pods on the old one need restarting");
-        self.subnet = subnet;
+        warn!(old = %self.subnets, new = %subnets, "re-acquired a different subnet; pods on the old one need restarting");
+        self.subnets = subnets;
         true
     }
 
@@ -172,11 +173,11 @@ impl OwnLease {
     pub async fn renew(&mut self) {
         let renewed = match self
             .registry
-            .renew(&self.subnet, &self.attrs, LEASE_TTL)
+            .renew(&self.subnets, &self.attrs, LEASE_TTL)
             .await
         {
             Ok(()) => {
-                info!(subnet = %self.subnet, "lease renewed");
+                info!(subnets = %self.subnets, "lease renewed");
                 self.renew_at = Instant::now() + self.renew_every;
                 true
             }
@@ -194,13 +195,13 @@ async fn acquire_until_done(
     registry: &mut Registry,
     config: &NetworkConfig,
     attrs: &LeaseAttrs,
-    previous: Option<Ipv4Net>,
-) -> Ipv4Net {
+    previous: Option<LeaseSubnets>,
+) -> LeaseSubnets {
     loop {
         match acquire(registry, config, attrs, previous).await {
-            Ok((subnet, reason)) => {
-                info!(%subnet, ?reason, "lease acquired");
-                return subnet;
+            Ok((subnets, reason)) => {
+                info!(subnet = %subnets.v4, subnet_v6 = ?subnets.v6.map(|v6| v6.to_string()), ?reason, "lease acquired");
+                return subnets;
             }
             Err(error) => {
                 error!("cannot acquire a subnet lease: {error:#}; retrying");

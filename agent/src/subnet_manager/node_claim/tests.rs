@@ -189,3 +189,105 @@ fn host_gw_nodes_carry_no_backend_data_and_a_changed_value_is_a_new_fingerprint(
         first.fingerprint
     );
 }
+
+/// A dual-stack Node as stock flanneld v0.20.2 (vxlan) leaves it.
+fn dual_node(name: &str) -> NodeRecord {
+    let keys = keys();
+    let mut node = node(name, "10.244.2.0/24");
+    node.pod_cidrs = vec!["10.244.2.0/24".into(), "fd00:12:0:2::/64".into()];
+    node.annotations
+        .insert(keys.public_ipv6.clone(), "fd50::2".into());
+    node.annotations.insert(
+        keys.backend_v6_data.clone(),
+        r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:66"}"#.into(),
+    );
+    node
+}
+
+#[test]
+fn a_dual_stack_node_is_the_claim_its_dual_stack_lease_would_be() {
+    let claim = claim(&dual_node("n2"), &keys()).unwrap();
+    assert_eq!(claim.subnet, Ok("10.244.2.0/24".parse().unwrap()));
+    assert_eq!(
+        claim.subnet_v6,
+        Ok(Some("fd00:12:0:2::/64".parse().unwrap()))
+    );
+    let lease = br#"{"PublicIP":"192.168.77.2","PublicIPv6":"fd50::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:66"}}"#;
+    assert_eq!(claim.attrs, Ok(LeaseAttrs::from_json(lease).unwrap()));
+    // An IPv4-only Node: no IPv6 half.
+    let v4 = claim_of(&node("n3", "10.244.3.0/24"));
+    assert_eq!(v4.subnet_v6, Ok(None));
+    assert_eq!(v4.attrs.unwrap().public_ipv6, None);
+}
+
+fn claim_of(node: &NodeRecord) -> Claim {
+    claim(node, &keys()).unwrap()
+}
+
+#[test]
+fn the_ipv6_pod_cidr_is_chosen_as_flanneld_chooses_it() {
+    let mut dual = node("n2", "10.244.7.0/24");
+    dual.pod_cidrs = vec!["10.244.7.0/24".into(), "fd00:1::/64".into()];
+    assert_eq!(pod_cidr_v6(&dual), Ok(Some("fd00:1::/64".parse().unwrap())));
+    dual.pod_cidrs.clear();
+    dual.pod_cidr = Some("fd00:2::/64".into());
+    assert_eq!(pod_cidr_v6(&dual), Ok(Some("fd00:2::/64".parse().unwrap())));
+    dual.pod_cidr = Some("10.244.7.0/24".into());
+    assert_eq!(pod_cidr_v6(&dual), Ok(None));
+}
+
+/// A hostile change to a dual-stack Node's IPv6 half, its rule and reason.
+type V6Case = (Box<dyn Fn(&mut NodeRecord)>, Rule, &'static str);
+
+#[test]
+fn hostile_v6_halves_are_refused_by_rule_and_only_for_the_v6_half() {
+    let keys = keys();
+    let cases: Vec<V6Case> = vec![
+        (
+            Box::new(|node| node.pod_cidrs[1] = "fd00:12:0:2::1/64".into()),
+            Rule::MalformedPodCidr,
+            "IPv6 podCIDR \"fd00:12:0:2::1/64\" of Node n2 is not the start of a /64",
+        ),
+        (
+            Box::new(|node| node.pod_cidrs[1] = "fd00:12:0:2::/129".into()),
+            Rule::MalformedPodCidr,
+            "is not an IPv6 prefix",
+        ),
+        (
+            Box::new({
+                let key = keys.public_ipv6.clone();
+                move |node| {
+                    node.annotations.insert(key.clone(), "192.168.77.2".into());
+                }
+            }),
+            Rule::MalformedAnnotation,
+            "flannel.alpha.coreos.com/public-ipv6 \"192.168.77.2\" is not an IPv6 address",
+        ),
+        (
+            Box::new({
+                let key = keys.backend_v6_data.clone();
+                move |node| {
+                    node.annotations
+                        .insert(key.clone(), r#"{"VNI":1,"VtepMAC":"zz"}"#.into());
+                }
+            }),
+            Rule::MalformedAnnotation,
+            "flannel.alpha.coreos.com/backend-v6-data",
+        ),
+    ];
+    for (change, rule, reason) in cases {
+        let mut node = dual_node("n2");
+        change(&mut node);
+        let claim = claim_of(&node);
+        // The IPv4 half still reads: an IPv4-only network uses it.
+        assert!(claim.subnet.is_ok() && claim.attrs.is_ok(), "{claim:?}");
+        let rejection = claim.subnet_v6.unwrap_err();
+        assert_eq!(rejection.rule, rule);
+        assert!(rejection.reason.contains(reason), "{}", rejection.reason);
+    }
+    // Oversized IPv6 annotations count towards the limit.
+    let mut huge = dual_node("n2");
+    huge.annotations
+        .insert(keys.backend_v6_data.clone(), "x".repeat(5000));
+    assert_eq!(rule(&claim_of(&huge)), Some(Rule::ValueTooLarge));
+}
