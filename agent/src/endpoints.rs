@@ -9,29 +9,32 @@
 //! of the sink come back as a new input (one more apply per batch of
 //! writes).
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage},
     neighbour::{NeighbourMessage, NeighbourState},
-    route::{RouteAddress, RouteAttribute},
 };
 use netlink_sys::{AsyncSocket as _, SocketAddr};
 use rtnetlink::{
     Handle,
-    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_TC},
+    constants::{RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_TC},
 };
 use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::{
-    dataplane::kernel::is_peer_route,
+    dataplane::kernel::{neighbour_ip_of, uplink_route},
     lease::MacAddr,
     net::{self, mac_of, name_of, neighbour_ip, neighbour_mac},
-    tc::{self, TcView},
+    tc::{self, TcHooks, TcView},
 };
 
 /// A port of the bridge: the host side of a pod's veth.
@@ -56,9 +59,15 @@ pub struct LocalView {
     pub gateway_mac: Option<MacAddr>,
     /// Resolved neighbours on the uplink: IPv4 -> MAC.
     pub uplink_neighbours: BTreeMap<Ipv4Addr, MacAddr>,
+    /// The same for IPv6, as NDP resolved them (read in a dual-stack
+    /// network only): PEERS6's next hops.
+    pub uplink_neighbours_v6: BTreeMap<Ipv6Addr, MacAddr>,
     /// Main-table routes out of the uplink: destination -> gateway (None:
     /// on-link), to find the underlay next hop of a peer node.
     pub uplink_routes: BTreeMap<Ipv4Net, Option<Ipv4Addr>>,
+    /// The same for IPv6 (read in a dual-stack network only): which peers'
+    /// PublicIPv6 are on-link (host-gw, DirectRouting).
+    pub uplink_routes_v6: BTreeMap<Ipv6Net, Option<Ipv6Addr>>,
     /// tc on the uplink, the bridge, flannel.<VNI> and the bridge's ports.
     pub tc: TcView,
 }
@@ -83,6 +92,15 @@ impl LocalView {
         self.route_to(address) == Some(None)
     }
 
+    /// [`Self::on_link`] for an IPv6 underlay address.
+    pub fn on_link_v6(&self, address: Ipv6Addr) -> bool {
+        self.uplink_routes_v6
+            .iter()
+            .filter(|(destination, _)| destination.contains(&address))
+            .max_by_key(|(destination, _)| destination.prefix_len())
+            .is_some_and(|(_, gateway)| gateway.is_none())
+    }
+
     /// The underlay MAC that frames for `address` go to: the address's own
     /// if it is on-link, else its gateway's, by longest prefix match over
     /// the uplink's routes; None while unrouted or unresolved.
@@ -105,12 +123,17 @@ const RESYNC: Duration = Duration::from_secs(5);
 pub async fn watch(
     bridge: String,
     uplink: u32,
-    vtep: Option<String>,
+    vteps: Vec<String>,
     pod_network: Ipv4Net,
+    pod_network_v6: Option<Ipv6Net>,
     views: mpsc::Sender<LocalView>,
 ) {
     loop {
-        match follow(&bridge, uplink, vtep.as_deref(), &pod_network, &views).await {
+        let networks = PodNetworks {
+            v4: pod_network,
+            v6: pod_network_v6,
+        };
+        match follow(&bridge, uplink, &vteps, &networks, &views).await {
             Ok(()) => return,
             Err(error) => {
                 warn!("following pods and neighbours: {error:#}; starting over");
@@ -124,8 +147,8 @@ pub async fn watch(
 async fn follow(
     bridge: &str,
     uplink: u32,
-    vtep: Option<&str>,
-    pod_network: &Ipv4Net,
+    vteps: &[String],
+    networks: &PodNetworks,
     views: &mpsc::Sender<LocalView>,
 ) -> Result<()> {
     let (mut connection, handle, mut events) =
@@ -136,14 +159,18 @@ async fn follow(
         .socket_mut()
         .bind(&SocketAddr::new(
             0,
-            RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_TC,
+            RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_TC,
         ))
         .context("cannot subscribe to link, neighbour, route and tc events")?;
     tokio::spawn(connection);
 
     let mut last_sent: Option<LocalView> = None;
     loop {
-        let current = read_view(&handle, bridge, uplink, vtep, Some(pod_network)).await?;
+        let mut current = read_view(&handle, bridge, uplink, vteps, Some(&networks.v4)).await?;
+        if let Some(network_v6) = &networks.v6 {
+            current.uplink_routes_v6 = read_uplink_routes_v6(&handle, uplink, network_v6).await?;
+            current.uplink_neighbours_v6 = read_uplink_neighbours_v6(&handle, uplink).await?;
+        }
         if last_sent.as_ref() != Some(&current) {
             if views.send(current.clone()).await.is_err() {
                 return Ok(());
@@ -161,14 +188,49 @@ async fn follow(
     }
 }
 
+/// The pod networks whose weft-written routes the view leaves out.
+struct PodNetworks {
+    v4: Ipv4Net,
+    /// Dual-stack only: the IPv6 routes are read then.
+    v6: Option<Ipv6Net>,
+}
+
+/// The main table's IPv6 routes out of the uplink, without weft's own
+/// host-gw and DirectRouting routes into `pod_network_v6`.
+pub async fn read_uplink_routes_v6(
+    handle: &Handle,
+    uplink: u32,
+    pod_network_v6: &Ipv6Net,
+) -> Result<BTreeMap<Ipv6Net, Option<Ipv6Addr>>> {
+    let routes = net::main_routes_v6(handle).await?;
+    Ok(routes
+        .iter()
+        .filter_map(|route| uplink_route::<Ipv6Addr>(route, uplink, Some(pod_network_v6)))
+        .collect())
+}
+
+/// The uplink's resolved IPv6 neighbours (NDP's answers): the MACs of the
+/// peers PEERS6 routes to directly.
+pub async fn read_uplink_neighbours_v6(
+    handle: &Handle,
+    uplink: u32,
+) -> Result<BTreeMap<Ipv6Addr, MacAddr>> {
+    let neighbours = net::neighbours(handle).await?;
+    Ok(neighbours
+        .iter()
+        .filter(|entry| entry.header.ifindex == uplink && usable(entry))
+        .filter_map(|entry| Some((neighbour_ip_of::<Ipv6Addr>(entry)?, neighbour_mac(entry)?)))
+        .collect())
+}
+
 /// The current view (empty pods and ports while the bridge does not exist),
-/// without weft's peer routes into `pod_network` when it is given. `vtep`:
-/// flannel.<VNI>'s name (VXLAN only).
+/// without weft's peer routes into `pod_network` when it is given. `vteps`:
+/// flannel.<VNI>'s name and, dual-stack, flannel-v6.<VNI>'s (VXLAN only).
 pub async fn read_view(
     handle: &Handle,
     bridge: &str,
     uplink: u32,
-    vtep: Option<&str>,
+    vteps: &[String],
     pod_network: Option<&Ipv4Net>,
 ) -> Result<LocalView> {
     let links = net::links(handle).await?;
@@ -177,32 +239,7 @@ pub async fn read_view(
     let mut view = LocalView {
         uplink_routes: routes
             .iter()
-            .filter(|route| {
-                route
-                    .attributes
-                    .iter()
-                    .any(|attr| matches!(attr, RouteAttribute::Oif(index) if *index == uplink))
-                    && !pod_network
-                        .is_some_and(|network| is_peer_route(route, network, None, uplink))
-            })
-            .filter_map(|route| {
-                let destination = route
-                    .attributes
-                    .iter()
-                    .find_map(|attr| match attr {
-                        RouteAttribute::Destination(RouteAddress::Inet(address)) => Some(*address),
-                        _ => None,
-                    })
-                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
-                let gateway = route.attributes.iter().find_map(|attr| match attr {
-                    RouteAttribute::Gateway(RouteAddress::Inet(address)) => Some(*address),
-                    _ => None,
-                });
-                Some((
-                    Ipv4Net::new(destination, route.header.destination_prefix_length).ok()?,
-                    gateway,
-                ))
-            })
+            .filter_map(|route| uplink_route::<Ipv4Addr>(route, uplink, pod_network))
             .collect(),
         uplink_neighbours: neighbours
             .iter()
@@ -212,7 +249,7 @@ pub async fn read_view(
         ..LocalView::default()
     };
     let Some(bridge_link) = links.iter().find(|link| name_of(link) == Some(bridge)) else {
-        view.tc = read_tc(handle, &links, &view, uplink, vtep).await;
+        view.tc = read_tc(handle, &links, &view, uplink, vteps).await;
         return Ok(view);
     };
     let bridge_index = bridge_link.header.index;
@@ -240,11 +277,11 @@ pub async fn read_view(
             Some((link.header.index, port))
         })
         .collect();
-    view.tc = read_tc(handle, &links, &view, uplink, vtep).await;
+    view.tc = read_tc(handle, &links, &view, uplink, vteps).await;
     Ok(view)
 }
 
-/// tc on the uplink, the bridge, flannel.<VNI> and the bridge's ports;
+/// tc on the uplink, the bridge, the VXLAN devices and the bridge's ports;
 /// marked unreadable (never an error: routes must not wait for it) when
 /// the kernel does not answer.
 async fn read_tc(
@@ -252,7 +289,7 @@ async fn read_tc(
     links: &[LinkMessage],
     view: &LocalView,
     uplink: u32,
-    vtep: Option<&str>,
+    vteps: &[String],
 ) -> TcView {
     let index_of = |name: &str| {
         links
@@ -266,15 +303,16 @@ async fn read_tc(
             .find(|link| link.header.index == index)
             .and_then(|link| name_of(link))
     };
-    let vtep_index = vtep.and_then(index_of);
+    let vtep_indexes: Vec<u32> = vteps.iter().filter_map(|name| index_of(name)).collect();
     let mut wanted: Vec<(u32, &str)> = view
         .ports
         .iter()
         .map(|(index, port)| (*index, port.name.as_str()))
         .collect();
-    for index in [Some(uplink), view.bridge_index, vtep_index]
+    for index in [Some(uplink), view.bridge_index]
         .into_iter()
         .flatten()
+        .chain(vtep_indexes.iter().copied())
     {
         if let Some(name) = name_at(index) {
             wanted.push((index, name));
@@ -300,7 +338,9 @@ async fn read_tc(
     };
     let uplink = take(Some(uplink));
     let bridge = take(view.bridge_index);
-    let vtep = take(vtep_index);
+    let vtep = vtep_indexes.iter().fold(TcHooks::default(), |vtep, index| {
+        vtep.merged(take(Some(*index)))
+    });
     TcView {
         uplink,
         bridge,

@@ -1,8 +1,9 @@
 //! Choosing the uplink and the node's public address, as flanneld does:
 //! `--iface` (first that exists), else `--iface-regex`, else the interface
 //! of the default route; `--public-ip`, else the uplink's first IPv4 address.
+//! In a dual-stack network also the uplink's IPv6 address ([`uplink_ipv6`]).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
@@ -23,6 +24,12 @@ pub struct Uplink {
     pub mtu: u32,
     pub mac: MacAddr,
     pub public_ip: Ipv4Addr,
+    /// Dual-stack only ([`uplink_ipv6`]): the uplink's own IPv6 address,
+    /// the local end of `flannel-v6.<VNI>` (flanneld's `IfaceV6Addr`)...
+    pub ipv6: Option<Ipv6Addr>,
+    /// ...and the one this node announces as `PublicIPv6` (`--public-ipv6`,
+    /// else the same; flanneld's `ExtV6Addr`).
+    pub public_ipv6: Option<Ipv6Addr>,
     /// A veth (containers-in-containers, the lab), not a NIC.
     pub is_veth: bool,
 }
@@ -86,6 +93,8 @@ pub async fn select_uplink(
         mtu: mtu_of(link).unwrap_or(1500),
         mac: mac_of(link).unwrap_or(MacAddr([0; 6])),
         public_ip,
+        ipv6: None,
+        public_ipv6: None,
         is_veth: is_veth(link),
         name,
     })
@@ -111,6 +120,67 @@ async fn first_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>> {
     Ok(None)
 }
 
+/// The uplink's IPv6 side, for a dual-stack network: its first global
+/// unicast IPv6 address (as flanneld's `LookupExtIface` picks it) and the
+/// `PublicIPv6` to announce (`--public-ipv6`, else that address). flanneld
+/// falls back to a link-local address when there is no global one; weft
+/// refuses instead: a link-local VTEP is unreachable from a peer on another
+/// link and ambiguous without its scope.
+pub async fn uplink_ipv6(
+    handle: &Handle,
+    uplink: &Uplink,
+    public_ipv6: Option<Ipv6Addr>,
+) -> Result<(Ipv6Addr, Ipv6Addr)> {
+    let addresses = addresses_v6(handle, uplink.index).await?;
+    let own = addresses
+        .into_iter()
+        .find(|address| is_global_unicast(*address))
+        .ok_or_else(|| {
+            anyhow!(
+                "the network is dual-stack (EnableIPv6) but uplink {} has no global unicast IPv6 address; give it one (flannel-v6.<VNI> sends from it)",
+                uplink.name
+            )
+        })?;
+    if let Some(public) = public_ipv6
+        && !is_global_unicast(public)
+    {
+        bail!("--public-ipv6 {public} is not a global unicast IPv6 address");
+    }
+    Ok((own, public_ipv6.unwrap_or(own)))
+}
+
+/// Go's `net.IP.IsGlobalUnicast` for IPv6, which flanneld uses: anything
+/// but unspecified, loopback, multicast and link-local unicast (unique
+/// local `fc00::/7` counts, as it does for flanneld).
+pub fn is_global_unicast(address: Ipv6Addr) -> bool {
+    !(address.is_unspecified()
+        || address.is_loopback()
+        || address.is_multicast()
+        || address.is_unicast_link_local())
+}
+
+/// The IPv6 addresses on link `index`, in the kernel's order.
+async fn addresses_v6(handle: &Handle, index: u32) -> Result<Vec<Ipv6Addr>> {
+    let mut addresses = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let mut found = Vec::new();
+    while let Some(message) = addresses
+        .try_next()
+        .await
+        .context("cannot list addresses")?
+    {
+        for attr in &message.attributes {
+            if let AddressAttribute::Address(IpAddr::V6(address)) = attr {
+                found.push(*address);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The IPv4 routes of the main table.
 pub async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>> {
     let routes: Vec<RouteMessage> = handle
@@ -120,6 +190,21 @@ pub async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>> {
         .try_collect()
         .await
         .context("cannot list routes")?;
+    Ok(routes
+        .into_iter()
+        .filter(|route| route.header.table == RouteHeader::RT_TABLE_MAIN)
+        .collect())
+}
+
+/// The IPv6 routes of the main table.
+pub async fn main_routes_v6(handle: &Handle) -> Result<Vec<RouteMessage>> {
+    let routes: Vec<RouteMessage> = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .context("cannot list IPv6 routes")?;
     Ok(routes
         .into_iter()
         .filter(|route| route.header.table == RouteHeader::RT_TABLE_MAIN)
@@ -201,6 +286,19 @@ pub fn mtu_of(link: &LinkMessage) -> Option<u32> {
 pub fn neighbour_ip(neighbour: &NeighbourMessage) -> Option<Ipv4Addr> {
     neighbour.attributes.iter().find_map(|attr| match attr {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => Some(*address),
+        _ => None,
+    })
+}
+
+/// The neighbour's address in either family.
+pub fn neighbour_addr(neighbour: &NeighbourMessage) -> Option<IpAddr> {
+    neighbour.attributes.iter().find_map(|attr| match attr {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => {
+            Some(IpAddr::V4(*address))
+        }
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(address)) => {
+            Some(IpAddr::V6(*address))
+        }
         _ => None,
     })
 }

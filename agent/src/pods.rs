@@ -1,24 +1,28 @@
 //! The local pods, an input of the desired state: the pods this node's
-//! fast path delivers to, from state the node owns: the IPv4 addresses
-//! configured on the pod's end of each bridge port's veth (read inside the
-//! pod's namespace), inside this node's subnet. Never from what a pod says
+//! fast path delivers to, from state the node owns: the IPv4 (and, in a
+//! dual-stack network, IPv6) addresses configured on the pod's end of each
+//! bridge port's veth (read inside the pod's namespace), inside this
+//! node's subnet (IPv6 subnet). Never from what a pod says
 //! on the wire: cni0's neighbour table and the bridge's learned MACs take
 //! whatever ARP a pod sends, and a pod with CAP_NET_RAW (the default) could
 //! claim a ClusterIP or its neighbour's address and receive their traffic.
-//! The subnet is the agent's (`Agent::subnet`), passed in on every read.
+//! The subnets are the agent's (`Agent::subnet`, `Agent::subnet_v6`),
+//! passed in on every read.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    fmt::Display,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Result, anyhow, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::Handle;
 use tracing::{info, warn};
 
 use crate::{
     endpoints::{BridgePorts, PodPort},
+    lease::LeaseSubnets,
     pod_veth::{self, PodSide},
 };
 
@@ -43,36 +47,36 @@ impl LocalPods {
 
     /// Forgets ports that are gone and reads the pod side of every port not
     /// read yet, whose GRO is not confirmed yet, or that had no address in
-    /// `subnet` yet: the CNI plugin plugs the veth into the bridge before
-    /// IPAM configures the pod's address, and the first read can fall in
-    /// between.
-    pub async fn refresh(&mut self, ports: &BridgePorts, subnet: Ipv4Net) {
-        self.read_sides(ports, subnet, false).await;
+    /// `subnets.v4` yet (nor, with an IPv6 subnet, in `subnets.v6`): the
+    /// CNI plugin plugs the veth into the bridge before IPAM configures the
+    /// pod's addresses, and the first read can fall in between (a
+    /// dual-stack pod's IPv6 address can come later still, after DAD).
+    pub async fn refresh(&mut self, ports: &BridgePorts, subnets: LeaseSubnets) {
+        self.read_sides(ports, subnets, false).await;
     }
 
     /// Reads again the pods whose side could not be read or is not complete
     /// yet ([`Self::refresh`]; views arrive only when something changed).
     /// Returns whether the local pods changed.
-    pub async fn retry(&mut self, ports: &BridgePorts, subnet: Ipv4Net) -> bool {
-        let before = self.endpoints(subnet);
-        self.refresh(ports, subnet).await;
-        self.endpoints(subnet) != before
+    pub async fn retry(&mut self, ports: &BridgePorts, subnets: LeaseSubnets) -> bool {
+        let before = self.all_endpoints(subnets);
+        self.refresh(ports, subnets).await;
+        self.all_endpoints(subnets) != before
     }
 
     /// Reads every port's pod side again, complete or not, so a pod whose
     /// MAC or addresses changed after it was read is followed. Returns
     /// whether the local pods changed.
-    pub async fn reread(&mut self, ports: &BridgePorts, subnet: Ipv4Net) -> bool {
-        let before = self.endpoints(subnet);
-        self.read_sides(ports, subnet, true).await;
-        self.endpoints(subnet) != before
+    pub async fn reread(&mut self, ports: &BridgePorts, subnets: LeaseSubnets) -> bool {
+        let before = self.all_endpoints(subnets);
+        self.read_sides(ports, subnets, true).await;
+        self.all_endpoints(subnets) != before
     }
 
-    async fn read_sides(&mut self, ports: &BridgePorts, subnet: Ipv4Net, complete_too: bool) {
+    async fn read_sides(&mut self, ports: &BridgePorts, subnets: LeaseSubnets, complete_too: bool) {
         self.sides.retain(|index, _| ports.contains_key(index));
         self.failing.retain(|index| ports.contains_key(index));
-        let complete =
-            |side: &PodSide| side.gro_on && side.addresses.iter().any(|ip| subnet.contains(ip));
+        let complete = |side: &PodSide| is_complete(side, subnets);
         for (index, port) in ports {
             if !complete_too && self.sides.get(index).is_some_and(complete) {
                 continue;
@@ -115,6 +119,37 @@ impl LocalPods {
     pub fn endpoints(&self, subnet: Ipv4Net) -> BTreeMap<Ipv4Addr, LocalPod> {
         endpoints_of(&self.sides, subnet)
     }
+
+    /// The local pods' IPv6 addresses in `subnet_v6`, the node's IPv6
+    /// subnet (see [`endpoints6_of`]).
+    pub fn endpoints6(&self, subnet_v6: Ipv6Net) -> BTreeMap<Ipv6Addr, LocalPod> {
+        endpoints6_of(&self.sides, subnet_v6)
+    }
+
+    /// Both families' endpoints, to tell whether a read changed either.
+    fn all_endpoints(
+        &self,
+        subnets: LeaseSubnets,
+    ) -> (BTreeMap<Ipv4Addr, LocalPod>, BTreeMap<Ipv6Addr, LocalPod>) {
+        (
+            self.endpoints(subnets.v4),
+            subnets
+                .v6
+                .map(|subnet_v6| self.endpoints6(subnet_v6))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// A pod side read far enough not to be read again on every view: GRO on,
+/// an address in the IPv4 subnet and, when the node has an IPv6 subnet, an
+/// address in that too.
+fn is_complete(side: &PodSide, subnets: LeaseSubnets) -> bool {
+    side.gro_on
+        && side.addresses.iter().any(|ip| subnets.v4.contains(ip))
+        && subnets
+            .v6
+            .is_none_or(|v6| side.addresses_v6.iter().any(|ip| v6.contains(ip)))
 }
 
 /// Each address of a pod side that lies inside our subnet and is a host
@@ -122,15 +157,43 @@ impl LocalPods {
 /// belongs to neither.
 fn endpoints_of(sides: &BTreeMap<u32, PodSide>, subnet: Ipv4Net) -> BTreeMap<Ipv4Addr, LocalPod> {
     let gateway = subnet.hosts().next();
+    collect_endpoints(
+        sides,
+        |side| &side.addresses,
+        |address| {
+            subnet.contains(address)
+                && Some(*address) != gateway
+                && *address != subnet.network()
+                && *address != subnet.broadcast()
+        },
+    )
+}
+
+/// [`endpoints_of`] for IPv6: inside our IPv6 subnet, neither its network
+/// address (the subnet-router anycast address) nor the gateway's, the
+/// first after it (`<net>::1`, what flannel's subnet.env gives the bridge).
+fn endpoints6_of(sides: &BTreeMap<u32, PodSide>, subnet: Ipv6Net) -> BTreeMap<Ipv6Addr, LocalPod> {
+    let network = subnet.network();
+    let gateway = Ipv6Addr::from(u128::from(network).wrapping_add(1));
+    collect_endpoints(
+        sides,
+        |side| &side.addresses_v6,
+        |address| subnet.contains(address) && *address != network && *address != gateway,
+    )
+}
+
+/// The addresses `addresses` lists of each side that pass `is_endpoint`,
+/// with their pods; one that two pods both claim is left out.
+fn collect_endpoints<A: Copy + Ord + Display>(
+    sides: &BTreeMap<u32, PodSide>,
+    addresses: impl Fn(&PodSide) -> &[A],
+    is_endpoint: impl Fn(&A) -> bool,
+) -> BTreeMap<A, LocalPod> {
     let mut endpoints = BTreeMap::new();
     let mut contested = BTreeSet::new();
     for (port, side) in sides {
-        for address in &side.addresses {
-            if !subnet.contains(address)
-                || Some(*address) == gateway
-                || *address == subnet.network()
-                || *address == subnet.broadcast()
-            {
+        for address in addresses(side) {
+            if !is_endpoint(address) {
                 continue;
             }
             let pod = LocalPod {
@@ -155,10 +218,19 @@ mod tests {
     use super::*;
     use crate::lease::MacAddr;
 
+    /// A pod side with `addresses` of either family.
     fn side(mac: u8, addresses: &[&str], gro_on: bool) -> PodSide {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for address in addresses {
+            match address.parse().unwrap() {
+                std::net::IpAddr::V4(ip) => v4.push(ip),
+                std::net::IpAddr::V6(ip) => v6.push(ip),
+            }
+        }
         PodSide {
             mac: MacAddr([2, 0, 0, 0, 0, mac]),
-            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            addresses: v4,
+            addresses_v6: v6,
             gro_on,
             gro_turned_on: false,
         }
@@ -166,6 +238,103 @@ mod tests {
 
     fn lease() -> Ipv4Net {
         "10.244.1.0/24".parse().unwrap()
+    }
+
+    fn lease_v6() -> Ipv6Net {
+        "fd00:10:244:1::/64".parse().unwrap()
+    }
+
+    fn subnets(v6: bool) -> LeaseSubnets {
+        LeaseSubnets {
+            v4: lease(),
+            v6: v6.then(lease_v6),
+        }
+    }
+
+    #[test]
+    fn only_a_pods_own_ipv6_addresses_inside_our_ipv6_subnet_are_endpoints() {
+        let sides = BTreeMap::from([
+            (
+                7,
+                side(
+                    1,
+                    &[
+                        "10.244.1.2",
+                        "fd00:10:244:1::2",
+                        "fd00:10:244:2::9",
+                        "fd00:96::a",
+                    ],
+                    true,
+                ),
+            ),
+            (
+                8,
+                side(
+                    2,
+                    &["fd00:10:244:1::", "fd00:10:244:1::1", "fd00:10:244:1::3"],
+                    false,
+                ),
+            ),
+        ]);
+        let endpoints = endpoints6_of(&sides, lease_v6());
+        let addresses: Vec<String> = endpoints.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            addresses,
+            ["fd00:10:244:1::2", "fd00:10:244:1::3"],
+            "not another subnet's, not the network address, not the gateway (::1)"
+        );
+        assert_eq!(
+            endpoints[&"fd00:10:244:1::2".parse().unwrap()],
+            LocalPod {
+                port: 7,
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                xdp_ready: true
+            }
+        );
+        assert!(!endpoints[&"fd00:10:244:1::3".parse().unwrap()].xdp_ready);
+        // The IPv4 endpoints are the IPv4 addresses alone.
+        let v4: Vec<String> = endpoints_of(&sides, lease())
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(v4, ["10.244.1.2"]);
+    }
+
+    #[test]
+    fn an_ipv6_address_two_pods_claim_belongs_to_neither() {
+        let sides = BTreeMap::from([
+            (7, side(1, &["fd00:10:244:1::2"], true)),
+            (8, side(2, &["fd00:10:244:1::2", "fd00:10:244:1::3"], true)),
+        ]);
+        let addresses: Vec<String> = endpoints6_of(&sides, lease_v6())
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addresses, ["fd00:10:244:1::3"]);
+    }
+
+    #[test]
+    fn a_dual_stack_pod_is_read_again_until_it_has_its_ipv6_address() {
+        let v4_only = side(1, &["10.244.1.2"], true);
+        assert!(
+            is_complete(&v4_only, subnets(false)),
+            "no IPv6 subnet: IPv4 is all"
+        );
+        assert!(
+            !is_complete(&v4_only, subnets(true)),
+            "IPv6 not configured yet (later CNI step, DAD)"
+        );
+        let elsewhere = side(1, &["10.244.1.2", "fd00:10:244:2::2"], true);
+        assert!(!is_complete(&elsewhere, subnets(true)));
+        let both = side(1, &["10.244.1.2", "fd00:10:244:1::2"], true);
+        assert!(is_complete(&both, subnets(true)));
+        let v6_only = side(1, &["fd00:10:244:1::2"], true);
+        assert!(
+            !is_complete(&v6_only, subnets(true)),
+            "the IPv4 address still missing"
+        );
+        let gro_off = side(1, &["10.244.1.2", "fd00:10:244:1::2"], false);
+        assert!(!is_complete(&gro_off, subnets(true)));
     }
 
     #[test]

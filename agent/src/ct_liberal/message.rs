@@ -16,11 +16,12 @@ use netlink_packet_core::{
     DecodeError, Emitable, NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NetlinkDeserializable,
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla,
 };
-use weft_common::FlowKey;
+use weft_common::{FlowKey, FlowKey6};
 
 /// `NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW`.
 const CT_NEW: u16 = 1 << 8;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const NFNETLINK_V0: u8 = 0;
 
 const CTA_TUPLE_ORIG: u16 = 1;
@@ -29,6 +30,8 @@ const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
@@ -75,32 +78,58 @@ impl Nla for Attr {
 /// NAT); the kernel finds the entry by either direction's tuple, and both
 /// directions get the same flags, so which one the packet was is moot.
 pub struct MakeLiberal {
+    /// The nfgenmsg family: conntrack looks the tuple up in this family's
+    /// table (`AF_INET` or `AF_INET6`).
+    family: u8,
     attrs: Vec<Attr>,
 }
 
 impl MakeLiberal {
     /// The update for `key`'s conntrack entry; `None` unless it is TCP.
     pub fn new(key: &FlowKey) -> Option<Self> {
-        if key.proto != IPPROTO_TCP {
-            return None;
-        }
+        (key.proto == IPPROTO_TCP).then(|| {
+            Self::tcp(
+                AF_INET,
+                [
+                    Attr::Bytes(CTA_IP_V4_SRC, key.saddr.to_vec()),
+                    Attr::Bytes(CTA_IP_V4_DST, key.daddr.to_vec()),
+                ],
+                key.sport,
+                key.dport,
+            )
+        })
+    }
+
+    /// The update for an IPv6 flow's conntrack entry; `None` unless it is
+    /// TCP.
+    pub fn new6(key: &FlowKey6) -> Option<Self> {
+        (key.proto == IPPROTO_TCP).then(|| {
+            Self::tcp(
+                AF_INET6,
+                [
+                    Attr::Bytes(CTA_IP_V6_SRC, key.saddr.to_vec()),
+                    Attr::Bytes(CTA_IP_V6_DST, key.daddr.to_vec()),
+                ],
+                key.sport,
+                key.dport,
+            )
+        })
+    }
+
+    /// The request for a TCP tuple whose addresses are `addresses` (the
+    /// family's source and destination attributes), ports big endian.
+    fn tcp(family: u8, addresses: [Attr; 2], sport: [u8; 2], dport: [u8; 2]) -> Self {
         let liberal = vec![IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL];
         let tuple = Attr::Nested(
             CTA_TUPLE_ORIG,
             vec![
-                Attr::Nested(
-                    CTA_TUPLE_IP,
-                    vec![
-                        Attr::Bytes(CTA_IP_V4_SRC, key.saddr.to_vec()),
-                        Attr::Bytes(CTA_IP_V4_DST, key.daddr.to_vec()),
-                    ],
-                ),
+                Attr::Nested(CTA_TUPLE_IP, addresses.into()),
                 Attr::Nested(
                     CTA_TUPLE_PROTO,
                     vec![
                         Attr::Bytes(CTA_PROTO_NUM, vec![IPPROTO_TCP]),
-                        Attr::Bytes(CTA_PROTO_SRC_PORT, key.sport.to_vec()),
-                        Attr::Bytes(CTA_PROTO_DST_PORT, key.dport.to_vec()),
+                        Attr::Bytes(CTA_PROTO_SRC_PORT, sport.to_vec()),
+                        Attr::Bytes(CTA_PROTO_DST_PORT, dport.to_vec()),
                     ],
                 ),
             ],
@@ -116,9 +145,10 @@ impl MakeLiberal {
                 ],
             )],
         );
-        Some(Self {
+        Self {
+            family,
             attrs: vec![tuple, protoinfo],
-        })
+        }
     }
 
     /// The whole netlink message, asking for an ack, with sequence `seq`.
@@ -145,7 +175,7 @@ impl NetlinkSerializable for MakeLiberal {
 
     fn serialize(&self, buffer: &mut [u8]) {
         // struct nfgenmsg: family, version, res_id (big endian).
-        buffer[..4].copy_from_slice(&[AF_INET, NFNETLINK_V0, 0, 0]);
+        buffer[..4].copy_from_slice(&[self.family, NFNETLINK_V0, 0, 0]);
         self.attrs.as_slice().emit(&mut buffer[4..]);
     }
 }
@@ -239,6 +269,57 @@ mod tests {
             let key = FlowKey { proto, ..tcp_key() };
             assert!(MakeLiberal::new(&key).is_none());
         }
+        for proto in [17, 58] {
+            let key = FlowKey6 {
+                proto,
+                ..tcp_key6()
+            };
+            assert!(MakeLiberal::new6(&key).is_none());
+        }
+    }
+
+    fn tcp_key6() -> FlowKey6 {
+        let ip = |last: u8| {
+            let mut ip = [0u8; 16];
+            ip[..8].copy_from_slice(&[0xfd, 0, 0, 0x10, 0x02, 0x44, 0, last]);
+            ip[15] = 2 + last;
+            ip
+        };
+        FlowKey6 {
+            saddr: ip(1),
+            daddr: ip(2),
+            sport: 40000u16.to_be_bytes(),
+            dport: 8080u16.to_be_bytes(),
+            proto: IPPROTO_TCP,
+            ..FlowKey6::default()
+        }
+    }
+
+    #[test]
+    fn encodes_the_ipv6_tuple_in_the_ipv6_family_with_the_same_flags() {
+        let bytes = MakeLiberal::new6(&tcp_key6()).unwrap().to_bytes(9);
+        #[rustfmt::skip]
+        let expected: Vec<u8> = [
+            // nlmsghdr: length, type CT_NEW, flags REQUEST|ACK, seq 9, pid 0
+            &[120, 0, 0, 0][..], &[0x00, 0x01], &[0x05, 0x00], &[9, 0, 0, 0], &[0, 0, 0, 0],
+            // nfgenmsg: AF_INET6, v0, res_id 0
+            &[10, 0, 0, 0],
+            // CTA_TUPLE_ORIG (nested), 76 bytes
+            &[76, 0, 0x01, 0x80],
+            //   CTA_TUPLE_IP (nested): v6 src (3), v6 dst (4), 16 bytes each
+            &[44, 0, 0x01, 0x80],
+            &[20, 0, 3, 0], &[0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3],
+            &[20, 0, 4, 0], &[0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 2, 0, 0, 0, 0, 0, 0, 0, 4],
+            //   CTA_TUPLE_PROTO (nested): proto 6 (padded), sport, dport (big endian)
+            &[28, 0, 0x02, 0x80], &[5, 0, 1, 0, 6, 0, 0, 0],
+            &[6, 0, 2, 0, 0x9c, 0x40, 0, 0], &[6, 0, 3, 0, 0x1f, 0x90, 0, 0],
+            // CTA_PROTOINFO (nested) > CTA_PROTOINFO_TCP (nested)
+            &[24, 0, 0x04, 0x80], &[20, 0, 0x01, 0x80],
+            //   FLAGS_ORIGINAL and FLAGS_REPLY: {flags 0x08, mask 0x08}
+            &[6, 0, 4, 0, 0x08, 0x08, 0, 0], &[6, 0, 5, 0, 0x08, 0x08, 0, 0],
+        ]
+        .concat();
+        assert_eq!(bytes, expected);
     }
 
     /// An NLMSG_ERROR answer to `seq` with `code` (0: an ack).

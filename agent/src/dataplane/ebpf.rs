@@ -18,9 +18,9 @@ use aya::{
 };
 use tracing::{info, warn};
 use weft_common::{
-    CT_LIBERAL_BYTES, Endpoint, EndpointKey, FlowKey, FlowVerdict, MAX_ENDPOINTS, MAX_FLOWS,
-    MAX_PEERS, NodeConfig, PacketCounter, Peer, STATS_MAX_ENTRIES, Vtep, VtepKey, map_names,
-    program_names,
+    CT_LIBERAL_BYTES, Endpoint, EndpointKey, EndpointKey6, FlowKey, FlowKey6, FlowVerdict,
+    MAX_ENDPOINTS, MAX_FLOWS, MAX_PEERS, NodeConfig, PacketCounter, Peer, Peer6, STATS_MAX_ENTRIES,
+    Vtep, VtepKey, map_names, program_names,
 };
 
 use crate::{cli::XdpModeArg, endpoints::BridgePorts, net::Uplink};
@@ -30,13 +30,20 @@ pub static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wef
 
 /// Every map the object declares, pinned under the pin dir by name, with
 /// the (key size, value size, max entries) this build's programs expect.
-const PINNED_MAPS: [(&str, u32, u32, u32); 7] = [
+const PINNED_MAPS: [(&str, u32, u32, u32); 10] = [
     (map_names::CONFIG, 4, size::<NodeConfig>(), 1),
     // LPM trie keys: a u32 prefix length, then the address.
     (map_names::PEERS, 8, size::<Peer>(), MAX_PEERS),
+    (map_names::PEERS6, 4 + 16, size::<Peer6>(), MAX_PEERS),
     (
         map_names::ENDPOINTS,
         size::<EndpointKey>(),
+        size::<Endpoint>(),
+        MAX_ENDPOINTS,
+    ),
+    (
+        map_names::ENDPOINTS6,
+        size::<EndpointKey6>(),
         size::<Endpoint>(),
         MAX_ENDPOINTS,
     ),
@@ -51,6 +58,12 @@ const PINNED_MAPS: [(&str, u32, u32, u32); 7] = [
     (
         map_names::FLOWS,
         size::<FlowKey>(),
+        size::<FlowVerdict>(),
+        MAX_FLOWS,
+    ),
+    (
+        map_names::FLOWS6,
+        size::<FlowKey6>(),
         size::<FlowVerdict>(),
         MAX_FLOWS,
     ),

@@ -48,8 +48,8 @@ impl FastPath {
         self.maps.reload()
     }
 
-    /// Writes the maps, and pins each local pod's address to its MAC on the
-    /// bridge (from the same pods as ENDPOINTS).
+    /// Writes the maps, and pins each local pod's addresses to its MAC on
+    /// the bridge (from the same pods as ENDPOINTS and ENDPOINTS6).
     pub async fn sync(&mut self, desired: &Desired) -> MapReport {
         let report = self.maps.sync(desired);
         self.pod_neighbours.clone_from(&desired.pod_neighbours);
@@ -57,17 +57,18 @@ impl FastPath {
         report
     }
 
-    /// Removes every pinned pod neighbour entry (on a clean stop).
+    /// Removes every pinned pod neighbour entry, both families (on a clean
+    /// stop).
     pub async fn unpin_pod_neighbours(&self) -> anyhow::Result<usize> {
         match &self.pod_neighbours {
             Some(pinned) => {
-                pod_neighbours::unpin_all(&self.handle, pinned.bridge, pinned.subnet).await
+                pod_neighbours::unpin_all(&self.handle, pinned.bridge, pinned.into()).await
             }
             None => Ok(0),
         }
     }
 
-    /// Pins each local pod's address to its MAC on the bridge, as the last
+    /// Pins each local pod's addresses to its MAC on the bridge, as the last
     /// [`Desired`] says, repairing entries changed behind the agent's back.
     pub async fn pin_pod_neighbours(&self) {
         if let Some(wanted) = &self.pod_neighbours

@@ -12,37 +12,36 @@
 //! `ip route replace <peer subnet> via <PublicIP> dev <uplink>`.
 
 mod device;
+mod device_v6;
 mod entries;
+pub mod family;
+mod halves;
+mod v6;
+mod vxlan_link;
 
-pub use device::stable_vtep_mac;
+pub use device::{stable_vtep_mac, stable_vtep_v6_mac};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
-use ipnet::Ipv4Net;
-use netlink_packet_route::{
-    AddressFamily,
-    neighbour::{
-        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
-    },
-    route::RouteMessage,
-};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use netlink_packet_route::{AddressFamily, neighbour::NeighbourMessage, route::RouteMessage};
 use rtnetlink::Handle;
 use tracing::{info, warn};
 
-pub use self::entries::is_peer_route;
-use self::entries::{
-    is_installed_fdb, is_installed_neighbour, is_installed_route, route_destination, route_message,
+pub use self::entries::{neighbour_ip as neighbour_ip_of, uplink_route};
+use self::{
+    entries::route_destination,
+    halves::{Snapshot, fdb_kept, installed, report_unreadable, stale, stay_or_go},
 };
 use crate::{
     config::NetworkConfig,
-    desired::{Desired, PeerRoute},
+    desired::{Desired, PeerRoute, PeerRouteV6},
     lease::MacAddr,
-    net::{neighbour_ip, neighbour_mac},
 };
 
 /// How many peers' netlink requests a sync keeps in flight at once (adds
@@ -59,6 +58,10 @@ pub struct KernelDataplane {
     /// as this agent knows); `None` until a sync has read the kernel, and
     /// again after [`KernelDataplane::reread_next_sync`].
     applied: Option<BTreeMap<Ipv4Net, PeerRoute>>,
+    /// Dual-stack VXLAN: `flannel-v6.<VNI>` (`v6.rs`).
+    vxlan_v6: Option<VxlanDevice>,
+    /// [`Self::applied`] for the IPv6 routes (dual-stack).
+    applied_v6: Option<BTreeMap<Ipv6Net, PeerRouteV6>>,
 }
 
 /// What one [`KernelDataplane::sync`] could not do (counted in the metrics).
@@ -80,8 +83,8 @@ impl KernelReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
     pub what: FailureKind,
-    /// The peer's subnet (the network for the reconcile).
-    pub subnet: Ipv4Net,
+    /// The peer's subnet, IPv4 or IPv6 (the network for the reconcile).
+    pub subnet: IpNet,
     pub error: String,
 }
 
@@ -109,15 +112,6 @@ pub struct VxlanDevice {
     pub mac: MacAddr,
 }
 
-/// What the kernel holds where weft writes: the main table's IPv4 routes,
-/// and the VXLAN device's neighbours and fdb entries. Read once per sync
-/// that removes anything, however many peers go.
-struct Snapshot {
-    routes: Vec<RouteMessage>,
-    neighbours: Vec<NeighbourMessage>,
-    fdb: Vec<NeighbourMessage>,
-}
-
 /// A kernel entry to delete.
 enum Doomed {
     Route(RouteMessage),
@@ -138,6 +132,8 @@ impl KernelDataplane {
             public_ip,
             vxlan: None,
             applied: None,
+            vxlan_v6: None,
+            applied_v6: None,
         }
     }
 
@@ -146,6 +142,7 @@ impl KernelDataplane {
     /// knew, so the kernel is checked against it.
     pub fn reread_next_sync(&mut self) {
         self.applied = None;
+        self.applied_v6 = None;
     }
 
     /// Makes the kernel hold `desired.routes`. After start-up or a listing
@@ -160,17 +157,10 @@ impl KernelDataplane {
         let applied = self.applied.take();
         report.reconciled = applied.is_none();
         let applied = applied.unwrap_or_default();
-        let mut now = BTreeMap::new();
-        let mut going = Vec::new();
-        for (subnet, old) in &applied {
-            if desired.routes.get(subnet) == Some(old) {
-                now.insert(*subnet, old.clone());
-            } else {
-                going.push(old);
-            }
-        }
+        let (mut now, going) = stay_or_go(&applied, &desired.routes);
         if report.reconciled || !going.is_empty() {
-            match self.snapshot().await {
+            let routes = crate::net::main_routes(&self.handle);
+            match self.snapshot(routes, self.vxlan, AddressFamily::Inet).await {
                 Ok(snapshot) if report.reconciled => {
                     self.remove_stale(&snapshot, &desired.routes, &mut report)
                         .await
@@ -181,116 +171,25 @@ impl KernelDataplane {
                 }
                 Err(error) => {
                     warn!("cannot read the kernel datapath: {error:#}");
-                    let error = format!("{error:#}");
-                    if report.reconciled {
-                        report.failed.push(Failure {
-                            what: FailureKind::Reconcile,
-                            subnet: self.config.network,
-                            error: error.clone(),
-                        });
-                    }
-                    for peer in &going {
-                        report.failed.push(Failure {
-                            what: FailureKind::RemovePeer,
-                            subnet: peer.subnet(),
-                            error: error.clone(),
-                        });
-                    }
+                    let (reconciled, network) = (report.reconciled, self.config.network.into());
+                    report_unreadable(&mut report, &error, reconciled, network, &going);
                 }
             }
         }
-        // Peers are independent: their netlink requests are kept in flight
-        // together (a listing of 20,000 leases is 60,000 requests, and one
-        // at a time they cost a round trip each).
-        let to_add: Vec<(&Ipv4Net, &PeerRoute)> = desired
-            .routes
-            .iter()
-            .filter(|(subnet, _)| !now.contains_key(*subnet))
-            .collect();
-        let this = &*self;
-        let added: Vec<(&Ipv4Net, &PeerRoute, Result<()>)> = futures::stream::iter(to_add)
-            .map(|(subnet, route)| async move { (subnet, route, this.add_peer(route).await) })
-            .buffered(IN_FLIGHT)
-            .collect()
-            .await;
-        for (subnet, route, result) in added {
-            // One peer that cannot be programmed must not hold up the others.
-            match result {
-                Ok(()) => {
-                    if !report.reconciled {
-                        info!(%subnet, public_ip = %route.public_ip(), "peer programmed");
-                    }
-                    now.insert(*subnet, route.clone());
-                }
-                Err(error) => {
-                    warn!(%subnet, "{error:#}");
-                    report.failed.push(Failure {
-                        what: FailureKind::AddPeer,
-                        subnet: *subnet,
-                        error: format!("{error:#}"),
-                    });
-                }
-            }
-        }
+        let reconciled = report.reconciled;
+        self.add_missing(
+            &desired.routes,
+            &mut now,
+            self.vxlan,
+            "no VXLAN device",
+            reconciled,
+            &mut report,
+        )
+        .await;
         self.applied = Some(now);
+        // Dual-stack: the IPv6 halves, the same way (nothing otherwise).
+        self.sync_v6(desired, &mut report).await;
         report
-    }
-
-    /// Programs one peer (idempotent: every write is a replace).
-    async fn add_peer(&self, peer: &PeerRoute) -> Result<()> {
-        match peer {
-            PeerRoute::Vxlan {
-                subnet,
-                vtep_mac,
-                public_ip,
-            } => {
-                let device = self.vxlan.ok_or_else(|| anyhow!("no VXLAN device"))?;
-                let gateway = subnet.network();
-                self.handle
-                    .neighbours()
-                    .add(device.index, IpAddr::V4(gateway))
-                    .link_layer_address(&vtep_mac.0)
-                    .state(NeighbourState::Permanent)
-                    .replace()
-                    .execute()
-                    .await
-                    .with_context(|| format!("cannot add neighbour {gateway} -> {vtep_mac}"))?;
-                let mut fdb = self
-                    .handle
-                    .neighbours()
-                    .add_bridge(device.index, &vtep_mac.0)
-                    .flags(NeighbourFlags::Own)
-                    .state(NeighbourState::Permanent)
-                    .replace();
-                fdb.message_mut()
-                    .attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                        *public_ip,
-                    )));
-                fdb.execute()
-                    .await
-                    .with_context(|| format!("cannot add fdb {vtep_mac} -> {public_ip}"))?;
-                let route = route_message(*subnet, gateway, device.index, true);
-                self.handle
-                    .route()
-                    .add(route)
-                    .replace()
-                    .execute()
-                    .await
-                    .with_context(|| format!("cannot route {subnet}"))?;
-            }
-            PeerRoute::Direct { subnet, public_ip } => {
-                let route = route_message(*subnet, *public_ip, self.uplink_index, false);
-                self.handle
-                    .route()
-                    .add(route)
-                    .replace()
-                    .execute()
-                    .await
-                    .with_context(|| format!("cannot route {subnet}"))?;
-            }
-        }
-        Ok(())
     }
 
     /// Removes the peers in `going` (gone, or changed and re-added after):
@@ -307,41 +206,11 @@ impl KernelDataplane {
         report: &mut KernelReport,
     ) {
         let vxlan_index = self.vxlan.map(|device| device.index);
-        let fdb_kept: BTreeSet<(MacAddr, Ipv4Addr)> = desired
-            .values()
-            .filter_map(|peer| match peer {
-                PeerRoute::Vxlan {
-                    vtep_mac,
-                    public_ip,
-                    ..
-                } => Some((*vtep_mac, *public_ip)),
-                PeerRoute::Direct { .. } => None,
-            })
-            .collect();
+        let fdb_kept = fdb_kept(desired);
         let removals = going.iter().map(|peer| {
-            let mut doomed: Vec<Doomed> = snapshot
-                .routes
-                .iter()
-                .filter(|route| is_installed_route(route, peer, vxlan_index, self.uplink_index))
-                .cloned()
-                .map(Doomed::Route)
-                .collect();
-            if let PeerRoute::Vxlan {
-                subnet,
-                vtep_mac,
-                public_ip,
-            } = peer
-            {
-                let neighbours = snapshot
-                    .neighbours
-                    .iter()
-                    .filter(|entry| is_installed_neighbour(entry, subnet.network(), *vtep_mac));
-                let fdb = snapshot.fdb.iter().filter(|entry| {
-                    is_installed_fdb(entry, *vtep_mac, *public_ip)
-                        && !fdb_kept.contains(&(*vtep_mac, *public_ip))
-                });
-                doomed.extend(neighbours.chain(fdb).cloned().map(Doomed::Neighbour));
-            }
+            let (mut doomed, entries) =
+                installed(snapshot, *peer, &fdb_kept, vxlan_index, self.uplink_index);
+            doomed.extend(entries);
             async move {
                 // Route first, then neighbour and fdb entry.
                 for entry in doomed {
@@ -366,7 +235,7 @@ impl KernelDataplane {
                     warn!(%subnet, "{error:#}");
                     report.failed.push(Failure {
                         what: FailureKind::RemovePeer,
-                        subnet,
+                        subnet: subnet.into(),
                         error: format!("{error:#}"),
                     });
                 }
@@ -385,35 +254,13 @@ impl KernelDataplane {
         report: &mut KernelReport,
     ) {
         let vxlan_index = self.vxlan.map(|device| device.index);
-        let routes = snapshot.routes.iter().filter(|route| {
-            is_peer_route(route, &self.config.network, vxlan_index, self.uplink_index)
-                && route_destination(route).is_some_and(|to| !peers.contains_key(&to))
-        });
-        let mut gateways = BTreeSet::new();
-        let mut macs = BTreeSet::new();
-        for peer in peers.values() {
-            if let PeerRoute::Vxlan {
-                subnet, vtep_mac, ..
-            } = peer
-            {
-                gateways.insert(subnet.network());
-                macs.insert(*vtep_mac);
-            }
-        }
-        let neighbours = snapshot
-            .neighbours
-            .iter()
-            .filter(|entry| neighbour_ip(entry).is_some_and(|ip| !gateways.contains(&ip)));
-        let fdb = snapshot
-            .fdb
-            .iter()
-            .filter(|entry| neighbour_mac(entry).is_some_and(|mac| !macs.contains(&mac)));
-        let routes: Vec<Doomed> = routes.cloned().map(Doomed::Route).collect();
-        let entries: Vec<Doomed> = neighbours
-            .chain(fdb)
-            .cloned()
-            .map(Doomed::Neighbour)
-            .collect();
+        let (routes, entries) = stale(
+            snapshot,
+            &self.config.network,
+            peers,
+            vxlan_index,
+            self.uplink_index,
+        );
         // Routes first, then the neighbours and fdb entries they used.
         let mut results: Vec<Result<()>> = Vec::new();
         for batch in [routes, entries] {
@@ -429,7 +276,7 @@ impl KernelDataplane {
             warn!("cannot reconcile the kernel datapath: {error:#}");
             report.failed.push(Failure {
                 what: FailureKind::Reconcile,
-                subnet: self.config.network,
+                subnet: self.config.network.into(),
                 error: format!("{error:#}"),
             });
         }
@@ -439,7 +286,8 @@ impl KernelDataplane {
     async fn delete(&self, entry: Doomed) -> Result<()> {
         let result = match entry {
             Doomed::Route(route) => {
-                let destination = route_destination(&route);
+                // The IPv4 destination (an IPv6 route logs `None`).
+                let destination = route_destination::<Ipv4Addr>(&route);
                 info!(?destination, "removing route");
                 self.handle.route().del(route).execute().await
             }
@@ -465,27 +313,9 @@ impl KernelDataplane {
         let fdb = self.neighbours(device.index, AddressFamily::Bridge).await?;
         Ok(fdb
             .iter()
-            .filter_map(entries::fdb_destination)
+            .filter_map(entries::fdb_destination::<Ipv4Addr>)
             .filter(|ip| !ip.is_unspecified() && *ip != self.public_ip)
             .collect())
-    }
-
-    /// One read of the kernel: routes, and the VXLAN device's neighbours
-    /// and fdb entries (none without the device).
-    async fn snapshot(&self) -> Result<Snapshot> {
-        let routes = crate::net::main_routes(&self.handle).await?;
-        let (neighbours, fdb) = match self.vxlan {
-            Some(device) => (
-                self.neighbours(device.index, AddressFamily::Inet).await?,
-                self.neighbours(device.index, AddressFamily::Bridge).await?,
-            ),
-            None => (Vec::new(), Vec::new()),
-        };
-        Ok(Snapshot {
-            routes,
-            neighbours,
-            fdb,
-        })
     }
 
     async fn neighbours(&self, index: u32, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {

@@ -1,5 +1,6 @@
 //! The map writer, the sink for the fast path's half of [`Desired`]: PEERS,
-//! VTEPS, ENDPOINTS and CONFIG, written so that only what differs changes.
+//! VTEPS, ENDPOINTS, their IPv6 halves PEERS6 and ENDPOINTS6, and CONFIG,
+//! written so that only what differs changes.
 //! A cache of each map's contents (read from the maps when the writer is
 //! made, so a restarted agent adopts what the last one left) keeps a sync to
 //! in-memory work plus one syscall per changed entry. Every entry is written
@@ -13,32 +14,42 @@
 
 mod write_log;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::{info, warn};
 use weft_common::{
-    CONFIG_STRICT_VTEPS, Endpoint, EndpointKey, MAX_ENDPOINTS, MAX_PEERS, NodeConfig, Peer,
-    PeerAddr, Vtep, VtepKey, map_names,
+    CONFIG_STRICT_VTEPS, Endpoint, EndpointKey, EndpointKey6, MAX_ENDPOINTS, MAX_PEERS, NodeConfig,
+    Peer, Peer6, PeerAddr, PeerAddr6, Vtep, VtepKey, map_names,
 };
 pub use write_log::WriteLog;
 
 use crate::desired::{self, Desired};
 
 pub type PeersMap = LpmTrie<MapData, PeerAddr, Peer>;
+pub type Peers6Map = LpmTrie<MapData, PeerAddr6, Peer6>;
 pub type EndpointsMap = HashMap<MapData, EndpointKey, Endpoint>;
+pub type Endpoints6Map = HashMap<MapData, EndpointKey6, Endpoint>;
 pub type VtepsMap = HashMap<MapData, VtepKey, Vtep>;
 pub type ConfigMap = Array<MapData, NodeConfig>;
 
 pub struct FastPathMaps {
     peers: PeersMap,
+    peers6: Peers6Map,
     endpoints: EndpointsMap,
+    endpoints6: Endpoints6Map,
     vteps: VtepsMap,
     config: ConfigMap,
     cached_peers: BTreeMap<(u32, PeerAddr), Peer>,
+    cached_peers6: BTreeMap<(u32, PeerAddr6), Peer6>,
     cached_endpoints: BTreeMap<[u8; 4], Endpoint>,
+    cached_endpoints6: BTreeMap<[u8; 16], Endpoint>,
     cached_vteps: BTreeMap<[u8; 4], Vtep>,
     cached_config: NodeConfig,
     /// `--strict-vteps` is asked for but suspended (VTEPS is full), as last
@@ -80,29 +91,39 @@ impl FastPathMaps {
         };
         let peers = LpmTrie::try_from(Map::LpmTrie(open(map_names::PEERS)?))
             .map_err(wrong(map_names::PEERS))?;
+        let peers6 = LpmTrie::try_from(Map::LpmTrie(open(map_names::PEERS6)?))
+            .map_err(wrong(map_names::PEERS6))?;
         let endpoints = HashMap::try_from(Map::HashMap(open(map_names::ENDPOINTS)?))
             .map_err(wrong(map_names::ENDPOINTS))?;
+        let endpoints6 = HashMap::try_from(Map::HashMap(open(map_names::ENDPOINTS6)?))
+            .map_err(wrong(map_names::ENDPOINTS6))?;
         let vteps = HashMap::try_from(Map::HashMap(open(map_names::VTEPS)?))
             .map_err(wrong(map_names::VTEPS))?;
         let config = Array::try_from(Map::Array(open(map_names::CONFIG)?))
             .map_err(wrong(map_names::CONFIG))?;
-        Self::new(peers, endpoints, vteps, config)
+        Self::new(peers, peers6, endpoints, endpoints6, vteps, config)
     }
 
-    /// Takes the four maps and reads them into the caches.
+    /// Takes the six maps and reads them into the caches.
     pub fn new(
         peers: PeersMap,
+        peers6: Peers6Map,
         endpoints: EndpointsMap,
+        endpoints6: Endpoints6Map,
         vteps: VtepsMap,
         config: ConfigMap,
     ) -> Result<Self> {
         let mut maps = Self {
             peers,
+            peers6,
             endpoints,
+            endpoints6,
             vteps,
             config,
             cached_peers: BTreeMap::new(),
+            cached_peers6: BTreeMap::new(),
             cached_endpoints: BTreeMap::new(),
+            cached_endpoints6: BTreeMap::new(),
             cached_vteps: BTreeMap::new(),
             cached_config: NodeConfig::default(),
             strict_vteps_suspended: false,
@@ -119,8 +140,18 @@ impl FastPathMaps {
             .into_iter()
             .map(|(key, peer)| ((key.prefix_len(), key.data()), peer))
             .collect();
+        self.cached_peers6 = self
+            .peers6()?
+            .into_iter()
+            .map(|(key, peer)| ((key.prefix_len(), key.data()), peer))
+            .collect();
         self.cached_endpoints = self
             .endpoints()?
+            .into_iter()
+            .map(|(key, endpoint)| (key.addr, endpoint))
+            .collect();
+        self.cached_endpoints6 = self
+            .endpoints6()?
             .into_iter()
             .map(|(key, endpoint)| (key.addr, endpoint))
             .collect();
@@ -138,6 +169,20 @@ impl FastPathMaps {
             .iter()
             .collect::<Result<_, _>>()
             .context("cannot read PEERS")
+    }
+
+    pub fn peers6(&self) -> Result<Vec<(Key<PeerAddr6>, Peer6)>> {
+        self.peers6
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("cannot read PEERS6")
+    }
+
+    pub fn endpoints6(&self) -> Result<Vec<(EndpointKey6, Endpoint)>> {
+        self.endpoints6
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("cannot read ENDPOINTS6")
     }
 
     pub fn endpoints(&self) -> Result<Vec<(EndpointKey, Endpoint)>> {
@@ -177,8 +222,10 @@ impl FastPathMaps {
         self.writes.failures()
     }
 
-    /// Makes the maps hold `desired`: VTEPS and PEERS, then ENDPOINTS, then
-    /// CONFIG last, so CONFIG goes live only once the others are written.
+    /// Makes the maps hold `desired`: VTEPS and PEERS, then PEERS6, then
+    /// ENDPOINTS and ENDPOINTS6, then CONFIG last, so CONFIG goes live only
+    /// once the others are written. PEERS6 has no VTEPS of its own: the
+    /// programs never decapsulate VXLAN over IPv6 (the kernel path does).
     /// VTEPS is derived from what PEERS holds ([`desired::vteps`]) and
     /// never passes a frame PEERS would refuse: before PEERS changes, it
     /// narrows to the entries the old and the new PEERS share
@@ -217,8 +264,10 @@ impl FastPathMaps {
                 .vteps
                 .keys()
                 .all(|source| self.cached_vteps.contains_key(&source.octets()));
+            self.sync_peers6(&peer6_entries(&desired.peers6), &mut report);
         }
         self.sync_endpoints(&desired.endpoints, &mut report);
+        self.sync_endpoints6(&desired.endpoints6, &mut report);
         let mut config = desired.config;
         if !report.vteps_complete {
             config.flags &= !CONFIG_STRICT_VTEPS;
@@ -269,6 +318,23 @@ impl FastPathMaps {
         );
     }
 
+    fn sync_peers6(&mut self, wanted: &BTreeMap<(u32, PeerAddr6), Peer6>, report: &mut MapReport) {
+        let peers6 = &mut self.peers6;
+        sync_entries(
+            Table::PEERS6,
+            &mut self.cached_peers6,
+            wanted,
+            (&mut self.writes, report),
+            |&(prefix_len, addr)| Peer6Entry(prefix_len, addr),
+            |change| match change {
+                Change::Remove(&(prefix_len, addr)) => peers6.remove(&Key::new(prefix_len, addr)),
+                Change::Insert(&(prefix_len, addr), peer) => {
+                    peers6.insert(&Key::new(prefix_len, addr), peer, 0)
+                }
+            },
+        );
+    }
+
     fn sync_vteps(&mut self, sources: &BTreeMap<Ipv4Addr, Vtep>, report: &mut MapReport) {
         let wanted: BTreeMap<[u8; 4], Vtep> = sources
             .iter()
@@ -308,6 +374,40 @@ impl FastPathMaps {
             },
         );
     }
+
+    fn sync_endpoints6(&mut self, desired: &BTreeMap<Ipv6Addr, Endpoint>, report: &mut MapReport) {
+        let wanted: BTreeMap<[u8; 16], Endpoint> = desired
+            .iter()
+            .map(|(ip, endpoint)| (ip.octets(), *endpoint))
+            .collect();
+        let endpoints6 = &mut self.endpoints6;
+        sync_entries(
+            Table::ENDPOINTS6,
+            &mut self.cached_endpoints6,
+            &wanted,
+            (&mut self.writes, report),
+            |addr| Ipv6Addr::from(*addr),
+            |change| match change {
+                Change::Remove(&addr) => endpoints6.remove(&EndpointKey6 { addr }),
+                Change::Insert(&addr, endpoint) => {
+                    endpoints6.insert(EndpointKey6 { addr }, *endpoint, 0)
+                }
+            },
+        );
+    }
+}
+
+/// PEERS6's entries as the map keys them: (prefix length, network address).
+fn peer6_entries(desired: &BTreeMap<Ipv6Net, Peer6>) -> BTreeMap<(u32, PeerAddr6), Peer6> {
+    desired
+        .iter()
+        .map(|(subnet, peer)| {
+            (
+                (u32::from(subnet.prefix_len()), subnet.network().octets()),
+                *peer,
+            )
+        })
+        .collect()
 }
 
 /// PEERS' entries as the map keys them: (prefix length, network address).
@@ -349,6 +449,14 @@ impl Table {
     };
     const ENDPOINTS: Self = Self {
         name: map_names::ENDPOINTS,
+        capacity: MAX_ENDPOINTS,
+    };
+    const PEERS6: Self = Self {
+        name: map_names::PEERS6,
+        capacity: MAX_PEERS,
+    };
+    const ENDPOINTS6: Self = Self {
+        name: map_names::ENDPOINTS6,
         capacity: MAX_ENDPOINTS,
     };
 }
@@ -405,5 +513,14 @@ struct PeerEntry(u32, PeerAddr);
 impl std::fmt::Display for PeerEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", Ipv4Addr::from(self.1), self.0)
+    }
+}
+
+/// A PEERS6 key as a subnet, for log lines.
+struct Peer6Entry(u32, PeerAddr6);
+
+impl std::fmt::Display for Peer6Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv6Addr::from(self.1), self.0)
     }
 }

@@ -1,56 +1,90 @@
 //! The pods' neighbour entries on the CNI bridge: the sink for
 //! [`Desired::pod_neighbours`](crate::desired::Desired::pod_neighbours),
-//! pinned from owned state.
+//! pinned from owned state, in both families.
 //!
-//! The kernel fills cni0's neighbour table from whatever ARP arrives, and a
-//! pod has CAP_NET_RAW by default: one that claims a neighbour pod's
-//! address receives that pod's kernel-path traffic (on stock flannel as
-//! well). Each local pod's address is pinned here to the MAC of its own
-//! veth end as a permanent entry, which received ARP cannot change. Only
-//! permanent entries inside our lease on the bridge are weft's to touch:
-//! the CNI plugins install none, the kernel's learned ones are never
-//! permanent.
+//! The kernel fills cni0's neighbour tables from whatever ARP and NDP
+//! arrive, and a pod has CAP_NET_RAW by default: one that claims a
+//! neighbour pod's address (a forged ARP request or reply; a forged
+//! Neighbour Advertisement with the Override flag, or a Neighbour
+//! Solicitation whose source link-layer option names its own MAC) receives
+//! that pod's kernel-path traffic (on stock flannel as well). Each local
+//! pod's IPv4 address, and in a dual-stack network its IPv6 address (the
+//! same ones as ENDPOINTS6), is pinned here to the MAC of its own veth end
+//! as a permanent entry, which received ARP or NDP cannot change. Only
+//! permanent entries inside our own subnets (the IPv4 lease, and the IPv6
+//! one when there is one) on the bridge are weft's to touch: the CNI
+//! plugins install none, the kernel's learned ones are never permanent.
+//! In an IPv4-only network no IPv6 entry is touched.
 
-use std::{collections::BTreeMap, net::IpAddr, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context as _, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
 use rtnetlink::Handle;
 
 use crate::{
     desired::PodNeighbours,
     lease::MacAddr,
-    net::{self, neighbour_ip, neighbour_mac},
+    net::{self, neighbour_addr, neighbour_mac},
 };
 
-/// What to change on the bridge: entries to remove (stale or wrong MAC) and
-/// entries to add or replace.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct NeighbourPlan {
-    pub remove: Vec<Ipv4Addr>,
-    pub pin: Vec<(Ipv4Addr, MacAddr)>,
+/// The node's own subnets, whose permanent entries on the bridge are
+/// weft's: the IPv4 lease, and the IPv6 subnet in a dual-stack network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnSubnets {
+    pub v4: Ipv4Net,
+    pub v6: Option<Ipv6Net>,
 }
 
-/// Compares the bridge's permanent entries inside the node's subnet with
+impl OwnSubnets {
+    /// Whether `ip` is inside one of them (an IPv6 address never is
+    /// without an IPv6 subnet).
+    pub fn contain(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => self.v4.contains(&ip),
+            IpAddr::V6(ip) => self.v6.is_some_and(|v6| v6.contains(&ip)),
+        }
+    }
+}
+
+impl From<&PodNeighbours> for OwnSubnets {
+    fn from(wanted: &PodNeighbours) -> Self {
+        Self {
+            v4: wanted.subnet,
+            v6: wanted.subnet_v6,
+        }
+    }
+}
+
+/// What to change on the bridge: entries to remove (stale or wrong MAC) and
+/// entries to add or replace, in both families.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NeighbourPlan {
+    pub remove: Vec<IpAddr>,
+    pub pin: Vec<(IpAddr, MacAddr)>,
+}
+
+/// Compares the bridge's permanent entries inside the node's subnets with
 /// the entries the pods should have.
-pub fn plan(permanent: &BTreeMap<Ipv4Addr, MacAddr>, wanted: &PodNeighbours) -> NeighbourPlan {
+pub fn plan(permanent: &BTreeMap<IpAddr, MacAddr>, wanted: &PodNeighbours) -> NeighbourPlan {
+    let own = OwnSubnets::from(wanted);
     NeighbourPlan {
         remove: permanent
             .iter()
-            .filter(|(ip, mac)| wanted.subnet.contains(*ip) && wanted.pinned.get(ip) != Some(*mac))
+            .filter(|(ip, mac)| own.contain(**ip) && wanted.pinned.get(ip) != Some(*mac))
             .map(|(ip, _)| *ip)
             .collect(),
         pin: wanted
             .pinned
             .iter()
-            .filter(|(ip, mac)| permanent.get(ip) != Some(*mac))
+            .filter(|(ip, mac)| own.contain(**ip) && permanent.get(ip) != Some(*mac))
             .map(|(ip, mac)| (*ip, *mac))
             .collect(),
     }
 }
 
-/// The permanent entries on bridge `bridge`.
+/// The permanent entries (both families) on bridge `bridge`.
 async fn permanent_on(handle: &Handle, bridge: u32) -> Result<Vec<NeighbourMessage>> {
     Ok(net::neighbours(handle)
         .await?
@@ -65,17 +99,17 @@ async fn permanent_on(handle: &Handle, bridge: u32) -> Result<Vec<NeighbourMessa
 async fn remove_entries(
     handle: &Handle,
     entries: &[NeighbourMessage],
-    remove: &[Ipv4Addr],
+    remove: &[IpAddr],
 ) -> Result<usize> {
     let mut removed = 0;
     for entry in entries {
-        if neighbour_ip(entry).is_some_and(|ip| remove.contains(&ip)) {
+        if let Some(ip) = neighbour_addr(entry).filter(|ip| remove.contains(ip)) {
             handle
                 .neighbours()
                 .del(entry.clone())
                 .execute()
                 .await
-                .context("cannot remove a pod's neighbour entry")?;
+                .with_context(|| format!("cannot remove the pod neighbour entry for {ip}"))?;
             removed += 1;
         }
     }
@@ -85,16 +119,16 @@ async fn remove_entries(
 /// Brings the permanent entries on the bridge in line with `wanted`.
 pub async fn sync(handle: &Handle, wanted: &PodNeighbours) -> Result<()> {
     let on_bridge_permanent = permanent_on(handle, wanted.bridge).await?;
-    let permanent: BTreeMap<Ipv4Addr, MacAddr> = on_bridge_permanent
+    let permanent: BTreeMap<IpAddr, MacAddr> = on_bridge_permanent
         .iter()
-        .filter_map(|entry| Some((neighbour_ip(entry)?, neighbour_mac(entry)?)))
+        .filter_map(|entry| Some((neighbour_addr(entry)?, neighbour_mac(entry)?)))
         .collect();
     let plan = plan(&permanent, wanted);
     remove_entries(handle, &on_bridge_permanent, &plan.remove).await?;
     for (ip, mac) in plan.pin {
         handle
             .neighbours()
-            .add(wanted.bridge, IpAddr::V4(ip))
+            .add(wanted.bridge, ip)
             .link_layer_address(&mac.0)
             .state(NeighbourState::Permanent)
             .replace()
@@ -105,16 +139,16 @@ pub async fn sync(handle: &Handle, wanted: &PodNeighbours) -> Result<()> {
     Ok(())
 }
 
-/// Removes every pinned entry (permanent, inside `own_subnet`, on bridge
-/// `bridge`): on a clean stop, and by `weft cleanup`. The kernel learns the
-/// pods' addresses again from ARP, as it does under flanneld. Returns how
-/// many were removed.
-pub async fn unpin_all(handle: &Handle, bridge: u32, own_subnet: Ipv4Net) -> Result<usize> {
+/// Removes every pinned entry (permanent, inside `own`, on bridge
+/// `bridge`, either family): on a clean stop, and by `weft cleanup`. The
+/// kernel learns the pods' addresses again from ARP and NDP, as it does
+/// under flanneld. Returns how many were removed.
+pub async fn unpin_all(handle: &Handle, bridge: u32, own: OwnSubnets) -> Result<usize> {
     let entries = permanent_on(handle, bridge).await?;
-    let pinned: Vec<Ipv4Addr> = entries
+    let pinned: Vec<IpAddr> = entries
         .iter()
-        .filter_map(neighbour_ip)
-        .filter(|ip| own_subnet.contains(ip))
+        .filter_map(neighbour_addr)
+        .filter(|ip| own.contain(*ip))
         .collect();
     remove_entries(handle, &entries, &pinned).await
 }
@@ -127,18 +161,22 @@ mod tests {
         MacAddr([2, 0, 0, 0, 0, last])
     }
 
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
     #[test]
     fn pins_pods_and_removes_only_stale_permanent_entries_inside_the_lease() {
-        let ip = |text: &str| text.parse::<Ipv4Addr>().unwrap();
         let permanent = BTreeMap::from([
-            (ip("10.244.1.2"), MacAddr([2, 0, 0, 0, 0, 1])), // correct: kept
-            (ip("10.244.1.3"), MacAddr([2, 0, 0, 0, 0, 9])), // wrong MAC
-            (ip("10.244.1.9"), MacAddr([2, 0, 0, 0, 0, 4])), // pod gone
-            (ip("192.168.5.5"), MacAddr([2, 0, 0, 0, 0, 5])), // not ours
+            (ip("10.244.1.2"), mac(1)),  // correct: kept
+            (ip("10.244.1.3"), mac(9)),  // wrong MAC
+            (ip("10.244.1.9"), mac(4)),  // pod gone
+            (ip("192.168.5.5"), mac(5)), // not ours
         ]);
         let wanted = PodNeighbours {
             bridge: 5,
             subnet: "10.244.1.0/24".parse().unwrap(),
+            subnet_v6: None,
             pinned: BTreeMap::from([
                 (ip("10.244.1.2"), mac(1)),
                 (ip("10.244.1.3"), mac(3)),
@@ -149,10 +187,72 @@ mod tests {
         assert_eq!(plan.remove, [ip("10.244.1.3"), ip("10.244.1.9")]);
         assert_eq!(
             plan.pin,
+            [(ip("10.244.1.3"), mac(3)), (ip("10.244.1.4"), mac(4))]
+        );
+    }
+
+    #[test]
+    fn in_a_dual_stack_network_the_pods_ipv6_addresses_are_pinned_the_same_way() {
+        let permanent = BTreeMap::from([
+            (ip("10.244.1.2"), mac(1)),         // correct: kept
+            (ip("10.244.1.9"), mac(4)),         // pod gone
+            (ip("fd00:10:244:1::2"), mac(1)),   // correct: kept
+            (ip("fd00:10:244:1::3"), mac(9)),   // wrong MAC (set by hand)
+            (ip("fd00:10:244:1::9"), mac(4)),   // pod gone
+            (ip("fd00:10:244:2::5"), mac(5)),   // another node's subnet
+            (ip("fe80::1"), mac(6)),            // link-local: not ours
+            (ip("fd00:192:168:77::2"), mac(7)), // not ours
+        ]);
+        let wanted = PodNeighbours {
+            bridge: 5,
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            subnet_v6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            pinned: BTreeMap::from([
+                (ip("10.244.1.2"), mac(1)),
+                (ip("10.244.1.3"), mac(3)),
+                (ip("fd00:10:244:1::2"), mac(1)),
+                (ip("fd00:10:244:1::3"), mac(3)),
+                (ip("fd00:10:244:1::4"), mac(4)),
+            ]),
+        };
+        let plan = plan(&permanent, &wanted);
+        assert_eq!(
+            plan.remove,
             [
-                (ip("10.244.1.3"), MacAddr([2, 0, 0, 0, 0, 3])),
-                (ip("10.244.1.4"), MacAddr([2, 0, 0, 0, 0, 4]))
+                ip("10.244.1.9"),
+                ip("fd00:10:244:1::3"),
+                ip("fd00:10:244:1::9")
             ]
         );
+        assert_eq!(
+            plan.pin,
+            [
+                (ip("10.244.1.3"), mac(3)),
+                (ip("fd00:10:244:1::3"), mac(3)),
+                (ip("fd00:10:244:1::4"), mac(4)),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_an_ipv6_subnet_no_ipv6_entry_is_touched() {
+        let permanent = BTreeMap::from([
+            (ip("10.244.1.2"), mac(1)),
+            (ip("fd00:10:244:1::9"), mac(4)),
+            (ip("fe80::1"), mac(6)),
+        ]);
+        let wanted = PodNeighbours {
+            bridge: 5,
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            subnet_v6: None,
+            // Never so from `compute` (no ENDPOINTS6 without an IPv6
+            // subnet); the plan does not pin outside the subnets anyway.
+            pinned: BTreeMap::from([(ip("10.244.1.2"), mac(1)), (ip("fd00:10:244:1::2"), mac(1))]),
+        };
+        assert_eq!(plan(&permanent, &wanted), NeighbourPlan::default());
+        let own = OwnSubnets::from(&wanted);
+        assert!(own.contain(ip("10.244.1.200")));
+        assert!(!own.contain(ip("fd00:10:244:1::2")));
+        assert!(!own.contain(ip("::")));
     }
 }

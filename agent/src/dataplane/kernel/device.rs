@@ -3,14 +3,14 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context as _, Result, anyhow};
-use futures::TryStreamExt as _;
+use anyhow::Result;
 use ipnet::Ipv4Net;
-use netlink_packet_route::address::AddressAttribute;
-use rtnetlink::{LinkUnspec, LinkVxlan};
-use tracing::{info, warn};
 
-use super::{KernelDataplane, VxlanDevice, entries::vxlan_settings_match};
+use super::{
+    KernelDataplane, VxlanDevice,
+    entries::vxlan_settings_match,
+    vxlan_link::{AddressWords, VxlanSettings},
+};
 use crate::{
     config::BackendConfig,
     desired::overlay_mtu,
@@ -36,50 +36,25 @@ impl KernelDataplane {
         let mut keep_mac = None;
         if let Some(link) = &existing {
             keep_mac = mac_of(link);
-            if vxlan_settings_match(link, vni, port, self.public_ip, self.uplink_index) {
-                info!(device = %name, "adopting existing VXLAN device");
-            } else {
-                warn!(device = %name, "existing VXLAN device has other settings; recreating it");
-                self.handle
-                    .link()
-                    .del(link.header.index)
-                    .execute()
-                    .await
-                    .with_context(|| format!("cannot delete {name}"))?;
-            }
+            let local = IpAddr::V4(self.public_ip);
+            let settings_match = vxlan_settings_match(link, vni, port, local, self.uplink_index);
+            self.adopt_or_delete(&name, link, settings_match).await?;
         }
         let adopt = existing.is_some()
             && keep_mac.is_some()
             && link_by_name(&self.handle, &name).await?.is_some();
         if !adopt {
-            let mac = keep_mac.unwrap_or_else(|| stable_vtep_mac(self.public_ip, vni));
-            let message = LinkVxlan::new(&name, vni)
-                .dev(self.uplink_index)
-                .local(self.public_ip)
-                .port(port)
-                .learning(false)
-                .mtu(mtu)
-                .address(mac.0.to_vec())
-                .build();
-            self.handle
-                .link()
-                .add(message)
-                .execute()
-                .await
-                .with_context(|| format!("cannot create {name}"))?;
+            self.create_vxlan(&VxlanSettings {
+                name: &name,
+                vni,
+                port,
+                local: IpAddr::V4(self.public_ip),
+                mtu,
+                mac: keep_mac.unwrap_or_else(|| stable_vtep_mac(self.public_ip, vni)),
+            })
+            .await?;
         }
-        let link = link_by_name(&self.handle, &name)
-            .await?
-            .ok_or_else(|| anyhow!("{name} vanished"))?;
-        let index = link.header.index;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
-            .execute()
-            .await
-            .with_context(|| format!("cannot set {name} up with MTU {mtu}"))?;
-        let mac = mac_of(&link).ok_or_else(|| anyhow!("{name} has no MAC address"))?;
-        let device = VxlanDevice { index, mac };
+        let device = self.bring_up(&name, mtu).await?;
         self.vxlan = Some(device);
         Ok(Some(device))
     }
@@ -90,42 +65,12 @@ impl KernelDataplane {
         let Some(device) = self.vxlan else {
             return Ok(());
         };
-        let wanted = subnet.network();
-        let mut addresses = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(device.index)
-            .execute();
-        let mut present = false;
-        while let Some(message) = addresses.try_next().await? {
-            let address = message.attributes.iter().find_map(|attr| match attr {
-                AddressAttribute::Address(IpAddr::V4(address)) => Some(*address),
-                _ => None,
-            });
-            match address {
-                Some(address) if address == wanted && message.header.prefix_len == 32 => {
-                    present = true
-                }
-                Some(_) => self
-                    .handle
-                    .address()
-                    .del(message)
-                    .execute()
-                    .await
-                    .context("cannot remove a stale VXLAN address")?,
-                None => {}
-            }
-        }
-        if !present {
-            self.handle
-                .address()
-                .add(device.index, IpAddr::V4(wanted), 32)
-                .execute()
-                .await
-                .with_context(|| format!("cannot add {wanted}/32 to the VXLAN device"))?;
-        }
-        Ok(())
+        let words = AddressWords {
+            stale: "VXLAN",
+            device: "the VXLAN device",
+        };
+        self.set_only_address(device, IpAddr::V4(subnet.network()), 32, words)
+            .await
     }
 }
 
@@ -136,4 +81,13 @@ impl KernelDataplane {
 pub fn stable_vtep_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
     let [a, b, c, d] = public_ip.octets();
     MacAddr([0x0e, vni as u8, a, b, c, d])
+}
+
+/// [`stable_vtep_mac`] for `flannel-v6.<VNI>`: made of the node's IPv4
+/// address too (unique per node, where an IPv6 address's last bytes need
+/// not be), with another first byte (still local unicast), so the two
+/// devices' MACs differ.
+pub fn stable_vtep_v6_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
+    let [a, b, c, d] = public_ip.octets();
+    MacAddr([0x1e, vni as u8, a, b, c, d])
 }

@@ -84,11 +84,21 @@ fn peer_routes_are_weft_shaped_routes_into_the_pod_network() {
     let peer_ip = Ipv4Addr::new(192, 168, 77, 2);
     let vxlan = route_message(subnet, subnet.network(), VXLAN, true);
     let host_gw = route_message(subnet, peer_ip, UPLINK, false);
-    assert!(is_peer_route(&vxlan, &network, Some(VXLAN), UPLINK));
-    assert!(is_peer_route(&host_gw, &network, Some(VXLAN), UPLINK));
+    assert!(is_peer_route::<Ipv4Addr>(
+        &vxlan,
+        &network,
+        Some(VXLAN),
+        UPLINK
+    ));
+    assert!(is_peer_route::<Ipv4Addr>(
+        &host_gw,
+        &network,
+        Some(VXLAN),
+        UPLINK
+    ));
     // The local view passes no VXLAN index: only the uplink's count.
-    assert!(is_peer_route(&host_gw, &network, None, UPLINK));
-    assert!(!is_peer_route(&vxlan, &network, None, UPLINK));
+    assert!(is_peer_route::<Ipv4Addr>(&host_gw, &network, None, UPLINK));
+    assert!(!is_peer_route::<Ipv4Addr>(&vxlan, &network, None, UPLINK));
     // Outside the pod network, another protocol, or on-link: not weft's.
     let underlay = route_message("192.168.78.0/24".parse().unwrap(), peer_ip, UPLINK, false);
     let mut static_route = host_gw.clone();
@@ -99,7 +109,7 @@ fn peer_routes_are_weft_shaped_routes_into_the_pod_network() {
         .retain(|attr| !matches!(attr, RouteAttribute::Gateway(_)));
     for other in [underlay, static_route, on_link] {
         assert!(
-            !is_peer_route(&other, &network, Some(VXLAN), UPLINK),
+            !is_peer_route::<Ipv4Addr>(&other, &network, Some(VXLAN), UPLINK),
             "{other:?}"
         );
     }
