@@ -2,7 +2,10 @@
 //! same thing; each can also come from a `WEFT_*` environment variable, or
 //! from flanneld's `FLANNELD_*` name so an existing node config carries over.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -130,6 +133,9 @@ pub struct AgentArgs {
     /// Address other nodes reach this node at. Default: the uplink's first IPv4 address.
     #[arg(long, env = "WEFT_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 address other nodes reach this node at (dual-stack networks). Default: the uplink's first global unicast IPv6 address.
+    #[arg(long, env = "WEFT_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
 
     /// flannel's subnet.env for this node (read at start, written once the lease is held).
     #[arg(
@@ -264,14 +270,20 @@ pub enum MapName {
     },
     /// Remote pod subnets: mode, node address, VTEP and next-hop MACs.
     Peers,
+    /// Remote pods' IPv6 subnets (dual stack), as `peers`.
+    Peers6,
     /// Local pods: veth and MAC.
     Endpoints,
+    /// Local pods' IPv6 addresses (dual stack), as `endpoints`.
+    Endpoints6,
     /// Underlay addresses VXLAN is accepted from.
     Vteps,
     /// This node's fast-path settings.
     Config,
     /// Flow directions netfilter passed unchanged (what the fast path may take).
     Flows,
+    /// IPv6 flow directions netfilter passed unchanged, as `flows`.
+    Flows6,
 }
 
 /// A `--watch` interval: a positive number of seconds, at least 10 ms.
@@ -296,6 +308,7 @@ pub const FLANNELD_ALIASES: &[&str] = &[
     "IFACE",
     "IFACE_REGEX",
     "PUBLIC_IP",
+    "PUBLIC_IPV6",
     "SUBNET_FILE",
     "SUBNET_LEASE_RENEW_MARGIN",
     "IP_MASQ",

@@ -9,7 +9,12 @@
 //! iproute2, containerd and CRI-O keep them) by the nsid the host-side veth
 //! reports for its peer.
 
-use std::{ffi::CString, fs::File, net::Ipv4Addr, path::Path};
+use std::{
+    ffi::CString,
+    fs::File,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use nix::sched::{CloneFlags, setns};
@@ -52,6 +57,9 @@ pub struct PodSide {
     pub mac: MacAddr,
     /// IPv4 addresses configured on the interface (by the CNI plugin).
     pub addresses: Vec<Ipv4Addr>,
+    /// Its IPv6 addresses other than link-local ones (the kernel's own
+    /// fe80:: address is no pod address the CNI plugin gave it).
+    pub addresses_v6: Vec<Ipv6Addr>,
     /// GRO is on, read back after turning it on: XDP may redirect into it.
     pub gro_on: bool,
     /// Whether this call turned GRO on.
@@ -59,8 +67,8 @@ pub struct PodSide {
 }
 
 /// Turns GRO on for interface `ifindex` inside namespace `netns` (a name in
-/// /run/netns), confirms it, and reads the interface's MAC and IPv4
-/// addresses.
+/// /run/netns), confirms it, and reads the interface's MAC and IPv4 and
+/// IPv6 addresses.
 pub fn prepare(netns: &str, ifindex: u32) -> Result<PodSide> {
     let path = Path::new(NETNS_DIR).join(netns);
     let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -78,10 +86,11 @@ pub fn prepare(netns: &str, ifindex: u32) -> Result<PodSide> {
                     ethtool_value(&name, ETHTOOL_SGRO, 1)?;
                 }
                 let gro_on = ethtool_value(&name, ETHTOOL_GGRO, 0)? != 0;
-                let (mac, addresses) = mac_and_addresses(&name.to_string_lossy())?;
+                let (mac, addresses, addresses_v6) = mac_and_addresses(&name.to_string_lossy())?;
                 Ok(PodSide {
                     mac: mac.ok_or_else(|| anyhow!("{name:?} in {netns} has no MAC"))?,
                     addresses,
+                    addresses_v6,
                     gro_on,
                     gro_turned_on: !was_on && gro_on,
                 })
@@ -91,11 +100,12 @@ pub fn prepare(netns: &str, ifindex: u32) -> Result<PodSide> {
     })
 }
 
-/// The MAC and IPv4 addresses of interface `name` in this thread's
-/// namespace.
-fn mac_and_addresses(name: &str) -> Result<(Option<MacAddr>, Vec<Ipv4Addr>)> {
+/// The MAC, IPv4 addresses and non-link-local IPv6 addresses of interface
+/// `name` in this thread's namespace.
+fn mac_and_addresses(name: &str) -> Result<(Option<MacAddr>, Vec<Ipv4Addr>, Vec<Ipv6Addr>)> {
     let mut mac = None;
     let mut addresses = Vec::new();
+    let mut addresses_v6 = Vec::new();
     for entry in nix::ifaddrs::getifaddrs().context("cannot list interface addresses")? {
         if entry.interface_name != name {
             continue;
@@ -105,6 +115,11 @@ fn mac_and_addresses(name: &str) -> Result<(Option<MacAddr>, Vec<Ipv4Addr>)> {
         };
         if let Some(inet) = address.as_sockaddr_in() {
             addresses.push(inet.ip());
+        } else if let Some(inet6) = address.as_sockaddr_in6() {
+            let ip = inet6.ip();
+            if !ip.is_unicast_link_local() && !ip.is_multicast() && !ip.is_loopback() {
+                addresses_v6.push(ip);
+            }
         } else if let Some(link) = address.as_link_addr()
             && let Some(bytes) = link.addr()
         {
@@ -112,7 +127,8 @@ fn mac_and_addresses(name: &str) -> Result<(Option<MacAddr>, Vec<Ipv4Addr>)> {
         }
     }
     addresses.sort();
-    Ok((mac, addresses))
+    addresses_v6.sort();
+    Ok((mac, addresses, addresses_v6))
 }
 
 fn ethtool_value(interface: &CString, cmd: u32, data: u32) -> Result<u32> {

@@ -57,6 +57,16 @@ impl TcHooks {
     pub fn acts(&self, own: &BTreeSet<u32>) -> bool {
         self.acts_on_ingress(own) || self.acts_on_egress(own)
     }
+
+    /// What `self` and `other` hold together: it acts where either does.
+    pub fn merged(mut self, other: TcHooks) -> TcHooks {
+        self.root_qdisc = self.root_qdisc.or(other.root_qdisc);
+        self.ingress_filters += other.ingress_filters;
+        self.egress_filters += other.egress_filters;
+        self.tcx_ingress.extend(other.tcx_ingress);
+        self.tcx_egress.extend(other.tcx_egress);
+        self
+    }
 }
 
 /// tc on every interface the fast path bypasses.
@@ -65,7 +75,9 @@ pub struct TcView {
     pub uplink: TcHooks,
     /// The pods' bridge (cni0).
     pub bridge: TcHooks,
-    /// flannel.<VNI> (VXLAN only).
+    /// flannel.<VNI> and, dual-stack, flannel-v6.<VNI> (VXLAN only),
+    /// together: tc on either keeps VXLAN of both families on the kernel
+    /// path.
     pub vtep: TcHooks,
     /// The bridge's ports (pods' host veths) by ifindex.
     pub ports: BTreeMap<u32, TcHooks>,
@@ -248,6 +260,28 @@ mod tests {
         );
         assert_eq!(qdiscs_of(&dump, 8), (None, Some(ClassicHook::Clsact)));
         assert_eq!(qdiscs_of(&dump, 3), (None, None));
+    }
+
+    #[test]
+    fn merged_hooks_act_where_either_acts() {
+        let own = BTreeSet::from([10]);
+        let ours = TcHooks {
+            tcx_egress: vec![10],
+            ..TcHooks::default()
+        };
+        let shaped = TcHooks {
+            root_qdisc: Some("tbf".into()),
+            ..TcHooks::default()
+        };
+        let filtered = TcHooks {
+            ingress_filters: 1,
+            ..TcHooks::default()
+        };
+        assert!(!ours.clone().merged(TcHooks::default()).acts(&own));
+        assert!(ours.clone().merged(shaped.clone()).acts_on_egress(&own));
+        assert!(shaped.merged(ours.clone()).acts_on_egress(&own));
+        let both = ours.merged(filtered);
+        assert!(both.acts_on_ingress(&own) && !both.acts_on_egress(&own));
     }
 
     #[test]

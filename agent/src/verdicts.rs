@@ -11,7 +11,9 @@
 //! conntrack flows without NAT, helpers or sequence adjustment, unless the
 //! operator's kernel-path bit is set in the packet's or the connection's
 //! mark. A packet that still carries the bit when it leaves (TC egress,
-//! `tc_verdict`) is recorded in FLOWS. Whenever the ruleset changes, the
+//! `tc_verdict`) is recorded in FLOWS, or FLOWS6 for IPv6: the table is
+//! `inet` and the rules match nothing family-specific, so both families'
+//! forwarded packets are marked alike. Whenever the ruleset changes, the
 //! agent bumps the generation in CONFIG, which voids every recorded verdict
 //! at once: nothing that a new rule would drop or rewrite rides the fast
 //! path past the change. A TCP flow rides it only once its conntrack
@@ -280,6 +282,13 @@ mod tests {
         );
         // The chain weft used before is removed on upgrade.
         assert!(script.contains("delete chain inet weft forward"));
+        // An inet chain whose rules name neither family marks IPv6
+        // forwarded packets as it marks IPv4 ones (FLOWS6's verdicts).
+        assert!(
+            rules
+                .iter()
+                .all(|rule| !rule.contains(" ip ") && !rule.contains(" ip6 "))
+        );
     }
 
     #[test]

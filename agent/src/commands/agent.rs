@@ -40,7 +40,7 @@ use crate::{
     desired,
     endpoints::{self, LocalView},
     http::{self, Readiness},
-    lease::{peers::PeerTable, validate::LeasePolicy},
+    lease::{LeaseSubnets, peers::PeerTable, validate::LeasePolicy},
     net,
     overlay_guard::{self, GuardSpec},
     pods::LocalPods,
@@ -90,7 +90,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     let (connection, handle, _) =
         rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
     tokio::spawn(connection);
-    let uplink = net::select_uplink(
+    let mut uplink = net::select_uplink(
         &handle,
         &args.iface,
         args.iface_regex.as_deref(),
@@ -121,7 +121,24 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         opened = Connection::open(&args) => opened?,
         signal = signals.recv() => { info!("{signal} before start-up finished"); return Ok(()) }
     };
-    info!(network = %config.network, subnet_len = config.subnet_len, backend = config.backend.type_name(), "network config");
+    info!(
+        network = %config.network,
+        subnet_len = config.subnet_len,
+        ipv6_network = ?config.ipv6.as_ref().map(|ipv6| ipv6.network.to_string()),
+        ipv6_subnet_len = ?config.ipv6.as_ref().map(|ipv6| ipv6.subnet_len),
+        backend = config.backend.type_name(),
+        "network config"
+    );
+
+    // The uplink's IPv6 side is known to matter only now, with the config.
+    if config.ipv6.is_some() {
+        let (own, public) = net::uplink_ipv6(&handle, &uplink, args.public_ipv6).await?;
+        info!(uplink = %uplink.name, ipv6 = %own, public_ipv6 = %public, "dual-stack uplink");
+        uplink.ipv6 = Some(own);
+        uplink.public_ipv6 = Some(public);
+    } else if let Some(ignored) = args.public_ipv6 {
+        warn!(public_ipv6 = %ignored, "--public-ipv6 is ignored: the network is not dual-stack");
+    }
 
     let mut kernel = KernelDataplane::new(
         handle.clone(),
@@ -130,28 +147,50 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         uplink.public_ip,
     );
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
+    let vxlan_v6 = match uplink.ipv6 {
+        Some(local) => kernel.ensure_vxlan_v6_device(uplink.mtu, local).await?,
+        None => None,
+    };
     let vxlan_name = config.backend.vni().map(KernelDataplane::vxlan_name);
+    // Both VXLAN devices: tc on either is tc the fast path must not
+    // bypass, and kernel-path packets leave netfilter through either
+    // (tc_verdict learns there).
+    let vtep_names: Vec<String> = vxlan_name
+        .iter()
+        .cloned()
+        .chain(
+            config
+                .backend
+                .vni()
+                .filter(|_| vxlan_v6.is_some())
+                .map(KernelDataplane::vxlan_v6_name),
+        )
+        .collect();
     let guard = match (&config.backend, &vxlan_name) {
-        (&BackendConfig::Vxlan { port, .. }, Some(vxlan_device)) => {
+        (&BackendConfig::Vxlan { port, vni, .. }, Some(vxlan_device)) => {
             let spec = GuardSpec {
                 bridge: args.bridge.clone(),
                 vxlan_device: vxlan_device.clone(),
+                vxlan_v6_device: vxlan_v6.map(|_| KernelDataplane::vxlan_v6_name(vni)),
                 port,
             };
-            let known_peers = kernel.fdb_destinations().await?;
+            let known_peers = overlay_guard::Members {
+                v4: kernel.fdb_destinations().await?,
+                v6: kernel.fdb_destinations_v6().await?,
+            };
             overlay_guard::install(&spec, &known_peers)?;
             crate::metrics::global().guard_installed();
             info!(
                 port,
-                known_peers = known_peers.len(),
+                known_peers = known_peers.v4.len() + known_peers.v6.len(),
                 "overlay guard installed: the VXLAN port takes only peers' addresses, never pods'"
             );
             Some(OverlayGuard::default())
         }
         _ => None,
     };
-    let attrs = startup::lease_attrs(&uplink, &config, vxlan);
-    let mut facts = startup::node_facts(&uplink, &config, vxlan, &args);
+    let attrs = startup::lease_attrs(&uplink, &config, vxlan, vxlan_v6);
+    let mut facts = startup::node_facts(&uplink, &config, vxlan, vxlan_v6, &args);
 
     let mut fast_path = None;
     let mut ruleset_generation = 0;
@@ -164,8 +203,9 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     tokio::spawn(endpoints::watch(
         args.bridge.clone(),
         uplink.index,
-        vxlan_name.clone(),
+        vtep_names.clone(),
         config.network,
+        config.ipv6.as_ref().map(|ipv6| ipv6.network),
         views_tx,
     ));
     let ruleset_changed = Arc::new(Notify::new());
@@ -173,7 +213,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         match startup::start_fast_path(
             &args,
             &uplink,
-            vxlan_name.as_deref(),
+            &vtep_names,
             &mut facts,
             handle.clone(),
             ruleset_changed.clone(),
@@ -193,21 +233,33 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         }
     }
 
-    let previous_subnet = previous.as_ref().map(|env| env.subnet.trunc());
-    let (manager, subnet) = tokio::select! {
-        taken = connection.acquire(&config, attrs, previous_subnet, &args) => taken,
+    // subnet.env's subnets (the IPv6 one only in a dual-stack file).
+    let previous_subnets = previous.as_ref().map(|env| LeaseSubnets {
+        v4: env.subnet.trunc(),
+        v6: env.ipv6.map(|ipv6| ipv6.subnet.trunc()),
+    });
+    // What no peer may announce: our addresses and VTEP MACs, both families.
+    let own_ipv6 = (
+        attrs.public_ipv6,
+        attrs.backend_v6_data.as_ref().map(|data| data.vtep_mac),
+    );
+    let (manager, subnets) = tokio::select! {
+        taken = connection.acquire(&config, attrs, previous_subnets, &args) => taken,
         signal = signals.recv() => { info!("{signal} before a subnet was taken"); return Ok(()) }
     };
+    info!(subnet = %subnets.v4, subnet_v6 = ?subnets.v6.map(|v6| v6.to_string()), "this node's subnets");
     let policy = manager.peer_policy(
-        LeasePolicy::new(&config, uplink.public_ip, vxlan.map(|device| device.mac)),
-        subnet,
+        LeasePolicy::new(&config, uplink.public_ip, vxlan.map(|device| device.mac))
+            .with_own_ipv6(own_ipv6.0, own_ipv6.1),
+        subnets,
     );
     let mut agent = Agent {
         mtu: desired::overlay_mtu(&config, uplink.mtu),
         args,
         config,
         facts,
-        subnet,
+        subnet: subnets.v4,
+        subnet_v6: subnets.v6,
         manager,
         masq: None,
         peers: PeerTable::new(policy),

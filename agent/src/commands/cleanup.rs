@@ -4,12 +4,17 @@
 //! A stopped agent leaves: table `inet weft` (kill -9 leaves all of it;
 //! SIGTERM keeps the overlay guard, so the node stays closed to injected
 //! VXLAN while the agent restarts), the maps pinned in its bpffs directory,
-//! and (after kill -9) the pods' permanent neighbour entries on the bridge.
+//! and (after kill -9) the pods' permanent neighbour entries on the bridge
+//! (IPv4, and IPv6 in a dual-stack network).
 //! Programs need no cleanup: their attachments belong to the agent's
-//! process and end with it. What flanneld shares with weft stays: the
-//! `flannel.<VNI>` device, routes, fdb and neighbour entries to peers,
-//! `subnet.env`, the masquerade table, and the lease in etcd; flanneld
-//! takes them over as they are.
+//! process and end with it. The overlay guard's IPv6 set and rules
+//! (dual-stack) are in table `inet weft` and go with it. What flanneld
+//! shares with weft stays: the `flannel.<VNI>` device (and in a dual-stack
+//! network `flannel-v6.<VNI>`), routes, fdb and neighbour entries to peers
+//! in both families, `subnet.env`, the masquerade tables (`ip
+//! flannel-ipv4`, `ip6 flannel-ipv6`), and the lease in etcd; flanneld
+//! takes them over as they are, so the pods keep talking over IPv4 and
+//! IPv6 across a rollback.
 
 use std::path::Path;
 
@@ -49,7 +54,7 @@ pub async fn cleanup(args: &NodeFiles) -> Result<()> {
         args.bridge
     );
     println!(
-        "kept what flanneld shares with weft: flannel.<VNI>, routes, fdb and neighbour entries to peers, {}, the masquerade table",
+        "kept what flanneld shares with weft: flannel.<VNI> (and flannel-v6.<VNI>), routes, fdb and neighbour entries to peers, {}, the masquerade tables",
         args.subnet_file.display()
     );
     Ok(())
@@ -90,8 +95,9 @@ fn unpin_maps(pin_dir: &Path) -> Result<usize> {
     Ok(unpinned)
 }
 
-/// The pods' pinned entries: permanent, on the bridge, inside the subnet
-/// `subnet.env` names (weft pins nothing else there).
+/// The pods' pinned entries: permanent, on the bridge, inside the subnets
+/// `subnet.env` names (FLANNEL_SUBNET, and FLANNEL_IPV6_SUBNET in a
+/// dual-stack network; weft pins nothing else there).
 async fn unpin_neighbours(args: &NodeFiles) -> Result<usize> {
     let Some(env) = subnet_env::read_if_present(&args.subnet_file)? else {
         println!(
@@ -109,5 +115,13 @@ async fn unpin_neighbours(args: &NodeFiles) -> Result<usize> {
     if env.subnet.prefix_len() == 0 {
         bail!("{}: a /0 subnet", args.subnet_file.display());
     }
-    pod_neighbours::unpin_all(&handle, bridge.header.index, env.subnet.trunc()).await
+    let subnet_v6 = env.ipv6.as_ref().map(|ipv6| ipv6.subnet.trunc());
+    if subnet_v6.is_some_and(|subnet_v6| subnet_v6.prefix_len() == 0) {
+        bail!("{}: a /0 IPv6 subnet", args.subnet_file.display());
+    }
+    let own = pod_neighbours::OwnSubnets {
+        v4: env.subnet.trunc(),
+        v6: subnet_v6,
+    };
+    pod_neighbours::unpin_all(&handle, bridge.header.index, own).await
 }

@@ -1,13 +1,14 @@
 //! `weft maps`: what a running (or stopped) agent left in its pinned maps,
 //! for people (tables) and scripts (--json).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK,
-    CONFIG_TC_VTEP, CONFIG_VERDICT_PROBES, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, PeerMode,
+    CONFIG_TC_VTEP, CONFIG_VERDICT_PROBES, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS, Endpoint,
+    FlowVerdict, NodeConfig, PeerMode,
 };
 
 use super::placement::Placement;
@@ -18,11 +19,12 @@ use crate::{
     stats,
 };
 
+/// A PEERS entry (or, with `A` = [`Ipv6Addr`], a PEERS6 one).
 #[derive(Serialize)]
-pub struct PeerRow {
+pub struct PeerRow<A = Ipv4Addr> {
     pub subnet: String,
     pub mode: &'static str,
-    pub public_ip: Ipv4Addr,
+    pub public_ip: A,
     pub vni: u32,
     pub vtep_mac: String,
     /// None while the agent has not resolved the underlay neighbour.
@@ -40,9 +42,10 @@ pub struct VtepRow {
     pub subnets: u8,
 }
 
+/// An ENDPOINTS entry (or, with `A` = [`Ipv6Addr`], an ENDPOINTS6 one).
 #[derive(Serialize)]
-pub struct EndpointRow {
-    pub ip: Ipv4Addr,
+pub struct EndpointRow<A = Ipv4Addr> {
+    pub ip: A,
     pub ifindex: u32,
     /// The interface's name in the node's namespace; `None` when run
     /// elsewhere (an ifindex names another interface there, or none).
@@ -78,6 +81,13 @@ pub struct ConfigRow {
     pub verdict_ttl_ms: u64,
     /// `--verdict-probes`: live TCP verdicts renewed by probes.
     pub verdict_probes: bool,
+    /// Where the node runs VXLAN over IPv6: its PublicIPv6 (the IPv6
+    /// VXLAN it decapsulates is addressed there), `flannel-v6.<VNI>`'s MAC
+    /// and ifindex (what pods send to VXLAN peers over IPv6 is handed to
+    /// it). None elsewhere.
+    pub node_ip6: Option<Ipv6Addr>,
+    pub vtep6_mac: Option<String>,
+    pub vtep6_ifindex: Option<u32>,
 }
 
 fn mac(bytes: [u8; 6]) -> String {
@@ -124,28 +134,63 @@ pub fn vtep_rows(maps: &FastPathMaps) -> Result<Vec<VtepRow>> {
     Ok(rows)
 }
 
+pub fn peer6_rows(maps: &FastPathMaps) -> Result<Vec<PeerRow<Ipv6Addr>>> {
+    let mut rows: Vec<PeerRow<Ipv6Addr>> = maps
+        .peers6()?
+        .into_iter()
+        .map(|(key, peer)| PeerRow {
+            subnet: format!("{}/{}", Ipv6Addr::from(key.data()), key.prefix_len()),
+            mode: mode_name(peer.mode),
+            public_ip: Ipv6Addr::from(peer.public_ip),
+            vni: peer.vni,
+            vtep_mac: mac(peer.vtep_mac),
+            nexthop_mac: (peer.nexthop_mac != [0; 6]).then(|| mac(peer.nexthop_mac)),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.subnet.cmp(&b.subnet));
+    Ok(rows)
+}
+
+fn endpoint_row<A>(ip: A, endpoint: Endpoint, placement: Placement) -> EndpointRow<A> {
+    EndpointRow {
+        ip,
+        ifindex: endpoint.ifindex,
+        interface: placement
+            .names_interfaces()
+            .then(|| nix::net::if_::if_indextoname(endpoint.ifindex).ok())
+            .flatten()
+            .map(|name| name.to_string_lossy().into_owned()),
+        mac: mac(endpoint.mac),
+        tc_sends: endpoint.flags & ENDPOINT_TC_SENDS != 0,
+        tc_receives: endpoint.flags & ENDPOINT_TC_RECEIVES != 0,
+    }
+}
+
 pub fn endpoint_rows(maps: &FastPathMaps, placement: Placement) -> Result<Vec<EndpointRow>> {
     let mut rows: Vec<EndpointRow> = maps
         .endpoints()?
         .into_iter()
-        .map(|(key, endpoint)| EndpointRow {
-            ip: Ipv4Addr::from(key.addr),
-            ifindex: endpoint.ifindex,
-            interface: placement
-                .names_interfaces()
-                .then(|| nix::net::if_::if_indextoname(endpoint.ifindex).ok())
-                .flatten()
-                .map(|name| name.to_string_lossy().into_owned()),
-            mac: mac(endpoint.mac),
-            tc_sends: endpoint.flags & ENDPOINT_TC_SENDS != 0,
-            tc_receives: endpoint.flags & ENDPOINT_TC_RECEIVES != 0,
-        })
+        .map(|(key, endpoint)| endpoint_row(Ipv4Addr::from(key.addr), endpoint, placement))
         .collect();
     rows.sort_by_key(|row| row.ip);
     Ok(rows)
 }
 
-/// A flow direction netfilter passed unchanged, as FLOWS holds it.
+pub fn endpoint6_rows(
+    maps: &FastPathMaps,
+    placement: Placement,
+) -> Result<Vec<EndpointRow<Ipv6Addr>>> {
+    let mut rows: Vec<EndpointRow<Ipv6Addr>> = maps
+        .endpoints6()?
+        .into_iter()
+        .map(|(key, endpoint)| endpoint_row(Ipv6Addr::from(key.addr), endpoint, placement))
+        .collect();
+    rows.sort_by_key(|row| row.ip);
+    Ok(rows)
+}
+
+/// A flow direction netfilter passed unchanged, as FLOWS (or FLOWS6)
+/// holds it.
 #[derive(Serialize)]
 pub struct FlowRow {
     pub protocol: String,
@@ -161,36 +206,81 @@ pub struct FlowRow {
     pub state: &'static str,
 }
 
-pub fn flow_rows(dir: &std::path::Path, config: &weft_common::NodeConfig) -> Result<Vec<FlowRow>> {
-    use aya::maps::{HashMap, Map};
-    use weft_common::{FLOW_CONFIRMED, FlowKey, FlowVerdict, map_names};
-    let path = dir.join(map_names::FLOWS);
-    let data = crate::bpffs::open_pinned_map(dir, map_names::FLOWS)?;
-    let flows: HashMap<_, FlowKey, FlowVerdict> = HashMap::try_from(Map::LruHashMap(data))
-        .map_err(|error| anyhow::anyhow!("{} is not weft's: {error}", path.display()))?;
-    let now_ns = crate::verdict_clock::now_ns()?;
-    let mut rows = Vec::new();
-    for entry in flows.iter() {
-        let (key, verdict) = entry.context("cannot read FLOWS")?;
-        let age_ns = now_ns.saturating_sub(verdict.seen_ns);
-        let protocol = match key.proto {
-            1 => format!("icmp/{}/{}", key.icmp_type, key.icmp_code),
-            6 => "tcp".to_owned(),
-            17 => "udp".to_owned(),
-            other => other.to_string(),
-        };
-        rows.push(FlowRow {
-            protocol,
-            source: format!(
+/// FLOWS' verdicts.
+pub fn flow_rows(dir: &std::path::Path, config: &NodeConfig) -> Result<Vec<FlowRow>> {
+    use weft_common::{FlowKey, map_names};
+    verdict_rows(dir, map_names::FLOWS, config, |key: &FlowKey| {
+        (
+            protocol_name(key.proto, "icmp", 1, key.icmp_type, key.icmp_code),
+            format!(
                 "{}:{}",
                 Ipv4Addr::from(key.saddr),
                 u16::from_be_bytes(key.sport)
             ),
-            destination: format!(
+            format!(
                 "{}:{}",
                 Ipv4Addr::from(key.daddr),
                 u16::from_be_bytes(key.dport)
             ),
+        )
+    })
+}
+
+/// FLOWS6' verdicts, addresses as `[address]:port`.
+pub fn flow6_rows(dir: &std::path::Path, config: &NodeConfig) -> Result<Vec<FlowRow>> {
+    use weft_common::{FlowKey6, map_names};
+    verdict_rows(dir, map_names::FLOWS6, config, |key: &FlowKey6| {
+        (
+            protocol_name(key.proto, "icmpv6", 58, key.icmp_type, key.icmp_code),
+            format!(
+                "[{}]:{}",
+                Ipv6Addr::from(key.saddr),
+                u16::from_be_bytes(key.sport)
+            ),
+            format!(
+                "[{}]:{}",
+                Ipv6Addr::from(key.daddr),
+                u16::from_be_bytes(key.dport)
+            ),
+        )
+    })
+}
+
+/// A flow key's protocol as `weft maps flows` names it: ICMP (`icmp`, 1;
+/// `icmpv6`, 58) with its type and code.
+fn protocol_name(proto: u8, icmp: &str, icmp_proto: u8, icmp_type: u8, icmp_code: u8) -> String {
+    match proto {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        p if p == icmp_proto => format!("{icmp}/{icmp_type}/{icmp_code}"),
+        other => other.to_string(),
+    }
+}
+
+/// The verdicts of the verdict map `name`, each key described by
+/// `describe` as (protocol, source, destination).
+fn verdict_rows<K: aya::Pod>(
+    dir: &std::path::Path,
+    name: &str,
+    config: &NodeConfig,
+    describe: impl Fn(&K) -> (String, String, String),
+) -> Result<Vec<FlowRow>> {
+    use aya::maps::{HashMap, Map};
+    use weft_common::FLOW_CONFIRMED;
+    let path = dir.join(name);
+    let data = crate::bpffs::open_pinned_map(dir, name)?;
+    let flows: HashMap<_, K, FlowVerdict> = HashMap::try_from(Map::LruHashMap(data))
+        .map_err(|error| anyhow::anyhow!("{} is not weft's: {error}", path.display()))?;
+    let now_ns = crate::verdict_clock::now_ns()?;
+    let mut rows = Vec::new();
+    for entry in flows.iter() {
+        let (key, verdict) = entry.with_context(|| format!("cannot read {name}"))?;
+        let age_ns = now_ns.saturating_sub(verdict.seen_ns);
+        let (protocol, source, destination) = describe(&key);
+        rows.push(FlowRow {
+            protocol,
+            source,
+            destination,
             age_ms: age_ns / 1_000_000,
             current: verdict.is_current(config, || now_ns).is_ok(),
             state: if verdict.state == FLOW_CONFIRMED {
@@ -224,6 +314,9 @@ pub fn config_row(maps: &FastPathMaps) -> Result<ConfigRow> {
         ruleset_generation: config.ruleset_generation,
         verdict_ttl_ms: crate::verdict_clock::configured_ttl_ms(config.verdict_ttl_ns),
         verdict_probes: config.flags & CONFIG_VERDICT_PROBES != 0,
+        node_ip6: (config.node_ip6 != [0; 16]).then(|| Ipv6Addr::from(config.node_ip6)),
+        vtep6_mac: (config.vtep6_mac != [0; 6]).then(|| mac(config.vtep6_mac)),
+        vtep6_ifindex: (config.vtep6_ifindex != 0).then_some(config.vtep6_ifindex),
     })
 }
 
@@ -253,49 +346,25 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
         }
         MapName::Peers => {
             let rows = peers(&FastPathMaps::open_pinned(dir)?)?;
-            let mut table = format!(
-                "{:<20} {:<8} {:<16} {:>4} {:<18} {:<18}\n",
-                "SUBNET", "MODE", "PUBLIC IP", "VNI", "VTEP MAC", "NEXT-HOP MAC"
-            );
-            for row in &rows {
-                let nexthop = row
-                    .nexthop_mac
-                    .clone()
-                    .unwrap_or_else(|| "(unresolved)".into());
-                table += &format!(
-                    "{:<20} {:<8} {:<16} {:>4} {:<18} {:<18}\n",
-                    row.subnet, row.mode, row.public_ip, row.vni, row.vtep_mac, nexthop
-                );
-            }
-            print(serde_json::to_value(&rows)?, table);
+            print(serde_json::to_value(&rows)?, peer_table(&rows, 20, 16));
         }
-        MapName::Endpoints => {
+        MapName::Peers6 => {
+            let rows = peer6_rows(&FastPathMaps::open_pinned(dir)?)?;
+            print(serde_json::to_value(&rows)?, peer_table(&rows, 30, 26));
+        }
+        MapName::Endpoints | MapName::Endpoints6 => {
             let maps = FastPathMaps::open_pinned(dir)?;
             let placement = Placement::find(dir, maps.config()?.uplink_ifindex)?;
             if let Some(why) = placement.why_no_interfaces() {
                 eprintln!("weft: {why}");
             }
-            let rows = endpoint_rows(&maps, placement)?;
-            let mut table = format!(
-                "{:<16} {:>8} {:<16} {:<18} {}\n",
-                "POD IP", "IFINDEX", "INTERFACE", "MAC", "TC (KERNEL PATH)"
-            );
-            for row in &rows {
-                let tc = match (row.tc_sends, row.tc_receives) {
-                    (false, false) => "-",
-                    (true, false) => "sends",
-                    (false, true) => "receives",
-                    (true, true) => "sends,receives",
-                };
-                table += &format!(
-                    "{:<16} {:>8} {:<16} {:<18} {tc}\n",
-                    row.ip,
-                    row.ifindex,
-                    row.interface.as_deref().unwrap_or("-"),
-                    row.mac
-                );
+            if matches!(args.map, MapName::Endpoints) {
+                let rows = endpoint_rows(&maps, placement)?;
+                print(serde_json::to_value(&rows)?, endpoint_table(&rows, 16));
+            } else {
+                let rows = endpoint6_rows(&maps, placement)?;
+                print(serde_json::to_value(&rows)?, endpoint_table(&rows, 26));
             }
-            print(serde_json::to_value(&rows)?, table);
         }
         MapName::Vteps => {
             let rows = vtep_rows(&FastPathMaps::open_pinned(dir)?)?;
@@ -315,18 +384,11 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
         }
         MapName::Flows => {
             let rows = flow_rows(dir, &FastPathMaps::open_pinned(dir)?.config()?)?;
-            let table = std::iter::once(format!(
-                "{:<8} {:<21} {:<21} {:>8}  {:<9}  CURRENT\n",
-                "PROTO", "SOURCE", "DESTINATION", "AGE MS", "STATE"
-            ))
-            .chain(rows.iter().map(|row| {
-                format!(
-                    "{:<8} {:<21} {:<21} {:>8}  {:<9}  {}\n",
-                    row.protocol, row.source, row.destination, row.age_ms, row.state, row.current
-                )
-            }))
-            .collect();
-            print(serde_json::to_value(&rows)?, table);
+            print(serde_json::to_value(&rows)?, flow_table(&rows, 21));
+        }
+        MapName::Flows6 => {
+            let rows = flow6_rows(dir, &FastPathMaps::open_pinned(dir)?.config()?)?;
+            print(serde_json::to_value(&rows)?, flow_table(&rows, 47));
         }
         MapName::Config => {
             let row = config_row(&FastPathMaps::open_pinned(dir)?)?;
@@ -335,10 +397,126 @@ pub fn maps(args: &MapsArgs) -> Result<()> {
                 .as_object()
                 .into_iter()
                 .flatten()
-                .map(|(key, value)| format!("{key:<16} {}\n", value.to_string().trim_matches('"')))
+                .map(|(key, value)| {
+                    let shown = if value.is_null() {
+                        "-".to_owned()
+                    } else {
+                        value.to_string().trim_matches('"').to_owned()
+                    };
+                    format!("{key:<16} {shown}\n")
+                })
                 .collect();
             print(value, table);
         }
     }
     Ok(())
+}
+
+/// `weft maps peers` (`peers6`): `subnet` and `ip` are the widths of the
+/// subnet and public IP columns.
+fn peer_table<A: std::fmt::Display>(rows: &[PeerRow<A>], subnet: usize, ip: usize) -> String {
+    let mut table = format!(
+        "{:<subnet$} {:<8} {:<ip$} {:>4} {:<18} {:<18}\n",
+        "SUBNET", "MODE", "PUBLIC IP", "VNI", "VTEP MAC", "NEXT-HOP MAC"
+    );
+    for row in rows {
+        let nexthop = row.nexthop_mac.as_deref().unwrap_or("(unresolved)");
+        table += &format!(
+            "{:<subnet$} {:<8} {:<ip$} {:>4} {:<18} {:<18}\n",
+            row.subnet,
+            row.mode,
+            row.public_ip.to_string(),
+            row.vni,
+            row.vtep_mac,
+            nexthop
+        );
+    }
+    table
+}
+
+/// `weft maps endpoints` (`endpoints6`): `ip` is the width of the pod IP
+/// column.
+fn endpoint_table<A: std::fmt::Display>(rows: &[EndpointRow<A>], ip: usize) -> String {
+    let mut table = format!(
+        "{:<ip$} {:>8} {:<16} {:<18} {}\n",
+        "POD IP", "IFINDEX", "INTERFACE", "MAC", "TC (KERNEL PATH)"
+    );
+    for row in rows {
+        let tc = match (row.tc_sends, row.tc_receives) {
+            (false, false) => "-",
+            (true, false) => "sends",
+            (false, true) => "receives",
+            (true, true) => "sends,receives",
+        };
+        table += &format!(
+            "{:<ip$} {:>8} {:<16} {:<18} {tc}\n",
+            row.ip.to_string(),
+            row.ifindex,
+            row.interface.as_deref().unwrap_or("-"),
+            row.mac
+        );
+    }
+    table
+}
+
+/// `weft maps flows` (`flows6`): `end` is the width of the source and
+/// destination columns.
+fn flow_table(rows: &[FlowRow], end: usize) -> String {
+    std::iter::once(format!(
+        "{:<8} {:<end$} {:<end$} {:>8}  {:<9}  CURRENT\n",
+        "PROTO", "SOURCE", "DESTINATION", "AGE MS", "STATE"
+    ))
+    .chain(rows.iter().map(|row| {
+        format!(
+            "{:<8} {:<end$} {:<end$} {:>8}  {:<9}  {}\n",
+            row.protocol, row.source, row.destination, row.age_ms, row.state, row.current
+        )
+    }))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_rows_print_ipv6_addresses_in_wider_columns() {
+        let peers = [PeerRow {
+            subnet: "fd00:10:244:2::/64".into(),
+            mode: "host-gw",
+            public_ip: "fd00:77::2".parse::<Ipv6Addr>().unwrap(),
+            vni: 0,
+            vtep_mac: mac([0; 6]),
+            nexthop_mac: None,
+        }];
+        let table = peer_table(&peers, 30, 26);
+        let row = table.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("fd00:10:244:2::/64             host-gw  fd00:77::2                    0 00:00:00:00:00:00  (unresolved)"),
+            "{row:?}"
+        );
+        let flows = [FlowRow {
+            protocol: protocol_name(58, "icmpv6", 58, 128, 0),
+            source: "[fd00:10:244:1::2]:7".into(),
+            destination: "[fd00:10:244:2::3]:0".into(),
+            age_ms: 5,
+            current: true,
+            state: "confirmed",
+        }];
+        let table = flow_table(&flows, 47);
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("icmpv6/128/0 [fd00:10:244:1::2]:7"),
+            "{table}"
+        );
+        assert_eq!(
+            protocol_name(1, "icmpv6", 58, 8, 0),
+            "1",
+            "ICMPv4 in an IPv6 key is no ICMP"
+        );
+        assert_eq!(protocol_name(1, "icmp", 1, 8, 0), "icmp/8/0");
+    }
 }

@@ -3,13 +3,18 @@
 //! named from the node's own network namespace (`placement.rs`): from
 //! another, the command says so instead of showing that namespace's.
 
+use std::net::Ipv6Addr;
+
 use anyhow::{Context as _, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
 use serde::Serialize;
 use weft_common::program_names;
 
 use super::{
-    maps::{ConfigRow, EndpointRow, PeerRow, config_row, endpoint_rows, peers},
+    maps::{
+        ConfigRow, EndpointRow, PeerRow, config_row, endpoint_rows, endpoint6_rows, peer6_rows,
+        peers,
+    },
     placement::Placement,
 };
 use crate::{
@@ -38,6 +43,9 @@ struct Status {
     pod_veths: Vec<PodVeth>,
     peers: Vec<PeerRow>,
     endpoints: Vec<EndpointRow>,
+    /// The IPv6 halves (PEERS6, ENDPOINTS6): empty outside dual stack.
+    peers6: Vec<PeerRow<Ipv6Addr>>,
+    endpoints6: Vec<EndpointRow<Ipv6Addr>>,
     counters: Vec<CounterValue>,
 }
 
@@ -60,14 +68,9 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
             let (connection, handle, _) =
                 rtnetlink::new_connection().context("cannot open an rtnetlink socket")?;
             tokio::spawn(connection);
-            let view = endpoints::read_view(
-                &handle,
-                &args.node.bridge,
-                config.uplink_ifindex,
-                None,
-                None,
-            )
-            .await?;
+            let view =
+                endpoints::read_view(&handle, &args.node.bridge, config.uplink_ifindex, &[], None)
+                    .await?;
             let uplink_tc_attached = uplink
                 .as_deref()
                 .is_some_and(|name| tc_on(name, program_names::TC_UPLINK));
@@ -107,6 +110,8 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         pod_veths,
         peers: peers(&maps)?,
         endpoints: endpoint_rows(&maps, placement)?,
+        peers6: peer6_rows(&maps)?,
+        endpoints6: endpoint6_rows(&maps, placement)?,
         counters: stats::read_pinned(&args.node.bpf_pin_dir)?,
     };
     if args.json {
@@ -127,6 +132,9 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         status.config.vtep_mac,
         status.config.strict_vteps
     );
+    if let (Some(ip6), Some(vtep6)) = (&status.config.node_ip6, &status.config.vtep6_mac) {
+        println!("node ipv6   {ip6}  VTEP {vtep6} (VXLAN over IPv6 on the fast path)");
+    }
     match status.interfaces_not_shown {
         None => println!(
             "uplink      {} (ifindex {})  TC {}: {}  XDP {}: {}  bulk TCP via GRO {}",
@@ -166,11 +174,35 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
             peer.nexthop_mac.as_deref().unwrap_or("(unresolved)")
         );
     }
+    // IPv6 lines only where there are IPv6 entries (dual stack).
+    if !status.peers6.is_empty() {
+        println!("peers6      {}", status.peers6.len());
+    }
+    for peer in &status.peers6 {
+        println!(
+            "  {:<30} {:<8} via {:<26} next hop {}",
+            peer.subnet,
+            peer.mode,
+            peer.public_ip.to_string(),
+            peer.nexthop_mac.as_deref().unwrap_or("(unresolved)")
+        );
+    }
     println!("endpoints   {}", status.endpoints.len());
     for endpoint in &status.endpoints {
         println!(
             "  {:<16} {} ({})",
             endpoint.ip,
+            endpoint.interface.as_deref().unwrap_or("-"),
+            endpoint.mac
+        );
+    }
+    if !status.endpoints6.is_empty() {
+        println!("endpoints6  {}", status.endpoints6.len());
+    }
+    for endpoint in &status.endpoints6 {
+        println!(
+            "  {:<26} {} ({})",
+            endpoint.ip.to_string(),
             endpoint.interface.as_deref().unwrap_or("-"),
             endpoint.mac
         );

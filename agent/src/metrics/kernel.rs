@@ -157,9 +157,12 @@ fn drop_reason(reason: &'static str) -> Option<&'static str> {
 fn read_map_fill(pin_dir: &Path) -> Vec<(&'static str, u64, u64)> {
     [
         map_names::PEERS,
+        map_names::PEERS6,
         map_names::ENDPOINTS,
+        map_names::ENDPOINTS6,
         map_names::VTEPS,
         map_names::FLOWS,
+        map_names::FLOWS6,
     ]
     .into_iter()
     .filter_map(|map| match map_fill(pin_dir, map) {

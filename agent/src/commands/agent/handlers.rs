@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::Result;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::{info, warn};
 use weft_common::{
     CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK, CONFIG_TC_VTEP, ENDPOINT_TC_RECEIVES, ENDPOINT_TC_SENDS,
@@ -29,7 +29,7 @@ use crate::{
     desired::{self, Desired, Inputs, NodeFacts, PeerRoute},
     endpoints::LocalView,
     http::Readiness,
-    lease::{claim::ClaimEvent, peers::PeerTable},
+    lease::{LeaseSubnets, claim::ClaimEvent, peers::PeerTable, validate::OwnSubnets},
     masq, metrics,
     pods::LocalPods,
     subnet_env::{self, SubnetEnv},
@@ -73,6 +73,9 @@ pub struct Agent {
     /// This node's subnet: its one owner (the subnet manager reports a new
     /// one after a lost lease was taken again).
     pub(super) subnet: Ipv4Net,
+    /// This node's IPv6 subnet, in a dual-stack network (taken with the
+    /// IPv4 one, in the same lease or from the same Node).
+    pub(super) subnet_v6: Option<Ipv6Net>,
     /// Where the subnet and the peers' claims come from (etcd or the
     /// Kubernetes API).
     pub(super) manager: SubnetManager,
@@ -113,18 +116,29 @@ impl Agent {
             .as_ref()
             .map(|pods| pods.endpoints(self.subnet))
             .unwrap_or_default();
+        let pods_v6 = self
+            .pods
+            .as_ref()
+            .zip(self.subnet_v6)
+            .map(|(pods, subnet_v6)| pods.endpoints6(subnet_v6))
+            .unwrap_or_default();
         let desired: Desired = desired::compute(&Inputs {
             node: &self.facts,
             subnet: self.subnet,
+            subnet_v6: self.subnet_v6,
             peers: self.peers.peers(),
             view: &self.view,
             pods: &pods,
+            pods_v6: &pods_v6,
             ruleset_generation: self.ruleset_generation,
             verdicts_suspended: self.verdicts_suspended,
             listed: self.listed,
             viewed: self.viewed,
         });
         for (subnet, why) in &desired.unroutable {
+            warn!(%subnet, "{why}; not programming it");
+        }
+        for (subnet, why) in &desired.unroutable_v6 {
             warn!(%subnet, "{why}; not programming it");
         }
         if let Some(guard) = self.guard.as_mut() {
@@ -162,8 +176,8 @@ impl Agent {
     pub async fn on_update(&mut self, update: Update) -> Result<()> {
         match update {
             Update::Claims(events) => self.on_claims(events).await,
-            Update::Subnet(subnet) => {
-                self.subnet = subnet;
+            Update::Subnet(subnets) => {
+                self.set_subnets(subnets);
                 self.take_subnet().await?;
             }
         }
@@ -174,7 +188,10 @@ impl Agent {
     /// costs one apply).
     async fn on_claims(&mut self, events: Vec<ClaimEvent>) {
         metrics::global().synced();
-        let own = Some(self.subnet);
+        let own = OwnSubnets {
+            v4: Some(self.subnet),
+            v6: self.subnet_v6,
+        };
         let mut peer_changes = 0;
         let mut listed = false;
         for event in &events {
@@ -198,15 +215,41 @@ impl Agent {
         }
     }
 
+    /// This node's subnets, as the local pods are read inside them.
+    fn subnets(&self) -> LeaseSubnets {
+        LeaseSubnets {
+            v4: self.subnet,
+            v6: self.subnet_v6,
+        }
+    }
+
+    /// The subnets the subnet manager gave this node become its own.
+    pub(super) fn set_subnets(&mut self, subnets: LeaseSubnets) {
+        self.subnet = subnets.v4;
+        self.subnet_v6 = subnets.v6;
+    }
+
     /// Makes the own subnet the node's (VXLAN device address, masquerade
     /// rules, subnet.env, in that order), and the local pods the ones in it.
     pub(super) async fn take_subnet(&mut self) -> Result<()> {
         self.kernel.set_vxlan_address(&self.subnet).await?;
-        let (network, subnet) = (self.config.network, self.subnet);
+        if let Some(subnet_v6) = &self.subnet_v6 {
+            self.kernel.set_vxlan_v6_address(subnet_v6).await?;
+        }
+        let subnets = masq::Subnets {
+            network: self.config.network,
+            subnet: self.subnet,
+            v6: self
+                .config
+                .ipv6
+                .as_ref()
+                .zip(self.subnet_v6)
+                .map(|(ipv6, subnet)| (ipv6.network, subnet)),
+        };
         match &self.masq {
-            Some(keeper) => keeper.follow(subnet),
+            Some(keeper) => keeper.follow(subnets),
             None if self.args.ip_masq => {
-                self.masq = Some(masq::Keeper::start(network, subnet, MASQ_RECHECK).await?);
+                self.masq = Some(masq::Keeper::start(subnets, MASQ_RECHECK).await?);
             }
             None => {}
         }
@@ -225,21 +268,42 @@ impl Agent {
             subnet.hosts().next().unwrap_or(subnet.network()),
             subnet.prefix_len(),
         )?;
+        // flanneld writes the IPv6 pair only with `EnableIPv6`, its subnet
+        // addressed by the first host address as the IPv4 one.
+        let ipv6 = match (&self.config.ipv6, self.subnet_v6) {
+            (Some(ipv6), Some(subnet_v6)) => Some(subnet_env::Ipv6SubnetEnv {
+                network: ipv6.network,
+                // flanneld's `IncrementIP` (ipnet's `hosts()` of an IPv6
+                // net starts at the network address itself).
+                subnet: Ipv6Net::new(
+                    std::net::Ipv6Addr::from(u128::from(subnet_v6.network()) + 1),
+                    subnet_v6.prefix_len(),
+                )?,
+            }),
+            _ => None,
+        };
         let env = SubnetEnv {
             network: self.config.network,
             subnet: gateway,
+            ipv6,
             mtu: self.mtu,
             ipmasq: self.args.ip_masq,
         };
         subnet_env::write_atomic(&self.args.subnet_file, &env)?;
-        info!(file = %self.args.subnet_file.display(), subnet = %gateway, "subnet.env written");
+        info!(
+            file = %self.args.subnet_file.display(),
+            subnet = %gateway,
+            subnet_v6 = ?ipv6.map(|ipv6| ipv6.subnet.to_string()),
+            "subnet.env written"
+        );
         Ok(())
     }
 
     /// The kernel's view of pods, ports, uplink neighbours and routes.
     pub async fn on_view(&mut self, view: LocalView) {
+        let subnets = self.subnets();
         if let Some(pods) = self.pods.as_mut() {
-            pods.refresh(&view.ports, self.subnet).await;
+            pods.refresh(&view.ports, subnets).await;
         }
         if let Some(fast_path) = self.fast_path.as_mut() {
             fast_path.on_view(&view);
@@ -254,10 +318,11 @@ impl Agent {
     /// neighbours follow if they changed, else the pinned neighbours are
     /// repaired (to the last desired state).
     pub async fn on_pod_retry(&mut self) {
+        let subnets = self.subnets();
         let (Some(pods), Some(fast_path)) = (self.pods.as_mut(), self.fast_path.as_ref()) else {
             return;
         };
-        if pods.retry(&self.view.ports, self.subnet).await {
+        if pods.retry(&self.view.ports, subnets).await {
             return self.apply().await;
         }
         fast_path.pin_pod_neighbours().await;
@@ -266,10 +331,11 @@ impl Agent {
     /// Every pod's side is read again, complete or not: a MAC or address
     /// changed inside a pod reaches ENDPOINTS and the pinned neighbour entry.
     pub async fn on_pod_reread(&mut self) {
+        let subnets = self.subnets();
         let Some(pods) = self.pods.as_mut() else {
             return;
         };
-        if pods.reread(&self.view.ports, self.subnet).await {
+        if pods.reread(&self.view.ports, subnets).await {
             self.apply().await;
         }
     }

@@ -23,23 +23,30 @@ use crate::{
     verdicts::{self, Marks},
 };
 
-/// The lease value this node announces.
+/// The lease value this node announces, as flanneld's `newSubnetAttrs`
+/// (vxlan) and host-gw's `RegisterNetwork` build it: `PublicIPv6` when the
+/// network is dual-stack, and `BackendV6Data` when `flannel-v6.<VNI>`
+/// exists too (vxlan); host-gw has no backend data in either family.
 pub fn lease_attrs(
     uplink: &Uplink,
     config: &NetworkConfig,
     vxlan: Option<VxlanDevice>,
+    vxlan_v6: Option<VxlanDevice>,
 ) -> LeaseAttrs {
+    let public_ipv6 = config.ipv6.as_ref().and(uplink.public_ipv6);
+    let backend_data = |device: Option<VxlanDevice>| match (config.backend.vni(), device) {
+        (Some(vni), Some(device)) => Some(VxlanBackendData {
+            vni,
+            vtep_mac: device.mac,
+        }),
+        _ => None,
+    };
     LeaseAttrs {
         public_ip: uplink.public_ip,
-        public_ipv6: None,
+        public_ipv6,
         backend_type: config.backend.type_name().to_owned(),
-        backend_data: match (config.backend.vni(), vxlan) {
-            (Some(vni), Some(device)) => Some(VxlanBackendData {
-                vni,
-                vtep_mac: device.mac,
-            }),
-            _ => None,
-        },
+        backend_data: backend_data(vxlan),
+        backend_v6_data: public_ipv6.and(backend_data(vxlan_v6)),
     }
 }
 
@@ -49,6 +56,7 @@ pub fn node_facts(
     uplink: &Uplink,
     config: &NetworkConfig,
     vxlan: Option<VxlanDevice>,
+    vxlan_v6: Option<VxlanDevice>,
     args: &AgentArgs,
 ) -> NodeFacts {
     NodeFacts {
@@ -58,6 +66,9 @@ pub fn node_facts(
         uplink_mac: uplink.mac,
         uplink_mtu: uplink.mtu,
         vtep_mac: vxlan.map(|device| device.mac),
+        public_ipv6: config.ipv6.as_ref().and(uplink.public_ipv6),
+        vtep_v6_mac: vxlan_v6.map(|device| device.mac),
+        vtep_v6_index: vxlan_v6.map(|device| device.index),
         strict_vteps: args.strict_vteps,
         bulk_tcp_via_gro: args.bulk_tcp_via_gro,
         verdict_probes: args.verdict_probes,
@@ -86,15 +97,16 @@ pub struct Started {
 pub fn start_fast_path(
     args: &AgentArgs,
     uplink: &Uplink,
-    vxlan_device: Option<&str>,
+    vxlan_devices: &[String],
     facts: &mut NodeFacts,
     handle: rtnetlink::Handle,
     ruleset_changed: Arc<Notify>,
 ) -> Result<Started> {
     let mut programs = EbpfPrograms::load(&args.bpf_pin_dir)?;
     let mut maps = FastPathMaps::open_pinned(&args.bpf_pin_dir)?;
-    // Verdicts recorded before this start (pinned FLOWS) were not followed
-    // by this agent's ruleset watch: a new generation voids them.
+    // Verdicts recorded before this start (pinned FLOWS and FLOWS6, both
+    // checked against CONFIG's generation) were not followed by this
+    // agent's ruleset watch: a new generation voids them.
     let ruleset_generation = maps.cached_config().ruleset_generation.wrapping_add(1);
     // Dormant until the maps hold this run's leases and pods (the agent
     // goes live then): a previous run's pinned entries may be stale.
@@ -102,7 +114,7 @@ pub fn start_fast_path(
     // Record verdicts before anything is fast-pathed: where kernel-path
     // packets leave the node's netfilter (pod veths follow as they appear).
     programs.attach_verdicts(&uplink.name)?;
-    if let Some(device) = vxlan_device {
+    for device in vxlan_devices {
         programs.attach_verdicts(device)?;
     }
     let mode = programs.attach_uplink(uplink, args.xdp_mode)?;
@@ -140,4 +152,94 @@ pub fn start_fast_path(
         marks,
         verdicts_suspended,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{config::Ipv6Network, lease::MacAddr};
+
+    fn uplink() -> Uplink {
+        Uplink {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            public_ip: Ipv4Addr::new(192, 168, 77, 1),
+            ipv6: Some("fd00:77::1".parse().unwrap()),
+            public_ipv6: Some("fd00:1::1".parse().unwrap()),
+            is_veth: true,
+        }
+    }
+
+    fn config(backend: &str, dual_stack: bool) -> NetworkConfig {
+        let mut config = NetworkConfig::parse(&format!(
+            r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{backend}"}}}}"#
+        ))
+        .unwrap();
+        config.ipv6 = dual_stack.then(|| Ipv6Network {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet_len: 64,
+            subnet_min: "fd00:10:244:1::".parse().unwrap(),
+            subnet_max: "fd00:10:244:ff::".parse().unwrap(),
+        });
+        config
+    }
+
+    fn device(first: u8) -> Option<VxlanDevice> {
+        Some(VxlanDevice {
+            index: 5,
+            mac: MacAddr([first, 1, 192, 168, 77, 1]),
+        })
+    }
+
+    /// The value as etcd holds it (what flanneld peers read).
+    fn announced(attrs: LeaseAttrs) -> serde_json::Value {
+        serde_json::to_value(attrs).unwrap()
+    }
+
+    #[test]
+    fn dual_stack_leases_announce_public_ipv6_and_backend_v6_data_as_flanneld() {
+        let vxlan = announced(lease_attrs(
+            &uplink(),
+            &config("vxlan", true),
+            device(0x0e),
+            device(0x1e),
+        ));
+        assert_eq!(
+            vxlan,
+            json!({
+                "PublicIP": "192.168.77.1",
+                "PublicIPv6": "fd00:1::1",
+                "BackendType": "vxlan",
+                "BackendData": {"VNI": 1, "VtepMAC": "0e:01:c0:a8:4d:01"},
+                "BackendV6Data": {"VNI": 1, "VtepMAC": "1e:01:c0:a8:4d:01"},
+            })
+        );
+        // host-gw: PublicIPv6 and no backend data in either family (flanneld
+        // omits both keys).
+        let host_gw = announced(lease_attrs(&uplink(), &config("host-gw", true), None, None));
+        assert_eq!(
+            host_gw,
+            json!({
+                "PublicIP": "192.168.77.1",
+                "PublicIPv6": "fd00:1::1",
+                "BackendType": "host-gw",
+            })
+        );
+        // IPv4-only: PublicIPv6 null (as flanneld writes it), no
+        // BackendV6Data, whatever the uplink has.
+        let v4_only = announced(lease_attrs(
+            &uplink(),
+            &config("vxlan", false),
+            device(0x0e),
+            device(0x1e),
+        ));
+        assert_eq!(v4_only["PublicIPv6"], serde_json::Value::Null);
+        assert!(v4_only.get("BackendV6Data").is_none(), "{v4_only}");
+    }
 }
