@@ -15,6 +15,8 @@
 use clap as _;
 
 mod ct_marking;
+mod drops;
+mod families;
 mod goals;
 mod measure;
 mod path_counters;
@@ -38,6 +40,8 @@ use weft_tests::{
 };
 
 pub use ct_marking::{CtMarking, ct_marking};
+pub use drops::Drops;
+pub use families::{FamilyRow, family_rows, family_table};
 pub use goals::{Goal, goals};
 pub use path_counters::FAST_PATH_COUNTERS;
 pub use program_cost::{
@@ -211,6 +215,10 @@ pub struct ConfigResult {
     /// (medians of the runs, field by field).
     #[serde(flatten)]
     pub reordering: TcpReordering,
+    /// Where the throughput run's packets were dropped, by location
+    /// (medians of the runs, field by field).
+    #[serde(flatten)]
+    pub drops: Drops,
     pub fastpath_packets: u64,
     /// Packets the fast path handed to netfilter during the TCP run (a
     /// flow's set-up, TCP control, re-checks, ruleset changes).
@@ -232,6 +240,9 @@ pub struct Details {
     pub control_plane: Vec<ScaleResult>,
     /// `/metrics` under parallel scrapes with `FLOWS` nearly full.
     pub scrape_load: Option<ScrapeLoad>,
+    /// IPv6 next to IPv4 on weft's kernel path, in dual-stack labs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub families: Vec<FamilyRow>,
     /// The performance goals, met or missed.
     pub goals: Vec<Goal>,
     /// The `perf` profiles written (`--profile`), one file per configuration.
@@ -324,12 +335,14 @@ pub fn run(
         }
         progress("/metrics: parallel scrapes against a nearly full FLOWS");
         details.scrape_load = Some(scrape_load(options)?);
+        progress("IPv6 next to IPv4: dual-stack labs, weft's kernel path");
+        details.families = family_rows(options, progress)?;
     }
     details.goals = goals(&results, details.programs.as_ref());
     std::fs::write(
         options.out.join("table.txt"),
         format!(
-            "{}\n{}{}{}",
+            "{}\n{}{}{}{}",
             table(&results),
             details
                 .programs
@@ -341,6 +354,11 @@ pub fn run(
                 .as_ref()
                 .map(|load| format!("{}\n\n", scrape_load_line(load)))
                 .unwrap_or_default(),
+            if details.families.is_empty() {
+                String::new()
+            } else {
+                format!("{}\n", family_table(&details.families))
+            },
             goals_table(&details.goals)
         ),
     )?;
@@ -453,6 +471,14 @@ fn median(config: &Configuration, runs: &[Run]) -> ConfigResult {
             sender_dsack_recv: m(&|run| run.reordering.sender_dsack_recv as f64) as u64,
             receiver_dsack_old_sent: m(&|run| run.reordering.receiver_dsack_old_sent as f64) as u64,
             receiver_ofo_queue: m(&|run| run.reordering.receiver_ofo_queue as f64) as u64,
+            sender_dsack_segments: m(&|run| run.reordering.sender_dsack_segments as f64) as u64,
+        },
+        drops: Drops {
+            drops_into_uplink: m(&|run| run.drops.drops_into_uplink as f64) as u64,
+            drops_out_of_uplink: m(&|run| run.drops.drops_out_of_uplink as f64) as u64,
+            drops_pod_veths: m(&|run| run.drops.drops_pod_veths as f64) as u64,
+            drops_cpu_backlog: m(&|run| run.drops.drops_cpu_backlog as f64) as u64,
+            drops_receiver_socket: m(&|run| run.drops.drops_receiver_socket as f64) as u64,
         },
         fastpath_packets: m(&|run| run.fastpath_packets as f64) as u64,
         netfilter_refusals: m(&|run| run.netfilter_refusals as f64) as u64,

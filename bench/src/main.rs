@@ -35,6 +35,10 @@ struct BenchArgs {
     /// fast-pathed TCP flows liberal.
     #[arg(long)]
     ct_marking_only: bool,
+    /// Only the IPv6 rows next to IPv4 (two dual-stack labs, weft's kernel
+    /// path): printed, and written to families.json in --out.
+    #[arg(long)]
+    families_only: bool,
     /// Only the per-packet program cost, step by step (no labs): printed,
     /// and written to program-cost.json in --out.
     #[arg(long)]
@@ -101,6 +105,23 @@ fn bench(args: BenchArgs) -> Result<()> {
     );
     if let Some(flanneld) = args.flanneld {
         options.flanneld_bin = Some(flanneld);
+    }
+    options.lab_prefix = args.lab_prefix.clone();
+    if args.families_only {
+        if let Some(seconds) = args.seconds {
+            options.seconds = seconds;
+        }
+        let started = std::time::Instant::now();
+        let rows = weft_bench::family_rows(&options, &mut |step| {
+            eprintln!("[{:>6.1}s] {step}", started.elapsed().as_secs_f64());
+        })?;
+        print!("{}", weft_bench::family_table(&rows));
+        std::fs::create_dir_all(&options.out)?;
+        std::fs::write(
+            options.out.join("families.json"),
+            serde_json::to_string_pretty(&rows)?,
+        )?;
+        return Ok(());
     }
     if let Some(leases) = args.scale_only {
         print_scale(&weft_bench::scale(&options, leases)?);

@@ -13,6 +13,7 @@ use weft_tests::{Lab, NodeId, netns, traffic};
 
 use crate::{
     BenchOptions, Configuration, Endpoints,
+    drops::{DropReading, Drops},
     path_counters::{KernelPath, KernelReading, fast_path_counts, netfilter_refusals},
     tcp_events::{TcpEvents, TcpReordering},
 };
@@ -78,6 +79,8 @@ pub(crate) struct Run {
     pub(crate) netfilter_refusals: u64,
     /// Reordering and duplicate events of the TCP run, both ends.
     pub(crate) reordering: TcpReordering,
+    /// Where the TCP run's packets were dropped.
+    pub(crate) drops: Drops,
 }
 
 pub(crate) fn measure(
@@ -113,9 +116,11 @@ pub(crate) fn measure(
     let kernel_before = KernelReading::read(lab)?;
     let (sender_before, receiver_before) =
         (TcpEvents::read(&client.ns)?, TcpEvents::read(&server.ns)?);
+    let drops_before = DropReading::read(lab, &server.ns)?;
     let cpu_before = busy_cpu_seconds()?;
     let tcp = iperf_tcp(&client, &server, seconds)?;
     let cpu = busy_cpu_seconds()? - cpu_before;
+    let drops = DropReading::read(lab, &server.ns)?.since(&drops_before);
     let reordering = TcpReordering::between(
         (&sender_before, &TcpEvents::read(&client.ns)?),
         (&receiver_before, &TcpEvents::read(&server.ns)?),
@@ -139,6 +144,7 @@ pub(crate) fn measure(
         tcp_packets: tcp.packets,
         netfilter_refusals: netfilter_refusals(lab)? - refusals_before,
         reordering,
+        drops,
     })
 }
 

@@ -26,7 +26,7 @@ type Metric = fn(&ConfigResult) -> f64;
 
 /// The printed table's rows: the same-CPU request/response latency is the
 /// headline, the cross-CPU one a secondary row.
-const TABLE_METRICS: [(&str, Metric); 22] = [
+const TABLE_METRICS: [(&str, Metric); 28] = [
     ("ICMP RTT p50 (us)", |r| r.icmp_rtt_us_p50),
     ("ICMP RTT p99 (us)", |r| r.icmp_rtt_us_p99),
     ("TCP RR p50 (us)", |r| r.tcp_rr_same_cpu_us_p50),
@@ -53,11 +53,27 @@ const TABLE_METRICS: [(&str, Metric); 22] = [
     ("sender DSACKs received", |r| {
         r.reordering.sender_dsack_recv as f64
     }),
+    ("sender DSACKed segments", |r| {
+        r.reordering.sender_dsack_segments as f64
+    }),
     ("receiver DSACKs sent", |r| {
         r.reordering.receiver_dsack_old_sent as f64
     }),
     ("receiver out-of-order queued", |r| {
         r.reordering.receiver_ofo_queue as f64
+    }),
+    ("drops into a node's uplink", |r| {
+        r.drops.drops_into_uplink as f64
+    }),
+    ("drops out of a node's uplink", |r| {
+        r.drops.drops_out_of_uplink as f64
+    }),
+    ("drops on pod veths", |r| r.drops.drops_pod_veths as f64),
+    ("drops in CPU backlogs (host)", |r| {
+        r.drops.drops_cpu_backlog as f64
+    }),
+    ("drops at the receiving socket", |r| {
+        r.drops.drops_receiver_socket as f64
     }),
     ("fast-path packets", |r| r.fastpath_packets as f64),
     ("handed to netfilter", |r| r.netfilter_refusals as f64),
@@ -65,13 +81,19 @@ const TABLE_METRICS: [(&str, Metric); 22] = [
 
 /// Rows that count events (per TCP run): printed whole, without ratios (a
 /// ratio of retransmissions or of fast-path packets says nothing).
-const COUNT_METRICS: [&str; 8] = [
+const COUNT_METRICS: [&str; 14] = [
     "TCP retransmissions (per run)",
     "sender SACK reorder events",
     "sender TS reorder events",
     "sender DSACKs received",
+    "sender DSACKed segments",
     "receiver DSACKs sent",
     "receiver out-of-order queued",
+    "drops into a node's uplink",
+    "drops out of a node's uplink",
+    "drops on pod veths",
+    "drops in CPU backlogs (host)",
+    "drops at the receiving socket",
     "fast-path packets",
     "handed to netfilter",
 ];
@@ -84,7 +106,9 @@ pub const RATIO_LEGEND: &str = "RR = request/response, client and server on the 
 x-CPU = on different CPUs (secondary: adds a vCPU wake-up per message)\n\
 xU: ratio to underlay (node to node, no pods: the physical limit); xF: ratio to floor; \
 xS: ratio to stock flannel (flanneld, same backend); xK: ratio to weft's kernel mode (same backend)\n\
-counts are per TCP throughput run; sender = client, receiver = server (nstat in each namespace)\n";
+counts are per TCP throughput run; sender = client, receiver = server (nstat in each namespace)\n\
+DSACKed segments: retransmissions the receiver reported as duplicates (not lost); drops: the kernel's drop counters by location \
+(underlay ports' and uplinks' tx_dropped, pod veths', CPU backlogs host-wide, the receiving socket's)\n";
 
 /// The configuration a ratio column compares with, for `result`'s row.
 fn counterpart<'a>(

@@ -11,6 +11,10 @@
 //! - sender `TcpExtTCPDSACKRecv`: the receiver reported a duplicate
 //!   (DSACK): a retransmission that was not needed, the trace reordering
 //!   leaves once it fooled fast retransmit.
+//! - sender `TcpExtTCPDSACKRecvSegs`: the segments those DSACKs covered.
+//!   One DSACK can cover a whole GRO packet (up to 45 segments), so this,
+//!   not the DSACK count, is what to hold against the retransmissions:
+//!   retransmitted segments a DSACK covered were not lost.
 //! - receiver `TcpExtTCPDSACKOldSent`: the receiver got data it already had
 //!   and said so: the other side of `TCPDSACKRecv`.
 //! - receiver `TcpExtTCPOFOQueue`: segments that arrived ahead of a hole and
@@ -30,6 +34,7 @@ pub(crate) struct TcpEvents {
     ts_reorder: u64,
     reno_reorder: u64,
     dsack_recv: u64,
+    dsack_recv_segs: u64,
     dsack_old_sent: u64,
     ofo_queue: u64,
 }
@@ -56,6 +61,7 @@ impl TcpEvents {
             ts_reorder: counter("TcpExtTCPTSReorder")?,
             reno_reorder: counter("TcpExtTCPRenoReorder")?,
             dsack_recv: counter("TcpExtTCPDSACKRecv")?,
+            dsack_recv_segs: counter("TcpExtTCPDSACKRecvSegs")?,
             dsack_old_sent: counter("TcpExtTCPDSACKOldSent")?,
             ofo_queue: counter("TcpExtTCPOFOQueue")?,
         })
@@ -67,6 +73,7 @@ impl TcpEvents {
             ts_reorder: self.ts_reorder.saturating_sub(before.ts_reorder),
             reno_reorder: self.reno_reorder.saturating_sub(before.reno_reorder),
             dsack_recv: self.dsack_recv.saturating_sub(before.dsack_recv),
+            dsack_recv_segs: self.dsack_recv_segs.saturating_sub(before.dsack_recv_segs),
             dsack_old_sent: self.dsack_old_sent.saturating_sub(before.dsack_old_sent),
             ofo_queue: self.ofo_queue.saturating_sub(before.ofo_queue),
         }
@@ -82,6 +89,9 @@ pub struct TcpReordering {
     pub sender_dsack_recv: u64,
     pub receiver_dsack_old_sent: u64,
     pub receiver_ofo_queue: u64,
+    /// Segments the sender's received DSACKs covered: retransmissions
+    /// that were not needed.
+    pub sender_dsack_segments: u64,
 }
 
 impl TcpReordering {
@@ -99,6 +109,7 @@ impl TcpReordering {
             sender_dsack_recv: sent.dsack_recv,
             receiver_dsack_old_sent: received.dsack_old_sent,
             receiver_ofo_queue: received.ofo_queue,
+            sender_dsack_segments: sent.dsack_recv_segs,
         }
     }
 }
@@ -108,9 +119,11 @@ mod tests {
     use super::*;
 
     fn nstat(sack: u64, dsack_recv: u64, old_sent: u64, ofo: u64) -> String {
+        let segs = dsack_recv * 10;
         format!(
             r#"{{"kernel":{{"TcpExtTCPSACKReorder":{sack},"TcpExtTCPTSReorder":1,
             "TcpExtTCPRenoReorder":0,"TcpExtTCPDSACKRecv":{dsack_recv},
+            "TcpExtTCPDSACKRecvSegs":{segs},
             "TcpExtTCPDSACKOldSent":{old_sent},"TcpExtTCPOFOQueue":{ofo},"TcpInSegs":9}}}}"#
         )
     }
@@ -129,6 +142,7 @@ mod tests {
                 sender_dsack_recv: 2,
                 receiver_dsack_old_sent: 7,
                 receiver_ofo_queue: 60,
+                sender_dsack_segments: 20,
             }
         );
     }

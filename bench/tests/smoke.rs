@@ -105,6 +105,12 @@ fn the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld()
             "sender_dsack_recv",
             "receiver_dsack_old_sent",
             "receiver_ofo_queue",
+            "sender_dsack_segments",
+            "drops_into_uplink",
+            "drops_out_of_uplink",
+            "drops_pod_veths",
+            "drops_cpu_backlog",
+            "drops_receiver_socket",
         ] {
             assert!(result[count].is_u64(), "{count}: {result}");
         }
@@ -114,6 +120,7 @@ fn the_bench_harness_writes_complete_results_for_ebpf_vxlan_and_stock_flanneld()
     let table = std::fs::read_to_string(out.join("table.txt")).unwrap();
     assert!(table.contains("TCP retransmissions (per run)"), "{table}");
     assert!(table.contains("sender SACK reorder events"), "{table}");
+    assert!(table.contains("drops into a node's uplink"), "{table}");
     assert!(
         table.contains("(node to node)") && table.contains("xU"),
         "{table}"
