@@ -18,7 +18,17 @@ pub const PLUGIN_DIR: &str = "/usr/lib/cni";
 /// explicitly (a delegate override flannel honours) because the lab has no
 /// iptables and masquerade is the agent's job. host-local keeps its state in
 /// the lab's run directory because all lab nodes share one filesystem.
+///
+/// A dual-stack subnet.env (`FLANNEL_IPV6_SUBNET`) adds, as flannel's CNI
+/// plugin does, a second host-local range (the node's IPv6 subnet) and a
+/// route to the IPv6 pod network: the pod gets one address of each family.
 pub fn flannel_bridge_config(env: &SubnetEnv, ipam_dir: &Path) -> Value {
+    let mut ranges = vec![json!([{ "subnet": env.subnet.trunc().to_string() }])];
+    let mut routes = vec![json!({ "dst": env.network.to_string() })];
+    if let Some(ipv6) = &env.ipv6 {
+        ranges.push(json!([{ "subnet": ipv6.subnet.trunc().to_string() }]));
+        routes.push(json!({ "dst": ipv6.network.to_string() }));
+    }
     json!({
         "cniVersion": "1.0.0",
         "name": "cbr0",
@@ -31,8 +41,8 @@ pub fn flannel_bridge_config(env: &SubnetEnv, ipam_dir: &Path) -> Value {
         "ipMasq": false,
         "ipam": {
             "type": "host-local",
-            "ranges": [[{ "subnet": env.subnet.trunc().to_string() }]],
-            "routes": [{ "dst": env.network.to_string() }],
+            "ranges": ranges,
+            "routes": routes,
             "dataDir": ipam_dir.display().to_string(),
         },
     })
@@ -43,6 +53,10 @@ pub fn flannel_bridge_config(env: &SubnetEnv, ipam_dir: &Path) -> Value {
 pub struct PodNetwork {
     /// The pod's address with prefix, e.g. `10.244.1.2/24`.
     pub address: String,
+    /// The pod's IPv6 address with prefix, e.g. `fd00:10:244:1::2/64`
+    /// (dual-stack labs).
+    #[serde(default)]
+    pub address6: Option<String>,
     /// The host-side veth in the node namespace.
     pub host_veth: String,
     pub mac: String,
@@ -51,6 +65,12 @@ pub struct PodNetwork {
 impl PodNetwork {
     pub fn ip(&self) -> &str {
         self.address.split('/').next().unwrap_or(&self.address)
+    }
+
+    /// The pod's IPv6 address without its prefix, if it has one.
+    pub fn ip6(&self) -> Option<&str> {
+        let address = self.address6.as_deref()?;
+        Some(address.split('/').next().unwrap_or(address))
     }
 }
 
@@ -101,11 +121,23 @@ fn parse_result(result: &Value, netns_path: &str) -> Result<PodNetwork> {
     let interfaces = result["interfaces"]
         .as_array()
         .ok_or_else(|| anyhow!("no interfaces"))?;
-    let ip = &result["ips"][0];
+    let ips = result["ips"].as_array().ok_or_else(|| anyhow!("no ips"))?;
+    // One address per family, in the order of the ranges (IPv4 first).
+    let of_family = |v6: bool| {
+        ips.iter().find(|ip| {
+            ip["address"]
+                .as_str()
+                .is_some_and(|address| address.contains(':') == v6)
+        })
+    };
+    let ip = of_family(false).ok_or_else(|| anyhow!("no IPv4 address"))?;
     let address = ip["address"]
         .as_str()
         .ok_or_else(|| anyhow!("no address"))?
         .to_owned();
+    let address6 = of_family(true)
+        .and_then(|ip6| ip6["address"].as_str())
+        .map(str::to_owned);
     let pod_if = &interfaces[ip["interface"]
         .as_u64()
         .ok_or_else(|| anyhow!("no interface index"))? as usize];
@@ -120,6 +152,7 @@ fn parse_result(result: &Value, netns_path: &str) -> Result<PodNetwork> {
     }
     Ok(PodNetwork {
         address,
+        address6,
         host_veth,
         mac: pod_if["mac"].as_str().unwrap_or_default().to_owned(),
     })

@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -24,11 +24,18 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
+    /// Echoes on every IPv4 address of `ns`.
     pub fn start(ns: &str, port: u16) -> Result<Self> {
+        Self::start_at(ns, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+    }
+
+    /// Echoes on `ip` (a pod's IPv6 address, say, next to a server
+    /// [`EchoServer::start`]ed on the same port for IPv4).
+    pub fn start_at(ns: &str, ip: IpAddr, port: u16) -> Result<Self> {
         let (tcp, udp) = netns::in_netns(ns, || {
-            let tcp = TcpListener::bind(("0.0.0.0", port))?;
+            let tcp = TcpListener::bind((ip, port))?;
             tcp.set_nonblocking(true)?;
-            let udp = UdpSocket::bind(("0.0.0.0", port))?;
+            let udp = UdpSocket::bind((ip, port))?;
             udp.set_read_timeout(Some(Duration::from_millis(50)))?;
             Ok((tcp, udp))
         })
@@ -193,7 +200,8 @@ impl TcpSession {
     }
 }
 
-/// `count` UDP requests from one socket in `client_ns` to `target`, each
+/// `count` UDP requests (IPv4 or IPv6, as `target` is) from one socket in
+/// `client_ns` to `target`, each
 /// waited for; returns how many were answered by `target` itself (the
 /// socket is connected: a reply from any other address is not received).
 pub fn udp_echo(
@@ -203,7 +211,12 @@ pub fn udp_echo(
     timeout: Duration,
 ) -> Result<usize> {
     let socket = netns::in_netns(client_ns, || {
-        let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+        let any: IpAddr = if target.is_ipv6() {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let socket = UdpSocket::bind((any, 0))?;
         socket.connect(target)?;
         socket.set_read_timeout(Some(timeout))?;
         Ok(socket)

@@ -55,7 +55,7 @@ pub fn check(lab: &Lab) -> Result<()> {
                 vtep_mac(node)?
             ),
             Backend::HostGw => format!(
-                r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}}"#,
+                r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"host-gw"}}"#,
                 node.ip
             ),
         };

@@ -21,6 +21,20 @@ pub fn routes(ns: &str) -> Result<Vec<Value>> {
     json(&["ip", "-j", "-n", ns, "route", "show"])
 }
 
+/// `ip -j -6 route show` (main table) in `ns`.
+pub fn routes6(ns: &str) -> Result<Vec<Value>> {
+    json(&["ip", "-j", "-6", "-n", ns, "route", "show"])
+}
+
+/// The IPv6 routes in `ns` whose destination is `dst` (e.g.
+/// `fd00:10:244:3::/64`).
+pub fn routes6_to(ns: &str, dst: &str) -> Result<Vec<Value>> {
+    Ok(routes6(ns)?
+        .into_iter()
+        .filter(|route| route["dst"] == dst)
+        .collect())
+}
+
 /// The routes in `ns` whose destination is `dst` (e.g. `10.244.3.0/24`).
 pub fn routes_to(ns: &str, dst: &str) -> Result<Vec<Value>> {
     Ok(routes(ns)?
@@ -51,11 +65,23 @@ pub fn link(ns: &str, dev: &str) -> Result<Option<Value>> {
 
 /// `ip -j addr show <dev>` addresses as `a.b.c.d/len`.
 pub fn addresses(ns: &str, dev: &str) -> Result<Vec<String>> {
+    addresses_of_family(ns, dev, "inet")
+}
+
+/// `dev`'s global IPv6 addresses as `addr/len` (link-local ones left out).
+pub fn addresses6(ns: &str, dev: &str) -> Result<Vec<String>> {
+    Ok(addresses_of_family(ns, dev, "inet6")?
+        .into_iter()
+        .filter(|address| !address.starts_with("fe80:"))
+        .collect())
+}
+
+fn addresses_of_family(ns: &str, dev: &str, family: &str) -> Result<Vec<String>> {
     let links = json(&["ip", "-j", "-n", ns, "addr", "show", dev])?;
     Ok(links
         .iter()
         .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
-        .filter(|addr| addr["family"] == "inet")
+        .filter(|addr| addr["family"] == family)
         .map(|addr| {
             format!(
                 "{}/{}",
@@ -80,12 +106,30 @@ pub fn packet_counts(ns: &str, dev: &str) -> Result<(u64, u64)> {
     Ok((count("rx")?, count("tx")?))
 }
 
+/// `dev`'s MTU in `ns`.
+pub fn mtu(ns: &str, dev: &str) -> Result<u64> {
+    let link = link(ns, dev)?.with_context(|| format!("{ns} has no {dev}"))?;
+    link["mtu"]
+        .as_u64()
+        .with_context(|| format!("{ns}: {dev} has no MTU"))
+}
+
 /// Bytes `dev` in `ns` received so far (its rx `bytes`).
 pub fn received_bytes(ns: &str, dev: &str) -> Result<u64> {
+    link_bytes(ns, dev, "rx")
+}
+
+/// Bytes `dev` in `ns` sent so far (its tx `bytes`).
+pub fn sent_bytes(ns: &str, dev: &str) -> Result<u64> {
+    link_bytes(ns, dev, "tx")
+}
+
+/// `dev`'s `direction` (`rx` or `tx`) byte count in `ns`.
+fn link_bytes(ns: &str, dev: &str, direction: &str) -> Result<u64> {
     let links = json(&["ip", "-j", "-s", "-n", ns, "link", "show", "dev", dev])?;
-    links.first().context("no such link")?["stats64"]["rx"]["bytes"]
+    links.first().context("no such link")?["stats64"][direction]["bytes"]
         .as_u64()
-        .with_context(|| format!("`ip -s link show {dev}` in {ns}: no rx bytes"))
+        .with_context(|| format!("`ip -s link show {dev}` in {ns}: no {direction} bytes"))
 }
 
 /// How many packets the IPv4 stack of `ns` forwarded (routed) so far:

@@ -12,7 +12,10 @@
 //!
 //! Nodes are registered the way a kubelet registers itself (labels,
 //! the kubelet's annotations, addresses), with `spec.podCIDR` set by the lab
-//! (node N owns 10.244.N.0/24), as kube-controller-manager's node IPAM would.
+//! (node N owns 10.244.N.0/24), as kube-controller-manager's node IPAM would;
+//! in a dual-stack lab `spec.podCIDRs` holds an IPv6 one after it
+//! (fd00:10:244:N::/64), for which kube-apiserver runs with
+//! `IPv6DualStack=true`.
 
 use std::{
     fs,
@@ -128,6 +131,7 @@ pub fn start(
     run_dir: &Path,
     bin_dir: &Path,
     net_conf: &str,
+    dual_stack: bool,
 ) -> Result<KubeState> {
     let dir = run_dir.join("kube");
     fs::create_dir_all(&dir)?;
@@ -181,6 +185,15 @@ pub fn start(
         "--enable-priority-and-fairness=false".to_owned(),
         "--watch-cache=false".to_owned(),
     ]);
+    if dual_stack {
+        // Without the (alpha, off by default) gate v1.20's Node strategy
+        // silently keeps only the first of a new Node's podCIDRs
+        // (pkg/registry/core/node/strategy.go, `dropDisabledFields`), so a
+        // dual-stack Node would lose its IPv6 one. Only dual-stack labs turn
+        // it on: it also changes how Services are defaulted and validated,
+        // which IPv4 labs keep as a stock v1.20 cluster has them.
+        command.arg("--feature-gates=IPv6DualStack=true");
+    }
     let log = dir.join("kube-apiserver.log");
     let pid_file = run_dir.join("kube-apiserver.pid");
     process::spawn_daemon(command, &log, &pid_file)?;
@@ -215,6 +228,15 @@ pub struct NodeRegistration<'a> {
     pub name: &'a str,
     pub internal_ip: &'a str,
     pub pod_cidr: &'a str,
+}
+
+impl NodeRegistration<'_> {
+    /// The Node's `spec`: `podCIDR` and `podCIDRs` as node IPAM writes them,
+    /// the IPv4 one first and, in a dual-stack cluster, the IPv6 one after it.
+    fn spec(&self, pod_cidr_v6: Option<&str>) -> serde_json::Value {
+        let pod_cidrs: Vec<&str> = std::iter::once(self.pod_cidr).chain(pod_cidr_v6).collect();
+        serde_json::json!({ "podCIDR": self.pod_cidr, "podCIDRs": pod_cidrs })
+    }
 }
 
 impl KubeState {
@@ -252,6 +274,21 @@ impl KubeState {
     /// annotations map is empty), its addresses, and the podCIDR node IPAM
     /// would assign.
     pub fn register_node(&self, node: &NodeRegistration) -> Result<()> {
+        self.register_node_with(node, None)
+    }
+
+    /// [`KubeState::register_node`] in a dual-stack cluster: the Node's
+    /// `podCIDRs` hold `pod_cidr_v6` after the IPv4 one (the API server
+    /// must run with `IPv6DualStack=true`, see [`start`]).
+    pub fn register_dual_stack_node(
+        &self,
+        node: &NodeRegistration,
+        pod_cidr_v6: &str,
+    ) -> Result<()> {
+        self.register_node_with(node, Some(pod_cidr_v6))
+    }
+
+    fn register_node_with(&self, node: &NodeRegistration, pod_cidr_v6: Option<&str>) -> Result<()> {
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
@@ -274,7 +311,7 @@ impl KubeState {
                     "volumes.kubernetes.io/controller-managed-attach-detach": "true",
                 },
             },
-            "spec": { "podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr] },
+            "spec": node.spec(pod_cidr_v6),
             "status": {
                 "addresses": [
                     { "type": "InternalIP", "address": node.internal_ip },

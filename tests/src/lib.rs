@@ -9,7 +9,8 @@ use clap as _;
 // The integration tests' dev-dependencies; the library's unit tests see them too.
 #[cfg(test)]
 use {
-    k8s_openapi as _, prometheus_parse as _, proptest as _, pulldown_cmark as _, serde_yaml_ng as _,
+    k8s_openapi as _, prometheus_parse as _, proptest as _, pulldown_cmark as _, rtnetlink as _,
+    serde_yaml_ng as _,
 };
 
 pub mod bandwidth;
@@ -18,6 +19,7 @@ pub mod containerd;
 pub mod echo;
 pub mod etcd;
 pub mod flannel;
+pub mod flannel_dual_stack;
 pub mod host;
 pub mod inspect;
 pub mod kube;

@@ -2,6 +2,7 @@
 //! checking IPv4 header checksums independently of the code under test.
 
 pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(14 + payload.len());
@@ -68,6 +69,141 @@ pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     datagram
 }
 
+/// An IPv6 packet (hop limit 64, no extension headers) carrying a UDP
+/// datagram from `sport` to `dport` with a correct checksum (which IPv6
+/// requires: a receiver drops a datagram with checksum 0).
+pub fn ipv6_udp(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut datagram = udp(sport, dport, payload);
+    let check = match pseudo_header_checksum(src, dst, 17, &datagram) {
+        0 => 0xffff,
+        check => check,
+    };
+    datagram[6..8].copy_from_slice(&check.to_be_bytes());
+    ipv6(src, dst, 17, &datagram, 64)
+}
+
+/// An IPv6 packet with hop limit `hop_limit` whose payload (behind the
+/// fixed header: a transport header, or extension headers) is of type
+/// `next_header`. The payload's own checksums are the caller's.
+pub fn ipv6(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    next_header: u8,
+    payload: &[u8],
+    hop_limit: u8,
+) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(40 + payload.len());
+    packet.extend_from_slice(&[0x60, 0, 0, 0]);
+    packet.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    packet.push(next_header);
+    packet.push(hop_limit);
+    packet.extend_from_slice(&src.octets());
+    packet.extend_from_slice(&dst.octets());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// An ICMPv6 echo request (identifier 0x1234, sequence 1) with `len`
+/// bytes of payload; its checksum (over the IPv6 pseudo-header) is left
+/// zero.
+pub fn icmpv6_echo(len: usize) -> Vec<u8> {
+    let mut message = vec![128, 0, 0, 0, 0x12, 0x34, 0, 1];
+    message.extend((0..len).map(|i| i as u8));
+    message
+}
+
+/// An ICMPv6 neighbour solicitation for `target` (no options); its
+/// checksum is left zero.
+pub fn icmpv6_neighbour_solicitation(target: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut message = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(&target.octets());
+    message
+}
+
+/// The checksum of an upper-layer message over IPv6 (UDP, ICMPv6): the
+/// IPv6 pseudo-header (RFC 8200 8.1) and `message`, whose checksum field
+/// must be zero.
+pub fn pseudo_header_checksum(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    next_header: u8,
+    message: &[u8],
+) -> u16 {
+    let mut pseudo = Vec::with_capacity(40 + message.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next_header]);
+    pseudo.extend_from_slice(message);
+    checksum(&pseudo)
+}
+
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// Neighbour Advertisement flags (RFC 4861 4.4), in the first flags byte.
+pub const NA_ROUTER: u8 = 0x80;
+pub const NA_SOLICITED: u8 = 0x40;
+pub const NA_OVERRIDE: u8 = 0x20;
+
+/// The Ethernet destination of IPv6 multicast `group` (RFC 2464 7).
+pub fn ipv6_multicast_mac(group: std::net::Ipv6Addr) -> [u8; 6] {
+    let octets = group.octets();
+    [0x33, 0x33, octets[12], octets[13], octets[14], octets[15]]
+}
+
+/// An ICMPv6 NDP packet (hop limit 255, as RFC 4861 requires, or the
+/// receiver drops it) from `src` to `dst`: `icmp_type`, four bytes of
+/// flags/reserved, `target`, and one link-layer address option
+/// (`option`: 1 source, 2 target) naming `mac`, checksummed.
+fn ndp(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    icmp_type: u8,
+    flags: u8,
+    target: std::net::Ipv6Addr,
+    option: u8,
+    mac: [u8; 6],
+) -> Vec<u8> {
+    let mut message = vec![icmp_type, 0, 0, 0, flags, 0, 0, 0];
+    message.extend_from_slice(&target.octets());
+    message.extend_from_slice(&[option, 1]);
+    message.extend_from_slice(&mac);
+    let check = pseudo_header_checksum(src, dst, IPPROTO_ICMPV6, &message);
+    message[2..4].copy_from_slice(&check.to_be_bytes());
+    ipv6(src, dst, IPPROTO_ICMPV6, &message, 255)
+}
+
+/// A Neighbour Advertisement (RFC 4861 4.4) as an IPv6 packet: "`target`
+/// is at `mac`", with `flags` ([`NA_OVERRIDE`] and the rest) and a target
+/// link-layer address option (what a pod forging a neighbour entry sends).
+pub fn neighbour_advertisement(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    flags: u8,
+    target: std::net::Ipv6Addr,
+    mac: [u8; 6],
+) -> Vec<u8> {
+    ndp(src, dst, 136, flags, target, 2, mac)
+}
+
+/// A Neighbour Solicitation (RFC 4861 4.3) as an IPv6 packet: "who has
+/// `target`? I am `src` at `mac`" (a source link-layer address option;
+/// the receiver takes `src` -> `mac` into its neighbour table when
+/// `target` is its own).
+pub fn neighbour_solicitation(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    target: std::net::Ipv6Addr,
+    mac: [u8; 6],
+) -> Vec<u8> {
+    ndp(src, dst, 135, 0, target, 1, mac)
+}
+
 /// A VXLAN header (I flag, `vni`) followed by the inner frame.
 pub fn vxlan(vni: u32, inner: &[u8]) -> Vec<u8> {
     let mut packet = vec![0x08, 0, 0, 0];
@@ -115,4 +251,42 @@ pub fn arp_request(sender_mac: [u8; 6], sender_ip: [u8; 4], target: [u8; 4]) -> 
     arp.extend_from_slice(&[0; 6]);
     arp.extend_from_slice(&target);
     arp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_neighbour_advertisement_checks_out() {
+        let (src, dst, target): (std::net::Ipv6Addr, std::net::Ipv6Addr, std::net::Ipv6Addr) = (
+            "fd00:10:244:1::3".parse().unwrap(),
+            "ff02::1".parse().unwrap(),
+            "fd00:10:244:1::2".parse().unwrap(),
+        );
+        let packet = neighbour_advertisement(src, dst, NA_OVERRIDE, target, [2, 0, 0, 0, 0, 3]);
+        assert_eq!(packet.len(), 40 + 32);
+        assert_eq!((packet[6], packet[7]), (IPPROTO_ICMPV6, 255));
+        assert_eq!(u16::from_be_bytes([packet[4], packet[5]]), 32);
+        let message = &packet[40..];
+        assert_eq!((message[0], message[1], message[4]), (136, 0, 0x20));
+        assert_eq!(&message[8..24], &target.octets());
+        assert_eq!(&message[24..32], &[2, 1, 2, 0, 0, 0, 0, 3]);
+        // Summing the message with its checksum in place gives 0.
+        assert_eq!(pseudo_header_checksum(src, dst, IPPROTO_ICMPV6, message), 0);
+        assert_eq!(ipv6_multicast_mac(dst), [0x33, 0x33, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn a_neighbour_solicitation_carries_a_source_link_layer_option() {
+        let (src, dst): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (
+            "fd00:10:244:1::2".parse().unwrap(),
+            "fd00:10:244:1::1".parse().unwrap(),
+        );
+        let packet = neighbour_solicitation(src, dst, dst, [2, 0, 0, 0, 0, 3]);
+        let message = &packet[40..];
+        assert_eq!(message[0], 135);
+        assert_eq!(&message[24..32], &[1, 1, 2, 0, 0, 0, 0, 3]);
+        assert_eq!(pseudo_header_checksum(src, dst, IPPROTO_ICMPV6, message), 0);
+    }
 }

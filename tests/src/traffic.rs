@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -49,7 +49,8 @@ pub struct Transfer {
 }
 
 /// Sends `bytes` (a multiple of 64 KiB) over TCP from pod namespace
-/// `client_ns` to `server_ip:port` in `server_ns`.
+/// `client_ns` to `server_ip:port` in `server_ns`; `server_ip` is an IPv4 or
+/// an IPv6 address.
 pub fn tcp_transfer(
     server_ns: &str,
     server_ip: &str,
@@ -62,7 +63,7 @@ pub fn tcp_transfer(
         bytes.is_multiple_of(chunk_bytes),
         "transfer size must be a multiple of {chunk_bytes}"
     );
-    let address: SocketAddr = format!("{server_ip}:{port}").parse()?;
+    let address = socket_address(server_ip, port)?;
     let listener = netns::in_netns(server_ns, || Ok(TcpListener::bind(address)?))?;
     std::thread::scope(|scope| {
         let server = scope.spawn(move || -> Result<(u64, Digest)> {
@@ -132,7 +133,7 @@ pub fn tcp_rr_rate(
     flows: usize,
     duration: Duration,
 ) -> Result<f64> {
-    let address: SocketAddr = format!("{server_ip}:{port}").parse()?;
+    let address = socket_address(server_ip, port)?;
     let listener = netns::in_netns(server_ns, || Ok(TcpListener::bind(address)?))?;
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -185,4 +186,81 @@ pub fn tcp_rr_rate(
         }
         Ok(total as f64 / duration.as_secs_f64())
     })
+}
+
+/// `ip` (either family, without brackets) and `port` as a socket address.
+pub fn socket_address(ip: &str, port: u16) -> Result<SocketAddr> {
+    let ip: IpAddr = ip
+        .parse()
+        .with_context(|| format!("{ip:?} is not an IP address"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// One TCP connection from `client_ns` to `server_ip:port` (either family)
+/// in `server_ns`, `message` bytes each way per transaction, one after the
+/// other for `duration`; returns every transaction's round-trip time, in
+/// order. With `cpu`, client and server run pinned to that CPU (as the
+/// bench's same-CPU request/response rows are). (sockperf, the bench's
+/// request/response tool, takes no IPv6 address in Debian 12's 3.7.)
+pub fn tcp_rr_latencies(
+    server_ns: &str,
+    server_ip: &str,
+    port: u16,
+    client_ns: &str,
+    message: usize,
+    duration: Duration,
+    cpu: Option<usize>,
+) -> Result<Vec<Duration>> {
+    let address = socket_address(server_ip, port)?;
+    let listener = netns::in_netns(server_ns, || Ok(TcpListener::bind(address)?))?;
+    std::thread::scope(|scope| {
+        let server = scope.spawn(move || -> Result<()> {
+            pin_current_thread(cpu)?;
+            let (mut socket, _) = listener.accept()?;
+            socket.set_nodelay(true)?;
+            let mut buffer = vec![0u8; message];
+            loop {
+                match socket.read_exact(&mut buffer) {
+                    Ok(()) => socket.write_all(&buffer)?,
+                    Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        return Ok(());
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        });
+        let latencies = netns::in_netns(client_ns, || {
+            pin_current_thread(cpu)?;
+            let mut socket =
+                TcpStream::connect_timeout(&address, Duration::from_secs(5)).context("connect")?;
+            socket.set_nodelay(true)?;
+            socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buffer = vec![7u8; message];
+            let mut latencies = Vec::new();
+            let end = std::time::Instant::now() + duration;
+            while std::time::Instant::now() < end {
+                let started = std::time::Instant::now();
+                socket.write_all(&buffer)?;
+                socket.read_exact(&mut buffer)?;
+                latencies.push(started.elapsed());
+            }
+            socket.shutdown(std::net::Shutdown::Write)?;
+            Ok(latencies)
+        })?;
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        Ok(latencies)
+    })
+}
+
+/// Pins the calling thread to `cpu`, if given.
+fn pin_current_thread(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else {
+        return Ok(());
+    };
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).with_context(|| format!("no CPU {cpu}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("cannot pin to CPU {cpu}"))
 }

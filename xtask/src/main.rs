@@ -88,6 +88,10 @@ enum Command {
         /// WEFT_FLANNELD).
         #[arg(long, value_enum, default_value_t = DemoAgent::Weft)]
         agent: DemoAgent,
+        /// Dual-stack: IPv6 on the underlay and every pod too, and IPv6
+        /// traffic between pods next to IPv4.
+        #[arg(long)]
+        dual_stack: bool,
     },
 }
 
@@ -189,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
             name,
             subnet_manager,
             agent,
+            dual_stack,
         } => {
             prereqs::setup()?;
             // Only what was asked for: the plain demo builds neither
@@ -212,7 +217,7 @@ fn run(cli: Cli) -> Result<()> {
                 })?),
             };
             build::user_space()?;
-            let args = [
+            let mut args = vec![
                 "demo",
                 "--name",
                 &name,
@@ -226,8 +231,11 @@ fn run(cli: Cli) -> Result<()> {
                     DemoAgent::Weft => "weft",
                     DemoAgent::Flanneld => "flanneld",
                 },
-            ]
-            .map(str::to_owned);
+            ];
+            if dual_stack {
+                args.push("--dual-stack");
+            }
+            let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
             build::run_lab(&args, flanneld.as_deref(), kubernetes.as_deref())
         }
     }

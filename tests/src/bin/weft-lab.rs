@@ -46,6 +46,10 @@ struct DemoArgs {
     /// (needs $WEFT_FLANNELD).
     #[arg(long, value_enum, default_value_t = AgentArg::Weft)]
     agent: AgentArg,
+    /// Dual-stack: IPv6 on the underlay and the pods too, IPv6 traffic
+    /// between pods next to IPv4.
+    #[arg(long)]
+    dual_stack: bool,
 }
 
 #[derive(clap::Args)]
@@ -96,6 +100,11 @@ struct UpArgs {
     /// `--agent-arg=--verdict-ttl-ms=5000`.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
+    /// Dual-stack: every node's eth0 also gets fd00:192:168:77::N/64, the
+    /// network config enables IPv6 (IPv6Network fd00:10:244::/56) and every
+    /// pod gets an IPv6 address too.
+    #[arg(long)]
+    dual_stack: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -217,6 +226,7 @@ fn up_spec(args: UpArgs) -> Result<LabSpec> {
     spec.ip_masq = args.ip_masq;
     spec.prometheus = args.prometheus;
     spec.agent_args = args.agent_args;
+    spec.dual_stack = args.dual_stack;
     Ok(spec)
 }
 
@@ -225,6 +235,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
     let weft_runs = args.agent == AgentArg::Weft;
     let mut spec = LabSpec::new(name, 2, 2);
     spec.subnet_manager = args.subnet_manager.manager();
+    spec.dual_stack = args.dual_stack;
     if !weft_runs {
         spec.dataplane = Dataplane::Flanneld;
     }
@@ -244,7 +255,8 @@ fn demo(args: &DemoArgs) -> Result<()> {
         ),
     };
     println!(
-        "== bringing up lab {name}: {control_plane}, 2 nodes x 2 pods, {agents} on each node{}",
+        "== bringing up lab {name}: {control_plane}, 2 nodes x 2 pods{}, {agents} on each node{}",
+        if spec.dual_stack { " (dual-stack)" } else { "" },
         if spec.prometheus { ", Prometheus" } else { "" }
     );
     let lab = Lab::up(&spec)?;
@@ -266,6 +278,19 @@ fn demo(args: &DemoArgs) -> Result<()> {
         "{}",
         netns::run_host(&["ip", "-n", &lab.node(NodeId::new(1)).ns, "route", "show"])?
     );
+    if spec.dual_stack {
+        print!(
+            "{}",
+            netns::run_host(&[
+                "ip",
+                "-n",
+                &lab.node(NodeId::new(1)).ns,
+                "-6",
+                "route",
+                "show"
+            ])?
+        );
+    }
 
     println!("\n== warm-up: each pod pings its gateway and every other pod once");
     if weft_runs {
@@ -284,16 +309,18 @@ fn demo(args: &DemoArgs) -> Result<()> {
         .map(|node| inspect::packet_counts(&node.ns, "flannel.1"))
         .collect::<Result<_>>()?;
 
-    println!("\n== pod-to-pod traffic: 20 pings between every pair of pods");
+    println!("\n== pod-to-pod traffic: 20 pings between every pair of pods (every address)");
     let pods: Vec<_> = lab.pods().cloned().collect();
     for from in &pods {
         for to in pods.iter().filter(|to| to.ns != from.ns) {
-            let out = lab.ping(from, to.ip(), 20)?;
-            let summary = out
-                .lines()
-                .find(|line| line.contains("packets transmitted"))
-                .unwrap_or_default();
-            println!("  {:<16} -> {:<13} {summary}", from.ns, to.ip());
+            for address in lab::pod_addresses(to) {
+                let out = lab.ping(from, address, 20)?;
+                let summary = out
+                    .lines()
+                    .find(|line| line.contains("packets transmitted"))
+                    .unwrap_or_default();
+                println!("  {:<16} -> {:<13} {summary}", from.ns, address);
+            }
         }
     }
     let server = lab.node(NodeId::new(2)).pods[0].clone();
@@ -314,6 +341,26 @@ fn demo(args: &DemoArgs) -> Result<()> {
         transfer.bytes,
         started.elapsed()
     );
+    if spec.dual_stack {
+        println!(
+            "\n== 64 MB of TCP over IPv6 {} -> {} ({}), checked end to end",
+            client.ns,
+            server.ns,
+            server.ip6()
+        );
+        let started = std::time::Instant::now();
+        let transfer =
+            traffic::tcp_transfer(&server.ns, server.ip6(), 5003, &client.ns, 64 * 1024 * 1024)?;
+        anyhow::ensure!(
+            transfer.sent == transfer.received,
+            "the received bytes differ from the sent ones (IPv6)"
+        );
+        println!(
+            "  {} bytes in {:.2?}, digests match",
+            transfer.bytes,
+            started.elapsed()
+        );
+    }
 
     let weft = spec.weft_bin.display().to_string();
     for (node, before) in lab.state.nodes.iter().zip(&flannel_before) {
@@ -349,6 +396,17 @@ fn demo(args: &DemoArgs) -> Result<()> {
             after.0 - before.0,
             after.1 - before.1
         );
+        if spec.dual_stack {
+            let (packets_in, packets_out) = inspect::packet_counts(&node.ns, "flannel-v6.1")?;
+            println!(
+                "  flannel-v6.1 (the kernel path: {}) since the lab came up: {packets_in} packets in, {packets_out} out",
+                if weft_runs {
+                    "all IPv6 traffic, the fast path carries IPv4"
+                } else {
+                    "all of it"
+                }
+            );
+        }
     }
     if weft_runs {
         print_prometheus_queries(&lab)?;

@@ -146,6 +146,7 @@ impl Lab {
 
     pub(super) fn wait_agent_ready(&mut self, node: NodeId) -> Result<()> {
         let run_dir = self.state.run_dir.clone();
+        let dual_stack = self.state.dual_stack;
         let state = self.node_mut(node);
         let pid_file = state.agent_pid_file(&run_dir);
         let log = state.agent_log.clone().unwrap_or_default();
@@ -179,7 +180,13 @@ impl Lab {
                 state.subnet_file.display()
             )
         })?;
+        ensure!(
+            !dual_stack || env.ipv6.is_some(),
+            "the agent on {ns} wrote no FLANNEL_IPV6_SUBNET to {} in a dual-stack lab",
+            state.subnet_file.display()
+        );
         state.subnet = env.subnet.trunc().to_string();
+        state.subnet6 = env.ipv6.map(|ipv6| ipv6.subnet.trunc().to_string());
         self.save()
     }
 

@@ -20,6 +20,7 @@ impl Lab {
             &self.state.run_dir,
             bin_dir,
             net_conf,
+            spec.dual_stack,
         )
         .context("cannot start the lab's kube-apiserver")?;
         self.state.kube = Some(state);
@@ -41,13 +42,27 @@ impl Lab {
         format!("10.244.{}.0/24", node.number())
     }
 
+    /// The IPv6 podCIDR a dual-stack lab gives `node`: the /64 numbered N
+    /// in `IPv6Network` fd00:10:244::/56 (`fd00:10:244:N::/64`), as
+    /// flannel's default `IPv6SubnetLen` cuts it.
+    pub fn pod_cidr_v6(node: NodeId) -> String {
+        format!("fd00:10:244:{:x}::/64", node.number())
+    }
+
     pub(super) fn register_node(&self, node: NodeId) -> Result<()> {
         let state = self.node(node);
-        self.kube()?.register_node(&NodeRegistration {
+        let pod_cidr = Self::pod_cidr(node);
+        let registration = NodeRegistration {
             name: state.node_name(),
             internal_ip: &state.ip,
-            pod_cidr: &Self::pod_cidr(node),
-        })
+            pod_cidr: &pod_cidr,
+        };
+        let kube = self.kube()?;
+        if self.state.dual_stack {
+            kube.register_dual_stack_node(&registration, &Self::pod_cidr_v6(node))
+        } else {
+            kube.register_node(&registration)
+        }
     }
 }
 
@@ -57,53 +72,88 @@ impl Lab {
 impl Lab {
     /// The flannel annotations flanneld v0.20.2 publishes on `node`'s Node
     /// for this lab's backend, keyed without the prefix; the VTEP MAC is
-    /// flannel.1's as the node's kernel has it.
+    /// flannel.1's as the node's kernel has it. A dual-stack lab adds
+    /// `public-ipv6` (the node's IPv6 address) and `backend-v6-data`
+    /// (flannel-v6.1's MAC for vxlan, `null` for host-gw), as
+    /// subnet/kube/kube.go's `AcquireLease` writes them.
     pub fn flanneld_annotations(
         &self,
         node: NodeId,
     ) -> Result<std::collections::BTreeMap<String, String>> {
         let state = self.node(node);
+        let vtep = |mac: String| format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#);
         let (backend_type, backend_data) = match self.state.backend {
-            super::Backend::Vxlan => (
-                "vxlan",
-                format!(
-                    r#"{{"VNI":1,"VtepMAC":"{}"}}"#,
-                    crate::flannel::vtep_mac(state)?
-                ),
-            ),
+            super::Backend::Vxlan => ("vxlan", vtep(crate::flannel::vtep_mac(state)?)),
             super::Backend::HostGw => ("host-gw", "null".to_owned()),
         };
-        Ok([
+        let mut annotations = vec![
             ("backend-data", backend_data),
             ("backend-type", backend_type.to_owned()),
             ("kube-subnet-manager", "true".to_owned()),
             ("public-ip", state.ip.clone()),
-        ]
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value))
-        .collect())
+        ];
+        if self.state.dual_stack {
+            let ip6 = state
+                .ip6
+                .clone()
+                .ok_or_else(|| anyhow!("{} has no IPv6 address in a dual-stack lab", state.ns))?;
+            let backend_v6_data = match self.state.backend {
+                super::Backend::Vxlan => vtep(crate::flannel_dual_stack::vtep_v6_mac(state)?),
+                super::Backend::HostGw => "null".to_owned(),
+            };
+            annotations.push(("backend-v6-data", backend_v6_data));
+            annotations.push(("public-ipv6", ip6));
+        }
+        Ok(annotations
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect())
     }
 
     /// `subnet.env` as flanneld writes it for `node`: the Network of the
     /// lab's net-conf.json, the first address of the node's podCIDR, the
-    /// backend's MTU (the uplink's 1500, less 50 for VXLAN).
+    /// backend's MTU (the uplink's 1500, less 50 for VXLAN) and, in a
+    /// dual-stack lab, `IPv6Network` and the first address after the IPv6
+    /// podCIDR's own, between the IPv4 pair and the MTU, with `mtu` (the MTU
+    /// is the one line where weft and flanneld differ there: see
+    /// docs/kernel-path.md's dual-stack MTU).
     pub fn flanneld_subnet_env(&self, node: NodeId) -> Result<String> {
+        let mtu = match self.state.backend {
+            super::Backend::Vxlan => 1450,
+            super::Backend::HostGw => 1500,
+        };
+        self.subnet_env_with_mtu(node, mtu)
+    }
+
+    /// [`Lab::flanneld_subnet_env`] with `mtu` as FLANNEL_MTU.
+    pub fn subnet_env_with_mtu(&self, node: NodeId, mtu: u64) -> Result<String> {
         let net_conf = std::fs::read_to_string(&self.kube()?.net_conf)?;
         let net_conf: serde_json::Value = serde_json::from_str(&net_conf)?;
-        let network = net_conf["Network"]
-            .as_str()
-            .ok_or_else(|| anyhow!("net-conf.json has no Network: {net_conf}"))?;
+        let field = |name: &str| {
+            net_conf[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("net-conf.json has no {name}: {net_conf}"))
+        };
+        let network = field("Network")?;
         let pod_cidr: ipnet::Ipv4Net = Self::pod_cidr(node).parse()?;
         let gateway = pod_cidr
             .hosts()
             .next()
             .ok_or_else(|| anyhow!("podCIDR {pod_cidr} has no host address"))?;
-        let mtu = match self.state.backend {
-            super::Backend::Vxlan => 1450,
-            super::Backend::HostGw => 1500,
+        let ipv6 = if self.state.dual_stack {
+            let pod_cidr_v6: ipnet::Ipv6Net = Self::pod_cidr_v6(node).parse()?;
+            format!(
+                "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={}/{}\n",
+                field("IPv6Network")?,
+                std::net::Ipv6Addr::from(u128::from(pod_cidr_v6.network()) + 1),
+                pod_cidr_v6.prefix_len()
+            )
+        } else {
+            String::new()
         };
         Ok(format!(
-            "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={gateway}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={}\n",
+            "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={gateway}/{}\n{ipv6}FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={}\n",
             pod_cidr.prefix_len(),
             self.state.ip_masq
         ))
@@ -112,8 +162,10 @@ impl Lab {
     /// Checks that `node`'s Node and subnet.env hold exactly what flanneld
     /// v0.20.2 writes: the podCIDR the lab registered, the four flannel
     /// annotations and no other, `NetworkUnavailable=False` with flanneld's
-    /// reason and message, and subnet.env byte for byte. The error names the
-    /// first difference.
+    /// reason and message, and subnet.env byte for byte. A dual-stack lab's
+    /// Node also holds both podCIDRs and the two IPv6 annotations, and its
+    /// subnet.env the IPv6 pair (FLANNEL_MTU is left to the caller). The
+    /// error names the first difference.
     pub fn check_published_as_flanneld(&self, node: NodeId) -> Result<()> {
         let name = self.node(node).node_name();
         let object = self.kube()?.node(name)?;
@@ -123,6 +175,14 @@ impl Lab {
             "Node {name}: podCIDR {} instead of {pod_cidr}",
             object["spec"]["podCIDR"]
         );
+        if self.state.dual_stack {
+            let pod_cidrs = serde_json::json!([pod_cidr, Self::pod_cidr_v6(node)]);
+            anyhow::ensure!(
+                object["spec"]["podCIDRs"] == pod_cidrs,
+                "Node {name}: podCIDRs {} instead of {pod_cidrs}",
+                object["spec"]["podCIDRs"]
+            );
+        }
         let found = kube::flannel_annotations(&object)?;
         let expected = self.flanneld_annotations(node)?;
         anyhow::ensure!(
@@ -140,7 +200,13 @@ impl Lab {
         let subnet_file = &self.node(node).subnet_file;
         let env = std::fs::read_to_string(subnet_file)
             .with_context(|| format!("reading {}", subnet_file.display()))?;
-        let expected_env = self.flanneld_subnet_env(node)?;
+        // A dual-stack node's FLANNEL_MTU is weft's own (the caller checks
+        // it); every other line is flanneld's.
+        let expected_env = if self.state.dual_stack {
+            self.subnet_env_with_mtu(node, subnet_env_mtu(&env)?)?
+        } else {
+            self.flanneld_subnet_env(node)?
+        };
         anyhow::ensure!(
             env == expected_env,
             "{}:\n{env}expected\n{expected_env}",
@@ -189,6 +255,15 @@ impl Lab {
         }
         Ok(traces)
     }
+}
+
+/// FLANNEL_MTU of a subnet.env's text.
+fn subnet_env_mtu(env: &str) -> Result<u64> {
+    env.lines()
+        .find_map(|line| line.strip_prefix("FLANNEL_MTU="))
+        .ok_or_else(|| anyhow!("subnet.env has no FLANNEL_MTU:\n{env}"))?
+        .parse()
+        .context("FLANNEL_MTU is not a number")
 }
 
 // kube-failures: the lab's API server stopped and started again, an agent

@@ -6,7 +6,11 @@
 //!   (192.168.77.N/24), behaving like a wire: TSO/GSO off, GRO on;
 //! - pod namespaces `L-nN-pM` wired by the real CNI bridge + host-local
 //!   plugins from the node's flannel-style `subnet.env`;
-//! - one agent per node with its own pin dir `/sys/fs/bpf/L-nN`.
+//! - one agent per node with its own pin dir `/sys/fs/bpf/L-nN`;
+//! - dual-stack labs (`LabSpec::dual_stack`) add IPv6 to all of it:
+//!   `fd00:192:168:77::254/64` on `ul0`, `fd00:192:168:77::N/64` on each
+//!   node's `eth0`, the network config's `IPv6Network` `fd00:10:244::/56`,
+//!   and an IPv6 address on every pod from the node's `FLANNEL_IPV6_SUBNET`.
 //!
 //! The lab writes the network config to etcd; each node's agent leases a
 //! subnet, programs its datapath and writes the `subnet.env` the node's pods
@@ -39,7 +43,7 @@ pub use agents::*;
 pub use counters::*;
 pub use monitoring::prometheus_url;
 pub use node_id::NodeId;
-pub use probes::ping_counts;
+pub use probes::{ping_counts, pod_addresses};
 pub use spec::*;
 pub use state::*;
 pub use teardown::*;
@@ -87,6 +91,7 @@ impl Lab {
                 prometheus: None,
                 subnet_manager: spec.subnet_manager,
                 kube: None,
+                dual_stack: spec.dual_stack,
                 nodes: Vec::new(),
             },
             keep: false,
@@ -102,10 +107,13 @@ impl Lab {
         self.save()?;
         self.build_underlay()?;
         self.start_etcd()?;
-        let config = spec
-            .network_config
-            .clone()
-            .unwrap_or_else(|| spec.backend.network_config());
+        let config = spec.network_config.clone().unwrap_or_else(|| {
+            if spec.dual_stack {
+                spec.backend.dual_stack_network_config()
+            } else {
+                spec.backend.network_config()
+            }
+        });
         match spec.subnet_manager {
             SubnetManager::Etcd => self.etcd().put(&format!("{ETCD_PREFIX}/config"), &config)?,
             // The config lives in net-conf.json, as kube-flannel-cfg mounts it.
@@ -124,6 +132,7 @@ impl Lab {
                 let env = subnet_env::SubnetEnv {
                     network: POD_NETWORK.parse()?,
                     subnet: subnet.parse()?,
+                    ipv6: None,
                     mtu: 1450,
                     ipmasq: false,
                 };

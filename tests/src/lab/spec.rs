@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, ensure};
 use serde::{Deserialize, Serialize};
 
-use super::{NodeId, POD_NETWORK};
+use super::{NodeId, POD_NETWORK, POD_NETWORK_V6};
 
 const MAX_NODES: usize = 200;
 const MAX_NAME_LEN: usize = 16;
@@ -73,11 +73,28 @@ impl SubnetManager {
 impl Backend {
     /// The network config the lab writes to `<prefix>/config`.
     pub fn network_config(self) -> String {
-        let backend = match self {
+        format!(
+            r#"{{"Network":"{POD_NETWORK}","Backend":{{"Type":"{}"}}}}"#,
+            self.flag()
+        )
+    }
+
+    /// The dual-stack network config: the IPv4 one plus `EnableIPv6` and
+    /// `IPv6Network` (a /56, so flannel's default `IPv6SubnetLen` gives each
+    /// node a /64).
+    pub fn dual_stack_network_config(self) -> String {
+        format!(
+            r#"{{"Network":"{POD_NETWORK}","EnableIPv6":true,"IPv6Network":"{POD_NETWORK_V6}","Backend":{{"Type":"{}"}}}}"#,
+            self.flag()
+        )
+    }
+
+    /// flannel's `Backend.Type` for this backend.
+    pub fn flag(self) -> &'static str {
+        match self {
             Backend::Vxlan => "vxlan",
             Backend::HostGw => "host-gw",
-        };
-        format!(r#"{{"Network":"{POD_NETWORK}","Backend":{{"Type":"{backend}"}}}}"#)
+        }
     }
 }
 
@@ -119,6 +136,11 @@ pub struct LabSpec {
     pub subnet_manager: SubnetManager,
     /// kube-apiserver and kubectl, for [`SubnetManager::Kube`].
     pub kubernetes_bin: Option<PathBuf>,
+    /// Dual-stack: every node's `eth0` gets an IPv6 address too
+    /// (`fd00:192:168:77::N/64`, `fd00:192:168:78::N/64` on the second
+    /// segment), the network config enables IPv6 (`IPv6Network`
+    /// `fd00:10:244::/56`) and every pod gets an address of each family.
+    pub dual_stack: bool,
 }
 
 impl LabSpec {
@@ -148,6 +170,7 @@ impl LabSpec {
             second_segment_from: None,
             subnet_manager: SubnetManager::Etcd,
             kubernetes_bin: crate::kube::binaries(),
+            dual_stack: false,
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct LabState {
     /// The lab's kube-apiserver, with [`SubnetManager::Kube`].
     #[serde(default)]
     pub kube: Option<KubeState>,
+    /// Whether the lab is dual-stack (`LabSpec::dual_stack`).
+    #[serde(default)]
+    pub dual_stack: bool,
     pub nodes: Vec<NodeState>,
 }
 
@@ -48,9 +51,15 @@ pub struct NodeState {
     pub id: NodeId,
     pub ns: String,
     pub ip: String,
+    /// The node's IPv6 underlay address on `eth0` (dual-stack labs).
+    #[serde(default)]
+    pub ip6: Option<String>,
     pub dataplane: Dataplane,
     /// The node's pod subnet, from the subnet.env its agent wrote.
     pub subnet: String,
+    /// The node's IPv6 pod subnet, from the same subnet.env (dual-stack).
+    #[serde(default)]
+    pub subnet6: Option<String>,
     pub subnet_file: PathBuf,
     pub pin_dir: PathBuf,
     pub agent_log: Option<PathBuf>,
@@ -66,6 +75,14 @@ pub struct PodState {
 impl PodState {
     pub fn ip(&self) -> &str {
         self.network.ip()
+    }
+
+    /// The pod's IPv6 address (dual-stack labs); panics naming the pod in
+    /// any other lab, where a test asking for it is wrong.
+    pub fn ip6(&self) -> &str {
+        self.network
+            .ip6()
+            .unwrap_or_else(|| panic!("pod {} has no IPv6 address", self.ns))
     }
 }
 

@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::{Result, anyhow};
 
-use super::{Dataplane, UNDERLAY_BRIDGE, UNDERLAY_GATEWAY, UNDERLAY_PREFIX, UPLINK, load, run_dir};
+use super::{
+    Dataplane, UNDERLAY_BRIDGE, UNDERLAY_GATEWAY, UNDERLAY_PREFIX, UNDERLAY_PREFIX_V6, UPLINK,
+    load, run_dir,
+};
 use crate::{host::BPFFS, netns, process};
 
 /// Removes everything lab `name` created: agents and etcd (SIGTERM, then
@@ -134,16 +137,32 @@ pub fn status(name: &str) -> Result<String> {
                 alive(&node.agent_pid_file(&state.run_dir))
             ),
         };
+        let ip6 = node
+            .ip6
+            .as_ref()
+            .map(|ip6| format!(" {ip6}/{UNDERLAY_PREFIX_V6}"))
+            .unwrap_or_default();
+        let subnet6 = node
+            .subnet6
+            .as_ref()
+            .map(|subnet6| format!(" {subnet6}"))
+            .unwrap_or_default();
         out += &format!(
-            "  {}  {UPLINK} {}/{UNDERLAY_PREFIX}  subnet {}  pins {}  {agent}\n",
+            "  {}  {UPLINK} {}/{UNDERLAY_PREFIX}{ip6}  subnet {}{subnet6}  pins {}  {agent}\n",
             node.ns,
             node.ip,
             node.subnet,
             node.pin_dir.display()
         );
         for pod in &node.pods {
+            let address6 = pod
+                .network
+                .address6
+                .as_ref()
+                .map(|address6| format!(" {address6}"))
+                .unwrap_or_default();
             out += &format!(
-                "    {}  eth0 {}  host veth {}\n",
+                "    {}  eth0 {}{address6}  host veth {}\n",
                 pod.ns, pod.network.address, pod.network.host_veth
             );
         }

@@ -1,14 +1,18 @@
 //! The fixture node: the programs loaded unpinned, and their maps written
 //! by the agent's own code from the node's inputs.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd as _};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData},
     programs::{SchedClassifier, Xdp},
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use weft_agent::{
     config::NetworkConfig,
     dataplane::maps::FastPathMaps,
@@ -16,7 +20,7 @@ use weft_agent::{
     endpoints::LocalView,
     lease::{
         LeaseAttrs, MacAddr, VxlanBackendData,
-        validate::{AcceptedPeer, LeasePolicy},
+        validate::{AcceptedPeer, LeasePolicy, OwnSubnets},
     },
     tc::TcView,
 };
@@ -43,6 +47,10 @@ struct FixtureNode {
     peers: BTreeMap<Ipv4Net, AcceptedPeer>,
     view: LocalView,
     pods: BTreeMap<Ipv4Addr, LocalPod>,
+    /// Dual-stack only: this node's IPv6 subnet and its pods' IPv6
+    /// addresses (none, and empty, on the IPv4-only node).
+    subnet_v6: Option<Ipv6Net>,
+    pods_v6: BTreeMap<Ipv6Addr, LocalPod>,
 }
 
 impl FixtureNode {
@@ -57,6 +65,9 @@ impl FixtureNode {
             uplink_mac: MacAddr(UPLINK_MAC),
             uplink_mtu: 1500,
             vtep_mac: Some(MacAddr(VTEP_MAC)),
+            public_ipv6: None,
+            vtep_v6_mac: None,
+            vtep_v6_index: None,
             strict_vteps: strict,
             bulk_tcp_via_gro: false,
             verdict_probes: true,
@@ -105,7 +116,61 @@ impl FixtureNode {
             peers,
             view,
             pods,
+            subnet_v6: None,
+            pods_v6: BTreeMap::new(),
         }
+    }
+
+    /// The same node in a dual-stack network (`EnableIPv6`, IPv6Network
+    /// fd00:244::/48, /64 subnets): its PublicIPv6 and `flannel-v6` MAC,
+    /// its IPv6 subnet, both peers with IPv6 halves (the host-gw peer's
+    /// PublicIPv6 on-link and resolved, the VXLAN peer's behind the
+    /// router), and the local pods' IPv6 addresses on their IPv4 veths.
+    fn dual_stack(strict: bool) -> Self {
+        let mut node = Self::new(strict);
+        let network = format!(
+            r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:244::/48","IPv6SubnetLen":64,"Backend":{{"Type":"vxlan","VNI":{VNI},"Port":{PORT},"DirectRouting":true}}}}"#
+        );
+        let facts = &mut node.facts;
+        facts.network = NetworkConfig::parse(&network).unwrap();
+        facts.public_ipv6 = Some(NODE_IP6);
+        facts.vtep_v6_mac = Some(MacAddr(VTEP_V6_MAC));
+        facts.vtep_v6_index = Some(VTEP6_IFINDEX);
+        let own = OwnSubnets {
+            v4: Some(subnet([10, 244, 1, 0])),
+            v6: Some(subnet6(1)),
+        };
+        node.peers = BTreeMap::from([
+            accepted_claim(
+                facts,
+                own,
+                subnet([10, 244, 2, 0]),
+                (PEER_IP, PEER_VTEP_MAC),
+                (subnet6(2), PEER_IP6, PEER_VTEP_V6_MAC),
+            ),
+            accepted_claim(
+                facts,
+                own,
+                subnet([10, 244, 3, 0]),
+                (HOSTGW_NODE_IP, HOSTGW_VTEP_MAC),
+                (subnet6(3), HOSTGW_NODE_IP6, HOSTGW_VTEP_V6_MAC),
+            ),
+        ]);
+        node.view.uplink_routes_v6 = BTreeMap::from([
+            ("fd00:77::/64".parse().unwrap(), None),
+            ("fe80::/64".parse().unwrap(), None),
+            ("::/0".parse().unwrap(), Some(ROUTER_IP6)),
+        ]);
+        node.view.uplink_neighbours_v6 = BTreeMap::from([
+            (ROUTER_IP6, MacAddr(NEXTHOP_MAC)),
+            (HOSTGW_NODE_IP6, MacAddr(HOSTGW_NODE_MAC)),
+        ]);
+        node.subnet_v6 = own.v6;
+        node.pods_v6 = BTreeMap::from([
+            (LOCAL_POD6, node.pods[&LOCAL_POD.into()]),
+            (OTHER_LOCAL_POD6, node.pods[&OTHER_LOCAL_POD.into()]),
+        ]);
+        node
     }
 
     /// A resolved underlay neighbour, or (`[0; 6]`) none.
@@ -114,6 +179,15 @@ impl FixtureNode {
             self.view.uplink_neighbours.remove(&ip.into());
         } else {
             self.view.uplink_neighbours.insert(ip.into(), MacAddr(mac));
+        }
+    }
+
+    /// [`Self::set_neighbour`] in the uplink's IPv6 neighbour table.
+    fn set_neighbour6(&mut self, ip: Ipv6Addr, mac: [u8; 6]) {
+        if mac == [0; 6] {
+            self.view.uplink_neighbours_v6.remove(&ip);
+        } else {
+            self.view.uplink_neighbours_v6.insert(ip, MacAddr(mac));
         }
     }
 }
@@ -135,11 +209,54 @@ fn accepted_lease(
             vni: VNI,
             vtep_mac: MacAddr(vtep_mac),
         }),
+        backend_v6_data: None,
     };
     let accepted = policy
         .check(subnet, &lease, None)
         .expect("the fixture's leases pass the agent's rules");
     (subnet, accepted)
+}
+
+/// A dual-stack vxlan claim for `subnet` from the node at `public_ip`
+/// with VTEP MAC `vtep_mac`, and its IPv6 half (subnet, PublicIPv6,
+/// `flannel-v6` MAC), passed through the agent's own rules for a
+/// claim (both halves) against this node's `own` subnets, as in the agent.
+fn accepted_claim(
+    facts: &NodeFacts,
+    own: OwnSubnets,
+    subnet: Ipv4Net,
+    (public_ip, vtep_mac): ([u8; 4], [u8; 6]),
+    (subnet_v6, public_ipv6, vtep_v6_mac): (Ipv6Net, Ipv6Addr, [u8; 6]),
+) -> (Ipv4Net, AcceptedPeer) {
+    let policy = LeasePolicy::new(&facts.network, facts.public_ip, facts.vtep_mac)
+        .with_own_ipv6(facts.public_ipv6, facts.vtep_v6_mac);
+    let lease = LeaseAttrs {
+        public_ip: public_ip.into(),
+        public_ipv6: Some(public_ipv6),
+        backend_type: "vxlan".to_owned(),
+        backend_data: Some(VxlanBackendData {
+            vni: VNI,
+            vtep_mac: MacAddr(vtep_mac),
+        }),
+        backend_v6_data: Some(VxlanBackendData {
+            vni: VNI,
+            vtep_mac: MacAddr(vtep_v6_mac),
+        }),
+    };
+    let accepted = policy
+        .check_claim(subnet, Some(subnet_v6), &lease, own)
+        .expect("the fixture's claims pass the agent's rules");
+    assert_eq!(
+        accepted.v6.map(|half| half.subnet),
+        Some(subnet_v6),
+        "the fixture's IPv6 halves are accepted"
+    );
+    (subnet, accepted)
+}
+
+/// fd00:244:0:`n`::/64, the dual-stack fixture's `n`th IPv6 subnet.
+fn subnet6(n: u16) -> Ipv6Net {
+    Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x244, 0, n, 0, 0, 0, 0), 64).unwrap()
 }
 
 /// A /24 starting at `network`.
@@ -168,6 +285,19 @@ impl Programs {
     }
 
     pub fn load(strict: bool) -> Self {
+        Self::load_node(FixtureNode::new(strict))
+    }
+
+    /// [`Self::load`] on the dual-stack fixture node: the same IPv4 maps,
+    /// and PEERS6 and ENDPOINTS6 written by the agent from the node's IPv6
+    /// halves; the fixture's IPv6 flows accepted in FLOWS6 as well.
+    pub fn load_dual_stack(strict: bool) -> Self {
+        let mut programs = Self::load_node(FixtureNode::dual_stack(strict));
+        programs.accept_fixture_flows6();
+        programs
+    }
+
+    fn load_node(node: FixtureNode) -> Self {
         let mut ebpf = EbpfLoader::new()
             .load(weft_agent::dataplane::ebpf::OBJECT)
             .unwrap();
@@ -179,16 +309,14 @@ impl Programs {
         }
         let maps = FastPathMaps::new(
             LpmTrie::try_from(Map::LpmTrie(second_handle(&ebpf, map_names::PEERS))).unwrap(),
+            LpmTrie::try_from(Map::LpmTrie(second_handle(&ebpf, map_names::PEERS6))).unwrap(),
             HashMap::try_from(Map::HashMap(second_handle(&ebpf, map_names::ENDPOINTS))).unwrap(),
+            HashMap::try_from(Map::HashMap(second_handle(&ebpf, map_names::ENDPOINTS6))).unwrap(),
             HashMap::try_from(Map::HashMap(second_handle(&ebpf, map_names::VTEPS))).unwrap(),
             Array::try_from(Map::Array(second_handle(&ebpf, map_names::CONFIG))).unwrap(),
         )
         .unwrap();
-        let mut programs = Self {
-            ebpf,
-            maps,
-            node: FixtureNode::new(strict),
-        };
+        let mut programs = Self { ebpf, maps, node };
         programs.sync();
         programs.accept_fixture_flows();
         programs
@@ -202,18 +330,21 @@ impl Programs {
         let desired = desired::compute(&Inputs {
             node: &self.node.facts,
             subnet: subnet([10, 244, 1, 0]),
+            subnet_v6: self.node.subnet_v6,
             peers: &self.node.peers,
             view: &self.node.view,
             pods: &self.node.pods,
+            pods_v6: &self.node.pods_v6,
             ruleset_generation: GENERATION,
             verdicts_suspended: false,
             listed: true,
             viewed: true,
         });
         assert!(
-            desired.unroutable.is_empty(),
-            "fixture leases unroutable: {:?}",
-            desired.unroutable
+            desired.unroutable.is_empty() && desired.unroutable_v6.is_empty(),
+            "fixture leases unroutable: {:?} {:?}",
+            desired.unroutable,
+            desired.unroutable_v6
         );
         self.maps.reload().unwrap();
         let report = self.maps.sync(&desired);
@@ -237,6 +368,24 @@ impl Programs {
             xdp_ready: flags & ENDPOINT_XDP_READY != 0,
         };
         self.node.pods.insert(ip.into(), pod);
+        self.sync();
+    }
+
+    /// [`Self::set_endpoint`] for a local pod's IPv6 address (dual-stack
+    /// fixture).
+    pub fn set_endpoint6(&mut self, ip: Ipv6Addr, ifindex: u32, flags: u8) {
+        assert!(self.node.subnet_v6.is_some(), "not the dual-stack fixture");
+        assert_eq!(
+            flags & !ENDPOINT_XDP_READY,
+            0,
+            "the agent sets no endpoint flag but ENDPOINT_XDP_READY"
+        );
+        let pod = LocalPod {
+            port: ifindex,
+            mac: MacAddr(POD_MAC),
+            xdp_ready: flags & ENDPOINT_XDP_READY != 0,
+        };
+        self.node.pods_v6.insert(ip, pod);
         self.sync();
     }
 
@@ -279,6 +428,15 @@ impl Programs {
     /// (`[0; 6]`: unresolved); the agent writes it into its PEERS entry.
     pub fn set_host_gw_peer(&mut self, nexthop_mac: [u8; 6]) {
         self.node.set_neighbour(HOSTGW_NODE_IP, nexthop_mac);
+        self.sync();
+    }
+
+    /// The host-gw peer node's MAC as the uplink's IPv6 neighbour table
+    /// has it (`[0; 6]`: unresolved); the agent writes it into its PEERS6
+    /// entry (dual-stack fixture).
+    pub fn set_host_gw_peer6(&mut self, nexthop_mac: [u8; 6]) {
+        assert!(self.node.subnet_v6.is_some(), "not the dual-stack fixture");
+        self.node.set_neighbour6(HOSTGW_NODE_IP6, nexthop_mac);
         self.sync();
     }
 

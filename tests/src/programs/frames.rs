@@ -1,7 +1,11 @@
 //! The frames the program tests send: pods' packets, and VXLAN on the
-//! uplink from the fixture's peers.
+//! uplink from the fixture's peers; IPv6 ones for the dual-stack fixture.
 
-use crate::packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4, udp, vxlan};
+use std::net::Ipv6Addr;
+
+use crate::packets::{
+    ETH_P_IPV4, ETH_P_IPV6, Ipv4Options, eth, icmp_echo, icmpv6_echo, ipv4, ipv6, udp, vxlan,
+};
 
 use super::*;
 
@@ -115,6 +119,37 @@ pub fn host_gw_frame_delivered() -> Vec<u8> {
             ..Default::default()
         },
     );
+    addressed_to_pod(&mut expected);
+    expected
+}
+
+/// A pod's IPv6 frame: ICMPv6 echo from `src` to `dst` with `hop_limit`,
+/// sent to the gateway.
+pub fn pod_frame6(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
+    eth(
+        GATEWAY_MAC,
+        POD_MAC,
+        ETH_P_IPV6,
+        &ipv6(src, dst, IPPROTO_ICMPV6, &icmpv6_echo(56), hop_limit),
+    )
+}
+
+/// A plain IPv6 frame (ICMPv6 echo) from the host-gw peer node's uplink,
+/// from `src_mac`, for `dst`.
+pub fn host_gw_frame6(src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
+    eth(
+        UPLINK_MAC,
+        src_mac,
+        ETH_P_IPV6,
+        &ipv6(src, dst, IPPROTO_ICMPV6, &icmpv6_echo(56), hop_limit),
+    )
+}
+
+/// What `host_gw_frame6` from the owning peer's pod for the local pod
+/// (hop limit 64) looks like delivered into it: hop limit one lower, to
+/// the pod's MAC from the gateway's.
+pub fn host_gw_frame6_delivered() -> Vec<u8> {
+    let mut expected = host_gw_frame6(HOSTGW_NODE_MAC, HOSTGW_POD6, LOCAL_POD6, 63);
     addressed_to_pod(&mut expected);
     expected
 }

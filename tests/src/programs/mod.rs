@@ -5,8 +5,9 @@
 //! The maps are written by the agent's own code, as on a node: the fixture
 //! node's accepted leases, local view, pods and facts go through
 //! `desired::compute`, and `FastPathMaps::sync` (on second handles to the
-//! loaded object's maps) writes PEERS, VTEPS, ENDPOINTS and CONFIG. Only
-//! contents the agent would never write are written directly (FLOWS, which
+//! loaded object's maps) writes PEERS, VTEPS, ENDPOINTS and CONFIG (and,
+//! on the dual-stack node, PEERS6 and ENDPOINTS6). Only contents the agent
+//! would never write are written directly (FLOWS and FLOWS6, which
 //! `tc_verdict` fills, and [`Programs::update_config`]).
 
 //!
@@ -23,15 +24,21 @@ pub mod frames;
 pub mod run;
 pub mod verdicts;
 
+use std::net::Ipv6Addr;
+
 pub use cost_paths::{CostPath, CostStep, cost_paths};
 pub use counters::{Counts, assert_counted, assert_only};
 pub use fixture::Programs;
 pub use frames::{
-    addressed_to_pod, good_vxlan, host_gw_frame, host_gw_frame_delivered, inner_frame,
-    inner_tcp_frame, pod_frame, vxlan_carrying, vxlan_frame, vxlan_from, vxlan_from_carrying,
+    addressed_to_pod, good_vxlan, host_gw_frame, host_gw_frame_delivered, host_gw_frame6,
+    host_gw_frame6_delivered, inner_frame, inner_tcp_frame, pod_frame, pod_frame6, vxlan_carrying,
+    vxlan_frame, vxlan_from, vxlan_from_carrying,
 };
 pub use run::run;
-pub use verdicts::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, echo_flow, flow, monotonic_ns};
+pub use verdicts::{
+    ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, LiberalRequest,
+    echo_flow, echo_flow6, flow, flow6, monotonic_ns,
+};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -73,6 +80,8 @@ pub const HOSTGW_NODE_IP: [u8; 4] = [192, 168, 77, 3];
 pub const HOSTGW_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 pub const HOSTGW_VTEP_MAC: [u8; 6] = [0x0e, 1, 192, 168, 77, 3];
 pub const UPLINK_IFINDEX: u32 = 2;
+/// `flannel-v6.<VNI>`'s ifindex on the dual-stack fixture node.
+pub const VTEP6_IFINDEX: u32 = 9;
 pub const VNI: u32 = 1;
 pub const PORT: u16 = 8472;
 pub const IPPROTO_ICMP: u8 = 1;
@@ -84,3 +93,31 @@ pub const ACCEPT_MARK: u32 = 0x0010_0000;
 pub const GENERATION: u32 = 7;
 /// The ICMP echo identifier of `packets::icmp_echo`.
 pub const ECHO_ID: [u8; 2] = [0x12, 0x34];
+
+// The dual-stack fixture node ([`Programs::load_dual_stack`]): the same
+// node, peers and pods with IPv6 halves. IPv6Network fd00:244::/48 with
+// /64 subnets; the uplink is on fd00:77::/64, with a default route via a
+// router at fd00:77::fe.
+
+/// This node's PublicIPv6.
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1);
+/// The VXLAN peer's PublicIPv6, one routed hop away: its IPv6 pods take
+/// `flannel-v6.<VNI>`.
+pub const PEER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x78, 0, 0, 0, 0, 0, 2);
+/// The host-gw peer's PublicIPv6, on-link: its IPv6 pods are routed
+/// directly, to `HOSTGW_NODE_MAC` (the same NIC as its IPv4 address).
+pub const HOSTGW_NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 3);
+pub const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0xfe);
+/// `flannel-v6.<VNI>` MACs: this node's and the peers'.
+pub const VTEP_V6_MAC: [u8; 6] = [0x1e, 1, 192, 168, 77, 1];
+pub const PEER_VTEP_V6_MAC: [u8; 6] = [0x1e, 1, 192, 168, 78, 2];
+pub const HOSTGW_VTEP_V6_MAC: [u8; 6] = [0x1e, 1, 192, 168, 77, 3];
+/// The local pods' IPv6 addresses (their IPv4 ones' veths and MAC), in
+/// this node's fd00:244:0:1::/64.
+pub const LOCAL_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 1, 0, 0, 0, 2);
+pub const OTHER_LOCAL_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 1, 0, 0, 0, 3);
+/// A pod of the VXLAN peer (fd00:244:0:2::/64).
+pub const REMOTE_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 2, 0, 0, 0, 7);
+/// A pod of the host-gw peer (fd00:244:0:3::/64).
+pub const HOSTGW_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 3, 0, 0, 0, 5);
+pub const IPPROTO_ICMPV6: u8 = 58;

@@ -3,6 +3,8 @@
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use weft_common::{
     CounterId,
+    Hook::{TcUplink, XdpUplink},
+    Reason,
     program_names::{TC_POD_EGRESS, TC_UPLINK, TC_VERDICT, XDP_UPLINK},
 };
 
@@ -65,6 +67,29 @@ impl Programs {
         run(program, frame)
     }
 
+    /// `tc_uplink` on `frame` as a GSO packet of `segments` segments of
+    /// `gso_size` bytes, as GRO hands it over (the test run sets no GSO
+    /// type: `bpf_skb_adjust_room` refuses to decapsulate it, which a real
+    /// GRO packet, TCP in a UDP tunnel, is not).
+    pub fn uplink_tc_gso(&self, frame: &[u8], segments: u32, gso_size: u32) -> u32 {
+        let program: &SchedClassifier = self.ebpf.program(TC_UPLINK).unwrap().try_into().unwrap();
+        // struct __sk_buff up to and including `gso_size` (offset 176);
+        // `gso_segs` is at 164, every other field zero.
+        let mut ctx_in = [0u8; 180];
+        ctx_in[164..168].copy_from_slice(&segments.to_ne_bytes());
+        ctx_in[176..180].copy_from_slice(&gso_size.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_in),
+                ..TestRunOptions::new()
+            })
+            .unwrap()
+            .return_value
+    }
+
     /// Each (what, frame, counter): XDP hands the frame to the kernel
     /// untouched and counts it under `counter` alone.
     pub fn assert_xdp_passes(&self, cases: &[(&str, Vec<u8>, CounterId)]) {
@@ -88,6 +113,20 @@ impl Programs {
             assert_eq!(&out, frame, "{what}: a passed frame must be untouched");
             assert_counted(&before, &self.counters(), *counter);
         }
+    }
+
+    /// Each (what, frame, reason): both uplink programs, XDP and
+    /// `tc_uplink` (counting itself, as without XDP), hand the frame to the
+    /// kernel untouched and count it under `reason` alone.
+    pub fn assert_uplink_refuses(&self, cases: &[(&str, Vec<u8>, Reason)]) {
+        let under = |hook: weft_common::Hook| -> Vec<(&str, Vec<u8>, CounterId)> {
+            cases
+                .iter()
+                .map(|(what, frame, reason)| (*what, frame.clone(), hook.counter(*reason)))
+                .collect()
+        };
+        self.assert_xdp_passes(&under(XdpUplink));
+        self.assert_uplink_tc_passes(&under(TcUplink));
     }
 
     /// Each (what, frame, counter): TC hands the packet to the kernel

@@ -304,31 +304,6 @@ fn agent_state_stays_its_own_one_agent_per_pin_dir_repaired_maps_replaced_layout
     );
 }
 
-/// `weft status` (`--json` or not) against `node`'s pin dir and subnet
-/// file, run in `ns` (`None`: the host's namespace).
-fn status(lab: &Lab, node: NodeId, ns: Option<&str>, json: bool) -> String {
-    let weft = lab.state.weft_bin.display().to_string();
-    let state = lab.node(node);
-    let pin_dir = state.pin_dir.display().to_string();
-    let subnet_file = state.subnet_file.display().to_string();
-    let mut args = vec![
-        weft.as_str(),
-        "status",
-        "--bpf-pin-dir",
-        &pin_dir,
-        "--subnet-file",
-        &subnet_file,
-    ];
-    if json {
-        args.push("--json");
-    }
-    match ns {
-        Some(ns) => netns::run(ns, &args),
-        None => netns::run_host(&args),
-    }
-    .unwrap()
-}
-
 #[test]
 fn status_names_the_nodes_interfaces_only_from_the_nodes_namespace() {
     let _guard = privileged!("status_names_the_nodes_interfaces_only_from_the_nodes_namespace");
@@ -337,7 +312,7 @@ fn status_names_the_nodes_interfaces_only_from_the_nodes_namespace() {
     let ns = lab.node(node).ns.clone();
     let veth = lab.node(node).pods[0].network.host_veth.clone();
     let json = |ns: Option<&str>| -> Value {
-        serde_json::from_str(&status(&lab, node, ns, true)).unwrap()
+        serde_json::from_str(&lab.weft_status(node, ns, true).unwrap()).unwrap()
     };
     // In the node's namespace: its uplink, attachments and pod veths.
     let inside = json(Some(&ns));
@@ -361,7 +336,7 @@ fn status_names_the_nodes_interfaces_only_from_the_nodes_namespace() {
     }
     assert!(outside["endpoints"][0]["interface"].is_null(), "{outside}");
     assert_eq!(outside["pod_veths"], serde_json::json!([]), "{outside}");
-    let text = status(&lab, node, None, false);
+    let text = lab.weft_status(node, None, false).unwrap();
     assert!(
         text.contains("run inside the node's network namespace")
             && !text.contains("NOT attached")

@@ -68,6 +68,8 @@ fn weft_writes_on_a_node_what_flanneld_writes_and_follows_every_node() {
         backend_type: theirs[&key("backend-type")].clone(),
         backend_data: theirs[&key("backend-data")].clone(),
         public_ip: flanneld_node.ip.parse().unwrap(),
+        public_ipv6: None,
+        backend_v6_data: "null".into(),
     };
     let options = KubeOptions {
         api_url: None,

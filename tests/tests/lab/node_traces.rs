@@ -1,6 +1,6 @@
 //! What weft leaves on a node, and what it follows while it runs: a pod's
 //! pinned neighbour entry follows a MAC changed inside the pod, goes when
-//! the agent stops cleanly, and `weft cleanup` removes every trace a killed
+//! the agent stops cleanly (its IPv6 one too, in a dual-stack network), and `weft cleanup` removes every trace a killed
 //! agent left (table `inet weft`, the pinned maps, the pinned entries) and
 //! nothing else (someone else's nftables table stays), so the node's pods
 //! stay reachable in each case, as under flanneld.
@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use weft_tests::{
-    Lab, LabSpec, NodeId,
+    Backend, Dataplane, Lab, LabSpec, NodeId,
     lab::{NodeState, PodState, wait_for},
     netns, privileged,
 };
+
+use crate::dual_stack::dual_stack_lab;
 
 /// cni0's permanent neighbour entries on `ns`: (address, MAC).
 fn pinned(ns: &str) -> Vec<(String, String)> {
@@ -172,6 +174,67 @@ fn pinned_neighbours_follow_the_pod_and_leave_with_the_agent_and_cleanup() {
     // A node cleaned up takes an agent again.
     lab.start_agent(n1).unwrap();
     lab.wait_pods_attached(n1).unwrap();
+    reaches(&lab);
+}
+
+#[test]
+fn dual_stack_pins_both_addresses_and_both_leave_with_the_agent_and_cleanup() {
+    let _guard =
+        privileged!("dual_stack_pins_both_addresses_and_both_leave_with_the_agent_and_cleanup");
+    let mut lab = Lab::up(&dual_stack_lab(
+        "t-nt-neigh6",
+        Backend::Vxlan,
+        Dataplane::Ebpf,
+        1,
+    ))
+    .unwrap();
+    lab.warm_up().unwrap();
+    let n1 = NodeId::new(1);
+    let node1 = lab.node(n1).clone();
+    let pod = node1.pods[0].clone();
+    let remote = lab.node(NodeId::new(2)).pods[0].clone();
+    let both = {
+        let mut both = vec![
+            (pod.ip().to_owned(), pod.network.mac.clone()),
+            (pod.ip6().to_owned(), pod.network.mac.clone()),
+        ];
+        both.sort();
+        both
+    };
+    let pinned_sorted = || {
+        let mut pinned = pinned(&node1.ns);
+        pinned.sort();
+        pinned
+    };
+    // The remote pod reaches both of the pod's addresses: the permanent
+    // IPv6 entry leaves the kernel's routing to the pod as it was.
+    let reaches = |lab: &Lab| {
+        for address in [pod.ip(), pod.ip6()] {
+            let out = lab.ping(&remote, address, 3).unwrap();
+            assert!(out.contains("3 received"), "{address}: {out}");
+        }
+    };
+    assert_eq!(pinned_sorted(), both);
+    reaches(&lab);
+
+    lab.stop_agent(n1, Signal::SIGTERM).unwrap();
+    assert_eq!(pinned(&node1.ns), [], "SIGTERM left pins");
+    reaches(&lab);
+
+    lab.start_agent(n1).unwrap();
+    lab.wait_pods_attached(n1).unwrap();
+    wait_for("both pins after a restart", Duration::from_secs(10), || {
+        Ok(pinned_sorted() == both)
+    })
+    .unwrap();
+    lab.stop_agent(n1, Signal::SIGKILL).unwrap();
+    assert_eq!(pinned_sorted(), both, "kill -9 removed pins");
+    let out = cleanup(&lab, &node1).unwrap();
+    assert!(
+        out.contains("removed 2 pinned pod neighbour entries"),
+        "{out}"
+    );
+    assert_eq!(pinned(&node1.ns), [], "weft cleanup left pins");
     reaches(&lab);
 }
 

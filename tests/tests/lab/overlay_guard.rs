@@ -6,9 +6,10 @@
 //! node's flannel.1 address, to another node's gateway, with a forged
 //! source address; from an underlay host that holds no lease to a node's
 //! flannel.1 address and to its node address. None arrives, each is
-//! counted by cause where weft refused it, real peers keep talking, and a
+//! counted by cause where weft refused it, real peers keep talking, a
 //! lease whose PublicIP moves to the sender's address is honoured after
-//! the move and not before.
+//! the move and not before, and a process on the node itself sending from
+//! a local address a lease names is refused.
 
 use std::{
     net::{Ipv4Addr, UdpSocket},
@@ -369,6 +370,39 @@ fn no_vxlan_reaches_a_pod_but_a_peer_s(dataplane: Dataplane, name: &str) {
         Some(("10.244.200.5".to_owned(), b"moved peer".to_vec())),
         "{dataplane:?}: the moved peer's frame was not honoured after the move"
     );
+
+    // A process on node 1 itself, from a second address of its uplink that
+    // a lease names (an accepted peer's PublicIP): it arrives on `lo`,
+    // which no peer's datagram ever does.
+    let second = "192.168.77.150";
+    let local = [second, "/32"].concat();
+    netns::run(&node1.ns, &["ip", "addr", "add", &local, "dev", "eth0"]).unwrap();
+    etcd.put(&lease_key, &lease(second)).unwrap();
+    wait_for(
+        "node 1's second address in the guard's set",
+        Duration::from_secs(10),
+        || Ok(members().contains(second)),
+    )
+    .unwrap();
+    let frame = forged_vxlan(vtep1, "10.244.200.5", victim.ip(), b"from the node");
+    let refused = refused_while(&lab, n1, "vxlan_not_a_peer", &[], || {
+        netns::in_netns(&node1.ns, || {
+            let socket = UdpSocket::bind((second, 0))?;
+            socket.send_to(&frame, format!("{}:8472", node1.ip))?;
+            Ok(())
+        })
+        .unwrap()
+    });
+    assert_eq!(
+        received(&listener),
+        None,
+        "{dataplane:?}: VXLAN from node 1 itself, from an address a lease names, reached a pod"
+    );
+    assert_eq!(
+        refused, 1,
+        "{dataplane:?}: VXLAN from node 1 itself was not refused once"
+    );
+    netns::run(&node1.ns, &["ip", "addr", "del", &local, "dev", "eth0"]).unwrap();
     etcd.delete(&lease_key).unwrap();
     netns::run(
         &underlay,

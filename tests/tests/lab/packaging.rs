@@ -202,7 +202,11 @@ fn default_settings(text: &str) -> Vec<(String, String)> {
         .map(|line| line.strip_prefix('#').unwrap_or(line))
         .filter_map(|line| line.split_once('='))
         .filter(|(name, _)| {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+            // Digits too: WEFT_PUBLIC_IPV6.
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
         })
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect()

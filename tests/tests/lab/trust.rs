@@ -1,13 +1,14 @@
 //! Only what was verified, on the lab: a pod that forges ARP for other
 //! addresses (a ClusterIP, a pod on another node, a pod on its own node,
 //! its node's address) gains no one's traffic, on the fast path or the
-//! kernel path; a pod that sends as another
+//! kernel path, nor does one that forges NDP for its neighbour pod's IPv6
+//! address (dual stack); a pod that sends as another
 //! is left to the kernel path (rp_filter, netfilter); VXLAN a pod sends to
 //! a node's VXLAN port is dropped where it leaves the pod.
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, UdpSocket},
     time::Duration,
 };
 use weft_common::{
@@ -15,14 +16,19 @@ use weft_common::{
     Reason,
 };
 
-use weft_agent::lease::MacAddr;
+use weft_agent::{lease::MacAddr, subnet_env};
 use weft_tests::{
-    Lab, LabSpec, NodeId, inspect,
-    lab::{FLOW_SETUP_PACKETS, PodState, counter_delta, counters_delta, wait_for},
+    Backend, Dataplane, Lab, LabSpec, NodeId, inspect,
+    lab::{FLOW_SETUP_PACKETS, PodState, counter_delta, counters_delta, ping_counts, wait_for},
     netns,
-    packets::{ETH_P_ARP, ETH_P_IPV4, Ipv4Options, arp_request, eth, ipv4, udp, vxlan},
+    packets::{
+        ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, Ipv4Options, NA_OVERRIDE, arp_request, eth, ipv4,
+        ipv6_multicast_mac, neighbour_advertisement, neighbour_solicitation, udp, vxlan,
+    },
     privileged,
 };
+
+use crate::dual_stack::dual_stack_lab;
 
 fn octets(ip: &str) -> [u8; 4] {
     ip.parse::<Ipv4Addr>().unwrap().octets()
@@ -248,6 +254,147 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
         "p1's pings to {} arrived at p2",
         remote.ip()
     );
+}
+
+/// The forgeries a pod can make with NDP to claim `victim`'s IPv6
+/// address on its node's bridge, as Ethernet frames from `forger`: an
+/// unsolicited Neighbour Advertisement with the Override flag naming the
+/// forger's MAC, to all nodes and to the gateway, and a Neighbour
+/// Solicitation for the gateway "from" the victim's address whose source
+/// link-layer option names the forger's MAC.
+fn ndp_claims(
+    forger: &PodState,
+    victim: Ipv6Addr,
+    gateway: Ipv6Addr,
+    gateway_mac: [u8; 6],
+) -> Vec<Vec<u8>> {
+    let forger_mac = mac(&forger.network.mac);
+    let forger_ip: Ipv6Addr = forger.ip6().parse().unwrap();
+    let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+    let frame = |dst_mac, packet: Vec<u8>| eth(dst_mac, forger_mac, ETH_P_IPV6, &packet);
+    vec![
+        frame(
+            ipv6_multicast_mac(all_nodes),
+            neighbour_advertisement(forger_ip, all_nodes, NA_OVERRIDE, victim, forger_mac),
+        ),
+        frame(
+            gateway_mac,
+            neighbour_advertisement(forger_ip, gateway, NA_OVERRIDE, victim, forger_mac),
+        ),
+        frame(
+            gateway_mac,
+            neighbour_solicitation(victim, gateway, gateway, forger_mac),
+        ),
+    ]
+}
+
+/// A pod that forges NDP for its neighbour pod's IPv6 address gains none of
+/// that pod's traffic: the agent pinned cni0's entry for the address to the
+/// pod's own MAC, which no NDP can change. Between VXLAN nodes IPv6 is the
+/// kernel path's (flannel-v6.1), so it is that entry that says where a
+/// remote pod's packets go. (`--dataplane kernel` pins nothing, in either
+/// family: it programs what flanneld does.)
+#[test]
+fn a_pod_gains_no_ipv6_traffic_by_forging_ndp() {
+    let _guard = privileged!("a_pod_gains_no_ipv6_traffic_by_forging_ndp");
+    let lab = Lab::up(&dual_stack_lab(
+        "t-trust-nd",
+        Backend::Vxlan,
+        Dataplane::Ebpf,
+        2,
+    ))
+    .unwrap();
+    // The warm-up pings every pod on both families: cni0 knows every local
+    // pod's IPv6 address (an unsolicited advertisement only changes an
+    // entry the kernel already has).
+    lab.warm_up().unwrap();
+    let node = lab.node(NodeId::new(1)).clone();
+    let (victim, forger) = (node.pods[0].clone(), node.pods[1].clone());
+    let remote = lab.node(NodeId::new(2)).pods[0].clone();
+    let victim_ip: Ipv6Addr = victim.ip6().parse().unwrap();
+    let gateway = subnet_env::read_if_present(&node.subnet_file)
+        .unwrap()
+        .unwrap()
+        .ipv6
+        .unwrap()
+        .subnet
+        .addr();
+    let cni0 = inspect::link(&node.ns, "cni0").unwrap().unwrap();
+    let gateway_mac = mac(cni0["address"].as_str().unwrap());
+    let entry = || {
+        netns::run(
+            &node.ns,
+            &["ip", "-6", "neigh", "show", victim.ip6(), "dev", "cni0"],
+        )
+        .unwrap()
+    };
+    println!("before: {}", entry().trim());
+
+    let forge = || {
+        for frame in ndp_claims(&forger, victim_ip, gateway, gateway_mac) {
+            for _ in 0..3 {
+                netns::send_frame(&forger.ns, "eth0", &frame).unwrap();
+            }
+        }
+    };
+    forge();
+    std::thread::sleep(Duration::from_secs(1));
+    forge();
+    let after = entry();
+    println!("after the forgery: {}", after.trim());
+
+    // The remote pod's pings to the victim's IPv6 address reach the victim,
+    // and not the forger.
+    let (victim_before, forger_before) = (received(&victim), received(&forger));
+    let out = lab
+        .ping(&remote, victim.ip6(), 10)
+        .unwrap_or_else(|error| format!("{error:#}"));
+    let (victim_got, forger_got) = (
+        received(&victim) - victim_before,
+        received(&forger) - forger_before,
+    );
+    println!("{} -> {}: {out}", remote.ns, victim.ip6());
+    println!("received: victim {victim_got}, forger {forger_got}");
+    assert!(
+        after.contains(&victim.network.mac) && after.contains("PERMANENT"),
+        "cni0's entry for {} is not pinned to the victim ({}): {after}",
+        victim.ip6(),
+        victim.network.mac
+    );
+    assert_eq!(ping_counts(&out).1, 10, "{out}");
+    assert!(victim_got >= 10, "the victim received {victim_got} packets");
+    assert!(
+        forger_got < 10,
+        "the remote pod's pings to {} arrived at the forger ({forger_got} packets)",
+        victim.ip6()
+    );
+    // The permanent entry does not stand in the kernel's way: the victim
+    // reaches the remote pod, whose answers come back through cni0's entry.
+    let out = lab.ping(&victim, remote.ip6(), 3).unwrap();
+    assert_eq!(
+        ping_counts(&out).1,
+        3,
+        "{} -> {}: {out}",
+        victim.ns,
+        remote.ip6()
+    );
+    // The forger fooled only itself: cni0 hands its flooded advertisement
+    // back to the port it came from (hairpin mode, as flannel's CNI
+    // configuration asks), so its own kernel took the victim's address to
+    // be at its own MAC (the victim's pings to it get answers sent to the
+    // forger itself), until neighbour unreachability detection gives up on
+    // that (5 s of DELAY, then probes) and asks again.
+    wait_for(
+        "the forger and the victim to reach each other",
+        Duration::from_secs(15),
+        || {
+            Ok(lab.ping(&forger, victim.ip6(), 1).is_ok()
+                && lab
+                    .ping(&victim, forger.ip6(), 3)
+                    .is_ok_and(|out| ping_counts(&out).1 == 3))
+        },
+    )
+    .unwrap();
 }
 
 #[test]

@@ -8,20 +8,23 @@
 //! No privileges, no etcd: the agent's own parsing and `PeerTable`, run on
 //! generated inputs. Case counts are bounded so the file runs in seconds.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use weft_agent::{
     config::NetworkConfig,
     kubernetes::{AnnotationKeys, NodeRecord},
     lease::{
-        LeaseAttrs, MacAddr, VxlanBackendData,
+        LeaseAttrs, LeaseSubnets, MacAddr, VxlanBackendData,
         claim::Claim,
         key, key_name,
         peers::{PeerChange, PeerTable},
-        subnet_of_key,
-        validate::{AcceptedPeer, LeasePolicy},
+        subnet_of_key, subnets_of_key,
+        validate::{AcceptedPeer, LeasePolicy, OwnSubnets},
     },
     subnet_manager::node_claim,
 };
@@ -86,6 +89,7 @@ fn attrs() -> impl Strategy<Value = LeaseAttrs> {
                 vni: 1,
                 vtep_mac: MacAddr([0x0e, 1, 0, 0, 0, mac]),
             }),
+            backend_v6_data: None,
         }
     });
     prop_oneof![plausible, any_attrs()]
@@ -107,6 +111,7 @@ fn any_attrs() -> impl Strategy<Value = LeaseAttrs> {
         public_ipv6: None,
         backend_type,
         backend_data,
+        backend_v6_data: None,
     })
 }
 
@@ -468,5 +473,193 @@ proptest! {
         if let Some(vni) = config.backend.vni() {
             prop_assert!(vni > 0 && vni < 1 << 24);
         }
+    }
+}
+
+// Dual-stack (issue #23): IPv6 halves of keys, values and the peer table.
+
+/// An IPv6 address drawn from the ranges the IPv6 rules care about: the
+/// IPv6 network, this node, the underlay, special-purpose blocks, anything.
+fn address_v6() -> impl Strategy<Value = Ipv6Addr> {
+    prop_oneof![
+        // Mostly peers' underlay addresses, so whole peers are common.
+        8 => (2u16..16).prop_map(|n| Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, n)),
+        1 => Just(Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1)),
+        1 => any::<u16>().prop_map(|n| Ipv6Addr::new(0xfd00, 0x12, 0, n, 0, 0, 0, 1)),
+        1 => Just(Ipv6Addr::UNSPECIFIED),
+        1 => Just(Ipv6Addr::LOCALHOST),
+        1 => Just("ff02::1".parse().unwrap()),
+        1 => Just("fe80::1".parse().unwrap()),
+        1 => any::<u32>().prop_map(|v4| Ipv4Addr::from(v4).to_ipv6_mapped()),
+        1 => any::<u128>().prop_map(Ipv6Addr::from),
+    ]
+}
+
+fn subnet_v6() -> impl Strategy<Value = Ipv6Net> {
+    prop_oneof![
+        // A few subnets, so IPv6 clashes between leases happen.
+        4 => (0u16..8).prop_map(|n| Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x12, 0, n << 8, 0, 0, 0, 0), 56).unwrap()),
+        1 => (address_v6(), 0u8..=128).prop_map(|(ip, len)| Ipv6Net::new(ip, len).unwrap().trunc()),
+    ]
+}
+
+/// A dual-stack lease value: mostly a peer as flanneld writes it (a few
+/// IPv6 addresses and v6 VTEP MACs, so clashes happen), with each IPv6
+/// field dropped or hostile at times.
+fn dual_attrs() -> impl Strategy<Value = LeaseAttrs> {
+    // A vxlan peer's IPv4 half that passes, most of the time.
+    let v4_half = (2u8..=254, 0u8..16).prop_map(|(host, mac)| LeaseAttrs {
+        public_ip: Ipv4Addr::new(192, 168, 77, host),
+        public_ipv6: None,
+        backend_type: "vxlan".to_owned(),
+        backend_data: Some(VxlanBackendData {
+            vni: 1,
+            vtep_mac: MacAddr([0x0e, 1, 0, 0, 1, mac]),
+        }),
+        backend_v6_data: None,
+    });
+    (
+        prop_oneof![4 => v4_half, 1 => attrs()],
+        proptest::option::weighted(0.9, address_v6()),
+        proptest::option::weighted(
+            0.9,
+            (
+                prop_oneof![8 => Just(1u32), 1 => any::<u32>()],
+                prop_oneof![
+                    8 => (0u8..16).prop_map(|n| MacAddr([0x0e, 6, 0, 0, 0, n])),
+                    1 => Just(MacAddr([0x0e, 6, 192, 168, 77, 1])),
+                    1 => mac(),
+                ],
+            )
+                .prop_map(|(vni, vtep_mac)| VxlanBackendData { vni, vtep_mac }),
+        ),
+    )
+        .prop_map(|(attrs, public_ipv6, backend_v6_data)| LeaseAttrs {
+            public_ipv6,
+            backend_v6_data,
+            ..attrs
+        })
+}
+
+/// A dual-stack key: `<v4>&<v6>` for generated subnets, an IPv4-only one,
+/// or mangled IPv6 halves.
+fn dual_lease_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => (subnet(), subnet_v6()).prop_map(|(v4, v6)| weft_agent::lease::lease_key(PREFIX, &LeaseSubnets { v4, v6: Some(v6) })),
+        2 => subnet().prop_map(|subnet| key(PREFIX, &subnet)),
+        1 => (subnet(), "[0-9a-fA-F:.&-]{0,24}").prop_map(|(v4, tail)| format!("{}&{tail}", key(PREFIX, &v4))),
+        1 => (subnet(), address_v6(), 0u8..=140).prop_map(|(v4, ip, len)| format!("{}&{ip}-{len}", key(PREFIX, &v4))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any dual-stack key: subnets or an error, never a panic; accepted
+    /// keys name their subnets as flanneld writes them (the key a lease
+    /// for them is written at), and every pair of subnets round-trips.
+    #[test]
+    fn dual_stack_keys_parse_to_the_subnets_they_name_or_are_refused(
+        key in dual_lease_key(),
+        v4 in subnet(),
+        v6 in subnet_v6(),
+    ) {
+        if let Ok(subnets) = subnets_of_key(&key) {
+            prop_assert_eq!(subnets.v4, subnets.v4.trunc());
+            if let Some(v6) = subnets.v6 {
+                prop_assert_eq!(v6, v6.trunc());
+                prop_assert!(key.ends_with(&format!("/{}", subnets.key_name())), "{:?} parsed to {}", key, subnets);
+            }
+        }
+        // An IPv4-mapped start is spelled `::ffff:a.b.c.d`, which is not
+        // a key flanneld can read either (config.rs refuses such networks,
+        // and those inside ::/96).
+        prop_assume!(v6.network().to_ipv4_mapped().is_none() && u128::from(v6.network()) >> 32 != 0);
+        let subnets = LeaseSubnets { v4, v6: Some(v6) };
+        prop_assert_eq!(subnets_of_key(&weft_agent::lease::lease_key(PREFIX, &subnets)).unwrap(), subnets);
+    }
+
+    /// Dual-stack values round-trip through JSON as flanneld writes them.
+    #[test]
+    fn dual_stack_values_round_trip(attrs in dual_attrs()) {
+        if let Ok(parsed) = LeaseAttrs::from_json(attrs.to_json().as_bytes()) {
+            prop_assert_eq!(&parsed, &attrs);
+            prop_assert_eq!(parsed.to_json(), attrs.to_json());
+        }
+    }
+
+    /// The dual-stack peer table after any sequence of puts and deletes of
+    /// hostile dual-stack leases: every peer's IPv6 half passes the IPv6
+    /// rules, no two peers' IPv6 subnets overlap or share a v6 VTEP MAC,
+    /// our own IPv6 subnet, address and MAC are never a peer's, a peer
+    /// without an IPv6 half came from a lease without one, and a listing
+    /// of the same keys gives the same table.
+    #[test]
+    fn dual_stack_peer_tables_hold_only_whole_peers_that_pass_every_rule(
+        events in prop::collection::vec(
+            (dual_lease_key(), proptest::option::of(dual_attrs().prop_map(|attrs| attrs.to_json().into_bytes()))),
+            1..24,
+        ),
+    ) {
+        let network = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:12::/48","IPv6SubnetLen":56,"Backend":{"Type":"vxlan","VNI":1}}"#,
+        ).unwrap();
+        let ipv6 = network.ipv6.clone().unwrap();
+        let our_ipv6: Ipv6Addr = "fd77::1".parse().unwrap();
+        let our_v6_mac = MacAddr([0x0e, 6, 192, 168, 77, 1]);
+        let own = OwnSubnets {
+            v4: Some("10.244.1.0/24".parse().unwrap()),
+            v6: Some("fd00:12:0:100::/56".parse().unwrap()),
+        };
+        let policy = LeasePolicy::new(&network, Ipv4Addr::new(192, 168, 77, 1), Some(MacAddr([0x0e, 1, 192, 168, 77, 1])))
+            .with_own_ipv6(Some(our_ipv6), Some(our_v6_mac));
+        let mut table = PeerTable::new(policy.clone());
+        let mut store: BTreeMap<String, (Vec<u8>, i64)> = BTreeMap::new();
+        for (revision, (key, value)) in (1..).zip(events) {
+            match value {
+                Some(value) => {
+                    let created = store.get(&key).map_or(revision, |(_, created)| *created);
+                    store.insert(key.clone(), (value.clone(), created));
+                    table.put(&Claim::from_lease(&key, &value, created), own);
+                }
+                None => {
+                    store.remove(&key);
+                    table.delete(&key);
+                }
+            }
+        }
+        let peers = table.peers();
+        let mut v6_macs = BTreeMap::new();
+        let mut v6_subnets: Vec<Ipv6Net> = Vec::new();
+        for (subnet, peer) in peers {
+            let made_by_rules = store
+                .iter()
+                .filter_map(|(key, (value, _))| Some((subnets_of_key(key).ok()?, LeaseAttrs::from_json(value).ok()?)))
+                .filter(|(subnets, _)| subnets.v4 == *subnet)
+                .any(|(subnets, attrs)| policy.check_claim(*subnet, subnets.v6, &attrs, own) == Ok(*peer));
+            prop_assert!(made_by_rules, "{} {:?} is no stored value's judgement", subnet, peer);
+            let Some(v6) = peer.v6 else { continue };
+            prop_assert!(ipv6.network.contains(&v6.subnet) && ipv6.fits(&v6.subnet), "{}", v6.subnet);
+            let own_v6 = own.v6.unwrap();
+            prop_assert!(!own_v6.contains(&v6.subnet.network()) && !v6.subnet.contains(&own_v6.network()));
+            prop_assert!(v6.public_ip != our_ipv6 && !ipv6.network.contains(&v6.public_ip));
+            prop_assert!(!v6.public_ip.is_multicast() && !v6.public_ip.is_loopback() && !v6.public_ip.is_unspecified());
+            prop_assert!(!v6.public_ip.is_unicast_link_local() && v6.public_ip.to_ipv4_mapped().is_none());
+            for other in &v6_subnets {
+                prop_assert!(!other.contains(&v6.subnet.network()) && !v6.subnet.contains(&other.network()), "{} overlaps {}", v6.subnet, other);
+            }
+            v6_subnets.push(v6.subnet);
+            if let Some(mac) = peer.vtep_v6_mac() {
+                prop_assert!(mac != our_v6_mac);
+                prop_assert!(v6_macs.insert(mac, *subnet).is_none(), "two peers with v6 VtepMAC {}", mac);
+            }
+        }
+        let listing: Vec<Claim> = store
+            .into_iter()
+            .map(|(key, (value, create_revision))| Claim::from_lease(&key, &value, create_revision))
+            .collect();
+        let mut fresh = PeerTable::new(policy);
+        fresh.resync(&listing, own);
+        prop_assert_eq!(fresh.peers(), peers);
     }
 }

@@ -8,8 +8,10 @@
 
 mod cost_paths;
 mod host_gw;
+mod ipv6;
 mod properties;
 mod tc;
 mod trust;
 mod verdicts;
+mod vxlan_ipv6;
 mod xdp;

@@ -6,7 +6,7 @@
 
 use weft_common::ENDPOINT_XDP_READY;
 use weft_common::{
-    Hook::{TcPodEgress, TcUplink, XdpUplink},
+    Hook::{TcPodEgress, XdpUplink},
     Reason,
 };
 use weft_tests::{
@@ -75,15 +75,7 @@ fn vxlan_must_carry_the_senders_own_pods_to_our_vtep_with_honest_lengths() {
         ("outer IPv4 length too short", short, Reason::PassBadLength),
         ("UDP length lies", udp_lies, Reason::PassBadLength),
     ];
-    let under = |hook: weft_common::Hook| -> Vec<_> {
-        cases
-            .iter()
-            .map(|(what, frame, reason)| (*what, frame.clone(), hook.counter(*reason)))
-            .collect()
-    };
-    programs.assert_xdp_passes(&under(XdpUplink));
-    // The same checks in tc_uplink (without XDP, so it counts them itself).
-    programs.assert_uplink_tc_passes(&under(TcUplink));
+    programs.assert_uplink_refuses(&cases);
     // And the honest frame still goes through: the checks could pass.
     let (verdict, _) = programs.xdp(&good_vxlan());
     assert_eq!(verdict, XDP_REDIRECT);
@@ -233,18 +225,6 @@ fn assert_delivered(programs: &Programs, what: &str, frame: &[u8]) {
     );
 }
 
-/// Both uplink programs refuse each frame with its reason.
-fn assert_refused(programs: &Programs, cases: &[(&str, Vec<u8>, Reason)]) {
-    let under = |hook: weft_common::Hook| -> Vec<_> {
-        cases
-            .iter()
-            .map(|(what, frame, reason)| (*what, frame.clone(), hook.counter(*reason)))
-            .collect()
-    };
-    programs.assert_xdp_passes(&under(XdpUplink));
-    programs.assert_uplink_tc_passes(&under(TcUplink));
-}
-
 #[test]
 fn a_vtep_speaks_for_its_own_subnet_to_the_edge_and_no_further() {
     let _guard = privileged!("a_vtep_speaks_for_its_own_subnet_to_the_edge_and_no_further");
@@ -270,31 +250,28 @@ fn a_vtep_speaks_for_its_own_subnet_to_the_edge_and_no_further() {
         "the second peer, its own pod",
         &from_vtep(SECOND_PEER_IP, second_pod),
     );
-    assert_refused(
-        &programs,
-        &[
-            (
-                "one below the subnet",
-                from_vtep(PEER_IP, below),
-                Reason::PassForeignInnerSource,
-            ),
-            (
-                "one above the subnet",
-                from_vtep(PEER_IP, above),
-                Reason::PassForeignInnerSource,
-            ),
-            (
-                "a known VTEP speaking for another VXLAN peer's pod",
-                from_vtep(PEER_IP, second_pod),
-                Reason::PassForeignInnerSource,
-            ),
-            (
-                "the other VTEP speaking for the first peer's pod",
-                from_vtep(SECOND_PEER_IP, REMOTE_POD),
-                Reason::PassForeignInnerSource,
-            ),
-        ],
-    );
+    programs.assert_uplink_refuses(&[
+        (
+            "one below the subnet",
+            from_vtep(PEER_IP, below),
+            Reason::PassForeignInnerSource,
+        ),
+        (
+            "one above the subnet",
+            from_vtep(PEER_IP, above),
+            Reason::PassForeignInnerSource,
+        ),
+        (
+            "a known VTEP speaking for another VXLAN peer's pod",
+            from_vtep(PEER_IP, second_pod),
+            Reason::PassForeignInnerSource,
+        ),
+        (
+            "the other VTEP speaking for the first peer's pod",
+            from_vtep(SECOND_PEER_IP, REMOTE_POD),
+            Reason::PassForeignInnerSource,
+        ),
+    ]);
 }
 
 #[test]
@@ -322,21 +299,18 @@ fn a_vtep_holding_two_leases_speaks_for_both_and_a_moved_lease_leaves_it() {
         "its second subnet",
         &from_vtep(PEER_IP, extra_pod),
     );
-    assert_refused(
-        &programs,
-        &[
-            (
-                "two leases, another VXLAN peer's pod",
-                from_vtep(PEER_IP, second_pod),
-                Reason::PassForeignInnerSource,
-            ),
-            (
-                "two leases, the host-gw peer's pod",
-                from_vtep(PEER_IP, HOSTGW_POD),
-                Reason::PassForeignInnerSource,
-            ),
-        ],
-    );
+    programs.assert_uplink_refuses(&[
+        (
+            "two leases, another VXLAN peer's pod",
+            from_vtep(PEER_IP, second_pod),
+            Reason::PassForeignInnerSource,
+        ),
+        (
+            "two leases, the host-gw peer's pod",
+            from_vtep(PEER_IP, HOSTGW_POD),
+            Reason::PassForeignInnerSource,
+        ),
+    ]);
 
     // The first lease moves to a new PublicIP (the node got another
     // address): the old VTEP, still holding its other lease, no longer
@@ -352,14 +326,11 @@ fn a_vtep_holding_two_leases_speaks_for_both_and_a_moved_lease_leaves_it() {
         "the old VTEP's remaining subnet",
         &from_vtep(PEER_IP, extra_pod),
     );
-    assert_refused(
-        &programs,
-        &[(
-            "the moved subnet, from its old VTEP",
-            from_vtep(PEER_IP, REMOTE_POD),
-            Reason::PassForeignInnerSource,
-        )],
-    );
+    programs.assert_uplink_refuses(&[(
+        "the moved subnet, from its old VTEP",
+        from_vtep(PEER_IP, REMOTE_POD),
+        Reason::PassForeignInnerSource,
+    )]);
 
     // Its other lease gone too, the old VTEP is no VTEP: dropped
     // (--strict-vteps) whatever it carries.
