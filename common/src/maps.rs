@@ -264,8 +264,8 @@ pub struct FlowVerdict {
     pub probe_seq: [u8; 4],
     /// The outstanding probe's IPv4 identification, as on the wire.
     pub probe_id: [u8; 2],
-    /// [`PROBE_OUTSTANDING`] from when a probe is sent until `tc_verdict`
-    /// takes it, else 0.
+    /// [`PROBE_OUTSTANDING`] or [`PROBE_ORIGINAL_AHEAD`] from when a probe
+    /// is sent until `tc_verdict` takes it, else 0.
     pub probe_state: u8,
     pub _pad: u8,
 }
@@ -274,6 +274,16 @@ pub struct FlowVerdict {
 /// `tc_verdict` yet; the packet there with the flow's key, `probe_id` and
 /// `probe_seq` is it (and is dropped: its original took the fast path).
 pub const PROBE_OUTSTANDING: u8 = 1;
+
+/// `FlowVerdict::probe_state`: a probe was sent, and its original leaves
+/// through a device whose egress runs `tc_verdict` (host-gw: the uplink).
+/// The original gets there first: the fast path hands it over at once,
+/// while the probe waits in the backlog for the kernel path. So the first
+/// *unmarked* packet there with the probe's identification is the
+/// original: let through, and the state becomes [`PROBE_OUTSTANDING`]. A
+/// marked one is the probe, taken as any (the original was lost or took
+/// the kernel path too). In any order, one of the two copies leaves.
+pub const PROBE_ORIGINAL_AHEAD: u8 = 2;
 
 impl FlowVerdict {
     /// Whether this verdict still lets the fast path take its flow: recorded
@@ -314,7 +324,13 @@ impl FlowVerdict {
     /// number `seq` (both as on the wire) is this flow's outstanding probe.
     #[inline(always)]
     pub fn is_probe(&self, id: [u8; 2], seq: [u8; 4]) -> bool {
-        self.probe_state == PROBE_OUTSTANDING && self.probe_id == id && self.probe_seq == seq
+        self.probe_outstanding() && self.probe_id == id && self.probe_seq == seq
+    }
+
+    /// Whether a probe was sent that `tc_verdict` has not taken yet.
+    #[inline(always)]
+    pub fn probe_outstanding(&self) -> bool {
+        self.probe_state != 0
     }
 }
 

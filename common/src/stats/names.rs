@@ -310,4 +310,8 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         id(TcVerdict, Reason::ProbeUnjudged),
         "verdict_probe_unjudged",
     ),
+    (
+        id(TcVerdict, Reason::ProbeOriginal),
+        "verdict_probe_original",
+    ),
 ];

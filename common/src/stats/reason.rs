@@ -160,6 +160,11 @@ pub enum Reason {
     /// `flannel-v6.<VNI>` (its egress), which encapsulates it: no bridge,
     /// no routing.
     EncapIpv6 = 71,
+    /// At `tc_verdict`, unmarked: the original of an outstanding probe,
+    /// which the fast path sent out of this device (host-gw, out of the
+    /// uplink) ahead of the probe. Let through; the probe, coming after
+    /// it, is taken or dropped as any.
+    ProbeOriginal = 72,
     /// tc acts on what this pod sends: its host veth's ingress holds
     /// classic filters (the CNI bandwidth plugin's redirect to its ifb) or
     /// another TCX program. Handed on (`TCX_NEXT`) untouched.
@@ -241,6 +246,7 @@ impl Reason {
             Reason::DecapIpv6 => "decap_ipv6",
             Reason::PassUdpChecksum => "pass_udp_checksum",
             Reason::EncapIpv6 => "encap_ipv6",
+            Reason::ProbeOriginal => "probe_original",
             Reason::PassTcSender => "pass_tc_sender",
             Reason::PassTcReceiver => "pass_tc_receiver",
             Reason::PassTcBridge => "pass_tc_bridge",

@@ -18,7 +18,7 @@ use network_types::{
 };
 use weft_common::{
     CONFIG_VERDICT_PROBES, FLOW_PENDING, FlowKey, FlowKey6, FlowVerdict, MAX_FLOWS, NodeConfig,
-    PROBE_OUTSTANDING, Reason,
+    Reason,
 };
 
 use crate::lib::{
@@ -212,7 +212,7 @@ pub fn end_verdict_in<K>(verdicts: &Verdicts<K>, key: K) {
     if let Some(verdict) = verdicts.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map's value, valid for this program run.
         let verdict = unsafe { &mut *verdict };
-        if verdict.probe_state == PROBE_OUTSTANDING {
+        if verdict.probe_outstanding() {
             verdict.state = FLOW_PENDING;
             verdict.seen_ns = 0;
             return;

@@ -34,7 +34,7 @@ use core::intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg};
 
 use aya_ebpf::{bindings::BPF_F_INGRESS, programs::TcContext};
 use network_types::ip::Ipv4Hdr;
-use weft_common::{NodeConfig, PROBE_OUTSTANDING, Reason};
+use weft_common::{NodeConfig, PROBE_ORIGINAL_AHEAD, PROBE_OUTSTANDING, Reason};
 
 use crate::lib::{
     flow::{flow_of, probe_identity, verdict_clock},
@@ -60,9 +60,17 @@ pub fn returning(ctx: &TcContext, config: &NodeConfig) -> bool {
 /// by the caller) if its verdict is current and due one: records the
 /// packet's identification as the outstanding probe. One CPU wins the
 /// claim (compare-and-swap on the probe time); `true` means the caller
-/// must now send the probe with [`send`].
+/// must now send the probe with [`send`]. `original_meets_verdict`: the
+/// packet itself will leave through a device where `tc_verdict` runs
+/// (host-gw, out of the uplink), ahead of the probe, and must pass there
+/// ([`PROBE_ORIGINAL_AHEAD`]).
 #[inline(always)]
-pub fn claim(ip: *const Ipv4Hdr, end: usize, config: &NodeConfig) -> bool {
+pub fn claim(
+    ip: *const Ipv4Hdr,
+    end: usize,
+    config: &NodeConfig,
+    original_meets_verdict: bool,
+) -> bool {
     let Some(flow) = flow_of(ip, end) else {
         return false;
     };
@@ -95,7 +103,11 @@ pub fn claim(ip: *const Ipv4Hdr, end: usize, config: &NodeConfig) -> bool {
     }
     verdict.probe_id = id;
     verdict.probe_seq = seq;
-    verdict.probe_state = PROBE_OUTSTANDING;
+    verdict.probe_state = if original_meets_verdict {
+        PROBE_ORIGINAL_AHEAD
+    } else {
+        PROBE_OUTSTANDING
+    };
     // Opens tc_verdict's look-out for probes netfilter passed unmarked.
     if let Some(clock) = PROBE_CLOCK.get_ptr_mut(0) {
         // SAFETY: one u64 slot; a racing writer writes a time as recent.

@@ -118,7 +118,8 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
         // path decides, as for any other flow.
         match netfilter_passed(ip, end, config) {
             Err(reason) => return pass(reason),
-            Ok(probe_due) if may_probe && probe_due && probe::claim(ip, end, config) => {
+            // Into the pod with `bpf_redirect_peer`: no egress on the way.
+            Ok(probe_due) if may_probe && probe_due && probe::claim(ip, end, config, false) => {
                 return pass(Reason::ProbeSent);
             }
             Ok(_) => {}
@@ -149,9 +150,14 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
     if ip.ttl <= 1 {
         return pass(Reason::PassTtlExpired);
     }
+    // host-gw sends the packet itself out of the uplink, whose egress runs
+    // tc_verdict, ahead of the probe; encapsulated, it is VXLAN there.
+    let original_meets_verdict = peer.mode == PeerMode::HostGw as u8;
     match netfilter_passed(ip, end, config) {
         Err(reason) => return pass(reason),
-        Ok(probe_due) if may_probe && probe_due && probe::claim(ip, end, config) => {
+        Ok(probe_due)
+            if may_probe && probe_due && probe::claim(ip, end, config, original_meets_verdict) =>
+        {
             return pass(Reason::ProbeSent);
         }
         Ok(_) => {}

@@ -130,7 +130,8 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
     if may_probe && delivery.probe_due {
         let (data, end) = (ctx.data(), ctx.data_end());
         if let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, delivery.strip + EthHdr::LEN)
-            && probe::claim(ip, end, config)
+            // Delivered with `bpf_redirect_peer`: no egress on the way.
+            && probe::claim(ip, end, config, false)
         {
             return pass(Reason::ProbeSent);
         }

@@ -23,7 +23,10 @@
 //! (or re-learns) its flow's verdict like any marked packet, then is
 //! dropped; unmarked (netfilter passed it, but not as an established flow
 //! without NAT), it is dropped and renews nothing. It is recognised by the
-//! identification its verdict records, not by a mark.
+//! identification its verdict records, not by a mark. Where the fast path
+//! sends the probe's original out of this device too (host-gw, out of the
+//! uplink), the original gets here first, unmarked, and passes
+//! (`probe_original`): of the two copies, one leaves, whatever the order.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, TC_ACT_SHOT},
@@ -36,8 +39,8 @@ use network_types::{
     tcp::TcpHdr,
 };
 use weft_common::{
-    EndpointKey6, FLOW_CONFIRMED, FLOW_PENDING, FlowKey6, FlowVerdict, Hook, NodeConfig, PeerMode,
-    Reason,
+    EndpointKey6, FLOW_CONFIRMED, FLOW_PENDING, FlowKey6, FlowVerdict, Hook, NodeConfig,
+    PROBE_ORIGINAL_AHEAD, PROBE_OUTSTANDING, PeerMode, Reason,
 };
 
 use crate::lib::{
@@ -66,9 +69,15 @@ pub fn run(ctx: &mut TcContext) -> i32 {
     let len = u64::from(ctx.len());
     if mark & config.accept_mark == 0 {
         // Only while probes are about: the look-up costs the kernel path.
-        if probe::recently_sent(config) && unjudged_probe(ctx) {
-            count(HOOK, Reason::ProbeUnjudged, len);
-            return TC_ACT_SHOT;
+        if probe::recently_sent(config) {
+            match unmarked_probe_copy(ctx) {
+                Some(Reason::ProbeUnjudged) => {
+                    count(HOOK, Reason::ProbeUnjudged, len);
+                    return TC_ACT_SHOT;
+                }
+                Some(original) => count(HOOK, original, len),
+                None => {}
+            }
         }
         return TCX_NEXT;
     }
@@ -112,30 +121,33 @@ fn parse(ctx: &mut TcContext) -> Option<Parsed> {
     }
 }
 
-/// Whether the unmarked packet in `ctx` is its flow's outstanding probe
-/// (then no longer outstanding).
+/// Whether the unmarked packet in `ctx` carries its flow's outstanding
+/// probe's identification, and which copy it is: `ProbeUnjudged`, the
+/// probe (no longer outstanding; to be dropped), or `ProbeOriginal`, the
+/// packet the probe was cloned from, which the fast path sent out of this
+/// device ahead of the probe (to pass; the probe is still outstanding).
 #[inline(always)]
-fn unjudged_probe(ctx: &mut TcContext) -> bool {
+fn unmarked_probe_copy(ctx: &mut TcContext) -> Option<Reason> {
     // Only IPv4 flows are probed.
     let Some(Parsed::V4(flow, ip, end)) = parse(ctx) else {
-        return false;
+        return None;
     };
     if flow.key.proto != IPPROTO_TCP {
-        return false;
+        return None;
     }
-    let Some((id, seq)) = probe_identity(ip, end) else {
-        return false;
-    };
-    let Some(recorded) = FLOWS.get_ptr_mut(flow.key) else {
-        return false;
-    };
+    let (id, seq) = probe_identity(ip, end)?;
+    let recorded = FLOWS.get_ptr_mut(flow.key)?;
     // SAFETY: a pointer into the map's value, valid for this program run.
     let recorded = unsafe { &mut *recorded };
     if !recorded.is_probe(id, seq) {
-        return false;
+        return None;
+    }
+    if recorded.probe_state == PROBE_ORIGINAL_AHEAD {
+        recorded.probe_state = PROBE_OUTSTANDING;
+        return Some(Reason::ProbeOriginal);
     }
     recorded.probe_state = 0;
-    true
+    Some(Reason::ProbeUnjudged)
 }
 
 /// Records the verdict for the packet's flow direction; the counter says

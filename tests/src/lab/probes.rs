@@ -123,7 +123,7 @@ impl Lab {
     }
 
     /// Every node's counters, where they can be read.
-    fn all_counters(&self) -> Vec<(NodeId, Option<Counters>)> {
+    pub fn all_counters(&self) -> Vec<(NodeId, Option<Counters>)> {
         self.node_ids()
             .map(|node| (node, self.counters(node).ok()))
             .collect()
@@ -131,7 +131,7 @@ impl Lab {
 
     /// Prints, per node, every counter that moved since `before` (a
     /// diagnosis for a failed check: which path each packet took).
-    fn print_counted_since(&self, before: &[(NodeId, Option<Counters>)]) {
+    pub fn print_counted_since(&self, before: &[(NodeId, Option<Counters>)]) {
         for (node, earlier) in before {
             let (Some(earlier), Ok(now)) = (earlier, self.counters(*node)) else {
                 eprintln!("node {node}: counters unreadable");

@@ -13,7 +13,7 @@ use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, FLOW_CONFIRMED, FLOW_PENDING,
     FlowKey, FlowVerdict,
     Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink},
-    NodeConfig, PROBE_OUTSTANDING, Reason,
+    NodeConfig, PROBE_ORIGINAL_AHEAD, PROBE_OUTSTANDING, Reason,
 };
 use weft_tests::{
     netns,
@@ -243,7 +243,10 @@ fn a_verdict_from_another_ruleset_or_too_old_does_not_count() {
         TcPodEgress.counter(Reason::PassRecheck),
     )]);
 
-    // Fresh again: forwarded.
+    // Fresh again: forwarded. Under a TTL long enough that a test thread
+    // descheduled between the two steps cannot see it lapse (1 ms did, on
+    // a loaded machine).
+    programs.update_config(|config| config.verdict_ttl_ns = 10_000_000_000);
     programs.accept_fixture_flows();
     let (verdict, _) = programs.xdp(&good_vxlan());
     assert_eq!(verdict, XDP_REDIRECT);
@@ -1024,5 +1027,100 @@ fn a_fin_ends_the_verdict_but_its_probe_is_still_dropped() {
         let fin = delivered(REMOTE_POD, IPPROTO_TCP, &tcp_segment(TCP_FIN | TCP_ACK));
         programs.tc_verdict(&fin, ACCEPT_MARK);
         assert_eq!(programs.verdict(&key), None);
+    });
+}
+
+/// host-gw sends the probe's original out of the uplink, whose egress runs
+/// `tc_verdict`, ahead of the probe: there the original passes (it is not
+/// an unjudged probe), and the probe after it is taken or dropped as any.
+/// Whatever the order, exactly one of the two copies leaves.
+#[test]
+fn a_host_gw_probe_s_original_passes_the_uplink_s_tc_verdict_and_the_probe_does_not() {
+    let _guard = privileged!(
+        "a_host_gw_probe_s_original_passes_the_uplink_s_tc_verdict_and_the_probe_does_not"
+    );
+    in_probe_netns("rp-probe-hostgw", || {
+        let mut programs = Programs::load(true);
+        programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
+        let host_gw_pod = [10, 244, 3, 9];
+        let key = flow(LOCAL_POD, host_gw_pod, IPPROTO_TCP, [0, 0], [0, 0]);
+        // Sends a probe; returns the original as it leaves for the uplink
+        // (the kernel path routes the probe to the same bytes).
+        let send_probe = |programs: &mut Programs| {
+            verdict_aged(programs, key, PROBE_TTL_NS * 6 / 10);
+            let before = programs.counters();
+            let (verdict, out) = programs.tc(&pod_tcp(host_gw_pod, TCP_ACK));
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            assert_only(
+                &before,
+                &programs.counters(),
+                &[
+                    TcPodEgress.counter(Reason::Seen),
+                    TcPodEgress.counter(Reason::ProbeSent),
+                    TcPodEgress.counter(Reason::HostGw),
+                ],
+            );
+            assert_eq!(
+                programs.verdict(&key).unwrap().probe_state,
+                PROBE_ORIGINAL_AHEAD
+            );
+            out
+        };
+        let unmarked_passes_as_the_original = |programs: &mut Programs, frame: &[u8]| {
+            let before = programs.counters();
+            assert_eq!(programs.tc_verdict(frame, 0).0, TCX_NEXT);
+            assert_only(
+                &before,
+                &programs.counters(),
+                &[TcVerdict.counter(Reason::ProbeOriginal)],
+            );
+            assert_eq!(
+                programs.verdict(&key).unwrap().probe_state,
+                PROBE_OUTSTANDING
+            );
+        };
+
+        // The original first, then the probe, marked: taken.
+        let out = send_probe(&mut programs);
+        unmarked_passes_as_the_original(&mut programs, &out);
+        let before = programs.counters();
+        assert_eq!(programs.tc_verdict(&out, ACCEPT_MARK).0, TC_ACT_SHOT);
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[
+                TcVerdict.counter(Reason::Learned),
+                TcVerdict.counter(Reason::ProbeTaken),
+            ],
+        );
+
+        // The original first, then the probe, unmarked: dropped.
+        let out = send_probe(&mut programs);
+        unmarked_passes_as_the_original(&mut programs, &out);
+        let before = programs.counters();
+        assert_eq!(programs.tc_verdict(&out, 0).0, TC_ACT_SHOT);
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[TcVerdict.counter(Reason::ProbeUnjudged)],
+        );
+        assert_eq!(programs.verdict(&key).unwrap().probe_state, 0);
+
+        // The probe first, marked (the original was lost on the way): taken;
+        // a repeat of the segment after it passes, nothing counted.
+        let out = send_probe(&mut programs);
+        let before = programs.counters();
+        assert_eq!(programs.tc_verdict(&out, ACCEPT_MARK).0, TC_ACT_SHOT);
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[
+                TcVerdict.counter(Reason::Learned),
+                TcVerdict.counter(Reason::ProbeTaken),
+            ],
+        );
+        let before = programs.counters();
+        assert_eq!(programs.tc_verdict(&out, 0).0, TCX_NEXT);
+        assert_only(&before, &programs.counters(), &[]);
     });
 }
