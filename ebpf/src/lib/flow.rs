@@ -23,8 +23,8 @@ use weft_common::{
 
 use crate::lib::{
     headers::{
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_NO_OPTIONS, is_fragment,
-        ptr_at,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_NO_OPTIONS,
+        TCP_TIMESTAMP_LEAD_LEN, is_fragment, ptr_at,
     },
     maps::{FLOWS, FLOWS6},
 };
@@ -192,12 +192,43 @@ pub fn verdict_clock() -> u64 {
 
 /// The IPv4 identification and TCP sequence number (as on the wire) of
 /// the TCP packet at `ip` (bounds-checked by the caller, without options):
-/// what tells a probe from the flow's other packets.
+/// what tells a probe from the flow's other packets. Linux gives every
+/// transmission a new identification, so a repeat of the segment is not
+/// taken for its probe.
 #[inline(always)]
 pub fn probe_identity(ip: *const Ipv4Hdr, end: usize) -> Option<([u8; 2], [u8; 4])> {
     let tcp = ptr_at::<TcpHdr>(ip as usize + Ipv4Hdr::LEN, end, 0)?;
     // SAFETY: both headers are inside the packet.
     unsafe { Some(((*ip).id, (*tcp).seq)) }
+}
+
+/// [`probe_identity`] for the IPv6 TCP packet at `ip` (bounds-checked by
+/// the caller; its TCP header follows it, as [`flow_of6`] requires): IPv6
+/// has no identification, so the low 16 bits of the TCP timestamp (TSval)
+/// stand in, where the segment leads its options with one as Linux does
+/// (else zero), next to the sequence number. A repeat of the segment
+/// carries a new timestamp unless sent within the same tick of the
+/// sender's TCP clock (1 ms); only such a repeat, passing the kernel path
+/// in the microseconds a probe is on its way, would be taken for it, and
+/// lost once. `None` where the options announced are not in the linear
+/// part: every caller pulls [`TCP_TIMESTAMP_LEAD_LEN`] bytes past the TCP
+/// header, so the sender and `tc_verdict` read the same identity.
+#[inline(always)]
+pub fn probe_identity6(ip: *const Ipv6Hdr, end: usize) -> Option<([u8; 2], [u8; 4])> {
+    const TIMESTAMP_LEAD: [u8; 4] = [1, 1, 8, 10];
+    let tcp = ptr_at::<TcpHdr>(ip as usize + Ipv6Hdr::LEN, end, 0)?;
+    // SAFETY: the TCP header is inside the packet.
+    let (seq, options_len) = unsafe { ((*tcp).seq, usize::from((*tcp).doff()) * 4) };
+    if options_len < TcpHdr::LEN + TCP_TIMESTAMP_LEAD_LEN {
+        return Some(([0; 2], seq));
+    }
+    let lead = ptr_at::<[u8; TCP_TIMESTAMP_LEAD_LEN]>(tcp as usize, end, TcpHdr::LEN)?;
+    // SAFETY: inside the packet.
+    let lead = unsafe { &*lead };
+    if lead[..4] != TIMESTAMP_LEAD {
+        return Some(([0; 2], seq));
+    }
+    Some(([lead[6], lead[7]], seq))
 }
 
 /// A verdict map: FLOWS (IPv4) or FLOWS6 (IPv6).
@@ -271,19 +302,20 @@ pub fn netfilter_passed(
         && verdict.probe_due(config, now))
 }
 
-/// [`netfilter_passed`] for the IPv6 packet at `ip`, by FLOWS6. IPv6
-/// verdicts are not probed (a probe is told apart by its IPv4
-/// identification, which IPv6 lacks): they lapse at their TTL, and the
-/// flow's next packet re-learns its verdict on the kernel path.
+/// [`netfilter_passed`] for the IPv6 packet at `ip`, by FLOWS6.
 #[inline(always)]
 pub fn netfilter_passed6(
     ip: *const Ipv6Hdr,
     end: usize,
     config: &NodeConfig,
-) -> Result<(), Reason> {
+) -> Result<bool, Reason> {
     if config.accept_mark == 0 {
         return Err(Reason::PassVerdictsSuspended);
     }
     let flow = flow_of6(ip, end).ok_or(Reason::PassNotAFlow)?;
-    current_verdict(&FLOWS6, flow.key, flow.tcp_control, config).map(|_| ())
+    let key = flow.key;
+    let (verdict, now) = current_verdict(&FLOWS6, key, flow.tcp_control, config)?;
+    Ok(key.proto == IPPROTO_TCP
+        && config.flags & CONFIG_VERDICT_PROBES != 0
+        && verdict.probe_due(config, now))
 }

@@ -18,12 +18,14 @@
 //!   the same device's ingress), by the accept bit: no packet from a pod
 //!   (the veth scrubs the mark) or from the wire carries a mark, so it can
 //!   only be the probe. The bit is cleared before the kernel path sees it.
-//! - At `tc_verdict`, by what `FLOWS` records: the flow's outstanding
-//!   probe's IPv4 identification and TCP sequence number. No mark, which
-//!   netfilter rules may rewrite. A real packet of the flow matching both
-//!   would be a byte-for-byte repeat of the segment whose original already
-//!   took the fast path (Linux gives every transmission a new IP ID); at
-//!   most one is taken per probe, and only while one is outstanding.
+//! - At `tc_verdict`, by what `FLOWS` (`FLOWS6`) records: the flow's
+//!   outstanding probe's IPv4 identification (IPv6: the low bits of its
+//!   TCP timestamp) and TCP sequence number. No mark, which netfilter
+//!   rules may rewrite. A real packet of the flow matching both would be a
+//!   byte-for-byte repeat of the segment whose original already took the
+//!   fast path (Linux gives every transmission a new IP ID, and a new
+//!   timestamp unless within the same millisecond); at most one is taken
+//!   per probe, and only while one is outstanding.
 //!
 //! UDP and ICMP are not probed: a probe that escaped would hand the
 //! application a duplicate datagram, while their verdicts re-learn
@@ -33,13 +35,13 @@
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg};
 
 use aya_ebpf::{bindings::BPF_F_INGRESS, programs::TcContext};
-use network_types::ip::Ipv4Hdr;
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use weft_common::{NodeConfig, PROBE_ORIGINAL_AHEAD, PROBE_OUTSTANDING, Reason};
 
 use crate::lib::{
-    flow::{flow_of, probe_identity, verdict_clock},
+    flow::{Verdicts, flow_of, flow_of6, probe_identity, probe_identity6, verdict_clock},
     headers::IPPROTO_TCP,
-    maps::{FLOWS, PROBE_CLOCK},
+    maps::{FLOWS, FLOWS6, PROBE_CLOCK},
 };
 
 /// Whether the packet in `ctx` is a probe coming back into the hook that
@@ -62,8 +64,8 @@ pub fn returning(ctx: &TcContext, config: &NodeConfig) -> bool {
 /// claim (compare-and-swap on the probe time); `true` means the caller
 /// must now send the probe with [`send`]. `original_meets_verdict`: the
 /// packet itself will leave through a device where `tc_verdict` runs
-/// (host-gw, out of the uplink), ahead of the probe, and must pass there
-/// ([`PROBE_ORIGINAL_AHEAD`]).
+/// (host-gw, out of the uplink; to `flannel-v6.<VNI>`), ahead of the
+/// probe, and must pass there ([`PROBE_ORIGINAL_AHEAD`]).
 #[inline(always)]
 pub fn claim(
     ip: *const Ipv4Hdr,
@@ -77,10 +79,44 @@ pub fn claim(
     if flow.key.proto != IPPROTO_TCP || flow.tcp_control {
         return false;
     }
-    let Some((id, seq)) = probe_identity(ip, end) else {
+    let Some(identity) = probe_identity(ip, end) else {
         return false;
     };
-    let Some(verdict) = FLOWS.get_ptr_mut(flow.key) else {
+    claim_in(&FLOWS, flow.key, identity, config, original_meets_verdict)
+}
+
+/// [`claim`] for the IPv6 packet at `ip`, by FLOWS6 and
+/// [`probe_identity6`].
+#[inline(always)]
+pub fn claim6(
+    ip: *const Ipv6Hdr,
+    end: usize,
+    config: &NodeConfig,
+    original_meets_verdict: bool,
+) -> bool {
+    let Some(flow) = flow_of6(ip, end) else {
+        return false;
+    };
+    if flow.key.proto != IPPROTO_TCP || flow.tcp_control {
+        return false;
+    }
+    let Some(identity) = probe_identity6(ip, end) else {
+        return false;
+    };
+    claim_in(&FLOWS6, flow.key, identity, config, original_meets_verdict)
+}
+
+/// Claims the probe for the flow `key` in `verdicts`, recording the
+/// packet's `(id, seq)` identity (see [`claim`]).
+#[inline(always)]
+fn claim_in<K>(
+    verdicts: &Verdicts<K>,
+    key: K,
+    (id, seq): ([u8; 2], [u8; 4]),
+    config: &NodeConfig,
+    original_meets_verdict: bool,
+) -> bool {
+    let Some(verdict) = verdicts.get_ptr_mut(&key) else {
         return false;
     };
     let now = verdict_clock();

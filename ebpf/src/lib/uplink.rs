@@ -22,7 +22,8 @@ use crate::lib::{
     flow::{netfilter_passed, netfilter_passed6},
     headers::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
-        IPV4_NO_OPTIONS, VXLAN_OVERHEAD, VXLAN6_OVERHEAD, is_fragment, ptr_at,
+        IPV4_NO_OPTIONS, TCP_TIMESTAMP_LEAD_LEN, VXLAN_OVERHEAD, VXLAN6_OVERHEAD, is_fragment,
+        ptr_at,
     },
     maps::{ENDPOINTS, ENDPOINTS6, PEERS, PEERS6, VTEPS},
 };
@@ -35,8 +36,10 @@ use crate::lib::{
 /// headers in the linear part, and pulling past them copies payload (or
 /// reallocates the head) for every coalesced packet.
 pub const HEADERS_LEN_IPV4: usize = VXLAN_OVERHEAD + EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
-/// The same in an IPv6 frame: VXLAN over IPv6, more than host-gw's.
-pub const HEADERS_LEN_IPV6: usize = VXLAN6_OVERHEAD + EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN;
+/// The same in an IPv6 frame: VXLAN over IPv6, more than host-gw's, and
+/// the TCP timestamp a probe's identity reads (lib/flow.rs).
+pub const HEADERS_LEN_IPV6: usize =
+    VXLAN6_OVERHEAD + EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN + TCP_TIMESTAMP_LEAD_LEN;
 const _: () = assert!(HEADERS_LEN_IPV4 >= EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN);
 const _: () = assert!(HEADERS_LEN_IPV6 >= EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN);
 
@@ -387,16 +390,17 @@ fn deliverable6(
     }
     let bulk_tcp = header.next_hdr == IPPROTO_TCP
         && usize::from(header.payload_len()) + Ipv6Hdr::LEN >= usize::from(BULK_TCP_MIN_LEN);
-    if !(bulk_tcp && bulk_left_to_gro) {
-        netfilter_passed6(ip, end, config)?;
-    }
+    let probe_due = if bulk_tcp && bulk_left_to_gro {
+        false
+    } else {
+        netfilter_passed6(ip, end, config)?
+    };
     Ok(Delivery {
         // SAFETY: a map value pointer from a successful lookup.
         endpoint: unsafe { *endpoint },
         strip,
         bulk_tcp,
-        // IPv6 verdicts are not probed (lib/flow.rs).
-        probe_due: false,
+        probe_due,
         ipv6: true,
     })
 }

@@ -28,7 +28,8 @@ use crate::lib::{
     encap::encapsulate,
     flow::{netfilter_passed, netfilter_passed6},
     headers::{
-        ENCAP_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, VXLAN6_ENCAP_LEN, ptr_at, pull_headers,
+        ENCAP_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, TCP_TIMESTAMP_LEAD_LEN, VXLAN6_ENCAP_LEN,
+        ptr_at, pull_headers,
     },
     l3::{decrement_ttl, ipv4_l3, ipv6_l3},
     maps::{ENDPOINTS, ENDPOINTS6, PEERS, PEERS6, node_config},
@@ -86,7 +87,7 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
     // SAFETY: every pointer comes from ptr_at, inside the packet.
     let eth = unsafe { &mut *eth };
     if eth.ether_type == ETH_P_IPV6 {
-        return decide_ipv6(ctx, config);
+        return decide_ipv6(ctx, config, may_probe);
     }
     if eth.ether_type != ETH_P_IPV4 {
         return pass(Reason::PassNotIpv4);
@@ -189,10 +190,14 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
 
 /// [`decide`] for an IPv6 packet: the same checks, by the IPv6 maps, to a
 /// local pod, a host-gw peer or (through `flannel-v6.<VNI>`, see
-/// [`to_vxlan6`]) a VXLAN peer; IPv6 verdicts are not probed.
+/// [`to_vxlan6`]) a VXLAN peer, probes included.
 #[inline(always)]
-fn decide_ipv6(ctx: &mut TcContext, config: &NodeConfig) -> Verdict<i32> {
-    pull_headers(ctx, EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN);
+fn decide_ipv6(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<i32> {
+    // With the timestamp option a probe's identity reads (lib/flow.rs).
+    pull_headers(
+        ctx,
+        EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN + TCP_TIMESTAMP_LEAD_LEN,
+    );
     let (data, end) = (ctx.data(), ctx.data_end());
     let (Some(eth), Some(ip)) = (
         ptr_at::<EthHdr>(data, end, 0),
@@ -220,8 +225,13 @@ fn decide_ipv6(ctx: &mut TcContext, config: &NodeConfig) -> Verdict<i32> {
         if let Err(reason) = receiving_allowed(&endpoint) {
             return pass(reason);
         }
-        if let Err(reason) = netfilter_passed6(ip, end, config) {
-            return pass(reason);
+        match netfilter_passed6(ip, end, config) {
+            Err(reason) => return pass(reason),
+            // Into the pod with `bpf_redirect_peer`: no egress on the way.
+            Ok(probe_due) if may_probe && probe_due && probe::claim6(ip, end, config, false) => {
+                return pass(Reason::ProbeSent);
+            }
+            Ok(_) => {}
         }
         // Routed by the gateway (hop limit - 1) or switched by the bridge
         // (untouched), as the kernel path would.
@@ -240,7 +250,7 @@ fn decide_ipv6(ctx: &mut TcContext, config: &NodeConfig) -> Verdict<i32> {
         return pass(Reason::PassNoRoute);
     };
     if peer.mode != PeerMode::HostGw as u8 {
-        return to_vxlan6(ctx, config, eth, ip, &peer, end);
+        return to_vxlan6(ctx, config, eth, ip, &peer, end, may_probe);
     }
     if peer.nexthop_mac == [0; 6] {
         return pass(Reason::PassNoNeighbour);
@@ -248,8 +258,13 @@ fn decide_ipv6(ctx: &mut TcContext, config: &NodeConfig) -> Verdict<i32> {
     if ip.hop_limit <= 1 {
         return pass(Reason::PassTtlExpired);
     }
-    if let Err(reason) = netfilter_passed6(ip, end, config) {
-        return pass(reason);
+    match netfilter_passed6(ip, end, config) {
+        Err(reason) => return pass(reason),
+        // Out of the uplink, whose egress runs tc_verdict, ahead of the probe.
+        Ok(probe_due) if may_probe && probe_due && probe::claim6(ip, end, config, true) => {
+            return pass(Reason::ProbeSent);
+        }
+        Ok(_) => {}
     }
     if !fits(ctx, config, 0, Ipv6Hdr::LEN, ip.next_hdr) {
         // The kernel path answers ICMPv6 "packet too big".
@@ -275,6 +290,7 @@ fn to_vxlan6(
     ip: &mut Ipv6Hdr,
     peer: &Peer6,
     end: usize,
+    may_probe: bool,
 ) -> Verdict<i32> {
     if config.vtep6_ifindex == 0 {
         return pass(Reason::PassIpv6Vxlan);
@@ -282,8 +298,13 @@ fn to_vxlan6(
     if ip.hop_limit <= 1 {
         return pass(Reason::PassTtlExpired);
     }
-    if let Err(reason) = netfilter_passed6(ip, end, config) {
-        return pass(reason);
+    match netfilter_passed6(ip, end, config) {
+        Err(reason) => return pass(reason),
+        // To flannel-v6's egress, which runs tc_verdict, ahead of the probe.
+        Ok(probe_due) if may_probe && probe_due && probe::claim6(ip, end, config, true) => {
+            return pass(Reason::ProbeSent);
+        }
+        Ok(_) => {}
     }
     if let Err(reason) = encap_allowed(config) {
         return pass(reason);

@@ -24,7 +24,10 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 use weft_common::{CONFIG_UPLINK_XDP, Hook, NodeConfig, Reason};
 
 use crate::lib::{
@@ -34,7 +37,7 @@ use crate::lib::{
     maps::node_config,
     probe,
     tc::{TCX_NEXT, uplink_delivery_allowed},
-    uplink::{HEADERS_LEN_IPV4, HEADERS_LEN_IPV6, classify},
+    uplink::{Delivery, HEADERS_LEN_IPV4, HEADERS_LEN_IPV6, classify},
 };
 
 const HOOK: Hook = Hook::TcUplink;
@@ -127,14 +130,8 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
     if let Err(reason) = uplink_delivery_allowed(&delivery.endpoint, config, delivery.is_vxlan()) {
         return pass(reason);
     }
-    if may_probe && delivery.probe_due {
-        let (data, end) = (ctx.data(), ctx.data_end());
-        if let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, delivery.strip + EthHdr::LEN)
-            // Delivered with `bpf_redirect_peer`: no egress on the way.
-            && probe::claim(ip, end, config, false)
-        {
-            return pass(Reason::ProbeSent);
-        }
+    if may_probe && delivery.probe_due && claim_probe(ctx, &delivery, config) {
+        return pass(Reason::ProbeSent);
     }
     if delivery.is_vxlan() {
         let flags = if delivery.ipv6 {
@@ -169,5 +166,19 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
     Verdict {
         action: redirect_into_pod(&delivery.endpoint),
         reason,
+    }
+}
+
+/// Claims the probe due for the pod's packet `delivery` describes (its IP
+/// header `strip` bytes and an Ethernet header into the frame). Delivered
+/// with `bpf_redirect_peer`, the packet itself meets no egress on the way.
+#[inline(always)]
+fn claim_probe(ctx: &TcContext, delivery: &Delivery, config: &NodeConfig) -> bool {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let at = delivery.strip + EthHdr::LEN;
+    if delivery.ipv6 {
+        ptr_at::<Ipv6Hdr>(data, end, at).is_some_and(|ip| probe::claim6(ip, end, config, false))
+    } else {
+        ptr_at::<Ipv4Hdr>(data, end, at).is_some_and(|ip| probe::claim(ip, end, config, false))
     }
 }

@@ -46,9 +46,10 @@ use weft_common::{
 use crate::lib::{
     counters::count,
     flow::{
-        Flow, Flow6, Verdicts, end_verdict_in, flow_of, flow_of6, probe_identity, verdict_clock,
+        Flow, Flow6, Verdicts, end_verdict_in, flow_of, flow_of6, probe_identity, probe_identity6,
+        verdict_clock,
     },
-    headers::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, ptr_at, pull_headers},
+    headers::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, TCP_TIMESTAMP_LEAD_LEN, ptr_at, pull_headers},
     maps::{CT_LIBERAL, ENDPOINTS6, FLOWS, FLOWS6, PEERS6, node_config},
     probe,
     tc::TCX_NEXT,
@@ -91,17 +92,21 @@ pub fn run(ctx: &mut TcContext) -> i32 {
     TCX_NEXT
 }
 
-/// What `tc_verdict` learns from: an IPv4 flow (with its header, for the
-/// probe identity) or an IPv6 flow.
+/// What `tc_verdict` learns from: an IPv4 or IPv6 flow, with its header
+/// and the packet's end (for the probe identity).
 enum Parsed {
     V4(Flow, *const Ipv4Hdr, usize),
-    V6(Flow6),
+    V6(Flow6, *const Ipv6Hdr, usize),
 }
 
 /// The flow of the IP packet in `ctx`.
 #[inline(always)]
 fn parse(ctx: &mut TcContext) -> Option<Parsed> {
-    pull_headers(ctx, EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN);
+    // With the TCP timestamp an IPv6 probe's identity reads (lib/flow.rs).
+    pull_headers(
+        ctx,
+        EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN + TCP_TIMESTAMP_LEAD_LEN,
+    );
     let (data, end) = (ctx.data(), ctx.data_end());
     let eth = ptr_at::<EthHdr>(data, end, 0)?;
     // SAFETY: pointers from ptr_at are inside the packet.
@@ -115,7 +120,7 @@ fn parse(ctx: &mut TcContext) -> Option<Parsed> {
             if unsafe { (*ip).version() } != 6 {
                 return None;
             }
-            Some(Parsed::V6(flow_of6(ip, end)?))
+            Some(Parsed::V6(flow_of6(ip, end)?, ip, end))
         }
         _ => None,
     }
@@ -128,15 +133,26 @@ fn parse(ctx: &mut TcContext) -> Option<Parsed> {
 /// device ahead of the probe (to pass; the probe is still outstanding).
 #[inline(always)]
 fn unmarked_probe_copy(ctx: &mut TcContext) -> Option<Reason> {
-    // Only IPv4 flows are probed.
-    let Some(Parsed::V4(flow, ip, end)) = parse(ctx) else {
-        return None;
-    };
-    if flow.key.proto != IPPROTO_TCP {
-        return None;
+    match parse(ctx)? {
+        Parsed::V4(flow, ip, end) if flow.key.proto == IPPROTO_TCP => {
+            probe_copy_in(&FLOWS, flow.key, probe_identity(ip, end)?)
+        }
+        Parsed::V6(flow, ip, end) if flow.key.proto == IPPROTO_TCP => {
+            probe_copy_in(&FLOWS6, flow.key, probe_identity6(ip, end)?)
+        }
+        _ => None,
     }
-    let (id, seq) = probe_identity(ip, end)?;
-    let recorded = FLOWS.get_ptr_mut(flow.key)?;
+}
+
+/// [`unmarked_probe_copy`] for the flow `key` in `verdicts`, by the
+/// packet's probe identity.
+#[inline(always)]
+fn probe_copy_in<K>(
+    verdicts: &Verdicts<K>,
+    key: K,
+    (id, seq): ([u8; 2], [u8; 4]),
+) -> Option<Reason> {
+    let recorded = verdicts.get_ptr_mut(&key)?;
     // SAFETY: a pointer into the map's value, valid for this program run.
     let recorded = unsafe { &mut *recorded };
     if !recorded.is_probe(id, seq) {
@@ -173,17 +189,18 @@ fn learn(ctx: &mut TcContext, config: &NodeConfig) -> (Reason, bool) {
                 |key| CT_LIBERAL.output(key, 0),
             )
         }
-        Some(Parsed::V6(flow)) => {
+        Some(Parsed::V6(flow, ip, end)) => {
             if !carried_ipv6(&flow.key, config) {
                 return (Reason::PassIpv6Vxlan, false);
             }
             let tcp = flow.key.proto == IPPROTO_TCP;
+            let identity = if tcp { probe_identity6(ip, end) } else { None };
             record(
                 &FLOWS6,
                 flow.key,
                 tcp,
                 flow.tcp_control,
-                None,
+                identity,
                 config,
                 |key| {
                     // The record's length (40 bytes) tells the agent it is IPv6.
@@ -212,7 +229,7 @@ fn carried_ipv6(key: &FlowKey6, config: &NodeConfig) -> bool {
 }
 
 /// Records in `verdicts` that netfilter passed the flow direction `key`
-/// (`tcp`: a TCP flow; `identity`: the packet's probe identity, IPv4 TCP only), asking the
+/// (`tcp`: a TCP flow; `identity`: the packet's probe identity, TCP only), asking the
 /// agent (`notify`) to make a new TCP verdict's conntrack entry liberal.
 #[inline(always)]
 fn record<K: Copy>(

@@ -15,12 +15,14 @@
 //! maps through the agent's sync; [`verdicts`] records and reads FLOWS;
 //! [`run`] runs the programs with BPF_PROG_TEST_RUN; [`counters`] reads
 //! and checks STATS; [`frames`] builds the frames the tests send;
+//! [`probes`] what the probe tests share;
 //! [`cost_paths`] the frames the benchmark's program cost times.
 
 pub mod cost_paths;
 pub mod counters;
 pub mod fixture;
 pub mod frames;
+pub mod probes;
 pub mod run;
 pub mod verdicts;
 
@@ -34,6 +36,7 @@ pub use frames::{
     host_gw_frame6_delivered, inner_frame, inner_tcp_frame, pod_frame, pod_frame6, vxlan_carrying,
     vxlan_frame, vxlan_from, vxlan_from_carrying,
 };
+pub use probes::{PROBE_TTL_NS, TestNetns, in_probe_netns};
 pub use run::run;
 pub use verdicts::{
     ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, LiberalRequest,

@@ -155,6 +155,13 @@ impl Programs {
         self.write_verdict_in(map_names::FLOWS6, key, generation, FLOW_PENDING);
     }
 
+    /// Writes `verdict` for `key` in FLOWS6 as is.
+    pub fn put_verdict6(&mut self, key: FlowKey6, verdict: FlowVerdict) {
+        let mut flows: HashMap<_, FlowKey6, FlowVerdict> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::FLOWS6).unwrap()).unwrap();
+        flows.insert(key, verdict, 0).unwrap();
+    }
+
     /// The verdict recorded in FLOWS6 for `key`, if any.
     pub fn verdict6(&self, key: &FlowKey6) -> Option<FlowVerdict> {
         let flows: HashMap<_, FlowKey6, FlowVerdict> =

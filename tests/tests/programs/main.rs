@@ -9,6 +9,7 @@
 mod cost_paths;
 mod host_gw;
 mod ipv6;
+mod ipv6_probes;
 mod properties;
 mod tc;
 mod trust;

@@ -11,7 +11,7 @@
 use weft_agent::ct_liberal;
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, FLOW_CONFIRMED, FLOW_PENDING,
-    FlowKey, FlowVerdict,
+    FlowVerdict,
     Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink},
     NodeConfig, PROBE_ORIGINAL_AHEAD, PROBE_OUTSTANDING, Reason,
 };
@@ -412,23 +412,6 @@ fn tc_verdict_records_marked_packets_only_and_clears_the_mark() {
     );
 }
 
-/// A network namespace of this test's own, removed when dropped.
-struct TestNetns(&'static str);
-
-impl TestNetns {
-    fn new(name: &'static str) -> Self {
-        let _ = netns::delete(name);
-        netns::add(name).unwrap();
-        Self(name)
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = netns::delete(self.0);
-    }
-}
-
 const CLIENT_PORT: u16 = 40000;
 const SERVER_PORT: u16 = 8080;
 
@@ -701,40 +684,10 @@ fn a_dormant_config_leaves_every_packet_to_the_kernel() {
     assert_only(&before, &programs.counters(), &[]);
 }
 
-/// The TTL the probe tests run with.
-const PROBE_TTL_NS: u64 = 1_000_000_000;
-
-/// Records a confirmed verdict for `key` that is `age_ns` old, no probe
-/// sent for it yet.
-fn verdict_aged(programs: &mut Programs, key: FlowKey, age_ns: u64) {
-    programs.put_verdict(
-        key,
-        FlowVerdict {
-            seen_ns: monotonic_ns().wrapping_sub(age_ns),
-            generation: GENERATION,
-            state: FLOW_CONFIRMED,
-            ..FlowVerdict::default()
-        },
-    );
-}
-
 /// An encapsulated frame without its outer IPv4 identification and
 /// checksum, which differ from one encapsulation to the next.
 fn without_outer_id(frame: &[u8]) -> Vec<u8> {
     [&frame[..18], &frame[20..24], &frame[26..]].concat()
-}
-
-/// Runs `work` in a network namespace of its own with `lo` up: a probe is
-/// cloned into the ingress of the device the test run's packet is on,
-/// `lo` of the caller's namespace, where this one routes it nowhere.
-fn in_probe_netns(name: &'static str, work: impl FnOnce() + Send) {
-    let ns = TestNetns::new(name);
-    netns::run(ns.0, &["ip", "link", "set", "lo", "up"]).unwrap();
-    netns::in_netns(ns.0, || {
-        work();
-        Ok(())
-    })
-    .unwrap();
 }
 
 /// Past half its TTL, a live TCP verdict gets one probe: the packet itself
@@ -754,7 +707,7 @@ fn a_verdict_past_half_its_ttl_sends_one_probe_and_the_packet_stays_on_the_fast_
         let packet = pod_tcp(REMOTE_POD, TCP_ACK);
 
         // Young: forwarded, no probe; what it looks like encapsulated.
-        verdict_aged(&mut programs, key, PROBE_TTL_NS / 4);
+        programs.age_verdict(key, PROBE_TTL_NS / 4);
         let before = programs.counters();
         let (verdict, encapsulated) = programs.tc(&packet);
         assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -768,7 +721,7 @@ fn a_verdict_past_half_its_ttl_sends_one_probe_and_the_packet_stays_on_the_fast_
         );
 
         // Past half: the same packet, forwarded the same; one probe.
-        verdict_aged(&mut programs, key, PROBE_TTL_NS * 6 / 10);
+        programs.age_verdict(key, PROBE_TTL_NS * 6 / 10);
         let before = programs.counters();
         let (verdict, out) = programs.tc(&packet);
         assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -820,7 +773,7 @@ fn a_verdict_past_half_its_ttl_sends_one_probe_and_the_packet_stays_on_the_fast_
         );
 
         // Expired: the packet itself goes through netfilter; no probe.
-        verdict_aged(&mut programs, key, PROBE_TTL_NS + 10_000_000);
+        programs.age_verdict(key, PROBE_TTL_NS + 10_000_000);
         programs.assert_tc_passes(&[(
             "an expired verdict",
             packet.clone(),
@@ -830,7 +783,7 @@ fn a_verdict_past_half_its_ttl_sends_one_probe_and_the_packet_stays_on_the_fast_
         // ICMP is not probed (a probe that escaped would be a duplicate
         // the application sees): forwarded, no probe.
         let echo = flow(LOCAL_POD, REMOTE_POD, IPPROTO_ICMP, ECHO_ID, [0, 0]);
-        verdict_aged(&mut programs, echo, PROBE_TTL_NS * 6 / 10);
+        programs.age_verdict(echo, PROBE_TTL_NS * 6 / 10);
         let before = programs.counters();
         let (verdict, _) = programs.tc(&pod_frame(LOCAL_POD, REMOTE_POD, Ipv4Options::default()));
         assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -858,11 +811,11 @@ fn on_the_uplink_xdp_leaves_the_probe_to_tc_which_delivers_the_packet_and_sends_
         programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
         let key = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
         let frame = vxlan_tcp(TCP_ACK);
-        verdict_aged(&mut programs, key, PROBE_TTL_NS / 4);
+        programs.age_verdict(key, PROBE_TTL_NS / 4);
         let (verdict, delivered_young) = programs.uplink_tc(&frame);
         assert_eq!(verdict, TC_ACT_REDIRECT);
 
-        verdict_aged(&mut programs, key, PROBE_TTL_NS * 6 / 10);
+        programs.age_verdict(key, PROBE_TTL_NS * 6 / 10);
         programs.assert_xdp_passes(&[(
             "TCP in VXLAN due a probe",
             frame.clone(),
@@ -910,7 +863,7 @@ fn a_probe_renews_the_verdict_at_tc_verdict_and_is_dropped_and_nothing_else_is()
         other_segment[4..8].copy_from_slice(&1448u32.to_be_bytes());
         let other = delivered(REMOTE_POD, IPPROTO_TCP, &other_segment);
         let send_probe = |programs: &mut Programs| {
-            verdict_aged(programs, key, PROBE_TTL_NS * 6 / 10);
+            programs.age_verdict(key, PROBE_TTL_NS * 6 / 10);
             let before = programs.counters();
             programs.uplink_tc(&vxlan_tcp(TCP_ACK));
             assert_eq!(
@@ -938,7 +891,7 @@ fn a_probe_renews_the_verdict_at_tc_verdict_and_is_dropped_and_nothing_else_is()
         );
 
         // The probe, unmarked: dropped, the verdict not renewed by it.
-        verdict_aged(&mut programs, key, PROBE_TTL_NS * 6 / 10);
+        programs.age_verdict(key, PROBE_TTL_NS * 6 / 10);
         let aged_again = programs.verdict(&key).unwrap();
         programs.put_verdict(
             key,
@@ -999,7 +952,7 @@ fn a_fin_ends_the_verdict_but_its_probe_is_still_dropped() {
         let mut programs = Programs::load(true);
         programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
         let key = flow(REMOTE_POD, LOCAL_POD, IPPROTO_TCP, [0, 0], [0, 0]);
-        verdict_aged(&mut programs, key, PROBE_TTL_NS * 6 / 10);
+        programs.age_verdict(key, PROBE_TTL_NS * 6 / 10);
         let (verdict, _) = programs.uplink_tc(&vxlan_tcp(TCP_ACK));
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(
@@ -1047,7 +1000,7 @@ fn a_host_gw_probe_s_original_passes_the_uplink_s_tc_verdict_and_the_probe_does_
         // Sends a probe; returns the original as it leaves for the uplink
         // (the kernel path routes the probe to the same bytes).
         let send_probe = |programs: &mut Programs| {
-            verdict_aged(programs, key, PROBE_TTL_NS * 6 / 10);
+            programs.age_verdict(key, PROBE_TTL_NS * 6 / 10);
             let before = programs.counters();
             let (verdict, out) = programs.tc(&pod_tcp(host_gw_pod, TCP_ACK));
             assert_eq!(verdict, TC_ACT_REDIRECT);
