@@ -262,7 +262,8 @@ pub struct FlowVerdict {
     pub probe_ns: u64,
     /// The outstanding probe's TCP sequence number, as on the wire.
     pub probe_seq: [u8; 4],
-    /// The outstanding probe's IPv4 identification, as on the wire.
+    /// The outstanding probe's IPv4 identification, as on the wire (IPv6:
+    /// its TCP timestamp's low 16 bits, or zero).
     pub probe_id: [u8; 2],
     /// [`PROBE_OUTSTANDING`] or [`PROBE_ORIGINAL_AHEAD`] from when a probe
     /// is sent until `tc_verdict` takes it, else 0.
@@ -276,7 +277,8 @@ pub struct FlowVerdict {
 pub const PROBE_OUTSTANDING: u8 = 1;
 
 /// `FlowVerdict::probe_state`: a probe was sent, and its original leaves
-/// through a device whose egress runs `tc_verdict` (host-gw: the uplink).
+/// through a device whose egress runs `tc_verdict` (host-gw: the uplink;
+/// a pod's IPv6 to a VXLAN peer: `flannel-v6.<VNI>`).
 /// The original gets there first: the fast path hands it over at once,
 /// while the probe waits in the backlog for the kernel path. So the first
 /// *unmarked* packet there with the probe's identification is the

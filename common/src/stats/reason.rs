@@ -162,7 +162,8 @@ pub enum Reason {
     EncapIpv6 = 71,
     /// At `tc_verdict`, unmarked: the original of an outstanding probe,
     /// which the fast path sent out of this device (host-gw, out of the
-    /// uplink) ahead of the probe. Let through; the probe, coming after
+    /// uplink; a pod's IPv6 to a VXLAN peer, to `flannel-v6.<VNI>`) ahead
+    /// of the probe. Let through; the probe, coming after
     /// it, is taken or dropped as any.
     ProbeOriginal = 72,
     /// tc acts on what this pod sends: its host veth's ingress holds

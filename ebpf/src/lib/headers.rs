@@ -22,11 +22,11 @@ pub const VXLAN6_OVERHEAD: usize = EthHdr::LEN + Ipv6Hdr::LEN + UdpHdr::LEN + Vx
 /// header becomes the outer one).
 pub const ENCAP_LEN: usize = Ipv4Hdr::LEN + UdpHdr::LEN + VxlanHdr::LEN + EthHdr::LEN;
 /// The same over IPv6 (`flannel-v6.<VNI>`): 70 bytes.
+pub const VXLAN6_ENCAP_LEN: usize = Ipv6Hdr::LEN + UdpHdr::LEN + VxlanHdr::LEN + EthHdr::LEN;
 /// The TCP options Linux writes first on every segment of a connection
 /// with timestamps (NOP, NOP, kind 8, length 10, TSval, TSecr): what an
 /// IPv6 probe's identity reads after the TCP header (lib/flow.rs).
 pub const TCP_TIMESTAMP_LEAD_LEN: usize = 12;
-pub const VXLAN6_ENCAP_LEN: usize = Ipv6Hdr::LEN + UdpHdr::LEN + VxlanHdr::LEN + EthHdr::LEN;
 
 /// `ether_type` values as they sit in the header (network order).
 pub const ETH_P_IPV4: u16 = EtherType::Ipv4 as u16;

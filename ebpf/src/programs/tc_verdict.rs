@@ -25,7 +25,7 @@
 //! without NAT), it is dropped and renews nothing. It is recognised by the
 //! identification its verdict records, not by a mark. Where the fast path
 //! sends the probe's original out of this device too (host-gw, out of the
-//! uplink), the original gets here first, unmarked, and passes
+//! uplink; IPv6 to `flannel-v6.<VNI>`), the original gets here first, unmarked, and passes
 //! (`probe_original`): of the two copies, one leaves, whatever the order.
 
 use aya_ebpf::{
