@@ -1,7 +1,7 @@
 //! What the probe tests share: a network namespace for the clones the
 //! programs send, and verdicts aged to a chosen point of their TTL.
 
-use weft_common::{FLOW_CONFIRMED, FlowKey, FlowKey6, FlowVerdict};
+use weft_common::{FLOW_CONFIRMED, FlowKey, FlowKey6, FlowVerdict, Hook, Reason};
 
 use super::*;
 use crate::netns;
@@ -61,5 +61,53 @@ impl TestNetns {
 impl Drop for TestNetns {
     fn drop(&mut self) {
         let _ = netns::delete(self.0);
+    }
+}
+
+impl Programs {
+    /// Runs `hook`'s program (`tc_pod_egress` or `tc_uplink`) on `frame`
+    /// and checks that it sent a probe and forwarded the frame itself
+    /// (`TC_ACT_REDIRECT`), counting only what it saw, the probe and
+    /// `forwarded`; the frame as it left.
+    pub fn assert_probe_sent(&mut self, hook: Hook, frame: &[u8], forwarded: Reason) -> Vec<u8> {
+        let before = self.counters();
+        let (verdict, out) = match hook {
+            Hook::TcPodEgress => self.tc(frame),
+            Hook::TcUplink => self.uplink_tc(frame),
+            _ => panic!("{hook:?} sends no probes"),
+        };
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "{hook:?} did not forward the frame"
+        );
+        assert_only(
+            &before,
+            &self.counters(),
+            &[
+                hook.counter(Reason::Seen),
+                hook.counter(Reason::ProbeSent),
+                hook.counter(forwarded),
+            ],
+        );
+        out
+    }
+}
+
+impl Programs {
+    /// Runs `tc_verdict` on `probe` as netfilter passed it (marked) and
+    /// checks that it was taken: its verdict learned again, the probe
+    /// dropped, the mark cleared.
+    pub fn assert_probe_taken(&mut self, probe: &[u8]) {
+        let before = self.counters();
+        let (verdict, _, mark) = self.tc_verdict(probe, ACCEPT_MARK);
+        assert_eq!((verdict, mark), (TC_ACT_SHOT, 0), "the probe was not taken");
+        assert_only(
+            &before,
+            &self.counters(),
+            &[
+                Hook::TcVerdict.counter(Reason::Learned),
+                Hook::TcVerdict.counter(Reason::ProbeTaken),
+            ],
+        );
     }
 }

@@ -98,23 +98,12 @@ fn a_pods_ipv6_probe_is_told_apart_by_its_tcp_timestamp_and_its_original_passes_
         let host_gw = key(LOCAL_POD6, HOSTGW_POD6);
         programs.age_verdict6(host_gw, PROBE_TTL_NS * 6 / 10);
         let frame = from_pod(HOSTGW_POD6, Some(TSVAL));
-        let before = programs.counters();
-        let (verdict, original) = programs.tc(&frame);
-        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let original = programs.assert_probe_sent(TcPodEgress, &frame, Reason::HostGwIpv6);
         let mut routed = frame.clone();
         routed[0..6].copy_from_slice(&HOSTGW_NODE_MAC);
         routed[6..12].copy_from_slice(&UPLINK_MAC);
         routed[14 + 7] = 63;
         assert_eq!(original, routed, "forwarded as without a probe");
-        assert_only(
-            &before,
-            &programs.counters(),
-            &[
-                TcPodEgress.counter(Reason::Seen),
-                TcPodEgress.counter(Reason::ProbeSent),
-                TcPodEgress.counter(Reason::HostGwIpv6),
-            ],
-        );
         let recorded = programs.verdict6(&host_gw).unwrap();
         assert_eq!(
             (recorded.probe_state, recorded.probe_seq, recorded.probe_id),
@@ -155,17 +144,7 @@ fn a_pods_ipv6_probe_is_told_apart_by_its_tcp_timestamp_and_its_original_passes_
         );
         let aged = programs.verdict6(&host_gw).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let before = programs.counters();
-        let (verdict, _, mark) = programs.tc_verdict(&original, ACCEPT_MARK);
-        assert_eq!((verdict, mark), (TC_ACT_SHOT, 0));
-        assert_only(
-            &before,
-            &programs.counters(),
-            &[
-                TcVerdict.counter(Reason::Learned),
-                TcVerdict.counter(Reason::ProbeTaken),
-            ],
-        );
+        programs.assert_probe_taken(&original);
         let renewed = programs.verdict6(&host_gw).unwrap();
         assert!(renewed.seen_ns > aged.seen_ns, "{renewed:?} after {aged:?}");
         assert_eq!((renewed.state, renewed.probe_state), (FLOW_CONFIRMED, 0));
@@ -187,17 +166,10 @@ fn a_pods_ipv6_probe_is_told_apart_by_its_tcp_timestamp_and_its_original_passes_
         // tc_verdict, ahead of the probe.
         let vxlan = key(LOCAL_POD6, REMOTE_POD6);
         programs.age_verdict6(vxlan, PROBE_TTL_NS * 6 / 10);
-        let before = programs.counters();
-        let (verdict, _) = programs.tc(&from_pod(REMOTE_POD6, Some(TSVAL)));
-        assert_eq!(verdict, TC_ACT_REDIRECT);
-        assert_only(
-            &before,
-            &programs.counters(),
-            &[
-                TcPodEgress.counter(Reason::Seen),
-                TcPodEgress.counter(Reason::ProbeSent),
-                TcPodEgress.counter(Reason::EncapIpv6),
-            ],
+        programs.assert_probe_sent(
+            TcPodEgress,
+            &from_pod(REMOTE_POD6, Some(TSVAL)),
+            Reason::EncapIpv6,
         );
         assert_eq!(
             programs.verdict6(&vxlan).unwrap().probe_state,
@@ -228,18 +200,8 @@ fn on_the_uplink_an_ipv6_probe_is_sent_by_tc_and_an_unjudged_one_is_dropped() {
             frame.clone(),
             XdpUplink.counter(Reason::ProbeDue),
         )]);
-        let before = programs.counters();
-        let (verdict, out) = programs.uplink_tc(&frame);
-        assert_eq!((verdict, &out), (TC_ACT_REDIRECT, &delivered_young));
-        assert_only(
-            &before,
-            &programs.counters(),
-            &[
-                TcUplink.counter(Reason::Seen),
-                TcUplink.counter(Reason::ProbeSent),
-                TcUplink.counter(Reason::HostGwIpv6),
-            ],
-        );
+        let out = programs.assert_probe_sent(TcUplink, &frame, Reason::HostGwIpv6);
+        assert_eq!(out, delivered_young);
         let aged = programs.verdict6(&flow).unwrap();
         assert_eq!(aged.probe_state, PROBE_OUTSTANDING);
 

@@ -722,22 +722,11 @@ fn a_verdict_past_half_its_ttl_sends_one_probe_and_the_packet_stays_on_the_fast_
 
         // Past half: the same packet, forwarded the same; one probe.
         programs.age_verdict(key, PROBE_TTL_NS * 6 / 10);
-        let before = programs.counters();
-        let (verdict, out) = programs.tc(&packet);
-        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let out = programs.assert_probe_sent(TcPodEgress, &packet, Reason::Encap);
         assert_eq!(
             without_outer_id(&out),
             without_outer_id(&encapsulated),
             "the packet must be forwarded as without a probe"
-        );
-        assert_only(
-            &before,
-            &programs.counters(),
-            &[
-                TcPodEgress.counter(Reason::Seen),
-                TcPodEgress.counter(Reason::ProbeSent),
-                TcPodEgress.counter(Reason::Encap),
-            ],
         );
         let recorded = programs.verdict(&key).unwrap();
         assert_eq!(recorded.probe_state, PROBE_OUTSTANDING);
@@ -821,18 +810,8 @@ fn on_the_uplink_xdp_leaves_the_probe_to_tc_which_delivers_the_packet_and_sends_
             frame.clone(),
             XdpUplink.counter(Reason::ProbeDue),
         )]);
-        let before = programs.counters();
-        let (verdict, out) = programs.uplink_tc(&frame);
-        assert_eq!((verdict, &out), (TC_ACT_REDIRECT, &delivered_young));
-        assert_only(
-            &before,
-            &programs.counters(),
-            &[
-                TcUplink.counter(Reason::Seen),
-                TcUplink.counter(Reason::ProbeSent),
-                TcUplink.counter(Reason::Decap),
-            ],
-        );
+        let out = programs.assert_probe_sent(TcUplink, &frame, Reason::Decap);
+        assert_eq!(out, delivered_young);
         assert_eq!(
             programs.verdict(&key).unwrap().probe_state,
             PROBE_OUTSTANDING
@@ -919,17 +898,7 @@ fn a_probe_renews_the_verdict_at_tc_verdict_and_is_dropped_and_nothing_else_is()
         send_probe(&mut programs);
         let aged = programs.verdict(&key).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let before = programs.counters();
-        let (verdict, _, mark) = programs.tc_verdict(&probe, ACCEPT_MARK);
-        assert_eq!((verdict, mark), (TC_ACT_SHOT, 0));
-        assert_only(
-            &before,
-            &programs.counters(),
-            &[
-                TcVerdict.counter(Reason::Learned),
-                TcVerdict.counter(Reason::ProbeTaken),
-            ],
-        );
+        programs.assert_probe_taken(&probe);
         let renewed = programs.verdict(&key).unwrap();
         assert!(renewed.seen_ns > aged.seen_ns, "{renewed:?} after {aged:?}");
         assert_eq!((renewed.state, renewed.probe_state), (FLOW_CONFIRMED, 0));
@@ -1001,17 +970,10 @@ fn a_host_gw_probe_s_original_passes_the_uplink_s_tc_verdict_and_the_probe_does_
         // (the kernel path routes the probe to the same bytes).
         let send_probe = |programs: &mut Programs| {
             programs.age_verdict(key, PROBE_TTL_NS * 6 / 10);
-            let before = programs.counters();
-            let (verdict, out) = programs.tc(&pod_tcp(host_gw_pod, TCP_ACK));
-            assert_eq!(verdict, TC_ACT_REDIRECT);
-            assert_only(
-                &before,
-                &programs.counters(),
-                &[
-                    TcPodEgress.counter(Reason::Seen),
-                    TcPodEgress.counter(Reason::ProbeSent),
-                    TcPodEgress.counter(Reason::HostGw),
-                ],
+            let out = programs.assert_probe_sent(
+                TcPodEgress,
+                &pod_tcp(host_gw_pod, TCP_ACK),
+                Reason::HostGw,
             );
             assert_eq!(
                 programs.verdict(&key).unwrap().probe_state,
@@ -1036,16 +998,7 @@ fn a_host_gw_probe_s_original_passes_the_uplink_s_tc_verdict_and_the_probe_does_
         // The original first, then the probe, marked: taken.
         let out = send_probe(&mut programs);
         unmarked_passes_as_the_original(&mut programs, &out);
-        let before = programs.counters();
-        assert_eq!(programs.tc_verdict(&out, ACCEPT_MARK).0, TC_ACT_SHOT);
-        assert_only(
-            &before,
-            &programs.counters(),
-            &[
-                TcVerdict.counter(Reason::Learned),
-                TcVerdict.counter(Reason::ProbeTaken),
-            ],
-        );
+        programs.assert_probe_taken(&out);
 
         // The original first, then the probe, unmarked: dropped.
         let out = send_probe(&mut programs);
@@ -1062,16 +1015,7 @@ fn a_host_gw_probe_s_original_passes_the_uplink_s_tc_verdict_and_the_probe_does_
         // The probe first, marked (the original was lost on the way): taken;
         // a repeat of the segment after it passes, nothing counted.
         let out = send_probe(&mut programs);
-        let before = programs.counters();
-        assert_eq!(programs.tc_verdict(&out, ACCEPT_MARK).0, TC_ACT_SHOT);
-        assert_only(
-            &before,
-            &programs.counters(),
-            &[
-                TcVerdict.counter(Reason::Learned),
-                TcVerdict.counter(Reason::ProbeTaken),
-            ],
-        );
+        programs.assert_probe_taken(&out);
         let before = programs.counters();
         assert_eq!(programs.tc_verdict(&out, 0).0, TCX_NEXT);
         assert_only(&before, &programs.counters(), &[]);
