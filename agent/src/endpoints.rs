@@ -19,6 +19,7 @@ use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
 use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_route::{
+    AddressFamily,
     link::{LinkAttribute, LinkMessage},
     neighbour::{NeighbourMessage, NeighbourState},
 };
@@ -215,10 +216,10 @@ pub async fn read_uplink_neighbours_v6(
     handle: &Handle,
     uplink: u32,
 ) -> Result<BTreeMap<Ipv6Addr, MacAddr>> {
-    let neighbours = net::neighbours(handle).await?;
+    let neighbours = net::neighbours_on(handle, uplink, AddressFamily::Inet6).await?;
     Ok(neighbours
         .iter()
-        .filter(|entry| entry.header.ifindex == uplink && usable(entry))
+        .filter(|entry| usable(entry))
         .filter_map(|entry| Some((neighbour_ip_of::<Ipv6Addr>(entry)?, neighbour_mac(entry)?)))
         .collect())
 }
@@ -234,7 +235,9 @@ pub async fn read_view(
     pod_network: Option<&Ipv4Net>,
 ) -> Result<LocalView> {
     let links = net::links(handle).await?;
-    let neighbours = net::neighbours(handle).await?;
+    // The uplink's only (filtered by the kernel): flannel.<VNI> may hold
+    // an entry per VXLAN peer, and the view is read at every change.
+    let neighbours = net::neighbours_on(handle, uplink, AddressFamily::Inet).await?;
     let routes = net::main_routes(handle).await?;
     let mut view = LocalView {
         uplink_routes: routes
@@ -243,7 +246,7 @@ pub async fn read_view(
             .collect(),
         uplink_neighbours: neighbours
             .iter()
-            .filter(|entry| entry.header.ifindex == uplink && usable(entry))
+            .filter(|entry| usable(entry))
             .filter_map(|entry| Some((neighbour_ip(entry)?, neighbour_mac(entry)?)))
             .collect(),
         ..LocalView::default()

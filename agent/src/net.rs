@@ -6,8 +6,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
     address::AddressAttribute,
     link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
@@ -244,6 +246,46 @@ pub async fn neighbours(handle: &Handle) -> Result<Vec<NeighbourMessage>> {
         .try_collect()
         .await
         .context("cannot list neighbours")
+}
+
+/// The `family` (IPv4 or IPv6) neighbour entries of device `ifindex`. The
+/// kernel filters the dump by device (`NDA_IFINDEX`, Linux 4.16+), so a
+/// node with tens of thousands of VXLAN peers' entries on `flannel.<VNI>`
+/// does not send (and the agent does not parse) all of them each time it
+/// reads the bridge's or the uplink's few; the device is checked here too,
+/// for a kernel that ignores the filter.
+pub async fn neighbours_on(
+    handle: &Handle,
+    ifindex: u32,
+    family: AddressFamily,
+) -> Result<Vec<NeighbourMessage>> {
+    let mut request = NeighbourMessage::default();
+    request.header.family = family;
+    request
+        .attributes
+        .push(NeighbourAttribute::IfIndex(ifindex));
+    let mut message = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(request));
+    message.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut responses = handle
+        .clone()
+        .request(message)
+        .context("cannot list neighbours")?;
+    let mut entries = Vec::new();
+    while let Some(response) = responses.next().await {
+        match response.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(entry))
+                if entry.header.ifindex == ifindex =>
+            {
+                entries.push(entry);
+            }
+            NetlinkPayload::Error(error) => {
+                return Err(rtnetlink::Error::NetlinkError(error))
+                    .context("cannot list neighbours");
+            }
+            _ => {}
+        }
+    }
+    Ok(entries)
 }
 
 pub async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {

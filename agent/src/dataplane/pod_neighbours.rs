@@ -20,7 +20,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::{Context as _, Result};
 use ipnet::{Ipv4Net, Ipv6Net};
-use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
+use netlink_packet_route::{
+    AddressFamily,
+    neighbour::{NeighbourMessage, NeighbourState},
+};
 use rtnetlink::Handle;
 
 use crate::{
@@ -86,12 +89,13 @@ pub fn plan(permanent: &BTreeMap<IpAddr, MacAddr>, wanted: &PodNeighbours) -> Ne
 
 /// The permanent entries (both families) on bridge `bridge`.
 async fn permanent_on(handle: &Handle, bridge: u32) -> Result<Vec<NeighbourMessage>> {
-    Ok(net::neighbours(handle)
-        .await?
+    // The bridge's entries only (filtered by the kernel): this runs at
+    // every sync, and flannel.<VNI> may hold an entry per VXLAN peer.
+    let mut entries = net::neighbours_on(handle, bridge, AddressFamily::Inet).await?;
+    entries.extend(net::neighbours_on(handle, bridge, AddressFamily::Inet6).await?);
+    Ok(entries
         .into_iter()
-        .filter(|entry| {
-            entry.header.ifindex == bridge && entry.header.state == NeighbourState::Permanent
-        })
+        .filter(|entry| entry.header.state == NeighbourState::Permanent)
         .collect())
 }
 

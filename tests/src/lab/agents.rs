@@ -24,13 +24,24 @@ const FLANNELD_RUNNING: &str = "watching for new subnet leases";
 /// `--xdp-mode auto` leaves to TC alone.
 pub const XDP_NATIVE: &str = "--xdp-mode=native";
 
+/// How long an agent may take to turn ready in a lab of a few leases.
+pub const AGENT_READY_WITHIN: Duration = Duration::from_secs(30);
+
 impl Lab {
     /// Starts the agent on `node` and waits until it is ready
     /// (lease held, datapath programmed, subnet.env written) and, with the
     /// eBPF dataplane, XDP is on its uplink.
     pub fn start_agent(&mut self, node: NodeId) -> Result<u32> {
+        self.start_agent_within(node, AGENT_READY_WITHIN)
+    }
+
+    /// [`Self::start_agent`], waiting up to `timeout` for it to be ready:
+    /// an agent turns ready once it has programmed the whole first listing,
+    /// which takes longer than [`AGENT_READY_WITHIN`] with many thousands
+    /// of leases on a slow machine (a debug build).
+    pub fn start_agent_within(&mut self, node: NodeId, timeout: Duration) -> Result<u32> {
         let pid = self.spawn_agent(node)?;
-        self.wait_agent_ready(node)?;
+        self.wait_agent_ready_within(node, timeout)?;
         Ok(pid)
     }
 
@@ -145,6 +156,10 @@ impl Lab {
     }
 
     pub(super) fn wait_agent_ready(&mut self, node: NodeId) -> Result<()> {
+        self.wait_agent_ready_within(node, AGENT_READY_WITHIN)
+    }
+
+    fn wait_agent_ready_within(&mut self, node: NodeId, timeout: Duration) -> Result<()> {
         let run_dir = self.state.run_dir.clone();
         let dual_stack = self.state.dual_stack;
         let state = self.node_mut(node);
@@ -152,28 +167,25 @@ impl Lab {
         let log = state.agent_log.clone().unwrap_or_default();
         let ns = state.ns.clone();
         let dataplane = state.dataplane;
-        wait_for(
-            &format!("the agent on {ns} to be ready"),
-            Duration::from_secs(30),
-            || {
-                if process::running_pid(&pid_file).is_none() {
-                    bail!("the agent on {ns} exited:\n{}", process::log_tail(&log, 20));
+        wait_for(&format!("the agent on {ns} to be ready"), timeout, || {
+            if process::running_pid(&pid_file).is_none() {
+                bail!("the agent on {ns} exited:\n{}", process::log_tail(&log, 20));
+            }
+            Ok(match dataplane {
+                // flanneld has no /readyz: it is ready once its backend
+                // follows peer leases (after writing subnet.env).
+                Dataplane::Flanneld => fs::read_to_string(&log)
+                    .is_ok_and(|text| text.to_lowercase().contains(FLANNELD_RUNNING)),
+                // weft attaches the uplink programs (TC in every
+                // `--xdp-mode`, then XDP if any) before it turns ready.
+                Dataplane::Ebpf => {
+                    agent_ready(&ns)?
+                        && tc_attached(&ns, UPLINK, weft_common::program_names::TC_UPLINK)?
                 }
-                Ok(match dataplane {
-                    // flanneld has no /readyz: it is ready once its backend
-                    // follows peer leases (after writing subnet.env).
-                    Dataplane::Flanneld => fs::read_to_string(&log)
-                        .is_ok_and(|text| text.to_lowercase().contains(FLANNELD_RUNNING)),
-                    // weft attaches the uplink programs (TC in every
-                    // `--xdp-mode`, then XDP if any) before it turns ready.
-                    Dataplane::Ebpf => {
-                        agent_ready(&ns)?
-                            && tc_attached(&ns, UPLINK, weft_common::program_names::TC_UPLINK)?
-                    }
-                    _ => agent_ready(&ns)?,
-                })
-            },
-        )?;
+                _ => agent_ready(&ns)?,
+            })
+        })
+        .with_context(|| format!("the agent's log ends:\n{}", process::log_tail(&log, 30)))?;
         let env = subnet_env::read_if_present(&state.subnet_file)?.ok_or_else(|| {
             anyhow!(
                 "the agent on {ns} is ready but wrote no {}",

@@ -42,6 +42,9 @@ fn vxlan_routes(ns: &str) -> usize {
         .count()
 }
 
+/// How long a node may take to program all of them.
+const PROGRAMMED_WITHIN: Duration = Duration::from_secs(180);
+
 #[test]
 fn twenty_thousand_leases_are_listed_watched_and_programmed() {
     let _guard = privileged!("twenty_thousand_leases_are_listed_watched_and_programmed");
@@ -54,11 +57,14 @@ fn twenty_thousand_leases_are_listed_watched_and_programmed() {
         .unwrap();
     let leases: Vec<(String, String)> = (0..MANY).map(many_lease).collect();
     lab.etcd().put_many(&leases).unwrap();
-    lab.start_agent(NodeId::new(1)).unwrap();
+    // Ready once the whole listing is programmed: as long as the routes
+    // may take, below.
+    lab.start_agent_within(NodeId::new(1), PROGRAMMED_WITHIN)
+        .unwrap();
     for node in &lab.state.nodes {
         wait_for(
             &format!("{} to route every lease", node.ns),
-            Duration::from_secs(180),
+            PROGRAMMED_WITHIN,
             || Ok(vxlan_routes(&node.ns) == MANY as usize + 1),
         )
         .unwrap_or_else(|error| panic!("{error:#}\n{}", log_of(node)));
