@@ -237,17 +237,6 @@ pub async fn links(handle: &Handle) -> Result<Vec<LinkMessage>> {
         .context("cannot list links")
 }
 
-/// Every IPv4 neighbour entry in this namespace.
-pub async fn neighbours(handle: &Handle) -> Result<Vec<NeighbourMessage>> {
-    handle
-        .neighbours()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .context("cannot list neighbours")
-}
-
 /// The `family` (IPv4 or IPv6) neighbour entries of device `ifindex`. The
 /// kernel filters the dump by device (`NDA_IFINDEX`, Linux 4.16+), so a
 /// node with tens of thousands of VXLAN peers' entries on `flannel.<VNI>`
