@@ -146,12 +146,44 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         uplink.index,
         uplink.public_ip,
     );
+    let vxlan_name = config.backend.vni().map(KernelDataplane::vxlan_name);
+    // The guard goes in before the VXLAN devices are created or brought up:
+    // each opens a socket on the backend's port on every local address, and
+    // the first datagram to reach it must already meet the guard.
+    let guard = match (&config.backend, &vxlan_name) {
+        (&BackendConfig::Vxlan { port, vni, .. }, Some(vxlan_device)) => {
+            // `flannel-v6.<VNI>` exists below exactly when the uplink has
+            // an IPv6 side (a dual-stack VXLAN network).
+            let vxlan_v6_device = uplink.ipv6.map(|_| KernelDataplane::vxlan_v6_name(vni));
+            let known_peers = overlay_guard::Members {
+                v4: kernel.fdb_destinations().await?,
+                v6: match vxlan_v6_device {
+                    Some(_) => kernel.fdb_destinations_v6().await?,
+                    None => Default::default(),
+                },
+            };
+            let spec = GuardSpec {
+                bridge: args.bridge.clone(),
+                vxlan_device: vxlan_device.clone(),
+                vxlan_v6_device,
+                port,
+            };
+            overlay_guard::install(&spec, &known_peers)?;
+            crate::metrics::global().guard_installed();
+            info!(
+                port,
+                known_peers = known_peers.v4.len() + known_peers.v6.len(),
+                "overlay guard installed: the VXLAN port takes only peers' addresses, never pods'"
+            );
+            Some(OverlayGuard::default())
+        }
+        _ => None,
+    };
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
     let vxlan_v6 = match uplink.ipv6 {
         Some(local) => kernel.ensure_vxlan_v6_device(uplink.mtu, local).await?,
         None => None,
     };
-    let vxlan_name = config.backend.vni().map(KernelDataplane::vxlan_name);
     // Both VXLAN devices: tc on either is tc the fast path must not
     // bypass, and kernel-path packets leave netfilter through either
     // (tc_verdict learns there).
@@ -166,29 +198,6 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
                 .map(KernelDataplane::vxlan_v6_name),
         )
         .collect();
-    let guard = match (&config.backend, &vxlan_name) {
-        (&BackendConfig::Vxlan { port, vni, .. }, Some(vxlan_device)) => {
-            let spec = GuardSpec {
-                bridge: args.bridge.clone(),
-                vxlan_device: vxlan_device.clone(),
-                vxlan_v6_device: vxlan_v6.map(|_| KernelDataplane::vxlan_v6_name(vni)),
-                port,
-            };
-            let known_peers = overlay_guard::Members {
-                v4: kernel.fdb_destinations().await?,
-                v6: kernel.fdb_destinations_v6().await?,
-            };
-            overlay_guard::install(&spec, &known_peers)?;
-            crate::metrics::global().guard_installed();
-            info!(
-                port,
-                known_peers = known_peers.v4.len() + known_peers.v6.len(),
-                "overlay guard installed: the VXLAN port takes only peers' addresses, never pods'"
-            );
-            Some(OverlayGuard::default())
-        }
-        _ => None,
-    };
     let attrs = startup::lease_attrs(&uplink, &config, vxlan, vxlan_v6);
     let mut facts = startup::node_facts(&uplink, &config, vxlan, vxlan_v6, &args);
 

@@ -27,7 +27,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_route::{AddressFamily, neighbour::NeighbourMessage, route::RouteMessage};
 use rtnetlink::Handle;
@@ -303,14 +303,20 @@ impl KernelDataplane {
         }
     }
 
-    /// The underlay addresses the VXLAN device's fdb sends to: the peers
-    /// whoever programmed the device last (flanneld, or a previous agent)
-    /// accepted. Empty without the device.
+    /// The underlay addresses an existing `flannel.<VNI>`'s fdb sends to:
+    /// the peers whoever programmed the device last (flanneld, or a
+    /// previous agent) accepted. Read by name, before the device is adopted
+    /// or recreated, so the overlay guard can start with them before any
+    /// VXLAN socket of this agent's opens; empty without the device (or
+    /// the VXLAN backend).
     pub async fn fdb_destinations(&self) -> Result<BTreeSet<Ipv4Addr>> {
-        let Some(device) = self.vxlan else {
+        let Some(index) = self
+            .existing_device(self.config.backend.vni().map(Self::vxlan_name))
+            .await?
+        else {
             return Ok(BTreeSet::new());
         };
-        let fdb = self.neighbours(device.index, AddressFamily::Bridge).await?;
+        let fdb = self.neighbours(index, AddressFamily::Bridge).await?;
         Ok(fdb
             .iter()
             .filter_map(entries::fdb_destination::<Ipv4Addr>)
@@ -318,20 +324,21 @@ impl KernelDataplane {
             .collect())
     }
 
+    /// The ifindex of the device `name` names, if it exists.
+    async fn existing_device(&self, name: Option<String>) -> Result<Option<u32>> {
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        Ok(crate::net::link_by_name(&self.handle, &name)
+            .await?
+            .map(|link| link.header.index))
+    }
+
+    /// `index`'s entries of `family` (its neighbours, or with
+    /// `AddressFamily::Bridge` its fdb), filtered by the kernel: the other
+    /// VXLAN device holds as many entries, one per peer.
     async fn neighbours(&self, index: u32, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
-        let neighbours: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(family)
-            .execute()
-            .try_collect()
-            .await
-            .context("cannot list neighbours")?;
-        Ok(neighbours
-            .into_iter()
-            .filter(|neighbour| neighbour.header.ifindex == index)
-            .collect())
+        crate::net::neighbours_on(&self.handle, index, family).await
     }
 }
 

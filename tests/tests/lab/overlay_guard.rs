@@ -9,13 +9,15 @@
 //! counted by cause where weft refused it, real peers keep talking, a
 //! lease whose PublicIP moves to the sender's address is honoured after
 //! the move and not before, and a process on the node itself sending from
-//! a local address a lease names is refused.
+//! a local address a lease names is refused. And the guard is in before
+//! the agent makes a VXLAN device, so a first start leaves no moment open.
 
 use std::{
     net::{Ipv4Addr, UdpSocket},
     time::Duration,
 };
 
+use nix::sys::signal::Signal;
 use weft_agent::lease::MacAddr;
 use weft_common::{
     Hook::{TcPodEgress, TcUplink, XdpUplink},
@@ -27,7 +29,7 @@ use weft_tests::{
     leases::key,
     netns,
     packets::{ETH_P_IPV4, Ipv4Options, eth, ipv4, udp, vxlan},
-    privileged,
+    privileged, process,
 };
 
 const VICTIM_PORT: u16 = 9999;
@@ -421,4 +423,62 @@ fn no_vxlan_reaches_a_pod_but_a_peer_s_on_the_fast_path() {
 fn no_vxlan_reaches_a_pod_but_a_peer_s_on_the_kernel_path() {
     let _guard = privileged!("no_vxlan_reaches_a_pod_but_a_peer_s_on_the_kernel_path");
     no_vxlan_reaches_a_pod_but_a_peer_s(Dataplane::Kernel, "t-og-kernel");
+}
+
+/// The guard is in before the agent makes a VXLAN device (each opens a
+/// VXLAN socket on every local address): at a node's first start no
+/// datagram reaches an unguarded socket. Shown where the agent gets no
+/// further than that: another VXLAN device already holds VNI 1 on the
+/// port, so flannel.1 cannot be created. The agent stops and says so, and
+/// the node is guarded all the same: a datagram from the other node, no
+/// peer of this node yet (nothing listed, no fdb to start from), is
+/// refused and counted.
+#[test]
+fn the_guard_is_in_before_the_agent_makes_a_vxlan_device() {
+    let _guard = privileged!("the_guard_is_in_before_the_agent_makes_a_vxlan_device");
+    let mut spec = LabSpec::new("t-og-first", 2, 0);
+    spec.dataplane = Dataplane::Kernel;
+    let mut lab = Lab::up(&spec).unwrap();
+    let (n1, n2) = (NodeId::new(1), NodeId::new(2));
+    lab.stop_agent(n1, Signal::SIGTERM).unwrap();
+    let node = lab.node(n1).clone();
+    // A first start: neither weft's table nor flannel.1 ...
+    netns::run(&node.ns, &["nft", "delete", "table", "inet", "weft"]).unwrap();
+    netns::run(&node.ns, &["ip", "link", "del", "flannel.1"]).unwrap();
+    // ... and someone else's VXLAN device on VNI 1 and the port.
+    netns::run(
+        &node.ns,
+        &[
+            "ip", "link", "add", "vx-squat", "type", "vxlan", "id", "1", "dstport", "8472",
+            "local", &node.ip, "dev", "eth0",
+        ],
+    )
+    .unwrap();
+    netns::run(&node.ns, &["ip", "link", "set", "vx-squat", "up"]).unwrap();
+
+    lab.launch_agent(n1).unwrap();
+    let pid_file = node.agent_pid_file(&weft_tests::lab::run_dir(&spec.name));
+    wait_for(
+        "the agent that cannot create flannel.1 to stop",
+        Duration::from_secs(30),
+        || Ok(process::running_pid(&pid_file).is_none()),
+    )
+    .unwrap();
+    let log = lab.node(n1).agent_log.clone().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("cannot create flannel.1"),
+        "the agent stopped without naming the device it could not make:\n{}",
+        process::log_tail(&log, 20)
+    );
+
+    let before = guard_counters(&node)["vxlan_not_a_peer"];
+    let sender = lab.node(n2).ns.clone();
+    send_udp(&sender, &format!("{}:8472", node.ip), b"first-start");
+    wait_for(
+        "the guard to refuse node 2's datagram",
+        Duration::from_secs(5),
+        || Ok(guard_counters(&node)["vxlan_not_a_peer"] == before + 1),
+    )
+    .unwrap();
 }

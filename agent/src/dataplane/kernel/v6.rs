@@ -151,13 +151,16 @@ impl KernelDataplane {
         }
     }
 
-    /// The IPv6 underlay addresses flannel-v6's fdb sends to (as flanneld
-    /// or a previous agent left it), for the overlay guard's first set.
+    /// The IPv6 underlay addresses an existing flannel-v6's fdb sends to
+    /// (as flanneld or a previous agent left it), for the overlay guard's
+    /// first set: read by name, before the device is adopted or recreated,
+    /// as [`KernelDataplane::fdb_destinations`].
     pub async fn fdb_destinations_v6(&self) -> Result<BTreeSet<Ipv6Addr>> {
-        let Some(device) = self.vxlan_v6 else {
+        let name = self.config.backend.vni().map(Self::vxlan_v6_name);
+        let Some(index) = self.existing_device(name).await? else {
             return Ok(BTreeSet::new());
         };
-        let fdb = self.neighbours(device.index, AddressFamily::Bridge).await?;
+        let fdb = self.neighbours(index, AddressFamily::Bridge).await?;
         Ok(fdb
             .iter()
             .filter_map(fdb_destination::<Ipv6Addr>)
