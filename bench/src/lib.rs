@@ -25,6 +25,7 @@ mod program_cost;
 mod report;
 mod scale;
 mod scrape_load;
+mod spread;
 mod tcp_events;
 mod validity;
 
@@ -50,6 +51,7 @@ pub use program_cost::{
 pub use report::{goals_table, svg, table};
 pub use scale::{ScaleResult, scale};
 pub use scrape_load::{ScrapeLoad, scrape_load, scrape_load_line};
+pub use spread::{Range, Spread, spread_table};
 pub use tcp_events::TcpReordering;
 
 use measure::{Run, endpoints, measure};
@@ -223,6 +225,9 @@ pub struct ConfigResult {
     /// Packets the fast path handed to netfilter during the TCP run (a
     /// flow's set-up, TCP control, re-checks, ruleset changes).
     pub netfilter_refusals: u64,
+    /// The headline metrics' lowest and highest runs: the noise between
+    /// runs the medians above hide.
+    pub spread: Spread,
     /// Why the numbers do not describe the configuration, if they do not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invalid: Option<String>,
@@ -342,8 +347,9 @@ pub fn run(
     std::fs::write(
         options.out.join("table.txt"),
         format!(
-            "{}\n{}{}{}{}",
+            "{}\n{}\n{}{}{}{}",
             table(&results),
+            spread_table(&results),
             details
                 .programs
                 .as_ref()
@@ -482,6 +488,7 @@ fn median(config: &Configuration, runs: &[Run]) -> ConfigResult {
         },
         fastpath_packets: m(&|run| run.fastpath_packets as f64) as u64,
         netfilter_refusals: m(&|run| run.netfilter_refusals as f64) as u64,
+        spread: spread::spread(runs),
         invalid: None,
     }
 }

@@ -160,6 +160,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         eprintln!("[{:>6.1}s] {step}", started.elapsed().as_secs_f64());
     })?;
     println!("\n{}", weft_bench::table(&results));
+    println!("{}", weft_bench::spread_table(&results));
     println!("machine: {}", details.machine);
     if let Some(flanneld) = &details.stock_flanneld {
         println!("stock flannel: {flanneld}");
