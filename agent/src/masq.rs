@@ -108,9 +108,17 @@ impl Subnets {
 }
 
 /// Replaces the tables' contents with their rulesets in one transaction.
+/// In an IPv4-only network the IPv6 table goes: one left from when the
+/// network was dual-stack would masquerade for an IPv6 network no lease
+/// holds now (flanneld leaves it).
 pub fn apply(subnets: &Subnets) -> Result<()> {
-    // add + delete + define: atomic, and works whether or not the table exists.
-    let script: String = subnets
+    crate::nft::apply(&apply_script(subnets), "masquerade rules")
+}
+
+/// [`apply`]'s script: add + delete + define, atomic, and right whether or
+/// not a table exists.
+fn apply_script(subnets: &Subnets) -> String {
+    let mut script: String = subnets
         .tables()
         .iter()
         .map(|table| {
@@ -122,7 +130,12 @@ pub fn apply(subnets: &Subnets) -> Result<()> {
             format!("add table {family} {name}\ndelete table {family} {name}\n{ruleset}")
         })
         .collect();
-    crate::nft::apply(&script, "masquerade rules")
+    if subnets.v6.is_none() {
+        script.push_str(&format!(
+            "add table ip6 {TABLE_V6}\ndelete table ip6 {TABLE_V6}\n"
+        ));
+    }
+    script
 }
 
 /// Whether the tables hold what `apply` wrote (compared as `nft list`
@@ -230,6 +243,37 @@ mod tests {
                 .find(rule)
                 .unwrap_or_else(|| panic!("{rule} missing or out of order in\n{rules}"));
         }
+    }
+
+    #[test]
+    fn an_ipv4_only_network_removes_the_ipv6_table_a_dual_stack_one_defines_it() {
+        let v4_only = Subnets {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            v6: None,
+        };
+        let script = apply_script(&v4_only);
+        assert!(
+            script.starts_with("add table ip flannel-ipv4\n"),
+            "{script}"
+        );
+        assert!(
+            script.ends_with("add table ip6 flannel-ipv6\ndelete table ip6 flannel-ipv6\n"),
+            "{script}"
+        );
+        let dual_stack = Subnets {
+            v6: Some((
+                "fd00:10:244::/56".parse().unwrap(),
+                "fd00:10:244:3::/64".parse().unwrap(),
+            )),
+            ..v4_only
+        };
+        let script = apply_script(&dual_stack);
+        assert!(script.contains("table ip6 flannel-ipv6 {"), "{script}");
+        assert!(
+            !script.trim_end().ends_with("delete table ip6 flannel-ipv6"),
+            "{script}"
+        );
     }
 
     #[test]

@@ -179,6 +179,14 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         }
         _ => None,
     };
+    match kernel.remove_left_over_vxlan_v6_device().await {
+        Ok(Some(device)) => warn!(
+            %device,
+            "the network is IPv4-only: removed the IPv6 VXLAN device left from dual stack"
+        ),
+        Ok(None) => {}
+        Err(error) => warn!("{error:#}; the IPv6 VXLAN device left from dual stack stays"),
+    }
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
     let vxlan_v6 = match uplink.ipv6 {
         Some(local) => kernel.ensure_vxlan_v6_device(uplink.mtu, local).await?,

@@ -14,6 +14,7 @@ use std::{
 };
 
 use ipnet::Ipv6Net;
+use nix::sys::signal::Signal;
 use weft_common::{CounterId, Hook, Reason};
 use weft_tests::{
     Backend, Dataplane, Lab, LabSpec, NodeId,
@@ -898,4 +899,68 @@ fn ipv6_connection_stops_at_a_drop(name: &str, backend: Backend) {
         ip6tables(ns, "-D", &rule);
         tcp_echo(&client.ns, target, 20, timeout).expect("no IPv6 connection after the drop went");
     }
+}
+
+/// A network turned from dual stack back to IPv4-only: the restarted agent
+/// removes what only IPv6 used (`flannel-v6.1`, and with it its routes;
+/// the IPv6 masquerade table), keeps the node's IPv4 subnet, writes no
+/// IPv6 lines to subnet.env, and its pod still reaches the other node's
+/// over IPv4. flanneld leaves the IPv6 device and table behind.
+#[test]
+fn a_network_back_to_ipv4_only_loses_its_ipv6_device_and_masquerade_at_restart() {
+    let _guard =
+        privileged!("a_network_back_to_ipv4_only_loses_its_ipv6_device_and_masquerade_at_restart");
+    let mut spec = dual_stack_lab("t-ds-v4only", Backend::Vxlan, Dataplane::Ebpf, 1);
+    spec.ip_masq = true;
+    let mut lab = Lab::up(&spec).unwrap();
+    let (n1, n2) = (NodeId::new(1), NodeId::new(2));
+    let node = lab.node(n1).clone();
+    let ipv6_masquerade =
+        |ns: &str| netns::run(ns, &["nft", "list", "table", "ip6", "flannel-ipv6"]).is_ok();
+    assert!(inspect::link(&node.ns, VXLAN_V6_DEV).unwrap().is_some());
+    assert!(
+        ipv6_masquerade(&node.ns),
+        "no ip6 flannel-ipv6 while dual-stack"
+    );
+    let subnet_env = || {
+        weft_agent::subnet_env::read_if_present(&node.subnet_file)
+            .unwrap()
+            .unwrap()
+    };
+    let dual_stack_subnet = subnet_env().subnet;
+
+    lab.stop_agent(n1, Signal::SIGTERM).unwrap();
+    lab.etcd()
+        .put(
+            &format!("{}/config", weft_tests::lab::ETCD_PREFIX),
+            &Backend::Vxlan.network_config(),
+        )
+        .unwrap();
+    lab.launch_agent(n1).unwrap();
+    wait_for(
+        "node 1's agent ready in the IPv4-only network",
+        Duration::from_secs(60),
+        || weft_tests::lab::agent_ready(&node.ns),
+    )
+    .unwrap();
+
+    assert!(
+        inspect::link(&node.ns, VXLAN_V6_DEV).unwrap().is_none(),
+        "{VXLAN_V6_DEV} stayed in the IPv4-only network"
+    );
+    assert!(
+        !ipv6_masquerade(&node.ns),
+        "ip6 flannel-ipv6 stayed in the IPv4-only network"
+    );
+    assert!(inspect::link(&node.ns, "flannel.1").unwrap().is_some());
+    let env = subnet_env();
+    assert_eq!(env.subnet, dual_stack_subnet, "the IPv4 subnet changed");
+    assert!(env.ipv6.is_none(), "subnet.env kept IPv6 lines: {env:?}");
+    let (from, to) = (&lab.node(n1).pods[0], &lab.node(n2).pods[0]);
+    wait_for(
+        "node 1's pod to reach node 2's over IPv4",
+        Duration::from_secs(20),
+        || Ok(ping_counts(&lab.ping(from, to.ip(), 1)?).1 == 1),
+    )
+    .unwrap();
 }
