@@ -107,18 +107,21 @@ impl Subnets {
     }
 }
 
-/// Replaces the tables' contents with their rulesets in one transaction.
-/// In an IPv4-only network the IPv6 table goes: one left from when the
-/// network was dual-stack would masquerade for an IPv6 network no lease
-/// holds now (flanneld leaves it).
+/// Replaces the tables' contents with their rulesets in one transaction;
+/// in an IPv4-only network, then removes an IPv6 table left from dual
+/// stack.
 pub fn apply(subnets: &Subnets) -> Result<()> {
-    crate::nft::apply(&apply_script(subnets), "masquerade rules")
+    crate::nft::apply(&apply_script(subnets), "masquerade rules")?;
+    if subnets.v6.is_none() {
+        remove_left_over_ipv6_table();
+    }
+    Ok(())
 }
 
 /// [`apply`]'s script: add + delete + define, atomic, and right whether or
 /// not a table exists.
 fn apply_script(subnets: &Subnets) -> String {
-    let mut script: String = subnets
+    subnets
         .tables()
         .iter()
         .map(|table| {
@@ -129,13 +132,31 @@ fn apply_script(subnets: &Subnets) -> String {
             } = table;
             format!("add table {family} {name}\ndelete table {family} {name}\n{ruleset}")
         })
-        .collect();
-    if subnets.v6.is_none() {
-        script.push_str(&format!(
-            "add table ip6 {TABLE_V6}\ndelete table ip6 {TABLE_V6}\n"
-        ));
+        .collect()
+}
+
+/// In an IPv4-only network, table `ip6 flannel-ipv6` left from when the
+/// network was dual-stack would masquerade for an IPv6 network no lease
+/// holds now (flanneld leaves it): it goes. Only once it is seen, so a
+/// node that never had it (or has no IPv6) is asked nothing of IPv6; a
+/// failure is logged, the IPv4 rules stand.
+fn remove_left_over_ipv6_table() {
+    let listed = Command::new("nft")
+        .args(["list", "table", "ip6", TABLE_V6])
+        .output();
+    if !listed.is_ok_and(|output| output.status.success()) {
+        return;
     }
-    script
+    match crate::nft::apply(
+        &format!("delete table ip6 {TABLE_V6}\n"),
+        "removal of the IPv6 masquerade table",
+    ) {
+        Ok(()) => warn!(
+            table = TABLE_V6,
+            "the network is IPv4-only: removed the IPv6 masquerade table left from dual stack"
+        ),
+        Err(error) => warn!("{error:#}"),
+    }
 }
 
 /// Whether the tables hold what `apply` wrote (compared as `nft list`
@@ -246,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv4_only_network_removes_the_ipv6_table_a_dual_stack_one_defines_it() {
+    fn an_ipv4_only_network_writes_no_ipv6_table_a_dual_stack_one_does() {
         let v4_only = Subnets {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet: "10.244.3.0/24".parse().unwrap(),
@@ -257,10 +278,7 @@ mod tests {
             script.starts_with("add table ip flannel-ipv4\n"),
             "{script}"
         );
-        assert!(
-            script.ends_with("add table ip6 flannel-ipv6\ndelete table ip6 flannel-ipv6\n"),
-            "{script}"
-        );
+        assert!(!script.contains("ip6"), "{script}");
         let dual_stack = Subnets {
             v6: Some((
                 "fd00:10:244::/56".parse().unwrap(),
@@ -269,9 +287,8 @@ mod tests {
             ..v4_only
         };
         let script = apply_script(&dual_stack);
-        assert!(script.contains("table ip6 flannel-ipv6 {"), "{script}");
         assert!(
-            !script.trim_end().ends_with("delete table ip6 flannel-ipv6"),
+            script.contains("add table ip6 flannel-ipv6\ndelete table ip6 flannel-ipv6\ntable ip6 flannel-ipv6 {"),
             "{script}"
         );
     }

@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use ipnet::Ipv6Net;
 use tracing::warn;
 
@@ -119,12 +119,7 @@ impl KernelDataplane {
         let Some(link) = link_by_name(&self.handle, &name).await? else {
             return Ok(None);
         };
-        self.handle
-            .link()
-            .del(link.header.index)
-            .execute()
-            .await
-            .with_context(|| format!("cannot delete {name}"))?;
+        self.delete_link(&name, &link).await?;
         Ok(Some(name))
     }
 }

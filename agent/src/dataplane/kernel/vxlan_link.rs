@@ -47,14 +47,19 @@ impl KernelDataplane {
             info!(device = %name, "adopting existing VXLAN device");
         } else {
             warn!(device = %name, "existing VXLAN device has other settings; recreating it");
-            self.handle
-                .link()
-                .del(link.header.index)
-                .execute()
-                .await
-                .with_context(|| format!("cannot delete {name}"))?;
+            self.delete_link(name, link).await?;
         }
         Ok(settings_match)
+    }
+
+    /// Deletes the device `link` (named `name`, for the error).
+    pub(super) async fn delete_link(&self, name: &str, link: &LinkMessage) -> Result<()> {
+        self.handle
+            .link()
+            .del(link.header.index)
+            .execute()
+            .await
+            .with_context(|| format!("cannot delete {name}"))
     }
 
     /// Creates the device: vxlan id, local end, uplink, port, no learning,
