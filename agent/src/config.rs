@@ -77,7 +77,7 @@ impl NetworkConfig {
             .ok_or_else(|| anyhow!("network config must be a JSON object"))?;
         if boolean(root, "EnableIPv4")? == Some(false) {
             bail!(
-                "network config: EnableIPv4 is false, and IPv6-only is not supported: flannel v0.20.2 keys every lease by its IPv4 subnet (<v4>&<v6>), so weft needs Network (use EnableIPv6 for dual-stack)"
+                "network config: EnableIPv4 is false, and IPv6-only is not supported yet: weft keys its control plane by the IPv4 subnet (flannel v0.20.2 runs IPv6-only with its Kubernetes subnet manager only; its etcd leases always have an IPv4 subnet), so weft needs Network (use EnableIPv6 for dual-stack)"
             );
         }
         let ipv6 = if boolean(root, "EnableIPv6")? == Some(true) {
@@ -669,7 +669,7 @@ mod tests {
         ] {
             let message = error(json);
             assert!(
-                message.contains("EnableIPv4 is false, and IPv6-only is not supported: flannel v0.20.2 keys every lease by its IPv4 subnet"),
+                message.contains("EnableIPv4 is false, and IPv6-only is not supported yet: weft keys its control plane by the IPv4 subnet"),
                 "{json}: {message}"
             );
         }
