@@ -18,22 +18,14 @@ pub struct Range {
 }
 
 impl Range {
-    fn of(values: impl IntoIterator<Item = f64>) -> Self {
-        values
-            .into_iter()
-            .fold(None, |range: Option<Range>, value| {
-                Some(match range {
-                    None => Range {
-                        lowest: value,
-                        highest: value,
-                    },
-                    Some(range) => Range {
-                        lowest: range.lowest.min(value),
-                        highest: range.highest.max(value),
-                    },
-                })
-            })
-            .unwrap_or_default()
+    fn of(values: &[f64]) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        Range {
+            lowest: values.iter().copied().fold(f64::INFINITY, f64::min),
+            highest: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        }
     }
 
     /// (highest - lowest) / `median`, in per cent; zero for a zero median.
@@ -56,7 +48,7 @@ pub struct Spread {
 }
 
 pub(crate) fn spread(runs: &[Run]) -> Spread {
-    let range = |pick: fn(&Run) -> f64| Range::of(runs.iter().map(pick));
+    let range = |pick: fn(&Run) -> f64| Range::of(&runs.iter().map(pick).collect::<Vec<_>>());
     Spread {
         runs: runs.len(),
         tcp_rr_same_cpu_us_p50: range(|run| run.tcp_rr_same_cpu.0),
