@@ -10,7 +10,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -200,16 +200,78 @@ impl TcpSession {
     }
 }
 
-/// `count` UDP requests (IPv4 or IPv6, as `target` is) from one socket in
-/// `client_ns` to `target`, each
-/// waited for; returns how many were answered by `target` itself (the
-/// socket is connected: a reply from any other address is not received).
+/// What became of the queries [`udp_echo`] sent.
+#[derive(Debug, Default)]
+pub struct UdpEchoOutcome {
+    /// How many queries were sent.
+    pub sent: usize,
+    /// Queries answered by the target within the timeout.
+    pub answered: usize,
+    /// The queries with no answer within the timeout.
+    pub unanswered: Vec<usize>,
+    /// Those of them answered later (read while a later query was waited
+    /// for, or in one more timeout after the last).
+    pub late: Vec<usize>,
+    /// The queries answered twice: a copy of a datagram reached the client
+    /// (or the server) twice.
+    pub duplicated: Vec<usize>,
+}
+
+impl UdpEchoOutcome {
+    /// The queries never answered, not even late.
+    pub fn lost(&self) -> Vec<usize> {
+        self.unanswered
+            .iter()
+            .copied()
+            .filter(|query| !self.late.contains(query))
+            .collect()
+    }
+
+    /// Every query answered once by the target, in time or late.
+    pub fn every_query_answered_once(&self) -> bool {
+        self.lost().is_empty() && self.duplicated.is_empty()
+    }
+
+    fn record_earlier(&mut self, query: usize) {
+        if self.unanswered.contains(&query) && !self.late.contains(&query) {
+            self.late.push(query);
+        } else {
+            self.duplicated.push(query);
+        }
+    }
+}
+
+impl std::fmt::Display for UdpEchoOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {} answered in time", self.answered, self.sent)?;
+        let lost = self.lost();
+        if !lost.is_empty() {
+            write!(f, "; never answered: queries {lost:?}")?;
+        }
+        if !self.late.is_empty() {
+            write!(f, "; answered late: queries {:?}", self.late)?;
+        }
+        if !self.duplicated.is_empty() {
+            write!(f, "; answered twice: queries {:?}", self.duplicated)?;
+        }
+        Ok(())
+    }
+}
+
+/// `count` UDP queries (IPv4 or IPv6, as `target` is) from one socket in
+/// `client_ns` to `target`, each waited for up to `timeout`. Only answers
+/// from `target` itself count (the socket is connected: a reply from any
+/// other address is not received). An answer that comes after its query's
+/// timeout is recorded as late, a second answer as duplicated, and neither
+/// is taken for the answer to the query being waited for (one slow answer
+/// would otherwise make every later query read its predecessor's). After
+/// the last query, late answers are waited for one more `timeout`.
 pub fn udp_echo(
     client_ns: &str,
     target: SocketAddr,
     count: usize,
     timeout: Duration,
-) -> Result<usize> {
+) -> Result<UdpEchoOutcome> {
     let socket = netns::in_netns(client_ns, || {
         let any: IpAddr = if target.is_ipv6() {
             Ipv6Addr::UNSPECIFIED.into()
@@ -218,19 +280,102 @@ pub fn udp_echo(
         };
         let socket = UdpSocket::bind((any, 0))?;
         socket.connect(target)?;
-        socket.set_read_timeout(Some(timeout))?;
         Ok(socket)
     })?;
-    let mut answered = 0;
-    let mut buffer = [0u8; 64];
-    for index in 0..count {
-        let request = format!("query {index:06}");
-        socket.send(request.as_bytes())?;
-        if let Ok(len) = socket.recv(&mut buffer)
-            && &buffer[..len] == request.as_bytes()
-        {
-            answered += 1;
+    let mut outcome = UdpEchoOutcome {
+        sent: count,
+        ..UdpEchoOutcome::default()
+    };
+    for query in 0..count {
+        socket.send(format!("query {query:06}").as_bytes())?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match answer_before(&socket, deadline)? {
+                None => {
+                    outcome.unanswered.push(query);
+                    break;
+                }
+                Some(answer) if answer == query => {
+                    outcome.answered += 1;
+                    break;
+                }
+                Some(earlier) => outcome.record_earlier(earlier),
+            }
         }
     }
-    Ok(answered)
+    let deadline = Instant::now() + timeout;
+    while let Some(earlier) = answer_before(&socket, deadline)? {
+        outcome.record_earlier(earlier);
+    }
+    Ok(outcome)
+}
+
+/// The query number of the next answer `socket` receives before
+/// `deadline` (anything else received is skipped); `None` once the
+/// deadline passes or the socket reports an error (an ICMP error for the
+/// connected socket, say).
+fn answer_before(socket: &UdpSocket, deadline: Instant) -> Result<Option<usize>> {
+    let mut buffer = [0u8; 64];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        socket.set_read_timeout(Some(left))?;
+        let Ok(len) = socket.recv(&mut buffer) else {
+            return Ok(None);
+        };
+        if let Some(query) = std::str::from_utf8(&buffer[..len])
+            .ok()
+            .and_then(|answer| answer.strip_prefix("query "))
+            .and_then(|query| query.parse::<usize>().ok())
+        {
+            return Ok(Some(query));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UdpEchoOutcome;
+
+    /// Queries 0-4 sent; what each answer read while waiting makes of them.
+    fn outcome(unanswered: &[usize], earlier_answers: &[usize]) -> UdpEchoOutcome {
+        let mut outcome = UdpEchoOutcome {
+            sent: 5,
+            answered: 5 - unanswered.len(),
+            unanswered: unanswered.to_vec(),
+            ..UdpEchoOutcome::default()
+        };
+        for &query in earlier_answers {
+            outcome.record_earlier(query);
+        }
+        outcome
+    }
+
+    #[test]
+    fn a_late_answer_counts_and_is_reported() {
+        let late = outcome(&[2], &[2]);
+        assert!(late.every_query_answered_once());
+        assert_eq!(
+            late.to_string(),
+            "4 of 5 answered in time; answered late: queries [2]"
+        );
+    }
+
+    #[test]
+    fn a_lost_or_twice_answered_query_fails() {
+        let lost = outcome(&[1, 3], &[3]);
+        assert!(!lost.every_query_answered_once());
+        assert_eq!(lost.lost(), vec![1]);
+        assert_eq!(
+            lost.to_string(),
+            "3 of 5 answered in time; never answered: queries [1]; answered late: queries [3]"
+        );
+        // Answered in time, then again; and a late answer that came twice.
+        for twice in [outcome(&[], &[0]), outcome(&[4], &[4, 4])] {
+            assert!(!twice.every_query_answered_once(), "{twice}");
+            assert!(twice.to_string().contains("answered twice"), "{twice}");
+        }
+    }
 }

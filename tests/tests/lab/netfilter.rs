@@ -21,7 +21,7 @@ use weft_common::{
 
 use weft_tests::{
     Backend, Lab, LabSpec, NodeId, cni,
-    echo::{EchoServer, TcpSession, tcp_echo, udp_echo},
+    echo::{EchoServer, TcpSession, UdpEchoOutcome, tcp_echo, udp_echo},
     kube_proxy::{self, Service},
     lab::{
         DECAP_COUNTERS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE, carried_nearly_all, counter_delta,
@@ -156,10 +156,9 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     for client in [a.ns.as_str(), lab.state.underlay_ns.as_str()] {
         tcp_echo(client, node2, 50, TIMEOUT)
             .unwrap_or_else(|error| panic!("hostPort over TCP from {client}: {error:#}"));
-        let answered = udp_echo(client, node2, 50, Duration::from_secs(1)).unwrap();
-        assert_eq!(
-            answered, 50,
-            "hostPort over UDP from {client}: {answered} of 50"
+        assert_every_query_answered(
+            &udp_echo(client, node2, 50, Duration::from_secs(1)).unwrap(),
+            &format!("hostPort over UDP from {client}"),
         );
     }
 
@@ -401,11 +400,21 @@ fn assert_services_answer(client_ns: &str, addresses: &[&str], mode: &str) {
             });
         }
         let udp: SocketAddr = format!("{address}:53").parse().unwrap();
-        let answered = udp_echo(client_ns, udp, 50, Duration::from_secs(1)).unwrap();
-        assert_eq!(
-            answered, 50,
-            "{mode}: {udp} answered {answered} of 50 queries"
+        assert_every_query_answered(
+            &udp_echo(client_ns, udp, 50, Duration::from_secs(1)).unwrap(),
+            &format!("{mode}: {udp}"),
         );
+    }
+}
+
+/// Every UDP query was answered once, from the address it was sent to (a
+/// reply that skipped reverse NAT is never received). An answer later than
+/// the query's timeout still counts here, reported on stderr: these tests
+/// check netfilter's decisions, and latency is the bench's to measure.
+fn assert_every_query_answered(outcome: &UdpEchoOutcome, what: &str) {
+    assert!(outcome.every_query_answered_once(), "{what}: {outcome}");
+    if !outcome.late.is_empty() {
+        eprintln!("NOTE: {what}: {outcome}");
     }
 }
 
