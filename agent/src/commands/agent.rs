@@ -187,6 +187,17 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         Ok(None) => {}
         Err(error) => warn!("{error:#}; the IPv6 VXLAN device left from dual stack stays"),
     }
+    if let Some(former) = previous.as_ref().and_then(|env| env.ipv6.as_ref()) {
+        match kernel.remove_left_over_ipv6_routes(former).await {
+            Ok(0) => {}
+            Ok(removed) => warn!(
+                removed,
+                former_ipv6_network = %former.network,
+                "the network is IPv4-only: removed the IPv6 peer routes left from dual stack on the uplink"
+            ),
+            Err(error) => warn!("{error:#}; they stay"),
+        }
+    }
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
     let vxlan_v6 = match uplink.ipv6 {
         Some(local) => kernel.ensure_vxlan_v6_device(uplink.mtu, local).await?,

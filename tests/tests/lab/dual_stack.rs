@@ -913,7 +913,7 @@ fn a_network_back_to_ipv4_only_loses_its_ipv6_device_and_masquerade_at_restart()
     let mut spec = dual_stack_lab("t-ds-v4only", Backend::Vxlan, Dataplane::Ebpf, 1);
     spec.ip_masq = true;
     let mut lab = Lab::up(&spec).unwrap();
-    let (n1, n2) = (NodeId::new(1), NodeId::new(2));
+    let n1 = NodeId::new(1);
     let node = lab.node(n1).clone();
     let ipv6_masquerade =
         |ns: &str| netns::run(ns, &["nft", "list", "table", "ip6", "flannel-ipv6"]).is_ok();
@@ -929,20 +929,7 @@ fn a_network_back_to_ipv4_only_loses_its_ipv6_device_and_masquerade_at_restart()
     };
     let dual_stack_subnet = subnet_env().subnet;
 
-    lab.stop_agent(n1, Signal::SIGTERM).unwrap();
-    lab.etcd()
-        .put(
-            &format!("{}/config", weft_tests::lab::ETCD_PREFIX),
-            &Backend::Vxlan.network_config(),
-        )
-        .unwrap();
-    lab.launch_agent(n1).unwrap();
-    wait_for(
-        "node 1's agent ready in the IPv4-only network",
-        Duration::from_secs(60),
-        || weft_tests::lab::agent_ready(&node.ns),
-    )
-    .unwrap();
+    restart_node_1_in_the_ipv4_only_network(&mut lab, Backend::Vxlan);
 
     assert!(
         inspect::link(&node.ns, VXLAN_V6_DEV).unwrap().is_none(),
@@ -956,7 +943,78 @@ fn a_network_back_to_ipv4_only_loses_its_ipv6_device_and_masquerade_at_restart()
     let env = subnet_env();
     assert_eq!(env.subnet, dual_stack_subnet, "the IPv4 subnet changed");
     assert!(env.ipv6.is_none(), "subnet.env kept IPv6 lines: {env:?}");
-    let (from, to) = (&lab.node(n1).pods[0], &lab.node(n2).pods[0]);
+    assert_node_1_reaches_node_2_over_ipv4(&lab);
+}
+
+/// Back to IPv4-only in host-gw: node 1's route to node 2's IPv6 subnet
+/// (via node 2's IPv6 address on the uplink, which flanneld would leave)
+/// goes at node 1's restart, its IPv4 route stays, and the pods still
+/// talk over IPv4.
+#[test]
+fn a_host_gw_network_back_to_ipv4_only_loses_its_ipv6_routes_at_restart() {
+    let _guard =
+        privileged!("a_host_gw_network_back_to_ipv4_only_loses_its_ipv6_routes_at_restart");
+    let spec = dual_stack_lab("t-ds-hg-v4only", Backend::HostGw, Dataplane::Ebpf, 1);
+    let mut lab = Lab::up(&spec).unwrap();
+    let (n1, n2) = (NodeId::new(1), NodeId::new(2));
+    let ns = lab.node(n1).ns.clone();
+    let peer = weft_agent::subnet_env::read_if_present(&lab.node(n2).subnet_file)
+        .unwrap()
+        .unwrap();
+    let peer_v4 = peer.subnet.trunc().to_string();
+    let peer_v6 = peer
+        .ipv6
+        .expect("a dual-stack subnet.env")
+        .subnet
+        .trunc()
+        .to_string();
+    wait_for(
+        "node 1's IPv6 route to node 2's IPv6 subnet",
+        Duration::from_secs(20),
+        || Ok(!inspect::routes6_to(&ns, &peer_v6)?.is_empty()),
+    )
+    .unwrap();
+
+    restart_node_1_in_the_ipv4_only_network(&mut lab, Backend::HostGw);
+
+    let left = inspect::routes6_to(&ns, &peer_v6).unwrap();
+    assert!(
+        left.is_empty(),
+        "the IPv6 route to {peer_v6} stayed in the IPv4-only network: {left:?}"
+    );
+    assert!(
+        !inspect::routes_to(&ns, &peer_v4).unwrap().is_empty(),
+        "the IPv4 route to {peer_v4} went too"
+    );
+    assert_node_1_reaches_node_2_over_ipv4(&lab);
+}
+
+/// Stops node 1's agent, makes the network config `backend`'s IPv4-only
+/// one, and starts the agent again, until it is ready.
+fn restart_node_1_in_the_ipv4_only_network(lab: &mut Lab, backend: Backend) {
+    let n1 = NodeId::new(1);
+    lab.stop_agent(n1, Signal::SIGTERM).unwrap();
+    lab.etcd()
+        .put(
+            &format!("{}/config", weft_tests::lab::ETCD_PREFIX),
+            &backend.network_config(),
+        )
+        .unwrap();
+    lab.launch_agent(n1).unwrap();
+    let ns = lab.node(n1).ns.clone();
+    wait_for(
+        "node 1's agent ready in the IPv4-only network",
+        Duration::from_secs(60),
+        || weft_tests::lab::agent_ready(&ns),
+    )
+    .unwrap();
+}
+
+fn assert_node_1_reaches_node_2_over_ipv4(lab: &Lab) {
+    let (from, to) = (
+        &lab.node(NodeId::new(1)).pods[0],
+        &lab.node(NodeId::new(2)).pods[0],
+    );
     wait_for(
         "node 1's pod to reach node 2's over IPv4",
         Duration::from_secs(20),

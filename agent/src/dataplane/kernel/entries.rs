@@ -127,6 +127,20 @@ pub fn is_peer_route<A: Family>(
         && A::net_contains(network, &destination)
 }
 
+/// Whether `route` is a peer route on the uplink (host-gw, DirectRouting)
+/// into a pod `network` that is no longer the network's: weft-shaped
+/// ([`is_peer_route`], through a gateway on `uplink_index`) and exactly one
+/// subnet (`subnet_len`) long, as `add_peer` wrote it for a peer's lease.
+pub fn is_former_uplink_peer_route<A: Family>(
+    route: &RouteMessage,
+    network: &A::Net,
+    subnet_len: u8,
+    uplink_index: u32,
+) -> bool {
+    is_peer_route::<A>(route, network, None, uplink_index)
+        && route.header.destination_prefix_length == subnet_len
+}
+
 /// A main-table route of family `A` out of `uplink`, as the local view
 /// records it (destination, gateway if any; a route without a destination
 /// is the default route), unless it is weft's own host-gw or

@@ -194,3 +194,41 @@ fn vtep_macs_are_stable_unicast_and_local() {
     assert_eq!(mac.0[0] & 0x01, 0, "multicast bit set");
     assert_eq!(mac.0[0] & 0x02, 0x02, "not locally administered");
 }
+
+#[test]
+fn former_ipv6_peer_routes_are_one_subnet_long_via_a_gateway_on_the_uplink() {
+    use std::net::Ipv6Addr;
+
+    use ipnet::Ipv6Net;
+    const UPLINK: u32 = 2;
+    const OTHER: u32 = 3;
+    let former: Ipv6Net = "fd00:12::/48".parse().unwrap();
+    let peer_subnet: Ipv6Net = "fd00:12:0:200::/56".parse().unwrap();
+    let peer_ip: Ipv6Addr = "fd00:77::2".parse().unwrap();
+    let host_gw = route_message(peer_subnet, peer_ip, UPLINK, false);
+    assert!(is_former_uplink_peer_route::<Ipv6Addr>(
+        &host_gw, &former, 56, UPLINK
+    ));
+    // Another length (someone's aggregate), another device, another
+    // protocol, no gateway, or outside the former network: not a peer's.
+    let aggregate = route_message("fd00:12::/52".parse().unwrap(), peer_ip, UPLINK, false);
+    let elsewhere = route_message(peer_subnet, peer_ip, OTHER, false);
+    let mut static_route = host_gw.clone();
+    static_route.header.protocol = RouteProtocol::Static;
+    let mut on_link = host_gw.clone();
+    on_link
+        .attributes
+        .retain(|attr| !matches!(attr, RouteAttribute::Gateway(_)));
+    let outside = route_message(
+        "fd00:13:0:200::/56".parse().unwrap(),
+        peer_ip,
+        UPLINK,
+        false,
+    );
+    for other in [aggregate, elsewhere, static_route, on_link, outside] {
+        assert!(
+            !is_former_uplink_peer_route::<Ipv6Addr>(&other, &former, 56, UPLINK),
+            "{other:?}"
+        );
+    }
+}
