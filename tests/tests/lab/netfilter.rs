@@ -21,7 +21,7 @@ use weft_common::{
 
 use weft_tests::{
     Backend, Lab, LabSpec, NodeId, cni,
-    echo::{EchoServer, TcpSession, UdpEchoOutcome, tcp_echo, udp_echo},
+    echo::{EchoServer, TcpSession, tcp_echo, udp_echo},
     kube_proxy::{self, Service},
     lab::{
         DECAP_COUNTERS, HOST_GW_DELIVERY_COUNTERS, XDP_NATIVE, carried_nearly_all, counter_delta,
@@ -117,6 +117,7 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     }
     let before = lab.counters(NodeId::new(1)).unwrap();
     assert_services_answer(
+        &lab,
         &a.ns,
         &["10.96.0.10", "10.96.0.11", "10.96.0.12"],
         "iptables mode",
@@ -156,8 +157,10 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
     for client in [a.ns.as_str(), lab.state.underlay_ns.as_str()] {
         tcp_echo(client, node2, 50, TIMEOUT)
             .unwrap_or_else(|error| panic!("hostPort over TCP from {client}: {error:#}"));
-        assert_every_query_answered(
-            &udp_echo(client, node2, 50, Duration::from_secs(1)).unwrap(),
+        assert_udp_answered(
+            &lab,
+            client,
+            node2,
             &format!("hostPort over UDP from {client}"),
         );
     }
@@ -383,6 +386,7 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
         kube_proxy::install_nftables(ns, &nft_services).unwrap();
     }
     assert_services_answer(
+        &lab,
         &a.ns,
         &["10.96.0.20", "10.96.0.21", "10.96.0.22"],
         "nftables mode",
@@ -391,7 +395,7 @@ fn keeps_every_netfilter_decision(spec: LabSpec) {
 
 /// Every TCP request and UDP query to each Service address is answered
 /// from that address: 10 connections of 20 requests, and 50 queries.
-fn assert_services_answer(client_ns: &str, addresses: &[&str], mode: &str) {
+fn assert_services_answer(lab: &Lab, client_ns: &str, addresses: &[&str], mode: &str) {
     for address in addresses {
         let tcp: SocketAddr = format!("{address}:80").parse().unwrap();
         for connection in 0..10 {
@@ -400,19 +404,23 @@ fn assert_services_answer(client_ns: &str, addresses: &[&str], mode: &str) {
             });
         }
         let udp: SocketAddr = format!("{address}:53").parse().unwrap();
-        assert_every_query_answered(
-            &udp_echo(client_ns, udp, 50, Duration::from_secs(1)).unwrap(),
-            &format!("{mode}: {udp}"),
-        );
+        assert_udp_answered(lab, client_ns, udp, &format!("{mode}: {udp}"));
     }
 }
 
-/// Every UDP query was answered once, from the address it was sent to (a
-/// reply that skipped reverse NAT is never received). An answer later than
-/// the query's timeout still counts here, reported on stderr: these tests
-/// check netfilter's decisions, and latency is the bench's to measure.
-fn assert_every_query_answered(outcome: &UdpEchoOutcome, what: &str) {
-    assert!(outcome.every_query_answered_once(), "{what}: {outcome}");
+/// 50 UDP queries from `client_ns` to `target`, each answered once, from
+/// the address it was sent to (a reply that skipped reverse NAT is never
+/// received). An answer later than the query's 1 s timeout still counts,
+/// reported on stderr: these tests check netfilter's decisions, and latency
+/// is the bench's to measure. On a failure, what each node's programs
+/// counted meanwhile says which path the queries and answers took.
+fn assert_udp_answered(lab: &Lab, client_ns: &str, target: SocketAddr, what: &str) {
+    let before = lab.all_counters();
+    let outcome = udp_echo(client_ns, target, 50, Duration::from_secs(1)).unwrap();
+    if !outcome.every_query_answered_once() {
+        lab.print_counted_since(&before);
+        panic!("{what}: {outcome}");
+    }
     if !outcome.late.is_empty() {
         eprintln!("NOTE: {what}: {outcome}");
     }
