@@ -210,7 +210,7 @@ pub struct UdpEchoOutcome {
     /// The queries with no answer within the timeout.
     pub unanswered: Vec<usize>,
     /// Those of them answered later (read while a later query was waited
-    /// for, or in one more timeout after the last).
+    /// for, or in one more timeout after the last query).
     pub late: Vec<usize>,
     /// The queries answered twice: a copy of a datagram reached the client
     /// (or the server) twice.
@@ -265,7 +265,8 @@ impl std::fmt::Display for UdpEchoOutcome {
 /// timeout is recorded as late, a second answer as duplicated, and neither
 /// is taken for the answer to the query being waited for (one slow answer
 /// would otherwise make every later query read its predecessor's). After
-/// the last query, late answers are waited for one more `timeout`.
+/// the last query, answers to unanswered ones are waited for one more
+/// `timeout`.
 pub fn udp_echo(
     client_ns: &str,
     target: SocketAddr,
@@ -303,9 +304,12 @@ pub fn udp_echo(
             }
         }
     }
-    let deadline = Instant::now() + timeout;
-    while let Some(earlier) = answer_before(&socket, deadline)? {
-        outcome.record_earlier(earlier);
+    // Only an unanswered query can still be answered late.
+    if !outcome.unanswered.is_empty() {
+        let deadline = Instant::now() + timeout;
+        while let Some(earlier) = answer_before(&socket, deadline)? {
+            outcome.record_earlier(earlier);
+        }
     }
     Ok(outcome)
 }
