@@ -3,7 +3,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use netlink_packet_route::{
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
-    route::{RouteAttribute, RouteProtocol},
+    route::{RouteAttribute, RouteMessage, RouteProtocol},
 };
 use rtnetlink::RouteMessageBuilder;
 
@@ -101,18 +101,25 @@ fn peer_routes_are_weft_shaped_routes_into_the_pod_network() {
     assert!(!is_peer_route::<Ipv4Addr>(&vxlan, &network, None, UPLINK));
     // Outside the pod network, another protocol, or on-link: not weft's.
     let underlay = route_message("192.168.78.0/24".parse().unwrap(), peer_ip, UPLINK, false);
-    let mut static_route = host_gw.clone();
-    static_route.header.protocol = RouteProtocol::Static;
-    let mut on_link = host_gw.clone();
-    on_link
-        .attributes
-        .retain(|attr| !matches!(attr, RouteAttribute::Gateway(_)));
+    let [static_route, on_link] = static_and_on_link(&host_gw);
     for other in [underlay, static_route, on_link] {
         assert!(
             !is_peer_route::<Ipv4Addr>(&other, &network, Some(VXLAN), UPLINK),
             "{other:?}"
         );
     }
+}
+
+/// `route` under another protocol, and without its gateway (on-link):
+/// neither is a route weft wrote.
+fn static_and_on_link(route: &RouteMessage) -> [RouteMessage; 2] {
+    let mut static_route = route.clone();
+    static_route.header.protocol = RouteProtocol::Static;
+    let mut on_link = route.clone();
+    on_link
+        .attributes
+        .retain(|attr| !matches!(attr, RouteAttribute::Gateway(_)));
+    [static_route, on_link]
 }
 
 fn entry(ip: Ipv4Addr, mac: MacAddr) -> NeighbourMessage {
@@ -213,12 +220,7 @@ fn former_ipv6_peer_routes_are_one_subnet_long_via_a_gateway_on_the_uplink() {
     // protocol, no gateway, or outside the former network: not a peer's.
     let aggregate = route_message("fd00:12::/52".parse().unwrap(), peer_ip, UPLINK, false);
     let elsewhere = route_message(peer_subnet, peer_ip, OTHER, false);
-    let mut static_route = host_gw.clone();
-    static_route.header.protocol = RouteProtocol::Static;
-    let mut on_link = host_gw.clone();
-    on_link
-        .attributes
-        .retain(|attr| !matches!(attr, RouteAttribute::Gateway(_)));
+    let [static_route, on_link] = static_and_on_link(&host_gw);
     let outside = route_message(
         "fd00:13:0:200::/56".parse().unwrap(),
         peer_ip,
