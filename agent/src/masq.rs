@@ -141,10 +141,7 @@ fn apply_script(subnets: &Subnets) -> String {
 /// node that never had it (or has no IPv6) is asked nothing of IPv6; a
 /// failure is logged, the IPv4 rules stand.
 fn remove_left_over_ipv6_table() {
-    let listed = Command::new("nft")
-        .args(["list", "table", "ip6", TABLE_V6])
-        .output();
-    if !listed.is_ok_and(|output| output.status.success()) {
+    if !matches!(list_table("ip6", TABLE_V6), Ok(Some(_))) {
         return;
     }
     match crate::nft::apply(
@@ -170,15 +167,23 @@ pub fn is_current(subnets: &Subnets) -> Result<bool> {
     Ok(true)
 }
 
-fn table_is_current(table: &Table) -> Result<bool> {
+/// `nft list table <family> <name>`'s listing, or `None` when there is no
+/// such table.
+fn list_table(family: &str, name: &str) -> Result<Option<String>> {
     let output = Command::new("nft")
-        .args(["list", "table", table.family, table.name])
+        .args(["list", "table", family, name])
         .output()
         .context("cannot run nft")?;
-    if !output.status.success() {
+    Ok(output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned()))
+}
+
+fn table_is_current(table: &Table) -> Result<bool> {
+    let Some(listed) = list_table(table.family, table.name)? else {
         return Ok(false);
-    }
-    let listed = String::from_utf8_lossy(&output.stdout);
+    };
     let normalise = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
     let listed = normalise(&listed);
     // nft prints 0x4000 as 0x00004000 and drops "policy accept" spacing
