@@ -13,16 +13,25 @@ pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkConfig {
+    /// `Network` and its subnets, unless `EnableIPv4` is false (an
+    /// IPv6-only network).
+    pub ipv4: Option<Ipv4Network>,
+    /// `IPv6Network` and its subnets, when `EnableIPv6` is true (dual-stack,
+    /// or IPv6-only).
+    pub ipv6: Option<Ipv6Network>,
+    pub backend: BackendConfig,
+}
+
+/// `Network`, `SubnetLen`, `SubnetMin`/`SubnetMax` with flannel's defaults
+/// applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv4Network {
     pub network: Ipv4Net,
     pub subnet_len: u8,
     /// First subnet handed out (network address of that subnet).
     pub subnet_min: Ipv4Addr,
     /// Last subnet handed out (network address of that subnet).
     pub subnet_max: Ipv4Addr,
-    pub backend: BackendConfig,
-    /// `EnableIPv6`'s network, when dual-stack (issue #23). IPv4 is always
-    /// on: flannel v0.20.2's etcd leases are keyed by their IPv4 subnet.
-    pub ipv6: Option<Ipv6Network>,
 }
 
 /// `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin`/`IPv6SubnetMax` with
@@ -75,89 +84,101 @@ impl NetworkConfig {
         let root = value
             .as_object()
             .ok_or_else(|| anyhow!("network config must be a JSON object"))?;
-        if boolean(root, "EnableIPv4")? == Some(false) {
+        // flannel's defaults: IPv4 on, IPv6 off.
+        let enable_ipv4 = boolean(root, "EnableIPv4")?.unwrap_or(true);
+        let enable_ipv6 = boolean(root, "EnableIPv6")?.unwrap_or(false);
+        if !enable_ipv4 && !enable_ipv6 {
             bail!(
-                "network config: EnableIPv4 is false, and IPv6-only is not supported yet: weft keys its control plane by the IPv4 subnet (flannel v0.20.2 runs IPv6-only with its Kubernetes subnet manager only; its etcd leases always have an IPv4 subnet), so weft needs Network (use EnableIPv6 for dual-stack)"
+                "network config: EnableIPv4 and EnableIPv6 are both false: no family is left to run"
             );
         }
-        let ipv6 = if boolean(root, "EnableIPv6")? == Some(true) {
-            Some(parse_ipv6(root)?)
-        } else {
-            None
-        };
-        let network: Ipv4Net = string(root, "Network")?
-            .ok_or_else(|| anyhow!("network config: Network is missing"))?
-            .parse()
-            .map_err(|_| anyhow!("network config: Network is not an IPv4 CIDR"))?;
-        let network = network.trunc();
-        let prefix = network.prefix_len();
-
-        let subnet_len = match integer(root, "SubnetLen")? {
-            Some(0) | None => {
-                if prefix > 28 {
-                    bail!(
-                        "network config: Network {network} is too small; the smallest useful network is a /28"
-                    );
-                }
-                if prefix <= 22 { 24 } else { prefix + 2 }
-            }
-            Some(len) => {
-                let len = u8::try_from(len).map_err(|_| {
-                    anyhow!("network config: SubnetLen {len} is not a prefix length")
-                })?;
-                if len > 30 {
-                    bail!("network config: SubnetLen {len} is invalid: it must be at most 30");
-                }
-                if len < prefix + 2 {
-                    bail!(
-                        "network config: SubnetLen {len} is invalid: it must be at least Network's prefix + 2 ({}) so the network holds four subnets",
-                        prefix + 2
-                    );
-                }
-                len
-            }
-        };
-        let subnet_size = 1u32 << (32 - subnet_len);
-        let mask = u32::MAX << (32 - subnet_len);
-        let network_start = u32::from(network.network());
-        let bound = |name: &str, default: u32| -> Result<Ipv4Addr> {
-            let Some(text) = string(root, name)? else {
-                return Ok(Ipv4Addr::from(default));
-            };
-            let address: Ipv4Addr = text
-                .parse()
-                .map_err(|_| anyhow!("network config: {name} {text:?} is not an IPv4 address"))?;
-            if !network.contains(&address) {
-                bail!("network config: {name} {address} is not inside Network {network}");
-            }
-            if u32::from(address) & mask != u32::from(address) {
-                bail!(
-                    "network config: {name} {address} is not on a SubnetLen (/{subnet_len}) boundary"
-                );
-            }
-            Ok(address)
-        };
-        let subnet_min = bound("SubnetMin", network_start + subnet_size)?;
-        // The last subnet starts `subnet_size - 1` below the broadcast
-        // address (which may be 255.255.255.255: no `+ 1` first).
-        let subnet_max = bound(
-            "SubnetMax",
-            u32::from(network.broadcast()) - (subnet_size - 1),
-        )?;
-        if subnet_min > subnet_max {
-            bail!("network config: SubnetMin {subnet_min} is above SubnetMax {subnet_max}");
-        }
+        let ipv4 = enable_ipv4.then(|| parse_ipv4(root)).transpose()?;
+        let ipv6 = enable_ipv6.then(|| parse_ipv6(root)).transpose()?;
         let backend = parse_backend(root)?;
         Ok(Self {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
-            backend,
+            ipv4,
             ipv6,
+            backend,
         })
     }
+}
 
+/// `Network`, `SubnetLen`, `SubnetMin`/`SubnetMax` with flannel v0.20.2's
+/// defaults and checks: the subnet length defaults to 24 on a /22 or
+/// wider, else to the prefix + 2; it is at most 30 and at least the
+/// prefix + 2 (four subnets); the bounds default to the second and the
+/// last subnet, and must lie inside the network on a subnet boundary.
+fn parse_ipv4(root: &Map<String, Value>) -> Result<Ipv4Network> {
+    let network: Ipv4Net = string(root, "Network")?
+        .ok_or_else(|| anyhow!("network config: Network is missing"))?
+        .parse()
+        .map_err(|_| anyhow!("network config: Network is not an IPv4 CIDR"))?;
+    let network = network.trunc();
+    let prefix = network.prefix_len();
+
+    let subnet_len = match integer(root, "SubnetLen")? {
+        Some(0) | None => {
+            if prefix > 28 {
+                bail!(
+                    "network config: Network {network} is too small; the smallest useful network is a /28"
+                );
+            }
+            if prefix <= 22 { 24 } else { prefix + 2 }
+        }
+        Some(len) => {
+            let len = u8::try_from(len)
+                .map_err(|_| anyhow!("network config: SubnetLen {len} is not a prefix length"))?;
+            if len > 30 {
+                bail!("network config: SubnetLen {len} is invalid: it must be at most 30");
+            }
+            if len < prefix + 2 {
+                bail!(
+                    "network config: SubnetLen {len} is invalid: it must be at least Network's prefix + 2 ({}) so the network holds four subnets",
+                    prefix + 2
+                );
+            }
+            len
+        }
+    };
+    let subnet_size = 1u32 << (32 - subnet_len);
+    let mask = u32::MAX << (32 - subnet_len);
+    let network_start = u32::from(network.network());
+    let bound = |name: &str, default: u32| -> Result<Ipv4Addr> {
+        let Some(text) = string(root, name)? else {
+            return Ok(Ipv4Addr::from(default));
+        };
+        let address: Ipv4Addr = text
+            .parse()
+            .map_err(|_| anyhow!("network config: {name} {text:?} is not an IPv4 address"))?;
+        if !network.contains(&address) {
+            bail!("network config: {name} {address} is not inside Network {network}");
+        }
+        if u32::from(address) & mask != u32::from(address) {
+            bail!(
+                "network config: {name} {address} is not on a SubnetLen (/{subnet_len}) boundary"
+            );
+        }
+        Ok(address)
+    };
+    let subnet_min = bound("SubnetMin", network_start + subnet_size)?;
+    // The last subnet starts `subnet_size - 1` below the broadcast
+    // address (which may be 255.255.255.255: no `+ 1` first).
+    let subnet_max = bound(
+        "SubnetMax",
+        u32::from(network.broadcast()) - (subnet_size - 1),
+    )?;
+    if subnet_min > subnet_max {
+        bail!("network config: SubnetMin {subnet_min} is above SubnetMax {subnet_max}");
+    }
+    Ok(Ipv4Network {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
+impl Ipv4Network {
     /// Every subnet from SubnetMin to SubnetMax, in order.
     pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
         let size = 1u32 << (32 - self.subnet_len);
@@ -378,12 +399,16 @@ mod tests {
         format!("{:#}", NetworkConfig::parse(json).unwrap_err())
     }
 
+    fn v4(config: &NetworkConfig) -> &Ipv4Network {
+        config.ipv4.as_ref().expect("IPv4 on")
+    }
+
     #[test]
     fn flannel_defaults_for_a_16() {
         let config = parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
-        assert_eq!(config.subnet_len, 24);
-        assert_eq!(config.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(config.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(v4(&config).subnet_len, 24);
+        assert_eq!(v4(&config).subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(v4(&config).subnet_max, Ipv4Addr::new(10, 244, 255, 0));
         assert_eq!(
             config.backend,
             BackendConfig::Vxlan {
@@ -393,16 +418,16 @@ mod tests {
                 direct_routing: false
             }
         );
-        assert_eq!(config.subnets().count(), 255);
+        assert_eq!(v4(&config).subnets().count(), 255);
     }
 
     #[test]
     fn small_networks_split_in_four() {
         let config = parse(r#"{"Network":"10.9.0.0/26","Backend":{"Type":"host-gw"}}"#);
-        assert_eq!(config.subnet_len, 28);
-        assert_eq!(config.subnet_min, Ipv4Addr::new(10, 9, 0, 16));
-        assert_eq!(config.subnet_max, Ipv4Addr::new(10, 9, 0, 48));
-        let subnets: Vec<String> = config.subnets().map(|net| net.to_string()).collect();
+        assert_eq!(v4(&config).subnet_len, 28);
+        assert_eq!(v4(&config).subnet_min, Ipv4Addr::new(10, 9, 0, 16));
+        assert_eq!(v4(&config).subnet_max, Ipv4Addr::new(10, 9, 0, 48));
+        let subnets: Vec<String> = v4(&config).subnets().map(|net| net.to_string()).collect();
         assert_eq!(subnets, ["10.9.0.16/28", "10.9.0.32/28", "10.9.0.48/28"]);
         assert!(
             error(r#"{"Network":"10.9.0.0/29","Backend":{"Type":"host-gw"}}"#)
@@ -415,7 +440,7 @@ mod tests {
         let config = parse(
             r#"{"network":"10.1.0.0/16","subnetlen":26,"backend":{"type":"vxlan","vni":4,"port":4789,"directrouting":true}}"#,
         );
-        assert_eq!(config.subnet_len, 26);
+        assert_eq!(v4(&config).subnet_len, 26);
         assert_eq!(
             config.backend,
             BackendConfig::Vxlan {
@@ -432,10 +457,10 @@ mod tests {
         let config = parse(
             r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.10.0","SubnetMax":"10.1.20.0","Backend":{"Type":"vxlan"}}"#,
         );
-        assert_eq!(config.subnets().count(), 11);
-        assert!(config.fits(&"10.1.15.0/24".parse().unwrap()));
-        assert!(!config.fits(&"10.1.21.0/24".parse().unwrap()));
-        assert!(!config.fits(&"10.1.15.0/25".parse().unwrap()));
+        assert_eq!(v4(&config).subnets().count(), 11);
+        assert!(v4(&config).fits(&"10.1.15.0/24".parse().unwrap()));
+        assert!(!v4(&config).fits(&"10.1.21.0/24".parse().unwrap()));
+        assert!(!v4(&config).fits(&"10.1.15.0/25".parse().unwrap()));
         let off = error(
             r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.10.7","Backend":{"Type":"vxlan"}}"#,
         );
@@ -662,16 +687,24 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_only_is_refused_saying_why() {
+    fn ipv6_only_has_no_ipv4_network() {
+        // flanneld's IPv6-only config: Network is not needed, and not used.
         for json in [
             r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#,
-            r#"{"Network":"10.1.0.0/16","enableipv4":false,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.1.0.0/16","enableipv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"host-gw"}}"#,
         ] {
-            let message = error(json);
-            assert!(
-                message.contains("EnableIPv4 is false, and IPv6-only is not supported yet: weft keys its control plane by the IPv4 subnet"),
-                "{json}: {message}"
+            let config = parse(json);
+            assert_eq!(config.ipv4, None, "{json}");
+            assert_eq!(
+                config.ipv6.as_ref().map(|ipv6| ipv6.network.to_string()),
+                Some("fd00::/48".to_owned())
             );
         }
+        let neither =
+            error(r#"{"Network":"10.1.0.0/16","EnableIPv4":false,"Backend":{"Type":"vxlan"}}"#);
+        assert!(
+            neither.contains("EnableIPv4 and EnableIPv6 are both false"),
+            "{neither}"
+        );
     }
 }

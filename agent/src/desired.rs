@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow, bail};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_TC_BRIDGE, CONFIG_TC_UPLINK,
     CONFIG_TC_VTEP, CONFIG_UPLINK_XDP, CONFIG_VERDICT_PROBES, ENDPOINT_TC_RECEIVES,
@@ -27,7 +27,7 @@ use crate::{
     endpoints::LocalView,
     lease::{
         MacAddr,
-        validate::{AcceptedPeer, AcceptedPeerV6, PeerBackend},
+        validate::{AcceptedPeer, AcceptedPeerV4, AcceptedPeerV6, PeerBackend},
     },
     tc::{TcHooks, TcView},
 };
@@ -171,12 +171,12 @@ pub struct LocalPod {
 pub struct Inputs<'a> {
     pub node: &'a NodeFacts,
     /// This node's subnet (`Agent::subnet`): the permanent neighbour entries
-    /// inside it on the bridge are weft's.
-    pub subnet: Ipv4Net,
-    /// This node's IPv6 subnet (dual-stack only, issue #23).
+    /// inside it on the bridge are weft's. None in an IPv6-only network.
+    pub subnet: Option<Ipv4Net>,
+    /// This node's IPv6 subnet (in a network with IPv6, issue #23).
     pub subnet_v6: Option<Ipv6Net>,
     /// The accepted peers (`PeerTable::peers`).
-    pub peers: &'a BTreeMap<Ipv4Net, AcceptedPeer>,
+    pub peers: &'a BTreeMap<IpNet, AcceptedPeer>,
     /// The latest local view: the uplink's routes (which peers are on-link,
     /// so VXLAN or direct) and neighbours (next-hop MACs), the gateway MAC.
     pub view: &'a LocalView,
@@ -257,9 +257,10 @@ pub struct PodNeighbours {
     /// The bridge's ifindex.
     pub bridge: u32,
     /// This node's subnet: the permanent entries inside it on the bridge
-    /// are weft's, and any not in `pinned` go.
-    pub subnet: Ipv4Net,
-    /// This node's IPv6 subnet, the same way, in a dual-stack network only
+    /// are weft's, and any not in `pinned` go. None in an IPv6-only
+    /// network: no IPv4 entry is weft's then.
+    pub subnet: Option<Ipv4Net>,
+    /// This node's IPv6 subnet, the same way, in a network with IPv6 only
     /// (as for ENDPOINTS6); without one no IPv6 entry is weft's.
     pub subnet_v6: Option<Ipv6Net>,
     /// Local pod address (either family) -> the MAC of the pod's end of
@@ -276,18 +277,19 @@ pub fn compute(inputs: &Inputs) -> Desired {
         ..Desired::default()
     };
     if planned {
-        desired.members = inputs.peers.values().map(|peer| peer.public_ip).collect();
-        for (subnet, peer) in inputs.peers {
-            match plan_route(inputs.node, inputs.view, *subnet, peer) {
+        // IPv4 halves: none in an IPv6-only network.
+        for v4 in inputs.peers.values().filter_map(|peer| peer.v4.as_ref()) {
+            desired.members.insert(v4.public_ip);
+            match plan_route(inputs.node, inputs.view, v4) {
                 Ok(route) => {
-                    desired.routes.insert(*subnet, route);
+                    desired.routes.insert(v4.subnet, route);
                 }
                 Err(error) => {
-                    desired.unroutable.insert(*subnet, format!("{error:#}"));
+                    desired.unroutable.insert(v4.subnet, format!("{error:#}"));
                 }
             }
         }
-        // IPv6 halves count only in a dual-stack network (the peer table
+        // IPv6 halves count only in a network with IPv6 (the peer table
         // gives none otherwise, and without flannel-v6 none could be used).
         if inputs.node.network.ipv6.is_some() {
             for v6 in inputs.peers.values().filter_map(|peer| peer.v6.as_ref()) {
@@ -388,13 +390,8 @@ pub fn compute(inputs: &Inputs) -> Desired {
 /// or route change on the uplink together. The peer's backend and VNI are
 /// the network's (the peer table accepted it so): only reachability is
 /// decided here.
-pub fn plan_route(
-    node: &NodeFacts,
-    view: &LocalView,
-    subnet: Ipv4Net,
-    peer: &AcceptedPeer,
-) -> Result<PeerRoute> {
-    let public_ip = peer.public_ip;
+pub fn plan_route(node: &NodeFacts, view: &LocalView, peer: &AcceptedPeerV4) -> Result<PeerRoute> {
+    let (subnet, public_ip) = (peer.subnet, peer.public_ip);
     let on_link = view.on_link(public_ip);
     let direct_allowed = match &node.network.backend {
         BackendConfig::HostGw => {
@@ -417,7 +414,7 @@ pub fn plan_route(
     }
 }
 
-/// How a dual-stack peer's IPv6 half is reached: [`plan_route`]'s rules
+/// How a peer's IPv6 half is reached: [`plan_route`]'s rules
 /// over the IPv6 underlay (flanneld's `vxlan_network.go` v6 branch and
 /// host-gw's v6 routes): host-gw needs PublicIPv6 on-link, DirectRouting
 /// takes it when it is, else flannel-v6.<VNI> with the v6 VTEP MAC.

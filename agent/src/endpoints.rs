@@ -125,7 +125,7 @@ pub async fn watch(
     bridge: String,
     uplink: u32,
     vteps: Vec<String>,
-    pod_network: Ipv4Net,
+    pod_network: Option<Ipv4Net>,
     pod_network_v6: Option<Ipv6Net>,
     views: mpsc::Sender<LocalView>,
 ) {
@@ -167,7 +167,7 @@ async fn follow(
 
     let mut last_sent: Option<LocalView> = None;
     loop {
-        let mut current = read_view(&handle, bridge, uplink, vteps, Some(&networks.v4)).await?;
+        let mut current = read_view(&handle, bridge, uplink, vteps, networks.v4.as_ref()).await?;
         if let Some(network_v6) = &networks.v6 {
             current.uplink_routes_v6 = read_uplink_routes_v6(&handle, uplink, network_v6).await?;
             current.uplink_neighbours_v6 = read_uplink_neighbours_v6(&handle, uplink).await?;
@@ -191,8 +191,9 @@ async fn follow(
 
 /// The pod networks whose weft-written routes the view leaves out.
 struct PodNetworks {
-    v4: Ipv4Net,
-    /// Dual-stack only: the IPv6 routes are read then.
+    /// Unless the network is IPv6-only.
+    v4: Option<Ipv4Net>,
+    /// With IPv6 only (dual-stack, IPv6-only): the IPv6 routes are read then.
     v6: Option<Ipv6Net>,
 }
 

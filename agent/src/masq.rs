@@ -73,12 +73,11 @@ pub fn ruleset_v6(network: &Ipv6Net, subnet: &Ipv6Net) -> String {
     )
 }
 
-/// The pod networks and this node's subnets the rules are written for
-/// (IPv6: dual-stack only).
+/// The pod networks and this node's subnets the rules are written for, of
+/// each family the network runs: (network, subnet).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Subnets {
-    pub network: Ipv4Net,
-    pub subnet: Ipv4Net,
+    pub v4: Option<(Ipv4Net, Ipv4Net)>,
     pub v6: Option<(Ipv6Net, Ipv6Net)>,
 }
 
@@ -91,11 +90,14 @@ struct Table {
 
 impl Subnets {
     fn tables(&self) -> Vec<Table> {
-        let mut tables = vec![Table {
-            family: "ip",
-            name: TABLE,
-            ruleset: ruleset(&self.network, &self.subnet),
-        }];
+        let mut tables = Vec::new();
+        if let Some((network, subnet)) = &self.v4 {
+            tables.push(Table {
+                family: "ip",
+                name: TABLE,
+                ruleset: ruleset(network, subnet),
+            });
+        }
         if let Some((network, subnet)) = &self.v6 {
             tables.push(Table {
                 family: "ip6",
@@ -108,12 +110,15 @@ impl Subnets {
 }
 
 /// Replaces the tables' contents with their rulesets in one transaction;
-/// in an IPv4-only network, then removes an IPv6 table left from dual
-/// stack.
+/// then removes the table of a family the network no longer runs (left
+/// from dual stack).
 pub fn apply(subnets: &Subnets) -> Result<()> {
     crate::nft::apply(&apply_script(subnets), "masquerade rules")?;
+    if subnets.v4.is_none() {
+        remove_left_over_table("ip", TABLE, "IPv6-only");
+    }
     if subnets.v6.is_none() {
-        remove_left_over_ipv6_table();
+        remove_left_over_table("ip6", TABLE_V6, "IPv4-only");
     }
     Ok(())
 }
@@ -137,20 +142,21 @@ fn apply_script(subnets: &Subnets) -> String {
 
 /// In an IPv4-only network, table `ip6 flannel-ipv6` left from when the
 /// network was dual-stack would masquerade for an IPv6 network no lease
-/// holds now (flanneld leaves it): it goes. Only once it is seen, so a
-/// node that never had it (or has no IPv6) is asked nothing of IPv6; a
-/// failure is logged, the IPv4 rules stand.
-fn remove_left_over_ipv6_table() {
-    if !matches!(list_table("ip6", TABLE_V6), Ok(Some(_))) {
+/// holds now (flanneld leaves it): it goes; so does `ip flannel-ipv4` in
+/// an IPv6-only network. Only once it is seen, so a node that never had it
+/// (or lacks the family) is asked nothing of it; a failure is logged, the
+/// other family's rules stand. `now` names what the network is.
+fn remove_left_over_table(family: &str, name: &str, now: &str) {
+    if !matches!(list_table(family, name), Ok(Some(_))) {
         return;
     }
     match crate::nft::apply(
-        &format!("delete table ip6 {TABLE_V6}\n"),
-        "removal of the IPv6 masquerade table",
+        &format!("delete table {family} {name}\n"),
+        "removal of a masquerade table left from dual stack",
     ) {
         Ok(()) => warn!(
-            table = TABLE_V6,
-            "the network is IPv4-only: removed the IPv6 masquerade table left from dual stack"
+            table = name,
+            "the network is {now}: removed the masquerade table left from dual stack"
         ),
         Err(error) => warn!("{error:#}"),
     }
@@ -213,7 +219,7 @@ impl Keeper {
             .await
             .map_err(|error| anyhow!("applying the masquerade rules did not run: {error}"))??;
         info!(
-            table = TABLE,
+            ipv4 = subnets.v4.is_some(),
             ipv6 = subnets.v6.is_some(),
             "masquerade rules applied"
         );
@@ -240,7 +246,7 @@ async fn keep(mut subnet: watch::Receiver<Subnets>, every: Duration) {
         let current = *subnet.borrow_and_update();
         let restored = tokio::task::spawn_blocking(move || restore_if_changed(&current)).await;
         match restored {
-            Ok(Ok(true)) => info!(table = TABLE, "masquerade rules (re)applied"),
+            Ok(Ok(true)) => info!("masquerade rules (re)applied"),
             Ok(Ok(false)) => {}
             Ok(Err(error)) => warn!("{error:#}"),
             Err(error) => warn!("the masquerade rules check did not run: {error}"),
@@ -272,10 +278,12 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv4_only_network_writes_no_ipv6_table_a_dual_stack_one_does() {
+    fn each_family_the_network_runs_has_its_table_and_only_those() {
         let v4_only = Subnets {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            v4: Some((
+                "10.244.0.0/16".parse().unwrap(),
+                "10.244.3.0/24".parse().unwrap(),
+            )),
             v6: None,
         };
         let script = apply_script(&v4_only);
@@ -296,6 +304,17 @@ mod tests {
             script.contains("add table ip6 flannel-ipv6\ndelete table ip6 flannel-ipv6\ntable ip6 flannel-ipv6 {"),
             "{script}"
         );
+        // IPv6-only: the ip6 table alone.
+        let v6_only = Subnets {
+            v4: None,
+            ..dual_stack
+        };
+        let script = apply_script(&v6_only);
+        assert!(
+            script.starts_with("add table ip6 flannel-ipv6\n"),
+            "{script}"
+        );
+        assert!(!script.contains("table ip "), "{script}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::{
     endpoints::{BridgePorts, PodPort},
-    lease::LeaseSubnets,
+    lease::validate::OwnSubnets,
     pod_veth::{self, PodSide},
 };
 
@@ -51,14 +51,14 @@ impl LocalPods {
     /// CNI plugin plugs the veth into the bridge before IPAM configures the
     /// pod's addresses, and the first read can fall in between (a
     /// dual-stack pod's IPv6 address can come later still, after DAD).
-    pub async fn refresh(&mut self, ports: &BridgePorts, subnets: LeaseSubnets) {
+    pub async fn refresh(&mut self, ports: &BridgePorts, subnets: OwnSubnets) {
         self.read_sides(ports, subnets, false).await;
     }
 
     /// Reads again the pods whose side could not be read or is not complete
     /// yet ([`Self::refresh`]; views arrive only when something changed).
     /// Returns whether the local pods changed.
-    pub async fn retry(&mut self, ports: &BridgePorts, subnets: LeaseSubnets) -> bool {
+    pub async fn retry(&mut self, ports: &BridgePorts, subnets: OwnSubnets) -> bool {
         let before = self.all_endpoints(subnets);
         self.refresh(ports, subnets).await;
         self.all_endpoints(subnets) != before
@@ -67,13 +67,13 @@ impl LocalPods {
     /// Reads every port's pod side again, complete or not, so a pod whose
     /// MAC or addresses changed after it was read is followed. Returns
     /// whether the local pods changed.
-    pub async fn reread(&mut self, ports: &BridgePorts, subnets: LeaseSubnets) -> bool {
+    pub async fn reread(&mut self, ports: &BridgePorts, subnets: OwnSubnets) -> bool {
         let before = self.all_endpoints(subnets);
         self.read_sides(ports, subnets, true).await;
         self.all_endpoints(subnets) != before
     }
 
-    async fn read_sides(&mut self, ports: &BridgePorts, subnets: LeaseSubnets, complete_too: bool) {
+    async fn read_sides(&mut self, ports: &BridgePorts, subnets: OwnSubnets, complete_too: bool) {
         self.sides.retain(|index, _| ports.contains_key(index));
         self.failing.retain(|index| ports.contains_key(index));
         let complete = |side: &PodSide| is_complete(side, subnets);
@@ -129,10 +129,13 @@ impl LocalPods {
     /// Both families' endpoints, to tell whether a read changed either.
     fn all_endpoints(
         &self,
-        subnets: LeaseSubnets,
+        subnets: OwnSubnets,
     ) -> (BTreeMap<Ipv4Addr, LocalPod>, BTreeMap<Ipv6Addr, LocalPod>) {
         (
-            self.endpoints(subnets.v4),
+            subnets
+                .v4
+                .map(|subnet| self.endpoints(subnet))
+                .unwrap_or_default(),
             subnets
                 .v6
                 .map(|subnet_v6| self.endpoints6(subnet_v6))
@@ -142,11 +145,12 @@ impl LocalPods {
 }
 
 /// A pod side read far enough not to be read again on every view: GRO on,
-/// an address in the IPv4 subnet and, when the node has an IPv6 subnet, an
-/// address in that too.
-fn is_complete(side: &PodSide, subnets: LeaseSubnets) -> bool {
+/// and an address in each subnet the node has (IPv4, IPv6, or both).
+fn is_complete(side: &PodSide, subnets: OwnSubnets) -> bool {
     side.gro_on
-        && side.addresses.iter().any(|ip| subnets.v4.contains(ip))
+        && subnets
+            .v4
+            .is_none_or(|v4| side.addresses.iter().any(|ip| v4.contains(ip)))
         && subnets
             .v6
             .is_none_or(|v6| side.addresses_v6.iter().any(|ip| v6.contains(ip)))
@@ -244,9 +248,9 @@ mod tests {
         "fd00:10:244:1::/64".parse().unwrap()
     }
 
-    fn subnets(v6: bool) -> LeaseSubnets {
-        LeaseSubnets {
-            v4: lease(),
+    fn subnets(v6: bool) -> OwnSubnets {
+        OwnSubnets {
+            v4: Some(lease()),
             v6: v6.then(lease_v6),
         }
     }

@@ -10,7 +10,9 @@
 //! `FLANNEL_SUBNET` is the node's pod subnet written with its first host
 //! address (the cni0 gateway), exactly as flanneld writes it. A dual-stack
 //! node adds `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` (written the
-//! same way) after `FLANNEL_SUBNET`, in flanneld's order.
+//! same way) after `FLANNEL_SUBNET`, in flanneld's order; an IPv6-only
+//! node writes only those two (flanneld writes the IPv4 pair with
+//! `EnableIPv4` only).
 
 use std::{
     fmt,
@@ -23,15 +25,23 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubnetEnv {
+    /// The IPv4 pod network and this node's pod subnet, unless the network
+    /// is IPv6-only; both or neither.
+    pub ipv4: Option<Ipv4SubnetEnv>,
+    /// The IPv6 pod network and this node's IPv6 pod subnet, in a network
+    /// with IPv6; both or neither.
+    pub ipv6: Option<Ipv6SubnetEnv>,
+    pub mtu: u32,
+    pub ipmasq: bool,
+}
+
+/// `FLANNEL_NETWORK` and `FLANNEL_SUBNET`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4SubnetEnv {
     /// The whole cluster pod network.
     pub network: Ipv4Net,
     /// This node's pod subnet, addressed by its gateway (first host address).
     pub subnet: Ipv4Net,
-    /// Dual-stack only: the IPv6 pod network and this node's IPv6 pod
-    /// subnet, addressed by its gateway; both or neither.
-    pub ipv6: Option<Ipv6SubnetEnv>,
-    pub mtu: u32,
-    pub ipmasq: bool,
 }
 
 /// `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET`.
@@ -43,16 +53,18 @@ pub struct Ipv6SubnetEnv {
 }
 
 impl SubnetEnv {
-    /// The gateway (cni0) address of this node's pod subnet.
-    pub fn gateway(&self) -> std::net::Ipv4Addr {
-        self.subnet.addr()
+    /// The gateway (cni0) address of this node's IPv4 pod subnet.
+    pub fn gateway(&self) -> Option<std::net::Ipv4Addr> {
+        self.ipv4.map(|ipv4| ipv4.subnet.addr())
     }
 }
 
 impl fmt::Display for SubnetEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "FLANNEL_NETWORK={}", self.network)?;
-        writeln!(f, "FLANNEL_SUBNET={}", self.subnet)?;
+        if let Some(ipv4) = &self.ipv4 {
+            writeln!(f, "FLANNEL_NETWORK={}", ipv4.network)?;
+            writeln!(f, "FLANNEL_SUBNET={}", ipv4.subnet)?;
+        }
         if let Some(ipv6) = &self.ipv6 {
             writeln!(f, "FLANNEL_IPV6_NETWORK={}", ipv6.network)?;
             writeln!(f, "FLANNEL_IPV6_SUBNET={}", ipv6.subnet)?;
@@ -111,11 +123,17 @@ pub fn parse(text: &str, origin: &str) -> Result<SubnetEnv> {
         }
     }
     let missing = |key: &str| anyhow!("{origin}: {key} is missing");
-    let network = network.ok_or_else(|| missing("FLANNEL_NETWORK"))?;
-    let subnet = subnet.ok_or_else(|| missing("FLANNEL_SUBNET"))?;
-    if !network.contains(&subnet) {
-        bail!("{origin}: FLANNEL_SUBNET={subnet} is not inside FLANNEL_NETWORK={network}");
-    }
+    let ipv4 = match (network, subnet) {
+        (None, None) => None,
+        (Some(network), Some(subnet)) => {
+            if !network.contains(&subnet) {
+                bail!("{origin}: FLANNEL_SUBNET={subnet} is not inside FLANNEL_NETWORK={network}");
+            }
+            Some(Ipv4SubnetEnv { network, subnet })
+        }
+        (Some(_), None) => return Err(missing("FLANNEL_SUBNET")),
+        (None, Some(_)) => return Err(missing("FLANNEL_NETWORK")),
+    };
     let ipv6 = match (ipv6_network, ipv6_subnet) {
         (None, None) => None,
         (Some(network), Some(subnet)) => {
@@ -129,9 +147,13 @@ pub fn parse(text: &str, origin: &str) -> Result<SubnetEnv> {
         (Some(_), None) => return Err(missing("FLANNEL_IPV6_SUBNET")),
         (None, Some(_)) => return Err(missing("FLANNEL_IPV6_NETWORK")),
     };
+    if ipv4.is_none() && ipv6.is_none() {
+        return Err(missing(
+            "FLANNEL_NETWORK (or, IPv6-only, FLANNEL_IPV6_NETWORK)",
+        ));
+    }
     Ok(SubnetEnv {
-        network,
-        subnet,
+        ipv4,
         ipv6,
         mtu: mtu.ok_or_else(|| missing("FLANNEL_MTU"))?,
         ipmasq: ipmasq.ok_or_else(|| missing("FLANNEL_IPMASQ"))?,
@@ -188,9 +210,10 @@ mod tests {
     #[test]
     fn parses_what_flanneld_writes() {
         let env = parse(GOOD, "subnet.env").unwrap();
-        assert_eq!(env.network, "10.244.0.0/16".parse().unwrap());
-        assert_eq!(env.subnet.to_string(), "10.244.3.1/24");
-        assert_eq!(env.gateway().to_string(), "10.244.3.1");
+        let ipv4 = env.ipv4.unwrap();
+        assert_eq!(ipv4.network, "10.244.0.0/16".parse().unwrap());
+        assert_eq!(ipv4.subnet.to_string(), "10.244.3.1/24");
+        assert_eq!(env.gateway().unwrap().to_string(), "10.244.3.1");
         assert_eq!(env.mtu, 1450);
         assert!(env.ipmasq);
     }
@@ -218,6 +241,35 @@ mod tests {
         assert_eq!(ipv6.subnet.to_string(), "fd00:10:244:3::1/64");
         assert_eq!(env.to_string(), DUAL_STACK);
         assert_eq!(parse(GOOD, "x").unwrap().ipv6, None);
+    }
+
+    /// What flanneld v0.20.2 writes on an IPv6-only node (`EnableIPv4`
+    /// false): no IPv4 pair.
+    const IPV6_ONLY: &str = "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n";
+
+    #[test]
+    fn ipv6_only_round_trips_without_the_ipv4_pair() {
+        let env = parse(IPV6_ONLY, "subnet.env").unwrap();
+        assert_eq!(env.ipv4, None);
+        assert_eq!(env.gateway(), None);
+        assert_eq!(env.ipv6.unwrap().subnet.to_string(), "fd00:10:244:3::1/64");
+        assert_eq!(env.to_string(), IPV6_ONLY);
+        // Neither pair: nothing to wire pods with.
+        let neither = IPV6_ONLY.lines().skip(2).collect::<Vec<_>>().join("\n");
+        assert!(
+            error_of(&neither)
+                .ends_with("FLANNEL_NETWORK (or, IPv6-only, FLANNEL_IPV6_NETWORK) is missing"),
+            "{}",
+            error_of(&neither)
+        );
+    }
+
+    #[test]
+    fn half_an_ipv4_pair_is_an_error() {
+        let no_subnet = GOOD.replace("FLANNEL_SUBNET=10.244.3.1/24\n", "");
+        assert!(error_of(&no_subnet).ends_with("FLANNEL_SUBNET is missing"));
+        let no_network = GOOD.replace("FLANNEL_NETWORK=10.244.0.0/16\n", "");
+        assert!(error_of(&no_network).ends_with("FLANNEL_NETWORK is missing"));
     }
 
     #[test]

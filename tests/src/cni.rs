@@ -19,12 +19,17 @@ pub const PLUGIN_DIR: &str = "/usr/lib/cni";
 /// iptables and masquerade is the agent's job. host-local keeps its state in
 /// the lab's run directory because all lab nodes share one filesystem.
 ///
-/// A dual-stack subnet.env (`FLANNEL_IPV6_SUBNET`) adds, as flannel's CNI
+/// An IPv6-only subnet.env gives the IPv6 range and route alone. A
+/// dual-stack subnet.env (`FLANNEL_IPV6_SUBNET`) adds, as flannel's CNI
 /// plugin does, a second host-local range (the node's IPv6 subnet) and a
 /// route to the IPv6 pod network: the pod gets one address of each family.
 pub fn flannel_bridge_config(env: &SubnetEnv, ipam_dir: &Path) -> Value {
-    let mut ranges = vec![json!([{ "subnet": env.subnet.trunc().to_string() }])];
-    let mut routes = vec![json!({ "dst": env.network.to_string() })];
+    let mut ranges = Vec::new();
+    let mut routes = Vec::new();
+    if let Some(ipv4) = &env.ipv4 {
+        ranges.push(json!([{ "subnet": ipv4.subnet.trunc().to_string() }]));
+        routes.push(json!({ "dst": ipv4.network.to_string() }));
+    }
     if let Some(ipv6) = &env.ipv6 {
         ranges.push(json!([{ "subnet": ipv6.subnet.trunc().to_string() }]));
         routes.push(json!({ "dst": ipv6.network.to_string() }));

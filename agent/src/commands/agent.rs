@@ -40,7 +40,10 @@ use crate::{
     desired,
     endpoints::{self, LocalView},
     http::{self, Readiness},
-    lease::{LeaseSubnets, peers::PeerTable, validate::LeasePolicy},
+    lease::{
+        peers::PeerTable,
+        validate::{LeasePolicy, OwnSubnets},
+    },
     net,
     overlay_guard::{self, GuardSpec},
     pods::LocalPods,
@@ -122,8 +125,8 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         signal = signals.recv() => { info!("{signal} before start-up finished"); return Ok(()) }
     };
     info!(
-        network = %config.network,
-        subnet_len = config.subnet_len,
+        network = ?config.ipv4.as_ref().map(|ipv4| ipv4.network.to_string()),
+        subnet_len = ?config.ipv4.as_ref().map(|ipv4| ipv4.subnet_len),
         ipv6_network = ?config.ipv6.as_ref().map(|ipv6| ipv6.network.to_string()),
         ipv6_subnet_len = ?config.ipv6.as_ref().map(|ipv6| ipv6.subnet_len),
         backend = config.backend.type_name(),
@@ -232,7 +235,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         args.bridge.clone(),
         uplink.index,
         vtep_names.clone(),
-        config.network,
+        config.ipv4.as_ref().map(|ipv4| ipv4.network),
         config.ipv6.as_ref().map(|ipv6| ipv6.network),
         views_tx,
     ));
@@ -261,9 +264,9 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         }
     }
 
-    // subnet.env's subnets (the IPv6 one only in a dual-stack file).
-    let previous_subnets = previous.as_ref().map(|env| LeaseSubnets {
-        v4: env.subnet.trunc(),
+    // subnet.env's subnets (each family's only if the file has it).
+    let previous_subnets = previous.as_ref().map(|env| OwnSubnets {
+        v4: env.ipv4.map(|ipv4| ipv4.subnet.trunc()),
         v6: env.ipv6.map(|ipv6| ipv6.subnet.trunc()),
     });
     // What no peer may announce: our addresses and VTEP MACs, both families.
@@ -275,7 +278,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         taken = connection.acquire(&config, attrs, previous_subnets, &args) => taken,
         signal = signals.recv() => { info!("{signal} before a subnet was taken"); return Ok(()) }
     };
-    info!(subnet = %subnets.v4, subnet_v6 = ?subnets.v6.map(|v6| v6.to_string()), "this node's subnets");
+    info!(subnet = ?subnets.v4.map(|v4| v4.to_string()), subnet_v6 = ?subnets.v6.map(|v6| v6.to_string()), "this node's subnets");
     let policy = manager.peer_policy(
         LeasePolicy::new(&config, uplink.public_ip, vxlan.map(|device| device.mac))
             .with_own_ipv6(own_ipv6.0, own_ipv6.1),
@@ -286,8 +289,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         args,
         config,
         facts,
-        subnet: subnets.v4,
-        subnet_v6: subnets.v6,
+        subnets,
         manager,
         masq: None,
         peers: PeerTable::new(policy),

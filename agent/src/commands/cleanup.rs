@@ -96,8 +96,8 @@ fn unpin_maps(pin_dir: &Path) -> Result<usize> {
 }
 
 /// The pods' pinned entries: permanent, on the bridge, inside the subnets
-/// `subnet.env` names (FLANNEL_SUBNET, and FLANNEL_IPV6_SUBNET in a
-/// dual-stack network; weft pins nothing else there).
+/// `subnet.env` names (FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET, whichever
+/// it has; weft pins nothing else there).
 async fn unpin_neighbours(args: &NodeFiles) -> Result<usize> {
     let Some(env) = subnet_env::read_if_present(&args.subnet_file)? else {
         println!(
@@ -112,7 +112,8 @@ async fn unpin_neighbours(args: &NodeFiles) -> Result<usize> {
     let Some(bridge) = net::link_by_name(&handle, &args.bridge).await? else {
         return Ok(0);
     };
-    if env.subnet.prefix_len() == 0 {
+    let subnet = env.ipv4.as_ref().map(|ipv4| ipv4.subnet.trunc());
+    if subnet.is_some_and(|subnet| subnet.prefix_len() == 0) {
         bail!("{}: a /0 subnet", args.subnet_file.display());
     }
     let subnet_v6 = env.ipv6.as_ref().map(|ipv6| ipv6.subnet.trunc());
@@ -120,7 +121,7 @@ async fn unpin_neighbours(args: &NodeFiles) -> Result<usize> {
         bail!("{}: a /0 IPv6 subnet", args.subnet_file.display());
     }
     let own = pod_neighbours::OwnSubnets {
-        v4: env.subnet.trunc(),
+        v4: subnet,
         v6: subnet_v6,
     };
     pod_neighbours::unpin_all(&handle, bridge.header.index, own).await

@@ -99,8 +99,14 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
     };
     let status = Status {
         subnet_file: args.node.subnet_file.display().to_string(),
-        subnet: env.as_ref().map(|env| env.subnet.to_string()),
-        network: env.as_ref().map(|env| env.network.to_string()),
+        subnet: env
+            .as_ref()
+            .and_then(|env| env.ipv4)
+            .map(|ipv4| ipv4.subnet.to_string()),
+        network: env
+            .as_ref()
+            .and_then(|env| env.ipv4)
+            .map(|ipv4| ipv4.network.to_string()),
         config,
         placement,
         interfaces_not_shown: placement.why_no_interfaces(),

@@ -153,26 +153,42 @@ impl KernelDataplane {
     /// goes), and removals, like adds, are kept in flight together. What
     /// fails is reported and tried again at the next sync.
     pub async fn sync(&mut self, desired: &Desired) -> KernelReport {
-        let mut report = KernelReport::default();
-        let applied = self.applied.take();
-        report.reconciled = applied.is_none();
-        let applied = applied.unwrap_or_default();
+        // Both families are read again together (`reread_next_sync`).
+        let mut report = KernelReport {
+            reconciled: match self.config.ipv4 {
+                Some(_) => self.applied.is_none(),
+                None => self.applied_v6.is_none(),
+            },
+            failed: Vec::new(),
+        };
+        self.sync_v4(desired, &mut report).await;
+        // The IPv6 halves, the same way (nothing in an IPv4-only network).
+        self.sync_v6(desired, &mut report).await;
+        report
+    }
+
+    /// The IPv4 routes (nothing in an IPv6-only network).
+    async fn sync_v4(&mut self, desired: &Desired, report: &mut KernelReport) {
+        let Some(network) = self.config.ipv4.as_ref().map(|ipv4| ipv4.network) else {
+            return;
+        };
+        let applied = self.applied.take().unwrap_or_default();
         let (mut now, going) = stay_or_go(&applied, &desired.routes);
         if report.reconciled || !going.is_empty() {
             let routes = crate::net::main_routes(&self.handle);
             match self.snapshot(routes, self.vxlan, AddressFamily::Inet).await {
                 Ok(snapshot) if report.reconciled => {
-                    self.remove_stale(&snapshot, &desired.routes, &mut report)
+                    self.remove_stale(&snapshot, &network, &desired.routes, report)
                         .await
                 }
                 Ok(snapshot) => {
-                    self.remove_peers(&snapshot, &going, &desired.routes, &mut report)
+                    self.remove_peers(&snapshot, &going, &desired.routes, report)
                         .await
                 }
                 Err(error) => {
                     warn!("cannot read the kernel datapath: {error:#}");
-                    let (reconciled, network) = (report.reconciled, self.config.network.into());
-                    report_unreadable(&mut report, &error, reconciled, network, &going);
+                    let reconciled = report.reconciled;
+                    report_unreadable(report, &error, reconciled, network.into(), &going);
                 }
             }
         }
@@ -183,13 +199,10 @@ impl KernelDataplane {
             self.vxlan,
             "no VXLAN device",
             reconciled,
-            &mut report,
+            report,
         )
         .await;
         self.applied = Some(now);
-        // Dual-stack: the IPv6 halves, the same way (nothing otherwise).
-        self.sync_v6(desired, &mut report).await;
-        report
     }
 
     /// Removes the peers in `going` (gone, or changed and re-added after):
@@ -250,17 +263,12 @@ impl KernelDataplane {
     async fn remove_stale(
         &self,
         snapshot: &Snapshot,
+        network: &Ipv4Net,
         peers: &BTreeMap<Ipv4Net, PeerRoute>,
         report: &mut KernelReport,
     ) {
         let vxlan_index = self.vxlan.map(|device| device.index);
-        let (routes, entries) = stale(
-            snapshot,
-            &self.config.network,
-            peers,
-            vxlan_index,
-            self.uplink_index,
-        );
+        let (routes, entries) = stale(snapshot, network, peers, vxlan_index, self.uplink_index);
         // Routes first, then the neighbours and fdb entries they used.
         let mut results: Vec<Result<()>> = Vec::new();
         for batch in [routes, entries] {
@@ -276,7 +284,7 @@ impl KernelDataplane {
             warn!("cannot reconcile the kernel datapath: {error:#}");
             report.failed.push(Failure {
                 what: FailureKind::Reconcile,
-                subnet: self.config.network.into(),
+                subnet: (*network).into(),
                 error: format!("{error:#}"),
             });
         }

@@ -33,19 +33,20 @@ use crate::{
 };
 
 /// The node's own subnets, whose permanent entries on the bridge are
-/// weft's: the IPv4 lease, and the IPv6 subnet in a dual-stack network.
+/// weft's: the IPv4 one (none in an IPv6-only network), and the IPv6 one
+/// in a network with IPv6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnSubnets {
-    pub v4: Ipv4Net,
+    pub v4: Option<Ipv4Net>,
     pub v6: Option<Ipv6Net>,
 }
 
 impl OwnSubnets {
-    /// Whether `ip` is inside one of them (an IPv6 address never is
-    /// without an IPv6 subnet).
+    /// Whether `ip` is inside one of them (an address never is without a
+    /// subnet of its family).
     pub fn contain(&self, ip: IpAddr) -> bool {
         match ip {
-            IpAddr::V4(ip) => self.v4.contains(&ip),
+            IpAddr::V4(ip) => self.v4.is_some_and(|v4| v4.contains(&ip)),
             IpAddr::V6(ip) => self.v6.is_some_and(|v6| v6.contains(&ip)),
         }
     }
@@ -179,7 +180,7 @@ mod tests {
         ]);
         let wanted = PodNeighbours {
             bridge: 5,
-            subnet: "10.244.1.0/24".parse().unwrap(),
+            subnet: Some("10.244.1.0/24".parse().unwrap()),
             subnet_v6: None,
             pinned: BTreeMap::from([
                 (ip("10.244.1.2"), mac(1)),
@@ -209,7 +210,7 @@ mod tests {
         ]);
         let wanted = PodNeighbours {
             bridge: 5,
-            subnet: "10.244.1.0/24".parse().unwrap(),
+            subnet: Some("10.244.1.0/24".parse().unwrap()),
             subnet_v6: Some("fd00:10:244:1::/64".parse().unwrap()),
             pinned: BTreeMap::from([
                 (ip("10.244.1.2"), mac(1)),
@@ -247,7 +248,7 @@ mod tests {
         ]);
         let wanted = PodNeighbours {
             bridge: 5,
-            subnet: "10.244.1.0/24".parse().unwrap(),
+            subnet: Some("10.244.1.0/24".parse().unwrap()),
             subnet_v6: None,
             // Never so from `compute` (no ENDPOINTS6 without an IPv6
             // subnet); the plan does not pin outside the subnets anyway.

@@ -35,15 +35,33 @@ const VXLAN_DIRECT: &str =
 const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
 
-/// An accepted vxlan peer at `ip`, its VTEP MAC made from the address.
+/// An accepted vxlan peer at `ip`, its VTEP MAC made from the address;
+/// its subnet is the one [`keyed`] files it under.
 fn vxlan_peer(ip: [u8; 4]) -> AcceptedPeer {
     AcceptedPeer {
-        public_ip: Ipv4Addr::from(ip),
-        backend: PeerBackend::Vxlan {
-            vtep_mac: MacAddr([0x0e, 1, ip[0], ip[1], ip[2], ip[3]]),
-        },
+        v4: Some(AcceptedPeerV4 {
+            subnet: net("0.0.0.0/32"),
+            public_ip: Ipv4Addr::from(ip),
+            backend: PeerBackend::Vxlan {
+                vtep_mac: MacAddr([0x0e, 1, ip[0], ip[1], ip[2], ip[3]]),
+            },
+        }),
         v6: None,
     }
+}
+
+/// The peer table's map of `entries`, each peer's IPv4 half given its
+/// subnet.
+fn keyed<const N: usize>(entries: [(Ipv4Net, AcceptedPeer); N]) -> BTreeMap<IpNet, AcceptedPeer> {
+    entries
+        .into_iter()
+        .map(|(subnet, mut peer)| {
+            if let Some(v4) = peer.v4.as_mut() {
+                v4.subnet = subnet;
+            }
+            (IpNet::V4(subnet), peer)
+        })
+        .collect()
 }
 
 fn view() -> LocalView {
@@ -61,13 +79,13 @@ fn view() -> LocalView {
     }
 }
 
-fn compute_with(node: &NodeFacts, peers: &BTreeMap<Ipv4Net, AcceptedPeer>, live: bool) -> Desired {
+fn compute_with(node: &NodeFacts, peers: &BTreeMap<IpNet, AcceptedPeer>, live: bool) -> Desired {
     compute_in(node, peers, &view(), live)
 }
 
 fn compute_in(
     node: &NodeFacts,
-    peers: &BTreeMap<Ipv4Net, AcceptedPeer>,
+    peers: &BTreeMap<IpNet, AcceptedPeer>,
     view: &LocalView,
     live: bool,
 ) -> Desired {
@@ -81,7 +99,7 @@ fn compute_in(
     )]);
     compute(&Inputs {
         node,
-        subnet: net("10.244.1.0/24"),
+        subnet: Some(net("10.244.1.0/24")),
         subnet_v6: None,
         peers,
         view,
@@ -97,7 +115,7 @@ fn compute_in(
 #[test]
 fn on_link_peers_go_direct_with_direct_routing_and_the_rest_over_vxlan() {
     let node = facts(VXLAN_DIRECT);
-    let peers = BTreeMap::from([
+    let peers = keyed([
         (net("10.244.2.0/24"), vxlan_peer([192, 168, 77, 2])),
         (net("10.244.3.0/24"), vxlan_peer([192, 168, 78, 3])),
     ]);
@@ -143,14 +161,14 @@ fn on_link_peers_go_direct_with_direct_routing_and_the_rest_over_vxlan() {
 #[test]
 fn unresolved_next_hops_stay_zero() {
     let node = facts(VXLAN);
-    let peers = BTreeMap::from([(net("10.244.4.0/24"), vxlan_peer([192, 168, 77, 9]))]);
+    let peers = keyed([(net("10.244.4.0/24"), vxlan_peer([192, 168, 77, 9]))]);
     let desired = compute_with(&node, &peers, true);
     assert_eq!(desired.peers[&net("10.244.4.0/24")].nexthop_mac, [0; 6]);
 }
 
 #[test]
 fn peers_no_route_can_reach_are_unroutable_with_a_reason() {
-    let off_link = BTreeMap::from([(net("10.244.5.0/24"), vxlan_peer([10, 0, 0, 5]))]);
+    let off_link = keyed([(net("10.244.5.0/24"), vxlan_peer([10, 0, 0, 5]))]);
     let desired = compute_with(&facts(HOST_GW), &off_link, true);
     assert!(desired.routes.is_empty() && desired.peers.is_empty());
     assert!(desired.unroutable[&net("10.244.5.0/24")].contains("not on-link"));
@@ -197,7 +215,7 @@ fn the_local_pods_are_pinned_on_the_bridge_once_the_bridge_is_known() {
         desired.pod_neighbours,
         Some(PodNeighbours {
             bridge: 4,
-            subnet: net("10.244.1.0/24"),
+            subnet: Some(net("10.244.1.0/24")),
             subnet_v6: None,
             pinned: BTreeMap::from([(
                 Ipv4Addr::new(10, 244, 1, 2).into(),
@@ -260,7 +278,7 @@ fn vxlan_or_direct_follows_the_uplinks_live_routes() {
     let node = facts(VXLAN_DIRECT);
     let subnet = net("10.244.3.0/24");
     let peer_ip = Ipv4Addr::new(192, 168, 78, 3);
-    let peers = BTreeMap::from([(subnet, vxlan_peer([192, 168, 78, 3]))]);
+    let peers = keyed([(subnet, vxlan_peer([192, 168, 78, 3]))]);
     // Off-link (only the default route covers it): VXLAN via the router.
     let before = compute_in(&node, &peers, &view(), true);
     assert!(matches!(before.routes[&subnet], PeerRoute::Vxlan { .. }));
@@ -308,7 +326,7 @@ fn nothing_is_planned_before_the_first_local_view() {
     // Without a view every peer would look off-link: DirectRouting peers
     // planned over VXLAN, host-gw peers unroutable, then moved once the
     // view arrives. So nothing is planned until it has.
-    let peers = BTreeMap::from([(net("10.244.2.0/24"), vxlan_peer([192, 168, 77, 2]))]);
+    let peers = keyed([(net("10.244.2.0/24"), vxlan_peer([192, 168, 77, 2]))]);
     for network in [VXLAN_DIRECT, HOST_GW] {
         let node = facts(network);
         let early = compute_in(&node, &peers, &LocalView::default(), false);

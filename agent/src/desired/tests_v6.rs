@@ -63,13 +63,16 @@ fn facts(network: NetworkConfig) -> NodeFacts {
 
 /// A dual-stack vxlan peer: node `n` at 192.168.<site>.n and
 /// fd00:<site>::n, subnets 10.244.n.0/24 and fd00:10:244:n::/64.
-fn peer(site: u8, n: u8, with_v6: bool) -> (Ipv4Net, AcceptedPeer) {
+fn peer(site: u8, n: u8, with_v6: bool) -> (IpNet, AcceptedPeer) {
     let subnet = v4(&format!("10.244.{n}.0/24"));
     let peer = AcceptedPeer {
-        public_ip: Ipv4Addr::new(192, 168, site, n),
-        backend: PeerBackend::Vxlan {
-            vtep_mac: MacAddr([0x0e, 1, 192, 168, site, n]),
-        },
+        v4: Some(AcceptedPeerV4 {
+            subnet,
+            public_ip: Ipv4Addr::new(192, 168, site, n),
+            backend: PeerBackend::Vxlan {
+                vtep_mac: MacAddr([0x0e, 1, 192, 168, site, n]),
+            },
+        }),
         v6: with_v6.then(|| AcceptedPeerV6 {
             subnet: v6(&format!("fd00:10:244:{n}::/64")),
             public_ip: ip6(&format!("fd00:{site}::{n}")),
@@ -78,7 +81,7 @@ fn peer(site: u8, n: u8, with_v6: bool) -> (Ipv4Net, AcceptedPeer) {
             },
         }),
     };
-    (subnet, peer)
+    (IpNet::V4(subnet), peer)
 }
 
 /// The uplink: 192.168.77.0/24 and fd00:77::/64 on-link, the rest via a
@@ -98,18 +101,18 @@ fn view() -> LocalView {
     }
 }
 
-fn compute_for(node: &NodeFacts, peers: &BTreeMap<Ipv4Net, AcceptedPeer>) -> Desired {
+fn compute_for(node: &NodeFacts, peers: &BTreeMap<IpNet, AcceptedPeer>) -> Desired {
     compute_in(node, peers, &view())
 }
 
 fn compute_in(
     node: &NodeFacts,
-    peers: &BTreeMap<Ipv4Net, AcceptedPeer>,
+    peers: &BTreeMap<IpNet, AcceptedPeer>,
     view: &LocalView,
 ) -> Desired {
     compute(&Inputs {
         node,
-        subnet: v4("10.244.1.0/24"),
+        subnet: Some(v4("10.244.1.0/24")),
         subnet_v6: node.network.ipv6.as_ref().map(|_| v6("fd00:10:244:1::/64")),
         peers,
         view,
@@ -182,7 +185,7 @@ fn host_gw_routes_ipv6_via_an_on_link_public_ipv6_and_refuses_the_rest() {
     let node = facts(dual_stack(HOST_GW));
     let host_gw = |site, n| {
         let (subnet, mut peer) = peer(site, n, true);
-        peer.backend = PeerBackend::HostGw;
+        peer.v4.as_mut().unwrap().backend = PeerBackend::HostGw;
         peer.v6.as_mut().unwrap().backend = PeerBackend::HostGw;
         (subnet, peer)
     };
@@ -229,7 +232,7 @@ fn nothing_is_planned_before_the_listing_and_the_view() {
     let peers = BTreeMap::from([peer(78, 3, true)]);
     let desired = compute(&Inputs {
         node: &node,
-        subnet: v4("10.244.1.0/24"),
+        subnet: Some(v4("10.244.1.0/24")),
         subnet_v6: Some(v6("fd00:10:244:1::/64")),
         peers: &peers,
         view: &view(),
@@ -269,9 +272,9 @@ fn view_with_neighbours() -> LocalView {
 }
 
 /// [`peer`] made host-gw in both halves.
-fn host_gw_peer(site: u8, n: u8) -> (Ipv4Net, AcceptedPeer) {
+fn host_gw_peer(site: u8, n: u8) -> (IpNet, AcceptedPeer) {
     let (subnet, mut peer) = peer(site, n, true);
-    peer.backend = PeerBackend::HostGw;
+    peer.v4.as_mut().unwrap().backend = PeerBackend::HostGw;
     peer.v6.as_mut().unwrap().backend = PeerBackend::HostGw;
     (subnet, peer)
 }
@@ -364,7 +367,7 @@ fn no_ipv6_map_entries_without_a_dual_stack_network_and_an_ipv6_subnet_of_our_ow
     let with = |node: &NodeFacts, subnet_v6: Option<Ipv6Net>| {
         compute(&Inputs {
             node,
-            subnet: v4("10.244.1.0/24"),
+            subnet: Some(v4("10.244.1.0/24")),
             subnet_v6,
             peers: &peers,
             view: &view,
@@ -417,7 +420,7 @@ fn endpoints6_take_the_same_values_as_the_pods_ipv4_endpoints() {
     );
     let desired = compute(&Inputs {
         node: &node,
-        subnet: v4("10.244.1.0/24"),
+        subnet: Some(v4("10.244.1.0/24")),
         subnet_v6: Some(v6("fd00:10:244:1::/64")),
         peers: &BTreeMap::new(),
         view: &view,
@@ -464,7 +467,7 @@ fn the_pods_ipv6_addresses_are_pinned_on_the_bridge_in_a_dual_stack_network_only
     let with = |node: &NodeFacts, subnet_v6: Option<Ipv6Net>| {
         compute(&Inputs {
             node,
-            subnet: v4("10.244.1.0/24"),
+            subnet: Some(v4("10.244.1.0/24")),
             subnet_v6,
             peers: &BTreeMap::new(),
             view: &view,
@@ -484,7 +487,7 @@ fn the_pods_ipv6_addresses_are_pinned_on_the_bridge_in_a_dual_stack_network_only
         with(&dual, Some(v6("fd00:10:244:1::/64"))),
         PodNeighbours {
             bridge: 4,
-            subnet: v4("10.244.1.0/24"),
+            subnet: Some(v4("10.244.1.0/24")),
             subnet_v6: Some(v6("fd00:10:244:1::/64")),
             pinned: BTreeMap::from([
                 (

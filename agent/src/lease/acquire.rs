@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use super::{
     LeaseAttrs, LeaseSubnets, registry::Registry, subnets_of_key, validate::overlapping_v6,
 };
-use crate::config::NetworkConfig;
+use crate::config::{Ipv4Network, NetworkConfig};
 
 /// flanneld's lease TTL.
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -75,7 +75,10 @@ impl Taken {
 /// IPv4-only one (flanneld's `isSubnetConfigCompat` and
 /// `isIPv6SubnetConfigCompat`).
 pub fn compatible(config: &NetworkConfig, subnets: &LeaseSubnets) -> bool {
-    config.fits(&subnets.v4)
+    config
+        .ipv4
+        .as_ref()
+        .is_some_and(|ipv4| ipv4.fits(&subnets.v4))
         && match (&config.ipv6, subnets.v6) {
             (None, v6) => v6.is_none(),
             (Some(ipv6), Some(v6)) => ipv6.fits(&v6),
@@ -89,6 +92,10 @@ pub async fn acquire(
     attrs: &LeaseAttrs,
     previous: Option<LeaseSubnets>,
 ) -> Result<(LeaseSubnets, Reason)> {
+    // flannel v0.20.2's etcd leases are keyed by their IPv4 subnet.
+    let Some(ipv4) = &config.ipv4 else {
+        bail!("etcd leases need an IPv4 network: flannel keys them by their IPv4 subnet");
+    };
     let mut previous = previous;
     for _ in 0..MAX_LOST_RACES {
         let (leases, _) = registry.leases().await?;
@@ -130,10 +137,10 @@ pub async fn acquire(
                 previous = Some(subnets);
             }
         }
-        let previous_pick = previous.and_then(|previous| reuse(config, &taken, previous));
+        let previous_pick = previous.and_then(|previous| reuse(config, ipv4, &taken, previous));
         let (pick, reason) = match previous_pick {
             Some(subnets) => (subnets, Reason::PreviousSubnet),
-            None => (random_free(config, &taken)?, Reason::RandomFreeSubnet),
+            None => (random_free(config, ipv4, &taken)?, Reason::RandomFreeSubnet),
         };
         match registry.create(&pick, attrs, LEASE_TTL).await? {
             Some(revision) if !lost_ipv6_race(registry, config, &pick, revision).await? => {
@@ -183,8 +190,13 @@ pub async fn lost_ipv6_race(
 /// The previous subnets, if the IPv4 one still fits and is free; in a
 /// dual-stack network with the previous IPv6 subnet if that fits and is
 /// free too, else with a free one.
-fn reuse(config: &NetworkConfig, taken: &Taken, previous: LeaseSubnets) -> Option<LeaseSubnets> {
-    if !config.fits(&previous.v4) || taken.v4.contains(&previous.v4) {
+fn reuse(
+    config: &NetworkConfig,
+    ipv4: &Ipv4Network,
+    taken: &Taken,
+    previous: LeaseSubnets,
+) -> Option<LeaseSubnets> {
+    if !ipv4.fits(&previous.v4) || taken.v4.contains(&previous.v4) {
         return None;
     }
     let v6 = match &config.ipv6 {
@@ -202,8 +214,8 @@ fn reuse(config: &NetworkConfig, taken: &Taken, previous: LeaseSubnets) -> Optio
 
 /// A random pick among the first [`RANDOM_POOL`] free subnets of each
 /// family, as flanneld's `allocateSubnet`.
-fn random_free(config: &NetworkConfig, taken: &Taken) -> Result<LeaseSubnets> {
-    let free: Vec<Ipv4Net> = config
+fn random_free(config: &NetworkConfig, ipv4: &Ipv4Network, taken: &Taken) -> Result<LeaseSubnets> {
+    let free: Vec<Ipv4Net> = ipv4
         .subnets()
         .filter(|subnet| !taken.v4.contains(subnet))
         .take(RANDOM_POOL)
@@ -211,8 +223,8 @@ fn random_free(config: &NetworkConfig, taken: &Taken) -> Result<LeaseSubnets> {
     if free.is_empty() {
         bail!(
             "no free subnet between SubnetMin {} and SubnetMax {} ({} leases held)",
-            config.subnet_min,
-            config.subnet_max,
+            ipv4.subnet_min,
+            ipv4.subnet_max,
             taken.v4.len()
         );
     }
@@ -247,6 +259,10 @@ fn random_free_v6(config: &NetworkConfig, taken: &Taken) -> Result<Ipv6Net> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn v4(config: &NetworkConfig) -> &Ipv4Network {
+        config.ipv4.as_ref().expect("IPv4 on")
+    }
 
     fn dual() -> NetworkConfig {
         NetworkConfig::parse(
@@ -297,15 +313,18 @@ mod tests {
             taken.hold(&config, subnets(&format!("10.244.{index}.0/24"), Some(&v6)));
         }
         for _ in 0..20 {
-            let pick = random_free(&config, &taken).unwrap();
+            let pick = random_free(&config, v4(&config), &taken).unwrap();
             assert_eq!(pick.v6, Some("fd00:12:0:ff00::/56".parse().unwrap()));
-            assert!(config.fits(&pick.v4));
+            assert!(v4(&config).fits(&pick.v4));
         }
         taken.hold(
             &config,
             subnets("10.244.0.0/24", Some("fd00:12:0:ff00::/56")),
         );
-        let error = format!("{:#}", random_free(&config, &taken).unwrap_err());
+        let error = format!(
+            "{:#}",
+            random_free(&config, v4(&config), &taken).unwrap_err()
+        );
         assert!(
             error.contains("no free IPv6 subnet between IPv6SubnetMin fd00:12:0:100:: and IPv6SubnetMax fd00:12:0:ff00::"),
             "{error}"
@@ -325,7 +344,7 @@ mod tests {
         }
         // fd00::/64 is IPv6SubnetMin - 1 subnet: outside the range.
         assert!(taken.v6.is_empty(), "{:?}", taken.v6.keys());
-        let pick = random_free(&config, &taken).unwrap();
+        let pick = random_free(&config, v4(&config), &taken).unwrap();
         assert!(config.ipv6.as_ref().unwrap().fits(&pick.v6.unwrap()));
         assert!(taken.v4.contains(&"10.244.9.0/24".parse().unwrap()));
     }
@@ -335,17 +354,17 @@ mod tests {
         let config = dual();
         let mut taken = Taken::default();
         let both = subnets("10.244.3.0/24", Some("fd00:12:0:300::/56"));
-        assert_eq!(reuse(&config, &taken, both), Some(both));
+        assert_eq!(reuse(&config, v4(&config), &taken, both), Some(both));
         // From an IPv4-only subnet.env: the v4 subnet stays, a v6 one is picked.
-        let reused = reuse(&config, &taken, subnets("10.244.3.0/24", None)).unwrap();
+        let reused = reuse(&config, v4(&config), &taken, subnets("10.244.3.0/24", None)).unwrap();
         assert_eq!(reused.v4, both.v4);
         assert!(config.ipv6.as_ref().unwrap().fits(&reused.v6.unwrap()));
         // The previous v6 subnet is someone else's now: another one.
         taken.v6.insert("fd00:12:0:300::/56".parse().unwrap(), ());
-        let reused = reuse(&config, &taken, both).unwrap();
+        let reused = reuse(&config, v4(&config), &taken, both).unwrap();
         assert_ne!(reused.v6, both.v6);
         // The previous v4 subnet is someone else's: nothing to reuse.
         taken.v4.insert(both.v4);
-        assert_eq!(reuse(&config, &taken, both), None);
+        assert_eq!(reuse(&config, v4(&config), &taken, both), None);
     }
 }

@@ -10,41 +10,41 @@
 
 use std::collections::{BTreeMap, BTreeSet, btree_map::Entry};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv6Net};
 use tracing::warn;
 
 use super::{
     MacAddr,
     claim::Claim,
     validate::{
-        AcceptedPeer, Candidate, LeasePolicy, OwnSubnets, Rejection, Rule, overlapping,
+        AcceptedPeer, Candidate, LeasePolicy, OwnSubnets, Rejection, Rule, overlapping_net,
         overlapping_v6, resolve_overlaps,
     },
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerChange {
-    Upsert { subnet: Ipv4Net, peer: AcceptedPeer },
-    Remove { subnet: Ipv4Net, peer: AcceptedPeer },
+    Upsert { subnet: IpNet, peer: AcceptedPeer },
+    Remove { subnet: IpNet, peer: AcceptedPeer },
 }
 
 #[derive(Debug)]
 pub struct PeerTable {
     policy: LeasePolicy,
     /// Claims that pass the per-claim rules, by subnet and claimant.
-    candidates: BTreeMap<Ipv4Net, BTreeMap<String, Candidate>>,
+    candidates: BTreeMap<IpNet, BTreeMap<String, Candidate>>,
     /// How many candidates there are, all subnets together.
     candidate_count: usize,
     /// The subnet each candidate's claimant holds: an etcd key names one
     /// subnet for good, a Node's podCIDR can be given to another Node.
-    claimed: BTreeMap<String, Ipv4Net>,
+    claimed: BTreeMap<String, IpNet>,
     /// How many candidates carry each VTEP MAC (more than one: a clash).
     macs: BTreeMap<MacAddr, usize>,
     /// The same for the IPv6 halves: subnets and `flannel-v6` VTEP MACs.
     subnets_v6: BTreeMap<Ipv6Net, usize>,
     macs_v6: BTreeMap<MacAddr, usize>,
     /// The leases in use: the candidates that overlap no older one.
-    peers: BTreeMap<Ipv4Net, AcceptedPeer>,
+    peers: BTreeMap<IpNet, AcceptedPeer>,
     /// Rejections already logged: claim id -> (value fingerprint, rule).
     reported: BTreeMap<String, (u64, Rule)>,
     /// Rejections by rule since start, each (id, value) counted once.
@@ -55,9 +55,9 @@ pub struct PeerTable {
 /// claim (our lease, our Node): a claim on our subnet is someone else's,
 /// refused as `subnet_overlaps_own`.
 enum Judgement {
-    Usable(Ipv4Net, Candidate),
+    Usable(IpNet, Candidate),
     Rejected {
-        subnet: Option<Ipv4Net>,
+        subnet: Option<IpNet>,
         fingerprint: u64,
         rejection: Rejection,
     },
@@ -79,7 +79,7 @@ impl PeerTable {
         }
     }
 
-    pub fn peers(&self) -> &BTreeMap<Ipv4Net, AcceptedPeer> {
+    pub fn peers(&self) -> &BTreeMap<IpNet, AcceptedPeer> {
         &self.peers
     }
 
@@ -166,7 +166,7 @@ impl PeerTable {
 
     /// Replaces (or, with `None`, removes) `id`'s candidate for `subnet`,
     /// keeping the count, the MAC counts and the claimants' subnets in step.
-    fn set_candidate(&mut self, subnet: Ipv4Net, id: &str, candidate: Option<Candidate>) {
+    fn set_candidate(&mut self, subnet: IpNet, id: &str, candidate: Option<Candidate>) {
         let claimants = self.candidates.entry(subnet).or_default();
         let old = match candidate {
             Some(candidate) => {
@@ -208,25 +208,37 @@ impl PeerTable {
             fingerprint: claim.fingerprint,
             rejection: rejection.clone(),
         };
-        let subnet = match &claim.subnet {
-            Ok(subnet) => *subnet,
-            Err(rejection) => return rejected(None, rejection),
+        // The subnet the claim is reported under: the one its network keys
+        // peers by (IPv4, or in an IPv6-only network IPv6).
+        let key = |subnet: Option<ipnet::Ipv4Net>, subnet_v6: Option<Ipv6Net>| {
+            if self.policy.has_ipv4() {
+                subnet.map(IpNet::from)
+            } else {
+                subnet_v6.map(IpNet::from)
+            }
         };
+        let subnet = match &claim.subnet {
+            Ok(subnet) => Some(*subnet),
+            Err(rejection) if self.policy.has_ipv4() => return rejected(None, rejection),
+            // An IPv6-only network ignores the IPv4 half.
+            Err(_) => None,
+        };
+        let subnet_v6_read = claim.subnet_v6.as_ref().ok().copied().flatten();
         let attrs = match &claim.attrs {
             Ok(attrs) => attrs,
-            Err(rejection) => return rejected(Some(subnet), rejection),
+            Err(rejection) => return rejected(key(subnet, subnet_v6_read), rejection),
         };
         let subnet_v6 = match &claim.subnet_v6 {
             Ok(subnet_v6) => *subnet_v6,
-            Err(rejection) if self.policy.is_dual_stack() => {
-                return rejected(Some(subnet), rejection);
+            Err(rejection) if self.policy.has_ipv6() => {
+                return rejected(key(subnet, None), rejection);
             }
             // An IPv4-only network ignores the IPv6 half.
             Err(_) => None,
         };
-        let peer = match self.policy.check_claim(subnet, subnet_v6, attrs, own) {
-            Ok(peer) => peer,
-            Err(rejection) => return rejected(Some(subnet), &rejection),
+        let (subnet, peer) = match self.policy.check_claim(subnet, subnet_v6, attrs, own) {
+            Ok(keyed) => keyed,
+            Err(rejection) => return rejected(key(subnet, subnet_v6), &rejection),
         };
         crate::metrics::global().lease_accepted();
         Judgement::Usable(
@@ -241,13 +253,7 @@ impl PeerTable {
     }
 
     /// Logs and counts a rejection, once per (key, value, rule).
-    fn report(
-        &mut self,
-        id: &str,
-        subnet: Option<Ipv4Net>,
-        fingerprint: u64,
-        rejection: &Rejection,
-    ) {
+    fn report(&mut self, id: &str, subnet: Option<IpNet>, fingerprint: u64, rejection: &Rejection) {
         let seen = (fingerprint, rejection.rule);
         if self.reported.get(id) == Some(&seen) {
             return;
@@ -277,7 +283,7 @@ impl PeerTable {
     /// Brings `peers` in line with `candidates` after `touched` changed.
     /// Without clashes (overlapping subnets, shared VTEP MACs) only
     /// `touched` can change; otherwise every clash is decided again.
-    fn settle(&mut self, touched: Ipv4Net) -> Vec<PeerChange> {
+    fn settle(&mut self, touched: IpNet) -> Vec<PeerChange> {
         let claimants = self.candidates.get(&touched);
         let touched_count = claimants.map_or(0, BTreeMap::len);
         let others_in_candidates = self.candidate_count - touched_count;
@@ -294,7 +300,7 @@ impl PeerTable {
             || touched_count > 1
             || mac_shared
             || v6_clash
-            || !overlapping(&self.candidates, touched).is_empty()
+            || !overlapping_net(&self.candidates, touched).is_empty()
         {
             return self.settle_all();
         }
@@ -337,7 +343,7 @@ impl PeerTable {
         for (_, id) in accepted.values() {
             self.reported.remove(id);
         }
-        let accepted: BTreeMap<Ipv4Net, AcceptedPeer> = accepted
+        let accepted: BTreeMap<IpNet, AcceptedPeer> = accepted
             .into_iter()
             .map(|(subnet, (peer, _))| (subnet, peer))
             .collect();

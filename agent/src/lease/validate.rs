@@ -162,14 +162,25 @@ impl Rejection {
 /// A peer that passed every rule: what the datapath needs of it, typed.
 /// Its backend is the network's (a vxlan peer's VNI is the network's too),
 /// so nothing downstream checks either again.
+/// It has a half for each family the network runs: an IPv4 one unless the
+/// network is IPv6-only, and an IPv6 one when the network has IPv6 and the
+/// claim an IPv6 half (in a dual-stack network a claim without one is an
+/// IPv4-only peer, as flannel takes it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AcceptedPeer {
+    pub v4: Option<AcceptedPeerV4>,
+    /// Its subnet, underlay address and v6 backend, checked by the same
+    /// rules as the IPv4 half.
+    pub v6: Option<AcceptedPeerV6>,
+}
+
+/// A peer's IPv4 half: its subnet, `PublicIP`, and `BackendData` (the
+/// `flannel.<VNI>` VTEP MAC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptedPeerV4 {
+    pub subnet: Ipv4Net,
     pub public_ip: Ipv4Addr,
     pub backend: PeerBackend,
-    /// The peer's IPv6 half, when both it and this network are dual-stack
-    /// (issue #23): its subnet, underlay address and v6 backend, checked by
-    /// the same rules as the IPv4 half.
-    pub v6: Option<AcceptedPeerV6>,
 }
 
 /// A dual-stack peer's IPv6 half: `<v4>&<v6>` key's v6 subnet,
@@ -188,8 +199,9 @@ pub enum PeerBackend {
 }
 
 impl AcceptedPeer {
+    /// The VTEP MAC of the IPv4 half (`flannel.<VNI>`'s fdb), if any.
     pub fn vtep_mac(&self) -> Option<MacAddr> {
-        self.backend.vtep_mac()
+        self.v4.and_then(|v4| v4.backend.vtep_mac())
     }
 
     /// The VTEP MAC of the IPv6 half (`flannel-v6.<VNI>`'s fdb), if any.
@@ -215,6 +227,15 @@ pub struct OwnSubnets {
     pub v6: Option<Ipv6Net>,
 }
 
+impl From<super::LeaseSubnets> for OwnSubnets {
+    fn from(lease: super::LeaseSubnets) -> Self {
+        Self {
+            v4: Some(lease.v4),
+            v6: lease.v6,
+        }
+    }
+}
+
 impl From<Option<Ipv4Net>> for OwnSubnets {
     fn from(v4: Option<Ipv4Net>) -> Self {
         Self { v4, v6: None }
@@ -224,21 +245,29 @@ impl From<Option<Ipv4Net>> for OwnSubnets {
 /// What a peer lease must agree with: the network config and this node.
 #[derive(Clone, Debug)]
 pub struct LeasePolicy {
+    backend_type: &'static str,
+    /// The VNI vxlan leases must carry; `None` for host-gw.
+    vni: Option<u32>,
+    /// The rules of a claim's IPv4 half, unless the network is IPv6-only.
+    ipv4: Option<Ipv4Policy>,
+    /// The rules of a claim's IPv6 half, in a network with IPv6.
+    ipv6: Option<Ipv6Policy>,
+}
+
+/// What a claim's IPv4 half must agree with: `Network` and its allocator
+/// settings, and this node's underlay address and `flannel.<VNI>` MAC.
+#[derive(Clone, Debug)]
+struct Ipv4Policy {
     network: Ipv4Net,
     subnet_len: u8,
     /// Where `subnet_len` comes from, for the rejection's reason.
     subnet_len_source: &'static str,
     subnet_min: Ipv4Addr,
     subnet_max: Ipv4Addr,
-    backend_type: &'static str,
-    /// The VNI vxlan leases must carry; `None` for host-gw.
-    vni: Option<u32>,
     our_public_ip: Ipv4Addr,
     /// Our VTEP MAC: the kernel's fdb holds one destination per MAC, so a
     /// peer lease with it would take our own entry over.
     our_vtep_mac: Option<MacAddr>,
-    /// The rules of a claim's IPv6 half, in a dual-stack network.
-    ipv6: Option<Ipv6Policy>,
 }
 
 /// What a claim's IPv6 half must agree with: `IPv6Network` and its
@@ -262,15 +291,17 @@ impl LeasePolicy {
         our_vtep_mac: Option<MacAddr>,
     ) -> Self {
         Self {
-            network: config.network,
-            subnet_len: config.subnet_len,
-            subnet_len_source: "SubnetLen",
-            subnet_min: config.subnet_min,
-            subnet_max: config.subnet_max,
             backend_type: config.backend.type_name(),
             vni: config.backend.vni(),
-            our_public_ip,
-            our_vtep_mac,
+            ipv4: config.ipv4.as_ref().map(|ipv4| Ipv4Policy {
+                network: ipv4.network,
+                subnet_len: ipv4.subnet_len,
+                subnet_len_source: "SubnetLen",
+                subnet_min: ipv4.subnet_min,
+                subnet_max: ipv4.subnet_max,
+                our_public_ip,
+                our_vtep_mac,
+            }),
             ipv6: config.ipv6.as_ref().map(|ipv6| Ipv6Policy {
                 network: ipv6.network,
                 subnet_len: ipv6.subnet_len,
@@ -299,7 +330,7 @@ impl LeasePolicy {
     }
 
     /// Whether claims' IPv6 halves are checked and used (`EnableIPv6`).
-    pub fn is_dual_stack(&self) -> bool {
+    pub fn has_ipv6(&self) -> bool {
         self.ipv6.is_some()
     }
 
@@ -309,11 +340,15 @@ impl LeasePolicy {
     /// flannel's default SubnetMin), so a peer's podCIDR must be as long as
     /// ours and inside Network; SubnetLen, SubnetMin and SubnetMax are
     /// flannel's allocator settings and do not apply.
-    pub fn for_pod_cidrs(mut self, prefix_len: u8) -> Self {
-        self.subnet_len = prefix_len;
-        self.subnet_len_source = "this node's podCIDR";
-        self.subnet_min = self.network.network();
-        self.subnet_max = self.network.broadcast();
+    pub fn for_pod_cidrs(mut self, prefix_len: Option<u8>) -> Self {
+        if let Some(ipv4) = self.ipv4.as_mut() {
+            if let Some(len) = prefix_len {
+                ipv4.subnet_len = len;
+                ipv4.subnet_len_source = "this node's podCIDR";
+            }
+            ipv4.subnet_min = ipv4.network.network();
+            ipv4.subnet_max = ipv4.network.broadcast();
+        }
         self
     }
 
@@ -333,39 +368,81 @@ impl LeasePolicy {
         self
     }
 
-    /// The rules one lease must pass on its own, in the order they are
-    /// checked (the first broken one is reported). Overlap between peers
-    /// needs the other leases: see [`resolve_overlaps`].
-    pub fn check(
+    /// The rules one claim must pass on its own, in the order they are
+    /// checked (the first broken one is reported): its BackendType, then
+    /// the IPv4 half (unless the network is IPv6-only), then (in a network
+    /// with IPv6) the IPv6 half, whose rules are the IPv4 ones' twins. A
+    /// broken half rejects the whole claim: a peer is programmed with every
+    /// half it has or not at all. Overlap between peers needs the other
+    /// claims: see [`resolve_overlaps`].
+    pub fn check_claim(
+        &self,
+        subnet: Option<Ipv4Net>,
+        subnet_v6: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        own: OwnSubnets,
+    ) -> Result<(IpNet, AcceptedPeer), Rejection> {
+        if attrs.backend_type != self.backend_type {
+            return Err(Rejection::new(
+                Rule::BackendTypeMismatch,
+                format!(
+                    "BackendType {:?} is not the network's {:?}",
+                    attrs.backend_type, self.backend_type
+                ),
+            ));
+        }
+        let v4 = match (&self.ipv4, subnet) {
+            (None, _) => None,
+            (Some(ipv4), Some(subnet)) => Some(ipv4.check(subnet, attrs, own.v4, self.vni)?),
+            // The subnet managers name the missing subnet first.
+            (Some(_), None) => {
+                return Err(Rejection::new(
+                    Rule::MalformedPodCidr,
+                    "the claim has no IPv4 subnet",
+                ));
+            }
+        };
+        let v6 = match &self.ipv6 {
+            None => None,
+            Some(ipv6) => ipv6.check(subnet_v6, attrs, own.v6, self.backend_type, self.vni)?,
+        };
+        // The peer table keys a peer by its IPv4 subnet, or in an
+        // IPv6-only network by its IPv6 one.
+        let key = match (v4, v6) {
+            (Some(v4), _) => IpNet::from(v4.subnet),
+            (None, Some(v6)) => IpNet::from(v6.subnet),
+            (None, None) => {
+                return Err(Rejection::new(
+                    Rule::Ipv6HalfIncomplete,
+                    "the network is IPv6-only, and the claim has no IPv6 half",
+                ));
+            }
+        };
+        Ok((key, AcceptedPeer { v4, v6 }))
+    }
+
+    /// Whether claims' IPv4 halves are checked and used (not IPv6-only).
+    pub fn has_ipv4(&self) -> bool {
+        self.ipv4.is_some()
+    }
+}
+
+impl Ipv4Policy {
+    /// The IPv4 half of a claim whose BackendType is the network's.
+    fn check(
         &self,
         subnet: Ipv4Net,
         attrs: &LeaseAttrs,
         own: Option<Ipv4Net>,
-    ) -> Result<AcceptedPeer, Rejection> {
+        vni: Option<u32>,
+    ) -> Result<AcceptedPeerV4, Rejection> {
         subnet_rules::IPV4.check(subnet.into(), own.map(IpNet::from), &self.subnet_bounds())?;
         self.check_public_ip(attrs.public_ip)?;
-        Ok(AcceptedPeer {
+        Ok(AcceptedPeerV4 {
+            subnet,
             public_ip: attrs.public_ip,
-            backend: self.check_backend(attrs)?,
-            v6: None,
+            backend: self.check_backend(attrs, vni)?,
         })
-    }
-
-    /// [`Self::check`] for a whole claim, both halves: the IPv4 half first,
-    /// then (in a dual-stack network) the IPv6 half, whose rules are the
-    /// IPv4 ones' twins. A broken IPv6 half rejects the whole claim.
-    pub fn check_claim(
-        &self,
-        subnet: Ipv4Net,
-        subnet_v6: Option<Ipv6Net>,
-        attrs: &LeaseAttrs,
-        own: OwnSubnets,
-    ) -> Result<AcceptedPeer, Rejection> {
-        let mut peer = self.check(subnet, attrs, own.v4)?;
-        if let Some(ipv6) = &self.ipv6 {
-            peer.v6 = ipv6.check(subnet_v6, attrs, own.v6, self.backend_type, self.vni)?;
-        }
-        Ok(peer)
     }
 
     fn subnet_bounds(&self) -> SubnetBounds {
@@ -400,17 +477,12 @@ impl LeasePolicy {
         Ok(())
     }
 
-    fn check_backend(&self, attrs: &LeaseAttrs) -> Result<PeerBackend, Rejection> {
-        if attrs.backend_type != self.backend_type {
-            return Err(Rejection::new(
-                Rule::BackendTypeMismatch,
-                format!(
-                    "BackendType {:?} is not the network's {:?}",
-                    attrs.backend_type, self.backend_type
-                ),
-            ));
-        }
-        let Some(vni) = self.vni else {
+    fn check_backend(
+        &self,
+        attrs: &LeaseAttrs,
+        vni: Option<u32>,
+    ) -> Result<PeerBackend, Rejection> {
+        let Some(vni) = vni else {
             return Ok(PeerBackend::HostGw);
         };
         let Some(data) = &attrs.backend_data else {
@@ -625,9 +697,9 @@ pub struct Candidate {
 }
 
 /// The claims used, by subnet: the peer and its claimant's id.
-pub type Winners = BTreeMap<Ipv4Net, (AcceptedPeer, String)>;
+pub type Winners = BTreeMap<IpNet, (AcceptedPeer, String)>;
 /// A claim that lost a clash: its subnet, its claimant's id, and why.
-pub type Loser = (Ipv4Net, String, Rejection);
+pub type Loser = (IpNet, String, Rejection);
 
 /// Splits `candidates` into the claims to use (with their claimant) and
 /// the ones that clash with an older one (by age; the id breaks a tie): a
@@ -638,12 +710,14 @@ pub type Loser = (Ipv4Net, String, Rejection);
 /// one key, and with the prefix rule in force they never overlap; two
 /// Nodes can be given one podCIDR, though (by hand, or by a forged Node).
 pub fn resolve_overlaps<'a>(
-    candidates: impl IntoIterator<Item = (Ipv4Net, &'a Candidate)>,
+    candidates: impl IntoIterator<Item = (IpNet, &'a Candidate)>,
 ) -> (Winners, Vec<Loser>) {
-    let mut by_age: Vec<(Ipv4Net, &Candidate)> = candidates.into_iter().collect();
+    let mut by_age: Vec<(IpNet, &Candidate)> = candidates.into_iter().collect();
     by_age.sort_by(|(_, a), (_, b)| (a.age, &a.id).cmp(&(b.age, &b.id)));
     let mut accepted: Winners = BTreeMap::new();
-    let mut winners: BTreeMap<Ipv4Net, &str> = BTreeMap::new();
+    // By the subnet the peers are keyed by (IPv4; IPv6 in an IPv6-only
+    // network, whose IPv6 halves are checked below as well, and agree).
+    let mut winners: BTreeMap<IpNet, &str> = BTreeMap::new();
     let mut mac_holders: BTreeMap<MacAddr, &str> = BTreeMap::new();
     // The IPv6 halves of the winners: their subnets and their
     // `flannel-v6.<VNI>` MACs (another device, another fdb).
@@ -659,15 +733,15 @@ pub fn resolve_overlaps<'a>(
         if let Some(holder) = winners.get(&subnet) {
             losers.push(lose(
                 format!("subnet {subnet} is also claimed by {holder}, which is older"),
-                Rule::SubnetOverlapsPeer,
+                overlap_rule(subnet),
             ));
-        } else if let Some(older) = overlapping(&winners, subnet).first() {
+        } else if let Some(older) = overlapping_net(&winners, subnet).first() {
             losers.push(lose(
                 format!(
                     "subnet {subnet} overlaps {older} of {}, which is older",
                     winners[older]
                 ),
-                Rule::SubnetOverlapsPeer,
+                overlap_rule(subnet),
             ));
         } else if let Some(holder) = mac.and_then(|mac| mac_holders.get(&mac)) {
             losers.push(lose(
@@ -717,6 +791,62 @@ pub fn resolve_overlaps<'a>(
         }
     }
     (accepted, losers)
+}
+
+/// The rule a subnet overlapping an older claim's breaks, by its family.
+fn overlap_rule(subnet: IpNet) -> Rule {
+    match subnet {
+        IpNet::V4(_) => Rule::SubnetOverlapsPeer,
+        IpNet::V6(_) => Rule::Ipv6SubnetOverlapsPeer,
+    }
+}
+
+/// [`overlapping`] or [`overlapping_v6`] for a map keyed by subnets of
+/// either family: only subnets of `subnet`'s family can overlap it.
+pub fn overlapping_net<V>(map: &BTreeMap<IpNet, V>, subnet: IpNet) -> Vec<IpNet> {
+    // Both helpers find candidates by lookups and a range scan over the
+    // keys of one family; `IpNet` orders each family's subnets as its own
+    // type does, so the same scan works on the family-neutral keys.
+    match subnet {
+        IpNet::V4(subnet) => {
+            let (first, last) = (
+                IpNet::V4(Ipv4Net::new(subnet.network(), 0).expect("prefix 0")),
+                IpNet::V4(Ipv4Net::new(subnet.broadcast(), 32).expect("prefix 32")),
+            );
+            let mut found: Vec<IpNet> = (0..subnet.prefix_len())
+                .filter_map(|len| Ipv4Net::new(subnet.network(), len).ok())
+                .map(|wider| IpNet::V4(wider.trunc()))
+                .filter(|wider| map.contains_key(wider))
+                .collect();
+            found.extend(
+                map.range(first..=last)
+                    .map(|(inner, _)| *inner)
+                    .filter(|inner| {
+                        *inner != IpNet::V4(subnet) && IpNet::V4(subnet).contains(inner)
+                    }),
+            );
+            found
+        }
+        IpNet::V6(subnet) => {
+            let (first, last) = (
+                IpNet::V6(Ipv6Net::new(subnet.network(), 0).expect("prefix 0")),
+                IpNet::V6(Ipv6Net::new(subnet.broadcast(), 128).expect("prefix 128")),
+            );
+            let mut found: Vec<IpNet> = (0..subnet.prefix_len())
+                .filter_map(|len| Ipv6Net::new(subnet.network(), len).ok())
+                .map(|wider| IpNet::V6(wider.trunc()))
+                .filter(|wider| map.contains_key(wider))
+                .collect();
+            found.extend(
+                map.range(first..=last)
+                    .map(|(inner, _)| *inner)
+                    .filter(|inner| {
+                        *inner != IpNet::V6(subnet) && IpNet::V6(subnet).contains(inner)
+                    }),
+            );
+            found
+        }
+    }
 }
 
 /// The subnets in `map` that overlap `subnet` (itself excluded), found with

@@ -16,6 +16,7 @@ use crate::{
         LeaseAttrs, LeaseSubnets,
         claim::{Claim, ClaimEvent},
         registry::{EtcdOptions, Registry},
+        validate::OwnSubnets,
         watch::{LeaseEvent, LeaseFollower},
     },
     metrics,
@@ -57,6 +58,14 @@ impl Connection {
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("{key}: no network config yet"))?;
                 let config = NetworkConfig::parse(&text).with_context(|| key.clone())?;
+                // flannel v0.20.2's etcd leases are keyed by their IPv4
+                // subnet (`10.244.3.0-24&fd00:...`): its registry has no
+                // IPv6-only lease, so weft does not invent one.
+                if config.ipv4.is_none() {
+                    anyhow::bail!(
+                        "{key}: EnableIPv4 is false, and an IPv6-only network needs the Kubernetes subnet manager (--kube-subnet-mgr): etcd leases are keyed by their IPv4 subnet"
+                    );
+                }
                 anyhow::Ok((registry, config))
             };
             match attempt.await {
@@ -82,9 +91,17 @@ impl Connection {
         self,
         config: &NetworkConfig,
         attrs: LeaseAttrs,
-        previous: Option<LeaseSubnets>,
+        previous: Option<OwnSubnets>,
         renew_margin_minutes: u64,
-    ) -> (Manager, LeaseSubnets) {
+    ) -> (Manager, OwnSubnets) {
+        // An etcd lease is keyed by its IPv4 subnet: a previous subnet.env
+        // without one (IPv6-only) has nothing an etcd lease could reuse.
+        let previous = previous.and_then(|previous| {
+            Some(LeaseSubnets {
+                v4: previous.v4?,
+                v6: previous.v6,
+            })
+        });
         let (own, reacquired) = OwnLease::acquire(
             self.registry.clone(),
             config,
@@ -93,7 +110,7 @@ impl Connection {
             renew_margin_minutes,
         )
         .await;
-        let subnets = own.subnets;
+        let subnets = own.subnets.into();
         let follower = LeaseFollower::new(self.registry);
         let manager = Manager {
             config: config.clone(),
@@ -121,7 +138,7 @@ impl Manager {
                 }
                 Some(subnets) = self.reacquired.recv() => {
                     if self.own.reacquired(subnets) {
-                        return Update::Subnet(subnets);
+                        return Update::Subnet(subnets.into());
                     }
                 }
             }

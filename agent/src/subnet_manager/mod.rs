@@ -22,7 +22,11 @@ use anyhow::Result;
 use crate::{
     cli::AgentArgs,
     config::NetworkConfig,
-    lease::{LeaseAttrs, LeaseSubnets, claim::ClaimEvent, validate::LeasePolicy},
+    lease::{
+        LeaseAttrs,
+        claim::ClaimEvent,
+        validate::{LeasePolicy, OwnSubnets},
+    },
 };
 
 /// How often start-up steps that wait on etcd or the API server try again.
@@ -49,8 +53,8 @@ pub enum Update {
     /// The other nodes' claims changed (a listing, or events).
     Claims(Vec<ClaimEvent>),
     /// This node's subnet was lost and taken again: it is now this one
-    /// (both halves, in a dual-stack network).
-    Subnet(LeaseSubnets),
+    /// (one of each family the network runs).
+    Subnet(OwnSubnets),
 }
 
 impl Connection {
@@ -77,9 +81,9 @@ impl Connection {
         self,
         config: &NetworkConfig,
         attrs: LeaseAttrs,
-        previous: Option<LeaseSubnets>,
+        previous: Option<OwnSubnets>,
         args: &AgentArgs,
-    ) -> (SubnetManager, LeaseSubnets) {
+    ) -> (SubnetManager, OwnSubnets) {
         match self {
             Self::Etcd(connection) => {
                 let (manager, subnet) = connection
@@ -110,11 +114,11 @@ impl SubnetManager {
     /// Kubernetes podCIDRs come from the controller manager's own mask size
     /// and range, so there they must be as long as ours and inside Network
     /// (IPv6Network for the IPv6 ones).
-    pub fn peer_policy(&self, policy: LeasePolicy, own: LeaseSubnets) -> LeasePolicy {
+    pub fn peer_policy(&self, policy: LeasePolicy, own: OwnSubnets) -> LeasePolicy {
         match self {
             Self::Etcd(_) => policy,
             Self::Kube(_) => policy
-                .for_pod_cidrs(own.v4.prefix_len())
+                .for_pod_cidrs(own.v4.map(|v4| v4.prefix_len()))
                 .for_pod_cidrs_v6(own.v6.map(|v6| v6.prefix_len())),
         }
     }

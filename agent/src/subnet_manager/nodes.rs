@@ -22,7 +22,7 @@ use crate::{
     kubernetes::{
         self, AnnotationKeys, Announcement, KubeOptions, NodeEvent, NodeFollower, NodeRecord,
     },
-    lease::{LeaseAttrs, LeaseSubnets, claim::ClaimEvent},
+    lease::{LeaseAttrs, claim::ClaimEvent, validate::OwnSubnets},
 };
 
 /// The longest wait between two tries of a background write.
@@ -85,11 +85,7 @@ impl Connection {
     /// Network, and announces `attrs` in the Node's annotations (retried,
     /// each distinct error logged once). In a dual-stack network the Node's
     /// IPv6 podCIDR is this node's IPv6 subnet, inside IPv6Network.
-    pub async fn acquire(
-        self,
-        config: &NetworkConfig,
-        attrs: LeaseAttrs,
-    ) -> (Manager, LeaseSubnets) {
+    pub async fn acquire(self, config: &NetworkConfig, attrs: LeaseAttrs) -> (Manager, OwnSubnets) {
         let announcement = Announcement {
             backend_type: attrs.backend_type.clone(),
             backend_data: serde_json::to_string(&attrs.backend_data)
@@ -113,7 +109,7 @@ impl Connection {
             }
             tokio::time::sleep(STARTUP_RETRY).await;
         };
-        info!(node = %self.node, %subnet, "subnet taken from the Node's podCIDRs");
+        info!(node = %self.node, subnet = ?subnet.v4.map(|v4| v4.to_string()), subnet_v6 = ?subnet.v6.map(|v6| v6.to_string()), "subnets taken from the Node's podCIDRs");
         let manager = Manager {
             follower: NodeFollower::new(self.client.clone()),
             client: self.client,
@@ -131,19 +127,26 @@ impl Connection {
         &self,
         config: &NetworkConfig,
         announcement: &Announcement,
-    ) -> Result<LeaseSubnets> {
+    ) -> Result<OwnSubnets> {
         let node = kubernetes::get_node(&self.client, &self.node).await?;
         if node.pod_cidr.is_none() && node.pod_cidrs.is_empty() {
             bail!("Node {} has no podCIDR yet; waiting for one", self.node);
         }
-        let subnet = node_claim::pod_cidr(&node).map_err(anyhow::Error::msg)?;
-        if !config.network.contains(&subnet) {
-            bail!(
-                "podCIDR {subnet} of Node {} is not inside Network {} (net-conf.json)",
-                self.node,
-                config.network
-            );
-        }
+        let subnet = match &config.ipv4 {
+            // An IPv4 podCIDR in an IPv6-only network is not weft's to use.
+            None => None,
+            Some(ipv4) => {
+                let subnet = node_claim::pod_cidr(&node).map_err(anyhow::Error::msg)?;
+                if !ipv4.network.contains(&subnet) {
+                    bail!(
+                        "podCIDR {subnet} of Node {} is not inside Network {} (net-conf.json)",
+                        self.node,
+                        ipv4.network
+                    );
+                }
+                Some(subnet)
+            }
+        };
         let subnet_v6 = match &config.ipv6 {
             // An IPv6 podCIDR in an IPv4-only network is not weft's to use.
             None => None,
@@ -169,7 +172,7 @@ impl Connection {
         };
         let seen = kubernetes::publish(&self.client, &self.keys, &self.node, announcement).await?;
         info!(node = %self.node, public_ip = %seen, "Node annotated");
-        Ok(LeaseSubnets {
+        Ok(OwnSubnets {
             v4: subnet,
             v6: subnet_v6,
         })

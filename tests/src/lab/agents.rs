@@ -197,7 +197,11 @@ impl Lab {
             "the agent on {ns} wrote no FLANNEL_IPV6_SUBNET to {} in a dual-stack lab",
             state.subnet_file.display()
         );
-        state.subnet = env.subnet.trunc().to_string();
+        // Empty on an IPv6-only node.
+        state.subnet = env
+            .ipv4
+            .map(|ipv4| ipv4.subnet.trunc().to_string())
+            .unwrap_or_default();
         state.subnet6 = env.ipv6.map(|ipv6| ipv6.subnet.trunc().to_string());
         self.save()
     }

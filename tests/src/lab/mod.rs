@@ -130,8 +130,10 @@ impl Lab {
         if let Some(subnet) = &spec.preset_subnet_env {
             for node in &self.state.nodes {
                 let env = subnet_env::SubnetEnv {
-                    network: POD_NETWORK.parse()?,
-                    subnet: subnet.parse()?,
+                    ipv4: Some(subnet_env::Ipv4SubnetEnv {
+                        network: POD_NETWORK.parse()?,
+                        subnet: subnet.parse()?,
+                    }),
                     ipv6: None,
                     mtu: 1450,
                     ipmasq: false,

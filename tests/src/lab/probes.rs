@@ -178,7 +178,7 @@ impl Lab {
         for node in &self.state.nodes {
             let env = subnet_env::read_if_present(&node.subnet_file)?
                 .ok_or_else(|| anyhow!("{} has no subnet.env", node.ns))?;
-            let mut gateways = vec![env.gateway().to_string()];
+            let mut gateways: Vec<String> = env.gateway().iter().map(ToString::to_string).collect();
             if let Some(ipv6) = env.ipv6.filter(|_| self.state.dual_stack) {
                 gateways.push(ipv6.subnet.addr().to_string());
             }

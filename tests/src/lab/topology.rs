@@ -43,15 +43,18 @@ impl Lab {
             } else {
                 None
             };
-            let env = subnet_env::SubnetEnv {
+            let ipv4 = subnet_env::Ipv4SubnetEnv {
                 network: POD_NETWORK.parse()?,
                 subnet: format!("10.244.{}.1/24", node.id.number()).parse()?,
+            };
+            let env = subnet_env::SubnetEnv {
+                ipv4: Some(ipv4),
                 ipv6,
                 mtu: 1500,
                 ipmasq: false,
             };
             subnet_env::write_atomic(&node.subnet_file, &env)?;
-            node.subnet = env.subnet.trunc().to_string();
+            node.subnet = ipv4.subnet.trunc().to_string();
             node.subnet6 = env.ipv6.map(|ipv6| ipv6.subnet.trunc().to_string());
         }
         for node in &self.state.nodes {

@@ -12,7 +12,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData},
     programs::{SchedClassifier, Xdp},
 };
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_agent::{
     config::NetworkConfig,
     dataplane::maps::FastPathMaps,
@@ -44,7 +44,7 @@ pub struct Programs {
 /// `desired::compute`.
 struct FixtureNode {
     facts: NodeFacts,
-    peers: BTreeMap<Ipv4Net, AcceptedPeer>,
+    peers: BTreeMap<IpNet, AcceptedPeer>,
     view: LocalView,
     pods: BTreeMap<Ipv4Addr, LocalPod>,
     /// Dual-stack only: this node's IPv6 subnet and its pods' IPv6
@@ -199,7 +199,7 @@ fn accepted_lease(
     subnet: Ipv4Net,
     public_ip: [u8; 4],
     vtep_mac: [u8; 6],
-) -> (Ipv4Net, AcceptedPeer) {
+) -> (IpNet, AcceptedPeer) {
     let policy = LeasePolicy::new(&facts.network, facts.public_ip, facts.vtep_mac);
     let lease = LeaseAttrs {
         public_ip: public_ip.into(),
@@ -211,10 +211,9 @@ fn accepted_lease(
         }),
         backend_v6_data: None,
     };
-    let accepted = policy
-        .check(subnet, &lease, None)
-        .expect("the fixture's leases pass the agent's rules");
-    (subnet, accepted)
+    policy
+        .check_claim(Some(subnet), None, &lease, OwnSubnets::default())
+        .expect("the fixture's leases pass the agent's rules")
 }
 
 /// A dual-stack vxlan claim for `subnet` from the node at `public_ip`
@@ -227,7 +226,7 @@ fn accepted_claim(
     subnet: Ipv4Net,
     (public_ip, vtep_mac): ([u8; 4], [u8; 6]),
     (subnet_v6, public_ipv6, vtep_v6_mac): (Ipv6Net, Ipv6Addr, [u8; 6]),
-) -> (Ipv4Net, AcceptedPeer) {
+) -> (IpNet, AcceptedPeer) {
     let policy = LeasePolicy::new(&facts.network, facts.public_ip, facts.vtep_mac)
         .with_own_ipv6(facts.public_ipv6, facts.vtep_v6_mac);
     let lease = LeaseAttrs {
@@ -243,15 +242,15 @@ fn accepted_claim(
             vtep_mac: MacAddr(vtep_v6_mac),
         }),
     };
-    let accepted = policy
-        .check_claim(subnet, Some(subnet_v6), &lease, own)
+    let (key, accepted) = policy
+        .check_claim(Some(subnet), Some(subnet_v6), &lease, own)
         .expect("the fixture's claims pass the agent's rules");
     assert_eq!(
         accepted.v6.map(|half| half.subnet),
         Some(subnet_v6),
         "the fixture's IPv6 halves are accepted"
     );
-    (subnet, accepted)
+    (key, accepted)
 }
 
 /// fd00:244:0:`n`::/64, the dual-stack fixture's `n`th IPv6 subnet.
@@ -329,7 +328,7 @@ impl Programs {
     fn sync(&mut self) {
         let desired = desired::compute(&Inputs {
             node: &self.node.facts,
-            subnet: subnet([10, 244, 1, 0]),
+            subnet: Some(subnet([10, 244, 1, 0])),
             subnet_v6: self.node.subnet_v6,
             peers: &self.node.peers,
             view: &self.node.view,
@@ -451,7 +450,7 @@ impl Programs {
                 self.node.peers.insert(subnet, peer);
             }
             None => {
-                self.node.peers.remove(&subnet);
+                self.node.peers.remove(&IpNet::V4(subnet));
             }
         }
         self.sync();

@@ -927,7 +927,7 @@ fn a_network_back_to_ipv4_only_loses_its_ipv6_device_and_masquerade_at_restart()
             .unwrap()
             .unwrap()
     };
-    let dual_stack_subnet = subnet_env().subnet;
+    let dual_stack_subnet = subnet_env().ipv4.expect("an IPv4 pair").subnet;
 
     restart_node_1_in_the_ipv4_only_network(&mut lab, Backend::Vxlan);
 
@@ -941,7 +941,11 @@ fn a_network_back_to_ipv4_only_loses_its_ipv6_device_and_masquerade_at_restart()
     );
     assert!(inspect::link(&node.ns, "flannel.1").unwrap().is_some());
     let env = subnet_env();
-    assert_eq!(env.subnet, dual_stack_subnet, "the IPv4 subnet changed");
+    assert_eq!(
+        env.ipv4.map(|ipv4| ipv4.subnet),
+        Some(dual_stack_subnet),
+        "the IPv4 subnet changed"
+    );
     assert!(env.ipv6.is_none(), "subnet.env kept IPv6 lines: {env:?}");
     assert_node_1_reaches_node_2_over_ipv4(&lab);
 }
@@ -961,7 +965,7 @@ fn a_host_gw_network_back_to_ipv4_only_loses_its_ipv6_routes_at_restart() {
     let peer = weft_agent::subnet_env::read_if_present(&lab.node(n2).subnet_file)
         .unwrap()
         .unwrap();
-    let peer_v4 = peer.subnet.trunc().to_string();
+    let peer_v4 = peer.ipv4.expect("an IPv4 pair").subnet.trunc().to_string();
     let peer_v6 = peer
         .ipv6
         .expect("a dual-stack subnet.env")

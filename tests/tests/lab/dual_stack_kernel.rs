@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv6Net};
 use weft_agent::{
     config::{Ipv6Network, NetworkConfig},
     dataplane::kernel::KernelDataplane,
@@ -23,7 +23,7 @@ use weft_agent::{
     endpoints,
     lease::{
         MacAddr,
-        validate::{AcceptedPeer, AcceptedPeerV6, PeerBackend},
+        validate::{AcceptedPeer, AcceptedPeerV4, AcceptedPeerV6, PeerBackend},
     },
     net::{self, Uplink},
     overlay_guard::{self, GuardSpec, Members, Refusal},
@@ -115,15 +115,25 @@ fn dual_stack(json: &str) -> NetworkConfig {
 /// B (on-link) and C (192.168.78.3 / fd00:78::3, not on-link: VXLAN
 /// through a router that does not exist here), B with or without its
 /// IPv6 half.
-fn peers(b_has_v6: bool) -> BTreeMap<Ipv4Net, AcceptedPeer> {
+fn peers(b_has_v6: bool) -> BTreeMap<IpNet, AcceptedPeer> {
+    let v4 = |subnet: &str, public_ip: Ipv4Addr, vtep_mac: [u8; 6]| {
+        Some(AcceptedPeerV4 {
+            subnet: subnet.parse().unwrap(),
+            public_ip,
+            backend: PeerBackend::Vxlan {
+                vtep_mac: MacAddr(vtep_mac),
+            },
+        })
+    };
     BTreeMap::from([
         (
             "10.244.2.0/24".parse().unwrap(),
             AcceptedPeer {
-                public_ip: Ipv4Addr::new(192, 168, 77, 2),
-                backend: PeerBackend::Vxlan {
-                    vtep_mac: MacAddr([0x0e, 1, 192, 168, 77, 2]),
-                },
+                v4: v4(
+                    "10.244.2.0/24",
+                    Ipv4Addr::new(192, 168, 77, 2),
+                    [0x0e, 1, 192, 168, 77, 2],
+                ),
                 v6: b_has_v6.then(|| AcceptedPeerV6 {
                     subnet: "fd00:10:244:2::/64".parse().unwrap(),
                     public_ip: ip6(B_V6),
@@ -134,10 +144,11 @@ fn peers(b_has_v6: bool) -> BTreeMap<Ipv4Net, AcceptedPeer> {
         (
             "10.244.3.0/24".parse().unwrap(),
             AcceptedPeer {
-                public_ip: Ipv4Addr::new(192, 168, 78, 3),
-                backend: PeerBackend::Vxlan {
-                    vtep_mac: MacAddr([0x0e, 1, 192, 168, 78, 3]),
-                },
+                v4: v4(
+                    "10.244.3.0/24",
+                    Ipv4Addr::new(192, 168, 78, 3),
+                    [0x0e, 1, 192, 168, 78, 3],
+                ),
                 v6: Some(AcceptedPeerV6 {
                     subnet: "fd00:10:244:3::/64".parse().unwrap(),
                     public_ip: ip6("fd00:78::3"),
@@ -200,8 +211,8 @@ impl NodeA {
         })
     }
 
-    async fn desired(&self, peers: &BTreeMap<Ipv4Net, AcceptedPeer>) -> Result<Desired> {
-        let network = self.facts.network.network;
+    async fn desired(&self, peers: &BTreeMap<IpNet, AcceptedPeer>) -> Result<Desired> {
+        let network = self.facts.network.ipv4.as_ref().unwrap().network;
         let network_v6: Ipv6Net = self.facts.network.ipv6.as_ref().unwrap().network;
         let index = self.facts.uplink_index;
         let mut view = endpoints::read_view(
@@ -218,7 +229,7 @@ impl NodeA {
             endpoints::read_uplink_neighbours_v6(&self.handle, index).await?;
         Ok(desired::compute(&Inputs {
             node: &self.facts,
-            subnet: "10.244.1.0/24".parse()?,
+            subnet: Some("10.244.1.0/24".parse()?),
             subnet_v6: Some("fd00:10:244:1::/64".parse()?),
             peers,
             view: &view,
@@ -231,7 +242,7 @@ impl NodeA {
         }))
     }
 
-    async fn sync(&mut self, peers: &BTreeMap<Ipv4Net, AcceptedPeer>) -> Result<Desired> {
+    async fn sync(&mut self, peers: &BTreeMap<IpNet, AcceptedPeer>) -> Result<Desired> {
         let desired = self.desired(peers).await?;
         let report = self.kernel.sync(&desired).await;
         if !report.failed.is_empty() {
@@ -701,7 +712,7 @@ fn dual_stack_host_gw_routes_ipv6_subnets_via_the_peers_public_ipv6() {
             );
             let mut peers = peers(true);
             for peer in peers.values_mut() {
-                peer.backend = PeerBackend::HostGw;
+                peer.v4.as_mut().unwrap().backend = PeerBackend::HostGw;
                 peer.v6.as_mut().unwrap().backend = PeerBackend::HostGw;
             }
             let desired = a.desired(&peers).await?;

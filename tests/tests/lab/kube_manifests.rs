@@ -361,10 +361,11 @@ fn weft_yaml_is_created_on_a_real_api_server_as_written_with_kube_flannels_right
     for node in lab.node_ids() {
         let object = api.node(lab.node(node).node_name()).unwrap();
         let pod_cidr: Ipv4Net = object["spec"]["podCIDR"].as_str().unwrap().parse().unwrap();
+        let ipv4 = network.ipv4.as_ref().expect("net-conf.json has IPv4");
         assert!(
-            network.network.contains(&pod_cidr),
+            ipv4.network.contains(&pod_cidr),
             "podCIDR {pod_cidr} is outside net-conf.json's Network {}",
-            network.network
+            ipv4.network
         );
     }
 

@@ -551,7 +551,10 @@ fn kube_mode_has_kube_flannels_rbac_and_config_and_a_network_config_weft_accepts
     let data = config.data.as_ref().unwrap();
     let network = NetworkConfig::parse(&data["net-conf.json"])
         .unwrap_or_else(|error| panic!("weft.yaml: net-conf.json: {error:#}"));
-    assert_eq!(network.network.to_string(), "10.244.0.0/16");
+    assert_eq!(
+        network.ipv4.map(|ipv4| ipv4.network.to_string()).as_deref(),
+        Some("10.244.0.0/16")
+    );
     assert_eq!(network.backend.type_name(), "vxlan");
     let weft = agent_container(daemon_set);
     let volumes = pod.volumes.as_ref().unwrap();

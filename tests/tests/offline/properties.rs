@@ -13,7 +13,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use weft_agent::{
     config::NetworkConfig,
@@ -30,6 +30,14 @@ use weft_agent::{
 };
 
 const PREFIX: &str = "/coreos.com/network";
+
+/// The IPv4 subnet an IPv4 network's peer table keys a peer by.
+fn v4_key(key: &IpNet) -> Ipv4Net {
+    match key {
+        IpNet::V4(subnet) => *subnet,
+        IpNet::V6(subnet) => panic!("an IPv6 key {subnet} in an IPv4 network"),
+    }
+}
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -209,7 +217,7 @@ proptest! {
         // What the store holds after each event: key -> (value, revision).
         let mut store: BTreeMap<String, (Vec<u8>, i64)> = BTreeMap::new();
         // The peer set the reported changes describe.
-        let mut reported: BTreeMap<Ipv4Net, AcceptedPeer> = BTreeMap::new();
+        let mut reported: BTreeMap<IpNet, AcceptedPeer> = BTreeMap::new();
         for (revision, (key, value)) in (1..).zip(events) {
             let changes = match value {
                 Some(value) => {
@@ -236,17 +244,22 @@ proptest! {
         let peers = table.peers();
         prop_assert_eq!(&reported, peers);
         let mut macs = BTreeMap::new();
-        for (subnet, peer) in peers {
+        for (key, peer) in peers {
+            // An IPv4 network keys its peers by their IPv4 subnet.
+            let subnet = &v4_key(key);
             // The peer is what the rules make of a value the store holds
             // for its subnet (two keys can name one subnet: `-24`, `-024`).
             let made_by_rules = store
                 .iter()
                 .filter(|(key, _)| subnet_of_key(key).ok() == Some(*subnet))
                 .filter_map(|(_, (value, _))| LeaseAttrs::from_json(value).ok())
-                .any(|attrs| policy.check(*subnet, &attrs, Some(own)) == Ok(*peer));
+                .any(|attrs| {
+                    policy.check_claim(Some(*subnet), None, &attrs, OwnSubnets::from(Some(own)))
+                        == Ok((*key, *peer))
+                });
             prop_assert!(made_by_rules, "{} {:?} is no stored value's judgement", subnet, peer);
             prop_assert!(!own.contains(&subnet.network()) && !subnet.contains(&own.network()));
-            for other in peers.keys().filter(|other| *other != subnet) {
+            for other in peers.keys().filter(|other| *other != key).map(v4_key) {
                 prop_assert!(!subnet.contains(&other.network()), "{subnet} overlaps {other}");
             }
             if let Some(mac) = peer.vtep_mac() {
@@ -351,7 +364,7 @@ proptest! {
         let network = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1}}"#).unwrap();
         let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
         let policy = LeasePolicy::new(&network, Ipv4Addr::new(192, 168, 77, 1), Some(MacAddr([0x0e, 1, 192, 168, 77, 1])))
-            .for_pod_cidrs(own.prefix_len());
+            .for_pod_cidrs(Some(own.prefix_len()));
         let mut table = PeerTable::new(policy.clone());
         // Later Nodes of one name replace earlier ones, as updates do.
         let mut current = BTreeMap::new();
@@ -362,10 +375,12 @@ proptest! {
             };
             current.insert(node.name.clone(), node.clone());
         }
-        for (subnet, peer) in table.peers() {
-            prop_assert!(network.network.contains(subnet) && subnet.prefix_len() == 24);
+        let network = network.ipv4.expect("IPv4 on").network;
+        for (key, peer) in table.peers() {
+            let subnet = v4_key(key);
+            prop_assert!(network.contains(&subnet) && subnet.prefix_len() == 24);
             prop_assert!(!own.contains(&subnet.network()) && !subnet.contains(&own.network()));
-            prop_assert!(peer.public_ip != Ipv4Addr::new(192, 168, 77, 1));
+            prop_assert!(peer.v4.expect("an IPv4 half").public_ip != Ipv4Addr::new(192, 168, 77, 1));
         }
         let listing: Vec<_> = current.values().filter_map(|node| node_claim::claim(node, &keys)).collect();
         let mut fresh = PeerTable::new(policy);
@@ -460,14 +475,17 @@ proptest! {
         let Ok(config) = NetworkConfig::parse(&text) else {
             return Ok(());
         };
-        prop_assert!(config.subnet_len <= 30);
-        prop_assert!(config.subnet_len >= config.network.prefix_len() + 2);
-        prop_assert!(config.subnet_min <= config.subnet_max);
-        let first = config.subnets().next().unwrap();
-        prop_assert_eq!(first.network(), config.subnet_min);
-        for subnet in [first, Ipv4Net::new(config.subnet_max, config.subnet_len).unwrap()] {
-            prop_assert!(config.network.contains(&subnet), "{subnet} outside {}", config.network);
-            prop_assert!(config.fits(&subnet));
+        // The texts leave EnableIPv4 at its default: on.
+        prop_assert!(config.ipv4.is_some());
+        let ipv4 = config.ipv4.as_ref().expect("IPv4 on");
+        prop_assert!(ipv4.subnet_len <= 30);
+        prop_assert!(ipv4.subnet_len >= ipv4.network.prefix_len() + 2);
+        prop_assert!(ipv4.subnet_min <= ipv4.subnet_max);
+        let first = ipv4.subnets().next().unwrap();
+        prop_assert_eq!(first.network(), ipv4.subnet_min);
+        for subnet in [first, Ipv4Net::new(ipv4.subnet_max, ipv4.subnet_len).unwrap()] {
+            prop_assert!(ipv4.network.contains(&subnet), "{subnet} outside {}", ipv4.network);
+            prop_assert!(ipv4.fits(&subnet));
             prop_assert_eq!(subnet, subnet.trunc());
         }
         if let Some(vni) = config.backend.vni() {
@@ -631,12 +649,15 @@ proptest! {
         let peers = table.peers();
         let mut v6_macs = BTreeMap::new();
         let mut v6_subnets: Vec<Ipv6Net> = Vec::new();
-        for (subnet, peer) in peers {
+        for (key, peer) in peers {
+            let subnet = &v4_key(key);
             let made_by_rules = store
                 .iter()
                 .filter_map(|(key, (value, _))| Some((subnets_of_key(key).ok()?, LeaseAttrs::from_json(value).ok()?)))
                 .filter(|(subnets, _)| subnets.v4 == *subnet)
-                .any(|(subnets, attrs)| policy.check_claim(*subnet, subnets.v6, &attrs, own) == Ok(*peer));
+                .any(|(subnets, attrs)| {
+                    policy.check_claim(Some(*subnet), subnets.v6, &attrs, own) == Ok((*key, *peer))
+                });
             prop_assert!(made_by_rules, "{} {:?} is no stored value's judgement", subnet, peer);
             let Some(v6) = peer.v6 else { continue };
             prop_assert!(ipv6.network.contains(&v6.subnet) && ipv6.fits(&v6.subnet), "{}", v6.subnet);

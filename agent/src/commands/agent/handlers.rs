@@ -29,7 +29,7 @@ use crate::{
     desired::{self, Desired, Inputs, NodeFacts, PeerRoute},
     endpoints::LocalView,
     http::Readiness,
-    lease::{LeaseSubnets, claim::ClaimEvent, peers::PeerTable, validate::OwnSubnets},
+    lease::{claim::ClaimEvent, peers::PeerTable, validate::OwnSubnets},
     masq, metrics,
     pods::LocalPods,
     subnet_env::{self, SubnetEnv},
@@ -70,12 +70,11 @@ pub struct Agent {
     pub(super) config: NetworkConfig,
     pub(super) facts: NodeFacts,
     pub(super) mtu: u32,
-    /// This node's subnet: its one owner (the subnet manager reports a new
-    /// one after a lost lease was taken again).
-    pub(super) subnet: Ipv4Net,
-    /// This node's IPv6 subnet, in a dual-stack network (taken with the
-    /// IPv4 one, in the same lease or from the same Node).
-    pub(super) subnet_v6: Option<Ipv6Net>,
+    /// This node's subnets: their one owner (the subnet manager reports
+    /// new ones after a lost lease was taken again). One of each family the
+    /// network runs, taken together, in the same lease or from the same
+    /// Node.
+    pub(super) subnets: OwnSubnets,
     /// Where the subnet and the peers' claims come from (etcd or the
     /// Kubernetes API).
     pub(super) manager: SubnetManager,
@@ -114,18 +113,19 @@ impl Agent {
         let pods = self
             .pods
             .as_ref()
-            .map(|pods| pods.endpoints(self.subnet))
+            .zip(self.subnets.v4)
+            .map(|(pods, subnet)| pods.endpoints(subnet))
             .unwrap_or_default();
         let pods_v6 = self
             .pods
             .as_ref()
-            .zip(self.subnet_v6)
+            .zip(self.subnets.v6)
             .map(|(pods, subnet_v6)| pods.endpoints6(subnet_v6))
             .unwrap_or_default();
         let desired: Desired = desired::compute(&Inputs {
             node: &self.facts,
-            subnet: self.subnet,
-            subnet_v6: self.subnet_v6,
+            subnet: self.subnets.v4,
+            subnet_v6: self.subnets.v6,
             peers: self.peers.peers(),
             view: &self.view,
             pods: &pods,
@@ -188,10 +188,7 @@ impl Agent {
     /// costs one apply).
     async fn on_claims(&mut self, events: Vec<ClaimEvent>) {
         metrics::global().synced();
-        let own = OwnSubnets {
-            v4: Some(self.subnet),
-            v6: self.subnet_v6,
-        };
+        let own = self.subnets;
         let mut peer_changes = 0;
         let mut listed = false;
         for event in &events {
@@ -215,35 +212,32 @@ impl Agent {
         }
     }
 
-    /// This node's subnets, as the local pods are read inside them.
-    fn subnets(&self) -> LeaseSubnets {
-        LeaseSubnets {
-            v4: self.subnet,
-            v6: self.subnet_v6,
-        }
-    }
-
     /// The subnets the subnet manager gave this node become its own.
-    pub(super) fn set_subnets(&mut self, subnets: LeaseSubnets) {
-        self.subnet = subnets.v4;
-        self.subnet_v6 = subnets.v6;
+    pub(super) fn set_subnets(&mut self, subnets: OwnSubnets) {
+        self.subnets = subnets;
     }
 
     /// Makes the own subnet the node's (VXLAN device address, masquerade
     /// rules, subnet.env, in that order), and the local pods the ones in it.
     pub(super) async fn take_subnet(&mut self) -> Result<()> {
-        self.kernel.set_vxlan_address(&self.subnet).await?;
-        if let Some(subnet_v6) = &self.subnet_v6 {
+        if let Some(subnet) = &self.subnets.v4 {
+            self.kernel.set_vxlan_address(subnet).await?;
+        }
+        if let Some(subnet_v6) = &self.subnets.v6 {
             self.kernel.set_vxlan_v6_address(subnet_v6).await?;
         }
         let subnets = masq::Subnets {
-            network: self.config.network,
-            subnet: self.subnet,
+            v4: self
+                .config
+                .ipv4
+                .as_ref()
+                .zip(self.subnets.v4)
+                .map(|(ipv4, subnet)| (ipv4.network, subnet)),
             v6: self
                 .config
                 .ipv6
                 .as_ref()
-                .zip(self.subnet_v6)
+                .zip(self.subnets.v6)
                 .map(|(ipv6, subnet)| (ipv6.network, subnet)),
         };
         match &self.masq {
@@ -263,14 +257,19 @@ impl Agent {
     /// Writes subnet.env for the subnet (the last step of taking it: the
     /// CNI plugin reads it).
     fn write_subnet_env(&self) -> Result<()> {
-        let subnet = self.subnet;
-        let gateway = Ipv4Net::new(
-            subnet.hosts().next().unwrap_or(subnet.network()),
-            subnet.prefix_len(),
-        )?;
-        // flanneld writes the IPv6 pair only with `EnableIPv6`, its subnet
-        // addressed by the first host address as the IPv4 one.
-        let ipv6 = match (&self.config.ipv6, self.subnet_v6) {
+        // flanneld writes each family's pair only with its `Enable*`, the
+        // subnet addressed by its first host address (the bridge's).
+        let ipv4 = match (&self.config.ipv4, self.subnets.v4) {
+            (Some(ipv4), Some(subnet)) => Some(subnet_env::Ipv4SubnetEnv {
+                network: ipv4.network,
+                subnet: Ipv4Net::new(
+                    subnet.hosts().next().unwrap_or(subnet.network()),
+                    subnet.prefix_len(),
+                )?,
+            }),
+            _ => None,
+        };
+        let ipv6 = match (&self.config.ipv6, self.subnets.v6) {
             (Some(ipv6), Some(subnet_v6)) => Some(subnet_env::Ipv6SubnetEnv {
                 network: ipv6.network,
                 // flanneld's `IncrementIP` (ipnet's `hosts()` of an IPv6
@@ -283,8 +282,7 @@ impl Agent {
             _ => None,
         };
         let env = SubnetEnv {
-            network: self.config.network,
-            subnet: gateway,
+            ipv4,
             ipv6,
             mtu: self.mtu,
             ipmasq: self.args.ip_masq,
@@ -292,7 +290,7 @@ impl Agent {
         subnet_env::write_atomic(&self.args.subnet_file, &env)?;
         info!(
             file = %self.args.subnet_file.display(),
-            subnet = %gateway,
+            subnet = ?ipv4.map(|ipv4| ipv4.subnet.to_string()),
             subnet_v6 = ?ipv6.map(|ipv6| ipv6.subnet.to_string()),
             "subnet.env written"
         );
@@ -301,7 +299,7 @@ impl Agent {
 
     /// The kernel's view of pods, ports, uplink neighbours and routes.
     pub async fn on_view(&mut self, view: LocalView) {
-        let subnets = self.subnets();
+        let subnets = self.subnets;
         if let Some(pods) = self.pods.as_mut() {
             pods.refresh(&view.ports, subnets).await;
         }
@@ -318,7 +316,7 @@ impl Agent {
     /// neighbours follow if they changed, else the pinned neighbours are
     /// repaired (to the last desired state).
     pub async fn on_pod_retry(&mut self) {
-        let subnets = self.subnets();
+        let subnets = self.subnets;
         let (Some(pods), Some(fast_path)) = (self.pods.as_mut(), self.fast_path.as_ref()) else {
             return;
         };
@@ -331,7 +329,7 @@ impl Agent {
     /// Every pod's side is read again, complete or not: a MAC or address
     /// changed inside a pod reaches ENDPOINTS and the pinned neighbour entry.
     pub async fn on_pod_reread(&mut self) {
-        let subnets = self.subnets();
+        let subnets = self.subnets;
         let Some(pods) = self.pods.as_mut() else {
             return;
         };

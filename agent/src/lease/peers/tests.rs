@@ -1,5 +1,7 @@
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
 use super::*;
 use crate::lease::validate::OwnSubnets;
 use crate::{config::NetworkConfig, lease::registry::RawLease};
@@ -62,6 +64,11 @@ fn net(text: &str) -> Ipv4Net {
     text.parse().unwrap()
 }
 
+/// An IPv4 subnet as the table keys its peers.
+fn key(text: &str) -> IpNet {
+    IpNet::V4(net(text))
+}
+
 #[test]
 fn resync_reports_adds_changes_and_removals_and_skips_our_own() {
     let mut table = table();
@@ -75,7 +82,7 @@ fn resync_reports_adds_changes_and_removals_and_skips_our_own() {
     );
     assert_eq!(first.len(), 1);
     assert!(
-        matches!(&first[0], PeerChange::Upsert { subnet, .. } if *subnet == net("10.244.2.0/24"))
+        matches!(&first[0], PeerChange::Upsert { subnet, .. } if *subnet == key("10.244.2.0/24"))
     );
     let second = table.resync_leases(
         &[
@@ -102,7 +109,7 @@ fn a_lease_rewritten_with_a_bad_value_is_removed_like_a_delete() {
     table.resync_leases(std::slice::from_ref(&good), None);
     let removed = table.put_lease(&good.key, b"not json", 2, None);
     assert!(
-        matches!(&removed[..], [PeerChange::Remove { subnet, .. }] if *subnet == net("10.244.2.0/24")),
+        matches!(&removed[..], [PeerChange::Remove { subnet, .. }] if *subnet == key("10.244.2.0/24")),
         "{removed:?}"
     );
     assert!(table.peers().is_empty());
@@ -179,7 +186,7 @@ fn delete_uses_the_last_value_and_put_ignores_repeats() {
     assert!(table.put_lease(&peer.key, &peer.value, 1, None).is_empty());
     let removed = table.delete(&peer.key);
     assert!(
-        matches!(&removed[..], [PeerChange::Remove { peer, .. }] if peer.public_ip.to_string() == "192.168.77.2")
+        matches!(&removed[..], [PeerChange::Remove { peer, .. }] if peer.v4.unwrap().public_ip.to_string() == "192.168.77.2")
     );
     assert!(table.delete(&peer.key).is_empty());
 }
@@ -237,7 +244,7 @@ fn a_lease_reusing_another_nodes_vtep_mac_is_refused_until_the_owner_goes() {
     assert_eq!(changes.len(), 2, "{changes:?}");
     assert_eq!(
         table.peers().keys().copied().collect::<Vec<_>>(),
-        [net("10.244.3.0/24")]
+        [key("10.244.3.0/24")]
     );
 }
 
@@ -249,7 +256,7 @@ fn events_keep_the_older_of_overlapping_leases() {
     let mut table = table();
     let young = lease("10.244.2.0-24", "192.168.77.2");
     assert_eq!(table.put_lease(&young.key, &young.value, 10, None).len(), 1);
-    let wide = net("10.244.2.0/23");
+    let wide = key("10.244.2.0/23");
     let wide_id = "/coreos.com/network/subnets/10.244.2.0-23";
     table.set_candidate(
         wide,
@@ -257,14 +264,14 @@ fn events_keep_the_older_of_overlapping_leases() {
         Some(Candidate {
             id: wide_id.into(),
             age: 5,
-            peer: table.peers()[&net("10.244.2.0/24")],
+            peer: table.peers()[&key("10.244.2.0/24")],
             fingerprint: 7,
         }),
     );
     let changes = table.settle(wide);
     assert!(
         changes.contains(&PeerChange::Remove {
-            subnet: net("10.244.2.0/24"),
+            subnet: key("10.244.2.0/24"),
             peer: table.peers()[&wide]
         }),
         "{changes:?}"
@@ -274,7 +281,7 @@ fn events_keep_the_older_of_overlapping_leases() {
     let changes = table.delete("/coreos.com/network/subnets/10.244.2.0-23");
     assert_eq!(
         table.peers().keys().copied().collect::<Vec<_>>(),
-        [net("10.244.2.0/24")]
+        [key("10.244.2.0/24")]
     );
     assert_eq!(changes.len(), 2, "{changes:?}");
 }
@@ -301,7 +308,7 @@ fn two_nodes_given_one_subnet_the_older_is_used_until_it_goes() {
     let forged = node_claim("forged", "10.244.2.0/24", "192.168.77.66", 200);
     table.resync(&[forged.clone(), real.clone()], None);
     assert_eq!(
-        table.peers()[&net("10.244.2.0/24")].public_ip,
+        table.peers()[&key("10.244.2.0/24")].v4.unwrap().public_ip,
         Ipv4Addr::new(192, 168, 77, 2)
     );
     assert_eq!(table.rejections()[&Rule::SubnetOverlapsPeer], 1);
@@ -315,7 +322,7 @@ fn two_nodes_given_one_subnet_the_older_is_used_until_it_goes() {
     // The real one gone, the other claimant of its subnet takes over.
     let changes = table.delete("node/n2");
     assert!(
-        matches!(&changes[..], [PeerChange::Upsert { peer, .. }] if peer.public_ip == Ipv4Addr::new(192, 168, 77, 67)),
+        matches!(&changes[..], [PeerChange::Upsert { peer, .. }] if peer.v4.unwrap().public_ip == Ipv4Addr::new(192, 168, 77, 67)),
         "{changes:?}"
     );
 }
@@ -334,7 +341,7 @@ fn a_node_whose_pod_cidr_moves_gives_up_the_old_subnet() {
     assert_eq!(changes.len(), 2, "{changes:?}");
     assert_eq!(
         table.peers().keys().copied().collect::<Vec<_>>(),
-        [net("10.244.9.0/24")]
+        [key("10.244.9.0/24")]
     );
     // A value that no longer parses removes it like a delete.
     let mut broken = node_claim("n2", "10.244.9.0/24", "192.168.77.2", 100);
@@ -394,16 +401,16 @@ fn dual_stack_leases_carry_their_v6_half_and_a_v6_clash_is_decided_by_age() {
     assert_eq!(changes.len(), 2, "{changes:?}");
     let peers = table.peers();
     assert_eq!(
-        peers[&net("10.244.2.0/24")].v6.unwrap().subnet,
+        peers[&key("10.244.2.0/24")].v6.unwrap().subnet,
         "fd00:12:0:200::/56".parse().unwrap()
     );
-    assert_eq!(peers[&net("10.244.4.0/24")].v6, None);
-    assert!(!peers.contains_key(&net("10.244.3.0/24")));
+    assert_eq!(peers[&key("10.244.4.0/24")].v6, None);
+    assert!(!peers.contains_key(&key("10.244.3.0/24")));
     assert_eq!(table.rejections()[&Rule::Ipv6SubnetOverlapsPeer], 1);
     // Events agree: the older goes, the younger copy takes over.
     let changes = table.delete(&first.key);
     assert_eq!(changes.len(), 2, "{changes:?}");
-    assert!(table.peers().contains_key(&net("10.244.3.0/24")));
+    assert!(table.peers().contains_key(&key("10.244.3.0/24")));
     // A v6 half on our own v6 subnet is refused whole.
     let ours = dual_lease("10.244.5.0-24", "fd00:12:0:100::-56", 5, 11);
     let changes = table.put(
@@ -423,7 +430,7 @@ fn dual_stack_leases_carry_their_v6_half_and_a_v6_clash_is_decided_by_age() {
         own_dual(),
     );
     assert!(
-        matches!(changes[..], [PeerChange::Remove { subnet, .. }] if subnet == net("10.244.3.0/24")),
+        matches!(changes[..], [PeerChange::Remove { subnet, .. }] if subnet == key("10.244.3.0/24")),
         "{changes:?}"
     );
     assert_eq!(table.rejections()[&Rule::PublicIpv6NotUnicast], 1);
@@ -451,7 +458,7 @@ fn a_nodes_unreadable_v6_half_is_refused_in_dual_stack_and_ignored_in_v4_only() 
     ));
     let changes = v4_only.put(&claim, own_dual());
     assert_eq!(changes.len(), 1, "{changes:?}");
-    assert_eq!(v4_only.peers()[&net("10.244.2.0/24")].v6, None);
+    assert_eq!(v4_only.peers()[&key("10.244.2.0/24")].v6, None);
 }
 
 #[test]
@@ -472,7 +479,7 @@ fn a_younger_claim_on_an_accepted_v6_subnet_is_refused_event_by_event() {
     }
     assert_eq!(
         table.peers().keys().copied().collect::<Vec<_>>(),
-        [net("10.244.2.0/24")]
+        [key("10.244.2.0/24")]
     );
     assert_eq!(table.rejections()[&Rule::Ipv6SubnetOverlapsPeer], 1);
     assert_eq!(table.rejections()[&Rule::Ipv6SubnetWrongPrefix], 1);

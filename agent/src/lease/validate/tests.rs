@@ -1,9 +1,67 @@
 use super::*;
-use crate::lease::VxlanBackendData;
+use crate::lease::{VxlanBackendData, subnet_of_key};
 use ipnet::Ipv6Net;
 
 fn net(text: &str) -> Ipv4Net {
     text.parse().unwrap()
+}
+
+/// An IPv4 subnet as the peer table keys it.
+fn key(text: &str) -> IpNet {
+    IpNet::V4(net(text))
+}
+
+/// The IPv4 keys of `resolve_overlaps`' winners.
+fn v4_keys(accepted: &Winners) -> Vec<Ipv4Net> {
+    accepted
+        .keys()
+        .map(|key| match key {
+            IpNet::V4(subnet) => *subnet,
+            IpNet::V6(subnet) => panic!("an IPv6 key {subnet} in an IPv4 network"),
+        })
+        .collect()
+}
+
+/// The calls most of these tests make: a claim with an IPv4 subnet, the
+/// peer alone (its key is that subnet).
+trait V4Checks {
+    /// A claim without an IPv6 half.
+    fn check(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        own: Option<Ipv4Net>,
+    ) -> Result<AcceptedPeer, Rejection>;
+    fn check_v4_claim(
+        &self,
+        subnet: Ipv4Net,
+        subnet_v6: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        own: OwnSubnets,
+    ) -> Result<AcceptedPeer, Rejection>;
+}
+
+impl V4Checks for LeasePolicy {
+    fn check(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        own: Option<Ipv4Net>,
+    ) -> Result<AcceptedPeer, Rejection> {
+        self.check_v4_claim(subnet, None, attrs, OwnSubnets::from(own))
+    }
+
+    fn check_v4_claim(
+        &self,
+        subnet: Ipv4Net,
+        subnet_v6: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        own: OwnSubnets,
+    ) -> Result<AcceptedPeer, Rejection> {
+        let (keyed_by, peer) = self.check_claim(Some(subnet), subnet_v6, attrs, own)?;
+        assert_eq!(keyed_by, IpNet::V4(subnet));
+        Ok(peer)
+    }
 }
 
 fn vxlan_config() -> NetworkConfig {
@@ -161,10 +219,13 @@ fn candidate(key: &str, create_revision: i64) -> Candidate {
         id: key.into(),
         age: create_revision,
         peer: AcceptedPeer {
-            public_ip: "192.168.77.2".parse().unwrap(),
-            backend: PeerBackend::Vxlan {
-                vtep_mac: MacAddr([0x0e, 1, 0, 0, key.len() as u8, create_revision as u8]),
-            },
+            v4: Some(AcceptedPeerV4 {
+                subnet: subnet_of_key(key).unwrap(),
+                public_ip: "192.168.77.2".parse().unwrap(),
+                backend: PeerBackend::Vxlan {
+                    vtep_mac: MacAddr([0x0e, 1, 0, 0, key.len() as u8, create_revision as u8]),
+                },
+            }),
             v6: None,
         },
         fingerprint: 0,
@@ -175,19 +236,16 @@ fn candidate(key: &str, create_revision: i64) -> Candidate {
 fn a_vtep_mac_belongs_to_the_older_lease() {
     let mut young = candidate("/p/subnets/10.244.3.0-24", 8);
     let old = candidate("/p/subnets/10.244.2.0-24", 4);
-    young.peer.backend = old.peer.backend;
+    young.peer.v4.as_mut().unwrap().backend = old.peer.v4.unwrap().backend;
     let candidates = BTreeMap::from([(net("10.244.3.0/24"), young), (net("10.244.2.0/24"), old)]);
     let (accepted, losers) = resolve_overlaps(
         candidates
             .iter()
-            .map(|(subnet, candidate)| (*subnet, candidate)),
+            .map(|(subnet, candidate)| (IpNet::from(*subnet), candidate)),
     );
-    assert_eq!(
-        accepted.keys().copied().collect::<Vec<_>>(),
-        [net("10.244.2.0/24")]
-    );
+    assert_eq!(v4_keys(&accepted), [net("10.244.2.0/24")]);
     assert_eq!(losers.len(), 1);
-    assert_eq!(losers[0].0, net("10.244.3.0/24"));
+    assert_eq!(losers[0].0, key("10.244.3.0/24"));
     assert_eq!(losers[0].2.rule, Rule::VtepMacInUse);
     assert!(
         losers[0].2.reason.contains("/p/subnets/10.244.2.0-24"),
@@ -219,10 +277,10 @@ fn on_overlap_the_older_lease_by_create_revision_wins() {
     let (accepted, losers) = resolve_overlaps(
         candidates
             .iter()
-            .map(|(subnet, candidate)| (*subnet, candidate)),
+            .map(|(subnet, candidate)| (IpNet::from(*subnet), candidate)),
     );
     assert_eq!(
-        accepted.keys().copied().collect::<Vec<_>>(),
+        v4_keys(&accepted),
         [
             net("10.244.2.0/24"),
             net("10.244.3.0/24"),
@@ -232,7 +290,7 @@ fn on_overlap_the_older_lease_by_create_revision_wins() {
          10.244.2.0/24 then overlaps nothing accepted"
     );
     assert_eq!(losers.len(), 1);
-    assert_eq!(losers[0].0, net("10.244.2.0/23"));
+    assert_eq!(losers[0].0, key("10.244.2.0/23"));
     assert_eq!(losers[0].2.rule, Rule::SubnetOverlapsPeer);
     assert_eq!(
         losers[0].2.reason,
@@ -244,10 +302,10 @@ fn on_overlap_the_older_lease_by_create_revision_wins() {
     let (accepted, losers) = resolve_overlaps(
         reversed
             .iter()
-            .map(|(subnet, candidate)| (*subnet, candidate)),
+            .map(|(subnet, candidate)| (IpNet::from(*subnet), candidate)),
     );
     assert_eq!(
-        accepted.keys().copied().collect::<Vec<_>>(),
+        v4_keys(&accepted),
         [net("10.244.2.0/23"), net("10.244.9.0/24")]
     );
     assert_eq!(losers.len(), 2);
@@ -332,7 +390,7 @@ fn own_dual() -> OwnSubnets {
 
 fn v6_rule_of(policy: &LeasePolicy, subnet_v6: Option<&str>, attrs: &LeaseAttrs) -> Option<Rule> {
     policy
-        .check_claim(net("10.244.2.0/24"), subnet_v6.map(net6), attrs, own_dual())
+        .check_v4_claim(net("10.244.2.0/24"), subnet_v6.map(net6), attrs, own_dual())
         .err()
         .map(|rejection| rejection.rule)
 }
@@ -340,7 +398,7 @@ fn v6_rule_of(policy: &LeasePolicy, subnet_v6: Option<&str>, attrs: &LeaseAttrs)
 #[test]
 fn a_dual_stack_peer_is_accepted_with_both_halves() {
     let peer = dual_policy()
-        .check_claim(
+        .check_v4_claim(
             net("10.244.2.0/24"),
             Some(net6("fd00:12:0:200::/56")),
             &dual_attrs("fd77::2"),
@@ -357,7 +415,7 @@ fn a_dual_stack_peer_is_accepted_with_both_halves() {
             },
         })
     );
-    assert_eq!(peer.public_ip, Ipv4Addr::new(192, 168, 77, 2));
+    assert_eq!(peer.v4.unwrap().public_ip, Ipv4Addr::new(192, 168, 77, 2));
     // A global-unicast underlay, and the last subnet of the range.
     assert_eq!(
         v6_rule_of(
@@ -372,7 +430,7 @@ fn a_dual_stack_peer_is_accepted_with_both_halves() {
 #[test]
 fn a_v4_only_peer_in_a_dual_stack_network_is_accepted_without_a_v6_half() {
     let peer = dual_policy()
-        .check_claim(
+        .check_v4_claim(
             net("10.244.2.0/24"),
             None,
             &attrs("192.168.77.2"),
@@ -391,7 +449,7 @@ fn a_v6_half_in_a_v4_only_network_is_ignored() {
         (None, "fd77::1"),
     ] {
         let peer = policy()
-            .check_claim(
+            .check_v4_claim(
                 net("10.244.2.0/24"),
                 subnet_v6.map(net6),
                 &dual_attrs(ip6),
@@ -426,7 +484,7 @@ fn v6_subnets_must_be_inside_ipv6_network_with_its_length_within_the_range() {
         );
     }
     let rejection = dual_policy()
-        .check_claim(
+        .check_v4_claim(
             net("10.244.2.0/24"),
             Some(net6("fd77::/56")),
             &peer,
@@ -475,7 +533,7 @@ fn public_ipv6_must_be_another_nodes_unicast_underlay_address() {
         );
     }
     let rejection = dual_policy()
-        .check_claim(
+        .check_v4_claim(
             net("10.244.2.0/24"),
             Some(net6("fd00:12:0:200::/56")),
             &dual_attrs("fe80::1"),
@@ -518,7 +576,7 @@ fn a_v6_half_must_be_complete() {
         Some(Rule::Ipv6HalfIncomplete)
     );
     let rejection = dual_policy()
-        .check_claim(
+        .check_v4_claim(
             net("10.244.2.0/24"),
             None,
             &dual_attrs("fd77::2"),
@@ -583,7 +641,7 @@ fn host_gw_v6_halves_need_no_backend_data() {
     host_gw.backend_data = None;
     host_gw.public_ipv6 = Some("fd77::2".parse().unwrap());
     let peer = policy
-        .check_claim(
+        .check_v4_claim(
             net("10.244.2.0/24"),
             Some(net6("fd00:12:0:200::/56")),
             &host_gw,
@@ -600,7 +658,9 @@ fn host_gw_v6_halves_need_no_backend_data() {
 
 #[test]
 fn pod_cidr_policies_take_the_v6_length_of_our_own_v6_pod_cidr() {
-    let policy = dual_policy().for_pod_cidrs(24).for_pod_cidrs_v6(Some(64));
+    let policy = dual_policy()
+        .for_pod_cidrs(Some(24))
+        .for_pod_cidrs_v6(Some(64));
     let attrs = dual_attrs("fd77::2");
     // Any /64 inside IPv6Network, SubnetMin/Max aside.
     assert_eq!(v6_rule_of(&policy, Some("fd00:12::/64"), &attrs), None);
@@ -609,7 +669,7 @@ fn pod_cidr_policies_take_the_v6_length_of_our_own_v6_pod_cidr() {
         Some(Rule::Ipv6SubnetWrongPrefix)
     );
     let rejection = policy
-        .check_claim(
+        .check_v4_claim(
             net("10.244.2.0/24"),
             Some(net6("fd00:12:0:200::/56")),
             &attrs,
@@ -690,27 +750,27 @@ fn on_a_v6_overlap_or_a_shared_v6_mac_the_older_claim_wins_whole() {
     let (accepted, losers) = resolve_overlaps(
         candidates
             .iter()
-            .map(|(subnet, candidate)| (*subnet, candidate)),
+            .map(|(subnet, candidate)| (IpNet::from(*subnet), candidate)),
     );
     assert_eq!(
-        accepted.keys().copied().collect::<Vec<_>>(),
+        v4_keys(&accepted),
         [net("10.244.5.0/24"), net("10.244.6.0/24")]
     );
-    let rules: BTreeMap<Ipv4Net, Rule> = losers
+    let rules: BTreeMap<IpNet, Rule> = losers
         .iter()
         .map(|(subnet, _, rejection)| (*subnet, rejection.rule))
         .collect();
     assert_eq!(
         rules,
         BTreeMap::from([
-            (net("10.244.2.0/24"), Rule::Ipv6SubnetOverlapsPeer),
-            (net("10.244.3.0/24"), Rule::Ipv6SubnetOverlapsPeer),
-            (net("10.244.4.0/24"), Rule::Ipv6SubnetOverlapsPeer),
+            (key("10.244.2.0/24"), Rule::Ipv6SubnetOverlapsPeer),
+            (key("10.244.3.0/24"), Rule::Ipv6SubnetOverlapsPeer),
+            (key("10.244.4.0/24"), Rule::Ipv6SubnetOverlapsPeer),
         ])
     );
     let reason = &losers
         .iter()
-        .find(|(subnet, _, _)| *subnet == net("10.244.2.0/24"))
+        .find(|(subnet, _, _)| *subnet == key("10.244.2.0/24"))
         .unwrap()
         .2
         .reason;
@@ -722,18 +782,17 @@ fn on_a_v6_overlap_or_a_shared_v6_mac_the_older_claim_wins_whole() {
     // against the younger claim that copies it.
     let mut rest = candidates.clone();
     rest.remove(&net("10.244.6.0/24"));
-    let (accepted, losers) =
-        resolve_overlaps(rest.iter().map(|(subnet, candidate)| (*subnet, candidate)));
-    assert_eq!(
-        accepted.keys().copied().collect::<Vec<_>>(),
-        [net("10.244.2.0/24")]
+    let (accepted, losers) = resolve_overlaps(
+        rest.iter()
+            .map(|(subnet, candidate)| (IpNet::from(*subnet), candidate)),
     );
-    let rules: BTreeMap<Ipv4Net, Rule> = losers
+    assert_eq!(v4_keys(&accepted), [net("10.244.2.0/24")]);
+    let rules: BTreeMap<IpNet, Rule> = losers
         .iter()
         .map(|(subnet, _, rejection)| (*subnet, rejection.rule))
         .collect();
-    assert_eq!(rules[&net("10.244.5.0/24")], Rule::Ipv6VtepMacInUse);
-    assert_eq!(rules[&net("10.244.3.0/24")], Rule::Ipv6SubnetOverlapsPeer);
+    assert_eq!(rules[&key("10.244.5.0/24")], Rule::Ipv6VtepMacInUse);
+    assert_eq!(rules[&key("10.244.3.0/24")], Rule::Ipv6SubnetOverlapsPeer);
 }
 
 #[test]
