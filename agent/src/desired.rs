@@ -132,7 +132,8 @@ impl PeerRouteV6 {
 #[derive(Clone, Debug)]
 pub struct NodeFacts {
     pub network: NetworkConfig,
-    pub public_ip: Ipv4Addr,
+    /// None in an IPv6-only network.
+    pub public_ip: Option<Ipv4Addr>,
     pub uplink_index: u32,
     pub uplink_mac: MacAddr,
     pub uplink_mtu: u32,
@@ -608,7 +609,8 @@ pub fn node_config(
     };
     let flag = |on: bool, flag: u32| if on { flag } else { 0 };
     NodeConfig {
-        node_ip: node.public_ip.octets(),
+        // Zero in an IPv6-only network: no IPv4 packet is ours then.
+        node_ip: node.public_ip.map_or([0; 4], |ip| ip.octets()),
         uplink_ifindex: node.uplink_index,
         vni,
         vxlan_port_be: port.to_be(),

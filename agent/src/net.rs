@@ -25,7 +25,10 @@ pub struct Uplink {
     pub index: u32,
     pub mtu: u32,
     pub mac: MacAddr,
-    pub public_ip: Ipv4Addr,
+    /// The IPv4 address this node announces as `PublicIP` (`--public-ip`,
+    /// else the uplink's first IPv4 address): none on an uplink without
+    /// IPv4, which only an IPv6-only network can use ([`Uplink::ipv4`]).
+    pub public_ip: Option<Ipv4Addr>,
     /// Dual-stack only ([`uplink_ipv6`]): the uplink's own IPv6 address,
     /// the local end of `flannel-v6.<VNI>` (flanneld's `IfaceV6Addr`)...
     pub ipv6: Option<Ipv6Addr>,
@@ -61,19 +64,34 @@ pub async fn select_uplink(
     } else if let Some(pattern) = iface_regex {
         let regex = regex::Regex::new(pattern)
             .with_context(|| format!("--iface-regex {pattern:?} is not a valid regex"))?;
+        // The network config (which families it runs) is read later: an
+        // address of either family qualifies here, and the families the
+        // network needs are checked then (`Uplink::ipv4`, `uplink_ipv6`).
         let mut matching = Vec::new();
         for link in &links {
             if name_of(link).is_some_and(|name| regex.is_match(name))
-                && first_ipv4(handle, link.header.index).await?.is_some()
+                && (first_ipv4(handle, link.header.index).await?.is_some()
+                    || addresses_v6(handle, link.header.index)
+                        .await?
+                        .into_iter()
+                        .any(is_global_unicast))
             {
                 matching.push(link);
             }
         }
         matching.first().copied().ok_or_else(|| {
-            anyhow!("--iface-regex {pattern:?}: no interface with an IPv4 address matches")
+            anyhow!(
+                "--iface-regex {pattern:?}: no interface with an IPv4 or a global IPv6 address matches"
+            )
         })?
     } else {
-        let index = default_route_interface(handle).await?.ok_or_else(|| {
+        // The IPv4 default route's interface, else (an IPv6-only node) the
+        // IPv6 one's.
+        let index = match default_route_interface(main_routes(handle).await?) {
+            Some(index) => Some(index),
+            None => default_route_interface(main_routes_v6(handle).await?),
+        };
+        let index = index.ok_or_else(|| {
             anyhow!("no --iface given and no default route to pick the uplink from")
         })?;
         links
@@ -83,12 +101,8 @@ pub async fn select_uplink(
     };
     let name = name_of(link).unwrap_or_default().to_owned();
     let public_ip = match public_ip {
-        Some(ip) => ip,
-        None => first_ipv4(handle, link.header.index)
-            .await?
-            .ok_or_else(|| {
-                anyhow!("uplink {name} has no IPv4 address; give one to it or set --public-ip")
-            })?,
+        Some(ip) => Some(ip),
+        None => first_ipv4(handle, link.header.index).await?,
     };
     Ok(Uplink {
         index: link.header.index,
@@ -100,6 +114,19 @@ pub async fn select_uplink(
         is_veth: is_veth(link),
         name,
     })
+}
+
+impl Uplink {
+    /// The `PublicIP` a network with IPv4 needs: an error naming the
+    /// uplink when it has none.
+    pub fn ipv4(&self) -> Result<Ipv4Addr> {
+        self.public_ip.ok_or_else(|| {
+            anyhow!(
+                "uplink {} has no IPv4 address; give one to it or set --public-ip (or run an IPv6-only network: EnableIPv4 false)",
+                self.name
+            )
+        })
+    }
 }
 
 async fn first_ipv4(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>> {
@@ -213,9 +240,8 @@ pub async fn main_routes_v6(handle: &Handle) -> Result<Vec<RouteMessage>> {
         .collect())
 }
 
-async fn default_route_interface(handle: &Handle) -> Result<Option<u32>> {
-    let routes = main_routes(handle).await?;
-    Ok(routes
+fn default_route_interface(routes: Vec<RouteMessage>) -> Option<u32> {
+    routes
         .iter()
         .filter(|route| route.header.destination_prefix_length == 0)
         .find_map(|route| {
@@ -223,7 +249,7 @@ async fn default_route_interface(handle: &Handle) -> Result<Option<u32>> {
                 RouteAttribute::Oif(index) => Some(*index),
                 _ => None,
             })
-        }))
+        })
 }
 
 /// Every link in this network namespace.

@@ -75,8 +75,11 @@ impl Refusal {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuardSpec {
     pub bridge: String,
-    pub vxlan_device: String,
-    /// `flannel-v6.<VNI>` in a dual-stack network: IPv6 peers are then
+    /// `flannel.<VNI>`, unless the network is IPv6-only: IPv4 peers are
+    /// then taken from [`MEMBERS_SET`]; without it IPv4 is refused
+    /// wholesale.
+    pub vxlan_device: Option<String>,
+    /// `flannel-v6.<VNI>` in a network with IPv6: IPv6 peers are then
     /// taken from [`MEMBERS_SET_V6`]; without it IPv6 is refused wholesale.
     pub vxlan_v6_device: Option<String>,
     pub port: u16,
@@ -111,14 +114,12 @@ pub fn script(spec: &GuardSpec) -> String {
         "add chain inet {TABLE} overlay_prerouting {{ type filter hook prerouting priority raw; policy accept; }}
 flush chain inet {TABLE} overlay_prerouting
 add rule inet {TABLE} overlay_prerouting iifname \"{bridge}\" udp dport {port} counter name \"{from_pod}\" drop
-add rule inet {TABLE} overlay_prerouting iifname \"{vxlan_device}\" udp dport {port} counter name \"{from_overlay}\" drop
 ",
         from_pod = Refusal::FromPod.name(),
-        from_overlay = Refusal::FromOverlay.name(),
     ));
-    if let Some(vxlan_v6_device) = vxlan_v6_device {
+    for device in vxlan_device.iter().chain(vxlan_v6_device) {
         script.push_str(&format!(
-            "add rule inet {TABLE} overlay_prerouting iifname \"{vxlan_v6_device}\" udp dport {port} counter name \"{from_overlay}\" drop\n",
+            "add rule inet {TABLE} overlay_prerouting iifname \"{device}\" udp dport {port} counter name \"{from_overlay}\" drop\n",
             from_overlay = Refusal::FromOverlay.name(),
         ));
     }
@@ -132,9 +133,17 @@ add rule inet {TABLE} overlay_prerouting iifname \"{vxlan_device}\" udp dport {p
         "add chain inet {TABLE} overlay_input {{ type filter hook input priority raw; policy accept; }}
 flush chain inet {TABLE} overlay_input
 add rule inet {TABLE} overlay_input iifname \"lo\" udp dport {port} counter name \"{not_a_peer}\" drop
-add rule inet {TABLE} overlay_input meta nfproto ipv4 udp dport {port} ip saddr != @{MEMBERS_SET} counter name \"{not_a_peer}\" drop
 "
     ));
+    script.push_str(&if vxlan_device.is_some() {
+        format!(
+            "add rule inet {TABLE} overlay_input meta nfproto ipv4 udp dport {port} ip saddr != @{MEMBERS_SET} counter name \"{not_a_peer}\" drop\n"
+        )
+    } else {
+        format!(
+            "add rule inet {TABLE} overlay_input meta nfproto ipv4 udp dport {port} counter name \"{not_a_peer}\" drop\n"
+        )
+    });
     script.push_str(&if vxlan_v6_device.is_some() {
         format!(
             "add rule inet {TABLE} overlay_input meta nfproto ipv6 udp dport {port} ip6 saddr != @{MEMBERS_SET_V6} counter name \"{not_a_peer}\" drop\n"
@@ -311,10 +320,29 @@ mod tests {
     fn spec() -> GuardSpec {
         GuardSpec {
             bridge: "cni0".into(),
-            vxlan_device: "flannel.1".into(),
+            vxlan_device: Some("flannel.1".into()),
             vxlan_v6_device: None,
             port: 8472,
         }
+    }
+
+    #[test]
+    fn ipv6_only_refuses_ipv4_wholesale_and_takes_ipv6_from_peers() {
+        let script = script(&GuardSpec {
+            vxlan_device: None,
+            vxlan_v6_device: Some("flannel-v6.1".into()),
+            ..spec()
+        });
+        for rule in [
+            "overlay_prerouting iifname \"cni0\" udp dport 8472 counter name \"vxlan_from_pod\" drop",
+            "overlay_prerouting iifname \"flannel-v6.1\" udp dport 8472 counter name \"vxlan_from_overlay\" drop",
+            "overlay_input meta nfproto ipv4 udp dport 8472 counter name \"vxlan_not_a_peer\" drop",
+            "overlay_input meta nfproto ipv6 udp dport 8472 ip6 saddr != @overlay_members_v6 counter name \"vxlan_not_a_peer\" drop",
+        ] {
+            assert!(script.contains(rule), "missing {rule:?} in\n{script}");
+        }
+        assert!(!script.contains("flannel.1"), "{script}");
+        assert!(!script.contains("@overlay_members "), "{script}");
     }
 
     fn dual_stack_spec() -> GuardSpec {

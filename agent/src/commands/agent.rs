@@ -108,7 +108,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     } else {
         None
     };
-    info!(uplink = %uplink.name, public_ip = %uplink.public_ip, mtu = uplink.mtu, "uplink");
+    info!(uplink = %uplink.name, public_ip = ?uplink.public_ip.map(|ip| ip.to_string()), mtu = uplink.mtu, "uplink");
 
     let readiness = Readiness::default();
     if args.healthz_port != 0 {
@@ -133,14 +133,25 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         "network config"
     );
 
-    // The uplink's IPv6 side is known to matter only now, with the config.
+    // Which of the uplink's sides matter is known only now, with the
+    // config: an IPv4 address unless the network is IPv6-only, an IPv6 one
+    // when it has IPv6.
+    if config.ipv4.is_some() {
+        uplink.ipv4()?;
+    } else {
+        if let Some(ignored) = args.public_ip {
+            warn!(public_ip = %ignored, "--public-ip is ignored: the network is IPv6-only");
+        }
+        // flanneld's IPv6-only node announces no IPv4 address either.
+        uplink.public_ip = None;
+    }
     if config.ipv6.is_some() {
         let (own, public) = net::uplink_ipv6(&handle, &uplink, args.public_ipv6).await?;
-        info!(uplink = %uplink.name, ipv6 = %own, public_ipv6 = %public, "dual-stack uplink");
+        info!(uplink = %uplink.name, ipv6 = %own, public_ipv6 = %public, "the uplink's IPv6 side");
         uplink.ipv6 = Some(own);
         uplink.public_ipv6 = Some(public);
     } else if let Some(ignored) = args.public_ipv6 {
-        warn!(public_ipv6 = %ignored, "--public-ipv6 is ignored: the network is not dual-stack");
+        warn!(public_ipv6 = %ignored, "--public-ipv6 is ignored: the network has no IPv6");
     }
 
     let mut kernel = KernelDataplane::new(
@@ -155,8 +166,10 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     // the first datagram to reach it must already meet the guard.
     let guard = match (&config.backend, &vxlan_name) {
         (&BackendConfig::Vxlan { port, vni, .. }, Some(vxlan_device)) => {
-            // `flannel-v6.<VNI>` exists below exactly when the uplink has
-            // an IPv6 side (a dual-stack VXLAN network).
+            // `flannel.<VNI>` exists below exactly when the network has
+            // IPv4, `flannel-v6.<VNI>` when the uplink has an IPv6 side (a
+            // network with IPv6).
+            let vxlan_device = config.ipv4.as_ref().map(|_| vxlan_device.clone());
             let vxlan_v6_device = uplink.ipv6.map(|_| KernelDataplane::vxlan_v6_name(vni));
             let known_peers = overlay_guard::Members {
                 v4: kernel.fdb_destinations().await?,
@@ -167,7 +180,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
             };
             let spec = GuardSpec {
                 bridge: args.bridge.clone(),
-                vxlan_device: vxlan_device.clone(),
+                vxlan_device,
                 vxlan_v6_device,
                 port,
             };
@@ -182,25 +195,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         }
         _ => None,
     };
-    match kernel.remove_left_over_vxlan_v6_device().await {
-        Ok(Some(device)) => warn!(
-            %device,
-            "the network is IPv4-only: removed the IPv6 VXLAN device left from dual stack"
-        ),
-        Ok(None) => {}
-        Err(error) => warn!("{error:#}; the IPv6 VXLAN device left from dual stack stays"),
-    }
-    if let Some(former) = previous.as_ref().and_then(|env| env.ipv6.as_ref()) {
-        match kernel.remove_left_over_ipv6_routes(former).await {
-            Ok(0) => {}
-            Ok(removed) => warn!(
-                removed,
-                former_ipv6_network = %former.network,
-                "the network is IPv4-only: removed the IPv6 peer routes left from dual stack on the uplink"
-            ),
-            Err(error) => warn!("{error:#}; they stay"),
-        }
-    }
+    startup::remove_left_overs(&kernel, previous.as_ref()).await;
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
     let vxlan_v6 = match uplink.ipv6 {
         Some(local) => kernel.ensure_vxlan_v6_device(uplink.mtu, local).await?,
@@ -211,6 +206,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
     // (tc_verdict learns there).
     let vtep_names: Vec<String> = vxlan_name
         .iter()
+        .filter(|_| vxlan.is_some())
         .cloned()
         .chain(
             config

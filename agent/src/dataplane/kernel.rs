@@ -16,6 +16,7 @@ mod device_v6;
 mod entries;
 pub mod family;
 mod halves;
+mod left_over;
 mod v6;
 mod vxlan_link;
 
@@ -52,7 +53,8 @@ pub struct KernelDataplane {
     handle: Handle,
     config: NetworkConfig,
     uplink_index: u32,
-    public_ip: Ipv4Addr,
+    /// The node's IPv4 underlay address: none in an IPv6-only network.
+    public_ip: Option<Ipv4Addr>,
     vxlan: Option<VxlanDevice>,
     /// The routes last applied successfully (what the kernel holds as far
     /// as this agent knows); `None` until a sync has read the kernel, and
@@ -123,7 +125,7 @@ impl KernelDataplane {
         handle: Handle,
         config: NetworkConfig,
         uplink_index: u32,
-        public_ip: Ipv4Addr,
+        public_ip: Option<Ipv4Addr>,
     ) -> Self {
         Self {
             handle,
@@ -328,7 +330,7 @@ impl KernelDataplane {
         Ok(fdb
             .iter()
             .filter_map(entries::fdb_destination::<Ipv4Addr>)
-            .filter(|ip| !ip.is_unspecified() && *ip != self.public_ip)
+            .filter(|ip| !ip.is_unspecified() && Some(*ip) != self.public_ip)
             .collect())
     }
 

@@ -12,7 +12,7 @@ fn net(text: &str) -> Ipv4Net {
 fn facts(network: &str) -> NodeFacts {
     NodeFacts {
         network: NetworkConfig::parse(network).unwrap(),
-        public_ip: Ipv4Addr::new(192, 168, 77, 1),
+        public_ip: Some(Ipv4Addr::new(192, 168, 77, 1)),
         uplink_index: 2,
         uplink_mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
         uplink_mtu: 1500,

@@ -43,7 +43,7 @@ fn facts(network: NetworkConfig) -> NodeFacts {
     let dual = network.ipv6.is_some();
     NodeFacts {
         network,
-        public_ip: Ipv4Addr::new(192, 168, 77, 1),
+        public_ip: Some(Ipv4Addr::new(192, 168, 77, 1)),
         uplink_index: 2,
         uplink_mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
         uplink_mtu: 1500,

@@ -264,7 +264,7 @@ struct Ipv4Policy {
     subnet_len_source: &'static str,
     subnet_min: Ipv4Addr,
     subnet_max: Ipv4Addr,
-    our_public_ip: Ipv4Addr,
+    our_public_ip: Option<Ipv4Addr>,
     /// Our VTEP MAC: the kernel's fdb holds one destination per MAC, so a
     /// peer lease with it would take our own entry over.
     our_vtep_mac: Option<MacAddr>,
@@ -285,9 +285,10 @@ struct Ipv6Policy {
 }
 
 impl LeasePolicy {
+    /// `our_public_ip`: none in an IPv6-only network.
     pub fn new(
         config: &NetworkConfig,
-        our_public_ip: Ipv4Addr,
+        our_public_ip: Option<Ipv4Addr>,
         our_vtep_mac: Option<MacAddr>,
     ) -> Self {
         Self {
@@ -456,7 +457,7 @@ impl Ipv4Policy {
     }
 
     fn check_public_ip(&self, ip: Ipv4Addr) -> Result<(), Rejection> {
-        if ip == self.our_public_ip {
+        if Some(ip) == self.our_public_ip {
             return Err(Rejection::new(
                 Rule::PublicIpOurs,
                 format!("PublicIP {ip} is this node's own address"),

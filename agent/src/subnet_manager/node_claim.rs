@@ -37,9 +37,16 @@ pub fn claim(node: &NodeRecord, keys: &AnnotationKeys) -> Option<Claim> {
         annotation(&keys.public_ipv6),
         annotation(&keys.backend_v6_data),
     ];
-    let (attrs, v6) = match attrs(node, keys) {
-        Ok((attrs, v6)) => (Ok(attrs), v6),
-        Err(rejection) => (Err(rejection), Ok(())),
+    let (attrs, v4, v6) = match attrs(node, keys) {
+        Ok((attrs, v4, v6)) => (Ok(attrs), v4, v6),
+        Err(rejection) => (Err(rejection), Ok(()), Ok(())),
+    };
+    // Each half's podCIDR and annotations together: a network that does
+    // not run a family ignores that half whole, however broken.
+    let subnet = match (pod_cidr(node), v4) {
+        (Err(reason), _) => Err(Rejection::new(Rule::MalformedPodCidr, reason)),
+        (Ok(_), Err(rejection)) => Err(rejection),
+        (Ok(subnet), Ok(_)) => Ok(subnet),
     };
     let subnet_v6 = match (pod_cidr_v6(node), v6) {
         (Err(reason), _) => Err(Rejection::new(Rule::MalformedPodCidr, reason)),
@@ -48,7 +55,7 @@ pub fn claim(node: &NodeRecord, keys: &AnnotationKeys) -> Option<Claim> {
     };
     Some(Claim {
         id: id(&node.name),
-        subnet: pod_cidr(node).map_err(|reason| Rejection::new(Rule::MalformedPodCidr, reason)),
+        subnet,
         subnet_v6,
         attrs,
         age: node.created,
@@ -123,13 +130,15 @@ pub fn pod_cidr(node: &NodeRecord) -> Result<Ipv4Net, String> {
     Ok(subnet)
 }
 
-/// The lease value a Node's annotations announce, and whether its IPv6
-/// annotations could be read (a dual-stack network judges that; an
-/// IPv4-only one ignores them).
+/// The lease value a Node's annotations announce, and whether its IPv4 and
+/// its IPv6 annotations could be read (a network judges the halves of the
+/// families it runs and ignores the others: an IPv6-only flanneld writes
+/// no `public-ip` for vxlan, `0.0.0.0` for host-gw). A half that cannot be
+/// read leaves its fields empty in the value.
 fn attrs(
     node: &NodeRecord,
     keys: &AnnotationKeys,
-) -> Result<(LeaseAttrs, Result<(), Rejection>), Rejection> {
+) -> Result<(LeaseAttrs, Result<(), Rejection>, Result<(), Rejection>), Rejection> {
     let malformed = |reason: String| Rejection::new(Rule::MalformedAnnotation, reason);
     let size: usize = [
         &keys.public_ip,
@@ -153,25 +162,41 @@ fn attrs(
             .get(key)
             .ok_or_else(|| malformed(format!("no {key} annotation")))
     };
-    let public_ip = get(&keys.public_ip)?;
+    let backend_type = get(&keys.backend_type)?.clone();
+    let mut attrs = LeaseAttrs {
+        public_ip: Ipv4Addr::UNSPECIFIED,
+        public_ipv6: None,
+        backend_type,
+        backend_data: None,
+        backend_v6_data: None,
+    };
+    let v4 = v4_attrs(node, keys, &mut attrs);
+    let v6 = v6_attrs(node, keys, &mut attrs);
+    Ok((attrs, v4, v6))
+}
+
+/// The IPv4 half's annotations into `attrs`: `public-ip` and
+/// `backend-data` (VNI and VtepMAC for vxlan).
+fn v4_attrs(
+    node: &NodeRecord,
+    keys: &AnnotationKeys,
+    attrs: &mut LeaseAttrs,
+) -> Result<(), Rejection> {
+    let malformed = |reason: String| Rejection::new(Rule::MalformedAnnotation, reason);
+    let public_ip = node
+        .annotations
+        .get(&keys.public_ip)
+        .ok_or_else(|| malformed(format!("no {} annotation", keys.public_ip)))?;
     let public_ip: Ipv4Addr = public_ip.parse().map_err(|_| {
         malformed(format!(
             "{} {public_ip:?} is not an IPv4 address",
             keys.public_ip
         ))
     })?;
-    let backend_type = get(&keys.backend_type)?.clone();
     let data = node.annotations.get(&keys.backend_data);
-    let backend_data = vxlan_data(&backend_type, data, &keys.backend_data)?;
-    let mut attrs = LeaseAttrs {
-        public_ip,
-        public_ipv6: None,
-        backend_type,
-        backend_data,
-        backend_v6_data: None,
-    };
-    let v6 = v6_attrs(node, keys, &mut attrs);
-    Ok((attrs, v6))
+    attrs.backend_data = vxlan_data(&attrs.backend_type, data, &keys.backend_data)?;
+    attrs.public_ip = public_ip;
+    Ok(())
 }
 
 /// The IPv6 half's annotations into `attrs`: `public-ipv6` (absent on an

@@ -60,7 +60,7 @@ impl FixtureNode {
         );
         let facts = NodeFacts {
             network: NetworkConfig::parse(&network).unwrap(),
-            public_ip: NODE_IP.into(),
+            public_ip: Some(NODE_IP.into()),
             uplink_index: UPLINK_IFINDEX,
             uplink_mac: MacAddr(UPLINK_MAC),
             uplink_mtu: 1500,

@@ -179,7 +179,7 @@ impl NodeA {
             .await?
             .context("no eth0")?;
         let mut kernel =
-            KernelDataplane::new(handle.clone(), config.clone(), uplink.header.index, A_V4);
+            KernelDataplane::new(handle.clone(), config.clone(), uplink.header.index, Some(A_V4));
         let vxlan = kernel.ensure_vxlan_device(1500).await?;
         let vxlan_v6 = kernel.ensure_vxlan_v6_device(1500, ip6(A_V6)).await?;
         kernel.set_vxlan_address(&"10.244.1.0/24".parse()?).await?;
@@ -188,7 +188,7 @@ impl NodeA {
             .await?;
         let facts = NodeFacts {
             network: config,
-            public_ip: A_V4,
+            public_ip: Some(A_V4),
             uplink_index: uplink.header.index,
             uplink_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             uplink_mtu: 1500,
@@ -512,7 +512,7 @@ fn dual_stack_vxlan_kernel_path_programs_guards_and_removes_ipv6_peers() {
             // never reaches flannel-v6.1.
             let spec = GuardSpec {
                 bridge: "cni0".into(),
-                vxlan_device: "flannel.1".into(),
+                vxlan_device: Some("flannel.1".into()),
                 vxlan_v6_device: Some("flannel-v6.1".into()),
                 port: 8472,
             };
@@ -642,7 +642,7 @@ fn the_uplink_s_ipv6_address_is_its_first_global_one_or_a_clear_error() {
                 index,
                 mtu: 1500,
                 mac: MacAddr([0; 6]),
-                public_ip: A_V4,
+                public_ip: Some(A_V4),
                 ipv6: None,
                 public_ipv6: None,
                 is_veth: true,

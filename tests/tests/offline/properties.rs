@@ -212,7 +212,7 @@ proptest! {
         let our_ip = Ipv4Addr::new(192, 168, 77, 1);
         let our_mac = vxlan.then_some(MacAddr([0x0e, 1, 192, 168, 77, 1]));
         let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
-        let policy = LeasePolicy::new(&network, our_ip, our_mac);
+        let policy = LeasePolicy::new(&network, Some(our_ip), our_mac);
         let mut table = PeerTable::new(policy.clone());
         // What the store holds after each event: key -> (value, revision).
         let mut store: BTreeMap<String, (Vec<u8>, i64)> = BTreeMap::new();
@@ -363,7 +363,7 @@ proptest! {
         let keys = AnnotationKeys::new("flannel.alpha.coreos.com").unwrap();
         let network = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1}}"#).unwrap();
         let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
-        let policy = LeasePolicy::new(&network, Ipv4Addr::new(192, 168, 77, 1), Some(MacAddr([0x0e, 1, 192, 168, 77, 1])))
+        let policy = LeasePolicy::new(&network, Some(Ipv4Addr::new(192, 168, 77, 1)), Some(MacAddr([0x0e, 1, 192, 168, 77, 1])))
             .for_pod_cidrs(Some(own.prefix_len()));
         let mut table = PeerTable::new(policy.clone());
         // Later Nodes of one name replace earlier ones, as updates do.
@@ -629,7 +629,7 @@ proptest! {
             v4: Some("10.244.1.0/24".parse().unwrap()),
             v6: Some("fd00:12:0:100::/56".parse().unwrap()),
         };
-        let policy = LeasePolicy::new(&network, Ipv4Addr::new(192, 168, 77, 1), Some(MacAddr([0x0e, 1, 192, 168, 77, 1])))
+        let policy = LeasePolicy::new(&network, Some(Ipv4Addr::new(192, 168, 77, 1)), Some(MacAddr([0x0e, 1, 192, 168, 77, 1])))
             .with_own_ipv6(Some(our_ipv6), Some(our_v6_mac));
         let mut table = PeerTable::new(policy.clone());
         let mut store: BTreeMap<String, (Vec<u8>, i64)> = BTreeMap::new();

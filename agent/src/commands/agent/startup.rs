@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use anyhow::Result;
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     cli::AgentArgs,
@@ -13,13 +13,14 @@ use crate::{
     dataplane::{
         ebpf::{AttachedXdpMode, EbpfPrograms},
         fastpath::FastPath,
-        kernel::VxlanDevice,
+        kernel::{KernelDataplane, VxlanDevice},
         maps::FastPathMaps,
     },
     desired::{self, NodeFacts},
     lease::{LeaseAttrs, VxlanBackendData},
     mark_conflicts,
     net::Uplink,
+    subnet_env::SubnetEnv,
     verdicts::{self, Marks},
 };
 
@@ -42,11 +43,56 @@ pub fn lease_attrs(
         _ => None,
     };
     LeaseAttrs {
-        public_ip: uplink.public_ip,
+        // flanneld writes `0.0.0.0` for an IPv6-only node.
+        public_ip: uplink.public_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
         public_ipv6,
         backend_type: config.backend.type_name().to_owned(),
         backend_data: backend_data(vxlan),
         backend_v6_data: public_ipv6.and(backend_data(vxlan_v6)),
+    }
+}
+
+/// Removes what a family the network no longer runs left from dual stack:
+/// its VXLAN device and its peer routes on the uplink (found through the
+/// previous `subnet.env`). Each failure is logged; what failed stays.
+pub async fn remove_left_overs(kernel: &KernelDataplane, previous: Option<&SubnetEnv>) {
+    match kernel.remove_left_over_vxlan_v6_device().await {
+        Ok(Some(device)) => warn!(
+            %device,
+            "the network is IPv4-only: removed the IPv6 VXLAN device left from dual stack"
+        ),
+        Ok(None) => {}
+        Err(error) => warn!("{error:#}; the IPv6 VXLAN device left from dual stack stays"),
+    }
+    match kernel.remove_left_over_vxlan_device().await {
+        Ok(Some(device)) => warn!(
+            %device,
+            "the network is IPv6-only: removed the IPv4 VXLAN device left from dual stack"
+        ),
+        Ok(None) => {}
+        Err(error) => warn!("{error:#}; the IPv4 VXLAN device left from dual stack stays"),
+    }
+    if let Some(former) = previous.and_then(|env| env.ipv6.as_ref()) {
+        match kernel.remove_left_over_ipv6_routes(former).await {
+            Ok(0) => {}
+            Ok(removed) => warn!(
+                removed,
+                former_ipv6_network = %former.network,
+                "the network is IPv4-only: removed the IPv6 peer routes left from dual stack on the uplink"
+            ),
+            Err(error) => warn!("{error:#}; they stay"),
+        }
+    }
+    if let Some(former) = previous.and_then(|env| env.ipv4.as_ref()) {
+        match kernel.remove_left_over_ipv4_routes(former).await {
+            Ok(0) => {}
+            Ok(removed) => warn!(
+                removed,
+                former_network = %former.network,
+                "the network is IPv6-only: removed the IPv4 peer routes left from dual stack on the uplink"
+            ),
+            Err(error) => warn!("{error:#}; they stay"),
+        }
     }
 }
 
@@ -169,7 +215,7 @@ mod tests {
             index: 2,
             mtu: 1500,
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
-            public_ip: Ipv4Addr::new(192, 168, 77, 1),
+            public_ip: Some(Ipv4Addr::new(192, 168, 77, 1)),
             ipv6: Some("fd00:77::1".parse().unwrap()),
             public_ipv6: Some("fd00:1::1".parse().unwrap()),
             is_veth: true,

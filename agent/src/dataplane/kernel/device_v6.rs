@@ -66,7 +66,7 @@ impl KernelDataplane {
                 port,
                 local: IpAddr::V6(local),
                 mtu,
-                mac: keep_mac.unwrap_or_else(|| stable_vtep_v6_mac(self.public_ip, vni)),
+                mac: keep_mac.unwrap_or_else(|| stable_vtep_v6_mac(self.public_ip, local, vni)),
             })
             .await?;
         }

@@ -7,7 +7,7 @@ use netlink_packet_route::{
 };
 use rtnetlink::RouteMessageBuilder;
 
-use super::{entries::*, stable_vtep_mac};
+use super::{entries::*, stable_vtep_mac, stable_vtep_v6_mac};
 use crate::{desired::PeerRoute, lease::MacAddr};
 
 fn vxlan_peer() -> PeerRoute {
@@ -200,6 +200,29 @@ fn vtep_macs_are_stable_unicast_and_local() {
     assert_ne!(mac, stable_vtep_mac(Ipv4Addr::new(192, 168, 77, 2), 1));
     assert_eq!(mac.0[0] & 0x01, 0, "multicast bit set");
     assert_eq!(mac.0[0] & 0x02, 0x02, "not locally administered");
+}
+
+#[test]
+fn flannel_v6_macs_come_from_the_ipv4_address_or_ipv6_only_a_hash_of_the_ipv6_one() {
+    let ip = Ipv4Addr::new(192, 168, 77, 1);
+    let local: std::net::Ipv6Addr = "fd00:77::1".parse().unwrap();
+    // Dual-stack: as before IPv6-only existed (leases keep their MAC).
+    assert_eq!(
+        stable_vtep_v6_mac(Some(ip), local, 1).to_string(),
+        "1e:01:c0:a8:4d:01"
+    );
+    // IPv6-only: FNV-1a of the address (0xdd218aaa, as Python computes it),
+    // pinned so it never changes.
+    let mac = stable_vtep_v6_mac(None, local, 1);
+    assert_eq!(mac, stable_vtep_v6_mac(None, local, 1));
+    assert_eq!(mac.to_string(), "2e:01:dd:21:8a:aa");
+    // Addresses that share their last bytes get different MACs.
+    let other: std::net::Ipv6Addr = "fd00:78::1".parse().unwrap();
+    assert_ne!(mac, stable_vtep_v6_mac(None, other, 1));
+    for mac in [mac, stable_vtep_v6_mac(None, other, 7)] {
+        assert_eq!(mac.0[0] & 0x01, 0, "multicast bit set");
+        assert_eq!(mac.0[0] & 0x02, 0x02, "not locally administered");
+    }
 }
 
 #[test]

@@ -21,13 +21,10 @@ use tracing::{info, warn};
 
 use super::{
     Doomed, Failure, FailureKind, KernelDataplane, KernelReport,
-    entries::{fdb_destination, is_former_uplink_peer_route},
+    entries::fdb_destination,
     halves::{Peers, Snapshot, fdb_kept, installed, report_unreadable, stale, stay_or_go},
 };
-use crate::{
-    desired::{Desired, PeerRouteV6},
-    subnet_env::Ipv6SubnetEnv,
-};
+use crate::desired::{Desired, PeerRouteV6};
 
 impl KernelDataplane {
     /// Makes the kernel hold `desired.routes_v6`, as [`Self::sync`] does
@@ -151,48 +148,6 @@ impl KernelDataplane {
             for peer in going {
                 info!(subnet = %peer.subnet(), "IPv6 peer entries removed");
             }
-        }
-    }
-
-    /// In an IPv4-only network, removes the IPv6 routes to peers on the
-    /// uplink (host-gw, DirectRouting) left from when the network was
-    /// dual-stack (flanneld leaves them): weft-shaped routes into the IPv6
-    /// network `former` names (the `FLANNEL_IPV6_NETWORK` and
-    /// `FLANNEL_IPV6_SUBNET` of the node's previous `subnet.env`), each one
-    /// subnet long. No lease explains them any more, and the reconcile
-    /// looks only inside the network's current pod networks.
-    /// `flannel-v6.<VNI>`'s routes go with the device. Returns how many
-    /// were removed; every one is tried, the first failure reported.
-    pub async fn remove_left_over_ipv6_routes(&self, former: &Ipv6SubnetEnv) -> Result<usize> {
-        if self.config.ipv6.is_some() {
-            return Ok(0);
-        }
-        let subnet_len = former.subnet.prefix_len();
-        let left_over: Vec<_> = crate::net::main_routes_v6(&self.handle)
-            .await?
-            .into_iter()
-            .filter(|route| {
-                is_former_uplink_peer_route::<Ipv6Addr>(
-                    route,
-                    &former.network,
-                    subnet_len,
-                    self.uplink_index,
-                )
-            })
-            .collect();
-        let found = left_over.len();
-        let mut first_error = None;
-        for route in left_over {
-            if let Err(error) = self.delete(Doomed::Route(route)).await {
-                first_error.get_or_insert(error);
-            }
-        }
-        match first_error {
-            None => Ok(found),
-            Some(error) => Err(error.context(format!(
-                "cannot remove every IPv6 route left in {} ({found} found)",
-                former.network
-            ))),
         }
     }
 

@@ -44,7 +44,7 @@ fn table() -> PeerTable {
             .unwrap();
     PeerTable::new(LeasePolicy::new(
         &config,
-        Ipv4Addr::new(192, 168, 77, 1),
+        Some(Ipv4Addr::new(192, 168, 77, 1)),
         None,
     ))
 }
@@ -196,7 +196,7 @@ fn vxlan_table() -> PeerTable {
         NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
     PeerTable::new(LeasePolicy::new(
         &config,
-        Ipv4Addr::new(192, 168, 77, 1),
+        Some(Ipv4Addr::new(192, 168, 77, 1)),
         None,
     ))
 }
@@ -363,7 +363,7 @@ fn dual_table() -> PeerTable {
     )
     .unwrap();
     PeerTable::new(
-        LeasePolicy::new(&config, Ipv4Addr::new(192, 168, 77, 1), None)
+        LeasePolicy::new(&config, Some(Ipv4Addr::new(192, 168, 77, 1)), None)
             .with_own_ipv6(Some("fd77::1".parse().unwrap()), None),
     )
 }
@@ -453,7 +453,7 @@ fn a_nodes_unreadable_v6_half_is_refused_in_dual_stack_and_ignored_in_v4_only() 
             .unwrap();
     let mut v4_only = PeerTable::new(LeasePolicy::new(
         &config,
-        Ipv4Addr::new(192, 168, 77, 1),
+        Some(Ipv4Addr::new(192, 168, 77, 1)),
         None,
     ));
     let changes = v4_only.put(&claim, own_dual());

@@ -74,7 +74,7 @@ fn vxlan_config() -> NetworkConfig {
 fn policy() -> LeasePolicy {
     LeasePolicy::new(
         &vxlan_config(),
-        Ipv4Addr::new(192, 168, 77, 1),
+        Some(Ipv4Addr::new(192, 168, 77, 1)),
         Some(MacAddr([0x0e, 1, 192, 168, 77, 1])),
     )
 }
@@ -197,7 +197,7 @@ fn backend_type_vni_and_vtep_mac_must_match_the_network() {
     let config =
         NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
             .unwrap();
-    let host_gw_policy = LeasePolicy::new(&config, Ipv4Addr::new(192, 168, 77, 1), None);
+    let host_gw_policy = LeasePolicy::new(&config, Some(Ipv4Addr::new(192, 168, 77, 1)), None);
     assert!(
         host_gw_policy
             .check(net("10.244.2.0/24"), &host_gw, None)
@@ -363,7 +363,7 @@ const OWN_V6: &str = "fd00:12:0:100::/56";
 fn dual_policy() -> LeasePolicy {
     LeasePolicy::new(
         &dual_config(r#"{"Type":"vxlan","VNI":1}"#),
-        Ipv4Addr::new(192, 168, 77, 1),
+        Some(Ipv4Addr::new(192, 168, 77, 1)),
         Some(MacAddr([0x0e, 1, 192, 168, 77, 1])),
     )
     .with_own_ipv6(Some("fd77::1".parse().unwrap()), Some(OUR_V6_MAC))
@@ -632,7 +632,7 @@ fn v6_backend_data_must_carry_the_networks_vni_and_a_unicast_mac_not_ours() {
 fn host_gw_v6_halves_need_no_backend_data() {
     let policy = LeasePolicy::new(
         &dual_config(r#"{"Type":"host-gw"}"#),
-        Ipv4Addr::new(192, 168, 77, 1),
+        Some(Ipv4Addr::new(192, 168, 77, 1)),
         None,
     )
     .with_own_ipv6(Some("fd77::1".parse().unwrap()), None);
