@@ -56,10 +56,11 @@ pub fn flannel_bridge_config(env: &SubnetEnv, ipam_dir: &Path) -> Value {
 /// What CNI ADD reported for one pod.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodNetwork {
-    /// The pod's address with prefix, e.g. `10.244.1.2/24`.
+    /// The pod's address with prefix, e.g. `10.244.1.2/24`: its IPv4 one,
+    /// or in an IPv6-only lab its IPv6 one.
     pub address: String,
     /// The pod's IPv6 address with prefix, e.g. `fd00:10:244:1::2/64`
-    /// (dual-stack labs).
+    /// (dual-stack and IPv6-only labs).
     #[serde(default)]
     pub address6: Option<String>,
     /// The host-side veth in the node namespace.
@@ -68,6 +69,7 @@ pub struct PodNetwork {
 }
 
 impl PodNetwork {
+    /// The pod's address: its IPv4 one, or in an IPv6-only lab its IPv6 one.
     pub fn ip(&self) -> &str {
         self.address.split('/').next().unwrap_or(&self.address)
     }
@@ -135,7 +137,10 @@ fn parse_result(result: &Value, netns_path: &str) -> Result<PodNetwork> {
                 .is_some_and(|address| address.contains(':') == v6)
         })
     };
-    let ip = of_family(false).ok_or_else(|| anyhow!("no IPv4 address"))?;
+    // An IPv6-only pod's one address is its primary one.
+    let ip = of_family(false)
+        .or_else(|| of_family(true))
+        .ok_or_else(|| anyhow!("no address"))?;
     let address = ip["address"]
         .as_str()
         .ok_or_else(|| anyhow!("no address"))?

@@ -293,11 +293,17 @@ impl Lab {
                 || tc_attached(&state.ns, &veth, weft_common::program_names::TC_POD_EGRESS),
             )?;
         }
+        // ENDPOINTS6 for an IPv6-only lab's pods.
+        let map = if self.state.ipv6_only {
+            "endpoints6"
+        } else {
+            "endpoints"
+        };
         wait_for(
-            &format!("every pod of {} in ENDPOINTS", state.ns),
+            &format!("every pod of {} in {map}", state.ns),
             Duration::from_secs(10),
             || {
-                let endpoints = self.maps_json(node, "endpoints")?.to_string();
+                let endpoints = self.maps_json(node, map)?.to_string();
                 Ok(state
                     .pods
                     .iter()

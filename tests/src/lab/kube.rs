@@ -51,13 +51,27 @@ impl Lab {
 
     pub(super) fn register_node(&self, node: NodeId) -> Result<()> {
         let state = self.node(node);
+        let kube = self.kube()?;
+        if self.state.ipv6_only {
+            // One IPv6 podCIDR, as node IPAM gives an IPv6-only cluster's
+            // Nodes, and the node's IPv6 address.
+            let pod_cidr = Self::pod_cidr_v6(node);
+            let internal_ip = state
+                .ip6
+                .as_deref()
+                .ok_or_else(|| anyhow!("{} has no IPv6 address in an IPv6-only lab", state.ns))?;
+            return kube.register_node(&NodeRegistration {
+                name: state.node_name(),
+                internal_ip,
+                pod_cidr: &pod_cidr,
+            });
+        }
         let pod_cidr = Self::pod_cidr(node);
         let registration = NodeRegistration {
             name: state.node_name(),
             internal_ip: &state.ip,
             pod_cidr: &pod_cidr,
         };
-        let kube = self.kube()?;
         if self.state.dual_stack {
             kube.register_dual_stack_node(&registration, &Self::pod_cidr_v6(node))
         } else {

@@ -92,6 +92,7 @@ impl Lab {
                 subnet_manager: spec.subnet_manager,
                 kube: None,
                 dual_stack: spec.dual_stack,
+                ipv6_only: spec.ipv6_only,
                 nodes: Vec::new(),
             },
             keep: false,
@@ -107,8 +108,14 @@ impl Lab {
         self.save()?;
         self.build_underlay()?;
         self.start_etcd()?;
+        ensure!(
+            !spec.ipv6_only || (spec.dual_stack && spec.subnet_manager == SubnetManager::Kube),
+            "an IPv6-only lab runs on the dual-stack underlay with the kube subnet manager (flannel runs IPv6-only with it only)"
+        );
         let config = spec.network_config.clone().unwrap_or_else(|| {
-            if spec.dual_stack {
+            if spec.ipv6_only {
+                spec.backend.ipv6_only_network_config()
+            } else if spec.dual_stack {
                 spec.backend.dual_stack_network_config()
             } else {
                 spec.backend.network_config()

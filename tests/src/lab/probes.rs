@@ -198,9 +198,11 @@ impl Lab {
     }
 }
 
-/// Every address of `pod`: its IPv4 one, then its IPv6 one if it has one.
+/// Every address of `pod`: its IPv4 one, then its IPv6 one if it has one
+/// (an IPv6-only pod's one address once).
 pub fn pod_addresses(pod: &PodState) -> impl Iterator<Item = &str> {
-    std::iter::once(pod.ip()).chain(pod.network.ip6())
+    let primary = pod.ip();
+    std::iter::once(primary).chain(pod.network.ip6().filter(move |ip6| *ip6 != primary))
 }
 
 /// The packets `ping` sent and got answers to, from the summary line it

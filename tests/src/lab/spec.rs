@@ -89,6 +89,15 @@ impl Backend {
         )
     }
 
+    /// The IPv6-only network config (`EnableIPv4` false): `IPv6Network`
+    /// alone, as an IPv6-only flannel cluster's net-conf.json has it.
+    pub fn ipv6_only_network_config(self) -> String {
+        format!(
+            r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"{POD_NETWORK_V6}","Backend":{{"Type":"{}"}}}}"#,
+            self.flag()
+        )
+    }
+
     /// flannel's `Backend.Type` for this backend.
     pub fn flag(self) -> &'static str {
         match self {
@@ -141,6 +150,11 @@ pub struct LabSpec {
     /// segment), the network config enables IPv6 (`IPv6Network`
     /// `fd00:10:244::/56`) and every pod gets an address of each family.
     pub dual_stack: bool,
+    /// IPv6-only (with `dual_stack`, whose underlay it runs on, and the
+    /// kube subnet manager, as flannel runs IPv6-only): the network config
+    /// has `EnableIPv4` false, every Node one IPv6 podCIDR, every pod an
+    /// IPv6 address alone.
+    pub ipv6_only: bool,
 }
 
 impl LabSpec {
@@ -171,6 +185,7 @@ impl LabSpec {
             subnet_manager: SubnetManager::Etcd,
             kubernetes_bin: crate::kube::binaries(),
             dual_stack: false,
+            ipv6_only: false,
         }
     }
 }

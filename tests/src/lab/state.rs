@@ -43,6 +43,9 @@ pub struct LabState {
     /// Whether the lab is dual-stack (`LabSpec::dual_stack`).
     #[serde(default)]
     pub dual_stack: bool,
+    /// Whether the network is IPv6-only (`LabSpec::ipv6_only`).
+    #[serde(default)]
+    pub ipv6_only: bool,
     pub nodes: Vec<NodeState>,
 }
 

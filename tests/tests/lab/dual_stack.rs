@@ -46,14 +46,15 @@ const VXLAN_V6_OVERHEAD: u64 = 70;
 
 const ENCAP: CounterId = Hook::TcPodEgress.counter(Reason::Encap);
 const HOST_GW_SEND: CounterId = Hook::TcPodEgress.counter(Reason::HostGw);
-const HOST_GW_SEND_V6: CounterId = Hook::TcPodEgress.counter(Reason::HostGwIpv6);
+pub(crate) const HOST_GW_SEND_V6: CounterId = Hook::TcPodEgress.counter(Reason::HostGwIpv6);
 /// IPv6 host-gw packets delivered into local pods: by XDP, or after GRO
 /// by TC.
-const HOST_GW_DELIVERY_V6: [CounterId; 2] = [
+pub(crate) const HOST_GW_DELIVERY_V6: [CounterId; 2] = [
     Hook::XdpUplink.counter(Reason::HostGwIpv6),
     Hook::TcUplink.counter(Reason::HostGwIpv6),
 ];
-const LOCAL_REDIRECT_V6: CounterId = Hook::TcPodEgress.counter(Reason::LocalRedirectIpv6);
+pub(crate) const LOCAL_REDIRECT_V6: CounterId =
+    Hook::TcPodEgress.counter(Reason::LocalRedirectIpv6);
 /// What a pod sends to a VXLAN peer over IPv6: handed straight to
 /// flannel-v6.1, which encapsulates it.
 pub(crate) const ENCAP_V6: CounterId = Hook::TcPodEgress.counter(Reason::EncapIpv6);
@@ -288,14 +289,14 @@ fn stock_flanneld_dual_stack_host_gw_routes_v6_via_the_peers_v6_address() {
 /// How the fast path and the kernel path split `bytes` sent `from` -> `to`
 /// over `to_ip`: (sender's fast-path bytes, sender's not-IPv4 bytes,
 /// receiver's fast-path deliveries, receiver's not-IPv4 bytes).
-struct Split {
-    sent: u64,
-    delivered: u64,
+pub(crate) struct Split {
+    pub(crate) sent: u64,
+    pub(crate) delivered: u64,
 }
 
 /// The bytes `send` (on `sender`) and `deliver` (on `receiver`) counted
 /// while `transfer` ran.
-fn split(
+pub(crate) fn split(
     lab: &Lab,
     (sender, receiver): (NodeId, NodeId),
     (send, deliver): (CounterId, &[CounterId]),

@@ -178,8 +178,12 @@ impl NodeA {
         let uplink = net::link_by_name(&handle, "eth0")
             .await?
             .context("no eth0")?;
-        let mut kernel =
-            KernelDataplane::new(handle.clone(), config.clone(), uplink.header.index, Some(A_V4));
+        let mut kernel = KernelDataplane::new(
+            handle.clone(),
+            config.clone(),
+            uplink.header.index,
+            Some(A_V4),
+        );
         let vxlan = kernel.ensure_vxlan_device(1500).await?;
         let vxlan_v6 = kernel.ensure_vxlan_v6_device(1500, ip6(A_V6)).await?;
         kernel.set_vxlan_address(&"10.244.1.0/24".parse()?).await?;

@@ -24,6 +24,7 @@ mod image;
 mod kube_api;
 mod kube_dual_stack;
 mod kube_failures;
+mod kube_ipv6_only;
 mod kube_manifests;
 mod kube_subnet_manager;
 mod metrics;

@@ -10,11 +10,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use anyhow::Result;
 use netlink_packet_route::route::RouteMessage;
 
-use super::{
-    Doomed, KernelDataplane,
-    entries::is_former_uplink_peer_route,
-    family::Family,
-};
+use super::{Doomed, KernelDataplane, entries::is_former_uplink_peer_route, family::Family};
 use crate::subnet_env::{Ipv4SubnetEnv, Ipv6SubnetEnv};
 
 impl KernelDataplane {
@@ -80,5 +76,4 @@ impl KernelDataplane {
             ))),
         }
     }
-
 }
