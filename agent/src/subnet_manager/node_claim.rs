@@ -38,7 +38,7 @@ pub fn claim(node: &NodeRecord, keys: &AnnotationKeys) -> Option<Claim> {
         annotation(&keys.backend_v6_data),
     ];
     let (attrs, v4, v6) = match attrs(node, keys) {
-        Ok((attrs, v4, v6)) => (Ok(attrs), v4, v6),
+        Ok(Annotated { attrs, v4, v6 }) => (Ok(attrs), v4, v6),
         Err(rejection) => (Err(rejection), Ok(()), Ok(())),
     };
     // Each half's podCIDR and annotations together: a network that does
@@ -135,10 +135,7 @@ pub fn pod_cidr(node: &NodeRecord) -> Result<Ipv4Net, String> {
 /// families it runs and ignores the others: an IPv6-only flanneld writes
 /// no `public-ip` for vxlan, `0.0.0.0` for host-gw). A half that cannot be
 /// read leaves its fields empty in the value.
-fn attrs(
-    node: &NodeRecord,
-    keys: &AnnotationKeys,
-) -> Result<(LeaseAttrs, Result<(), Rejection>, Result<(), Rejection>), Rejection> {
+fn attrs(node: &NodeRecord, keys: &AnnotationKeys) -> Result<Annotated, Rejection> {
     let malformed = |reason: String| Rejection::new(Rule::MalformedAnnotation, reason);
     let size: usize = [
         &keys.public_ip,
@@ -172,7 +169,15 @@ fn attrs(
     };
     let v4 = v4_attrs(node, keys, &mut attrs);
     let v6 = v6_attrs(node, keys, &mut attrs);
-    Ok((attrs, v4, v6))
+    Ok(Annotated { attrs, v4, v6 })
+}
+
+/// A Node's annotations read: the lease value, and whether each family's
+/// half of it could be read.
+struct Annotated {
+    attrs: LeaseAttrs,
+    v4: Result<(), Rejection>,
+    v6: Result<(), Rejection>,
 }
 
 /// The IPv4 half's annotations into `attrs`: `public-ip` and
