@@ -28,8 +28,12 @@ use crate::{
 #[derive(Serialize)]
 struct Status {
     subnet_file: String,
+    /// subnet.env's IPv4 pair (none in an IPv6-only network)...
     subnet: Option<String>,
     network: Option<String>,
+    /// ...and its IPv6 pair (a network with IPv6).
+    subnet6: Option<String>,
+    network6: Option<String>,
     config: ConfigRow,
     /// Where the programs using the maps are, seen from where this runs.
     placement: Placement,
@@ -107,6 +111,14 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
             .as_ref()
             .and_then(|env| env.ipv4)
             .map(|ipv4| ipv4.network.to_string()),
+        subnet6: env
+            .as_ref()
+            .and_then(|env| env.ipv6)
+            .map(|ipv6| ipv6.subnet.to_string()),
+        network6: env
+            .as_ref()
+            .and_then(|env| env.ipv6)
+            .map(|ipv6| ipv6.network.to_string()),
         config,
         placement,
         interfaces_not_shown: placement.why_no_interfaces(),
@@ -124,12 +136,23 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    println!(
-        "lease       {} in {} ({})",
-        status.subnet.as_deref().unwrap_or("none"),
-        status.network.as_deref().unwrap_or("?"),
-        status.subnet_file
-    );
+    // An IPv6-only node has the IPv6 lease alone.
+    let ipv6_only = status.subnet.is_none() && status.subnet6.is_some();
+    if !ipv6_only {
+        println!(
+            "lease       {} in {} ({})",
+            status.subnet.as_deref().unwrap_or("none"),
+            status.network.as_deref().unwrap_or("?"),
+            status.subnet_file
+        );
+    }
+    if let Some(subnet6) = &status.subnet6 {
+        println!(
+            "lease ipv6  {subnet6} in {} ({})",
+            status.network6.as_deref().unwrap_or("?"),
+            status.subnet_file
+        );
+    }
     println!(
         "node        {}  VNI {}  port {}  VTEP {}  strict VTEPs {}",
         status.config.node_ip,

@@ -543,3 +543,73 @@ fn config_names_the_public_ipv6_and_flannel_v6_mac_only_where_vxlan_runs_over_ip
     let host_gw = compute_for(&host_gw, &BTreeMap::new()).config;
     assert_eq!(host_gw.node_ip6, [0; 16]);
 }
+
+/// An IPv6-only node and its peers (`EnableIPv4` false): the peers have
+/// an IPv6 half alone, keyed by it; the node has no IPv4 address, no
+/// flannel.<VNI> and no IPv4 subnet.
+#[test]
+fn an_ipv6_only_network_plans_ipv6_alone() {
+    let mut network = dual_stack(VXLAN);
+    network.ipv4 = None;
+    let node = NodeFacts {
+        public_ip: None,
+        vtep_mac: None,
+        ..facts(network)
+    };
+    let peers: BTreeMap<IpNet, AcceptedPeer> = [peer(77, 2, true), peer(78, 3, true)]
+        .into_iter()
+        .map(|(_, mut peer)| {
+            peer.v4 = None;
+            let v6 = peer.v6.expect("an IPv6 half");
+            (IpNet::V6(v6.subnet), peer)
+        })
+        .collect();
+    let pod = LocalPod {
+        port: 9,
+        mac: MacAddr([0x02, 0, 0, 0, 0xbb, 2]),
+        xdp_ready: true,
+    };
+    let pods_v6 = BTreeMap::from([(ip6("fd00:10:244:1::2"), pod)]);
+    let view = LocalView {
+        bridge_index: Some(4),
+        ..view()
+    };
+    let desired = compute(&Inputs {
+        node: &node,
+        subnet: None,
+        subnet_v6: Some(v6("fd00:10:244:1::/64")),
+        peers: &peers,
+        view: &view,
+        pods: &BTreeMap::new(),
+        pods_v6: &pods_v6,
+        ruleset_generation: 1,
+        verdicts_suspended: false,
+        listed: true,
+        viewed: true,
+    });
+    assert_eq!(
+        desired.routes_v6.keys().copied().collect::<Vec<_>>(),
+        [v6("fd00:10:244:2::/64"), v6("fd00:10:244:3::/64")]
+    );
+    assert_eq!(desired.peers6.len(), 2);
+    assert!(desired.unroutable_v6.is_empty());
+    assert!(
+        desired.routes.is_empty()
+            && desired.peers.is_empty()
+            && desired.vteps.is_empty()
+            && desired.members.is_empty(),
+        "IPv4 planned in an IPv6-only network: {desired:?}"
+    );
+    assert_eq!(desired.endpoints6.len(), 1);
+    assert!(desired.endpoints.is_empty());
+    let neighbours = desired.pod_neighbours.unwrap();
+    assert_eq!(
+        (neighbours.subnet, neighbours.subnet_v6),
+        (None, Some(v6("fd00:10:244:1::/64")))
+    );
+    // CONFIG: no IPv4 address to take VXLAN for, the IPv6 one and
+    // flannel-v6's MAC.
+    assert_eq!(desired.config.node_ip, [0; 4]);
+    assert_eq!(desired.config.vtep_mac, [0; 6]);
+    assert_eq!(desired.config.node_ip6, ip6("fd00:77::1").octets());
+}

@@ -562,6 +562,45 @@ mod tests {
         );
     }
 
+    /// What flanneld v0.20.2 writes on an IPv6-only Node (the lab's mixed
+    /// IPv6-only cluster holds the same): vxlan's IPv4 backend data is
+    /// `null`, so neither `backend-data` nor `public-ip` is written; host-gw
+    /// writes both, with its zero IPv4 address. A second look patches
+    /// nothing, although `public-ip` stays missing.
+    #[test]
+    fn an_ipv6_only_node_gets_flanneld_s_annotations_and_no_more() {
+        let vxlan = Announcement {
+            backend_data: "null".into(),
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            ..dual_vxlan()
+        };
+        let patch = annotation_patch(&keys(), &kubelet_node(), &vxlan).unwrap();
+        assert_eq!(
+            patch,
+            Some(map(&[
+                ("flannel.alpha.coreos.com/backend-type", "vxlan"),
+                (
+                    "flannel.alpha.coreos.com/backend-v6-data",
+                    r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:06"}"#
+                ),
+                ("flannel.alpha.coreos.com/kube-subnet-manager", "true"),
+                ("flannel.alpha.coreos.com/public-ipv6", "fd50::2"),
+            ]))
+        );
+        let now = applied(kubelet_node(), patch);
+        assert_eq!(annotation_patch(&keys(), &now, &vxlan).unwrap(), None);
+        let host_gw = Announcement {
+            backend_type: "host-gw".into(),
+            backend_v6_data: "null".into(),
+            ..vxlan
+        };
+        let patch = annotation_patch(&keys(), &kubelet_node(), &host_gw)
+            .unwrap()
+            .unwrap();
+        assert_eq!(patch["flannel.alpha.coreos.com/public-ip"], "0.0.0.0");
+        assert_eq!(patch["flannel.alpha.coreos.com/backend-data"], "null");
+    }
+
     #[test]
     fn the_public_ipv6_overwrite_is_what_peers_are_told_and_checked() {
         let mut current = kubelet_node();

@@ -105,6 +105,11 @@ struct UpArgs {
     /// pod gets an IPv6 address too.
     #[arg(long)]
     dual_stack: bool,
+    /// IPv6-only (with --subnet-manager kube, as flannel runs it): the
+    /// dual-stack underlay, EnableIPv4 false, one IPv6 podCIDR per Node and
+    /// IPv6-only pods.
+    #[arg(long)]
+    ipv6_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -226,7 +231,8 @@ fn up_spec(args: UpArgs) -> Result<LabSpec> {
     spec.ip_masq = args.ip_masq;
     spec.prometheus = args.prometheus;
     spec.agent_args = args.agent_args;
-    spec.dual_stack = args.dual_stack;
+    spec.dual_stack = args.dual_stack || args.ipv6_only;
+    spec.ipv6_only = args.ipv6_only;
     Ok(spec)
 }
 

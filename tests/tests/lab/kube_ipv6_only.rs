@@ -118,6 +118,18 @@ fn assert_ipv6_only_nodes(lab: &Lab, backend: Backend) {
             "{}: {VXLAN_V6_DEV} {flannel_v6:?}",
             state.ns
         );
+        if state.dataplane == Dataplane::Ebpf {
+            // `weft status` names the IPv6 lease alone.
+            let status = lab.weft_status(node, Some(&state.ns), false).unwrap();
+            let lease = format!(
+                "lease ipv6  fd00:10:244:{:x}::1/64 in fd00:10:244::/56",
+                node.number()
+            );
+            assert!(
+                status.contains(&lease) && !status.contains("lease       "),
+                "{status}"
+            );
+        }
         for pod in &state.pods {
             assert!(
                 pod.network.address.contains(':')

@@ -288,4 +288,28 @@ mod tests {
         assert_eq!(v4_only["PublicIPv6"], serde_json::Value::Null);
         assert!(v4_only.get("BackendV6Data").is_none(), "{v4_only}");
     }
+
+    /// An IPv6-only node announces what flanneld's does: `PublicIP`
+    /// `0.0.0.0` (no IPv4 address), no `BackendData` (no flannel.<VNI>),
+    /// its IPv6 address and flannel-v6's MAC.
+    #[test]
+    fn ipv6_only_leases_announce_the_ipv6_half_alone() {
+        let config = NetworkConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let uplink = Uplink {
+            public_ip: None,
+            ..uplink()
+        };
+        assert_eq!(
+            announced(lease_attrs(&uplink, &config, None, device(0x2e))),
+            json!({
+                "PublicIP": "0.0.0.0",
+                "PublicIPv6": "fd00:1::1",
+                "BackendType": "vxlan",
+                "BackendV6Data": {"VNI": 1, "VtepMAC": "2e:01:c0:a8:4d:01"},
+            })
+        );
+    }
 }

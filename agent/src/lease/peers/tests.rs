@@ -484,3 +484,113 @@ fn a_younger_claim_on_an_accepted_v6_subnet_is_refused_event_by_event() {
     assert_eq!(table.rejections()[&Rule::Ipv6SubnetOverlapsPeer], 1);
     assert_eq!(table.rejections()[&Rule::Ipv6SubnetWrongPrefix], 1);
 }
+
+/// An IPv6-only network's table (`EnableIPv4` false): no IPv4 address of
+/// our own, our IPv6 one and flannel-v6 MAC.
+fn ipv6_only_table() -> PeerTable {
+    let config = NetworkConfig::parse(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:12::/48","IPv6SubnetLen":56,"Backend":{"Type":"vxlan","VNI":1}}"#,
+    )
+    .unwrap();
+    PeerTable::new(LeasePolicy::new(&config, None, None).with_own_ipv6(
+        Some("fd77::1".parse().unwrap()),
+        Some(MacAddr([0x2e, 1, 0, 0, 0, 1])),
+    ))
+}
+
+/// An IPv6-only Node's claim as `node_claim` reads flanneld's: its IPv4
+/// half unreadable (no IPv4 podCIDR), host `host` at fd77::`host`.
+fn ipv6_only_claim(name: &str, subnet_v6: &str, host: u8, created: i64) -> Claim {
+    let attrs = crate::lease::LeaseAttrs {
+        public_ip: Ipv4Addr::UNSPECIFIED,
+        public_ipv6: Some(format!("fd77::{host}").parse().unwrap()),
+        backend_type: "vxlan".into(),
+        backend_data: None,
+        backend_v6_data: Some(crate::lease::VxlanBackendData {
+            vni: 1,
+            vtep_mac: MacAddr([0x2e, 1, 0, 0, 0, host]),
+        }),
+    };
+    Claim {
+        id: format!("node/{name}"),
+        subnet: Err(Rejection::new(Rule::MalformedPodCidr, "no IPv4 podCIDR")),
+        subnet_v6: Ok(Some(subnet_v6.parse().unwrap())),
+        attrs: Ok(attrs),
+        age: created,
+        fingerprint: u64::from(host),
+    }
+}
+
+fn v6_key(text: &str) -> IpNet {
+    IpNet::V6(text.parse().unwrap())
+}
+
+#[test]
+fn an_ipv6_only_table_keys_peers_by_their_ipv6_subnet_and_ignores_ipv4_halves() {
+    let own = OwnSubnets {
+        v4: None,
+        v6: Some("fd00:12:0:100::/56".parse().unwrap()),
+    };
+    let mut v6_only = ipv6_only_table();
+    let changes = v6_only.put(&ipv6_only_claim("n2", "fd00:12:0:200::/56", 2, 100), own);
+    assert!(
+        matches!(&changes[..], [PeerChange::Upsert { subnet, peer }]
+            if *subnet == v6_key("fd00:12:0:200::/56") && peer.v4.is_none()),
+        "{changes:?}"
+    );
+    // A hostile IPv4 half is not looked at: an IPv6-only network uses none.
+    let mut hostile = ipv6_only_claim("n3", "fd00:12:0:300::/56", 3, 110);
+    hostile.subnet = Ok(net("10.96.0.0/12"));
+    hostile.attrs.as_mut().unwrap().public_ip = Ipv4Addr::LOCALHOST;
+    assert_eq!(v6_only.put(&hostile, own).len(), 1);
+    assert_eq!(v6_only.peers()[&v6_key("fd00:12:0:300::/56")].v4, None);
+    // Refused by the IPv6 rules: a younger claim on a subnet in use, our
+    // own subnet, a claim without an IPv6 half.
+    let younger = ipv6_only_claim("forged", "fd00:12:0:200::/56", 9, 200);
+    assert!(v6_only.put(&younger, own).is_empty());
+    let ours = ipv6_only_claim("n4", "fd00:12:0:100::/56", 4, 120);
+    assert!(v6_only.put(&ours, own).is_empty());
+    let mut no_v6 = ipv6_only_claim("n5", "fd00:12:0:500::/56", 5, 130);
+    no_v6.subnet_v6 = Ok(None);
+    no_v6.attrs.as_mut().unwrap().public_ipv6 = None;
+    no_v6.attrs.as_mut().unwrap().backend_v6_data = None;
+    assert!(v6_only.put(&no_v6, own).is_empty());
+    assert_eq!(
+        [
+            Rule::Ipv6SubnetOverlapsPeer,
+            Rule::Ipv6SubnetOverlapsOwn,
+            Rule::Ipv6HalfIncomplete
+        ]
+        .map(|rule| v6_only.rejections().get(&rule).copied()),
+        [Some(1), Some(1), Some(1)],
+        "{:?}",
+        v6_only.rejections()
+    );
+    assert_eq!(
+        v6_only.peers().keys().copied().collect::<Vec<_>>(),
+        [v6_key("fd00:12:0:200::/56"), v6_key("fd00:12:0:300::/56")]
+    );
+    // The older claimant goes: the younger one of its subnet is used now,
+    // as for IPv4 subnets; then that one goes too, and the subnet with it.
+    let changed = v6_only.delete("node/n2");
+    assert!(
+        matches!(&changed[..], [PeerChange::Upsert { subnet, peer }]
+            if *subnet == v6_key("fd00:12:0:200::/56")
+                && peer.v6.unwrap().public_ip.to_string() == "fd77::9"),
+        "{changed:?}"
+    );
+    let removed = v6_only.delete("node/forged");
+    assert!(
+        matches!(&removed[..], [PeerChange::Remove { subnet, .. }]
+            if *subnet == v6_key("fd00:12:0:200::/56")),
+        "{removed:?}"
+    );
+    // The same claims in an IPv4 network: refused for their IPv4 half.
+    let mut v4_table = table();
+    assert!(
+        v4_table
+            .put(&ipv6_only_claim("n2", "fd00:12:0:200::/56", 2, 100), None)
+            .is_empty()
+    );
+    assert_eq!(v4_table.rejections()[&Rule::MalformedPodCidr], 1);
+}

@@ -291,3 +291,54 @@ fn hostile_v6_halves_are_refused_by_rule_and_only_for_the_v6_half() {
         .insert(keys.backend_v6_data.clone(), "x".repeat(5000));
     assert_eq!(rule(&claim_of(&huge)), Some(Rule::ValueTooLarge));
 }
+
+/// An IPv6-only Node as stock flanneld v0.20.2 leaves it: one IPv6
+/// podCIDR, and for vxlan no `public-ip` or `backend-data` (its IPv4
+/// backend data is `null`, so `AcquireLease` writes neither).
+fn ipv6_only_node(name: &str) -> NodeRecord {
+    let keys = keys();
+    let mut node = dual_node(name);
+    node.pod_cidr = Some("fd00:12:0:2::/64".into());
+    node.pod_cidrs = vec!["fd00:12:0:2::/64".into()];
+    node.annotations.remove(&keys.public_ip);
+    node.annotations.remove(&keys.backend_data);
+    node
+}
+
+#[test]
+fn an_ipv6_only_node_has_an_ipv6_half_and_an_unreadable_ipv4_one() {
+    let claim = claim_of(&ipv6_only_node("n2"));
+    assert_eq!(
+        claim.subnet_v6,
+        Ok(Some("fd00:12:0:2::/64".parse().unwrap()))
+    );
+    let attrs = claim.attrs.unwrap();
+    assert_eq!(attrs.public_ipv6, Some("fd50::2".parse().unwrap()));
+    assert_eq!(
+        attrs.backend_v6_data.map(|data| data.vtep_mac.to_string()),
+        Some("c6:d2:32:6f:8f:66".to_owned())
+    );
+    // The IPv4 half: what an IPv6-only network ignores and any other
+    // network refuses, naming why.
+    assert_eq!(attrs.public_ip, std::net::Ipv4Addr::UNSPECIFIED);
+    assert_eq!(attrs.backend_data, None);
+    let rejection = claim.subnet.unwrap_err();
+    assert_eq!(rejection.rule, Rule::MalformedPodCidr);
+    assert!(
+        rejection.reason.contains("has no IPv4 podCIDR"),
+        "{}",
+        rejection.reason
+    );
+    // With an IPv4 podCIDR but no IPv4 annotations, the annotation is named.
+    let mut no_public_ip = ipv6_only_node("n3");
+    no_public_ip.pod_cidrs.insert(0, "10.244.3.0/24".into());
+    let rejection = claim_of(&no_public_ip).subnet.unwrap_err();
+    assert_eq!(rejection.rule, Rule::MalformedAnnotation);
+    assert!(
+        rejection
+            .reason
+            .contains("no flannel.alpha.coreos.com/public-ip annotation"),
+        "{}",
+        rejection.reason
+    );
+}
