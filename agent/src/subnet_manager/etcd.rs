@@ -57,15 +57,9 @@ impl Connection {
                     .config()
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("{key}: no network config yet"))?;
-                let config = NetworkConfig::parse(&text).with_context(|| key.clone())?;
-                // flannel v0.20.2's etcd leases are keyed by their IPv4
-                // subnet (`10.244.3.0-24&fd00:...`): its registry has no
-                // IPv6-only lease, so weft does not invent one.
-                if config.ipv4.is_none() {
-                    anyhow::bail!(
-                        "{key}: EnableIPv4 is false, and an IPv6-only network needs the Kubernetes subnet manager (--kube-subnet-mgr): etcd leases are keyed by their IPv4 subnet"
-                    );
-                }
+                let config = NetworkConfig::parse(&text)
+                    .and_then(leasable)
+                    .with_context(|| key.clone())?;
                 anyhow::Ok((registry, config))
             };
             match attempt.await {
@@ -120,6 +114,18 @@ impl Connection {
         };
         (manager, subnets)
     }
+}
+
+/// `config` if etcd leases can carry it. flannel v0.20.2's etcd leases
+/// are keyed by their IPv4 subnet (`10.244.3.0-24&fd00:...`): its registry
+/// has no IPv6-only lease, so weft does not invent one.
+fn leasable(config: NetworkConfig) -> Result<NetworkConfig> {
+    if config.ipv4.is_none() {
+        anyhow::bail!(
+            "EnableIPv4 is false, and an IPv6-only network needs the Kubernetes subnet manager (--kube-subnet-mgr): etcd leases are keyed by their IPv4 subnet"
+        );
+    }
+    Ok(config)
 }
 
 impl Manager {
@@ -181,5 +187,28 @@ impl Manager {
             self.own.start_reacquiring(&self.config);
         }
         (!claims.is_empty()).then_some(Update::Claims(claims))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_only_config_is_refused_naming_the_kube_subnet_manager() {
+        let ipv6_only = NetworkConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let error = format!("{:#}", leasable(ipv6_only).unwrap_err());
+        assert!(
+            error.contains("needs the Kubernetes subnet manager (--kube-subnet-mgr)"),
+            "{error}"
+        );
+        let dual = NetworkConfig::parse(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert_eq!(leasable(dual.clone()).unwrap(), dual);
     }
 }

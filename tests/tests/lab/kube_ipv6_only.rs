@@ -205,6 +205,37 @@ fn weft_kube_ipv6_only_host_gw_publishes_flanneld_annotations_and_carries_ipv6()
     weft_ipv6_only(TEST, "q6o-hg", Backend::HostGw);
 }
 
+/// `--dataplane kernel`: flanneld's datapath, programmed by weft: the
+/// pods' IPv6 goes through `flannel-v6.1` on both nodes.
+#[test]
+fn weft_kube_ipv6_only_vxlan_on_the_kernel_dataplane_carries_ipv6_through_flannel_v6() {
+    const TEST: &str =
+        "weft_kube_ipv6_only_vxlan_on_the_kernel_dataplane_carries_ipv6_through_flannel_v6";
+    let _guard = privileged!(TEST);
+    let Some(kubernetes) = reference_kubernetes(TEST) else {
+        return;
+    };
+    let mut spec = ipv6_only_lab("q6o-kvx", Backend::Vxlan, kubernetes);
+    spec.dataplane = Dataplane::Kernel;
+    spec.pods_per_node = 1;
+    let lab = Lab::up(&spec).unwrap();
+    assert_ipv6_only_nodes(&lab, Backend::Vxlan);
+    lab.wait_all_pairs_reach(Duration::from_secs(20)).unwrap();
+    lab.assert_all_pairs_ping(5);
+    let (sender, receiver) = (NodeId::new(1), NodeId::new(2));
+    let (client, server) = (pod(&lab, sender, 0), pod(&lab, receiver, 0));
+    let sent_before = inspect::sent_bytes(&lab.node(sender).ns, VXLAN_V6_DEV).unwrap();
+    let received_before = inspect::received_bytes(&lab.node(receiver).ns, VXLAN_V6_DEV).unwrap();
+    assert_transfer(&client, &server, server.ip6(), 5001, TRANSFER);
+    let sent = inspect::sent_bytes(&lab.node(sender).ns, VXLAN_V6_DEV).unwrap() - sent_before;
+    let received =
+        inspect::received_bytes(&lab.node(receiver).ns, VXLAN_V6_DEV).unwrap() - received_before;
+    assert!(
+        sent >= TRANSFER && received >= TRANSFER,
+        "{VXLAN_V6_DEV} sent {sent} and received {received} bytes of {TRANSFER}"
+    );
+}
+
 #[test]
 fn weft_and_stock_flanneld_share_a_kube_ipv6_only_cluster_both_ways() {
     const TEST: &str = "weft_and_stock_flanneld_share_a_kube_ipv6_only_cluster_both_ways";
