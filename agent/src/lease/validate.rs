@@ -802,64 +802,19 @@ fn overlap_rule(subnet: IpNet) -> Rule {
     }
 }
 
-/// [`overlapping`] or [`overlapping_v6`] for a map keyed by subnets of
-/// either family: only subnets of `subnet`'s family can overlap it.
-pub fn overlapping_net<V>(map: &BTreeMap<IpNet, V>, subnet: IpNet) -> Vec<IpNet> {
-    // Both helpers find candidates by lookups and a range scan over the
-    // keys of one family; `IpNet` orders each family's subnets as its own
-    // type does, so the same scan works on the family-neutral keys.
-    match subnet {
-        IpNet::V4(subnet) => {
-            let (first, last) = (
-                IpNet::V4(Ipv4Net::new(subnet.network(), 0).expect("prefix 0")),
-                IpNet::V4(Ipv4Net::new(subnet.broadcast(), 32).expect("prefix 32")),
-            );
-            let mut found: Vec<IpNet> = (0..subnet.prefix_len())
-                .filter_map(|len| Ipv4Net::new(subnet.network(), len).ok())
-                .map(|wider| IpNet::V4(wider.trunc()))
-                .filter(|wider| map.contains_key(wider))
-                .collect();
-            found.extend(
-                map.range(first..=last)
-                    .map(|(inner, _)| *inner)
-                    .filter(|inner| {
-                        *inner != IpNet::V4(subnet) && IpNet::V4(subnet).contains(inner)
-                    }),
-            );
-            found
-        }
-        IpNet::V6(subnet) => {
-            let (first, last) = (
-                IpNet::V6(Ipv6Net::new(subnet.network(), 0).expect("prefix 0")),
-                IpNet::V6(Ipv6Net::new(subnet.broadcast(), 128).expect("prefix 128")),
-            );
-            let mut found: Vec<IpNet> = (0..subnet.prefix_len())
-                .filter_map(|len| Ipv6Net::new(subnet.network(), len).ok())
-                .map(|wider| IpNet::V6(wider.trunc()))
-                .filter(|wider| map.contains_key(wider))
-                .collect();
-            found.extend(
-                map.range(first..=last)
-                    .map(|(inner, _)| *inner)
-                    .filter(|inner| {
-                        *inner != IpNet::V6(subnet) && IpNet::V6(subnet).contains(inner)
-                    }),
-            );
-            found
-        }
-    }
-}
-
 /// The subnets in `map` that overlap `subnet` (itself excluded), found with
-/// at most 33 lookups and one range scan instead of a pass over the map.
-pub fn overlapping<V>(map: &BTreeMap<Ipv4Net, V>, subnet: Ipv4Net) -> Vec<Ipv4Net> {
-    let mut found: Vec<Ipv4Net> = (0..subnet.prefix_len())
-        .filter_map(|len| Ipv4Net::new(subnet.network(), len).ok())
+/// at most one lookup per shorter prefix and one range scan instead of a
+/// pass over the map. `IpNet` orders each family's subnets as its own type
+/// does (address, then prefix), and only subnets of `subnet`'s family can
+/// overlap it.
+pub fn overlapping_net<V>(map: &BTreeMap<IpNet, V>, subnet: IpNet) -> Vec<IpNet> {
+    let mut found: Vec<IpNet> = (0..subnet.prefix_len())
+        .filter_map(|len| IpNet::new(subnet.network(), len).ok())
         .map(|wider| wider.trunc())
         .filter(|wider| map.contains_key(wider))
         .collect();
-    let first = Ipv4Net::new(subnet.network(), 0).expect("prefix 0");
-    let last = Ipv4Net::new(subnet.broadcast(), 32).expect("prefix 32");
+    let first = IpNet::new(subnet.network(), 0).expect("prefix 0");
+    let last = IpNet::new(subnet.broadcast(), subnet.max_prefix_len()).expect("a full prefix");
     found.extend(
         map.range(first..=last)
             .map(|(inner, _)| *inner)
@@ -868,8 +823,8 @@ pub fn overlapping<V>(map: &BTreeMap<Ipv4Net, V>, subnet: Ipv4Net) -> Vec<Ipv4Ne
     found
 }
 
-/// [`overlapping`] for IPv6 subnets: at most 129 lookups and one range
-/// scan.
+/// [`overlapping_net`] for a map of IPv6 subnets: at most 128 lookups and
+/// one range scan.
 pub fn overlapping_v6<V>(map: &BTreeMap<Ipv6Net, V>, subnet: Ipv6Net) -> Vec<Ipv6Net> {
     let mut found: Vec<Ipv6Net> = (0..subnet.prefix_len())
         .filter_map(|len| Ipv6Net::new(subnet.network(), len).ok())

@@ -53,8 +53,7 @@ pub(crate) const HOST_GW_DELIVERY_V6: [CounterId; 2] = [
     Hook::XdpUplink.counter(Reason::HostGwIpv6),
     Hook::TcUplink.counter(Reason::HostGwIpv6),
 ];
-pub(crate) const LOCAL_REDIRECT_V6: CounterId =
-    Hook::TcPodEgress.counter(Reason::LocalRedirectIpv6);
+const LOCAL_REDIRECT_V6: CounterId = Hook::TcPodEgress.counter(Reason::LocalRedirectIpv6);
 /// What a pod sends to a VXLAN peer over IPv6: handed straight to
 /// flannel-v6.1, which encapsulates it.
 pub(crate) const ENCAP_V6: CounterId = Hook::TcPodEgress.counter(Reason::EncapIpv6);
@@ -296,6 +295,26 @@ pub(crate) struct Split {
 
 /// The bytes `send` (on `sender`) and `deliver` (on `receiver`) counted
 /// while `transfer` ran.
+/// IPv6 bytes between the first two pods of `node` go straight from veth to
+/// veth, by the fast path's counter.
+pub(crate) fn assert_local_ipv6_redirected(lab: &Lab, node: NodeId, port: u16) {
+    let (client, neighbour) = (pod(lab, node, 0), pod(lab, node, 1));
+    let local = split(lab, (node, node), (LOCAL_REDIRECT_V6, &[]), || {
+        assert_transfer(
+            &client,
+            &neighbour,
+            neighbour.ip6(),
+            port,
+            FAST_PATH_TRANSFER,
+        )
+    });
+    assert!(
+        carried_nearly_all(local.sent, FAST_PATH_TRANSFER),
+        "IPv6 on one node: {} bytes of {FAST_PATH_TRANSFER} redirected",
+        local.sent
+    );
+}
+
 pub(crate) fn split(
     lab: &Lab,
     (sender, receiver): (NodeId, NodeId),
@@ -447,22 +466,7 @@ pub(crate) fn assert_weft_carries_both_families(lab: &Lab, backend: Backend) {
             "{VXLAN_V6_DEV} on the receiver decapsulated {received} bytes of {FAST_PATH_TRANSFER}"
         );
     }
-    // Two pods of one node, over IPv6: straight from veth to veth.
-    let neighbour = pod(lab, sender, 1);
-    let local = split(lab, (sender, sender), (LOCAL_REDIRECT_V6, &[]), || {
-        assert_transfer(
-            &client,
-            &neighbour,
-            neighbour.ip6(),
-            5006,
-            FAST_PATH_TRANSFER,
-        )
-    });
-    assert!(
-        carried_nearly_all(local.sent, FAST_PATH_TRANSFER),
-        "IPv6 on one node: {} bytes of {FAST_PATH_TRANSFER} redirected",
-        local.sent
-    );
+    assert_local_ipv6_redirected(lab, sender, 5006);
     assert_full_size_pings(lab, &client, &server);
     assert_full_size_pings(lab, &server, &client);
 }

@@ -17,8 +17,8 @@ use weft_tests::{
 };
 
 use crate::dual_stack::{
-    DECAP_V6, ENCAP_V6, FAST_PATH_TRANSFER, HOST_GW_DELIVERY_V6, HOST_GW_SEND_V6,
-    LOCAL_REDIRECT_V6, TRANSFER, assert_transfer, dual_stack_lab, pod, split,
+    DECAP_V6, ENCAP_V6, FAST_PATH_TRANSFER, HOST_GW_DELIVERY_V6, HOST_GW_SEND_V6, TRANSFER,
+    assert_local_ipv6_redirected, assert_transfer, dual_stack_lab, pod, split,
 };
 
 fn ipv6_only_lab(name: &str, backend: Backend, kubernetes: std::path::PathBuf) -> LabSpec {
@@ -164,21 +164,7 @@ fn assert_fast_path_carries_ipv6(lab: &Lab, backend: Backend) {
         across.sent,
         across.delivered
     );
-    let neighbour = pod(lab, sender, 1);
-    let local = split(lab, (sender, sender), (LOCAL_REDIRECT_V6, &[]), || {
-        assert_transfer(
-            &client,
-            &neighbour,
-            neighbour.ip6(),
-            5002,
-            FAST_PATH_TRANSFER,
-        )
-    });
-    assert!(
-        carried_nearly_all(local.sent, FAST_PATH_TRANSFER),
-        "IPv6-only, one node: {} bytes of {FAST_PATH_TRANSFER} redirected",
-        local.sent
-    );
+    assert_local_ipv6_redirected(lab, sender, 5002);
 }
 
 fn weft_ipv6_only(test: &str, name: &str, backend: Backend) {

@@ -54,45 +54,50 @@ pub fn lease_attrs(
 
 /// Removes what a family the network no longer runs left from dual stack:
 /// its VXLAN device and its peer routes on the uplink (found through the
-/// previous `subnet.env`). Each failure is logged; what failed stays.
+/// previous `subnet.env`). Each removal is logged as a warning, and each
+/// failure; what failed stays.
 pub async fn remove_left_overs(kernel: &KernelDataplane, previous: Option<&SubnetEnv>) {
-    match kernel.remove_left_over_vxlan_v6_device().await {
-        Ok(Some(device)) => warn!(
-            %device,
-            "the network is IPv4-only: removed the IPv6 VXLAN device left from dual stack"
-        ),
-        Ok(None) => {}
-        Err(error) => warn!("{error:#}; the IPv6 VXLAN device left from dual stack stays"),
-    }
-    match kernel.remove_left_over_vxlan_device().await {
-        Ok(Some(device)) => warn!(
-            %device,
-            "the network is IPv6-only: removed the IPv4 VXLAN device left from dual stack"
-        ),
-        Ok(None) => {}
-        Err(error) => warn!("{error:#}; the IPv4 VXLAN device left from dual stack stays"),
-    }
+    let ipv6_device = kernel.remove_left_over_vxlan_v6_device().await;
+    log_device_removal(ipv6_device, "IPv4-only", "IPv6");
+    let ipv4_device = kernel.remove_left_over_vxlan_device().await;
+    log_device_removal(ipv4_device, "IPv6-only", "IPv4");
     if let Some(former) = previous.and_then(|env| env.ipv6.as_ref()) {
-        match kernel.remove_left_over_ipv6_routes(former).await {
-            Ok(0) => {}
-            Ok(removed) => warn!(
-                removed,
-                former_ipv6_network = %former.network,
-                "the network is IPv4-only: removed the IPv6 peer routes left from dual stack on the uplink"
-            ),
-            Err(error) => warn!("{error:#}; they stay"),
-        }
+        let removed = kernel.remove_left_over_ipv6_routes(former).await;
+        log_routes_removal(removed, &former.network, "IPv4-only", "IPv6");
     }
     if let Some(former) = previous.and_then(|env| env.ipv4.as_ref()) {
-        match kernel.remove_left_over_ipv4_routes(former).await {
-            Ok(0) => {}
-            Ok(removed) => warn!(
-                removed,
-                former_network = %former.network,
-                "the network is IPv6-only: removed the IPv4 peer routes left from dual stack on the uplink"
-            ),
-            Err(error) => warn!("{error:#}; they stay"),
-        }
+        let removed = kernel.remove_left_over_ipv4_routes(former).await;
+        log_routes_removal(removed, &former.network, "IPv6-only", "IPv4");
+    }
+}
+
+/// `now`: what the network is; `family`: the one whose device went.
+fn log_device_removal(removed: Result<Option<String>>, now: &str, family: &str) {
+    match removed {
+        Ok(Some(device)) => warn!(
+            %device,
+            "the network is {now}: removed the {family} VXLAN device left from dual stack"
+        ),
+        Ok(None) => {}
+        Err(error) => warn!("{error:#}; the {family} VXLAN device left from dual stack stays"),
+    }
+}
+
+/// `former_network`: the pod network of `family` the routes led into.
+fn log_routes_removal(
+    removed: Result<usize>,
+    former_network: &dyn std::fmt::Display,
+    now: &str,
+    family: &str,
+) {
+    match removed {
+        Ok(0) => {}
+        Ok(removed) => warn!(
+            removed,
+            former_network = %former_network,
+            "the network is {now}: removed the {family} peer routes left from dual stack on the uplink"
+        ),
+        Err(error) => warn!("{error:#}; they stay"),
     }
 }
 

@@ -312,18 +312,32 @@ fn on_overlap_the_older_lease_by_create_revision_wins() {
 }
 
 #[test]
-fn overlapping_finds_wider_and_narrower_subnets_only() {
+fn overlapping_finds_wider_and_narrower_subnets_of_its_family_only() {
+    let v6 = |text: &str| IpNet::V6(text.parse().unwrap());
     let map = BTreeMap::from([
-        (net("10.0.0.0/8"), ()),
-        (net("10.244.2.0/24"), ()),
-        (net("10.244.2.128/25"), ()),
-        (net("10.244.3.0/24"), ()),
-        (net("10.244.1.255/32"), ()),
+        (key("10.0.0.0/8"), ()),
+        (key("10.244.2.0/24"), ()),
+        (key("10.244.2.128/25"), ()),
+        (key("10.244.3.0/24"), ()),
+        (key("10.244.1.255/32"), ()),
+        (key("255.255.255.255/32"), ()),
+        // ::a0f4:200/120 is 10.244.2.0/24's bits as IPv6: no overlap.
+        (v6("::a0f4:200/120"), ()),
+        (v6("fd00:12::/48"), ()),
+        (v6("fd00:12:0:200::/56"), ()),
+        (v6("fd00:12:0:200::1/128"), ()),
     ]);
-    let mut found = overlapping(&map, net("10.244.2.0/24"));
+    let mut found = overlapping_net(&map, key("10.244.2.0/24"));
     found.sort();
-    assert_eq!(found, [net("10.0.0.0/8"), net("10.244.2.128/25")]);
-    assert!(overlapping(&map, net("192.168.0.0/16")).is_empty());
+    assert_eq!(found, [key("10.0.0.0/8"), key("10.244.2.128/25")]);
+    assert!(overlapping_net(&map, key("192.168.0.0/16")).is_empty());
+    assert_eq!(
+        overlapping_net(&map, key("255.255.255.0/24")),
+        [key("255.255.255.255/32")]
+    );
+    let mut found = overlapping_net(&map, v6("fd00:12:0:200::/56"));
+    found.sort();
+    assert_eq!(found, [v6("fd00:12::/48"), v6("fd00:12:0:200::1/128")]);
 }
 
 #[test]
