@@ -162,6 +162,7 @@ impl Rejection {
 /// A peer that passed every rule: what the datapath needs of it, typed.
 /// Its backend is the network's (a vxlan peer's VNI is the network's too),
 /// so nothing downstream checks either again.
+///
 /// It has a half for each family the network runs: an IPv4 one unless the
 /// network is IPv6-only, and an IPv6 one when the network has IPv6 and the
 /// claim an IPv6 half (in a dual-stack network a claim without one is an
@@ -183,7 +184,8 @@ pub struct AcceptedPeerV4 {
     pub backend: PeerBackend,
 }
 
-/// A dual-stack peer's IPv6 half: `<v4>&<v6>` key's v6 subnet,
+/// A peer's IPv6 half (dual-stack or IPv6-only): `<v4>&<v6>` key's v6 subnet
+/// or a Node's IPv6 podCIDR,
 /// `PublicIPv6`, and `BackendV6Data` (the `flannel-v6.<VNI>` VTEP MAC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AcceptedPeerV6 {

@@ -77,9 +77,7 @@ impl KernelDataplane {
         self.set_only_address(device, IpAddr::V4(subnet.network()), 32, words)
             .await
     }
-}
 
-impl KernelDataplane {
     /// In an IPv6-only network, removes `flannel.<VNI>` left from when the
     /// network was dual-stack, as `remove_left_over_vxlan_v6_device` does
     /// the other way round: its socket would go on taking VXLAN over IPv4,
