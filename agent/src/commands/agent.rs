@@ -195,7 +195,7 @@ pub async fn run(args: Box<AgentArgs>) -> Result<()> {
         }
         _ => None,
     };
-    startup::remove_left_overs(&kernel, previous.as_ref()).await;
+    startup::remove_left_overs(&kernel, &handle, &args.bridge, &config, previous.as_ref()).await;
     let vxlan = kernel.ensure_vxlan_device(uplink.mtu).await?;
     let vxlan_v6 = match uplink.ipv6 {
         Some(local) => kernel.ensure_vxlan_v6_device(uplink.mtu, local).await?,

@@ -27,9 +27,11 @@ use netlink_packet_route::{
 use rtnetlink::Handle;
 
 use crate::{
+    config::NetworkConfig,
     desired::PodNeighbours,
     lease::MacAddr,
     net::{self, neighbour_addr, neighbour_mac},
+    subnet_env::SubnetEnv,
 };
 
 /// The node's own subnets, whose permanent entries on the bridge are
@@ -158,9 +160,85 @@ pub async fn unpin_all(handle: &Handle, bridge: u32, own: OwnSubnets) -> Result<
     remove_entries(handle, &entries, &pinned).await
 }
 
+/// The subnets of the families `previous` (the node's previous
+/// `subnet.env`) has and `config` no longer runs: a previous run's pins
+/// there are nobody's now. A /0 is never one (it would cover every entry
+/// of its family).
+pub fn dropped_families(config: &NetworkConfig, previous: &SubnetEnv) -> OwnSubnets {
+    OwnSubnets {
+        v4: previous
+            .ipv4
+            .filter(|_| config.ipv4.is_none())
+            .map(|ipv4| ipv4.subnet.trunc())
+            .filter(|subnet| subnet.prefix_len() > 0),
+        v6: previous
+            .ipv6
+            .filter(|_| config.ipv6.is_none())
+            .map(|ipv6| ipv6.subnet.trunc())
+            .filter(|subnet| subnet.prefix_len() > 0),
+    }
+}
+
+/// Removes a previous run's pins of the families the network no longer
+/// runs ([`dropped_families`]): a clean stop removes every pin, but after a
+/// crash they would stay, since the sink looks only inside the subnets the
+/// network runs. Returns how many were removed (none without a bridge).
+pub async fn unpin_dropped_families(
+    handle: &Handle,
+    bridge: &str,
+    config: &NetworkConfig,
+    previous: &SubnetEnv,
+) -> Result<usize> {
+    let dropped = dropped_families(config, previous);
+    if dropped.v4.is_none() && dropped.v6.is_none() {
+        return Ok(0);
+    }
+    let Some(link) = net::link_by_name(handle, bridge).await? else {
+        return Ok(0);
+    };
+    unpin_all(handle, link.header.index, dropped).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_dropped_familys_previous_subnet_is_unpinned() {
+        let env = |text: &str| crate::subnet_env::parse(text, "subnet.env").unwrap();
+        let dual = env(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+        );
+        let config = |json: &str| NetworkConfig::parse(json).unwrap();
+        let v4_only = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let v6_only = config(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        );
+        let dual_config = config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        );
+        assert_eq!(
+            dropped_families(&v4_only, &dual),
+            OwnSubnets {
+                v4: None,
+                v6: Some("fd00:10:244:3::/64".parse().unwrap()),
+            }
+        );
+        assert_eq!(
+            dropped_families(&v6_only, &dual),
+            OwnSubnets {
+                v4: Some("10.244.3.0/24".parse().unwrap()),
+                v6: None,
+            }
+        );
+        let none = OwnSubnets { v4: None, v6: None };
+        assert_eq!(dropped_families(&dual_config, &dual), none);
+        // A /0 in the file would name every entry of its family: never.
+        let wide = env(
+            "FLANNEL_NETWORK=0.0.0.0/0\nFLANNEL_SUBNET=0.0.0.1/0\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        );
+        assert_eq!(dropped_families(&v6_only, &wide), none);
+    }
 
     fn mac(last: u8) -> MacAddr {
         MacAddr([2, 0, 0, 0, 0, last])

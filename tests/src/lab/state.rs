@@ -58,7 +58,8 @@ pub struct NodeState {
     #[serde(default)]
     pub ip6: Option<String>,
     pub dataplane: Dataplane,
-    /// The node's pod subnet, from the subnet.env its agent wrote.
+    /// The node's pod subnet, from the subnet.env its agent wrote (empty on
+    /// an IPv6-only node).
     pub subnet: String,
     /// The node's IPv6 pod subnet, from the same subnet.env (dual-stack).
     #[serde(default)]

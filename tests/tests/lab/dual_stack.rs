@@ -934,7 +934,7 @@ fn a_network_back_to_ipv4_only_loses_its_ipv6_device_and_masquerade_at_restart()
     };
     let dual_stack_subnet = subnet_env().ipv4.expect("an IPv4 pair").subnet;
 
-    restart_node_1_in_the_ipv4_only_network(&mut lab, Backend::Vxlan);
+    restart_node_1_in_the_ipv4_only_network(&mut lab, Backend::Vxlan, Signal::SIGTERM);
 
     assert!(
         inspect::link(&node.ns, VXLAN_V6_DEV).unwrap().is_none(),
@@ -984,7 +984,7 @@ fn a_host_gw_network_back_to_ipv4_only_loses_its_ipv6_routes_at_restart() {
     )
     .unwrap();
 
-    restart_node_1_in_the_ipv4_only_network(&mut lab, Backend::HostGw);
+    restart_node_1_in_the_ipv4_only_network(&mut lab, Backend::HostGw, Signal::SIGTERM);
 
     let left = inspect::routes6_to(&ns, &peer_v6).unwrap();
     assert!(
@@ -1000,9 +1000,11 @@ fn a_host_gw_network_back_to_ipv4_only_loses_its_ipv6_routes_at_restart() {
 
 /// Stops node 1's agent, makes the network config `backend`'s IPv4-only
 /// one, and starts the agent again, until it is ready.
-fn restart_node_1_in_the_ipv4_only_network(lab: &mut Lab, backend: Backend) {
+/// Stops node 1's agent with `signal` (SIGKILL: a crash, nothing cleaned
+/// up), turns the network IPv4-only and starts the agent again.
+fn restart_node_1_in_the_ipv4_only_network(lab: &mut Lab, backend: Backend, signal: Signal) {
     let n1 = NodeId::new(1);
-    lab.stop_agent(n1, Signal::SIGTERM).unwrap();
+    lab.stop_agent(n1, signal).unwrap();
     lab.etcd()
         .put(
             &format!("{}/config", weft_tests::lab::ETCD_PREFIX),
@@ -1017,6 +1019,49 @@ fn restart_node_1_in_the_ipv4_only_network(lab: &mut Lab, backend: Backend) {
         || weft_tests::lab::agent_ready(&ns),
     )
     .unwrap();
+}
+
+/// A dual-stack node that crashed and came back in the IPv4-only network:
+/// its pods' pinned IPv6 entries on cni0 (which a clean stop removes) go at
+/// its start, and the IPv4 ones are pinned again.
+#[test]
+fn a_crashed_node_back_to_ipv4_only_unpins_its_pods_ipv6_neighbours() {
+    let _guard = privileged!("a_crashed_node_back_to_ipv4_only_unpins_its_pods_ipv6_neighbours");
+    let spec = dual_stack_lab("t-ds-unpin", Backend::Vxlan, Dataplane::Ebpf, 1);
+    let mut lab = Lab::up(&spec).unwrap();
+    let n1 = NodeId::new(1);
+    let ns = lab.node(n1).ns.clone();
+    let local = pod(&lab, n1, 0);
+    let pinned = |ip: &str| {
+        inspect::neighbours(&ns, "cni0")
+            .unwrap()
+            .iter()
+            .any(|entry| {
+                entry["dst"] == ip
+                    && entry["state"]
+                        .as_array()
+                        .is_some_and(|states| states.iter().any(|state| state == "PERMANENT"))
+            })
+    };
+    wait_for(
+        "the pod's IPv6 address pinned",
+        Duration::from_secs(10),
+        || Ok(pinned(local.ip6())),
+    )
+    .unwrap();
+    restart_node_1_in_the_ipv4_only_network(&mut lab, Backend::Vxlan, Signal::SIGKILL);
+    assert!(
+        !pinned(local.ip6()),
+        "the pinned entry for {} stayed on cni0 in the IPv4-only network",
+        local.ip6()
+    );
+    wait_for(
+        "the pod's IPv4 address pinned again",
+        Duration::from_secs(10),
+        || Ok(pinned(local.ip())),
+    )
+    .unwrap();
+    assert_node_1_reaches_node_2_over_ipv4(&lab);
 }
 
 fn assert_node_1_reaches_node_2_over_ipv4(lab: &Lab) {

@@ -15,6 +15,7 @@ use crate::{
         fastpath::FastPath,
         kernel::{KernelDataplane, VxlanDevice},
         maps::FastPathMaps,
+        pod_neighbours,
     },
     desired::{self, NodeFacts},
     lease::{LeaseAttrs, VxlanBackendData},
@@ -53,10 +54,17 @@ pub fn lease_attrs(
 }
 
 /// Removes what a family the network no longer runs left from dual stack:
-/// its VXLAN device and its peer routes on the uplink (found through the
-/// previous `subnet.env`). Each removal is logged as a warning, and each
+/// its VXLAN device, its peer routes on the uplink and (after a crash) its
+/// pods' pinned entries on the bridge, the last two found through the
+/// previous `subnet.env`. Each removal is logged as a warning, and each
 /// failure; what failed stays.
-pub async fn remove_left_overs(kernel: &KernelDataplane, previous: Option<&SubnetEnv>) {
+pub async fn remove_left_overs(
+    kernel: &KernelDataplane,
+    handle: &rtnetlink::Handle,
+    bridge: &str,
+    config: &NetworkConfig,
+    previous: Option<&SubnetEnv>,
+) {
     let ipv6_device = kernel.remove_left_over_vxlan_v6_device().await;
     log_device_removal(ipv6_device, "IPv4-only", "IPv6");
     let ipv4_device = kernel.remove_left_over_vxlan_device().await;
@@ -68,6 +76,18 @@ pub async fn remove_left_overs(kernel: &KernelDataplane, previous: Option<&Subne
     if let Some(former) = previous.and_then(|env| env.ipv4.as_ref()) {
         let removed = kernel.remove_left_over_ipv4_routes(former).await;
         log_routes_removal(removed, &former.network, "IPv6-only", "IPv4");
+    }
+    let Some(previous) = previous else {
+        return;
+    };
+    match pod_neighbours::unpin_dropped_families(handle, bridge, config, previous).await {
+        Ok(0) => {}
+        Ok(unpinned) => warn!(
+            unpinned,
+            %bridge,
+            "removed the pods' pinned neighbour entries of a family the network no longer runs"
+        ),
+        Err(error) => warn!("{error:#}; the pods' pinned entries of a dropped family stay"),
     }
 }
 
