@@ -77,26 +77,6 @@ impl KernelDataplane {
         self.set_only_address(device, IpAddr::V4(subnet.network()), 32, words)
             .await
     }
-
-    /// In an IPv6-only network, removes `flannel.<VNI>` left from when the
-    /// network was dual-stack, as `remove_left_over_vxlan_v6_device` does
-    /// the other way round: its socket would go on taking VXLAN over IPv4,
-    /// and its routes lead to IPv4 subnets no lease holds now. Its name, if
-    /// there was one.
-    pub async fn remove_left_over_vxlan_device(&self) -> Result<Option<String>> {
-        let BackendConfig::Vxlan { vni, .. } = self.config.backend else {
-            return Ok(None);
-        };
-        if self.config.ipv4.is_some() {
-            return Ok(None);
-        }
-        let name = Self::vxlan_name(vni);
-        let Some(link) = link_by_name(&self.handle, &name).await? else {
-            return Ok(None);
-        };
-        self.delete_link(&name, &link).await?;
-        Ok(Some(name))
-    }
 }
 
 /// A locally administered unicast MAC made of the VNI's low byte and the

@@ -101,25 +101,4 @@ impl KernelDataplane {
     pub fn vxlan_v6(&self) -> Option<VxlanDevice> {
         self.vxlan_v6
     }
-
-    /// In an IPv4-only VXLAN network, removes a `flannel-v6.<VNI>` left
-    /// from when the network was dual-stack (flanneld leaves it): its
-    /// socket would go on taking VXLAN over IPv6 on every local address
-    /// (the overlay guard refuses all of it), and its routes would lead to
-    /// IPv6 subnets no lease holds now; they go with it. Its name, if
-    /// there was one.
-    pub async fn remove_left_over_vxlan_v6_device(&self) -> Result<Option<String>> {
-        let BackendConfig::Vxlan { vni, .. } = self.config.backend else {
-            return Ok(None);
-        };
-        if self.config.ipv6.is_some() {
-            return Ok(None);
-        }
-        let name = Self::vxlan_v6_name(vni);
-        let Some(link) = link_by_name(&self.handle, &name).await? else {
-            return Ok(None);
-        };
-        self.delete_link(&name, &link).await?;
-        Ok(Some(name))
-    }
 }

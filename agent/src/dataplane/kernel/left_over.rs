@@ -1,9 +1,8 @@
 //! What a network that dropped a family leaves in the kernel, removed at
-//! the agent's start: the peer routes on the uplink (host-gw,
-//! DirectRouting) into the pod network of the family it no longer runs,
-//! found through the node's previous `subnet.env` (flanneld leaves them).
-//! The VXLAN device of that family goes apart (`device.rs`,
-//! `device_v6.rs`), and its routes with it.
+//! the agent's start (flanneld leaves it): that family's VXLAN device, and
+//! with it its routes, neighbour and fdb entries; and the peer routes on
+//! the uplink (host-gw, DirectRouting) into the pod network of that
+//! family, found through the node's previous `subnet.env`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -11,9 +10,52 @@ use anyhow::Result;
 use netlink_packet_route::route::RouteMessage;
 
 use super::{Doomed, KernelDataplane, entries::is_former_uplink_peer_route, family::Family};
-use crate::subnet_env::{Ipv4SubnetEnv, Ipv6SubnetEnv};
+use crate::{
+    config::BackendConfig,
+    net::link_by_name,
+    subnet_env::{Ipv4SubnetEnv, Ipv6SubnetEnv},
+};
 
 impl KernelDataplane {
+    /// In an IPv4-only VXLAN network, removes a `flannel-v6.<VNI>` left
+    /// from dual stack: its socket would go on taking VXLAN over IPv6 on
+    /// every local address (the overlay guard refuses all of it), and its
+    /// routes would lead to IPv6 subnets no lease holds now. Its name, if
+    /// there was one.
+    pub async fn remove_left_over_vxlan_v6_device(&self) -> Result<Option<String>> {
+        let dropped = self.config.ipv6.is_none();
+        self.remove_left_over_device(Self::vxlan_v6_name, dropped)
+            .await
+    }
+
+    /// The same for `flannel.<VNI>` in an IPv6-only network.
+    pub async fn remove_left_over_vxlan_device(&self) -> Result<Option<String>> {
+        let dropped = self.config.ipv4.is_none();
+        self.remove_left_over_device(Self::vxlan_name, dropped)
+            .await
+    }
+
+    /// Deletes the VXLAN device `name_of(VNI)` names when its family is
+    /// `dropped` (and the backend is VXLAN) and it exists; its name then.
+    async fn remove_left_over_device(
+        &self,
+        name_of: fn(u32) -> String,
+        dropped: bool,
+    ) -> Result<Option<String>> {
+        let BackendConfig::Vxlan { vni, .. } = self.config.backend else {
+            return Ok(None);
+        };
+        if !dropped {
+            return Ok(None);
+        }
+        let name = name_of(vni);
+        let Some(link) = link_by_name(&self.handle, &name).await? else {
+            return Ok(None);
+        };
+        self.delete_link(&name, &link).await?;
+        Ok(Some(name))
+    }
+
     /// In an IPv4-only network, removes the IPv6 routes to peers on the
     /// uplink (host-gw, DirectRouting) left from when the network was
     /// dual-stack (flanneld leaves them): weft-shaped routes into the IPv6
