@@ -19,11 +19,11 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Result, bail};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{info, warn};
 
 use super::{
-    LeaseAttrs, LeaseSubnets, registry::Registry, subnets_of_key, validate::overlapping_v6,
+    LeaseAttrs, LeaseSubnets, registry::Registry, subnets_of_key, validate::overlapping_net,
 };
 use crate::config::{Ipv4Network, NetworkConfig};
 
@@ -47,7 +47,8 @@ pub enum Reason {
 #[derive(Default)]
 struct Taken {
     v4: BTreeSet<Ipv4Net>,
-    v6: std::collections::BTreeMap<Ipv6Net, ()>,
+    /// Keyed as `overlapping_net` searches (IPv6 keys only).
+    v6: std::collections::BTreeMap<IpNet, ()>,
 }
 
 impl Taken {
@@ -61,12 +62,13 @@ impl Taken {
         if let (Some(ipv6), Some(v6)) = (&config.ipv6, subnets.v6)
             && ipv6.fits(&v6)
         {
-            self.v6.insert(v6, ());
+            self.v6.insert(IpNet::V6(v6), ());
         }
     }
 
     fn holds_v6(&self, subnet: Ipv6Net) -> bool {
-        self.v6.contains_key(&subnet) || !overlapping_v6(&self.v6, subnet).is_empty()
+        let subnet = IpNet::V6(subnet);
+        self.v6.contains_key(&subnet) || !overlapping_net(&self.v6, subnet).is_empty()
     }
 }
 

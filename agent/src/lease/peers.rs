@@ -18,7 +18,7 @@ use super::{
     claim::Claim,
     validate::{
         AcceptedPeer, Candidate, LeasePolicy, OwnSubnets, Rejection, Rule, overlapping_net,
-        overlapping_v6, resolve_overlaps,
+        resolve_overlaps,
     },
 };
 
@@ -41,7 +41,7 @@ pub struct PeerTable {
     /// How many candidates carry each VTEP MAC (more than one: a clash).
     macs: BTreeMap<MacAddr, usize>,
     /// The same for the IPv6 halves: subnets and `flannel-v6` VTEP MACs.
-    subnets_v6: BTreeMap<Ipv6Net, usize>,
+    subnets_v6: BTreeMap<IpNet, usize>,
     macs_v6: BTreeMap<MacAddr, usize>,
     /// The leases in use: the candidates that overlap no older one.
     peers: BTreeMap<IpNet, AcceptedPeer>,
@@ -174,7 +174,7 @@ impl PeerTable {
                 count(&mut self.macs_v6, candidate.peer.vtep_v6_mac(), 1);
                 count(
                     &mut self.subnets_v6,
-                    candidate.peer.v6.map(|v6| v6.subnet),
+                    candidate.peer.v6.map(|v6| IpNet::V6(v6.subnet)),
                     1,
                 );
                 self.claimed.insert(id.to_owned(), subnet);
@@ -197,7 +197,11 @@ impl PeerTable {
         if let Some(old) = old {
             count(&mut self.macs, old.peer.vtep_mac(), -1);
             count(&mut self.macs_v6, old.peer.vtep_v6_mac(), -1);
-            count(&mut self.subnets_v6, old.peer.v6.map(|v6| v6.subnet), -1);
+            count(
+                &mut self.subnets_v6,
+                old.peer.v6.map(|v6| IpNet::V6(v6.subnet)),
+                -1,
+            );
         }
     }
 
@@ -293,9 +297,10 @@ impl PeerTable {
         let peer = candidate.map(|candidate| candidate.peer);
         let mac_shared = shared(&self.macs, peer.and_then(|peer| peer.vtep_mac()))
             || shared(&self.macs_v6, peer.and_then(|peer| peer.vtep_v6_mac()));
-        let subnet_v6 = peer.and_then(|peer| peer.v6).map(|v6| v6.subnet);
+        let subnet_v6 = peer.and_then(|peer| peer.v6).map(|v6| IpNet::V6(v6.subnet));
         let v6_clash = shared(&self.subnets_v6, subnet_v6)
-            || subnet_v6.is_some_and(|subnet| !overlapping_v6(&self.subnets_v6, subnet).is_empty());
+            || subnet_v6
+                .is_some_and(|subnet| !overlapping_net(&self.subnets_v6, subnet).is_empty());
         if !nothing_shadowed
             || touched_count > 1
             || mac_shared

@@ -724,7 +724,7 @@ pub fn resolve_overlaps<'a>(
     let mut mac_holders: BTreeMap<MacAddr, &str> = BTreeMap::new();
     // The IPv6 halves of the winners: their subnets and their
     // `flannel-v6.<VNI>` MACs (another device, another fdb).
-    let mut winners_v6: BTreeMap<Ipv6Net, &str> = BTreeMap::new();
+    let mut winners_v6: BTreeMap<IpNet, &str> = BTreeMap::new();
     let mut mac_v6_holders: BTreeMap<MacAddr, &str> = BTreeMap::new();
     let mut losers = Vec::new();
     for (subnet, candidate) in by_age {
@@ -755,14 +755,11 @@ pub fn resolve_overlaps<'a>(
                 Rule::VtepMacInUse,
             ));
         } else if let Some((older, holder)) = v6.and_then(|v6| {
-            overlapping_v6(&winners_v6, v6.subnet)
+            let subnet = IpNet::V6(v6.subnet);
+            overlapping_net(&winners_v6, subnet)
                 .first()
                 .map(|older| (*older, winners_v6[older]))
-                .or_else(|| {
-                    winners_v6
-                        .get(&v6.subnet)
-                        .map(|holder| (v6.subnet, *holder))
-                })
+                .or_else(|| winners_v6.get(&subnet).map(|holder| (subnet, *holder)))
         }) {
             losers.push(lose(
                 format!(
@@ -785,7 +782,7 @@ pub fn resolve_overlaps<'a>(
                 mac_holders.insert(mac, &candidate.id);
             }
             if let Some(v6) = v6 {
-                winners_v6.insert(v6.subnet, &candidate.id);
+                winners_v6.insert(IpNet::V6(v6.subnet), &candidate.id);
             }
             if let Some(mac) = mac_v6 {
                 mac_v6_holders.insert(mac, &candidate.id);
@@ -817,24 +814,6 @@ pub fn overlapping_net<V>(map: &BTreeMap<IpNet, V>, subnet: IpNet) -> Vec<IpNet>
         .collect();
     let first = IpNet::new(subnet.network(), 0).expect("prefix 0");
     let last = IpNet::new(subnet.broadcast(), subnet.max_prefix_len()).expect("a full prefix");
-    found.extend(
-        map.range(first..=last)
-            .map(|(inner, _)| *inner)
-            .filter(|inner| *inner != subnet && subnet.contains(inner)),
-    );
-    found
-}
-
-/// [`overlapping_net`] for a map of IPv6 subnets: at most 128 lookups and
-/// one range scan.
-pub fn overlapping_v6<V>(map: &BTreeMap<Ipv6Net, V>, subnet: Ipv6Net) -> Vec<Ipv6Net> {
-    let mut found: Vec<Ipv6Net> = (0..subnet.prefix_len())
-        .filter_map(|len| Ipv6Net::new(subnet.network(), len).ok())
-        .map(|wider| wider.trunc())
-        .filter(|wider| map.contains_key(wider))
-        .collect();
-    let first = Ipv6Net::new(subnet.network(), 0).expect("prefix 0");
-    let last = Ipv6Net::new(subnet.broadcast(), 128).expect("prefix 128");
     found.extend(
         map.range(first..=last)
             .map(|(inner, _)| *inner)

@@ -810,16 +810,17 @@ fn on_a_v6_overlap_or_a_shared_v6_mac_the_older_claim_wins_whole() {
 }
 
 #[test]
-fn overlapping_v6_finds_wider_and_narrower_subnets_only() {
+fn overlapping_finds_wider_and_narrower_ipv6_subnets_only() {
+    let key6 = |text: &str| IpNet::V6(net6(text));
     let map = BTreeMap::from([
-        (net6("fd00::/8"), ()),
-        (net6("fd00:12:0:200::/56"), ()),
-        (net6("fd00:12:0:280::/57"), ()),
-        (net6("fd00:12:0:300::/56"), ()),
-        (net6("fd00:12:0:1ff::1/128"), ()),
+        (key6("fd00::/8"), ()),
+        (key6("fd00:12:0:200::/56"), ()),
+        (key6("fd00:12:0:280::/57"), ()),
+        (key6("fd00:12:0:300::/56"), ()),
+        (key6("fd00:12:0:1ff::1/128"), ()),
     ]);
-    let mut found = overlapping_v6(&map, net6("fd00:12:0:200::/56"));
+    let mut found = overlapping_net(&map, key6("fd00:12:0:200::/56"));
     found.sort();
-    assert_eq!(found, [net6("fd00::/8"), net6("fd00:12:0:280::/57")]);
-    assert!(overlapping_v6(&map, net6("2001:db8::/32")).is_empty());
+    assert_eq!(found, [key6("fd00::/8"), key6("fd00:12:0:280::/57")]);
+    assert!(overlapping_net(&map, key6("2001:db8::/32")).is_empty());
 }
