@@ -101,24 +101,14 @@ pub async fn status(args: &StatusArgs) -> Result<()> {
         // Nothing uses the maps, so nothing is attached anywhere.
         Placement::NotLoaded => (None, Some(false), Some(false), Vec::new()),
     };
+    let ipv4 = env.as_ref().and_then(|env| env.ipv4);
+    let ipv6 = env.as_ref().and_then(|env| env.ipv6);
     let status = Status {
         subnet_file: args.node.subnet_file.display().to_string(),
-        subnet: env
-            .as_ref()
-            .and_then(|env| env.ipv4)
-            .map(|ipv4| ipv4.subnet.to_string()),
-        network: env
-            .as_ref()
-            .and_then(|env| env.ipv4)
-            .map(|ipv4| ipv4.network.to_string()),
-        subnet6: env
-            .as_ref()
-            .and_then(|env| env.ipv6)
-            .map(|ipv6| ipv6.subnet.to_string()),
-        network6: env
-            .as_ref()
-            .and_then(|env| env.ipv6)
-            .map(|ipv6| ipv6.network.to_string()),
+        subnet: ipv4.map(|ipv4| ipv4.subnet.to_string()),
+        network: ipv4.map(|ipv4| ipv4.network.to_string()),
+        subnet6: ipv6.map(|ipv6| ipv6.subnet.to_string()),
+        network6: ipv6.map(|ipv6| ipv6.network.to_string()),
         config,
         placement,
         interfaces_not_shown: placement.why_no_interfaces(),
