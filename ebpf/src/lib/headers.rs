@@ -9,6 +9,7 @@ use aya_ebpf::programs::TcContext;
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
     udp::UdpHdr,
     vxlan::VxlanHdr,
 };
@@ -27,6 +28,13 @@ pub const VXLAN6_ENCAP_LEN: usize = Ipv6Hdr::LEN + UdpHdr::LEN + VxlanHdr::LEN +
 /// with timestamps (NOP, NOP, kind 8, length 10, TSval, TSecr): what an
 /// IPv6 probe's identity reads after the TCP header (lib/flow.rs).
 pub const TCP_TIMESTAMP_LEAD_LEN: usize = 12;
+/// What the programs read of a plain (not encapsulated) IPv4 packet:
+/// Ethernet, IPv4 without options and the transport header (TCP's is the
+/// longest they read).
+pub const PLAIN_HEADERS_LEN_IPV4: usize = EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN;
+/// The same for IPv6, with the TCP timestamp a probe's identity reads.
+pub const PLAIN_HEADERS_LEN_IPV6: usize =
+    EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN + TCP_TIMESTAMP_LEAD_LEN;
 
 /// `ether_type` values as they sit in the header (network order).
 pub const ETH_P_IPV4: u16 = EtherType::Ipv4 as u16;
@@ -51,13 +59,33 @@ pub fn is_fragment(ip: &Ipv4Hdr) -> bool {
     ip.frag_flags() & IP_MF != 0 || ip.frag_offset() != 0
 }
 
-/// Pulls the first `len` bytes of the skb in `ctx` into its linear part,
-/// or all of it when it is shorter: the helper refuses a length past the
-/// packet's end, and a short packet's headers must still be readable.
+/// Makes the first `len` bytes of the skb in `ctx` (or all of it, when it
+/// is shorter: the helper refuses a length past the packet's end) readable
+/// in its linear part, pulling them in only when they are not there yet.
+/// A pull is not free even then: `bpf_skb_pull_data` unshares what it
+/// covers, and a TCP segment is always a clone (TCP keeps the original for
+/// retransmission) whose linear part ends with its headers, so pulling
+/// past them reallocates the head and copies payload into it, for every
+/// packet. Writes need no pull: the verifier unclones a cloned skb's
+/// headers before a program that writes packet data runs.
 #[inline(always)]
 pub fn pull_headers(ctx: &mut TcContext, len: usize) {
     let len = core::cmp::min(len as u32, ctx.len());
-    let _ = ctx.pull_data(len);
+    if ctx.data() + len as usize > ctx.data_end() {
+        let _ = ctx.pull_data(len);
+    }
+}
+
+/// How much of the frame in `[data, end)` a program reads to judge a plain
+/// IP packet ([`PLAIN_HEADERS_LEN_IPV4`] or `_IPV6`, by its Ethernet type;
+/// the IPv6 length when the Ethernet header itself is not linear).
+#[inline(always)]
+pub fn plain_headers_len(data: usize, end: usize) -> usize {
+    match ptr_at::<EthHdr>(data, end, 0) {
+        // SAFETY: inside the packet.
+        Some(eth) if unsafe { (*eth).ether_type } == ETH_P_IPV4 => PLAIN_HEADERS_LEN_IPV4,
+        _ => PLAIN_HEADERS_LEN_IPV6,
+    }
 }
 
 /// A `T` at `offset` from `data`, if the packet holds all of it.

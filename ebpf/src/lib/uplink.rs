@@ -22,8 +22,8 @@ use crate::lib::{
     flow::{netfilter_passed, netfilter_passed6},
     headers::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
-        IPV4_NO_OPTIONS, TCP_TIMESTAMP_LEAD_LEN, VXLAN_OVERHEAD, VXLAN6_OVERHEAD, is_fragment,
-        ptr_at,
+        IPV4_NO_OPTIONS, PLAIN_HEADERS_LEN_IPV4, PLAIN_HEADERS_LEN_IPV6, TCP_TIMESTAMP_LEAD_LEN,
+        VXLAN_OVERHEAD, VXLAN6_OVERHEAD, is_fragment, ptr_at,
     },
     maps::{ENDPOINTS, ENDPOINTS6, PEERS, PEERS6, VTEPS},
 };
@@ -42,6 +42,31 @@ pub const HEADERS_LEN_IPV6: usize =
     VXLAN6_OVERHEAD + EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN + TCP_TIMESTAMP_LEAD_LEN;
 const _: () = assert!(HEADERS_LEN_IPV4 >= EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN);
 const _: () = assert!(HEADERS_LEN_IPV6 >= EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN);
+
+/// How much of the frame in `[data, end)` [`classify`] reads: a VXLAN
+/// frame's headers ([`HEADERS_LEN_IPV4`], [`HEADERS_LEN_IPV6`]) where the
+/// outer packet is UDP (or its header is not linear), a plain (host-gw)
+/// packet's where it is not, which are 50 or 70 bytes fewer: a host-gw TCP
+/// segment's linear part ends with its own headers.
+#[inline(always)]
+pub fn headers_len(data: usize, end: usize) -> usize {
+    let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
+        return HEADERS_LEN_IPV6;
+    };
+    // SAFETY: every pointer comes from ptr_at, inside the packet.
+    match unsafe { (*eth).ether_type } {
+        ETH_P_IPV4 => match ptr_at::<Ipv4Hdr>(data, end, EthHdr::LEN) {
+            Some(ip) if unsafe { (*ip).proto } != IPPROTO_UDP => PLAIN_HEADERS_LEN_IPV4,
+            _ => HEADERS_LEN_IPV4,
+        },
+        ETH_P_IPV6 => match ptr_at::<Ipv6Hdr>(data, end, EthHdr::LEN) {
+            Some(ip) if unsafe { (*ip).next_hdr } != IPPROTO_UDP => PLAIN_HEADERS_LEN_IPV6,
+            _ => HEADERS_LEN_IPV6,
+        },
+        // VLAN tags and other protocols pass on their Ethernet type alone.
+        _ => EthHdr::LEN,
+    }
+}
 
 /// Inner IPv4 packets at least this long and carrying TCP are bulk
 /// transfer: senders fill the MTU (1,400+ bytes on a 1,450 pod MTU). They

@@ -18,7 +18,6 @@ use aya_ebpf::{
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
 };
 use weft_common::{Endpoint, EndpointKey, EndpointKey6, Hook, NodeConfig, Peer6, PeerMode, Reason};
 
@@ -28,8 +27,8 @@ use crate::lib::{
     encap::encapsulate,
     flow::{netfilter_passed, netfilter_passed6},
     headers::{
-        ENCAP_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, TCP_TIMESTAMP_LEAD_LEN, VXLAN6_ENCAP_LEN,
-        ptr_at, pull_headers,
+        ENCAP_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, PLAIN_HEADERS_LEN_IPV4,
+        PLAIN_HEADERS_LEN_IPV6, VXLAN6_ENCAP_LEN, ptr_at, pull_headers,
     },
     l3::{decrement_ttl, ipv4_l3, ipv6_l3},
     maps::{ENDPOINTS, ENDPOINTS6, PEERS, PEERS6, node_config},
@@ -78,8 +77,8 @@ pub fn run(ctx: &mut TcContext) -> i32 {
 #[inline(always)]
 fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<i32> {
     // The headers may sit in a non-linear part of the skb; pull them in
-    // (with the transport header: the flow's ports and TCP flags).
-    let _ = ctx.pull_data((EthHdr::LEN + Ipv4Hdr::LEN + TcpHdr::LEN) as u32);
+    // (with the transport header: the flow's ports and TCP flags) if so.
+    pull_headers(ctx, PLAIN_HEADERS_LEN_IPV4);
     let (data, end) = (ctx.data(), ctx.data_end());
     let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
         return pass(Reason::PassTruncated);
@@ -194,10 +193,7 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
 #[inline(always)]
 fn decide_ipv6(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<i32> {
     // With the timestamp option a probe's identity reads (lib/flow.rs).
-    pull_headers(
-        ctx,
-        EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN + TCP_TIMESTAMP_LEAD_LEN,
-    );
+    pull_headers(ctx, PLAIN_HEADERS_LEN_IPV6);
     let (data, end) = (ctx.data(), ctx.data_end());
     let (Some(eth), Some(ip)) = (
         ptr_at::<EthHdr>(data, end, 0),

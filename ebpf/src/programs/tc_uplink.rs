@@ -33,11 +33,11 @@ use weft_common::{CONFIG_UPLINK_XDP, Hook, NodeConfig, Reason};
 use crate::lib::{
     counters::{Verdict, count},
     delivery::{redirect_into_pod, route_to_pod},
-    headers::{ETH_P_IPV6, ptr_at, pull_headers},
+    headers::{ptr_at, pull_headers},
     maps::node_config,
     probe,
     tc::{TCX_NEXT, uplink_delivery_allowed},
-    uplink::{Delivery, HEADERS_LEN_IPV4, HEADERS_LEN_IPV6, classify},
+    uplink::{Delivery, classify, headers_len},
 };
 
 const HOOK: Hook = Hook::TcUplink;
@@ -96,17 +96,10 @@ pub fn run(ctx: &mut TcContext) -> i32 {
 #[inline(always)]
 fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<i32> {
     // GRO leaves the headers in the linear part; a frame from elsewhere
-    // may not have them there. Pulled only then (pulling unshares a cloned
-    // skb), and only as far as the frame's family needs.
-    let wanted = match ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) {
-        // SAFETY: inside the packet.
-        Some(eth) if unsafe { (*eth).ether_type } != ETH_P_IPV6 => HEADERS_LEN_IPV4,
-        _ => HEADERS_LEN_IPV6,
-    };
-    let headers = core::cmp::min(wanted, ctx.len() as usize);
-    if ctx.data() + headers > ctx.data_end() {
-        pull_headers(ctx, headers);
-    }
+    // may not have them there. Pulled only then, and only as far as the
+    // frame's kind needs (lib/headers.rs: pulling past the headers copies
+    // payload, reallocating a TCP segment's head).
+    pull_headers(ctx, headers_len(ctx.data(), ctx.data_end()));
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
     let delivery = match classify(

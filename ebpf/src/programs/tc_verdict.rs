@@ -36,7 +36,6 @@ use aya_ebpf::{
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
 };
 use weft_common::{
     EndpointKey6, FLOW_CONFIRMED, FLOW_PENDING, FlowKey6, FlowVerdict, Hook, NodeConfig,
@@ -49,7 +48,7 @@ use crate::lib::{
         Flow, Flow6, Verdicts, end_verdict_in, flow_of, flow_of6, probe_identity, probe_identity6,
         verdict_clock,
     },
-    headers::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, TCP_TIMESTAMP_LEAD_LEN, ptr_at, pull_headers},
+    headers::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, plain_headers_len, ptr_at, pull_headers},
     maps::{CT_LIBERAL, ENDPOINTS6, FLOWS, FLOWS6, PEERS6, node_config},
     probe,
     tc::TCX_NEXT,
@@ -102,11 +101,10 @@ enum Parsed {
 /// The flow of the IP packet in `ctx`.
 #[inline(always)]
 fn parse(ctx: &mut TcContext) -> Option<Parsed> {
-    // With the TCP timestamp an IPv6 probe's identity reads (lib/flow.rs).
-    pull_headers(
-        ctx,
-        EthHdr::LEN + Ipv6Hdr::LEN + TcpHdr::LEN + TCP_TIMESTAMP_LEAD_LEN,
-    );
+    // Only what is missing, and only as far as the family needs (with the
+    // TCP timestamp an IPv6 probe's identity reads, lib/flow.rs): every
+    // packet the fast path sends out of this device passes here too.
+    pull_headers(ctx, plain_headers_len(ctx.data(), ctx.data_end()));
     let (data, end) = (ctx.data(), ctx.data_end());
     let eth = ptr_at::<EthHdr>(data, end, 0)?;
     // SAFETY: pointers from ptr_at are inside the packet.
