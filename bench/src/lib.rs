@@ -22,6 +22,7 @@ mod measure;
 mod path_counters;
 mod profile;
 mod program_cost;
+mod program_time;
 mod report;
 mod scale;
 mod scrape_load;
@@ -48,6 +49,7 @@ pub use path_counters::FAST_PATH_COUNTERS;
 pub use program_cost::{
     CostEffort, PathCost, ProgramCost, StepCost, program_cost, program_cost_table,
 };
+pub use program_time::{ProgramTime, program_time_table};
 pub use report::{goals_table, svg, table};
 pub use scale::{ScaleResult, scale};
 pub use scrape_load::{ScrapeLoad, scrape_load, scrape_load_line};
@@ -253,6 +255,10 @@ pub struct Details {
     /// The `perf` profiles written (`--profile`), one file per configuration.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<PathBuf>,
+    /// What each eBPF configuration's programs cost per packet in one more
+    /// request/response run, by the kernel's run-time statistics.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub program_time: Vec<ProgramTime>,
 }
 
 /// Runs the benchmark; writes results.json, details.json, results.svg and
@@ -278,6 +284,7 @@ pub fn run(
     let stock_flanneld = stock_flanneld(options, &selected, progress)?;
     let mut results = Vec::new();
     let mut profiles = Vec::new();
+    let mut program_times = Vec::new();
     for config in selected {
         let Configuration {
             name,
@@ -311,6 +318,12 @@ pub fn run(
         let mut result = median(config, &runs);
         result.invalid = check_path(config, &runs);
         results.push(result);
+        if dataplane == Dataplane::Ebpf {
+            progress(&format!(
+                "{name}: one more TCP request/response run with BPF run-time statistics (not counted)"
+            ));
+            program_times.extend(program_time::program_time(&lab, config, options)?);
+        }
         if options.profile.iter().any(|profiled| profiled == name) {
             progress(&format!(
                 "{name}: one more TCP throughput run under perf record -a -g (not counted)"
@@ -323,6 +336,7 @@ pub fn run(
         machine: machine(),
         stock_flanneld,
         profiles,
+        program_time: program_times,
         ..Details::default()
     };
     if options.extras {
@@ -347,9 +361,14 @@ pub fn run(
     std::fs::write(
         options.out.join("table.txt"),
         format!(
-            "{}\n{}\n{}{}{}{}",
+            "{}\n{}\n{}{}{}{}{}",
             table(&results),
             spread_table(&results),
+            if details.program_time.is_empty() {
+                String::new()
+            } else {
+                format!("{}\n", program_time_table(&details.program_time))
+            },
             details
                 .programs
                 .as_ref()

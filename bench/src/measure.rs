@@ -220,7 +220,7 @@ fn background(ns: &str, args: &[&str]) -> Result<Background> {
 
 /// Where sockperf's client and server run.
 #[derive(Clone, Copy)]
-enum Pinning {
+pub(crate) enum Pinning {
     /// Both on CPU 1: the datapath plus two context switches, stable
     /// within a few per cent on a VM.
     SameCpu,
@@ -240,7 +240,7 @@ impl Pinning {
 }
 
 /// sockperf ping-pong, client and server pinned as `pinning` says: (p50, p99) in µs.
-fn sockperf(
+pub(crate) fn sockperf(
     client: &Endpoint,
     server: &Endpoint,
     tcp: bool,
