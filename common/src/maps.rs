@@ -287,6 +287,17 @@ pub const PROBE_OUTSTANDING: u8 = 1;
 /// the kernel path too). In any order, one of the two copies leaves.
 pub const PROBE_ORIGINAL_AHEAD: u8 = 2;
 
+/// What `tc_pod_egress` writes into `__sk_buff.cb[0..2]` (the qdisc
+/// control block's private bytes, which a redirect to another device's
+/// egress leaves alone) of a packet it sends out of a device where
+/// `tc_verdict` runs, and `tc_verdict` reads back and clears: "sent by the
+/// fast path, no probe". Not on the original of a probe just sent, which
+/// must meet `tc_verdict`'s probe logic. The second word is all ones:
+/// there the kernel path's control blocks hold IPv4 option lengths and
+/// offsets (at most 40 and 60), IPv6 header offsets (within the packet) or
+/// the bridge's IGMP type and flags, none of which is 0xff in every byte.
+pub const FAST_PATH_SENT: [u32; 2] = [0x7765_6674, u32::MAX];
+
 impl FlowVerdict {
     /// Whether this verdict still lets the fast path take its flow: recorded
     /// under the current ruleset, seen within the re-check interval

@@ -26,6 +26,14 @@
 //!   fast path (Linux gives every transmission a new IP ID, and a new
 //!   timestamp unless within the same millisecond); at most one is taken
 //!   per probe, and only while one is outstanding.
+//! - At `tc_verdict` again, the fast path's own packets are known without
+//!   that look-up: `tc_pod_egress` writes [`FAST_PATH_SENT`] into the skb's
+//!   control block of each packet it sends out of a device where
+//!   `tc_verdict` runs, except the one whose clone it just sent as a probe
+//!   (that original must meet `tc_verdict`'s probe logic). A probe is
+//!   cloned before the word is written and goes through the kernel path,
+//!   whose IPv4, IPv6 and bridge layers overwrite those bytes with values
+//!   that cannot spell it, so no probe carries it.
 //!
 //! UDP and ICMP are not probed: a probe that escaped would hand the
 //! application a duplicate datagram, while their verdicts re-learn
@@ -36,7 +44,7 @@ use core::intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg};
 
 use aya_ebpf::{bindings::BPF_F_INGRESS, programs::TcContext};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
-use weft_common::{NodeConfig, PROBE_ORIGINAL_AHEAD, PROBE_OUTSTANDING, Reason};
+use weft_common::{FAST_PATH_SENT, NodeConfig, PROBE_ORIGINAL_AHEAD, PROBE_OUTSTANDING, Reason};
 
 use crate::lib::{
     flow::{Verdicts, flow_of, flow_of6, probe_identity, probe_identity6, verdict_clock},
@@ -173,6 +181,34 @@ pub fn send(ctx: &mut TcContext, config: &NodeConfig) -> Reason {
     } else {
         Reason::ProbeFailed
     }
+}
+
+/// Writes [`FAST_PATH_SENT`] into the packet in `ctx`: sent by the fast
+/// path.
+#[inline(always)]
+pub fn mark_sent_by_fast_path(ctx: &TcContext) {
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us; cb is
+    // writable from TC.
+    unsafe {
+        (*ctx.skb.skb).cb[0] = FAST_PATH_SENT[0];
+        (*ctx.skb.skb).cb[1] = FAST_PATH_SENT[1];
+    }
+}
+
+/// Whether the packet in `ctx` carries [`FAST_PATH_SENT`]; if so, the word
+/// is cleared, so that it never outlives this device's egress.
+#[inline(always)]
+pub fn take_sent_by_fast_path(ctx: &TcContext) -> bool {
+    // SAFETY: as in mark_sent_by_fast_path.
+    unsafe {
+        let skb = ctx.skb.skb;
+        if (*skb).cb[0] != FAST_PATH_SENT[0] || (*skb).cb[1] != FAST_PATH_SENT[1] {
+            return false;
+        }
+        (*skb).cb[0] = 0;
+        (*skb).cb[1] = 0;
+    }
+    true
 }
 
 /// Whether some probe was sent within the last TTL: only then does

@@ -59,13 +59,25 @@ pub fn run(ctx: &mut TcContext) -> i32 {
         return TCX_NEXT;
     }
     let mut verdict = decide(ctx, config, true);
-    if verdict.reason == Reason::ProbeSent {
+    let probe_sent = verdict.reason == Reason::ProbeSent;
+    if probe_sent {
         // Claimed: the clone goes first, untouched; then this packet is
         // forwarded as it would have been (its verdict is still current).
         count(HOOK, probe::send(ctx, config), len);
         verdict = decide(ctx, config, false);
     }
     let Verdict { action, reason } = verdict;
+    // Out of a device where tc_verdict runs: tell it this is no probe,
+    // except for the original of the probe just sent, which must meet
+    // tc_verdict's probe logic there.
+    if !probe_sent
+        && matches!(
+            reason,
+            Reason::HostGw | Reason::Encap | Reason::HostGwIpv6 | Reason::EncapIpv6
+        )
+    {
+        probe::mark_sent_by_fast_path(ctx);
+    }
     count(HOOK, reason, len);
     action
 }

@@ -61,6 +61,12 @@ pub fn run(ctx: &mut TcContext) -> i32 {
     let Some(config) = node_config() else {
         return TCX_NEXT;
     };
+    // The fast path's own packet (lib/probe.rs): never marked by netfilter,
+    // never a probe. Every packet the fast path carries out of this device
+    // comes by here; this spares it the search for a probe in FLOWS.
+    if probe::take_sent_by_fast_path(ctx) {
+        return TCX_NEXT;
+    }
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
     let mark = unsafe { (*ctx.skb.skb).mark };
     if config.accept_mark == 0 {

@@ -10,6 +10,9 @@ use weft_common::{
 
 use super::*;
 
+/// `__sk_buff.cb`'s offset.
+const SKB_CB: usize = 48;
+
 impl Programs {
     /// Runs `tc_verdict` on `frame` carrying packet mark `mark`: (verdict,
     /// the frame it left, the mark it left).
@@ -23,12 +26,40 @@ impl Programs {
         self.tc_marked(TC_POD_EGRESS, frame, mark)
     }
 
+    /// Runs `tc_verdict` on `frame` carrying packet mark `mark` and `cb` in
+    /// `__sk_buff.cb[0..2]`: (verdict, the cb it left).
+    pub fn tc_verdict_with_cb(&self, frame: &[u8], mark: u32, cb: [u32; 2]) -> (u32, [u32; 2]) {
+        let (verdict, _, _, cb) = self.tc_with_ctx(TC_VERDICT, frame, mark, cb);
+        (verdict, cb)
+    }
+
+    /// Runs `tc_pod_egress` on `frame`: (verdict, the frame it left, the
+    /// `__sk_buff.cb[0..2]` it left).
+    pub fn tc_with_cb_out(&self, frame: &[u8]) -> (u32, Vec<u8>, [u32; 2]) {
+        let (verdict, out, _, cb) = self.tc_with_ctx(TC_POD_EGRESS, frame, 0, [0; 2]);
+        (verdict, out, cb)
+    }
+
     fn tc_marked(&self, name: &str, frame: &[u8], mark: u32) -> (u32, Vec<u8>, u32) {
+        let (verdict, out, mark, _) = self.tc_with_ctx(name, frame, mark, [0; 2]);
+        (verdict, out, mark)
+    }
+
+    fn tc_with_ctx(
+        &self,
+        name: &str,
+        frame: &[u8],
+        mark: u32,
+        cb: [u32; 2],
+    ) -> (u32, Vec<u8>, u32, [u32; 2]) {
         let program: &SchedClassifier = self.ebpf.program(name).unwrap().try_into().unwrap();
-        // struct __sk_buff up to and including `mark` (offset 8); the
-        // kernel requires the fields before it to be zero.
-        let mut ctx_in = [0u8; 12];
+        // struct __sk_buff up to and including `cb` (`mark` at offset 8,
+        // `cb[5]` at 48); the kernel requires the fields between them
+        // (but `priority`, `ingress_ifindex` and `ifindex`) to be zero.
+        let mut ctx_in = [0u8; SKB_CB + 20];
         ctx_in[8..12].copy_from_slice(&mark.to_ne_bytes());
+        ctx_in[SKB_CB..SKB_CB + 4].copy_from_slice(&cb[0].to_ne_bytes());
+        ctx_in[SKB_CB + 4..SKB_CB + 8].copy_from_slice(&cb[1].to_ne_bytes());
         // The kernel writes back the whole struct (192 bytes on 6.x).
         let mut ctx_out = [0u8; 256];
         let mut out = vec![0u8; frame.len() + 256];
@@ -42,8 +73,13 @@ impl Programs {
             })
             .unwrap();
         out.truncate(result.data_size_out as usize);
-        let mark_out = u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap());
-        (result.return_value, out, mark_out)
+        let word = |at: usize| u32::from_ne_bytes(ctx_out[at..at + 4].try_into().unwrap());
+        (
+            result.return_value,
+            out,
+            word(8),
+            [word(SKB_CB), word(SKB_CB + 4)],
+        )
     }
 
     pub fn xdp(&self, frame: &[u8]) -> (u32, Vec<u8>) {

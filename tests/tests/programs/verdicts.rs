@@ -10,8 +10,8 @@
 
 use weft_agent::ct_liberal;
 use weft_common::{
-    CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, FLOW_CONFIRMED, FLOW_PENDING,
-    FlowVerdict,
+    CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, FAST_PATH_SENT,
+    FLOW_CONFIRMED, FLOW_PENDING, FlowVerdict,
     Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink},
     NodeConfig, PROBE_ORIGINAL_AHEAD, PROBE_OUTSTANDING, Reason,
 };
@@ -1019,5 +1019,66 @@ fn a_host_gw_probe_s_original_passes_the_uplink_s_tc_verdict_and_the_probe_does_
         let before = programs.counters();
         assert_eq!(programs.tc_verdict(&out, 0).0, TCX_NEXT);
         assert_only(&before, &programs.counters(), &[]);
+    });
+}
+
+/// Every packet `tc_pod_egress` sends out of the uplink meets the uplink's
+/// `tc_verdict`, which looks for an outstanding probe among unmarked packets.
+/// The fast path's own packets carry its word in the skb's control block
+/// and pass there without that search, the word cleared; the original of
+/// a probe just sent carries none and meets the probe logic, as before.
+#[test]
+fn the_fast_path_s_own_packets_pass_tc_verdict_as_no_probe_but_a_probe_s_original_does_not() {
+    let _guard = privileged!(
+        "the_fast_path_s_own_packets_pass_tc_verdict_as_no_probe_but_a_probe_s_original_does_not"
+    );
+    in_probe_netns("rp-probe-sent", || {
+        let mut programs = Programs::load(true);
+        programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
+        let host_gw_pod = [10, 244, 3, 9];
+        let key = flow(LOCAL_POD, host_gw_pod, IPPROTO_TCP, [0, 0], [0, 0]);
+        let frame = pod_tcp(host_gw_pod, TCP_ACK);
+
+        // A fresh verdict, no probe due: forwarded with the word.
+        programs.age_verdict(key, 0);
+        let (verdict, _, cb) = programs.tc_with_cb_out(&frame);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            cb, FAST_PATH_SENT,
+            "a fast-path packet left without the word"
+        );
+
+        // A probe due: the clone goes, and the original leaves without it.
+        programs.age_verdict(key, PROBE_TTL_NS * 6 / 10);
+        let (verdict, original, cb) = programs.tc_with_cb_out(&frame);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(cb, [0, 0], "the probe's original carried the word");
+        assert_eq!(
+            programs.verdict(&key).unwrap().probe_state,
+            PROBE_ORIGINAL_AHEAD
+        );
+
+        // With the word, even a packet bearing the probe's identification
+        // passes, nothing counted, the probe still awaited, the word gone.
+        let before = programs.counters();
+        let (verdict, cb) = programs.tc_verdict_with_cb(&original, 0, FAST_PATH_SENT);
+        assert_eq!((verdict, cb), (TCX_NEXT, [0, 0]));
+        assert_only(&before, &programs.counters(), &[]);
+        assert_eq!(
+            programs.verdict(&key).unwrap().probe_state,
+            PROBE_ORIGINAL_AHEAD
+        );
+        // Half the word is not the word: the probe logic runs.
+        let (verdict, _) = programs.tc_verdict_with_cb(&original, 0, [FAST_PATH_SENT[0], 0]);
+        assert_eq!(verdict, TCX_NEXT);
+        assert_only(
+            &before,
+            &programs.counters(),
+            &[TcVerdict.counter(Reason::ProbeOriginal)],
+        );
+        assert_eq!(
+            programs.verdict(&key).unwrap().probe_state,
+            PROBE_OUTSTANDING
+        );
     });
 }
