@@ -11,7 +11,7 @@
 use weft_agent::ct_liberal;
 use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, FAST_PATH_SENT,
-    FLOW_CONFIRMED, FLOW_PENDING, FlowVerdict,
+    FLOW_CONFIRMED, FLOW_PENDING, FlowKey, FlowVerdict,
     Hook::{TcPodEgress, TcUplink, TcVerdict, XdpUplink},
     NodeConfig, PROBE_ORIGINAL_AHEAD, PROBE_OUTSTANDING, Reason,
 };
@@ -952,6 +952,17 @@ fn a_fin_ends_the_verdict_but_its_probe_is_still_dropped() {
     });
 }
 
+/// The host-gw probe tests' start: the programs with the probe TTL, and
+/// the flow from the local pod to a pod behind a host-gw peer (its key and
+/// the pod's address).
+fn host_gw_probe_flow() -> (Programs, FlowKey, [u8; 4]) {
+    let mut programs = Programs::load(true);
+    programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
+    let host_gw_pod = [10, 244, 3, 9];
+    let key = flow(LOCAL_POD, host_gw_pod, IPPROTO_TCP, [0, 0], [0, 0]);
+    (programs, key, host_gw_pod)
+}
+
 /// host-gw sends the probe's original out of the uplink, whose egress runs
 /// `tc_verdict`, ahead of the probe: there the original passes (it is not
 /// an unjudged probe), and the probe after it is taken or dropped as any.
@@ -962,10 +973,7 @@ fn a_host_gw_probe_s_original_passes_the_uplink_s_tc_verdict_and_the_probe_does_
         "a_host_gw_probe_s_original_passes_the_uplink_s_tc_verdict_and_the_probe_does_not"
     );
     in_probe_netns("rp-probe-hostgw", || {
-        let mut programs = Programs::load(true);
-        programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
-        let host_gw_pod = [10, 244, 3, 9];
-        let key = flow(LOCAL_POD, host_gw_pod, IPPROTO_TCP, [0, 0], [0, 0]);
+        let (mut programs, key, host_gw_pod) = host_gw_probe_flow();
         // Sends a probe; returns the original as it leaves for the uplink
         // (the kernel path routes the probe to the same bytes).
         let send_probe = |programs: &mut Programs| {
@@ -1033,10 +1041,7 @@ fn the_fast_path_s_own_packets_pass_tc_verdict_as_no_probe_but_a_probe_s_origina
         "the_fast_path_s_own_packets_pass_tc_verdict_as_no_probe_but_a_probe_s_original_does_not"
     );
     in_probe_netns("rp-probe-sent", || {
-        let mut programs = Programs::load(true);
-        programs.update_config(|config| config.verdict_ttl_ns = PROBE_TTL_NS);
-        let host_gw_pod = [10, 244, 3, 9];
-        let key = flow(LOCAL_POD, host_gw_pod, IPPROTO_TCP, [0, 0], [0, 0]);
+        let (mut programs, key, host_gw_pod) = host_gw_probe_flow();
         let frame = pod_tcp(host_gw_pod, TCP_ACK);
 
         // A fresh verdict, no probe due: forwarded with the word.
