@@ -196,7 +196,8 @@ pub struct ConfigResult {
     pub icmp_rtt_us_p50: f64,
     pub icmp_rtt_us_p99: f64,
     /// Request/response latency with client and server on the same CPU:
-    /// the datapath plus two context switches (the headline).
+    /// the datapath plus two context switches (the headline). sockperf's
+    /// figure: half the round trip, so one direction of the datapath.
     pub tcp_rr_same_cpu_us_p50: f64,
     pub tcp_rr_same_cpu_us_p99: f64,
     pub udp_rr_same_cpu_us_p50: f64,

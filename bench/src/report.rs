@@ -103,7 +103,8 @@ const CELL_WIDTH: usize = 38;
 
 /// What the ratio columns mean, printed under the table.
 pub const RATIO_LEGEND: &str = "RR = request/response, client and server on the same CPU; \
-x-CPU = on different CPUs (secondary: adds a vCPU wake-up per message)\n\
+x-CPU = on different CPUs (secondary: adds a vCPU wake-up per message); RR latencies are sockperf's, \
+half the round trip (one direction)\n\
 xU: ratio to underlay (node to node, no pods: the physical limit); xF: ratio to floor; \
 xS: ratio to stock flannel (flanneld, same backend); xK: ratio to weft's kernel mode (same backend)\n\
 counts are per TCP throughput run; sender = client, receiver = server (nstat in each namespace)\n\
