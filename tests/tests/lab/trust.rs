@@ -54,6 +54,44 @@ fn endpoints(lab: &Lab, node: NodeId) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// What decides whether pod `from` on node 1 reaches pod `to` there: both
+/// pods' neighbour entries, the ports cni0 has learned their MACs on, cni0's
+/// own entries, node 1's fast-path counters (packets, those not zero) and
+/// one more ping's output.
+/// Printed when a ping that should pass does not, so that a failure seen
+/// only under a full suite's load says where the echo was lost.
+fn reachability(lab: &Lab, from: &PodState, to: &PodState) -> String {
+    let node = &lab.node(NodeId::new(1)).ns;
+    let run = |ns: &str, args: &[&str]| {
+        netns::run(ns, args).unwrap_or_else(|error| format!("(failed: {error:#})"))
+    };
+    let counters = lab
+        .counters(NodeId::new(1))
+        .map(|counters| {
+            counters
+                .iter()
+                .filter(|(_, (packets, _))| *packets > 0)
+                .map(|(counter, (packets, _))| format!("{counter} {packets}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_else(|error| format!("(failed: {error:#})"));
+    let ping = lab
+        .ping(from, to.ip(), 3)
+        .unwrap_or_else(|error| format!("(failed: {error:#})"));
+    format!(
+        "{from_ns} neighbours:\n{}\n{to_ns} neighbours:\n{}\ncni0 fdb:\n{}\ncni0 neighbours:\n{}\n\
+         node 1 counters: {counters}\n{from_ns} -> {}: {ping}",
+        run(&from.ns, &["ip", "neigh", "show"]),
+        run(&to.ns, &["ip", "neigh", "show"]),
+        run(node, &["bridge", "fdb", "show", "br", "cni0"]),
+        run(node, &["ip", "neigh", "show", "dev", "cni0"]),
+        to.ip(),
+        from_ns = from.ns,
+        to_ns = to.ns,
+    )
+}
+
 /// Received packets on a pod's eth0.
 fn received(pod: &PodState) -> u64 {
     inspect::packet_counts(&pod.ns, "eth0").unwrap().0
@@ -226,10 +264,11 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
     // p2 itself still reaches p1 (its own neighbour entry for p1 comes from
     // p1's answer, not from its forgery). Retried for a while: right after
     // the forged claims an echo can be lost (seen in full-suite runs only).
-    wait_for("p2 to reach p1", Duration::from_secs(10), || {
+    if let Err(error) = wait_for("p2 to reach p1", Duration::from_secs(10), || {
         Ok(lab.ping(&p2, p1.ip(), 1).is_ok())
-    })
-    .unwrap();
+    }) {
+        panic!("{error:#}\n{}", reachability(&lab, &p2, &p1));
+    }
 
     // p1's pings to the remote pod whose address p2 claimed (a flow the
     // fast path carries) still go to the remote pod, encapsulated, and
