@@ -371,6 +371,7 @@ pub fn compute(inputs: &Inputs) -> Desired {
     desired.config = if planned {
         let mut config = node_config(
             inputs.node,
+            inputs.subnet,
             inputs.view.gateway_mac,
             inputs.ruleset_generation,
         );
@@ -596,9 +597,12 @@ pub fn node_tc_flags(tc: &TcView, own: &BTreeSet<u32>) -> u32 {
         | flag(tc.bridge.acts(own), CONFIG_TC_BRIDGE)
 }
 
-/// CONFIG[0] once live: the one place it is built.
+/// CONFIG[0] once live: the one place it is built. The gateway is the
+/// first host of this node's IPv4 `subnet`, as flannel addresses cni0
+/// (`FLANNEL_SUBNET`).
 pub fn node_config(
     node: &NodeFacts,
+    subnet: Option<Ipv4Net>,
     gateway_mac: Option<MacAddr>,
     ruleset_generation: u32,
 ) -> NodeConfig {
@@ -634,7 +638,9 @@ pub fn node_config(
         vtep6_mac: node.vtep_v6_mac.map(|mac| mac.0).unwrap_or_default(),
         _pad6: [0; 2],
         vtep6_ifindex: node.vtep_v6_index.unwrap_or(0),
-        _pad7: 0,
+        gateway_ip: subnet
+            .and_then(|subnet| subnet.hosts().next())
+            .map_or([0; 4], |gateway| gateway.octets()),
     }
 }
 

@@ -392,7 +392,10 @@ pub struct NodeConfig {
     /// `flannel-v6.<VNI>`'s ifindex where the node runs VXLAN over IPv6,
     /// else 0: pods' IPv6 to VXLAN peers is redirected to it.
     pub vtep6_ifindex: u32,
-    pub _pad7: u32,
+    /// The pods' gateway address (cni0's: the first host of this node's
+    /// IPv4 subnet), network order; zero in an IPv6-only network. No pod's
+    /// ARP may claim it (see `Reason::DropForgedArp`).
+    pub gateway_ip: [u8; 4],
 }
 
 const _: () = {

@@ -121,7 +121,7 @@ impl core::fmt::Display for CounterId {
     }
 }
 
-const _: () = assert!(HOOKS.len() == 4 && (Reason::ProbeOriginal as u32) < REASON_SLOTS);
+const _: () = assert!(HOOKS.len() == 4 && (Reason::DropForgedArp as u32) < REASON_SLOTS);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PacketCounter {}

@@ -67,6 +67,8 @@ pub struct ConfigRow {
     pub vxlan_port: u16,
     pub vtep_mac: String,
     pub gateway_mac: String,
+    /// cni0's address: no pod's ARP may claim it.
+    pub gateway_ip: Ipv4Addr,
     pub strict_vteps: bool,
     pub bulk_tcp_via_gro: bool,
     /// tc acts on the uplink's ingress, flannel.<VNI> or the bridge: the
@@ -305,6 +307,7 @@ pub fn config_row(maps: &FastPathMaps) -> Result<ConfigRow> {
         vxlan_port: u16::from_be(config.vxlan_port_be),
         vtep_mac: mac(config.vtep_mac),
         gateway_mac: mac(config.gateway_mac),
+        gateway_ip: Ipv4Addr::from(config.gateway_ip),
         strict_vteps: config.flags & CONFIG_STRICT_VTEPS != 0,
         bulk_tcp_via_gro: config.flags & CONFIG_BULK_TCP_VIA_GRO != 0,
         tc_uplink: config.flags & CONFIG_TC_UPLINK != 0,

@@ -191,6 +191,8 @@ fn config_is_dormant_until_live_and_keeps_the_generation() {
     assert_eq!(live.uplink_ifindex, 2);
     assert_eq!(live.ruleset_generation, 7);
     assert_eq!(live.gateway_mac, [0x02, 0, 0, 0, 0xcc, 1]);
+    // cni0's address, as flannel gives it: the subnet's first host.
+    assert_eq!(live.gateway_ip, [10, 244, 1, 1]);
     assert_eq!((live.vni, u16::from_be(live.vxlan_port_be)), (1, 8472));
     assert_eq!(
         live.flags,

@@ -245,6 +245,7 @@ pub const COUNTERS: &[(CounterId, &str)] = &[
         id(TcPodEgress, Reason::DropVxlanFromPod),
         "tc_drop_vxlan_from_pod",
     ),
+    (id(TcPodEgress, Reason::DropForgedArp), "tc_drop_forged_arp"),
     (id(TcPodEgress, Reason::PassNoRoute), "tc_pass_no_route"),
     (
         id(TcPodEgress, Reason::PassNoNeighbour),

@@ -166,6 +166,11 @@ pub enum Reason {
     /// of the probe. Let through; the probe, coming after
     /// it, is taken or dropped as any.
     ProbeOriginal = 72,
+    /// ARP from a pod that claims the pods' gateway address or another
+    /// local pod's: every pod on the bridge would take the claim into its
+    /// own entry for that address and send its traffic there to the
+    /// claimant (see docs/security.md).
+    DropForgedArp = 73,
     /// tc acts on what this pod sends: its host veth's ingress holds
     /// classic filters (the CNI bandwidth plugin's redirect to its ifb) or
     /// another TCX program. Handed on (`TCX_NEXT`) untouched.
@@ -248,6 +253,7 @@ impl Reason {
             Reason::PassUdpChecksum => "pass_udp_checksum",
             Reason::EncapIpv6 => "encap_ipv6",
             Reason::ProbeOriginal => "probe_original",
+            Reason::DropForgedArp => "drop_forged_arp",
             Reason::PassTcSender => "pass_tc_sender",
             Reason::PassTcReceiver => "pass_tc_receiver",
             Reason::PassTcBridge => "pass_tc_bridge",
@@ -259,6 +265,9 @@ impl Reason {
     /// Whether the packet is dropped (else, for a refusal, passed).
     #[inline(always)]
     pub const fn drops(self) -> bool {
-        matches!(self, Reason::DropUnknownVtep | Reason::DropVxlanFromPod)
+        matches!(
+            self,
+            Reason::DropUnknownVtep | Reason::DropVxlanFromPod | Reason::DropForgedArp
+        )
     }
 }

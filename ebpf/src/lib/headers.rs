@@ -39,6 +39,7 @@ pub const PLAIN_HEADERS_LEN_IPV6: usize =
 /// `ether_type` values as they sit in the header (network order).
 pub const ETH_P_IPV4: u16 = EtherType::Ipv4 as u16;
 pub const ETH_P_IPV6: u16 = EtherType::Ipv6 as u16;
+pub const ETH_P_ARP: u16 = EtherType::Arp as u16;
 pub const ETH_P_8021Q: u16 = EtherType::Ieee8021q as u16;
 pub const ETH_P_8021AD: u16 = EtherType::Ieee8021ad as u16;
 

@@ -6,7 +6,8 @@
 //! -> the kernel path (`TCX_NEXT`: the next TCX program, the classic
 //! filters),
 //! counted by reason. Where tc acts on the pod's traffic (lib/tc.rs), it
-//! is handed on untouched.
+//! is handed on untouched. Dropped, counted: VXLAN from the pod, and ARP
+//! in which it claims the gateway's or another local pod's address.
 //!
 //! It also sends the probes that renew the verdicts of the flows it
 //! forwards (lib/probe.rs): a clone back into the pod veth's ingress,
@@ -16,6 +17,7 @@ use aya_ebpf::{
     bindings::TC_ACT_SHOT, helpers::bpf_redirect, maps::lpm_trie::Key, programs::TcContext,
 };
 use network_types::{
+    arp::ArpHdr,
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
@@ -27,7 +29,7 @@ use crate::lib::{
     encap::encapsulate,
     flow::{netfilter_passed, netfilter_passed6},
     headers::{
-        ENCAP_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, PLAIN_HEADERS_LEN_IPV4,
+        ENCAP_LEN, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, PLAIN_HEADERS_LEN_IPV4,
         PLAIN_HEADERS_LEN_IPV6, VXLAN6_ENCAP_LEN, ptr_at, pull_headers,
     },
     l3::{decrement_ttl, ipv4_l3, ipv6_l3},
@@ -99,6 +101,9 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
     let eth = unsafe { &mut *eth };
     if eth.ether_type == ETH_P_IPV6 {
         return decide_ipv6(ctx, config, may_probe);
+    }
+    if eth.ether_type == ETH_P_ARP {
+        return arp_claim(ctx, data, end, config);
     }
     if eth.ether_type != ETH_P_IPV4 {
         return pass(Reason::PassNotIpv4);
@@ -328,6 +333,49 @@ fn to_vxlan6(
         reason: Reason::EncapIpv6,
     }
 }
+
+/// ARP from a pod, judged by what its sender fields claim: an address at
+/// a MAC, which every pod on the bridge takes into the entry it already
+/// has for that address, from any request or reply (the bridge floods
+/// them to all, and the pods' kernels have no way to tell). Claiming the
+/// pods' gateway would draw every neighbour's traffic off the node to the
+/// claimant; claiming another local pod's address, that pod's traffic from
+/// its neighbours. Both are dropped, counted. The rest is the kernel's:
+/// the pod's own address (at any MAC: it fools only whoever talks to it),
+/// a probe from 0.0.0.0, an address no pod here owns (its neighbours route
+/// it through the gateway, never ask for it), and ARP for other protocols
+/// or address sizes, which no IPv4 neighbour table takes.
+#[inline(always)]
+fn arp_claim(ctx: &TcContext, data: usize, end: usize, config: &NodeConfig) -> Verdict<i32> {
+    let Some(arp) = ptr_at::<ArpHdr>(data, end, EthHdr::LEN) else {
+        return pass(Reason::PassTruncated);
+    };
+    // SAFETY: inside the packet (ptr_at).
+    let arp = unsafe { &*arp };
+    // Any hardware type: the kernel takes Ethernet's and IEEE 802's alike.
+    if arp.ptype != ETH_P_IPV4.to_ne_bytes() || arp.hlen != 6 || arp.plen != 4 {
+        return pass(Reason::PassNotIpv4);
+    }
+    let claimed = arp.spa;
+    if claimed == [0; 4] {
+        return pass(Reason::PassNotIpv4);
+    }
+    if claimed == config.gateway_ip {
+        return DROP_FORGED_ARP;
+    }
+    match ENDPOINTS.get_ptr(EndpointKey { addr: claimed }) {
+        // SAFETY: a map value pointer from a successful lookup; ctx.skb.skb
+        // is the __sk_buff the kernel handed us.
+        Some(owner) if unsafe { (*owner).ifindex != (*ctx.skb.skb).ifindex } => DROP_FORGED_ARP,
+        _ => pass(Reason::PassNotIpv4),
+    }
+}
+
+/// A pod's forged ARP: dropped (see [`arp_claim`]).
+const DROP_FORGED_ARP: Verdict<i32> = Verdict {
+    action: TC_ACT_SHOT,
+    reason: Reason::DropForgedArp,
+};
 
 /// A pod's VXLAN: dropped (see [`is_vxlan`]).
 const DROP_VXLAN_FROM_POD: Verdict<i32> = Verdict {

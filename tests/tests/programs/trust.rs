@@ -2,7 +2,8 @@
 //! BPF_PROG_TEST_RUN: VXLAN whose inner source is not the sending peer's,
 //! whose inner destination MAC is not this node's VTEP, or whose lengths
 //! lie; a pod sending as someone else; XDP into a veth not ready for it.
-//! Each goes to the kernel untouched, counted by cause.
+//! Each goes to the kernel untouched, counted by cause. A pod's VXLAN and
+//! its ARP claiming the gateway or a neighbour pod are dropped, counted.
 
 use weft_common::ENDPOINT_XDP_READY;
 use weft_common::{
@@ -10,7 +11,7 @@ use weft_common::{
     Reason,
 };
 use weft_tests::{
-    packets::{ETH_P_IPV4, Ipv4Options, eth, icmp_echo, ipv4},
+    packets::{ETH_P_ARP, ETH_P_IPV4, Ipv4Options, arp_request, eth, icmp_echo, ipv4},
     privileged,
     programs::*,
 };
@@ -120,6 +121,77 @@ fn a_pod_sends_only_as_itself() {
         verdict, TC_ACT_REDIRECT,
         "the pod's own packet must still go"
     );
+}
+
+#[test]
+fn a_pod_may_not_claim_the_gateway_or_a_neighbour_by_arp() {
+    let _guard = privileged!("a_pod_may_not_claim_the_gateway_or_a_neighbour_by_arp");
+    let programs = Programs::load(true);
+    // cni0's address: the first host of the fixture node's 10.244.1.0/24.
+    let gateway = [10, 244, 1, 1];
+    let broadcast = [0xff; 6];
+    let arp = |sender: [u8; 4], target: [u8; 4]| {
+        eth(
+            broadcast,
+            POD_MAC,
+            ETH_P_ARP,
+            &arp_request(POD_MAC, sender, target),
+        )
+    };
+    // Byte `at` of the ARP packet set to `value` (oper's low byte is 7).
+    let with = |mut frame: Vec<u8>, at: usize, value: u8| {
+        frame[14 + at] = value;
+        frame
+    };
+    for (what, frame) in [
+        ("a request claiming the gateway", arp(gateway, LOCAL_POD)),
+        ("a gratuitous ARP for the gateway", arp(gateway, gateway)),
+        (
+            "a reply claiming the gateway",
+            with(arp(gateway, LOCAL_POD), 7, 2),
+        ),
+        (
+            "the gateway claimed with IEEE 802's hardware type",
+            with(arp(gateway, LOCAL_POD), 1, 6),
+        ),
+        (
+            "a request claiming a neighbour pod",
+            arp(OTHER_LOCAL_POD, gateway),
+        ),
+    ] {
+        let before = programs.counters();
+        let (verdict, _) = programs.tc(&frame);
+        assert_eq!(verdict, TC_ACT_SHOT, "{what}");
+        assert_counted(
+            &before,
+            &programs.counters(),
+            TcPodEgress.counter(Reason::DropForgedArp),
+        );
+    }
+    let not_ipv4 = TcPodEgress.counter(Reason::PassNotIpv4);
+    programs.assert_tc_passes(&[
+        (
+            "asking for the gateway as itself",
+            arp(LOCAL_POD, gateway),
+            not_ipv4,
+        ),
+        ("a probe from 0.0.0.0", arp([0; 4], LOCAL_POD), not_ipv4),
+        (
+            "claiming an address no pod here owns",
+            arp([10, 96, 0, 10], gateway),
+            not_ipv4,
+        ),
+        (
+            "claiming the gateway with 16-byte addresses, which no IPv4 table takes",
+            with(arp(gateway, LOCAL_POD), 5, 16),
+            not_ipv4,
+        ),
+        (
+            "cut short",
+            arp(gateway, LOCAL_POD)[..14 + 20].to_vec(),
+            TcPodEgress.counter(Reason::PassTruncated),
+        ),
+    ]);
 }
 
 #[test]
