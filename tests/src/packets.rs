@@ -241,6 +241,8 @@ pub fn ipv4_checksum_ok(frame: &[u8], at: usize) -> bool {
 }
 
 pub const ETH_P_ARP: u16 = 0x0806;
+/// LLDP: a frame no program parses past its Ethernet type.
+pub const ETH_P_LLDP: u16 = 0x88cc;
 
 /// An ARP request as Ethernet payload: "who has `target`? tell `sender_ip`
 /// at `sender_mac`" (what a pod forging a neighbour entry sends).

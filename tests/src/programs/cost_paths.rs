@@ -18,7 +18,7 @@ use weft_common::{
     CONFIG_BULK_TCP_VIA_GRO, CONFIG_STRICT_VTEPS, CONFIG_UPLINK_XDP, CounterId, Hook, Reason,
 };
 
-use crate::packets::{ETH_P_ARP, ETH_P_IPV4, Ipv4Options, arp_request, checksum, eth, ipv4};
+use crate::packets::{ETH_P_ARP, ETH_P_IPV4, ETH_P_LLDP, Ipv4Options, checksum, eth, ipv4};
 
 use super::*;
 
@@ -297,12 +297,8 @@ fn encap_path() -> CostPath {
             step(
                 Reason::PassNotIpv4,
                 "pass-through calibration: entry, CONFIG, two STATS counts, pulling the headers, Ethernet type",
-                eth(
-                    GATEWAY_MAC,
-                    POD_MAC,
-                    ETH_P_ARP,
-                    &arp_request(POD_MAC, LOCAL_POD, REMOTE_POD),
-                ),
+                // Not ARP, which tc_pod_egress judges (who it claims to be).
+                eth(GATEWAY_MAC, POD_MAC, ETH_P_LLDP, &[0; 28]),
             ),
             step(
                 Reason::PassForeignSource,
