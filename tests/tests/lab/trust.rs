@@ -2,10 +2,10 @@
 //! addresses (a ClusterIP, a pod on another node, a pod on its own node,
 //! its node's address, the gateway's) gains no one's traffic, on the fast
 //! path or the kernel path, and its claims for the gateway or a neighbour
-//! pod are dropped where they leave it; nor does one that forges NDP for its neighbour pod's IPv6
-//! address (dual stack); a pod that sends as another
-//! is left to the kernel path (rp_filter, netfilter); VXLAN a pod sends to
-//! a node's VXLAN port is dropped where it leaves the pod.
+//! pod are dropped where they leave it; nor does one that forges NDP for
+//! its neighbour pod's IPv6 address (dual stack); a pod that sends as
+//! another is left to the kernel path (rp_filter, netfilter); VXLAN a pod
+//! sends to a node's VXLAN port is dropped where it leaves the pod.
 
 use std::{
     collections::BTreeMap,
@@ -113,7 +113,7 @@ fn learned_mac(pod: &PodState, address: &str) -> Option<String> {
 /// out of the port it came in on too (hairpin mode, as flannel's CNI
 /// configuration asks), so where the forger's kernel already had an entry
 /// for that address, the forgery updated it to the forger's own MAC: it
-/// fooled only itself. Its kernel would find out on its own only once
+/// fooled itself too. Its kernel would find out on its own only once
 /// neighbour unreachability detection gives up (5 s of DELAY, then probes
 /// sent to its own MAC): 8 s or more, longer on a loaded machine, in which
 /// its packets to the victim come back to it. Flushed here, after checking
@@ -491,8 +491,9 @@ fn a_pod_gains_no_ipv6_traffic_by_forging_ndp() {
         victim.ns,
         remote.ip6()
     );
-    // The forger fooled only itself (its flooded advertisement came back
-    // to it): once it forgets that, it and the victim reach each other.
+    // The forger fooled itself (its flooded advertisement came back to it;
+    // no other pod here has an entry for the victim's address): once it
+    // forgets that, it and the victim reach each other.
     forget_own_forgery(&forger, &victim, victim.ip6());
     for (from, to) in [(&forger, &victim), (&victim, &forger)] {
         let out = lab.ping(from, to.ip6(), 3).unwrap();
