@@ -165,6 +165,17 @@ impl Programs {
         self.assert_uplink_tc_passes(&under(TcUplink));
     }
 
+    /// Each (what, frame, counter): TC drops the packet and counts it
+    /// under `counter` alone.
+    pub fn assert_tc_drops(&self, cases: &[(&str, Vec<u8>, CounterId)]) {
+        for (what, frame, counter) in cases {
+            let before = self.counters();
+            let (verdict, _) = self.tc(frame);
+            assert_eq!(verdict, TC_ACT_SHOT, "{what}");
+            assert_counted(&before, &self.counters(), *counter);
+        }
+    }
+
     /// Each (what, frame, counter): TC hands the packet to the kernel
     /// untouched and counts it under `counter` alone.
     pub fn assert_tc_passes(&self, cases: &[(&str, Vec<u8>, CounterId)]) {

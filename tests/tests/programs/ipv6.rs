@@ -590,7 +590,7 @@ fn an_ipv6_pod_may_not_speak_vxlan_to_a_node() {
     };
     let to = |dst, port| from_to(LOCAL_POD6, dst, port);
     // Whatever the destination, and whatever source the pod forged.
-    for (what, frame) in [
+    let dropped = [
         ("to a peer's VXLAN port", to(PEER_IP6, PORT)),
         (
             "to the host-gw peer's VXLAN port",
@@ -609,16 +609,9 @@ fn an_ipv6_pod_may_not_speak_vxlan_to_a_node() {
             "from its link-local address",
             from_to(LINK_LOCAL6, NODE_IP6, PORT),
         ),
-    ] {
-        let before = programs.counters();
-        let (verdict, _) = programs.tc(&frame);
-        assert_eq!(verdict, TC_ACT_SHOT, "{what}");
-        assert_counted(
-            &before,
-            &programs.counters(),
-            TcPodEgress.counter(Reason::DropVxlanFromPod),
-        );
-    }
+    ]
+    .map(|(what, frame)| (what, frame, TcPodEgress.counter(Reason::DropVxlanFromPod)));
+    programs.assert_tc_drops(&dropped);
     // Another port of a node is the kernel's as before.
     programs.assert_tc_passes(&[(
         "to another port of a peer",

@@ -143,7 +143,7 @@ fn a_pod_may_not_claim_the_gateway_or_a_neighbour_by_arp() {
         frame[14 + at] = value;
         frame
     };
-    for (what, frame) in [
+    let claims = [
         ("a request claiming the gateway", arp(gateway, LOCAL_POD)),
         ("a gratuitous ARP for the gateway", arp(gateway, gateway)),
         (
@@ -158,16 +158,9 @@ fn a_pod_may_not_claim_the_gateway_or_a_neighbour_by_arp() {
             "a request claiming a neighbour pod",
             arp(OTHER_LOCAL_POD, gateway),
         ),
-    ] {
-        let before = programs.counters();
-        let (verdict, _) = programs.tc(&frame);
-        assert_eq!(verdict, TC_ACT_SHOT, "{what}");
-        assert_counted(
-            &before,
-            &programs.counters(),
-            TcPodEgress.counter(Reason::DropForgedArp),
-        );
-    }
+    ]
+    .map(|(what, frame)| (what, frame, TcPodEgress.counter(Reason::DropForgedArp)));
+    programs.assert_tc_drops(&claims);
     let not_ipv4 = TcPodEgress.counter(Reason::PassNotIpv4);
     programs.assert_tc_passes(&[
         (
@@ -233,7 +226,7 @@ fn a_pod_may_not_speak_vxlan_to_a_node() {
     let to = |dst: [u8; 4], port: u16| from_to(LOCAL_POD, dst, port);
     // Whatever the destination (any address may be some node's, or be
     // masqueraded into one), and whatever source the pod forged.
-    for (what, frame) in [
+    let dropped = [
         ("to a peer's VXLAN port", to(PEER_IP, PORT)),
         ("to this node's VXLAN port", to(NODE_IP, PORT)),
         ("to a stranger's port 8472", to(STRANGER_IP, PORT)),
@@ -243,16 +236,9 @@ fn a_pod_may_not_speak_vxlan_to_a_node() {
             "from a forged source (a peer's address)",
             from_to(PEER_IP, NODE_IP, PORT),
         ),
-    ] {
-        let before = programs.counters();
-        let (verdict, _) = programs.tc(&frame);
-        assert_eq!(verdict, TC_ACT_SHOT, "{what}");
-        assert_counted(
-            &before,
-            &programs.counters(),
-            TcPodEgress.counter(Reason::DropVxlanFromPod),
-        );
-    }
+    ]
+    .map(|(what, frame)| (what, frame, TcPodEgress.counter(Reason::DropVxlanFromPod)));
+    programs.assert_tc_drops(&dropped);
     // Another port of a node is the kernel's as before.
     programs.assert_tc_passes(&[(
         "to another port of a peer",
