@@ -79,6 +79,23 @@ impl Lab {
             .collect()
     }
 
+    /// Polls `node`'s counters (`weft maps stats`) until `counter` rose by
+    /// `packets` since `since`, for packets a test sent itself.
+    pub fn wait_for_packets(
+        &self,
+        node: NodeId,
+        since: &Counters,
+        counter: CounterId,
+        packets: u64,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        super::wait_for(
+            &format!("{node}: {counter} to rise by {packets}"),
+            timeout,
+            || Ok(counter_delta(since, &self.counters(node)?, counter).0 >= packets),
+        )
+    }
+
     /// Polls `node`'s pinned STATS (every millisecond) until `counters`
     /// rose by `bytes` since `since`.
     pub fn wait_for_bytes(

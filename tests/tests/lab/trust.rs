@@ -253,17 +253,12 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
     for _ in 0..20 {
         netns::send_frame(&p2.ns, "eth0", &as_p1).unwrap();
     }
-    wait_for(
-        "the forged packets to be counted",
+    lab.wait_for_packets(
+        NodeId::new(1),
+        &before,
+        TcPodEgress.counter(Reason::PassForeignSource),
+        20,
         Duration::from_secs(3),
-        || {
-            Ok(counter_delta(
-                &before,
-                &lab.counters(NodeId::new(1))?,
-                TcPodEgress.counter(Reason::PassForeignSource),
-            )
-            .0 >= 20)
-        },
     )
     .unwrap();
     assert_eq!(
@@ -286,17 +281,12 @@ fn a_pod_gains_no_traffic_by_forging_arp_and_cannot_send_as_another() {
     let before = lab.counters(NodeId::new(1)).unwrap();
     claim(p1.ip());
     claim(&gateway_ip);
-    wait_for(
-        "the forged claims to be dropped",
+    lab.wait_for_packets(
+        NodeId::new(1),
+        &before,
+        TcPodEgress.counter(Reason::DropForgedArp),
+        6,
         Duration::from_secs(3),
-        || {
-            Ok(counter_delta(
-                &before,
-                &lab.counters(NodeId::new(1))?,
-                TcPodEgress.counter(Reason::DropForgedArp),
-            )
-            .0 >= 6)
-        },
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(3));
