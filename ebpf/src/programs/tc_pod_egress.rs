@@ -102,10 +102,11 @@ fn decide(ctx: &mut TcContext, config: &NodeConfig, may_probe: bool) -> Verdict<
     if eth.ether_type == ETH_P_IPV6 {
         return decide_ipv6(ctx, config, may_probe);
     }
-    if eth.ether_type == ETH_P_ARP {
-        return arp_claim(ctx, data, end, config);
-    }
     if eth.ether_type != ETH_P_IPV4 {
+        // Inside the branch IPv4 never takes: not a compare more per packet.
+        if eth.ether_type == ETH_P_ARP {
+            return arp_claim(ctx, data, end, config);
+        }
         return pass(Reason::PassNotIpv4);
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, EthHdr::LEN) else {
