@@ -597,9 +597,8 @@ pub fn node_tc_flags(tc: &TcView, own: &BTreeSet<u32>) -> u32 {
         | flag(tc.bridge.acts(own), CONFIG_TC_BRIDGE)
 }
 
-/// CONFIG[0] once live: the one place it is built. The gateway is the
-/// first host of this node's IPv4 `subnet`, as flannel addresses cni0
-/// (`FLANNEL_SUBNET`).
+/// CONFIG[0] once live: the one place it is built. The gateway's address
+/// comes from this node's IPv4 `subnet` (`subnet_env::gateway_of`).
 pub fn node_config(
     node: &NodeFacts,
     subnet: Option<Ipv4Net>,
@@ -639,7 +638,7 @@ pub fn node_config(
         _pad6: [0; 2],
         vtep6_ifindex: node.vtep_v6_index.unwrap_or(0),
         gateway_ip: subnet
-            .and_then(|subnet| subnet.hosts().next())
+            .and_then(crate::subnet_env::gateway_of)
             .map_or([0; 4], |gateway| gateway.octets()),
     }
 }

@@ -160,7 +160,7 @@ fn is_complete(side: &PodSide, subnets: OwnSubnets) -> bool {
 /// address other than the gateway's. An address two pods both claim
 /// belongs to neither.
 fn endpoints_of(sides: &BTreeMap<u32, PodSide>, subnet: Ipv4Net) -> BTreeMap<Ipv4Addr, LocalPod> {
-    let gateway = subnet.hosts().next();
+    let gateway = crate::subnet_env::gateway_of(subnet);
     collect_endpoints(
         sides,
         |side| &side.addresses,

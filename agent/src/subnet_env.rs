@@ -52,6 +52,14 @@ pub struct Ipv6SubnetEnv {
     pub subnet: Ipv6Net,
 }
 
+/// The pods' gateway (cni0) address in this node's IPv4 pod `subnet`: its
+/// first host, as flanneld addresses it in `FLANNEL_SUBNET`. The one rule
+/// for subnet.env, for what is never a pod (`ENDPOINTS`) and for what no
+/// pod's ARP may claim (`CONFIG`).
+pub fn gateway_of(subnet: Ipv4Net) -> Option<std::net::Ipv4Addr> {
+    subnet.hosts().next()
+}
+
 impl SubnetEnv {
     /// The gateway (cni0) address of this node's IPv4 pod subnet.
     pub fn gateway(&self) -> Option<std::net::Ipv4Addr> {

@@ -263,7 +263,7 @@ impl Agent {
             (Some(ipv4), Some(subnet)) => Some(subnet_env::Ipv4SubnetEnv {
                 network: ipv4.network,
                 subnet: Ipv4Net::new(
-                    subnet.hosts().next().unwrap_or(subnet.network()),
+                    subnet_env::gateway_of(subnet).unwrap_or(subnet.network()),
                     subnet.prefix_len(),
                 )?,
             }),
